@@ -1,0 +1,244 @@
+//! `sluice bench`: durable HTTP ingest throughput and ack → SQL latency, next to the baselines
+//! that bound them on this machine, all measured in the same run (shared machines are noisy, so
+//! only same-run ratios mean much):
+//! - the raw fdatasync rate of the data directory's disk;
+//! - an HTTP no-op: the same client load against a server that reads the body and answers at
+//!   once, which bounds what any HTTP ingest could do here;
+//! - durable ingest: the same load against `POST /v1/events` of a real server with every role
+//!   on (the runner and the lake sink compete for the same two cores);
+//! - ack → visible in SQL: one event posted, then polled for through the warehouse.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice_server::{Config, Server};
+use sluice_warehouse::Warehouse;
+
+/// Arguments of `sluice bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Events to send in the ingest runs.
+    #[arg(long, default_value_t = 300_000)]
+    events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Approximate size of one event in bytes.
+    #[arg(long, default_value_t = 500)]
+    event_bytes: usize,
+    /// Directory for the benchmark's data (a fresh temporary one under it is used).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+/// Runs the benchmark and prints a report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let root = args.dir.join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let result = run_in(&args, &root).await;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "sluice bench: {} events of ~{} B, batches of {}, {} connections, {} cores",
+        args.events,
+        args.event_bytes,
+        args.batch,
+        args.connections,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let fsync = fdatasync_rate(root, Duration::from_secs(2))?;
+    println!(
+        "fdatasync baseline:   {:>10.0} fsyncs/s   (p50 {:.2} ms, p99 {:.2} ms)",
+        fsync.per_sec, fsync.p50_ms, fsync.p99_ms
+    );
+
+    let bodies = Arc::new(make_bodies(args, "noop"));
+    let noop_addr = start_noop().await?;
+    let noop = drive(&format!("http://{noop_addr}/"), bodies, args.connections).await?;
+    println!(
+        "http no-op baseline:  {:>10.0} events/s   ({:.0} req/s, p50 {:.1} ms, p99 {:.1} ms)",
+        noop.events_per_sec, noop.requests_per_sec, noop.p50_ms, noop.p99_ms
+    );
+
+    let mut config = Config { data_dir: root.join("data"), ..Config::default() };
+    config.http = "127.0.0.1:0".parse()?;
+    let running = Server::start(config.validate()?).await?;
+    let addr = running.http_addr.context("server has no http address")?;
+    let bodies = Arc::new(make_bodies(args, "ingest"));
+    let ingest = drive(&format!("http://{addr}/v1/events"), bodies, args.connections).await?;
+    println!(
+        "durable ingest:       {:>10.0} events/s   ({:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; {:.0}% of no-op, {:.0} events per fsync-time)",
+        ingest.events_per_sec,
+        ingest.requests_per_sec,
+        ingest.p50_ms,
+        ingest.p99_ms,
+        100.0 * ingest.events_per_sec / noop.events_per_sec.max(1.0),
+        ingest.events_per_sec / fsync.per_sec.max(1.0)
+    );
+
+    let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&root.join("data").join("lake"))?)?;
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let id = format!("bench-visible-{}-{i}", std::process::id());
+        let body = format!(r#"{{"event":"bench_marker","event_id":"{id}","user_id":"bench"}}"#);
+        let resp = client.post(format!("http://{addr}/v1/events")).body(body).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "marker post failed: {}", resp.status());
+        let acked = Instant::now();
+        let sql = format!("SELECT count(*) AS n FROM events WHERE event_id = '{id}'");
+        let deadline = acked + Duration::from_secs(60);
+        loop {
+            let out = warehouse.query(&sql).await?;
+            let text = sluice_warehouse::format::to_csv(&out)?;
+            if text.lines().nth(1) == Some("1") {
+                latencies.push(acked.elapsed());
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "event {id} not visible after 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    latencies.sort();
+    println!(
+        "ack -> visible in SQL: p50 {:.0} ms, max {:.0} ms (lake flush interval 2 s)",
+        latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
+        latencies[latencies.len() - 1].as_secs_f64() * 1000.0
+    );
+    running.shutdown().await?;
+    Ok(())
+}
+
+struct FsyncRate {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn fdatasync_rate(dir: &std::path::Path, budget: Duration) -> anyhow::Result<FsyncRate> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = vec![7u8; 4096];
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        f.write_all(&block)?;
+        let t = Instant::now();
+        // SAFETY: fdatasync on a file descriptor we own and keep open for the call.
+        let rc = unsafe { libc::fdatasync(f.as_raw_fd()) };
+        anyhow::ensure!(rc == 0, "fdatasync failed: {}", std::io::Error::last_os_error());
+        times.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    times.sort();
+    let pct = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    Ok(FsyncRate { per_sec: times.len() as f64 / total.as_secs_f64(), p50_ms: pct(0.5), p99_ms: pct(0.99) })
+}
+
+/// NDJSON bodies of `batch` events each, every event with a unique id and ~`event_bytes` bytes.
+fn make_bodies(args: &BenchArgs, tag: &str) -> Vec<Vec<u8>> {
+    let run = std::process::id();
+    let pad_len = args.event_bytes.saturating_sub(260).max(1);
+    let pad: String = "x".repeat(pad_len);
+    let n_bodies = args.events.div_ceil(args.batch);
+    (0..n_bodies)
+        .map(|b| {
+            let mut body = Vec::with_capacity(args.batch * args.event_bytes);
+            for i in 0..args.batch {
+                let seq = b * args.batch + i;
+                let line = format!(
+                    r#"{{"event":"Page Viewed","event_id":"{tag}-{run}-{seq:09}","user_id":"user-{}","timestamp":"2026-11-27T10:{:02}:{:02}.000Z","properties":{{"path":"/products/{}","referrer":"https://example.com/","value":{},"pad":"{pad}"}},"context":{{"library":{{"name":"bench","version":"1"}}}}}}"#,
+                    seq % 10_000,
+                    (seq / 60) % 60,
+                    seq % 60,
+                    seq % 997,
+                    seq % 1000
+                );
+                body.extend_from_slice(line.as_bytes());
+                body.push(b'\n');
+            }
+            body
+        })
+        .collect()
+}
+
+struct LoadResult {
+    events_per_sec: f64,
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn drive(url: &str, bodies: Arc<Vec<Vec<u8>>>, connections: usize) -> anyhow::Result<LoadResult> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let client = client.clone();
+        let bodies = bodies.clone();
+        let next = next.clone();
+        let url = url.to_string();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut events = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let t = Instant::now();
+                let resp = client.post(&url).body(body.clone()).send().await?;
+                let status = resp.status();
+                let text = resp.bytes().await?;
+                anyhow::ensure!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&text));
+                lat.push(t.elapsed());
+                events += body.iter().filter(|b| **b == b'\n').count();
+            }
+            anyhow::Ok((lat, events))
+        });
+    }
+    let mut lat = Vec::new();
+    let mut events = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, e) = r??;
+        lat.extend(l);
+        events += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    Ok(LoadResult {
+        events_per_sec: events as f64 / secs,
+        requests_per_sec: lat.len() as f64 / secs,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    })
+}
+
+async fn start_noop() -> anyhow::Result<std::net::SocketAddr> {
+    use axum::routing::post;
+    let app = axum::Router::new()
+        .route("/", post(|body: axum::body::Bytes| async move {
+            // Read the whole body, as an ingest server must, then answer at once.
+            let n = body.iter().filter(|b| **b == b'\n').count();
+            format!(r#"{{"accepted":{n},"duplicates":0,"rejected":[]}}"#)
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}

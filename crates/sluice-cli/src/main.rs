@@ -1,0 +1,133 @@
+//! The `sluice` binary: command-line parsing, the tracing subscriber, exit codes.
+//!
+//! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error (from clap).
+
+mod bench;
+mod send;
+mod sql;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_server::{Config, Server};
+
+/// Sluice: a self-hosted event data pipeline in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the pipeline: collector, functions, lake delivery and SQL.
+    Serve(ServeArgs),
+    /// Runs a read-only SQL query over the lake.
+    Sql(sql::SqlArgs),
+    /// Sends NDJSON events to a server, with batching, retries and a local spool.
+    Send(send::SendArgs),
+    /// Measures durable ingest against the machine's baselines.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Config file (TOML); every field is optional.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (journal and lake). Default ./sluice-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address. Default 127.0.0.1:8080.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Postgres wire listen address. Default 127.0.0.1:5433.
+    #[arg(long)]
+    pg: Option<SocketAddr>,
+    /// Roles to run, comma separated: collector, functions, lake, warehouse (default all).
+    #[arg(long, value_delimiter = ',')]
+    role: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    // Two TLS stacks end up in the dependency tree; pick one explicitly so that no TLS
+    // handshake panics for want of a process-level provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Command::Serve(args) => serve(args).await,
+                    Command::Sql(args) => sql::run(args).await,
+                    Command::Send(args) => send::run(args).await,
+                    Command::Bench(args) => bench::run(args).await,
+                }
+            })
+        });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    // The Delta kernel logs a harmless ERROR when it looks for a table that does not exist yet.
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,deltalake=warn,datafusion=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(h) = args.http {
+        config.http = h;
+    }
+    if let Some(p) = args.pg {
+        config.pg = p;
+    }
+    if !args.role.is_empty() {
+        config.roles = args.role;
+    }
+    let settings = config.validate()?;
+    let mut running = Server::start(settings).await?;
+    if let Some(addr) = running.http_addr {
+        // Tests and scripts read this line to learn the port when listening on port 0.
+        println!("sluice listening on http://{addr}");
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let stage_error = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = sigterm.recv() => None,
+        e = running.stopped() => Some(e),
+    };
+    if let Some(e) = &stage_error {
+        tracing::error!(error = %e, "a stage stopped; shutting down");
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    match stage_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,87 @@
+//! `sluice sql`: read-only SQL over the lake, straight from the data directory (server running or
+//! not) or through a server's `POST /v1/sql`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sluice_warehouse::Warehouse;
+
+/// Arguments of `sluice sql`.
+#[derive(clap::Args, Debug)]
+pub struct SqlArgs {
+    /// Data directory whose lake to query. Default ./sluice-data.
+    #[arg(long, conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Query a running server instead (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    server: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// The query (SELECT, EXPLAIN or SHOW).
+    query: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Table => "table",
+            Self::Csv => "csv",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// Runs the query and prints the result.
+pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
+    let text = match &args.server {
+        Some(url) => remote(url, &args.query, args.format).await?,
+        None => {
+            let dir = args.data_dir.unwrap_or_else(|| PathBuf::from("sluice-data"));
+            let lake = dir.join("lake");
+            if !lake.is_dir() {
+                anyhow::bail!("no lake under {} (start `sluice serve` there first)", dir.display());
+            }
+            let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&lake)?)?;
+            let output = warehouse.query(&args.query).await?;
+            match args.format {
+                Format::Table => sluice_warehouse::format::to_table(&output)?,
+                Format::Csv => sluice_warehouse::format::to_csv(&output)?,
+                Format::Json => sluice_warehouse::format::to_json_lines(&output)?,
+            }
+        }
+    };
+    print!("{text}");
+    if !text.is_empty() && !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
+async fn remote(url: &str, query: &str, format: Format) -> anyhow::Result<String> {
+    let endpoint = format!("{}/v1/sql?format={}", url.trim_end_matches('/'), format.name());
+    let resp = reqwest::Client::new()
+        .post(&endpoint)
+        .header("content-type", "text/plain")
+        .body(query.to_string())
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = resp.status();
+    let body = resp.text().await.context("cannot read the answer")?;
+    if !status.is_success() {
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(body);
+        anyhow::bail!("{status}: {reason}");
+    }
+    Ok(body)
+}

@@ -1,0 +1,77 @@
+//! [`CollectorConfig`]: the collector's section of the config file, validated into
+//! [`CollectorSettings`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The `[collector]` section of the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Largest request body in bytes, after decompression. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Largest single event in bytes (its JSON text). Default 64 KiB.
+    pub max_event_bytes: usize,
+    /// Most events in one request. Default 10,000.
+    pub max_events: usize,
+    /// How long an (source, event_id) pair is remembered for dedupe. Default 24 h.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// Unprocessed `raw` records above which ingest answers 503 with `Retry-After`.
+    /// Default 5,000,000.
+    pub max_backlog_events: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            max_event_bytes: 64 << 10,
+            max_events: 10_000,
+            dedupe_window: Duration::from_secs(24 * 3600),
+            max_backlog_events: 5_000_000,
+        }
+    }
+}
+
+/// Validated collector settings.
+#[derive(Clone, Debug)]
+pub struct CollectorSettings {
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_events: usize,
+    pub(crate) dedupe_window_micros: i64,
+    pub(crate) max_backlog_events: u64,
+}
+
+impl CollectorConfig {
+    /// Checks the values and turns them into settings.
+    pub fn validate(&self) -> Result<CollectorSettings, String> {
+        if self.max_body_bytes < 1024 {
+            return Err("collector.max_body_bytes must be at least 1024".into());
+        }
+        if self.max_event_bytes == 0 || self.max_event_bytes > self.max_body_bytes {
+            return Err("collector.max_event_bytes must be between 1 and max_body_bytes".into());
+        }
+        if self.max_events == 0 {
+            return Err("collector.max_events must be at least 1".into());
+        }
+        let window = i64::try_from(self.dedupe_window.as_micros())
+            .map_err(|_| "collector.dedupe_window is too long".to_string())?;
+        Ok(CollectorSettings {
+            max_body_bytes: self.max_body_bytes,
+            max_event_bytes: self.max_event_bytes,
+            max_events: self.max_events,
+            dedupe_window_micros: window,
+            max_backlog_events: self.max_backlog_events,
+        })
+    }
+}
+
+impl CollectorSettings {
+    /// The largest decompressed body accepted.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}

@@ -1,0 +1,56 @@
+//! [`CollectError`]: why a whole request was refused.
+
+use sluice_event::ErrorKind;
+
+/// A request-level failure. Per-event problems are [`sluice_event::Rejection`]s instead.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The body is not valid JSON / NDJSON.
+    #[error("malformed json: {0}")]
+    Malformed(String),
+    /// The body, after decompression, is over the limit.
+    #[error("body exceeds {limit} bytes after decompression")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// More events than allowed in one request.
+    #[error("{count} events exceed the limit of {limit} per request")]
+    TooManyEvents {
+        /// Events found (at least).
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An empty body.
+    #[error("no events in request body")]
+    Empty,
+    /// A content encoding we do not decode.
+    #[error("unsupported content encoding {0} (use gzip, deflate or none)")]
+    UnsupportedEncoding(String),
+    /// The compressed stream is broken.
+    #[error("cannot decompress body: {0}")]
+    BadCompression(String),
+    /// The journal cannot take the events now (disk full, backlog over the limit, failed).
+    #[error("cannot accept events now: {0}")]
+    Unavailable(String),
+    /// An unexpected failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CollectError {
+    /// Classification for the HTTP mapping.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Malformed(_)
+            | Self::Empty
+            | Self::BadCompression(_)
+            => ErrorKind::Invalid,
+            Self::UnsupportedEncoding(_) => ErrorKind::Unsupported,
+            Self::BodyTooLarge { .. } | Self::TooManyEvents { .. } => ErrorKind::TooLarge,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}

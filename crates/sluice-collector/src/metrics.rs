@@ -1,0 +1,16 @@
+//! Every metric the collector emits.
+
+use crate::IngestOutcome;
+
+/// `sluice_collector_events_total{outcome}`: events by outcome.
+pub(crate) fn ingested(o: &IngestOutcome) {
+    metrics::counter!("sluice_collector_events_total", "outcome" => "accepted").increment(o.accepted as u64);
+    metrics::counter!("sluice_collector_events_total", "outcome" => "duplicate").increment(o.duplicates as u64);
+    metrics::counter!("sluice_collector_events_total", "outcome" => "rejected").increment(o.rejected.len() as u64);
+}
+
+/// `sluice_collector_append_failures_total`: events whose append failed (the client was told
+/// to retry).
+pub(crate) fn append_failed(n: usize) {
+    metrics::counter!("sluice_collector_append_failures_total").increment(n as u64);
+}

@@ -1,0 +1,247 @@
+//! The records of the three topics: [`RawEvent`] (raw), [`Event`] (good), [`BadRow`] (bad).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::Position;
+
+/// Which wire protocol an event arrived by. Decides how the runner reads the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// `POST /v1/events`: Sluice's own JSON shape (Segment-like, snake_case or camelCase keys).
+    Native,
+}
+
+/// A record of the `raw` topic: one event exactly as the collector accepted it, plus what the
+/// collector stamped on it. The payload is the client's JSON object, untouched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RawEvent {
+    /// The client's id for the event, or a UUIDv7 the collector stamped.
+    pub event_id: String,
+    /// The source (write key name) it was sent under.
+    pub source: String,
+    /// How it arrived.
+    pub protocol: Protocol,
+    /// When the collector received it, µs since the epoch.
+    pub received_at: i64,
+    /// The client address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The client's User-Agent header, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The event as the client sent it: one JSON object.
+    pub payload: Box<RawValue>,
+}
+
+/// The borrowed twin of [`RawEvent`] that the collector serializes without copying the payload.
+/// Field names and order must stay those of [`RawEvent`] (a test checks the round trip).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RawEventRef<'a> {
+    /// See [`RawEvent::event_id`].
+    pub event_id: &'a str,
+    /// See [`RawEvent::source`].
+    pub source: &'a str,
+    /// See [`RawEvent::protocol`].
+    pub protocol: Protocol,
+    /// See [`RawEvent::received_at`].
+    pub received_at: i64,
+    /// See [`RawEvent::ip`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<&'a str>,
+    /// See [`RawEvent::user_agent`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<&'a str>,
+    /// See [`RawEvent::payload`].
+    pub payload: &'a RawValue,
+}
+
+/// The Segment-style kind of an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// Something the user did (the default).
+    #[default]
+    Track,
+    /// Who the user is: `traits`.
+    Identify,
+    /// A web page view.
+    Page,
+    /// A mobile screen view.
+    Screen,
+    /// A user joined a group (account, company).
+    Group,
+    /// One identity merged into another.
+    Alias,
+}
+
+impl EventType {
+    /// Parses the `type` field of an event; `None` for an unknown type.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "track" => Self::Track,
+            "identify" => Self::Identify,
+            "page" => Self::Page,
+            "screen" => Self::Screen,
+            "group" => Self::Group,
+            "alias" => Self::Alias,
+            _ => return None,
+        })
+    }
+
+    /// The lowercase name, as stored in the `event_type` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Track => "track",
+            Self::Identify => "identify",
+            Self::Page => "page",
+            Self::Screen => "screen",
+            Self::Group => "group",
+            Self::Alias => "alias",
+        }
+    }
+}
+
+/// A record of the `good` topic: the canonical event every sink sees, whatever the tracker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique per source.
+    pub event_id: String,
+    /// track, identify, page, ...
+    pub event_type: EventType,
+    /// The event name (`Order Completed`); for page/screen/identify calls the type name when the
+    /// tracker gave no name.
+    pub event: String,
+    /// Source (write key name).
+    pub source: String,
+    /// The known user, when identified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The device or cookie id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    /// When it happened (µs since the epoch, UTC), corrected for client clock skew when the
+    /// tracker sent `sentAt`.
+    pub timestamp: i64,
+    /// When the tracker sent it, per the tracker's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
+    /// When the collector received it.
+    pub received_at: i64,
+    /// Event properties (traits for identify and group) as a JSON object.
+    pub properties: Box<RawValue>,
+    /// Tracker context (library, page, device, ip, user agent...) as a JSON object.
+    pub context: Box<RawValue>,
+    /// The `raw` position this event came from: the runner's exactly-once bookkeeping and lineage.
+    pub raw: Position,
+}
+
+/// The family of a failure, as in Snowplow's failed-event types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadKind {
+    /// Over a size limit.
+    Size,
+    /// Not readable as an event of its protocol.
+    Parse,
+    /// Fails its schema.
+    SchemaViolation,
+    /// An enricher failed on it.
+    EnrichmentFailure,
+    /// A user function failed on it.
+    FunctionFailure,
+}
+
+impl BadKind {
+    /// The lowercase name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Size => "size",
+            Self::Parse => "parse",
+            Self::SchemaViolation => "schema_violation",
+            Self::EnrichmentFailure => "enrichment_failure",
+            Self::FunctionFailure => "function_failure",
+        }
+    }
+}
+
+/// A record of the `bad` topic: why an event failed, with the original payload so that it can be
+/// replayed after a fix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BadRow {
+    /// Failure family.
+    pub kind: BadKind,
+    /// Lowercase reason.
+    pub reason: String,
+    /// The function (stage) that failed it.
+    pub function: String,
+    /// The event id, as far as it was known.
+    pub event_id: String,
+    /// The source.
+    pub source: String,
+    /// When the collector received it.
+    pub received_at: i64,
+    /// When it failed.
+    pub failed_at: i64,
+    /// The original raw record (a [`RawEvent`] as JSON), for replay.
+    pub payload: Box<RawValue>,
+    /// The `raw` position it came from.
+    pub raw: Position,
+}
+
+/// The key that picks an event's partition: the user id, else the anonymous id, else the event id.
+/// Events of one user stay in one partition, and so in order.
+pub fn routing_key<'a>(
+    user_id: Option<&'a str>,
+    anonymous_id: Option<&'a str>,
+    event_id: &'a str,
+) -> &'a str {
+    user_id
+        .filter(|s| !s.is_empty())
+        .or(anonymous_id.filter(|s| !s.is_empty()))
+        .unwrap_or(event_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_prefers_user_then_anonymous_then_event() {
+        assert_eq!(routing_key(Some("u"), Some("a"), "e"), "u");
+        assert_eq!(routing_key(Some(""), Some("a"), "e"), "a");
+        assert_eq!(routing_key(None, None, "e"), "e");
+    }
+
+    #[test]
+    fn raw_event_ref_writes_what_raw_event_reads() {
+        let payload: Box<RawValue> = serde_json::from_str(r#"{"event":"x","n":[1,2]}"#).unwrap();
+        let r = RawEventRef {
+            event_id: "e1",
+            source: "web",
+            protocol: Protocol::Native,
+            received_at: 7,
+            ip: Some("127.0.0.1"),
+            user_agent: None,
+            payload: &payload,
+        };
+        let bytes = serde_json::to_vec(&r).unwrap();
+        let back: RawEvent = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.event_id, "e1");
+        assert_eq!(back.source, "web");
+        assert_eq!(back.received_at, 7);
+        assert_eq!(back.ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(back.user_agent, None);
+        assert_eq!(back.payload.get(), payload.get());
+        assert_eq!(serde_json::to_vec(&back).unwrap(), bytes);
+    }
+
+    #[test]
+    fn event_types_round_trip() {
+        for t in ["track", "identify", "page", "screen", "group", "alias"] {
+            assert_eq!(EventType::parse(t).map(EventType::as_str), Some(t));
+        }
+        assert_eq!(EventType::parse("nope"), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! Raw → canonical: how a [`RawEvent`] of each protocol becomes an [`Event`].
+//!
+//! Native events (`POST /v1/events`) follow the Segment spec with snake_case aliases:
+//! - `type` (default `track`); `event` is the name of a track event; page and screen calls
+//!   take `name` (else the type) and identify, group and alias calls the type name;
+//! - `properties` (track, page, screen) or `traits` (identify, group) become `properties`; any
+//!   other top-level key that is not reserved is merged into `properties` too, so a flat
+//!   `{"event":"click","button":"buy"}` keeps `button`;
+//! - `timestamp` is when it happened; with `sentAt` too, the tracker's clock skew is removed:
+//!   `timestamp = received_at − (sent_at − timestamp)` (Segment's rule); without a timestamp it
+//!   is `received_at`;
+//! - `context` is kept, and the collector's `ip` and `userAgent` are added where absent.
+//!
+//! A field of the wrong type (a non-object `properties`, an unparseable time) makes the event a
+//! `parse` bad row: the event is kept with its reason, never dropped or half-read.
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use sluice_event::{BadKind, Event, EventType, Position, Protocol, RawEvent, parse_timestamp};
+
+/// Keys of a native event that are not properties.
+const RESERVED: &[&str] = &[
+    "type",
+    "event",
+    "name",
+    "event_id",
+    "eventId",
+    "messageId",
+    "user_id",
+    "userId",
+    "anonymous_id",
+    "anonymousId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "sent_at",
+    "receivedAt",
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+    "writeKey",
+    "channel",
+    "version",
+];
+
+/// Why an event could not be made canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Failure family.
+    pub kind: BadKind,
+    /// Lowercase reason.
+    pub reason: String,
+}
+
+fn parse_err(reason: impl Into<String>) -> Failure {
+    Failure { kind: BadKind::Parse, reason: reason.into() }
+}
+
+/// Makes the canonical event for a raw record at `raw_pos`.
+pub fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
+    match raw.protocol {
+        Protocol::Native => native(raw, raw_pos),
+    }
+}
+
+fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
+    let mut obj: Map<String, Value> = serde_json::from_str(raw.payload.get())
+        .map_err(|e| parse_err(format!("payload is not a json object: {e}")))?;
+    let event_type = match obj.get("type") {
+        None | Some(Value::Null) => EventType::Track,
+        Some(Value::String(t)) => {
+            EventType::parse(t).ok_or_else(|| parse_err(format!("unknown type {t:?}")))?
+        }
+        Some(_) => return Err(parse_err("type must be a string")),
+    };
+    let user_id = id_field(&obj, &["user_id", "userId"])?;
+    let anonymous_id = id_field(&obj, &["anonymous_id", "anonymousId"])?;
+    let name = |key: &str| -> Result<Option<String>, Failure> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+            Some(Value::String(_)) => Ok(None),
+            Some(_) => Err(parse_err(format!("{key} must be a string"))),
+        }
+    };
+    let event = match event_type {
+        EventType::Track => name("event")?.ok_or_else(|| parse_err("track event has no name"))?,
+        EventType::Page | EventType::Screen => {
+            name("name")?.or(name("event")?).unwrap_or_else(|| event_type.as_str().to_string())
+        }
+        _ => name("event")?.unwrap_or_else(|| event_type.as_str().to_string()),
+    };
+
+    let time = |keys: &[&str]| -> Result<Option<i64>, Failure> {
+        for k in keys {
+            match obj.get(*k) {
+                None | Some(Value::Null) => continue,
+                Some(v) => {
+                    return parse_timestamp(v)
+                        .map(Some)
+                        .ok_or_else(|| parse_err(format!("{k} is not a valid time: {v}")));
+                }
+            }
+        }
+        Ok(None)
+    };
+    let original = time(&["timestamp", "originalTimestamp"])?;
+    let sent_at = time(&["sentAt", "sent_at"])?;
+    let timestamp = match (original, sent_at) {
+        (Some(t), Some(s)) => raw.received_at.saturating_sub(s.saturating_sub(t)),
+        (Some(t), None) => t,
+        (None, _) => raw.received_at,
+    };
+
+    let props_key = match event_type {
+        EventType::Identify | EventType::Group => "traits",
+        _ => "properties",
+    };
+    let mut properties = match obj.remove(props_key) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(parse_err(format!("{props_key} must be a json object"))),
+    };
+    let mut context = match obj.remove("context") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(parse_err("context must be a json object")),
+    };
+    if let Some(ip) = &raw.ip {
+        context.entry("ip").or_insert_with(|| Value::String(ip.clone()));
+    }
+    if let Some(ua) = &raw.user_agent {
+        context.entry("userAgent").or_insert_with(|| Value::String(ua.clone()));
+    }
+    for (k, v) in obj {
+        if !RESERVED.contains(&k.as_str()) {
+            properties.entry(k).or_insert(v);
+        }
+    }
+    Ok(Event {
+        event_id: raw.event_id.clone(),
+        event_type,
+        event,
+        source: raw.source.clone(),
+        user_id,
+        anonymous_id,
+        timestamp,
+        sent_at,
+        received_at: raw.received_at,
+        properties: to_raw(&Value::Object(properties)),
+        context: to_raw(&Value::Object(context)),
+        raw: raw_pos,
+    })
+}
+
+fn id_field(obj: &Map<String, Value>, keys: &[&str]) -> Result<Option<String>, Failure> {
+    for k in keys {
+        match obj.get(*k) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) if s.is_empty() => continue,
+            Some(Value::String(s)) => return Ok(Some(s.clone())),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => return Ok(Some(n.to_string())),
+            Some(_) => return Err(parse_err(format!("{k} must be a string"))),
+        }
+    }
+    Ok(None)
+}
+
+fn to_raw(v: &Value) -> Box<RawValue> {
+    // Serializing a Value built from parsed JSON cannot fail.
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
+        RawValue::from_string("{}".to_string()).expect("literal is valid json")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(payload: &str) -> RawEvent {
+        RawEvent {
+            event_id: "e1".into(),
+            source: "web".into(),
+            protocol: Protocol::Native,
+            received_at: 1_000_000_000,
+            ip: Some("10.1.2.3".into()),
+            user_agent: Some("curl/8".into()),
+            payload: RawValue::from_string(payload.to_string()).unwrap(),
+        }
+    }
+    const POS: Position = Position { partition: 1, offset: 9 };
+
+    #[test]
+    fn track_with_skew_correction_and_flat_properties() {
+        let e = canonicalize(
+            &raw(r#"{"event":"Order Completed","userId":"u1","anonymousId":"a1","timestamp":"1970-01-01T00:16:30Z","sentAt":"1970-01-01T00:16:40Z","properties":{"total":5},"button":"buy","integrations":{}}"#),
+            POS,
+        )
+        .unwrap();
+        assert_eq!(e.event, "Order Completed");
+        assert_eq!(e.event_type, EventType::Track);
+        assert_eq!(e.user_id.as_deref(), Some("u1"));
+        assert_eq!(e.anonymous_id.as_deref(), Some("a1"));
+        // received 1000 s; sent at 1000 s by the client clock; happened 10 s before sending
+        assert_eq!(e.timestamp, 1_000_000_000 - 10_000_000);
+        assert_eq!(e.sent_at, Some(1_000_000_000));
+        let props: Value = serde_json::from_str(e.properties.get()).unwrap();
+        assert_eq!(props, serde_json::json!({"total":5,"button":"buy"}));
+        let ctx: Value = serde_json::from_str(e.context.get()).unwrap();
+        assert_eq!(ctx, serde_json::json!({"ip":"10.1.2.3","userAgent":"curl/8"}));
+        assert_eq!(e.raw, POS);
+    }
+
+    #[test]
+    fn identify_and_page_names() {
+        let e = canonicalize(&raw(r#"{"type":"identify","user_id":7,"traits":{"plan":"pro"}}"#), POS).unwrap();
+        assert_eq!((e.event.as_str(), e.user_id.as_deref()), ("identify", Some("7")));
+        assert_eq!(e.properties.get(), r#"{"plan":"pro"}"#);
+        assert_eq!(e.timestamp, 1_000_000_000);
+        let e = canonicalize(&raw(r#"{"type":"page","name":"Pricing","context":{"ip":"1.1.1.1"}}"#), POS).unwrap();
+        assert_eq!(e.event, "Pricing");
+        assert!(e.context.get().contains("1.1.1.1"));
+        assert!(!e.context.get().contains("10.1.2.3"));
+    }
+
+    #[test]
+    fn wrong_types_are_parse_failures() {
+        for p in [
+            r#"{"event":"x","properties":[1]}"#,
+            r#"{"event":"x","timestamp":"soon"}"#,
+            r#"{"event":"x","userId":{"a":1}}"#,
+            r#"{"event":"x","context":"c"}"#,
+            r#"{"type":"nope","event":"x"}"#,
+            r#"{"properties":{}}"#,
+            r#"[1]"#,
+        ] {
+            let f = canonicalize(&raw(p), POS).unwrap_err();
+            assert_eq!(f.kind, BadKind::Parse, "{p}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Every metric the runner emits.
+
+/// `sluice_functions_events_total{outcome="good|bad"}`.
+pub(crate) fn processed(good: usize, bad: usize) {
+    metrics::counter!("sluice_functions_events_total", "outcome" => "good").increment(good as u64);
+    metrics::counter!("sluice_functions_events_total", "outcome" => "bad").increment(bad as u64);
+}
+
+/// `sluice_functions_append_retries_total`: output appends retried after a transient error.
+pub(crate) fn retried() {
+    metrics::counter!("sluice_functions_append_retries_total").increment(1);
+}

@@ -1,0 +1,264 @@
+//! [`Runner`]: one task per `raw` partition, raw → canonical → good/bad, exactly once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros, topic};
+use sluice_journal::{Journal, JournalError};
+use tokio_util::sync::CancellationToken;
+
+use crate::{FunctionsError, RunnerSettings, canonicalize};
+
+/// The consumer group under which the runner records its `raw` progress. The collector reads it
+/// to measure the backlog; the exactly-once resume point comes from `good`/`bad`, not from here.
+pub const GROUP: &str = "functions";
+
+/// How often the runner records its progress in the consumer group.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Per-partition progress: the next raw offset to process.
+#[derive(Debug)]
+pub struct Progress {
+    next: Vec<AtomicU64>,
+}
+
+impl Progress {
+    /// The next raw offset partition `p` will process.
+    pub fn next(&self, p: u32) -> u64 {
+        self.next.get(p as usize).map_or(0, |n| n.load(Ordering::Acquire))
+    }
+}
+
+/// Drives every raw partition through the function chain.
+pub struct Runner {
+    journal: Arc<dyn Journal>,
+    settings: RunnerSettings,
+    partitions: u32,
+    progress: Arc<Progress>,
+}
+
+impl Runner {
+    /// Checks the topics and builds the runner.
+    pub fn new(journal: Arc<dyn Journal>, settings: RunnerSettings) -> Result<Self, FunctionsError> {
+        let counts = [
+            journal.partitions(topic::RAW)?,
+            journal.partitions(topic::GOOD)?,
+            journal.partitions(topic::BAD)?,
+        ];
+        if counts[0] != counts[1] || counts[0] != counts[2] {
+            return Err(FunctionsError::PartitionMismatch(counts));
+        }
+        let progress = Arc::new(Progress { next: (0..counts[0]).map(|_| AtomicU64::new(0)).collect() });
+        Ok(Self { journal, settings, partitions: counts[0], progress })
+    }
+
+    /// Progress, for metrics and drain checks.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// Runs until `shutdown`, then processes everything appended to `raw` before the shutdown and
+    /// returns. Returns early with an error only when the journal fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in 0..self.partitions {
+            let worker = PartitionWorker {
+                journal: self.journal.clone(),
+                partition: p,
+                batch_size: self.settings.batch_size,
+                progress: self.progress.clone(),
+            };
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { worker.run(shutdown).await });
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "runner partition stopped");
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "runner partition task panicked");
+                    if result.is_ok() {
+                        result = Err(FunctionsError::Journal(JournalError::Failed(e.to_string())));
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+struct PartitionWorker {
+    journal: Arc<dyn Journal>,
+    partition: u32,
+    batch_size: usize,
+    progress: Arc<Progress>,
+}
+
+#[derive(Deserialize)]
+struct RawOf {
+    raw: Position,
+}
+
+impl PartitionWorker {
+    async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
+        let p = self.partition;
+        let last_good = self.last_raw_offset(topic::GOOD)?;
+        let last_bad = self.last_raw_offset(topic::BAD)?;
+        let mut next = last_good.map_or(0, |o| o + 1);
+        let raw_start = self.journal.start(topic::RAW, p)?;
+        next = next.max(raw_start);
+        tracing::info!(partition = p, next, ?last_good, ?last_bad, "runner resumes");
+        self.progress.next[p as usize].store(next, Ordering::Release);
+        let mut last_commit = Instant::now();
+        let mut drain_to: Option<u64> = None;
+        loop {
+            if drain_to.is_none() && shutdown.is_cancelled() {
+                drain_to = Some(self.journal.end(topic::RAW, p)?);
+            }
+            if let Some(target) = drain_to
+                && next >= target
+            {
+                break;
+            }
+            let records = self.journal.read(topic::RAW, p, next, self.batch_size, 16 << 20)?;
+            let Some(last) = records.last() else {
+                if drain_to.is_some() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.journal.wait_for(topic::RAW, p, next, Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            };
+            let last_offset = last.offset;
+            let mut good = Vec::with_capacity(records.len());
+            let mut bad = Vec::new();
+            for r in &records {
+                let pos = Position { partition: p, offset: r.offset };
+                match process(&r.value, pos) {
+                    Ok(bytes) => good.push(bytes),
+                    Err(row) => {
+                        if last_bad.is_none_or(|b| r.offset > b) {
+                            bad.push(row);
+                        }
+                    }
+                }
+            }
+            crate::metrics::processed(good.len(), bad.len());
+            // Bad first: once a good record with a higher raw offset is durable, the resume
+            // point moves past these events, so their bad rows must already be durable.
+            self.append_retrying(topic::BAD, bad).await?;
+            self.append_retrying(topic::GOOD, good).await?;
+            next = last_offset + 1;
+            self.progress.next[p as usize].store(next, Ordering::Release);
+            if last_commit.elapsed() >= COMMIT_EVERY {
+                self.journal.commit(GROUP, topic::RAW, p, next)?;
+                last_commit = Instant::now();
+            }
+        }
+        self.journal.commit(GROUP, topic::RAW, p, next)?;
+        tracing::info!(partition = p, next, "runner drained");
+        Ok(())
+    }
+
+    /// The highest raw offset recorded in the tail of an output topic's partition.
+    fn last_raw_offset(&self, out: &str) -> Result<Option<u64>, FunctionsError> {
+        let p = self.partition;
+        let start = self.journal.start(out, p)?;
+        let mut end = self.journal.end(out, p)?;
+        while end > start {
+            let from = end.saturating_sub(64).max(start);
+            let records = self.journal.read(out, p, from, 64, 1 << 20)?;
+            let found = records
+                .iter()
+                .rev()
+                .find_map(|r| serde_json::from_slice::<RawOf>(&r.value).ok().map(|x| x.raw.offset));
+            if found.is_some() {
+                return Ok(found);
+            }
+            end = from;
+        }
+        Ok(None)
+    }
+
+    async fn append_retrying(&self, out: &str, records: Vec<Bytes>) -> Result<(), FunctionsError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.journal.append(out, self.partition, records.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind().is_retryable() && !self.journal.is_failed() => {
+                    tracing::warn!(topic = out, partition = self.partition, error = %e, "append failed; retrying");
+                    crate::metrics::retried();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// One raw record → the bytes of a good record, or of a bad row.
+fn process(value: &[u8], pos: Position) -> Result<Bytes, Bytes> {
+    let raw: RawEvent = match serde_json::from_slice(value) {
+        Ok(r) => r,
+        Err(e) => {
+            let payload = match std::str::from_utf8(value).ok().and_then(|s| RawValue::from_string(s.to_string()).ok()) {
+                Some(v) => v,
+                None => serde_json::value::to_raw_value(&String::from_utf8_lossy(value)).map_err(|_| Bytes::new())?,
+            };
+            return Err(bad_row(BadKind::Parse, format!("raw record is unreadable: {e}"), "", "", 0, payload, pos));
+        }
+    };
+    match canonicalize(&raw, pos) {
+        Ok(event) => match serde_json::to_vec(&event) {
+            Ok(b) => Ok(Bytes::from(b)),
+            Err(e) => Err(bad_of(&raw, BadKind::Parse, e.to_string(), pos)),
+        },
+        Err(f) => Err(bad_of(&raw, f.kind, f.reason, pos)),
+    }
+}
+
+fn bad_of(raw: &RawEvent, kind: BadKind, reason: String, pos: Position) -> Bytes {
+    let payload = serde_json::value::to_raw_value(raw)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("literal is valid json"));
+    bad_row(kind, reason, &raw.event_id, &raw.source, raw.received_at, payload, pos)
+}
+
+fn bad_row(
+    kind: BadKind,
+    reason: String,
+    event_id: &str,
+    source: &str,
+    received_at: i64,
+    payload: Box<RawValue>,
+    pos: Position,
+) -> Bytes {
+    let row = BadRow {
+        kind,
+        reason,
+        function: "canonicalize".into(),
+        event_id: event_id.into(),
+        source: source.into(),
+        received_at,
+        failed_at: now_micros(),
+        payload,
+        raw: pos,
+    };
+    // A BadRow of strings, numbers and valid JSON always serializes.
+    Bytes::from(serde_json::to_vec(&row).unwrap_or_default())
+}

@@ -1,0 +1,86 @@
+//! [`JournalError`]: the failure modes a journal caller acts on.
+
+use sluice_event::ErrorKind;
+
+/// A journal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// No such topic.
+    #[error("topic {0} not found")]
+    TopicNotFound(String),
+    /// No such partition.
+    #[error("partition {partition} of topic {topic} not found")]
+    PartitionNotFound {
+        /// Topic.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+    },
+    /// The topic exists with another partition count.
+    #[error("topic {topic} exists with {existing} partitions")]
+    TopicExists {
+        /// Topic.
+        topic: String,
+        /// Its partition count.
+        existing: u32,
+    },
+    /// A record is larger than the segment format allows.
+    #[error("record of {size} bytes exceeds the limit of {limit}")]
+    RecordTooLarge {
+        /// Record size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The disk is full; the append was rolled back and may be retried later.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// The journal stopped after an fsync or write error; restart the process.
+    #[error("journal failed and must be reopened: {0}")]
+    Failed(String),
+    /// Data before the durable point is corrupt; the partition is quarantined.
+    #[error("partition {topic}/{partition} is quarantined: {reason}")]
+    Quarantined {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// What was found.
+        reason: String,
+    },
+    /// A name, argument or configuration value is not acceptable.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The journal was shut down; nothing more can be appended through this handle.
+    #[error("journal is shut down")]
+    Closed,
+    /// Another journal, in this process or another, has the directory open.
+    #[error("journal directory {} is in use by another journal", .0.display())]
+    Locked(std::path::PathBuf),
+    /// Another IO error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl JournalError {
+    /// Classification for callers and HTTP mapping.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::TopicNotFound(_) | Self::PartitionNotFound { .. } => ErrorKind::NotFound,
+            Self::TopicExists { .. } => ErrorKind::Conflict,
+            Self::RecordTooLarge { .. } => ErrorKind::TooLarge,
+            Self::DiskFull(_)
+            | Self::Failed(_)
+            | Self::Quarantined { .. }
+            | Self::Closed
+            | Self::Locked(_) => ErrorKind::Unavailable,
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}

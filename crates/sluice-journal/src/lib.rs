@@ -1,0 +1,47 @@
+//! The durable, partitioned journal: the pipeline's buffer and its source of truth.
+//!
+//! A journal holds named topics (`raw`, `good`, `bad`, and any a Kinesis client creates), each
+//! with a fixed number of partitions. A partition is an append-only sequence of records with
+//! dense offsets from 0. The [`Journal`] trait is what stages use; [`LocalJournal`] keeps each
+//! partition in segment files on the local disk (format: `docs/formats/journal.md`).
+//!
+//! Invariants every backend keeps:
+//! - `append` resolves only after the records are durable (fdatasync under the default
+//!   `always` policy; a group commit covers every append waiting at the time).
+//! - Readers never see a record past the durable watermark ([`Journal::end`]).
+//! - An offset, once handed out, is never given to other bytes, even after a crash.
+//! - An fsync error poisons the journal: every later append fails with
+//!   [`JournalError::Failed`] and the process is expected to exit and recover from disk.
+//!
+//! Where [`LocalJournal`] enforces them: group commit and the ack point in `writer.rs`; the
+//! watermark's publication order in `partition.rs` and `segment.rs`; offsets never reissued
+//! through the durable floor (`partition.rs`) and recovery's classification of damage
+//! (`scan.rs`, `recovery.rs`); fail-stop on fsync errors in `durable.rs` and its callers.
+//! Offsets are dense except after a crash, where offsets continue at the floor and leave a gap
+//! (reported); readers skip gaps.
+
+mod api;
+mod config;
+mod durable;
+mod error;
+mod flusher;
+mod format;
+mod local;
+pub mod metrics;
+mod partition;
+mod recovery;
+mod retention;
+mod scan;
+mod segment;
+mod sync;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use api::{Journal, Record, TopicInfo, partition_for};
+pub use config::{FsyncPolicy, JournalConfig, MAX_PARTITIONS};
+pub use error::JournalError;
+pub use local::{JournalStats, LocalJournal};
+pub use recovery::{FloorGap, PartitionRecovery, RecoveryReport};
+pub use retention::{PartitionRetention, RetentionReport};

@@ -1,0 +1,395 @@
+//! Opening one partition directory: verify its segments (`scan.rs`), truncate a torn tail of the
+//! active segment, quarantine corruption, apply the durable offset floor, and report each step
+//! in a [`PartitionRecovery`].
+//!
+//! Recovery never deletes or truncates anything that can hold acknowledged data: it truncates
+//! only the active segment's torn tail, removes only a last segment whose header never became
+//! durable, and otherwise quarantines the partition (reads and appends return `Quarantined`)
+//! while the other partitions keep serving. After verification it fsyncs the active segment and
+//! the directory, because records a crashed process wrote but never synced may have survived
+//! in the page cache: they become readable now, so they must first become durable.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::durable::{Disk, StorageError};
+use crate::format::{
+    COMMIT_MAGIC, FLOOR_MAGIC, decode_small, parse_segment_file_name, segment_file_name,
+};
+use crate::partition::{CONSUMERS_DIR, FLOOR_FILE, Partition};
+use crate::scan::{Scan, scan_segment};
+use crate::segment::{IndexBuilder, Segment};
+use crate::writer::WriterStart;
+use crate::{JournalError, metrics};
+
+/// What recovery did to one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionRecovery {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Segment files kept.
+    pub segments: usize,
+    /// Records found in them.
+    pub records: u64,
+    /// First offset stored.
+    pub start: u64,
+    /// The next offset (the durable watermark) after recovery.
+    pub end: u64,
+    /// Bytes truncated from a torn tail of the active segment, plus the size of any
+    /// half-created segment removed.
+    pub truncated_bytes: u64,
+    /// Half-created segments (header never durable, no records) removed.
+    pub removed_segments: usize,
+    /// Set when the partition is quarantined: what was found.
+    pub quarantined: Option<String>,
+    /// Set when the next offset was moved up to the durable floor, leaving a gap.
+    pub floor_gap: Option<FloorGap>,
+    /// Anything else worth an operator's attention (missing floor file, unexpected files,
+    /// consumer offsets past the end).
+    pub warnings: Vec<String>,
+}
+
+/// The next offset continues at the floor rather than right after the last record, so offsets
+/// `recovered_end..floor` are never used: some may have been handed out before the crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloorGap {
+    /// One past the last record found on disk.
+    pub recovered_end: u64,
+    /// Where offsets continue.
+    pub floor: u64,
+}
+
+/// Everything a journal-wide open found, partition by partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// One entry per partition of every topic found, sorted by topic and partition.
+    pub partitions: Vec<PartitionRecovery>,
+    /// Problems outside any partition (unreadable topic directories and the like).
+    pub warnings: Vec<String>,
+}
+
+impl RecoveryReport {
+    /// The partitions that are quarantined.
+    pub fn quarantined(&self) -> impl Iterator<Item = &PartitionRecovery> {
+        self.partitions.iter().filter(|p| p.quarantined.is_some())
+    }
+
+    /// The entry of one partition.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionRecovery> {
+        self.partitions
+            .iter()
+            .find(|p| p.topic == topic && p.partition == partition)
+    }
+}
+
+/// A recovered partition and how its writer starts (none if quarantined).
+pub(crate) struct Recovered {
+    pub partition: Partition,
+    pub writer: Option<WriterStart>,
+    pub report: PartitionRecovery,
+}
+
+/// Recovers the partition in `dir`. Errors only when an fsync fails (the device cannot be
+/// trusted, so the whole open fails); everything else ends in a healthy or quarantined partition.
+pub(crate) fn recover_partition(
+    disk: &Disk,
+    topic: &str,
+    id: u32,
+    dir: PathBuf,
+) -> Result<Recovered, JournalError> {
+    let mut report = PartitionRecovery {
+        topic: topic.to_string(),
+        partition: id,
+        ..PartitionRecovery::default()
+    };
+    match recover_inner(disk, &dir, &mut report) {
+        Ok(Outcome::Healthy {
+            segments,
+            next,
+            floor,
+            writer,
+        }) => Ok(Recovered {
+            partition: Partition::healthy(topic, id, dir, segments, next, floor),
+            writer: Some(writer),
+            report,
+        }),
+        Ok(Outcome::Quarantined(reason)) => Ok(quarantine(topic, id, dir, reason, report)),
+        Err(StorageError::Sync(error)) => Err(JournalError::Failed(format!(
+            "fsync failed while recovering {}: {error}",
+            dir.display()
+        ))),
+        Err(StorageError::Space(error) | StorageError::Other(error)) => {
+            let reason = format!("cannot recover: {error}");
+            Ok(quarantine(topic, id, dir, reason, report))
+        }
+    }
+}
+
+/// A quarantined partition (recovery found damage or could not read it).
+pub(crate) fn quarantine(
+    topic: &str,
+    id: u32,
+    dir: PathBuf,
+    reason: String,
+    mut report: PartitionRecovery,
+) -> Recovered {
+    tracing::error!(
+        topic,
+        partition = id,
+        reason = %reason,
+        "journal partition quarantined: data before the durable point is damaged or unreadable; \
+         it is neither read nor written until an operator repairs it"
+    );
+    metrics::quarantine(topic);
+    report.quarantined = Some(reason.clone());
+    report.segments = 0;
+    report.records = 0;
+    Recovered {
+        partition: Partition::quarantined(topic, id, dir, reason),
+        writer: None,
+        report,
+    }
+}
+
+enum Outcome {
+    Healthy {
+        segments: Vec<Arc<Segment>>,
+        next: u64,
+        floor: u64,
+        writer: WriterStart,
+    },
+    Quarantined(String),
+}
+
+fn recover_inner(
+    disk: &Disk,
+    dir: &Path,
+    report: &mut PartitionRecovery,
+) -> Result<Outcome, StorageError> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(StorageError::Other)? {
+        let entry = entry.map_err(StorageError::Other)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            report.warnings.push(format!(
+                "ignored a file with a non-UTF-8 name in {}",
+                dir.display()
+            ));
+            continue;
+        };
+        if name.ends_with(".tmp") {
+            // An atomic replacement that never got renamed into place.
+            std::fs::remove_file(entry.path()).map_err(StorageError::Other)?;
+        } else if let Some(base) = parse_segment_file_name(name) {
+            bases.push(base);
+        } else if name.ends_with(crate::format::SEGMENT_SUFFIX) {
+            return Ok(Outcome::Quarantined(format!(
+                "unexpected segment file name {name}"
+            )));
+        } else if name != FLOOR_FILE && name != CONSUMERS_DIR {
+            report
+                .warnings
+                .push(format!("ignored unexpected file {name}"));
+        }
+    }
+    bases.sort_unstable();
+
+    let mut segments: Vec<Arc<Segment>> = Vec::new();
+    let mut writer = WriterStart {
+        active: None,
+        active_records: 0,
+        index_state: IndexBuilder::default(),
+        next: 0,
+    };
+    // One past the last record seen, and (for a removed half-created last segment) its base:
+    // offsets below it may have been used.
+    let mut records_end: Option<u64> = None;
+    let mut min_next = 0u64;
+    for (i, &base) in bases.iter().enumerate() {
+        let sealed = i + 1 < bases.len();
+        let name = segment_file_name(base);
+        let path = dir.join(&name);
+        let file = open_segment(&path, sealed).map_err(StorageError::Other)?;
+        let verified = match scan_segment(&file, base, sealed).map_err(StorageError::Other)? {
+            Scan::Corrupt(reason) => {
+                return Ok(Outcome::Quarantined(format!("segment {name}: {reason}")));
+            }
+            Scan::TornCreation { reason } => {
+                let len = file.metadata().map_err(StorageError::Other)?.len();
+                drop(file);
+                std::fs::remove_file(&path).map_err(StorageError::Other)?;
+                disk.sync_dir(dir)?;
+                tracing::warn!(
+                    segment = %path.display(),
+                    reason = %reason,
+                    "removed a segment whose creation never completed"
+                );
+                report.truncated_bytes += len;
+                report.removed_segments += 1;
+                min_next = min_next.max(base);
+                continue;
+            }
+            Scan::Verified(verified) => verified,
+        };
+        let header = verified.header;
+        match records_end {
+            Some(prev) if header.prev_end != prev || base < prev => {
+                return Ok(Outcome::Quarantined(format!(
+                    "segment {name} does not continue the previous segment: it was created \
+                     after offset {} but the previous segment ends at {prev} (a segment is \
+                     missing or was cut)",
+                    header.prev_end
+                )));
+            }
+            _ => {}
+        }
+        if let Some(tail) = &verified.tail {
+            let cut = verified.file_len - verified.keep_len;
+            file.set_len(verified.keep_len)
+                .map_err(StorageError::Other)?;
+            tracing::warn!(
+                segment = %path.display(),
+                bytes = cut,
+                reason = %tail,
+                "truncated a torn tail past the last complete append"
+            );
+            report.truncated_bytes += cut;
+        }
+        report.segments += 1;
+        report.records += verified.records;
+        records_end = Some(verified.records_end);
+        let segment = Arc::new(Segment::new(
+            base,
+            path,
+            // Sealed segments reopen lazily on first read.
+            (!sealed).then_some(file),
+            verified.keep_len,
+            verified.records_end,
+            verified.max_timestamp_ms,
+            verified.index,
+        ));
+        writer.active_records = verified.records;
+        writer.index_state = verified.index_state;
+        segments.push(segment);
+    }
+    // The last segment kept is the active one. If it was scanned as sealed (a half-created
+    // segment after it was removed), it needs a writable handle.
+    if let Some(last) = segments.last_mut() {
+        if last.base != bases.last().copied().unwrap_or(last.base) {
+            *last = Arc::new(last.reopen_writable().map_err(StorageError::Other)?);
+        }
+        writer.active = Some(last.clone());
+    }
+    // What survived the crash in the page cache becomes readable below: make it durable first
+    // (with the file size, if a torn tail was cut off).
+    if let Some(active) = &writer.active {
+        let file = active.file().map_err(StorageError::Other)?;
+        if report.truncated_bytes > 0 {
+            disk.sync_all(file)?;
+        } else {
+            disk.sync_data(file)?;
+        }
+    }
+    disk.sync_dir(dir)?;
+
+    let floor = match std::fs::read(dir.join(FLOOR_FILE)) {
+        Ok(bytes) => match decode_small(FLOOR_MAGIC, &bytes) {
+            Ok(floor) => floor,
+            Err(why) => {
+                report.warnings.push(format!(
+                    "offset floor file is unreadable ({why}); offsets continue after the last \
+                     record found"
+                ));
+                0
+            }
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            report.warnings.push(
+                "offset floor file is missing; offsets continue after the last record found".into(),
+            );
+            0
+        }
+        Err(error) => return Err(StorageError::Other(error)),
+    };
+    let data_end = records_end.unwrap_or(0).max(min_next);
+    let next = data_end.max(floor);
+    if next >= crate::format::MAX_OFFSET {
+        return Ok(Outcome::Quarantined(format!(
+            "next offset {next} (floor {floor}) is beyond the offset space"
+        )));
+    }
+    if next > data_end {
+        tracing::warn!(
+            topic = %report.topic,
+            partition = report.partition,
+            recovered_end = data_end,
+            floor = next,
+            "offsets continue at the durable floor, leaving a gap (the process did not shut \
+             down cleanly, or records at the end were lost)"
+        );
+        report.floor_gap = Some(FloorGap {
+            recovered_end: data_end,
+            floor: next,
+        });
+        metrics::floor_gap(&report.topic);
+    }
+    if report.truncated_bytes > 0 {
+        metrics::recovery_truncation(&report.topic, report.truncated_bytes);
+    }
+    check_consumers(dir, next, report);
+    report.start = segments.first().map_or(next, |s| s.base.min(next));
+    report.end = next;
+    writer.next = next;
+    Ok(Outcome::Healthy {
+        segments,
+        next,
+        floor,
+        writer,
+    })
+}
+
+fn open_segment(path: &Path, sealed: bool) -> io::Result<File> {
+    if sealed {
+        File::open(path)
+    } else {
+        OpenOptions::new().read(true).write(true).open(path)
+    }
+}
+
+/// Warns about consumer offsets past the recovered end: with the floor in place this means a
+/// consumer committed records that are gone, which an operator should know about.
+fn check_consumers(dir: &Path, next: u64, report: &mut PartitionRecovery) {
+    let consumers = dir.join(CONSUMERS_DIR);
+    let Ok(entries) = std::fs::read_dir(&consumers) else {
+        if let Err(error) = std::fs::create_dir_all(&consumers) {
+            report
+                .warnings
+                .push(format!("cannot create the consumers directory: {error}"));
+        }
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        match std::fs::read(entry.path())
+            .map_err(|e| e.to_string())
+            .and_then(|b| decode_small(COMMIT_MAGIC, &b))
+        {
+            Ok(committed) if committed > next => report.warnings.push(format!(
+                "consumer group {} committed offset {committed}, past the recovered end {next}",
+                crate::local::unescape_group(&name)
+            )),
+            Ok(_) => {}
+            Err(why) => report
+                .warnings
+                .push(format!("consumer offsets file {name} is unreadable: {why}")),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! [`DeltaTarget`]: one lake table as the delivery loop sees it — open or create it, read its
+//! transaction versions, write Parquet files, commit them together with `txn` actions, and
+//! checkpoint.
+//!
+//! The exactly-once bookkeeping lives in the Delta log itself: every commit carries one
+//! `txn { appId: "<table>/<partition>", version: <last journal offset included> }` per journal
+//! partition it covers, atomically with the `add` actions of the rows. The table is therefore the
+//! only state; nothing is kept on the local disk.
+//!
+//! Invariants:
+//! - The in-memory snapshot a commit is built on is one whose txn versions the caller knows:
+//!   the one it read them from, or a later one reached only by its own commits. delta-rs'
+//!   conflict checker rejects a commit if any commit since that snapshot touched one of its app
+//!   ids (`ConcurrentTransaction`), so a second writer on the same partitions cannot make us
+//!   write a row twice; we reload and read the versions again. When a commit of ours lands
+//!   after commits of others (on other app ids, so the checker let it through), the snapshot
+//!   now includes theirs: [`Committed::others_committed`] tells the caller to read the txn
+//!   versions again before it trusts its positions. (A test with two concurrent sinks found the
+//!   duplicates this prevents.)
+//! - Checkpoints are taken by this module (never by the post-commit hook), so that a checkpoint
+//!   failure can never be mistaken for a commit failure.
+//! - Log cleanup runs only after a checkpoint, not after every commit (it lists the whole log).
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+
+use crate::schema::{TableSpec, app_id, check_compatible, delta_columns};
+use crate::{LakeError, LakeRoot};
+
+/// How often delta-rs may retry a commit internally when another writer took the version (it
+/// re-checks conflicts each time). Our own loop retries beyond that.
+const COMMIT_MAX_RETRIES: usize = 10;
+
+/// Runs a future on the blocking pool, so that CPU-heavy work inside it (Parquet encoding, kernel
+/// log replay, checkpoint writing) does not stall the async worker threads.
+pub(crate) async fn run_blocking<F, T>(table: &str, future: F) -> Result<T, LakeError>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(future))
+        .await
+        .map_err(|e| LakeError::Task {
+            table: table.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// A landed commit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Committed {
+    /// The table version it created.
+    pub(crate) version: u64,
+    /// Other writers committed between our snapshot and this commit, and the snapshot now
+    /// includes their commits: the caller must read the txn versions again before it relies on
+    /// its in-memory positions (another writer may have delivered some of our partitions).
+    pub(crate) others_committed: bool,
+}
+
+/// An opened (and, if it was absent, created) lake table.
+pub(crate) struct DeltaTarget<S: TableSpec> {
+    table: DeltaTable,
+    _spec: PhantomData<S>,
+}
+
+impl<S: TableSpec> DeltaTarget<S> {
+    /// Opens table `S` under `root`, creating it if it does not exist yet, and checks that its
+    /// schema is the one this version writes.
+    pub(crate) async fn open(root: &LakeRoot, checkpoint_interval: u64) -> Result<Self, LakeError> {
+        let url = root.table_url(S::TABLE)?;
+        if let Some(dir) = root.local_path() {
+            // delta-rs' local store needs the directory to exist before it can list it.
+            let dir = dir.join(S::TABLE);
+            std::fs::create_dir_all(&dir).map_err(|e| LakeError::Location {
+                location: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let delta = |context, e| LakeError::delta(S::TABLE, context, e);
+        let mut table = DeltaTableBuilder::from_url(url)
+            .and_then(|b| {
+                b.with_storage_options(root.storage_options().clone())
+                    .build()
+            })
+            .map_err(|e| delta("opening", e))?;
+        // Checking first keeps the kernel from logging an ERROR about an empty log.
+        let exists = table
+            .verify_deltatable_existence()
+            .await
+            .map_err(|e| delta("checking existence", e))?;
+        if exists {
+            table.load().await.map_err(|e| delta("loading", e))?;
+        } else {
+            let created = table
+                .create()
+                .with_table_name(S::TABLE)
+                .with_comment(format!(
+                    "sluice {} table, fed from the {} topic",
+                    S::TABLE,
+                    S::TOPIC
+                ))
+                .with_columns(delta_columns(S::COLUMNS))
+                .with_partition_columns([S::PARTITION_COLUMN])
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(checkpoint_interval.to_string()),
+                )
+                .await;
+            match created {
+                Ok(t) => table = t,
+                Err(create_error) => {
+                    // Another writer may have created it between our check and our commit.
+                    let exists = table
+                        .verify_deltatable_existence()
+                        .await
+                        .map_err(|e| delta("checking existence", e))?;
+                    if !exists {
+                        return Err(delta("creating", create_error));
+                    }
+                    table.load().await.map_err(|e| delta("loading", e))?;
+                }
+            }
+            tracing::info!(table = S::TABLE, url = %table.table_url(), "created lake table");
+        }
+        let target = Self {
+            table,
+            _spec: PhantomData,
+        };
+        target.check_schema()?;
+        Ok(target)
+    }
+
+    fn check_schema(&self) -> Result<(), LakeError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(S::TABLE, "reading metadata", e))?;
+        let schema = snapshot.schema();
+        check_compatible(
+            S::COLUMNS,
+            &schema,
+            snapshot.metadata().partition_columns(),
+            S::PARTITION_COLUMN,
+        )
+        .map_err(|reason| LakeError::SchemaMismatch {
+            table: S::TABLE.to_string(),
+            reason,
+        })
+    }
+
+    /// The loaded table version.
+    pub(crate) fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// The table (for writing files against its schema and store).
+    pub(crate) fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// Reloads the table to its latest version. Used after a failed or ambiguous commit.
+    pub(crate) async fn reload(&mut self) -> Result<(), LakeError> {
+        self.table
+            .update_state()
+            .await
+            .map_err(|e| LakeError::delta(S::TABLE, "reloading", e))?;
+        self.check_schema()
+    }
+
+    /// The txn version (last delivered journal offset) of each of `partitions`, as recorded in
+    /// the loaded snapshot.
+    pub(crate) async fn txn_versions(
+        &self,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> Result<Vec<(u32, Option<u64>)>, LakeError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(S::TABLE, "reading transactions", e))?;
+        let log_store = self.table.log_store();
+        let mut out = Vec::new();
+        for partition in partitions {
+            let version = snapshot
+                .transaction_version(log_store.as_ref(), app_id(S::TABLE, partition))
+                .await
+                .map_err(|e| LakeError::delta(S::TABLE, "reading transactions", e))?;
+            // A negative version was not written by us; treat it as nothing delivered.
+            out.push((partition, version.and_then(|v| u64::try_from(v).ok())));
+        }
+        Ok(out)
+    }
+
+    /// Commits `adds` together with one txn action per `(partition, last offset)`. On success the
+    /// in-memory snapshot is advanced to the new version.
+    pub(crate) async fn commit(
+        &mut self,
+        adds: Vec<Add>,
+        delivered: &[(u32, u64)],
+    ) -> Result<Committed, LakeError> {
+        let base = self.table.version();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = delivered
+            .iter()
+            .map(|(p, last)| {
+                Transaction::new_with_last_update(
+                    app_id(S::TABLE, *p),
+                    i64::try_from(*last).unwrap_or(i64::MAX),
+                    Some(now_ms),
+                )
+            })
+            .collect();
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(COMMIT_MAX_RETRIES)
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(vec![S::PARTITION_COLUMN.to_string()]),
+            predicate: None,
+        };
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(S::TABLE, "committing", e))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(
+                Some(snapshot as &dyn TableReference),
+                self.table.log_store(),
+                operation,
+            )
+            .await
+            .map_err(|e| LakeError::delta(S::TABLE, "committing", e))?;
+        let version = finalized.version();
+        match self.table.update_incremental(Some(version)).await {
+            Ok(()) => Ok(Committed {
+                version,
+                others_committed: base.is_none_or(|base| version != base + 1),
+            }),
+            Err(e) => {
+                // The commit landed. The snapshot stayed where our positions are known, and the
+                // next commit built on it fails its conflict check (our own app ids) and makes
+                // the caller reload, so this is not an error of the commit.
+                tracing::warn!(table = S::TABLE, version, error = %e, "could not advance the table snapshot after a commit");
+                Ok(Committed {
+                    version,
+                    others_committed: false,
+                })
+            }
+        }
+    }
+
+    /// Writes a checkpoint at the loaded version, then removes log files past the table's log
+    /// retention (`delta.logRetentionDuration`, 30 days by default).
+    pub(crate) async fn checkpoint(&self) -> Result<(), LakeError> {
+        let table = self.table.clone();
+        run_blocking(S::TABLE, async move {
+            deltalake::checkpoints::create_checkpoint(&table, None).await?;
+            deltalake::checkpoints::cleanup_metadata(&table, None).await
+        })
+        .await?
+        .map(|_| ())
+        .map_err(|e| LakeError::delta(S::TABLE, "checkpointing", e))
+    }
+}

@@ -1,0 +1,194 @@
+//! [`LakeConfig`], the `[lake]` section of the config file, and [`LakeSettings`], its validated
+//! form that the delivery loop takes.
+//!
+//! The file form is what users write (`flush_interval = "2s"`); unknown fields are an error.
+//! [`LakeConfig::validate`] checks it once and produces [`LakeSettings`], which also carries the
+//! process-level knobs that are not worth a config field (retry backoff, commit timeout) so tests
+//! can shorten them.
+
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::LakeError;
+
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_FLUSH_MAX_EVENTS: usize = 100_000;
+const DEFAULT_FLUSH_MAX_BYTES: u64 = 128 * 1024 * 1024;
+const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10;
+const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Lake delivery: how `good` and `bad` become the `events` and `bad_rows` Delta tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// The longest an event waits in the delivery buffer before it is written and committed
+    /// (so ack → SQL visibility is about this plus the commit time). A humantime string: "2s",
+    /// "500ms", "1m".
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many records are buffered. Larger flushes make larger Parquet
+    /// files (fewer, better-compressed files and faster queries) at the cost of memory.
+    pub flush_max_events: usize,
+    /// Flush as soon as the buffered records (their JSON form in the journal) reach this many
+    /// bytes. Bounds the memory a flush holds.
+    pub flush_max_bytes: u64,
+    /// Write a Delta checkpoint every this many table versions, so readers and restarts replay
+    /// at most this many JSON commits.
+    pub checkpoint_interval: u64,
+    /// zstd compression level of the Parquet files (1 fastest … 22 smallest).
+    pub zstd_level: i32,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            flush_max_events: DEFAULT_FLUSH_MAX_EVENTS,
+            flush_max_bytes: DEFAULT_FLUSH_MAX_BYTES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+impl LakeConfig {
+    /// Checks the values and returns the settings the delivery loop runs with.
+    pub fn validate(&self) -> Result<LakeSettings, LakeError> {
+        if self.flush_interval.is_zero() {
+            return Err(LakeError::Config("flush_interval must be positive".into()));
+        }
+        if self.flush_interval > Duration::from_secs(3600) {
+            return Err(LakeError::Config(
+                "flush_interval must be at most 1h".into(),
+            ));
+        }
+        if self.flush_max_events == 0 {
+            return Err(LakeError::Config(
+                "flush_max_events must be at least 1".into(),
+            ));
+        }
+        let flush_max_bytes = usize::try_from(self.flush_max_bytes)
+            .ok()
+            .filter(|b| *b > 0)
+            .ok_or_else(|| LakeError::Config("flush_max_bytes must be at least 1".into()))?;
+        let checkpoint_interval = NonZeroU64::new(self.checkpoint_interval)
+            .ok_or_else(|| LakeError::Config("checkpoint_interval must be at least 1".into()))?;
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(LakeError::Config(
+                "zstd_level must be between 1 and 22".into(),
+            ));
+        }
+        Ok(LakeSettings {
+            flush_interval: self.flush_interval,
+            flush_max_events: self.flush_max_events,
+            flush_max_bytes,
+            checkpoint_interval,
+            zstd_level: self.zstd_level,
+            ..LakeSettings::base()
+        })
+    }
+}
+
+/// Validated lake settings, passed to each sink's constructor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LakeSettings {
+    /// See [`LakeConfig::flush_interval`].
+    pub flush_interval: Duration,
+    /// See [`LakeConfig::flush_max_events`].
+    pub flush_max_events: usize,
+    /// See [`LakeConfig::flush_max_bytes`].
+    pub flush_max_bytes: usize,
+    /// See [`LakeConfig::checkpoint_interval`].
+    pub checkpoint_interval: NonZeroU64,
+    /// See [`LakeConfig::zstd_level`].
+    pub zstd_level: i32,
+    /// First wait after a failed commit or read; doubles up to `retry_backoff_max`.
+    pub retry_backoff_initial: Duration,
+    /// Longest wait between retries.
+    pub retry_backoff_max: Duration,
+    /// A commit that takes longer than this is treated as of unknown outcome: the sink reloads
+    /// the table and reads its transaction versions back before trying again.
+    pub commit_timeout: Duration,
+    /// Attempts per flush once shutdown has begun; after that `run` returns the error rather
+    /// than hang the process (the journal still has the records, so nothing is lost).
+    pub shutdown_attempts: u32,
+    /// Records asked of the journal per read call.
+    pub read_batch_records: usize,
+}
+
+impl LakeSettings {
+    /// The defaults, without going through validation (they are valid by construction; a test
+    /// checks that they equal `LakeConfig::default().validate()`).
+    fn base() -> Self {
+        Self {
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            flush_max_events: DEFAULT_FLUSH_MAX_EVENTS,
+            flush_max_bytes: DEFAULT_FLUSH_MAX_BYTES as usize,
+            checkpoint_interval: NonZeroU64::new(DEFAULT_CHECKPOINT_INTERVAL)
+                .unwrap_or(NonZeroU64::MIN),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            retry_backoff_initial: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(10),
+            commit_timeout: Duration::from_secs(60),
+            shutdown_attempts: 5,
+            read_batch_records: 4096,
+        }
+    }
+}
+
+impl Default for LakeSettings {
+    fn default() -> Self {
+        Self::base()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_equal_the_settings_defaults() {
+        assert_eq!(
+            LakeConfig::default().validate().unwrap(),
+            LakeSettings::default()
+        );
+        assert_eq!(LakeSettings::default().checkpoint_interval.get(), 10);
+    }
+
+    #[test]
+    fn parses_humantime_and_rejects_unknown_fields() {
+        let config: LakeConfig =
+            serde_json::from_str(r#"{"flush_interval":"500ms","flush_max_events":10}"#).unwrap();
+        assert_eq!(config.flush_interval, Duration::from_millis(500));
+        assert_eq!(config.flush_max_events, 10);
+        assert_eq!(config.checkpoint_interval, 10);
+        assert!(serde_json::from_str::<LakeConfig>(r#"{"flush_every":"1s"}"#).is_err());
+    }
+
+    #[test]
+    fn rejects_unusable_values() {
+        for bad in [
+            LakeConfig {
+                flush_interval: Duration::ZERO,
+                ..LakeConfig::default()
+            },
+            LakeConfig {
+                flush_max_events: 0,
+                ..LakeConfig::default()
+            },
+            LakeConfig {
+                checkpoint_interval: 0,
+                ..LakeConfig::default()
+            },
+            LakeConfig {
+                zstd_level: 0,
+                ..LakeConfig::default()
+            },
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert_eq!(err.kind(), sluice_event::ErrorKind::Invalid);
+        }
+    }
+}

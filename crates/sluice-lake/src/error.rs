@@ -1,0 +1,111 @@
+//! [`LakeError`]: the failure modes of lake delivery that a caller acts on, each classified by
+//! [`LakeError::kind`].
+//!
+//! Storage failures (the object store, the Delta log) are `Unavailable`: the delivery loop retries
+//! them itself and only returns them when it gives up (during shutdown). A table whose schema is
+//! not the one this version writes is `Conflict`: writing into it would corrupt it, so the sink
+//! stops instead.
+
+use sluice_event::ErrorKind;
+use sluice_journal::JournalError;
+
+/// A lake delivery failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The configuration is not usable.
+    #[error("invalid lake config: {0}")]
+    Config(String),
+    /// The lake root is neither a usable URL nor a usable path.
+    #[error("invalid lake location {location}: {reason}")]
+    Location {
+        /// What was given.
+        location: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// Reading the journal failed.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The Delta table could not be read, written or committed.
+    #[error("delta table {table}: {context}: {source}")]
+    Delta {
+        /// Table name.
+        table: String,
+        /// What was being done.
+        context: &'static str,
+        /// The delta-rs error.
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    /// The table exists but its schema or partitioning is not the one this version writes.
+    #[error("delta table {table} has an incompatible schema: {reason}")]
+    SchemaMismatch {
+        /// Table name.
+        table: String,
+        /// The first difference found.
+        reason: String,
+    },
+    /// Turning records into an Arrow batch failed (a bug: decoding errors skip the record).
+    #[error("encoding rows for {table}: {reason}")]
+    Encode {
+        /// Table name.
+        table: String,
+        /// The Arrow error.
+        reason: String,
+    },
+    /// A background task (encoding, Parquet writing) panicked or was cancelled.
+    #[error("background task of {table} failed: {reason}")]
+    Task {
+        /// Table name.
+        table: String,
+        /// The join error.
+        reason: String,
+    },
+    /// Delivery kept failing and the sink gave up (only during shutdown, where retrying forever
+    /// would hang the process).
+    #[error("delivery to {table} gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        /// Table name.
+        table: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+    /// The sink stopped before the awaited progress was reached.
+    #[error("delivery to {table} stopped before reaching the awaited positions")]
+    Stopped {
+        /// Table name.
+        table: String,
+    },
+    /// A test fault injector asked the sink to crash.
+    #[error("injected crash at {0}")]
+    InjectedCrash(&'static str),
+}
+
+impl LakeError {
+    /// Classification for callers and HTTP mapping.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Config(_) | Self::Location { .. } => ErrorKind::Invalid,
+            Self::Journal(e) => e.kind(),
+            Self::Delta { .. } | Self::GaveUp { .. } | Self::Stopped { .. } => {
+                ErrorKind::Unavailable
+            }
+            Self::SchemaMismatch { .. } => ErrorKind::Conflict,
+            Self::Encode { .. } | Self::Task { .. } | Self::InjectedCrash(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn delta(
+        table: &str,
+        context: &'static str,
+        source: impl Into<deltalake::DeltaTableError>,
+    ) -> Self {
+        Self::Delta {
+            table: table.to_string(),
+            context,
+            source: Box::new(source.into()),
+        }
+    }
+}

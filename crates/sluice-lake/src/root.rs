@@ -1,0 +1,138 @@
+//! [`LakeRoot`]: where the lake lives — a local directory or an object-store URL — and how a
+//! table's location is derived from it (`<root>/<table>/`).
+//!
+//! Local paths become absolute `file://` URLs; the directory is not created here (readers such as
+//! `sluice sql` must not create anything), only by a sink when it creates a table.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use url::Url;
+
+use crate::LakeError;
+
+/// The root of the lake: every table is a directory directly below it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LakeRoot {
+    url: Url,
+    storage_options: HashMap<String, String>,
+}
+
+impl LakeRoot {
+    /// A local directory or a URL (`file:///…`, `s3://bucket/prefix`, `memory:///`). Anything
+    /// without `://` is taken as a path, relative to the current directory if not absolute.
+    pub fn parse(location: &str) -> Result<Self, LakeError> {
+        let location = location.trim();
+        if location.is_empty() {
+            return Err(LakeError::Location {
+                location: location.to_string(),
+                reason: "empty".into(),
+            });
+        }
+        if location.contains("://") {
+            let url = Url::parse(location).map_err(|e| LakeError::Location {
+                location: location.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok(Self::from_url(url))
+        } else {
+            Self::from_path(Path::new(location))
+        }
+    }
+
+    /// A local directory.
+    pub fn from_path(path: &Path) -> Result<Self, LakeError> {
+        let bad = |reason: String| LakeError::Location {
+            location: path.display().to_string(),
+            reason,
+        };
+        let absolute = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
+        let url = Url::from_directory_path(&absolute)
+            .map_err(|()| bad("not representable as a file url".into()))?;
+        Ok(Self::from_url(url))
+    }
+
+    /// A URL; a trailing `/` is added so that table names join below it.
+    pub fn from_url(mut url: Url) -> Self {
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        Self {
+            url,
+            storage_options: HashMap::new(),
+        }
+    }
+
+    /// Object-store options (credentials, endpoint, `allow_http`, …) passed to delta-rs.
+    pub fn with_storage_options(mut self, options: HashMap<String, String>) -> Self {
+        self.storage_options = options;
+        self
+    }
+
+    /// The root URL, ending in `/`.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The object-store options.
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// The URL of table `name`, ending in `/`.
+    pub fn table_url(&self, name: &str) -> Result<Url, LakeError> {
+        self.url
+            .join(&format!("{name}/"))
+            .map_err(|e| LakeError::Location {
+                location: format!("{}{name}", self.url),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The local directory of the root, if it is on the local file system.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        (self.url.scheme() == "file")
+            .then(|| self.url.to_file_path().ok())
+            .flatten()
+    }
+}
+
+impl std::fmt::Display for LakeRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.url.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_urls_get_a_trailing_slash_and_join_tables() {
+        let root = LakeRoot::parse("/data/lake").unwrap();
+        assert_eq!(root.url().as_str(), "file:///data/lake/");
+        assert_eq!(
+            root.table_url("events").unwrap().as_str(),
+            "file:///data/lake/events/"
+        );
+        assert_eq!(
+            root.local_path().unwrap(),
+            std::path::PathBuf::from("/data/lake")
+        );
+        let s3 = LakeRoot::parse("s3://bucket/prefix").unwrap();
+        assert_eq!(
+            s3.table_url("bad_rows").unwrap().as_str(),
+            "s3://bucket/prefix/bad_rows/"
+        );
+        assert!(s3.local_path().is_none());
+        assert!(LakeRoot::parse("").is_err());
+        assert!(
+            LakeRoot::parse("relative/dir")
+                .unwrap()
+                .url()
+                .as_str()
+                .starts_with("file:///")
+        );
+    }
+}

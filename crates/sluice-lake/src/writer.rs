@@ -1,0 +1,423 @@
+//! Journal records → Arrow record batches → zstd Parquet files (Delta `add` actions).
+//!
+//! Rows are appended straight into Arrow builders from the typed records
+//! ([`sluice_event::Event`], [`sluice_event::BadRow`]); there is no `serde_json::Value` step.
+//! A record that does not decode is not a row: [`encode_records`] reports it as a
+//! [`SkippedRecord`] with its position and the reason, and the caller logs and counts it. A
+//! record is decoded completely before any builder is touched, so a failure never leaves a
+//! half-appended row behind.
+//!
+//! Everything here is synchronous CPU work; the delivery loop runs it on the blocking pool.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    ArrayRef, BooleanArray, Date32Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::error::ArrowError;
+use deltalake::kernel::Add;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+use sluice_event::{BadRow, Event};
+use sluice_journal::Record;
+
+use crate::schema::{BadRowsTable, EventsTable, TableSpec, arrow_schema};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Builds the rows of one table from journal records.
+pub trait RowEncoder: Send + Sized + 'static {
+    /// An empty encoder with room for `rows` rows.
+    fn with_capacity(rows: usize) -> Self;
+    /// Decodes one journal record and appends it as a row. On error nothing is appended and the
+    /// reason is returned (lowercase, for the log).
+    fn push(&mut self, value: &[u8]) -> Result<(), String>;
+    /// Rows appended so far.
+    fn len(&self) -> usize;
+    /// Whether no row was appended.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The batch of every appended row, in the table's column order.
+    fn finish(self) -> Result<RecordBatch, ArrowError>;
+}
+
+/// A record that could not be decoded; it is skipped (and logged) rather than stall its
+/// partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedRecord {
+    /// Journal partition.
+    pub partition: u32,
+    /// Journal offset.
+    pub offset: u64,
+    /// Why it did not decode.
+    pub reason: String,
+}
+
+/// The rows built from a set of journal records.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The rows, or `None` when no record decoded.
+    pub batch: Option<RecordBatch>,
+    /// For each row of `batch`, the journal partition and offset it came from.
+    pub origins: Vec<(u32, u64)>,
+    /// Records that did not decode.
+    pub skipped: Vec<SkippedRecord>,
+}
+
+impl Encoded {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// Keeps only the rows whose origin satisfies `keep`. Used after a commit of unknown
+    /// outcome, to drop what the table already holds.
+    pub fn retain(&mut self, keep: impl Fn(u32, u64) -> bool) -> Result<(), ArrowError> {
+        let mask: BooleanArray = self
+            .origins
+            .iter()
+            .map(|(p, o)| Some(keep(*p, *o)))
+            .collect();
+        if let Some(batch) = &self.batch {
+            let filtered = filter_record_batch(batch, &mask)?;
+            self.batch = (filtered.num_rows() > 0).then_some(filtered);
+        }
+        self.origins.retain(|(p, o)| keep(*p, *o));
+        Ok(())
+    }
+}
+
+/// Decodes `records` (each with its journal partition) into one batch of table `S`.
+pub fn encode_records<S: TableSpec>(records: &[(u32, Record)]) -> Result<Encoded, ArrowError> {
+    let mut encoder = S::Encoder::with_capacity(records.len());
+    let mut origins = Vec::with_capacity(records.len());
+    let mut skipped = Vec::new();
+    for (partition, record) in records {
+        match encoder.push(&record.value) {
+            Ok(()) => origins.push((*partition, record.offset)),
+            Err(reason) => skipped.push(SkippedRecord {
+                partition: *partition,
+                offset: record.offset,
+                reason,
+            }),
+        }
+    }
+    let batch = if encoder.is_empty() {
+        None
+    } else {
+        Some(encoder.finish()?)
+    };
+    Ok(Encoded {
+        batch,
+        origins,
+        skipped,
+    })
+}
+
+/// A delta-rs writer for `table` that writes zstd Parquet at `zstd_level`.
+pub fn parquet_writer(
+    table: &DeltaTable,
+    zstd_level: i32,
+) -> Result<RecordBatchWriter, DeltaTableError> {
+    let level = ZstdLevel::try_new(zstd_level)
+        .map_err(|e| DeltaTableError::Generic(format!("zstd level {zstd_level}: {e}")))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_created_by(format!("sluice {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok(RecordBatchWriter::for_table(table)?.with_writer_properties(properties))
+}
+
+/// Writes `batch` as Parquet files under the table (one file per date partition) and returns
+/// their `add` actions. Nothing is committed: until the caller commits the actions the files are
+/// invisible orphans (a later `VACUUM` removes them).
+///
+/// Async only because delta-rs' writer is; its Parquet encoding is CPU-bound, so the delivery
+/// loop runs this on the blocking pool.
+pub async fn write_parquet(
+    mut writer: RecordBatchWriter,
+    batch: RecordBatch,
+) -> Result<Vec<Add>, DeltaTableError> {
+    writer.write(batch).await?;
+    writer.flush().await
+}
+
+fn days_since_epoch(micros: i64) -> Result<i32, String> {
+    i32::try_from(micros.div_euclid(MICROS_PER_DAY))
+        .map_err(|_| format!("timestamp {micros} is out of range"))
+}
+
+fn ts_builder(rows: usize) -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")
+}
+
+/// Builds `events` rows from `good` records ([`Event`] JSON).
+pub struct EventEncoder {
+    event_id: StringBuilder,
+    event_type: StringBuilder,
+    event: StringBuilder,
+    source: StringBuilder,
+    user_id: StringBuilder,
+    anonymous_id: StringBuilder,
+    timestamp: TimestampMicrosecondBuilder,
+    sent_at: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    properties: StringBuilder,
+    context: StringBuilder,
+    raw_partition: Int32Builder,
+    raw_offset: Int64Builder,
+    event_date: Date32Builder,
+    rows: usize,
+}
+
+impl RowEncoder for EventEncoder {
+    fn with_capacity(rows: usize) -> Self {
+        let strings = || StringBuilder::with_capacity(rows, rows * 16);
+        Self {
+            event_id: strings(),
+            event_type: strings(),
+            event: strings(),
+            source: strings(),
+            user_id: strings(),
+            anonymous_id: strings(),
+            timestamp: ts_builder(rows),
+            sent_at: ts_builder(rows),
+            received_at: ts_builder(rows),
+            properties: StringBuilder::with_capacity(rows, rows * 128),
+            context: StringBuilder::with_capacity(rows, rows * 128),
+            raw_partition: Int32Builder::with_capacity(rows),
+            raw_offset: Int64Builder::with_capacity(rows),
+            event_date: Date32Builder::with_capacity(rows),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, value: &[u8]) -> Result<(), String> {
+        let e: Event =
+            serde_json::from_slice(value).map_err(|e| format!("not a good event: {e}"))?;
+        let day = days_since_epoch(e.timestamp)?;
+        let raw_partition = i32::try_from(e.raw.partition)
+            .map_err(|_| format!("raw partition {} is out of range", e.raw.partition))?;
+        let raw_offset = i64::try_from(e.raw.offset)
+            .map_err(|_| format!("raw offset {} is out of range", e.raw.offset))?;
+        self.event_id.append_value(&e.event_id);
+        self.event_type.append_value(e.event_type.as_str());
+        self.event.append_value(&e.event);
+        self.source.append_value(&e.source);
+        self.user_id.append_option(e.user_id.as_deref());
+        self.anonymous_id.append_option(e.anonymous_id.as_deref());
+        self.timestamp.append_value(e.timestamp);
+        self.sent_at.append_option(e.sent_at);
+        self.received_at.append_value(e.received_at);
+        self.properties.append_value(e.properties.get());
+        self.context.append_value(e.context.get());
+        self.raw_partition.append_value(raw_partition);
+        self.raw_offset.append_value(raw_offset);
+        self.event_date.append_value(day);
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.event.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.anonymous_id.finish()),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.sent_at.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.properties.finish()),
+            Arc::new(self.context.finish()),
+            Arc::new(self.raw_partition.finish()),
+            Arc::new(self.raw_offset.finish()),
+            Arc::new(self.event_date.finish()),
+        ];
+        RecordBatch::try_new(arrow_schema(EventsTable::COLUMNS), columns)
+    }
+}
+
+/// Builds `bad_rows` rows from `bad` records ([`BadRow`] JSON).
+pub struct BadRowEncoder {
+    kind: StringBuilder,
+    reason: StringBuilder,
+    function: StringBuilder,
+    event_id: StringBuilder,
+    source: StringBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    failed_at: TimestampMicrosecondBuilder,
+    payload: StringBuilder,
+    raw_partition: Int32Builder,
+    raw_offset: Int64Builder,
+    failed_date: Date32Builder,
+    rows: usize,
+}
+
+impl RowEncoder for BadRowEncoder {
+    fn with_capacity(rows: usize) -> Self {
+        let strings = || StringBuilder::with_capacity(rows, rows * 16);
+        Self {
+            kind: strings(),
+            reason: StringBuilder::with_capacity(rows, rows * 64),
+            function: strings(),
+            event_id: strings(),
+            source: strings(),
+            received_at: ts_builder(rows),
+            failed_at: ts_builder(rows),
+            payload: StringBuilder::with_capacity(rows, rows * 256),
+            raw_partition: Int32Builder::with_capacity(rows),
+            raw_offset: Int64Builder::with_capacity(rows),
+            failed_date: Date32Builder::with_capacity(rows),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, value: &[u8]) -> Result<(), String> {
+        let b: BadRow = serde_json::from_slice(value).map_err(|e| format!("not a bad row: {e}"))?;
+        let day = days_since_epoch(b.failed_at)?;
+        let raw_partition = i32::try_from(b.raw.partition)
+            .map_err(|_| format!("raw partition {} is out of range", b.raw.partition))?;
+        let raw_offset = i64::try_from(b.raw.offset)
+            .map_err(|_| format!("raw offset {} is out of range", b.raw.offset))?;
+        self.kind.append_value(b.kind.as_str());
+        self.reason.append_value(&b.reason);
+        self.function.append_value(&b.function);
+        self.event_id.append_value(&b.event_id);
+        self.source.append_value(&b.source);
+        self.received_at.append_value(b.received_at);
+        self.failed_at.append_value(b.failed_at);
+        self.payload.append_value(b.payload.get());
+        self.raw_partition.append_value(raw_partition);
+        self.raw_offset.append_value(raw_offset);
+        self.failed_date.append_value(day);
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.kind.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.function.finish()),
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.failed_at.finish()),
+            Arc::new(self.payload.finish()),
+            Arc::new(self.raw_partition.finish()),
+            Arc::new(self.raw_offset.finish()),
+            Arc::new(self.failed_date.finish()),
+        ];
+        RecordBatch::try_new(arrow_schema(BadRowsTable::COLUMNS), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
+
+    use super::*;
+
+    fn record(offset: u64, json: &str) -> (u32, Record) {
+        (
+            1,
+            Record {
+                offset,
+                timestamp_ms: 0,
+                value: Bytes::from(json.to_string()),
+            },
+        )
+    }
+
+    const EVENT: &str = r#"{"event_id":"e1","event_type":"track","event":"Order Completed",
+        "source":"web","user_id":"u1","timestamp":1764237600123000,"received_at":1764237601000000,
+        "properties":{"total":9.5},"context":{"ip":"1.2.3.4"},"raw":{"partition":2,"offset":41}}"#;
+
+    #[test]
+    fn events_become_typed_rows_and_bad_records_are_skipped() {
+        let records = vec![
+            record(0, EVENT),
+            record(1, "not json"),
+            record(2, r#"{"event_id":"e2"}"#),
+        ];
+        let encoded = encode_records::<EventsTable>(&records).unwrap();
+        assert_eq!(encoded.origins, vec![(1, 0)]);
+        assert_eq!(encoded.skipped.len(), 2);
+        assert_eq!(encoded.skipped[0].offset, 1);
+        assert!(encoded.skipped[1].reason.contains("missing field"));
+        let batch = encoded.batch.unwrap();
+        assert_eq!(batch.schema(), arrow_schema(EventsTable::COLUMNS));
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        assert_eq!(col("event").as_string::<i32>().value(0), "Order Completed");
+        assert!(col("anonymous_id").is_null(0));
+        assert_eq!(
+            col("properties").as_string::<i32>().value(0),
+            r#"{"total":9.5}"#
+        );
+        assert_eq!(
+            col("timestamp")
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            1_764_237_600_123_000
+        );
+        assert_eq!(col("raw_offset").as_primitive::<Int64Type>().value(0), 41);
+        // 2025-11-27 is day 20419 since the epoch.
+        assert_eq!(
+            col("event_date").as_primitive::<Date32Type>().value(0),
+            20419
+        );
+    }
+
+    #[test]
+    fn dates_before_the_epoch_round_down() {
+        assert_eq!(days_since_epoch(-1), Ok(-1));
+        assert_eq!(days_since_epoch(0), Ok(0));
+        assert_eq!(days_since_epoch(MICROS_PER_DAY), Ok(1));
+    }
+
+    #[test]
+    fn retain_drops_rows_by_origin() {
+        let records = vec![record(0, EVENT), record(1, EVENT), record(2, EVENT)];
+        let mut encoded = encode_records::<EventsTable>(&records).unwrap();
+        encoded.retain(|_, offset| offset > 0).unwrap();
+        assert_eq!(encoded.rows(), 2);
+        assert_eq!(encoded.batch.as_ref().unwrap().num_rows(), 2);
+        encoded.retain(|_, _| false).unwrap();
+        assert!(encoded.batch.is_none());
+    }
+
+    #[test]
+    fn bad_rows_become_rows() {
+        let bad = r#"{"kind":"schema_violation","reason":"missing total","function":"validate",
+            "event_id":"e9","source":"web","received_at":1,"failed_at":2,
+            "payload":{"event_id":"e9"},"raw":{"partition":0,"offset":7}}"#;
+        let encoded = encode_records::<BadRowsTable>(&[record(3, bad)]).unwrap();
+        let batch = encoded.batch.unwrap();
+        assert_eq!(batch.schema(), arrow_schema(BadRowsTable::COLUMNS));
+        assert_eq!(
+            batch
+                .column_by_name("kind")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "schema_violation"
+        );
+    }
+}

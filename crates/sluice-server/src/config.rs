@@ -1,0 +1,183 @@
+//! [`Config`]: the TOML config file (every field optional; `sluice serve` needs none), validated
+//! once into [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_collector::{CollectorConfig, CollectorSettings};
+use sluice_functions::{RunnerConfig, RunnerSettings};
+use sluice_journal::JournalConfig;
+use sluice_lake::{LakeConfig, LakeSettings};
+
+use crate::ServerError;
+
+/// The config file. Unknown fields are an error.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the journal and the lake live. Default `./sluice-data`.
+    pub data_dir: PathBuf,
+    /// HTTP listen address. Default `127.0.0.1:8080`.
+    pub http: SocketAddr,
+    /// Postgres wire listen address (reserved; served once the warehouse speaks it).
+    /// Default `127.0.0.1:5433`.
+    pub pg: SocketAddr,
+    /// Token that admin requests must carry. Required to listen on a non-loopback address.
+    pub admin_token: Option<String>,
+    /// What this node runs. Default: everything.
+    pub roles: Vec<String>,
+    /// The journal. Its `dir` defaults to `<data_dir>/journal`; `default_partitions` is the
+    /// partition count of `raw`, `good` and `bad` (fixed once they exist).
+    pub journal: JournalConfig,
+    /// The collector (limits, dedupe window, backlog limit).
+    pub collector: CollectorConfig,
+    /// The raw → good/bad runner.
+    pub functions: RunnerConfig,
+    /// Lake delivery (flush interval and size, checkpoints).
+    pub lake: LakeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("sluice-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            pg: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            admin_token: None,
+            roles: Vec::new(),
+            journal: JournalConfig::default(),
+            collector: CollectorConfig::default(),
+            functions: RunnerConfig::default(),
+            lake: LakeConfig::default(),
+        }
+    }
+}
+
+/// The stages a node runs (`--role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// HTTP intake into `raw`.
+    pub collector: bool,
+    /// raw → good/bad.
+    pub functions: bool,
+    /// good/bad → Delta tables.
+    pub lake: bool,
+    /// SQL over the lake.
+    pub warehouse: bool,
+}
+
+impl Roles {
+    /// Every role.
+    pub const ALL: Roles = Roles { collector: true, functions: true, lake: true, warehouse: true };
+
+    /// Parses role names; an empty list means every role.
+    pub fn parse(names: &[String]) -> Result<Self, ServerError> {
+        if names.is_empty() {
+            return Ok(Self::ALL);
+        }
+        let mut r = Roles { collector: false, functions: false, lake: false, warehouse: false };
+        for n in names.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
+            match n {
+                "all" => r = Self::ALL,
+                "collector" => r.collector = true,
+                "functions" => r.functions = true,
+                "lake" => r.lake = true,
+                "warehouse" => r.warehouse = true,
+                other => {
+                    return Err(ServerError::Config(format!(
+                        "unknown role {other:?} (expected collector, functions, lake, warehouse or all)"
+                    )));
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Validated settings: everything a [`crate::Server`] needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) http: SocketAddr,
+    pub(crate) roles: Roles,
+    pub(crate) partitions: u32,
+    pub(crate) journal: JournalConfig,
+    pub(crate) collector: CollectorSettings,
+    pub(crate) functions: RunnerSettings,
+    pub(crate) lake: LakeSettings,
+}
+
+impl Config {
+    /// Reads a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ServerError::Config(m) => ServerError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses config text.
+    pub fn from_toml(text: &str) -> Result<Self, ServerError> {
+        toml::from_str(text).map_err(|e| ServerError::Config(e.message().to_string()))
+    }
+
+    /// Validates everything once.
+    pub fn validate(&self) -> Result<Settings, ServerError> {
+        if !self.http.ip().is_loopback() && self.admin_token.as_deref().is_none_or(str::is_empty) {
+            return Err(ServerError::Config(format!(
+                "refusing to listen on non-loopback address {} without an admin_token",
+                self.http
+            )));
+        }
+        let mut journal = self.journal.clone();
+        if journal.dir.as_os_str().is_empty() {
+            journal.dir = self.data_dir.join("journal");
+        }
+        journal.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+        Ok(Settings {
+            data_dir: self.data_dir.clone(),
+            http: self.http,
+            roles: Roles::parse(&self.roles)?,
+            partitions: journal.default_partitions,
+            journal,
+            collector: self.collector.validate().map_err(ServerError::Config)?,
+            functions: self.functions.validate().map_err(ServerError::Config)?,
+            lake: self.lake.validate().map_err(|e| ServerError::Config(e.to_string()))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_valid_and_unknown_fields_are_errors() {
+        let c = Config::from_toml("").unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.roles, Roles::ALL);
+        assert_eq!(s.journal.dir, PathBuf::from("sluice-data/journal"));
+        let err = Config::from_toml("nope = 1").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = Config::from_toml("[collector]\nmax_bodyy = 1").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn public_bind_needs_a_token() {
+        let c = Config::from_toml("http = \"0.0.0.0:8080\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("admin_token"));
+        let c = Config::from_toml("http = \"0.0.0.0:8080\"\nadmin_token = \"s3cret\"").unwrap();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn roles_parse() {
+        let r = Roles::parse(&["collector,lake".into()]).unwrap();
+        assert!(r.collector && r.lake && !r.functions && !r.warehouse);
+        assert!(Roles::parse(&["bogus".into()]).is_err());
+    }
+}

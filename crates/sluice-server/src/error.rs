@@ -1,0 +1,50 @@
+//! [`ServerError`] and the one place where an [`ErrorKind`] becomes an HTTP status.
+
+use axum::http::StatusCode;
+use sluice_event::ErrorKind;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A stage failed to start or failed while running.
+    #[error("{stage}: {message}")]
+    Stage {
+        /// Which stage.
+        stage: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// Binding a socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl ServerError {
+    pub(crate) fn stage(stage: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::Stage { stage, message: e.to_string() }
+    }
+}
+
+/// The HTTP status for an error kind. 4xx = permanent (the client must not retry);
+/// 429/503 = retry later (sent with `Retry-After`).
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -1,0 +1,18 @@
+//! The server: wires the stages into one process and speaks HTTP. The only crate with HTTP
+//! types.
+//!
+//! [`Server::start`] opens the journal, creates the topics, and starts the collector's routes,
+//! the functions runner, the lake sink and housekeeping. Shutdown is ordered so that nothing
+//! acked is lost and nothing is left half-delivered: stop intake (HTTP graceful shutdown, which
+//! lets in-flight appends finish) → drain the runner up to the `raw` end → drain the lake sink up
+//! to the `good`/`bad` ends and commit → return.
+
+mod config;
+mod error;
+mod http;
+mod metrics;
+mod pipeline;
+
+pub use config::{Config, Roles, Settings};
+pub use error::{ServerError, status_of};
+pub use pipeline::{Running, Server};

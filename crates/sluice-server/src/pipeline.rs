@@ -1,0 +1,224 @@
+//! [`Server`]: builds every stage from [`Settings`], runs them, and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_collector::Collector;
+use sluice_event::topic;
+use sluice_functions::Runner;
+use sluice_journal::{Journal, LocalJournal};
+use sluice_lake::{BadRowsSink, LakeRoot, LakeSink};
+use sluice_warehouse::Warehouse;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{self, AppState};
+use crate::{ServerError, Settings};
+
+/// How often retention runs over the journal.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Entry point: start a server from settings.
+pub struct Server;
+
+/// A started server.
+pub struct Running {
+    /// The bound HTTP address (useful with port 0).
+    pub http_addr: Option<SocketAddr>,
+    journal: Arc<LocalJournal>,
+    intake: CancellationToken,
+    http: Option<JoinHandle<Result<(), std::io::Error>>>,
+    runner: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
+    lake: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
+    housekeeping: CancellationToken,
+}
+
+impl Server {
+    /// Opens the journal and starts every role in `settings`.
+    pub async fn start(settings: Settings) -> Result<Running, ServerError> {
+        let prometheus = crate::metrics::install();
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            ServerError::stage("data dir", format!("cannot create {}: {e}", settings.data_dir.display()))
+        })?;
+        let journal_cfg = settings.journal.clone();
+        let journal = tokio::task::spawn_blocking(move || LocalJournal::open(journal_cfg))
+            .await
+            .map_err(|e| ServerError::stage("journal", e))?
+            .map_err(|e| ServerError::stage("journal", e))?;
+        for t in [topic::RAW, topic::GOOD, topic::BAD] {
+            journal
+                .create_topic(t, settings.partitions)
+                .map_err(|e| ServerError::stage("journal", e))?;
+        }
+        let dyn_journal: Arc<dyn Journal> = journal.clone();
+        let lake_dir = settings.data_dir.join("lake");
+        std::fs::create_dir_all(&lake_dir).map_err(|e| {
+            ServerError::stage("lake", format!("cannot create {}: {e}", lake_dir.display()))
+        })?;
+        let lake_root = LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
+        let housekeeping = CancellationToken::new();
+
+        let runner = if settings.roles.functions {
+            let runner = Runner::new(dyn_journal.clone(), settings.functions.clone())
+                .map_err(|e| ServerError::stage("functions", e))?;
+            let token = CancellationToken::new();
+            let t = token.clone();
+            let handle = tokio::spawn(async move {
+                runner.run(t).await.map_err(|e| ServerError::stage("functions", e))
+            });
+            Some((token, handle))
+        } else {
+            None
+        };
+
+        // Both sinks share one token: each drains its topic to the end on shutdown.
+        let lake = if settings.roles.lake {
+            let events = LakeSink::new(dyn_journal.clone(), lake_root.clone(), settings.lake.clone());
+            let bad_rows =
+                BadRowsSink::new(dyn_journal.clone(), lake_root.clone(), settings.lake.clone());
+            let token = CancellationToken::new();
+            let (t1, t2) = (token.clone(), token.clone());
+            let handle = tokio::spawn(async move {
+                let (a, b) = tokio::join!(events.run(t1), bad_rows.run(t2));
+                a.and(b).map_err(|e| ServerError::stage("lake", e))
+            });
+            Some((token, handle))
+        } else {
+            None
+        };
+
+        let intake = CancellationToken::new();
+        let (http_addr, http) = if settings.roles.collector || settings.roles.warehouse {
+            let collector = if settings.roles.collector {
+                let j = dyn_journal.clone();
+                let cs = settings.collector.clone();
+                let c = tokio::task::spawn_blocking(move || Collector::open(j, cs))
+                    .await
+                    .map_err(|e| ServerError::stage("collector", e))?
+                    .map_err(|e| ServerError::stage("collector", e))?;
+                Some(Arc::new(c))
+            } else {
+                None
+            };
+            let warehouse = if settings.roles.warehouse {
+                Some(Arc::new(
+                    Warehouse::open(lake_root.clone()).map_err(|e| ServerError::stage("warehouse", e))?,
+                ))
+            } else {
+                None
+            };
+            let state = AppState { collector, warehouse, journal: dyn_journal.clone(), prometheus };
+            let listener = tokio::net::TcpListener::bind(settings.http)
+                .await
+                .map_err(|source| ServerError::Bind { addr: settings.http, source })?;
+            let addr = listener.local_addr().ok();
+            let app = http::router(state, &settings);
+            let stop = intake.clone();
+            let handle = tokio::spawn(async move {
+                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            });
+            tracing::info!(addr = ?addr, "http listening");
+            (addr, Some(handle))
+        } else {
+            (None, None)
+        };
+
+        // Housekeeping: retention, and a watchdog that stops the process when the journal failed
+        // (an fsync error means the on-disk state is unknown: recover from disk on restart).
+        {
+            let journal = journal.clone();
+            let stop = housekeeping.clone();
+            tokio::spawn(async move {
+                let mut retention = tokio::time::interval(RETENTION_EVERY);
+                let mut watchdog = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = retention.tick() => {
+                            let j = journal.clone();
+                            match tokio::task::spawn_blocking(move || j.enforce_retention()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+                                Err(e) => tracing::warn!(error = %e, "retention task failed"),
+                            }
+                        }
+                        _ = watchdog.tick() => {
+                            if journal.is_failed() {
+                                tracing::error!("journal failed (fsync or write error); exiting to recover from disk");
+                                std::process::exit(70);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+
+        Ok(Running { http_addr, journal, intake, http, runner, lake, housekeeping })
+    }
+}
+
+impl Running {
+    /// Stops intake, drains the runner and the lake sink, and returns once everything acked is
+    /// committed to the lake. Returns the first stage error, if any.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let mut first_err = None;
+        self.intake.cancel();
+        if let Some(h) = self.http.take() {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(ServerError::stage("http", e))),
+                Err(e) => first_err = first_err.or(Some(ServerError::stage("http", e))),
+            }
+        }
+        tracing::info!("intake stopped; draining");
+        for (token, handle) in [self.runner.take(), self.lake.take()].into_iter().flatten() {
+            token.cancel();
+            match handle.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(e) => first_err = first_err.or(Some(ServerError::stage("task", e))),
+            }
+        }
+        self.housekeeping.cancel();
+        tracing::info!(failed = self.journal.is_failed(), "drained");
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves when a stage stopped by itself (an error); the caller should then shut down.
+    pub async fn stopped(&mut self) -> ServerError {
+        let runner = async {
+            match self.runner.as_mut() {
+                Some((_, h)) => flatten(h.await, "functions"),
+                None => std::future::pending().await,
+            }
+        };
+        let lake = async {
+            match self.lake.as_mut() {
+                Some((_, h)) => flatten(h.await, "lake"),
+                None => std::future::pending().await,
+            }
+        };
+        let e = tokio::select! {
+            e = runner => { self.runner = None; e }
+            e = lake => { self.lake = None; e }
+        };
+        e
+    }
+}
+
+fn flatten(
+    r: Result<Result<(), ServerError>, tokio::task::JoinError>,
+    stage: &'static str,
+) -> ServerError {
+    match r {
+        Ok(Ok(())) => ServerError::stage(stage, "stopped unexpectedly"),
+        Ok(Err(e)) => e,
+        Err(e) => ServerError::stage(stage, e),
+    }
+}

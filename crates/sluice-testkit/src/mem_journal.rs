@@ -1,0 +1,359 @@
+//! An in-memory [`sluice_journal::Journal`] for unit tests of stages.
+//!
+//! Semantics follow the trait's contract with the simplest possible storage: every topic is a
+//! `Vec` of partitions, every partition a `Vec<Record>` whose index is the offset. An append is
+//! "durable" as soon as it is in the vector, so the durable end is the vector's length. Waiters
+//! (`wait_for`) watch a per-partition `tokio::sync::watch` channel carrying the end, which cannot
+//! lose a wake-up the way a bare `Notify` can. Nothing here touches the disk; `is_failed` is
+//! false unless a test sets it with [`MemJournal::set_failed`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use sluice_journal::{Journal, JournalError, Record, TopicInfo};
+use tokio::sync::watch;
+
+/// One partition: its records (index = offset) and the channel that publishes its end.
+struct Partition {
+    records: Vec<Record>,
+    end: watch::Sender<u64>,
+}
+
+impl Partition {
+    fn new() -> Self {
+        Self {
+            records: Vec::new(),
+            end: watch::Sender::new(0),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    topics: BTreeMap<String, Vec<Partition>>,
+    /// (group, topic, partition) -> next offset.
+    commits: HashMap<(String, String, u32), u64>,
+}
+
+/// An in-memory journal. Cheap to create; share it as `Arc<MemJournal>` or `Arc<dyn Journal>`.
+#[derive(Default)]
+pub struct MemJournal {
+    state: Mutex<State>,
+    failed: AtomicBool,
+}
+
+impl std::fmt::Debug for MemJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemJournal")
+            .field("topics", &self.topics())
+            .finish()
+    }
+}
+
+impl MemJournal {
+    /// An empty journal with no topics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A journal with the given `(topic, partitions)` already created, behind an `Arc`.
+    pub fn with_topics(topics: &[(&str, u32)]) -> Arc<Self> {
+        let journal = Self::new();
+        for (name, partitions) in topics {
+            // A fresh journal has no topics, so creation cannot conflict.
+            let _ = journal.create_topic(name, *partitions);
+        }
+        Arc::new(journal)
+    }
+
+    /// Makes [`Journal::is_failed`] answer `failed` (and appends fail while it is set).
+    pub fn set_failed(&self, failed: bool) {
+        self.failed.store(failed, Ordering::SeqCst);
+    }
+
+    /// Every record of a partition (an empty vector for an unknown partition).
+    pub fn records(&self, topic: &str, partition: u32) -> Vec<Record> {
+        let state = self.lock();
+        state
+            .topics
+            .get(topic)
+            .and_then(|parts| parts.get(partition as usize))
+            .map(|p| p.records.clone())
+            .unwrap_or_default()
+    }
+
+    /// Appends without awaiting (the in-memory append is immediate). Returns the first offset.
+    pub fn append_now(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+    ) -> Result<u64, JournalError> {
+        if self.is_failed() {
+            return Err(JournalError::Failed("memory journal set to failed".into()));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let mut state = self.lock();
+        let part = partition_mut(&mut state, topic, partition)?;
+        let first = part.records.len() as u64;
+        for (i, value) in records.into_iter().enumerate() {
+            part.records.push(Record {
+                offset: first + i as u64,
+                timestamp_ms: now_ms,
+                value,
+            });
+        }
+        part.end.send_replace(part.records.len() as u64);
+        Ok(first)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the vectors half-updated in a way that
+        // matters to tests, so a poisoned lock is simply taken over.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn partition_ref<'a>(
+    state: &'a State,
+    topic: &str,
+    partition: u32,
+) -> Result<&'a Partition, JournalError> {
+    let parts = state
+        .topics
+        .get(topic)
+        .ok_or_else(|| JournalError::TopicNotFound(topic.to_string()))?;
+    parts
+        .get(partition as usize)
+        .ok_or_else(|| JournalError::PartitionNotFound {
+            topic: topic.to_string(),
+            partition,
+        })
+}
+
+fn partition_mut<'a>(
+    state: &'a mut State,
+    topic: &str,
+    partition: u32,
+) -> Result<&'a mut Partition, JournalError> {
+    let parts = state
+        .topics
+        .get_mut(topic)
+        .ok_or_else(|| JournalError::TopicNotFound(topic.to_string()))?;
+    parts
+        .get_mut(partition as usize)
+        .ok_or_else(|| JournalError::PartitionNotFound {
+            topic: topic.to_string(),
+            partition,
+        })
+}
+
+impl Journal for MemJournal {
+    fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicInfo, JournalError> {
+        let mut state = self.lock();
+        if let Some(existing) = state.topics.get(name) {
+            let existing = existing.len() as u32;
+            if existing != partitions {
+                return Err(JournalError::TopicExists {
+                    topic: name.to_string(),
+                    existing,
+                });
+            }
+        } else {
+            let parts = (0..partitions).map(|_| Partition::new()).collect();
+            state.topics.insert(name.to_string(), parts);
+        }
+        Ok(TopicInfo {
+            name: name.to_string(),
+            partitions,
+        })
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), JournalError> {
+        let mut state = self.lock();
+        state
+            .topics
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| JournalError::TopicNotFound(name.to_string()))
+    }
+
+    fn topics(&self) -> Vec<TopicInfo> {
+        self.lock()
+            .topics
+            .iter()
+            .map(|(name, parts)| TopicInfo {
+                name: name.clone(),
+                partitions: parts.len() as u32,
+            })
+            .collect()
+    }
+
+    fn partitions(&self, topic: &str) -> Result<u32, JournalError> {
+        self.lock()
+            .topics
+            .get(topic)
+            .map(|parts| parts.len() as u32)
+            .ok_or_else(|| JournalError::TopicNotFound(topic.to_string()))
+    }
+
+    fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+    ) -> BoxFuture<'_, Result<u64, JournalError>> {
+        let result = self.append_now(topic, partition, records);
+        futures::future::ready(result).boxed()
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, JournalError> {
+        let state = self.lock();
+        let part = partition_ref(&state, topic, partition)?;
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for record in part.records.iter().skip(start) {
+            // At least one record, then stop at either limit.
+            if !out.is_empty() && (out.len() >= max_records || bytes >= max_bytes) {
+                break;
+            }
+            bytes += record.value.len();
+            out.push(record.clone());
+        }
+        Ok(out)
+    }
+
+    fn end(&self, topic: &str, partition: u32) -> Result<u64, JournalError> {
+        let state = self.lock();
+        Ok(partition_ref(&state, topic, partition)?.records.len() as u64)
+    }
+
+    fn start(&self, topic: &str, partition: u32) -> Result<u64, JournalError> {
+        let state = self.lock();
+        partition_ref(&state, topic, partition)?;
+        Ok(0)
+    }
+
+    fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'_, ()> {
+        let rx = {
+            let state = self.lock();
+            partition_ref(&state, topic, partition)
+                .ok()
+                .map(|p| p.end.subscribe())
+        };
+        async move {
+            let Some(mut rx) = rx else {
+                // An unknown partition never grows: behave like a plain timeout.
+                tokio::time::sleep(timeout).await;
+                return;
+            };
+            let _ = tokio::time::timeout(timeout, rx.wait_for(|end| *end > offset)).await;
+        }
+        .boxed()
+    }
+
+    fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        next: u64,
+    ) -> Result<(), JournalError> {
+        let mut state = self.lock();
+        partition_ref(&state, topic, partition)?;
+        state
+            .commits
+            .insert((group.to_string(), topic.to_string(), partition), next);
+        Ok(())
+    }
+
+    fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, JournalError> {
+        let state = self.lock();
+        partition_ref(&state, topic, partition)?;
+        Ok(state
+            .commits
+            .get(&(group.to_string(), topic.to_string(), partition))
+            .copied())
+    }
+
+    fn size_bytes(&self, topic: &str, partition: u32) -> Result<u64, JournalError> {
+        let state = self.lock();
+        let part = partition_ref(&state, topic, partition)?;
+        Ok(part.records.iter().map(|r| r.value.len() as u64).sum())
+    }
+
+    fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_reads_and_wakes_waiters() {
+        let journal = MemJournal::with_topics(&[("good", 2)]);
+        assert_eq!(journal.partitions("good").unwrap(), 2);
+        let waiter = {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                journal
+                    .wait_for("good", 1, 0, Duration::from_secs(30))
+                    .await;
+                journal.end("good", 1).unwrap()
+            })
+        };
+        let first = journal
+            .append(
+                "good",
+                1,
+                vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, 0);
+        assert_eq!(waiter.await.unwrap(), 2);
+        let records = journal.read("good", 1, 1, 10, 1 << 20).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].offset, 1);
+        assert_eq!(&records[0].value[..], b"bc");
+        assert!(journal.read("good", 1, 2, 10, 1 << 20).unwrap().is_empty());
+        // At least one record even when it exceeds max_bytes.
+        assert_eq!(journal.read("good", 1, 0, 10, 0).unwrap().len(), 1);
+        assert!(journal.read("good", 7, 0, 10, 10).is_err());
+        journal.commit("g", "good", 1, 2).unwrap();
+        assert_eq!(journal.committed("g", "good", 1).unwrap(), Some(2));
+        assert_eq!(journal.committed("g", "good", 0).unwrap(), None);
+        assert!(journal.create_topic("good", 3).is_err());
+        assert!(journal.create_topic("good", 2).is_ok());
+        assert!(!journal.is_failed());
+    }
+}

@@ -1,0 +1,138 @@
+//! [`SluiceProcess`]: the real `sluice serve` binary in a data directory, on an ephemeral
+//! loopback port, with SIGKILL, SIGTERM and restart for crash tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// How long a server may take to print its address.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A running `sluice serve` process.
+pub struct SluiceProcess {
+    child: Child,
+    /// The HTTP address it listens on.
+    pub addr: SocketAddr,
+    bin: PathBuf,
+    data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl SluiceProcess {
+    /// Starts `bin serve --data-dir DIR --http 127.0.0.1:0 EXTRA...` and waits for its address.
+    pub fn spawn(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = start(bin, data_dir, &extra)?;
+        Ok(Self { child, addr, bin: bin.to_path_buf(), data_dir: data_dir.to_path_buf(), extra })
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap: a crash with no chance to clean up.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("kill -9")?;
+        self.child.wait().context("reap")?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the exit (bounded).
+    pub fn terminate(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        anyhow::ensure!(rc == 0, "kill SIGTERM: {}", std::io::Error::last_os_error());
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                anyhow::bail!("server did not exit within {deadline:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data directory (a new port).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let (child, addr) = start(&self.bin, &self.data_dir, &self.extra)?;
+        self.child = child;
+        self.addr = addr;
+        Ok(())
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--http", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("sluice listening on http://") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(START_DEADLINE) {
+        Ok(addr) => Ok((child, addr.parse().context("bad address line")?)),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            anyhow::bail!("server did not report its address within {START_DEADLINE:?} (exit: {status:?})")
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub fn wait_until<T>(
+    deadline: Duration,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let end = Instant::now() + deadline;
+    let mut last_err = None;
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > end {
+            match last_err {
+                Some(e) => anyhow::bail!("timed out waiting for {what}: last error: {e:#}"),
+                None => anyhow::bail!("timed out waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
