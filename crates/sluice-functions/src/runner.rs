@@ -120,6 +120,7 @@ impl PartitionWorker {
         tracing::info!(partition = p, next, ?last_good, ?last_bad, "runner resumes");
         self.progress.next[p as usize].store(next, Ordering::Release);
         let mut last_commit = Instant::now();
+        let mut committed = self.journal.committed(GROUP, topic::RAW, p)?;
         let mut drain_to: Option<u64> = None;
         loop {
             if drain_to.is_none() && shutdown.is_cancelled() {
@@ -130,8 +131,22 @@ impl PartitionWorker {
             {
                 break;
             }
+            // The end is read before the records: an empty read then proves that nothing exists
+            // in [next, end) (a gap a crash left behind, or retention), so `next` may move there.
+            let end = self.journal.end(topic::RAW, p)?;
             let records = self.journal.read(topic::RAW, p, next, self.batch_size, 16 << 20)?;
             let Some(last) = records.last() else {
+                if end > next {
+                    next = end;
+                    self.progress.next[p as usize].store(next, Ordering::Release);
+                }
+                // Caught up: record the position now, so the collector's backlog measure
+                // (end − committed) is zero rather than stale.
+                if committed != Some(next) {
+                    self.journal.commit(GROUP, topic::RAW, p, next)?;
+                    committed = Some(next);
+                    last_commit = Instant::now();
+                }
                 if drain_to.is_some() {
                     break;
                 }
@@ -164,10 +179,13 @@ impl PartitionWorker {
             self.progress.next[p as usize].store(next, Ordering::Release);
             if last_commit.elapsed() >= COMMIT_EVERY {
                 self.journal.commit(GROUP, topic::RAW, p, next)?;
+                committed = Some(next);
                 last_commit = Instant::now();
             }
         }
-        self.journal.commit(GROUP, topic::RAW, p, next)?;
+        if committed != Some(next) {
+            self.journal.commit(GROUP, topic::RAW, p, next)?;
+        }
         tracing::info!(partition = p, next, "runner drained");
         Ok(())
     }

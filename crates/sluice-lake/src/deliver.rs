@@ -311,7 +311,7 @@ impl<S: TableSpec> Delivery<S> {
                         _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(settings.retry_backoff_max);
+                    backoff = backoff.saturating_mul(2).min(settings.retry_backoff_max);
                 }
                 Err(e) => return Err(e),
             }
@@ -413,7 +413,9 @@ impl<S: TableSpec> Delivery<S> {
 
     fn wait_timeout(&self, now: Instant) -> Duration {
         let mut timeout = match self.buffer.since {
-            Some(since) => (since + self.settings.flush_interval).saturating_duration_since(now),
+            Some(since) => since
+                .checked_add(self.settings.flush_interval)
+                .map_or(IDLE_WAIT, |due| due.saturating_duration_since(now)),
             None => IDLE_WAIT,
         };
         for p in &self.partitions {
@@ -502,8 +504,11 @@ impl<S: TableSpec> Delivery<S> {
                         error = %e,
                         "journal read failed"
                     );
-                    p.retry_at = Some(now + p.read_backoff);
-                    p.read_backoff = (p.read_backoff * 2).min(self.settings.retry_backoff_max);
+                    p.retry_at = Some(now.checked_add(p.read_backoff).unwrap_or(now));
+                    p.read_backoff = p
+                        .read_backoff
+                        .saturating_mul(2)
+                        .min(self.settings.retry_backoff_max);
                     return;
                 }
             };
@@ -611,7 +616,9 @@ impl<S: TableSpec> Delivery<S> {
                 _ = shutdown.cancelled(), if !bounded => {}
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+            backoff = backoff
+                .saturating_mul(2)
+                .min(self.settings.retry_backoff_max);
         }
     }
 
@@ -654,7 +661,7 @@ impl<S: TableSpec> Delivery<S> {
         };
         match self.fault(FaultPoint::FilesWritten) {
             FaultAction::Proceed => {}
-            FaultAction::Fail => return Err(injected_failure("before commit")),
+            FaultAction::Fail => return Err(injected_failure(S::TABLE, "before commit")),
             FaultAction::Crash => return Err(LakeError::InjectedCrash("files written")),
         }
         let delivered: Vec<(u32, u64)> = pending.last.iter().map(|(p, o)| (*p, *o)).collect();
@@ -680,7 +687,7 @@ impl<S: TableSpec> Delivery<S> {
         };
         match self.fault(FaultPoint::Committed) {
             FaultAction::Proceed => {}
-            FaultAction::Fail => return Err(injected_failure("after commit")),
+            FaultAction::Fail => return Err(injected_failure(S::TABLE, "after commit")),
             FaultAction::Crash => return Err(LakeError::InjectedCrash("committed")),
         }
         *needs_resync = false;
@@ -811,9 +818,10 @@ impl<S: TableSpec> Delivery<S> {
     }
 }
 
-fn injected_failure(at: &'static str) -> LakeError {
+/// The error a [`FaultAction::Fail`] stands for: a storage failure of unknown outcome.
+fn injected_failure(table: &str, at: &'static str) -> LakeError {
     LakeError::delta(
-        "injected",
+        table,
         at,
         deltalake::DeltaTableError::Generic(format!("injected failure {at}")),
     )

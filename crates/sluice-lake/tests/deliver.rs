@@ -472,6 +472,22 @@ async fn checkpoints_are_written_and_resumed_from() {
     let last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
     assert_eq!(last["version"], 6);
+    // The txn versions are our only state: they must never expire (reliability plan T9).
+    let create = std::fs::read_to_string(log.join("00000000000000000000.json")).unwrap();
+    assert!(
+        !create.contains("setTransactionRetentionDuration"),
+        "{create}"
+    );
+    assert!(
+        create.contains(r#""delta.checkpointInterval":"3""#),
+        "{create}"
+    );
+    // Every commit carries its txn action.
+    let commit = std::fs::read_to_string(log.join("00000000000000000007.json")).unwrap();
+    assert!(
+        commit.contains(r#""txn":{"appId":"events/0","version":13"#),
+        "{commit}"
+    );
 
     // A restart reads its position through the checkpoint.
     append_events(&journal, 0, 14..17);

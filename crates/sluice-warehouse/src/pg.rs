@@ -43,7 +43,7 @@ pub async fn serve_pg(
 ) -> Result<(), WarehouseError> {
     let context = Arc::new(warehouse.new_session()?);
     setup_pg_catalog(&context, "datafusion", Arc::new(AuthManager::default()))
-        .map_err(|e| WarehouseError::Query(e))?;
+        .map_err(WarehouseError::Query)?;
     let host = match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),

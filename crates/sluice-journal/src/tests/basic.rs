@@ -483,7 +483,11 @@ fn appends_from_many_threads_interleave_without_loss() {
     for (offset, v) in &acked {
         let at = *offset as usize;
         assert_eq!(records[at].value.to_vec(), v.as_bytes());
-        assert_eq!(records[at + 1].value.to_vec(), b"pair", "a batch stays together");
+        assert_eq!(
+            records[at + 1].value.to_vec(),
+            b"pair",
+            "a batch stays together"
+        );
     }
     assert_eq!(j.end("t", 0).unwrap(), records.len() as u64);
 }
