@@ -71,6 +71,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
 
     let mut config = Config { data_dir: root.join("data"), ..Config::default() };
     config.http = "127.0.0.1:0".parse()?;
+    config.pg = "127.0.0.1:0".parse()?;
     let running = Server::start(config.validate()?).await?;
     let addr = running.http_addr.context("server has no http address")?;
     let bodies = Arc::new(make_bodies(args, "ingest"));

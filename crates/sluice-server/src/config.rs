@@ -20,8 +20,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address. Default `127.0.0.1:8080`.
     pub http: SocketAddr,
-    /// Postgres wire listen address (reserved; served once the warehouse speaks it).
-    /// Default `127.0.0.1:5433`.
+    /// Postgres wire listen address of the read-only SQL warehouse (psql, BI tools). It has no
+    /// authentication yet, so it must be a loopback address. Default `127.0.0.1:5433`.
     pub pg: SocketAddr,
     /// Token that admin requests must carry. Required to listen on a non-loopback address.
     pub admin_token: Option<String>,
@@ -100,6 +100,7 @@ impl Roles {
 pub struct Settings {
     pub(crate) data_dir: PathBuf,
     pub(crate) http: SocketAddr,
+    pub(crate) pg: SocketAddr,
     pub(crate) roles: Roles,
     pub(crate) partitions: u32,
     pub(crate) journal: JournalConfig,
@@ -132,6 +133,12 @@ impl Config {
                 self.http
             )));
         }
+        if !self.pg.ip().is_loopback() {
+            return Err(ServerError::Config(format!(
+                "refusing to serve the postgres wire protocol on non-loopback address {}: it has no authentication yet",
+                self.pg
+            )));
+        }
         let mut journal = self.journal.clone();
         if journal.dir.as_os_str().is_empty() {
             journal.dir = self.data_dir.join("journal");
@@ -140,6 +147,7 @@ impl Config {
         Ok(Settings {
             data_dir: self.data_dir.clone(),
             http: self.http,
+            pg: self.pg,
             roles: Roles::parse(&self.roles)?,
             partitions: journal.default_partitions,
             journal,
@@ -172,6 +180,8 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("admin_token"));
         let c = Config::from_toml("http = \"0.0.0.0:8080\"\nadmin_token = \"s3cret\"").unwrap();
         assert!(c.validate().is_ok());
+        let c = Config::from_toml("pg = \"0.0.0.0:5433\"\nadmin_token = \"s3cret\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("no authentication"));
     }
 
     #[test]

@@ -46,6 +46,15 @@ impl Server {
             .await
             .map_err(|e| ServerError::stage("journal", e))?
             .map_err(|e| ServerError::stage("journal", e))?;
+        let report = journal.recovery_report();
+        for q in report.quarantined() {
+            tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
+                "journal partition quarantined: its durable data is corrupt; it will not be served");
+        }
+        for w in &report.warnings {
+            tracing::warn!(warning = %w, "journal recovery");
+        }
+        sluice_lake::metrics::describe();
         for t in [topic::RAW, topic::GOOD, topic::BAD] {
             journal
                 .create_topic(t, settings.partitions)
@@ -108,6 +117,20 @@ impl Server {
             } else {
                 None
             };
+            if let Some(w) = &warehouse {
+                // Checked here so that a taken port is a start-up error, not a log line.
+                if settings.pg.port() != 0 {
+                    std::net::TcpListener::bind(settings.pg)
+                        .map_err(|source| ServerError::Bind { addr: settings.pg, source })?;
+                }
+                let (w, addr, stop) = (w.clone(), settings.pg, intake.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = sluice_warehouse::serve_pg(w, addr, stop).await {
+                        tracing::error!(error = %e, %addr, "postgres wire server stopped");
+                    }
+                });
+                tracing::info!(addr = %settings.pg, "postgres wire listening");
+            }
             let state = AppState { collector, warehouse, journal: dyn_journal.clone(), prometheus };
             let listener = tokio::net::TcpListener::bind(settings.http)
                 .await
