@@ -39,7 +39,9 @@ pub struct BenchArgs {
 
 /// Runs the benchmark and prints a report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let root = args.dir.join(format!("sluice-bench-{}", std::process::id()));
+    let root = args
+        .dir
+        .join(format!("sluice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let result = run_in(&args, &root).await;
     let _ = std::fs::remove_dir_all(&root);
@@ -69,13 +71,21 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         noop.events_per_sec, noop.requests_per_sec, noop.p50_ms, noop.p99_ms
     );
 
-    let mut config = Config { data_dir: root.join("data"), ..Config::default() };
+    let mut config = Config {
+        data_dir: root.join("data"),
+        ..Config::default()
+    };
     config.http = "127.0.0.1:0".parse()?;
     config.pg = "127.0.0.1:0".parse()?;
     let running = Server::start(config.validate()?).await?;
     let addr = running.http_addr.context("server has no http address")?;
     let bodies = Arc::new(make_bodies(args, "ingest"));
-    let ingest = drive(&format!("http://{addr}/v1/events"), bodies, args.connections).await?;
+    let ingest = drive(
+        &format!("http://{addr}/v1/events"),
+        bodies,
+        args.connections,
+    )
+    .await?;
     println!(
         "durable ingest:       {:>10.0} events/s   ({:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; {:.0}% of no-op, {:.0} events per fsync-time)",
         ingest.events_per_sec,
@@ -86,14 +96,24 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         ingest.events_per_sec / fsync.per_sec.max(1.0)
     );
 
-    let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&root.join("data").join("lake"))?)?;
+    let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(
+        &root.join("data").join("lake"),
+    )?)?;
     let client = reqwest::Client::new();
     let mut latencies = Vec::new();
     for i in 0..5 {
         let id = format!("bench-visible-{}-{i}", std::process::id());
         let body = format!(r#"{{"event":"bench_marker","event_id":"{id}","user_id":"bench"}}"#);
-        let resp = client.post(format!("http://{addr}/v1/events")).body(body).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "marker post failed: {}", resp.status());
+        let resp = client
+            .post(format!("http://{addr}/v1/events"))
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "marker post failed: {}",
+            resp.status()
+        );
         let acked = Instant::now();
         let sql = format!("SELECT count(*) AS n FROM events WHERE event_id = '{id}'");
         let deadline = acked + Duration::from_secs(60);
@@ -104,7 +124,10 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
                 latencies.push(acked.elapsed());
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "event {id} not visible after 60 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "event {id} not visible after 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -137,7 +160,11 @@ fn fdatasync_rate(dir: &std::path::Path, budget: Duration) -> anyhow::Result<Fsy
         let t = Instant::now();
         // SAFETY: fdatasync on a file descriptor we own and keep open for the call.
         let rc = unsafe { libc::fdatasync(f.as_raw_fd()) };
-        anyhow::ensure!(rc == 0, "fdatasync failed: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(
+            rc == 0,
+            "fdatasync failed: {}",
+            std::io::Error::last_os_error()
+        );
         times.push(t.elapsed());
     }
     let total = start.elapsed();
@@ -145,7 +172,11 @@ fn fdatasync_rate(dir: &std::path::Path, budget: Duration) -> anyhow::Result<Fsy
     let _ = std::fs::remove_file(&path);
     times.sort();
     let pct = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
-    Ok(FsyncRate { per_sec: times.len() as f64 / total.as_secs_f64(), p50_ms: pct(0.5), p99_ms: pct(0.99) })
+    Ok(FsyncRate {
+        per_sec: times.len() as f64 / total.as_secs_f64(),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    })
 }
 
 /// NDJSON bodies of `batch` events each, every event with a unique id and ~`event_bytes` bytes.
@@ -182,8 +213,14 @@ struct LoadResult {
     p99_ms: f64,
 }
 
-async fn drive(url: &str, bodies: Arc<Vec<Vec<u8>>>, connections: usize) -> anyhow::Result<LoadResult> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+async fn drive(
+    url: &str,
+    bodies: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+) -> anyhow::Result<LoadResult> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -202,7 +239,11 @@ async fn drive(url: &str, bodies: Arc<Vec<Vec<u8>>>, connections: usize) -> anyh
                 let resp = client.post(&url).body(body.clone()).send().await?;
                 let status = resp.status();
                 let text = resp.bytes().await?;
-                anyhow::ensure!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&text));
+                anyhow::ensure!(
+                    status.is_success(),
+                    "{status}: {}",
+                    String::from_utf8_lossy(&text)
+                );
                 lat.push(t.elapsed());
                 events += body.iter().filter(|b| **b == b'\n').count();
             }
@@ -218,7 +259,10 @@ async fn drive(url: &str, bodies: Arc<Vec<Vec<u8>>>, connections: usize) -> anyh
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     Ok(LoadResult {
         events_per_sec: events as f64 / secs,
         requests_per_sec: lat.len() as f64 / secs,
@@ -230,11 +274,14 @@ async fn drive(url: &str, bodies: Arc<Vec<Vec<u8>>>, connections: usize) -> anyh
 async fn start_noop() -> anyhow::Result<std::net::SocketAddr> {
     use axum::routing::post;
     let app = axum::Router::new()
-        .route("/", post(|body: axum::body::Bytes| async move {
-            // Read the whole body, as an ingest server must, then answer at once.
-            let n = body.iter().filter(|b| **b == b'\n').count();
-            format!(r#"{{"accepted":{n},"duplicates":0,"rejected":[]}}"#)
-        }))
+        .route(
+            "/",
+            post(|body: axum::body::Bytes| async move {
+                // Read the whole body, as an ingest server must, then answer at once.
+                let n = body.iter().filter(|b| **b == b'\n').count();
+                format!(r#"{{"accepted":{n},"duplicates":0,"rejected":[]}}"#)
+            }),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -81,8 +81,9 @@ fn main() {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // The Delta kernel logs a harmless ERROR when it looks for a table that does not exist yet.
-    let filter = EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,deltalake=warn,datafusion=warn"));
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,buoyant_kernel=off,deltalake=warn,datafusion=warn")
+    });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

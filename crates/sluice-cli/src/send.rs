@@ -49,7 +49,8 @@ struct Totals {
 /// Sends the input, spooled batches first.
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let spool = args.spool.clone().unwrap_or_else(default_spool);
-    std::fs::create_dir_all(&spool).with_context(|| format!("cannot create spool {}", spool.display()))?;
+    std::fs::create_dir_all(&spool)
+        .with_context(|| format!("cannot create spool {}", spool.display()))?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -83,21 +84,33 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut event: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(&line) {
-            Ok(e) => e,
-            Err(e) => {
-                bad_lines.push(format!("line {}: not a json object: {e}", n + 1));
-                continue;
-            }
-        };
-        if !["event_id", "messageId", "eventId"].iter().any(|k| event.contains_key(*k)) {
+        let mut event: serde_json::Map<String, serde_json::Value> =
+            match serde_json::from_str(&line) {
+                Ok(e) => e,
+                Err(e) => {
+                    bad_lines.push(format!("line {}: not a json object: {e}", n + 1));
+                    continue;
+                }
+            };
+        if !["event_id", "messageId", "eventId"]
+            .iter()
+            .any(|k| event.contains_key(*k))
+        {
             event.insert("event_id".into(), uuid::Uuid::now_v7().to_string().into());
         }
         serde_json::to_writer(&mut batch, &event)?;
         batch.push(b'\n');
         count += 1;
         if count >= args.batch_size || batch.len() >= MAX_BATCH_BYTES {
-            spool_and_deliver(&client, &endpoint, &args, &spool, std::mem::take(&mut batch), &mut totals).await?;
+            spool_and_deliver(
+                &client,
+                &endpoint,
+                &args,
+                &spool,
+                std::mem::take(&mut batch),
+                &mut totals,
+            )
+            .await?;
             count = 0;
         }
     }
@@ -112,7 +125,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         for l in &bad_lines {
             eprintln!("{l}");
         }
-        anyhow::bail!("{} input lines were not json objects and were not sent", bad_lines.len());
+        anyhow::bail!(
+            "{} input lines were not json objects and were not sent",
+            bad_lines.len()
+        );
     }
     if totals.rejected > 0 {
         anyhow::bail!("{} events were rejected by the server", totals.rejected);
@@ -138,7 +154,8 @@ async fn spool_and_deliver(
 ) -> anyhow::Result<()> {
     let path = spool.join(format!("{}.ndjson", uuid::Uuid::now_v7()));
     {
-        let mut f = std::fs::File::create(&path).with_context(|| format!("cannot spool to {}", path.display()))?;
+        let mut f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot spool to {}", path.display()))?;
         f.write_all(&batch)?;
         f.sync_data()?;
     }
@@ -181,7 +198,8 @@ async fn deliver(
                         eprintln!("rejected: {r}");
                     }
                 }
-                std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
                 return Ok(());
             }
             Ok(resp) if resp.status().as_u16() == 429 || resp.status().is_server_error() => {
@@ -201,7 +219,10 @@ async fn deliver(
                 std::fs::create_dir_all(&dir)?;
                 let name = path.file_name().context("spool file has no name")?;
                 std::fs::rename(path, dir.join(name))?;
-                std::fs::write(dir.join(name).with_extension("answer"), format!("{status}\n{text}\n"))?;
+                std::fs::write(
+                    dir.join(name).with_extension("answer"),
+                    format!("{status}\n{text}\n"),
+                )?;
                 let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 let n = answer["rejected"].as_array().map_or(1, |r| r.len() as u64);
                 totals.rejected += n;

@@ -44,10 +44,15 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let text = match &args.server {
         Some(url) => remote(url, &args.query, args.format).await?,
         None => {
-            let dir = args.data_dir.unwrap_or_else(|| PathBuf::from("sluice-data"));
+            let dir = args
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("sluice-data"));
             let lake = dir.join("lake");
             if !lake.is_dir() {
-                anyhow::bail!("no lake under {} (start `sluice serve` there first)", dir.display());
+                anyhow::bail!(
+                    "no lake under {} (start `sluice serve` there first)",
+                    dir.display()
+                );
             }
             let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&lake)?)?;
             let output = warehouse.query(&args.query).await?;
@@ -66,7 +71,11 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
 }
 
 async fn remote(url: &str, query: &str, format: Format) -> anyhow::Result<String> {
-    let endpoint = format!("{}/v1/sql?format={}", url.trim_end_matches('/'), format.name());
+    let endpoint = format!(
+        "{}/v1/sql?format={}",
+        url.trim_end_matches('/'),
+        format.name()
+    );
     let resp = reqwest::Client::new()
         .post(&endpoint)
         .header("content-type", "text/plain")

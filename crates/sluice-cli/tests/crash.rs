@@ -83,9 +83,11 @@ async fn acked_events_survive_sigkill_exactly_once() -> anyhow::Result<()> {
             let mut kills = 0;
             for k in 0..KILLS {
                 let threshold = (k + 1) * total / (KILLS + 1);
-                let reached = wait_until(Duration::from_secs(120), "acks before the next kill", || {
-                    Ok((acked.load(Ordering::SeqCst) >= threshold).then_some(()))
-                });
+                let reached = wait_until(
+                    Duration::from_secs(120),
+                    "acks before the next kill",
+                    || Ok((acked.load(Ordering::SeqCst) >= threshold).then_some(())),
+                );
                 if reached.is_err() {
                     break;
                 }
@@ -103,7 +105,10 @@ async fn acked_events_survive_sigkill_exactly_once() -> anyhow::Result<()> {
         r??;
     }
     let kills = killer.await??;
-    assert_eq!(kills, KILLS, "the server was not killed as often as planned");
+    assert_eq!(
+        kills, KILLS,
+        "the server was not killed as often as planned"
+    );
     assert_eq!(acked.load(Ordering::SeqCst), total);
 
     let data2 = data.clone();

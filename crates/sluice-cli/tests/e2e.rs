@@ -17,7 +17,11 @@ fn sql_json(data_dir: &Path, query: &str) -> anyhow::Result<Vec<serde_json::Valu
         .arg(data_dir)
         .arg(query)
         .output()?;
-    anyhow::ensure!(out.status.success(), "sluice sql failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "sluice sql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)?
         .lines()
         .map(|l| serde_json::from_str(l).map_err(Into::into))
@@ -58,9 +62,13 @@ async fn ten_thousand_events_from_concurrent_clients_arrive_exactly_once() -> an
                 } else {
                     use std::io::Write;
                     let nd: String = events.iter().map(|e| format!("{e}\n")).collect();
-                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                     gz.write_all(nd.as_bytes())?;
-                    client.post(&url).header("content-encoding", "gzip").body(gz.finish()?)
+                    client
+                        .post(&url)
+                        .header("content-encoding", "gzip")
+                        .body(gz.finish()?)
                 };
                 let resp = req.send().await?;
                 anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
@@ -80,12 +88,18 @@ async fn ten_thousand_events_from_concurrent_clients_arrive_exactly_once() -> an
     // A client retry of an acked batch is a duplicate, not a second event.
     let resend = serde_json::json!([{"event":"Page Viewed","event_id":"c0-00000","user_id":"u0"}]);
     let body: serde_json::Value = client.post(&url).json(&resend).send().await?.json().await?;
-    assert_eq!(body, serde_json::json!({"accepted":0,"duplicates":1,"rejected":[]}));
+    assert_eq!(
+        body,
+        serde_json::json!({"accepted":0,"duplicates":1,"rejected":[]})
+    );
 
     let data2 = data.clone();
     let rows = tokio::task::spawn_blocking(move || {
         wait_until(Duration::from_secs(60), "10,000 events in the lake", || {
-            let rows = sql_json(&data2, "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events")?;
+            let rows = sql_json(
+                &data2,
+                "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events",
+            )?;
             Ok((rows.first().map(|r| r["n"].as_i64()) == Some(Some(10_000))).then_some(rows))
         })
     })
@@ -103,7 +117,13 @@ async fn ten_thousand_events_from_concurrent_clients_arrive_exactly_once() -> an
     assert_eq!(row["user_id"], "u7");
     assert_eq!(row["source"], "default");
     assert_eq!(row["event_date"], "2026-11-27");
-    assert!(row["timestamp"].as_str().unwrap().starts_with("2026-11-27T10:00:00"), "{row}");
+    assert!(
+        row["timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-27T10:00:00"),
+        "{row}"
+    );
     assert_eq!(row["properties"], r#"{"path":"/p/7"}"#);
 
     assert_eq!(server.terminate(Duration::from_secs(60))?.code(), Some(0));
@@ -122,11 +142,34 @@ async fn bad_input_gets_clear_errors_and_loses_nothing_else() -> anyhow::Result<
         (client.post(&url).body("{\"event\":"), 400, "malformed json"),
         (client.post(&url).body("   "), 400, "no events"),
         (client.post(&url).body("[1, \"x\"]"), 400, "json object"),
-        (client.post(&url).body("{\"userId\":\"u\"}"), 400, "non-empty"),
-        (client.post(&url).header("content-encoding", "br").body("x"), 415, "unsupported content encoding"),
-        (client.post(&url).header("content-encoding", "gzip").body("not gzip"), 400, "decompress"),
-        (client.post(&url).body("[".repeat(100_000)), 400, "malformed json"),
-        (client.post(&url).body("{\"event\":\"e\"}\n".repeat(10_001)), 413, "exceed the limit"),
+        (
+            client.post(&url).body("{\"userId\":\"u\"}"),
+            400,
+            "non-empty",
+        ),
+        (
+            client.post(&url).header("content-encoding", "br").body("x"),
+            415,
+            "unsupported content encoding",
+        ),
+        (
+            client
+                .post(&url)
+                .header("content-encoding", "gzip")
+                .body("not gzip"),
+            400,
+            "decompress",
+        ),
+        (
+            client.post(&url).body("[".repeat(100_000)),
+            400,
+            "malformed json",
+        ),
+        (
+            client.post(&url).body("{\"event\":\"e\"}\n".repeat(10_001)),
+            413,
+            "exceed the limit",
+        ),
     ];
     for (req, status, needle) in cases {
         let resp = req.send().await?;
@@ -140,7 +183,12 @@ async fn bad_input_gets_clear_errors_and_loses_nothing_else() -> anyhow::Result<
         use std::io::Write;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&vec![b' '; 40 << 20])?;
-        let resp = client.post(&url).header("content-encoding", "gzip").body(gz.finish()?).send().await?;
+        let resp = client
+            .post(&url)
+            .header("content-encoding", "gzip")
+            .body(gz.finish()?)
+            .send()
+            .await?;
         assert_eq!(resp.status(), 413);
         assert!(resp.text().await?.contains("after decompression"));
     }
@@ -156,8 +204,12 @@ async fn bad_input_gets_clear_errors_and_loses_nothing_else() -> anyhow::Result<
     assert_eq!(resp.status(), 200);
     let answer: serde_json::Value = resp.json().await?;
     assert_eq!(answer["accepted"], 2, "{answer}");
-    let rejected: Vec<u64> =
-        answer["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    let rejected: Vec<u64> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(rejected, vec![1, 2, 3]);
     assert_eq!(answer["rejected"][2]["kind"], "too_large");
 
@@ -166,7 +218,10 @@ async fn bad_input_gets_clear_errors_and_loses_nothing_else() -> anyhow::Result<
     tokio::task::spawn_blocking(move || {
         wait_until(Duration::from_secs(60), "m1 in events", || {
             let rows = sql_json(&data2, "SELECT event_id FROM events ORDER BY event_id")?;
-            let ids: HashSet<String> = rows.iter().map(|r| r["event_id"].as_str().unwrap_or("").to_string()).collect();
+            let ids: HashSet<String> = rows
+                .iter()
+                .map(|r| r["event_id"].as_str().unwrap_or("").to_string())
+                .collect();
             Ok((ids == HashSet::from(["m1".to_string()])).then_some(()))
         })
     })
@@ -185,7 +240,11 @@ async fn bad_input_gets_clear_errors_and_loses_nothing_else() -> anyhow::Result<
     assert!(bad[0]["reason"].as_str().unwrap().contains("timestamp"));
 
     // Read-only SQL.
-    let out = Command::new(BIN).args(["sql", "--data-dir"]).arg(&data).arg("DROP TABLE events").output()?;
+    let out = Command::new(BIN)
+        .args(["sql", "--data-dir"])
+        .arg(&data)
+        .arg("DROP TABLE events")
+        .output()?;
     assert_eq!(out.status.code(), Some(1));
     assert!(!out.stderr.is_empty());
 

@@ -78,7 +78,10 @@ pub fn split_events(body: &[u8], max_events: usize) -> Result<Vec<&RawValue>, Co
         match seq {
             LimitedSeq::Ok(v) => v,
             LimitedSeq::TooMany(count) => {
-                return Err(CollectError::TooManyEvents { count, limit: max_events });
+                return Err(CollectError::TooManyEvents {
+                    count,
+                    limit: max_events,
+                });
             }
         }
     } else {
@@ -86,7 +89,10 @@ pub fn split_events(body: &[u8], max_events: usize) -> Result<Vec<&RawValue>, Co
         for value in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
             out.push(value.map_err(malformed)?);
             if out.len() > max_events {
-                return Err(CollectError::TooManyEvents { count: out.len(), limit: max_events });
+                return Err(CollectError::TooManyEvents {
+                    count: out.len(),
+                    limit: max_events,
+                });
             }
         }
         out
@@ -157,10 +163,22 @@ mod tests {
 
     #[test]
     fn refuses_malformed_empty_and_too_many() {
-        assert!(matches!(split_events(b"{\"event\":", 10), Err(CollectError::Malformed(_))));
-        assert!(matches!(split_events(b"[1,2", 10), Err(CollectError::Malformed(_))));
-        assert!(matches!(split_events(b"[1] x", 10), Err(CollectError::Malformed(_))));
-        assert!(matches!(split_events(b"  \n", 10), Err(CollectError::Empty)));
+        assert!(matches!(
+            split_events(b"{\"event\":", 10),
+            Err(CollectError::Malformed(_))
+        ));
+        assert!(matches!(
+            split_events(b"[1,2", 10),
+            Err(CollectError::Malformed(_))
+        ));
+        assert!(matches!(
+            split_events(b"[1] x", 10),
+            Err(CollectError::Malformed(_))
+        ));
+        assert!(matches!(
+            split_events(b"  \n", 10),
+            Err(CollectError::Empty)
+        ));
         assert!(matches!(split_events(b"[]", 10), Err(CollectError::Empty)));
         assert!(matches!(
             split_events(b"[1,2,3]", 2),
@@ -173,7 +191,10 @@ mod tests {
         // Deep nesting neither overflows the stack nor passes: unbalanced is malformed, and a
         // balanced deep event is refused per event by `check_native`.
         let unbalanced = "[".repeat(100_000);
-        assert!(matches!(split_events(unbalanced.as_bytes(), 10), Err(CollectError::Malformed(_))));
+        assert!(matches!(
+            split_events(unbalanced.as_bytes(), 10),
+            Err(CollectError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -185,7 +206,10 @@ mod tests {
             decompress(&gz, Encoding::Gzip, 1000),
             Err(CollectError::BodyTooLarge { limit: 1000 })
         ));
-        assert_eq!(decompress(&gz, Encoding::Gzip, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(
+            decompress(&gz, Encoding::Gzip, 1 << 20).unwrap().len(),
+            1 << 20
+        );
         assert!(matches!(
             decompress(b"not gzip", Encoding::Gzip, 1000),
             Err(CollectError::BadCompression(_))
@@ -194,7 +218,10 @@ mod tests {
             decompress(&body, Encoding::Identity, 10),
             Err(CollectError::BodyTooLarge { .. })
         ));
-        assert!(matches!(Encoding::parse(Some("br")), Err(CollectError::UnsupportedEncoding(_))));
+        assert!(matches!(
+            Encoding::parse(Some("br")),
+            Err(CollectError::UnsupportedEncoding(_))
+        ));
         assert_eq!(Encoding::parse(Some("GZIP")).unwrap(), Encoding::Gzip);
     }
 }

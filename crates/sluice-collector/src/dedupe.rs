@@ -56,13 +56,18 @@ pub(crate) struct DedupeIndex {
 
 impl DedupeIndex {
     pub(crate) fn new(window_micros: i64) -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), window: window_micros }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            window: window_micros,
+        }
     }
 
     fn shard(&self, k: Key) -> std::sync::MutexGuard<'_, Shard> {
         // A poisoned shard only means another request panicked mid-update; the map is still
         // a valid map, so keep serving.
-        self.shards[(k as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[(k as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a committed key (used when rebuilding from `raw`).
@@ -104,7 +109,10 @@ impl DedupeIndex {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
+            .sum()
     }
 }
 

@@ -43,10 +43,7 @@ impl CollectError {
     /// Classification for the HTTP mapping.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Malformed(_)
-            | Self::Empty
-            | Self::BadCompression(_)
-            => ErrorKind::Invalid,
+            Self::Malformed(_) | Self::Empty | Self::BadCompression(_) => ErrorKind::Invalid,
             Self::UnsupportedEncoding(_) => ErrorKind::Unsupported,
             Self::BodyTooLarge { .. } | Self::TooManyEvents { .. } => ErrorKind::TooLarge,
             Self::Unavailable(_) => ErrorKind::Unavailable,

@@ -57,7 +57,10 @@ pub struct Collector {
 impl Collector {
     /// Builds the collector over a journal that has the `raw` topic, rebuilding the dedupe index
     /// from the `raw` records within the dedupe window.
-    pub fn open(journal: Arc<dyn Journal>, settings: CollectorSettings) -> Result<Self, CollectError> {
+    pub fn open(
+        journal: Arc<dyn Journal>,
+        settings: CollectorSettings,
+    ) -> Result<Self, CollectError> {
         let partitions = journal.partitions(topic::RAW).map_err(journal_error)?;
         let dedupe = DedupeIndex::new(settings.dedupe_window_micros);
         let horizon = now_micros() - settings.dedupe_window_micros;
@@ -67,8 +70,9 @@ impl Collector {
             let mut from = journal.start(topic::RAW, p).map_err(journal_error)?;
             let end = journal.end(topic::RAW, p).map_err(journal_error)?;
             while from < end {
-                let records =
-                    journal.read(topic::RAW, p, from, 4096, 8 << 20).map_err(journal_error)?;
+                let records = journal
+                    .read(topic::RAW, p, from, 4096, 8 << 20)
+                    .map_err(journal_error)?;
                 let Some(last) = records.last() else { break };
                 from = last.offset + 1;
                 for r in records.iter().filter(|r| r.timestamp_ms >= horizon_ms) {
@@ -85,14 +89,22 @@ impl Collector {
                     if let Ok(ids) = serde_json::from_slice::<Ids>(&r.value)
                         && ids.received_at >= horizon
                     {
-                        dedupe.insert_committed(dedupe::key(&ids.source, &ids.event_id), ids.received_at);
+                        dedupe.insert_committed(
+                            dedupe::key(&ids.source, &ids.event_id),
+                            ids.received_at,
+                        );
                         loaded += 1;
                     }
                 }
             }
         }
         tracing::info!(loaded, "dedupe index rebuilt from raw");
-        Ok(Self { journal, settings, dedupe, partitions })
+        Ok(Self {
+            journal,
+            settings,
+            dedupe,
+            partitions,
+        })
     }
 
     /// Settings in force.
@@ -103,7 +115,9 @@ impl Collector {
     /// Refuses new work when the journal cannot take it: failed, or a backlog over the limit.
     pub fn check_capacity(&self) -> Result<(), CollectError> {
         if self.journal.is_failed() {
-            return Err(CollectError::Unavailable("journal failed; restarting".into()));
+            return Err(CollectError::Unavailable(
+                "journal failed; restarting".into(),
+            ));
         }
         let mut backlog = 0u64;
         for p in 0..self.partitions {
@@ -152,7 +166,12 @@ impl Collector {
             let head = match check_native(raw) {
                 Ok(h) => h,
                 Err((kind, reason)) => {
-                    outcome.rejected.push(Rejection { index, event_id: None, kind, reason });
+                    outcome.rejected.push(Rejection {
+                        index,
+                        event_id: None,
+                        kind,
+                        reason,
+                    });
                     continue;
                 }
             };
@@ -160,10 +179,19 @@ impl Collector {
                 Some(id) => id.into_owned(),
                 None => uuid::Uuid::now_v7().to_string(),
             };
-            let route = routing_key(head.user_id.as_deref(), head.anonymous_id.as_deref(), &event_id);
+            let route = routing_key(
+                head.user_id.as_deref(),
+                head.anonymous_id.as_deref(),
+                &event_id,
+            );
             let partition = partition_for(route, self.partitions);
             let key = dedupe::key(&req.source, &event_id);
-            let item = Staged { index, event_id, partition, key };
+            let item = Staged {
+                index,
+                event_id,
+                partition,
+                key,
+            };
             match self.dedupe.reserve(key, received_at, &rx) {
                 Reserve::New => staged.push(item),
                 Reserve::Duplicate => outcome.duplicates += 1,
@@ -172,9 +200,15 @@ impl Collector {
         }
         // Settle on every exit path (including a panic or an early return) so no reservation
         // stays pending forever.
-        let mut guard = Settle { index: &self.dedupe, keys: staged.iter().map(|s| s.key).collect(), tx, ok: false };
+        let mut guard = Settle {
+            index: &self.dedupe,
+            keys: staged.iter().map(|s| s.key).collect(),
+            tx,
+            ok: false,
+        };
         for (item, mut other) in waits {
-            let finished = tokio::time::timeout(PENDING_WAIT, other.wait_for(|v| v.is_some())).await;
+            let finished =
+                tokio::time::timeout(PENDING_WAIT, other.wait_for(|v| v.is_some())).await;
             if finished.is_err() {
                 return Err(CollectError::Unavailable(format!(
                     "event {} is being written by another request; retry",
@@ -209,26 +243,39 @@ impl Collector {
                 user_agent: req.user_agent.as_deref(),
                 payload: raw,
             };
-            let bytes = serde_json::to_vec(&record).map_err(|e| CollectError::Internal(e.to_string()))?;
+            let bytes =
+                serde_json::to_vec(&record).map_err(|e| CollectError::Internal(e.to_string()))?;
             per_partition[s.partition as usize].push(Bytes::from(bytes));
         }
-        let appends = per_partition.into_iter().enumerate().filter(|(_, r)| !r.is_empty()).map(
-            |(p, records)| {
+        let appends = per_partition
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(p, records)| {
                 let journal = &self.journal;
-                async move { (p as u32, journal.append(topic::RAW, p as u32, records).await) }
-            },
-        );
+                async move {
+                    (
+                        p as u32,
+                        journal.append(topic::RAW, p as u32, records).await,
+                    )
+                }
+            });
         let results = futures::future::join_all(appends).await;
-        let failed: Vec<(u32, JournalError)> =
-            results.into_iter().filter_map(|(p, r)| r.err().map(|e| (p, e))).collect();
+        let failed: Vec<(u32, JournalError)> = results
+            .into_iter()
+            .filter_map(|(p, r)| r.err().map(|e| (p, e)))
+            .collect();
         if let Some((_, first)) = failed.first() {
             // Events of partitions that did commit stay committed (a retry reports them as
             // duplicates); the failed partitions' reservations are dropped.
             let failed_parts: Vec<u32> = failed.iter().map(|(p, _)| *p).collect();
-            let (bad, good): (Vec<&Staged>, Vec<&Staged>) =
-                staged.iter().partition(|s| failed_parts.contains(&s.partition));
-            self.dedupe.settle(&good.iter().map(|s| s.key).collect::<Vec<_>>(), true);
-            self.dedupe.settle(&bad.iter().map(|s| s.key).collect::<Vec<_>>(), false);
+            let (bad, good): (Vec<&Staged>, Vec<&Staged>) = staged
+                .iter()
+                .partition(|s| failed_parts.contains(&s.partition));
+            self.dedupe
+                .settle(&good.iter().map(|s| s.key).collect::<Vec<_>>(), true);
+            self.dedupe
+                .settle(&bad.iter().map(|s| s.key).collect::<Vec<_>>(), false);
             guard.keys.clear();
             crate::metrics::append_failed(bad.len());
             return Err(journal_error_ref(first));

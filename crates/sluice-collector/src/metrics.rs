@@ -4,9 +4,12 @@ use crate::IngestOutcome;
 
 /// `sluice_collector_events_total{outcome}`: events by outcome.
 pub(crate) fn ingested(o: &IngestOutcome) {
-    metrics::counter!("sluice_collector_events_total", "outcome" => "accepted").increment(o.accepted as u64);
-    metrics::counter!("sluice_collector_events_total", "outcome" => "duplicate").increment(o.duplicates as u64);
-    metrics::counter!("sluice_collector_events_total", "outcome" => "rejected").increment(o.rejected.len() as u64);
+    metrics::counter!("sluice_collector_events_total", "outcome" => "accepted")
+        .increment(o.accepted as u64);
+    metrics::counter!("sluice_collector_events_total", "outcome" => "duplicate")
+        .increment(o.duplicates as u64);
+    metrics::counter!("sluice_collector_events_total", "outcome" => "rejected")
+        .increment(o.rejected.len() as u64);
 }
 
 /// `sluice_collector_append_failures_total`: events whose append failed (the client was told

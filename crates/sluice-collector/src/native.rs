@@ -21,7 +21,13 @@ pub struct NativeHead<'a> {
     #[serde(default, borrow, deserialize_with = "de_id")]
     pub event: Option<Cow<'a, str>>,
     /// Client-chosen event id.
-    #[serde(default, borrow, alias = "messageId", alias = "eventId", deserialize_with = "de_id")]
+    #[serde(
+        default,
+        borrow,
+        alias = "messageId",
+        alias = "eventId",
+        deserialize_with = "de_id"
+    )]
     pub event_id: Option<Cow<'a, str>>,
     /// Known user.
     #[serde(default, borrow, alias = "userId", deserialize_with = "de_id")]
@@ -70,7 +76,10 @@ pub fn check_native(raw: &RawValue) -> Result<NativeHead<'_>, (ErrorKind, String
         return Err((ErrorKind::Invalid, "event must be a json object".into()));
     }
     if json_depth(text) > MAX_DEPTH {
-        return Err((ErrorKind::Invalid, format!("event is nested deeper than {MAX_DEPTH} levels")));
+        return Err((
+            ErrorKind::Invalid,
+            format!("event is nested deeper than {MAX_DEPTH} levels"),
+        ));
     }
     let head: NativeHead<'_> = serde_json::from_str(text)
         .map_err(|e| (ErrorKind::Invalid, format!("invalid event: {e}")))?;
@@ -86,7 +95,10 @@ pub fn check_native(raw: &RawValue) -> Result<NativeHead<'_>, (ErrorKind, String
         })?,
     };
     if kind == EventType::Track && head.event.as_deref().is_none_or(|e| e.trim().is_empty()) {
-        return Err((ErrorKind::Invalid, "track event needs a non-empty \"event\" name".into()));
+        return Err((
+            ErrorKind::Invalid,
+            "track event needs a non-empty \"event\" name".into(),
+        ));
     }
     for (name, value) in [
         ("event", &head.event),
@@ -95,7 +107,10 @@ pub fn check_native(raw: &RawValue) -> Result<NativeHead<'_>, (ErrorKind, String
         ("anonymous_id", &head.anonymous_id),
     ] {
         if value.as_ref().is_some_and(|v| v.len() > MAX_ID_BYTES) {
-            return Err((ErrorKind::TooLarge, format!("{name} is longer than {MAX_ID_BYTES} bytes")));
+            return Err((
+                ErrorKind::TooLarge,
+                format!("{name} is longer than {MAX_ID_BYTES} bytes"),
+            ));
         }
     }
     if head.event_id.as_deref().is_some_and(str::is_empty) {
@@ -156,7 +171,9 @@ mod tests {
         assert_eq!(h.user_id.as_deref(), Some("u1"));
         assert_eq!(h.anonymous_id.as_deref(), Some("a1"));
         assert_eq!(h.event_id.as_deref(), Some("m1"));
-        let r = raw(r#"{"event":"x","user_id":42,"event_id":"e\u0031","properties":{"a":[1,{"b":2}]}}"#);
+        let r = raw(
+            r#"{"event":"x","user_id":42,"event_id":"e\u0031","properties":{"a":[1,{"b":2}]}}"#,
+        );
         let h = check_native(&r).unwrap();
         assert_eq!(h.user_id.as_deref(), Some("42"));
         assert_eq!(h.event_id.as_deref(), Some("e1"));
@@ -175,16 +192,31 @@ mod tests {
             (r#"{"event":"x","userId":{"a":1}}"#, "invalid event"),
             (r#"{"event":"x","userId":1.5}"#, "invalid event"),
             (r#"{"event":"x","event_id":""}"#, "must not be empty"),
-            (r#"{"event":"x","userId":"a","user_id":"b"}"#, "duplicate field"),
+            (
+                r#"{"event":"x","userId":"a","user_id":"b"}"#,
+                "duplicate field",
+            ),
         ] {
             let r = raw(body);
             let err = check_native(&r).unwrap_err();
             assert!(err.1.contains(needle), "{body}: {}", err.1);
         }
-        let deep = format!(r#"{{"event":"x","p":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
-        assert!(check_native(&raw(&deep)).unwrap_err().1.contains("nested deeper"));
+        let deep = format!(
+            r#"{{"event":"x","p":{}1{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(
+            check_native(&raw(&deep))
+                .unwrap_err()
+                .1
+                .contains("nested deeper")
+        );
         assert_eq!(json_depth(r#"{"a":"[[[{{","b":[{"c":"\\\"["}]}"#), 3);
         let long = format!(r#"{{"event":"x","userId":"{}"}}"#, "u".repeat(2000));
-        assert_eq!(check_native(&raw(&long)).unwrap_err().0, ErrorKind::TooLarge);
+        assert_eq!(
+            check_native(&raw(&long)).unwrap_err().0,
+            ErrorKind::TooLarge
+        );
     }
 }

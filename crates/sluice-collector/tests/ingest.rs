@@ -31,7 +31,10 @@ async fn stamps_routes_and_dedupes_across_restart() {
                    {"event":"b","anonymousId":"anon-9"},
                    {"event":"c","userId":"alice","event_id":"e1"}]"#;
     let out = c.ingest(request("web", body)).await.unwrap();
-    assert_eq!((out.accepted, out.duplicates, out.rejected.len()), (2, 1, 0));
+    assert_eq!(
+        (out.accepted, out.duplicates, out.rejected.len()),
+        (2, 1, 0)
+    );
 
     let alice = partition_for("alice", 4);
     let raw: Vec<_> = j
@@ -47,18 +50,28 @@ async fn stamps_routes_and_dedupes_across_restart() {
     assert_eq!(raw[0].user_agent.as_deref(), Some("test/1"));
     assert!(raw[0].received_at > 1_700_000_000_000_000);
     let anon = j.records(topic::RAW, partition_for("anon-9", 4));
-    let stamped = anon.iter().map(|r| decode_raw(&r.value).unwrap()).find(|r| r.event_id != "e1").unwrap();
+    let stamped = anon
+        .iter()
+        .map(|r| decode_raw(&r.value).unwrap())
+        .find(|r| r.event_id != "e1")
+        .unwrap();
     let id = uuid::Uuid::parse_str(&stamped.event_id).expect("stamped id is a uuid");
     assert_eq!(id.get_version_num(), 7);
 
     // Another source may use the same id: dedupe is per source.
-    let out = c.ingest(request("app", r#"{"event":"a","event_id":"e1"}"#)).await.unwrap();
+    let out = c
+        .ingest(request("app", r#"{"event":"a","event_id":"e1"}"#))
+        .await
+        .unwrap();
     assert_eq!((out.accepted, out.duplicates), (1, 0));
 
     // A restarted collector remembers what was acked.
     drop(c);
     let c = collector(&j);
-    let out = c.ingest(request("web", r#"{"event":"a","event_id":"e1"}"#)).await.unwrap();
+    let out = c
+        .ingest(request("web", r#"{"event":"a","event_id":"e1"}"#))
+        .await
+        .unwrap();
     assert_eq!((out.accepted, out.duplicates), (0, 1));
     assert_eq!(c.dedupe_len(), 3);
 }
@@ -66,12 +79,23 @@ async fn stamps_routes_and_dedupes_across_restart() {
 #[tokio::test]
 async fn refuses_when_the_journal_cannot_take_more() {
     let j = MemJournal::with_topics(&[(topic::RAW, 2)]);
-    let mut cfg = CollectorConfig::default();
-    cfg.max_backlog_events = 3;
+    let cfg = CollectorConfig {
+        max_backlog_events: 3,
+        ..Default::default()
+    };
     let c = Collector::open(j.clone(), cfg.validate().unwrap()).unwrap();
-    let out = c.ingest(request("web", "{\"event\":\"a\"}\n{\"event\":\"b\"}\n{\"event\":\"c\"}\n{\"event\":\"d\"}")).await.unwrap();
+    let out = c
+        .ingest(request(
+            "web",
+            "{\"event\":\"a\"}\n{\"event\":\"b\"}\n{\"event\":\"c\"}\n{\"event\":\"d\"}",
+        ))
+        .await
+        .unwrap();
     assert_eq!(out.accepted, 4);
-    let err = c.ingest(request("web", r#"{"event":"e"}"#)).await.unwrap_err();
+    let err = c
+        .ingest(request("web", r#"{"event":"e"}"#))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.to_string().contains("wait for processing"), "{err}");
     // Once the runner has caught up, intake resumes.
@@ -79,14 +103,26 @@ async fn refuses_when_the_journal_cannot_take_more() {
         let end = j.end(topic::RAW, p).unwrap();
         j.commit("functions", topic::RAW, p, end).unwrap();
     }
-    assert_eq!(c.ingest(request("web", r#"{"event":"e"}"#)).await.unwrap().accepted, 1);
+    assert_eq!(
+        c.ingest(request("web", r#"{"event":"e"}"#))
+            .await
+            .unwrap()
+            .accepted,
+        1
+    );
 
     // A failed journal: 503, and the events are not remembered as acked.
     j.set_failed(true);
-    let err = c.ingest(request("web", r#"{"event":"f","event_id":"f1"}"#)).await.unwrap_err();
+    let err = c
+        .ingest(request("web", r#"{"event":"f","event_id":"f1"}"#))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     j.set_failed(false);
-    let out = c.ingest(request("web", r#"{"event":"f","event_id":"f1"}"#)).await.unwrap();
+    let out = c
+        .ingest(request("web", r#"{"event":"f","event_id":"f1"}"#))
+        .await
+        .unwrap();
     assert_eq!((out.accepted, out.duplicates), (1, 0));
 }
 
@@ -97,7 +133,11 @@ async fn concurrent_requests_with_the_same_id_store_it_once() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let c = c.clone();
-        tasks.spawn(async move { c.ingest(request("web", r#"{"event":"a","event_id":"same"}"#)).await.unwrap() });
+        tasks.spawn(async move {
+            c.ingest(request("web", r#"{"event":"a","event_id":"same"}"#))
+                .await
+                .unwrap()
+        });
     }
     let mut accepted = 0;
     let mut dups = 0;

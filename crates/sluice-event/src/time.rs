@@ -67,9 +67,18 @@ mod tests {
     #[test]
     fn parses_the_forms_trackers_send() {
         let want = 1_764_237_600_123_000; // 2025-11-27T10:00:00.123Z
-        assert_eq!(parse_timestamp(&json!("2025-11-27T10:00:00.123Z")), Some(want));
-        assert_eq!(parse_timestamp(&json!("2025-11-27T11:00:00.123+01:00")), Some(want));
-        assert_eq!(parse_timestamp(&json!("2025-11-27T10:00:00.123")), Some(want));
+        assert_eq!(
+            parse_timestamp(&json!("2025-11-27T10:00:00.123Z")),
+            Some(want)
+        );
+        assert_eq!(
+            parse_timestamp(&json!("2025-11-27T11:00:00.123+01:00")),
+            Some(want)
+        );
+        assert_eq!(
+            parse_timestamp(&json!("2025-11-27T10:00:00.123")),
+            Some(want)
+        );
         assert_eq!(parse_timestamp(&json!(1_764_237_600_123_i64)), Some(want));
         assert_eq!(parse_timestamp(&json!("1764237600123")), Some(want));
         assert_eq!(parse_timestamp(&json!("yesterday")), None);

@@ -54,7 +54,10 @@ pub struct Failure {
 }
 
 fn parse_err(reason: impl Into<String>) -> Failure {
-    Failure { kind: BadKind::Parse, reason: reason.into() }
+    Failure {
+        kind: BadKind::Parse,
+        reason: reason.into(),
+    }
 }
 
 /// Makes the canonical event for a raw record at `raw_pos`.
@@ -86,9 +89,9 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
     };
     let event = match event_type {
         EventType::Track => name("event")?.ok_or_else(|| parse_err("track event has no name"))?,
-        EventType::Page | EventType::Screen => {
-            name("name")?.or(name("event")?).unwrap_or_else(|| event_type.as_str().to_string())
-        }
+        EventType::Page | EventType::Screen => name("name")?
+            .or(name("event")?)
+            .unwrap_or_else(|| event_type.as_str().to_string()),
         _ => name("event")?.unwrap_or_else(|| event_type.as_str().to_string()),
     };
 
@@ -128,10 +131,14 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
         Some(_) => return Err(parse_err("context must be a json object")),
     };
     if let Some(ip) = &raw.ip {
-        context.entry("ip").or_insert_with(|| Value::String(ip.clone()));
+        context
+            .entry("ip")
+            .or_insert_with(|| Value::String(ip.clone()));
     }
     if let Some(ua) = &raw.user_agent {
-        context.entry("userAgent").or_insert_with(|| Value::String(ua.clone()));
+        context
+            .entry("userAgent")
+            .or_insert_with(|| Value::String(ua.clone()));
     }
     for (k, v) in obj {
         if !RESERVED.contains(&k.as_str()) {
@@ -169,9 +176,8 @@ fn id_field(obj: &Map<String, Value>, keys: &[&str]) -> Result<Option<String>, F
 
 fn to_raw(v: &Value) -> Box<RawValue> {
     // Serializing a Value built from parsed JSON cannot fail.
-    serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
-        RawValue::from_string("{}".to_string()).expect("literal is valid json")
-    })
+    serde_json::value::to_raw_value(v)
+        .unwrap_or_else(|_| RawValue::from_string("{}".to_string()).expect("literal is valid json"))
 }
 
 #[cfg(test)]
@@ -189,7 +195,10 @@ mod tests {
             payload: RawValue::from_string(payload.to_string()).unwrap(),
         }
     }
-    const POS: Position = Position { partition: 1, offset: 9 };
+    const POS: Position = Position {
+        partition: 1,
+        offset: 9,
+    };
 
     #[test]
     fn track_with_skew_correction_and_flat_properties() {
@@ -208,17 +217,31 @@ mod tests {
         let props: Value = serde_json::from_str(e.properties.get()).unwrap();
         assert_eq!(props, serde_json::json!({"total":5,"button":"buy"}));
         let ctx: Value = serde_json::from_str(e.context.get()).unwrap();
-        assert_eq!(ctx, serde_json::json!({"ip":"10.1.2.3","userAgent":"curl/8"}));
+        assert_eq!(
+            ctx,
+            serde_json::json!({"ip":"10.1.2.3","userAgent":"curl/8"})
+        );
         assert_eq!(e.raw, POS);
     }
 
     #[test]
     fn identify_and_page_names() {
-        let e = canonicalize(&raw(r#"{"type":"identify","user_id":7,"traits":{"plan":"pro"}}"#), POS).unwrap();
-        assert_eq!((e.event.as_str(), e.user_id.as_deref()), ("identify", Some("7")));
+        let e = canonicalize(
+            &raw(r#"{"type":"identify","user_id":7,"traits":{"plan":"pro"}}"#),
+            POS,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.event.as_str(), e.user_id.as_deref()),
+            ("identify", Some("7"))
+        );
         assert_eq!(e.properties.get(), r#"{"plan":"pro"}"#);
         assert_eq!(e.timestamp, 1_000_000_000);
-        let e = canonicalize(&raw(r#"{"type":"page","name":"Pricing","context":{"ip":"1.1.1.1"}}"#), POS).unwrap();
+        let e = canonicalize(
+            &raw(r#"{"type":"page","name":"Pricing","context":{"ip":"1.1.1.1"}}"#),
+            POS,
+        )
+        .unwrap();
         assert_eq!(e.event, "Pricing");
         assert!(e.context.get().contains("1.1.1.1"));
         assert!(!e.context.get().contains("10.1.2.3"));

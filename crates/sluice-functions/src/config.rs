@@ -28,6 +28,8 @@ impl RunnerConfig {
         if self.batch_size == 0 || self.batch_size > 100_000 {
             return Err("functions.batch_size must be between 1 and 100000".into());
         }
-        Ok(RunnerSettings { batch_size: self.batch_size })
+        Ok(RunnerSettings {
+            batch_size: self.batch_size,
+        })
     }
 }

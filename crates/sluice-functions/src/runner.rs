@@ -29,7 +29,9 @@ pub struct Progress {
 impl Progress {
     /// The next raw offset partition `p` will process.
     pub fn next(&self, p: u32) -> u64 {
-        self.next.get(p as usize).map_or(0, |n| n.load(Ordering::Acquire))
+        self.next
+            .get(p as usize)
+            .map_or(0, |n| n.load(Ordering::Acquire))
     }
 }
 
@@ -43,7 +45,10 @@ pub struct Runner {
 
 impl Runner {
     /// Checks the topics and builds the runner.
-    pub fn new(journal: Arc<dyn Journal>, settings: RunnerSettings) -> Result<Self, FunctionsError> {
+    pub fn new(
+        journal: Arc<dyn Journal>,
+        settings: RunnerSettings,
+    ) -> Result<Self, FunctionsError> {
         let counts = [
             journal.partitions(topic::RAW)?,
             journal.partitions(topic::GOOD)?,
@@ -52,8 +57,15 @@ impl Runner {
         if counts[0] != counts[1] || counts[0] != counts[2] {
             return Err(FunctionsError::PartitionMismatch(counts));
         }
-        let progress = Arc::new(Progress { next: (0..counts[0]).map(|_| AtomicU64::new(0)).collect() });
-        Ok(Self { journal, settings, partitions: counts[0], progress })
+        let progress = Arc::new(Progress {
+            next: (0..counts[0]).map(|_| AtomicU64::new(0)).collect(),
+        });
+        Ok(Self {
+            journal,
+            settings,
+            partitions: counts[0],
+            progress,
+        })
     }
 
     /// Progress, for metrics and drain checks.
@@ -134,7 +146,9 @@ impl PartitionWorker {
             // The end is read before the records: an empty read then proves that nothing exists
             // in [next, end) (a gap a crash left behind, or retention), so `next` may move there.
             let end = self.journal.end(topic::RAW, p)?;
-            let records = self.journal.read(topic::RAW, p, next, self.batch_size, 16 << 20)?;
+            let records = self
+                .journal
+                .read(topic::RAW, p, next, self.batch_size, 16 << 20)?;
             let Some(last) = records.last() else {
                 if end > next {
                     next = end;
@@ -160,7 +174,10 @@ impl PartitionWorker {
             let mut good = Vec::with_capacity(records.len());
             let mut bad = Vec::new();
             for r in &records {
-                let pos = Position { partition: p, offset: r.offset };
+                let pos = Position {
+                    partition: p,
+                    offset: r.offset,
+                };
                 match process(&r.value, pos) {
                     Ok(bytes) => good.push(bytes),
                     Err(row) => {
@@ -198,10 +215,11 @@ impl PartitionWorker {
         while end > start {
             let from = end.saturating_sub(64).max(start);
             let records = self.journal.read(out, p, from, 64, 1 << 20)?;
-            let found = records
-                .iter()
-                .rev()
-                .find_map(|r| serde_json::from_slice::<RawOf>(&r.value).ok().map(|x| x.raw.offset));
+            let found = records.iter().rev().find_map(|r| {
+                serde_json::from_slice::<RawOf>(&r.value)
+                    .ok()
+                    .map(|x| x.raw.offset)
+            });
             if found.is_some() {
                 return Ok(found);
             }
@@ -216,7 +234,11 @@ impl PartitionWorker {
         }
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.journal.append(out, self.partition, records.clone()).await {
+            match self
+                .journal
+                .append(out, self.partition, records.clone())
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind().is_retryable() && !self.journal.is_failed() => {
                     tracing::warn!(topic = out, partition = self.partition, error = %e, "append failed; retrying");
@@ -235,11 +257,23 @@ fn process(value: &[u8], pos: Position) -> Result<Bytes, Bytes> {
     let raw: RawEvent = match serde_json::from_slice(value) {
         Ok(r) => r,
         Err(e) => {
-            let payload = match std::str::from_utf8(value).ok().and_then(|s| RawValue::from_string(s.to_string()).ok()) {
+            let payload = match std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| RawValue::from_string(s.to_string()).ok())
+            {
                 Some(v) => v,
-                None => serde_json::value::to_raw_value(&String::from_utf8_lossy(value)).map_err(|_| Bytes::new())?,
+                None => serde_json::value::to_raw_value(&String::from_utf8_lossy(value))
+                    .map_err(|_| Bytes::new())?,
             };
-            return Err(bad_row(BadKind::Parse, format!("raw record is unreadable: {e}"), "", "", 0, payload, pos));
+            return Err(bad_row(
+                BadKind::Parse,
+                format!("raw record is unreadable: {e}"),
+                "",
+                "",
+                0,
+                payload,
+                pos,
+            ));
         }
     };
     match canonicalize(&raw, pos) {
@@ -254,7 +288,15 @@ fn process(value: &[u8], pos: Position) -> Result<Bytes, Bytes> {
 fn bad_of(raw: &RawEvent, kind: BadKind, reason: String, pos: Position) -> Bytes {
     let payload = serde_json::value::to_raw_value(raw)
         .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("literal is valid json"));
-    bad_row(kind, reason, &raw.event_id, &raw.source, raw.received_at, payload, pos)
+    bad_row(
+        kind,
+        reason,
+        &raw.event_id,
+        &raw.source,
+        raw.received_at,
+        payload,
+        pos,
+    )
 }
 
 fn bad_row(

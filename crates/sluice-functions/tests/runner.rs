@@ -13,8 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 fn raw_record(i: usize) -> Bytes {
     // Every fourth event has an unparseable timestamp and becomes a bad row.
-    let ts = if i % 4 == 3 { "\"not a time\"".to_string() } else { "\"2026-11-27T10:00:00Z\"".to_string() };
-    let payload = format!(r#"{{"event":"e{i}","userId":"u{}","timestamp":{ts}}}"#, i % 3);
+    let ts = if i % 4 == 3 {
+        "\"not a time\"".to_string()
+    } else {
+        "\"2026-11-27T10:00:00Z\"".to_string()
+    };
+    let payload = format!(
+        r#"{{"event":"e{i}","userId":"u{}","timestamp":{ts}}}"#,
+        i % 3
+    );
     Bytes::from(format!(
         r#"{{"event_id":"id{i:04}","source":"web","protocol":"native","received_at":1764237600000000,"payload":{payload}}}"#
     ))
@@ -22,7 +29,8 @@ fn raw_record(i: usize) -> Bytes {
 
 fn journal_with_raw(n: usize) -> Arc<MemJournal> {
     let j = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
-    j.append_now(topic::RAW, 0, (0..n).map(raw_record).collect()).unwrap();
+    j.append_now(topic::RAW, 0, (0..n).map(raw_record).collect())
+        .unwrap();
     j
 }
 
@@ -74,7 +82,10 @@ async fn splits_raw_into_good_and_bad_in_order() {
     assert_eq!(good.len(), 30);
     assert_eq!(bad.len(), 10);
     assert!(bad.iter().all(|(_, off)| off % 4 == 3));
-    assert!(good.windows(2).all(|w| w[0].1 < w[1].1), "good keeps raw order");
+    assert!(
+        good.windows(2).all(|w| w[0].1 < w[1].1),
+        "good keeps raw order"
+    );
     let row: BadRow = serde_json::from_slice(&j.records(topic::BAD, 0)[0].value).unwrap();
     assert_eq!(row.kind.as_str(), "parse");
     assert!(row.reason.contains("timestamp"), "{}", row.reason);
@@ -98,20 +109,37 @@ async fn resumes_exactly_once_from_any_crash_point() {
     for good_kept in [0, 1, 7, 15, 29, 30] {
         for bad_kept in [0, 1, 4, 9, 10] {
             let j = journal_with_raw(40);
-            let goods: Vec<Bytes> = good_records[..good_kept].iter().map(|r| r.value.clone()).collect();
-            let bads: Vec<Bytes> = bad_records[..bad_kept].iter().map(|r| r.value.clone()).collect();
+            let goods: Vec<Bytes> = good_records[..good_kept]
+                .iter()
+                .map(|r| r.value.clone())
+                .collect();
+            let bads: Vec<Bytes> = bad_records[..bad_kept]
+                .iter()
+                .map(|r| r.value.clone())
+                .collect();
             // Only states the append order allows: the bad rows for raw offsets below the last
             // kept good record were durable before it.
             let last_good_raw = good_ids(&full).get(good_kept.wrapping_sub(1)).map(|g| g.1);
-            let bads_needed = want_bad.iter().filter(|b| last_good_raw.is_some_and(|g| b.1 < g)).count();
+            let bads_needed = want_bad
+                .iter()
+                .filter(|b| last_good_raw.is_some_and(|g| b.1 < g))
+                .count();
             if bad_kept < bads_needed {
                 continue;
             }
             j.append_now(topic::GOOD, 0, goods).unwrap();
             j.append_now(topic::BAD, 0, bads).unwrap();
             run_to_end(j.clone(), 3).await;
-            assert_eq!(good_ids(&j), want_good, "good after crash at good={good_kept} bad={bad_kept}");
-            assert_eq!(bad_ids(&j), want_bad, "bad after crash at good={good_kept} bad={bad_kept}");
+            assert_eq!(
+                good_ids(&j),
+                want_good,
+                "good after crash at good={good_kept} bad={bad_kept}"
+            );
+            assert_eq!(
+                bad_ids(&j),
+                want_bad,
+                "bad after crash at good={good_kept} bad={bad_kept}"
+            );
         }
     }
 }
@@ -119,6 +147,8 @@ async fn resumes_exactly_once_from_any_crash_point() {
 #[tokio::test]
 async fn refuses_mismatched_partition_counts() {
     let j = MemJournal::with_topics(&[(topic::RAW, 4), (topic::GOOD, 2), (topic::BAD, 4)]);
-    let err = Runner::new(j, RunnerConfig::default().validate().unwrap()).err().unwrap();
+    let err = Runner::new(j, RunnerConfig::default().validate().unwrap())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("different partition counts"));
 }

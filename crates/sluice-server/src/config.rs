@@ -69,15 +69,30 @@ pub struct Roles {
 
 impl Roles {
     /// Every role.
-    pub const ALL: Roles = Roles { collector: true, functions: true, lake: true, warehouse: true };
+    pub const ALL: Roles = Roles {
+        collector: true,
+        functions: true,
+        lake: true,
+        warehouse: true,
+    };
 
     /// Parses role names; an empty list means every role.
     pub fn parse(names: &[String]) -> Result<Self, ServerError> {
         if names.is_empty() {
             return Ok(Self::ALL);
         }
-        let mut r = Roles { collector: false, functions: false, lake: false, warehouse: false };
-        for n in names.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
+        let mut r = Roles {
+            collector: false,
+            functions: false,
+            lake: false,
+            warehouse: false,
+        };
+        for n in names
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
             match n {
                 "all" => r = Self::ALL,
                 "collector" => r.collector = true,
@@ -143,7 +158,9 @@ impl Config {
         if journal.dir.as_os_str().is_empty() {
             journal.dir = self.data_dir.join("journal");
         }
-        journal.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+        journal
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(Settings {
             data_dir: self.data_dir.clone(),
             http: self.http,
@@ -153,7 +170,10 @@ impl Config {
             journal,
             collector: self.collector.validate().map_err(ServerError::Config)?,
             functions: self.functions.validate().map_err(ServerError::Config)?,
-            lake: self.lake.validate().map_err(|e| ServerError::Config(e.to_string()))?,
+            lake: self
+                .lake
+                .validate()
+                .map_err(|e| ServerError::Config(e.to_string()))?,
         })
     }
 }
@@ -170,18 +190,30 @@ mod tests {
         assert_eq!(s.journal.dir, PathBuf::from("sluice-data/journal"));
         let err = Config::from_toml("nope = 1").unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
-        let err = Config::from_toml("[collector]\nmax_bodyy = 1").unwrap_err().to_string();
+        let err = Config::from_toml("[collector]\nmax_bodyy = 1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]
     fn public_bind_needs_a_token() {
         let c = Config::from_toml("http = \"0.0.0.0:8080\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("admin_token"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("admin_token")
+        );
         let c = Config::from_toml("http = \"0.0.0.0:8080\"\nadmin_token = \"s3cret\"").unwrap();
         assert!(c.validate().is_ok());
         let c = Config::from_toml("pg = \"0.0.0.0:5433\"\nadmin_token = \"s3cret\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("no authentication"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no authentication")
+        );
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub enum ServerError {
 
 impl ServerError {
     pub(crate) fn stage(stage: &'static str, e: impl std::fmt::Display) -> Self {
-        Self::Stage { stage, message: e.to_string() }
+        Self::Stage {
+            stage,
+            message: e.to_string(),
+        }
     }
 }
 

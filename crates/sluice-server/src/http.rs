@@ -52,7 +52,10 @@ pub(crate) fn error_response(kind: ErrorKind, reason: impl Into<String>) -> Resp
     let body = serde_json::json!({ "error": reason.into(), "kind": kind.as_str() });
     let mut resp = (status, axum::Json(body)).into_response();
     if kind.is_retryable() {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
     }
     resp
 }
@@ -75,7 +78,10 @@ async fn ingest_native_inner(
     body: Bytes,
 ) -> Response {
     let Some(collector) = state.collector else {
-        return error_response(ErrorKind::NotFound, "this node does not run the collector role");
+        return error_response(
+            ErrorKind::NotFound,
+            "this node does not run the collector role",
+        );
     };
     let encoding = match Encoding::parse(header_str(&headers, header::CONTENT_ENCODING)) {
         Ok(e) => e,
@@ -131,18 +137,32 @@ async fn sql(
     resp
 }
 
-async fn sql_inner(state: AppState, params: SqlParams, headers: HeaderMap, body: Bytes) -> Response {
+async fn sql_inner(
+    state: AppState,
+    params: SqlParams,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(warehouse) = state.warehouse else {
-        return error_response(ErrorKind::NotFound, "this node does not run the warehouse role");
+        return error_response(
+            ErrorKind::NotFound,
+            "this node does not run the warehouse role",
+        );
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error_response(ErrorKind::Invalid, "query is not utf-8");
     };
-    let is_json = header_str(&headers, header::CONTENT_TYPE).is_some_and(|c| c.starts_with("application/json"));
+    let is_json = header_str(&headers, header::CONTENT_TYPE)
+        .is_some_and(|c| c.starts_with("application/json"));
     let query = if is_json {
         match serde_json::from_str::<SqlBody>(text) {
             Ok(b) => b.query,
-            Err(e) => return error_response(ErrorKind::Invalid, format!("expected {{\"query\": \"...\"}}: {e}")),
+            Err(e) => {
+                return error_response(
+                    ErrorKind::Invalid,
+                    format!("expected {{\"query\": \"...\"}}: {e}"),
+                );
+            }
         }
     } else {
         text.to_string()
@@ -152,14 +172,20 @@ async fn sql_inner(state: AppState, params: SqlParams, headers: HeaderMap, body:
         Ok(o) => o,
         Err(e) => return error_response(e.kind(), e.to_string()),
     };
-    let rendered = match format {
-        "json" => sluice_warehouse::format::to_json_lines(&output).map(|s| (s, "application/x-ndjson")),
-        "csv" => sluice_warehouse::format::to_csv(&output).map(|s| (s, "text/csv")),
-        "table" => sluice_warehouse::format::to_table(&output).map(|s| (s, "text/plain; charset=utf-8")),
-        other => {
-            return error_response(ErrorKind::Invalid, format!("unknown format {other:?} (json, csv or table)"));
-        }
-    };
+    let rendered =
+        match format {
+            "json" => sluice_warehouse::format::to_json_lines(&output)
+                .map(|s| (s, "application/x-ndjson")),
+            "csv" => sluice_warehouse::format::to_csv(&output).map(|s| (s, "text/csv")),
+            "table" => sluice_warehouse::format::to_table(&output)
+                .map(|s| (s, "text/plain; charset=utf-8")),
+            other => {
+                return error_response(
+                    ErrorKind::Invalid,
+                    format!("unknown format {other:?} (json, csv or table)"),
+                );
+            }
+        };
     match rendered {
         Ok((text, ctype)) => ([(header::CONTENT_TYPE, ctype)], text).into_response(),
         Err(e) => error_response(e.kind(), e.to_string()),

@@ -39,7 +39,10 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-            ServerError::stage("data dir", format!("cannot create {}: {e}", settings.data_dir.display()))
+            ServerError::stage(
+                "data dir",
+                format!("cannot create {}: {e}", settings.data_dir.display()),
+            )
         })?;
         let journal_cfg = settings.journal.clone();
         let journal = tokio::task::spawn_blocking(move || LocalJournal::open(journal_cfg))
@@ -65,7 +68,8 @@ impl Server {
         std::fs::create_dir_all(&lake_dir).map_err(|e| {
             ServerError::stage("lake", format!("cannot create {}: {e}", lake_dir.display()))
         })?;
-        let lake_root = LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
+        let lake_root =
+            LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
         let housekeeping = CancellationToken::new();
 
         let runner = if settings.roles.functions {
@@ -74,7 +78,10 @@ impl Server {
             let token = CancellationToken::new();
             let t = token.clone();
             let handle = tokio::spawn(async move {
-                runner.run(t).await.map_err(|e| ServerError::stage("functions", e))
+                runner
+                    .run(t)
+                    .await
+                    .map_err(|e| ServerError::stage("functions", e))
             });
             Some((token, handle))
         } else {
@@ -83,9 +90,16 @@ impl Server {
 
         // Both sinks share one token: each drains its topic to the end on shutdown.
         let lake = if settings.roles.lake {
-            let events = LakeSink::new(dyn_journal.clone(), lake_root.clone(), settings.lake.clone());
-            let bad_rows =
-                BadRowsSink::new(dyn_journal.clone(), lake_root.clone(), settings.lake.clone());
+            let events = LakeSink::new(
+                dyn_journal.clone(),
+                lake_root.clone(),
+                settings.lake.clone(),
+            );
+            let bad_rows = BadRowsSink::new(
+                dyn_journal.clone(),
+                lake_root.clone(),
+                settings.lake.clone(),
+            );
             let token = CancellationToken::new();
             let (t1, t2) = (token.clone(), token.clone());
             let handle = tokio::spawn(async move {
@@ -112,7 +126,8 @@ impl Server {
             };
             let warehouse = if settings.roles.warehouse {
                 Some(Arc::new(
-                    Warehouse::open(lake_root.clone()).map_err(|e| ServerError::stage("warehouse", e))?,
+                    Warehouse::open(lake_root.clone())
+                        .map_err(|e| ServerError::stage("warehouse", e))?,
                 ))
             } else {
                 None
@@ -120,8 +135,12 @@ impl Server {
             if let Some(w) = &warehouse {
                 // Checked here so that a taken port is a start-up error, not a log line.
                 if settings.pg.port() != 0 {
-                    std::net::TcpListener::bind(settings.pg)
-                        .map_err(|source| ServerError::Bind { addr: settings.pg, source })?;
+                    std::net::TcpListener::bind(settings.pg).map_err(|source| {
+                        ServerError::Bind {
+                            addr: settings.pg,
+                            source,
+                        }
+                    })?;
                 }
                 let (w, addr, stop) = (w.clone(), settings.pg, intake.clone());
                 tokio::spawn(async move {
@@ -131,17 +150,29 @@ impl Server {
                 });
                 tracing::info!(addr = %settings.pg, "postgres wire listening");
             }
-            let state = AppState { collector, warehouse, journal: dyn_journal.clone(), prometheus };
-            let listener = tokio::net::TcpListener::bind(settings.http)
-                .await
-                .map_err(|source| ServerError::Bind { addr: settings.http, source })?;
+            let state = AppState {
+                collector,
+                warehouse,
+                journal: dyn_journal.clone(),
+                prometheus,
+            };
+            let listener =
+                tokio::net::TcpListener::bind(settings.http)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: settings.http,
+                        source,
+                    })?;
             let addr = listener.local_addr().ok();
             let app = http::router(state, &settings);
             let stop = intake.clone();
             let handle = tokio::spawn(async move {
-                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
             });
             tracing::info!(addr = ?addr, "http listening");
             (addr, Some(handle))
@@ -179,7 +210,15 @@ impl Server {
             });
         }
 
-        Ok(Running { http_addr, journal, intake, http, runner, lake, housekeeping })
+        Ok(Running {
+            http_addr,
+            journal,
+            intake,
+            http,
+            runner,
+            lake,
+            housekeeping,
+        })
     }
 }
 

@@ -27,7 +27,13 @@ impl SluiceProcess {
     pub fn spawn(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, addr) = start(bin, data_dir, &extra)?;
-        Ok(Self { child, addr, bin: bin.to_path_buf(), data_dir: data_dir.to_path_buf(), extra })
+        Ok(Self {
+            child,
+            addr,
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            extra,
+        })
     }
 
     /// `http://ADDR`.
@@ -108,7 +114,9 @@ fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<(Child
         Err(_) => {
             let _ = child.kill();
             let status = child.wait().ok();
-            anyhow::bail!("server did not report its address within {START_DEADLINE:?} (exit: {status:?})")
+            anyhow::bail!(
+                "server did not report its address within {START_DEADLINE:?} (exit: {status:?})"
+            )
         }
     }
 }
