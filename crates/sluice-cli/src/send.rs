@@ -1,7 +1,8 @@
 //! `sluice send`: an NDJSON producer that never loses an event to a network error.
 //!
-//! Every event without an id gets a UUIDv7 `event_id` before its first attempt, so a retry is
-//! recognised by the server's dedupe instead of stored twice. Events go out in gzip batches;
+//! Every event without an id gets an `event_id` before its first attempt, derived from its line
+//! number and text, so a retry — or sending the same file again after a failure — is recognised
+//! by the server's dedupe instead of stored twice. Events go out in gzip batches;
 //! each batch is first written (and fsynced) to a spool directory and removed only once the
 //! server acked it, so a batch that could not be delivered — server down past the retry budget,
 //! process killed — is sent first by the next `sluice send`. Retries use exponential backoff with
@@ -96,7 +97,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
             .iter()
             .any(|k| event.contains_key(*k))
         {
-            event.insert("event_id".into(), uuid::Uuid::now_v7().to_string().into());
+            event.insert("event_id".into(), derived_id(n, &line).into());
         }
         serde_json::to_writer(&mut batch, &event)?;
         batch.push(b'\n');
@@ -134,6 +135,15 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} events were rejected by the server", totals.rejected);
     }
     Ok(())
+}
+
+/// A stable id for an input line without one: the same line of the same input always gets the
+/// same id, so resending an input is idempotent.
+fn derived_id(line_no: usize, line: &str) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(line_no as u64).to_le_bytes());
+    h.update(line.as_bytes());
+    uuid::Uuid::from_u128(h.digest128()).to_string()
 }
 
 fn default_spool() -> PathBuf {

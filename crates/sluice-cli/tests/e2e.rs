@@ -251,3 +251,72 @@ async fn bad_input_gets_clear_errors_and_loses_nothing_else() -> anyhow::Result<
     assert_eq!(server.terminate(Duration::from_secs(60))?.code(), Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_spools_what_it_cannot_deliver_and_delivers_it_later() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let spool = dir.path().join("spool");
+    let input = dir.path().join("events.ndjson");
+    let lines: String = (0..1200)
+        .map(|i| format!("{{\"event\":\"sent\",\"user_id\":\"u{i}\"}}\n"))
+        .collect();
+    std::fs::write(&input, lines + "not json\n")?;
+    let send = |url: &str, retry_for: &str| {
+        Command::new(BIN)
+            .args([
+                "send",
+                "--batch-size",
+                "500",
+                "--retry-for",
+                retry_for,
+                "--server",
+                url,
+                "--spool",
+            ])
+            .arg(&spool)
+            .arg(&input)
+            .output()
+    };
+
+    // No server: the batches stay in the spool and the command says so.
+    let out = send("http://127.0.0.1:9", "1s")?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stays in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spooled = std::fs::read_dir(&spool)?
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+        .count();
+    assert_eq!(spooled, 1, "the undelivered batch is spooled");
+
+    // With a server, the spooled batch goes first, then the whole file; the ids derive from the
+    // lines, so the file's first batch is now recognised as what the spool already delivered.
+    let mut server = SluiceProcess::spawn(Path::new(BIN), &data, &[])?;
+    let out = send(&server.url(), "30s")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1200 accepted, 500 duplicates"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1201: not a json object"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "a bad input line is an error");
+    let left = std::fs::read_dir(&spool)?
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+        .count();
+    assert_eq!(left, 0, "the spool is empty once everything is acked");
+
+    let data2 = data.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(60), "sent events in the lake", || {
+            let rows = sql_json(
+                &data2,
+                "SELECT count(*) AS n FROM events WHERE event = 'sent'",
+            )?;
+            Ok((rows.first().map(|r| r["n"].as_i64()) == Some(Some(1200))).then_some(()))
+        })
+    })
+    .await??;
+    assert_eq!(server.terminate(Duration::from_secs(60))?.code(), Some(0));
+    Ok(())
+}
