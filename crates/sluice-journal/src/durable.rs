@@ -60,6 +60,8 @@ pub(crate) struct Counters {
     pub group_commits: AtomicU64,
     pub appends: AtomicU64,
     pub records: AtomicU64,
+    /// fdatasyncs of segment data (group commits, recovery, interval flushes).
+    pub data_syncs: AtomicU64,
 }
 
 /// Faults a test arms; each fires on the next matching call and counts down.
@@ -69,8 +71,9 @@ pub(crate) struct Faults {
     /// Segment writes to fail with ENOSPC (after writing half of the bytes, as a real short
     /// write would).
     pub enospc_writes: std::sync::atomic::AtomicU32,
-    /// fsyncs (of any kind) to fail with EIO.
-    pub eio_syncs: std::sync::atomic::AtomicU32,
+    /// fdatasyncs of segment data (the group commit's, not the floor's or a directory's) to
+    /// fail with EIO.
+    pub eio_data_syncs: std::sync::atomic::AtomicU32,
     /// Fail the fsync that brings `Counters::fsyncs` to this number (0: off).
     pub eio_at_fsync: AtomicU64,
 }
@@ -104,6 +107,12 @@ impl Disk {
 
     /// fdatasync: the data and the metadata needed to read it back (the file size).
     pub(crate) fn sync_data(&self, file: &File) -> Result<(), StorageError> {
+        self.counters.data_syncs.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        if take_fault(&self.faults.eio_data_syncs) {
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            return Err(StorageError::Sync(io::Error::from_raw_os_error(libc::EIO)));
+        }
         self.timed_sync(|| file.sync_data())
     }
 
@@ -121,9 +130,7 @@ impl Disk {
     fn timed_sync(&self, sync: impl FnOnce() -> io::Result<()>) -> Result<(), StorageError> {
         let _count = self.counters.fsyncs.fetch_add(1, Ordering::Relaxed) + 1;
         #[cfg(test)]
-        if take_fault(&self.faults.eio_syncs)
-            || self.faults.eio_at_fsync.load(Ordering::SeqCst) == _count
-        {
+        if self.faults.eio_at_fsync.load(Ordering::SeqCst) == _count {
             return Err(StorageError::Sync(io::Error::from_raw_os_error(libc::EIO)));
         }
         let started = Instant::now();

@@ -83,7 +83,8 @@ fn run(shared: &Shared) {
         }
         for part in &partitions {
             if part.floor_wanted.swap(false, Ordering::AcqRel) {
-                let target = part.end() + shared.settings.floor_reserve;
+                let target = (part.end() + shared.settings.floor_reserve)
+                    .max(part.floor_hint.load(Ordering::Acquire));
                 if let Err(error) = part.raise_floor(&shared.disk, target, shared.clock_ms()) {
                     handle(shared, part, error, "writing the offset floor");
                 }

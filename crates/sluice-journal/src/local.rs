@@ -458,6 +458,12 @@ impl LocalJournal {
         out
     }
 
+    /// Test hook: the raw counters.
+    #[cfg(test)]
+    pub(crate) fn counters(&self) -> &crate::durable::Counters {
+        &self.shared.disk.counters
+    }
+
     /// Test hook: the fault injector.
     #[cfg(test)]
     pub(crate) fn faults(&self) -> &crate::durable::Faults {

@@ -91,8 +91,11 @@ pub(crate) struct Partition {
     pub floor_durable: AtomicU64,
     /// When the floor was last written, in ms since the journal opened.
     pub floor_written_ms: AtomicU64,
-    /// The writer asks the flusher for a floor refresh by setting this.
+    /// The writer asks the flusher for a floor refresh by setting this…
     pub floor_wanted: AtomicBool,
+    /// …and says here how far it wants the floor at least (its next offset plus the reserve,
+    /// which `end` may not show yet while a commit is in progress).
+    pub floor_hint: AtomicU64,
     /// Serialises consumer offset commits of this partition.
     pub consumer_lock: Mutex<()>,
     /// Set (under `floor_lock`) when the topic is deleted, so background work leaves it alone.
@@ -143,6 +146,7 @@ impl Partition {
             floor_durable: AtomicU64::new(floor),
             floor_written_ms: AtomicU64::new(0),
             floor_wanted: AtomicBool::new(false),
+            floor_hint: AtomicU64::new(0),
             consumer_lock: Mutex::new(()),
             deleted: AtomicBool::new(false),
             writer: Mutex::new(None),

@@ -503,8 +503,13 @@ impl Writer {
             .clock_ms()
             .saturating_sub(self.part.floor_written_ms.load(Ordering::Acquire))
             >= FLOOR_REFRESH_EVERY_MS;
-        if (rolled || low || stale) && !self.part.floor_wanted.swap(true, Ordering::AcqRel) {
-            self.shared.wake_flusher();
+        if rolled || low || stale {
+            self.part
+                .floor_hint
+                .fetch_max(self.next + reserve, Ordering::AcqRel);
+            if !self.part.floor_wanted.swap(true, Ordering::AcqRel) {
+                self.shared.wake_flusher();
+            }
         }
     }
 

@@ -84,19 +84,23 @@ fn an_fsync_failure_poisons_the_journal_and_is_never_acknowledged() {
     let j = open(&s);
     j.create_topic("t", 2).unwrap();
     append(&j, "t", 0, &[b"durable"]).unwrap();
-    j.faults().eio_syncs.store(1, Ordering::SeqCst);
+    j.faults().eio_data_syncs.store(1, Ordering::SeqCst);
     let err = append(&j, "t", 0, &[b"unknown"]).unwrap_err();
     assert!(matches!(err, JournalError::Failed(_)), "{err}");
     assert!(j.is_failed());
-    // Every later append fails, on every partition; nothing is retried.
-    let fsyncs = j.stats().fsyncs;
+    // Every later append fails, on every partition; the failed fdatasync is never retried.
+    let data_syncs = j.counters().data_syncs.load(Ordering::SeqCst);
     for p in 0..2 {
         assert!(matches!(
             append(&j, "t", p, &[b"later"]),
             Err(JournalError::Failed(_))
         ));
     }
-    assert_eq!(j.stats().fsyncs, fsyncs, "no fsync after the failure");
+    assert_eq!(
+        j.counters().data_syncs.load(Ordering::SeqCst),
+        data_syncs,
+        "no fdatasync after the failure"
+    );
     assert!(matches!(
         j.create_topic("u", 1),
         Err(JournalError::Failed(_))
