@@ -80,6 +80,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     let running = Server::start(config.validate()?).await?;
     let addr = running.http_addr.context("server has no http address")?;
     let bodies = Arc::new(make_bodies(args, "ingest"));
+    let started = Instant::now();
     let ingest = drive(
         &format!("http://{addr}/v1/events"),
         bodies,
@@ -87,7 +88,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     )
     .await?;
     println!(
-        "durable ingest:       {:>10.0} events/s   ({:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; {:.0}% of no-op, {:.0} events per fsync-time)",
+        "durable ingest:       {:>10.0} events/s   ({:.0} req/s, p50 {:.1} ms, p99 {:.1} ms; {:.0}% of no-op, {:.0} events per baseline fsync)",
         ingest.events_per_sec,
         ingest.requests_per_sec,
         ingest.p50_ms,
@@ -99,6 +100,32 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(
         &root.join("data").join("lake"),
     )?)?;
+    // End to end: every event through the runner and the lake sink, visible in SQL.
+    let sent = args.events.div_ceil(args.batch) * args.batch;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let out = warehouse.query("SELECT count(*) AS n FROM events").await?;
+        let text = sluice_warehouse::format::to_csv(&out)?;
+        if text
+            .lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            == Some(sent)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "events not all visible after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e2e = started.elapsed();
+    println!(
+        "end to end:           {:>10.0} events/s   ({sent} events from first request to all visible in SQL in {:.1} s)",
+        sent as f64 / e2e.as_secs_f64(),
+        e2e.as_secs_f64()
+    );
     let client = reqwest::Client::new();
     let mut latencies = Vec::new();
     for i in 0..5 {
