@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Directory for the benchmark's data (a fresh temporary one under it is used).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Run only the collector role (no runner, no lake): the intake path alone. Skips the
+    /// end-to-end and visibility figures.
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 /// Runs the benchmark and prints a report.
@@ -75,6 +79,9 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         data_dir: root.join("data"),
         ..Config::default()
     };
+    if args.ingest_only {
+        config.roles = vec!["collector".into()];
+    }
     config.http = "127.0.0.1:0".parse()?;
     config.pg = "127.0.0.1:0".parse()?;
     let running = Server::start(config.validate()?).await?;
@@ -97,6 +104,10 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         ingest.events_per_sec / fsync.per_sec.max(1.0)
     );
 
+    if args.ingest_only {
+        running.shutdown().await?;
+        return Ok(());
+    }
     let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(
         &root.join("data").join("lake"),
     )?)?;
@@ -206,8 +217,8 @@ fn fdatasync_rate(dir: &std::path::Path, budget: Duration) -> anyhow::Result<Fsy
     })
 }
 
-/// NDJSON bodies of `batch` events each, every event with a unique id and ~`event_bytes` bytes.
-fn make_bodies(args: &BenchArgs, tag: &str) -> Vec<Vec<u8>> {
+/// NDJSON bodies of `batch` events each (as `Bytes`, so that sending one copies nothing), every event with a unique id and ~`event_bytes` bytes.
+fn make_bodies(args: &BenchArgs, tag: &str) -> Vec<bytes::Bytes> {
     let run = std::process::id();
     let pad_len = args.event_bytes.saturating_sub(260).max(1);
     let pad: String = "x".repeat(pad_len);
@@ -228,7 +239,7 @@ fn make_bodies(args: &BenchArgs, tag: &str) -> Vec<Vec<u8>> {
                 body.extend_from_slice(line.as_bytes());
                 body.push(b'\n');
             }
-            body
+            bytes::Bytes::from(body)
         })
         .collect()
 }
@@ -242,7 +253,7 @@ struct LoadResult {
 
 async fn drive(
     url: &str,
-    bodies: Arc<Vec<Vec<u8>>>,
+    bodies: Arc<Vec<bytes::Bytes>>,
     connections: usize,
 ) -> anyhow::Result<LoadResult> {
     let client = reqwest::Client::builder()
