@@ -121,12 +121,17 @@ impl Collector {
         }
         let mut backlog = 0u64;
         for p in 0..self.partitions {
-            let end = self.journal.end(topic::RAW, p).map_err(journal_error)?;
-            let done = self
-                .journal
-                .committed(RUNNER_GROUP, topic::RAW, p)
-                .map_err(journal_error)?
-                .unwrap_or_else(|| self.journal.start(topic::RAW, p).unwrap_or(0));
+            // A quarantined partition refuses its own appends; it must not stop intake for the
+            // events that route to healthy partitions.
+            let (end, done) = match (
+                self.journal.end(topic::RAW, p),
+                self.journal.committed(RUNNER_GROUP, topic::RAW, p),
+                self.journal.start(topic::RAW, p),
+            ) {
+                (Ok(end), Ok(done), Ok(start)) => (end, done.unwrap_or(start)),
+                (Err(JournalError::Quarantined { .. }), _, _) => continue,
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(journal_error(e)),
+            };
             backlog += end.saturating_sub(done);
         }
         if backlog > self.settings.max_backlog_events {

@@ -150,3 +150,26 @@ async fn concurrent_requests_with_the_same_id_store_it_once() {
     let stored: usize = (0..4).map(|p| j.records(topic::RAW, p).len()).sum();
     assert_eq!(stored, 1);
 }
+
+#[tokio::test]
+async fn a_quarantined_partition_refuses_only_its_own_events() {
+    let j = MemJournal::with_topics(&[(topic::RAW, 2)]);
+    let c = collector(&j);
+    let sick = partition_for("alice", 2);
+    let healthy_user = (0..100)
+        .map(|i| format!("user{i}"))
+        .find(|u| partition_for(u, 2) != sick)
+        .unwrap();
+    j.quarantine(topic::RAW, sick);
+    let body = format!(r#"{{"event":"a","userId":"{healthy_user}"}}"#);
+    let out = c.ingest(request("web", &body)).await.unwrap();
+    assert_eq!(out.accepted, 1, "events of healthy partitions still go in");
+    let err = c
+        .ingest(request(
+            "web",
+            r#"{"event":"a","userId":"alice","event_id":"q1"}"#,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}

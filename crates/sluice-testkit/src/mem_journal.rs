@@ -22,6 +22,9 @@ use tokio::sync::watch;
 struct Partition {
     records: Vec<Record>,
     end: watch::Sender<u64>,
+    /// Set by [`MemJournal::quarantine`]: every access answers `Quarantined`, as a
+    /// `LocalJournal` partition with corrupt durable data does.
+    quarantined: bool,
 }
 
 impl Partition {
@@ -29,6 +32,7 @@ impl Partition {
         Self {
             records: Vec::new(),
             end: watch::Sender::new(0),
+            quarantined: false,
         }
     }
 }
@@ -74,6 +78,19 @@ impl MemJournal {
     /// Makes [`Journal::is_failed`] answer `failed` (and appends fail while it is set).
     pub fn set_failed(&self, failed: bool) {
         self.failed.store(failed, Ordering::SeqCst);
+    }
+
+    /// Quarantines a partition: from now on its reads, appends and positions fail with
+    /// `JournalError::Quarantined`.
+    pub fn quarantine(&self, topic: &str, partition: u32) {
+        let mut state = self.lock();
+        if let Some(p) = state
+            .topics
+            .get_mut(topic)
+            .and_then(|ps| ps.get_mut(partition as usize))
+        {
+            p.quarantined = true;
+        }
     }
 
     /// Every record of a partition (an empty vector for an unknown partition).
@@ -131,12 +148,20 @@ fn partition_ref<'a>(
         .topics
         .get(topic)
         .ok_or_else(|| JournalError::TopicNotFound(topic.to_string()))?;
-    parts
+    let part = parts
         .get(partition as usize)
         .ok_or_else(|| JournalError::PartitionNotFound {
             topic: topic.to_string(),
             partition,
-        })
+        })?;
+    if part.quarantined {
+        return Err(JournalError::Quarantined {
+            topic: topic.to_string(),
+            partition,
+            reason: "quarantined by the test".into(),
+        });
+    }
+    Ok(part)
 }
 
 fn partition_mut<'a>(
@@ -148,12 +173,21 @@ fn partition_mut<'a>(
         .topics
         .get_mut(topic)
         .ok_or_else(|| JournalError::TopicNotFound(topic.to_string()))?;
-    parts
-        .get_mut(partition as usize)
-        .ok_or_else(|| JournalError::PartitionNotFound {
+    let part =
+        parts
+            .get_mut(partition as usize)
+            .ok_or_else(|| JournalError::PartitionNotFound {
+                topic: topic.to_string(),
+                partition,
+            })?;
+    if part.quarantined {
+        return Err(JournalError::Quarantined {
             topic: topic.to_string(),
             partition,
-        })
+            reason: "quarantined by the test".into(),
+        });
+    }
+    Ok(part)
 }
 
 impl Journal for MemJournal {
