@@ -169,25 +169,16 @@ fn partition_mut<'a>(
     topic: &str,
     partition: u32,
 ) -> Result<&'a mut Partition, JournalError> {
-    let parts = state
+    // One place checks existence and quarantine; this only re-borrows mutably.
+    partition_ref(state, topic, partition)?;
+    state
         .topics
         .get_mut(topic)
-        .ok_or_else(|| JournalError::TopicNotFound(topic.to_string()))?;
-    let part =
-        parts
-            .get_mut(partition as usize)
-            .ok_or_else(|| JournalError::PartitionNotFound {
-                topic: topic.to_string(),
-                partition,
-            })?;
-    if part.quarantined {
-        return Err(JournalError::Quarantined {
+        .and_then(|parts| parts.get_mut(partition as usize))
+        .ok_or_else(|| JournalError::PartitionNotFound {
             topic: topic.to_string(),
             partition,
-            reason: "quarantined by the test".into(),
-        });
-    }
-    Ok(part)
+        })
 }
 
 impl Journal for MemJournal {
