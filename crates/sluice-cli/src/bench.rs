@@ -115,14 +115,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     let sent = args.events.div_ceil(args.batch) * args.batch;
     let deadline = started + Duration::from_secs(600);
     loop {
-        let out = warehouse.query("SELECT count(*) AS n FROM events").await?;
-        let text = sluice_warehouse::format::to_csv(&out)?;
-        if text
-            .lines()
-            .nth(1)
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            == Some(sent)
-        {
+        if count(&warehouse, "SELECT count(*) AS n FROM events").await? == Some(sent) {
             break;
         }
         anyhow::ensure!(
@@ -156,9 +149,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         let sql = format!("SELECT count(*) AS n FROM events WHERE event_id = '{id}'");
         let deadline = acked + Duration::from_secs(60);
         loop {
-            let out = warehouse.query(&sql).await?;
-            let text = sluice_warehouse::format::to_csv(&out)?;
-            if text.lines().nth(1) == Some("1") {
+            if count(&warehouse, &sql).await? == Some(1) {
                 latencies.push(acked.elapsed());
                 break;
             }
@@ -177,6 +168,12 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     );
     running.shutdown().await?;
     Ok(())
+}
+
+/// The single number a `SELECT count(*)` query answers.
+async fn count(warehouse: &Warehouse, sql: &str) -> anyhow::Result<Option<usize>> {
+    let text = sluice_warehouse::format::to_csv(&warehouse.query(sql).await?)?;
+    Ok(text.lines().nth(1).and_then(|n| n.trim().parse().ok()))
 }
 
 struct FsyncRate {
