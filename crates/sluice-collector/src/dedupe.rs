@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use sluice_event::Position;
 use tokio::sync::watch;
 
 const SHARDS: usize = 16;
@@ -30,7 +31,8 @@ pub(crate) fn key(source: &str, event_id: &str) -> Key {
 }
 
 enum Slot {
-    Committed(i64),
+    /// Acked at `.0`, stored at `.1`.
+    Committed(i64, Position),
     Pending(i64, watch::Receiver<Option<bool>>),
 }
 
@@ -43,8 +45,9 @@ struct Shard {
 pub(crate) enum Reserve {
     /// Reserved for this request.
     New,
-    /// Already acked within the window.
-    Duplicate,
+    /// Already acked within the window; where the first copy is stored (`None` for a repeat
+    /// within one request, which the request's own append places).
+    Duplicate(Option<Position>),
     /// Another request's append for this key is in flight; wait for its outcome.
     Wait(watch::Receiver<Option<bool>>),
 }
@@ -71,9 +74,9 @@ impl DedupeIndex {
     }
 
     /// Records a committed key (used when rebuilding from `raw`).
-    pub(crate) fn insert_committed(&self, k: Key, at: i64) {
+    pub(crate) fn insert_committed(&self, k: Key, at: i64, pos: Position) {
         let mut s = self.shard(k);
-        s.map.insert(k, Slot::Committed(at));
+        s.map.insert(k, Slot::Committed(at, pos));
         s.order.push_back((at, k));
     }
 
@@ -82,9 +85,13 @@ impl DedupeIndex {
         let mut s = self.shard(k);
         prune(&mut s, now - self.window);
         match s.map.get(&k) {
-            Some(Slot::Committed(at)) if *at >= now - self.window => return Reserve::Duplicate,
+            Some(Slot::Committed(at, pos)) if *at >= now - self.window => {
+                return Reserve::Duplicate(Some(*pos));
+            }
             // The same id twice in one request: the second is a duplicate of the first.
-            Some(Slot::Pending(_, other)) if other.same_channel(rx) => return Reserve::Duplicate,
+            Some(Slot::Pending(_, other)) if other.same_channel(rx) => {
+                return Reserve::Duplicate(None);
+            }
             Some(Slot::Pending(_, other)) => return Reserve::Wait(other.clone()),
             _ => {}
         }
@@ -93,17 +100,17 @@ impl DedupeIndex {
         Reserve::New
     }
 
-    /// Settles this request's reservations: committed on success, removed on failure.
-    pub(crate) fn settle(&self, keys: &[Key], ok: bool) {
-        for &k in keys {
+    /// Settles reservations: committed at their position (`Some`) or removed (`None`, the
+    /// append failed).
+    pub(crate) fn settle(&self, keys: impl IntoIterator<Item = (Key, Option<Position>)>) {
+        for (k, pos) in keys {
             let mut s = self.shard(k);
             if let Some(Slot::Pending(at, _)) = s.map.get(&k) {
                 let at = *at;
-                if ok {
-                    s.map.insert(k, Slot::Committed(at));
-                } else {
-                    s.map.remove(&k);
-                }
+                match pos {
+                    Some(pos) => s.map.insert(k, Slot::Committed(at, pos)),
+                    None => s.map.remove(&k),
+                };
             }
         }
     }
@@ -122,7 +129,7 @@ fn prune(s: &mut Shard, horizon: i64) {
             break;
         }
         s.order.pop_front();
-        if let Some(Slot::Committed(c)) = s.map.get(&k)
+        if let Some(Slot::Committed(c, _)) = s.map.get(&k)
             && *c == at
         {
             s.map.remove(&k);
@@ -134,6 +141,11 @@ fn prune(s: &mut Shard, horizon: i64) {
 mod tests {
     use super::*;
 
+    const P: Position = Position {
+        partition: 2,
+        offset: 7,
+    };
+
     #[test]
     fn reserve_commit_fail_and_expire() {
         let idx = DedupeIndex::new(1000);
@@ -141,17 +153,21 @@ mod tests {
         let a = key("web", "e1");
         assert_ne!(a, key("app", "e1"), "dedupe is scoped by source");
         assert!(matches!(idx.reserve(a, 10, &rx), Reserve::New));
+        assert!(matches!(idx.reserve(a, 10, &rx), Reserve::Duplicate(None)));
         let (_tx2, rx2) = watch::channel(None);
         assert!(matches!(idx.reserve(a, 11, &rx2), Reserve::Wait(_)));
-        idx.settle(&[a], true);
+        idx.settle([(a, Some(P))]);
         drop(tx);
-        assert!(matches!(idx.reserve(a, 12, &rx2), Reserve::Duplicate));
+        assert!(matches!(
+            idx.reserve(a, 12, &rx2),
+            Reserve::Duplicate(Some(P))
+        ));
         // failed appends are forgotten
         let b = key("web", "e2");
         assert!(matches!(idx.reserve(b, 20, &rx2), Reserve::New));
-        idx.settle(&[b], false);
+        idx.settle([(b, None)]);
         assert!(matches!(idx.reserve(b, 21, &rx2), Reserve::New));
-        idx.settle(&[b], true);
+        idx.settle([(b, Some(P))]);
         // past the window a key is new again, and expired entries leave the index
         assert_eq!(idx.len(), 2);
         assert!(matches!(idx.reserve(a, 5000, &rx2), Reserve::New));

@@ -1,12 +1,14 @@
 //! [`Collector`]: one request in, a durable append to `raw` out.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use sluice_event::{
-    ErrorKind, Protocol, RawEvent, RawEventRef, Rejection, now_micros, routing_key, topic,
+    ErrorKind, Position, Protocol, RawEvent, RawEventRef, Rejection, now_micros, routing_key, topic,
 };
 use sluice_journal::{Journal, JournalError, partition_for};
 use tokio::sync::watch;
@@ -33,6 +35,57 @@ pub struct IngestRequest {
     pub ip: Option<String>,
     /// Client `User-Agent`.
     pub user_agent: Option<String>,
+}
+
+/// Where the request came from, as the transport saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// Client address (`None` when it must not be recorded, as with `SP-Anonymous`).
+    pub ip: Option<String>,
+    /// Client `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// One event a protocol decoder produced, ready to be stamped and appended.
+#[derive(Clone, Debug)]
+pub struct Item<'a> {
+    /// The source it is ingested under (decides the dedupe scope).
+    pub source: Arc<str>,
+    /// How it arrived; decides how the runner reads `payload`.
+    pub protocol: Protocol,
+    /// The client's event id (`None`: the collector stamps a UUIDv7).
+    pub event_id: Option<String>,
+    /// Known user, for routing.
+    pub user_id: Option<String>,
+    /// Device or cookie id, for routing.
+    pub anonymous_id: Option<String>,
+    /// Snowplow's network user id (`sp` cookie).
+    pub network_user_id: Option<String>,
+    /// A Kinesis producer's partition key (routes events that name no user).
+    pub partition_key: Option<String>,
+    /// The event as sent, or as the decoder rebuilt it (Snowplow GET, Segment batch merge).
+    pub payload: Cow<'a, RawValue>,
+}
+
+/// What became of one slot of a [`Collector::submit`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Appended by this request at this `raw` position.
+    Appended(Position),
+    /// Already acked within the dedupe window, at this position (offset `u64::MAX` for a
+    /// repeat inside this request whose first copy failed).
+    Duplicate(Position),
+    /// Refused; the outcome's `rejected` list says why.
+    Rejected,
+}
+
+/// The answer to [`Collector::submit`].
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// Counts and rejections, as answered to native clients.
+    pub outcome: IngestOutcome,
+    /// One placement per submitted slot, in order.
+    pub placements: Vec<Placement>,
 }
 
 /// The answer to an ingest request; every counted event is durable.
@@ -76,6 +129,10 @@ impl Collector {
                 let Some(last) = records.last() else { break };
                 from = last.offset + 1;
                 for r in records.iter().filter(|r| r.timestamp_ms >= horizon_ms) {
+                    let pos = Position {
+                        partition: p,
+                        offset: r.offset,
+                    };
                     #[derive(serde::Deserialize)]
                     struct Ids<'a> {
                         #[serde(borrow)]
@@ -92,6 +149,7 @@ impl Collector {
                         dedupe.insert_committed(
                             dedupe::key(&ids.source, &ids.event_id),
                             ids.received_at,
+                            pos,
                         );
                         loaded += 1;
                     }
@@ -143,33 +201,56 @@ impl Collector {
         Ok(())
     }
 
-    /// Ingests one native request. Resolves once every accepted event is durable.
+    /// Ingests one native request (`POST /v1/events`). Resolves once every accepted event is
+    /// durable.
     pub async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, CollectError> {
         self.check_capacity()?;
         let body = decompress(&req.body, req.encoding, self.settings.max_body_bytes)?;
         let events = split_events(&body, self.settings.max_events)?;
+        let source: Arc<str> = Arc::from(req.source.as_str());
+        let items = events
+            .iter()
+            .map(|raw| {
+                let head = check_native(raw)?;
+                Ok(Item {
+                    source: source.clone(),
+                    protocol: Protocol::Native,
+                    event_id: head.event_id.map(Cow::into_owned),
+                    user_id: head.user_id.map(Cow::into_owned),
+                    anonymous_id: head.anonymous_id.map(Cow::into_owned),
+                    network_user_id: None,
+                    partition_key: None,
+                    payload: Cow::Borrowed(*raw),
+                })
+            })
+            .collect();
+        let origin = Origin {
+            ip: req.ip,
+            user_agent: req.user_agent,
+        };
+        Ok(self.submit(&origin, items).await?.outcome)
+    }
+
+    /// Appends events that a protocol decoder produced, one slot per event of the request (a
+    /// decoder's per-event rejection stays in its slot so that indexes match the request).
+    /// Checks size, stamps ids, dedupes on (source, event id), routes, appends and resolves once
+    /// every accepted event is durable. `Err` means nothing of this request was acked (events
+    /// of partitions that did commit are reported as duplicates on the client's retry).
+    pub async fn submit(
+        &self,
+        origin: &Origin,
+        items: Vec<Result<Item<'_>, (ErrorKind, String)>>,
+    ) -> Result<Submitted, CollectError> {
+        self.check_capacity()?;
         let received_at = now_micros();
         let (tx, rx) = watch::channel(None);
         let mut outcome = IngestOutcome::default();
-        // (index, event id, routing key) of every event this request reserved, in order.
-        let mut staged: Vec<Staged> = Vec::with_capacity(events.len());
+        let mut placements = vec![Placement::Rejected; items.len()];
+        let mut staged: Vec<Staged<'_>> = Vec::with_capacity(items.len());
         let mut waits = Vec::new();
-        for (index, raw) in events.iter().enumerate() {
-            if raw.get().len() > self.settings.max_event_bytes {
-                outcome.rejected.push(Rejection {
-                    index,
-                    event_id: None,
-                    kind: ErrorKind::TooLarge,
-                    reason: format!(
-                        "event is {} bytes, over the limit of {}",
-                        raw.get().len(),
-                        self.settings.max_event_bytes
-                    ),
-                });
-                continue;
-            }
-            let head = match check_native(raw) {
-                Ok(h) => h,
+        for (index, item) in items.into_iter().enumerate() {
+            let item = match item {
+                Ok(item) => item,
                 Err((kind, reason)) => {
                     outcome.rejected.push(Rejection {
                         index,
@@ -180,27 +261,47 @@ impl Collector {
                     continue;
                 }
             };
-            let event_id = match head.event_id {
-                Some(id) => id.into_owned(),
+            let len = item.payload.get().len();
+            if len > self.settings.max_event_bytes {
+                outcome.rejected.push(Rejection {
+                    index,
+                    event_id: item.event_id.clone(),
+                    kind: ErrorKind::TooLarge,
+                    reason: format!(
+                        "event is {len} bytes, over the limit of {}",
+                        self.settings.max_event_bytes
+                    ),
+                });
+                continue;
+            }
+            let event_id = match &item.event_id {
+                Some(id) => id.clone(),
                 None => uuid::Uuid::now_v7().to_string(),
             };
             let route = routing_key(
-                head.user_id.as_deref(),
-                head.anonymous_id.as_deref(),
-                &event_id,
+                item.user_id.as_deref(),
+                item.anonymous_id.as_deref(),
+                item.partition_key.as_deref().unwrap_or(&event_id),
             );
             let partition = partition_for(route, self.partitions);
-            let key = dedupe::key(&req.source, &event_id);
-            let item = Staged {
+            let key = dedupe::key(&item.source, &event_id);
+            let s = Staged {
                 index,
                 event_id,
                 partition,
                 key,
+                item,
             };
             match self.dedupe.reserve(key, received_at, &rx) {
-                Reserve::New => staged.push(item),
-                Reserve::Duplicate => outcome.duplicates += 1,
-                Reserve::Wait(other) => waits.push((item, other)),
+                Reserve::New => staged.push(s),
+                Reserve::Duplicate(at) => {
+                    outcome.duplicates += 1;
+                    placements[index] = Placement::Duplicate(at.unwrap_or(Position {
+                        partition,
+                        offset: u64::MAX,
+                    }));
+                }
+                Reserve::Wait(other) => waits.push((s, other)),
             }
         }
         // Settle on every exit path (including a panic or an early return) so no reservation
@@ -209,27 +310,33 @@ impl Collector {
             index: &self.dedupe,
             keys: staged.iter().map(|s| s.key).collect(),
             tx,
-            ok: false,
+            placed: None,
         };
-        for (item, mut other) in waits {
+        for (s, mut other) in waits {
             let finished =
                 tokio::time::timeout(PENDING_WAIT, other.wait_for(|v| v.is_some())).await;
             if finished.is_err() {
                 return Err(CollectError::Unavailable(format!(
                     "event {} is being written by another request; retry",
-                    item.event_id
+                    s.event_id
                 )));
             }
-            match self.dedupe.reserve(item.key, received_at, &guard.rx()) {
+            match self.dedupe.reserve(s.key, received_at, &guard.rx()) {
                 Reserve::New => {
-                    guard.keys.push(item.key);
-                    staged.push(item);
+                    guard.keys.push(s.key);
+                    staged.push(s);
                 }
-                Reserve::Duplicate => outcome.duplicates += 1,
+                Reserve::Duplicate(at) => {
+                    outcome.duplicates += 1;
+                    placements[s.index] = Placement::Duplicate(at.unwrap_or(Position {
+                        partition: s.partition,
+                        offset: u64::MAX,
+                    }));
+                }
                 Reserve::Wait(_) => {
                     return Err(CollectError::Unavailable(format!(
                         "event {} is being written by another request; retry",
-                        item.event_id
+                        s.event_id
                     )));
                 }
             }
@@ -238,15 +345,16 @@ impl Collector {
 
         let mut per_partition: Vec<Vec<Bytes>> = vec![Vec::new(); self.partitions as usize];
         for s in &staged {
-            let raw = events[s.index];
             let record = RawEventRef {
                 event_id: &s.event_id,
-                source: &req.source,
-                protocol: Protocol::Native,
+                source: &s.item.source,
+                protocol: s.item.protocol,
                 received_at,
-                ip: req.ip.as_deref(),
-                user_agent: req.user_agent.as_deref(),
-                payload: raw,
+                ip: origin.ip.as_deref(),
+                user_agent: origin.user_agent.as_deref(),
+                network_user_id: s.item.network_user_id.as_deref(),
+                partition_key: s.item.partition_key.as_deref(),
+                payload: &s.item.payload,
             };
             let bytes =
                 serde_json::to_vec(&record).map_err(|e| CollectError::Internal(e.to_string()))?;
@@ -266,29 +374,58 @@ impl Collector {
                 }
             });
         let results = futures::future::join_all(appends).await;
-        let failed: Vec<(u32, JournalError)> = results
-            .into_iter()
-            .filter_map(|(p, r)| r.err().map(|e| (p, e)))
+        // The first offset of each partition's batch, or its error.
+        let mut firsts: Vec<Option<Result<u64, JournalError>>> =
+            (0..self.partitions).map(|_| None).collect();
+        for (p, r) in results {
+            firsts[p as usize] = Some(r);
+        }
+        // Staged events are in request order, and so in append order within a partition.
+        let mut next: Vec<u64> = firsts
+            .iter()
+            .map(|f| match f {
+                Some(Ok(first)) => *first,
+                _ => 0,
+            })
             .collect();
-        if let Some((_, first)) = failed.first() {
+        let mut placed = Vec::with_capacity(staged.len());
+        let mut failed = 0usize;
+        for s in &staged {
+            let pos = match &firsts[s.partition as usize] {
+                Some(Ok(_)) => {
+                    let offset = next[s.partition as usize];
+                    next[s.partition as usize] += 1;
+                    Some(Position {
+                        partition: s.partition,
+                        offset,
+                    })
+                }
+                _ => {
+                    failed += 1;
+                    None
+                }
+            };
+            if let Some(pos) = pos {
+                placements[s.index] = Placement::Appended(pos);
+            }
+            placed.push((s.key, pos));
+        }
+        guard.keys.clear();
+        self.dedupe.settle(placed);
+        if let Some(e) = firsts.iter().flatten().find_map(|r| r.as_ref().err()) {
             // Events of partitions that did commit stay committed (a retry reports them as
             // duplicates); the failed partitions' reservations are dropped.
-            let failed_parts: Vec<u32> = failed.iter().map(|(p, _)| *p).collect();
-            let (bad, good): (Vec<&Staged>, Vec<&Staged>) = staged
-                .iter()
-                .partition(|s| failed_parts.contains(&s.partition));
-            self.dedupe
-                .settle(&good.iter().map(|s| s.key).collect::<Vec<_>>(), true);
-            self.dedupe
-                .settle(&bad.iter().map(|s| s.key).collect::<Vec<_>>(), false);
-            guard.keys.clear();
-            crate::metrics::append_failed(bad.len());
-            return Err(journal_error_ref(first));
+            crate::metrics::append_failed(failed);
+            guard.placed = Some(false);
+            return Err(journal_error_ref(e));
         }
-        guard.ok = true;
+        guard.placed = Some(true);
         outcome.accepted = staged.len();
         crate::metrics::ingested(&outcome);
-        Ok(outcome)
+        Ok(Submitted {
+            outcome,
+            placements,
+        })
     }
 
     /// Entries in the dedupe index.
@@ -297,18 +434,21 @@ impl Collector {
     }
 }
 
-struct Staged {
+struct Staged<'a> {
     index: usize,
     event_id: String,
     partition: u32,
     key: Key,
+    item: Item<'a>,
 }
 
+/// Drops this request's pending reservations if it ends before they were settled, and tells
+/// waiting requests how it ended.
 struct Settle<'a> {
     index: &'a DedupeIndex,
     keys: Vec<Key>,
     tx: watch::Sender<Option<bool>>,
-    ok: bool,
+    placed: Option<bool>,
 }
 
 impl Settle<'_> {
@@ -319,12 +459,12 @@ impl Settle<'_> {
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        self.index.settle(&self.keys, self.ok);
-        let _ = self.tx.send(Some(self.ok));
+        self.index.settle(self.keys.iter().map(|&k| (k, None)));
+        let _ = self.tx.send(Some(self.placed.unwrap_or(false)));
     }
 }
 
-fn journal_error(e: JournalError) -> CollectError {
+pub(crate) fn journal_error(e: JournalError) -> CollectError {
     journal_error_ref(&e)
 }
 

@@ -27,5 +27,8 @@ mod native;
 pub use config::{CollectorConfig, CollectorSettings};
 pub use decode::{Encoding, decompress, split_events};
 pub use error::CollectError;
-pub use ingest::{Collector, IngestOutcome, IngestRequest, RUNNER_GROUP, decode_raw};
+pub use ingest::{
+    Collector, IngestOutcome, IngestRequest, Item, Origin, Placement, RUNNER_GROUP, Submitted,
+    decode_raw,
+};
 pub use native::{NativeHead, check_native};

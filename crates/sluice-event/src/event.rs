@@ -11,6 +11,27 @@ use crate::Position;
 pub enum Protocol {
     /// `POST /v1/events`: Sluice's own JSON shape (Segment-like, snake_case or camelCase keys).
     Native,
+    /// The Segment HTTP Tracking API (`/v1/track`, `/v1/batch`, ...): one Segment message, with
+    /// the batch's `context`, `integrations` and `sentAt` merged in by the collector.
+    Segment,
+    /// The Snowplow tracker protocol: one event's parameters as a JSON object of strings (the
+    /// `payload_data` item of a POST, or a GET pixel's query string).
+    Snowplow,
+    /// A Kinesis or Firehose record put into `raw`: the record's data, a JSON object when it
+    /// parsed as one, else a JSON string holding the base64 of the bytes.
+    Kinesis,
+}
+
+impl Protocol {
+    /// The lowercase name stored in records and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Segment => "segment",
+            Self::Snowplow => "snowplow",
+            Self::Kinesis => "kinesis",
+        }
+    }
 }
 
 /// A record of the `raw` topic: one event exactly as the collector accepted it, plus what the
@@ -31,7 +52,14 @@ pub struct RawEvent {
     /// The client's User-Agent header, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
-    /// The event as the client sent it: one JSON object.
+    /// The collector's own id for the browser: Snowplow's `sp` cookie (network user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_user_id: Option<String>,
+    /// The Kinesis partition key the producer gave, for records put through the Kinesis API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// The event as the client sent it: one JSON value, an object for every protocol but
+    /// Kinesis (see [`Protocol::Kinesis`]).
     pub payload: Box<RawValue>,
 }
 
@@ -53,6 +81,12 @@ pub struct RawEventRef<'a> {
     /// See [`RawEvent::user_agent`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<&'a str>,
+    /// See [`RawEvent::network_user_id`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_user_id: Option<&'a str>,
+    /// See [`RawEvent::partition_key`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<&'a str>,
     /// See [`RawEvent::payload`].
     pub payload: &'a RawValue,
 }
@@ -224,6 +258,8 @@ mod tests {
             received_at: 7,
             ip: Some("127.0.0.1"),
             user_agent: None,
+            network_user_id: Some("n1"),
+            partition_key: None,
             payload: &payload,
         };
         let bytes = serde_json::to_vec(&r).unwrap();

@@ -53,7 +53,7 @@ pub struct Failure {
     pub reason: String,
 }
 
-fn parse_err(reason: impl Into<String>) -> Failure {
+pub(crate) fn parse_err(reason: impl Into<String>) -> Failure {
     Failure {
         kind: BadKind::Parse,
         reason: reason.into(),
@@ -63,7 +63,19 @@ fn parse_err(reason: impl Into<String>) -> Failure {
 /// Makes the canonical event for a raw record at `raw_pos`.
 pub fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
     match raw.protocol {
-        Protocol::Native => native(raw, raw_pos),
+        // Segment messages follow the same rules; the collector already merged the batch's
+        // context, integrations and sentAt into each one.
+        Protocol::Native | Protocol::Segment => native(raw, raw_pos),
+        Protocol::Snowplow => crate::snowplow::canonicalize(raw, raw_pos),
+        Protocol::Kinesis => {
+            if raw.payload.get().starts_with('{') {
+                native(raw, raw_pos)
+            } else {
+                Err(parse_err(
+                    "kinesis record data is not a json event object (see payload for its base64)",
+                ))
+            }
+        }
     }
 }
 
@@ -192,6 +204,8 @@ mod tests {
             received_at: 1_000_000_000,
             ip: Some("10.1.2.3".into()),
             user_agent: Some("curl/8".into()),
+            network_user_id: None,
+            partition_key: None,
             payload: RawValue::from_string(payload.to_string()).unwrap(),
         }
     }

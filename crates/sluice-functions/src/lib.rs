@@ -18,6 +18,7 @@ mod config;
 mod error;
 mod metrics;
 mod runner;
+mod snowplow;
 
 pub use canonical::{Failure, canonicalize};
 pub use config::{RunnerConfig, RunnerSettings};

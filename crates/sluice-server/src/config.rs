@@ -11,6 +11,7 @@ use sluice_journal::JournalConfig;
 use sluice_lake::{LakeConfig, LakeSettings};
 
 use crate::ServerError;
+use crate::auth::SourceConfig;
 
 /// The config file. Unknown fields are an error.
 #[derive(Clone, Debug, Deserialize)]
@@ -36,6 +37,9 @@ pub struct Config {
     pub functions: RunnerConfig,
     /// Lake delivery (flush interval and size, checkpoints).
     pub lake: LakeConfig,
+    /// Sources and their write keys (more keys live in `<data_dir>/keys.json`, managed with
+    /// `sluice keys`). With no key anywhere, ingest is open to loopback clients.
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             collector: CollectorConfig::default(),
             functions: RunnerConfig::default(),
             lake: LakeConfig::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -122,6 +127,7 @@ pub struct Settings {
     pub(crate) collector: CollectorSettings,
     pub(crate) functions: RunnerSettings,
     pub(crate) lake: LakeSettings,
+    pub(crate) sources: Vec<SourceConfig>,
 }
 
 impl Config {
@@ -154,6 +160,7 @@ impl Config {
                 self.pg
             )));
         }
+        crate::auth::Auth::new(self.sources.clone(), None).map_err(ServerError::Config)?;
         let mut journal = self.journal.clone();
         if journal.dir.as_os_str().is_empty() {
             journal.dir = self.data_dir.join("journal");
@@ -174,6 +181,7 @@ impl Config {
                 .lake
                 .validate()
                 .map_err(|e| ServerError::Config(e.to_string()))?,
+            sources: self.sources.clone(),
         })
     }
 }

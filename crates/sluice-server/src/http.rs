@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use sluice_collector::{Collector, Encoding, IngestRequest};
-use sluice_event::{DEFAULT_SOURCE, ErrorKind};
+use sluice_event::ErrorKind;
 use sluice_journal::Journal;
 use sluice_warehouse::Warehouse;
 
@@ -28,6 +28,7 @@ pub(crate) struct AppState {
     pub(crate) warehouse: Option<Arc<Warehouse>>,
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) prometheus: PrometheusHandle,
+    pub(crate) auth: Arc<crate::auth::Auth>,
 }
 
 /// Seconds a client should wait before retrying a 429/503.
@@ -83,12 +84,20 @@ async fn ingest_native_inner(
             "this node does not run the collector role",
         );
     };
+    // Credentials are checked before anything is decompressed or parsed.
+    let source = match state
+        .auth
+        .source_for_key(crate::auth::header_key(&headers).as_deref(), peer.ip())
+    {
+        Ok(s) => s,
+        Err(e) => return error_response(ErrorKind::Unauthorized, e.to_string()),
+    };
     let encoding = match Encoding::parse(header_str(&headers, header::CONTENT_ENCODING)) {
         Ok(e) => e,
         Err(e) => return error_response(e.kind(), e.to_string()),
     };
     let req = IngestRequest {
-        source: DEFAULT_SOURCE.to_string(),
+        source: source.to_string(),
         body,
         encoding,
         ip: Some(peer.ip().to_string()),
@@ -112,7 +121,7 @@ async fn ingest_native_inner(
     }
 }
 
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -7,6 +7,7 @@
 //! lets in-flight appends finish) → drain the runner up to the `raw` end → drain the lake sink up
 //! to the `good`/`bad` ends and commit → return.
 
+pub mod auth;
 mod config;
 mod error;
 mod http;

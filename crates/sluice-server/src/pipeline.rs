@@ -150,11 +150,17 @@ impl Server {
                 });
                 tracing::info!(addr = %settings.pg, "postgres wire listening");
             }
+            let auth = crate::auth::Auth::new(
+                settings.sources.clone(),
+                Some(crate::auth::KeyFile::path(&settings.data_dir)),
+            )
+            .map_err(ServerError::Config)?;
             let state = AppState {
                 collector,
                 warehouse,
                 journal: dyn_journal.clone(),
                 prometheus,
+                auth: Arc::new(auth),
             };
             let listener =
                 tokio::net::TcpListener::bind(settings.http)
