@@ -22,6 +22,9 @@ pub enum CollectError {
         /// The limit.
         limit: usize,
     },
+    /// Well-formed JSON that breaks the protocol's rules.
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// An empty body.
     #[error("no events in request body")]
     Empty,
@@ -43,7 +46,9 @@ impl CollectError {
     /// Classification for the HTTP mapping.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Malformed(_) | Self::Empty | Self::BadCompression(_) => ErrorKind::Invalid,
+            Self::Malformed(_) | Self::Invalid(_) | Self::Empty | Self::BadCompression(_) => {
+                ErrorKind::Invalid
+            }
             Self::UnsupportedEncoding(_) => ErrorKind::Unsupported,
             Self::BodyTooLarge { .. } | Self::TooManyEvents { .. } => ErrorKind::TooLarge,
             Self::Unavailable(_) => ErrorKind::Unavailable,

@@ -23,6 +23,7 @@ mod error;
 mod ingest;
 mod metrics;
 mod native;
+mod segment;
 
 pub use config::{CollectorConfig, CollectorSettings};
 pub use decode::{Encoding, decompress, split_events};
@@ -31,4 +32,8 @@ pub use ingest::{
     Collector, IngestOutcome, IngestRequest, Item, Origin, Placement, RUNNER_GROUP, Submitted,
     decode_raw,
 };
-pub use native::{NativeHead, check_native};
+pub use native::{MAX_DEPTH, NativeHead, check_native, json_depth};
+pub use segment::{
+    SEGMENT_MAX_BATCH, SEGMENT_MAX_BODY_BYTES, SEGMENT_MAX_MESSAGE_BYTES, SegmentBody,
+    SegmentRoute, decode_segment,
+};

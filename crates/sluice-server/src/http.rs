@@ -43,6 +43,7 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
         .route("/v1/sql", post(sql))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::segment::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -13,6 +13,7 @@ mod error;
 mod http;
 mod metrics;
 mod pipeline;
+mod segment;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};

@@ -1,0 +1,408 @@
+//! The Segment HTTP Tracking API (`/v1/track`, `/v1/batch`, …): decoding a request body into
+//! collector [`Item`]s, with Segment's own limits and rules.
+//!
+//! - A single-message route (`/v1/track` or the browser's `/v1/t`) takes one message; its type
+//!   is the route's, whatever the body says. `/v1/batch`, `/v1/import` and `/v1/b` take
+//!   `{"batch": [...], "context"?, "integrations"?, "sentAt"?, "writeKey"?}`; each message needs
+//!   its own `type`. The batch's `context` and `integrations` are merged into every message
+//!   (the message's own keys win) and its `sentAt` is copied into messages without one, so
+//!   each stored message stands alone.
+//! - `writeKey` is read from the body and removed from what is stored: keys never reach the
+//!   journal, the lake or the logs.
+//! - Limits (Segment's): 32 KB per message, 500 KB per request after decompression, 2,500
+//!   messages per batch. Messages past the 2,500th are rejected one by one; the rest go in.
+//! - Per message: `userId` or `anonymousId` (except alias, which needs `userId` and
+//!   `previousId`), `event` for track, `groupId` for group; `messageId` is the event id
+//!   (under 100 characters). A message that breaks a rule is rejected alone, with a reason.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use sluice_event::{ErrorKind, EventType, Protocol};
+
+use crate::native::{MAX_DEPTH, json_depth};
+use crate::{CollectError, Item, check_native};
+
+/// Largest message, in bytes of JSON text.
+pub const SEGMENT_MAX_MESSAGE_BYTES: usize = 32 << 10;
+/// Largest request body after decompression.
+pub const SEGMENT_MAX_BODY_BYTES: usize = 500 << 10;
+/// Most messages in one batch.
+pub const SEGMENT_MAX_BATCH: usize = 2_500;
+/// Longest `messageId`.
+const MAX_MESSAGE_ID: usize = 100;
+
+/// Which Segment route a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentRoute {
+    /// A single-message route of this type (`/v1/track`, `/v1/t`, ...).
+    Single(EventType),
+    /// `/v1/batch`, `/v1/import`, `/v1/b`.
+    Batch,
+}
+
+impl SegmentRoute {
+    /// The route for the last path segment after `/v1/`, if it is a Segment route.
+    pub fn from_path(name: &str) -> Option<Self> {
+        Some(match name {
+            "track" | "t" => Self::Single(EventType::Track),
+            "identify" | "i" => Self::Single(EventType::Identify),
+            "page" | "p" => Self::Single(EventType::Page),
+            "screen" | "s" => Self::Single(EventType::Screen),
+            "group" | "g" => Self::Single(EventType::Group),
+            "alias" | "a" => Self::Single(EventType::Alias),
+            "batch" | "import" | "b" => Self::Batch,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded Segment request: the body's write key and one slot per message.
+#[derive(Debug)]
+pub struct SegmentBody {
+    /// `writeKey` from the body, if any.
+    pub write_key: Option<String>,
+    /// The messages, each re-encoded with the batch's shared fields merged in.
+    pub messages: Vec<Result<Box<RawValue>, (ErrorKind, String)>>,
+}
+
+impl SegmentBody {
+    /// The collector items of the decoded messages, all under `source`.
+    pub fn items(&self, source: &Arc<str>) -> Vec<Result<Item<'_>, (ErrorKind, String)>> {
+        self.messages
+            .iter()
+            .map(|m| {
+                let raw = m.as_ref().map_err(Clone::clone)?;
+                let head = check_native(raw)?;
+                Ok(Item {
+                    source: source.clone(),
+                    protocol: Protocol::Segment,
+                    event_id: head.event_id.map(Cow::into_owned),
+                    user_id: head.user_id.map(Cow::into_owned),
+                    anonymous_id: head.anonymous_id.map(Cow::into_owned),
+                    network_user_id: None,
+                    partition_key: None,
+                    payload: Cow::Borrowed(raw.as_ref()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Decodes a (decompressed) Segment request body.
+pub fn decode_segment(body: &[u8], route: SegmentRoute) -> Result<SegmentBody, CollectError> {
+    if body.len() > SEGMENT_MAX_BODY_BYTES {
+        return Err(CollectError::BodyTooLarge {
+            limit: SEGMENT_MAX_BODY_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| CollectError::Malformed("body is not utf-8".into()))?;
+    // serde_json has its own recursion limit (128); this gives the clearer answer first.
+    if json_depth(text) > MAX_DEPTH + 2 {
+        return Err(CollectError::Malformed(format!(
+            "body is nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let mut top: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return Err(CollectError::Invalid("body must be a json object".into()));
+        }
+        Err(e) => return Err(CollectError::Malformed(e.to_string())),
+    };
+    let write_key = match top.remove("writeKey") {
+        Some(Value::String(k)) => Some(k),
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            return Err(CollectError::Invalid("writeKey must be a string".into()));
+        }
+    };
+    let messages = match route {
+        SegmentRoute::Single(kind) => {
+            top.insert("type".into(), Value::String(kind.as_str().into()));
+            vec![message(top, None)]
+        }
+        SegmentRoute::Batch => {
+            let batch = match top.remove("batch") {
+                Some(Value::Array(items)) => items,
+                Some(_) => {
+                    return Err(CollectError::Invalid("batch must be an array".into()));
+                }
+                None => {
+                    return Err(CollectError::Invalid(
+                        "a batch request needs a \"batch\" array".into(),
+                    ));
+                }
+            };
+            if batch.is_empty() {
+                return Err(CollectError::Invalid("batch is empty".into()));
+            }
+            let shared = Shared {
+                context: match top.remove("context") {
+                    Some(Value::Object(m)) => Some(m),
+                    None | Some(Value::Null) => None,
+                    Some(_) => {
+                        return Err(CollectError::Invalid("context must be an object".into()));
+                    }
+                },
+                integrations: top.remove("integrations").filter(|v| !v.is_null()),
+                sent_at: top.remove("sentAt").filter(|v| !v.is_null()),
+            };
+            batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    if i >= SEGMENT_MAX_BATCH {
+                        return Err((
+                            ErrorKind::TooLarge,
+                            format!("a batch takes at most {SEGMENT_MAX_BATCH} messages"),
+                        ));
+                    }
+                    match item {
+                        Value::Object(m) => message(m, Some(&shared)),
+                        _ => Err((ErrorKind::Invalid, "message must be a json object".into())),
+                    }
+                })
+                .collect()
+        }
+    };
+    Ok(SegmentBody {
+        write_key,
+        messages,
+    })
+}
+
+/// What a batch shares with its messages.
+struct Shared {
+    context: Option<Map<String, Value>>,
+    integrations: Option<Value>,
+    sent_at: Option<Value>,
+}
+
+fn message(
+    mut m: Map<String, Value>,
+    shared: Option<&Shared>,
+) -> Result<Box<RawValue>, (ErrorKind, String)> {
+    m.remove("writeKey");
+    if let Some(shared) = shared {
+        if let Some(ctx) = &shared.context {
+            match m.get_mut("context") {
+                Some(Value::Object(own)) => {
+                    for (k, v) in ctx {
+                        own.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                None | Some(Value::Null) => {
+                    m.insert("context".into(), Value::Object(ctx.clone()));
+                }
+                Some(_) => return Err((ErrorKind::Invalid, "context must be an object".into())),
+            }
+        }
+        if let Some(i) = &shared.integrations {
+            m.entry("integrations").or_insert_with(|| i.clone());
+        }
+        if let Some(s) = &shared.sent_at {
+            m.entry("sentAt").or_insert_with(|| s.clone());
+        }
+    }
+    let kind = match m.get("type") {
+        Some(Value::String(t)) => EventType::parse(t)
+            .ok_or_else(|| (ErrorKind::Invalid, format!("unknown message type {t:?}")))?,
+        _ => {
+            return Err((
+                ErrorKind::Invalid,
+                "every batch message needs a \"type\"".into(),
+            ));
+        }
+    };
+    let has = |k: &str| match m.get(k) {
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(_)) => true,
+        _ => false,
+    };
+    if kind == EventType::Alias {
+        if !has("userId") || !has("previousId") {
+            return Err((
+                ErrorKind::Invalid,
+                "alias needs userId and previousId".into(),
+            ));
+        }
+    } else if !has("userId") && !has("anonymousId") {
+        return Err((
+            ErrorKind::Invalid,
+            format!("{} needs userId or anonymousId", kind.as_str()),
+        ));
+    }
+    if kind == EventType::Group && !has("groupId") {
+        return Err((ErrorKind::Invalid, "group needs groupId".into()));
+    }
+    if let Some(Value::String(id)) = m.get("messageId")
+        && id.len() >= MAX_MESSAGE_ID
+    {
+        return Err((
+            ErrorKind::Invalid,
+            format!("messageId must be shorter than {MAX_MESSAGE_ID} characters"),
+        ));
+    }
+    let raw = serde_json::value::to_raw_value(&m).map_err(|e| {
+        (
+            ErrorKind::Invalid,
+            format!("message cannot be encoded: {e}"),
+        )
+    })?;
+    if raw.get().len() > SEGMENT_MAX_MESSAGE_BYTES {
+        return Err((
+            ErrorKind::TooLarge,
+            format!(
+                "message is {} bytes, over Segment's limit of {SEGMENT_MAX_MESSAGE_BYTES}",
+                raw.get().len()
+            ),
+        ));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(raw: &RawValue) -> Value {
+        serde_json::from_str(raw.get()).unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            SegmentRoute::from_path("t"),
+            Some(SegmentRoute::Single(EventType::Track))
+        );
+        assert_eq!(
+            SegmentRoute::from_path("identify"),
+            Some(SegmentRoute::Single(EventType::Identify))
+        );
+        for b in ["batch", "import", "b"] {
+            assert_eq!(SegmentRoute::from_path(b), Some(SegmentRoute::Batch));
+        }
+        assert_eq!(SegmentRoute::from_path("events"), None);
+    }
+
+    #[test]
+    fn single_route_sets_the_type_and_strips_the_key() {
+        let body = br#"{"writeKey":"wk","type":"identify","event":"Bought","userId":"u1","messageId":"m1"}"#;
+        let d = decode_segment(body, SegmentRoute::Single(EventType::Track)).unwrap();
+        assert_eq!(d.write_key.as_deref(), Some("wk"));
+        let m = value(d.messages[0].as_ref().unwrap());
+        assert_eq!(m["type"], "track");
+        assert!(m.get("writeKey").is_none());
+        let items = d.items(&Arc::from("web"));
+        let item = items[0].as_ref().unwrap();
+        assert_eq!(item.event_id.as_deref(), Some("m1"));
+        assert_eq!(item.user_id.as_deref(), Some("u1"));
+        assert_eq!(item.protocol, Protocol::Segment);
+        assert!(!item.payload.get().contains("wk"));
+    }
+
+    #[test]
+    fn batch_merges_shared_fields_and_rejects_per_message() {
+        let body = br#"{"batch":[
+            {"type":"track","event":"A","userId":"u1","context":{"ip":"1.2.3.4"}},
+            {"type":"identify","anonymousId":"a1","traits":{"plan":"pro"},"sentAt":"2026-01-01T00:00:00Z"},
+            {"type":"track","userId":"u1"},
+            {"type":"alias","userId":"u1"},
+            {"type":"group","userId":"u1"},
+            {"type":"bogus","userId":"u1"},
+            {"event":"no type","userId":"u1"},
+            {"type":"page","name":"Home"},
+            7
+        ],"context":{"library":{"name":"analytics-node"},"ip":"9.9.9.9"},
+          "integrations":{"All":true},"sentAt":"2026-11-01T10:00:02.000Z","writeKey":"k"}"#;
+        let d = decode_segment(body, SegmentRoute::Batch).unwrap();
+        assert_eq!(d.write_key.as_deref(), Some("k"));
+        let first = value(d.messages[0].as_ref().unwrap());
+        assert_eq!(
+            first["context"]["ip"], "1.2.3.4",
+            "the message's own keys win"
+        );
+        assert_eq!(first["context"]["library"]["name"], "analytics-node");
+        assert_eq!(first["integrations"]["All"], true);
+        assert_eq!(first["sentAt"], "2026-11-01T10:00:02.000Z");
+        let second = value(d.messages[1].as_ref().unwrap());
+        assert_eq!(second["sentAt"], "2026-01-01T00:00:00Z");
+        let items = d.items(&Arc::from("web"));
+        assert!(items[0].is_ok() && items[1].is_ok());
+        let reasons: Vec<String> = items[2..]
+            .iter()
+            .map(|i| i.as_ref().unwrap_err().1.clone())
+            .collect();
+        for (r, needle) in reasons.iter().zip([
+            "non-empty \"event\"",
+            "alias needs",
+            "group needs groupId",
+            "unknown message type",
+            "needs a \"type\"",
+            "needs userId or anonymousId",
+            "json object",
+        ]) {
+            assert!(r.contains(needle), "{r:?} should say {needle:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let big = format!(
+            r#"{{"userId":"u","event":"x","properties":{{"p":"{}"}}}}"#,
+            "x".repeat(SEGMENT_MAX_MESSAGE_BYTES)
+        );
+        let d = decode_segment(big.as_bytes(), SegmentRoute::Single(EventType::Track)).unwrap();
+        assert_eq!(d.messages[0].as_ref().unwrap_err().0, ErrorKind::TooLarge);
+
+        let msgs: Vec<String> = (0..SEGMENT_MAX_BATCH + 3)
+            .map(|i| format!(r#"{{"type":"track","event":"e","userId":"u{i}"}}"#))
+            .collect();
+        let body = format!(r#"{{"batch":[{}]}}"#, msgs.join(","));
+        let d = decode_segment(body.as_bytes(), SegmentRoute::Batch).unwrap();
+        let ok = d.messages.iter().filter(|m| m.is_ok()).count();
+        assert_eq!(ok, SEGMENT_MAX_BATCH);
+        assert_eq!(
+            d.messages[SEGMENT_MAX_BATCH].as_ref().unwrap_err().0,
+            ErrorKind::TooLarge
+        );
+
+        let huge = vec![b' '; SEGMENT_MAX_BODY_BYTES + 1];
+        assert!(matches!(
+            decode_segment(&huge, SegmentRoute::Batch),
+            Err(CollectError::BodyTooLarge { .. })
+        ));
+        for (body, needle) in [
+            (&b"[1]"[..], "json object"),
+            (b"{", "malformed json"),
+            (br#"{"batch":{}}"#, "must be an array"),
+            (br#"{"batch":[]}"#, "empty"),
+            (br#"{}"#, "needs a \"batch\""),
+            (br#"{"batch":[],"writeKey":5}"#, "writeKey must be a string"),
+        ] {
+            let e = decode_segment(body, SegmentRoute::Batch).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let deep = format!(
+            r#"{{"batch":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(
+            decode_segment(deep.as_bytes(), SegmentRoute::Batch)
+                .unwrap_err()
+                .to_string()
+                .contains("nested deeper")
+        );
+        let long_id = format!(
+            r#"{{"userId":"u","event":"x","messageId":"{}"}}"#,
+            "m".repeat(100)
+        );
+        let d = decode_segment(long_id.as_bytes(), SegmentRoute::Single(EventType::Track)).unwrap();
+        assert!(d.messages[0].is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! The Segment HTTP Tracking API through a running server: every route, the three ways to
+//! present a write key, gzip, limits, per-source dedupe and clock-skew correction, checked
+//! against what lands in the `events` table.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_server::{Config, Running, Server};
+
+const WEB_KEY: &str = "wk-web-0123456789";
+const APP_KEY: &str = "wk-app-0123456789";
+
+async fn start(dir: &std::path::Path) -> (Running, String) {
+    let config = Config::from_toml(&format!(
+        r#"
+data_dir = "{}"
+http = "127.0.0.1:0"
+pg = "127.0.0.1:0"
+[lake]
+flush_interval = "100ms"
+[[sources]]
+name = "web"
+write_keys = ["{WEB_KEY}"]
+[[sources]]
+name = "app"
+write_keys = ["{APP_KEY}"]
+"#,
+        dir.display()
+    ))
+    .unwrap();
+    let running = Server::start(config.validate().unwrap()).await.unwrap();
+    let base = format!("http://{}", running.http_addr.unwrap());
+    (running, base)
+}
+
+fn basic(key: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
+
+async fn sql(client: &reqwest::Client, base: &str, q: &str) -> Vec<Value> {
+    let resp = client
+        .post(format!("{base}/v1/sql?format=json"))
+        .body(q.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    resp.text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Polls `q` until it returns `n` rows, with a deadline.
+async fn wait_rows(client: &reqwest::Client, base: &str, q: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = client
+            .post(format!("{base}/v1/sql?format=json"))
+            .body(q.to_string())
+            .send()
+            .await
+            .unwrap();
+        if resp.status().is_success() {
+            let rows: Vec<Value> = resp
+                .text()
+                .await
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if rows.len() >= n {
+                return rows;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{q}: fewer than {n} rows in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_routes_keys_and_rules_land_exactly_in_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, base) = start(dir.path()).await;
+    let c = reqwest::Client::new();
+    let post = |path: &str| c.post(format!("{base}{path}"));
+
+    // Basic auth on /v1/batch, with shared context and sentAt (analytics-node's shape).
+    let batch = json!({
+        "batch": [
+            {"type":"identify","messageId":"seg-1","userId":"u1","traits":{"plan":"pro"},
+             "timestamp":"2026-11-01T10:00:00.000Z"},
+            {"type":"track","messageId":"seg-2","anonymousId":"a1","event":"Added To Cart",
+             "properties":{"sku":"P-42","qty":2},"timestamp":"2026-11-01T10:00:01.000Z"},
+            {"type":"track","messageId":"seg-bad","userId":"u1"}
+        ],
+        "context": {"library": {"name": "analytics-node", "version": "3.1.0"}},
+        "sentAt": "2026-11-01T10:00:02.000Z"
+    });
+    let r = post("/v1/batch")
+        .header("authorization", basic(WEB_KEY))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["success"], true);
+    assert_eq!(a["accepted"], 2);
+    assert_eq!(a["rejected"][0]["index"], 2);
+
+    // writeKey in a text/plain body (analytics.js, analytics-python), on the short routes.
+    for (path, body) in [
+        (
+            "/v1/t",
+            json!({"writeKey":APP_KEY,"messageId":"seg-3","userId":"u2","event":"Signed Up"}),
+        ),
+        (
+            "/v1/p",
+            json!({"writeKey":APP_KEY,"messageId":"seg-4","anonymousId":"a2","name":"Pricing"}),
+        ),
+        (
+            "/v1/screen",
+            json!({"writeKey":APP_KEY,"messageId":"seg-5","userId":"u2","name":"Home"}),
+        ),
+        (
+            "/v1/group",
+            json!({"writeKey":APP_KEY,"messageId":"seg-6","userId":"u2","groupId":"g1"}),
+        ),
+        (
+            "/v1/alias",
+            json!({"writeKey":APP_KEY,"messageId":"seg-7","userId":"u2","previousId":"a2"}),
+        ),
+    ] {
+        let r = post(path)
+            .header("content-type", "text/plain")
+            .header("origin", "https://shop.example.com")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://shop.example.com"
+        );
+        assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    }
+
+    // Bearer token and gzip on /v1/import; the same messageId again under another source is
+    // not a duplicate (dedupe is per source), under the same source it is.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(
+        json!({"batch":[{"type":"track","messageId":"seg-3","userId":"u3","event":"Signed Up"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let r = post("/v1/import")
+        .header("authorization", format!("Bearer {WEB_KEY}"))
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(
+        (a["accepted"].as_u64(), a["duplicates"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let r = post("/v1/track")
+        .json(&json!({"writeKey":APP_KEY,"messageId":"seg-3","userId":"u2","event":"Signed Up"}))
+        .send()
+        .await
+        .unwrap();
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(
+        (a["accepted"].as_u64(), a["duplicates"].as_u64()),
+        (Some(0), Some(1))
+    );
+
+    // Refusals: the same 401 body whatever is wrong with the key.
+    let mut bodies = BTreeSet::new();
+    for req in [
+        post("/v1/track").json(&json!({"userId":"u","event":"x"})),
+        post("/v1/track").json(&json!({"writeKey":"nope","userId":"u","event":"x"})),
+        post("/v1/track")
+            .header("authorization", basic("nope"))
+            .json(&json!({"userId":"u","event":"x"})),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        bodies.insert(r.text().await.unwrap());
+    }
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    // A bad header key is refused before the body is even read as gzip.
+    let r = post("/v1/batch")
+        .header("authorization", basic("nope"))
+        .header("content-encoding", "gzip")
+        .body("not gzip at all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Bad bodies: 400 with a reason; an unknown route 404; the preflight answers.
+    let r = post("/v1/batch")
+        .header("authorization", basic(WEB_KEY))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("malformed json"));
+    let r = post("/v1/batch")
+        .header("authorization", basic(WEB_KEY))
+        .json(&json!({"batch":[{"type":"track","userId":"u"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["success"], false);
+    let r = post("/v1/nope")
+        .header("authorization", basic(WEB_KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/t"))
+        .header("origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Content-Type")
+    );
+    // Over Segment's 500 KB request limit.
+    let big = json!({"writeKey":APP_KEY,"userId":"u","event":"x","properties":{"p":"x".repeat(600 << 10)}});
+    let r = post("/v1/track").json(&big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Exactly these rows, with the right sources, types, names and ids.
+    let rows = wait_rows(
+        &c,
+        &base,
+        "SELECT event_id, source, event_type, event, user_id, anonymous_id, properties, context, \
+         CAST(timestamp AS BIGINT) AS ts, CAST(received_at AS BIGINT) AS rx \
+         FROM events ORDER BY source, event_id",
+        8,
+    )
+    .await;
+    let got: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap().to_string(),
+                r["event_id"].as_str().unwrap().to_string(),
+                r["event_type"].as_str().unwrap().to_string(),
+                r["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String, String)> = [
+        ("app", "seg-3", "track", "Signed Up"),
+        ("app", "seg-4", "page", "Pricing"),
+        ("app", "seg-5", "screen", "Home"),
+        ("app", "seg-6", "group", "group"),
+        ("app", "seg-7", "alias", "alias"),
+        ("web", "seg-1", "identify", "identify"),
+        ("web", "seg-2", "track", "Added To Cart"),
+        ("web", "seg-3", "track", "Signed Up"),
+    ]
+    .iter()
+    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let by_id = |src: &str, id: &str| {
+        rows.iter()
+            .find(|r| r["source"] == src && r["event_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let cart = by_id("web", "seg-2");
+    let props: Value = serde_json::from_str(cart["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(props, json!({"sku":"P-42","qty":2}));
+    let ctx: Value = serde_json::from_str(cart["context"].as_str().unwrap()).unwrap();
+    assert_eq!(ctx["library"]["name"], "analytics-node");
+    assert_eq!(ctx["ip"], "127.0.0.1");
+    // Sent 1 s after it happened by the client's clock: 1 s before it was received.
+    let skew = cart["rx"].as_i64().unwrap() - cart["ts"].as_i64().unwrap();
+    assert_eq!(skew, 1_000_000);
+    let group = by_id("app", "seg-6");
+    assert!(group["properties"].as_str().unwrap().contains("g1"));
+    // No write key anywhere in the lake or the journal.
+    let all = sql(&c, &base, "SELECT * FROM events").await;
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains(WEB_KEY) && !text.contains(APP_KEY));
+    running.shutdown().await.unwrap();
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for key in [WEB_KEY, APP_KEY] {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{} holds a write key",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
