@@ -22,23 +22,28 @@ use sluice_warehouse::Warehouse;
 pub struct BenchArgs {
     /// Events to send in the ingest runs.
     #[arg(long, default_value_t = 300_000)]
-    events: usize,
+    pub(crate) events: usize,
     /// Events per request.
     #[arg(long, default_value_t = 500)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Concurrent connections.
     #[arg(long, default_value_t = 8)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Approximate size of one event in bytes.
     #[arg(long, default_value_t = 500)]
-    event_bytes: usize,
+    pub(crate) event_bytes: usize,
     /// Directory for the benchmark's data (a fresh temporary one under it is used).
     #[arg(long, default_value = ".")]
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Run only the collector role (no runner, no lake): the intake path alone. Skips the
     /// end-to-end and visibility figures.
     #[arg(long)]
-    ingest_only: bool,
+    pub(crate) ingest_only: bool,
+    /// Instead of the pipeline figures, measure durable intake through every protocol's
+    /// endpoint (native, Segment, Snowplow, Kinesis, Firehose), each against a fresh
+    /// collector-only server, in one run.
+    #[arg(long)]
+    pub(crate) protocols: bool,
 }
 
 /// Runs the benchmark and prints a report.
@@ -69,12 +74,20 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
 
     let bodies = Arc::new(make_bodies(args, "noop"));
     let noop_addr = start_noop().await?;
-    let noop = drive(&format!("http://{noop_addr}/"), bodies, args.connections).await?;
+    let noop = drive(
+        &Load::plain(format!("http://{noop_addr}/"), args.batch),
+        bodies,
+        args.connections,
+    )
+    .await?;
     println!(
         "http no-op baseline:  {:>10.0} events/s   ({:.0} req/s, p50 {:.1} ms, p99 {:.1} ms)",
         noop.events_per_sec, noop.requests_per_sec, noop.p50_ms, noop.p99_ms
     );
 
+    if args.protocols {
+        return crate::bench_protocols::run(args, root, noop.events_per_sec).await;
+    }
     let mut config = Config {
         data_dir: root.join("data"),
         ..Config::default()
@@ -89,7 +102,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     let bodies = Arc::new(make_bodies(args, "ingest"));
     let started = Instant::now();
     let ingest = drive(
-        &format!("http://{addr}/v1/events"),
+        &Load::plain(format!("http://{addr}/v1/events"), args.batch),
         bodies,
         args.connections,
     )
@@ -176,13 +189,13 @@ async fn count(warehouse: &Warehouse, sql: &str) -> anyhow::Result<Option<usize>
     Ok(text.lines().nth(1).and_then(|n| n.trim().parse().ok()))
 }
 
-struct FsyncRate {
+pub(crate) struct FsyncRate {
     per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
 
-fn fdatasync_rate(dir: &std::path::Path, budget: Duration) -> anyhow::Result<FsyncRate> {
+pub(crate) fn fdatasync_rate(dir: &std::path::Path, budget: Duration) -> anyhow::Result<FsyncRate> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let path = dir.join("fsync-probe");
@@ -241,15 +254,35 @@ fn make_bodies(args: &BenchArgs, tag: &str) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-struct LoadResult {
-    events_per_sec: f64,
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct LoadResult {
+    pub(crate) events_per_sec: f64,
+    pub(crate) requests_per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
-async fn drive(
-    url: &str,
+/// Where and how to send a load: every body carries `events_per_body` events.
+pub(crate) struct Load {
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) events_per_body: usize,
+    /// A text every successful answer contains (Kinesis answers 200 with per-record failures).
+    pub(crate) must_contain: Option<&'static str>,
+}
+
+impl Load {
+    pub(crate) fn plain(url: String, events_per_body: usize) -> Self {
+        Self {
+            url,
+            headers: Vec::new(),
+            events_per_body,
+            must_contain: None,
+        }
+    }
+}
+
+pub(crate) async fn drive(
+    load: &Load,
     bodies: Arc<Vec<bytes::Bytes>>,
     connections: usize,
 ) -> anyhow::Result<LoadResult> {
@@ -263,7 +296,10 @@ async fn drive(
         let client = client.clone();
         let bodies = bodies.clone();
         let next = next.clone();
-        let url = url.to_string();
+        let url = load.url.clone();
+        let headers = load.headers.clone();
+        let per_body = load.events_per_body;
+        let must_contain = load.must_contain;
         tasks.spawn(async move {
             let mut lat = Vec::new();
             let mut events = 0usize;
@@ -271,16 +307,22 @@ async fn drive(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 let t = Instant::now();
-                let resp = client.post(&url).body(body.clone()).send().await?;
+                let mut req = client.post(&url).body(body.clone());
+                for (k, v) in &headers {
+                    req = req.header(*k, v);
+                }
+                let resp = req.send().await?;
                 let status = resp.status();
                 let text = resp.bytes().await?;
                 anyhow::ensure!(
-                    status.is_success(),
+                    status.is_success()
+                        && must_contain
+                            .is_none_or(|m| { text.windows(m.len()).any(|w| w == m.as_bytes()) }),
                     "{status}: {}",
                     String::from_utf8_lossy(&text)
                 );
                 lat.push(t.elapsed());
-                events += body.iter().filter(|b| **b == b'\n').count();
+                events += per_body;
             }
             anyhow::Ok((lat, events))
         });
@@ -306,7 +348,7 @@ async fn drive(
     })
 }
 
-async fn start_noop() -> anyhow::Result<std::net::SocketAddr> {
+pub(crate) async fn start_noop() -> anyhow::Result<std::net::SocketAddr> {
     use axum::routing::post;
     let app = axum::Router::new()
         .route(

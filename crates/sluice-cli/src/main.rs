@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error (from clap).
 
 mod bench;
+mod bench_protocols;
+mod keys;
 mod send;
 mod sql;
 
@@ -31,6 +33,8 @@ enum Command {
     Send(send::SendArgs),
     /// Measures durable ingest against the machine's baselines.
     Bench(bench::BenchArgs),
+    /// Creates, lists and revokes write keys.
+    Keys(keys::KeysArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,6 +73,7 @@ fn main() {
                     Command::Sql(args) => sql::run(args).await,
                     Command::Send(args) => send::run(args).await,
                     Command::Bench(args) => bench::run(args).await,
+                    Command::Keys(args) => keys::run(args),
                 }
             })
         });

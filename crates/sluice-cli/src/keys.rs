@@ -1,0 +1,82 @@
+//! `sluice keys create|list|revoke`: the write keys in `<data_dir>/keys.json`.
+//!
+//! The key is printed once, by `create`; the file keeps only its id and SHA-256. A running
+//! server picks up changes within about a second (it watches the file's modification time).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sluice_server::Config;
+use sluice_server::auth::KeyFile;
+
+/// Arguments of `sluice keys`.
+#[derive(clap::Args, Debug)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+    /// Config file, for its `data_dir`.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory. Default: the config's, else ./sluice-data.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KeysCommand {
+    /// Creates a write key for a source and prints it (only this once).
+    Create {
+        /// The source the key writes to (lowercase letters, digits, '_' and '-').
+        #[arg(long)]
+        source: String,
+    },
+    /// Lists key ids, their sources and whether they are revoked (never the keys).
+    List,
+    /// Revokes a key by id; the server refuses it within about a second.
+    Revoke {
+        /// The key id, as `list` shows it.
+        id: String,
+    },
+}
+
+/// Runs `sluice keys`.
+pub fn run(args: KeysArgs) -> anyhow::Result<()> {
+    let data_dir = match (args.data_dir, &args.config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => Config::from_file(c)?.data_dir,
+        (None, None) => Config::default().data_dir,
+    };
+    let path = KeyFile::path(&data_dir);
+    let mut file = KeyFile::load(&path).map_err(anyhow::Error::msg)?;
+    match args.command {
+        KeysCommand::Create { source } => {
+            let (key, entry) = file.create(&source).map_err(anyhow::Error::msg)?;
+            file.store(&path)
+                .map_err(anyhow::Error::msg)
+                .context("key not created")?;
+            eprintln!(
+                "created key {} for source {:?}; it is shown only now:",
+                entry.id, entry.source
+            );
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            println!("{:<14} {:<20} {:<22} revoked", "id", "source", "created");
+            for k in &file.keys {
+                println!(
+                    "{:<14} {:<20} {:<22} {}",
+                    k.id,
+                    k.source,
+                    k.created_at,
+                    k.revoked_at.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let entry = file.revoke(&id).map_err(anyhow::Error::msg)?;
+            file.store(&path).map_err(anyhow::Error::msg)?;
+            println!("revoked {} (source {:?})", entry.id, entry.source);
+        }
+    }
+    Ok(())
+}
