@@ -74,4 +74,9 @@ impl CollectorSettings {
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
+
+    /// The most events accepted in one request.
+    pub fn max_events(&self) -> usize {
+        self.max_events
+    }
 }

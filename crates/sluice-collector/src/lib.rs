@@ -24,6 +24,7 @@ mod ingest;
 mod metrics;
 mod native;
 mod segment;
+pub mod snowplow;
 
 pub use config::{CollectorConfig, CollectorSettings};
 pub use decode::{Encoding, decompress, split_events};
@@ -36,4 +37,7 @@ pub use native::{MAX_DEPTH, NativeHead, check_native, json_depth};
 pub use segment::{
     SEGMENT_MAX_BATCH, SEGMENT_MAX_BODY_BYTES, SEGMENT_MAX_MESSAGE_BYTES, SegmentBody,
     SegmentRoute, decode_segment,
+};
+pub use snowplow::{
+    SnowplowEvent, decode_post as decode_snowplow_post, decode_query as decode_snowplow_query,
 };

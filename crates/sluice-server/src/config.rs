@@ -12,6 +12,7 @@ use sluice_lake::{LakeConfig, LakeSettings};
 
 use crate::ServerError;
 use crate::auth::SourceConfig;
+use crate::snowplow::{SnowplowConfig, SnowplowSettings};
 
 /// The config file. Unknown fields are an error.
 #[derive(Clone, Debug, Deserialize)]
@@ -40,6 +41,8 @@ pub struct Config {
     /// Sources and their write keys (more keys live in `<data_dir>/keys.json`, managed with
     /// `sluice keys`). With no key anywhere, ingest is open to loopback clients.
     pub sources: Vec<SourceConfig>,
+    /// The Snowplow collector routes (cookie, custom paths).
+    pub snowplow: SnowplowConfig,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             functions: RunnerConfig::default(),
             lake: LakeConfig::default(),
             sources: Vec::new(),
+            snowplow: SnowplowConfig::default(),
         }
     }
 }
@@ -128,6 +132,7 @@ pub struct Settings {
     pub(crate) functions: RunnerSettings,
     pub(crate) lake: LakeSettings,
     pub(crate) sources: Vec<SourceConfig>,
+    pub(crate) snowplow: SnowplowSettings,
 }
 
 impl Config {
@@ -182,6 +187,7 @@ impl Config {
                 .validate()
                 .map_err(|e| ServerError::Config(e.to_string()))?,
             sources: self.sources.clone(),
+            snowplow: self.snowplow.validate().map_err(ServerError::Config)?,
         })
     }
 }

@@ -44,6 +44,7 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::segment::routes())
+        .merge(crate::snowplow::routes(&settings.snowplow))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

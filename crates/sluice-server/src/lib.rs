@@ -14,7 +14,9 @@ mod http;
 mod metrics;
 mod pipeline;
 mod segment;
+mod snowplow;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};
 pub use pipeline::{Running, Server};
+pub use snowplow::{SnowplowConfig, SnowplowSettings};
