@@ -12,6 +12,7 @@ use sluice_lake::{LakeConfig, LakeSettings};
 
 use crate::ServerError;
 use crate::auth::SourceConfig;
+use crate::kinesis::KinesisConfig;
 use crate::snowplow::{SnowplowConfig, SnowplowSettings};
 
 /// The config file. Unknown fields are an error.
@@ -43,6 +44,9 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// The Snowplow collector routes (cookie, custom paths).
     pub snowplow: SnowplowConfig,
+    /// The AWS Kinesis Data Streams and Firehose APIs (`POST /`): region and account id named
+    /// in ARNs, and the stream names that deliver into the pipeline.
+    pub kinesis: KinesisConfig,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             lake: LakeConfig::default(),
             sources: Vec::new(),
             snowplow: SnowplowConfig::default(),
+            kinesis: KinesisConfig::default(),
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct Settings {
     pub(crate) lake: LakeSettings,
     pub(crate) sources: Vec<SourceConfig>,
     pub(crate) snowplow: SnowplowSettings,
+    pub(crate) kinesis: KinesisConfig,
 }
 
 impl Config {
@@ -166,6 +172,7 @@ impl Config {
             )));
         }
         crate::auth::Auth::new(self.sources.clone(), None).map_err(ServerError::Config)?;
+        self.kinesis.validate().map_err(ServerError::Config)?;
         let mut journal = self.journal.clone();
         if journal.dir.as_os_str().is_empty() {
             journal.dir = self.data_dir.join("journal");
@@ -188,6 +195,7 @@ impl Config {
                 .map_err(|e| ServerError::Config(e.to_string()))?,
             sources: self.sources.clone(),
             snowplow: self.snowplow.validate().map_err(ServerError::Config)?,
+            kinesis: self.kinesis.clone(),
         })
     }
 }
@@ -227,6 +235,28 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("no authentication")
+        );
+    }
+
+    #[test]
+    fn kinesis_section_parses_and_is_checked() {
+        let c =
+            Config::from_toml("[kinesis]\nregion = \"eu-west-1\"\ningest_streams = [\"events\"]")
+                .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.kinesis.region, "eu-west-1");
+        assert_eq!(s.kinesis.account_id, "000000000000");
+        assert_eq!(s.kinesis.ingest_streams, ["events"]);
+        let err = Config::from_toml("[kinesis]\nregionn = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let c = Config::from_toml("[kinesis]\ningest_streams = [\"raw\"]").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ingest_streams")
         );
     }
 

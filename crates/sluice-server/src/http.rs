@@ -45,6 +45,7 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::segment::routes())
         .merge(crate::snowplow::routes(&settings.snowplow))
+        .merge(crate::kinesis::router(&state, settings))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -11,6 +11,7 @@ pub mod auth;
 mod config;
 mod error;
 mod http;
+mod kinesis;
 mod metrics;
 mod pipeline;
 mod segment;
@@ -18,5 +19,6 @@ mod snowplow;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};
+pub use kinesis::KinesisConfig;
 pub use pipeline::{Running, Server};
 pub use snowplow::{SnowplowConfig, SnowplowSettings};

@@ -1,0 +1,966 @@
+//! The Kinesis Data Streams and Firehose JSON 1.1 APIs over real HTTP against an in-process
+//! server: user streams round trip exactly, records put into the pipeline come back as
+//! canonical events from `good` and from SQL, partial failures are reported per record, and
+//! errors have the AWS shape.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use sluice_server::{Config, Running, Server};
+use sluice_testkit::wait_until;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start(
+    data_dir: &Path,
+    extra: &str,
+) -> Result<(Running, String), Box<dyn std::error::Error>> {
+    let toml = format!(
+        "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n\
+         [lake]\nflush_interval = \"200ms\"\n\
+         [kinesis]\ningest_streams = [\"events\"]\n{extra}",
+        data_dir.display().to_string()
+    );
+    let settings = Config::from_toml(&toml)?.validate()?;
+    let running = Server::start(settings).await?;
+    let addr = running.http_addr.ok_or("no http address")?;
+    Ok((running, format!("http://{addr}/")))
+}
+
+/// A JSON 1.1 client for one server.
+#[derive(Clone)]
+struct Api {
+    client: reqwest::Client,
+    url: String,
+    authorization: Option<String>,
+}
+
+/// An answer: status, `x-amzn-ErrorType` / `__type`, body.
+struct Answer {
+    status: u16,
+    request_id: Option<String>,
+    body: Value,
+}
+
+impl Answer {
+    fn error_type(&self) -> &str {
+        self.body["__type"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    fn new(url: &str) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            url: url.to_string(),
+            authorization: None,
+        }
+    }
+
+    async fn raw(
+        &self,
+        target: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("content-type", content_type)
+            .header("x-amz-target", target)
+            .body(body);
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        req.send().await
+    }
+
+    async fn call(&self, target: &str, body: Value) -> Result<Answer, Box<dyn std::error::Error>> {
+        let resp = self
+            .raw(
+                target,
+                "application/x-amz-json-1.1",
+                body.to_string().into_bytes(),
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let request_id = resp
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(ctype, "application/x-amz-json-1.1");
+        if status != 200 {
+            let header_type = resp
+                .headers()
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body: Value = resp.json().await?;
+            assert_eq!(body["__type"], header_type.as_str(), "{body}");
+            assert!(body["message"].is_string(), "{body}");
+            return Ok(Answer {
+                status,
+                request_id,
+                body,
+            });
+        }
+        let body: Value = resp.json().await?;
+        Ok(Answer {
+            status,
+            request_id,
+            body,
+        })
+    }
+
+    /// A call that must succeed.
+    async fn ok(&self, op: &str, body: Value) -> Result<Value, Box<dyn std::error::Error>> {
+        let a = self.call(&format!("Kinesis_20131202.{op}"), body).await?;
+        if a.status != 200 {
+            return Err(format!("{op} answered {}: {}", a.status, a.body).into());
+        }
+        assert!(a.request_id.is_some());
+        Ok(a.body)
+    }
+
+    /// A call that must fail with this code.
+    async fn fails(
+        &self,
+        op: &str,
+        body: Value,
+        code: &str,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let target = if op.contains('.') {
+            op.to_string()
+        } else {
+            format!("Kinesis_20131202.{op}")
+        };
+        let a = self.call(&target, body).await?;
+        assert_ne!(a.status, 200, "{op} should fail with {code}: {}", a.body);
+        assert_eq!(a.error_type(), code, "{op}: {}", a.body);
+        assert!(a.request_id.is_some());
+        Ok(a.body["message"].as_str().unwrap_or("").to_string())
+    }
+
+    async fn iterator(
+        &self,
+        stream: &str,
+        shard: &str,
+        kind: &str,
+        extra: Value,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let mut body = json!({"StreamName": stream, "ShardId": shard, "ShardIteratorType": kind});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let out = self.ok("GetShardIterator", body).await?;
+        Ok(out["ShardIterator"]
+            .as_str()
+            .ok_or("no iterator")?
+            .to_string())
+    }
+
+    /// Reads a shard from an iterator until a read comes back empty.
+    async fn drain(
+        &self,
+        mut iterator: String,
+    ) -> Result<(Vec<Value>, String), Box<dyn std::error::Error>> {
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .ok("GetRecords", json!({"ShardIterator": iterator, "Limit": 7}))
+                .await?;
+            let records = page["Records"].as_array().ok_or("no Records")?.clone();
+            assert!(records.len() <= 7);
+            assert!(page["MillisBehindLatest"].is_u64(), "{page}");
+            iterator = page["NextShardIterator"]
+                .as_str()
+                .ok_or("GetRecords must always return a NextShardIterator")?
+                .to_string();
+            if records.is_empty() {
+                return Ok((out, iterator));
+            }
+            out.extend(records);
+        }
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    STANDARD.encode(data)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    STANDARD
+        .decode(v.as_str().unwrap_or(""))
+        .unwrap_or_default()
+}
+
+fn shard_of_key(key: &str) -> &'static str {
+    let hash = u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+    if hash < 1u128 << 127 {
+        "shardId-000000000000"
+    } else {
+        "shardId-000000000001"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (running, url) = start(dir.path(), "").await?;
+    let api = Api::new(&url);
+
+    assert_eq!(
+        api.ok(
+            "CreateStream",
+            json!({"StreamName": "clicks", "ShardCount": 2})
+        )
+        .await?,
+        json!({})
+    );
+    api.fails(
+        "CreateStream",
+        json!({"StreamName": "clicks", "ShardCount": 2}),
+        "ResourceInUseException",
+    )
+    .await?;
+    let d = api
+        .ok("DescribeStream", json!({"StreamName": "clicks"}))
+        .await?;
+    let d = &d["StreamDescription"];
+    assert_eq!(d["StreamStatus"], "ACTIVE");
+    assert_eq!(
+        d["StreamARN"],
+        "arn:aws:kinesis:us-east-1:000000000000:stream/clicks"
+    );
+    assert_eq!(d["HasMoreShards"], false);
+    let shards = d["Shards"].as_array().ok_or("no shards")?;
+    assert_eq!(shards.len(), 2);
+    assert_eq!(shards[0]["ShardId"], "shardId-000000000000");
+    assert_eq!(shards[0]["HashKeyRange"]["StartingHashKey"], "0");
+    assert_eq!(
+        shards[0]["HashKeyRange"]["EndingHashKey"],
+        "170141183460469231731687303715884105727"
+    );
+    assert_eq!(
+        shards[1]["HashKeyRange"]["StartingHashKey"],
+        "170141183460469231731687303715884105728"
+    );
+    assert_eq!(
+        shards[1]["HashKeyRange"]["EndingHashKey"],
+        "340282366920938463463374607431768211455"
+    );
+    let summary = api
+        .ok(
+            "DescribeStreamSummary",
+            json!({"StreamARN": "arn:aws:kinesis:us-east-1:000000000000:stream/clicks"}),
+        )
+        .await?;
+    assert_eq!(summary["StreamDescriptionSummary"]["OpenShardCount"], 2);
+    let listed = api
+        .ok(
+            "ListShards",
+            json!({"StreamName": "clicks", "MaxResults": 1}),
+        )
+        .await?;
+    assert_eq!(listed["Shards"].as_array().map(Vec::len), Some(1));
+    let next = listed["NextToken"].as_str().ok_or("no NextToken")?;
+    let listed = api.ok("ListShards", json!({"NextToken": next})).await?;
+    assert_eq!(listed["Shards"][0]["ShardId"], "shardId-000000000001");
+    assert!(listed.get("NextToken").is_none());
+    let streams = api.ok("ListStreams", json!({})).await?;
+    let names: Vec<&str> = streams["StreamNames"]
+        .as_array()
+        .ok_or("no names")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(names, ["bad", "clicks", "events", "good", "raw"]);
+
+    // Put 30 records with binary data and varied keys.
+    let mut put: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..30u8 {
+        let key = format!("user-{}", i % 9);
+        let data = [&[0u8, 0xff, i][..], format!("payload {i}\n").as_bytes()].concat();
+        put.push((key, data));
+    }
+    let records: Vec<Value> = put
+        .iter()
+        .map(|(k, d)| json!({"Data": b64(d), "PartitionKey": k}))
+        .collect();
+    let out = api
+        .ok(
+            "PutRecords",
+            json!({"StreamName": "clicks", "Records": records}),
+        )
+        .await?;
+    assert_eq!(out["FailedRecordCount"], 0);
+    let answers = out["Records"].as_array().ok_or("no Records")?;
+    assert_eq!(answers.len(), 30);
+    let mut last_seq: HashMap<String, String> = HashMap::new();
+    for ((key, _), a) in put.iter().zip(answers) {
+        let shard = a["ShardId"].as_str().ok_or("no ShardId")?;
+        assert_eq!(shard, shard_of_key(key), "key {key}");
+        let seq = a["SequenceNumber"]
+            .as_str()
+            .ok_or("no SequenceNumber")?
+            .to_string();
+        if let Some(prev) = last_seq.get(shard) {
+            assert_eq!(prev.len(), seq.len(), "fixed width");
+            assert!(*prev < seq, "sequence numbers increase within a shard");
+        }
+        last_seq.insert(shard.to_string(), seq);
+    }
+
+    // One more with an explicit hash key in shard 1's range.
+    let single = api
+        .ok(
+            "PutRecord",
+            json!({"StreamName": "clicks", "Data": b64(b"explicit"), "PartitionKey": "x",
+                   "ExplicitHashKey": "170141183460469231731687303715884105728"}),
+        )
+        .await?;
+    assert_eq!(single["ShardId"], "shardId-000000000001");
+    put.push(("x".into(), b"explicit".to_vec()));
+    let mut put_answers: Vec<Value> = answers.clone();
+    put_answers.push(single.clone());
+
+    // TRIM_HORIZON reads everything back, per shard in put order, with the same bytes and keys.
+    let mut read_back: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let it = api
+            .iterator("clicks", shard, "TRIM_HORIZON", json!({}))
+            .await?;
+        let (records, _) = api.drain(it).await?;
+        read_back.insert(shard.to_string(), records);
+    }
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let expected: Vec<(&str, &[u8], &str)> = put
+            .iter()
+            .zip(&put_answers)
+            .filter(|(_, a)| a["ShardId"] == shard)
+            .map(|((k, d), a)| {
+                (
+                    k.as_str(),
+                    d.as_slice(),
+                    a["SequenceNumber"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        let got = &read_back[shard];
+        assert_eq!(got.len(), expected.len(), "{shard}");
+        for (r, (key, data, seq)) in got.iter().zip(&expected) {
+            assert_eq!(r["PartitionKey"], *key);
+            assert_eq!(unb64(&r["Data"]), *data);
+            assert_eq!(r["SequenceNumber"], *seq);
+            assert!(
+                r["ApproximateArrivalTimestamp"]
+                    .as_f64()
+                    .is_some_and(|t| t > 1.7e9)
+            );
+        }
+    }
+
+    // AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER.
+    let shard0 = &read_back["shardId-000000000000"];
+    assert!(shard0.len() >= 3, "enough records in shard 0");
+    let second = shard0[1]["SequenceNumber"].as_str().ok_or("seq")?;
+    let it = api
+        .iterator(
+            "clicks",
+            "shardId-000000000000",
+            "AT_SEQUENCE_NUMBER",
+            json!({"StartingSequenceNumber": second}),
+        )
+        .await?;
+    let (at, _) = api.drain(it).await?;
+    assert_eq!(at, shard0[1..]);
+    let it = api
+        .iterator(
+            "clicks",
+            "shardId-000000000000",
+            "AFTER_SEQUENCE_NUMBER",
+            json!({"StartingSequenceNumber": second}),
+        )
+        .await?;
+    let (after, _) = api.drain(it).await?;
+    assert_eq!(after, shard0[2..]);
+
+    // AT_TIMESTAMP: exactly the records that arrived at or after the time.
+    let ts = shard0[2]["ApproximateArrivalTimestamp"]
+        .as_f64()
+        .ok_or("ts")?;
+    let it = api
+        .iterator(
+            "clicks",
+            "shardId-000000000000",
+            "AT_TIMESTAMP",
+            json!({"Timestamp": ts}),
+        )
+        .await?;
+    let (since, _) = api.drain(it).await?;
+    let expected: Vec<&Value> = shard0
+        .iter()
+        .filter(|r| {
+            r["ApproximateArrivalTimestamp"]
+                .as_f64()
+                .is_some_and(|t| t >= ts)
+        })
+        .collect();
+    assert_eq!(since.iter().collect::<Vec<_>>(), expected);
+    let it = api
+        .iterator(
+            "clicks",
+            "shardId-000000000000",
+            "AT_TIMESTAMP",
+            json!({"Timestamp": 0}),
+        )
+        .await?;
+    assert_eq!(&api.drain(it).await?.0, shard0);
+    let it = api
+        .iterator(
+            "clicks",
+            "shardId-000000000000",
+            "AT_TIMESTAMP",
+            json!({"Timestamp": 4.0e9}),
+        )
+        .await?;
+    assert!(api.drain(it).await?.0.is_empty());
+
+    // LATEST sees only what is put afterwards; the last NextShardIterator keeps working.
+    let latest = api
+        .iterator("clicks", "shardId-000000000001", "LATEST", json!({}))
+        .await?;
+    let (none, it) = api.drain(latest).await?;
+    assert!(none.is_empty());
+    let later = api
+        .ok(
+            "PutRecord",
+            json!({"StreamName": "clicks", "Data": b64(b"later"), "PartitionKey": "y",
+                   "ExplicitHashKey": "340282366920938463463374607431768211455"}),
+        )
+        .await?;
+    let (got, _) = api.drain(it).await?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(unb64(&got[0]["Data"]), b"later");
+    assert_eq!(got[0]["SequenceNumber"], later["SequenceNumber"]);
+
+    // Limit is honoured.
+    let it = api
+        .iterator("clicks", "shardId-000000000000", "TRIM_HORIZON", json!({}))
+        .await?;
+    let page = api
+        .ok("GetRecords", json!({"ShardIterator": it, "Limit": 2}))
+        .await?;
+    assert_eq!(page["Records"].as_array().map(Vec::len), Some(2));
+    assert!(page["MillisBehindLatest"].is_u64());
+
+    // Bad sequence numbers and shards.
+    api.fails(
+        "GetShardIterator",
+        json!({"StreamName": "clicks", "ShardId": "shardId-000000000000", "ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": "12"}),
+        "InvalidArgumentException",
+    )
+    .await?;
+    api.fails(
+        "GetShardIterator",
+        json!({"StreamName": "clicks", "ShardId": "shardId-000000000002", "ShardIteratorType": "LATEST"}),
+        "ResourceNotFoundException",
+    )
+    .await?;
+
+    assert_eq!(
+        api.ok("DeleteStream", json!({"StreamName": "clicks"}))
+            .await?,
+        json!({})
+    );
+    api.fails(
+        "DescribeStream",
+        json!({"StreamName": "clicks"}),
+        "ResourceNotFoundException",
+    )
+    .await?;
+    running.shutdown().await?;
+    Ok(())
+}
+
+/// Every record of every shard of a stream, from TRIM_HORIZON.
+async fn read_all(api: &Api, stream: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+    let listed = api.ok("ListShards", json!({"StreamName": stream})).await?;
+    let mut out = Vec::new();
+    for s in listed["Shards"].as_array().ok_or("no shards")? {
+        let shard = s["ShardId"].as_str().ok_or("no id")?;
+        let it = api
+            .iterator(stream, shard, "TRIM_HORIZON", json!({}))
+            .await?;
+        out.extend(api.drain(it).await?.0);
+    }
+    Ok(out)
+}
+
+/// Waits (with a deadline) until `check` gives a value.
+async fn eventually<T: Send + 'static>(
+    what: &str,
+    check: impl Fn() -> futures::future::BoxFuture<'static, Result<Option<T>, String>> + Send + 'static,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let handle = tokio::runtime::Handle::current();
+    let what = what.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        wait_until(WAIT, &what, || {
+            handle
+                .block_on(check())
+                .map_err(|e| std::io::Error::other(e).into())
+        })
+    })
+    .await?;
+    Ok(found?)
+}
+
+async fn sql(client: &reqwest::Client, base: &str, query: &str) -> Result<Vec<Value>, String> {
+    let resp = client
+        .post(format!("{base}v1/sql?format=json"))
+        .body(query.to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("sql answered {status}: {text}"));
+    }
+    text.lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (running, url) = start(dir.path(), "").await?;
+    let api = Api::new(&url);
+
+    // Ten JSON events through the alias (one with a trailing newline, one with a duplicate
+    // id), and one record that is not JSON.
+    let mut records: Vec<Value> = (0..10)
+        .map(|i| {
+            let event = json!({"event": "Page Viewed", "event_id": format!("k-{i}"),
+                               "user_id": format!("u{}", i % 3), "properties": {"n": i}});
+            let data = if i == 0 {
+                format!("{event}\n")
+            } else {
+                event.to_string()
+            };
+            json!({"Data": b64(data.as_bytes()), "PartitionKey": format!("pk{i}")})
+        })
+        .collect();
+    records.push(json!({"Data": b64(b"\x00not json"), "PartitionKey": "bin"}));
+    let out = api
+        .ok(
+            "PutRecords",
+            json!({"StreamName": "events", "Records": records}),
+        )
+        .await?;
+    assert_eq!(out["FailedRecordCount"], 0, "{out}");
+    let answers = out["Records"].as_array().ok_or("no Records")?.clone();
+    assert_eq!(answers.len(), 11);
+    for a in &answers {
+        assert!(
+            a["ShardId"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("shardId-"))
+        );
+        assert_eq!(a["SequenceNumber"].as_str().map(str::len), Some(21));
+    }
+
+    // A retry of an event already put reports the first copy's position.
+    let again = api
+        .ok(
+            "PutRecord",
+            json!({"StreamName": "raw",
+                   "Data": b64(json!({"event": "Page Viewed", "event_id": "k-3", "user_id": "u0"}).to_string().as_bytes()),
+                   "PartitionKey": "pk3"}),
+        )
+        .await?;
+    assert_eq!(again["ShardId"], answers[3]["ShardId"]);
+    assert_eq!(again["SequenceNumber"], answers[3]["SequenceNumber"]);
+
+    // Firehose into the same pipeline.
+    let batch: Vec<Value> = (0..3)
+        .map(|i| json!({"Data": b64(format!("{}\n", json!({"event": "Signed Up", "event_id": format!("f-{i}")})).as_bytes())}))
+        .collect();
+    let fh = api
+        .call(
+            "Firehose_20150804.PutRecordBatch",
+            json!({"DeliveryStreamName": "events", "Records": batch}),
+        )
+        .await?;
+    assert_eq!(fh.status, 200, "{}", fh.body);
+    assert_eq!(fh.body["FailedPutCount"], 0);
+    assert_eq!(fh.body["Encrypted"], false);
+    let ids: Vec<&str> = fh.body["RequestResponses"]
+        .as_array()
+        .ok_or("no RequestResponses")?
+        .iter()
+        .filter_map(|r| r["RecordId"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids[0] != ids[1] && ids[1] != ids[2]);
+    let one = api
+        .call(
+            "Firehose_20150804.PutRecord",
+            json!({"DeliveryStreamName": "raw", "Record": {"Data": b64(br#"{"event":"Solo","event_id":"f-solo"}"#)}}),
+        )
+        .await?;
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert!(one.body["RecordId"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // A Kinesis consumer reads the canonical events from good.
+    let reader = api.clone();
+    let good = eventually("14 canonical events in good", move || {
+        let api = reader.clone();
+        Box::pin(async move {
+            let all = read_all(&api, "good").await.map_err(|e| e.to_string())?;
+            Ok((all.len() >= 14).then_some(all))
+        })
+    })
+    .await?;
+    assert_eq!(good.len(), 14);
+    let mut seen: Vec<String> = Vec::new();
+    for r in &good {
+        let event: Value = serde_json::from_slice(&unb64(&r["Data"]))?;
+        assert_eq!(event["source"], "default");
+        let id = event["event_id"].as_str().ok_or("event_id")?.to_string();
+        if id.starts_with("k-") {
+            assert_eq!(event["event"], "Page Viewed");
+            assert!(
+                r["PartitionKey"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with('u'))
+            );
+        }
+        seen.push(id);
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..10)
+        .map(|i| format!("k-{i}"))
+        .chain((0..3).map(|i| format!("f-{i}")))
+        .chain(["f-solo".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    // The record that is not JSON is a parse bad row that keeps its bytes.
+    let reader = api.clone();
+    let bad = eventually("a bad row", move || {
+        let api = reader.clone();
+        Box::pin(async move {
+            let all = read_all(&api, "bad").await.map_err(|e| e.to_string())?;
+            Ok((!all.is_empty()).then_some(all))
+        })
+    })
+    .await?;
+    assert_eq!(bad.len(), 1);
+    let row: Value = serde_json::from_slice(&unb64(&bad[0]["Data"]))?;
+    assert_eq!(row["kind"], "parse");
+    assert_eq!(row["payload"]["payload"], b64(b"\x00not json"));
+    assert_eq!(row["payload"]["partition_key"], "bin");
+
+    // And the lake has them for SQL.
+    let client = reqwest::Client::new();
+    let base = url.clone();
+    let rows = eventually("14 events in the lake", move || {
+        let client = client.clone();
+        let base = base.clone();
+        Box::pin(async move {
+            let rows = sql(
+                &client,
+                &base,
+                "SELECT event_id, event, user_id FROM events ORDER BY event_id",
+            )
+            .await
+            .ok()
+            .unwrap_or_default();
+            Ok((rows.len() >= 14).then_some(rows))
+        })
+    })
+    .await?;
+    assert_eq!(rows.len(), 14);
+    let k1 = rows
+        .iter()
+        .find(|r| r["event_id"] == "k-1")
+        .ok_or("k-1 missing")?;
+    assert_eq!(k1["event"], "Page Viewed");
+    assert_eq!(k1["user_id"], "u1");
+
+    // The pipeline's outputs are read-only and its streams cannot be deleted.
+    api.fails(
+        "PutRecord",
+        json!({"StreamName": "good", "Data": b64(b"{}"), "PartitionKey": "k"}),
+        "AccessDeniedException",
+    )
+    .await?;
+    for s in ["raw", "good", "bad", "events"] {
+        api.fails(
+            "DeleteStream",
+            json!({"StreamName": s}),
+            "ResourceInUseException",
+        )
+        .await?;
+    }
+    let summary = api
+        .ok("DescribeStreamSummary", json!({"StreamName": "events"}))
+        .await?;
+    assert_eq!(summary["StreamDescriptionSummary"]["OpenShardCount"], 4);
+    running.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_reported_per_record() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (running, url) = start(dir.path(), "[collector]\nmax_event_bytes = 2048\n").await?;
+    let api = Api::new(&url);
+    let big = json!({"event": "Big", "blob": "x".repeat(4096)}).to_string();
+    let small = json!({"event": "Small"}).to_string();
+    let out = api
+        .ok(
+            "PutRecords",
+            json!({"StreamName": "raw", "Records": [
+                {"Data": b64(small.as_bytes()), "PartitionKey": "a"},
+                {"Data": b64(big.as_bytes()), "PartitionKey": "b"},
+                {"Data": b64(small.as_bytes()), "PartitionKey": "c"},
+            ]}),
+        )
+        .await?;
+    assert_eq!(out["FailedRecordCount"], 1, "{out}");
+    let r = &out["Records"];
+    assert!(r[0]["SequenceNumber"].is_string());
+    assert!(r[2]["SequenceNumber"].is_string());
+    assert_eq!(r[1]["ErrorCode"], "InvalidArgumentException");
+    assert!(
+        r[1]["ErrorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("over the limit"))
+    );
+    assert!(r[1].get("SequenceNumber").is_none());
+
+    let fh = api
+        .call(
+            "Firehose_20150804.PutRecordBatch",
+            json!({"DeliveryStreamName": "events", "Records": [
+                {"Data": b64(big.as_bytes())}, {"Data": b64(small.as_bytes())}]}),
+        )
+        .await?;
+    assert_eq!(fh.status, 200);
+    assert_eq!(fh.body["FailedPutCount"], 1);
+    assert_eq!(
+        fh.body["RequestResponses"][0]["ErrorCode"],
+        "InvalidArgumentException"
+    );
+    assert!(fh.body["RequestResponses"][1]["RecordId"].is_string());
+
+    // A single PutRecord that is refused fails as a whole.
+    api.fails(
+        "PutRecord",
+        json!({"StreamName": "raw", "Data": b64(big.as_bytes()), "PartitionKey": "b"}),
+        "InvalidArgumentException",
+    )
+    .await?;
+    api.fails(
+        "Firehose_20150804.PutRecord",
+        json!({"DeliveryStreamName": "nope", "Record": {"Data": b64(b"{}")}}),
+        "ResourceNotFoundException",
+    )
+    .await?;
+    running.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_the_aws_shape() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (running, url) = start(dir.path(), "").await?;
+    let api = Api::new(&url);
+
+    api.fails(
+        "Kinesis_20131202.SplitShard",
+        json!({}),
+        "UnknownOperationException",
+    )
+    .await?;
+    api.fails("Nope_1.Op", json!({}), "UnknownOperationException")
+        .await?;
+    api.fails(
+        "DescribeStream",
+        json!({"StreamName": "missing"}),
+        "ResourceNotFoundException",
+    )
+    .await?;
+    let m = api
+        .fails(
+            "PutRecord",
+            json!({"StreamName": "raw", "PartitionKey": "k"}),
+            "ValidationException",
+        )
+        .await?;
+    assert!(m.contains("data"), "{m}");
+    api.fails(
+        "CreateStream",
+        json!({"StreamName": "a/b", "ShardCount": 1}),
+        "ValidationException",
+    )
+    .await?;
+    api.fails(
+        "CreateStream",
+        json!({"StreamName": "huge", "ShardCount": 100000}),
+        "LimitExceededException",
+    )
+    .await?;
+    api.fails(
+        "GetRecords",
+        json!({"ShardIterator": "AAAA"}),
+        "InvalidArgumentException",
+    )
+    .await?;
+    api.fails("GetRecords", json!({}), "ValidationException")
+        .await?;
+    api.fails(
+        "PutRecords",
+        json!({"StreamName": "raw", "Records": []}),
+        "ValidationException",
+    )
+    .await?;
+    api.fails(
+        "PutRecord",
+        json!({"StreamName": "raw", "Data": "%%%", "PartitionKey": "k"}),
+        "SerializationException",
+    )
+    .await?;
+
+    // Malformed JSON.
+    let resp = api
+        .raw(
+            "Kinesis_20131202.ListStreams",
+            "application/x-amz-json-1.1",
+            b"{nope".to_vec(),
+        )
+        .await?;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-amzn-errortype"], "SerializationException");
+    // An oversized body is refused before it is parsed.
+    let resp = api
+        .raw(
+            "Kinesis_20131202.PutRecords",
+            "application/x-amz-json-1.1",
+            vec![b' '; 9 << 20],
+        )
+        .await?;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["x-amzn-errortype"], "ValidationException");
+    // An empty body is an empty request.
+    let resp = api
+        .raw(
+            "Kinesis_20131202.ListStreams",
+            "application/x-amz-json-1.1",
+            Vec::new(),
+        )
+        .await?;
+    assert_eq!(resp.status(), 200);
+    // CBOR is refused with the switch that turns it off.
+    let resp = api
+        .raw(
+            "Kinesis_20131202.PutRecord",
+            "application/x-amz-cbor-1.1",
+            vec![0xa0],
+        )
+        .await?;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-amzn-errortype"], "SerializationException");
+    let body = resp.bytes().await?;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("AWS_CBOR_DISABLE=1") && text.contains("CBOR_ENABLED=false"),
+        "{text}"
+    );
+
+    // Iterators from another stream cannot be altered into reading something else.
+    api.ok("CreateStream", json!({"StreamName": "s1", "ShardCount": 1}))
+        .await?;
+    let it = api
+        .iterator("s1", "shardId-000000000000", "TRIM_HORIZON", json!({}))
+        .await?;
+    let mut forged = it.clone().into_bytes();
+    if let Some(last) = forged.last_mut() {
+        *last = if *last == b'A' { b'B' } else { b'A' };
+    }
+    api.fails(
+        "GetRecords",
+        json!({"ShardIterator": String::from_utf8(forged)?}),
+        "InvalidArgumentException",
+    )
+    .await?;
+    running.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (running, url) = start(
+        dir.path(),
+        "[[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n",
+    )
+    .await?;
+    let mut api = Api::new(&url);
+    let m = api
+        .fails("ListStreams", json!({}), "UnrecognizedClientException")
+        .await?;
+    assert!(m.contains("write key"), "{m}");
+    api.authorization = Some(
+        "AWS4-HMAC-SHA256 Credential=WRONG/20261101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=00"
+            .into(),
+    );
+    api.fails("ListStreams", json!({}), "UnrecognizedClientException")
+        .await?;
+    api.authorization = Some(
+        "AWS4-HMAC-SHA256 Credential=AKIDSHOP/20261101/us-east-1/kinesis/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=deadbeef"
+            .into(),
+    );
+    api.ok("ListStreams", json!({})).await?;
+    let out = api
+        .ok(
+            "PutRecord",
+            json!({"StreamName": "events", "Data": b64(br#"{"event":"Paid","event_id":"sig-1"}"#), "PartitionKey": "k"}),
+        )
+        .await?;
+    assert!(out["SequenceNumber"].is_string());
+    // The event is stored under the key's source.
+    let reader = api.clone();
+    let good = eventually("the event in good", move || {
+        let api = reader.clone();
+        Box::pin(async move {
+            let all = read_all(&api, "good").await.map_err(|e| e.to_string())?;
+            Ok((!all.is_empty()).then_some(all))
+        })
+    })
+    .await?;
+    let event: Value = serde_json::from_slice(&unb64(&good[0]["Data"]))?;
+    assert_eq!(event["source"], "shop");
+    assert_eq!(event["event_id"], "sig-1");
+    running.shutdown().await?;
+    Ok(())
+}
