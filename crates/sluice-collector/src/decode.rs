@@ -19,9 +19,17 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// Parses a `Content-Encoding` header value.
+    /// Parses a `Content-Encoding` header value (several header lines are joined with `, `).
+    /// One coding at most: a list (`gzip, gzip`) is refused, since every layer multiplies what
+    /// a small body can inflate to.
     pub fn parse(header: Option<&str>) -> Result<Self, CollectError> {
-        match header.map(|h| h.trim().to_ascii_lowercase()).as_deref() {
+        if let Some(h) = header
+            && h.split(',').filter(|c| !c.trim().is_empty()).count() > 1
+        {
+            return Err(CollectError::NestedEncoding(h.trim().to_string()));
+        }
+        let single = header.map(|h| h.trim().trim_matches(',').trim().to_ascii_lowercase());
+        match single.as_deref() {
             None | Some("") | Some("identity") => Ok(Self::Identity),
             Some("gzip") | Some("x-gzip") => Ok(Self::Gzip),
             Some("deflate") => Ok(Self::Deflate),
@@ -227,5 +235,30 @@ mod tests {
             Err(CollectError::UnsupportedEncoding(_))
         ));
         assert_eq!(Encoding::parse(Some("GZIP")).unwrap(), Encoding::Gzip);
+        for nested in ["gzip, gzip", "gzip,deflate", "identity, gzip"] {
+            assert!(matches!(
+                Encoding::parse(Some(nested)),
+                Err(CollectError::NestedEncoding(_))
+            ));
+        }
+        for unsupported in ["br", "zstd", "lz4", "compress"] {
+            let e = Encoding::parse(Some(unsupported)).unwrap_err();
+            assert_eq!(e.kind(), sluice_event::ErrorKind::Unsupported);
+            assert!(e.to_string().contains(unsupported), "{e}");
+        }
+        // A broken stream is refused, whether the damage is in the data or at the end.
+        let mut corrupt = gzip(br#"{"event":"a"}"#);
+        let mid = corrupt.len() / 2;
+        corrupt[mid] ^= 0xff;
+        corrupt[mid + 1] ^= 0xff;
+        assert!(matches!(
+            decompress(&corrupt, Encoding::Gzip, 1000),
+            Err(CollectError::BadCompression(_))
+        ));
+        let whole = gzip(br#"{"event":"a"}"#);
+        assert!(matches!(
+            decompress(&whole[..whole.len() - 4], Encoding::Gzip, 1000),
+            Err(CollectError::BadCompression(_))
+        ));
     }
 }

@@ -31,6 +31,9 @@ pub enum CollectError {
     /// A content encoding we do not decode.
     #[error("unsupported content encoding {0} (use gzip, deflate or none)")]
     UnsupportedEncoding(String),
+    /// More than one content coding (`gzip, gzip`).
+    #[error("nested content encodings ({0}) are not accepted: compress once, with gzip or deflate")]
+    NestedEncoding(String),
     /// The compressed stream is broken.
     #[error("cannot decompress body: {0}")]
     BadCompression(String),
@@ -49,7 +52,7 @@ impl CollectError {
             Self::Malformed(_) | Self::Invalid(_) | Self::Empty | Self::BadCompression(_) => {
                 ErrorKind::Invalid
             }
-            Self::UnsupportedEncoding(_) => ErrorKind::Unsupported,
+            Self::UnsupportedEncoding(_) | Self::NestedEncoding(_) => ErrorKind::Unsupported,
             Self::BodyTooLarge { .. } | Self::TooManyEvents { .. } => ErrorKind::TooLarge,
             Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Internal(_) => ErrorKind::Internal,

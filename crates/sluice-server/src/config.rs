@@ -13,6 +13,7 @@ use sluice_lake::{LakeConfig, LakeSettings};
 use crate::ServerError;
 use crate::auth::SourceConfig;
 use crate::kinesis::KinesisConfig;
+use crate::listen::ListenerConfig;
 use crate::snowplow::{SnowplowConfig, SnowplowSettings};
 
 /// The config file. Unknown fields are an error.
@@ -30,6 +31,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// What this node runs. Default: everything.
     pub roles: Vec<String>,
+    /// HTTP connection limits and timeouts.
+    pub listener: ListenerConfig,
     /// The journal. Its `dir` defaults to `<data_dir>/journal`; `default_partitions` is the
     /// partition count of `raw`, `good` and `bad` (fixed once they exist).
     pub journal: JournalConfig,
@@ -57,6 +60,7 @@ impl Default for Config {
             pg: SocketAddr::from(([127, 0, 0, 1], 5433)),
             admin_token: None,
             roles: Vec::new(),
+            listener: ListenerConfig::default(),
             journal: JournalConfig::default(),
             collector: CollectorConfig::default(),
             functions: RunnerConfig::default(),
@@ -131,6 +135,7 @@ pub struct Settings {
     pub(crate) http: SocketAddr,
     pub(crate) pg: SocketAddr,
     pub(crate) roles: Roles,
+    pub(crate) listener: ListenerConfig,
     pub(crate) partitions: u32,
     pub(crate) journal: JournalConfig,
     pub(crate) collector: CollectorSettings,
@@ -185,6 +190,7 @@ impl Config {
             http: self.http,
             pg: self.pg,
             roles: Roles::parse(&self.roles)?,
+            listener: self.listener.validate().map_err(ServerError::Config)?,
             partitions: journal.default_partitions,
             journal,
             collector: self.collector.validate().map_err(ServerError::Config)?,
@@ -216,6 +222,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field"), "{err}");
+        let err = Config::from_toml("[listener]\nheader_timeot = \"1s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let c =
+            Config::from_toml("[listener]\nheader_timeout = \"1s\"\nmax_connections = 8").unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.listener.header_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(s.listener.max_connections, 8);
+        assert!(
+            Config::from_toml("[listener]\nmax_connections = 0")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use sluice_collector::{Collector, Encoding, IngestRequest};
+use sluice_collector::{CollectError, Collector, Encoding, IngestRequest};
 use sluice_event::ErrorKind;
 use sluice_journal::Journal;
 use sluice_warehouse::Warehouse;
@@ -95,7 +95,7 @@ async fn ingest_native_inner(
         Ok(s) => s,
         Err(e) => return error_response(ErrorKind::Unauthorized, e.to_string()),
     };
-    let encoding = match Encoding::parse(header_str(&headers, header::CONTENT_ENCODING)) {
+    let encoding = match content_encoding(&headers) {
         Ok(e) => e,
         Err(e) => return error_response(e.kind(), e.to_string()),
     };
@@ -121,6 +121,27 @@ async fn ingest_native_inner(
         }
         Ok(Err(e)) => error_response(e.kind(), e.to_string()),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
+    }
+}
+
+/// The request's `Content-Encoding`, every header line of it: two `Content-Encoding: gzip`
+/// lines are a nested encoding, and a value that is not text is not an encoding we know.
+pub(crate) fn content_encoding(headers: &HeaderMap) -> Result<Encoding, CollectError> {
+    let mut values = Vec::new();
+    for v in headers.get_all(header::CONTENT_ENCODING) {
+        match v.to_str() {
+            Ok(v) => values.push(v),
+            Err(_) => {
+                return Err(CollectError::UnsupportedEncoding(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
+            }
+        }
+    }
+    match values.as_slice() {
+        [] => Encoding::parse(None),
+        [one] => Encoding::parse(Some(one)),
+        many => Encoding::parse(Some(&many.join(", "))),
     }
 }
 

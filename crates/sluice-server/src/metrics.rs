@@ -17,3 +17,24 @@ pub(crate) fn request(route: &'static str, status: u16) {
     metrics::counter!("sluice_http_requests_total", "route" => route, "status" => status.to_string())
         .increment(1);
 }
+
+/// `sluice_http_connections`: open connections.
+pub(crate) fn connection_opened() {
+    metrics::gauge!("sluice_http_connections").increment(1.0);
+}
+
+/// See [`connection_opened`].
+pub(crate) fn connection_closed() {
+    metrics::gauge!("sluice_http_connections").decrement(1.0);
+}
+
+/// `sluice_http_connections_refused_total`: connections answered 503 at `max_connections`.
+pub(crate) fn connection_refused() {
+    metrics::counter!("sluice_http_connections_refused_total").increment(1);
+}
+
+/// `sluice_http_timeouts_total{kind}`: connections closed by a timer (`header`, `idle`) and
+/// requests answered 408 (`body`).
+pub(crate) fn connection_timed_out(kind: &'static str) {
+    metrics::counter!("sluice_http_timeouts_total", "kind" => kind).increment(1);
+}

@@ -162,24 +162,19 @@ impl Server {
                 prometheus,
                 auth: Arc::new(auth),
             };
-            let listener =
-                tokio::net::TcpListener::bind(settings.http)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: settings.http,
-                        source,
-                    })?;
+            let listener = crate::listen::bind(settings.http, settings.listener.max_connections)
+                .map_err(|source| ServerError::Bind {
+                    addr: settings.http,
+                    source,
+                })?;
             let addr = listener.local_addr().ok();
             let app = http::router(state, &settings);
             let stop = intake.clone();
-            let handle = tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-            });
+            let limits = crate::listen::Limits {
+                listener: settings.listener.clone(),
+                max_body_bytes: settings.collector.max_body_bytes(),
+            };
+            let handle = tokio::spawn(crate::listen::serve(listener, app, limits, stop));
             tracing::info!(addr = ?addr, "http listening");
             (addr, Some(handle))
         } else {
