@@ -7,11 +7,16 @@
 //! body, so a number or boolean a tracker sent unquoted stays one). The runner turns it into a
 //! canonical event (`sluice-functions`, `snowplow.rs`).
 //!
-//! Per-slot rejections (the rest of the request still goes in): an event that is not a JSON
-//! object, lacks `e` or has an unknown `e`, repeats a parameter, carries an object or array as
-//! a parameter value, or has an id parameter over the length limit. The whole request is
-//! refused when the body is not JSON, is not `payload_data` 1-0-0 … 1-0-4, holds no event, or
-//! holds more events than `collector.max_events`.
+//! The tracker protocol has no way to tell a tracker which events of a request were refused (the
+//! answer is `ok` or an error for the whole request), so an event whose *content* is wrong (not
+//! a JSON object, no `e` or an unknown one, an object or array as a parameter value) is still
+//! stored in `raw`, as Snowplow's own collector does: the runner makes it a typed `parse` bad
+//! row with the reason, where it can be seen and replayed. Refused at intake, per slot, are
+//! only events that cannot be stored faithfully or safely: nested deeper than the JSON depth
+//! limit, a parameter given twice (a JSON object with a repeated key would lose one value), an
+//! id parameter over the length limit, and anything over the size limits. The whole request
+//! is refused when the body is not JSON, is not `payload_data` 1-0-0 … 1-0-4, holds no event,
+//! or holds more events than `collector.max_events`.
 //!
 //! Which source an event belongs to depends on its app id (`aid`), which only the server can
 //! resolve: it reads [`SnowplowEvent::app_id`] and calls [`SnowplowEvent::into_item`] with the
@@ -146,7 +151,13 @@ pub fn decode_post(
 fn decode_post_event(raw: &RawValue) -> Result<SnowplowEvent<'_>, SlotError> {
     let text = raw.get();
     if !text.starts_with('{') {
-        return Err(invalid("event must be a json object of parameters"));
+        // Stored as it is; the runner makes it a bad row ("not a json object of parameters").
+        if json_depth(text) > MAX_DEPTH {
+            return Err(invalid(format!(
+                "event is nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        return Ok(Head::default().with_payload(Cow::Borrowed(raw)));
     }
     if json_depth(text) > MAX_DEPTH {
         return Err(invalid(format!(
@@ -197,6 +208,7 @@ fn invalid(reason: impl Into<String>) -> SlotError {
 }
 
 /// The identity fields of one event.
+#[derive(Default)]
 struct Head {
     event_id: Option<String>,
     user_id: Option<String>,
@@ -218,31 +230,15 @@ impl Head {
     }
 }
 
-/// Checks one event's parameters and reads its ids.
+/// Reads one event's ids. Content rules (`e`, value types) are the runner's: an event that
+/// breaks them becomes a bad row, not a silent drop.
 fn head(params: &Map<String, Value>) -> Result<Head, SlotError> {
-    for (k, v) in params {
-        if v.is_object() || v.is_array() {
-            return Err(invalid(format!(
-                "parameter {k:?} must be a string, number or boolean"
-            )));
-        }
-    }
-    let e = match params.get("e") {
-        None | Some(Value::Null) => {
-            return Err(invalid("event has no \"e\" (event type) parameter"));
-        }
-        Some(Value::String(e)) => e.as_str(),
-        Some(_) => return Err(invalid("parameter \"e\" must be a string")),
-    };
-    if !EVENT_TYPES.contains(&e) {
-        return Err(invalid(format!(
-            "unknown event type e={e:?} (expected pv, pp, ue, se, tr or ti)"
-        )));
-    }
     let id = |name: &str| -> Result<Option<String>, SlotError> {
         let v = match params.get(name) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => s.clone(),
+            // Not an id; the runner reports the parameter's type.
+            Some(Value::Object(_) | Value::Array(_)) => return Ok(None),
             Some(other) => other.to_string(),
         };
         if v.len() > MAX_ID_BYTES {
@@ -385,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_events_are_rejected_per_slot() {
+    fn bad_content_is_kept_for_bad_rows_and_unstorable_events_are_refused() {
         let long = "u".repeat(2000);
         let b = body(&format!(
             r#"[{{"e":"pv"}}, 3, "x", {{"url":"https://x"}}, {{"e":"zz"}}, {{"e":7}},
@@ -393,27 +389,22 @@ mod tests {
                {{"e":"ue","eid":""}}]"#
         ));
         let slots = decode_post(b.as_bytes(), 100).unwrap();
+        // Wrong content is stored as sent: the runner makes each a parse bad row.
+        for i in [0, 1, 2, 3, 4, 5, 7, 9] {
+            assert!(slots[i].is_ok(), "slot {i}: {:?}", slots[i]);
+        }
+        assert_eq!(slots[1].as_ref().unwrap().payload.get(), "3");
         let reasons: Vec<_> = slots
             .iter()
             .map(|s| s.as_ref().err().map(|(k, r)| (*k, r.clone())))
             .collect();
-        assert!(reasons[0].is_none());
-        let expect = [
-            (1, "json object"),
-            (2, "json object"),
-            (3, "no \"e\""),
-            (4, "unknown event type"),
-            (5, "must be a string"),
-            (6, "given twice"),
-            (7, "string, number or boolean"),
-            (8, "longer than"),
-        ];
-        for (i, needle) in expect {
-            let (_, r) = reasons[i].as_ref().unwrap();
-            assert!(r.contains(needle), "slot {i}: {r}");
+        for (i, kind, needle) in [
+            (6, ErrorKind::Invalid, "given twice"),
+            (8, ErrorKind::TooLarge, "longer than"),
+        ] {
+            let (k, r) = reasons[i].as_ref().unwrap();
+            assert!(r.contains(needle) && *k == kind, "slot {i}: {r}");
         }
-        assert_eq!(reasons[8].as_ref().unwrap().0, ErrorKind::TooLarge);
-        assert_eq!(reasons[1].as_ref().unwrap().0, ErrorKind::Invalid);
         // An empty eid is no id: the collector stamps one.
         assert_eq!(slots[9].as_ref().unwrap().event_id, None);
     }
@@ -448,14 +439,9 @@ mod tests {
                 .1
                 .contains("twice")
         );
-        assert!(
-            decode_query("url=x")
-                .unwrap()
-                .unwrap_err()
-                .1
-                .contains("no \"e\"")
-        );
-        assert!(decode_query("e=bogus").unwrap().is_err());
+        // Wrong content is kept (the runner makes it a bad row).
+        assert!(decode_query("url=x").unwrap().is_ok());
+        assert!(decode_query("e=bogus").unwrap().is_ok());
     }
 
     #[test]

@@ -152,6 +152,9 @@ impl Api {
         let a = self.call(&target, body).await?;
         assert_ne!(a.status, 200, "{op} should fail with {code}: {}", a.body);
         assert_eq!(a.error_type(), code, "{op}: {}", a.body);
+        if code == "UnrecognizedClientException" {
+            assert_eq!(a.status, 401, "a refused key is 401 on every ingest route");
+        }
         assert!(a.request_id.is_some());
         Ok(a.body["message"].as_str().unwrap_or("").to_string())
     }

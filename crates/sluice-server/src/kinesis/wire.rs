@@ -109,10 +109,13 @@ impl AwsError {
         }
     }
 
-    /// HTTP status: 400 for every client error (throttling included) as AWS answers, 413 for
-    /// an oversized body, 503 and 500 for server trouble.
+    /// HTTP status: 400 for every client error (throttling included) as AWS answers, except a
+    /// refused write key: 401, as on every other ingest route (SDKs read the error type from
+    /// the body, and do not retry either status); 413 for an oversized body, 503 and 500 for
+    /// server trouble.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
+            Self::UnrecognizedClient(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InternalFailure(_) => StatusCode::INTERNAL_SERVER_ERROR,
