@@ -191,7 +191,7 @@ fn firehose(
                 })
                 .collect();
             Bytes::from(
-                serde_json::json!({"DeliveryStreamName": "events", "Records": records}).to_string(),
+                serde_json::json!({"DeliveryStreamName": "raw", "Records": records}).to_string(),
             )
         })
         .collect();

@@ -240,6 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_config_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("## Configuration")
+            .and_then(|i| readme[i..].find("```toml").map(|j| i + j + "```toml".len()))
+            .expect("README has a toml example under Configuration");
+        let end = start + readme[start..].find("```").expect("closed block");
+        let config = Config::from_toml(&readme[start..end]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.sources.len(), 1);
+    }
+
+    #[test]
     fn public_bind_needs_a_token() {
         let c = Config::from_toml("http = \"0.0.0.0:8080\"").unwrap();
         assert!(
