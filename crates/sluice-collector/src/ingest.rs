@@ -72,8 +72,8 @@ pub struct Item<'a> {
 pub enum Placement {
     /// Appended by this request at this `raw` position.
     Appended(Position),
-    /// Already acked within the dedupe window, at this position (offset `u64::MAX` for a
-    /// repeat inside this request whose first copy failed).
+    /// Already acked within the dedupe window, or repeated within this request: the first
+    /// copy's position.
     Duplicate(Position),
     /// Refused; the outcome's `rejected` list says why.
     Rejected,
@@ -248,6 +248,8 @@ impl Collector {
         let mut placements = vec![Placement::Rejected; items.len()];
         let mut staged: Vec<Staged<'_>> = Vec::with_capacity(items.len());
         let mut waits = Vec::new();
+        // (slot, key) of events repeated within this request.
+        let mut repeats: Vec<(usize, Key)> = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
             let item = match item {
                 Ok(item) => item,
@@ -294,12 +296,14 @@ impl Collector {
             };
             match self.dedupe.reserve(key, received_at, &rx) {
                 Reserve::New => staged.push(s),
-                Reserve::Duplicate(at) => {
+                Reserve::Duplicate(Some(at)) => {
                     outcome.duplicates += 1;
-                    placements[index] = Placement::Duplicate(at.unwrap_or(Position {
-                        partition,
-                        offset: u64::MAX,
-                    }));
+                    placements[index] = Placement::Duplicate(at);
+                }
+                // A repeat within this request: placed where its first copy lands.
+                Reserve::Duplicate(None) => {
+                    outcome.duplicates += 1;
+                    repeats.push((index, key));
                 }
                 Reserve::Wait(other) => waits.push((s, other)),
             }
@@ -326,12 +330,13 @@ impl Collector {
                     guard.keys.push(s.key);
                     staged.push(s);
                 }
-                Reserve::Duplicate(at) => {
+                Reserve::Duplicate(Some(at)) => {
                     outcome.duplicates += 1;
-                    placements[s.index] = Placement::Duplicate(at.unwrap_or(Position {
-                        partition: s.partition,
-                        offset: u64::MAX,
-                    }));
+                    placements[s.index] = Placement::Duplicate(at);
+                }
+                Reserve::Duplicate(None) => {
+                    outcome.duplicates += 1;
+                    repeats.push((s.index, s.key));
                 }
                 Reserve::Wait(_) => {
                     return Err(CollectError::Unavailable(format!(
@@ -420,6 +425,20 @@ impl Collector {
             return Err(journal_error_ref(e));
         }
         guard.placed = Some(true);
+        if !repeats.is_empty() {
+            let first: std::collections::HashMap<Key, Position> = staged
+                .iter()
+                .filter_map(|s| match placements[s.index] {
+                    Placement::Appended(p) => Some((s.key, p)),
+                    _ => None,
+                })
+                .collect();
+            for (index, key) in repeats {
+                if let Some(pos) = first.get(&key) {
+                    placements[index] = Placement::Duplicate(*pos);
+                }
+            }
+        }
         outcome.accepted = staged.len();
         crate::metrics::ingested(&outcome);
         Ok(Submitted {

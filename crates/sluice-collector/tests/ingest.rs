@@ -173,3 +173,84 @@ async fn a_quarantined_partition_refuses_only_its_own_events() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
+
+#[tokio::test]
+async fn submit_places_every_slot_and_duplicates_point_at_the_first_copy() {
+    use std::borrow::Cow;
+
+    use serde_json::value::RawValue;
+    use sluice_collector::{Item, Origin, Placement};
+    use sluice_event::Protocol;
+
+    let j = MemJournal::with_topics(&[(topic::RAW, 4)]);
+    let c = collector(&j);
+    let web: Arc<str> = Arc::from("web");
+    let payload = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+    let item = |id: &str, user: &str, source: &Arc<str>, p: Box<RawValue>| Item {
+        source: source.clone(),
+        protocol: Protocol::Kinesis,
+        event_id: Some(id.to_string()),
+        user_id: Some(user.to_string()),
+        anonymous_id: None,
+        network_user_id: None,
+        partition_key: Some("pk".into()),
+        payload: Cow::Owned(p),
+    };
+    let origin = Origin::default();
+    let first = c
+        .submit(
+            &origin,
+            vec![
+                Ok(item("k1", "alice", &web, payload(r#"{"event":"a"}"#))),
+                Err((ErrorKind::Invalid, "decoder said no".into())),
+                Ok(item("k2", "alice", &web, payload(r#""not an object""#))),
+                // The same id again in the same request: a duplicate of slot 0.
+                Ok(item("k1", "alice", &web, payload(r#"{"event":"a"}"#))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.outcome.accepted, 2);
+    assert_eq!(first.outcome.duplicates, 1);
+    assert_eq!(first.outcome.rejected[0].index, 1);
+    let p = &first.placements;
+    let (Placement::Appended(a0), Placement::Appended(a2)) = (p[0], p[2]) else {
+        panic!("{p:?}")
+    };
+    assert_eq!(p[1], Placement::Rejected);
+    assert_eq!(p[3], Placement::Duplicate(a0));
+    assert_eq!(a0.partition, partition_for("alice", 4));
+    assert_eq!((a2.partition, a2.offset), (a0.partition, a0.offset + 1));
+    // The stored records are what the positions say, with the protocol and partition key.
+    let recs = j.records(topic::RAW, a0.partition);
+    let r0 = decode_raw(&recs[a0.offset as usize].value).unwrap();
+    assert_eq!(
+        (r0.event_id.as_str(), r0.protocol),
+        ("k1", Protocol::Kinesis)
+    );
+    assert_eq!(r0.partition_key.as_deref(), Some("pk"));
+    let r2 = decode_raw(&recs[a2.offset as usize].value).unwrap();
+    assert_eq!(r2.payload.get(), r#""not an object""#);
+
+    // A later request's duplicate points at the first copy too; another source's same id is new.
+    let app: Arc<str> = Arc::from("app");
+    let again = c
+        .submit(
+            &origin,
+            vec![
+                Ok(item("k2", "alice", &web, payload("{}"))),
+                Ok(item("k2", "alice", &app, payload("{}"))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.placements[0], Placement::Duplicate(a2));
+    assert!(matches!(again.placements[1], Placement::Appended(_)));
+    // After a restart the index, rebuilt from raw, still knows where the copies are.
+    let c = collector(&j);
+    let after = c
+        .submit(&origin, vec![Ok(item("k1", "bob", &web, payload("{}")))])
+        .await
+        .unwrap();
+    assert_eq!(after.placements[0], Placement::Duplicate(a0));
+}

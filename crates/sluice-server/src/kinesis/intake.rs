@@ -160,16 +160,9 @@ impl Kinesis {
                 Ok(sub) => {
                     for (slot, &index) in indexes.iter().enumerate() {
                         let p = match sub.placements.get(slot) {
-                            Some(Placement::Appended(pos)) => Placed::At(*pos),
-                            Some(Placement::Duplicate(pos)) if pos.offset != u64::MAX => {
+                            Some(Placement::Appended(pos) | Placement::Duplicate(pos)) => {
                                 Placed::At(*pos)
                             }
-                            Some(Placement::Duplicate(_)) => Placed::Failed(
-                                ErrorKind::Unavailable,
-                                "an earlier copy of this record in the request was not stored; \
-                                 retry"
-                                    .into(),
-                            ),
                             Some(Placement::Rejected) | None => {
                                 match sub.outcome.rejected.iter().find(|r| r.index == slot) {
                                     Some(r) => Placed::Failed(r.kind, r.reason.clone()),
