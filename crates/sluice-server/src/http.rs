@@ -50,6 +50,17 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
         .with_state(state)
 }
 
+/// The collector, or the 404 a node without the collector role answers on ingest routes.
+#[allow(clippy::result_large_err)] // the error is the answer itself, returned at once
+pub(crate) fn collector_of(state: &AppState) -> Result<Arc<Collector>, Response> {
+    state.collector.clone().ok_or_else(|| {
+        error_response(
+            ErrorKind::NotFound,
+            "this node does not run the collector role",
+        )
+    })
+}
+
 /// An error answer.
 pub(crate) fn error_response(kind: ErrorKind, reason: impl Into<String>) -> Response {
     let status = status_of(kind);
@@ -81,11 +92,9 @@ async fn ingest_native_inner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(collector) = state.collector else {
-        return error_response(
-            ErrorKind::NotFound,
-            "this node does not run the collector role",
-        );
+    let collector = match collector_of(&state) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     // Credentials are checked before anything is decompressed or parsed.
     let source = match state

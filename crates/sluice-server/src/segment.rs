@@ -63,11 +63,9 @@ async fn ingest_inner(
     let Some(route) = SegmentRoute::from_path(name) else {
         return error_response(ErrorKind::NotFound, format!("no route /v1/{name}"));
     };
-    let Some(collector) = state.collector.clone() else {
-        return error_response(
-            ErrorKind::NotFound,
-            "this node does not run the collector role",
-        );
+    let collector = match crate::http::collector_of(&state) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     let header_key = crate::auth::header_key(headers);
     // A key in the headers is checked before anything is decompressed or parsed.

@@ -363,11 +363,9 @@ async fn tp2_inner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(collector) = state.collector else {
-        return error_response(
-            ErrorKind::NotFound,
-            "this node does not run the collector role",
-        );
+    let collector = match crate::http::collector_of(&state) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     if let Err(e) = collector.check_capacity() {
         return error_response(e.kind(), e.to_string());
@@ -417,11 +415,9 @@ async fn pixel_inner(
     query: Option<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(collector) = state.collector else {
-        return error_response(
-            ErrorKind::NotFound,
-            "this node does not run the collector role",
-        );
+    let collector = match crate::http::collector_of(&state) {
+        Ok(c) => c,
+        Err(resp) => return resp,
     };
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return gif();
