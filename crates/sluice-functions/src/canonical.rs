@@ -9,7 +9,9 @@
 //! - `timestamp` is when it happened; with `sentAt` too, the tracker's clock skew is removed:
 //!   `timestamp = received_at − (sent_at − timestamp)` (Segment's rule); without a timestamp it
 //!   is `received_at`;
-//! - `context` is kept, and the collector's `ip` and `userAgent` are added where absent.
+//! - `context` is kept, and the collector's `ip` and `userAgent` are added where absent;
+//! - `_metadata`, the delivery metadata analytics.js and analytics-node add to every message
+//!   (runtime, bundled integrations), is not a property: it is kept as `context._metadata`.
 //!
 //! A field of the wrong type (a non-object `properties`, an unparseable time) makes the event a
 //! `parse` bad row: the event is kept with its reason, never dropped or half-read.
@@ -152,6 +154,9 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
             .entry("userAgent")
             .or_insert_with(|| Value::String(ua.clone()));
     }
+    if let Some(metadata) = obj.remove("_metadata") {
+        context.entry("_metadata").or_insert(metadata);
+    }
     for (k, v) in obj {
         if !RESERVED.contains(&k.as_str()) {
             properties.entry(k).or_insert(v);
@@ -259,6 +264,18 @@ mod tests {
         assert_eq!(e.event, "Pricing");
         assert!(e.context.get().contains("1.1.1.1"));
         assert!(!e.context.get().contains("10.1.2.3"));
+    }
+
+    #[test]
+    fn segment_metadata_goes_to_context_not_properties() {
+        let e = canonicalize(
+            &raw(r#"{"event":"x","properties":{"n":7},"_metadata":{"jsRuntime":"node"}}"#),
+            POS,
+        )
+        .unwrap();
+        assert_eq!(e.properties.get(), r#"{"n":7}"#);
+        let ctx: Value = serde_json::from_str(e.context.get()).unwrap();
+        assert_eq!(ctx["_metadata"], serde_json::json!({"jsRuntime":"node"}));
     }
 
     #[test]
