@@ -19,7 +19,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use sluice_event::{ErrorKind, EventType, Protocol};
 
 use crate::native::{MAX_DEPTH, json_depth};
@@ -91,6 +90,110 @@ impl SegmentBody {
     }
 }
 
+/// A JSON object's top-level members in order, their values left unparsed: merging a batch's
+/// shared fields into a message touches only top-level keys (and `context`'s), so nothing else
+/// of a message is ever parsed into a tree or re-encoded.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a json object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    // A repeated key would be read one way here and another way later.
+                    if !seen.insert(xxhash_rust::xxh3::xxh3_64(k.as_bytes())) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Members<'a> {
+    fn parse(raw: &'a RawValue) -> Result<Self, String> {
+        if !raw.get().starts_with('{') {
+            return Err("must be a json object".into());
+        }
+        serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<&'a RawValue> {
+        let i = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Sets `key` (replacing its value where present, else appending).
+    fn set(&mut self, key: &str, v: &'a RawValue) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((key.to_string(), v)),
+        }
+    }
+
+    /// JSON text of the members, with `extra` (already encoded values) after them.
+    fn encode(&self, extra: &[(&str, &str)]) -> String {
+        let len = self
+            .0
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + extra
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>();
+        let mut out = String::with_capacity(len + 2);
+        out.push('{');
+        let pairs = self
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.get()))
+            .chain(extra.iter().copied());
+        for (i, (k, v)) in pairs.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // Serializing a str to JSON cannot fail.
+            out.push_str(&serde_json::to_string(k).unwrap_or_default());
+            out.push(':');
+            out.push_str(v);
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Whether a raw value is JSON `null`.
+fn is_null(v: &RawValue) -> bool {
+    v.get() == "null"
+}
+
+/// A raw value as a string, if it is one.
+fn as_str(v: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    if !v.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str(v.get()).ok()
+}
+
 /// Decodes a (decompressed) Segment request body.
 pub fn decode_segment(body: &[u8], route: SegmentRoute) -> Result<SegmentBody, CollectError> {
     if body.len() > SEGMENT_MAX_BODY_BYTES {
@@ -106,28 +209,27 @@ pub fn decode_segment(body: &[u8], route: SegmentRoute) -> Result<SegmentBody, C
             "body is nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    let mut top: Map<String, Value> = match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return Err(CollectError::Invalid("body must be a json object".into()));
-        }
-        Err(e) => return Err(CollectError::Malformed(e.to_string())),
-    };
+    let root: &RawValue =
+        serde_json::from_str(text).map_err(|e| CollectError::Malformed(e.to_string()))?;
+    let mut top = Members::parse(root).map_err(|e| match e.as_str() {
+        "must be a json object" => CollectError::Invalid("body must be a json object".into()),
+        _ => CollectError::Malformed(e),
+    })?;
     let write_key = match top.remove("writeKey") {
-        Some(Value::String(k)) => Some(k),
-        None | Some(Value::Null) => None,
-        Some(_) => {
-            return Err(CollectError::Invalid("writeKey must be a string".into()));
-        }
+        None => None,
+        Some(v) if is_null(v) => None,
+        Some(v) => Some(
+            as_str(v)
+                .ok_or_else(|| CollectError::Invalid("writeKey must be a string".into()))?
+                .into_owned(),
+        ),
     };
     let messages = match route {
-        SegmentRoute::Single(kind) => {
-            top.insert("type".into(), Value::String(kind.as_str().into()));
-            vec![message(top, None)]
-        }
+        SegmentRoute::Single(kind) => vec![message(top, Some(kind), None)],
         SegmentRoute::Batch => {
-            let batch = match top.remove("batch") {
-                Some(Value::Array(items)) => items,
+            let batch: Vec<&RawValue> = match top.remove("batch") {
+                Some(v) if v.get().starts_with('[') => serde_json::from_str(v.get())
+                    .map_err(|e| CollectError::Malformed(e.to_string()))?,
                 Some(_) => {
                     return Err(CollectError::Invalid("batch must be an array".into()));
                 }
@@ -140,16 +242,22 @@ pub fn decode_segment(body: &[u8], route: SegmentRoute) -> Result<SegmentBody, C
             if batch.is_empty() {
                 return Err(CollectError::Invalid("batch is empty".into()));
             }
+            fn present(v: Option<&RawValue>) -> Option<&RawValue> {
+                v.filter(|v| !is_null(v))
+            }
+            let context = present(top.get("context"));
+            if let Some(c) = context
+                && !c.get().starts_with('{')
+            {
+                return Err(CollectError::Invalid("context must be an object".into()));
+            }
             let shared = Shared {
-                context: match top.remove("context") {
-                    Some(Value::Object(m)) => Some(m),
-                    None | Some(Value::Null) => None,
-                    Some(_) => {
-                        return Err(CollectError::Invalid("context must be an object".into()));
-                    }
-                },
-                integrations: top.remove("integrations").filter(|v| !v.is_null()),
-                sent_at: top.remove("sentAt").filter(|v| !v.is_null()),
+                context: context
+                    .map(Members::parse)
+                    .transpose()
+                    .map_err(CollectError::Malformed)?,
+                integrations: present(top.get("integrations")),
+                sent_at: present(top.get("sentAt")),
             };
             batch
                 .into_iter()
@@ -161,10 +269,9 @@ pub fn decode_segment(body: &[u8], route: SegmentRoute) -> Result<SegmentBody, C
                             format!("a batch takes at most {SEGMENT_MAX_BATCH} messages"),
                         ));
                     }
-                    match item {
-                        Value::Object(m) => message(m, Some(&shared)),
-                        _ => Err((ErrorKind::Invalid, "message must be a json object".into())),
-                    }
+                    let m = Members::parse(item)
+                        .map_err(|e| (ErrorKind::Invalid, format!("message {e}")))?;
+                    message(m, None, Some(&shared))
                 })
                 .collect()
         }
@@ -176,52 +283,74 @@ pub fn decode_segment(body: &[u8], route: SegmentRoute) -> Result<SegmentBody, C
 }
 
 /// What a batch shares with its messages.
-struct Shared {
-    context: Option<Map<String, Value>>,
-    integrations: Option<Value>,
-    sent_at: Option<Value>,
+struct Shared<'a> {
+    context: Option<Members<'a>>,
+    integrations: Option<&'a RawValue>,
+    sent_at: Option<&'a RawValue>,
 }
 
-fn message(
-    mut m: Map<String, Value>,
-    shared: Option<&Shared>,
+fn message<'a>(
+    mut m: Members<'a>,
+    route_kind: Option<EventType>,
+    shared: Option<&Shared<'a>>,
 ) -> Result<Box<RawValue>, (ErrorKind, String)> {
     m.remove("writeKey");
+    // Values built here (the route's type, a merged context) are appended when encoding.
+    let mut extra: Vec<(&str, String)> = Vec::new();
     if let Some(shared) = shared {
         if let Some(ctx) = &shared.context {
-            match m.get_mut("context") {
-                Some(Value::Object(own)) => {
-                    for (k, v) in ctx {
-                        own.entry(k.clone()).or_insert_with(|| v.clone());
+            match m.get("context") {
+                Some(own) if !is_null(own) => {
+                    let mut own = Members::parse(own)
+                        .map_err(|e| (ErrorKind::Invalid, format!("context {e}")))?;
+                    for (k, v) in &ctx.0 {
+                        if own.get(k).is_none() {
+                            own.0.push((k.clone(), v));
+                        }
                     }
+                    m.remove("context");
+                    extra.push(("context", own.encode(&[])));
                 }
-                None | Some(Value::Null) => {
-                    m.insert("context".into(), Value::Object(ctx.clone()));
+                _ => {
+                    m.remove("context");
+                    extra.push(("context", ctx.encode(&[])));
                 }
-                Some(_) => return Err((ErrorKind::Invalid, "context must be an object".into())),
             }
         }
-        if let Some(i) = &shared.integrations {
-            m.entry("integrations").or_insert_with(|| i.clone());
-        }
-        if let Some(s) = &shared.sent_at {
-            m.entry("sentAt").or_insert_with(|| s.clone());
+        for (key, v) in [
+            ("integrations", shared.integrations),
+            ("sentAt", shared.sent_at),
+        ] {
+            if let Some(v) = v
+                && m.get(key).is_none_or(is_null)
+            {
+                m.set(key, v);
+            }
         }
     }
-    let kind = match m.get("type") {
-        Some(Value::String(t)) => EventType::parse(t)
-            .ok_or_else(|| (ErrorKind::Invalid, format!("unknown message type {t:?}")))?,
-        _ => {
-            return Err((
-                ErrorKind::Invalid,
-                "every batch message needs a \"type\"".into(),
-            ));
+    let kind = match route_kind {
+        Some(kind) => {
+            m.remove("type");
+            extra.push(("type", format!("\"{}\"", kind.as_str())));
+            kind
         }
+        None => match m.get("type").and_then(as_str) {
+            Some(t) => EventType::parse(&t)
+                .ok_or_else(|| (ErrorKind::Invalid, format!("unknown message type {t:?}")))?,
+            None => {
+                return Err((
+                    ErrorKind::Invalid,
+                    "every batch message needs a \"type\"".into(),
+                ));
+            }
+        },
     };
-    let has = |k: &str| match m.get(k) {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Number(_)) => true,
-        _ => false,
+    let has = |k: &str| {
+        m.get(k).is_some_and(|v| {
+            let t = v.get();
+            (t.starts_with('"') && t != "\"\"")
+                || t.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        })
     };
     if kind == EventType::Alias {
         if !has("userId") || !has("previousId") {
@@ -239,7 +368,7 @@ fn message(
     if kind == EventType::Group && !has("groupId") {
         return Err((ErrorKind::Invalid, "group needs groupId".into()));
     }
-    if let Some(Value::String(id)) = m.get("messageId")
+    if let Some(id) = m.get("messageId").and_then(as_str)
         && id.len() >= MAX_MESSAGE_ID
     {
         return Err((
@@ -247,26 +376,29 @@ fn message(
             format!("messageId must be shorter than {MAX_MESSAGE_ID} characters"),
         ));
     }
-    let raw = serde_json::value::to_raw_value(&m).map_err(|e| {
-        (
-            ErrorKind::Invalid,
-            format!("message cannot be encoded: {e}"),
-        )
-    })?;
-    if raw.get().len() > SEGMENT_MAX_MESSAGE_BYTES {
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let text = m.encode(&extra);
+    if text.len() > SEGMENT_MAX_MESSAGE_BYTES {
         return Err((
             ErrorKind::TooLarge,
             format!(
                 "message is {} bytes, over Segment's limit of {SEGMENT_MAX_MESSAGE_BYTES}",
-                raw.get().len()
+                text.len()
             ),
         ));
     }
-    Ok(raw)
+    RawValue::from_string(text).map_err(|e| {
+        (
+            ErrorKind::Invalid,
+            format!("message cannot be encoded: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn value(raw: &RawValue) -> Value {
@@ -397,6 +529,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("nested deeper")
+        );
+        let body = br#"{"batch":[{"type":"track","userId":"u","userId":"v","event":"x"},
+            {"type":"track","userId":"u","event":"x","context":"nope"}],"context":{"a":1}}"#;
+        let d = decode_segment(body, SegmentRoute::Batch).unwrap();
+        assert!(
+            d.messages[0]
+                .as_ref()
+                .unwrap_err()
+                .1
+                .contains("duplicate key")
+        );
+        assert!(
+            d.messages[1]
+                .as_ref()
+                .unwrap_err()
+                .1
+                .contains("context must be")
         );
         let long_id = format!(
             r#"{{"userId":"u","event":"x","messageId":"{}"}}"#,
