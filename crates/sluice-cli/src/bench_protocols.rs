@@ -137,41 +137,57 @@ fn snowplow(args: &BenchArgs, base: &str, pad: &str) -> (Load, Vec<Bytes>) {
     )
 }
 
-fn kinesis(
+/// A load of AWS JSON 1.1 batch calls (Kinesis `PutRecords`, Firehose `PutRecordBatch`):
+/// `record` makes one entry of the `Records` array, `stream` is the body's stream member.
+fn aws_load(
     args: &BenchArgs,
     base: &str,
-    pad: &str,
-    b64: &base64::engine::GeneralPurpose,
+    (tag, target, stream, ok): (&str, &str, &str, &'static str),
+    record: impl Fn(&Ev) -> serde_json::Value,
 ) -> (Load, Vec<Bytes>) {
     // Kinesis and Firehose take at most 500 records per call.
     let per = args.batch.min(500);
-    let evs = events(args, "kin");
+    let evs = events(args, tag);
     let bodies = chunks(&evs, per)
         .map(|c| {
-            let records: Vec<_> = c
-                .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "Data": b64.encode(native_event(e, pad).to_string()),
-                        "PartitionKey": e.user,
-                    })
-                })
-                .collect();
-            Bytes::from(serde_json::json!({"StreamName": "raw", "Records": records}).to_string())
+            let records: Vec<_> = c.iter().map(&record).collect();
+            let mut body = serde_json::json!({"Records": records});
+            body[stream] = serde_json::Value::from("raw");
+            Bytes::from(body.to_string())
         })
         .collect();
     (
         Load {
             url: format!("{base}/"),
             headers: vec![
-                ("x-amz-target", "Kinesis_20131202.PutRecords".into()),
+                ("x-amz-target", target.into()),
                 ("content-type", "application/x-amz-json-1.1".into()),
             ],
             events_per_body: per,
-            must_contain: Some("\"FailedRecordCount\":0"),
+            must_contain: Some(ok),
         },
         bodies,
     )
+}
+
+fn kinesis(
+    args: &BenchArgs,
+    base: &str,
+    pad: &str,
+    b64: &base64::engine::GeneralPurpose,
+) -> (Load, Vec<Bytes>) {
+    let call = (
+        "kin",
+        "Kinesis_20131202.PutRecords",
+        "StreamName",
+        "\"FailedRecordCount\":0",
+    );
+    aws_load(args, base, call, |e| {
+        serde_json::json!({
+            "Data": b64.encode(native_event(e, pad).to_string()),
+            "PartitionKey": e.user,
+        })
+    })
 }
 
 fn firehose(
@@ -180,32 +196,17 @@ fn firehose(
     pad: &str,
     b64: &base64::engine::GeneralPurpose,
 ) -> (Load, Vec<Bytes>) {
-    let per = args.batch.min(500);
-    let evs = events(args, "fire");
-    let bodies = chunks(&evs, per)
-        .map(|c| {
-            let records: Vec<_> = c
-                .iter()
-                .map(|e| {
-                    serde_json::json!({"Data": b64.encode(format!("{}\n", native_event(e, pad)))})
-                })
-                .collect();
-            Bytes::from(
-                serde_json::json!({"DeliveryStreamName": "raw", "Records": records}).to_string(),
-            )
-        })
-        .collect();
-    (
-        Load {
-            url: format!("{base}/"),
-            headers: vec![
-                ("x-amz-target", "Firehose_20150804.PutRecordBatch".into()),
-                ("content-type", "application/x-amz-json-1.1".into()),
-            ],
-            events_per_body: per,
-            must_contain: Some("\"FailedPutCount\":0"),
-        },
-        bodies,
+    let call = (
+        "fire",
+        "Firehose_20150804.PutRecordBatch",
+        "DeliveryStreamName",
+        "\"FailedPutCount\":0",
+    );
+    aws_load(
+        args,
+        base,
+        call,
+        |e| serde_json::json!({"Data": b64.encode(format!("{}\n", native_event(e, pad)))}),
     )
 }
 

@@ -42,6 +42,6 @@ mod tests;
 pub use api::{Journal, Record, TopicInfo, partition_for};
 pub use config::{FsyncPolicy, JournalConfig, MAX_PARTITIONS};
 pub use error::JournalError;
-pub use local::{JournalStats, LocalJournal};
+pub use local::{JournalStats, LocalJournal, is_valid_topic_name};
 pub use recovery::{FloorGap, PartitionRecovery, RecoveryReport};
 pub use retention::{PartitionRetention, RetentionReport};

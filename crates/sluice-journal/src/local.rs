@@ -736,16 +736,20 @@ impl Journal for LocalJournal {
     }
 }
 
-/// Topic names: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot (dot names are the
-/// journal's own: `.lock`, `.tmp-*`, `.deleted-*`). Kinesis stream names fit.
-fn validate_topic_name(name: &str) -> Result<(), JournalError> {
-    let ok = !name.is_empty()
+/// Whether `name` can name a topic: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot (dot
+/// names are the journal's own: `.lock`, `.tmp-*`, `.deleted-*`). Kinesis stream names fit.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_TOPIC_NAME
         && !name.starts_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// [`is_valid_topic_name`], as the error `create_topic` answers.
+fn validate_topic_name(name: &str) -> Result<(), JournalError> {
+    if is_valid_topic_name(name) {
         Ok(())
     } else {
         Err(JournalError::Invalid(format!(

@@ -95,7 +95,7 @@ async fn ingest_inner(
             Some(s) => s,
             None => auth
                 .source_for_key(decoded.write_key.as_deref(), peer.ip())
-                .map_err(Refused)?,
+                .map_err(IngestError::Refused)?,
         };
         let items = decoded.items(&Arc::clone(&source));
         Ok::<_, IngestError>(collector.submit(&origin, items).await?)
@@ -118,30 +118,20 @@ async fn ingest_inner(
             (status, axum::Json(answer)).into_response()
         }
         Ok(Err(IngestError::Collect(e))) => error_response(e.kind(), e.to_string()),
-        Ok(Err(IngestError::Refused(e))) => {
-            error_response(ErrorKind::Unauthorized, e.0.to_string())
-        }
+        Ok(Err(IngestError::Refused(e))) => error_response(ErrorKind::Unauthorized, e.to_string()),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }
 
-/// A refused write key (wrapped so `?` can tell it from collector errors).
-struct Refused(crate::auth::AuthError);
-
+/// Why the ingest task ended without an answer of its own.
 enum IngestError {
     Collect(sluice_collector::CollectError),
-    Refused(Refused),
+    Refused(crate::auth::AuthError),
 }
 
 impl From<sluice_collector::CollectError> for IngestError {
     fn from(e: sluice_collector::CollectError) -> Self {
         Self::Collect(e)
-    }
-}
-
-impl From<Refused> for IngestError {
-    fn from(e: Refused) -> Self {
-        Self::Refused(e)
     }
 }
 

@@ -69,13 +69,8 @@ pub(crate) struct StreamMeta {
 
 /// Checks a stream name: 1-128 of `A-Z a-z 0-9 _ . -`, not starting with a dot.
 pub(crate) fn check_stream_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_STREAM_NAME
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
+    // Streams are journal topics: the journal's rule is the rule (it fits Kinesis's).
+    if sluice_journal::is_valid_topic_name(name) {
         Ok(())
     } else {
         Err(format!(
