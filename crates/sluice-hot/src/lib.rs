@@ -1,0 +1,1 @@
+//! The hot tier: per-user state and windowed counters projected from `good`, exactly once.

@@ -1,0 +1,1 @@
+//! Online prediction: models trained from the event stream and scored per event.
