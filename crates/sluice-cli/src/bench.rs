@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// collector-only server, in one run.
     #[arg(long)]
     pub(crate) protocols: bool,
+    /// Instead of the pipeline figures, measure the function chain in process on one thread:
+    /// canonicalisation alone next to validation plus every built-in enricher.
+    #[arg(long)]
+    pub(crate) chain: bool,
 }
 
 /// Runs the benchmark and prints a report.
@@ -58,6 +62,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> {
+    if args.chain {
+        let (events, bytes, root) = (args.events, args.event_bytes, root.to_path_buf());
+        return tokio::task::spawn_blocking(move || crate::bench_chain::run(events, bytes, &root))
+            .await?;
+    }
     println!(
         "sluice bench: {} events of ~{} B, batches of {}, {} connections, {} cores",
         args.events,

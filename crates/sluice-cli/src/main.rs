@@ -3,8 +3,11 @@
 //! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error (from clap).
 
 mod bench;
+mod bench_chain;
 mod bench_protocols;
 mod keys;
+mod replay;
+mod schemas;
 mod send;
 mod sql;
 
@@ -35,6 +38,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Creates, lists and revokes write keys.
     Keys(keys::KeysArgs),
+    /// Pushes, lists and shows schemas of the registry.
+    Schemas(schemas::SchemasArgs),
+    /// Re-drives bad rows or raw records through today's pipeline.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,6 +81,8 @@ fn main() {
                     Command::Send(args) => send::run(args).await,
                     Command::Bench(args) => bench::run(args).await,
                     Command::Keys(args) => keys::run(args),
+                    Command::Schemas(args) => schemas::run(args).await,
+                    Command::Replay(args) => replay::run(args).await,
                 }
             })
         });

@@ -359,6 +359,7 @@ impl Collector {
                 user_agent: origin.user_agent.as_deref(),
                 network_user_id: s.item.network_user_id.as_deref(),
                 partition_key: s.item.partition_key.as_deref(),
+                replay_of: None,
                 payload: &s.item.payload,
             };
             let bytes =

@@ -58,6 +58,10 @@ pub struct RawEvent {
     /// The Kinesis partition key the producer gave, for records put through the Kinesis API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<String>,
+    /// Set on a record that `sluice replay` re-drove: the position of the record (in `raw`) it
+    /// is a copy of. Lineage only; the runner treats it like any other record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Position>,
     /// The event as the client sent it: one JSON value, an object for every protocol but
     /// Kinesis (see [`Protocol::Kinesis`]).
     pub payload: Box<RawValue>,
@@ -87,6 +91,9 @@ pub struct RawEventRef<'a> {
     /// See [`RawEvent::partition_key`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<&'a str>,
+    /// See [`RawEvent::replay_of`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Position>,
     /// See [`RawEvent::payload`].
     pub payload: &'a RawValue,
 }
@@ -163,12 +170,140 @@ pub struct Event {
     pub sent_at: Option<i64>,
     /// When the collector received it.
     pub received_at: i64,
+    /// When it happened per the device's clock, as the tracker claimed it (uncorrected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_timestamp: Option<i64>,
     /// Event properties (traits for identify and group) as a JSON object.
     pub properties: Box<RawValue>,
     /// Tracker context (library, page, device, ip, user agent...) as a JSON object.
     pub context: Box<RawValue>,
+    /// What validation and the enrichers derived (each field is a column of `events`).
+    #[serde(default, skip_serializing_if = "Enrichment::is_empty")]
+    pub enriched: Enrichment,
     /// The `raw` position this event came from: the runner's exactly-once bookkeeping and lineage.
     pub raw: Position,
+}
+
+/// What the function chain derived for an event: validation results and the built-in
+/// enrichers' fields. Every field is optional (an enricher that is off, or found nothing, leaves
+/// it out) and becomes a nullable column of `events` under the same name (`docs/enrichment.md`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Enrichment {
+    /// The self-describing schema (`iglu:vendor/name/jsonschema/M-R-A`) the event was checked
+    /// against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Set when the event failed validation but its source's policy lets it pass flagged: the
+    /// violations as a JSON array of `{schema, path, message}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_errors: Option<String>,
+    /// The client address after anonymisation (the one the tracker or the collector saw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Browser family (`Chrome`, `Safari`, `Googlebot`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_browser: Option<String>,
+    /// Browser version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_browser_version: Option<String>,
+    /// Operating system (`Windows 10`, `Mac OSX`, `iPhone`, `Android`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_os: Option<String>,
+    /// Operating system version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_os_version: Option<String>,
+    /// Device class: `desktop`, `mobile`, `tablet`, `bot`, `appliance` or `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_device_class: Option<String>,
+    /// Browser vendor (`Google`, `Apple`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_vendor: Option<String>,
+    /// Whether a bot or spider sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_bot: Option<bool>,
+    /// ISO 3166-1 country code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_country: Option<String>,
+    /// ISO 3166-2 subdivision code (without the country), the largest subdivision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_region: Option<String>,
+    /// The subdivision's English name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_region_name: Option<String>,
+    /// City (English name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_city: Option<String>,
+    /// Postal code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_zipcode: Option<String>,
+    /// Latitude.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_latitude: Option<f64>,
+    /// Longitude.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_longitude: Option<f64>,
+    /// IANA time zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_timezone: Option<String>,
+    /// The page URL the event happened on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_url: Option<String>,
+    /// Host of the page URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_host: Option<String>,
+    /// Path of the page URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_path: Option<String>,
+    /// Campaign medium (`utm_medium`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_medium: Option<String>,
+    /// Campaign source (`utm_source`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_source: Option<String>,
+    /// Campaign term (`utm_term`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_term: Option<String>,
+    /// Campaign content (`utm_content`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_content: Option<String>,
+    /// Campaign name (`utm_campaign`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_campaign: Option<String>,
+    /// An ad network's click id (`gclid`, `fbclid`, `msclkid`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_clickid: Option<String>,
+    /// The network the click id belongs to (`Google`, `Facebook`, `Microsoft`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkt_network: Option<String>,
+    /// Referer class: `search`, `social`, `email`, `internal` or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refr_medium: Option<String>,
+    /// Referer name (`Google`, `Facebook`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refr_source: Option<String>,
+    /// The search term, for a search referer that shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refr_term: Option<String>,
+    /// Host of the referer URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refr_host: Option<String>,
+    /// Session id: the tracker's, else one derived from a 30-minute inactivity gap per user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The session's number for this user, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_index: Option<i32>,
+    /// A hash of the payload without its per-send fields: equal for resent copies of an event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_fingerprint: Option<String>,
+}
+
+impl Enrichment {
+    /// Whether nothing was derived.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// The family of a failure, as in Snowplow's failed-event types.
@@ -260,6 +395,10 @@ mod tests {
             user_agent: None,
             network_user_id: Some("n1"),
             partition_key: None,
+            replay_of: Some(Position {
+                partition: 1,
+                offset: 2,
+            }),
             payload: &payload,
         };
         let bytes = serde_json::to_vec(&r).unwrap();
@@ -269,6 +408,7 @@ mod tests {
         assert_eq!(back.received_at, 7);
         assert_eq!(back.ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(back.user_agent, None);
+        assert_eq!(back.replay_of.map(|p| p.offset), Some(2));
         assert_eq!(back.payload.get(), payload.get());
         assert_eq!(serde_json::to_vec(&back).unwrap(), bytes);
     }

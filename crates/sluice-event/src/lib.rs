@@ -12,7 +12,9 @@ mod event;
 mod time;
 
 pub use error::{ErrorKind, Rejection};
-pub use event::{BadKind, BadRow, Event, EventType, Protocol, RawEvent, RawEventRef, routing_key};
+pub use event::{
+    BadKind, BadRow, Enrichment, Event, EventType, Protocol, RawEvent, RawEventRef, routing_key,
+};
 pub use time::{date_of, format_micros, now_micros, parse_timestamp};
 
 use serde::{Deserialize, Serialize};

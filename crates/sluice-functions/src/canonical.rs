@@ -18,7 +18,9 @@
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use sluice_event::{BadKind, Event, EventType, Position, Protocol, RawEvent, parse_timestamp};
+use sluice_event::{
+    BadKind, Enrichment, Event, EventType, Position, Protocol, RawEvent, parse_timestamp,
+};
 
 /// Keys of a native event that are not properties.
 const RESERVED: &[&str] = &[
@@ -62,8 +64,79 @@ pub(crate) fn parse_err(reason: impl Into<String>) -> Failure {
     }
 }
 
+/// An [`Event`] being made: properties and context still as JSON maps, so that validation and
+/// the enrichers read and change them without parsing the JSON again.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// See [`Event::event_id`].
+    pub event_id: String,
+    /// See [`Event::event_type`].
+    pub event_type: EventType,
+    /// See [`Event::event`].
+    pub event: String,
+    /// See [`Event::source`].
+    pub source: String,
+    /// See [`Event::user_id`].
+    pub user_id: Option<String>,
+    /// See [`Event::anonymous_id`].
+    pub anonymous_id: Option<String>,
+    /// See [`Event::timestamp`].
+    pub timestamp: i64,
+    /// See [`Event::sent_at`].
+    pub sent_at: Option<i64>,
+    /// See [`Event::received_at`].
+    pub received_at: i64,
+    /// See [`Event::device_timestamp`].
+    pub device_timestamp: Option<i64>,
+    /// See [`Event::properties`].
+    pub properties: Map<String, Value>,
+    /// See [`Event::context`].
+    pub context: Map<String, Value>,
+    /// See [`Event::enriched`].
+    pub enriched: Enrichment,
+    /// See [`Event::raw`].
+    pub raw: Position,
+}
+
+impl Draft {
+    /// The finished event.
+    pub fn into_event(self) -> Event {
+        Event {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            event: self.event,
+            source: self.source,
+            user_id: self.user_id,
+            anonymous_id: self.anonymous_id,
+            timestamp: self.timestamp,
+            sent_at: self.sent_at,
+            received_at: self.received_at,
+            device_timestamp: self.device_timestamp,
+            properties: to_raw(&Value::Object(self.properties)),
+            context: to_raw(&Value::Object(self.context)),
+            enriched: self.enriched,
+            raw: self.raw,
+        }
+    }
+
+    /// The key the collector routed the event by (user id, else anonymous id, else event id):
+    /// all of one key's events are in one partition, in order.
+    pub fn routing_key(&self) -> &str {
+        sluice_event::routing_key(
+            self.user_id.as_deref(),
+            self.anonymous_id.as_deref(),
+            &self.event_id,
+        )
+    }
+}
+
 /// Makes the canonical event for a raw record at `raw_pos`.
 pub fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
+    draft(raw, raw_pos).map(Draft::into_event)
+}
+
+/// Makes the canonical event for a raw record at `raw_pos`, before validation and enrichment.
+pub fn draft(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
     match raw.protocol {
         // Segment messages follow the same rules; the collector already merged the batch's
         // context, integrations and sentAt into each one.
@@ -81,7 +154,7 @@ pub fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure>
     }
 }
 
-fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
+fn native(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
     let mut obj: Map<String, Value> = serde_json::from_str(raw.payload.get())
         .map_err(|e| parse_err(format!("payload is not a json object: {e}")))?;
     let event_type = match obj.get("type") {
@@ -162,7 +235,7 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
             properties.entry(k).or_insert(v);
         }
     }
-    Ok(Event {
+    Ok(Draft {
         event_id: raw.event_id.clone(),
         event_type,
         event,
@@ -172,8 +245,10 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
         timestamp,
         sent_at,
         received_at: raw.received_at,
-        properties: to_raw(&Value::Object(properties)),
-        context: to_raw(&Value::Object(context)),
+        device_timestamp: original,
+        properties,
+        context,
+        enriched: Enrichment::default(),
         raw: raw_pos,
     })
 }
@@ -211,6 +286,7 @@ mod tests {
             user_agent: Some("curl/8".into()),
             network_user_id: None,
             partition_key: None,
+            replay_of: None,
             payload: RawValue::from_string(payload.to_string()).unwrap(),
         }
     }

@@ -1,8 +1,9 @@
 //! Functions: the stage between `raw` and `good`/`bad`.
 //!
-//! Today it holds the canonicalisation of each protocol's raw events ([`canonicalize`]) and the
-//! [`Runner`], which drives every `raw` partition through the chain with an exactly-once effect
-//! on `good` and `bad`. Validation, enrichment and user functions plug into the same runner.
+//! The [`Chain`] every raw record goes through: canonicalisation of each protocol's raw events
+//! ([`canonicalize`]), validation against the Iglu-compatible schema [`Registry`]
+//! (`validate.rs`), the built-in enrichers (`enrich/`) and a size check. The [`Runner`] drives
+//! every `raw` partition through the chain with an exactly-once effect on `good` and `bad`.
 //!
 //! The exactly-once protocol (raw partition p feeds good p and bad p):
 //! - every output record carries the raw position it came from;
@@ -14,13 +15,30 @@
 //! the last raw position in that topic", so a crash anywhere re-produces only what is missing.
 
 mod canonical;
+mod chain;
 mod config;
+mod enrich;
 mod error;
 mod metrics;
+pub mod mmdb;
+pub mod registry;
 mod runner;
 mod snowplow;
+mod validate;
 
-pub use canonical::{Failure, canonicalize};
+pub use canonical::{Draft, Failure, canonicalize, draft};
+pub use chain::{Chain, DEFAULT_MAX_EVENT_BYTES};
 pub use config::{RunnerConfig, RunnerSettings};
+pub use enrich::{
+    BotsConfig, CampaignConfig, ClockSkewConfig, EnrichConfig, FINGERPRINT_EXCLUDE,
+    FingerprintConfig, GeoConfig, IpAnonymizationConfig, PiiConfig, RefererConfig, SessionConfig,
+    Toggle,
+};
 pub use error::FunctionsError;
+pub use registry::{Registry, RegistryError, SchemaKey};
 pub use runner::{Progress, Runner};
+pub use validate::{OnInvalid, OnUnknown, SourcePolicy, ValidationConfig};
+
+/// Per-partition state of the chain (the sessions), for callers that drive [`Chain::process`]
+/// themselves (benchmarks, tests).
+pub type ChainState = enrich::Sessions;

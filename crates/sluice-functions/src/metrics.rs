@@ -10,3 +10,8 @@ pub(crate) fn processed(good: usize, bad: usize) {
 pub(crate) fn retried() {
     metrics::counter!("sluice_functions_append_retries_total").increment(1);
 }
+
+/// `sluice_functions_bad_rows_total{kind, function}`.
+pub(crate) fn bad(kind: sluice_event::BadKind, function: &str) {
+    metrics::counter!("sluice_functions_bad_rows_total", "kind" => kind.as_str(), "function" => function.to_string()).increment(1);
+}

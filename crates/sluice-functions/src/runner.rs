@@ -1,17 +1,21 @@
 //! [`Runner`]: one task per `raw` partition, raw → canonical → good/bad, exactly once.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros, topic};
+use sluice_event::{Position, topic};
 use sluice_journal::{Journal, JournalError};
 use tokio_util::sync::CancellationToken;
 
-use crate::{FunctionsError, RunnerSettings, canonicalize};
+use crate::enrich::{Sessions, load_sessions, save_sessions};
+use crate::{Chain, FunctionsError, RunnerSettings};
+
+/// How often a partition's session state is saved (it is also saved when the runner drains).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 /// The consumer group under which the runner records its `raw` progress. The collector reads it
 /// to measure the backlog; the exactly-once resume point comes from `good`/`bad`, not from here.
@@ -39,15 +43,21 @@ impl Progress {
 pub struct Runner {
     journal: Arc<dyn Journal>,
     settings: RunnerSettings,
+    chain: Arc<Chain>,
+    state_dir: Option<PathBuf>,
     partitions: u32,
     progress: Arc<Progress>,
 }
 
 impl Runner {
-    /// Checks the topics and builds the runner.
+    /// Checks the topics and builds the runner. Each raw record goes through `chain`;
+    /// `state_dir`, when given, keeps the session snapshots (without it the sessions are
+    /// rebuilt from nothing on every start).
     pub fn new(
         journal: Arc<dyn Journal>,
         settings: RunnerSettings,
+        chain: Arc<Chain>,
+        state_dir: Option<PathBuf>,
     ) -> Result<Self, FunctionsError> {
         let counts = [
             journal.partitions(topic::RAW)?,
@@ -63,6 +73,8 @@ impl Runner {
         Ok(Self {
             journal,
             settings,
+            chain,
+            state_dir,
             partitions: counts[0],
             progress,
         })
@@ -83,6 +95,11 @@ impl Runner {
                 partition: p,
                 batch_size: self.settings.batch_size,
                 progress: self.progress.clone(),
+                chain: self.chain.clone(),
+                snapshot: self
+                    .state_dir
+                    .as_ref()
+                    .map(|d| d.join("sessions").join(format!("{p}.json"))),
             };
             let shutdown = shutdown.clone();
             tasks.spawn(async move { worker.run(shutdown).await });
@@ -114,6 +131,8 @@ struct PartitionWorker {
     partition: u32,
     batch_size: usize,
     progress: Arc<Progress>,
+    chain: Arc<Chain>,
+    snapshot: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +148,8 @@ impl PartitionWorker {
         let mut next = last_good.map_or(0, |o| o + 1);
         let raw_start = self.journal.start(topic::RAW, p)?;
         next = next.max(raw_start);
+        let mut sessions = self.restore_sessions(next, raw_start)?;
+        let mut last_snapshot = Instant::now();
         tracing::info!(partition = p, next, ?last_good, ?last_bad, "runner resumes");
         self.progress.next[p as usize].store(next, Ordering::Release);
         let mut last_commit = Instant::now();
@@ -178,7 +199,7 @@ impl PartitionWorker {
                     partition: p,
                     offset: r.offset,
                 };
-                match process(&r.value, pos) {
+                match self.chain.process(&r.value, pos, &mut sessions) {
                     Ok(bytes) => good.push(bytes),
                     Err(row) => {
                         if last_bad.is_none_or(|b| r.offset > b) {
@@ -199,12 +220,83 @@ impl PartitionWorker {
                 committed = Some(next);
                 last_commit = Instant::now();
             }
+            if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+                self.save_sessions(next, &sessions).await;
+                last_snapshot = Instant::now();
+            }
         }
         if committed != Some(next) {
             self.journal.commit(GROUP, topic::RAW, p, next)?;
         }
+        self.save_sessions(next, &sessions).await;
         tracing::info!(partition = p, next, "runner drained");
         Ok(())
+    }
+
+    /// The session state as of raw offset `next`: the last snapshot, brought forward by running
+    /// the raw records after it through the chain again (outputs discarded; they are already in
+    /// `good`/`bad`). The chain is deterministic for sessions, so this gives the state the
+    /// runner had.
+    fn restore_sessions(&self, next: u64, raw_start: u64) -> Result<Sessions, FunctionsError> {
+        let p = self.partition;
+        if !self.chain.uses_sessions() {
+            return Ok(Sessions::default());
+        }
+        let (mut from, mut sessions) = match self.snapshot.as_deref().and_then(load_sessions) {
+            Some(s) if s.next <= next => (s.next, s.sessions),
+            Some(s) => {
+                tracing::warn!(
+                    partition = p,
+                    snapshot = s.next,
+                    next,
+                    "session snapshot is ahead of the output; rebuilding"
+                );
+                (raw_start, Sessions::default())
+            }
+            None => (raw_start, Sessions::default()),
+        };
+        from = from.max(raw_start);
+        let started = Instant::now();
+        let mut replayed = 0usize;
+        while from < next {
+            let records = self
+                .journal
+                .read(topic::RAW, p, from, self.batch_size, 16 << 20)?;
+            let Some(last) = records.last() else {
+                break;
+            };
+            let last = last.offset;
+            for r in records.iter().filter(|r| r.offset < next) {
+                let pos = Position {
+                    partition: p,
+                    offset: r.offset,
+                };
+                let _ = self.chain.process(&r.value, pos, &mut sessions);
+                replayed += 1;
+            }
+            from = last + 1;
+        }
+        if replayed > 0 {
+            tracing::info!(partition = p, replayed, elapsed = ?started.elapsed(), "session state rebuilt");
+        }
+        Ok(sessions)
+    }
+
+    async fn save_sessions(&self, next: u64, sessions: &Sessions) {
+        let Some(path) = &self.snapshot else {
+            return;
+        };
+        if !self.chain.uses_sessions() {
+            return;
+        }
+        // Serialising a large map is CPU work: keep it off the async workers.
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => save_sessions(path, next, sessions),
+            _ => tokio::task::block_in_place(|| save_sessions(path, next, sessions)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(partition = self.partition, error = %e, "cannot save the session snapshot");
+        }
     }
 
     /// The highest raw offset recorded in the tail of an output topic's partition.
@@ -250,75 +342,4 @@ impl PartitionWorker {
             }
         }
     }
-}
-
-/// One raw record → the bytes of a good record, or of a bad row.
-fn process(value: &[u8], pos: Position) -> Result<Bytes, Bytes> {
-    let raw: RawEvent = match serde_json::from_slice(value) {
-        Ok(r) => r,
-        Err(e) => {
-            let payload = match std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| RawValue::from_string(s.to_string()).ok())
-            {
-                Some(v) => v,
-                None => serde_json::value::to_raw_value(&String::from_utf8_lossy(value))
-                    .map_err(|_| Bytes::new())?,
-            };
-            return Err(bad_row(
-                BadKind::Parse,
-                format!("raw record is unreadable: {e}"),
-                "",
-                "",
-                0,
-                payload,
-                pos,
-            ));
-        }
-    };
-    match canonicalize(&raw, pos) {
-        Ok(event) => match serde_json::to_vec(&event) {
-            Ok(b) => Ok(Bytes::from(b)),
-            Err(e) => Err(bad_of(&raw, BadKind::Parse, e.to_string(), pos)),
-        },
-        Err(f) => Err(bad_of(&raw, f.kind, f.reason, pos)),
-    }
-}
-
-fn bad_of(raw: &RawEvent, kind: BadKind, reason: String, pos: Position) -> Bytes {
-    let payload = serde_json::value::to_raw_value(raw)
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("literal is valid json"));
-    bad_row(
-        kind,
-        reason,
-        &raw.event_id,
-        &raw.source,
-        raw.received_at,
-        payload,
-        pos,
-    )
-}
-
-fn bad_row(
-    kind: BadKind,
-    reason: String,
-    event_id: &str,
-    source: &str,
-    received_at: i64,
-    payload: Box<RawValue>,
-    pos: Position,
-) -> Bytes {
-    let row = BadRow {
-        kind,
-        reason,
-        function: "canonicalize".into(),
-        event_id: event_id.into(),
-        source: source.into(),
-        received_at,
-        failed_at: now_micros(),
-        payload,
-        raw: pos,
-    };
-    // A BadRow of strings, numbers and valid JSON always serializes.
-    Bytes::from(serde_json::to_vec(&row).unwrap_or_default())
 }

@@ -23,11 +23,10 @@
 //! not `WxH`) makes the event a `parse` bad row whose reason names the parameter.
 
 use base64::Engine;
-use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value, json};
-use sluice_event::{Event, EventType, Position, RawEvent, parse_timestamp};
+use sluice_event::{EventType, Position, RawEvent, parse_timestamp};
 
-use crate::canonical::{Failure, parse_err};
+use crate::canonical::{Draft, Failure, parse_err};
 
 /// The outer schema of `ue_pr`/`ue_px` (any 1-x-x revision).
 const UNSTRUCT_SCHEMA: &str = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-";
@@ -80,7 +79,7 @@ const SNOWPLOW_FIELDS: &[(&str, &str, Kind)] = &[
 ];
 
 /// Makes the canonical event for a Snowplow raw record.
-pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
+pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
     let params: Map<String, Value> = serde_json::from_str(raw.payload.get())
         .map_err(|e| parse_err(format!("payload is not a json object of parameters: {e}")))?;
     let mut p = Params(params);
@@ -300,7 +299,7 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, F
         context.insert("snowplow".into(), Value::Object(snowplow));
     }
 
-    Ok(Event {
+    Ok(Draft {
         event_id: raw.event_id.clone(),
         event_type,
         event,
@@ -310,8 +309,10 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, F
         timestamp,
         sent_at,
         received_at: raw.received_at,
-        properties: to_raw(Value::Object(properties))?,
-        context: to_raw(Value::Object(context))?,
+        device_timestamp: ttm.or(dtm),
+        properties,
+        context,
+        enriched: Default::default(),
         raw: raw_pos,
     })
 }
@@ -583,13 +584,12 @@ fn split_url(url: &str) -> Option<(&str, Option<&str>)> {
     Some((path, search.filter(|s| s.len() > 1)))
 }
 
-fn to_raw(v: Value) -> Result<Box<RawValue>, Failure> {
-    serde_json::value::to_raw_value(&v).map_err(|e| parse_err(format!("cannot encode: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonicalize;
+    use serde_json::value::RawValue;
+    use sluice_event::Event;
     use sluice_event::{BadKind, Protocol};
 
     const POS: Position = Position {
@@ -608,6 +608,7 @@ mod tests {
             user_agent: Some("Mozilla/5.0".into()),
             network_user_id: Some("nuid-cookie".into()),
             partition_key: None,
+            replay_of: None,
             payload: serde_json::value::to_raw_value(&payload).unwrap(),
         }
     }

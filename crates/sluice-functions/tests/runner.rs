@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_event::{BadRow, Event, topic};
-use sluice_functions::{Runner, RunnerConfig};
+use sluice_functions::{Chain, EnrichConfig, Registry, Runner, RunnerConfig, ValidationConfig};
 use sluice_journal::Journal;
 use sluice_testkit::mem_journal::MemJournal;
 use tokio_util::sync::CancellationToken;
@@ -34,23 +34,25 @@ fn journal_with_raw(n: usize) -> Arc<MemJournal> {
     j
 }
 
-/// Runs a runner until it has processed everything, then stops it (drain).
+/// The default chain, with an empty registry.
+fn chain(dir: &std::path::Path) -> Arc<Chain> {
+    let registry = Arc::new(Registry::open(dir.join("schemas")).unwrap());
+    Arc::new(
+        Chain::new(
+            registry,
+            ValidationConfig::default(),
+            EnrichConfig::default(),
+            sluice_functions::DEFAULT_MAX_EVENT_BYTES,
+        )
+        .unwrap(),
+    )
+}
+
+/// Runs a runner with the default chain until it has processed everything, then stops it
+/// (drain).
 async fn run_to_end(j: Arc<MemJournal>, batch_size: usize) {
-    let settings = RunnerConfig { batch_size }.validate().unwrap();
-    let runner = Runner::new(j.clone(), settings).unwrap();
-    let progress = runner.progress();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(runner.run(stop.clone()));
-    let end = j.end(topic::RAW, 0).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while progress.next(0) < end {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("runner caught up");
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    run_with(j, chain(dir.path()), None, batch_size).await;
 }
 
 fn good_ids(j: &MemJournal) -> Vec<(String, u64)> {
@@ -147,8 +149,181 @@ async fn resumes_exactly_once_from_any_crash_point() {
 #[tokio::test]
 async fn refuses_mismatched_partition_counts() {
     let j = MemJournal::with_topics(&[(topic::RAW, 4), (topic::GOOD, 2), (topic::BAD, 4)]);
-    let err = Runner::new(j, RunnerConfig::default().validate().unwrap())
-        .err()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = Runner::new(
+        j,
+        RunnerConfig::default().validate().unwrap(),
+        chain(dir.path()),
+        None,
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("different partition counts"));
+}
+
+/// Runs a runner with `chain` and a state directory until it has processed raw's end.
+async fn run_with(
+    j: Arc<MemJournal>,
+    chain: Arc<Chain>,
+    state: Option<&std::path::Path>,
+    batch_size: usize,
+) {
+    let settings = RunnerConfig {
+        batch_size,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let runner = Runner::new(j.clone(), settings, chain, state.map(|p| p.to_path_buf())).unwrap();
+    let progress = runner.progress();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    let end = j.end(topic::RAW, 0).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while progress.next(0) < end {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("runner caught up");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn poison_records_never_stall_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::open(dir.path().join("schemas")).unwrap());
+    let mut validation = ValidationConfig {
+        on_unknown_schema: sluice_functions::OnUnknown::Bad,
+        ..Default::default()
+    };
+    validation.bindings.insert(
+        "Poisoned".into(),
+        "iglu:com.acme/missing/jsonschema/1-0-0".into(),
+    );
+    let chain = Arc::new(Chain::new(registry, validation, EnrichConfig::default(), 4096).unwrap());
+    let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+    let poison: Vec<Bytes> = vec![
+        Bytes::from_static(b"\xff\xfe not even utf-8"),
+        Bytes::from_static(b"{}"),
+        Bytes::from(format!(
+            r#"{{"event_id":"deep","source":"web","protocol":"native","received_at":1,"payload":{{"event":"x","properties":{{"d":{deep}}}}}}}"#
+        )),
+        Bytes::from_static(br#"{"event_id":"arr","source":"web","protocol":"native","received_at":1,"payload":[1,2]}"#),
+        Bytes::from_static(br#"{"event_id":"schema","source":"web","protocol":"native","received_at":1,"payload":{"event":"Poisoned"}}"#),
+        Bytes::from(format!(
+            r#"{{"event_id":"big","source":"web","protocol":"native","received_at":1,"payload":{{"event":"x","properties":{{"b":"{}"}}}}}}"#,
+            "y".repeat(5000)
+        )),
+    ];
+    let j = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
+    let mut records = Vec::new();
+    for (i, p) in poison.iter().enumerate() {
+        records.push(raw_record(i * 4));
+        records.push(p.clone());
+    }
+    records.push(raw_record(100));
+    j.append_now(topic::RAW, 0, records).unwrap();
+    run_with(j.clone(), chain, None, 16).await;
+
+    let good = good_ids(&j);
+    assert_eq!(
+        good.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        [
+            "id0000", "id0004", "id0008", "id0012", "id0016", "id0020", "id0100"
+        ],
+        "every healthy event made it, in order"
+    );
+    let kinds: Vec<(String, String)> = j
+        .records(topic::BAD, 0)
+        .iter()
+        .map(|r| {
+            let b: BadRow = serde_json::from_slice(&r.value).unwrap();
+            (b.kind.as_str().to_string(), b.function)
+        })
+        .collect();
+    let want = [
+        ("parse", "canonicalize"),
+        ("parse", "canonicalize"),
+        ("parse", "canonicalize"),
+        ("parse", "canonicalize"),
+        ("schema_violation", "validate"),
+        ("size", "size"),
+    ];
+    assert_eq!(
+        kinds,
+        want.map(|(k, f)| (k.to_string(), f.to_string())),
+        "each poison record is one typed bad row"
+    );
+}
+
+fn user_event(i: usize, minute: i64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"event_id":"s{i:03}","source":"web","protocol":"native","received_at":1764248400000000,"payload":{{"event":"e","userId":"u{}","timestamp":{}}}}}"#,
+        i % 3,
+        1_764_237_600_000_i64 + minute * 60_000
+    ))
+}
+
+fn sessions(j: &MemJournal) -> Vec<(String, String, i32)> {
+    j.records(topic::GOOD, 0)
+        .iter()
+        .map(|r| {
+            let e: Event = serde_json::from_slice(&r.value).unwrap();
+            (
+                e.event_id,
+                e.enriched.session_id.unwrap(),
+                e.enriched.session_index.unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sessions_are_the_same_whether_or_not_the_runner_restarted() {
+    // Three users, an event every 7 minutes each, with a 40-minute pause in the middle: every
+    // user has two sessions.
+    let minutes: Vec<i64> = (0..60)
+        .map(|i| {
+            if i < 30 {
+                i as i64 * 7 / 3
+            } else {
+                40 + i as i64 * 7 / 3
+            }
+        })
+        .collect();
+    let all: Vec<Bytes> = minutes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| user_event(i, *m))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    // One uninterrupted run.
+    let once = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
+    once.append_now(topic::RAW, 0, all.clone()).unwrap();
+    run_with(once.clone(), chain(dir.path()), None, 16).await;
+    let want = sessions(&once);
+    assert_eq!(want.iter().filter(|s| s.2 == 2).count(), 30, "{want:?}");
+
+    // Restarted halfway, with the snapshot the first run saved on drain.
+    let state = dir.path().join("state");
+    let twice = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
+    twice.append_now(topic::RAW, 0, all[..35].to_vec()).unwrap();
+    run_with(twice.clone(), chain(dir.path()), Some(&state), 16).await;
+    assert!(state.join("sessions/0.json").exists());
+    twice.append_now(topic::RAW, 0, all[35..].to_vec()).unwrap();
+    run_with(twice.clone(), chain(dir.path()), Some(&state), 16).await;
+    assert_eq!(sessions(&twice), want);
+
+    // Restarted halfway with the snapshot lost: rebuilt from raw, still the same.
+    let lost = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
+    let state2 = dir.path().join("state2");
+    lost.append_now(topic::RAW, 0, all[..35].to_vec()).unwrap();
+    run_with(lost.clone(), chain(dir.path()), Some(&state2), 16).await;
+    std::fs::remove_file(state2.join("sessions/0.json")).unwrap();
+    lost.append_now(topic::RAW, 0, all[35..].to_vec()).unwrap();
+    run_with(lost.clone(), chain(dir.path()), Some(&state2), 16).await;
+    assert_eq!(sessions(&lost), want);
 }

@@ -29,7 +29,7 @@ use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
 
-use crate::schema::{TableSpec, app_id, check_compatible, delta_columns};
+use crate::schema::{TableSpec, app_id, check_compatible, delta_columns, missing_columns};
 use crate::{LakeError, LakeRoot};
 
 /// How often delta-rs may retry a commit internally when another writer took the version (it
@@ -128,12 +128,50 @@ impl<S: TableSpec> DeltaTarget<S> {
             }
             tracing::info!(table = S::TABLE, url = %table.table_url(), "created lake table");
         }
-        let target = Self {
+        let mut target = Self {
             table,
             _spec: PhantomData,
         };
+        target.evolve().await?;
         target.check_schema()?;
         Ok(target)
+    }
+
+    /// Adds the nullable columns this version writes that the table lacks (a table made by an
+    /// older version). Additive only: existing columns and files are untouched, and readers of
+    /// older files see nulls. Another writer adding the same columns at the same time makes our
+    /// commit fail; the table is then reloaded and checked again.
+    async fn evolve(&mut self) -> Result<(), LakeError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(S::TABLE, "reading metadata", e))?;
+        let missing = missing_columns(S::COLUMNS, &snapshot.schema());
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = missing.iter().map(|f| f.name().to_string()).collect();
+        match self.table.clone().add_columns().with_fields(missing).await {
+            Ok(t) => {
+                self.table = t;
+                tracing::info!(table = S::TABLE, columns = ?names, "added columns to the lake table");
+            }
+            Err(e) => {
+                tracing::warn!(table = S::TABLE, error = %e, "adding columns failed; reloading");
+                self.table
+                    .update_state()
+                    .await
+                    .map_err(|e| LakeError::delta(S::TABLE, "reloading", e))?;
+                let snapshot = self
+                    .table
+                    .snapshot()
+                    .map_err(|e| LakeError::delta(S::TABLE, "reading metadata", e))?;
+                if !missing_columns(S::COLUMNS, &snapshot.schema()).is_empty() {
+                    return Err(LakeError::delta(S::TABLE, "adding columns", e));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_schema(&self) -> Result<(), LakeError> {

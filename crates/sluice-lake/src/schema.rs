@@ -35,6 +35,10 @@ pub enum ColumnType {
     Timestamp,
     /// A calendar date (days since the epoch).
     Date,
+    /// 64-bit float.
+    Double,
+    /// true / false.
+    Boolean,
 }
 
 impl ColumnType {
@@ -45,6 +49,8 @@ impl ColumnType {
             Self::BigInt => DataType::LONG,
             Self::Timestamp => DataType::TIMESTAMP,
             Self::Date => DataType::DATE,
+            Self::Double => DataType::DOUBLE,
+            Self::Boolean => DataType::BOOLEAN,
         }
     }
 
@@ -55,6 +61,8 @@ impl ColumnType {
             Self::BigInt => ArrowType::Int64,
             Self::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Self::Date => ArrowType::Date32,
+            Self::Double => ArrowType::Float64,
+            Self::Boolean => ArrowType::Boolean,
         }
     }
 }
@@ -120,6 +128,43 @@ impl TableSpec for EventsTable {
         col("context", ColumnType::String, false),
         col("raw_partition", ColumnType::Int, false),
         col("raw_offset", ColumnType::BigInt, false),
+        // Added by schema evolution (nullable, so older tables gain them in place).
+        col("device_timestamp", ColumnType::Timestamp, true),
+        col("schema", ColumnType::String, true),
+        col("validation_errors", ColumnType::String, true),
+        col("ip", ColumnType::String, true),
+        col("ua_browser", ColumnType::String, true),
+        col("ua_browser_version", ColumnType::String, true),
+        col("ua_os", ColumnType::String, true),
+        col("ua_os_version", ColumnType::String, true),
+        col("ua_device_class", ColumnType::String, true),
+        col("ua_vendor", ColumnType::String, true),
+        col("is_bot", ColumnType::Boolean, true),
+        col("geo_country", ColumnType::String, true),
+        col("geo_region", ColumnType::String, true),
+        col("geo_region_name", ColumnType::String, true),
+        col("geo_city", ColumnType::String, true),
+        col("geo_zipcode", ColumnType::String, true),
+        col("geo_latitude", ColumnType::Double, true),
+        col("geo_longitude", ColumnType::Double, true),
+        col("geo_timezone", ColumnType::String, true),
+        col("page_url", ColumnType::String, true),
+        col("page_host", ColumnType::String, true),
+        col("page_path", ColumnType::String, true),
+        col("mkt_medium", ColumnType::String, true),
+        col("mkt_source", ColumnType::String, true),
+        col("mkt_term", ColumnType::String, true),
+        col("mkt_content", ColumnType::String, true),
+        col("mkt_campaign", ColumnType::String, true),
+        col("mkt_clickid", ColumnType::String, true),
+        col("mkt_network", ColumnType::String, true),
+        col("refr_medium", ColumnType::String, true),
+        col("refr_source", ColumnType::String, true),
+        col("refr_term", ColumnType::String, true),
+        col("refr_host", ColumnType::String, true),
+        col("session_id", ColumnType::String, true),
+        col("session_index", ColumnType::Int, true),
+        col("event_fingerprint", ColumnType::String, true),
         col("event_date", ColumnType::Date, false),
     ];
     type Encoder = EventEncoder;
@@ -168,6 +213,16 @@ pub fn arrow_schema(columns: &[Column]) -> SchemaRef {
 /// offset of that partition contained in the table.
 pub fn app_id(table: &str, partition: u32) -> String {
     format!("{table}/{partition}")
+}
+
+/// The columns of `columns` that an existing table lacks and that may be added in place
+/// (nullable ones). A missing non-nullable column is left to [`check_compatible`] to report.
+pub fn missing_columns(columns: &[Column], existing: &StructType) -> Vec<StructField> {
+    columns
+        .iter()
+        .filter(|c| c.nullable && existing.field(c.name).is_none())
+        .map(|c| StructField::new(c.name, c.ty.delta(), true))
+        .collect()
 }
 
 /// Checks that an existing table's schema (from its Delta metadata) is the one this version
@@ -237,6 +292,14 @@ mod tests {
         assert!(check_compatible(cols, &schema, &parts, "event_date").is_ok());
         let err = check_compatible(cols, &schema, &[], "event_date").unwrap_err();
         assert!(err.contains("partitioned by"), "{err}");
+        let older = StructType::try_new(delta_columns(&cols[..13])).unwrap();
+        let added = missing_columns(cols, &older);
+        assert_eq!(
+            added.len(),
+            cols.len() - 14,
+            "every enrichment column is added"
+        );
+        assert!(added.iter().all(|f| f.is_nullable()));
         let fewer = StructType::try_new(delta_columns(&cols[1..])).unwrap();
         let err = check_compatible(cols, &fewer, &parts, "event_date").unwrap_err();
         assert_eq!(err, "column event_id is missing");

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    ArrayRef, BooleanArray, Date32Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder,
+    Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::error::ArrowError;
@@ -22,7 +22,7 @@ use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
-use sluice_event::{BadRow, Event};
+use sluice_event::{BadRow, Enrichment, Event};
 use sluice_journal::Record;
 
 use crate::schema::{BadRowsTable, EventsTable, TableSpec, arrow_schema};
@@ -171,9 +171,63 @@ pub struct EventEncoder {
     context: StringBuilder,
     raw_partition: Int32Builder,
     raw_offset: Int64Builder,
+    device_timestamp: TimestampMicrosecondBuilder,
+    enriched: EnrichedBuilders,
     event_date: Date32Builder,
     rows: usize,
 }
+
+/// Declares the builders of the [`Enrichment`] columns: one per field, named as the field (and
+/// as the column). `finish` hands the arrays out by name, so the batch's column order comes from
+/// the table spec alone.
+macro_rules! enriched_builders {
+    (strings: [$($s:ident),*], doubles: [$($d:ident),*], ints: [$($i:ident),*], bools: [$($b:ident),*]) => {
+        struct EnrichedBuilders {
+            $($s: StringBuilder,)*
+            $($d: Float64Builder,)*
+            $($i: Int32Builder,)*
+            $($b: BooleanBuilder,)*
+        }
+
+        impl EnrichedBuilders {
+            fn with_capacity(rows: usize) -> Self {
+                Self {
+                    $($s: StringBuilder::with_capacity(rows, rows * 8),)*
+                    $($d: Float64Builder::with_capacity(rows),)*
+                    $($i: Int32Builder::with_capacity(rows),)*
+                    $($b: BooleanBuilder::with_capacity(rows),)*
+                }
+            }
+
+            fn push(&mut self, e: &Enrichment) {
+                $(self.$s.append_option(e.$s.as_deref());)*
+                $(self.$d.append_option(e.$d);)*
+                $(self.$i.append_option(e.$i);)*
+                $(self.$b.append_option(e.$b);)*
+            }
+
+            fn finish(&mut self, out: &mut Vec<(&'static str, ArrayRef)>) {
+                $(out.push((stringify!($s), Arc::new(self.$s.finish())));)*
+                $(out.push((stringify!($d), Arc::new(self.$d.finish())));)*
+                $(out.push((stringify!($i), Arc::new(self.$i.finish())));)*
+                $(out.push((stringify!($b), Arc::new(self.$b.finish())));)*
+            }
+        }
+    };
+}
+
+enriched_builders!(
+    strings: [
+        schema, validation_errors, ip, ua_browser, ua_browser_version, ua_os, ua_os_version,
+        ua_device_class, ua_vendor, geo_country, geo_region, geo_region_name, geo_city,
+        geo_zipcode, geo_timezone, page_url, page_host, page_path, mkt_medium, mkt_source,
+        mkt_term, mkt_content, mkt_campaign, mkt_clickid, mkt_network, refr_medium, refr_source,
+        refr_term, refr_host, session_id, event_fingerprint
+    ],
+    doubles: [geo_latitude, geo_longitude],
+    ints: [session_index],
+    bools: [is_bot]
+);
 
 impl RowEncoder for EventEncoder {
     fn with_capacity(rows: usize) -> Self {
@@ -192,6 +246,8 @@ impl RowEncoder for EventEncoder {
             context: StringBuilder::with_capacity(rows, rows * 128),
             raw_partition: Int32Builder::with_capacity(rows),
             raw_offset: Int64Builder::with_capacity(rows),
+            device_timestamp: ts_builder(rows),
+            enriched: EnrichedBuilders::with_capacity(rows),
             event_date: Date32Builder::with_capacity(rows),
             rows: 0,
         }
@@ -218,6 +274,8 @@ impl RowEncoder for EventEncoder {
         self.context.append_value(e.context.get());
         self.raw_partition.append_value(raw_partition);
         self.raw_offset.append_value(raw_offset);
+        self.device_timestamp.append_option(e.device_timestamp);
+        self.enriched.push(&e.enriched);
         self.event_date.append_value(day);
         self.rows += 1;
         Ok(())
@@ -228,22 +286,36 @@ impl RowEncoder for EventEncoder {
     }
 
     fn finish(mut self) -> Result<RecordBatch, ArrowError> {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.event_type.finish()),
-            Arc::new(self.event.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.user_id.finish()),
-            Arc::new(self.anonymous_id.finish()),
-            Arc::new(self.timestamp.finish()),
-            Arc::new(self.sent_at.finish()),
-            Arc::new(self.received_at.finish()),
-            Arc::new(self.properties.finish()),
-            Arc::new(self.context.finish()),
-            Arc::new(self.raw_partition.finish()),
-            Arc::new(self.raw_offset.finish()),
-            Arc::new(self.event_date.finish()),
+        let mut arrays: Vec<(&'static str, ArrayRef)> = vec![
+            ("event_id", Arc::new(self.event_id.finish())),
+            ("event_type", Arc::new(self.event_type.finish())),
+            ("event", Arc::new(self.event.finish())),
+            ("source", Arc::new(self.source.finish())),
+            ("user_id", Arc::new(self.user_id.finish())),
+            ("anonymous_id", Arc::new(self.anonymous_id.finish())),
+            ("timestamp", Arc::new(self.timestamp.finish())),
+            ("sent_at", Arc::new(self.sent_at.finish())),
+            ("received_at", Arc::new(self.received_at.finish())),
+            ("properties", Arc::new(self.properties.finish())),
+            ("context", Arc::new(self.context.finish())),
+            ("raw_partition", Arc::new(self.raw_partition.finish())),
+            ("raw_offset", Arc::new(self.raw_offset.finish())),
+            ("device_timestamp", Arc::new(self.device_timestamp.finish())),
+            ("event_date", Arc::new(self.event_date.finish())),
         ];
+        self.enriched.finish(&mut arrays);
+        let columns = EventsTable::COLUMNS
+            .iter()
+            .map(|c| {
+                arrays
+                    .iter()
+                    .find(|(name, _)| *name == c.name)
+                    .map(|(_, a)| a.clone())
+                    .ok_or_else(|| {
+                        ArrowError::SchemaError(format!("no builder for column {}", c.name))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         RecordBatch::try_new(arrow_schema(EventsTable::COLUMNS), columns)
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sluice_collector::{CollectorConfig, CollectorSettings};
-use sluice_functions::{RunnerConfig, RunnerSettings};
+use sluice_functions::{EnrichConfig, RunnerConfig, RunnerSettings, ValidationConfig};
 use sluice_journal::JournalConfig;
 use sluice_lake::{LakeConfig, LakeSettings};
 
@@ -40,6 +40,10 @@ pub struct Config {
     pub collector: CollectorConfig,
     /// The raw → good/bad runner.
     pub functions: RunnerConfig,
+    /// Schema policing: policies per source and event-name bindings.
+    pub validation: ValidationConfig,
+    /// The built-in enrichers, each in its own `[enrich.<name>]` section.
+    pub enrich: EnrichConfig,
     /// Lake delivery (flush interval and size, checkpoints).
     pub lake: LakeConfig,
     /// Sources and their write keys (more keys live in `<data_dir>/keys.json`, managed with
@@ -64,6 +68,8 @@ impl Default for Config {
             journal: JournalConfig::default(),
             collector: CollectorConfig::default(),
             functions: RunnerConfig::default(),
+            validation: ValidationConfig::default(),
+            enrich: EnrichConfig::default(),
             lake: LakeConfig::default(),
             sources: Vec::new(),
             snowplow: SnowplowConfig::default(),
@@ -140,6 +146,9 @@ pub struct Settings {
     pub(crate) journal: JournalConfig,
     pub(crate) collector: CollectorSettings,
     pub(crate) functions: RunnerSettings,
+    pub(crate) validation: ValidationConfig,
+    pub(crate) enrich: EnrichConfig,
+    pub(crate) admin_token: Option<String>,
     pub(crate) lake: LakeSettings,
     pub(crate) sources: Vec<SourceConfig>,
     pub(crate) snowplow: SnowplowSettings,
@@ -177,6 +186,7 @@ impl Config {
             )));
         }
         crate::auth::Auth::new(self.sources.clone(), None).map_err(ServerError::Config)?;
+        self.validation.validate().map_err(ServerError::Config)?;
         self.kinesis.validate().map_err(ServerError::Config)?;
         let mut journal = self.journal.clone();
         if journal.dir.as_os_str().is_empty() {
@@ -195,6 +205,9 @@ impl Config {
             journal,
             collector: self.collector.validate().map_err(ServerError::Config)?,
             functions: self.functions.validate().map_err(ServerError::Config)?,
+            validation: self.validation.clone(),
+            enrich: self.enrich.clone(),
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             lake: self
                 .lake
                 .validate()

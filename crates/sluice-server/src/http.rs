@@ -29,6 +29,9 @@ pub(crate) struct AppState {
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) auth: Arc<crate::auth::Auth>,
+    pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) replay: Option<Arc<crate::replay::Replayer>>,
 }
 
 /// Seconds a client should wait before retrying a 429/503.
@@ -41,6 +44,8 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_native))
         .route("/v1/sql", post(sql))
+        .route("/v1/replay", post(crate::replay::replay))
+        .merge(crate::schemas::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::segment::routes())

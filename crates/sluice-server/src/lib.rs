@@ -15,6 +15,8 @@ mod kinesis;
 mod listen;
 mod metrics;
 mod pipeline;
+mod replay;
+mod schemas;
 mod segment;
 mod snowplow;
 
@@ -23,4 +25,5 @@ pub use error::{ServerError, status_of};
 pub use kinesis::KinesisConfig;
 pub use listen::ListenerConfig;
 pub use pipeline::{Running, Server};
+pub use replay::ReplayReport;
 pub use snowplow::{SnowplowConfig, SnowplowSettings};

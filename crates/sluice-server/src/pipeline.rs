@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_collector::Collector;
 use sluice_event::topic;
-use sluice_functions::Runner;
+use sluice_functions::{Chain, Registry, Runner};
 use sluice_journal::{Journal, LocalJournal};
 use sluice_lake::{BadRowsSink, LakeRoot, LakeSink};
 use sluice_warehouse::Warehouse;
@@ -72,9 +72,28 @@ impl Server {
             LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
         let housekeeping = CancellationToken::new();
 
+        // The registry lives with the data; every role that validates or serves schemas uses it.
+        let registry = Arc::new(
+            Registry::open(settings.data_dir.join("schemas"))
+                .map_err(|e| ServerError::stage("schemas", e))?,
+        );
+        let mut runner_progress = None;
         let runner = if settings.roles.functions {
-            let runner = Runner::new(dyn_journal.clone(), settings.functions.clone())
-                .map_err(|e| ServerError::stage("functions", e))?;
+            let chain = Chain::new(
+                registry.clone(),
+                settings.validation.clone(),
+                settings.enrich.clone(),
+                settings.functions.max_event_bytes,
+            )
+            .map_err(ServerError::Config)?;
+            let runner = Runner::new(
+                dyn_journal.clone(),
+                settings.functions.clone(),
+                Arc::new(chain),
+                Some(settings.data_dir.join("functions")),
+            )
+            .map_err(|e| ServerError::stage("functions", e))?;
+            runner_progress = Some(runner.progress());
             let token = CancellationToken::new();
             let t = token.clone();
             let handle = tokio::spawn(async move {
@@ -89,12 +108,14 @@ impl Server {
         };
 
         // Both sinks share one token: each drains its topic to the end on shutdown.
+        let mut events_progress = None;
         let lake = if settings.roles.lake {
             let events = LakeSink::new(
                 dyn_journal.clone(),
                 lake_root.clone(),
                 settings.lake.clone(),
             );
+            events_progress = Some(events.progress());
             let bad_rows = BadRowsSink::new(
                 dyn_journal.clone(),
                 lake_root.clone(),
@@ -155,12 +176,25 @@ impl Server {
                 Some(crate::auth::KeyFile::path(&settings.data_dir)),
             )
             .map_err(ServerError::Config)?;
+            let replay = match (&runner_progress, &events_progress, &warehouse) {
+                (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
+                    journal: dyn_journal.clone(),
+                    runner: runner.clone(),
+                    events: events.clone(),
+                    warehouse: w.clone(),
+                    lock: tokio::sync::Mutex::new(()),
+                })),
+                _ => None,
+            };
             let state = AppState {
                 collector,
                 warehouse,
                 journal: dyn_journal.clone(),
                 prometheus,
                 auth: Arc::new(auth),
+                registry: Some(registry.clone()),
+                admin_token: settings.admin_token.clone(),
+                replay,
             };
             let listener = crate::listen::bind(settings.http, settings.listener.max_connections)
                 .map_err(|source| ServerError::Bind {

@@ -13,6 +13,7 @@
 pub mod catalog;
 mod error;
 pub mod format;
+mod known;
 pub mod pg;
 mod query;
 

@@ -1,0 +1,209 @@
+//! `sluice bench --chain`: events/s per core through the function chain, in process, on one
+//! thread: canonicalisation alone (the baseline, measured in the same run) next to the full
+//! chain — validation against a registry schema and every built-in enricher on, geolocation
+//! included (against a database built for the run).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+use sluice_event::Position;
+use sluice_functions::mmdb::{self, Writer};
+use sluice_functions::{Chain, ChainState, EnrichConfig, Registry, ValidationConfig};
+
+const UAS: &[&str] = &[
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+];
+const REFERERS: &[&str] = &[
+    "https://www.google.com/search?q=running+shoes",
+    "https://l.facebook.com/l.php?u=x",
+    "https://shop.example.com/cart",
+    "https://someblog.dev/post",
+];
+
+/// The raw records: native tracks and pages, Segment pages and Snowplow self-describing events,
+/// about `event_bytes` each, from many users.
+fn records(n: usize, event_bytes: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let user = format!("user-{}", i % 5000);
+            let ip = format!("81.2.{}.{}", 69 + i % 4, i % 250);
+            let pad = "x".repeat(event_bytes.saturating_sub(420));
+            let url = format!(
+                "https://shop.example.com/p/{}?utm_source=news&utm_medium=email&utm_campaign=c{}",
+                i % 100,
+                i % 7
+            );
+            let ts = format!("2026-11-27T10:{:02}:{:02}Z", (i / 60) % 60, i % 60);
+            let (protocol, payload) = match i % 5 {
+                0 | 1 => (
+                    "native",
+                    json!({"event": "Order Completed", "userId": user, "timestamp": ts,
+                        "properties": {"total": (i % 500) as f64 / 3.0, "currency": "EUR", "pad": pad},
+                        "context": {"page": {"url": url, "referrer": REFERERS[i % REFERERS.len()]},
+                                    "userAgent": UAS[i % UAS.len()], "traits": {"email": format!("{user}@example.com")}}}),
+                ),
+                2 | 3 => (
+                    "segment",
+                    json!({"type": "page", "name": "Product", "anonymousId": user, "timestamp": ts, "sentAt": ts,
+                        "properties": {"url": url, "referrer": REFERERS[i % REFERERS.len()], "pad": pad},
+                        "context": {"userAgent": UAS[i % UAS.len()], "ip": ip}}),
+                ),
+                _ => {
+                    let pr = json!({"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+                        "data": {"schema": "iglu:com.acme/add_to_cart/jsonschema/1-0-0", "data": {"sku": format!("P-{}", i % 100), "qty": 1 + i % 3}}});
+                    (
+                        "snowplow",
+                        json!({"e": "ue", "ue_pr": pr.to_string(), "duid": user, "url": url, "refr": REFERERS[i % REFERERS.len()],
+                            "ua": UAS[i % UAS.len()], "dtm": "1764237600000", "stm": "1764237600100", "p": "web", "aid": "shop", "pad": pad}),
+                    )
+                }
+            };
+            serde_json::to_vec(&json!({
+                "event_id": format!("e{i}"), "source": "web", "protocol": protocol,
+                "received_at": 1_764_237_600_000_000_i64 + i as i64 * 1000, "ip": ip, "payload": payload
+            }))
+            .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn schema(name: &str, props: serde_json::Value, required: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "$schema": "http://iglucentral.com/schemas/com.snowplowanalytics.self-desc/schema/jsonschema/1-0-0#",
+        "self": {"vendor": "com.acme", "name": name, "format": "jsonschema", "version": "1-0-0"},
+        "type": "object", "properties": props, "required": required
+    }))
+    .unwrap_or_default()
+}
+
+fn measure(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
+    let mut state = ChainState::default();
+    let mut good = 0;
+    let start = Instant::now();
+    for (i, r) in records.iter().enumerate() {
+        let pos = Position {
+            partition: 0,
+            offset: i as u64,
+        };
+        if chain.process(r, pos, &mut state).is_ok() {
+            good += 1;
+        }
+    }
+    (records.len() as f64 / start.elapsed().as_secs_f64(), good)
+}
+
+/// Runs the chain benchmark.
+pub fn run(events: usize, event_bytes: usize, root: &std::path::Path) -> anyhow::Result<()> {
+    let registry = Arc::new(Registry::open(root.join("schemas")).map_err(anyhow::Error::msg)?);
+    registry
+        .push(None, &schema("order", json!({"total": {"type": "number", "minimum": 0}, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}), json!(["total", "currency"])))
+        .map_err(anyhow::Error::msg)?;
+    registry
+        .push(
+            None,
+            &schema(
+                "add_to_cart",
+                json!({"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}),
+                json!(["sku", "qty"]),
+            ),
+        )
+        .map_err(anyhow::Error::msg)?;
+    let mut w = Writer::new("GeoIP2-City");
+    for third in 69..73u8 {
+        let net: IpAddr = format!("81.2.{third}.0").parse()?;
+        w.insert(
+            net,
+            24,
+            &mmdb::city(
+                "GB",
+                ("ENG", "England"),
+                "London",
+                "SW1A",
+                (51.5, -0.09),
+                "Europe/London",
+            ),
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    let db = root.join("city.mmdb");
+    std::fs::write(&db, w.finish()).context("writing the geo database")?;
+
+    let mut off = EnrichConfig::default();
+    off.clock_skew.enabled = false;
+    off.page.enabled = false;
+    off.campaign.enabled = false;
+    off.referer.enabled = false;
+    off.ua.enabled = false;
+    off.bots.enabled = false;
+    off.session.enabled = false;
+    off.fingerprint.enabled = false;
+    let baseline = Chain::new(
+        registry.clone(),
+        ValidationConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        off,
+        sluice_functions::DEFAULT_MAX_EVENT_BYTES,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut all = EnrichConfig::all_on("bench-key-0123456789");
+    all.geo.enabled = true;
+    all.geo.database = Some(db);
+    let mut validation = ValidationConfig::default();
+    validation.bindings.insert(
+        "Order Completed".into(),
+        "iglu:com.acme/order/jsonschema/1-0-0".into(),
+    );
+    let full = Chain::new(
+        registry,
+        validation,
+        all,
+        sluice_functions::DEFAULT_MAX_EVENT_BYTES,
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    let records = records(events, event_bytes);
+    // Warm up both (allocator, caches, compiled schemas).
+    let warm = &records[..records.len().min(2000)];
+    measure(&baseline, warm);
+    measure(&full, warm);
+    let (base_rate, base_good) = measure(&baseline, &records);
+    let (full_rate, full_good) = measure(&full, &records);
+    println!(
+        "function chain, one thread, {} events of ~{} B (native, Segment, Snowplow):",
+        records.len(),
+        event_bytes
+    );
+    println!(
+        "canonicalise only:        {:>10.0} events/s per core  ({:.2} µs/event, {} good)",
+        base_rate,
+        1e6 / base_rate,
+        base_good
+    );
+    println!(
+        "validate + every enricher: {:>9.0} events/s per core  ({:.2} µs/event, {} good)",
+        full_rate,
+        1e6 / full_rate,
+        full_good
+    );
+    println!(
+        "cost of validation and enrichment: {:.2} µs/event ({:.0} % of the baseline's rate)",
+        1e6 / full_rate - 1e6 / base_rate,
+        100.0 * full_rate / base_rate
+    );
+    if full_good != base_good {
+        anyhow::bail!(
+            "the full chain sent {} events to bad",
+            base_good.saturating_sub(full_good)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! User-agent parsing (woothee) and bot and spider detection.
+
+use std::net::IpAddr;
+
+use regex::RegexSet;
+use sluice_event::Enrichment;
+
+/// Longest user agent parsed; a longer one is not a browser's.
+const MAX_UA_BYTES: usize = 2048;
+
+/// Patterns of user agents that are not people (matched case-insensitively, as substrings).
+pub(crate) const BOT_PATTERNS: &[&str] = &[
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "headless",
+    "phantomjs",
+    "lighthouse",
+    "python-requests",
+    "python-urllib",
+    "aiohttp",
+    "curl/",
+    "wget/",
+    "go-http-client",
+    "scrapy",
+    "facebookexternalhit",
+    "pingdom",
+    "uptimerobot",
+    "feedfetcher",
+    "mediapartners-google",
+    "apis-google",
+    "google-inspectiontool",
+    "googleother",
+    "ahrefs",
+    "semrush",
+    "bingpreview",
+    "petalbot",
+    "bytespider",
+    "gptbot",
+    "ccbot",
+    "claudebot",
+    "perplexity",
+];
+
+/// Fills the `ua_*` fields from a user agent.
+pub(crate) fn parse(parser: &woothee::parser::Parser, ua: &str, out: &mut Enrichment) {
+    if ua.is_empty() || ua.len() > MAX_UA_BYTES {
+        return;
+    }
+    let Some(r) = parser.parse(ua) else {
+        return;
+    };
+    let known =
+        |s: &str| (s != woothee::woothee::VALUE_UNKNOWN && !s.is_empty()).then(|| s.to_string());
+    out.ua_browser = known(r.name);
+    out.ua_browser_version = known(r.version);
+    out.ua_os = known(r.os);
+    out.ua_os_version = known(&r.os_version);
+    out.ua_vendor = known(r.vendor);
+    out.ua_device_class = Some(device_class(r.category, ua).to_string());
+}
+
+fn device_class(category: &str, ua: &str) -> &'static str {
+    match category {
+        "pc" => "desktop",
+        "smartphone" => {
+            // woothee counts tablets as smartphones.
+            if ua.contains("iPad") || (ua.contains("Android") && !ua.contains("Mobile")) {
+                "tablet"
+            } else {
+                "mobile"
+            }
+        }
+        "mobilephone" => "mobile",
+        "crawler" => "bot",
+        "appliance" => "appliance",
+        _ => "other",
+    }
+}
+
+/// Bot detection: woothee's crawler category, the patterns, and configured address ranges.
+pub(crate) struct Bots {
+    patterns: RegexSet,
+    ranges: Vec<Cidr>,
+}
+
+impl Bots {
+    pub(crate) fn new(extra: &[String], ranges: &[String]) -> Result<Self, String> {
+        let all = BOT_PATTERNS
+            .iter()
+            .map(|p| regex::escape(p))
+            .chain(extra.iter().cloned())
+            .map(|p| format!("(?i){p}"));
+        let patterns = regex::RegexSetBuilder::new(all)
+            .size_limit(4 << 20)
+            .build()
+            .map_err(|e| format!("enrich.bots.patterns: {e}"))?;
+        let ranges = ranges
+            .iter()
+            .map(|r| Cidr::parse(r).map_err(|e| format!("enrich.bots.ip_ranges: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns, ranges })
+    }
+
+    pub(crate) fn is_bot(&self, ua: Option<&str>, class: Option<&str>, ip: Option<IpAddr>) -> bool {
+        if class == Some("bot") {
+            return true;
+        }
+        if let Some(ua) = ua
+            && ua.len() <= MAX_UA_BYTES
+            && self.patterns.is_match(ua)
+        {
+            return true;
+        }
+        ip.is_some_and(|ip| self.ranges.iter().any(|r| r.contains(ip)))
+    }
+}
+
+/// An address range, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address range"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(Self { net, bits })
+    }
+
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real user agents, and what they must parse to.
+    const TABLE: &[(&str, &str, &str, &str, bool)] = &[
+        // (user agent, browser, os, device class, bot)
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            "Chrome",
+            "Windows 10",
+            "desktop",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+            "Safari",
+            "Mac OSX",
+            "desktop",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            "Firefox",
+            "Linux",
+            "desktop",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+            "Safari",
+            "iPhone",
+            "mobile",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (iPad; CPU OS 17_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.6 Mobile/15E148 Safari/604.1",
+            "Safari",
+            "iPad",
+            "tablet",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+            "Chrome",
+            "Android",
+            "mobile",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36",
+            "Chrome",
+            "Android",
+            "tablet",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
+            "Edge",
+            "Windows 10",
+            "desktop",
+            false,
+        ),
+        (
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "Googlebot",
+            "",
+            "bot",
+            true,
+        ),
+        (
+            "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+            "bingbot",
+            "",
+            "bot",
+            true,
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36",
+            "Chrome",
+            "Windows 10",
+            "desktop",
+            true,
+        ),
+        ("python-requests/2.32.3", "", "", "", true),
+        ("curl/8.5.0", "", "", "", true),
+        (
+            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+            "",
+            "",
+            "",
+            true,
+        ),
+    ];
+
+    #[test]
+    fn user_agents_parse_to_browser_os_and_device_class() {
+        let parser = woothee::parser::Parser::new();
+        let bots = Bots::new(&[], &[]).unwrap();
+        for (ua, browser, os, class, bot) in TABLE {
+            let mut e = Enrichment::default();
+            parse(&parser, ua, &mut e);
+            if !browser.is_empty() {
+                assert_eq!(e.ua_browser.as_deref(), Some(*browser), "{ua}");
+            }
+            if !os.is_empty() {
+                assert_eq!(e.ua_os.as_deref(), Some(*os), "{ua}");
+            }
+            if !class.is_empty() {
+                assert_eq!(e.ua_device_class.as_deref(), Some(*class), "{ua}");
+            }
+            assert_eq!(
+                bots.is_bot(Some(ua), e.ua_device_class.as_deref(), None),
+                *bot,
+                "{ua}"
+            );
+        }
+        // Nothing to parse: nothing set, and no panic on junk.
+        let mut e = Enrichment::default();
+        parse(&parser, "", &mut e);
+        parse(&parser, &"x".repeat(10_000), &mut e);
+        parse(&parser, "\u{0}\u{feff}💥", &mut e);
+        assert_eq!(e.ua_browser, None);
+    }
+
+    #[test]
+    fn address_ranges_and_extra_patterns_mark_bots() {
+        let bots = Bots::new(
+            &["^MyMonitor/".into()],
+            &[
+                "10.0.0.0/8".into(),
+                "2001:db8::/32".into(),
+                "192.0.2.7".into(),
+            ],
+        )
+        .unwrap();
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert!(bots.is_bot(None, None, ip("10.200.1.1")));
+        assert!(!bots.is_bot(None, None, ip("11.0.0.1")));
+        assert!(bots.is_bot(None, None, ip("2001:db8:1::9")));
+        assert!(bots.is_bot(None, None, ip("192.0.2.7")));
+        assert!(!bots.is_bot(None, None, ip("192.0.2.8")));
+        assert!(bots.is_bot(Some("mymonitor/1.0"), None, None));
+        assert!(!bots.is_bot(Some("Mozilla/5.0"), None, None));
+        assert!(Bots::new(&["(".into()], &[]).is_err());
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+}
