@@ -6,6 +6,7 @@ mod bench;
 mod bench_chain;
 mod bench_protocols;
 mod keys;
+mod lake;
 mod replay;
 mod schemas;
 mod send;
@@ -42,6 +43,8 @@ enum Command {
     Schemas(schemas::SchemasArgs),
     /// Re-drives bad rows or raw records through today's pipeline.
     Replay(replay::ReplayArgs),
+    /// Lake table upkeep: `optimize` (compaction) and `vacuum`.
+    Lake(lake::LakeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,6 +86,7 @@ fn main() {
                     Command::Keys(args) => keys::run(args),
                     Command::Schemas(args) => schemas::run(args).await,
                     Command::Replay(args) => replay::run(args).await,
+                    Command::Lake(args) => lake::run(args).await,
                 }
             })
         });

@@ -217,6 +217,16 @@ impl<S: TableSpec> DeltaTarget<S> {
         &self,
         partitions: impl IntoIterator<Item = u32>,
     ) -> Result<Vec<(u32, Option<u64>)>, LakeError> {
+        self.txn_versions_as(S::TABLE, partitions).await
+    }
+
+    /// Like [`DeltaTarget::txn_versions`], for the app ids `<app>/<partition>` of another writer
+    /// of this table (the typed-table sink writes its bad rows under `bad_rows/typed/<p>`).
+    pub(crate) async fn txn_versions_as(
+        &self,
+        app: &str,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> Result<Vec<(u32, Option<u64>)>, LakeError> {
         let snapshot = self
             .table
             .snapshot()
@@ -225,7 +235,7 @@ impl<S: TableSpec> DeltaTarget<S> {
         let mut out = Vec::new();
         for partition in partitions {
             let version = snapshot
-                .transaction_version(log_store.as_ref(), app_id(S::TABLE, partition))
+                .transaction_version(log_store.as_ref(), app_id(app, partition))
                 .await
                 .map_err(|e| LakeError::delta(S::TABLE, "reading transactions", e))?;
             // A negative version was not written by us; treat it as nothing delivered.
@@ -241,13 +251,23 @@ impl<S: TableSpec> DeltaTarget<S> {
         adds: Vec<Add>,
         delivered: &[(u32, u64)],
     ) -> Result<Committed, LakeError> {
+        self.commit_as(S::TABLE, adds, delivered).await
+    }
+
+    /// Like [`DeltaTarget::commit`], with the txn app ids `<app>/<partition>`.
+    pub(crate) async fn commit_as(
+        &mut self,
+        app: &str,
+        adds: Vec<Add>,
+        delivered: &[(u32, u64)],
+    ) -> Result<Committed, LakeError> {
         let base = self.table.version();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let txns: Vec<Transaction> = delivered
             .iter()
             .map(|(p, last)| {
                 Transaction::new_with_last_update(
-                    app_id(S::TABLE, *p),
+                    app_id(app, *p),
                     i64::try_from(*last).unwrap_or(i64::MAX),
                     Some(now_ms),
                 )

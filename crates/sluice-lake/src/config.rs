@@ -39,6 +39,8 @@ pub struct LakeConfig {
     pub checkpoint_interval: u64,
     /// zstd compression level of the Parquet files (1 fastest … 22 smallest).
     pub zstd_level: i32,
+    /// Also deliver `good` into one typed table per event name (see `sluice_lake::typed`).
+    pub typed_tables: bool,
 }
 
 impl Default for LakeConfig {
@@ -49,6 +51,7 @@ impl Default for LakeConfig {
             flush_max_bytes: DEFAULT_FLUSH_MAX_BYTES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            typed_tables: true,
         }
     }
 }
@@ -86,6 +89,7 @@ impl LakeConfig {
             flush_max_bytes,
             checkpoint_interval,
             zstd_level: self.zstd_level,
+            typed_tables: self.typed_tables,
             ..LakeSettings::base()
         })
     }
@@ -104,6 +108,8 @@ pub struct LakeSettings {
     pub checkpoint_interval: NonZeroU64,
     /// See [`LakeConfig::zstd_level`].
     pub zstd_level: i32,
+    /// See [`LakeConfig::typed_tables`].
+    pub typed_tables: bool,
     /// First wait after a failed commit or read; doubles up to `retry_backoff_max`.
     pub retry_backoff_initial: Duration,
     /// Longest wait between retries.
@@ -129,6 +135,7 @@ impl LakeSettings {
             checkpoint_interval: NonZeroU64::new(DEFAULT_CHECKPOINT_INTERVAL)
                 .unwrap_or(NonZeroU64::MIN),
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            typed_tables: true,
             retry_backoff_initial: Duration::from_millis(200),
             retry_backoff_max: Duration::from_secs(10),
             commit_timeout: Duration::from_secs(60),

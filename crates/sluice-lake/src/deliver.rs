@@ -120,6 +120,16 @@ pub struct DeliveryProgress {
 }
 
 impl DeliveryProgress {
+    /// A handle on a status channel, for sinks other than [`TableSink`] (the typed tables, the
+    /// Postgres loader).
+    pub fn new(
+        table: &'static str,
+        topic: &'static str,
+        rx: watch::Receiver<DeliveryStatus>,
+    ) -> Self {
+        Self { table, topic, rx }
+    }
+
     /// The table the sink writes.
     pub fn table(&self) -> &'static str {
         self.table

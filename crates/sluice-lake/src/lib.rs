@@ -30,6 +30,8 @@ mod error;
 pub mod metrics;
 mod root;
 pub mod schema;
+pub mod typed;
+pub mod upkeep;
 pub mod writer;
 
 pub use config::{LakeConfig, LakeSettings};
@@ -40,3 +42,5 @@ pub use deliver::{
 pub use error::LakeError;
 pub use root::LakeRoot;
 pub use schema::{BAD_ROWS_TABLE, BadRowsTable, EVENTS_TABLE, EventsTable, TableSpec, app_id};
+pub use typed::TypedSink;
+pub use upkeep::{Upkeep, UpkeepConfig};

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use sluice_collector::{CollectorConfig, CollectorSettings};
 use sluice_functions::{EnrichConfig, RunnerConfig, RunnerSettings, ValidationConfig};
 use sluice_journal::JournalConfig;
-use sluice_lake::{LakeConfig, LakeSettings};
+use sluice_lake::{LakeConfig, LakeSettings, UpkeepConfig};
+use sluice_warehouse::PgCredentials;
+use sluice_warehouse::loader::{LoaderConfig, LoaderSettings};
 
 use crate::ServerError;
 use crate::auth::SourceConfig;
@@ -24,9 +26,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address. Default `127.0.0.1:8080`.
     pub http: SocketAddr,
-    /// Postgres wire listen address of the read-only SQL warehouse (psql, BI tools). It has no
-    /// authentication yet, so it must be a loopback address. Default `127.0.0.1:5433`.
+    /// Postgres wire listen address of the read-only SQL warehouse (psql, BI tools). Default
+    /// `127.0.0.1:5433`. A non-loopback address needs `pg_password`.
     pub pg: SocketAddr,
+    /// User name Postgres wire clients log in as when `pg_password` is set. Default `sluice`.
+    pub pg_user: String,
+    /// Password of `pg_user` (SCRAM-SHA-256). When set, every Postgres wire connection must
+    /// log in, also on loopback; required for a non-loopback `pg` address.
+    pub pg_password: Option<String>,
     /// Token that admin requests must carry. Required to listen on a non-loopback address.
     pub admin_token: Option<String>,
     /// What this node runs. Default: everything.
@@ -44,8 +51,12 @@ pub struct Config {
     pub validation: ValidationConfig,
     /// The built-in enrichers, each in its own `[enrich.<name>]` section.
     pub enrich: EnrichConfig,
-    /// Lake delivery (flush interval and size, checkpoints).
+    /// Lake delivery (flush interval and size, checkpoints, typed tables).
     pub lake: LakeConfig,
+    /// Compaction and vacuum of the lake tables.
+    pub upkeep: UpkeepConfig,
+    /// Loading `good` into Postgres or Redshift; off unless this section is present.
+    pub loader: Option<LoaderConfig>,
     /// Sources and their write keys (more keys live in `<data_dir>/keys.json`, managed with
     /// `sluice keys`). With no key anywhere, ingest is open to loopback clients.
     pub sources: Vec<SourceConfig>,
@@ -62,6 +73,8 @@ impl Default for Config {
             data_dir: PathBuf::from("sluice-data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             pg: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            pg_user: "sluice".to_string(),
+            pg_password: None,
             admin_token: None,
             roles: Vec::new(),
             listener: ListenerConfig::default(),
@@ -71,6 +84,8 @@ impl Default for Config {
             validation: ValidationConfig::default(),
             enrich: EnrichConfig::default(),
             lake: LakeConfig::default(),
+            upkeep: UpkeepConfig::default(),
+            loader: None,
             sources: Vec::new(),
             snowplow: SnowplowConfig::default(),
             kinesis: KinesisConfig::default(),
@@ -140,6 +155,9 @@ pub struct Settings {
     pub(crate) data_dir: PathBuf,
     pub(crate) http: SocketAddr,
     pub(crate) pg: SocketAddr,
+    pub(crate) pg_credentials: Option<PgCredentials>,
+    pub(crate) upkeep: UpkeepConfig,
+    pub(crate) loader: Option<LoaderSettings>,
     pub(crate) roles: Roles,
     pub(crate) listener: ListenerConfig,
     pub(crate) partitions: u32,
@@ -179,12 +197,33 @@ impl Config {
                 self.http
             )));
         }
-        if !self.pg.ip().is_loopback() {
+        let pg_credentials = match self.pg_password.as_deref() {
+            Some("") => {
+                return Err(ServerError::Config("pg_password must not be empty".into()));
+            }
+            Some(password) if !self.pg_user.is_empty() => Some(PgCredentials {
+                user: self.pg_user.clone(),
+                password: password.to_string(),
+            }),
+            Some(_) => return Err(ServerError::Config("pg_user must not be empty".into())),
+            None => None,
+        };
+        if !self.pg.ip().is_loopback() && pg_credentials.is_none() {
             return Err(ServerError::Config(format!(
-                "refusing to serve the postgres wire protocol on non-loopback address {}: it has no authentication yet",
+                "refusing to serve the postgres wire protocol on non-loopback address {} without a pg_password",
                 self.pg
             )));
         }
+        let upkeep = self
+            .upkeep
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let loader = self
+            .loader
+            .as_ref()
+            .map(LoaderConfig::validate)
+            .transpose()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         crate::auth::Auth::new(self.sources.clone(), None).map_err(ServerError::Config)?;
         self.validation.validate().map_err(ServerError::Config)?;
         self.kinesis.validate().map_err(ServerError::Config)?;
@@ -199,6 +238,9 @@ impl Config {
             data_dir: self.data_dir.clone(),
             http: self.http,
             pg: self.pg,
+            pg_credentials,
+            upkeep,
+            loader,
             roles: Roles::parse(&self.roles)?,
             listener: self.listener.validate().map_err(ServerError::Config)?,
             partitions: journal.default_partitions,
@@ -281,7 +323,18 @@ mod tests {
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("no authentication")
+                .contains("without a pg_password")
+        );
+        let c = Config::from_toml("pg = \"0.0.0.0:5433\"\npg_password = \"pw\"").unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.pg_credentials.unwrap().user, "sluice");
+        let c = Config::from_toml("[upkeep]\nvacuum_retention = \"5m\"").unwrap();
+        assert!(c.validate().is_err());
+        let c =
+            Config::from_toml("[loader]\ndatabase = \"test\"\nflush_interval = \"1s\"").unwrap();
+        assert_eq!(
+            c.validate().unwrap().loader.unwrap().target.database,
+            "test"
         );
     }
 

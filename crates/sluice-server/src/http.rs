@@ -219,22 +219,23 @@ async fn sql_inner(
         Ok(o) => o,
         Err(e) => return error_response(e.kind(), e.to_string()),
     };
-    let rendered =
-        match format {
-            "json" => sluice_warehouse::format::to_json_lines(&output)
-                .map(|s| (s, "application/x-ndjson")),
-            "csv" => sluice_warehouse::format::to_csv(&output).map(|s| (s, "text/csv")),
-            "table" => sluice_warehouse::format::to_table(&output)
-                .map(|s| (s, "text/plain; charset=utf-8")),
-            other => {
-                return error_response(
-                    ErrorKind::Invalid,
-                    format!("unknown format {other:?} (json, csv or table)"),
-                );
-            }
-        };
+    let rendered = match format {
+        "json" => sluice_warehouse::format::to_json_lines(&output)
+            .map(|s| (s.into_bytes(), "application/x-ndjson")),
+        "csv" => sluice_warehouse::format::to_csv(&output).map(|s| (s.into_bytes(), "text/csv")),
+        "table" => sluice_warehouse::format::to_table(&output)
+            .map(|s| (s.into_bytes(), "text/plain; charset=utf-8")),
+        "arrow" => sluice_warehouse::format::to_arrow_ipc(&output)
+            .map(|b| (b, sluice_warehouse::format::ARROW_STREAM_MEDIA_TYPE)),
+        other => {
+            return error_response(
+                ErrorKind::Invalid,
+                format!("unknown format {other:?} (json, csv, table or arrow)"),
+            );
+        }
+    };
     match rendered {
-        Ok((text, ctype)) => ([(header::CONTENT_TYPE, ctype)], text).into_response(),
+        Ok((body, ctype)) => ([(header::CONTENT_TYPE, ctype)], body).into_response(),
         Err(e) => error_response(e.kind(), e.to_string()),
     }
 }

@@ -8,8 +8,9 @@ use sluice_collector::Collector;
 use sluice_event::topic;
 use sluice_functions::{Chain, Registry, Runner};
 use sluice_journal::{Journal, LocalJournal};
-use sluice_lake::{BadRowsSink, LakeRoot, LakeSink};
+use sluice_lake::{BadRowsSink, LakeRoot, LakeSink, TypedSink, Upkeep};
 use sluice_warehouse::Warehouse;
+use sluice_warehouse::loader::PgLoader;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -121,12 +122,44 @@ impl Server {
                 lake_root.clone(),
                 settings.lake.clone(),
             );
-            let token = CancellationToken::new();
-            let (t1, t2) = (token.clone(), token.clone());
-            let handle = tokio::spawn(async move {
-                let (a, b) = tokio::join!(events.run(t1), bad_rows.run(t2));
-                a.and(b).map_err(|e| ServerError::stage("lake", e))
+            let typed = settings.lake.typed_tables.then(|| {
+                TypedSink::new(
+                    dyn_journal.clone(),
+                    lake_root.clone(),
+                    settings.lake.clone(),
+                )
             });
+            let loader = settings
+                .loader
+                .clone()
+                .map(|l| PgLoader::new(dyn_journal.clone(), l));
+            let token = CancellationToken::new();
+            let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
+            let handle = tokio::spawn(async move {
+                let typed = async move {
+                    match typed {
+                        Some(t) => t.run(t3).await,
+                        None => Ok(()),
+                    }
+                };
+                let loader = async move {
+                    match loader {
+                        Some(l) => l.run(t4).await.map_err(|e| ServerError::stage("loader", e)),
+                        None => Ok(()),
+                    }
+                };
+                let (a, b, c, d) = tokio::join!(events.run(t1), bad_rows.run(t2), typed, loader);
+                a.and(b)
+                    .and(c)
+                    .map_err(|e| ServerError::stage("lake", e))
+                    .and(d)
+            });
+            let upkeep = Upkeep::new(
+                lake_root.clone(),
+                settings.upkeep.clone(),
+                settings.lake.zstd_level,
+            );
+            tokio::spawn(upkeep.run(housekeeping.clone()));
             Some((token, handle))
         } else {
             None
@@ -164,8 +197,11 @@ impl Server {
                     })?;
                 }
                 let (w, addr, stop) = (w.clone(), settings.pg, intake.clone());
+                let credentials = settings.pg_credentials.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = sluice_warehouse::serve_pg(w, addr, stop).await {
+                    if let Err(e) =
+                        sluice_warehouse::serve_pg_with(w, addr, credentials, stop).await
+                    {
                         tracing::error!(error = %e, %addr, "postgres wire server stopped");
                     }
                 });

@@ -147,6 +147,24 @@ impl LakeSchema {
             .collect())
     }
 
+    /// The tables of a local lake, from a directory listing (a directory with a non-empty
+    /// `_delta_log`); `None` for object stores.
+    fn local_names(&self) -> Option<BTreeSet<String>> {
+        let dir = self.root.local_path()?;
+        let entries = std::fs::read_dir(&dir).ok()?;
+        Some(
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_valid_table_name(n))
+                .filter(|n| {
+                    std::fs::read_dir(dir.join(n).join("_delta_log"))
+                        .is_ok_and(|mut log| log.next().is_some())
+                })
+                .collect(),
+        )
+    }
+
     async fn is_table(&self, name: &str) -> Result<bool, WarehouseError> {
         if !is_valid_table_name(name) {
             return Ok(false);
@@ -208,6 +226,13 @@ impl LakeSchema {
 // (the crate is not a dependency of ours, and the trait is small enough to spell out).
 impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
+        // A local lake is listed again (one directory read): the Postgres wire catalog
+        // (`pg_class`, psql's `\dt`) asks here, not through `refresh_names`.
+        if let Some(found) = self.local_names()
+            && let Ok(mut names) = self.names.write()
+        {
+            names.extend(found);
+        }
         self.names()
     }
 

@@ -14,7 +14,9 @@ pub mod catalog;
 mod error;
 pub mod format;
 mod known;
+pub mod loader;
 pub mod pg;
+pub mod pgclient;
 mod query;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use sluice_lake::LakeRoot;
 
 pub use catalog::LakeSchema;
 pub use error::WarehouseError;
-pub use pg::serve_pg;
+pub use pg::{PgCredentials, serve_pg, serve_pg_with};
 pub use query::QueryOutput;
 
 /// Limits for queries.

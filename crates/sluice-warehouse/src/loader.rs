@@ -1,0 +1,880 @@
+//! The Postgres/Redshift loader: a sink of the `good` topic that loads micro-batches into
+//! Postgres (or Redshift) tables, exactly once.
+//!
+//! Tables (in the configured schema, created and migrated by the loader):
+//! - `events`: the columns of the lake's `events` table ([`sluice_lake::EventsTable`]), so a
+//!   column added to the lake spec is added here too (`ALTER TABLE … ADD COLUMN`). Each value is
+//!   the event's JSON field of the same name (`raw_partition`/`raw_offset` from `raw`,
+//!   `event_date` from `timestamp`); JSON payloads are stored as JSON text.
+//! - one table per event name with the typed tables' naming and typing rules
+//!   ([`sluice_lake::typed`]): the fixed columns plus one column per property, added as new
+//!   properties appear. An event whose property does not fit its column's type is left out of its
+//!   typed table (it is still in `events`, and the lake's typed tables make it a bad row).
+//! - `_sluice_positions (topic, partition, next_offset)`: for each `good` partition, the next
+//!   offset not yet loaded.
+//!
+//! Exactly once: each micro-batch is one SQL transaction holding its rows **and** the update of
+//! `_sluice_positions`; on start, and after any failure (including a `COMMIT` whose answer was
+//! lost), the loader reconnects and reads the positions back, so a batch is in the tables
+//! entirely or not at all, and is never loaded twice. Schema changes run before the transaction,
+//! as their own statements, and are idempotent; the loader is the only writer of its tables.
+//!
+//! Dialects: Postgres types `text`/`timestamptz`/`date`/`integer`/`bigint`/`double precision`/
+//! `boolean`; Redshift differs only in `varchar(65535)` for text (Redshift's `text` is
+//! `varchar(256)`). Statements avoid Postgres-only syntax (`ON CONFLICT`, `IF NOT EXISTS` on
+//! columns). Authentication: trust or a cleartext password ([`crate::pgclient`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_event::Event;
+use sluice_journal::{Journal, JournalError, Record};
+use sluice_lake::schema::{Column, ColumnType};
+use sluice_lake::typed::{FIXED_COLUMNS, PropType, column_name, table_name};
+use sluice_lake::{DeliveryProgress, DeliveryStatus, EventsTable, TableSpec};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::pgclient::{PgClientError, PgConnection, PgTarget, quote_ident, quote_literal};
+
+const POSITIONS_TABLE: &str = "_sluice_positions";
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// Rows per `INSERT` statement.
+const INSERT_CHUNK: usize = 500;
+
+/// A loader failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The configuration is not usable.
+    #[error("invalid loader config: {0}")]
+    Config(String),
+    /// Reading the journal failed.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// Postgres failed or refused.
+    #[error("{0}")]
+    Postgres(#[from] PgClientError),
+    /// The database holds something the loader cannot work with.
+    #[error("loader: {0}")]
+    Schema(String),
+    /// Loading kept failing during shutdown and the loader gave up (the journal keeps the data).
+    #[error("loader gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+}
+
+/// The SQL dialect of the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// PostgreSQL 10 or later.
+    #[default]
+    Postgres,
+    /// Amazon Redshift.
+    Redshift,
+}
+
+/// `[loader]`: load `good` into Postgres or Redshift.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    /// Host of the database.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// Password (cleartext authentication), if the server asks for one.
+    pub password: Option<String>,
+    /// Database.
+    pub database: String,
+    /// Schema the tables live in (created if absent).
+    pub schema: String,
+    /// `postgres` or `redshift`.
+    pub dialect: Dialect,
+    /// The longest an event waits before it is loaded ("5s").
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Load as soon as this many events are waiting.
+    pub flush_max_events: usize,
+    /// Also load one table per event name.
+    pub typed_tables: bool,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            database: "postgres".into(),
+            schema: "sluice".into(),
+            dialect: Dialect::Postgres,
+            flush_interval: Duration::from_secs(5),
+            flush_max_events: 20_000,
+            typed_tables: true,
+        }
+    }
+}
+
+impl LoaderConfig {
+    /// Checks the values and returns the settings the loader runs with.
+    pub fn validate(&self) -> Result<LoaderSettings, LoaderError> {
+        if self.host.is_empty() || self.user.is_empty() || self.database.is_empty() {
+            return Err(LoaderError::Config(
+                "host, user and database must not be empty".into(),
+            ));
+        }
+        if self.schema.is_empty() || self.schema.len() > 63 {
+            return Err(LoaderError::Config(
+                "schema must have 1 to 63 characters".into(),
+            ));
+        }
+        if self.flush_interval.is_zero() || self.flush_max_events == 0 {
+            return Err(LoaderError::Config(
+                "flush_interval and flush_max_events must be positive".into(),
+            ));
+        }
+        Ok(LoaderSettings {
+            target: PgTarget {
+                host: self.host.clone(),
+                port: self.port,
+                user: self.user.clone(),
+                password: self.password.clone(),
+                database: self.database.clone(),
+            },
+            schema: self.schema.clone(),
+            dialect: self.dialect,
+            flush_interval: self.flush_interval,
+            flush_max_events: self.flush_max_events,
+            typed_tables: self.typed_tables,
+            statement_timeout: Duration::from_secs(120),
+            retry_backoff_initial: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(10),
+            shutdown_attempts: 5,
+        })
+    }
+}
+
+/// Validated loader settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoaderSettings {
+    /// The database.
+    pub target: PgTarget,
+    /// The schema.
+    pub schema: String,
+    /// The dialect.
+    pub dialect: Dialect,
+    /// See [`LoaderConfig::flush_interval`].
+    pub flush_interval: Duration,
+    /// See [`LoaderConfig::flush_max_events`].
+    pub flush_max_events: usize,
+    /// See [`LoaderConfig::typed_tables`].
+    pub typed_tables: bool,
+    /// Longest a connection attempt or a statement may take.
+    pub statement_timeout: Duration,
+    /// First wait after a failure; doubles up to `retry_backoff_max`.
+    pub retry_backoff_initial: Duration,
+    /// Longest wait between retries.
+    pub retry_backoff_max: Duration,
+    /// Attempts per batch once shutdown has begun.
+    pub shutdown_attempts: u32,
+}
+
+/// SQL type of a column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SqlType {
+    Text,
+    Timestamp,
+    Date,
+    Int,
+    BigInt,
+    Double,
+    Boolean,
+}
+
+impl SqlType {
+    fn of_column(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::String => Self::Text,
+            ColumnType::Int => Self::Int,
+            ColumnType::BigInt => Self::BigInt,
+            ColumnType::Timestamp => Self::Timestamp,
+            ColumnType::Date => Self::Date,
+            ColumnType::Double => Self::Double,
+            ColumnType::Boolean => Self::Boolean,
+        }
+    }
+
+    fn of_prop(ty: PropType) -> Self {
+        match ty {
+            PropType::Boolean => Self::Boolean,
+            PropType::BigInt => Self::BigInt,
+            PropType::Double => Self::Double,
+            PropType::String => Self::Text,
+        }
+    }
+
+    fn as_prop(self) -> Option<PropType> {
+        match self {
+            Self::Boolean => Some(PropType::Boolean),
+            Self::BigInt => Some(PropType::BigInt),
+            Self::Double => Some(PropType::Double),
+            Self::Text => Some(PropType::String),
+            _ => None,
+        }
+    }
+
+    /// From `information_schema.columns.data_type`.
+    fn from_catalog(name: &str) -> Option<Self> {
+        Some(match name {
+            "text" | "character varying" => Self::Text,
+            "timestamp with time zone" | "timestamp without time zone" => Self::Timestamp,
+            "date" => Self::Date,
+            "integer" => Self::Int,
+            "bigint" => Self::BigInt,
+            "double precision" => Self::Double,
+            "boolean" => Self::Boolean,
+            _ => return None,
+        })
+    }
+
+    fn ddl(self, dialect: Dialect) -> &'static str {
+        match (self, dialect) {
+            (Self::Text, Dialect::Postgres) => "text",
+            (Self::Text, Dialect::Redshift) => "varchar(65535)",
+            (Self::Timestamp, _) => "timestamptz",
+            (Self::Date, _) => "date",
+            (Self::Int, _) => "integer",
+            (Self::BigInt, _) => "bigint",
+            (Self::Double, _) => "double precision",
+            (Self::Boolean, _) => "boolean",
+        }
+    }
+}
+
+/// The columns of one table in the database, in order.
+type TableColumns = Vec<(String, Option<SqlType>)>;
+
+fn events_columns() -> Vec<Column> {
+    EventsTable::COLUMNS.to_vec()
+}
+
+fn micros_to_rfc3339(micros: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// The SQL literal of `value` for a column of type `ty` (`NULL` when it does not fit).
+fn literal(value: Option<&Value>, ty: Option<SqlType>) -> String {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return "NULL".into();
+    };
+    match ty {
+        Some(SqlType::Text) | None => match value {
+            Value::String(s) => quote_literal(s),
+            other => quote_literal(&other.to_string()),
+        },
+        Some(SqlType::Timestamp) => value
+            .as_i64()
+            .and_then(micros_to_rfc3339)
+            .map_or_else(|| "NULL".into(), |t| quote_literal(&t)),
+        Some(SqlType::Date) => value
+            .as_i64()
+            .and_then(micros_to_rfc3339)
+            .map_or_else(|| "NULL".into(), |t| quote_literal(&t[..10])),
+        Some(SqlType::Int | SqlType::BigInt) => value
+            .as_i64()
+            .map_or_else(|| "NULL".into(), |n| n.to_string()),
+        Some(SqlType::Double) => value
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map_or_else(|| "NULL".into(), |f| format!("{f:?}")),
+        Some(SqlType::Boolean) => value
+            .as_bool()
+            .map_or_else(|| "NULL".into(), |b| b.to_string()),
+    }
+}
+
+/// One event ready to load.
+struct Loaded {
+    /// The event as a JSON object with the derived columns added.
+    fields: serde_json::Map<String, Value>,
+    /// Typed table and its property columns (column, value), when typed tables are on.
+    typed: Option<(String, Vec<(String, Value)>)>,
+}
+
+fn prepare(record: &Record, typed: bool) -> Result<Loaded, String> {
+    let event: Event =
+        serde_json::from_slice(&record.value).map_err(|e| format!("not a good event: {e}"))?;
+    let Value::Object(mut fields) =
+        serde_json::from_slice::<Value>(&record.value).map_err(|e| e.to_string())?
+    else {
+        return Err("not a json object".into());
+    };
+    // What validation and the enrichers derived is nested in the good record and flat in the
+    // lake's `events` (one column each): flatten it the same way.
+    if let Some(Value::Object(enriched)) = fields.remove("enriched") {
+        for (k, v) in enriched {
+            fields.entry(k).or_insert(v);
+        }
+    }
+    fields.insert("raw_partition".into(), Value::from(event.raw.partition));
+    fields.insert("raw_offset".into(), Value::from(event.raw.offset));
+    fields.insert("event_date".into(), Value::from(event.timestamp));
+    let typed = if typed {
+        let properties = match fields.get("properties") {
+            Some(Value::Object(p)) => p.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let mut values: Vec<(String, Value)> = Vec::new();
+        for (key, value) in properties {
+            let column = column_name(&key);
+            if value.is_null() || values.iter().any(|(c, _)| *c == column) {
+                continue;
+            }
+            values.push((column, value));
+        }
+        Some((table_name(&event.event), values))
+    } else {
+        None
+    };
+    Ok(Loaded { fields, typed })
+}
+
+/// Loads `good` into Postgres, exactly once. See the module docs.
+pub struct PgLoader {
+    journal: Arc<dyn Journal>,
+    settings: LoaderSettings,
+    status: watch::Sender<DeliveryStatus>,
+}
+
+/// The loader's live connection and what it knows of the database.
+struct Session {
+    conn: PgConnection,
+    /// Table → columns, as of the last catalog read plus our own DDL.
+    catalog: HashMap<String, TableColumns>,
+}
+
+impl PgLoader {
+    /// A loader of `good` from `journal`.
+    pub fn new(journal: Arc<dyn Journal>, settings: LoaderSettings) -> Self {
+        Self {
+            journal,
+            settings,
+            status: watch::Sender::new(DeliveryStatus::default()),
+        }
+    }
+
+    /// A handle on the loader's progress.
+    pub fn progress(&self) -> DeliveryProgress {
+        DeliveryProgress::new(
+            POSITIONS_TABLE,
+            sluice_event::topic::GOOD,
+            self.status.subscribe(),
+        )
+    }
+
+    fn table(&self, name: &str) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.settings.schema),
+            quote_ident(name)
+        )
+    }
+
+    /// Connects, creates the schema and the positions table, reads the positions and the
+    /// catalog.
+    async fn connect(&self, partitions: u32) -> Result<(Session, Vec<u64>), LoaderError> {
+        let mut conn =
+            PgConnection::connect(&self.settings.target, self.settings.statement_timeout).await?;
+        conn.execute("SET standard_conforming_strings = on").await?;
+        let schema = quote_ident(&self.settings.schema);
+        conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await?;
+        let positions = self.table(POSITIONS_TABLE);
+        conn.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {positions} (topic varchar(64) NOT NULL, \"partition\" integer NOT NULL, next_offset bigint NOT NULL, PRIMARY KEY (topic, \"partition\"))"
+        ))
+        .await?;
+        for p in 0..partitions {
+            conn.execute(&format!(
+                "INSERT INTO {positions} (topic, \"partition\", next_offset) SELECT 'good', {p}, 0 WHERE NOT EXISTS (SELECT 1 FROM {positions} WHERE topic = 'good' AND \"partition\" = {p})"
+            ))
+            .await?;
+        }
+        let rows = conn
+            .query(&format!(
+                "SELECT \"partition\", next_offset FROM {positions} WHERE topic = 'good' ORDER BY 1"
+            ))
+            .await?;
+        let mut next = vec![0u64; partitions as usize];
+        for row in rows {
+            let (Some(Some(p)), Some(Some(o))) = (row.first(), row.get(1)) else {
+                continue;
+            };
+            let (Ok(p), Ok(o)) = (p.parse::<usize>(), o.parse::<u64>()) else {
+                return Err(LoaderError::Schema(format!(
+                    "unreadable position row {p:?} {o:?}"
+                )));
+            };
+            if let Some(slot) = next.get_mut(p) {
+                *slot = o;
+            }
+        }
+        let mut catalog: HashMap<String, TableColumns> = HashMap::new();
+        let rows = conn
+            .query(&format!(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = {} ORDER BY table_name, ordinal_position",
+                quote_literal(&self.settings.schema)
+            ))
+            .await?;
+        for row in rows {
+            if let [Some(t), Some(c), Some(ty)] = row.as_slice() {
+                catalog
+                    .entry(t.clone())
+                    .or_default()
+                    .push((c.clone(), SqlType::from_catalog(ty)));
+            }
+        }
+        Ok((Session { conn, catalog }, next))
+    }
+
+    /// Runs until `shutdown`, then loads everything durable at that moment and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), LoaderError> {
+        let status = self.status.clone();
+        let result = self.run_inner(&shutdown).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "postgres loader stopped");
+        }
+        status.send_modify(|s| s.stopped = true);
+        result
+    }
+
+    async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), LoaderError> {
+        let topic = sluice_event::topic::GOOD;
+        let partitions = self.journal.partitions(topic)?;
+        let mut backoff = self.settings.retry_backoff_initial;
+        let (mut session, mut next) = loop {
+            match self.connect(partitions).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the loader's database yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = backoff
+                        .saturating_mul(2)
+                        .min(self.settings.retry_backoff_max);
+                }
+            }
+        };
+        let mut loaded = next.clone();
+        self.status.send_modify(|s| {
+            s.started = true;
+            s.next_offsets = loaded.clone();
+        });
+        tracing::info!(resume_at = ?next, schema = %self.settings.schema, "postgres loader started");
+        let mut buffer: Vec<(u32, Record)> = Vec::new();
+        let mut since: Option<Instant> = None;
+        let mut drain: Option<Vec<u64>> = None;
+        loop {
+            if drain.is_none() && shutdown.is_cancelled() {
+                drain = Some(
+                    (0..partitions)
+                        .map(|p| self.journal.end(topic, p).unwrap_or(next[p as usize]))
+                        .collect(),
+                );
+            }
+            let mut read_any = false;
+            for p in 0..partitions {
+                let i = p as usize;
+                let limit = drain.as_ref().map(|d| d[i]);
+                while buffer.len() < self.settings.flush_max_events
+                    && limit.is_none_or(|l| next[i] < l)
+                {
+                    let mut max = (self.settings.flush_max_events - buffer.len()).max(1);
+                    if let Some(l) = limit {
+                        max = max.min(usize::try_from(l - next[i]).unwrap_or(usize::MAX));
+                    }
+                    let end_before = self.journal.end(topic, p).unwrap_or(0);
+                    let records = match self.journal.read(topic, p, next[i], max, 64 << 20) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(partition = p, error = %e, "journal read failed");
+                            break;
+                        }
+                    };
+                    if records.is_empty() {
+                        // Nothing durable in [next, end_before): offsets a crash never issued
+                        // (the journal's floor). Skip them, or waiting would spin and a drain
+                        // would never reach the end.
+                        if end_before > next[i] && limit.is_none_or(|l| end_before <= l) {
+                            next[i] = end_before;
+                        }
+                        break;
+                    }
+                    read_any = true;
+                    for record in records {
+                        if record.offset >= next[i] {
+                            next[i] = record.offset + 1;
+                            buffer.push((p, record));
+                        }
+                    }
+                    if since.is_none() {
+                        since = Some(Instant::now());
+                    }
+                }
+            }
+            let full = buffer.len() >= self.settings.flush_max_events;
+            let due = since.is_some_and(|s| s.elapsed() >= self.settings.flush_interval);
+            if !buffer.is_empty() && (full || due || drain.is_some()) {
+                let records = std::mem::take(&mut buffer);
+                since = None;
+                let mut attempts = 0u32;
+                let mut backoff = self.settings.retry_backoff_initial;
+                let mut in_db = loaded.clone();
+                loop {
+                    match self.load(&mut session, &records, &in_db).await {
+                        Ok(rows) => {
+                            tracing::debug!(rows, "postgres batch loaded");
+                            break;
+                        }
+                        Err(e) => {
+                            attempts += 1;
+                            if shutdown.is_cancelled()
+                                && attempts >= self.settings.shutdown_attempts.max(1)
+                            {
+                                return Err(LoaderError::GaveUp {
+                                    attempts,
+                                    last: e.to_string(),
+                                });
+                            }
+                            tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "postgres load failed; will reconnect, read the positions back and retry");
+                            tokio::time::sleep(backoff).await;
+                            backoff = backoff
+                                .saturating_mul(2)
+                                .min(self.settings.retry_backoff_max);
+                            match self.connect(partitions).await {
+                                Ok((s, positions)) => {
+                                    session = s;
+                                    in_db = positions;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "reconnecting to the loader's database failed");
+                                }
+                            }
+                        }
+                    }
+                }
+                for (p, r) in &records {
+                    let l = &mut loaded[*p as usize];
+                    *l = (*l).max(r.offset + 1);
+                }
+                let count = records.len() as u64;
+                self.status.send_modify(|s| {
+                    s.next_offsets = loaded.clone();
+                    s.commits += 1;
+                    s.rows += count;
+                });
+                continue;
+            }
+            // Drained: everything up to the targets is delivered, or nothing more can be read.
+            if let Some(d) = &drain
+                && buffer.is_empty()
+                && (!read_any || next.iter().zip(d).all(|(n, d)| n >= d))
+            {
+                return Ok(());
+            }
+            if drain.is_some() {
+                continue;
+            }
+            let timeout = since.map_or(IDLE_WAIT, |s| {
+                self.settings.flush_interval.saturating_sub(s.elapsed())
+            });
+            let waits: Vec<_> = (0..partitions)
+                .map(|p| self.journal.wait_for(topic, p, next[p as usize], timeout))
+                .collect();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = futures::future::select_all(waits) => {}
+            }
+        }
+    }
+
+    /// Ensures `table` has `wanted` columns (creating it or adding what is missing).
+    async fn migrate(
+        &self,
+        session: &mut Session,
+        table: &str,
+        wanted: &[(String, SqlType)],
+        fixed: &[(String, SqlType)],
+    ) -> Result<(), LoaderError> {
+        let qualified = self.table(table);
+        let dialect = self.settings.dialect;
+        if !session.catalog.contains_key(table) {
+            let columns: Vec<String> = fixed
+                .iter()
+                .chain(wanted)
+                .map(|(c, t)| format!("{} {}", quote_ident(c), t.ddl(dialect)))
+                .collect();
+            session
+                .conn
+                .execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {qualified} ({})",
+                    columns.join(", ")
+                ))
+                .await?;
+            session.catalog.insert(
+                table.to_string(),
+                fixed
+                    .iter()
+                    .chain(wanted)
+                    .map(|(c, t)| (c.clone(), Some(*t)))
+                    .collect(),
+            );
+            return Ok(());
+        }
+        for (column, ty) in fixed.iter().chain(wanted) {
+            let known = session
+                .catalog
+                .get(table)
+                .is_some_and(|cols| cols.iter().any(|(c, _)| c == column));
+            if known {
+                continue;
+            }
+            session
+                .conn
+                .execute(&format!(
+                    "ALTER TABLE {qualified} ADD COLUMN {} {}",
+                    quote_ident(column),
+                    ty.ddl(dialect)
+                ))
+                .await?;
+            if let Some(cols) = session.catalog.get_mut(table) {
+                cols.push((column.clone(), Some(*ty)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the records not yet in the database (`in_db[p]` = next offset not loaded) in one
+    /// transaction with the positions. Returns the rows loaded into `events`.
+    async fn load(
+        &self,
+        session: &mut Session,
+        records: &[(u32, Record)],
+        in_db: &[u64],
+    ) -> Result<usize, LoaderError> {
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for (p, record) in records {
+            if in_db.get(*p as usize).is_some_and(|n| record.offset < *n) {
+                continue;
+            }
+            let e = last.entry(*p).or_insert(record.offset);
+            *e = (*e).max(record.offset);
+            match prepare(record, self.settings.typed_tables) {
+                Ok(row) => rows.push(row),
+                Err(reason) => {
+                    tracing::error!(partition = p, offset = record.offset, reason = %reason, "skipping a journal record that does not decode")
+                }
+            }
+        }
+        if last.is_empty() {
+            return Ok(0);
+        }
+        let columns: Vec<(String, SqlType)> = events_columns()
+            .iter()
+            .map(|c| (c.name.to_string(), SqlType::of_column(c.ty)))
+            .collect();
+        self.migrate(session, "events", &[], &columns).await?;
+        let fixed: Vec<(String, SqlType)> = columns
+            .iter()
+            .filter(|(c, _)| FIXED_COLUMNS.contains(&c.as_str()))
+            .cloned()
+            .collect();
+
+        // Typed tables: decide each property column's type (the database's, else inferred
+        // from the first value), add what is missing, leave out events that do not fit.
+        let mut typed: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        if self.settings.typed_tables {
+            for (i, row) in rows.iter().enumerate() {
+                if let Some((table, _)) = &row.typed {
+                    typed.entry(table.clone()).or_default().push(i);
+                }
+            }
+        }
+        let mut typed_rows: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (table, indexes) in &typed {
+            let existing: HashMap<String, Option<SqlType>> = session
+                .catalog
+                .get(table)
+                .map(|cols| cols.iter().cloned().collect())
+                .unwrap_or_default();
+            let mut new: Vec<(String, SqlType)> = Vec::new();
+            let mut fits = Vec::new();
+            for &i in indexes {
+                let Some((_, values)) = &rows[i].typed else {
+                    continue;
+                };
+                let mut proposed: Vec<(String, SqlType)> = Vec::new();
+                let mut ok = true;
+                for (column, value) in values {
+                    let known = existing
+                        .get(column)
+                        .map(|t| t.and_then(SqlType::as_prop))
+                        .or_else(|| {
+                            new.iter()
+                                .chain(&proposed)
+                                .find(|(c, _)| c == column)
+                                .map(|(_, t)| t.as_prop())
+                        });
+                    match known {
+                        Some(Some(ty)) if ty.accepts(value) => {}
+                        Some(_) => {
+                            ok = false;
+                            break;
+                        }
+                        None => {
+                            if let Some(ty) = PropType::of_value(value) {
+                                proposed.push((column.clone(), SqlType::of_prop(ty)));
+                            }
+                        }
+                    }
+                }
+                if ok {
+                    new.extend(proposed);
+                    fits.push(i);
+                }
+            }
+            self.migrate(session, table, &new, &fixed).await?;
+            typed_rows.insert(table.clone(), fits);
+        }
+
+        session.conn.execute("BEGIN").await?;
+        let result = self.insert_all(session, &rows, &typed_rows, &last).await;
+        match result {
+            Ok(()) => {
+                session.conn.execute("COMMIT").await?;
+                Ok(rows.len())
+            }
+            Err(e) => {
+                let _ = session.conn.execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn insert_all(
+        &self,
+        session: &mut Session,
+        rows: &[Loaded],
+        typed_rows: &BTreeMap<String, Vec<usize>>,
+        last: &BTreeMap<u32, u64>,
+    ) -> Result<(), LoaderError> {
+        let all: Vec<usize> = (0..rows.len()).collect();
+        self.insert(session, "events", rows, &all, false).await?;
+        for (table, indexes) in typed_rows {
+            self.insert(session, table, rows, indexes, true).await?;
+        }
+        let positions = self.table(POSITIONS_TABLE);
+        for (p, offset) in last {
+            session
+                .conn
+                .execute(&format!(
+                    "UPDATE {positions} SET next_offset = {} WHERE topic = 'good' AND \"partition\" = {p}",
+                    offset + 1
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        session: &mut Session,
+        table: &str,
+        rows: &[Loaded],
+        indexes: &[usize],
+        typed: bool,
+    ) -> Result<(), LoaderError> {
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        let columns: TableColumns = session.catalog.get(table).cloned().unwrap_or_default();
+        let names: Vec<String> = columns.iter().map(|(c, _)| quote_ident(c)).collect();
+        let qualified = self.table(table);
+        for chunk in indexes.chunks(INSERT_CHUNK) {
+            let mut sql = format!("INSERT INTO {qualified} ({}) VALUES ", names.join(", "));
+            for (n, &i) in chunk.iter().enumerate() {
+                let row = &rows[i];
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for (k, (column, ty)) in columns.iter().enumerate() {
+                    if k > 0 {
+                        sql.push_str(", ");
+                    }
+                    let is_fixed = !typed || FIXED_COLUMNS.contains(&column.as_str());
+                    let value = if is_fixed {
+                        row.fields.get(column)
+                    } else {
+                        row.typed.as_ref().and_then(|(_, values)| {
+                            values.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+                        })
+                    };
+                    sql.push_str(&literal(value, *ty));
+                }
+                sql.push(')');
+            }
+            session.conn.execute(&sql).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_follow_the_column_type() {
+        let v = serde_json::json!({"s": "it's", "n": 3, "f": 2.5, "b": true, "o": {"a": 1}, "t": 1_764_237_600_123_456_i64});
+        assert_eq!(literal(v.get("s"), Some(SqlType::Text)), "'it''s'");
+        assert_eq!(literal(v.get("o"), Some(SqlType::Text)), "'{\"a\":1}'");
+        assert_eq!(literal(v.get("n"), Some(SqlType::BigInt)), "3");
+        assert_eq!(literal(v.get("f"), Some(SqlType::Double)), "2.5");
+        assert_eq!(literal(v.get("n"), Some(SqlType::Double)), "3.0");
+        assert_eq!(literal(v.get("b"), Some(SqlType::Boolean)), "true");
+        assert_eq!(
+            literal(v.get("t"), Some(SqlType::Timestamp)),
+            "'2025-11-27T10:00:00.123456Z'"
+        );
+        assert_eq!(literal(v.get("t"), Some(SqlType::Date)), "'2025-11-27'");
+        assert_eq!(literal(v.get("missing"), Some(SqlType::Text)), "NULL");
+        assert_eq!(literal(v.get("s"), Some(SqlType::BigInt)), "NULL");
+    }
+
+    #[test]
+    fn config_defaults_are_valid() {
+        let settings = LoaderConfig::default().validate().unwrap();
+        assert_eq!(settings.target.port, 5432);
+        let bad = LoaderConfig {
+            schema: String::new(),
+            ..LoaderConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
