@@ -48,6 +48,17 @@ pub struct BenchArgs {
     /// canonicalisation alone next to validation plus every built-in enricher.
     #[arg(long)]
     pub(crate) chain: bool,
+    /// Instead of the pipeline figures, measure the hot tier and the online model: the model
+    /// next to Vowpal Wabbit on the same examples, hot-store writes and reads, and profile
+    /// reads through a server.
+    #[arg(long)]
+    pub(crate) hot: bool,
+    /// `--hot`: synthetic users (10 product views each).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) hot_users: usize,
+    /// `--hot`: the Python that has the `vowpalwabbit` package.
+    #[arg(long, default_value = "python3")]
+    pub(crate) python: String,
 }
 
 /// Runs the benchmark and prints a report.
@@ -66,6 +77,9 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         let (events, bytes, root) = (args.events, args.event_bytes, root.to_path_buf());
         return tokio::task::spawn_blocking(move || crate::bench_chain::run(events, bytes, &root))
             .await?;
+    }
+    if args.hot {
+        return crate::bench_hot::run(root, args.hot_users, &args.python).await;
     }
     println!(
         "sluice bench: {} events of ~{} B, batches of {}, {} connections, {} cores",

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_chain;
+mod bench_hot;
 mod bench_protocols;
 mod keys;
 mod lake;
@@ -61,7 +62,8 @@ struct ServeArgs {
     /// Postgres wire listen address. Default 127.0.0.1:5433.
     #[arg(long)]
     pg: Option<SocketAddr>,
-    /// Roles to run, comma separated: collector, functions, lake, warehouse (default all).
+    /// Roles to run, comma separated: collector, functions, lake, warehouse, hot, predict
+    /// (default all; predict needs hot).
     #[arg(long, value_delimiter = ',')]
     role: Vec<String>,
 }

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_collector::{CollectorConfig, CollectorSettings};
 use sluice_functions::{EnrichConfig, RunnerConfig, RunnerSettings, ValidationConfig};
+use sluice_hot::{HotConfig, HotSettings};
 use sluice_journal::JournalConfig;
 use sluice_lake::{LakeConfig, LakeSettings, UpkeepConfig};
+use sluice_predict::{PredictConfig, PredictSettings};
 use sluice_warehouse::PgCredentials;
 use sluice_warehouse::loader::{LoaderConfig, LoaderSettings};
 
@@ -65,6 +67,10 @@ pub struct Config {
     /// The AWS Kinesis Data Streams and Firehose APIs (`POST /`): region and account id named
     /// in ARNs, and the stream names that deliver into the pipeline.
     pub kinesis: KinesisConfig,
+    /// The hot tier: store backend, profiles, counters.
+    pub hot: HotConfig,
+    /// The online models.
+    pub predict: PredictConfig,
 }
 
 impl Default for Config {
@@ -89,6 +95,8 @@ impl Default for Config {
             sources: Vec::new(),
             snowplow: SnowplowConfig::default(),
             kinesis: KinesisConfig::default(),
+            hot: HotConfig::default(),
+            predict: PredictConfig::default(),
         }
     }
 }
@@ -104,6 +112,10 @@ pub struct Roles {
     pub lake: bool,
     /// SQL over the lake.
     pub warehouse: bool,
+    /// good → hot tier (profiles, counters) and its read API.
+    pub hot: bool,
+    /// The online models, inside the hot projection (needs `hot`).
+    pub predict: bool,
 }
 
 impl Roles {
@@ -113,6 +125,8 @@ impl Roles {
         functions: true,
         lake: true,
         warehouse: true,
+        hot: true,
+        predict: true,
     };
 
     /// Parses role names; an empty list means every role.
@@ -125,6 +139,8 @@ impl Roles {
             functions: false,
             lake: false,
             warehouse: false,
+            hot: false,
+            predict: false,
         };
         for n in names
             .iter()
@@ -138,12 +154,19 @@ impl Roles {
                 "functions" => r.functions = true,
                 "lake" => r.lake = true,
                 "warehouse" => r.warehouse = true,
+                "hot" => r.hot = true,
+                "predict" => r.predict = true,
                 other => {
                     return Err(ServerError::Config(format!(
-                        "unknown role {other:?} (expected collector, functions, lake, warehouse or all)"
+                        "unknown role {other:?} (expected collector, functions, lake, warehouse, hot, predict or all)"
                     )));
                 }
             }
+        }
+        if r.predict && !r.hot {
+            return Err(ServerError::Config(
+                "role predict runs inside the hot projection: add role hot".into(),
+            ));
         }
         Ok(r)
     }
@@ -171,6 +194,8 @@ pub struct Settings {
     pub(crate) sources: Vec<SourceConfig>,
     pub(crate) snowplow: SnowplowSettings,
     pub(crate) kinesis: KinesisConfig,
+    pub(crate) hot: HotSettings,
+    pub(crate) predict: PredictSettings,
 }
 
 impl Config {
@@ -234,6 +259,20 @@ impl Config {
         journal
             .validate()
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        let mut hot = self
+            .hot
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        if hot.dir.as_os_str().is_empty() {
+            hot.dir = self.data_dir.join("hot");
+        }
+        let mut predict = self
+            .predict
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        if predict.dir.as_os_str().is_empty() {
+            predict.dir = self.data_dir.join("models");
+        }
         Ok(Settings {
             data_dir: self.data_dir.clone(),
             http: self.http,
@@ -257,6 +296,8 @@ impl Config {
             sources: self.sources.clone(),
             snowplow: self.snowplow.validate().map_err(ServerError::Config)?,
             kinesis: self.kinesis.clone(),
+            hot,
+            predict,
         })
     }
 }
@@ -365,5 +406,26 @@ mod tests {
         let r = Roles::parse(&["collector,lake".into()]).unwrap();
         assert!(r.collector && r.lake && !r.functions && !r.warehouse);
         assert!(Roles::parse(&["bogus".into()]).is_err());
+        let r = Roles::parse(&["hot,predict".into()]).unwrap();
+        assert!(r.hot && r.predict && !r.collector);
+        assert!(Roles::parse(&["predict".into()]).is_err());
+    }
+
+    #[test]
+    fn hot_and_predict_sections_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "[hot]\nbackend = \"embedded\"\n[[hot.counters]]\nname = \"views_1h\"\nwindow = \"1h\"\n\
+             [[predict.models]]\nname = \"buy\"\noutcome = \"Order Completed\"\n",
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.hot.dir, PathBuf::from("sluice-data/hot"));
+        assert_eq!(s.hot.counters[0].name, "views_1h");
+        assert_eq!(s.predict.models[0].name, "buy");
+        assert!(Config::from_toml("[hot]\nbackend = \"dynamo\"").is_err());
+        assert!(Config::from_toml("[predict]\nmodelz = []").is_err());
+        let c = Config::from_toml("[[predict.models]]\nname = \"b\"\noutcome = \"x\"\nbits = 40")
+            .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("bits"));
     }
 }

@@ -32,6 +32,10 @@ pub(crate) struct AppState {
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
     pub(crate) admin_token: Option<String>,
     pub(crate) replay: Option<Arc<crate::replay::Replayer>>,
+    /// The hot tier's reader, on a node with the hot role.
+    pub(crate) hot: Option<sluice_hot::HotReader>,
+    /// The models this node runs (predict role).
+    pub(crate) models: Arc<Vec<String>>,
 }
 
 /// Seconds a client should wait before retrying a 429/503.
@@ -48,6 +52,7 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
         .merge(crate::schemas::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::hot::routes())
         .merge(crate::segment::routes())
         .merge(crate::snowplow::routes(&settings.snowplow))
         .merge(crate::kinesis::router(&state, settings))

@@ -2,14 +2,17 @@
 //! types.
 //!
 //! [`Server::start`] opens the journal, creates the topics, and starts the collector's routes,
-//! the functions runner, the lake sink and housekeeping. Shutdown is ordered so that nothing
+//! the functions runner, the lake sink, the hot projection (with the online models) and
+//! housekeeping. Shutdown is ordered so that nothing
 //! acked is lost and nothing is left half-delivered: stop intake (HTTP graceful shutdown, which
 //! lets in-flight appends finish) → drain the runner up to the `raw` end → drain the lake sink up
-//! to the `good`/`bad` ends and commit → return.
+//! to the `good`/`bad` ends and commit, and the hot projection to the `good` end (the models
+//! checkpoint) → return.
 
 pub mod auth;
 mod config;
 mod error;
+mod hot;
 mod http;
 mod kinesis;
 mod listen;

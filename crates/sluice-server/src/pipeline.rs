@@ -32,6 +32,7 @@ pub struct Running {
     http: Option<JoinHandle<Result<(), std::io::Error>>>,
     runner: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
     lake: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
+    hot: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
     housekeeping: CancellationToken,
 }
 
@@ -165,8 +166,52 @@ impl Server {
             None
         };
 
+        // The hot projection, with the online models riding along when the predict role runs.
+        let (hot_reader, hot) = if settings.roles.hot {
+            sluice_hot::metrics::describe();
+            let store = sluice_hot::open_store(&settings.hot)
+                .await
+                .map_err(|e| ServerError::stage("hot", e))?;
+            let hot_settings = Arc::new(settings.hot.clone());
+            let reader = sluice_hot::HotReader::new(store.clone(), hot_settings.clone());
+            let mut projector =
+                sluice_hot::Projector::new(dyn_journal.clone(), store, hot_settings);
+            if settings.roles.predict && !settings.predict.models.is_empty() {
+                let ps = settings.predict.clone();
+                let models = tokio::task::spawn_blocking(move || sluice_predict::Models::open(&ps))
+                    .await
+                    .map_err(|e| ServerError::stage("predict", e))?
+                    .map_err(|e| ServerError::stage("predict", e))?;
+                projector = projector.with_hook(Box::new(models));
+            }
+            let token = CancellationToken::new();
+            let t = token.clone();
+            let handle = tokio::spawn(async move {
+                projector
+                    .run(t.cancelled_owned())
+                    .await
+                    .map_err(|e| ServerError::stage("hot", e))
+            });
+            (Some(reader), Some((token, handle)))
+        } else {
+            (None, None)
+        };
+        let models: Vec<String> = if settings.roles.predict {
+            settings
+                .predict
+                .models
+                .iter()
+                .map(|m| m.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+
         let intake = CancellationToken::new();
-        let (http_addr, http) = if settings.roles.collector || settings.roles.warehouse {
+        let (http_addr, http) = if settings.roles.collector
+            || settings.roles.warehouse
+            || settings.roles.hot
+        {
             let collector = if settings.roles.collector {
                 let j = dyn_journal.clone();
                 let cs = settings.collector.clone();
@@ -231,6 +276,8 @@ impl Server {
                 registry: Some(registry.clone()),
                 admin_token: settings.admin_token.clone(),
                 replay,
+                hot: hot_reader,
+                models: Arc::new(models),
             };
             let listener = crate::listen::bind(settings.http, settings.listener.max_connections)
                 .map_err(|source| ServerError::Bind {
@@ -288,14 +335,15 @@ impl Server {
             http,
             runner,
             lake,
+            hot,
             housekeeping,
         })
     }
 }
 
 impl Running {
-    /// Stops intake, drains the runner and the lake sink, and returns once everything acked is
-    /// committed to the lake. Returns the first stage error, if any.
+    /// Stops intake, drains the runner, the lake sink and the hot projection, and returns once
+    /// everything acked is committed to the lake and the hot store. Returns the first stage error, if any.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         let mut first_err = None;
         self.intake.cancel();
@@ -307,7 +355,10 @@ impl Running {
             }
         }
         tracing::info!("intake stopped; draining");
-        for (token, handle) in [self.runner.take(), self.lake.take()].into_iter().flatten() {
+        for (token, handle) in [self.runner.take(), self.lake.take(), self.hot.take()]
+            .into_iter()
+            .flatten()
+        {
             token.cancel();
             match handle.await {
                 Ok(Ok(())) => {}
@@ -337,9 +388,16 @@ impl Running {
                 None => std::future::pending().await,
             }
         };
+        let hot = async {
+            match self.hot.as_mut() {
+                Some((_, h)) => flatten(h.await, "hot"),
+                None => std::future::pending().await,
+            }
+        };
         let e = tokio::select! {
             e = runner => { self.runner = None; e }
             e = lake => { self.lake = None; e }
+            e = hot => { self.hot = None; e }
         };
         e
     }

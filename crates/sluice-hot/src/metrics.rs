@@ -1,0 +1,57 @@
+//! Every metric the hot tier emits.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Registers descriptions (once per process is enough; repeating is harmless).
+pub fn describe() {
+    describe_counter!(
+        "sluice_hot_events_total",
+        "events projected into the hot tier"
+    );
+    describe_counter!(
+        "sluice_hot_batches_total",
+        "atomic batches written to the hot store"
+    );
+    describe_counter!(
+        "sluice_hot_records_skipped_total",
+        "good records the hot projection could not decode"
+    );
+    describe_counter!(
+        "sluice_hot_errors_total",
+        "hot store or journal errors, by kind"
+    );
+    describe_histogram!(
+        "sluice_hot_batch_seconds",
+        "time to read, apply and write one batch"
+    );
+    describe_histogram!(
+        "sluice_hot_visible_delay_seconds",
+        "collector receipt to visible in the hot store, per event"
+    );
+    describe_gauge!(
+        "sluice_hot_position",
+        "next good offset not yet in the hot store, by partition"
+    );
+}
+
+pub(crate) fn batch(events: usize, seconds: f64) {
+    counter!("sluice_hot_events_total").increment(events as u64);
+    counter!("sluice_hot_batches_total").increment(1);
+    histogram!("sluice_hot_batch_seconds").record(seconds);
+}
+
+pub(crate) fn visible_delay(seconds: f64) {
+    histogram!("sluice_hot_visible_delay_seconds").record(seconds);
+}
+
+pub(crate) fn skipped() {
+    counter!("sluice_hot_records_skipped_total").increment(1);
+}
+
+pub(crate) fn error(kind: &'static str) {
+    counter!("sluice_hot_errors_total", "kind" => kind).increment(1);
+}
+
+pub(crate) fn position(partition: u32, next: u64) {
+    gauge!("sluice_hot_position", "partition" => partition.to_string()).set(next as f64);
+}

@@ -1,0 +1,596 @@
+//! [`Projector`]: the `good` → hot tier loop, exactly once.
+//!
+//! How exactly-once holds:
+//! 1. On start it reads the positions stored under consumer [`CONSUMER`] (partition → next
+//!    offset) from the store itself, never from local state, and resumes there.
+//! 2. Per batch it reads durable records from every partition (round robin, at most
+//!    `batch_events`), loads the profiles and counter states the batch touches, applies the
+//!    events in journal order, and writes every changed value *and* the new positions in one
+//!    [`WriteBatch`], which backends apply atomically and only if the stored positions are
+//!    still the ones it started from. A batch is therefore in the store entirely, with its
+//!    positions, or not at all; re-reading the same offsets after a crash finds them below the
+//!    stored positions and skips them.
+//! 3. A failed write is retried as the same batch. If a retry meets a position conflict, the
+//!    positions are read back: equal to the batch's new positions means the earlier attempt did
+//!    land (an ambiguous failure), anything else means another writer owns the partition, and
+//!    the projection stops.
+//! 4. A record that does not decode is logged with its position, counted, and skipped (its
+//!    position still advances), so it cannot stall a partition.
+//! 5. An [`EventHook`] (the online models) sees every event once per *its* positions: the
+//!    projector starts reading at the smaller of the store's and the hook's positions and
+//!    passes `live = false` for events the store already holds, which the hook may learn from
+//!    but whose scores are not written.
+//! 6. On shutdown it projects everything below each partition's durable end as of that moment,
+//!    lets the hook checkpoint, and returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_event::{Event, Position, topic};
+use sluice_journal::{Journal, Record};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::counter::CounterState;
+use crate::profile::{EventView, Profile};
+use crate::store::{HotStore, Positions, WriteBatch};
+use crate::{HotError, HotSettings, metrics};
+
+/// The consumer name of the `good` projection's positions.
+pub const CONSUMER: &str = "hot/good";
+
+/// How long an idle projector waits on the journal before looking again.
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// Bytes read per partition per batch, about.
+const READ_BYTES: usize = 16 << 20;
+/// Write retries: first wait, cap, and how many attempts during shutdown.
+const RETRY_INITIAL: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+const SHUTDOWN_ATTEMPTS: u32 = 10;
+
+/// Something that rides along the projection: sees every event once, in journal order per
+/// partition, with the profile the projection just updated. The online models are one.
+pub trait EventHook: Send + Sync + 'static {
+    /// The positions (partition → next offset) the hook's own state reflects.
+    fn resume_from(&self) -> Positions;
+
+    /// One event. `profile` is the event's profile after the event was applied (`None` when
+    /// the event has no user). `live` is false when the store already holds this event (the
+    /// hook is catching up after a restart): then changes to `profile` are not written.
+    fn on_event(
+        &mut self,
+        position: Position,
+        view: &EventView<'_>,
+        profile: Option<&mut Profile>,
+        live: bool,
+    );
+
+    /// After a batch: every offset below `next` has been seen by the hook.
+    fn after_batch(&mut self, next: &Positions);
+
+    /// Shutdown: persist what must survive a restart.
+    fn close(&mut self);
+}
+
+/// A snapshot of the projection's progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// Positions are loaded and the loop runs.
+    pub started: bool,
+    /// Per partition: next offset not yet in the store.
+    pub next_offsets: Vec<u64>,
+    /// Batches written.
+    pub batches: u64,
+    /// Events written.
+    pub events: u64,
+    /// Records skipped as undecodable.
+    pub skipped: u64,
+    /// `run` returned.
+    pub stopped: bool,
+}
+
+impl ProjectionStatus {
+    fn reached(&self, targets: &[u64]) -> bool {
+        self.started
+            && targets
+                .iter()
+                .enumerate()
+                .all(|(p, t)| self.next_offsets.get(p).is_some_and(|n| n >= t))
+    }
+}
+
+/// A handle on a projector's progress.
+#[derive(Clone, Debug)]
+pub struct ProjectionProgress {
+    rx: watch::Receiver<ProjectionStatus>,
+}
+
+impl ProjectionProgress {
+    /// The current status.
+    pub fn status(&self) -> ProjectionStatus {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits until every partition `p` holds everything below `targets[p]`; `Stopped` if the
+    /// projector stops first. Callers add their own deadline.
+    pub async fn wait_for_offsets(&self, targets: &[u64]) -> Result<ProjectionStatus, HotError> {
+        let mut rx = self.rx.clone();
+        let status = rx
+            .wait_for(|s| s.stopped || s.reached(targets))
+            .await
+            .map_err(|_| HotError::Stopped)?
+            .clone();
+        if status.reached(targets) {
+            Ok(status)
+        } else {
+            Err(HotError::Stopped)
+        }
+    }
+
+    /// Waits until everything durable in `good` as of this call is projected.
+    pub async fn wait_caught_up(
+        &self,
+        journal: &dyn Journal,
+    ) -> Result<ProjectionStatus, HotError> {
+        let partitions = journal.partitions(topic::GOOD)?;
+        let targets = (0..partitions)
+            .map(|p| journal.end(topic::GOOD, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.wait_for_offsets(&targets).await
+    }
+}
+
+/// Projects `good` into a [`HotStore`]. See the module docs.
+pub struct Projector {
+    journal: Arc<dyn Journal>,
+    store: Arc<dyn HotStore>,
+    settings: Arc<HotSettings>,
+    hook: Option<Box<dyn EventHook>>,
+    status: watch::Sender<ProjectionStatus>,
+}
+
+struct PartitionState {
+    id: u32,
+    /// What the store holds (`None`: nothing stored yet); the batch's expectation.
+    stored: Option<u64>,
+    /// Next offset to read.
+    next_read: u64,
+    /// After a read error: do not read before this.
+    retry_at: Option<Instant>,
+}
+
+impl PartitionState {
+    fn store_next(&self) -> u64 {
+        self.stored.unwrap_or(0)
+    }
+}
+
+impl Projector {
+    /// A projector of `journal`'s `good` topic into `store`.
+    pub fn new(
+        journal: Arc<dyn Journal>,
+        store: Arc<dyn HotStore>,
+        settings: Arc<HotSettings>,
+    ) -> Self {
+        Self {
+            journal,
+            store,
+            settings,
+            hook: None,
+            status: watch::Sender::new(ProjectionStatus::default()),
+        }
+    }
+
+    /// Adds a hook (the online models).
+    pub fn with_hook(mut self, hook: Box<dyn EventHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// A handle on the progress.
+    pub fn progress(&self) -> ProjectionProgress {
+        ProjectionProgress {
+            rx: self.status.subscribe(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then projects everything durable at that moment and
+    /// returns. Returns early on a position conflict (another writer) or a missing topic.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HotError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let status = self.status.clone();
+        let result = self.run_inner(stop_rx).await;
+        watcher.abort();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "hot projection stopped");
+        }
+        if let Some(hook) = self.hook.as_mut() {
+            hook.close();
+        }
+        status.send_modify(|s| s.stopped = true);
+        result
+    }
+
+    async fn run_inner(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), HotError> {
+        let partitions = self.journal.partitions(topic::GOOD)?;
+        let mut backoff = RETRY_INITIAL;
+        let stored = loop {
+            match self.store.positions(CONSUMER).await {
+                Ok(p) => break p,
+                Err(e) if e.kind().is_retryable() => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read hot positions yet");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let hook_from = self.hook.as_ref().map(|h| h.resume_from());
+        let mut parts: Vec<PartitionState> = (0..partitions)
+            .map(|id| {
+                let stored = stored.get(&id).copied();
+                let store_next = stored.unwrap_or(0);
+                let next_read = match &hook_from {
+                    Some(h) => store_next.min(h.get(&id).copied().unwrap_or(0)),
+                    None => store_next,
+                };
+                PartitionState {
+                    id,
+                    stored,
+                    next_read,
+                    retry_at: None,
+                }
+            })
+            .collect();
+        tracing::info!(
+            backend = self.store.backend(),
+            resume_at = ?parts.iter().map(PartitionState::store_next).collect::<Vec<_>>(),
+            read_from = ?parts.iter().map(|p| p.next_read).collect::<Vec<_>>(),
+            "hot projection started"
+        );
+        self.publish(&parts, |s| s.started = true);
+        let mut round_robin = 0usize;
+        loop {
+            if *stop.borrow() {
+                let targets: Vec<u64> = parts
+                    .iter()
+                    .map(|p| self.journal.end(topic::GOOD, p.id).unwrap_or(p.next_read))
+                    .collect();
+                while self
+                    .batch(&mut parts, &mut round_robin, Some(&targets), true)
+                    .await?
+                    > 0
+                {}
+                tracing::info!(
+                    positions = ?parts.iter().map(PartitionState::store_next).collect::<Vec<_>>(),
+                    "hot projection drained"
+                );
+                return Ok(());
+            }
+            if self
+                .batch(&mut parts, &mut round_robin, None, false)
+                .await?
+                > 0
+            {
+                continue;
+            }
+            let mut waits = tokio::task::JoinSet::new();
+            let now = Instant::now();
+            for p in &parts {
+                let timeout = match p.retry_at {
+                    Some(at) if at > now => {
+                        let wait = at - now;
+                        waits.spawn(tokio::time::sleep(wait));
+                        continue;
+                    }
+                    _ => IDLE_WAIT,
+                };
+                let (journal, id, next) = (self.journal.clone(), p.id, p.next_read);
+                waits.spawn(async move { journal.wait_for(topic::GOOD, id, next, timeout).await });
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = waits.join_next() => {}
+            }
+            waits.abort_all();
+        }
+    }
+
+    fn publish(&self, parts: &[PartitionState], f: impl FnOnce(&mut ProjectionStatus)) {
+        self.status.send_modify(|s| {
+            s.next_offsets = parts.iter().map(PartitionState::store_next).collect();
+            f(s);
+        });
+    }
+
+    /// Reads, applies and writes one batch; returns the number of records consumed.
+    async fn batch(
+        &mut self,
+        parts: &mut [PartitionState],
+        round_robin: &mut usize,
+        targets: Option<&[u64]>,
+        shutting_down: bool,
+    ) -> Result<usize, HotError> {
+        let started = Instant::now();
+        let records = self.read(parts, round_robin, targets);
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let consumed = records.len();
+        let index: HashMap<u32, usize> = parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+
+        // Decode; an undecodable record is skipped but still moves its partition on.
+        let mut skipped = 0u64;
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut events: Vec<(Position, Event)> = Vec::with_capacity(records.len());
+        for (partition, record) in records {
+            last.insert(partition, record.offset);
+            match serde_json::from_slice::<Event>(&record.value) {
+                Ok(e) => events.push((
+                    Position {
+                        partition,
+                        offset: record.offset,
+                    },
+                    e,
+                )),
+                Err(error) => {
+                    tracing::error!(partition, offset = record.offset, %error, "undecodable good record skipped by the hot projection");
+                    metrics::skipped();
+                    skipped += 1;
+                }
+            }
+        }
+        let needs_context = self.settings.counters.iter().any(|c| {
+            c.key.needs_context() || c.property.as_ref().is_some_and(|p| p.needs_context())
+        });
+        let is_live = |pos: &Position| {
+            index
+                .get(&pos.partition)
+                .is_some_and(|&i| pos.offset >= parts[i].store_next())
+        };
+        let views: Vec<(Position, bool, EventView<'_>)> = events
+            .iter()
+            .map(|(pos, e)| (*pos, is_live(pos), EventView::new(e, needs_context)))
+            .collect();
+
+        // Load what the batch touches, once per key.
+        let mut keys: Vec<String> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut want = |k: String, keys: &mut Vec<String>| {
+            if !seen.contains_key(&k) {
+                seen.insert(k.clone(), keys.len());
+                keys.push(k);
+            }
+        };
+        for (_, live, view) in &views {
+            if let Some(id) = view.profile_id
+                && (*live || self.hook.is_some())
+            {
+                want(Profile::store_key(id), &mut keys);
+            }
+            if *live {
+                for c in &self.settings.counters {
+                    if let Some((key, _)) = c.contribution(view) {
+                        want(c.store_key(&key), &mut keys);
+                    }
+                }
+            }
+        }
+        let values = self.store.get_many(&keys).await?;
+        let mut profiles: HashMap<String, Profile> = HashMap::new();
+        let mut counters: HashMap<String, CounterState> = HashMap::new();
+        for (key, value) in keys.iter().zip(values) {
+            let Some(bytes) = value else { continue };
+            let decoded = if key.starts_with("p:") {
+                serde_json::from_slice(&bytes).map(|p| {
+                    profiles.insert(key.clone(), p);
+                })
+            } else {
+                serde_json::from_slice(&bytes).map(|c| {
+                    counters.insert(key.clone(), c);
+                })
+            };
+            if let Err(error) = decoded {
+                // Rebuilt from this batch on: stalling every later event of the key is worse.
+                tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
+                metrics::error("corrupt");
+            }
+        }
+
+        // Apply in journal order.
+        let mut dirty: Vec<String> = Vec::new();
+        let mut dirty_seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut live_events = 0usize;
+        let now_us = sluice_event::now_micros();
+        for (pos, live, view) in &views {
+            if *live {
+                live_events += 1;
+                metrics::visible_delay(((now_us - view.event.received_at).max(0)) as f64 / 1e6);
+                for c in &self.settings.counters {
+                    if let Some((key, inc)) = c.contribution(view) {
+                        let k = c.store_key(&key);
+                        c.apply(
+                            counters.entry(k.clone()).or_default(),
+                            view.event.timestamp,
+                            inc,
+                        );
+                        if dirty_seen.insert(k.clone()) {
+                            dirty.push(k);
+                        }
+                    }
+                }
+            }
+            let profile = match view.profile_id {
+                Some(id) => {
+                    let k = Profile::store_key(id);
+                    let p = profiles.entry(k.clone()).or_insert_with(|| Profile {
+                        id: id.to_string(),
+                        ..Profile::default()
+                    });
+                    if *live {
+                        p.apply(view, &self.settings);
+                        if dirty_seen.insert(k.clone()) {
+                            dirty.push(k);
+                        }
+                    }
+                    Some(p)
+                }
+                None => None,
+            };
+            if let Some(hook) = self.hook.as_mut() {
+                hook.on_event(*pos, view, profile, *live);
+            }
+        }
+
+        // One atomic write: values and positions.
+        let mut batch = WriteBatch {
+            consumer: CONSUMER.to_string(),
+            ..WriteBatch::default()
+        };
+        for (partition, last) in &last {
+            let p = &parts[index[partition]];
+            let new = last + 1;
+            if new > p.store_next() {
+                batch.positions.insert(*partition, (p.stored, new));
+            }
+        }
+        for k in dirty {
+            let encoded = if let Some(p) = profiles.get(&k) {
+                serde_json::to_vec(p)
+            } else if let Some(c) = counters.get(&k) {
+                serde_json::to_vec(c)
+            } else {
+                continue;
+            };
+            let encoded = encoded.map_err(|e| HotError::Embedded(e.to_string()))?;
+            batch.puts.push((k, encoded));
+        }
+        if !batch.positions.is_empty() {
+            self.write_with_retry(&batch, shutting_down).await?;
+        }
+
+        for (partition, last) in &last {
+            let p = &mut parts[index[partition]];
+            p.next_read = last + 1;
+            if let Some((_, new)) = batch.positions.get(partition) {
+                p.stored = Some(*new);
+                metrics::position(*partition, *new);
+            }
+        }
+        if let Some(hook) = self.hook.as_mut() {
+            let seen: Positions = parts.iter().map(|p| (p.id, p.next_read)).collect();
+            hook.after_batch(&seen);
+        }
+        metrics::batch(live_events, started.elapsed().as_secs_f64());
+        self.publish(parts, |s| {
+            s.batches += 1;
+            s.events += live_events as u64;
+            s.skipped += skipped;
+        });
+        Ok(consumed)
+    }
+
+    /// Reads up to `batch_events` records across partitions, round robin.
+    fn read(
+        &self,
+        parts: &mut [PartitionState],
+        round_robin: &mut usize,
+        targets: Option<&[u64]>,
+    ) -> Vec<(u32, Record)> {
+        let mut out = Vec::new();
+        let count = parts.len();
+        if count == 0 {
+            return out;
+        }
+        let start = *round_robin % count;
+        *round_robin = round_robin.wrapping_add(1);
+        let now = Instant::now();
+        for i in 0..count {
+            let budget = self.settings.batch_events.saturating_sub(out.len());
+            if budget == 0 {
+                break;
+            }
+            let p = &mut parts[(start + i) % count];
+            if p.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let limit = targets
+                .and_then(|t| t.get(p.id as usize).copied())
+                .unwrap_or(u64::MAX);
+            if p.next_read >= limit {
+                continue;
+            }
+            match self
+                .journal
+                .read(topic::GOOD, p.id, p.next_read, budget, READ_BYTES)
+            {
+                Ok(records) => {
+                    p.retry_at = None;
+                    out.extend(
+                        records
+                            .into_iter()
+                            .filter(|r| r.offset < limit)
+                            .map(|r| (p.id, r)),
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(partition = p.id, %error, "hot projection cannot read good; retrying");
+                    metrics::error("journal");
+                    p.retry_at = Some(now + Duration::from_secs(1));
+                }
+            }
+        }
+        out
+    }
+
+    async fn write_with_retry(
+        &self,
+        batch: &WriteBatch,
+        shutting_down: bool,
+    ) -> Result<(), HotError> {
+        let mut backoff = RETRY_INITIAL;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let error = match self.store.write(batch.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if matches!(error, HotError::Conflict { .. }) && attempts > 1 {
+                // The earlier attempt may have landed after all: it did if the store holds
+                // exactly this batch's positions.
+                let stored = self.store.positions(CONSUMER).await?;
+                if batch
+                    .positions
+                    .iter()
+                    .all(|(p, (_, new))| stored.get(p) == Some(new))
+                {
+                    return Ok(());
+                }
+                return Err(error);
+            }
+            if !error.kind().is_retryable() || matches!(error, HotError::Conflict { .. }) {
+                return Err(error);
+            }
+            metrics::error("store");
+            if shutting_down && attempts >= SHUTDOWN_ATTEMPTS {
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in = ?backoff, "hot store write failed; retrying the same batch");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+}

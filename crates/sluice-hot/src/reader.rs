@@ -1,0 +1,137 @@
+//! [`HotReader`]: the read side the HTTP API serves from: profiles, counters, predictions.
+
+use std::sync::Arc;
+
+use crate::counter::{Aggregate, CounterReading, CounterState, WindowKind};
+use crate::profile::{Prediction, Profile};
+use crate::store::HotStore;
+use crate::{HotError, HotSettings, MAX_KEY_BYTES};
+
+/// Reads the hot tier. Cheap to clone.
+#[derive(Clone)]
+pub struct HotReader {
+    store: Arc<dyn HotStore>,
+    settings: Arc<HotSettings>,
+}
+
+/// A counter's answer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CounterAnswer {
+    /// The counter.
+    pub counter: String,
+    /// The key.
+    pub key: String,
+    /// count, sum or top_k.
+    pub aggregate: Aggregate,
+    /// tumbling or sliding.
+    pub kind: WindowKind,
+    /// Window length, seconds.
+    pub window_seconds: f64,
+    /// The read time, µs since the epoch.
+    pub at: i64,
+    /// The window and its value.
+    #[serde(flatten)]
+    pub reading: CounterReading,
+    /// Events this key received after their bucket had been pruned.
+    pub late: u64,
+}
+
+fn check_key(what: &str, key: &str) -> Result<(), HotError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(HotError::Invalid(format!(
+            "{what} must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl HotReader {
+    /// A reader over `store`.
+    pub fn new(store: Arc<dyn HotStore>, settings: Arc<HotSettings>) -> Self {
+        Self { store, settings }
+    }
+
+    /// The settings (counter names, for listings).
+    pub fn settings(&self) -> &HotSettings {
+        &self.settings
+    }
+
+    /// The profiles of `ids`, in order (`None` for an unknown id).
+    pub async fn profiles(&self, ids: &[String]) -> Result<Vec<Option<Profile>>, HotError> {
+        for id in ids {
+            check_key("a profile id", id)?;
+        }
+        let keys: Vec<String> = ids.iter().map(|id| Profile::store_key(id)).collect();
+        let values = self.store.get_many(&keys).await?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, v)| {
+                v.map(|bytes| {
+                    serde_json::from_slice(&bytes).map_err(|e| HotError::Corrupt {
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
+    /// One profile.
+    pub async fn profile(&self, id: &str) -> Result<Option<Profile>, HotError> {
+        Ok(self
+            .profiles(&[id.to_string()])
+            .await?
+            .into_iter()
+            .next()
+            .flatten())
+    }
+
+    /// Counter `name` for `key`, read at `at` (µs since the epoch).
+    pub async fn counter(&self, name: &str, key: &str, at: i64) -> Result<CounterAnswer, HotError> {
+        let spec = self
+            .settings
+            .counter(name)
+            .ok_or_else(|| HotError::NotFound(format!("no counter named {name:?}")))?;
+        check_key("a counter key", key)?;
+        let store_key = spec.store_key(key);
+        let state: CounterState = match self
+            .store
+            .get_many(std::slice::from_ref(&store_key))
+            .await?
+            .into_iter()
+            .next()
+            .flatten()
+        {
+            None => CounterState::default(),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| HotError::Corrupt {
+                key: store_key.clone(),
+                reason: e.to_string(),
+            })?,
+        };
+        Ok(CounterAnswer {
+            counter: spec.name.clone(),
+            key: key.to_string(),
+            aggregate: spec.aggregate,
+            kind: spec.kind,
+            window_seconds: spec.window_us as f64 / 1e6,
+            at,
+            reading: spec.read(&state, at),
+            late: state.late,
+        })
+    }
+
+    /// The latest score of `model` for profile `id`; `NotFound` when the profile or its score
+    /// does not exist. Whether `model` is declared is the caller's check.
+    pub async fn prediction(&self, model: &str, id: &str) -> Result<Prediction, HotError> {
+        let profile = self
+            .profile(id)
+            .await?
+            .ok_or_else(|| HotError::NotFound(format!("no profile {id:?}")))?;
+        profile
+            .predictions
+            .get(model)
+            .cloned()
+            .ok_or_else(|| HotError::NotFound(format!("no {model:?} score for {id:?} yet")))
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Models`]: every configured model as one [`EventHook`] on the hot projection, with periodic
+//! checkpoints; and [`run_offline`], the same path without a store (tests, benchmarks).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sluice_event::{Event, Position};
+use sluice_hot::{EventHook, EventView, HotSettings, Positions, Profile};
+
+use crate::model::OnlineModel;
+use crate::{PredictError, PredictSettings, checkpoint};
+
+/// The models of a node.
+pub struct Models {
+    models: Vec<OnlineModel>,
+    dir: PathBuf,
+    interval: Duration,
+    last_checkpoint: Instant,
+}
+
+impl Models {
+    /// Restores every model of `settings` from its checkpoint (or starts it afresh).
+    pub fn open(settings: &PredictSettings) -> Result<Self, PredictError> {
+        crate::metrics::describe();
+        let models = settings
+            .models
+            .iter()
+            .map(|spec| checkpoint::read(spec, &settings.dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            models,
+            dir: settings.dir.clone(),
+            interval: settings.checkpoint_interval,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// The models.
+    pub fn models(&self) -> &[OnlineModel] {
+        &self.models
+    }
+
+    /// Writes every model's checkpoint.
+    pub fn checkpoint(&mut self) -> Result<(), PredictError> {
+        self.last_checkpoint = Instant::now();
+        let mut first = None;
+        for m in &self.models {
+            let result = checkpoint::write(m, &self.dir);
+            crate::metrics::checkpoint(&m.spec.name, result.is_ok());
+            if let Err(e) = result {
+                tracing::error!(model = %m.spec.name, error = %e, "model checkpoint failed");
+                first = first.or(Some(e));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl EventHook for Models {
+    fn resume_from(&self) -> Positions {
+        // Per partition, the least any model has learned.
+        let mut out = Positions::new();
+        for (i, m) in self.models.iter().enumerate() {
+            for (p, n) in &m.positions {
+                let e = out.entry(*p).or_insert(*n);
+                *e = (*e).min(*n);
+            }
+            if i > 0 {
+                out.retain(|p, _| m.positions.contains_key(p));
+            }
+        }
+        out
+    }
+
+    fn on_event(
+        &mut self,
+        position: Position,
+        view: &EventView<'_>,
+        mut profile: Option<&mut Profile>,
+        live: bool,
+    ) {
+        for m in &mut self.models {
+            m.observe(position, view, profile.as_deref_mut(), live);
+        }
+    }
+
+    fn after_batch(&mut self, next: &Positions) {
+        for m in &mut self.models {
+            m.advance(next);
+            m.report();
+        }
+        if self.last_checkpoint.elapsed() >= self.interval {
+            // Failures are logged and counted; the next interval tries again.
+            let _ = self.checkpoint();
+        }
+    }
+
+    fn close(&mut self) {
+        let _ = self.checkpoint();
+    }
+}
+
+/// Runs `events` (in order, as partition 0) through `model` with profiles kept in memory: the
+/// projection's path without a store.
+pub fn run_offline(model: &mut OnlineModel, events: &[Event], hot: &HotSettings) {
+    let mut profiles: HashMap<String, Profile> = HashMap::new();
+    for (offset, event) in events.iter().enumerate() {
+        let view = EventView::new(event, false);
+        let profile = view.profile_id.map(|id| {
+            let p = profiles.entry(id.to_string()).or_insert_with(|| Profile {
+                id: id.to_string(),
+                ..Profile::default()
+            });
+            p.apply(&view, hot);
+            p
+        });
+        model.observe(
+            Position {
+                partition: 0,
+                offset: offset as u64,
+            },
+            &view,
+            profile,
+            true,
+        );
+    }
+}
