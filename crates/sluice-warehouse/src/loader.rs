@@ -22,7 +22,7 @@
 //! Dialects: Postgres types `text`/`timestamptz`/`date`/`integer`/`bigint`/`double precision`/
 //! `boolean`; Redshift differs only in `varchar(65535)` for text (Redshift's `text` is
 //! `varchar(256)`). Statements avoid Postgres-only syntax (`ON CONFLICT`, `IF NOT EXISTS` on
-//! columns). Authentication: trust or a cleartext password ([`crate::pgclient`]).
+//! columns). Authentication: trust, cleartext, MD5 or SCRAM-SHA-256; no TLS ([`crate::pgclient`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ pub struct LoaderConfig {
     pub port: u16,
     /// User.
     pub user: String,
-    /// Password (cleartext authentication), if the server asks for one.
+    /// Password (cleartext, MD5 or SCRAM-SHA-256), if the server asks for one.
     pub password: Option<String>,
     /// Database.
     pub database: String,
