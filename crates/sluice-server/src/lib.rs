@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod config;
+mod declared;
 mod error;
 mod hot;
 mod http;

@@ -129,6 +129,9 @@ impl Server {
                     lake_root.clone(),
                     settings.lake.clone(),
                 )
+                .with_declared_types(Arc::new(
+                    crate::declared::RegistryTypes::new(registry.clone(), &settings.validation),
+                ))
             });
             let loader = settings
                 .loader

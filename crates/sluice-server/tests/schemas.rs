@@ -117,8 +117,29 @@ internal_domains = ["example.com"]
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    // One valid and one invalid signup, and a page view from a search engine on a phone.
+    // A schema named after an event gives its typed table's column types: `total` is a number,
+    // so an integer first does not make it a bigint column that then refuses 5.5.
+    let order = json!({
+        "$schema": "http://iglucentral.com/schemas/com.snowplowanalytics.self-desc/schema/jsonschema/1-0-0#",
+        "self": {"vendor": "com.acme", "name": "order_completed", "format": "jsonschema", "version": "1-0-0"},
+        "type": "object", "properties": {"total": {"type": "number"}}
+    });
+    let r = c
+        .put(format!(
+            "{base}/v1/schemas/com.acme/order_completed/jsonschema/1-0-0"
+        ))
+        .bearer_auth(ADMIN)
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // One valid and one invalid signup, a page view from a search engine on a phone, and two
+    // orders.
     let body = [
+        json!({"event_id": "o1", "event": "Order Completed", "user_id": "u1", "properties": {"total": 5}}),
+        json!({"event_id": "o2", "event": "Order Completed", "user_id": "u1", "properties": {"total": 5.5}}),
         json!({"event_id": "ok", "event": "Signed Up", "user_id": "u1", "properties": {"plan": "pro"}}),
         json!({"event_id": "nope", "event": "Signed Up", "user_id": "u2", "properties": {"plan": "gold"}}),
         json!({"event_id": "pv", "type": "page", "anonymous_id": "a1", "context": {
@@ -136,11 +157,26 @@ internal_domains = ["example.com"]
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let good = rows(&c, &base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 2).await;
-    assert_eq!(good.len(), 2, "{good:?}");
-    assert_eq!(good[0]["event_id"], "ok");
-    assert_eq!(good[0]["schema"], "iglu:com.acme/signup/jsonschema/1-0-0");
-    let pv = &good[1];
+    let orders = rows(
+        &c,
+        &base,
+        "SELECT event_id, total FROM order_completed ORDER BY event_id",
+        2,
+    )
+    .await;
+    assert_eq!(orders[0]["total"], 5.0);
+    assert_eq!(orders[1]["total"], 5.5);
+    let types = rows(&c, &base, "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
+    assert_eq!(
+        types[0]["data_type"], "Float64",
+        "the declared type, not the first value's"
+    );
+    let good = rows(&c, &base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
+    assert_eq!(good.len(), 4, "{good:?}");
+    assert_eq!(good[0]["event_id"], "o1");
+    assert_eq!(good[2]["event_id"], "ok");
+    assert_eq!(good[2]["schema"], "iglu:com.acme/signup/jsonschema/1-0-0");
+    let pv = &good[3];
     assert_eq!(pv["ua_os"], "iPhone");
     assert_eq!(pv["ua_device_class"], "mobile");
     assert_eq!(pv["is_bot"], false);
