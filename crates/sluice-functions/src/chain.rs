@@ -57,6 +57,33 @@ impl Chain {
         pos: Position,
         sessions: &mut Sessions,
     ) -> Result<Bytes, Bytes> {
+        self.process_counted(value, pos, sessions, true)
+    }
+
+    /// [`Chain::process`] without counting anything in the metrics: for re-running records
+    /// already processed once (the runner rebuilding its session state).
+    pub(crate) fn process_uncounted(
+        &self,
+        value: &[u8],
+        pos: Position,
+        sessions: &mut Sessions,
+    ) -> Result<Bytes, Bytes> {
+        self.process_counted(value, pos, sessions, false)
+    }
+
+    fn process_counted(
+        &self,
+        value: &[u8],
+        pos: Position,
+        sessions: &mut Sessions,
+        count: bool,
+    ) -> Result<Bytes, Bytes> {
+        let bad_of = |raw: &RawEvent, function: &str, f: Failure, pos: Position| {
+            if count {
+                crate::metrics::bad(f.kind, function);
+            }
+            bad_of(raw, function, f, pos)
+        };
         let raw: RawEvent = match serde_json::from_slice(value) {
             Ok(r) => r,
             Err(e) => {
@@ -68,6 +95,9 @@ impl Chain {
                     None => serde_json::value::to_raw_value(&String::from_utf8_lossy(value))
                         .map_err(|_| Bytes::new())?,
                 };
+                if count {
+                    crate::metrics::bad(BadKind::Parse, "canonicalize");
+                }
                 return Err(bad_row(
                     BadKind::Parse,
                     format!("raw record is unreadable: {e}"),
@@ -80,7 +110,7 @@ impl Chain {
         };
         let mut d = draft(&raw, pos).map_err(|f| bad_of(&raw, "canonicalize", f, pos))?;
         self.validation
-            .check(&mut d)
+            .check(&mut d, count)
             .map_err(|f| bad_of(&raw, "validate", f, pos))?;
         self.enrichers.apply(&mut d, &raw, sessions).map_err(|f| {
             let function = f
@@ -142,7 +172,6 @@ fn bad_row(
     payload: Box<RawValue>,
     pos: Position,
 ) -> Bytes {
-    crate::metrics::bad(kind, function);
     let row = BadRow {
         kind,
         reason,

@@ -271,7 +271,7 @@ impl PartitionWorker {
                     partition: p,
                     offset: r.offset,
                 };
-                let _ = self.chain.process(&r.value, pos, &mut sessions);
+                let _ = self.chain.process_uncounted(&r.value, pos, &mut sessions);
                 replayed += 1;
             }
             from = last + 1;

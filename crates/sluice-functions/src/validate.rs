@@ -120,9 +120,10 @@ impl Validation {
         Self { registry, config }
     }
 
-    /// Checks `draft`; `Err` when it must go to `bad`. Sets `enriched.schema` and, for a flagged
+    /// Checks `draft` (counting the outcome in the metrics when `count`); `Err` when it must go
+    /// to `bad`. Sets `enriched.schema` and, for a flagged
     /// event, `enriched.validation_errors`.
-    pub(crate) fn check(&self, draft: &mut Draft) -> Result<(), Failure> {
+    pub(crate) fn check(&self, draft: &mut Draft, count: bool) -> Result<(), Failure> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -172,7 +173,7 @@ impl Validation {
                     || self.unknown_is_fatal(uri, on_unknown);
             }
         }
-        if checked {
+        if checked && count {
             metrics_outcome(&errors, fatal);
         }
         if errors.is_empty() {
