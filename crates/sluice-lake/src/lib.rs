@@ -23,6 +23,7 @@
 //! [`BadRowsSink`]) as a task with the shutdown token; watch it through
 //! [`TableSink::progress`].
 
+pub mod batcher;
 mod commit;
 mod config;
 pub mod deliver;

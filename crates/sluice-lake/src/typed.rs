@@ -56,7 +56,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use deltalake::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
@@ -70,8 +69,9 @@ use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
 use serde_json::Value;
 use sluice_event::{BadKind, BadRow, Event};
 use sluice_journal::{Journal, Record};
+
+use crate::batcher::{BatchLimits, Batcher};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{DeltaTarget, run_blocking};
@@ -94,7 +94,6 @@ pub const BAD_ROWS_APP: &str = "bad_rows/typed";
 /// The `function` of the bad rows this sink writes.
 pub const BAD_ROW_FUNCTION: &str = "typed_tables";
 const PARTITION_COLUMN: &str = "event_date";
-const IDLE_WAIT: Duration = Duration::from_secs(5);
 
 /// The fixed columns of every typed table: those of `events` without `properties`.
 pub const FIXED_COLUMNS: &[&str] = &[
@@ -1018,7 +1017,7 @@ impl TypedSink {
                 Err(e) => return Err(e),
             }
         };
-        let mut next: Vec<u64> = (0..partitions)
+        let next: Vec<u64> = (0..partitions)
             .map(|p| positions.get(&p).map_or(0, |v| v + 1))
             .collect();
         let mut delivered = next.clone();
@@ -1027,144 +1026,59 @@ impl TypedSink {
             s.next_offsets = delivered.clone();
         });
         tracing::info!(resume_at = ?next, "typed table delivery started");
-        let mut buffer: Vec<(u32, Record)> = Vec::new();
-        let mut bytes = 0usize;
-        let mut since: Option<Instant> = None;
-        let mut drain: Option<Vec<u64>> = None;
-        loop {
-            if drain.is_none() && shutdown.is_cancelled() {
-                drain = Some(
-                    (0..partitions)
-                        .map(|p| self.journal.end(topic, p).unwrap_or(next[p as usize]))
-                        .collect(),
-                );
-            }
-            let mut read_any = false;
-            // Fill.
-            for p in 0..partitions {
-                let i = p as usize;
-                let limit = drain.as_ref().map(|d| d[i]);
-                while buffer.len() < self.settings.flush_max_events
-                    && bytes < self.settings.flush_max_bytes
-                    && limit.is_none_or(|l| next[i] < l)
-                {
-                    let mut max = self
-                        .settings
-                        .read_batch_records
-                        .min(self.settings.flush_max_events - buffer.len())
-                        .max(1);
-                    if let Some(l) = limit {
-                        max = max.min(usize::try_from(l - next[i]).unwrap_or(usize::MAX));
-                    }
-                    let end_before = self.journal.end(topic, p).unwrap_or(0);
-                    let records = match self.journal.read(
-                        topic,
-                        p,
-                        next[i],
-                        max,
-                        self.settings.flush_max_bytes.saturating_sub(bytes).max(1),
-                    ) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!(partition = p, error = %e, "journal read failed");
-                            break;
+        let limits = BatchLimits {
+            max_events: self.settings.flush_max_events,
+            max_bytes: self.settings.flush_max_bytes,
+            read_records: self.settings.read_batch_records,
+            read_bytes: usize::MAX,
+            flush_interval: self.settings.flush_interval,
+        };
+        let mut batcher = Batcher::new(self.journal.clone(), topic, next, limits);
+        while let Some(records) = batcher.next_batch(shutdown).await {
+            let mut attempts = 0u32;
+            let mut backoff = self.settings.retry_backoff_initial;
+            loop {
+                match self.flush(&mut open, &records, partitions).await {
+                    Ok(()) => break,
+                    Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
+                    Err(e) => {
+                        attempts += 1;
+                        if shutdown.is_cancelled()
+                            && attempts >= self.settings.shutdown_attempts.max(1)
+                        {
+                            return Err(LakeError::GaveUp {
+                                table: CONTROL_TABLE.to_string(),
+                                attempts,
+                                last: e.to_string(),
+                            });
                         }
-                    };
-                    if records.is_empty() {
-                        // Nothing durable in [next, end_before): offsets a crash never issued
-                        // (the journal's floor). Skip them, or waiting would spin and a drain
-                        // would never reach the end.
-                        if end_before > next[i] && limit.is_none_or(|l| end_before <= l) {
-                            next[i] = end_before;
-                        }
-                        break;
-                    }
-                    read_any = true;
-                    for record in records {
-                        if record.offset < next[i] {
-                            continue;
-                        }
-                        next[i] = record.offset + 1;
-                        bytes += record.value.len();
-                        buffer.push((p, record));
-                    }
-                    if since.is_none() {
-                        since = Some(Instant::now());
-                    }
-                }
-            }
-            let full = buffer.len() >= self.settings.flush_max_events
-                || bytes >= self.settings.flush_max_bytes;
-            let due = since.is_some_and(|s| s.elapsed() >= self.settings.flush_interval);
-            if !buffer.is_empty() && (full || due || drain.is_some()) {
-                let records = std::mem::take(&mut buffer);
-                bytes = 0;
-                since = None;
-                let mut attempts = 0u32;
-                let mut backoff = self.settings.retry_backoff_initial;
-                loop {
-                    match self.flush(&mut open, &records, partitions).await {
-                        Ok(()) => break,
-                        Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
-                        Err(e) => {
-                            attempts += 1;
-                            if shutdown.is_cancelled()
-                                && attempts >= self.settings.shutdown_attempts.max(1)
-                            {
-                                return Err(LakeError::GaveUp {
-                                    table: CONTROL_TABLE.to_string(),
-                                    attempts,
-                                    last: e.to_string(),
-                                });
-                            }
-                            tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "typed table flush failed; will reopen the tables and retry");
-                            tokio::time::sleep(backoff).await;
-                            backoff = backoff
-                                .saturating_mul(2)
-                                .min(self.settings.retry_backoff_max);
-                            // Every destination is re-read: its txn versions say what landed.
-                            match self.open(partitions).await {
-                                Ok((o, _)) => open = o,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "reopening the typed tables failed")
-                                }
+                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "typed table flush failed; will reopen the tables and retry");
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff
+                            .saturating_mul(2)
+                            .min(self.settings.retry_backoff_max);
+                        // Every destination is re-read: its txn versions say what landed.
+                        match self.open(partitions).await {
+                            Ok((o, _)) => open = o,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reopening the typed tables failed")
                             }
                         }
                     }
                 }
-                for (p, r) in &records {
-                    let d = &mut delivered[*p as usize];
-                    *d = (*d).max(r.offset + 1);
-                }
-                let rows = records.len() as u64;
-                self.status.send_modify(|s| {
-                    s.next_offsets = delivered.clone();
-                    s.commits += 1;
-                    s.rows += rows;
-                });
-                continue;
             }
-            // Drained: everything up to the targets is delivered, or nothing more can be read.
-            if let Some(d) = &drain
-                && buffer.is_empty()
-                && (!read_any || next.iter().zip(d).all(|(n, d)| n >= d))
-            {
-                return Ok(());
+            for (p, r) in &records {
+                let d = &mut delivered[*p as usize];
+                *d = (*d).max(r.offset + 1);
             }
-            let timeout = since.map_or(IDLE_WAIT, |s| {
-                self.settings.flush_interval.saturating_sub(s.elapsed())
+            let rows = records.len() as u64;
+            self.status.send_modify(|s| {
+                s.next_offsets = delivered.clone();
+                s.commits += 1;
+                s.rows += rows;
             });
-            if drain.is_some() {
-                continue;
-            }
-            let waits: Vec<_> = (0..partitions)
-                .map(|p| self.journal.wait_for(topic, p, next[p as usize], timeout))
-                .collect();
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = futures::future::select_all(waits) => {}
-            }
         }
+        Ok(())
     }
 
     fn crashed(&self, table: &str) -> Result<(), LakeError> {

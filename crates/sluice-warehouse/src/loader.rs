@@ -32,17 +32,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_event::Event;
 use sluice_journal::{Journal, JournalError, Record};
+use sluice_lake::batcher::{BatchLimits, Batcher};
 use sluice_lake::schema::{Column, ColumnType};
 use sluice_lake::typed::{FIXED_COLUMNS, PropType, column_name, table_name};
 use sluice_lake::{DeliveryProgress, DeliveryStatus, EventsTable, TableSpec};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::pgclient::{PgClientError, PgConnection, PgTarget, quote_ident, quote_literal};
 
 const POSITIONS_TABLE: &str = "_sluice_positions";
-const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Rows per `INSERT` statement.
 const INSERT_CHUNK: usize = 500;
 
@@ -464,7 +463,7 @@ impl PgLoader {
         let topic = sluice_event::topic::GOOD;
         let partitions = self.journal.partitions(topic)?;
         let mut backoff = self.settings.retry_backoff_initial;
-        let (mut session, mut next) = loop {
+        let (mut session, next) = loop {
             match self.connect(partitions).await {
                 Ok(s) => break s,
                 Err(e) => {
@@ -485,131 +484,63 @@ impl PgLoader {
             s.next_offsets = loaded.clone();
         });
         tracing::info!(resume_at = ?next, schema = %self.settings.schema, "postgres loader started");
-        let mut buffer: Vec<(u32, Record)> = Vec::new();
-        let mut since: Option<Instant> = None;
-        let mut drain: Option<Vec<u64>> = None;
-        loop {
-            if drain.is_none() && shutdown.is_cancelled() {
-                drain = Some(
-                    (0..partitions)
-                        .map(|p| self.journal.end(topic, p).unwrap_or(next[p as usize]))
-                        .collect(),
-                );
-            }
-            let mut read_any = false;
-            for p in 0..partitions {
-                let i = p as usize;
-                let limit = drain.as_ref().map(|d| d[i]);
-                while buffer.len() < self.settings.flush_max_events
-                    && limit.is_none_or(|l| next[i] < l)
-                {
-                    let mut max = (self.settings.flush_max_events - buffer.len()).max(1);
-                    if let Some(l) = limit {
-                        max = max.min(usize::try_from(l - next[i]).unwrap_or(usize::MAX));
-                    }
-                    let end_before = self.journal.end(topic, p).unwrap_or(0);
-                    let records = match self.journal.read(topic, p, next[i], max, 64 << 20) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!(partition = p, error = %e, "journal read failed");
-                            break;
-                        }
-                    };
-                    if records.is_empty() {
-                        // Nothing durable in [next, end_before): offsets a crash never issued
-                        // (the journal's floor). Skip them, or waiting would spin and a drain
-                        // would never reach the end.
-                        if end_before > next[i] && limit.is_none_or(|l| end_before <= l) {
-                            next[i] = end_before;
-                        }
+        let limits = BatchLimits {
+            max_events: self.settings.flush_max_events,
+            max_bytes: usize::MAX,
+            read_records: usize::MAX,
+            read_bytes: 64 << 20,
+            flush_interval: self.settings.flush_interval,
+        };
+        let mut batcher = Batcher::new(self.journal.clone(), topic, next, limits);
+        while let Some(records) = batcher.next_batch(shutdown).await {
+            let mut attempts = 0u32;
+            let mut backoff = self.settings.retry_backoff_initial;
+            let mut in_db = loaded.clone();
+            loop {
+                match self.load(&mut session, &records, &in_db).await {
+                    Ok(rows) => {
+                        tracing::debug!(rows, "postgres batch loaded");
                         break;
                     }
-                    read_any = true;
-                    for record in records {
-                        if record.offset >= next[i] {
-                            next[i] = record.offset + 1;
-                            buffer.push((p, record));
+                    Err(e) => {
+                        attempts += 1;
+                        if shutdown.is_cancelled()
+                            && attempts >= self.settings.shutdown_attempts.max(1)
+                        {
+                            return Err(LoaderError::GaveUp {
+                                attempts,
+                                last: e.to_string(),
+                            });
                         }
-                    }
-                    if since.is_none() {
-                        since = Some(Instant::now());
-                    }
-                }
-            }
-            let full = buffer.len() >= self.settings.flush_max_events;
-            let due = since.is_some_and(|s| s.elapsed() >= self.settings.flush_interval);
-            if !buffer.is_empty() && (full || due || drain.is_some()) {
-                let records = std::mem::take(&mut buffer);
-                since = None;
-                let mut attempts = 0u32;
-                let mut backoff = self.settings.retry_backoff_initial;
-                let mut in_db = loaded.clone();
-                loop {
-                    match self.load(&mut session, &records, &in_db).await {
-                        Ok(rows) => {
-                            tracing::debug!(rows, "postgres batch loaded");
-                            break;
-                        }
-                        Err(e) => {
-                            attempts += 1;
-                            if shutdown.is_cancelled()
-                                && attempts >= self.settings.shutdown_attempts.max(1)
-                            {
-                                return Err(LoaderError::GaveUp {
-                                    attempts,
-                                    last: e.to_string(),
-                                });
+                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "postgres load failed; will reconnect, read the positions back and retry");
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff
+                            .saturating_mul(2)
+                            .min(self.settings.retry_backoff_max);
+                        match self.connect(partitions).await {
+                            Ok((s, positions)) => {
+                                session = s;
+                                in_db = positions;
                             }
-                            tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "postgres load failed; will reconnect, read the positions back and retry");
-                            tokio::time::sleep(backoff).await;
-                            backoff = backoff
-                                .saturating_mul(2)
-                                .min(self.settings.retry_backoff_max);
-                            match self.connect(partitions).await {
-                                Ok((s, positions)) => {
-                                    session = s;
-                                    in_db = positions;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "reconnecting to the loader's database failed");
-                                }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reconnecting to the loader's database failed");
                             }
                         }
                     }
                 }
-                for (p, r) in &records {
-                    let l = &mut loaded[*p as usize];
-                    *l = (*l).max(r.offset + 1);
-                }
-                let count = records.len() as u64;
-                self.status.send_modify(|s| {
-                    s.next_offsets = loaded.clone();
-                    s.commits += 1;
-                    s.rows += count;
-                });
-                continue;
             }
-            // Drained: everything up to the targets is delivered, or nothing more can be read.
-            if let Some(d) = &drain
-                && buffer.is_empty()
-                && (!read_any || next.iter().zip(d).all(|(n, d)| n >= d))
-            {
-                return Ok(());
+            for (p, r) in &records {
+                let l = &mut loaded[*p as usize];
+                *l = (*l).max(r.offset + 1);
             }
-            if drain.is_some() {
-                continue;
-            }
-            let timeout = since.map_or(IDLE_WAIT, |s| {
-                self.settings.flush_interval.saturating_sub(s.elapsed())
+            let count = records.len() as u64;
+            self.status.send_modify(|s| {
+                s.next_offsets = loaded.clone();
+                s.commits += 1;
+                s.rows += count;
             });
-            let waits: Vec<_> = (0..partitions)
-                .map(|p| self.journal.wait_for(topic, p, next[p as usize], timeout))
-                .collect();
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = futures::future::select_all(waits) => {}
-            }
         }
+        Ok(())
     }
 
     /// Ensures `table` has `wanted` columns (creating it or adding what is missing).
