@@ -424,10 +424,13 @@ impl Enrichers {
             let refr = str_at(&draft.context, &["page", "referrer"])
                 .or_else(|| str_at(&draft.properties, &["referrer"]));
             if let Some(r) = refr {
-                let host = page_url
-                    .as_deref()
-                    .and_then(|u| ::url::Url::parse(u).ok())
-                    .and_then(|u| u.host_str().map(str::to_string));
+                // The page enricher has parsed the URL already when it ran.
+                let host = draft.enriched.page_host.clone().or_else(|| {
+                    page_url
+                        .as_deref()
+                        .and_then(|u| ::url::Url::parse(u).ok())
+                        .and_then(|u| u.host_str().map(str::to_string))
+                });
                 url::referer(
                     r,
                     host.as_deref(),
