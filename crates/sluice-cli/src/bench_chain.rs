@@ -11,7 +11,9 @@ use anyhow::Context;
 use serde_json::json;
 use sluice_event::Position;
 use sluice_functions::mmdb::{self, Writer};
-use sluice_functions::{Chain, ChainState, EnrichConfig, Registry, ValidationConfig};
+use sluice_functions::{
+    Chain, ChainState, EnrichConfig, FunctionSpec, Functions, Outcome, Registry, ValidationConfig,
+};
 
 const UAS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
@@ -100,6 +102,85 @@ fn measure(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
 }
 
 /// Runs the chain benchmark.
+/// Runs `records` through [`Chain::process_batch`] in runner batches of 2,000, with the user
+/// functions deployed in `chain` now. Returns events/s and good events written.
+fn measure_batches(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
+    let rt = tokio::runtime::Handle::current();
+    let live = chain.live();
+    let mut state = ChainState::default();
+    let mut good = 0;
+    let start = Instant::now();
+    for (n, batch) in records.chunks(2000).enumerate() {
+        let inputs: Vec<(Position, &[u8])> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let pos = Position {
+                    partition: 0,
+                    offset: (n * 2000 + i) as u64,
+                };
+                (pos, &r[..])
+            })
+            .collect();
+        let out = rt.block_on(chain.process_batch(&inputs, &mut state, &live, true, false));
+        good += out
+            .iter()
+            .map(|o| match o {
+                Outcome::Good(g) => g.len(),
+                Outcome::Bad(_) => 0,
+            })
+            .sum::<usize>();
+    }
+    (records.len() as f64 / start.elapsed().as_secs_f64(), good)
+}
+
+/// The user-function variants: the full chain through the batch path without functions, then
+/// with a trivial function in batch mode and in per-event mode (Lambda's default batch of 100).
+fn measure_functions(
+    make_chain: &dyn Fn() -> anyhow::Result<Chain>,
+    records: &[Vec<u8>],
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    const BATCH: &str = "export function process(events, ctx) {\n  for (const e of events) e.properties.seen = true;\n  return events;\n}\n";
+    const EVENT: &str = "export function transform(event, ctx) {\n  event.properties.seen = true;\n  return event;\n}\n";
+    let mut rates = Vec::new();
+    for (label, code) in [
+        ("none", None),
+        ("batch", Some(BATCH)),
+        ("event", Some(EVENT)),
+    ] {
+        let dir = root.join(format!("functions-{label}"));
+        let functions = Arc::new(Functions::open(&dir, 1).map_err(anyhow::Error::msg)?);
+        if let Some(code) = code {
+            functions
+                .deploy("trivial", code, &FunctionSpec::default())
+                .map_err(anyhow::Error::msg)?;
+        }
+        let chain = make_chain()?.with_functions(functions.clone());
+        measure_batches(&chain, &records[..records.len().min(2000)]);
+        let (rate, good) = measure_batches(&chain, records);
+        rates.push((label, rate, good));
+    }
+    let base = rates[0].1;
+    println!("user functions on top of validate + every enricher (batches of 100):");
+    for (label, rate, good) in &rates {
+        let name = match *label {
+            "none" => "no function:              ",
+            "batch" => "trivial process(events):  ",
+            _ => "trivial transform(event): ",
+        };
+        println!(
+            "{name}{rate:>10.0} events/s per core  ({:.2} µs/event, +{:.2} µs over no function, {good} good)",
+            1e6 / rate,
+            1e6 / rate - 1e6 / base,
+        );
+    }
+    if rates.iter().any(|r| r.2 != rates[0].2) {
+        anyhow::bail!("a trivial function changed how many events are good: {rates:?}");
+    }
+    Ok(())
+}
+
 pub fn run(events: usize, event_bytes: usize, root: &std::path::Path) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::open(root.join("schemas")).map_err(anyhow::Error::msg)?);
     registry
@@ -162,13 +243,16 @@ pub fn run(events: usize, event_bytes: usize, root: &std::path::Path) -> anyhow:
         "Order Completed".into(),
         "iglu:com.acme/order/jsonschema/1-0-0".into(),
     );
-    let full = Chain::new(
-        registry,
-        validation,
-        all,
-        sluice_functions::DEFAULT_MAX_EVENT_BYTES,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let make_full = || {
+        Chain::new(
+            registry.clone(),
+            validation.clone(),
+            all.clone(),
+            sluice_functions::DEFAULT_MAX_EVENT_BYTES,
+        )
+        .map_err(anyhow::Error::msg)
+    };
+    let full = make_full()?;
 
     let records = records(events, event_bytes);
     // Warm up both (allocator, caches, compiled schemas).
@@ -205,5 +289,5 @@ pub fn run(events: usize, event_bytes: usize, root: &std::path::Path) -> anyhow:
             base_good.saturating_sub(full_good)
         );
     }
-    Ok(())
+    measure_functions(&make_full, &records, root)
 }

@@ -6,6 +6,7 @@ mod bench;
 mod bench_chain;
 mod bench_hot;
 mod bench_protocols;
+mod functions;
 mod keys;
 mod lake;
 mod replay;
@@ -42,6 +43,8 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Pushes, lists and shows schemas of the registry.
     Schemas(schemas::SchemasArgs),
+    /// Deploys, rolls back, lists and meters user JavaScript functions.
+    Functions(functions::FunctionsArgs),
     /// Re-drives bad rows or raw records through today's pipeline.
     Replay(replay::ReplayArgs),
     /// Lake table upkeep: `optimize` (compaction) and `vacuum`.
@@ -87,6 +90,7 @@ fn main() {
                     Command::Bench(args) => bench::run(args).await,
                     Command::Keys(args) => keys::run(args),
                     Command::Schemas(args) => schemas::run(args).await,
+                    Command::Functions(args) => functions::run(args).await,
                     Command::Replay(args) => replay::run(args).await,
                     Command::Lake(args) => lake::run(args).await,
                 }

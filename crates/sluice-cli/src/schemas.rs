@@ -14,17 +14,8 @@ use sluice_functions::registry::{PushOutcome, Registry, SchemaKey, schema_files,
 pub struct SchemasArgs {
     #[command(subcommand)]
     command: SchemasCommand,
-    /// Server URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SLUICE_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    url: String,
-    /// The server's admin token, for pushes.
-    #[arg(long, global = true, env = "SLUICE_ADMIN_TOKEN")]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    server: crate::functions::Server,
     /// Work on this data directory's registry instead of a server.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
@@ -53,7 +44,7 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<()> {
         return local(dir, args.command);
     }
     let client = reqwest::Client::new();
-    let base = args.url.trim_end_matches('/');
+    let base = args.server.url.trim_end_matches('/');
     match args.command {
         SchemasCommand::Push { path } => {
             let files = files_of(&path)?;
@@ -76,7 +67,7 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<()> {
                     .put(format!("{base}/v1/schemas/{}", key.path()))
                     .header("content-type", "application/json")
                     .body(body);
-                if let Some(t) = &args.admin_token {
+                if let Some(t) = &args.server.admin_token {
                     req = req.bearer_auth(t);
                 }
                 let resp = req

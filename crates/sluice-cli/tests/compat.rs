@@ -15,7 +15,6 @@
 //! those files; a lock file serialises concurrent preparation by parallel test processes.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,22 +68,6 @@ fn cache_root() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/sluice-compat"))
 }
 
-/// A shared lock on a file, released when dropped (the descriptor is closed).
-struct FileLock(#[allow(dead_code)] File);
-
-fn lock_exclusive(path: &Path) -> anyhow::Result<FileLock> {
-    let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    // SAFETY: flock(2) on a descriptor this function owns for the lifetime of the lock.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    ensure!(
-        rc == 0,
-        "flock {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    Ok(FileLock(file))
-}
-
 /// Prepares (once, idempotently) the venv and node_modules; with `browser`, makes sure Debian's
 /// Chromium is installed too.
 fn toolchain(browser: bool) -> anyhow::Result<Toolchain> {
@@ -98,7 +81,7 @@ fn toolchain(browser: bool) -> anyhow::Result<Toolchain> {
     let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&hashed));
     let root = cache_root()?;
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    let _lock = lock_exclusive(&root.join("prepare.lock"))?;
+    let _lock = sluice_testkit::lock_exclusive(&root.join("prepare.lock"))?;
 
     if browser && !Path::new("/usr/bin/chromium").exists() {
         run(

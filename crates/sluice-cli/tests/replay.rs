@@ -4,21 +4,15 @@
 //! restart, adds nothing: `events` holds every event exactly once.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use sluice_testkit::process::run_cli;
 use sluice_testkit::{SluiceProcess, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 fn sluice(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(BIN).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "sluice {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    run_cli(Path::new(BIN), args)
 }
 
 fn count(data: &Path, query: &str) -> anyhow::Result<i64> {

@@ -1,15 +1,22 @@
-//! [`Chain`]: what happens to one raw record — canonicalise, validate, enrich, check the size —
-//! and the bad row it becomes when a step fails.
+//! [`Chain`]: what happens to raw records — canonicalise, validate, enrich, run the user
+//! functions deployed after each of those stages, check the size — and the bad row a record
+//! becomes when a step fails.
+//!
+//! A raw record is good or bad as a whole: it may become several events (a function split it)
+//! or none (a function dropped it), but if any of its events fails a later step, the record is
+//! one bad row with the original payload, so that a replay after a fix re-runs all of it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros};
 
-use crate::canonical::{Failure, draft};
+use crate::canonical::{Draft, Failure, draft};
 use crate::enrich::{EnrichConfig, Enrichers, Sessions};
 use crate::registry::Registry;
+use crate::udf::{Functions, Live, OnFailure};
 use crate::validate::{Validation, ValidationConfig};
 
 /// The largest good record by default (after enrichment), in bytes.
@@ -21,12 +28,38 @@ pub struct Chain {
     validation: Validation,
     enrichers: Enrichers,
     max_event_bytes: usize,
+    functions: Option<Arc<Functions>>,
 }
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chain").finish_non_exhaustive()
     }
+}
+
+/// What became of one raw record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its good records, in order: one, several (split by a function) or none (dropped).
+    Good(Vec<Bytes>),
+    /// Its bad row.
+    Bad(Bytes),
+}
+
+/// What one function did to one item's events: the outputs, the inputs (kept only to pass them
+/// on unchanged on failure), and the first failure.
+type Round = (Vec<Draft>, Vec<Draft>, Option<String>);
+
+/// A raw record on its way through the chain.
+struct Item {
+    pos: Position,
+    raw: Option<RawEvent>,
+    state: State,
+}
+
+enum State {
+    Live(Vec<Draft>),
+    Bad(Bytes),
 }
 
 impl Chain {
@@ -42,7 +75,22 @@ impl Chain {
             validation: Validation::new(registry, validation),
             enrichers: Enrichers::new(enrich)?,
             max_event_bytes,
+            functions: None,
         })
+    }
+
+    /// Runs the user functions deployed in `functions` too (from the next batch on, whatever
+    /// is deployed at the time).
+    pub fn with_functions(mut self, functions: Arc<Functions>) -> Self {
+        self.functions = Some(functions);
+        self
+    }
+
+    /// The user functions that run now (an empty set without [`Chain::with_functions`]).
+    pub fn live(&self) -> Arc<Live> {
+        self.functions
+            .as_ref()
+            .map_or_else(|| Arc::new(Live::default()), |f| f.live())
     }
 
     /// Whether the chain keeps per-user sessions (state the runner must save and restore).
@@ -50,40 +98,65 @@ impl Chain {
         self.enrichers.uses_sessions()
     }
 
-    /// One raw record → the bytes of a good record, or of a bad row.
+    /// One raw record → the bytes of a good record, or of a bad row, without user functions.
     pub fn process(
         &self,
         value: &[u8],
         pos: Position,
         sessions: &mut Sessions,
     ) -> Result<Bytes, Bytes> {
-        self.process_counted(value, pos, sessions, true)
+        let mut item = self.start(value, pos, true);
+        self.validate(&mut item, true);
+        self.enrich(&mut item, sessions, true);
+        match self.finish(item, true) {
+            Outcome::Good(mut g) if g.len() == 1 => Ok(g.remove(0)),
+            Outcome::Good(_) => Err(Bytes::new()),
+            Outcome::Bad(b) => Err(b),
+        }
     }
 
-    /// [`Chain::process`] without counting anything in the metrics: for re-running records
-    /// already processed once (the runner rebuilding its session state).
-    pub(crate) fn process_uncounted(
+    /// A batch of raw records of one partition, in order, through every stage and the user
+    /// functions of `live`. One outcome per record. With `count` off nothing is counted in the
+    /// metrics (re-running records already processed); with `sessions_only` the run stops
+    /// after the `enrich` stage and yields nothing (rebuilding session state).
+    pub async fn process_batch(
         &self,
-        value: &[u8],
-        pos: Position,
+        records: &[(Position, &[u8])],
         sessions: &mut Sessions,
-    ) -> Result<Bytes, Bytes> {
-        self.process_counted(value, pos, sessions, false)
-    }
-
-    fn process_counted(
-        &self,
-        value: &[u8],
-        pos: Position,
-        sessions: &mut Sessions,
+        live: &Live,
         count: bool,
-    ) -> Result<Bytes, Bytes> {
-        let bad_of = |raw: &RawEvent, function: &str, f: Failure, pos: Position| {
-            if count {
-                crate::metrics::bad(f.kind, function);
-            }
-            bad_of(raw, function, f, pos)
+        sessions_only: bool,
+    ) -> Vec<Outcome> {
+        let Some(partition) = records.first().map(|(p, _)| p.partition) else {
+            return Vec::new();
         };
+        let mut items: Vec<Item> = records
+            .iter()
+            .map(|(pos, value)| self.start(value, *pos, count))
+            .collect();
+        self.run_functions(live, 0, &mut items, partition, count)
+            .await;
+        for item in &mut items {
+            self.validate(item, count);
+        }
+        self.run_functions(live, 1, &mut items, partition, count)
+            .await;
+        for item in &mut items {
+            self.enrich(item, sessions, count);
+        }
+        if sessions_only {
+            return Vec::new();
+        }
+        self.run_functions(live, 2, &mut items, partition, count)
+            .await;
+        items
+            .into_iter()
+            .map(|item| self.finish(item, count))
+            .collect()
+    }
+
+    /// Reads the raw record and makes its draft.
+    fn start(&self, value: &[u8], pos: Position, count: bool) -> Item {
         let raw: RawEvent = match serde_json::from_slice(value) {
             Ok(r) => r,
             Err(e) => {
@@ -93,67 +166,208 @@ impl Chain {
                 {
                     Some(v) => v,
                     None => serde_json::value::to_raw_value(&String::from_utf8_lossy(value))
-                        .map_err(|_| Bytes::new())?,
+                        .unwrap_or_else(|_| null()),
                 };
                 if count {
                     crate::metrics::bad(BadKind::Parse, "canonicalize");
                 }
-                return Err(bad_row(
-                    BadKind::Parse,
-                    format!("raw record is unreadable: {e}"),
-                    "canonicalize",
-                    ("", "", 0),
-                    payload,
+                return Item {
                     pos,
-                ));
+                    raw: None,
+                    state: State::Bad(bad_row(
+                        BadKind::Parse,
+                        format!("raw record is unreadable: {e}"),
+                        "canonicalize",
+                        ("", "", 0),
+                        payload,
+                        pos,
+                    )),
+                };
             }
         };
-        let mut d = draft(&raw, pos).map_err(|f| bad_of(&raw, "canonicalize", f, pos))?;
-        self.validation
-            .check(&mut d, count)
-            .map_err(|f| bad_of(&raw, "validate", f, pos))?;
-        self.enrichers.apply(&mut d, &raw, sessions).map_err(|f| {
-            let function = f
-                .reason
-                .split_once(':')
-                .and_then(|(a, rest)| rest.split_once(':').map(|(b, _)| format!("{a}:{b}")))
-                .unwrap_or_else(|| "enrich".into());
-            bad_of(&raw, &function, f, pos)
-        })?;
-        let event = d.into_event();
-        let bytes = serde_json::to_vec(&event).map_err(|e| {
-            bad_of(
-                &raw,
-                "canonicalize",
-                Failure {
-                    kind: BadKind::Parse,
-                    reason: e.to_string(),
-                },
-                pos,
-            )
-        })?;
-        if bytes.len() > self.max_event_bytes {
-            return Err(bad_of(
-                &raw,
-                "size",
-                Failure {
+        let state = match draft(&raw, pos) {
+            Ok(d) => State::Live(vec![d]),
+            Err(f) => State::Bad(fail(&raw, "canonicalize", f, pos, count)),
+        };
+        Item {
+            pos,
+            raw: Some(raw),
+            state,
+        }
+    }
+
+    fn validate(&self, item: &mut Item, count: bool) {
+        let (State::Live(drafts), Some(raw)) = (&mut item.state, &item.raw) else {
+            return;
+        };
+        for d in drafts.iter_mut() {
+            if let Err(f) = self.validation.check(d, count) {
+                item.state = State::Bad(fail(raw, "validate", f, item.pos, count));
+                return;
+            }
+        }
+    }
+
+    fn enrich(&self, item: &mut Item, sessions: &mut Sessions, count: bool) {
+        let (State::Live(drafts), Some(raw)) = (&mut item.state, &item.raw) else {
+            return;
+        };
+        for d in drafts.iter_mut() {
+            if let Err(f) = self.enrichers.apply(d, raw, sessions) {
+                let function = f
+                    .reason
+                    .split_once(':')
+                    .and_then(|(a, rest)| rest.split_once(':').map(|(b, _)| format!("{a}:{b}")))
+                    .unwrap_or_else(|| "enrich".into());
+                item.state = State::Bad(fail(raw, &function, f, item.pos, count));
+                return;
+            }
+        }
+    }
+
+    /// Runs the user functions of stage slot `slot` over the live items, in chain order.
+    async fn run_functions(
+        &self,
+        live: &Live,
+        slot: usize,
+        items: &mut [Item],
+        partition: u32,
+        count: bool,
+    ) {
+        for f in &live.slots[slot] {
+            let mut drafts = Vec::new();
+            let mut owners = Vec::new();
+            for (k, item) in items.iter_mut().enumerate() {
+                if let State::Live(ds) = &mut item.state {
+                    owners.extend(std::iter::repeat_n(k, ds.len()));
+                    drafts.append(ds);
+                }
+            }
+            if drafts.is_empty() {
+                continue;
+            }
+            let results = crate::udf::stage::apply(f, &drafts, partition).await;
+            let skip = f.spec.on_failure == OnFailure::Skip;
+            let mut per_item: Vec<Option<Round>> = (0..items.len()).map(|_| None).collect();
+            for ((k, result), input) in owners.into_iter().zip(results).zip(drafts) {
+                let slot = per_item[k].get_or_insert_with(Default::default);
+                match result {
+                    Ok(outputs) => slot.0.extend(outputs),
+                    Err(e) => {
+                        slot.2.get_or_insert(e.0);
+                    }
+                }
+                if skip {
+                    slot.1.push(input);
+                }
+            }
+            for (item, slot) in items.iter_mut().zip(per_item) {
+                let Some((mut outputs, inputs, failure)) = slot else {
+                    continue;
+                };
+                item.state = match failure {
+                    None => {
+                        distinct_ids(&mut outputs);
+                        State::Live(outputs)
+                    }
+                    Some(_) if skip => State::Live(inputs),
+                    Some(why) => {
+                        let failure = Failure {
+                            kind: BadKind::FunctionFailure,
+                            reason: format!("{} v{}: {why}", f.name, f.version),
+                        };
+                        match &item.raw {
+                            Some(raw) => {
+                                State::Bad(fail(raw, &f.label(), failure, item.pos, count))
+                            }
+                            None => State::Live(Vec::new()),
+                        }
+                    }
+                };
+            }
+        }
+    }
+
+    /// Serialises an item's events, checking the size.
+    fn finish(&self, item: Item, count: bool) -> Outcome {
+        let drafts = match item.state {
+            State::Bad(b) => return Outcome::Bad(b),
+            State::Live(d) => d,
+        };
+        let n = drafts.len();
+        let mut good = Vec::with_capacity(n);
+        for (k, d) in drafts.into_iter().enumerate() {
+            let event = d.into_event();
+            let mut bytes = match serde_json::to_vec(&event) {
+                Ok(b) => b,
+                Err(e) => {
+                    let failure = Failure {
+                        kind: BadKind::Parse,
+                        reason: e.to_string(),
+                    };
+                    return Outcome::Bad(match &item.raw {
+                        Some(raw) => fail(raw, "canonicalize", failure, item.pos, count),
+                        None => Bytes::new(),
+                    });
+                }
+            };
+            if bytes.len() > self.max_event_bytes {
+                let failure = Failure {
                     kind: BadKind::Size,
                     reason: format!(
                         "the enriched event is {} bytes, over the limit of {} (functions.max_event_bytes)",
                         bytes.len(),
                         self.max_event_bytes
                     ),
-                },
-                pos,
-            ));
+                };
+                return Outcome::Bad(match &item.raw {
+                    Some(raw) => fail(raw, "size", failure, item.pos, count),
+                    None => Bytes::new(),
+                });
+            }
+            if n > 1 {
+                // `"part":[k,n]`: which of the record's events this is, for the runner's resume.
+                bytes.pop();
+                bytes.extend_from_slice(format!(",\"part\":[{k},{n}]}}").as_bytes());
+            }
+            good.push(Bytes::from(bytes));
         }
-        Ok(Bytes::from(bytes))
+        Outcome::Good(good)
     }
 }
 
-fn bad_of(raw: &RawEvent, function: &str, f: Failure, pos: Position) -> Bytes {
-    let payload = serde_json::value::to_raw_value(raw)
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("literal is valid json"));
+/// Gives the second and later events of one record that share a `(source, event_id)` the ids
+/// `<id>#1`, `<id>#2`... (the first keeps the original id, which replay dedupes on).
+fn distinct_ids(drafts: &mut [Draft]) {
+    if drafts.len() < 2 {
+        return;
+    }
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for d in drafts.iter_mut() {
+        if seen.insert((d.source.clone(), d.event_id.clone())) {
+            continue;
+        }
+        let mut k = 1;
+        loop {
+            let id = format!("{}#{k}", d.event_id);
+            if seen.insert((d.source.clone(), id.clone())) {
+                d.event_id = id;
+                break;
+            }
+            k += 1;
+        }
+    }
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("literal is valid json")
+}
+
+fn fail(raw: &RawEvent, function: &str, f: Failure, pos: Position, count: bool) -> Bytes {
+    if count {
+        crate::metrics::bad(f.kind, function);
+    }
+    let payload = serde_json::value::to_raw_value(raw).unwrap_or_else(|_| null());
     bad_row(
         f.kind,
         f.reason,

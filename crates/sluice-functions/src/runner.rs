@@ -11,6 +11,7 @@ use sluice_event::{Position, topic};
 use sluice_journal::{Journal, JournalError};
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::Outcome;
 use crate::enrich::{Sessions, load_sessions, save_sessions};
 use crate::{Chain, FunctionsError, RunnerSettings};
 
@@ -138,23 +139,31 @@ struct PartitionWorker {
 #[derive(Deserialize)]
 struct RawOf {
     raw: Position,
+    /// `[k, n]` on the events of a raw record a user function split into `n` events.
+    #[serde(default)]
+    part: Option<[u32; 2]>,
 }
 
 impl PartitionWorker {
     async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
         let p = self.partition;
-        let last_good = self.last_raw_offset(topic::GOOD)?;
-        let last_bad = self.last_raw_offset(topic::BAD)?;
-        let mut next = last_good.map_or(0, |o| o + 1);
+        let last_good = self.last_raw_of(topic::GOOD)?;
+        let last_bad = self.last_raw_of(topic::BAD)?.map(|r| r.raw.offset);
+        let mut committed = self.journal.committed(GROUP, topic::RAW, p)?;
         let raw_start = self.journal.start(topic::RAW, p)?;
-        next = next.max(raw_start);
-        let mut sessions = self.restore_sessions(next, raw_start)?;
+        let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed);
+        if next < raw_start {
+            next = raw_start;
+            skip_parts = None;
+        }
+        let mut sessions = self.restore_sessions(next, raw_start).await?;
         let mut last_snapshot = Instant::now();
-        tracing::info!(partition = p, next, ?last_good, ?last_bad, "runner resumes");
+        tracing::info!(partition = p, next, ?skip_parts, last_good = ?last_good.map(|r| r.raw.offset), ?last_bad, "runner resumes");
         self.progress.next[p as usize].store(next, Ordering::Release);
         let mut last_commit = Instant::now();
-        let mut committed = self.journal.committed(GROUP, topic::RAW, p)?;
         let mut drain_to: Option<u64> = None;
+        // When the first record of a batch still waiting for its batching window was seen.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             if drain_to.is_none() && shutdown.is_cancelled() {
                 drain_to = Some(self.journal.end(topic::RAW, p)?);
@@ -164,12 +173,14 @@ impl PartitionWorker {
             {
                 break;
             }
+            // The functions running now; the whole batch runs on this set, so a deploy or a
+            // rollback takes effect between batches.
+            let live = self.chain.live();
+            let limit = self.batch_size.max(live.max_batch_size());
             // The end is read before the records: an empty read then proves that nothing exists
             // in [next, end) (a gap a crash left behind, or retention), so `next` may move there.
             let end = self.journal.end(topic::RAW, p)?;
-            let records = self
-                .journal
-                .read(topic::RAW, p, next, self.batch_size, 16 << 20)?;
+            let records = self.journal.read(topic::RAW, p, next, limit, 16 << 20)?;
             let Some(last) = records.last() else {
                 if end > next {
                     next = end;
@@ -192,23 +203,66 @@ impl PartitionWorker {
                 continue;
             };
             let last_offset = last.offset;
+            // The batching window: wait (up to the window) for a full batch.
+            let window = live.batch_window();
+            if !window.is_zero()
+                && drain_to.is_none()
+                && records.len() < live.windowed_batch_size()
+                // All there was got read (not cut short by the byte limit): more can only come.
+                && end <= last_offset + 1
+            {
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                let left = window.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    tokio::select! {
+                        _ = self.journal.wait_for(topic::RAW, p, last_offset, left) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            }
+            waiting_since = None;
+            let inputs: Vec<(Position, &[u8])> = records
+                .iter()
+                .map(|r| {
+                    (
+                        Position {
+                            partition: p,
+                            offset: r.offset,
+                        },
+                        &r.value[..],
+                    )
+                })
+                .collect();
+            let outcomes = self
+                .chain
+                .process_batch(&inputs, &mut sessions, &live, true, false)
+                .await;
+            drop(inputs);
             let mut good = Vec::with_capacity(records.len());
             let mut bad = Vec::new();
-            for r in &records {
-                let pos = Position {
-                    partition: p,
-                    offset: r.offset,
-                };
-                match self.chain.process(&r.value, pos, &mut sessions) {
-                    Ok(bytes) => good.push(bytes),
-                    Err(row) => {
+            let mut n_good = 0;
+            for (r, outcome) in records.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Good(mut events) => {
+                        n_good += 1;
+                        if let Some((offset, k)) = skip_parts
+                            && offset == r.offset
+                        {
+                            // Resuming inside a split record: its first `k` events are written.
+                            events.drain(..k.min(events.len()));
+                        }
+                        good.extend(events);
+                    }
+                    Outcome::Bad(row) => {
                         if last_bad.is_none_or(|b| r.offset > b) {
                             bad.push(row);
                         }
                     }
                 }
             }
-            crate::metrics::processed(good.len(), bad.len());
+            skip_parts = None;
+            crate::metrics::processed(n_good, records.len() - n_good);
             // Bad first: once a good record with a higher raw offset is durable, the resume
             // point moves past these events, so their bad rows must already be durable.
             self.append_retrying(topic::BAD, bad).await?;
@@ -237,7 +291,11 @@ impl PartitionWorker {
     /// the raw records after it through the chain again (outputs discarded; they are already in
     /// `good`/`bad`). The chain is deterministic for sessions, so this gives the state the
     /// runner had.
-    fn restore_sessions(&self, next: u64, raw_start: u64) -> Result<Sessions, FunctionsError> {
+    async fn restore_sessions(
+        &self,
+        next: u64,
+        raw_start: u64,
+    ) -> Result<Sessions, FunctionsError> {
         let p = self.partition;
         if !self.chain.uses_sessions() {
             return Ok(Sessions::default());
@@ -258,6 +316,9 @@ impl PartitionWorker {
         from = from.max(raw_start);
         let started = Instant::now();
         let mut replayed = 0usize;
+        // Functions that run before `enrich` shape what the sessions see, so they run again
+        // too; those after it do not matter here.
+        let live = self.chain.live();
         while from < next {
             let records = self
                 .journal
@@ -266,14 +327,23 @@ impl PartitionWorker {
                 break;
             };
             let last = last.offset;
-            for r in records.iter().filter(|r| r.offset < next) {
-                let pos = Position {
-                    partition: p,
-                    offset: r.offset,
-                };
-                let _ = self.chain.process_uncounted(&r.value, pos, &mut sessions);
-                replayed += 1;
-            }
+            let inputs: Vec<(Position, &[u8])> = records
+                .iter()
+                .filter(|r| r.offset < next)
+                .map(|r| {
+                    (
+                        Position {
+                            partition: p,
+                            offset: r.offset,
+                        },
+                        &r.value[..],
+                    )
+                })
+                .collect();
+            replayed += inputs.len();
+            self.chain
+                .process_batch(&inputs, &mut sessions, &live, false, true)
+                .await;
             from = last + 1;
         }
         if replayed > 0 {
@@ -299,19 +369,19 @@ impl PartitionWorker {
         }
     }
 
-    /// The highest raw offset recorded in the tail of an output topic's partition.
-    fn last_raw_offset(&self, out: &str) -> Result<Option<u64>, FunctionsError> {
+    /// The raw position (and part) of the last record of an output topic's partition that
+    /// names one.
+    fn last_raw_of(&self, out: &str) -> Result<Option<RawOf>, FunctionsError> {
         let p = self.partition;
         let start = self.journal.start(out, p)?;
         let mut end = self.journal.end(out, p)?;
         while end > start {
             let from = end.saturating_sub(64).max(start);
             let records = self.journal.read(out, p, from, 64, 1 << 20)?;
-            let found = records.iter().rev().find_map(|r| {
-                serde_json::from_slice::<RawOf>(&r.value)
-                    .ok()
-                    .map(|x| x.raw.offset)
-            });
+            let found = records
+                .iter()
+                .rev()
+                .find_map(|r| serde_json::from_slice::<RawOf>(&r.value).ok());
             if found.is_some() {
                 return Ok(found);
             }
@@ -341,5 +411,27 @@ impl PartitionWorker {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// Where a partition resumes: the raw offset to process next, and, when the last good record is
+/// one of a split record's events and the rest may be missing, `(offset, k)`: that record's
+/// first `k` events are already written.
+///
+/// The consumer group's committed offset is written only after a batch's outputs are durable,
+/// so it is a safe resume point too; it matters when a function dropped the last events (they
+/// leave nothing in `good`).
+fn resume_point(last_good: Option<&RawOf>, committed: Option<u64>) -> (u64, Option<(u64, usize)>) {
+    let (next, skip) = match last_good {
+        Some(RawOf {
+            raw,
+            part: Some([k, n]),
+        }) if k + 1 < *n => (raw.offset, Some((raw.offset, *k as usize + 1))),
+        Some(r) => (r.raw.offset + 1, None),
+        None => (0, None),
+    };
+    match committed {
+        Some(c) if c > next => (c, None),
+        _ => (next, skip),
     }
 }

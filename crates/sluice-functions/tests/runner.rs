@@ -327,3 +327,283 @@ async fn sessions_are_the_same_whether_or_not_the_runner_restarted() {
     run_with(lost.clone(), chain(dir.path()), Some(&state2), 16).await;
     assert_eq!(sessions(&lost), want);
 }
+
+/// The default chain with the user functions of `functions`.
+fn chain_with(dir: &std::path::Path, functions: Arc<sluice_functions::Functions>) -> Arc<Chain> {
+    let registry = Arc::new(Registry::open(dir.join("schemas")).unwrap());
+    Arc::new(
+        Chain::new(
+            registry,
+            ValidationConfig::default(),
+            EnrichConfig::default(),
+            sluice_functions::DEFAULT_MAX_EVENT_BYTES,
+        )
+        .unwrap()
+        .with_functions(functions),
+    )
+}
+
+fn functions(dir: &std::path::Path, partitions: u32) -> Arc<sluice_functions::Functions> {
+    Arc::new(sluice_functions::Functions::open(&dir.join("functions"), partitions).unwrap())
+}
+
+fn good_values(j: &MemJournal, p: u32) -> Vec<serde_json::Value> {
+    j.records(topic::GOOD, p)
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_during_ingest_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = functions(dir.path(), 2);
+    let spec = sluice_functions::FunctionSpec::default();
+    let version = |v: u32| format!("export function transform(e) {{ return {{...e, v: {v}}}; }}");
+    fns.deploy("stamp", &version(1), &spec).unwrap();
+    let j = MemJournal::with_topics(&[(topic::RAW, 2), (topic::GOOD, 2), (topic::BAD, 2)]);
+    let settings = RunnerConfig {
+        batch_size: 16,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let runner = Runner::new(
+        j.clone(),
+        settings,
+        chain_with(dir.path(), fns.clone()),
+        None,
+    )
+    .unwrap();
+    let progress = runner.progress();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    let mut n = 0;
+    let mut append = |count: usize| {
+        for _ in 0..count {
+            j.append_now(topic::RAW, (n % 2) as u32, vec![raw_record(n)])
+                .unwrap();
+            n += 1;
+        }
+    };
+    let caught_up = |j: Arc<MemJournal>| {
+        let progress = progress.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while (0..2).any(|p| progress.next(p) < j.end(topic::RAW, p).unwrap()) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("runner caught up");
+        }
+    };
+    append(300);
+    // Deploy v2 while the runner works through the first records, then roll back to v1 while
+    // it works through the next ones.
+    let f2 = fns.clone();
+    let v2 = version(2);
+    let deployed = tokio::task::spawn_blocking(move || {
+        f2.deploy("stamp", &v2, &sluice_functions::FunctionSpec::default())
+            .unwrap()
+    });
+    append(300);
+    deployed.await.unwrap();
+    append(300);
+    caught_up(j.clone()).await;
+    let f3 = fns.clone();
+    tokio::task::spawn_blocking(move || f3.rollback("stamp", None).unwrap())
+        .await
+        .unwrap();
+    append(300);
+    caught_up(j.clone()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    let mut seen = std::collections::BTreeSet::new();
+    let mut versions_seen = std::collections::BTreeSet::new();
+    for p in 0..2 {
+        let good = good_values(&j, p);
+        let bad = j.records(topic::BAD, p).len();
+        let raw = j.end(topic::RAW, p).unwrap() as usize;
+        assert_eq!(
+            good.len() + bad,
+            raw,
+            "partition {p}: one output per raw record"
+        );
+        let offsets: Vec<u64> = good
+            .iter()
+            .map(|v| v["raw"]["offset"].as_u64().unwrap())
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: in order, no duplicate"
+        );
+        // Each batch ran on one version: the versions form runs v1, v2, v1.
+        let vs: Vec<u64> = good
+            .iter()
+            .map(|v| v["properties"]["v"].as_u64().unwrap())
+            .collect();
+        let mut runs = vs.clone();
+        runs.dedup();
+        assert!(
+            runs.len() <= 3 && runs.first() == Some(&1),
+            "partition {p}: {runs:?}"
+        );
+        versions_seen.extend(vs);
+        for v in &good {
+            assert!(
+                seen.insert(v["event_id"].as_str().unwrap().to_string()),
+                "duplicate {v}"
+            );
+        }
+    }
+    assert_eq!(
+        seen.len() + j.records(topic::BAD, 0).len() + j.records(topic::BAD, 1).len(),
+        1200
+    );
+    assert_eq!(
+        versions_seen.into_iter().collect::<Vec<_>>(),
+        [1, 2],
+        "both versions ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_records_resume_exactly_once_from_any_crash_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = functions(dir.path(), 1);
+    fns.deploy(
+        "triple",
+        "export function transform(e) { return [e, {...e, event: e.event + '/b'}, {...e, event: e.event + '/c'}]; }",
+        &sluice_functions::FunctionSpec::default(),
+    )
+    .unwrap();
+    let chain = chain_with(dir.path(), fns);
+    let full = journal_with_raw(12);
+    run_with(full.clone(), chain.clone(), None, 5).await;
+    let want: Vec<(String, String)> = good_values(&full, 0)
+        .iter()
+        .map(|v| {
+            (
+                v["event_id"].as_str().unwrap().into(),
+                v["event"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 27, "9 good raw records, 3 events each");
+    let good_records = full.records(topic::GOOD, 0);
+    let bad_records = full.records(topic::BAD, 0);
+    for kept in 0..=good_records.len() {
+        let j = journal_with_raw(12);
+        j.append_now(
+            topic::GOOD,
+            0,
+            good_records[..kept]
+                .iter()
+                .map(|r| r.value.clone())
+                .collect(),
+        )
+        .unwrap();
+        // Every bad row below the last kept good record was durable before it.
+        j.append_now(
+            topic::BAD,
+            0,
+            bad_records.iter().map(|r| r.value.clone()).collect(),
+        )
+        .unwrap();
+        run_with(j.clone(), chain.clone(), None, 4).await;
+        let got: Vec<(String, String)> = good_values(&j, 0)
+            .iter()
+            .map(|v| {
+                (
+                    v["event_id"].as_str().unwrap().into(),
+                    v["event"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "after a crash with {kept} good records written");
+        assert_eq!(bad_ids(&j), bad_ids(&full));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_events_are_not_processed_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = functions(dir.path(), 1);
+    fns.deploy(
+        "filter",
+        "export function transform(e) { return e.event === 'e0' ? e : null; }",
+        &sluice_functions::FunctionSpec::default(),
+    )
+    .unwrap();
+    let chain = chain_with(dir.path(), fns.clone());
+    let j = journal_with_raw(40);
+    run_with(j.clone(), chain.clone(), None, 8).await;
+    assert_eq!(good_ids(&j), [("id0000".to_string(), 0)]);
+    let events_in = fns.stats()[0].events_in;
+    assert_eq!(events_in, 30);
+    // The last good record is raw 0, but the committed offset says 40 were done.
+    run_with(j.clone(), chain, None, 8).await;
+    assert_eq!(fns.stats()[0].events_in, events_in, "nothing ran twice");
+    assert_eq!(good_ids(&j).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batching_window_waits_for_a_full_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = functions(dir.path(), 1);
+    fns.deploy(
+        "windowed",
+        "export function process(events) { return events; }",
+        &sluice_functions::FunctionSpec {
+            batch_size: 6,
+            batch_window_ms: 60_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let j = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
+    // Events 0, 1, 2, 4, 5, 6 are good (every fourth is a bad row before the function).
+    j.append_now(topic::RAW, 0, (0..4).map(raw_record).collect())
+        .unwrap();
+    let runner = Runner::new(
+        j.clone(),
+        RunnerConfig::default().validate().unwrap(),
+        chain_with(dir.path(), fns.clone()),
+        None,
+    )
+    .unwrap();
+    let progress = runner.progress();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    // Four records are fewer than the batch: the runner holds them for the window.
+    let early = tokio::time::timeout(Duration::from_millis(300), async {
+        while progress.next(0) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "the runner did not wait for its batch");
+    // Three more fill it: one invocation takes all six good events, long before the window ends.
+    j.append_now(topic::RAW, 0, (4..7).map(raw_record).collect())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while progress.next(0) < 7 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a full batch goes at once");
+    let s = &fns.stats()[0];
+    assert_eq!((s.invocations, s.events_in), (1, 6));
+    // A shutdown does not wait for the window: what is there is processed and the runner stops.
+    j.append_now(topic::RAW, 0, vec![raw_record(8)]).unwrap();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("drained without waiting for the window")
+        .unwrap()
+        .unwrap();
+    assert_eq!(good_ids(&j).len(), 7);
+}

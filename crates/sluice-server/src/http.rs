@@ -36,6 +36,8 @@ pub(crate) struct AppState {
     pub(crate) hot: Option<sluice_hot::HotReader>,
     /// The models this node runs (predict role).
     pub(crate) models: Arc<Vec<String>>,
+    /// The user functions, on a node with the functions role.
+    pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
 }
 
 /// Seconds a client should wait before retrying a 429/503.
@@ -50,6 +52,7 @@ pub(crate) fn router(state: AppState, settings: &Settings) -> Router {
         .route("/v1/sql", post(sql))
         .route("/v1/replay", post(crate::replay::replay))
         .merge(crate::schemas::routes())
+        .merge(crate::functions::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::hot::routes())
@@ -253,9 +256,9 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.prometheus.render(),
-    )
-        .into_response()
+    let mut body = state.prometheus.render();
+    if let Some(f) = &state.functions {
+        body.push_str(&f.render_prometheus());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -13,6 +13,7 @@ pub mod auth;
 mod config;
 mod declared;
 mod error;
+mod functions;
 mod hot;
 mod http;
 mod kinesis;

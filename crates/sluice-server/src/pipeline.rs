@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_collector::Collector;
 use sluice_event::topic;
-use sluice_functions::{Chain, Registry, Runner};
+use sluice_functions::{Chain, Functions, Registry, Runner};
 use sluice_journal::{Journal, LocalJournal};
 use sluice_lake::{BadRowsSink, LakeRoot, LakeSink, TypedSink, Upkeep};
 use sluice_warehouse::Warehouse;
@@ -80,14 +80,24 @@ impl Server {
                 .map_err(|e| ServerError::stage("schemas", e))?,
         );
         let mut runner_progress = None;
+        let mut functions = None;
         let runner = if settings.roles.functions {
+            let dir = settings.data_dir.join("functions");
+            let partitions = settings.partitions;
+            let udf = tokio::task::spawn_blocking(move || Functions::open(&dir, partitions))
+                .await
+                .map_err(|e| ServerError::stage("functions", e))?
+                .map_err(|e| ServerError::stage("functions", e))?;
+            let udf = Arc::new(udf);
+            functions = Some(udf.clone());
             let chain = Chain::new(
                 registry.clone(),
                 settings.validation.clone(),
                 settings.enrich.clone(),
                 settings.functions.max_event_bytes,
             )
-            .map_err(ServerError::Config)?;
+            .map_err(ServerError::Config)?
+            .with_functions(udf);
             let runner = Runner::new(
                 dyn_journal.clone(),
                 settings.functions.clone(),
@@ -281,6 +291,7 @@ impl Server {
                 replay,
                 hot: hot_reader,
                 models: Arc::new(models),
+                functions,
             };
             let listener = crate::listen::bind(settings.http, settings.listener.max_connections)
                 .map_err(|source| ServerError::Bind {

@@ -144,3 +144,15 @@ pub fn wait_until<T>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs `bin ARGS...` to completion; its stdout, or an error with its stderr when it fails.
+pub fn run_cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}

@@ -32,6 +32,10 @@ pub fn toolchain() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
     let dir = home.join(format!(".cache/sluice-compat/warehouse-{hash:016x}"));
+    std::fs::create_dir_all(home.join(".cache/sluice-compat")).unwrap();
+    // Tests run as parallel processes: one prepares, the others wait and reuse.
+    let _lock =
+        sluice_testkit::lock_exclusive(&home.join(".cache/sluice-compat/warehouse.lock")).unwrap();
     if !dir.join("ready").exists() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("node")).unwrap();

@@ -1,0 +1,384 @@
+//! `sluice functions deploy|list|show|rollback|delete|logs|stats`: user JavaScript functions in
+//! a running server (`--url`, with `--admin-token` when the server has one). A deploy or a
+//! rollback takes effect from the runner's next batch, without a restart.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Arguments of `sluice functions`.
+#[derive(clap::Args, Debug)]
+pub struct FunctionsArgs {
+    #[command(subcommand)]
+    command: FunctionsCommand,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// Which server a command talks to (shared with `sluice schemas`).
+#[derive(clap::Args, Debug)]
+pub struct Server {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// The server's admin token.
+    #[arg(long, global = true, env = "SLUICE_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum FunctionsCommand {
+    /// Deploys FILE (an ES module exporting `process(events, ctx)` or `transform(event, ctx)`)
+    /// as a new version of NAME and makes it run. Settings not given take their defaults.
+    Deploy(Box<DeployArgs>),
+    /// Lists the deployed functions.
+    List,
+    /// Shows a function: versions, settings (secrets hidden) and the running code.
+    Show {
+        /// Function name.
+        name: String,
+    },
+    /// Runs the version that ran before the current one, or `--to` a given one.
+    Rollback {
+        /// Function name.
+        name: String,
+        /// The version to run.
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Removes a function and its versions.
+    Delete {
+        /// Function name.
+        name: String,
+    },
+    /// Prints what a function logged (`console.log`, `ctx.log`, its failures).
+    Logs {
+        /// Function name.
+        name: String,
+        /// How many of the last lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Metering per function and version: invocations, errors, durations, GB-seconds and the
+    /// cost of the same work on AWS Lambda.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct DeployArgs {
+    /// Function name (a-z, 0-9, - and _).
+    name: String,
+    /// The module file.
+    file: PathBuf,
+    /// Where it runs: after `canonicalize`, `validate`, `enrich` (default) or a function.
+    #[arg(long)]
+    after: Option<String>,
+    /// Most events per invocation (default 100).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Longest wait to fill a batch, ms (default 0).
+    #[arg(long)]
+    batch_window: Option<u64>,
+    /// Longest invocation, ms (default 3000).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Memory limit, MiB (default 128).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Invocations of one partition's events at a time (default 1).
+    #[arg(long)]
+    parallelism: Option<u32>,
+    /// Retries of a failed batch that cannot be split further (default 2).
+    #[arg(long)]
+    max_retries: Option<u32>,
+    /// Do not split failed batches in two.
+    #[arg(long)]
+    no_bisect: bool,
+    /// Events older than this many seconds are not invoked again (default: no limit).
+    #[arg(long)]
+    max_record_age: Option<u64>,
+    /// `bad` (default): failed events become bad rows; `skip`: they go on unchanged.
+    #[arg(long)]
+    on_failure: Option<String>,
+    /// `ctx.config`: a JSON object, or @FILE.
+    #[arg(long)]
+    config: Option<String>,
+    /// `ctx.secrets.KEY`, repeatable: KEY=VALUE.
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    secrets: Vec<String>,
+}
+
+/// Runs `sluice functions`.
+pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: args.server.url.trim_end_matches('/').to_string(),
+        token: args.server.admin_token,
+    };
+    match args.command {
+        FunctionsCommand::Deploy(d) => deploy(&api, *d).await,
+        FunctionsCommand::List => {
+            let v = api
+                .call(reqwest::Method::GET, "/v1/functions", None)
+                .await?;
+            let list = v["functions"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no functions deployed");
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:>7} {:<6} {:<16} {:>8}  deployed",
+                "name", "version", "mode", "after", "versions"
+            );
+            for f in list {
+                println!(
+                    "{:<24} {:>7} {:<6} {:<16} {:>8}  {}",
+                    f["name"].as_str().unwrap_or_default(),
+                    f["version"],
+                    f["mode"].as_str().unwrap_or_default(),
+                    f["after"].as_str().unwrap_or_default(),
+                    f["versions"],
+                    f["deployed_at"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        FunctionsCommand::Show { name } => {
+            let v = api
+                .call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None)
+                .await?;
+            let mut meta = v.clone();
+            if let Some(o) = meta.as_object_mut() {
+                o.remove("code");
+            }
+            println!("{}", serde_json::to_string_pretty(&meta)?);
+            println!("--- code (v{}) ---", v["active"]);
+            println!("{}", v["code"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        FunctionsCommand::Rollback { name, to } => {
+            let body = json!({ "to": to });
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/functions/{name}/rollback"),
+                    Some(body),
+                )
+                .await?;
+            println!("{name} now runs v{}", v["version"]);
+            Ok(())
+        }
+        FunctionsCommand::Delete { name } => {
+            api.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/functions/{name}"),
+                None,
+            )
+            .await?;
+            println!("{name} deleted");
+            Ok(())
+        }
+        FunctionsCommand::Logs {
+            name,
+            lines,
+            follow,
+        } => logs(&api, &name, lines, follow).await,
+        FunctionsCommand::Stats { json } => {
+            let v = api
+                .call(reqwest::Method::GET, "/v1/functions/stats", None)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["stats"])?);
+                return Ok(());
+            }
+            let stats = v["stats"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<20} {:>4} {:>11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11} {:>12}",
+                "function",
+                "ver",
+                "invocations",
+                "errors",
+                "events in",
+                "out",
+                "failed",
+                "p50 ms",
+                "p99 ms",
+                "GB-s",
+                "Lambda USD"
+            );
+            for s in stats {
+                let errors: u64 = s["errors"]
+                    .as_object()
+                    .map(|o| o.values().filter_map(Value::as_u64).sum())
+                    .unwrap_or(0);
+                println!(
+                    "{:<20} {:>4} {:>11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11.4} {:>12.6}",
+                    s["function"].as_str().unwrap_or_default(),
+                    s["version"],
+                    s["invocations"],
+                    errors,
+                    s["events_in"],
+                    s["events_out"],
+                    s["events_failed"],
+                    s["duration_p50_ms"],
+                    s["duration_p99_ms"],
+                    s["gb_seconds"].as_f64().unwrap_or(0.0),
+                    s["lambda_cost_usd"].as_f64().unwrap_or(0.0)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("asking {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let reason = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{status}: {reason}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+async fn deploy(api: &Api, d: DeployArgs) -> anyhow::Result<()> {
+    let code = std::fs::read_to_string(&d.file)
+        .with_context(|| format!("reading {}", d.file.display()))?;
+    let mut body = serde_json::Map::new();
+    body.insert("code".into(), Value::String(code));
+    let mut set = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            body.insert(k.into(), v);
+        }
+    };
+    set("after", d.after.map(Value::from));
+    set("batch_size", d.batch_size.map(Value::from));
+    set("batch_window_ms", d.batch_window.map(Value::from));
+    set("timeout_ms", d.timeout.map(Value::from));
+    set("memory_mb", d.memory.map(Value::from));
+    set("parallelism", d.parallelism.map(Value::from));
+    set("max_retries", d.max_retries.map(Value::from));
+    set("bisect_on_error", d.no_bisect.then_some(Value::Bool(false)));
+    set("max_record_age_s", d.max_record_age.map(Value::from));
+    set("on_failure", d.on_failure.map(Value::from));
+    let config = match d.config {
+        Some(c) => {
+            let text = match c.strip_prefix('@') {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                }
+                None => c,
+            };
+            Some(serde_json::from_str::<Value>(&text).context("--config is not JSON")?)
+        }
+        None => None,
+    };
+    set("config", config);
+    if !d.secrets.is_empty() {
+        let mut secrets = serde_json::Map::new();
+        for s in &d.secrets {
+            let Some((k, v)) = s.split_once('=') else {
+                bail!("--secret takes KEY=VALUE, got {s:?}");
+            };
+            secrets.insert(k.to_string(), Value::String(v.to_string()));
+        }
+        set("secrets", Some(Value::Object(secrets)));
+    }
+    let v = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/functions/{}", d.name),
+            Some(Value::Object(body)),
+        )
+        .await?;
+    println!(
+        "{} v{} {} ({} mode)",
+        d.name,
+        v["version"],
+        v["outcome"].as_str().unwrap_or_default(),
+        v["mode"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn logs(api: &Api, name: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
+    async fn fetch(api: &Api, name: &str, n: usize) -> anyhow::Result<Value> {
+        api.call(
+            reqwest::Method::GET,
+            &format!("/v1/functions/{name}/logs?lines={n}"),
+            None,
+        )
+        .await
+    }
+    let text = |v: &Value| -> Vec<String> {
+        v["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut seen = text(&fetch(api, name, lines).await?);
+    for l in &seen {
+        println!("{l}");
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = text(&fetch(api, name, 1000).await?);
+        // Print what follows the last line already printed.
+        let start = seen
+            .last()
+            .and_then(|last| now.iter().rposition(|l| l == last).map(|i| i + 1))
+            .unwrap_or(0);
+        for l in &now[start..] {
+            println!("{l}");
+        }
+        if !now.is_empty() {
+            seen = now;
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Events as a function sees them, and back.
+//!
+//! A function gets each event as a JSON object with the columns of `events`: `event_id`,
+//! `event_type`, `event`, `source`, `user_id`, `anonymous_id`, the times as RFC 3339 strings
+//! with microseconds (`timestamp`, `sent_at`, `received_at`, `device_timestamp`),
+//! `properties`, `context`, `enriched` and `raw` (`{partition, offset}`, read-only lineage).
+//!
+//! What it returns is read with these rules:
+//! - a missing `event_id`, `source`, `timestamp` or `received_at` is taken from the event the
+//!   output came from; a missing `event_type` is `track`; a missing optional field is empty;
+//! - times may be RFC 3339 strings or milliseconds since the epoch (as the collector accepts
+//!   them);
+//! - any other top-level key is a property (`{...e, plan: "pro"}` adds `properties.plan`), as a
+//!   native event's extra keys are;
+//! - `enriched` may only hold the enrichment columns; `raw` is ignored.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sluice_event::{Enrichment, EventType, Position, format_micros, parse_timestamp};
+
+use crate::Draft;
+
+#[derive(Serialize)]
+struct View<'a> {
+    event_id: &'a str,
+    event_type: &'static str,
+    event: &'a str,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonymous_id: Option<&'a str>,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<String>,
+    received_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_timestamp: Option<String>,
+    properties: &'a Map<String, Value>,
+    context: &'a Map<String, Value>,
+    enriched: &'a Enrichment,
+    raw: Position,
+}
+
+/// The JSON text a function gets for `d`.
+pub(crate) fn to_text(d: &Draft) -> String {
+    let view = View {
+        event_id: &d.event_id,
+        event_type: d.event_type.as_str(),
+        event: &d.event,
+        source: &d.source,
+        user_id: d.user_id.as_deref(),
+        anonymous_id: d.anonymous_id.as_deref(),
+        timestamp: format_micros(d.timestamp),
+        sent_at: d.sent_at.map(format_micros),
+        received_at: format_micros(d.received_at),
+        device_timestamp: d.device_timestamp.map(format_micros),
+        properties: &d.properties,
+        context: &d.context,
+        enriched: &d.enriched,
+        raw: d.raw,
+    };
+    // Strings, numbers and JSON maps always serialise.
+    serde_json::to_string(&view).unwrap_or_else(|_| "null".into())
+}
+
+/// The `raw` offset an output names, if it names one of partition `partition`.
+pub(crate) fn raw_offset(v: &Value, partition: u32) -> Option<u64> {
+    let raw = v.get("raw")?;
+    if raw.get("partition")?.as_u64()? != u64::from(partition) {
+        return None;
+    }
+    raw.get("offset")?.as_u64()
+}
+
+/// Reads an output event that came from `origin`.
+pub(crate) fn from_json(v: Value, origin: &Draft) -> Result<Draft, String> {
+    let Value::Object(mut obj) = v else {
+        return Err(format!("an event must be an object, not {}", type_name(&v)));
+    };
+    let string = |obj: &mut Map<String, Value>, key: &str| -> Result<Option<String>, String> {
+        match obj.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Number(n)) if key.ends_with("_id") => Ok(Some(n.to_string())),
+            Some(other) => Err(format!("{key} must be a string, not {}", type_name(&other))),
+        }
+    };
+    let time = |obj: &mut Map<String, Value>, key: &str| -> Result<Option<i64>, String> {
+        match obj.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => parse_timestamp(&v)
+                .map(Some)
+                .ok_or_else(|| format!("{key} is not a valid time: {v}")),
+        }
+    };
+    let object = |obj: &mut Map<String, Value>, key: &str| -> Result<Map<String, Value>, String> {
+        match obj.remove(key) {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(m)) => Ok(m),
+            Some(other) => Err(format!(
+                "{key} must be an object, not {}",
+                type_name(&other)
+            )),
+        }
+    };
+    let event_id = string(&mut obj, "event_id")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| origin.event_id.clone());
+    if event_id.len() > 256 {
+        return Err("event_id is longer than 256 bytes".into());
+    }
+    let event_type = match string(&mut obj, "event_type")? {
+        None => EventType::Track,
+        Some(t) => EventType::parse(&t).ok_or_else(|| format!("unknown event_type {t:?}"))?,
+    };
+    let event = match string(&mut obj, "event")?.filter(|s| !s.trim().is_empty()) {
+        Some(e) => e,
+        None if event_type == EventType::Track => {
+            return Err("a track event needs a name (event)".into());
+        }
+        None => event_type.as_str().to_string(),
+    };
+    let source = string(&mut obj, "source")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| origin.source.clone());
+    let user_id = string(&mut obj, "user_id")?;
+    let anonymous_id = string(&mut obj, "anonymous_id")?;
+    let timestamp = time(&mut obj, "timestamp")?.unwrap_or(origin.timestamp);
+    let sent_at = time(&mut obj, "sent_at")?;
+    let received_at = time(&mut obj, "received_at")?.unwrap_or(origin.received_at);
+    let device_timestamp = time(&mut obj, "device_timestamp")?;
+    let mut properties = object(&mut obj, "properties")?;
+    let context = object(&mut obj, "context")?;
+    let enriched = match obj.remove("enriched") {
+        None | Some(Value::Null) => Enrichment::default(),
+        Some(Value::Object(m)) => enrichment(m)?,
+        Some(other) => {
+            return Err(format!(
+                "enriched must be an object, not {}",
+                type_name(&other)
+            ));
+        }
+    };
+    obj.remove("raw");
+    properties.extend(obj);
+    Ok(Draft {
+        event_id,
+        event_type,
+        event,
+        source,
+        user_id,
+        anonymous_id,
+        timestamp,
+        sent_at,
+        received_at,
+        device_timestamp,
+        properties,
+        context,
+        enriched,
+        raw: origin.raw,
+    })
+}
+
+fn enrichment(m: Map<String, Value>) -> Result<Enrichment, String> {
+    let given: Vec<String> = m
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let e: Enrichment = serde_json::from_value(Value::Object(m))
+        .map_err(|e| format!("enriched is not valid: {e}"))?;
+    let known = serde_json::to_value(&e).unwrap_or(Value::Null);
+    if let Some(unknown) = given.iter().find(|k| known.get(k.as_str()).is_none()) {
+        return Err(format!(
+            "enriched.{unknown} is not an enrichment column; put your own fields in properties"
+        ));
+    }
+    Ok(e)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn origin() -> Draft {
+        let raw: sluice_event::RawEvent = serde_json::from_value(json!({
+            "event_id": "e1", "source": "web", "protocol": "native",
+            "received_at": 1_764_237_600_000_000i64,
+            "payload": {"event": "Signed Up", "userId": "u1", "properties": {"plan": "pro"},
+                        "timestamp": "2026-11-27T10:00:00.123456Z"}
+        }))
+        .unwrap();
+        crate::draft(
+            &raw,
+            Position {
+                partition: 2,
+                offset: 9,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_reads_additions() {
+        let d = origin();
+        let v: Value = serde_json::from_str(&to_text(&d)).unwrap();
+        assert_eq!(v["timestamp"], "2026-11-27T10:00:00.123456Z");
+        assert_eq!(v["raw"], json!({"partition": 2, "offset": 9}));
+        assert_eq!(raw_offset(&v, 2), Some(9));
+        assert_eq!(raw_offset(&v, 1), None);
+        let back = from_json(v.clone(), &d).unwrap();
+        assert_eq!(back.timestamp, d.timestamp);
+        assert_eq!(back.received_at, d.received_at);
+        assert_eq!(back.properties, d.properties);
+        assert_eq!(back.user_id.as_deref(), Some("u1"));
+        let mut added = v.clone();
+        added["tier"] = json!("gold");
+        added["properties"]["n"] = json!(1);
+        added.as_object_mut().unwrap().remove("user_id");
+        let back = from_json(added, &d).unwrap();
+        assert_eq!(back.properties["tier"], "gold");
+        assert_eq!(back.properties["n"], 1);
+        assert_eq!(back.user_id, None);
+        let fresh = from_json(
+            json!({"event": "Split", "timestamp": 1_764_237_600_000i64}),
+            &d,
+        )
+        .unwrap();
+        assert_eq!(fresh.event_id, "e1");
+        assert_eq!(fresh.source, "web");
+        assert_eq!(fresh.timestamp, 1_764_237_600_000_000);
+        assert_eq!(fresh.raw, d.raw);
+    }
+
+    #[test]
+    fn bad_outputs_have_reasons() {
+        let d = origin();
+        for (v, want) in [
+            (json!(5), "must be an object"),
+            (json!({"event_type": "track"}), "needs a name"),
+            (
+                json!({"event": "x", "timestamp": "soon"}),
+                "not a valid time",
+            ),
+            (
+                json!({"event": "x", "properties": []}),
+                "properties must be an object",
+            ),
+            (
+                json!({"event": "x", "enriched": {"mine": 1}}),
+                "enriched.mine",
+            ),
+            (
+                json!({"event": "x", "enriched": {"geo_city": 1}}),
+                "enriched is not valid",
+            ),
+            (
+                json!({"event": "x", "event_type": "poke"}),
+                "unknown event_type",
+            ),
+        ] {
+            let err = from_json(v.clone(), &d).unwrap_err();
+            assert!(err.contains(want), "{v}: {err}");
+        }
+        let ok = from_json(json!({"event": "x", "enriched": {"geo_city": "Paris"}}), &d).unwrap();
+        assert_eq!(ok.enriched.geo_city.as_deref(), Some("Paris"));
+    }
+}

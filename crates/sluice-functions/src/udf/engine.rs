@@ -1,0 +1,581 @@
+//! [`Engine`]: one sandboxed QuickJS runtime holding one function version.
+//!
+//! The sandbox: a QuickJS context with the language's built-ins only. There is no module loader
+//! (an `import` fails), no `std`/`os` module, no timers, no network and no file system; the
+//! only ways out are the return value and `console.*`/`ctx.log`, which go to the function's log.
+//! Every runtime has a memory limit (the function's `memory`), a stack limit, and an interrupt
+//! handler that stops the code at the invocation's deadline — an infinite loop included.
+//! After a timeout or an out-of-memory error the runtime is thrown away and the next invocation
+//! gets a fresh one, so a half-finished invocation cannot leave its state behind.
+//!
+//! Calls cross the boundary as JSON text: the batch goes in as one JSON array, the answer comes
+//! back as one JSON document (see `WRAPPER`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rquickjs::{CatchResultExt, CaughtError, Context, Function, Module, Object, Promise, Runtime};
+
+/// The JavaScript stack limit.
+const MAX_STACK: usize = 1 << 20;
+
+/// Which entry point a function module exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `process(events, ctx)`: one call per batch.
+    Batch,
+    /// `transform(event, ctx)`: one call per event.
+    Event,
+}
+
+impl Mode {
+    /// `batch` or `event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::Event => "event",
+        }
+    }
+}
+
+/// Why an invocation failed as a whole (a failure of single events in per-event mode is part of
+/// a successful answer instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvokeError {
+    /// The code threw (or a returned promise rejected).
+    Exception(String),
+    /// The invocation ran past its deadline and was interrupted.
+    Timeout(Duration),
+    /// The runtime ran out of its memory limit.
+    OutOfMemory(String),
+    /// The function returned something that is not an answer.
+    BadResult(String),
+    /// The module could not be loaded (a top-level error).
+    Init(String),
+}
+
+impl InvokeError {
+    /// The `kind` label of the error metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Exception(_) => "exception",
+            Self::Timeout(_) => "timeout",
+            Self::OutOfMemory(_) => "out_of_memory",
+            Self::BadResult(_) => "bad_result",
+            Self::Init(_) => "init",
+        }
+    }
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exception(m) => write!(f, "{m}"),
+            Self::Timeout(t) => write!(f, "timed out after {} ms", t.as_millis()),
+            Self::OutOfMemory(m) => write!(f, "out of memory: {m}"),
+            Self::BadResult(m) => write!(f, "bad result: {m}"),
+            Self::Init(m) => write!(f, "module failed to load: {m}"),
+        }
+    }
+}
+
+/// What a function version is made of.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Function name.
+    pub name: String,
+    /// Version number.
+    pub version: u32,
+    /// The module text.
+    pub code: String,
+    /// `ctx.config`, a JSON object.
+    pub config: serde_json::Value,
+    /// `ctx.secrets`, a JSON object of strings.
+    pub secrets: serde_json::Value,
+    /// The memory limit, in MiB.
+    pub memory_mb: u32,
+}
+
+/// Where `console.*` output goes: `(level, message)`.
+pub type LogFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Glue evaluated after the user module: builds `ctx`, calls the entry point, normalises the
+/// answer to JSON text. Per-event mode catches each event's exception on its own.
+const WRAPPER: &str = r#"
+(function () {
+  const fn = globalThis.__sluice_fn, mode = globalThis.__sluice_mode;
+  const base = globalThis.__sluice_base, sink = globalThis.__sluice_log;
+  delete globalThis.__sluice_fn; delete globalThis.__sluice_mode;
+  delete globalThis.__sluice_base; delete globalThis.__sluice_log;
+  const text = (v) => {
+    if (typeof v === "string") return v;
+    if (v instanceof Error) return v.stack ? `${v.name}: ${v.message}\n${v.stack}` : `${v.name}: ${v.message}`;
+    try { const s = JSON.stringify(v); return s === undefined ? String(v) : s; } catch (_) { return String(v); }
+  };
+  const line = (args) => args.map(text).join(" ");
+  const console = {
+    log: (...a) => sink("info", line(a)), info: (...a) => sink("info", line(a)),
+    debug: (...a) => sink("debug", line(a)), warn: (...a) => sink("warn", line(a)),
+    error: (...a) => sink("error", line(a)),
+  };
+  Object.freeze(console);
+  Object.defineProperty(globalThis, "console", { value: console, writable: false, configurable: false });
+  const errText = (e) => {
+    const s = text(e);
+    return s.length > 4096 ? s.slice(0, 4096) + "…" : s;
+  };
+  const ctxs = new Map();
+  const ctxFor = (partition, source) => {
+    const key = `${partition}/${source}`;
+    let c = ctxs.get(key);
+    if (c === undefined) {
+      c = Object.freeze({ ...base, partition, source, log: console.log });
+      if (ctxs.size > 1000) ctxs.clear();
+      ctxs.set(key, c);
+    }
+    return c;
+  };
+  const isThenable = (r) => r !== null && typeof r === "object" && typeof r.then === "function";
+  const batchAnswer = (r) => {
+    if (Array.isArray(r)) return JSON.stringify({ events: r });
+    if (r !== null && typeof r === "object" && Array.isArray(r.events)) {
+      const f = Array.isArray(r.batchItemFailures) ? r.batchItemFailures : [];
+      return JSON.stringify({ events: r.events, failures: f.map((x) => String(x && x.itemIdentifier)) });
+    }
+    throw new TypeError(`process must return an array of events or {events, batchItemFailures}; it returned ${r === null ? "null" : typeof r}`);
+  };
+  globalThis.__sluice_invoke = function (input, partition, source) {
+    const events = JSON.parse(input);
+    if (mode === "batch") {
+      const r = fn(events, ctxFor(partition, source));
+      return isThenable(r) ? Promise.resolve(r).then(batchAnswer) : batchAnswer(r);
+    }
+    const out = new Array(events.length).fill(null);
+    const errors = [];
+    let pending = null;
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i];
+      try {
+        const r = fn(e, ctxFor(partition, e.source));
+        if (isThenable(r)) {
+          (pending || (pending = [])).push(Promise.resolve(r).then((v) => { out[i] = v === undefined ? null : v; }, (err) => { errors.push([i, errText(err)]); }));
+        } else {
+          out[i] = r === undefined ? null : r;
+        }
+      } catch (err) {
+        errors.push([i, errText(err)]);
+      }
+    }
+    const finish = () => JSON.stringify({ per: out, errors });
+    return pending ? Promise.all(pending).then(finish) : finish();
+  };
+})();
+"#;
+
+/// Appended to the user's module (after a newline, so a trailing line comment cannot swallow it).
+const EPILOGUE: &str = "\n;globalThis.__sluice_local = { process: typeof process === \"function\" ? process : undefined, transform: typeof transform === \"function\" ? transform : undefined };\n";
+
+/// A loaded function version in its own runtime. Not `Send`: it lives on one worker thread.
+pub struct Engine {
+    // Field order matters: the context must drop before its runtime.
+    context: Context,
+    runtime: Runtime,
+    deadline: Arc<parking_lot::Mutex<Option<Instant>>>,
+    interrupted: Arc<AtomicBool>,
+    mode: Mode,
+    memory_mb: u32,
+}
+
+impl Engine {
+    /// Loads `source` into a fresh runtime; the module's top-level code runs under `timeout`.
+    pub fn load(source: &Source, log: LogFn, timeout: Duration) -> Result<Self, InvokeError> {
+        let runtime = Runtime::new().map_err(|e| InvokeError::Init(e.to_string()))?;
+        runtime.set_memory_limit(source.memory_mb as usize * (1 << 20));
+        runtime.set_max_stack_size(MAX_STACK);
+        let deadline: Arc<parking_lot::Mutex<Option<Instant>>> = Arc::default();
+        let interrupted = Arc::new(AtomicBool::new(false));
+        {
+            let deadline = deadline.clone();
+            let interrupted = interrupted.clone();
+            runtime.set_interrupt_handler(Some(Box::new(move || {
+                let late = deadline.lock().is_some_and(|d| Instant::now() >= d);
+                if late {
+                    interrupted.store(true, Ordering::Relaxed);
+                }
+                late
+            })));
+        }
+        let context = Context::full(&runtime).map_err(|e| InvokeError::Init(e.to_string()))?;
+        let engine = Self {
+            context,
+            runtime,
+            deadline,
+            interrupted,
+            mode: Mode::Batch,
+            memory_mb: source.memory_mb,
+        };
+        engine.arm(timeout);
+        let mode = engine.context.with(|ctx| -> Result<Mode, InvokeError> {
+            let globals = ctx.globals();
+            let init = |e: rquickjs::Error| InvokeError::Init(e.to_string());
+            // CommonJS style (`module.exports = {...}`, `exports.transform = ...`) works too.
+            let cjs: Object = ctx
+                .eval("globalThis.module = { exports: {} }; globalThis.exports = globalThis.module.exports; globalThis.module")
+                .map_err(init)?;
+            // Top-level `function transform(...)` without `export` is module-scoped: the
+            // epilogue hands such declarations out too.
+            let code = format!("{}{EPILOGUE}", source.code);
+            let module = Module::declare(ctx.clone(), "function.js", code)
+                .catch(&ctx)
+                .map_err(|e| InvokeError::Init(caught_text(e)))?;
+            let (module, done) = module
+                .eval()
+                .catch(&ctx)
+                .map_err(|e| InvokeError::Init(caught_text(e)))?;
+            done.finish::<()>()
+                .catch(&ctx)
+                .map_err(|e| InvokeError::Init(caught_text(e)))?;
+            let ns = module.namespace().map_err(init)?;
+            let exports: Object = cjs.get("exports").map_err(init)?;
+            let local: Object = globals.get("__sluice_local").map_err(init)?;
+            globals.remove("__sluice_local").map_err(init)?;
+            let pick = |name: &str| -> Option<Function> {
+                ns.get::<_, Option<Function>>(name)
+                    .ok()
+                    .flatten()
+                    .or_else(|| exports.get::<_, Option<Function>>(name).ok().flatten())
+                    .or_else(|| local.get::<_, Option<Function>>(name).ok().flatten())
+            };
+            let (mode, f) = match (pick("process"), pick("transform")) {
+                (Some(_), Some(_)) => {
+                    return Err(InvokeError::Init(
+                        "the module exports both process and transform; export one".into(),
+                    ));
+                }
+                (Some(f), None) => (Mode::Batch, f),
+                (None, Some(f)) => (Mode::Event, f),
+                (None, None) => {
+                    return Err(InvokeError::Init(
+                        "the module exports neither process(events, ctx) nor transform(event, ctx)"
+                            .into(),
+                    ));
+                }
+            };
+            let base = Object::new(ctx.clone()).map_err(init)?;
+            base.set("function", source.name.as_str()).map_err(init)?;
+            base.set("version", source.version).map_err(init)?;
+            let config = ctx
+                .json_parse(source.config.to_string())
+                .map_err(init)?;
+            let secrets = ctx
+                .json_parse(source.secrets.to_string())
+                .map_err(init)?;
+            base.set("config", config).map_err(init)?;
+            base.set("secrets", secrets).map_err(init)?;
+            let sink = Function::new(ctx.clone(), move |level: String, message: String| {
+                log(&level, &message);
+            })
+            .map_err(init)?;
+            globals.set("__sluice_fn", f).map_err(init)?;
+            globals.set("__sluice_mode", mode.as_str()).map_err(init)?;
+            globals.set("__sluice_base", base).map_err(init)?;
+            globals.set("__sluice_log", sink).map_err(init)?;
+            ctx.eval::<(), _>(WRAPPER)
+                .catch(&ctx)
+                .map_err(|e| InvokeError::Init(caught_text(e)))?;
+            Ok(mode)
+        });
+        engine.disarm();
+        let mode = mode.map_err(|e| engine.classify_init(e))?;
+        Ok(Self { mode, ..engine })
+    }
+
+    /// Which entry point the module exports.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn arm(&self, timeout: Duration) {
+        self.interrupted.store(false, Ordering::Relaxed);
+        *self.deadline.lock() = Some(Instant::now() + timeout);
+    }
+
+    fn disarm(&self) {
+        *self.deadline.lock() = None;
+    }
+
+    fn classify_init(&self, e: InvokeError) -> InvokeError {
+        if self.interrupted.load(Ordering::Relaxed) {
+            InvokeError::Init("the module's top-level code ran past the timeout".into())
+        } else {
+            e
+        }
+    }
+
+    /// Calls the entry point with `input` (a JSON array of events). The answer is JSON text:
+    /// `{"events": [...], "failures": [...]}` in batch mode, `{"per": [...], "errors": [[i,
+    /// "message"], ...]}` in per-event mode.
+    pub fn invoke(
+        &self,
+        input: &str,
+        partition: u32,
+        source: Option<&str>,
+        timeout: Duration,
+    ) -> Result<String, InvokeError> {
+        self.arm(timeout);
+        let result = self.context.with(|ctx| -> Result<String, InvokeError> {
+            let f: Function = ctx
+                .globals()
+                .get("__sluice_invoke")
+                .map_err(|e| InvokeError::Init(e.to_string()))?;
+            let answer: rquickjs::Value = f
+                .call((input, partition, source))
+                .catch(&ctx)
+                .map_err(|e| InvokeError::Exception(caught_text(e)))?;
+            let answer = match answer.as_promise() {
+                Some(p) => settle(&ctx, p.clone())?,
+                None => answer,
+            };
+            answer
+                .as_string()
+                .and_then(|s| s.to_string().ok())
+                .ok_or_else(|| InvokeError::BadResult("the answer is not text".into()))
+        });
+        self.disarm();
+        result.map_err(|e| self.classify(e, timeout))
+    }
+
+    /// Maps an error to a timeout or out-of-memory when that is what caused it.
+    fn classify(&self, e: InvokeError, timeout: Duration) -> InvokeError {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return InvokeError::Timeout(timeout);
+        }
+        match e {
+            // When the engine cannot even allocate the error object, what is thrown is `null`.
+            InvokeError::Exception(m) if m.contains("out of memory") || m == "thrown: null" => {
+                InvokeError::OutOfMemory(format!(
+                    "the runtime reached its memory limit of {} MiB",
+                    self.memory_mb
+                ))
+            }
+            e => e,
+        }
+    }
+
+    /// Bytes the runtime holds now.
+    pub fn memory_used(&self) -> u64 {
+        self.runtime.memory_usage().memory_used_size.max(0) as u64
+    }
+}
+
+/// Drives the job queue until `p` settles.
+fn settle<'js>(
+    ctx: &rquickjs::Ctx<'js>,
+    p: Promise<'js>,
+) -> Result<rquickjs::Value<'js>, InvokeError> {
+    match p.finish::<rquickjs::Value>().catch(ctx) {
+        Ok(v) => Ok(v),
+        Err(CaughtError::Error(rquickjs::Error::WouldBlock)) => Err(InvokeError::BadResult(
+            "the returned promise never settles (functions have no timers or I/O to wait for)"
+                .into(),
+        )),
+        Err(e) => Err(InvokeError::Exception(caught_text(e))),
+    }
+}
+
+fn caught_text(e: CaughtError<'_>) -> String {
+    let s = match e {
+        CaughtError::Exception(ex) => {
+            let msg = ex.message().unwrap_or_default();
+            let name = ex
+                .get::<_, Option<String>>("name")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "Error".into());
+            match ex.stack().filter(|s| !s.trim().is_empty()) {
+                Some(stack) => format!("{name}: {msg}\n{}", stack.trim_end()),
+                None => format!("{name}: {msg}"),
+            }
+        }
+        CaughtError::Value(v) => {
+            let ctx = v.ctx().clone();
+            match ctx.json_stringify(v.clone()) {
+                Ok(Some(s)) => format!("thrown: {}", s.to_string().unwrap_or_default()),
+                _ => format!("thrown: {v:?}"),
+            }
+        }
+        CaughtError::Error(e) => e.to_string(),
+    };
+    if s.len() > 4096 {
+        let mut cut = 4096;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &s[..cut])
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(code: &str) -> Result<Engine, InvokeError> {
+        let source = Source {
+            name: "t".into(),
+            version: 1,
+            code: code.into(),
+            config: serde_json::json!({"k": "v"}),
+            secrets: serde_json::json!({"token": "s3cret"}),
+            memory_mb: 32,
+        };
+        Engine::load(&source, Arc::new(|_, _| {}), Duration::from_secs(2))
+    }
+
+    const T: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn batch_and_event_modes_answer() {
+        let e = load("export function process(events, ctx) { return events.map(e => ({...e, c: ctx.config.k, p: ctx.partition})); }").unwrap();
+        assert_eq!(e.mode(), Mode::Batch);
+        let out = e.invoke(r#"[{"a":1}]"#, 3, Some("web"), T).unwrap();
+        assert_eq!(out, r#"{"events":[{"a":1,"c":"v","p":3}]}"#);
+        let e = load("export function transform(e, ctx) { if (e.a === 2) throw new Error('two'); return e.a === 3 ? null : {...e, s: ctx.secrets.token, src: ctx.source}; }").unwrap();
+        assert_eq!(e.mode(), Mode::Event);
+        let out: serde_json::Value = serde_json::from_str(
+            &e.invoke(r#"[{"a":1,"source":"web"},{"a":2},{"a":3}]"#, 0, None, T)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            out["per"],
+            serde_json::json!([{"a":1,"source":"web","s":"s3cret","src":"web"}, null, null])
+        );
+        assert_eq!(out["errors"][0][0], 1);
+        assert!(out["errors"][0][1].as_str().unwrap().contains("two"));
+    }
+
+    #[test]
+    fn async_functions_and_commonjs_work() {
+        let e =
+            load("export async function process(events) { await null; return events; }").unwrap();
+        assert_eq!(e.invoke("[1]", 0, None, T).unwrap(), r#"{"events":[1]}"#);
+        let e = load("module.exports = { transform: async (e) => [e, e] };").unwrap();
+        assert_eq!(
+            e.invoke("[1]", 0, None, T).unwrap(),
+            r#"{"per":[[1,1]],"errors":[]}"#
+        );
+        let e = load("function transform(e) { return e; }").unwrap();
+        assert_eq!(e.mode(), Mode::Event);
+    }
+
+    #[test]
+    fn loops_are_interrupted_and_memory_is_capped() {
+        let e =
+            load("export function process(ev) { if (ev[0] === 1) { while (true) {} } return ev; }")
+                .unwrap();
+        let t = Duration::from_millis(100);
+        assert_eq!(e.invoke("[1]", 0, None, t), Err(InvokeError::Timeout(t)));
+        // The same runtime still answers after an interrupt.
+        assert_eq!(e.invoke("[2]", 0, None, t).unwrap(), r#"{"events":[2]}"#);
+        let e = load("export function process(ev) { const a = []; while (true) a.push('x'.repeat(1000) + a.length); }").unwrap();
+        match e.invoke("[1]", 0, None, Duration::from_secs(20)) {
+            Err(InvokeError::OutOfMemory(_)) => {}
+            other => panic!("expected out of memory, got {other:?}"),
+        }
+        let e = load("export function process(ev) { const f = (n) => f(n + 1) + 1; return f(0); }")
+            .unwrap();
+        match e.invoke("[1]", 0, None, T) {
+            Err(InvokeError::Exception(m)) => assert!(m.contains("stack"), "{m}"),
+            other => panic!("expected a stack overflow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sandbox_has_no_way_out() {
+        for probe in [
+            "typeof require",
+            "typeof fetch",
+            "typeof std",
+            "typeof os",
+            "typeof XMLHttpRequest",
+            "typeof setTimeout",
+        ] {
+            let e = load(&format!(
+                "export function process(ev) {{ return [{probe}]; }}"
+            ))
+            .unwrap();
+            assert_eq!(
+                e.invoke("[]", 0, None, T).unwrap(),
+                r#"{"events":["undefined"]}"#,
+                "{probe}"
+            );
+        }
+        let err = load("import * as std from 'std'; export function process(e) { return e; }")
+            .err()
+            .unwrap();
+        assert!(matches!(err, InvokeError::Init(_)), "{err:?}");
+        let err = load("export async function process(e) { return await import('os'); }")
+            .unwrap()
+            .invoke("[]", 0, None, T)
+            .unwrap_err();
+        assert!(matches!(err, InvokeError::Exception(_)), "{err:?}");
+    }
+
+    #[test]
+    fn bad_modules_and_answers_are_reported() {
+        assert!(matches!(
+            load("export const x = 1;"),
+            Err(InvokeError::Init(_))
+        ));
+        assert!(matches!(
+            load("syntax error here"),
+            Err(InvokeError::Init(_))
+        ));
+        assert!(matches!(
+            load("while (true) {} export function process(e) { return e; }"),
+            Err(InvokeError::Init(m)) if m.contains("timeout")
+        ));
+        let e = load("export function process(ev) { return 5; }").unwrap();
+        assert!(
+            matches!(e.invoke("[]", 0, None, T), Err(InvokeError::Exception(m)) if m.contains("must return"))
+        );
+        let e = load("export function process(ev) { throw {code: 7}; }").unwrap();
+        assert!(
+            matches!(e.invoke("[]", 0, None, T), Err(InvokeError::Exception(m)) if m.contains("\"code\":7"))
+        );
+        let e = load("export function process(ev) { return new Promise(() => {}); }").unwrap();
+        assert!(matches!(
+            e.invoke("[]", 0, None, T),
+            Err(InvokeError::BadResult(_))
+        ));
+    }
+
+    #[test]
+    fn console_goes_to_the_log() {
+        let lines = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        let source = Source {
+            name: "t".into(),
+            version: 1,
+            code: "export function transform(e, ctx) { console.log('saw', e); ctx.log('via ctx'); console.error(new Error('boom')); return e; }".into(),
+            config: serde_json::json!({}),
+            secrets: serde_json::json!({}),
+            memory_mb: 16,
+        };
+        let e = Engine::load(
+            &source,
+            Arc::new(move |level, msg| l2.lock().push(format!("{level} {msg}"))),
+            T,
+        )
+        .unwrap();
+        e.invoke(r#"[{"a":1}]"#, 0, None, T).unwrap();
+        let lines = lines.lock();
+        assert_eq!(lines[0], r#"info saw {"a":1}"#);
+        assert_eq!(lines[1], "info via ctx");
+        assert!(lines[2].starts_with("error Error: boom"), "{}", lines[2]);
+    }
+}

@@ -1,0 +1,477 @@
+//! User functions in the chain, with Lambda's Kinesis-trigger semantics: changed, dropped and
+//! split events, exceptions that send exactly the failing events to `bad`, timeouts and
+//! out-of-memory that cost a retry and never the partition, partial-batch responses, retries,
+//! record age, `on_failure = skip`, order under parallelism, and the stage a function runs
+//! after.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sluice_event::{BadKind, BadRow, Event, Position};
+use sluice_functions::{
+    Chain, ChainState, EnrichConfig, FunctionSpec, Functions, OnFailure, Outcome, Registry,
+    ValidationConfig,
+};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    functions: Arc<Functions>,
+    chain: Chain,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::open(dir.path().join("schemas")).unwrap());
+    let functions = Arc::new(Functions::open(&dir.path().join("functions"), 1).unwrap());
+    let chain = Chain::new(
+        registry,
+        ValidationConfig::default(),
+        EnrichConfig::default(),
+        64 * 1024,
+    )
+    .unwrap()
+    .with_functions(functions.clone());
+    Fixture {
+        _dir: dir,
+        functions,
+        chain,
+    }
+}
+
+fn raw(i: usize, received_at: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_id": format!("e{i}"), "source": "web", "protocol": "native",
+        "received_at": received_at,
+        "payload": {"event": "Clicked", "userId": format!("u{}", i % 3), "properties": {"n": i},
+                    "context": {"page": {"url": "https://shop.example.com/p?utm_source=news"}}}
+    }))
+    .unwrap()
+}
+
+fn now() -> i64 {
+    sluice_event::now_micros()
+}
+
+/// Runs `n` events through the chain; returns good events (with their part markers) and bad
+/// rows, each with its raw offset.
+async fn run(f: &Fixture, n: usize, received_at: i64) -> (Vec<(u64, Value)>, Vec<(u64, BadRow)>) {
+    let records: Vec<Vec<u8>> = (0..n).map(|i| raw(i, received_at)).collect();
+    let inputs: Vec<(Position, &[u8])> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                Position {
+                    partition: 0,
+                    offset: i as u64,
+                },
+                &r[..],
+            )
+        })
+        .collect();
+    let live = f.chain.live();
+    let out = f
+        .chain
+        .process_batch(&inputs, &mut ChainState::default(), &live, true, false)
+        .await;
+    assert_eq!(out.len(), n, "one outcome per raw record");
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (i, o) in out.into_iter().enumerate() {
+        match o {
+            Outcome::Good(events) => {
+                for e in events {
+                    let v: Value = serde_json::from_slice(&e).unwrap();
+                    // Every good record is still an Event the sinks can read.
+                    let _: Event = serde_json::from_slice(&e).unwrap();
+                    good.push((i as u64, v));
+                }
+            }
+            Outcome::Bad(b) => bad.push((i as u64, serde_json::from_slice(&b).unwrap())),
+        }
+    }
+    (good, bad)
+}
+
+fn deploy(f: &Fixture, name: &str, code: &str, spec: FunctionSpec) {
+    f.functions.deploy(name, code, &spec).unwrap();
+}
+
+fn stats(f: &Fixture, name: &str) -> sluice_functions::udf::MeterSnapshot {
+    f.functions
+        .stats()
+        .into_iter()
+        .rev()
+        .find(|s| s.function == name)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_adds_drops_and_splits() {
+    let f = fixture();
+    deploy(
+        &f,
+        "shape",
+        r#"
+        export function transform(e, ctx) {
+          const n = e.properties.n;
+          if (n % 5 === 1) return null;                       // dropped
+          if (n % 5 === 2) return [e, {...e, event: "Clicked Twice"}, {event: "Fresh", properties: {from: e.event_id}}];
+          return {...e, tier: ctx.config.tier, seen_by: `${ctx.function}@${ctx.version}`, src: ctx.source};
+        }"#,
+        FunctionSpec {
+            config: json!({"tier": "gold"}),
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 10, now()).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    let offsets: Vec<u64> = good.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, [0, 2, 2, 2, 3, 4, 5, 7, 7, 7, 8, 9]);
+    let plain = &good[0].1;
+    assert_eq!(plain["properties"]["tier"], "gold");
+    assert_eq!(plain["properties"]["seen_by"], "shape@1");
+    assert_eq!(plain["properties"]["src"], "web");
+    // The enrichers ran before the function (default `after = enrich`) and their columns stay.
+    assert_eq!(plain["enriched"]["mkt_source"], "news");
+    assert!(plain.get("part").is_none());
+    // A split record: distinct ids, the first keeps the raw id, each part numbered.
+    let split: Vec<&Value> = good
+        .iter()
+        .filter(|(o, _)| *o == 2)
+        .map(|(_, v)| v)
+        .collect();
+    let ids: Vec<&str> = split
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e2", "e2#1", "e2#2"]);
+    assert_eq!(split[1]["event"], "Clicked Twice");
+    assert_eq!(split[2]["event"], "Fresh");
+    assert_eq!(split[2]["properties"]["from"], "e2");
+    assert_eq!(split[2]["source"], "web");
+    assert_eq!(
+        split.iter().map(|v| v["part"].clone()).collect::<Vec<_>>(),
+        [json!([0, 3]), json!([1, 3]), json!([2, 3])]
+    );
+    let s = stats(&f, "shape");
+    assert_eq!((s.invocations, s.events_in, s.events_out), (1, 10, 12));
+    assert!(s.gb_seconds > 0.0 && s.lambda_cost_usd > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_throwing_events_go_bad_in_both_modes() {
+    for (mode, code) in [
+        (
+            "batch",
+            "export function process(events) { for (const e of events) { if (e.properties.n % 7 === 3) throw new Error(`no ${e.properties.n}`); e.properties.ok = true; } return events; }",
+        ),
+        (
+            "event",
+            "export function transform(e) { if (e.properties.n % 7 === 3) throw new Error(`no ${e.properties.n}`); e.properties.ok = true; return e; }",
+        ),
+    ] {
+        let f = fixture();
+        deploy(
+            &f,
+            "picky",
+            code,
+            FunctionSpec {
+                batch_size: 8,
+                max_retries: 1,
+                ..Default::default()
+            },
+        );
+        let (good, bad) = run(&f, 40, now()).await;
+        let bad_offsets: Vec<u64> = bad.iter().map(|(o, _)| *o).collect();
+        assert_eq!(bad_offsets, [3, 10, 17, 24, 31, 38], "{mode}");
+        assert_eq!(good.len(), 34, "{mode}");
+        assert!(
+            good.iter().all(|(_, v)| v["properties"]["ok"] == true),
+            "{mode}"
+        );
+        let row = &bad[0].1;
+        assert_eq!(row.kind, BadKind::FunctionFailure);
+        assert_eq!(row.function, "function:picky:v1");
+        assert!(
+            row.reason
+                .starts_with("picky v1: retries exhausted after 2 attempts: Error: no 3"),
+            "{}",
+            row.reason
+        );
+        // The bad row keeps the original raw record, for replay after a fix.
+        assert!(row.payload.get().contains("\"event_id\":\"e3\""));
+        let s = stats(&f, "picky");
+        assert_eq!(s.events_failed, 6, "{mode}");
+        assert!(s.retries >= 5, "{mode}: {s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_times_out_and_the_partition_moves_on() {
+    let f = fixture();
+    deploy(
+        &f,
+        "loopy",
+        "export function process(events) { for (const e of events) { if (e.properties.n === 5) { while (true) {} } } return events; }",
+        FunctionSpec {
+            timeout_ms: 100,
+            batch_size: 4,
+            max_retries: 1,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 12, now()).await;
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].0, 5);
+    assert!(
+        bad[0].1.reason.contains("timed out after 100 ms"),
+        "{}",
+        bad[0].1.reason
+    );
+    assert_eq!(good.len(), 11);
+    let s = stats(&f, "loopy");
+    assert!(s.errors["timeout"] >= 2, "{s:?}");
+    // Out of memory is the same: one event's batch retried, then a bad row; the rest flow.
+    let f = fixture();
+    deploy(
+        &f,
+        "hungry",
+        "export function transform(e) { if (e.properties.n === 2) { const a = []; while (true) a.push('x'.repeat(4096) + a.length); } return e; }",
+        FunctionSpec {
+            memory_mb: 16,
+            timeout_ms: 20_000,
+            max_retries: 0,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 6, now()).await;
+    assert_eq!(bad.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [2]);
+    assert!(bad[0].1.reason.contains("memory"), "{}", bad[0].1.reason);
+    assert_eq!(good.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_batch_responses_retry_from_the_first_failure() {
+    let f = fixture();
+    // Reports event 2 of each batch as failed every time; 1 only on its first try.
+    deploy(
+        &f,
+        "partial",
+        r#"
+        const tried = new Set();
+        export function process(events) {
+          const failed = [];
+          for (const e of events) {
+            const n = e.properties.n;
+            if (n === 2 || (n === 1 && !tried.has(n))) failed.push({itemIdentifier: e.event_id});
+            tried.add(n);
+            e.properties.done = true;
+          }
+          return {events, batchItemFailures: failed};
+        }"#,
+        FunctionSpec {
+            bisect_on_error: false,
+            max_retries: 3,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 5, now()).await;
+    // Lambda's rule without bisecting: what precedes the first failure is done, the rest is
+    // retried together; when the retries run out, all of the rest is given up.
+    assert_eq!(good.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(bad.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [2, 3, 4]);
+    assert!(
+        bad[0].1.reason.contains("named in batchItemFailures"),
+        "{}",
+        bad[0].1.reason
+    );
+    assert!(
+        bad[1].1.reason.contains("after an earlier event failed"),
+        "{}",
+        bad[1].1.reason
+    );
+    let f = fixture();
+    deploy(
+        &f,
+        "partial",
+        "export function process(events) { return {events, batchItemFailures: events.filter(e => e.properties.n === 2).map(e => ({itemIdentifier: e.event_id}))}; }",
+        FunctionSpec::default(),
+    );
+    // With bisecting (the default) the failed event is split from the rest, which succeed.
+    let (good, bad) = run(&f, 5, now()).await;
+    assert_eq!(bad.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        good.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        [0, 1, 3, 4]
+    );
+    // An identifier that is not in the batch fails the invocation.
+    let f = fixture();
+    deploy(
+        &f,
+        "liar",
+        "export function process(events) { return {events, batchItemFailures: [{itemIdentifier: 'nope'}]}; }",
+        FunctionSpec {
+            max_retries: 0,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 2, now()).await;
+    assert!(good.is_empty());
+    assert!(
+        bad[0].1.reason.contains("not an event_id of the batch"),
+        "{}",
+        bad[0].1.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_and_succeeds() {
+    let f = fixture();
+    deploy(
+        &f,
+        "flaky",
+        "let calls = 0; export function process(events) { if (++calls === 1) throw new Error('cold start'); return events; }",
+        FunctionSpec {
+            bisect_on_error: false,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 10, now()).await;
+    assert!(bad.is_empty());
+    assert_eq!(good.len(), 10);
+    let s = stats(&f, "flaky");
+    assert_eq!((s.invocations, s.retries, s.errors["exception"]), (2, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_records_expire_and_skip_passes_failures_on() {
+    let f = fixture();
+    deploy(
+        &f,
+        "aged",
+        "export function transform(e) { e.properties.seen = true; return e; }",
+        FunctionSpec {
+            max_record_age_s: 60,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 3, now() - 3_600_000_000).await;
+    assert!(good.is_empty());
+    assert_eq!(bad.len(), 3);
+    assert!(
+        bad[0].1.reason.contains("maximum record age (60 s)"),
+        "{}",
+        bad[0].1.reason
+    );
+    let (good, _) = run(&f, 3, now()).await;
+    assert_eq!(good.len(), 3);
+
+    let f = fixture();
+    deploy(
+        &f,
+        "lenient",
+        "export function transform(e) { if (e.properties.n === 1) throw new Error('x'); return [{...e, a: 1}, {...e, b: 2}]; }",
+        FunctionSpec {
+            on_failure: OnFailure::Skip,
+            max_retries: 0,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 3, now()).await;
+    assert!(bad.is_empty());
+    let per: Vec<(u64, &str)> = good
+        .iter()
+        .map(|(o, v)| (*o, v["event_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        per,
+        [(0, "e0"), (0, "e0#1"), (1, "e1"), (2, "e2"), (2, "e2#1")]
+    );
+    assert!(
+        good[2].1["properties"].get("a").is_none(),
+        "the failed event passes unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_invocations_keep_the_order() {
+    let f = fixture();
+    deploy(
+        &f,
+        "slow",
+        // Later batches finish first: the first batch spins longest.
+        "export function process(events) { const until = Date.now() + (events[0].properties.n === 0 ? 50 : 1); while (Date.now() < until) {} return events.map(e => ({...e, k: e.properties.n})); }",
+        FunctionSpec {
+            batch_size: 3,
+            parallelism: 4,
+            ..Default::default()
+        },
+    );
+    let (good, bad) = run(&f, 30, now()).await;
+    assert!(bad.is_empty());
+    let ks: Vec<u64> = good
+        .iter()
+        .map(|(_, v)| v["properties"]["k"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ks, (0..30).collect::<Vec<u64>>());
+    assert_eq!(stats(&f, "slow").invocations, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_run_after_the_stage_they_name() {
+    let f = fixture();
+    // After canonicalize: no enrichment yet; the change is then validated and enriched.
+    deploy(
+        &f,
+        "early",
+        "export function transform(e) { return {...e, early_saw_enriched: Object.keys(e.enriched).length, context: {...e.context, page: {url: 'https://x.example/?utm_source=early'}}}; }",
+        FunctionSpec {
+            after: "canonicalize".into(),
+            ..Default::default()
+        },
+    );
+    deploy(
+        &f,
+        "late",
+        "export function transform(e) { return {...e, late_saw_source: e.enriched.mkt_source}; }",
+        FunctionSpec::default(),
+    );
+    deploy(
+        &f,
+        "later",
+        "export function transform(e) { return {...e, after_late: e.properties.late_saw_source}; }",
+        FunctionSpec {
+            after: "late".into(),
+            ..Default::default()
+        },
+    );
+    let (good, _) = run(&f, 1, now()).await;
+    let p = &good[0].1["properties"];
+    assert_eq!(p["early_saw_enriched"], 0);
+    assert_eq!(p["late_saw_source"], "early");
+    assert_eq!(p["after_late"], "early");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_from_a_function_are_bad_rows_with_the_reason() {
+    let f = fixture();
+    deploy(
+        &f,
+        "broken",
+        "export function transform(e) { if (e.properties.n === 1) return {...e, event: ''}; if (e.properties.n === 2) return {...e, enriched: {mine: 1}}; return e; }",
+        FunctionSpec::default(),
+    );
+    let (good, bad) = run(&f, 3, now()).await;
+    assert_eq!(good.len(), 1);
+    assert!(
+        bad[0].1.reason.contains("needs a name"),
+        "{}",
+        bad[0].1.reason
+    );
+    assert!(
+        bad[1].1.reason.contains("enriched.mine"),
+        "{}",
+        bad[1].1.reason
+    );
+}

@@ -1,0 +1,251 @@
+//! User functions over HTTP (all admin requests, see [`admin_allowed`]):
+//!
+//! - `GET /v1/functions`: the deployed functions;
+//! - `PUT /v1/functions/{name}`: deploy. The body is JSON, `{"code": "...", <settings>}` with
+//!   the settings of [`FunctionSpec`], or the module itself (any other content type) with the
+//!   settings as query parameters (`?batch_size=50&after=validate`). 201 with the new version,
+//!   200 when it equals the running one, 400 with the reason for bad code or settings;
+//! - `GET /v1/functions/{name}`: versions, settings (secrets hidden) and the running code;
+//! - `DELETE /v1/functions/{name}`;
+//! - `POST /v1/functions/{name}/rollback`: `{"to": N}`, or empty for the previous version;
+//! - `GET /v1/functions/{name}/logs?lines=N`: what it printed, oldest first;
+//! - `GET /v1/functions/stats`: metering per function and version.
+
+// The helpers return the error answer itself, sent at once: its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use sluice_event::ErrorKind;
+use sluice_functions::udf::{DeployOutcome, DeployReport};
+use sluice_functions::{FunctionSpec, Functions, UdfError};
+
+use crate::http::{AppState, error_response};
+use crate::schemas::admin_allowed;
+
+/// Largest deploy request.
+const MAX_DEPLOY_BYTES: usize = 6 << 20;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/functions", get(list))
+        .route("/v1/functions/stats", get(stats))
+        .route(
+            "/v1/functions/{name}",
+            get(show)
+                .put(deploy)
+                .delete(delete)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BYTES)),
+        )
+        .route("/v1/functions/{name}/rollback", post(rollback))
+        .route("/v1/functions/{name}/logs", get(logs))
+}
+
+fn guard(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Arc<Functions>, Response> {
+    admin_allowed(state, headers, peer)?;
+    state.functions.clone().ok_or_else(|| {
+        error_response(
+            ErrorKind::NotFound,
+            "this node does not run the functions role",
+        )
+    })
+}
+
+/// Runs `op` on the functions, off the async workers (it reads and writes the store), after
+/// the admin check; answers its result as JSON with `status`, or its error.
+async fn admin_op<T: serde::Serialize + Send + 'static>(
+    req: &Req,
+    status: impl FnOnce(&T) -> StatusCode,
+    op: impl FnOnce(&Functions) -> Result<T, UdfError> + Send + 'static,
+) -> Response {
+    let f = match guard(&req.0, &req.2, req.1) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match tokio::task::spawn_blocking(move || op(&f)).await {
+        Ok(Ok(v)) => (status(&v), axum::Json(v)).into_response(),
+        Ok(Err(e)) => error_response(e.kind(), e.to_string()),
+        Err(e) => error_response(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+/// What every handler needs for the admin check.
+type Req = (AppState, SocketAddr, HeaderMap);
+
+fn ok<T>(_: &T) -> StatusCode {
+    StatusCode::OK
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    admin_op(&(state, peer, headers), ok, |f| {
+        Ok(json!({ "functions": f.list()? }))
+    })
+    .await
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    admin_op(&(state, peer, headers), ok, |f| {
+        Ok(json!({ "stats": f.stats() }))
+    })
+    .await
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    admin_op(&(state, peer, headers), ok, move |f| f.show(&name)).await
+}
+
+/// The code and settings of a deploy request.
+fn deploy_request(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(String, FunctionSpec), String> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let mut settings: Map<String, Value> = Map::new();
+    let code = if json {
+        let mut obj: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| format!("the body is not a JSON object: {e}"))?;
+        let code = match obj.remove("code") {
+            Some(Value::String(c)) => c,
+            Some(_) => return Err("code must be a string (the module text)".into()),
+            None => return Err("the JSON body needs code (the module text)".into()),
+        };
+        settings = obj;
+        code
+    } else {
+        String::from_utf8(body.to_vec()).map_err(|_| "the module is not UTF-8 text".to_string())?
+    };
+    for (k, v) in query {
+        // Numbers and booleans come as text in a query; JSON reads them back (and objects,
+        // for config).
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+        settings.insert(k.clone(), value);
+    }
+    if code.trim().is_empty() {
+        return Err("the module is empty".into());
+    }
+    let spec: FunctionSpec = serde_json::from_value(Value::Object(settings))
+        .map_err(|e| format!("bad settings: {e}"))?;
+    Ok((code, spec))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    // Settings are checked after the admin check, so an outsider learns nothing from them.
+    if let Err(r) = guard(&state, &headers, peer) {
+        return r;
+    }
+    let (code, spec) = match deploy_request(&headers, &query, &body) {
+        Ok(x) => x,
+        Err(e) => return error_response(ErrorKind::Invalid, e),
+    };
+    let status = |r: &DeployReport| match r.outcome {
+        DeployOutcome::Created => StatusCode::CREATED,
+        DeployOutcome::Unchanged => StatusCode::OK,
+    };
+    admin_op(&(state, peer, headers), status, move |f| {
+        f.deploy(&name, &code, &spec)
+    })
+    .await
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    admin_op(&(state, peer, headers), ok, move |f| {
+        f.delete(&name)?;
+        Ok(json!({ "deleted": name }))
+    })
+    .await
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = guard(&state, &headers, peer) {
+        return r;
+    }
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => match v.get("to") {
+                None | Some(Value::Null) => None,
+                Some(t) => match t.as_u64().and_then(|t| u32::try_from(t).ok()) {
+                    Some(t) => Some(t),
+                    None => {
+                        return error_response(ErrorKind::Invalid, "to must be a version number");
+                    }
+                },
+            },
+            Err(e) => {
+                return error_response(ErrorKind::Invalid, format!("the body is not JSON: {e}"));
+            }
+        }
+    };
+    admin_op(&(state, peer, headers), ok, move |f| {
+        let version = f.rollback(&name, to)?;
+        Ok(json!({ "name": name, "version": version }))
+    })
+    .await
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let lines = match query.get("lines").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if n <= 100_000 => n,
+        Some(_) => return error_response(ErrorKind::Invalid, "lines must be 0..=100000"),
+    };
+    admin_op(&(state, peer, headers), ok, move |f| {
+        Ok(json!({ "lines": f.logs(&name, lines)? }))
+    })
+    .await
+}

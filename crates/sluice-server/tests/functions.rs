@@ -1,0 +1,277 @@
+//! User functions through a running server: deploy over HTTP (JSON and raw module bodies),
+//! events changed by a function in `events`, throwing and looping events as `function_failure`
+//! bad rows while the rest flows, logs, metering in `/v1/functions/stats` and `/metrics`,
+//! rollback, delete, and the admin guard.
+
+use serde_json::{Value, json};
+use sluice_server::{Config, Server};
+use sluice_testkit::http::sql_rows;
+
+const ADMIN: &str = "admin-token-functions-0123";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_deploy_run_fail_meter_and_roll_back_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&format!(
+        r#"
+data_dir = "{}"
+http = "127.0.0.1:0"
+pg = "127.0.0.1:0"
+admin_token = "{ADMIN}"
+[lake]
+flush_interval = "100ms"
+"#,
+        dir.path().display()
+    ))
+    .unwrap();
+    let running = Server::start(config.validate().unwrap()).await.unwrap();
+    let base = format!("http://{}", running.http_addr.unwrap());
+    let c = reqwest::Client::new();
+    let admin_get = |path: &str| {
+        let req = c.get(format!("{base}{path}")).bearer_auth(ADMIN).send();
+        async move { req.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let put_json = |name: &str, body: Value| {
+        c.put(format!("{base}/v1/functions/{name}"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+    };
+
+    // The admin guard, and bad code refused with its reason.
+    let r = c
+        .put(format!("{base}/v1/functions/tier"))
+        .json(&json!({"code": "export function transform(e) { return e; }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = put_json("tier", json!({"code": "export function nothing() {}"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("neither process"));
+    let r = put_json(
+        "tier",
+        json!({"code": "export function transform(e) { return e; }", "batch_size": 0}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = put_json("tier", json!({"code": "x", "bogus": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("bogus"));
+
+    // v1 adds a field from its config and logs; a second function after it throws for
+    // poisoned events; a third loops forever on some.
+    let tier = |t: &str| {
+        json!({
+            "code": "export function transform(e, ctx) { console.log('tiering', e.event_id, ctx.secrets.key.length); return {...e, plan_tier: ctx.config.tier}; }",
+            "config": {"tier": t},
+            "secrets": {"key": "hunter2"},
+        })
+    };
+    let r = put_json("tier", tier("gold")).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["version"].as_u64(), v["mode"].as_str()),
+        (Some(1), Some("event"))
+    );
+    let r = put_json("tier", tier("gold")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the same code and settings make no new version"
+    );
+    let r = c
+        .put(format!(
+            "{base}/v1/functions/gate?after=tier&max_retries=0&batch_size=10"
+        ))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/javascript")
+        .body("export function process(events) { for (const e of events) if (e.properties.poison) throw new TypeError('poisoned ' + e.event_id); return events; }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = put_json(
+        "spin",
+        json!({"code": "export function transform(e) { while (e.properties.spin) {} return e; }",
+               "after": "validate", "timeout_ms": 100, "max_retries": 0}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let events: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"event": "Clicked", "event_id": format!("c{i:02}"), "userId": format!("u{}", i % 4),
+                   "properties": {"n": i, "poison": i == 3 || i == 11, "spin": i == 7}})
+        })
+        .collect();
+    let r = c
+        .post(format!("{base}/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let good = sql_rows(
+        &c,
+        &base,
+        "SELECT event_id, properties FROM events ORDER BY event_id",
+        17,
+    )
+    .await;
+    assert_eq!(good.len(), 17);
+    for row in &good {
+        let props: Value = serde_json::from_str(row["properties"].as_str().unwrap()).unwrap();
+        assert_eq!(props["plan_tier"], "gold", "{row}");
+    }
+    let bad = sql_rows(
+        &c,
+        &base,
+        "SELECT event_id, kind, function, reason FROM bad_rows ORDER BY event_id",
+        3,
+    )
+    .await;
+    let got: Vec<(&str, &str, &str)> = bad
+        .iter()
+        .map(|r| {
+            (
+                r["event_id"].as_str().unwrap(),
+                r["kind"].as_str().unwrap(),
+                r["function"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("c03", "function_failure", "function:gate:v1"),
+            ("c07", "function_failure", "function:spin:v1"),
+            ("c11", "function_failure", "function:gate:v1"),
+        ]
+    );
+    assert!(
+        bad[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("TypeError: poisoned c03")
+    );
+    assert!(
+        bad[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 100 ms")
+    );
+
+    // Logs and metering.
+    let logs = admin_get("/v1/functions/tier/logs?lines=5").await;
+    let lines = logs["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 5);
+    assert!(
+        lines[0].as_str().unwrap().contains(" v1 INFO tiering c"),
+        "{logs}"
+    );
+    let gate_logs = admin_get("/v1/functions/gate/logs").await;
+    assert!(
+        gate_logs.to_string().contains("ERROR invocation of"),
+        "{gate_logs}"
+    );
+    let stats = admin_get("/v1/functions/stats").await;
+    let tier_stats = stats["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["function"] == "tier")
+        .unwrap();
+    // 20 events less the one `spin` (after validate) gave up on.
+    assert_eq!(tier_stats["events_in"], 19);
+    assert!(tier_stats["lambda_cost_usd"].as_f64().unwrap() > 0.0);
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("sluice_function_invocations_total{function=\"tier\",version=\"1\"}"));
+    // The batch with the looping event timed out, and so did each half holding it.
+    assert!(metrics.contains(
+        "sluice_function_errors_total{function=\"spin\",version=\"1\",kind=\"timeout\"} "
+    ));
+    assert!(metrics.contains("# TYPE sluice_function_duration_seconds histogram"));
+    assert!(
+        metrics.contains("sluice_function_lambda_cost_usd_total{function=\"gate\",version=\"1\"}")
+    );
+
+    // v2, then a rollback to v1: each takes effect without a restart.
+    let send_one = |id: &str| {
+        c.post(format!("{base}/v1/events"))
+            .json(&json!({"event": "Clicked", "event_id": id, "userId": "u9"}))
+            .send()
+    };
+    assert_eq!(
+        put_json("tier", tier("silver")).await.unwrap().status(),
+        201
+    );
+    assert_eq!(send_one("after-v2").await.unwrap().status(), 200);
+    let rows = sql_rows(
+        &c,
+        &base,
+        "SELECT properties FROM events WHERE event_id = 'after-v2'",
+        1,
+    )
+    .await;
+    assert!(rows[0]["properties"].as_str().unwrap().contains("silver"));
+    let r = c
+        .post(format!("{base}/v1/functions/tier/rollback"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 1);
+    assert_eq!(send_one("after-rollback").await.unwrap().status(), 200);
+    let rows = sql_rows(
+        &c,
+        &base,
+        "SELECT properties FROM events WHERE event_id = 'after-rollback'",
+        1,
+    )
+    .await;
+    assert!(rows[0]["properties"].as_str().unwrap().contains("gold"));
+
+    // Show hides secrets; delete respects what runs after what.
+    let shown = admin_get("/v1/functions/tier").await;
+    assert_eq!(shown["active"], 1);
+    // Deploys push onto the history, a rollback pops: v2 is gone from it, v1 runs.
+    assert_eq!(shown["history"], json!([1]));
+    assert_eq!(shown["versions"].as_array().unwrap().len(), 2);
+    assert!(!shown.to_string().contains("hunter2"));
+    assert!(shown["code"].as_str().unwrap().contains("plan_tier"));
+    let del = |name: &str| {
+        c.delete(format!("{base}/v1/functions/{name}"))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    assert_eq!(del("tier").await.unwrap().status(), 409);
+    assert_eq!(del("gate").await.unwrap().status(), 200);
+    assert_eq!(del("tier").await.unwrap().status(), 200);
+    assert_eq!(del("tier").await.unwrap().status(), 404);
+    let list = admin_get("/v1/functions").await;
+    let names: Vec<&str> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["spin"]);
+    running.shutdown().await.unwrap();
+}
