@@ -92,7 +92,7 @@ flush_interval = "100ms"
         ))
         .bearer_auth(ADMIN)
         .header("content-type", "application/javascript")
-        .body("export function process(events) { for (const e of events) if (e.properties.poison) throw new TypeError('poisoned ' + e.event_id); return events; }")
+        .body("export function process(events) { const out = []; for (const e of events) { if (e.properties.poison) throw new TypeError('poisoned ' + e.event_id); out.push(e); if (e.properties.n === 0) out.push({...e, event: 'Echoed'}); } return out; }")
         .send()
         .await
         .unwrap();
@@ -120,14 +120,23 @@ flush_interval = "100ms"
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // 20 events less 3 failed, plus the one `gate` split off c00.
     let good = sql_rows(
         &c,
         &base,
-        "SELECT event_id, properties FROM events ORDER BY event_id",
-        17,
+        "SELECT event_id, event, properties FROM events ORDER BY event_id",
+        18,
     )
     .await;
-    assert_eq!(good.len(), 17);
+    assert_eq!(good.len(), 18);
+    assert_eq!(
+        (good[0]["event_id"].as_str(), good[0]["event"].as_str()),
+        (Some("c00"), Some("Clicked"))
+    );
+    assert_eq!(
+        (good[1]["event_id"].as_str(), good[1]["event"].as_str()),
+        (Some("c00#1"), Some("Echoed"))
+    );
     for row in &good {
         let props: Value = serde_json::from_str(row["properties"].as_str().unwrap()).unwrap();
         assert_eq!(props["plan_tier"], "gold", "{row}");
