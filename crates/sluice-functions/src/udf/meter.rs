@@ -87,7 +87,8 @@ pub struct MeterSnapshot {
     pub gb_seconds: f64,
     /// What Lambda would have charged, USD.
     pub lambda_cost_usd: f64,
-    /// Most memory a runtime held after an invocation, bytes.
+    /// Most memory a runtime held after an invocation (sampled), bytes — what Lambda reports as
+    /// "Max Memory Used".
     pub max_memory_bytes: u64,
 }
 
