@@ -1,10 +1,9 @@
 //! The schema registry over HTTP (Iglu paths, admin token, immutable versions) and what
 //! validation and enrichment put in `events`, through a running server.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 use sluice_server::{Config, Server};
+use sluice_testkit::http::sql_rows;
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -14,35 +13,6 @@ fn schema(version: &str, props: Value) -> Value {
         "self": {"vendor": "com.acme", "name": "signup", "format": "jsonschema", "version": version},
         "type": "object", "properties": props, "required": ["plan"]
     })
-}
-
-async fn rows(c: &reqwest::Client, base: &str, q: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = c
-            .post(format!("{base}/v1/sql?format=json"))
-            .body(q.to_string())
-            .send()
-            .await
-            .unwrap();
-        if resp.status().is_success() {
-            let rows: Vec<Value> = resp
-                .text()
-                .await
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            if rows.len() >= n {
-                return rows;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{q}: fewer than {n} rows in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +127,7 @@ internal_domains = ["example.com"]
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let orders = rows(
+    let orders = sql_rows(
         &c,
         &base,
         "SELECT event_id, total FROM order_completed ORDER BY event_id",
@@ -166,12 +136,12 @@ internal_domains = ["example.com"]
     .await;
     assert_eq!(orders[0]["total"], 5.0);
     assert_eq!(orders[1]["total"], 5.5);
-    let types = rows(&c, &base, "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
+    let types = sql_rows(&c, &base, "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
     assert_eq!(
         types[0]["data_type"], "Float64",
         "the declared type, not the first value's"
     );
-    let good = rows(&c, &base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
+    let good = sql_rows(&c, &base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
     assert_eq!(good.len(), 4, "{good:?}");
     assert_eq!(good[0]["event_id"], "o1");
     assert_eq!(good[2]["event_id"], "ok");
@@ -190,7 +160,7 @@ internal_domains = ["example.com"]
     assert_eq!(pv["refr_term"], "red shoes");
     assert_eq!(pv["session_index"], 1);
     assert_eq!(pv["event_fingerprint"].as_str().map(str::len), Some(32));
-    let bad = rows(
+    let bad = sql_rows(
         &c,
         &base,
         "SELECT event_id, kind, function, reason FROM bad_rows",

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_server::{Config, Running, Server};
+use sluice_testkit::http::sql_rows;
 
 const WEB_KEY: &str = "wk-web-0123456789";
 const APP_KEY: &str = "wk-app-0123456789";
@@ -57,36 +57,6 @@ async fn sql(client: &reqwest::Client, base: &str, q: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// Polls `q` until it returns `n` rows, with a deadline.
-async fn wait_rows(client: &reqwest::Client, base: &str, q: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = client
-            .post(format!("{base}/v1/sql?format=json"))
-            .body(q.to_string())
-            .send()
-            .await
-            .unwrap();
-        if resp.status().is_success() {
-            let rows: Vec<Value> = resp
-                .text()
-                .await
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            if rows.len() >= n {
-                return rows;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{q}: fewer than {n} rows in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +227,7 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
     assert_eq!(r.status(), 413);
 
     // Exactly these rows, with the right sources, types, names and ids.
-    let rows = wait_rows(
+    let rows = sql_rows(
         &c,
         &base,
         "SELECT event_id, source, event_type, event, user_id, anonymous_id, properties, context, \

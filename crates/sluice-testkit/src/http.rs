@@ -21,7 +21,10 @@ pub async fn sql_rows(client: &reqwest::Client, base: &str, query: &str, n: usiz
                 if ok {
                     let rows: Vec<Value> = text
                         .lines()
-                        .filter_map(|l| serde_json::from_str(l).ok())
+                        .map(|l| {
+                            serde_json::from_str(l)
+                                .unwrap_or_else(|e| panic!("{query}: not a JSON line {l:?}: {e}"))
+                        })
                         .collect();
                     if rows.len() >= n {
                         return rows;
