@@ -1,0 +1,226 @@
+//! Plumbing every scenario shares: starting the binary with a config file, a nemesis that
+//! kills the server whenever another share of the events has been acked (running a fault
+//! between the kill and the restart), and the final drain-and-check over every sink.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_testkit::SluiceProcess;
+
+use crate::checker::{History, Outcome, check_counts, check_ids};
+use crate::observe;
+use crate::scorecard::Scorecard;
+use crate::workload::{Progress, Target, Workload};
+
+/// Writes `toml` to `dir/sluice.toml` and starts `bin serve --config … --data-dir data`.
+pub fn spawn(bin: &Path, dir: &Path, data: &Path, toml: &str) -> anyhow::Result<SluiceProcess> {
+    let config = dir.join("sluice.toml");
+    std::fs::write(&config, toml)?;
+    let config = config.to_string_lossy().to_string();
+    SluiceProcess::spawn(bin, data, &["--config", &config])
+}
+
+/// What the nemesis did.
+#[derive(Clone, Debug, Default)]
+pub struct Storm {
+    /// Kills done.
+    pub kills: usize,
+    /// Milliseconds from each restart's spawn to its listening address.
+    pub ready_ms: Vec<u64>,
+}
+
+impl Storm {
+    /// Records p50 and max ready times on `card`.
+    pub fn note(&self, card: &mut Scorecard) {
+        let mut r = self.ready_ms.clone();
+        r.sort_unstable();
+        card.faults += self.kills;
+        card.note("restarts", self.kills);
+        if !r.is_empty() {
+            card.note("ready_ms_p50", r[r.len() / 2]);
+            card.note("ready_ms_max", r[r.len() - 1]);
+        }
+    }
+}
+
+/// Kills the server `kills` times, each once another `1/(kills+1)` of `total` events has been
+/// acked; `between` runs while it is down (a power cut, a corruption, nothing). Stops early
+/// when the workload finishes.
+pub fn nemesis(
+    server: Arc<Mutex<SluiceProcess>>,
+    target: Arc<Target>,
+    progress: Arc<Progress>,
+    total: usize,
+    kills: usize,
+    mut between: impl FnMut(usize) -> anyhow::Result<()> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<Storm>> {
+    tokio::task::spawn_blocking(move || {
+        let mut storm = Storm::default();
+        for k in 0..kills {
+            let threshold = (k + 1) * total / (kills + 1);
+            loop {
+                if progress.acked.load(Ordering::SeqCst) >= threshold {
+                    break;
+                }
+                if progress.done.load(Ordering::SeqCst) {
+                    return Ok(storm);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let mut s = server.lock().expect("server lock");
+            s.kill9()?;
+            between(k)?;
+            let t = Instant::now();
+            s.restart()?;
+            storm.ready_ms.push(t.elapsed().as_millis() as u64);
+            target.set(s.url());
+            storm.kills += 1;
+        }
+        Ok(storm)
+    })
+}
+
+/// Which sinks the final check reads besides `events`.
+#[derive(Clone, Debug, Default)]
+pub struct Sinks {
+    /// The typed tables (one per event name of the workload).
+    pub typed: bool,
+    /// The hot tier's profiles (`events_total` per user against the lake).
+    pub hot: bool,
+    /// The loader's `events` table: (connection string, schema).
+    pub postgres: Option<(String, String)>,
+}
+
+/// Waits until every sink holds at least the acked events (or `deadline` passes), then
+/// checks each one and records the result on `card`.
+pub async fn drain_and_check(
+    card: &mut Scorecard,
+    base: &str,
+    w: &Workload,
+    history: &History,
+    sinks: &Sinks,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let sent = history.fold();
+    card.events_sent = w.total();
+    card.acked = sent.count(Outcome::Ok);
+    card.failed = sent.count(Outcome::Failed);
+    card.indeterminate = sent.count(Outcome::Unknown);
+    let (ok, failed, unknown) = history.request_counts();
+    card.note("requests_ok", ok);
+    card.note("requests_failed", failed);
+    card.note("requests_unknown", unknown);
+    let acked = card.acked as u64;
+    let run = w.run.clone();
+
+    let count = |table: String| {
+        let (http, base, run) = (http.clone(), base.to_string(), run.clone());
+        async move {
+            observe::sql_count(
+                &http,
+                &base,
+                &format!(
+                    "SELECT count(DISTINCT event_id) FROM {table} WHERE event_id LIKE '{run}-%'"
+                ),
+            )
+            .await
+        }
+    };
+    let t = Instant::now();
+    let drained = observe::wait_for(deadline, || {
+        let c = count("events".into());
+        async move { Ok(c.await? >= acked) }
+    })
+    .await;
+    card.note("lake_drain_ms", t.elapsed().as_millis() as u64);
+    if !drained {
+        card.violations.push(format!(
+            "events: acked events still missing after {deadline:?}"
+        ));
+    }
+    let ids = observe::ids_in(&http, base, "events", &run).await?;
+    card.sink(check_ids("events", &sent, &ids, None));
+    let bad = observe::ids_in(&http, base, "bad_rows", &run)
+        .await
+        .unwrap_or_default();
+    if !bad.is_empty() {
+        card.violations.push(format!(
+            "bad_rows: {} valid events became bad rows (e.g. {:?})",
+            bad.len(),
+            &bad[..bad.len().min(3)]
+        ));
+    }
+
+    if sinks.typed {
+        for name in &w.names {
+            let want = sent
+                .with(Outcome::Ok)
+                .filter(|id| w.name_of(id) == Some(name.as_str()))
+                .count() as u64;
+            observe::wait_for(deadline, || {
+                let c = count(name.clone());
+                async move { Ok(c.await? >= want) }
+            })
+            .await;
+            let ids = observe::ids_in(&http, base, name, &run)
+                .await
+                .unwrap_or_default();
+            let only = |id: &str| w.name_of(id) == Some(name.as_str());
+            card.sink(check_ids(name, &sent, &ids, Some(&only)));
+        }
+    }
+
+    if sinks.hot {
+        // The hot tier must equal a fold over the lake (I9): count the lake's distinct events
+        // per user, including unknown-outcome ones that landed.
+        let mut want = std::collections::BTreeMap::new();
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for id in &distinct {
+            if let Some(u) = w.user_of(id) {
+                *want.entry(u).or_insert(0u64) += 1;
+            }
+        }
+        let users = w.all_users();
+        let end = Instant::now() + deadline;
+        let got = loop {
+            let got = observe::profile_totals(&http, base, &users)
+                .await
+                .unwrap_or_default();
+            if got == want || Instant::now() > end {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        card.sink(check_counts("hot", &want, &got));
+    }
+
+    if let Some((conn, schema)) = &sinks.postgres {
+        observe::wait_for(deadline, || async {
+            let mut ids = observe::pg_ids(conn, schema, "events", &run).await?;
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(ids.len() as u64 >= acked)
+        })
+        .await;
+        let ids = observe::pg_ids(conn, schema, "events", &run).await?;
+        card.sink(check_ids("postgres.events", &sent, &ids, None));
+    }
+    Ok(())
+}
+
+/// A scratch directory under the system temp dir.
+pub fn scratch() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("sluice-chaos-").tempdir()?)
+}
+
+/// The path of the `sluice` binary given by a test's `env!("CARGO_BIN_EXE_sluice")`.
+pub fn bin(path: &str) -> PathBuf {
+    PathBuf::from(path)
+}
