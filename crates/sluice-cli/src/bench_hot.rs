@@ -246,7 +246,7 @@ async fn through_server(root: &Path, users: usize) -> anyhow::Result<()> {
         r#"
 data_dir = "{}"
 http = "127.0.0.1:0"
-roles = ["collector", "functions", "hot", "predict"]
+roles = ["collector", "runner", "hot", "predict"]
 [collector]
 max_backlog_events = 100000000
 [[hot.counters]]

@@ -1,5 +1,5 @@
 //! `sluice functions deploy|list|show|rollback|delete|logs|stats`: user JavaScript functions in
-//! a running server (`--url`, with `--admin-token` when the server has one). A deploy or a
+//! a running server (`--server`, with `--admin-token` when the server has one). A deploy or a
 //! rollback takes effect from the runner's next batch, without a restart.
 
 use std::path::PathBuf;
@@ -14,23 +14,7 @@ pub struct FunctionsArgs {
     #[command(subcommand)]
     command: FunctionsCommand,
     #[command(flatten)]
-    server: Server,
-}
-
-/// Which server a command talks to (shared with `sluice schemas`).
-#[derive(clap::Args, Debug)]
-pub struct Server {
-    /// Server URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SLUICE_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
-    /// The server's admin token.
-    #[arg(long, global = true, env = "SLUICE_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
+    server: crate::remote::AdminServer,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -126,7 +110,7 @@ struct DeployArgs {
 pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
     let api = Api {
         client: reqwest::Client::new(),
-        base: args.server.url.trim_end_matches('/').to_string(),
+        base: args.server.server.base().to_string(),
         token: args.server.admin_token,
     };
     match args.command {

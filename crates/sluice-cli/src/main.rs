@@ -1,6 +1,12 @@
 //! The `sluice` binary: command-line parsing, the tracing subscriber, exit codes.
 //!
-//! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error (from clap).
+//! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error (from clap); 70
+//! (`EX_SOFTWARE`) `serve` stopped because the journal failed (an fsync or write error): the
+//! state on disk is unknown, so it exits at once without draining, and the next start
+//! recovers from disk.
+
+// Printing results is what a CLI is for; the workspace denies it elsewhere.
+#![allow(clippy::print_stdout)]
 
 mod bench;
 mod bench_chain;
@@ -9,6 +15,7 @@ mod bench_protocols;
 mod functions;
 mod keys;
 mod lake;
+mod remote;
 mod replay;
 mod schemas;
 mod send;
@@ -19,11 +26,20 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_server::{Config, Server};
+use sluice_server::{Config, Server, ServerError};
+
+/// The exit code of `serve` when the journal failed.
+const EXIT_JOURNAL_FAILED: i32 = 70;
 
 /// Sluice: a self-hosted event data pipeline in one binary.
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about)]
+#[command(
+    name = "sluice",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 70 the journal failed \
+                  (serve; restart to recover from disk)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +47,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the pipeline: collector, functions, lake delivery and SQL.
+    /// Runs the pipeline: collector, runner, lake delivery, hot tier and SQL.
     Serve(ServeArgs),
     /// Runs a read-only SQL query over the lake.
     Sql(sql::SqlArgs),
@@ -65,40 +81,52 @@ struct ServeArgs {
     /// Postgres wire listen address. Default 127.0.0.1:5433.
     #[arg(long)]
     pg: Option<SocketAddr>,
-    /// Roles to run, comma separated: collector, functions, lake, warehouse, hot, predict
-    /// (default all; predict needs hot).
+    /// Roles to run, comma separated: collector, runner, lake, warehouse, hot, predict
+    /// (default all; predict needs hot; `functions` is an older name of runner).
     #[arg(long, value_delimiter = ',')]
     role: Vec<String>,
 }
 
+#[allow(clippy::exit)] // the one place that turns errors into exit codes
 fn main() {
     let cli = Cli::parse();
     init_tracing();
     // Two TLS stacks end up in the dependency tree; pick one explicitly so that no TLS
     // handshake panics for want of a process-level provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
-        .and_then(|rt| {
-            rt.block_on(async {
-                match cli.command {
-                    Command::Serve(args) => serve(args).await,
-                    Command::Sql(args) => sql::run(args).await,
-                    Command::Send(args) => send::run(args).await,
-                    Command::Bench(args) => bench::run(args).await,
-                    Command::Keys(args) => keys::run(args),
-                    Command::Schemas(args) => schemas::run(args).await,
-                    Command::Functions(args) => functions::run(args).await,
-                    Command::Replay(args) => replay::run(args).await,
-                    Command::Lake(args) => lake::run(args).await,
-                }
-            })
-        });
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Sql(args) => sql::run(args).await,
+            Command::Send(args) => send::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Keys(args) => keys::run(args),
+            Command::Schemas(args) => schemas::run(args).await,
+            Command::Functions(args) => functions::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
+            Command::Lake(args) => lake::run(args).await,
+        }
+    });
+    // The runtime is still alive here: exiting does not wait for its tasks, which after a
+    // journal failure may never finish.
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let journal_failed = matches!(e.downcast_ref(), Some(ServerError::JournalFailed));
+        std::process::exit(if journal_failed {
+            EXIT_JOURNAL_FAILED
+        } else {
+            1
+        });
     }
 }
 
@@ -146,6 +174,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = sigterm.recv() => None,
         e = running.stopped() => Some(e),
     };
+    if let Some(e @ ServerError::JournalFailed) = stage_error {
+        // Nothing can be made durable any more: exit without draining.
+        tracing::error!(error = %e, "exiting to recover from disk");
+        return Err(e.into());
+    }
     if let Some(e) = &stage_error {
         tracing::error!(error = %e, "a stage stopped; shutting down");
     }

@@ -28,12 +28,8 @@ pub struct ReplayArgs {
     /// Count what would be replayed; append nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Server URL.
-    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// The server's admin token.
-    #[arg(long, env = "SLUICE_ADMIN_TOKEN")]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    server: crate::remote::AdminServer,
 }
 
 /// Runs `sluice replay`.
@@ -46,9 +42,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         "to": args.to,
         "dry_run": args.dry_run,
     });
-    let url = format!("{}/v1/replay", args.url.trim_end_matches('/'));
+    let url = format!("{}/v1/replay", args.server.server.base());
     let mut req = reqwest::Client::new().post(&url).json(&body);
-    if let Some(t) = &args.admin_token {
+    if let Some(t) = &args.server.admin_token {
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.with_context(|| format!("asking {url}"))?;

@@ -1,6 +1,6 @@
 //! `sluice schemas push|list|show`: the Iglu-compatible schema registry.
 //!
-//! By default these talk to a running server (`--url`, with `--admin-token` when the server has
+//! By default these talk to a running server (`--server`, with `--admin-token` when the server has
 //! one); with `--data-dir` they work on the registry folder directly (no server needed; a
 //! running server sees pushed schemas within a second).
 
@@ -15,7 +15,7 @@ pub struct SchemasArgs {
     #[command(subcommand)]
     command: SchemasCommand,
     #[command(flatten)]
-    server: crate::functions::Server,
+    server: crate::remote::AdminServer,
     /// Work on this data directory's registry instead of a server.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
@@ -44,7 +44,7 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<()> {
         return local(dir, args.command);
     }
     let client = reqwest::Client::new();
-    let base = args.server.url.trim_end_matches('/');
+    let base = args.server.server.base();
     match args.command {
         SchemasCommand::Push { path } => {
             let files = files_of(&path)?;

@@ -18,9 +18,8 @@ use anyhow::Context;
 /// Arguments of `sluice send`.
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
-    /// Server to send to.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    server: String,
+    #[command(flatten)]
+    server: crate::remote::ServerArg,
     /// Write key (sent as a bearer token).
     #[arg(long, env = "SLUICE_WRITE_KEY")]
     write_key: Option<String>,
@@ -56,7 +55,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build the http client")?;
-    let endpoint = format!("{}/v1/events", args.server.trim_end_matches('/'));
+    let endpoint = format!("{}/v1/events", args.server.base());
     let mut totals = Totals::default();
 
     // Batches left by an earlier run go first, oldest first (file names are UUIDv7s).

@@ -12,8 +12,10 @@ pub struct SqlArgs {
     /// Data directory whose lake to query. Default ./sluice-data.
     #[arg(long, conflicts_with = "server")]
     data_dir: Option<PathBuf>,
-    /// Query a running server instead (e.g. http://127.0.0.1:8080).
-    #[arg(long)]
+    /// Query a running server instead (e.g. http://127.0.0.1:8080). Unlike the other
+    /// commands, `sql` reads the data directory unless this is given, so `SLUICE_SERVER` does
+    /// not apply.
+    #[arg(long, alias = "url", value_name = "URL")]
     server: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]

@@ -47,8 +47,9 @@ pub struct Config {
     pub journal: JournalConfig,
     /// The collector (limits, dedupe window, backlog limit).
     pub collector: CollectorConfig,
-    /// The raw → good/bad runner.
-    pub functions: RunnerConfig,
+    /// The raw → good/bad runner (`[runner]`; `[functions]` is read as the same section).
+    #[serde(alias = "functions")]
+    pub runner: RunnerConfig,
     /// Schema policing: policies per source and event-name bindings.
     pub validation: ValidationConfig,
     /// The built-in enrichers, each in its own `[enrich.<name>]` section.
@@ -86,7 +87,7 @@ impl Default for Config {
             listener: ListenerConfig::default(),
             journal: JournalConfig::default(),
             collector: CollectorConfig::default(),
-            functions: RunnerConfig::default(),
+            runner: RunnerConfig::default(),
             validation: ValidationConfig::default(),
             enrich: EnrichConfig::default(),
             lake: LakeConfig::default(),
@@ -106,8 +107,9 @@ impl Default for Config {
 pub struct Roles {
     /// HTTP intake into `raw`.
     pub collector: bool,
-    /// raw → good/bad.
-    pub functions: bool,
+    /// raw → good/bad: the function chain and the user functions (`runner`; `functions` is
+    /// read as the same role, as older configs name it).
+    pub runner: bool,
     /// good/bad → Delta tables.
     pub lake: bool,
     /// SQL over the lake.
@@ -122,7 +124,7 @@ impl Roles {
     /// Every role.
     pub const ALL: Roles = Roles {
         collector: true,
-        functions: true,
+        runner: true,
         lake: true,
         warehouse: true,
         hot: true,
@@ -136,7 +138,7 @@ impl Roles {
         }
         let mut r = Roles {
             collector: false,
-            functions: false,
+            runner: false,
             lake: false,
             warehouse: false,
             hot: false,
@@ -151,14 +153,14 @@ impl Roles {
             match n {
                 "all" => r = Self::ALL,
                 "collector" => r.collector = true,
-                "functions" => r.functions = true,
+                "runner" | "functions" => r.runner = true,
                 "lake" => r.lake = true,
                 "warehouse" => r.warehouse = true,
                 "hot" => r.hot = true,
                 "predict" => r.predict = true,
                 other => {
                     return Err(ServerError::Config(format!(
-                        "unknown role {other:?} (expected collector, functions, lake, warehouse, hot, predict or all)"
+                        "unknown role {other:?} (expected collector, runner, lake, warehouse, hot, predict or all)"
                     )));
                 }
             }
@@ -186,7 +188,7 @@ pub struct Settings {
     pub(crate) partitions: u32,
     pub(crate) journal: JournalConfig,
     pub(crate) collector: CollectorSettings,
-    pub(crate) functions: RunnerSettings,
+    pub(crate) runner: RunnerSettings,
     pub(crate) validation: ValidationConfig,
     pub(crate) enrich: EnrichConfig,
     pub(crate) admin_token: Option<String>,
@@ -285,7 +287,7 @@ impl Config {
             partitions: journal.default_partitions,
             journal,
             collector: self.collector.validate().map_err(ServerError::Config)?,
-            functions: self.functions.validate().map_err(ServerError::Config)?,
+            runner: self.runner.validate().map_err(ServerError::Config)?,
             validation: self.validation.clone(),
             enrich: self.enrich.clone(),
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
@@ -404,8 +406,22 @@ mod tests {
     #[test]
     fn roles_parse() {
         let r = Roles::parse(&["collector,lake".into()]).unwrap();
-        assert!(r.collector && r.lake && !r.functions && !r.warehouse);
-        assert!(Roles::parse(&["bogus".into()]).is_err());
+        assert!(r.collector && r.lake && !r.runner && !r.warehouse);
+        assert!(matches!(
+            Roles::parse(&["bogus".into()]),
+            Err(ServerError::Config(m)) if m.contains("bogus")
+        ));
+        // `functions` is the role's older name.
+        assert_eq!(
+            Roles::parse(&["functions".into()]).unwrap(),
+            Roles::parse(&["runner".into()]).unwrap()
+        );
+        let c = Config::from_toml(
+            "[functions]
+max_event_bytes = 1234",
+        )
+        .unwrap();
+        assert_eq!(c.runner.max_event_bytes, 1234);
         let r = Roles::parse(&["hot,predict".into()]).unwrap();
         assert!(r.hot && r.predict && !r.collector);
         assert!(Roles::parse(&["predict".into()]).is_err());

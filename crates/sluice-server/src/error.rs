@@ -17,6 +17,11 @@ pub enum ServerError {
         /// What happened.
         message: String,
     },
+    /// The journal failed (an fsync or write error): the state on disk is unknown, so the
+    /// process must stop without draining and recover from disk on restart. The CLI exits
+    /// with code 70 on it.
+    #[error("journal failed (fsync or write error); restart to recover from disk")]
+    JournalFailed,
     /// Binding a socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -1,4 +1,4 @@
-//! User functions over HTTP (all admin requests, see [`admin_allowed`]):
+//! User functions over HTTP (all admin requests, see [`Admin`]):
 //!
 //! - `GET /v1/functions`: the deployed functions;
 //! - `PUT /v1/functions/{name}`: deploy. The body is JSON, `{"code": "...", <settings>}` with
@@ -15,12 +15,11 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,8 +28,7 @@ use sluice_event::ErrorKind;
 use sluice_functions::udf::{DeployOutcome, DeployReport};
 use sluice_functions::{FunctionSpec, Functions, UdfError};
 
-use crate::http::{AppState, error_response};
-use crate::schemas::admin_allowed;
+use crate::http::{Admin, AppState, error_response};
 
 /// Largest deploy request.
 const MAX_DEPLOY_BYTES: usize = 6 << 20;
@@ -50,28 +48,24 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/functions/{name}/logs", get(logs))
 }
 
-fn guard(
-    state: &AppState,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<Arc<Functions>, Response> {
-    admin_allowed(state, headers, peer)?;
+fn functions_of(state: &AppState) -> Result<Arc<Functions>, Response> {
     state.functions.clone().ok_or_else(|| {
         error_response(
             ErrorKind::NotFound,
-            "this node does not run the functions role",
+            "this node does not run the runner role",
         )
     })
 }
 
-/// Runs `op` on the functions, off the async workers (it reads and writes the store), after
-/// the admin check; answers its result as JSON with `status`, or its error.
+/// Runs `op` on the functions, off the async workers (it reads and writes the store); answers
+/// its result as JSON with `status`, or its error. Handlers take [`Admin`], so the admin check
+/// has passed.
 async fn admin_op<T: serde::Serialize + Send + 'static>(
-    req: &Req,
+    state: &AppState,
     status: impl FnOnce(&T) -> StatusCode,
     op: impl FnOnce(&Functions) -> Result<T, UdfError> + Send + 'static,
 ) -> Response {
-    let f = match guard(&req.0, &req.2, req.1) {
+    let f = match functions_of(state) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -82,42 +76,20 @@ async fn admin_op<T: serde::Serialize + Send + 'static>(
     }
 }
 
-/// What every handler needs for the admin check.
-type Req = (AppState, SocketAddr, HeaderMap);
-
 fn ok<T>(_: &T) -> StatusCode {
     StatusCode::OK
 }
 
-async fn list(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    admin_op(&(state, peer, headers), ok, |f| {
-        Ok(json!({ "functions": f.list()? }))
-    })
-    .await
+async fn list(_: Admin, State(state): State<AppState>) -> Response {
+    admin_op(&state, ok, |f| Ok(json!({ "functions": f.list()? }))).await
 }
 
-async fn stats(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    admin_op(&(state, peer, headers), ok, |f| {
-        Ok(json!({ "stats": f.stats() }))
-    })
-    .await
+async fn stats(_: Admin, State(state): State<AppState>) -> Response {
+    admin_op(&state, ok, |f| Ok(json!({ "stats": f.stats() }))).await
 }
 
-async fn show(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    admin_op(&(state, peer, headers), ok, move |f| f.show(&name)).await
+async fn show(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    admin_op(&state, ok, move |f| f.show(&name)).await
 }
 
 /// The code and settings of a deploy request.
@@ -159,15 +131,16 @@ fn deploy_request(
 }
 
 async fn deploy(
+    _: Admin,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Settings are checked after the admin check, so an outsider learns nothing from them.
-    if let Err(r) = guard(&state, &headers, peer) {
+    // Settings are checked after the admin check (the extractor), so an outsider learns
+    // nothing from them.
+    if let Err(r) = functions_of(&state) {
         return r;
     }
     let (code, spec) = match deploy_request(&headers, &query, &body) {
@@ -178,19 +151,11 @@ async fn deploy(
         DeployOutcome::Created => StatusCode::CREATED,
         DeployOutcome::Unchanged => StatusCode::OK,
     };
-    admin_op(&(state, peer, headers), status, move |f| {
-        f.deploy(&name, &code, &spec)
-    })
-    .await
+    admin_op(&state, status, move |f| f.deploy(&name, &code, &spec)).await
 }
 
-async fn delete(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    admin_op(&(state, peer, headers), ok, move |f| {
+async fn delete(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    admin_op(&state, ok, move |f| {
         f.delete(&name)?;
         Ok(json!({ "deleted": name }))
     })
@@ -198,13 +163,12 @@ async fn delete(
 }
 
 async fn rollback(
+    _: Admin,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&state, &headers, peer) {
+    if let Err(r) = functions_of(&state) {
         return r;
     }
     let to = if body.iter().all(u8::is_ascii_whitespace) {
@@ -225,7 +189,7 @@ async fn rollback(
             }
         }
     };
-    admin_op(&(state, peer, headers), ok, move |f| {
+    admin_op(&state, ok, move |f| {
         let version = f.rollback(&name, to)?;
         Ok(json!({ "name": name, "version": version }))
     })
@@ -233,9 +197,8 @@ async fn rollback(
 }
 
 async fn logs(
+    _: Admin,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -244,7 +207,7 @@ async fn logs(
         Some(Ok(n)) if n <= 100_000 => n,
         Some(_) => return error_response(ErrorKind::Invalid, "lines must be 0..=100000"),
     };
-    admin_op(&(state, peer, headers), ok, move |f| {
+    admin_op(&state, ok, move |f| {
         Ok(json!({ "lines": f.logs(&name, lines)? }))
     })
     .await

@@ -17,17 +17,26 @@ use serde::Deserialize;
 use sluice_event::ErrorKind;
 use sluice_hot::{HotError, HotReader};
 
-use crate::http::{AppState, error_response};
+use crate::http::{AppState, error_response, metered};
 
 /// Ids per batch get, at most.
 pub(crate) const MAX_BATCH_IDS: usize = 100;
 
 pub(crate) fn routes() -> Router<AppState> {
+    let route = |label, path, handler| metered(label, Router::new().route(path, handler));
     Router::new()
-        .route("/v1/profiles/{id}", get(profile))
-        .route("/v1/profiles:batch", post(profiles_batch))
-        .route("/v1/counters/{name}/{key}", get(counter))
-        .route("/v1/predictions/{model}/{id}", get(prediction))
+        .merge(route("profiles", "/v1/profiles/{id}", get(profile)))
+        .merge(route(
+            "profiles_batch",
+            "/v1/profiles:batch",
+            post(profiles_batch),
+        ))
+        .merge(route("counters", "/v1/counters/{name}/{key}", get(counter)))
+        .merge(route(
+            "predictions",
+            "/v1/predictions/{model}/{id}",
+            get(prediction),
+        ))
 }
 
 #[allow(clippy::result_large_err)] // the error is the answer itself, returned at once
@@ -46,7 +55,7 @@ fn hot_error(e: HotError) -> Response {
 }
 
 async fn profile(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let resp = async {
+    async {
         let reader = reader_of(&state)?;
         match reader.profile(&id).await.map_err(hot_error)? {
             Some(p) => Ok(axum::Json(p).into_response()),
@@ -57,9 +66,7 @@ async fn profile(State(state): State<AppState>, Path(id): Path<String>) -> Respo
         }
     }
     .await
-    .unwrap_or_else(|r| r);
-    crate::metrics::request("profiles", resp.status().as_u16());
-    resp
+    .unwrap_or_else(|r| r)
 }
 
 #[derive(Deserialize)]
@@ -69,7 +76,7 @@ struct BatchBody {
 }
 
 async fn profiles_batch(State(state): State<AppState>, body: Bytes) -> Response {
-    let resp = async {
+    async {
         let reader = reader_of(&state)?;
         let body: BatchBody = serde_json::from_slice(&body).map_err(|e| {
             error_response(
@@ -87,9 +94,7 @@ async fn profiles_batch(State(state): State<AppState>, body: Bytes) -> Response 
         Ok(axum::Json(serde_json::json!({ "profiles": profiles })).into_response())
     }
     .await
-    .unwrap_or_else(|r| r);
-    crate::metrics::request("profiles_batch", resp.status().as_u16());
-    resp
+    .unwrap_or_else(|r| r)
 }
 
 #[derive(Deserialize)]
@@ -102,7 +107,7 @@ async fn counter(
     Path((name, key)): Path<(String, String)>,
     Query(params): Query<CounterParams>,
 ) -> Response {
-    let resp = async {
+    async {
         let reader = reader_of(&state)?;
         let at = match params.at {
             None => sluice_event::now_micros(),
@@ -118,16 +123,14 @@ async fn counter(
         Ok(axum::Json(answer).into_response())
     }
     .await
-    .unwrap_or_else(|r| r);
-    crate::metrics::request("counters", resp.status().as_u16());
-    resp
+    .unwrap_or_else(|r| r)
 }
 
 async fn prediction(
     State(state): State<AppState>,
     Path((model, id)): Path<(String, String)>,
 ) -> Response {
-    let resp = async {
+    async {
         let reader = reader_of(&state)?;
         if !state.models.contains(&model) {
             return Err(error_response(
@@ -146,7 +149,5 @@ async fn prediction(
         .into_response())
     }
     .await
-    .unwrap_or_else(|r: Response| r);
-    crate::metrics::request("predictions", resp.status().as_u16());
-    resp
+    .unwrap_or_else(|r: Response| r)
 }

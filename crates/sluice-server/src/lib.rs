@@ -1,13 +1,19 @@
 //! The server: wires the stages into one process and speaks HTTP. The only crate with HTTP
 //! types.
 //!
-//! [`Server::start`] opens the journal, creates the topics, and starts the collector's routes,
-//! the functions runner, the lake sink, the hot projection (with the online models) and
-//! housekeeping. Shutdown is ordered so that nothing
-//! acked is lost and nothing is left half-delivered: stop intake (HTTP graceful shutdown, which
-//! lets in-flight appends finish) → drain the runner up to the `raw` end → drain the lake sink up
-//! to the `good`/`bad` ends and commit, and the hot projection to the `good` end (the models
-//! checkpoint) → return.
+//! [`Server::start`] opens the journal, creates the topics, and starts each role this node
+//! runs: the collector's routes, the runner, the lake sink, the hot projection (with the online
+//! models), the warehouse's SQL routes and Postgres wire server, and housekeeping. Shutdown is
+//! ordered so that nothing acked is lost and nothing is left half-delivered: stop intake (HTTP
+//! graceful shutdown, which lets in-flight appends finish) → drain the runner up to the `raw`
+//! end → drain the lake sink up to the `good`/`bad` ends and commit, and the hot projection to
+//! the `good` end (the models checkpoint) → stop upkeep and retention → return. The library
+//! never exits the process: a failed journal is reported as [`ServerError::JournalFailed`].
+//!
+//! Modules depend one way: `pipeline` (wiring) → the route modules (`native`, `sql`, `ops`,
+//! `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`) → `http` (state, answers,
+//! the admin guard, metering) → `auth`, `replay`, `error`, `metrics`; `config` and `listen`
+//! sit beside them. `cargo xtask tidy` checks there is no cycle.
 
 pub mod auth;
 mod config;
@@ -19,11 +25,14 @@ mod http;
 mod kinesis;
 mod listen;
 mod metrics;
+mod native;
+mod ops;
 mod pipeline;
 mod replay;
 mod schemas;
 mod segment;
 mod snowplow;
+mod sql;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};

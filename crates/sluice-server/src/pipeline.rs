@@ -1,24 +1,31 @@
-//! [`Server`]: builds every stage from [`Settings`], runs them, and shuts them down in order.
+//! [`Server`]: builds every stage from [`Settings`], one start function per role, runs them,
+//! and shuts them down in order.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_collector::Collector;
 use sluice_event::topic;
-use sluice_functions::{Chain, Functions, Registry, Runner};
+use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
 use sluice_journal::{Journal, LocalJournal};
-use sluice_lake::{BadRowsSink, LakeRoot, LakeSink, TypedSink, Upkeep};
+use sluice_lake::{BadRowsSink, DeliveryProgress, LakeRoot, LakeSink, TypedSink, Upkeep};
 use sluice_warehouse::Warehouse;
 use sluice_warehouse::loader::PgLoader;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Settings;
+use crate::error::ServerError;
 use crate::http::{self, AppState};
-use crate::{ServerError, Settings};
 
 /// How often retention runs over the journal.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often [`Running::stopped`] looks at the journal's health.
+const WATCHDOG_EVERY: Duration = Duration::from_millis(200);
 
 /// Entry point: start a server from settings.
 pub struct Server;
@@ -28,402 +35,505 @@ pub struct Running {
     /// The bound HTTP address (useful with port 0).
     pub http_addr: Option<SocketAddr>,
     journal: Arc<LocalJournal>,
+    /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
     intake: CancellationToken,
-    http: Option<JoinHandle<Result<(), std::io::Error>>>,
-    runner: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
-    lake: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
-    hot: Option<(CancellationToken, JoinHandle<Result<(), ServerError>>)>,
+    listeners: Vec<Task>,
+    /// Runner, lake, hot: drained in this order, each under its own token.
+    stages: Vec<(CancellationToken, Task)>,
+    /// Stops upkeep and retention, after the stages.
     housekeeping: CancellationToken,
+    background: Vec<Task>,
+}
+
+/// A spawned task and the stage name its errors carry.
+struct Task {
+    name: &'static str,
+    handle: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Task {
+    fn spawn(
+        name: &'static str,
+        f: impl Future<Output = Result<(), ServerError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            name,
+            handle: tokio::spawn(f),
+        }
+    }
+
+    /// Waits for the task; its error, or the panic, as a stage error.
+    async fn join(self) -> Result<(), ServerError> {
+        self.handle
+            .await
+            .unwrap_or_else(|e| Err(ServerError::stage(self.name, e)))
+    }
+}
+
+/// What the roles share: the journal, the lake's root and the schema registry.
+struct Base {
+    journal: Arc<LocalJournal>,
+    dyn_journal: Arc<dyn Journal>,
+    lake_root: LakeRoot,
+    registry: Arc<Registry>,
+}
+
+/// What the runner role gives the HTTP routes.
+struct RunnerParts {
+    progress: Arc<Progress>,
+    functions: Arc<Functions>,
 }
 
 impl Server {
     /// Opens the journal and starts every role in `settings`.
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-            ServerError::stage(
-                "data dir",
-                format!("cannot create {}: {e}", settings.data_dir.display()),
-            )
-        })?;
-        let journal_cfg = settings.journal.clone();
-        let journal = tokio::task::spawn_blocking(move || LocalJournal::open(journal_cfg))
-            .await
-            .map_err(|e| ServerError::stage("journal", e))?
-            .map_err(|e| ServerError::stage("journal", e))?;
-        let report = journal.recovery_report();
-        for q in report.quarantined() {
-            tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
-                "journal partition quarantined: its durable data is corrupt; it will not be served");
-        }
-        for w in &report.warnings {
-            tracing::warn!(warning = %w, "journal recovery");
-        }
-        sluice_lake::metrics::describe();
-        for t in [topic::RAW, topic::GOOD, topic::BAD] {
-            journal
-                .create_topic(t, settings.partitions)
-                .map_err(|e| ServerError::stage("journal", e))?;
-        }
-        let dyn_journal: Arc<dyn Journal> = journal.clone();
-        let lake_dir = settings.data_dir.join("lake");
-        std::fs::create_dir_all(&lake_dir).map_err(|e| {
-            ServerError::stage("lake", format!("cannot create {}: {e}", lake_dir.display()))
-        })?;
-        let lake_root =
-            LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
+        let base = open_base(&settings).await?;
+        let roles = settings.roles;
+        let mut stages = Vec::new();
+        let mut background = Vec::new();
         let housekeeping = CancellationToken::new();
 
-        // The registry lives with the data; every role that validates or serves schemas uses it.
-        let registry = Arc::new(
-            Registry::open(settings.data_dir.join("schemas"))
-                .map_err(|e| ServerError::stage("schemas", e))?,
-        );
-        let mut runner_progress = None;
-        let mut functions = None;
-        let runner = if settings.roles.functions {
-            let dir = settings.data_dir.join("functions");
-            let partitions = settings.partitions;
-            let udf = tokio::task::spawn_blocking(move || Functions::open(&dir, partitions))
-                .await
-                .map_err(|e| ServerError::stage("functions", e))?
-                .map_err(|e| ServerError::stage("functions", e))?;
-            let udf = Arc::new(udf);
-            functions = Some(udf.clone());
-            let chain = Chain::new(
-                registry.clone(),
-                settings.validation.clone(),
-                settings.enrich.clone(),
-                settings.functions.max_event_bytes,
-            )
-            .map_err(ServerError::Config)?
-            .with_functions(udf);
-            let runner = Runner::new(
-                dyn_journal.clone(),
-                settings.functions.clone(),
-                Arc::new(chain),
-                Some(settings.data_dir.join("functions")),
-            )
-            .map_err(|e| ServerError::stage("functions", e))?;
-            runner_progress = Some(runner.progress());
-            let token = CancellationToken::new();
-            let t = token.clone();
-            let handle = tokio::spawn(async move {
-                runner
-                    .run(t)
-                    .await
-                    .map_err(|e| ServerError::stage("functions", e))
-            });
-            Some((token, handle))
-        } else {
-            None
+        let runner = match roles.runner {
+            true => Some(start_runner(&settings, &base, &mut stages).await?),
+            false => None,
         };
-
-        // Both sinks share one token: each drains its topic to the end on shutdown.
-        let mut events_progress = None;
-        let lake = if settings.roles.lake {
-            let events = LakeSink::new(
-                dyn_journal.clone(),
-                lake_root.clone(),
-                settings.lake.clone(),
-            );
-            events_progress = Some(events.progress());
-            let bad_rows = BadRowsSink::new(
-                dyn_journal.clone(),
-                lake_root.clone(),
-                settings.lake.clone(),
-            );
-            let typed = settings.lake.typed_tables.then(|| {
-                TypedSink::new(
-                    dyn_journal.clone(),
-                    lake_root.clone(),
-                    settings.lake.clone(),
-                )
-                .with_declared_types(Arc::new(
-                    crate::declared::RegistryTypes::new(registry.clone(), &settings.validation),
-                ))
-            });
-            let loader = settings
-                .loader
-                .clone()
-                .map(|l| PgLoader::new(dyn_journal.clone(), l));
-            let token = CancellationToken::new();
-            let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
-            let handle = tokio::spawn(async move {
-                let typed = async move {
-                    match typed {
-                        Some(t) => t.run(t3).await,
-                        None => Ok(()),
-                    }
-                };
-                let loader = async move {
-                    match loader {
-                        Some(l) => l.run(t4).await.map_err(|e| ServerError::stage("loader", e)),
-                        None => Ok(()),
-                    }
-                };
-                let (a, b, c, d) = tokio::join!(events.run(t1), bad_rows.run(t2), typed, loader);
-                a.and(b)
-                    .and(c)
-                    .map_err(|e| ServerError::stage("lake", e))
-                    .and(d)
-            });
-            let upkeep = Upkeep::new(
-                lake_root.clone(),
-                settings.upkeep.clone(),
-                settings.lake.zstd_level,
-            );
-            tokio::spawn(upkeep.run(housekeeping.clone()));
-            Some((token, handle))
-        } else {
-            None
+        let events = match roles.lake {
+            true => Some(start_lake(
+                &settings,
+                &base,
+                &mut stages,
+                &mut background,
+                &housekeeping,
+            )),
+            false => None,
         };
-
-        // The hot projection, with the online models riding along when the predict role runs.
-        let (hot_reader, hot) = if settings.roles.hot {
-            sluice_hot::metrics::describe();
-            let store = sluice_hot::open_store(&settings.hot)
-                .await
-                .map_err(|e| ServerError::stage("hot", e))?;
-            let hot_settings = Arc::new(settings.hot.clone());
-            let reader = sluice_hot::HotReader::new(store.clone(), hot_settings.clone());
-            let mut projector =
-                sluice_hot::Projector::new(dyn_journal.clone(), store, hot_settings);
-            if settings.roles.predict && !settings.predict.models.is_empty() {
-                let ps = settings.predict.clone();
-                let models = tokio::task::spawn_blocking(move || sluice_predict::Models::open(&ps))
-                    .await
-                    .map_err(|e| ServerError::stage("predict", e))?
-                    .map_err(|e| ServerError::stage("predict", e))?;
-                projector = projector.with_hook(Box::new(models));
-            }
-            let token = CancellationToken::new();
-            let t = token.clone();
-            let handle = tokio::spawn(async move {
-                projector
-                    .run(t.cancelled_owned())
-                    .await
-                    .map_err(|e| ServerError::stage("hot", e))
-            });
-            (Some(reader), Some((token, handle)))
-        } else {
-            (None, None)
+        let hot = match roles.hot {
+            true => Some(start_hot(&settings, &base, &mut stages).await?),
+            false => None,
         };
-        let models: Vec<String> = if settings.roles.predict {
-            settings
-                .predict
-                .models
-                .iter()
-                .map(|m| m.name.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-
         let intake = CancellationToken::new();
-        let (http_addr, http) = if settings.roles.collector
-            || settings.roles.warehouse
-            || settings.roles.hot
-        {
-            let collector = if settings.roles.collector {
-                let j = dyn_journal.clone();
-                let cs = settings.collector.clone();
-                let c = tokio::task::spawn_blocking(move || Collector::open(j, cs))
-                    .await
-                    .map_err(|e| ServerError::stage("collector", e))?
-                    .map_err(|e| ServerError::stage("collector", e))?;
-                Some(Arc::new(c))
-            } else {
-                None
-            };
-            let warehouse = if settings.roles.warehouse {
-                Some(Arc::new(
-                    Warehouse::open(lake_root.clone())
-                        .map_err(|e| ServerError::stage("warehouse", e))?,
-                ))
-            } else {
-                None
-            };
-            if let Some(w) = &warehouse {
-                // Checked here so that a taken port is a start-up error, not a log line.
-                if settings.pg.port() != 0 {
-                    std::net::TcpListener::bind(settings.pg).map_err(|source| {
-                        ServerError::Bind {
-                            addr: settings.pg,
-                            source,
-                        }
-                    })?;
-                }
-                let (w, addr, stop) = (w.clone(), settings.pg, intake.clone());
-                let credentials = settings.pg_credentials.clone();
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        sluice_warehouse::serve_pg_with(w, addr, credentials, stop).await
-                    {
-                        tracing::error!(error = %e, %addr, "postgres wire server stopped");
-                    }
-                });
-                tracing::info!(addr = %settings.pg, "postgres wire listening");
-            }
-            let auth = crate::auth::Auth::new(
-                settings.sources.clone(),
-                Some(crate::auth::KeyFile::path(&settings.data_dir)),
-            )
-            .map_err(ServerError::Config)?;
-            let replay = match (&runner_progress, &events_progress, &warehouse) {
-                (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
-                    journal: dyn_journal.clone(),
-                    runner: runner.clone(),
-                    events: events.clone(),
-                    warehouse: w.clone(),
-                    lock: tokio::sync::Mutex::new(()),
-                })),
-                _ => None,
-            };
-            let state = AppState {
-                collector,
-                warehouse,
-                journal: dyn_journal.clone(),
+        let mut listeners = Vec::new();
+        let http_addr = if roles.collector || roles.warehouse || roles.hot {
+            let roles = RoleParts {
                 prometheus,
-                auth: Arc::new(auth),
-                registry: Some(registry.clone()),
-                admin_token: settings.admin_token.clone(),
-                replay,
-                hot: hot_reader,
-                models: Arc::new(models),
-                functions,
+                runner,
+                events,
+                hot,
             };
-            let listener = crate::listen::bind(settings.http, settings.listener.max_connections)
-                .map_err(|source| ServerError::Bind {
-                    addr: settings.http,
-                    source,
-                })?;
-            let addr = listener.local_addr().ok();
-            let app = http::router(state, &settings);
-            let stop = intake.clone();
-            let limits = crate::listen::Limits {
-                listener: settings.listener.clone(),
-                max_body_bytes: settings.collector.max_body_bytes(),
-            };
-            let handle = tokio::spawn(crate::listen::serve(listener, app, limits, stop));
-            tracing::info!(addr = ?addr, "http listening");
-            (addr, Some(handle))
+            Some(start_http(&settings, &base, roles, &intake, &mut listeners).await?)
         } else {
-            (None, None)
+            None
         };
-
-        // Housekeeping: retention, and a watchdog that stops the process when the journal failed
-        // (an fsync error means the on-disk state is unknown: recover from disk on restart).
-        {
-            let journal = journal.clone();
-            let stop = housekeeping.clone();
-            tokio::spawn(async move {
-                let mut retention = tokio::time::interval(RETENTION_EVERY);
-                let mut watchdog = tokio::time::interval(Duration::from_millis(200));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = retention.tick() => {
-                            let j = journal.clone();
-                            match tokio::task::spawn_blocking(move || j.enforce_retention()).await {
-                                Ok(Ok(_)) => {}
-                                Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
-                                Err(e) => tracing::warn!(error = %e, "retention task failed"),
-                            }
-                        }
-                        _ = watchdog.tick() => {
-                            if journal.is_failed() {
-                                tracing::error!("journal failed (fsync or write error); exiting to recover from disk");
-                                std::process::exit(70);
-                            }
-                        }
-                    }
-                }
-            });
-        }
-
+        background.push(Task::spawn(
+            "retention",
+            retention(base.journal.clone(), housekeeping.clone()),
+        ));
         Ok(Running {
             http_addr,
-            journal,
+            journal: base.journal,
             intake,
-            http,
-            runner,
-            lake,
-            hot,
+            listeners,
+            stages,
             housekeeping,
+            background,
         })
     }
 }
 
-impl Running {
-    /// Stops intake, drains the runner, the lake sink and the hot projection, and returns once
-    /// everything acked is committed to the lake and the hot store. Returns the first stage error, if any.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        let mut first_err = None;
-        self.intake.cancel();
-        if let Some(h) = self.http.take() {
-            match h.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => first_err = first_err.or(Some(ServerError::stage("http", e))),
-                Err(e) => first_err = first_err.or(Some(ServerError::stage("http", e))),
-            }
-        }
-        tracing::info!("intake stopped; draining");
-        for (token, handle) in [self.runner.take(), self.lake.take(), self.hot.take()]
-            .into_iter()
-            .flatten()
-        {
-            token.cancel();
-            match handle.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(e) => first_err = first_err.or(Some(ServerError::stage("task", e))),
-            }
-        }
-        self.housekeeping.cancel();
-        tracing::info!(failed = self.journal.is_failed(), "drained");
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+/// Creates the data directory, opens the journal (recovering it) with its topics, the lake's
+/// root and the schema registry.
+async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
+    let cannot_create = |stage, dir: &std::path::Path, e: std::io::Error| {
+        ServerError::stage(stage, format!("cannot create {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| cannot_create("data dir", &settings.data_dir, e))?;
+    let journal_cfg = settings.journal.clone();
+    let journal = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
+    let report = journal.recovery_report();
+    for q in report.quarantined() {
+        tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
+            "journal partition quarantined: its durable data is corrupt; it will not be served");
     }
+    for w in &report.warnings {
+        tracing::warn!(warning = %w, "journal recovery");
+    }
+    sluice_lake::metrics::describe();
+    for t in [topic::RAW, topic::GOOD, topic::BAD] {
+        journal
+            .create_topic(t, settings.partitions)
+            .map_err(|e| ServerError::stage("journal", e))?;
+    }
+    let lake_dir = settings.data_dir.join("lake");
+    std::fs::create_dir_all(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
+    let lake_root = LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
+    // The registry lives with the data; every role that validates or serves schemas uses it.
+    let registry = Registry::open(settings.data_dir.join("schemas"))
+        .map_err(|e| ServerError::stage("schemas", e))?;
+    Ok(Base {
+        dyn_journal: journal.clone(),
+        journal,
+        lake_root,
+        registry: Arc::new(registry),
+    })
+}
 
-    /// Resolves when a stage stopped by itself (an error); the caller should then shut down.
-    pub async fn stopped(&mut self) -> ServerError {
-        let runner = async {
-            match self.runner.as_mut() {
-                Some((_, h)) => flatten(h.await, "functions"),
-                None => std::future::pending().await,
+/// The runner role: raw → good/bad through the function chain and the user functions.
+async fn start_runner(
+    settings: &Settings,
+    base: &Base,
+    stages: &mut Vec<(CancellationToken, Task)>,
+) -> Result<RunnerParts, ServerError> {
+    let dir = settings.data_dir.join("functions");
+    let partitions = settings.partitions;
+    let udf_dir = dir.clone();
+    let functions =
+        Arc::new(blocking("runner", move || Functions::open(&udf_dir, partitions)).await?);
+    let chain = Chain::new(
+        base.registry.clone(),
+        settings.validation.clone(),
+        settings.enrich.clone(),
+        settings.runner.max_event_bytes,
+    )
+    .map_err(ServerError::Config)?
+    .with_functions(functions.clone());
+    let runner = Runner::new(
+        base.dyn_journal.clone(),
+        settings.runner.clone(),
+        Arc::new(chain),
+        Some(dir),
+    )
+    .map_err(|e| ServerError::stage("runner", e))?;
+    let progress = runner.progress();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = Task::spawn("runner", async move {
+        runner
+            .run(t)
+            .await
+            .map_err(|e| ServerError::stage("runner", e))
+    });
+    stages.push((token, task));
+    Ok(RunnerParts {
+        progress,
+        functions,
+    })
+}
+
+/// The lake role: the `events`, `bad_rows` and typed sinks and the loader under one token (each
+/// drains its topic to the end on shutdown), and the upkeep schedule. Returns the `events`
+/// sink's progress.
+fn start_lake(
+    settings: &Settings,
+    base: &Base,
+    stages: &mut Vec<(CancellationToken, Task)>,
+    background: &mut Vec<Task>,
+    housekeeping: &CancellationToken,
+) -> DeliveryProgress {
+    let (journal, root, lake) = (&base.dyn_journal, &base.lake_root, &settings.lake);
+    let events = LakeSink::new(journal.clone(), root.clone(), lake.clone());
+    let progress = events.progress();
+    let bad_rows = BadRowsSink::new(journal.clone(), root.clone(), lake.clone());
+    let typed = lake.typed_tables.then(|| {
+        let declared =
+            crate::declared::RegistryTypes::new(base.registry.clone(), &settings.validation);
+        TypedSink::new(journal.clone(), root.clone(), lake.clone())
+            .with_declared_types(Arc::new(declared))
+    });
+    let loader = settings
+        .loader
+        .clone()
+        .map(|l| PgLoader::new(journal.clone(), l));
+    let token = CancellationToken::new();
+    let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
+    let task = Task::spawn("lake", async move {
+        let typed = async move {
+            match typed {
+                Some(t) => t.run(t3).await,
+                None => Ok(()),
             }
         };
-        let lake = async {
-            match self.lake.as_mut() {
-                Some((_, h)) => flatten(h.await, "lake"),
-                None => std::future::pending().await,
+        let loader = async move {
+            match loader {
+                Some(l) => l.run(t4).await.map_err(|e| ServerError::stage("loader", e)),
+                None => Ok(()),
             }
         };
-        let hot = async {
-            match self.hot.as_mut() {
-                Some((_, h)) => flatten(h.await, "hot"),
-                None => std::future::pending().await,
+        let (a, b, c, d) = tokio::join!(events.run(t1), bad_rows.run(t2), typed, loader);
+        a.and(b)
+            .and(c)
+            .map_err(|e| ServerError::stage("lake", e))
+            .and(d)
+    });
+    stages.push((token, task));
+    let upkeep = Upkeep::new(root.clone(), settings.upkeep.clone(), lake.zstd_level);
+    let stop = housekeeping.clone();
+    background.push(Task::spawn("upkeep", async move {
+        upkeep.run(stop).await;
+        Ok(())
+    }));
+    progress
+}
+
+/// The hot role: the hot projection, with the online models riding along when the predict
+/// role runs. Returns the reader of the read API.
+async fn start_hot(
+    settings: &Settings,
+    base: &Base,
+    stages: &mut Vec<(CancellationToken, Task)>,
+) -> Result<sluice_hot::HotReader, ServerError> {
+    sluice_hot::metrics::describe();
+    let store = sluice_hot::open_store(&settings.hot)
+        .await
+        .map_err(|e| ServerError::stage("hot", e))?;
+    let hot_settings = Arc::new(settings.hot.clone());
+    let reader = sluice_hot::HotReader::new(store.clone(), hot_settings.clone());
+    let mut projector = sluice_hot::Projector::new(base.dyn_journal.clone(), store, hot_settings);
+    if settings.roles.predict && !settings.predict.models.is_empty() {
+        let ps = settings.predict.clone();
+        let models = blocking("predict", move || sluice_predict::Models::open(&ps)).await?;
+        projector = projector.with_hook(Box::new(models));
+    }
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = Task::spawn("hot", async move {
+        projector
+            .run(t.cancelled_owned())
+            .await
+            .map_err(|e| ServerError::stage("hot", e))
+    });
+    stages.push((token, task));
+    Ok(reader)
+}
+
+/// What the roles started before the listeners hand to the routes.
+struct RoleParts {
+    prometheus: PrometheusHandle,
+    runner: Option<RunnerParts>,
+    events: Option<DeliveryProgress>,
+    hot: Option<sluice_hot::HotReader>,
+}
+
+/// The collector and warehouse roles and the HTTP routes of every role: the HTTP listener and
+/// the Postgres wire server, both stopped by `intake`. Returns the bound HTTP address.
+async fn start_http(
+    settings: &Settings,
+    base: &Base,
+    parts: RoleParts,
+    intake: &CancellationToken,
+    listeners: &mut Vec<Task>,
+) -> Result<SocketAddr, ServerError> {
+    let collector = if settings.roles.collector {
+        let (j, cs) = (base.dyn_journal.clone(), settings.collector.clone());
+        Some(Arc::new(
+            blocking("collector", move || Collector::open(j, cs)).await?,
+        ))
+    } else {
+        None
+    };
+    let warehouse = if settings.roles.warehouse {
+        let w = Warehouse::open(base.lake_root.clone())
+            .map_err(|e| ServerError::stage("warehouse", e))?;
+        let w = Arc::new(w);
+        listeners.push(start_pg(settings, w.clone(), intake)?);
+        Some(w)
+    } else {
+        None
+    };
+    let auth = crate::auth::Auth::new(
+        settings.sources.clone(),
+        Some(crate::auth::KeyFile::path(&settings.data_dir)),
+    )
+    .map_err(ServerError::Config)?;
+    let replay = match (&parts.runner, &parts.events, &warehouse) {
+        (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
+            journal: base.dyn_journal.clone(),
+            runner: runner.progress.clone(),
+            events: events.clone(),
+            warehouse: w.clone(),
+            lock: tokio::sync::Mutex::new(()),
+        })),
+        _ => None,
+    };
+    let models = match settings.roles.predict {
+        true => settings
+            .predict
+            .models
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
+        false => Vec::new(),
+    };
+    let state = AppState {
+        collector,
+        warehouse,
+        journal: base.dyn_journal.clone(),
+        prometheus: parts.prometheus,
+        auth: Arc::new(auth),
+        registry: Some(base.registry.clone()),
+        admin_token: settings.admin_token.clone(),
+        replay,
+        hot: parts.hot,
+        models: Arc::new(models),
+        functions: parts.runner.map(|r| r.functions),
+    };
+    let listener = crate::listen::bind(settings.http, settings.listener.max_connections).map_err(
+        |source| ServerError::Bind {
+            addr: settings.http,
+            source,
+        },
+    )?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: settings.http,
+        source,
+    })?;
+    let max_body_bytes = settings.collector.max_body_bytes();
+    let app = http::router(routes(&state, settings), state, max_body_bytes);
+    let limits = crate::listen::Limits {
+        listener: settings.listener.clone(),
+        max_body_bytes,
+    };
+    let serve = crate::listen::serve(listener, app, limits, intake.clone());
+    listeners.push(Task::spawn("http", async move {
+        serve.await.map_err(|e| ServerError::stage("http", e))
+    }));
+    tracing::info!(%addr, "http listening");
+    Ok(addr)
+}
+
+/// Every route module's routes.
+fn routes(state: &AppState, settings: &Settings) -> Router<AppState> {
+    Router::new()
+        .merge(crate::native::routes())
+        .merge(crate::sql::routes())
+        .merge(crate::ops::routes())
+        .merge(crate::schemas::routes())
+        .merge(crate::functions::routes())
+        .merge(crate::hot::routes())
+        .merge(crate::segment::routes())
+        .merge(crate::snowplow::routes(&settings.snowplow))
+        .merge(crate::kinesis::router(
+            state,
+            settings.kinesis.clone(),
+            settings.journal.retention_age,
+        ))
+}
+
+/// The Postgres wire server of the warehouse role.
+fn start_pg(
+    settings: &Settings,
+    warehouse: Arc<Warehouse>,
+    stop: &CancellationToken,
+) -> Result<Task, ServerError> {
+    let addr = settings.pg;
+    // Checked here so that a taken port is a start-up error, not a log line.
+    if addr.port() != 0 {
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    }
+    let (credentials, stop) = (settings.pg_credentials.clone(), stop.clone());
+    tracing::info!(%addr, "postgres wire listening");
+    Ok(Task::spawn("pg", async move {
+        // A failing Postgres wire server leaves HTTP and the stages running, as before.
+        if let Err(e) = sluice_warehouse::serve_pg_with(warehouse, addr, credentials, stop).await {
+            tracing::error!(error = %e, %addr, "postgres wire server stopped");
+        }
+        Ok(())
+    }))
+}
+
+/// Retention over the journal until `stop`.
+async fn retention(journal: Arc<LocalJournal>, stop: CancellationToken) -> Result<(), ServerError> {
+    let mut every = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = every.tick() => {
+                let j = journal.clone();
+                match tokio::task::spawn_blocking(move || j.enforce_retention()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+                    Err(e) => tracing::warn!(error = %e, "retention task failed"),
+                }
             }
-        };
-        let e = tokio::select! {
-            e = runner => { self.runner = None; e }
-            e = lake => { self.lake = None; e }
-            e = hot => { self.hot = None; e }
-        };
-        e
+        }
     }
 }
 
-fn flatten(
-    r: Result<Result<(), ServerError>, tokio::task::JoinError>,
+/// Runs blocking start-up work off the async workers.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     stage: &'static str,
-) -> ServerError {
-    match r {
-        Ok(Ok(())) => ServerError::stage(stage, "stopped unexpectedly"),
-        Ok(Err(e)) => e,
-        Err(e) => ServerError::stage(stage, e),
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServerError::stage(stage, e))?
+        .map_err(|e| ServerError::stage(stage, e))
+}
+
+impl Running {
+    /// Stops intake, drains the runner, the lake sink and the hot projection, stops upkeep and
+    /// retention, and returns once everything acked is committed to the lake and the hot
+    /// store. Returns the first error, if any.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let mut first_err = None;
+        let mut note = |r: Result<(), ServerError>| {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        };
+        self.intake.cancel();
+        for task in self.listeners {
+            note(task.join().await);
+        }
+        tracing::info!("intake stopped; draining");
+        for (token, task) in self.stages {
+            token.cancel();
+            note(task.join().await);
+        }
+        self.housekeeping.cancel();
+        for task in self.background {
+            note(task.join().await);
+        }
+        tracing::info!(failed = self.journal.is_failed(), "drained");
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Resolves when a stage stopped by itself (an error), or with
+    /// [`ServerError::JournalFailed`] when the journal failed. After a stage error the caller
+    /// should shut down; after a journal failure it should exit without draining (nothing can
+    /// be made durable any more) and let the next start recover from disk.
+    pub async fn stopped(&mut self) -> ServerError {
+        let journal = self.journal.clone();
+        let watchdog = async move {
+            let mut every = tokio::time::interval(WATCHDOG_EVERY);
+            loop {
+                every.tick().await;
+                if journal.is_failed() {
+                    tracing::error!("journal failed (fsync or write error)");
+                    return ServerError::JournalFailed;
+                }
+            }
+        };
+        if self.stages.is_empty() {
+            return watchdog.await;
+        }
+        let stages =
+            futures::future::select_all(self.stages.iter_mut().map(|(_, t)| &mut t.handle));
+        let ended = tokio::select! {
+            e = watchdog => Err(e),
+            (result, i, _) = stages => Ok((result, i)),
+        };
+        match ended {
+            Err(e) => e,
+            Ok((result, i)) => {
+                let (_, task) = self.stages.remove(i);
+                match result {
+                    Ok(Ok(())) => ServerError::stage(task.name, "stopped unexpectedly"),
+                    Ok(Err(e)) => e,
+                    Err(e) => ServerError::stage(task.name, e),
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! `POST /v1/replay`: re-drive bad rows (`{"bad": true}`) or a range of raw records (`{"raw":
+//! Replay (`POST /v1/replay`): re-drive bad rows (`{"bad": true}`) or a range of raw records (`{"raw":
 //! true}`) through today's function chain, without duplicating what is already good.
 //!
 //! How it stays idempotent:
@@ -12,17 +12,13 @@
 //!
 //! A record that fails again becomes a new bad row; replaying again re-drives it again, and never
 //! produces a second good copy. Bad rows whose raw record was unreadable cannot be replayed and
-//! are counted as such. Needs the functions, lake and warehouse roles on this node.
+//! are counted as such. Needs the runner, lake and warehouse roles on this node. The route is in
+//! `ops.rs`; this module has no HTTP types.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_event::{BadKind, BadRow, ErrorKind, Position, RawEvent, parse_timestamp, topic};
@@ -30,8 +26,6 @@ use sluice_functions::Progress;
 use sluice_journal::Journal;
 use sluice_lake::DeliveryProgress;
 use sluice_warehouse::Warehouse;
-
-use crate::http::{AppState, error_response};
 
 /// How long a replay waits for the pipeline to catch up before it gives up (503).
 const CATCH_UP: Duration = Duration::from_secs(120);
@@ -82,31 +76,6 @@ pub struct ReplayReport {
     pub dry_run: bool,
 }
 
-pub(crate) async fn replay(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(resp) = crate::schemas::admin_allowed(&state, &headers, peer) {
-        return resp;
-    }
-    let Some(replayer) = state.replay.clone() else {
-        return error_response(
-            ErrorKind::NotFound,
-            "replay needs the functions, lake and warehouse roles on this node",
-        );
-    };
-    let req: ReplayRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error_response(ErrorKind::Invalid, format!("replay request: {e}")),
-    };
-    match replayer.run(req).await {
-        Ok(report) => Json(report).into_response(),
-        Err((kind, reason)) => error_response(kind, reason),
-    }
-}
-
 struct Filter {
     kind: Option<BadKind>,
     from: i64,
@@ -114,7 +83,10 @@ struct Filter {
 }
 
 impl Replayer {
-    async fn run(&self, req: ReplayRequest) -> Result<ReplayReport, (ErrorKind, String)> {
+    pub(crate) async fn run(
+        &self,
+        req: ReplayRequest,
+    ) -> Result<ReplayReport, (ErrorKind, String)> {
         let invalid = |m: String| (ErrorKind::Invalid, m);
         if req.bad == req.raw {
             return Err(invalid(

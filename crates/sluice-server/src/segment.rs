@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
@@ -25,11 +26,17 @@ use sluice_collector::{
 };
 use sluice_event::{ErrorKind, Rejection};
 
-use crate::http::{AppState, error_response, header_str};
+use crate::http::{AppState, collector_of, count, error_response, header_str};
 
 /// The Segment routes.
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/{name}", post(ingest).options(preflight))
+    Router::new().route(
+        "/v1/{name}",
+        post(ingest)
+            .route_layer(middleware::from_fn(with_cors))
+            .route_layer(middleware::from_fn_with_state("segment", count))
+            .options(preflight),
+    )
 }
 
 #[derive(Serialize)]
@@ -47,27 +54,14 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut resp = ingest_inner(state, peer, &name, &headers, body).await;
-    crate::metrics::request("segment", resp.status().as_u16());
-    cors(&headers, &mut resp);
-    resp
-}
-
-async fn ingest_inner(
-    state: AppState,
-    peer: SocketAddr,
-    name: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some(route) = SegmentRoute::from_path(name) else {
+    let Some(route) = SegmentRoute::from_path(&name) else {
         return error_response(ErrorKind::NotFound, format!("no route /v1/{name}"));
     };
-    let collector = match crate::http::collector_of(&state) {
+    let collector = match collector_of(&state) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let header_key = crate::auth::header_key(headers);
+    let header_key = crate::auth::header_key(&headers);
     // A key in the headers is checked before anything is decompressed or parsed.
     let header_source = match &header_key {
         Some(k) => match state.auth.source_for_key(Some(k), peer.ip()) {
@@ -76,13 +70,13 @@ async fn ingest_inner(
         },
         None => None,
     };
-    let encoding = match Encoding::parse(header_str(headers, header::CONTENT_ENCODING)) {
+    let encoding = match Encoding::parse(header_str(&headers, header::CONTENT_ENCODING)) {
         Ok(e) => e,
         Err(e) => return error_response(e.kind(), e.to_string()),
     };
     let origin = Origin {
         ip: Some(peer.ip().to_string()),
-        user_agent: header_str(headers, header::USER_AGENT).map(str::to_string),
+        user_agent: header_str(&headers, header::USER_AGENT).map(str::to_string),
     };
     let auth = state.auth.clone();
     // The work runs in its own task, so a client that hangs up cannot cancel an append halfway.
@@ -133,6 +127,14 @@ impl From<sluice_collector::CollectError> for IngestError {
     fn from(e: sluice_collector::CollectError) -> Self {
         Self::Collect(e)
     }
+}
+
+/// Adds the CORS headers to an ingest answer.
+async fn with_cors(req: Request, next: Next) -> Response {
+    let headers = req.headers().clone();
+    let mut resp = next.run(req).await;
+    cors(&headers, &mut resp);
+    resp
 }
 
 async fn preflight(headers: HeaderMap) -> Response {

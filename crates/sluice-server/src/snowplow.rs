@@ -40,7 +40,7 @@ use sluice_collector::{
 use sluice_event::ErrorKind;
 
 use crate::auth::Auth;
-use crate::http::{AppState, error_response, header_str};
+use crate::http::{AppState, collector_of, count, error_response, header_str};
 
 /// The tracker POST path.
 pub const TP2_PATH: &str = "/com.snowplowanalytics.snowplow/tp2";
@@ -182,10 +182,14 @@ impl Default for SnowplowSettings {
 pub(crate) fn routes(settings: &SnowplowSettings) -> Router<AppState> {
     let mut router = Router::new();
     for p in &settings.post_paths {
-        router = router.route(p, post(tp2).options(preflight_post));
+        let post_route =
+            post(tp2).route_layer(middleware::from_fn_with_state("snowplow_post", count));
+        router = router.route(p, post_route.options(preflight_post));
     }
     for p in &settings.pixel_paths {
-        router = router.route(p, get(pixel).options(preflight_pixel));
+        let pixel_route =
+            get(pixel).route_layer(middleware::from_fn_with_state("snowplow_pixel", count));
+        router = router.route(p, pixel_route.options(preflight_pixel));
     }
     router
         .route_layer(middleware::from_fn_with_state(
@@ -351,19 +355,7 @@ async fn tp2(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = tp2_inner(state, peer, user, headers, body).await;
-    crate::metrics::request("snowplow_post", resp.status().as_u16());
-    resp
-}
-
-async fn tp2_inner(
-    state: AppState,
-    peer: SocketAddr,
-    user: NetworkUser,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let collector = match crate::http::collector_of(&state) {
+    let collector = match collector_of(&state) {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -403,19 +395,7 @@ async fn pixel(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let resp = pixel_inner(state, peer, user, query, headers).await;
-    crate::metrics::request("snowplow_pixel", resp.status().as_u16());
-    resp
-}
-
-async fn pixel_inner(
-    state: AppState,
-    peer: SocketAddr,
-    user: NetworkUser,
-    query: Option<String>,
-    headers: HeaderMap,
-) -> Response {
-    let collector = match crate::http::collector_of(&state) {
+    let collector = match collector_of(&state) {
         Ok(c) => c,
         Err(resp) => return resp,
     };

@@ -1,10 +1,13 @@
 //! Test support, never shipped: an in-memory journal, a handle that starts the real `sluice`
-//! binary in a temporary directory for end-to-end and crash tests, and HTTP helpers.
+//! binary in a temporary directory for end-to-end and crash tests, the server in this process
+//! (`TestServer`, feature `server`), and HTTP helpers.
 
 pub mod http;
 pub mod lock;
 pub mod mem_journal;
 pub mod process;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use lock::lock_exclusive;
 pub use process::{SluiceProcess, wait_until};

@@ -46,9 +46,8 @@ pub use config::KinesisConfig;
 use token::TokenCodec;
 use wire::{AwsError, ok_response};
 
-use crate::Settings;
 use crate::auth::Auth;
-use crate::http::AppState;
+use crate::http::{AppState, RouteLabel, metered};
 
 /// Largest request body: a full `PutRecords` (5 MiB of data, base64 is 4/3 of it, plus 500
 /// partition keys and hash keys).
@@ -80,22 +79,24 @@ pub(crate) struct Kinesis {
 /// The routes (`POST /`), with their own state.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     state: &AppState,
-    settings: &Settings,
+    config: KinesisConfig,
+    retention: std::time::Duration,
 ) -> Router<S> {
-    let retention_hours = settings.journal.retention_age.as_secs().div_ceil(3600);
+    let retention_hours = retention.as_secs().div_ceil(3600);
     let k = Kinesis {
         journal: state.journal.clone(),
         collector: state.collector.clone(),
         auth: state.auth.clone(),
-        config: settings.kinesis.clone(),
+        config,
         retention_hours,
         tokens: TokenCodec::random(),
         meta: Mutex::new(HashMap::new()),
         started_ms: now_ms(),
     };
-    Router::new()
+    let routes = Router::new()
         .route("/", post(handle))
-        .with_state(Arc::new(k))
+        .with_state(Arc::new(k));
+    metered("kinesis", routes)
 }
 
 /// Now, ms since the epoch.
@@ -117,16 +118,14 @@ async fn handle(
     let (service, op) = match parse_target(target) {
         Ok(t) => t,
         Err(e) => {
-            let resp = e.into_response(&request_id);
-            crate::metrics::request("kinesis", resp.status().as_u16());
-            return resp;
+            return e.into_response(&request_id);
         }
     };
     let route = match service {
         Service::Kinesis => "kinesis",
         Service::Firehose => "firehose",
     };
-    let resp = if wire::is_cbor(&headers) {
+    let mut resp = if wire::is_cbor(&headers) {
         wire::cbor_refusal(&request_id)
     } else {
         match k.call(service, op, peer, &headers, body).await {
@@ -137,7 +136,7 @@ async fn handle(
             }
         }
     };
-    crate::metrics::request(route, resp.status().as_u16());
+    resp.extensions_mut().insert(RouteLabel(route));
     resp
 }
 

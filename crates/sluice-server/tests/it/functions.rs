@@ -4,29 +4,22 @@
 //! rollback, delete, and the admin guard.
 
 use serde_json::{Value, json};
-use sluice_server::{Config, Server};
 use sluice_testkit::http::sql_rows;
+use sluice_testkit::server::TestServer;
 
 const ADMIN: &str = "admin-token-functions-0123";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_deploy_run_fail_meter_and_roll_back_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml(&format!(
+    let server = TestServer::start(&format!(
         r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
 admin_token = "{ADMIN}"
 [lake]
 flush_interval = "100ms"
-"#,
-        dir.path().display()
+"#
     ))
-    .unwrap();
-    let running = Server::start(config.validate().unwrap()).await.unwrap();
-    let base = format!("http://{}", running.http_addr.unwrap());
-    let c = reqwest::Client::new();
+    .await;
+    let (c, base) = (&server.client, &server.base);
     let admin_get = |path: &str| {
         let req = c.get(format!("{base}{path}")).bearer_auth(ADMIN).send();
         async move { req.await.unwrap().json::<Value>().await.unwrap() }
@@ -122,8 +115,8 @@ flush_interval = "100ms"
 
     // 20 events less 3 failed, plus the one `gate` split off c00.
     let good = sql_rows(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT event_id, event, properties FROM events ORDER BY event_id",
         18,
     )
@@ -142,8 +135,8 @@ flush_interval = "100ms"
         assert_eq!(props["plan_tier"], "gold", "{row}");
     }
     let bad = sql_rows(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT event_id, kind, function, reason FROM bad_rows ORDER BY event_id",
         3,
     )
@@ -232,8 +225,8 @@ flush_interval = "100ms"
     );
     assert_eq!(send_one("after-v2").await.unwrap().status(), 200);
     let rows = sql_rows(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT properties FROM events WHERE event_id = 'after-v2'",
         1,
     )
@@ -249,8 +242,8 @@ flush_interval = "100ms"
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 1);
     assert_eq!(send_one("after-rollback").await.unwrap().status(), 200);
     let rows = sql_rows(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT properties FROM events WHERE event_id = 'after-rollback'",
         1,
     )
@@ -282,5 +275,5 @@ flush_interval = "100ms"
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["spin"]);
-    running.shutdown().await.unwrap();
+    server.shutdown().await;
 }

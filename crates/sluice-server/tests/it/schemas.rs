@@ -2,8 +2,8 @@
 //! validation and enrichment put in `events`, through a running server.
 
 use serde_json::{Value, json};
-use sluice_server::{Config, Server};
 use sluice_testkit::http::sql_rows;
+use sluice_testkit::server::TestServer;
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -17,12 +17,8 @@ fn schema(version: &str, props: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemas_are_pushed_read_and_enforced_and_enrichment_fills_columns() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml(&format!(
+    let server = TestServer::start(&format!(
         r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
 admin_token = "{ADMIN}"
 [lake]
 flush_interval = "100ms"
@@ -30,13 +26,10 @@ flush_interval = "100ms"
 bindings = {{ "Signed Up" = "iglu:com.acme/signup/jsonschema/1-0-0" }}
 [enrich.referer]
 internal_domains = ["example.com"]
-"#,
-        dir.path().display()
+"#
     ))
-    .unwrap();
-    let running = Server::start(config.validate().unwrap()).await.unwrap();
-    let base = format!("http://{}", running.http_addr.unwrap());
-    let c = reqwest::Client::new();
+    .await;
+    let (c, base) = (&server.client, &server.base);
     let url = format!("{base}/v1/schemas/com.acme/signup/jsonschema/1-0-0");
     let put = |body: Value, token: Option<&str>| {
         let mut r = c.put(&url).json(&body);
@@ -128,20 +121,20 @@ internal_domains = ["example.com"]
         .unwrap();
     assert_eq!(r.status(), 200);
     let orders = sql_rows(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT event_id, total FROM order_completed ORDER BY event_id",
         2,
     )
     .await;
     assert_eq!(orders[0]["total"], 5.0);
     assert_eq!(orders[1]["total"], 5.5);
-    let types = sql_rows(&c, &base, "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
+    let types = sql_rows(c, base, "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
     assert_eq!(
         types[0]["data_type"], "Float64",
         "the declared type, not the first value's"
     );
-    let good = sql_rows(&c, &base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
+    let good = sql_rows(c, base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
     assert_eq!(good.len(), 4, "{good:?}");
     assert_eq!(good[0]["event_id"], "o1");
     assert_eq!(good[2]["event_id"], "ok");
@@ -161,8 +154,8 @@ internal_domains = ["example.com"]
     assert_eq!(pv["session_index"], 1);
     assert_eq!(pv["event_fingerprint"].as_str().map(str::len), Some(32));
     let bad = sql_rows(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT event_id, kind, function, reason FROM bad_rows",
         1,
     )
@@ -174,5 +167,5 @@ internal_domains = ["example.com"]
         bad[0]["reason"].as_str().unwrap().contains("gold"),
         "{bad:?}"
     );
-    running.shutdown().await.unwrap();
+    server.shutdown().await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use sluice_server::{Config, Server};
+use sluice_testkit::server::TestServer;
 use sluice_testkit::wait_until;
 
 const TP2: &str = "/com.snowplowanalytics.snowplow/tp2";
@@ -82,13 +82,8 @@ async fn wait_rows(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snowplow_post_batch_and_pixels_land_in_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
+    let server = TestServer::start(&format!(
         r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
-
 [lake]
 flush_interval = "100ms"
 
@@ -98,13 +93,10 @@ paths = {{ "/com.acme/track" = "{TP2}", "/acme/p.gif" = "/i" }}
 [[sources]]
 name = "web"
 snowplow_app_ids = ["shop"]
-"#,
-        dir.path().join("data").display()
-    );
-    let settings = Config::from_toml(&toml).unwrap().validate().unwrap();
-    let running = Server::start(settings).await.unwrap();
-    let base = format!("http://{}", running.http_addr.unwrap());
-    let client = reqwest::Client::new();
+"#
+    ))
+    .await;
+    let (client, base) = (&server.client, &server.base);
 
     // CORS preflight, on the canonical path and an alias.
     for path in [TP2, "/com.acme/track"] {
@@ -338,8 +330,8 @@ snowplow_app_ids = ["shop"]
         "sp-ue",
     ];
     let bad = wait_rows(
-        &client,
-        &base,
+        client,
+        base,
         "SELECT event_id, kind, reason, source FROM bad_rows ORDER BY event_id",
         |rows| rows.len() >= 3,
     )
@@ -355,15 +347,15 @@ snowplow_app_ids = ["shop"]
     }
     let n = expected.len();
     wait_rows(
-        &client,
-        &base,
+        client,
+        base,
         "SELECT count(*) AS n FROM events",
         move |rows| rows.first().and_then(|r| r["n"].as_u64()) == Some(n as u64),
     )
     .await;
     let rows = sql(
-        &client,
-        &base,
+        client,
+        base,
         "SELECT event_id, event_type, event, source, user_id, anonymous_id, timestamp, sent_at, \
          properties, context FROM events ORDER BY event_id",
     )
@@ -489,29 +481,21 @@ snowplow_app_ids = ["shop"]
         "00000000-0000-0000-0000-000000000000"
     );
 
-    running.shutdown().await.unwrap();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snowplow_answers_503_with_retry_after_on_backlog() {
-    let dir = tempfile::tempdir().unwrap();
     // No runner: the raw backlog only grows.
-    let toml = format!(
-        r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
-roles = ["collector"]
+    let server = TestServer::start(
+        r#"roles = ["collector"]
 
 [collector]
 max_backlog_events = 1
 "#,
-        dir.path().join("data").display()
-    );
-    let settings = Config::from_toml(&toml).unwrap().validate().unwrap();
-    let running = Server::start(settings).await.unwrap();
-    let base = format!("http://{}", running.http_addr.unwrap());
-    let client = reqwest::Client::new();
+    )
+    .await;
+    let (client, base) = (&server.client, &server.base);
     let two = payload(json!([{"e":"pv","eid":"b1"},{"e":"pv","eid":"b2"}]));
     let resp = client
         .post(format!("{base}{TP2}"))
@@ -530,5 +514,5 @@ max_backlog_events = 1
         assert_eq!(header(&resp, "access-control-allow-origin"), ORIGIN);
         assert!(resp.text().await.unwrap().contains("wait for processing"));
     }
-    running.shutdown().await.unwrap();
+    server.shutdown().await;
 }

@@ -5,17 +5,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_server::{Config, Running, Server};
+use sluice_testkit::server::TestServer;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn start(dir: &std::path::Path) -> (Running, String) {
-    let config = Config::from_toml(&format!(
-        r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
-roles = ["collector", "functions", "hot", "predict"]
+const CONFIG: &str = r#"
+roles = ["collector", "runner", "hot", "predict"]
 [hot]
 recent_events = 3
 [[hot.counters]]
@@ -32,25 +27,7 @@ kind = "sliding"
 name = "purchase_30m"
 outcome = "Order Completed"
 bits = 16
-"#,
-        dir.display()
-    ))
-    .unwrap();
-    // After an in-process shutdown, connection tasks may hold the journal and the store for a
-    // moment longer: retry until they are free, with a deadline.
-    let deadline = Instant::now() + DEADLINE;
-    let running = loop {
-        match Server::start(config.validate().unwrap()).await {
-            Ok(r) => break r,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "server does not start: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    let base = format!("http://{}", running.http_addr.unwrap());
-    (running, base)
-}
+"#;
 
 /// Polls `GET url` until `ok` holds for its JSON body, with a deadline; returns the body.
 async fn wait_json(client: &reqwest::Client, url: &str, ok: impl Fn(&Value) -> bool) -> Value {
@@ -83,11 +60,10 @@ async fn send(client: &reqwest::Client, base: &str, body: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_counters_and_predictions_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let (running, base) = start(dir.path()).await;
-    let client = reqwest::Client::new();
+    let server = TestServer::start(CONFIG).await;
+    let (client, base) = (&server.client, &server.base);
     let now = chrono::Utc::now().to_rfc3339();
-    send(&client, &base, json!([
+    send(client, base, json!([
         {"type": "identify", "user_id": "u1", "traits": {"plan": "pro"}, "timestamp": now},
         {"event": "Product Viewed", "user_id": "u1", "properties": {"sku": "a"}, "timestamp": now},
         {"event": "Product Viewed", "user_id": "u1", "properties": {"sku": "b"}, "timestamp": now},
@@ -95,7 +71,7 @@ async fn profiles_counters_and_predictions_over_http() {
         {"event": "Product Viewed", "user_id": "u2", "timestamp": now},
     ]))
     .await;
-    let profile = wait_json(&client, &format!("{base}/v1/profiles/u1"), |v| {
+    let profile = wait_json(client, &format!("{base}/v1/profiles/u1"), |v| {
         v["events_total"] == 4
     })
     .await;
@@ -108,12 +84,12 @@ async fn profiles_counters_and_predictions_over_http() {
         .unwrap();
     assert!((0.0..=1.0).contains(&score));
 
-    let views = wait_json(&client, &format!("{base}/v1/counters/views_1h/u1"), |v| {
+    let views = wait_json(client, &format!("{base}/v1/counters/views_1h/u1"), |v| {
         v["value"] == 2.0
     })
     .await;
     assert_eq!(views["aggregate"], "count");
-    let spend = wait_json(&client, &format!("{base}/v1/counters/spend_24h/u1"), |v| {
+    let spend = wait_json(client, &format!("{base}/v1/counters/spend_24h/u1"), |v| {
         v["value"] == 12.5
     })
     .await;
@@ -142,7 +118,7 @@ async fn profiles_counters_and_predictions_over_http() {
     assert_eq!(profiles[2]["id"], "u1");
 
     let p = wait_json(
-        &client,
+        client,
         &format!("{base}/v1/predictions/purchase_30m/u1"),
         |_| true,
     )
@@ -187,13 +163,13 @@ async fn profiles_counters_and_predictions_over_http() {
         let user = format!("fresh-{i}");
         let sent = Instant::now();
         send(
-            &client,
-            &base,
+            client,
+            base,
             json!({"event": "Product Viewed", "user_id": user}),
         )
         .await;
         let acked = Instant::now();
-        wait_json(&client, &format!("{base}/v1/profiles/{user}"), |v| {
+        wait_json(client, &format!("{base}/v1/profiles/{user}"), |v| {
             v["events_total"] == 1
         })
         .await;
@@ -216,26 +192,40 @@ async fn profiles_counters_and_predictions_over_http() {
         .unwrap();
     assert!(metrics.contains("sluice_hot_events_total"), "{metrics}");
 
-    // Restart: profiles stay, nothing is counted twice, the model is restored.
-    running.shutdown().await.unwrap();
-    drop(client);
-    assert!(dir.path().join("models/purchase_30m.ftrl").is_file());
-    let (running, base) = start(dir.path()).await;
-    let client = reqwest::Client::new();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_profiles_counters_and_the_model() {
+    let mut server = TestServer::start(CONFIG).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let viewed = json!({"event": "Product Viewed", "user_id": "u1", "timestamp": now});
     send(
-        &client,
-        &base,
-        json!({"event": "Product Viewed", "user_id": "u1", "timestamp": now}),
+        &server.client,
+        &server.base,
+        json!([viewed, viewed, {"event": "Order Completed", "user_id": "u1", "timestamp": now}]),
     )
     .await;
-    let profile = wait_json(&client, &format!("{base}/v1/profiles/u1"), |v| {
-        v["events_total"] == 5
+    let url = server.url("/v1/profiles/u1");
+    wait_json(&server.client, &url, |v| v["events_total"] == 3).await;
+
+    // Profiles stay, nothing is counted twice, the model is restored from its checkpoint.
+    server.restart().await;
+    assert!(server.data_dir().join("models/purchase_30m.ftrl").is_file());
+    let (client, base) = (&server.client, &server.base);
+    send(client, base, viewed.clone()).await;
+    let profile = wait_json(client, &format!("{base}/v1/profiles/u1"), |v| {
+        v["events_total"] == 4
     })
     .await;
     assert_eq!(profile["event_counts"]["Product Viewed"], 3);
-    wait_json(&client, &format!("{base}/v1/counters/views_1h/u1"), |v| {
+    wait_json(client, &format!("{base}/v1/counters/views_1h/u1"), |v| {
         v["value"] == 3.0
     })
     .await;
-    running.shutdown().await.unwrap();
+    assert!(
+        profile["predictions"]["purchase_30m"]["score"].is_number(),
+        "{profile}"
+    );
+    server.shutdown().await;
 }

@@ -6,18 +6,15 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use serde_json::{Value, json};
-use sluice_server::{Config, Running, Server};
 use sluice_testkit::http::sql_rows;
+use sluice_testkit::server::TestServer;
 
 const WEB_KEY: &str = "wk-web-0123456789";
 const APP_KEY: &str = "wk-app-0123456789";
 
-async fn start(dir: &std::path::Path) -> (Running, String) {
-    let config = Config::from_toml(&format!(
+fn config() -> String {
+    format!(
         r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
 [lake]
 flush_interval = "100ms"
 [[sources]]
@@ -26,13 +23,8 @@ write_keys = ["{WEB_KEY}"]
 [[sources]]
 name = "app"
 write_keys = ["{APP_KEY}"]
-"#,
-        dir.display()
-    ))
-    .unwrap();
-    let running = Server::start(config.validate().unwrap()).await.unwrap();
-    let base = format!("http://{}", running.http_addr.unwrap());
-    (running, base)
+"#
+    )
 }
 
 fn basic(key: &str) -> String {
@@ -62,8 +54,8 @@ async fn sql(client: &reqwest::Client, base: &str, q: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_routes_keys_and_rules_land_exactly_in_events() {
     let dir = tempfile::tempdir().unwrap();
-    let (running, base) = start(dir.path()).await;
-    let c = reqwest::Client::new();
+    let server = TestServer::start_in(dir.path(), &config()).await;
+    let (c, base) = (&server.client, &server.base);
     let post = |path: &str| c.post(format!("{base}{path}"));
 
     // Basic auth on /v1/batch, with shared context and sentAt (analytics-node's shape).
@@ -161,6 +153,80 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
         (Some(0), Some(1))
     );
 
+    // Exactly these rows, with the right sources, types, names and ids.
+    let rows = sql_rows(
+        c,
+        base,
+        "SELECT event_id, source, event_type, event, user_id, anonymous_id, properties, context, \
+         CAST(timestamp AS BIGINT) AS ts, CAST(received_at AS BIGINT) AS rx \
+         FROM events ORDER BY source, event_id",
+        8,
+    )
+    .await;
+    let got: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap().to_string(),
+                r["event_id"].as_str().unwrap().to_string(),
+                r["event_type"].as_str().unwrap().to_string(),
+                r["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String, String)> = [
+        ("app", "seg-3", "track", "Signed Up"),
+        ("app", "seg-4", "page", "Pricing"),
+        ("app", "seg-5", "screen", "Home"),
+        ("app", "seg-6", "group", "group"),
+        ("app", "seg-7", "alias", "alias"),
+        ("web", "seg-1", "identify", "identify"),
+        ("web", "seg-2", "track", "Added To Cart"),
+        ("web", "seg-3", "track", "Signed Up"),
+    ]
+    .iter()
+    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let by_id = |src: &str, id: &str| {
+        rows.iter()
+            .find(|r| r["source"] == src && r["event_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let cart = by_id("web", "seg-2");
+    let props: Value = serde_json::from_str(cart["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(props, json!({"sku":"P-42","qty":2}));
+    let ctx: Value = serde_json::from_str(cart["context"].as_str().unwrap()).unwrap();
+    assert_eq!(ctx["library"]["name"], "analytics-node");
+    assert_eq!(ctx["ip"], "127.0.0.1");
+    // Sent 1 s after it happened by the client's clock: 1 s before it was received.
+    let skew = cart["rx"].as_i64().unwrap() - cart["ts"].as_i64().unwrap();
+    assert_eq!(skew, 1_000_000);
+    let group = by_id("app", "seg-6");
+    assert!(group["properties"].as_str().unwrap().contains("g1"));
+    // No write key anywhere in the lake or the journal.
+    let all = sql(c, base, "SELECT * FROM events").await;
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains(WEB_KEY) && !text.contains(APP_KEY));
+    server.shutdown().await;
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for key in [WEB_KEY, APP_KEY] {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{} holds a write key",
+                entry.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_keys_and_bad_bodies_get_their_status_and_a_reason() {
+    let server = TestServer::start(&config()).await;
+    let (c, base) = (&server.client, &server.base);
+    let post = |path: &str| c.post(format!("{base}{path}"));
     // Refusals: the same 401 body whatever is wrong with the key.
     let mut bodies = BTreeSet::new();
     for req in [
@@ -226,73 +292,7 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
     let r = post("/v1/track").json(&big).send().await.unwrap();
     assert_eq!(r.status(), 413);
 
-    // Exactly these rows, with the right sources, types, names and ids.
-    let rows = sql_rows(
-        &c,
-        &base,
-        "SELECT event_id, source, event_type, event, user_id, anonymous_id, properties, context, \
-         CAST(timestamp AS BIGINT) AS ts, CAST(received_at AS BIGINT) AS rx \
-         FROM events ORDER BY source, event_id",
-        8,
-    )
-    .await;
-    let got: Vec<(String, String, String, String)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["source"].as_str().unwrap().to_string(),
-                r["event_id"].as_str().unwrap().to_string(),
-                r["event_type"].as_str().unwrap().to_string(),
-                r["event"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, String, String, String)> = [
-        ("app", "seg-3", "track", "Signed Up"),
-        ("app", "seg-4", "page", "Pricing"),
-        ("app", "seg-5", "screen", "Home"),
-        ("app", "seg-6", "group", "group"),
-        ("app", "seg-7", "alias", "alias"),
-        ("web", "seg-1", "identify", "identify"),
-        ("web", "seg-2", "track", "Added To Cart"),
-        ("web", "seg-3", "track", "Signed Up"),
-    ]
-    .iter()
-    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
-    .collect();
-    assert_eq!(got, want);
-    let by_id = |src: &str, id: &str| {
-        rows.iter()
-            .find(|r| r["source"] == src && r["event_id"] == id)
-            .unwrap()
-            .clone()
-    };
-    let cart = by_id("web", "seg-2");
-    let props: Value = serde_json::from_str(cart["properties"].as_str().unwrap()).unwrap();
-    assert_eq!(props, json!({"sku":"P-42","qty":2}));
-    let ctx: Value = serde_json::from_str(cart["context"].as_str().unwrap()).unwrap();
-    assert_eq!(ctx["library"]["name"], "analytics-node");
-    assert_eq!(ctx["ip"], "127.0.0.1");
-    // Sent 1 s after it happened by the client's clock: 1 s before it was received.
-    let skew = cart["rx"].as_i64().unwrap() - cart["ts"].as_i64().unwrap();
-    assert_eq!(skew, 1_000_000);
-    let group = by_id("app", "seg-6");
-    assert!(group["properties"].as_str().unwrap().contains("g1"));
-    // No write key anywhere in the lake or the journal.
-    let all = sql(&c, &base, "SELECT * FROM events").await;
-    let text = serde_json::to_string(&all).unwrap();
-    assert!(!text.contains(WEB_KEY) && !text.contains(APP_KEY));
-    running.shutdown().await.unwrap();
-    for entry in walk(dir.path()) {
-        let bytes = std::fs::read(&entry).unwrap();
-        for key in [WEB_KEY, APP_KEY] {
-            assert!(
-                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
-                "{} holds a write key",
-                entry.display()
-            );
-        }
-    }
+    server.shutdown().await;
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -29,7 +29,7 @@ fn count(data: &Path, query: &str) -> anyhow::Result<i64> {
 }
 
 fn replay(url: &str, what: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let mut args = vec!["replay", "--url", url];
+    let mut args = vec!["replay", "--server", url];
     args.extend_from_slice(what);
     let line = sluice(&args)?;
     // "scanned S · candidates C · already good G · unreplayable U · replayed R"
@@ -121,12 +121,18 @@ bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
     );
 
     // The fix: push the schema, then replay.
-    let pushed = sluice(&["schemas", "push", schema.to_str().unwrap(), "--url", &url])?;
+    let pushed = sluice(&[
+        "schemas",
+        "push",
+        schema.to_str().unwrap(),
+        "--server",
+        &url,
+    ])?;
     assert!(
         pushed.contains("iglu:com.acme/order/jsonschema/1-0-0 created"),
         "{pushed}"
     );
-    let listed = sluice(&["schemas", "list", "--url", &url])?;
+    let listed = sluice(&["schemas", "list", "--server", &url])?;
     assert_eq!(listed.trim(), "iglu:com.acme/order/jsonschema/1-0-0");
     let first = replay(&url, &["--bad", "--kind", "schema_violation"])?;
     assert_eq!(first["replayed"], 20, "{first}");

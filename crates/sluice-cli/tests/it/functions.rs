@@ -54,7 +54,7 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
             "deploy",
             "stamp",
             file.to_str().unwrap(),
-            "--url",
+            "--server",
             &url,
         ];
         args.extend_from_slice(extra);
@@ -100,7 +100,7 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
                 "deploy",
                 "stamp",
                 v2.to_str().unwrap(),
-                "--url",
+                "--server",
                 &url,
                 "--batch-size",
                 "25",
@@ -111,7 +111,7 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
     assert!(out.starts_with("stamp v2 created"), "{out}");
     let out = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || sluice(&["functions", "rollback", "stamp", "--url", &url])
+        move || sluice(&["functions", "rollback", "stamp", "--server", &url])
     })
     .await??;
     assert_eq!(out.trim(), "stamp now runs v1");
@@ -136,6 +136,7 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
     }));
 
     // The other commands.
+    // `--url` is the older name of `--server`.
     let list = sluice(&["functions", "list", "--url", &url])?;
     assert!(
         list.lines()
@@ -143,17 +144,17 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
             .is_some_and(|l| l.starts_with("stamp") && l.contains("batch") && l.contains("enrich")),
         "{list}"
     );
-    let show = sluice(&["functions", "show", "stamp", "--url", &url])?;
+    let show = sluice(&["functions", "show", "stamp", "--server", &url])?;
     assert!(
         show.contains("\"history\"")
             && show.contains("--- code (v1) ---")
             && show.contains("// v1"),
         "{show}"
     );
-    let logs = sluice(&["functions", "logs", "stamp", "-n", "3", "--url", &url])?;
+    let logs = sluice(&["functions", "logs", "stamp", "-n", "3", "--server", &url])?;
     assert_eq!(logs.lines().count(), 3, "{logs}");
     assert!(logs.contains("INFO batch of"), "{logs}");
-    let stats = sluice(&["functions", "stats", "--json", "--url", &url])?;
+    let stats = sluice(&["functions", "stats", "--json", "--server", &url])?;
     let stats: Vec<serde_json::Value> = serde_json::from_str(&stats)?;
     let events_out: u64 = stats
         .iter()
@@ -165,13 +166,21 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
             .iter()
             .all(|s| s["lambda_cost_usd"].as_f64().unwrap_or(0.0) > 0.0 || s["invocations"] == 0)
     );
-    let table = sluice(&["functions", "stats", "--url", &url])?;
+    let table = sluice(&["functions", "stats", "--server", &url])?;
     assert!(
         table.contains("Lambda USD") && table.contains("stamp"),
         "{table}"
     );
     let err = Command::new(BIN)
-        .args(["functions", "rollback", "stamp", "--to", "9", "--url", &url])
+        .args([
+            "functions",
+            "rollback",
+            "stamp",
+            "--to",
+            "9",
+            "--server",
+            &url,
+        ])
         .output()?;
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no version 9"));
@@ -204,10 +213,10 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
             .unwrap()
             .contains("\"stamped\":1")
     );
-    let out = sluice(&["functions", "delete", "stamp", "--url", &url])?;
+    let out = sluice(&["functions", "delete", "stamp", "--server", &url])?;
     assert_eq!(out.trim(), "stamp deleted");
     assert_eq!(
-        sluice(&["functions", "list", "--url", &url])?.trim(),
+        sluice(&["functions", "list", "--server", &url])?.trim(),
         "no functions deployed"
     );
     server.terminate(Duration::from_secs(30))?;

@@ -4,34 +4,27 @@
 //! errors have the AWS shape.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
-use sluice_server::{Config, Running, Server};
+use sluice_testkit::server::TestServer;
 use sluice_testkit::wait_until;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn start(
-    data_dir: &Path,
-    extra: &str,
-) -> Result<(Running, String), Box<dyn std::error::Error>> {
-    let toml = format!(
-        "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n\
-         [lake]\nflush_interval = \"200ms\"\n\
-         [kinesis]\ningest_streams = [\"events\"]\n{extra}",
-        data_dir.display().to_string()
-    );
-    let settings = Config::from_toml(&toml)?.validate()?;
-    let running = Server::start(settings).await?;
-    let addr = running.http_addr.ok_or("no http address")?;
-    Ok((running, format!("http://{addr}/")))
+/// A server with the `events` ingest stream and `extra` config, and a client of its API.
+async fn start(extra: &str) -> (TestServer, Api) {
+    let server = TestServer::start(&format!(
+        "[lake]\nflush_interval = \"200ms\"\n[kinesis]\ningest_streams = [\"events\"]\n{extra}"
+    ))
+    .await;
+    let api = Api::new(&server.url("/"));
+    (server, api)
 }
 
 /// A JSON 1.1 client for one server.
@@ -223,9 +216,7 @@ fn shard_of_key(key: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (running, url) = start(dir.path(), "").await?;
-    let api = Api::new(&url);
+    let (server, api) = start("").await;
 
     assert_eq!(
         api.ok(
@@ -497,7 +488,7 @@ async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
         "ResourceNotFoundException",
     )
     .await?;
-    running.shutdown().await?;
+    server.shutdown().await;
     Ok(())
 }
 
@@ -552,9 +543,7 @@ async fn sql(client: &reqwest::Client, base: &str, query: &str) -> Result<Vec<Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (running, url) = start(dir.path(), "").await?;
-    let api = Api::new(&url);
+    let (server, api) = start("").await;
 
     // Ten JSON events through the alias (one with a trailing newline, one with a duplicate
     // id), and one record that is not JSON.
@@ -683,8 +672,8 @@ async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResu
     assert_eq!(row["payload"]["partition_key"], "bin");
 
     // And the lake has them for SQL.
-    let client = reqwest::Client::new();
-    let base = url.clone();
+    let client = server.client.clone();
+    let base = server.url("/");
     let rows = eventually("14 events in the lake", move || {
         let client = client.clone();
         let base = base.clone();
@@ -728,15 +717,13 @@ async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResu
         .ok("DescribeStreamSummary", json!({"StreamName": "events"}))
         .await?;
     assert_eq!(summary["StreamDescriptionSummary"]["OpenShardCount"], 4);
-    running.shutdown().await?;
+    server.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_records_are_reported_per_record() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (running, url) = start(dir.path(), "[collector]\nmax_event_bytes = 2048\n").await?;
-    let api = Api::new(&url);
+    let (server, api) = start("[collector]\nmax_event_bytes = 2048\n").await;
     let big = json!({"event": "Big", "blob": "x".repeat(4096)}).to_string();
     let small = json!({"event": "Small"}).to_string();
     let out = api
@@ -789,15 +776,13 @@ async fn refused_records_are_reported_per_record() -> TestResult {
         "ResourceNotFoundException",
     )
     .await?;
-    running.shutdown().await?;
+    server.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_have_the_aws_shape() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (running, url) = start(dir.path(), "").await?;
-    let api = Api::new(&url);
+    let (server, api) = start("").await;
 
     api.fails(
         "Kinesis_20131202.SplitShard",
@@ -916,19 +901,14 @@ async fn errors_have_the_aws_shape() -> TestResult {
         "InvalidArgumentException",
     )
     .await?;
-    running.shutdown().await?;
+    server.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let (running, url) = start(
-        dir.path(),
-        "[[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n",
-    )
-    .await?;
-    let mut api = Api::new(&url);
+    let (server, mut api) =
+        start("[[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n").await;
     let m = api
         .fails("ListStreams", json!({}), "UnrecognizedClientException")
         .await?;
@@ -964,6 +944,6 @@ async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
     let event: Value = serde_json::from_slice(&unb64(&good[0]["Data"]))?;
     assert_eq!(event["source"], "shop");
     assert_eq!(event["event_id"], "sig-1");
-    running.shutdown().await?;
+    server.shutdown().await;
     Ok(())
 }

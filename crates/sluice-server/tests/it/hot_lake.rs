@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_server::{Config, Server};
+use sluice_testkit::server::TestServer;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -38,12 +38,8 @@ async fn get(c: &reqwest::Client, url: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_and_profiles_equal_a_recount_of_the_lake() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml(&format!(
+    let server = TestServer::start(
         r#"
-data_dir = "{}"
-http = "127.0.0.1:0"
-pg = "127.0.0.1:0"
 [lake]
 flush_interval = "100ms"
 [[hot.counters]]
@@ -67,12 +63,9 @@ aggregate = "sum"
 property = "revenue"
 window = "24h"
 "#,
-        dir.path().display()
-    ))
-    .unwrap();
-    let running = Server::start(config.validate().unwrap()).await.unwrap();
-    let base = format!("http://{}", running.http_addr.unwrap());
-    let c = reqwest::Client::new();
+    )
+    .await;
+    let (c, base) = (&server.client, &server.base);
 
     // 12 users, 600 events between 08:00 and 12:00 UTC on one day, in time order (a counter
     // ignores what falls into a bucket it already pruned, as a late event).
@@ -110,7 +103,7 @@ window = "24h"
     // Wait for the lake and the hot tier to hold all 600.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let n = sql(&c, &base, "SELECT count(*) AS n FROM events").await;
+        let n = sql(c, base, "SELECT count(*) AS n FROM events").await;
         let hot: i64 = {
             let mut total = 0;
             for u in 0..12 {
@@ -136,14 +129,14 @@ window = "24h"
 
     // Profiles: counts per event name.
     let per_event = sql(
-        &c,
-        &base,
+        c,
+        base,
         "SELECT user_id, event, count(*) AS n FROM events GROUP BY user_id, event",
     )
     .await;
     for row in &per_event {
         let user = row["user_id"].as_str().unwrap();
-        let profile = get(&c, &format!("{base}/v1/profiles/{user}")).await;
+        let profile = get(c, &format!("{base}/v1/profiles/{user}")).await;
         assert_eq!(
             profile["event_counts"][row["event"].as_str().unwrap()],
             row["n"],
@@ -191,10 +184,10 @@ window = "24h"
         ),
     ];
     for (counter, at, q) in checks {
-        let want = by_user(sql(&c, &base, &q).await, "n");
+        let want = by_user(sql(c, base, &q).await, "n");
         for u in 0..12 {
             let user = format!("u{u}");
-            let got = get(&c, &format!("{base}/v1/counters/{counter}/{user}?at={at}")).await;
+            let got = get(c, &format!("{base}/v1/counters/{counter}/{user}?at={at}")).await;
             let expected = want.get(&user).copied().unwrap_or(0.0);
             assert_eq!(
                 got["value"].as_f64(),
@@ -206,8 +199,8 @@ window = "24h"
     // A sum, recounted from the typed table of the event.
     let want = by_user(
         sql(
-            &c,
-            &base,
+            c,
+            base,
             "SELECT user_id, sum(revenue) AS s FROM order_completed GROUP BY user_id",
         )
         .await,
@@ -216,12 +209,12 @@ window = "24h"
     assert!(!want.is_empty());
     for (user, s) in want {
         let got = get(
-            &c,
+            c,
             &format!("{base}/v1/counters/revenue_24h/{user}?at=2026-11-26T12:00:00Z"),
         )
         .await;
         let v = got["value"].as_f64().unwrap();
         assert!((v - s).abs() < 1e-6, "revenue_24h {user}: {v} vs {s}");
     }
-    running.shutdown().await.unwrap();
+    server.shutdown().await;
 }

@@ -1,0 +1,17 @@
+//! The HTTP layer every route module builds on, and which depends on none of them: the
+//! handlers' shared state ([`AppState`]), the error answer ([`error_response`]), the admin guard
+//! ([`Admin`]), request metrics ([`metered`]) and the finished router ([`router`]).
+//!
+//! Route modules (`native`, `sql`, `ops`, `schemas`, `functions`, `hot`, `segment`,
+//! `snowplow`, `kinesis`) each return a `Router<AppState>` and depend on this module only;
+//! `pipeline.rs` lists them.
+
+mod admin;
+mod answer;
+mod router;
+mod state;
+
+pub(crate) use admin::Admin;
+pub(crate) use answer::{collector_of, content_encoding, error_response, header_str};
+pub(crate) use router::{RouteLabel, count, metered, router};
+pub(crate) use state::AppState;

@@ -1,0 +1,31 @@
+//! [`AppState`]: what the handlers share.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_collector::Collector;
+use sluice_journal::Journal;
+use sluice_warehouse::Warehouse;
+
+use crate::auth::Auth;
+use crate::replay::Replayer;
+
+/// Shared state of the handlers. A role this node does not run is `None`, and its routes
+/// answer 404.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) collector: Option<Arc<Collector>>,
+    pub(crate) warehouse: Option<Arc<Warehouse>>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) prometheus: PrometheusHandle,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) replay: Option<Arc<Replayer>>,
+    /// The hot tier's reader, on a node with the hot role.
+    pub(crate) hot: Option<sluice_hot::HotReader>,
+    /// The models this node runs (predict role).
+    pub(crate) models: Arc<Vec<String>>,
+    /// The user functions, on a node with the runner role.
+    pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
+}

@@ -1,0 +1,10 @@
+//! The server's integration tests, in one binary (linking DataFusion once, not once per file),
+//! each against a server in this process ([`sluice_testkit::server::TestServer`]).
+
+mod functions;
+mod hot;
+mod hot_lake;
+mod kinesis;
+mod schemas;
+mod segment;
+mod snowplow;

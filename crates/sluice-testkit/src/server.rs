@@ -1,0 +1,114 @@
+//! [`TestServer`]: the server in this process, with every stage the config names, in a
+//! temporary data directory on ephemeral loopback ports, and a client to talk to it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_server::{Config, Running, Server};
+
+/// How long a start may be retried: after an in-process shutdown, connection tasks may hold the
+/// journal and the hot store for a moment longer.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A server started in this process.
+pub struct TestServer {
+    running: Option<Running>,
+    /// `http://ADDR` of its HTTP listener.
+    pub base: String,
+    /// A client for the tests' requests.
+    pub client: reqwest::Client,
+    data_dir: PathBuf,
+    toml: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server in a new temporary directory. `toml` is the config file without
+    /// `data_dir`, `http` and `pg`, which are set here (its top-level keys come first, as in
+    /// any TOML file).
+    pub async fn start(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut server = Self::start_in(dir.path(), toml).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on the data directory `data_dir` (kept by the caller, for restarts).
+    pub async fn start_in(data_dir: &Path, toml: &str) -> Self {
+        let running = start(data_dir, toml).await;
+        Self {
+            base: base_of(&running),
+            running: Some(running),
+            client: reqwest::Client::new(),
+            data_dir: data_dir.to_path_buf(),
+            toml: toml.to_string(),
+            _dir: None,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `GET path` as JSON, asserting a 2xx.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let url = self.url(path);
+        let resp = self.client.get(&url).send().await.expect("GET");
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        resp.json().await.expect("a JSON body")
+    }
+
+    /// `query` over `/v1/sql` until it returns at least `n` rows (see
+    /// [`crate::http::sql_rows`]).
+    pub async fn sql_rows(&self, query: &str, n: usize) -> Vec<Value> {
+        crate::http::sql_rows(&self.client, &self.base, query, n).await
+    }
+
+    /// Shuts down in order (drains every stage) and asserts it went cleanly.
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Shuts down and starts again on the same data directory and config; the address changes.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+        let running = start(&self.data_dir, &self.toml).await;
+        self.base = base_of(&running);
+        self.running = Some(running);
+    }
+}
+
+async fn start(data_dir: &Path, toml: &str) -> Running {
+    let text = format!(
+        "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n{toml}",
+        data_dir.display().to_string()
+    );
+    let settings = Config::from_toml(&text)
+        .and_then(|c| c.validate())
+        .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        match Server::start(settings.clone()).await {
+            Ok(r) => return r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "server does not start: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+fn base_of(running: &Running) -> String {
+    format!("http://{}", running.http_addr.expect("an HTTP listener"))
+}
