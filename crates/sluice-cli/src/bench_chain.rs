@@ -122,7 +122,7 @@ fn measure_batches(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
                 (pos, &r[..])
             })
             .collect();
-        let out = rt.block_on(chain.process_batch(&inputs, &mut state, &live, true, false));
+        let out = rt.block_on(chain.process_batch(&inputs, &mut state, &live));
         good += out
             .iter()
             .map(|o| match o {

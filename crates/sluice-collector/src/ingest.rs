@@ -244,112 +244,146 @@ impl Collector {
         self.check_capacity()?;
         let received_at = now_micros();
         let (tx, rx) = watch::channel(None);
-        let mut outcome = IngestOutcome::default();
-        let mut placements = vec![Placement::Rejected; items.len()];
-        let mut staged: Vec<Staged<'_>> = Vec::with_capacity(items.len());
+        let mut req = Request {
+            outcome: IngestOutcome::default(),
+            placements: vec![Placement::Rejected; items.len()],
+            staged: Vec::with_capacity(items.len()),
+            repeats: Vec::new(),
+        };
         let mut waits = Vec::new();
-        // (slot, key) of events repeated within this request.
-        let mut repeats: Vec<(usize, Key)> = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
-            let item = match item {
-                Ok(item) => item,
-                Err((kind, reason)) => {
-                    outcome.rejected.push(Rejection {
-                        index,
-                        event_id: None,
-                        kind,
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            let len = item.payload.get().len();
-            if len > self.settings.max_event_bytes {
-                outcome.rejected.push(Rejection {
-                    index,
-                    event_id: item.event_id.clone(),
-                    kind: ErrorKind::TooLarge,
-                    reason: format!(
-                        "event is {len} bytes, over the limit of {}",
-                        self.settings.max_event_bytes
-                    ),
-                });
-                continue;
-            }
-            let event_id = match &item.event_id {
-                Some(id) => id.clone(),
-                None => uuid::Uuid::now_v7().to_string(),
-            };
-            let route = routing_key(
-                item.user_id.as_deref(),
-                item.anonymous_id.as_deref(),
-                item.partition_key.as_deref().unwrap_or(&event_id),
-            );
-            let partition = partition_for(route, self.partitions);
-            let key = dedupe::key(&item.source, &event_id);
-            let s = Staged {
-                index,
-                event_id,
-                partition,
-                key,
-                item,
-            };
-            match self.dedupe.reserve(key, received_at, &rx) {
-                Reserve::New => staged.push(s),
-                Reserve::Duplicate(Some(at)) => {
-                    outcome.duplicates += 1;
-                    placements[index] = Placement::Duplicate(at);
-                }
-                // A repeat within this request: placed where its first copy lands.
-                Reserve::Duplicate(None) => {
-                    outcome.duplicates += 1;
-                    repeats.push((index, key));
-                }
-                Reserve::Wait(other) => waits.push((s, other)),
+            if let Some(s) = self.admit(index, item, &mut req.outcome.rejected) {
+                let reserve = self.dedupe.reserve(s.key, received_at, &rx);
+                waits.extend(req.reserved(s, reserve));
             }
         }
         // Settle on every exit path (including a panic or an early return) so no reservation
         // stays pending forever.
         let mut guard = Settle {
             index: &self.dedupe,
-            keys: staged.iter().map(|s| s.key).collect(),
+            keys: req.staged.iter().map(|s| s.key).collect(),
             tx,
             placed: None,
         };
-        for (s, mut other) in waits {
-            let finished =
-                tokio::time::timeout(PENDING_WAIT, other.wait_for(|v| v.is_some())).await;
-            if finished.is_err() {
-                return Err(CollectError::Unavailable(format!(
-                    "event {} is being written by another request; retry",
-                    s.event_id
-                )));
-            }
-            match self.dedupe.reserve(s.key, received_at, &guard.rx()) {
-                Reserve::New => {
-                    guard.keys.push(s.key);
-                    staged.push(s);
-                }
-                Reserve::Duplicate(Some(at)) => {
-                    outcome.duplicates += 1;
-                    placements[s.index] = Placement::Duplicate(at);
-                }
-                Reserve::Duplicate(None) => {
-                    outcome.duplicates += 1;
-                    repeats.push((s.index, s.key));
-                }
-                Reserve::Wait(_) => {
-                    return Err(CollectError::Unavailable(format!(
-                        "event {} is being written by another request; retry",
-                        s.event_id
-                    )));
-                }
-            }
+        for (s, other) in waits {
+            self.await_other(s, other, received_at, &mut guard, &mut req)
+                .await?;
         }
-        staged.sort_by_key(|s| s.index);
+        req.staged.sort_by_key(|s| s.index);
 
+        let firsts = self
+            .append(self.encode(&req.staged, origin, received_at)?)
+            .await;
+        let (placed, failed) = req.place(&firsts);
+        guard.keys.clear();
+        self.dedupe.settle(placed);
+        if let Some(e) = firsts.iter().flatten().find_map(|r| r.as_ref().err()) {
+            // Events of partitions that did commit stay committed (a retry reports them as
+            // duplicates); the failed partitions' reservations are dropped.
+            crate::metrics::append_failed(failed);
+            guard.placed = Some(false);
+            return Err(journal_error_ref(e));
+        }
+        guard.placed = Some(true);
+        req.place_repeats();
+        req.outcome.accepted = req.staged.len();
+        crate::metrics::ingested(&req.outcome);
+        Ok(Submitted {
+            outcome: req.outcome,
+            placements: req.placements,
+        })
+    }
+
+    /// Checks one slot's size, stamps its event id and routes it; `None` when it is rejected.
+    fn admit<'a>(
+        &self,
+        index: usize,
+        item: Result<Item<'a>, (ErrorKind, String)>,
+        rejected: &mut Vec<Rejection>,
+    ) -> Option<Staged<'a>> {
+        let item = match item {
+            Ok(item) => item,
+            Err((kind, reason)) => {
+                rejected.push(Rejection {
+                    index,
+                    event_id: None,
+                    kind,
+                    reason,
+                });
+                return None;
+            }
+        };
+        let len = item.payload.get().len();
+        if len > self.settings.max_event_bytes {
+            rejected.push(Rejection {
+                index,
+                event_id: item.event_id.clone(),
+                kind: ErrorKind::TooLarge,
+                reason: format!(
+                    "event is {len} bytes, over the limit of {}",
+                    self.settings.max_event_bytes
+                ),
+            });
+            return None;
+        }
+        let event_id = match &item.event_id {
+            Some(id) => id.clone(),
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let route = routing_key(
+            item.user_id.as_deref(),
+            item.anonymous_id.as_deref(),
+            item.partition_key.as_deref().unwrap_or(&event_id),
+        );
+        Some(Staged {
+            index,
+            partition: partition_for(route, self.partitions),
+            key: dedupe::key(&item.source, &event_id),
+            event_id,
+            item,
+        })
+    }
+
+    /// Waits for the other request writing the same event to end, then reserves again.
+    async fn await_other<'a>(
+        &self,
+        s: Staged<'a>,
+        mut other: watch::Receiver<Option<bool>>,
+        received_at: i64,
+        guard: &mut Settle<'_>,
+        req: &mut Request<'a>,
+    ) -> Result<(), CollectError> {
+        let busy = |s: &Staged<'_>| {
+            CollectError::Unavailable(format!(
+                "event {} is being written by another request; retry",
+                s.event_id
+            ))
+        };
+        let finished = tokio::time::timeout(PENDING_WAIT, other.wait_for(|v| v.is_some())).await;
+        if finished.is_err() {
+            return Err(busy(&s));
+        }
+        let key = s.key;
+        let reserve = self.dedupe.reserve(key, received_at, &guard.rx());
+        let new = matches!(reserve, Reserve::New);
+        if let Some((s, _)) = req.reserved(s, reserve) {
+            return Err(busy(&s));
+        }
+        if new {
+            guard.keys.push(key);
+        }
+        Ok(())
+    }
+
+    /// Each staged event as a `raw` record, grouped by partition.
+    fn encode(
+        &self,
+        staged: &[Staged<'_>],
+        origin: &Origin,
+        received_at: i64,
+    ) -> Result<Vec<Vec<Bytes>>, CollectError> {
         let mut per_partition: Vec<Vec<Bytes>> = vec![Vec::new(); self.partitions as usize];
-        for s in &staged {
+        for s in staged {
             let record = RawEventRef {
                 event_id: &s.event_id,
                 source: &s.item.source,
@@ -366,86 +400,28 @@ impl Collector {
                 serde_json::to_vec(&record).map_err(|e| CollectError::Internal(e.to_string()))?;
             per_partition[s.partition as usize].push(Bytes::from(bytes));
         }
+        Ok(per_partition)
+    }
+
+    /// Appends every partition's records at once; per partition, the first offset written or
+    /// the error (`None`: nothing to write there).
+    async fn append(
+        &self,
+        per_partition: Vec<Vec<Bytes>>,
+    ) -> Vec<Option<Result<u64, JournalError>>> {
         let appends = per_partition
             .into_iter()
             .enumerate()
             .filter(|(_, r)| !r.is_empty())
-            .map(|(p, records)| {
-                let journal = &self.journal;
-                async move {
-                    (
-                        p as u32,
-                        journal.append(topic::RAW, p as u32, records).await,
-                    )
-                }
+            .map(|(p, records)| async move {
+                (p, self.journal.append(topic::RAW, p as u32, records).await)
             });
-        let results = futures::future::join_all(appends).await;
-        // The first offset of each partition's batch, or its error.
         let mut firsts: Vec<Option<Result<u64, JournalError>>> =
             (0..self.partitions).map(|_| None).collect();
-        for (p, r) in results {
-            firsts[p as usize] = Some(r);
+        for (p, r) in futures::future::join_all(appends).await {
+            firsts[p] = Some(r);
         }
-        // Staged events are in request order, and so in append order within a partition.
-        let mut next: Vec<u64> = firsts
-            .iter()
-            .map(|f| match f {
-                Some(Ok(first)) => *first,
-                _ => 0,
-            })
-            .collect();
-        let mut placed = Vec::with_capacity(staged.len());
-        let mut failed = 0usize;
-        for s in &staged {
-            let pos = match &firsts[s.partition as usize] {
-                Some(Ok(_)) => {
-                    let offset = next[s.partition as usize];
-                    next[s.partition as usize] += 1;
-                    Some(Position {
-                        partition: s.partition,
-                        offset,
-                    })
-                }
-                _ => {
-                    failed += 1;
-                    None
-                }
-            };
-            if let Some(pos) = pos {
-                placements[s.index] = Placement::Appended(pos);
-            }
-            placed.push((s.key, pos));
-        }
-        guard.keys.clear();
-        self.dedupe.settle(placed);
-        if let Some(e) = firsts.iter().flatten().find_map(|r| r.as_ref().err()) {
-            // Events of partitions that did commit stay committed (a retry reports them as
-            // duplicates); the failed partitions' reservations are dropped.
-            crate::metrics::append_failed(failed);
-            guard.placed = Some(false);
-            return Err(journal_error_ref(e));
-        }
-        guard.placed = Some(true);
-        if !repeats.is_empty() {
-            let first: std::collections::HashMap<Key, Position> = staged
-                .iter()
-                .filter_map(|s| match placements[s.index] {
-                    Placement::Appended(p) => Some((s.key, p)),
-                    _ => None,
-                })
-                .collect();
-            for (index, key) in repeats {
-                if let Some(pos) = first.get(&key) {
-                    placements[index] = Placement::Duplicate(*pos);
-                }
-            }
-        }
-        outcome.accepted = staged.len();
-        crate::metrics::ingested(&outcome);
-        Ok(Submitted {
-            outcome,
-            placements,
-        })
+        firsts
     }
 
     /// Entries in the dedupe index.
@@ -460,6 +436,94 @@ struct Staged<'a> {
     partition: u32,
     key: Key,
     item: Item<'a>,
+}
+
+/// One [`Collector::submit`] call's bookkeeping.
+struct Request<'a> {
+    outcome: IngestOutcome,
+    placements: Vec<Placement>,
+    /// The events this request appends.
+    staged: Vec<Staged<'a>>,
+    /// (slot, key) of events repeated within this request.
+    repeats: Vec<(usize, Key)>,
+}
+
+impl<'a> Request<'a> {
+    /// Records what the dedupe index answered for `s`; gives it back with the other request's
+    /// receiver when it must wait for that request.
+    fn reserved(
+        &mut self,
+        s: Staged<'a>,
+        reserve: Reserve,
+    ) -> Option<(Staged<'a>, watch::Receiver<Option<bool>>)> {
+        match reserve {
+            Reserve::New => self.staged.push(s),
+            Reserve::Duplicate(Some(at)) => {
+                self.outcome.duplicates += 1;
+                self.placements[s.index] = Placement::Duplicate(at);
+            }
+            // A repeat within this request: placed where its first copy lands.
+            Reserve::Duplicate(None) => {
+                self.outcome.duplicates += 1;
+                self.repeats.push((s.index, s.key));
+            }
+            Reserve::Wait(other) => return Some((s, other)),
+        }
+        None
+    }
+
+    /// Places the staged events from each partition's first appended offset (staged events
+    /// are in request order, and so in append order within a partition). Returns what to
+    /// settle in the dedupe index and how many events failed.
+    fn place(
+        &mut self,
+        firsts: &[Option<Result<u64, JournalError>>],
+    ) -> (Vec<(Key, Option<Position>)>, usize) {
+        let mut next: Vec<Option<u64>> = firsts
+            .iter()
+            .map(|f| f.as_ref().and_then(|r| r.as_ref().ok()).copied())
+            .collect();
+        let mut failed = 0;
+        let placed = self
+            .staged
+            .iter()
+            .map(|s| {
+                let pos = next[s.partition as usize].as_mut().map(|offset| {
+                    *offset += 1;
+                    Position {
+                        partition: s.partition,
+                        offset: *offset - 1,
+                    }
+                });
+                match pos {
+                    Some(pos) => self.placements[s.index] = Placement::Appended(pos),
+                    None => failed += 1,
+                }
+                (s.key, pos)
+            })
+            .collect();
+        (placed, failed)
+    }
+
+    /// Places each repeat within the request where its first copy landed.
+    fn place_repeats(&mut self) {
+        if self.repeats.is_empty() {
+            return;
+        }
+        let first: std::collections::HashMap<Key, Position> = self
+            .staged
+            .iter()
+            .filter_map(|s| match self.placements[s.index] {
+                Placement::Appended(p) => Some((s.key, p)),
+                _ => None,
+            })
+            .collect();
+        for (index, key) in self.repeats.drain(..) {
+            if let Some(pos) = first.get(&key) {
+                self.placements[index] = Placement::Duplicate(*pos);
+            }
+        }
+    }
 }
 
 /// Drops this request's pending reservations if it ends before they were settled, and tells

@@ -552,6 +552,8 @@ mod tests {
             "m".repeat(100)
         );
         let d = decode_segment(long_id.as_bytes(), SegmentRoute::Single(EventType::Track)).unwrap();
-        assert!(d.messages[0].is_err());
+        let (kind, reason) = d.messages[0].as_ref().unwrap_err();
+        assert_eq!(*kind, ErrorKind::Invalid);
+        assert!(reason.contains("messageId must be shorter"), "{reason}");
     }
 }

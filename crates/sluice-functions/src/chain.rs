@@ -16,7 +16,7 @@ use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros};
 use crate::canonical::{Draft, Failure, draft};
 use crate::enrich::{EnrichConfig, Enrichers, Sessions};
 use crate::registry::Registry;
-use crate::udf::{Functions, Live, OnFailure};
+use crate::udf::{Functions, Live, OnFailure, Stage};
 use crate::validate::{Validation, ValidationConfig};
 
 /// The largest good record by default (after enrichment), in bytes.
@@ -116,43 +116,61 @@ impl Chain {
     }
 
     /// A batch of raw records of one partition, in order, through every stage and the user
-    /// functions of `live`. One outcome per record. With `count` off nothing is counted in the
-    /// metrics (re-running records already processed); with `sessions_only` the run stops
-    /// after the `enrich` stage and yields nothing (rebuilding session state).
+    /// functions of `live`. One outcome per record.
     pub async fn process_batch(
         &self,
         records: &[(Position, &[u8])],
         sessions: &mut Sessions,
         live: &Live,
-        count: bool,
-        sessions_only: bool,
     ) -> Vec<Outcome> {
-        let Some(partition) = records.first().map(|(p, _)| p.partition) else {
+        let Some((partition, mut items)) = self.through_enrich(records, sessions, live, true).await
+        else {
             return Vec::new();
         };
+        self.run_functions(live, Stage::Enrich, &mut items, partition, true)
+            .await;
+        items
+            .into_iter()
+            .map(|item| self.finish(item, true))
+            .collect()
+    }
+
+    /// Runs records already processed through the `enrich` stage again, only to rebuild the
+    /// sessions they left; nothing is counted in the metrics or yielded.
+    pub async fn rebuild_sessions(
+        &self,
+        records: &[(Position, &[u8])],
+        sessions: &mut Sessions,
+        live: &Live,
+    ) {
+        self.through_enrich(records, sessions, live, false).await;
+    }
+
+    /// The stages up to and including `enrich`, with the functions after `canonicalize` and
+    /// `validate`. `None` for an empty batch; with `count` off nothing is counted.
+    async fn through_enrich(
+        &self,
+        records: &[(Position, &[u8])],
+        sessions: &mut Sessions,
+        live: &Live,
+        count: bool,
+    ) -> Option<(u32, Vec<Item>)> {
+        let partition = records.first()?.0.partition;
         let mut items: Vec<Item> = records
             .iter()
             .map(|(pos, value)| self.start(value, *pos, count))
             .collect();
-        self.run_functions(live, 0, &mut items, partition, count)
+        self.run_functions(live, Stage::Canonicalize, &mut items, partition, count)
             .await;
         for item in &mut items {
             self.validate(item, count);
         }
-        self.run_functions(live, 1, &mut items, partition, count)
+        self.run_functions(live, Stage::Validate, &mut items, partition, count)
             .await;
         for item in &mut items {
             self.enrich(item, sessions, count);
         }
-        if sessions_only {
-            return Vec::new();
-        }
-        self.run_functions(live, 2, &mut items, partition, count)
-            .await;
-        items
-            .into_iter()
-            .map(|item| self.finish(item, count))
-            .collect()
+        Some((partition, items))
     }
 
     /// Reads the raw record and makes its draft.
@@ -213,28 +231,24 @@ impl Chain {
             return;
         };
         for d in drafts.iter_mut() {
-            if let Err(f) = self.enrichers.apply(d, raw, sessions) {
-                let function = f
-                    .reason
-                    .split_once(':')
-                    .and_then(|(a, rest)| rest.split_once(':').map(|(b, _)| format!("{a}:{b}")))
-                    .unwrap_or_else(|| "enrich".into());
-                item.state = State::Bad(fail(raw, &function, f, item.pos, count));
+            if let Err(e) = self.enrichers.apply(d, raw, sessions) {
+                let function = format!("enrich:{}", e.step);
+                item.state = State::Bad(fail(raw, &function, e.failure, item.pos, count));
                 return;
             }
         }
     }
 
-    /// Runs the user functions of stage slot `slot` over the live items, in chain order.
+    /// Runs the user functions that run after `stage` over the live items, in chain order.
     async fn run_functions(
         &self,
         live: &Live,
-        slot: usize,
+        stage: Stage,
         items: &mut [Item],
         partition: u32,
         count: bool,
     ) {
-        for f in &live.slots[slot] {
+        for f in live.after(stage) {
             let mut drafts = Vec::new();
             let mut owners = Vec::new();
             for (k, item) in items.iter_mut().enumerate() {

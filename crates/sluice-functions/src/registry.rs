@@ -618,7 +618,8 @@ mod tests {
             "iglu:com.acme/x y/jsonschema/1-0-0",
             "iglu:com.acme/x/jsonschema/1-0-0/extra",
         ] {
-            assert!(SchemaKey::parse_uri(bad).is_err(), "{bad}");
+            let err = SchemaKey::parse_uri(bad).unwrap_err();
+            assert!(err.starts_with(&format!("schema uri {bad:?}")), "{err}");
         }
     }
 

@@ -236,7 +236,7 @@ impl PartitionWorker {
                 .collect();
             let outcomes = self
                 .chain
-                .process_batch(&inputs, &mut sessions, &live, true, false)
+                .process_batch(&inputs, &mut sessions, &live)
                 .await;
             drop(inputs);
             let mut good = Vec::with_capacity(records.len());
@@ -342,7 +342,7 @@ impl PartitionWorker {
                 .collect();
             replayed += inputs.len();
             self.chain
-                .process_batch(&inputs, &mut sessions, &live, false, true)
+                .rebuild_sessions(&inputs, &mut sessions, &live)
                 .await;
             from = last + 1;
         }

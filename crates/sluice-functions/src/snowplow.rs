@@ -83,31 +83,105 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
     let params: Map<String, Value> = serde_json::from_str(raw.payload.get())
         .map_err(|e| parse_err(format!("payload is not a json object of parameters: {e}")))?;
     let mut p = Params(params);
-
     let e = p
         .text("e")?
         .ok_or_else(|| parse_err("event has no \"e\" (event type) parameter"))?;
+    // Parameters are read in this order, so the first wrong one is the one a bad row names.
+    let ids = Ids::read(&mut p, raw)?;
+    let time = Time::read(&mut p, raw)?;
+    let mut snowplow = Map::new();
+    let (mut context, title) = segment_context(&mut p, raw, &mut snowplow)?;
+    snowplow_fields(&mut p, ids.duid, ids.network_userid, &mut snowplow)?;
+    if let Some(entities) = contexts(&mut p)? {
+        context.insert("entities".into(), Value::Array(entities));
+    }
+    let (event_type, event, properties) = event(&e, &mut p, title, &mut context)?;
+    // What is left was not read: keep it as sent.
+    if !p.0.is_empty() {
+        snowplow.insert("unknown".into(), Value::Object(std::mem::take(&mut p.0)));
+    }
+    if !snowplow.is_empty() {
+        context.insert("snowplow".into(), Value::Object(snowplow));
+    }
+    Ok(Draft {
+        event_id: raw.event_id.clone(),
+        event_type,
+        event,
+        source: raw.source.clone(),
+        user_id: ids.user_id,
+        anonymous_id: ids.anonymous_id,
+        timestamp: time.timestamp,
+        sent_at: time.sent_at,
+        received_at: raw.received_at,
+        device_timestamp: time.device,
+        properties,
+        context,
+        enriched: Default::default(),
+        raw: raw_pos,
+    })
+}
 
-    // Ids.
-    let user_id = p.text("uid")?;
-    let duid = p.text("duid")?;
-    let network_userid = p.text("tnuid")?.or_else(|| raw.network_user_id.clone());
-    let anonymous_id = duid.clone().or_else(|| network_userid.clone());
-    // The raw record's event id is the `eid` the tracker sent (or one the collector stamped).
-    p.take("eid");
+/// Who sent the event.
+struct Ids {
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    /// The tracker's domain user id.
+    duid: Option<String>,
+    /// The tracker's network user id, else the collector's cookie id.
+    network_userid: Option<String>,
+}
 
-    // Time.
-    let ttm = p.peek_time("ttm")?;
-    let dtm = p.peek_time("dtm")?;
-    let sent_at = p.time("stm")?;
-    let timestamp = match (ttm, dtm, sent_at) {
-        (Some(t), _, _) => t,
-        (None, Some(d), Some(s)) => raw.received_at.saturating_sub(s.saturating_sub(d)),
-        (None, Some(d), None) => d,
-        (None, None, _) => raw.received_at,
-    };
+impl Ids {
+    fn read(p: &mut Params, raw: &RawEvent) -> Result<Self, Failure> {
+        let user_id = p.text("uid")?;
+        let duid = p.text("duid")?;
+        let network_userid = p.text("tnuid")?.or_else(|| raw.network_user_id.clone());
+        // The raw record's event id is the `eid` the tracker sent (or one the collector stamped).
+        p.take("eid");
+        Ok(Self {
+            user_id,
+            anonymous_id: duid.clone().or_else(|| network_userid.clone()),
+            duid,
+            network_userid,
+        })
+    }
+}
 
-    // Context: Segment's names first.
+/// When the event happened, and was sent, in µs.
+struct Time {
+    timestamp: i64,
+    sent_at: Option<i64>,
+    /// The tracker's own time of the event.
+    device: Option<i64>,
+}
+
+impl Time {
+    fn read(p: &mut Params, raw: &RawEvent) -> Result<Self, Failure> {
+        // `ttm` and `dtm` stay for `context.snowplow`.
+        let ttm = p.peek_time("ttm")?;
+        let dtm = p.peek_time("dtm")?;
+        let sent_at = p.time("stm")?;
+        let timestamp = match (ttm, dtm, sent_at) {
+            (Some(t), _, _) => t,
+            (None, Some(d), Some(s)) => raw.received_at.saturating_sub(s.saturating_sub(d)),
+            (None, Some(d), None) => d,
+            (None, None, _) => raw.received_at,
+        };
+        Ok(Self {
+            timestamp,
+            sent_at,
+            device: ttm.or(dtm),
+        })
+    }
+}
+
+/// The context under Segment's names (`ip`, `userAgent`, `locale`, `timezone`, `page`,
+/// `screen`, `library`), and the page title.
+fn segment_context(
+    p: &mut Params,
+    raw: &RawEvent,
+    snowplow: &mut Map<String, Value>,
+) -> Result<(Map<String, Value>, Option<String>), Failure> {
     let mut context = Map::new();
     if let Some(ip) = p.text("ip")?.or_else(|| raw.ip.clone()) {
         context.insert("ip".into(), Value::String(ip));
@@ -115,7 +189,6 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
     if let Some(ua) = p.text("ua")?.or_else(|| raw.user_agent.clone()) {
         context.insert("userAgent".into(), Value::String(ua));
     }
-    let mut snowplow = Map::new();
     if let Some(lang) = p.text("lang")? {
         context.insert("locale".into(), Value::String(lang.clone()));
         snowplow.insert("br_lang".into(), Value::String(lang));
@@ -155,8 +228,16 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
         library.insert("version".into(), Value::String(tv));
     }
     context.insert("library".into(), Value::Object(library));
+    Ok((context, title))
+}
 
-    // Everything else Snowplow knows, under its enriched names.
+/// Everything else Snowplow knows, under its enriched names.
+fn snowplow_fields(
+    p: &mut Params,
+    duid: Option<String>,
+    network_userid: Option<String>,
+    snowplow: &mut Map<String, Value>,
+) -> Result<(), Failure> {
     for &(param, field, kind) in SNOWPLOW_FIELDS {
         let value = match kind {
             Kind::Text => p.text(param)?.map(Value::String),
@@ -183,13 +264,18 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
             snowplow.insert(h.into(), Value::from(height));
         }
     }
-    if let Some(entities) = contexts(&mut p)? {
-        context.insert("entities".into(), Value::Array(entities));
-    }
+    Ok(())
+}
 
-    // The event itself.
+/// The event itself, by its type `e`: type, name and properties.
+fn event(
+    e: &str,
+    p: &mut Params,
+    title: Option<String>,
+    context: &mut Map<String, Value>,
+) -> Result<(EventType, String, Map<String, Value>), Failure> {
     let mut properties = Map::new();
-    let (event_type, event) = match e.as_str() {
+    let (event_type, name) = match e {
         "pv" => (
             EventType::Page,
             title
@@ -197,16 +283,15 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
                 .unwrap_or_else(|| "page".into()),
         ),
         "pp" => {
-            for (param, prop) in [
-                ("pp_mix", "min_x"),
-                ("pp_max", "max_x"),
-                ("pp_miy", "min_y"),
-                ("pp_may", "max_y"),
-            ] {
-                if let Some(n) = p.number(param)? {
-                    properties.insert(prop.into(), n);
-                }
-            }
+            p.numbers_into(
+                &mut properties,
+                &[
+                    ("pp_mix", "min_x"),
+                    ("pp_max", "max_x"),
+                    ("pp_miy", "min_y"),
+                    ("pp_may", "max_y"),
+                ],
+            )?;
             (EventType::Track, "page_ping".to_string())
         }
         "se" => {
@@ -223,13 +308,11 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
                     ("se_pr", "property"),
                 ],
             )?;
-            if let Some(v) = p.number("se_va")? {
-                properties.insert("value".into(), v);
-            }
+            p.numbers_into(&mut properties, &[("se_va", "value")])?;
             (EventType::Track, action)
         }
         "ue" => {
-            let (schema, data) = unstruct(&mut p)?;
+            let (schema, data) = unstruct(p)?;
             let name = iglu_name(&schema)
                 .ok_or_else(|| {
                     parse_err(format!("ue: inner schema {schema:?} is not an iglu uri"))
@@ -254,11 +337,10 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
                     ("tr_cu", "currency"),
                 ],
             )?;
-            for (param, prop) in [("tr_tt", "total"), ("tr_tx", "tax"), ("tr_sh", "shipping")] {
-                if let Some(n) = p.number(param)? {
-                    properties.insert(prop.into(), n);
-                }
-            }
+            p.numbers_into(
+                &mut properties,
+                &[("tr_tt", "total"), ("tr_tx", "tax"), ("tr_sh", "shipping")],
+            )?;
             (EventType::Track, "transaction".to_string())
         }
         "ti" => {
@@ -277,11 +359,10 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
             {
                 properties.insert("name".into(), Value::String(name));
             }
-            for (param, prop) in [("ti_pr", "price"), ("ti_qu", "quantity")] {
-                if let Some(n) = p.number(param)? {
-                    properties.insert(prop.into(), n);
-                }
-            }
+            p.numbers_into(
+                &mut properties,
+                &[("ti_pr", "price"), ("ti_qu", "quantity")],
+            )?;
             (EventType::Track, "transaction_item".to_string())
         }
         other => {
@@ -290,31 +371,7 @@ pub(crate) fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Draft, F
             )));
         }
     };
-
-    // What is left was not read: keep it as sent.
-    if !p.0.is_empty() {
-        snowplow.insert("unknown".into(), Value::Object(std::mem::take(&mut p.0)));
-    }
-    if !snowplow.is_empty() {
-        context.insert("snowplow".into(), Value::Object(snowplow));
-    }
-
-    Ok(Draft {
-        event_id: raw.event_id.clone(),
-        event_type,
-        event,
-        source: raw.source.clone(),
-        user_id,
-        anonymous_id,
-        timestamp,
-        sent_at,
-        received_at: raw.received_at,
-        device_timestamp: ttm.or(dtm),
-        properties,
-        context,
-        enriched: Default::default(),
-        raw: raw_pos,
-    })
+    Ok((event_type, name, properties))
 }
 
 /// An event's parameters; reading one removes it, so what is left at the end was not read.
@@ -345,6 +402,20 @@ impl Params {
         for (param, prop) in pairs {
             if let Some(v) = self.text(param)? {
                 props.insert((*prop).into(), Value::String(v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies number parameters into `props` under new names.
+    fn numbers_into(
+        &mut self,
+        props: &mut Map<String, Value>,
+        pairs: &[(&str, &str)],
+    ) -> Result<(), Failure> {
+        for (param, prop) in pairs {
+            if let Some(n) = self.number(param)? {
+                props.insert((*prop).into(), n);
             }
         }
         Ok(())

@@ -5,7 +5,10 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde_json::Value;
 use sluice_event::Enrichment;
+
+use super::{Built, Draft, EnrichConfig, Facts, Step};
 
 /// An opened database.
 pub(crate) struct Geo {
@@ -99,6 +102,67 @@ impl Geo {
         out.geo_latitude = city.location.latitude.filter(|l| l.is_finite());
         out.geo_longitude = city.location.longitude.filter(|l| l.is_finite());
         out.geo_timezone = s(city.location.time_zone);
+        Ok(())
+    }
+}
+
+/// `geo`: the `geo_*` fields of the client address.
+pub(super) fn build(c: &EnrichConfig) -> Built {
+    if !c.geo.enabled {
+        return Ok(None);
+    }
+    let path = c
+        .geo
+        .database
+        .as_ref()
+        .ok_or("enrich.geo is enabled but enrich.geo.database is not set")?;
+    Ok(Some(Box::new(Geo::open(path)?)))
+}
+
+impl Step for Geo {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        match facts.ip {
+            Some(ip) => self.lookup(ip, &mut draft.enriched),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `ip_anonymization`: the client address with its last parts zeroed, in the context and the
+/// `ip` column.
+struct Anonymize {
+    ipv4_octets: u8,
+    ipv6_segments: u8,
+}
+
+pub(super) fn build_anonymization(c: &EnrichConfig) -> Built {
+    let a = &c.ip_anonymization;
+    if !a.enabled {
+        return Ok(None);
+    }
+    if !(1..=4).contains(&a.ipv4_octets) || !(1..=8).contains(&a.ipv6_segments) {
+        return Err(
+            "enrich.ip_anonymization: ipv4_octets must be 1-4 and ipv6_segments 1-8".into(),
+        );
+    }
+    Ok(Some(Box::new(Anonymize {
+        ipv4_octets: a.ipv4_octets,
+        ipv6_segments: a.ipv6_segments,
+    })))
+}
+
+impl Step for Anonymize {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        if let Some(ip) = facts.ip {
+            let masked = anonymize(ip, self.ipv4_octets, self.ipv6_segments).to_string();
+            draft
+                .context
+                .insert("ip".into(), Value::String(masked.clone()));
+            draft.enriched.ip = Some(masked);
+        } else if draft.context.remove("ip").is_some() {
+            // Not an address: nothing can be kept safely.
+            draft.enriched.ip = None;
+        }
         Ok(())
     }
 }

@@ -21,20 +21,22 @@
 //! database record that does not decode) makes the event an `enrichment_failure` bad row naming
 //! the enricher.
 
+mod clock;
+mod fingerprint;
 mod geo;
+mod pii;
 mod session;
 mod ua;
 mod url;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sha2::Sha256;
-use sluice_event::{BadKind, RawEvent};
+use sluice_event::{BadKind, Enrichment, RawEvent};
 
 use crate::canonical::{Draft, Failure};
 pub use session::Sessions;
@@ -293,287 +295,134 @@ impl EnrichConfig {
     }
 }
 
-/// The enrichers, built once from the config and shared by every partition.
+/// One enricher: reads the draft and the event's [`Facts`], writes its own fields. `Err` is why
+/// the event cannot be enriched: an `enrichment_failure` bad row naming the enricher.
+pub(crate) trait Step: Send + Sync {
+    /// Enriches one event.
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String>;
+}
+
+/// An enricher built from the config: `None` when it is switched off, `Err` when the config is
+/// wrong.
+pub(crate) type Built = Result<Option<Box<dyn Step>>, String>;
+type Build = fn(&EnrichConfig) -> Built;
+
+/// The step `make` builds, when it is `enabled`.
+fn when<S: Step + 'static>(enabled: bool, make: impl FnOnce() -> S) -> Built {
+    Ok(enabled.then(|| Box::new(make()) as Box<dyn Step>))
+}
+
+/// The enrichers in the order they run (the table above), by the name of their `[enrich.*]`
+/// section, which their bad rows give as `enrich:<name>`. Adding one is a module and a line.
+const ORDER: &[(&str, Build)] = &[
+    ("clock_skew", clock::build),
+    ("page", url::build_page),
+    ("campaign", url::build_campaign),
+    ("referer", url::build_referer),
+    ("ua", ua::build_ua),
+    ("bots", ua::build_bots),
+    ("geo", geo::build),
+    ("ip_anonymization", geo::build_anonymization),
+    ("pii", pii::build),
+    ("session", session::build),
+    ("fingerprint", fingerprint::build),
+];
+
+/// What several enrichers read, worked out once per event before the first runs.
+pub(crate) struct Facts<'a> {
+    /// The raw record the event came from.
+    pub(crate) raw: &'a RawEvent,
+    /// The partition's sessions.
+    pub(crate) sessions: &'a mut Sessions,
+    /// `context.page.url`, else `properties.url`.
+    pub(crate) page_url: Option<String>,
+    /// `context.userAgent`, else the collector's.
+    pub(crate) user_agent: Option<String>,
+    /// `context.ip`, when it is an address.
+    pub(crate) ip: Option<IpAddr>,
+    parsed_ua: Option<Enrichment>,
+}
+
+impl Facts<'_> {
+    /// The user agent's `ua_*` fields, parsed once for every enricher that reads them.
+    pub(crate) fn parsed_ua(&mut self) -> Option<&Enrichment> {
+        let text = self.user_agent.as_deref()?;
+        Some(self.parsed_ua.get_or_insert_with(|| {
+            let mut parsed = Enrichment::default();
+            ua::parse(&woothee::parser::Parser::new(), text, &mut parsed);
+            parsed
+        }))
+    }
+}
+
+/// An enricher failed: which, and why.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    /// The enricher's name.
+    pub(crate) step: &'static str,
+    /// The bad row's kind and reason.
+    pub(crate) failure: Failure,
+}
+
+/// The enabled enrichers, built once from the config and shared by every partition.
 pub(crate) struct Enrichers {
-    config: EnrichConfig,
-    ua: Option<woothee::parser::Parser>,
-    bots: Option<ua::Bots>,
-    geo: Option<geo::Geo>,
-    pii_key: Option<Vec<u8>>,
+    steps: Vec<(&'static str, Box<dyn Step>)>,
+    sessions: bool,
 }
 
 impl Enrichers {
+    /// Builds the enabled enrichers; `Err` names what is wrong in the config.
     pub(crate) fn new(config: EnrichConfig) -> Result<Self, String> {
-        let ua = (config.ua.enabled || config.bots.enabled).then(woothee::parser::Parser::new);
-        let bots = if config.bots.enabled {
-            Some(ua::Bots::new(
-                &config.bots.patterns,
-                &config.bots.ip_ranges,
-            )?)
-        } else {
-            None
-        };
-        let geo = if config.geo.enabled {
-            let path = config
-                .geo
-                .database
-                .as_ref()
-                .ok_or("enrich.geo is enabled but enrich.geo.database is not set")?;
-            Some(geo::Geo::open(path)?)
-        } else {
-            None
-        };
-        let a = &config.ip_anonymization;
-        if a.enabled && (!(1..=4).contains(&a.ipv4_octets) || !(1..=8).contains(&a.ipv6_segments)) {
-            return Err(
-                "enrich.ip_anonymization: ipv4_octets must be 1-4 and ipv6_segments 1-8".into(),
-            );
-        }
-        let pii_key = if config.pii.enabled {
-            let key = config
-                .pii
-                .key
-                .as_deref()
-                .ok_or("enrich.pii is enabled but enrich.pii.key is not set")?;
-            let key = match key.strip_prefix("env:") {
-                Some(var) => std::env::var(var).map_err(|_| {
-                    format!("enrich.pii.key: environment variable {var} is not set")
-                })?,
-                None => key.to_string(),
-            };
-            if key.len() < 16 {
-                return Err("enrich.pii.key must be at least 16 bytes".into());
-            }
-            for f in &config.pii.fields {
-                let ok = matches!(f.as_str(), "user_id" | "anonymous_id" | "ip")
-                    || f.strip_prefix("properties.")
-                        .or_else(|| f.strip_prefix("context."))
-                        .is_some_and(|p| !p.is_empty() && !p.split('.').any(str::is_empty));
-                if !ok {
-                    return Err(format!(
-                        "enrich.pii.fields: {f:?} is not user_id, anonymous_id, ip, properties.<path> or context.<path>"
-                    ));
-                }
-            }
-            Some(key.into_bytes())
-        } else {
-            None
-        };
-        let s = &config.session;
-        if s.enabled && (s.timeout.is_zero() || s.max_users == 0) {
-            return Err("enrich.session: timeout and max_users must be above zero".into());
+        let mut steps = Vec::new();
+        for (name, build) in ORDER {
+            steps.extend(build(&config)?.map(|step| (*name, step)));
         }
         Ok(Self {
-            config,
-            ua,
-            bots,
-            geo,
-            pii_key,
+            steps,
+            sessions: config.session.enabled,
         })
     }
 
     pub(crate) fn uses_sessions(&self) -> bool {
-        self.config.session.enabled
+        self.sessions
     }
 
-    /// Runs every enabled enricher on `draft`.
+    /// Runs every enabled enricher on `draft`, in order.
     pub(crate) fn apply(
         &self,
         draft: &mut Draft,
         raw: &RawEvent,
         sessions: &mut Sessions,
-    ) -> Result<(), Failure> {
-        let c = &self.config;
-        if c.clock_skew.enabled {
-            let max_future = i64::try_from(c.clock_skew.max_future.as_micros()).unwrap_or(i64::MAX);
-            if draft.timestamp > draft.received_at.saturating_add(max_future) {
-                draft.timestamp = draft.received_at;
-            }
-        } else if let Some(t) = draft.device_timestamp {
-            draft.timestamp = t;
-        }
-
-        let page_url = str_at(&draft.context, &["page", "url"])
-            .or_else(|| str_at(&draft.properties, &["url"]))
-            .map(str::to_string);
-        if c.page.enabled
-            && let Some(u) = &page_url
-        {
-            url::page(u, &mut draft.enriched);
-        }
-        if c.campaign.enabled {
-            let found = page_url
-                .as_deref()
-                .is_some_and(|u| url::campaign(u, &c.campaign.click_ids, &mut draft.enriched));
-            if !found && let Some(Value::Object(camp)) = draft.context.get("campaign") {
-                let e = &mut draft.enriched;
-                let get = |k: &str| {
-                    camp.get(k)
-                        .and_then(Value::as_str)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                };
-                e.mkt_source = get("source");
-                e.mkt_medium = get("medium");
-                e.mkt_campaign = get("name");
-                e.mkt_term = get("term");
-                e.mkt_content = get("content");
-            }
-        }
-        if c.referer.enabled {
-            let refr = str_at(&draft.context, &["page", "referrer"])
-                .or_else(|| str_at(&draft.properties, &["referrer"]));
-            if let Some(r) = refr {
-                // The page enricher has parsed the URL already when it ran.
-                let host = draft.enriched.page_host.clone().or_else(|| {
-                    page_url
-                        .as_deref()
-                        .and_then(|u| ::url::Url::parse(u).ok())
-                        .and_then(|u| u.host_str().map(str::to_string))
-                });
-                url::referer(
-                    r,
-                    host.as_deref(),
-                    &c.referer.internal_domains,
-                    &mut draft.enriched,
-                );
-            }
-        }
-
-        let user_agent = str_at(&draft.context, &["userAgent"])
-            .map(str::to_string)
-            .or_else(|| raw.user_agent.clone());
+    ) -> Result<(), Failed> {
         let ip_text = str_at(&draft.context, &["ip"]).map(str::to_string);
-        let ip = ip_text.as_deref().and_then(geo::parse_ip);
-        if let (Some(parser), Some(ua_text)) = (&self.ua, user_agent.as_deref()) {
-            let mut parsed = sluice_event::Enrichment::default();
-            ua::parse(parser, ua_text, &mut parsed);
-            if c.bots.enabled
-                && let Some(bots) = &self.bots
-            {
-                draft.enriched.is_bot =
-                    Some(bots.is_bot(Some(ua_text), parsed.ua_device_class.as_deref(), ip));
-            }
-            if c.ua.enabled {
-                let e = &mut draft.enriched;
-                e.ua_browser = parsed.ua_browser;
-                e.ua_browser_version = parsed.ua_browser_version;
-                e.ua_os = parsed.ua_os;
-                e.ua_os_version = parsed.ua_os_version;
-                e.ua_vendor = parsed.ua_vendor;
-                e.ua_device_class = parsed.ua_device_class;
-            }
-        } else if let Some(bots) = &self.bots {
-            draft.enriched.is_bot = Some(bots.is_bot(None, None, ip));
-        }
-
-        if let (Some(g), Some(ip)) = (&self.geo, ip) {
-            g.lookup(ip, &mut draft.enriched)
-                .map_err(|reason| Failure {
-                    kind: BadKind::EnrichmentFailure,
-                    reason: format!("enrich:geo: {reason}"),
-                })?;
-        }
-        draft.enriched.ip = ip_text;
-        let a = &c.ip_anonymization;
-        if a.enabled
-            && let Some(ip) = ip
-        {
-            let masked = geo::anonymize(ip, a.ipv4_octets, a.ipv6_segments).to_string();
-            draft
-                .context
-                .insert("ip".into(), Value::String(masked.clone()));
-            draft.enriched.ip = Some(masked);
-        } else if a.enabled {
-            // Not an address: nothing can be kept safely.
-            if draft.context.remove("ip").is_some() {
-                draft.enriched.ip = None;
-            }
-        }
-
-        if let Some(key) = &self.pii_key {
-            self.pseudonymise(key, draft);
-        }
-
-        if c.session.enabled {
-            let tracker = str_at(&draft.context, &["snowplow", "domain_sessionid"])
+        let mut facts = Facts {
+            raw,
+            sessions,
+            page_url: str_at(&draft.context, &["page", "url"])
+                .or_else(|| str_at(&draft.properties, &["url"]))
+                .map(str::to_string),
+            user_agent: str_at(&draft.context, &["userAgent"])
                 .map(str::to_string)
-                .or_else(|| match draft.context.get("sessionId") {
-                    Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                    Some(Value::Number(n)) => Some(n.to_string()),
-                    _ => None,
-                });
-            if let Some(id) = tracker {
-                draft.enriched.session_id = Some(id);
-                draft.enriched.session_index = match draft
-                    .context
-                    .get("snowplow")
-                    .and_then(|s| s.get("domain_sessionidx"))
-                {
-                    Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
-                    Some(Value::String(s)) => s.parse().ok(),
-                    _ => None,
-                };
-            } else {
-                let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-                let user = draft.routing_key().to_string();
-                let (id, index) = sessions.assign(
-                    &user,
-                    draft.timestamp,
-                    micros(c.session.timeout),
-                    micros(c.session.forget_after),
-                    c.session.max_users,
-                );
-                draft.enriched.session_id = Some(id);
-                draft.enriched.session_index = Some(index);
-            }
-        }
-
-        if c.fingerprint.enabled {
-            draft.enriched.event_fingerprint = Some(fingerprint(raw, &c.fingerprint.exclude));
+                .or_else(|| raw.user_agent.clone()),
+            ip: ip_text.as_deref().and_then(geo::parse_ip),
+            parsed_ua: None,
+        };
+        // The address as sent is a column whatever runs; ip_anonymization and pii rewrite it.
+        draft.enriched.ip = ip_text;
+        for (name, step) in &self.steps {
+            step.apply(draft, &mut facts).map_err(|reason| Failed {
+                step: name,
+                failure: Failure {
+                    kind: BadKind::EnrichmentFailure,
+                    reason: format!("enrich:{name}: {reason}"),
+                },
+            })?;
         }
         Ok(())
     }
-
-    fn pseudonymise(&self, key: &[u8], draft: &mut Draft) {
-        let hash = |v: &str| -> String {
-            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-                .expect("hmac takes keys of any length");
-            mac.update(v.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
-        };
-        for field in &self.config.pii.fields {
-            match field.as_str() {
-                "user_id" => draft.user_id = draft.user_id.as_deref().map(hash),
-                "anonymous_id" => draft.anonymous_id = draft.anonymous_id.as_deref().map(hash),
-                "ip" => {
-                    if let Some(Value::String(s)) = draft.context.get_mut("ip") {
-                        *s = hash(s);
-                    }
-                    draft.enriched.ip = draft.enriched.ip.as_deref().map(hash);
-                }
-                f => {
-                    let (map, path) = match f.split_once('.') {
-                        Some(("properties", p)) => (&mut draft.properties, p),
-                        Some(("context", p)) => (&mut draft.context, p),
-                        _ => continue,
-                    };
-                    if let Some(v) = value_at_mut(map, path)
-                        && !v.is_null()
-                    {
-                        let text = match &*v {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        *v = Value::String(hash(&text));
-                    }
-                }
-            }
-        }
-    }
 }
 
-fn str_at<'a>(map: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(map: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
     let (last, parents) = path.split_last()?;
     let mut m = map;
     for p in parents {
@@ -582,36 +431,16 @@ fn str_at<'a>(map: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
     m.get(*last)?.as_str().filter(|s| !s.is_empty())
 }
 
-fn value_at_mut<'a>(map: &'a mut Map<String, Value>, path: &str) -> Option<&'a mut Value> {
+pub(crate) fn value_at_mut<'a>(
+    map: &'a mut Map<String, Value>,
+    path: &str,
+) -> Option<&'a mut Value> {
     let mut parts = path.split('.');
     let mut v = map.get_mut(parts.next()?)?;
     for p in parts {
         v = v.as_object_mut()?.get_mut(p)?;
     }
     Some(v)
-}
-
-/// xxh3-128 of the payload's top-level members minus `exclude`, in key order, as 32 hex digits.
-/// A payload that is not an object is hashed whole.
-pub(crate) fn fingerprint(raw: &RawEvent, exclude: &[String]) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(raw.source.as_bytes());
-    h.update(&[0xff]);
-    match serde_json::from_str::<BTreeMap<&str, &serde_json::value::RawValue>>(raw.payload.get()) {
-        Ok(members) => {
-            for (k, v) in members {
-                if exclude.iter().any(|e| e == k) {
-                    continue;
-                }
-                h.update(k.as_bytes());
-                h.update(&[0xfe]);
-                h.update(v.get().as_bytes());
-                h.update(&[0xff]);
-            }
-        }
-        Err(_) => h.update(raw.payload.get().as_bytes()),
-    }
-    format!("{:032x}", h.digest128())
 }
 
 #[cfg(test)]
@@ -711,15 +540,16 @@ mod tests {
     #[test]
     fn fingerprints_ignore_per_send_fields_only() {
         let ex: Vec<String> = FINGERPRINT_EXCLUDE.iter().map(|s| s.to_string()).collect();
-        let a = fingerprint(
+        let a = fingerprint::fingerprint(
             &raw(json!({"event": "x", "messageId": "1", "sentAt": "a", "p": 1})),
             &ex,
         );
-        let b = fingerprint(
+        let b = fingerprint::fingerprint(
             &raw(json!({"p": 1, "event": "x", "messageId": "2", "sentAt": "b"})),
             &ex,
         );
-        let c = fingerprint(&raw(json!({"event": "x", "messageId": "1", "p": 2})), &ex);
+        let c =
+            fingerprint::fingerprint(&raw(json!({"event": "x", "messageId": "1", "p": 2})), &ex);
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -748,6 +578,6 @@ mod tests {
         assert!(Enrichers::new(c).err().unwrap().contains("password"));
         let mut c = EnrichConfig::default();
         c.bots.ip_ranges = vec!["x".into()];
-        assert!(Enrichers::new(c).is_err());
+        assert!(Enrichers::new(c).err().unwrap().contains("ip_ranges"));
     }
 }

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Built, Draft, EnrichConfig, Facts, Step, str_at};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Session {
@@ -99,6 +102,71 @@ impl Sessions {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.users.len()
+    }
+}
+
+/// `session`: the tracker's session when it sent one, else one assigned per user here.
+struct Sessionize {
+    /// The inactivity gap that ends a session, µs.
+    timeout: i64,
+    /// Idle time after which a user is forgotten, µs.
+    forget_after: i64,
+    max_users: usize,
+}
+
+pub(super) fn build(c: &EnrichConfig) -> Built {
+    let s = &c.session;
+    if !s.enabled {
+        return Ok(None);
+    }
+    if s.timeout.is_zero() || s.max_users == 0 {
+        return Err("enrich.session: timeout and max_users must be above zero".into());
+    }
+    let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    Ok(Some(Box::new(Sessionize {
+        timeout: micros(s.timeout),
+        forget_after: micros(s.forget_after),
+        max_users: s.max_users,
+    })))
+}
+
+impl Step for Sessionize {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        let tracker = str_at(&draft.context, &["snowplow", "domain_sessionid"])
+            .map(str::to_string)
+            .or_else(|| match draft.context.get("sessionId") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+        let (id, index) = match tracker {
+            Some(id) => {
+                let index = match draft
+                    .context
+                    .get("snowplow")
+                    .and_then(|s| s.get("domain_sessionidx"))
+                {
+                    Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+                    Some(Value::String(s)) => s.parse().ok(),
+                    _ => None,
+                };
+                (id, index)
+            }
+            None => {
+                let user = draft.routing_key().to_string();
+                let (id, index) = facts.sessions.assign(
+                    &user,
+                    draft.timestamp,
+                    self.timeout,
+                    self.forget_after,
+                    self.max_users,
+                );
+                (id, Some(index))
+            }
+        };
+        draft.enriched.session_id = Some(id);
+        draft.enriched.session_index = index;
+        Ok(())
     }
 }
 

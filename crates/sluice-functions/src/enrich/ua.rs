@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use regex::RegexSet;
 use sluice_event::Enrichment;
 
+use super::{Built, Draft, EnrichConfig, Facts, Step, when};
+
 /// Longest user agent parsed; a longer one is not a browser's.
 const MAX_UA_BYTES: usize = 2048;
 
@@ -76,6 +78,49 @@ fn device_class(category: &str, ua: &str) -> &'static str {
         "crawler" => "bot",
         "appliance" => "appliance",
         _ => "other",
+    }
+}
+
+/// `ua`: the browser, OS, vendor and device class.
+struct Ua;
+
+pub(super) fn build_ua(c: &EnrichConfig) -> Built {
+    when(c.ua.enabled, || Ua)
+}
+
+impl Step for Ua {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        if let Some(parsed) = facts.parsed_ua() {
+            let e = &mut draft.enriched;
+            e.ua_browser = parsed.ua_browser.clone();
+            e.ua_browser_version = parsed.ua_browser_version.clone();
+            e.ua_os = parsed.ua_os.clone();
+            e.ua_os_version = parsed.ua_os_version.clone();
+            e.ua_vendor = parsed.ua_vendor.clone();
+            e.ua_device_class = parsed.ua_device_class.clone();
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn build_bots(c: &EnrichConfig) -> Built {
+    if !c.bots.enabled {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(Bots::new(
+        &c.bots.patterns,
+        &c.bots.ip_ranges,
+    )?)))
+}
+
+/// `bots`: `is_bot` from the user agent, its device class and the client address.
+impl Step for Bots {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        let ip = facts.ip;
+        let class = facts.parsed_ua().and_then(|p| p.ua_device_class.clone());
+        let is_bot = self.is_bot(facts.user_agent.as_deref(), class.as_deref(), ip);
+        draft.enriched.is_bot = Some(is_bot);
+        Ok(())
     }
 }
 
@@ -308,9 +353,22 @@ mod tests {
         assert!(!bots.is_bot(None, None, ip("192.0.2.8")));
         assert!(bots.is_bot(Some("mymonitor/1.0"), None, None));
         assert!(!bots.is_bot(Some("Mozilla/5.0"), None, None));
-        assert!(Bots::new(&["(".into()], &[]).is_err());
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope").is_err());
+        assert!(
+            Bots::new(&["(".into()], &[])
+                .err()
+                .unwrap()
+                .contains("patterns")
+        );
+        assert!(
+            Cidr::parse("10.0.0.0/33")
+                .unwrap_err()
+                .contains("prefix length")
+        );
+        assert!(
+            Cidr::parse("nope")
+                .unwrap_err()
+                .contains("not an address range")
+        );
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .unwrap()

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
 use sluice_event::Enrichment;
 use url::Url;
+
+use super::{Built, Draft, EnrichConfig, Facts, Step, str_at, when};
 
 /// Longest URL parsed.
 const MAX_URL_BYTES: usize = 8192;
@@ -98,6 +101,92 @@ fn bare_host(u: &Url) -> Option<String> {
         .or_else(|| h.strip_prefix("m."))
         .unwrap_or(&h);
     Some(h.trim_end_matches('.').to_string())
+}
+
+/// `page`: the page URL's parts.
+struct Page;
+
+pub(super) fn build_page(c: &EnrichConfig) -> Built {
+    when(c.page.enabled, || Page)
+}
+
+impl Step for Page {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        if let Some(u) = &facts.page_url {
+            page(u, &mut draft.enriched);
+        }
+        Ok(())
+    }
+}
+
+/// `campaign`: the page URL's campaign, else the tracker's `context.campaign`.
+struct Campaign {
+    click_ids: BTreeMap<String, String>,
+}
+
+pub(super) fn build_campaign(c: &EnrichConfig) -> Built {
+    when(c.campaign.enabled, || Campaign {
+        click_ids: c.campaign.click_ids.clone(),
+    })
+}
+
+impl Step for Campaign {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        let found = facts
+            .page_url
+            .as_deref()
+            .is_some_and(|u| campaign(u, &self.click_ids, &mut draft.enriched));
+        if !found && let Some(Value::Object(camp)) = draft.context.get("campaign") {
+            let e = &mut draft.enriched;
+            let get = |k: &str| {
+                camp.get(k)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            };
+            e.mkt_source = get("source");
+            e.mkt_medium = get("medium");
+            e.mkt_campaign = get("name");
+            e.mkt_term = get("term");
+            e.mkt_content = get("content");
+        }
+        Ok(())
+    }
+}
+
+/// `referer`: where the visitor came from.
+struct Referer {
+    internal_domains: Vec<String>,
+}
+
+pub(super) fn build_referer(c: &EnrichConfig) -> Built {
+    when(c.referer.enabled, || Referer {
+        internal_domains: c.referer.internal_domains.clone(),
+    })
+}
+
+impl Step for Referer {
+    fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
+        let refr = str_at(&draft.context, &["page", "referrer"])
+            .or_else(|| str_at(&draft.properties, &["referrer"]));
+        if let Some(r) = refr {
+            // The page enricher has parsed the URL already when it ran.
+            let host = draft.enriched.page_host.clone().or_else(|| {
+                facts
+                    .page_url
+                    .as_deref()
+                    .and_then(|u| Url::parse(u).ok())
+                    .and_then(|u| u.host_str().map(str::to_string))
+            });
+            referer(
+                r,
+                host.as_deref(),
+                &self.internal_domains,
+                &mut draft.enriched,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The page URL's parts.

@@ -45,8 +45,30 @@ use logs::Logs;
 use meter::Meter;
 use pool::Pool;
 
-/// The built-in stages a function can run after, in chain order.
-pub const STAGES: [&str; 3] = ["canonicalize", "validate", "enrich"];
+/// A built-in stage a function can run after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Raw record → event.
+    Canonicalize,
+    /// Schema validation.
+    Validate,
+    /// The built-in enrichers.
+    Enrich,
+}
+
+impl Stage {
+    /// Every stage, in chain order.
+    pub const ALL: [Stage; 3] = [Stage::Canonicalize, Stage::Validate, Stage::Enrich];
+
+    /// Its name, as a function's `after` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Canonicalize => "canonicalize",
+            Self::Validate => "validate",
+            Self::Enrich => "enrich",
+        }
+    }
+}
 
 /// Why a function operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,13 +227,14 @@ impl LiveFn {
 /// The functions that run now, per built-in stage, in order.
 #[derive(Default)]
 pub struct Live {
-    pub(crate) slots: [Vec<Arc<LiveFn>>; 3],
+    /// Indexed by [`Stage`].
+    after: [Vec<Arc<LiveFn>>; 3],
 }
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<Vec<String>> = self
-            .slots
+            .after
             .iter()
             .map(|s| {
                 s.iter()
@@ -219,19 +242,24 @@ impl std::fmt::Debug for Live {
                     .collect()
             })
             .collect();
-        f.debug_struct("Live").field("slots", &names).finish()
+        f.debug_struct("Live").field("after", &names).finish()
     }
 }
 
 impl Live {
+    /// The functions that run after `stage`, in order.
+    pub(crate) fn after(&self, stage: Stage) -> &[Arc<LiveFn>] {
+        &self.after[stage as usize]
+    }
+
     /// Whether no function runs.
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Vec::is_empty)
+        self.after.iter().all(Vec::is_empty)
     }
 
     /// The longest batching window of any running function.
     pub fn batch_window(&self) -> Duration {
-        self.slots
+        self.after
             .iter()
             .flatten()
             .map(|f| Duration::from_millis(f.spec.batch_window_ms))
@@ -241,7 +269,7 @@ impl Live {
 
     /// The largest batch of any function with a batching window (what the runner waits to fill).
     pub fn windowed_batch_size(&self) -> usize {
-        self.slots
+        self.after
             .iter()
             .flatten()
             .filter(|f| f.spec.batch_window_ms > 0)
@@ -252,17 +280,12 @@ impl Live {
 
     /// The largest batch of any running function (the runner reads at least that many).
     pub fn max_batch_size(&self) -> usize {
-        self.slots
+        self.after
             .iter()
             .flatten()
             .map(|f| f.spec.batch_size)
             .max()
             .unwrap_or(0)
-    }
-
-    /// Whether a function runs before the `enrich` stage (sessions then depend on it).
-    pub fn before_enrich(&self) -> bool {
-        !self.slots[0].is_empty() || !self.slots[1].is_empty()
     }
 }
 
@@ -514,23 +537,23 @@ impl Functions {
             .iter()
             .map(|(n, v)| (n.clone(), v.spec.after.clone()))
             .collect();
-        let slots = order(&afters).map_err(UdfError::Invalid)?;
+        let stages = order(&afters).map_err(UdfError::Invalid)?;
         let current = self.live();
         let running: BTreeMap<(String, u32), Arc<LiveFn>> = current
-            .slots
+            .after
             .iter()
             .flatten()
             .map(|f| ((f.name.clone(), f.version), f.clone()))
             .collect();
         let mut next = Live::default();
-        for (s, names) in slots.into_iter().enumerate() {
+        for (s, names) in stages.into_iter().enumerate() {
             for name in names {
                 let v = &versions[&name];
                 let f = match running.get(&(name.clone(), v.version)) {
                     Some(f) => f.clone(),
                     None => Arc::new(self.start(&name, v)?),
                 };
-                next.slots[s].push(f);
+                next.after[s].push(f);
             }
         }
         *self.live.write() = Arc::new(next);
@@ -594,8 +617,8 @@ fn check_code(name: &str, code: &str, spec: &FunctionSpec) -> Result<Mode, UdfEr
         .map_err(|_| UdfError::Invalid("the module crashed its sandbox while loading".into()))?
 }
 
-/// Orders functions into the built-in stages' slots: each stage's functions by name, each
-/// followed by the functions that run after it. `Err` names a function whose `after` is
+/// Orders functions by the built-in stage they follow (indexed by [`Stage`]): each stage's
+/// functions by name, each followed by the functions that run after it. `Err` names a function whose `after` is
 /// neither a stage nor a function, or a cycle.
 fn order(afters: &BTreeMap<String, String>) -> Result<[Vec<String>; 3], String> {
     fn follow(
@@ -615,11 +638,11 @@ fn order(afters: &BTreeMap<String, String>) -> Result<[Vec<String>; 3], String> 
         }
     }
     let mut placed = BTreeSet::new();
-    let mut slots: [Vec<String>; 3] = Default::default();
-    for (s, stage) in STAGES.iter().enumerate() {
+    let mut stages: [Vec<String>; 3] = Default::default();
+    for stage in Stage::ALL {
         for (n, a) in afters {
-            if a == stage {
-                follow(n, afters, &mut slots[s], &mut placed);
+            if a == stage.as_str() {
+                follow(n, afters, &mut stages[stage as usize], &mut placed);
             }
         }
     }
@@ -632,7 +655,7 @@ fn order(afters: &BTreeMap<String, String>) -> Result<[Vec<String>; 3], String> 
             )
         });
     }
-    Ok(slots)
+    Ok(stages)
 }
 
 #[cfg(test)]
@@ -652,9 +675,9 @@ mod tests {
         .map(|(x, y)| (x.to_string(), y.to_string()))
         .collect();
         let s = order(&a).unwrap();
-        assert_eq!(s[0], ["d"]);
-        assert!(s[1].is_empty());
-        assert_eq!(s[2], ["a", "c", "e", "b"]);
+        assert_eq!(s[Stage::Canonicalize as usize], ["d"]);
+        assert!(s[Stage::Validate as usize].is_empty());
+        assert_eq!(s[Stage::Enrich as usize], ["a", "c", "e", "b"]);
         let mut cyc = a.clone();
         cyc.insert("a".into(), "e".into());
         assert!(order(&cyc).unwrap_err().contains("cycle"));
@@ -676,21 +699,21 @@ mod tests {
             (r.version, r.outcome, r.mode),
             (1, DeployOutcome::Created, Mode::Event)
         );
-        assert_eq!(f.live().slots[2].len(), 1);
+        assert_eq!(f.live().after(Stage::Enrich).len(), 1);
         let err = f.deploy("tag", "export const x = 1;", &spec).unwrap_err();
         assert!(matches!(err, UdfError::Invalid(_)), "{err}");
         let after_missing = FunctionSpec {
             after: "nope".into(),
             ..spec.clone()
         };
-        assert!(
-            f.deploy(
+        let err = f
+            .deploy(
                 "other",
                 "function transform(e) { return e; }",
-                &after_missing
+                &after_missing,
             )
-            .is_err()
-        );
+            .unwrap_err();
+        assert!(matches!(err, UdfError::Invalid(_)), "{err}");
         let after_tag = FunctionSpec {
             after: "tag".into(),
             secrets: [("k".to_string(), "v".to_string())].into(),
@@ -699,21 +722,26 @@ mod tests {
         f.deploy("second", "function transform(e) { return e; }", &after_tag)
             .unwrap();
         assert!(matches!(f.delete("tag"), Err(UdfError::Conflict(_))));
-        let names: Vec<String> = f.live().slots[2].iter().map(|x| x.name.clone()).collect();
+        let names: Vec<String> = f
+            .live()
+            .after(Stage::Enrich)
+            .iter()
+            .map(|x| x.name.clone())
+            .collect();
         assert_eq!(names, ["tag", "second"]);
         let shown = f.show("second").unwrap();
         assert_eq!(shown.versions[0].spec.secrets["k"], "***");
         f.deploy("tag", "export function process(e) { return e; }", &spec)
             .unwrap();
-        assert_eq!(f.live().slots[2][0].version, 2);
+        assert_eq!(f.live().after(Stage::Enrich)[0].version, 2);
         assert_eq!(f.rollback("tag", None).unwrap(), 1);
-        assert_eq!(f.live().slots[2][0].version, 1);
+        assert_eq!(f.live().after(Stage::Enrich)[0].version, 1);
         // A restart finds the same running set.
         drop(f);
         let f = Functions::open(dir.path(), 2).unwrap();
         let live = f.live();
         assert_eq!(
-            live.slots[2]
+            live.after(Stage::Enrich)
                 .iter()
                 .map(|x| (x.name.as_str(), x.version))
                 .collect::<Vec<_>>(),

@@ -72,7 +72,7 @@ async fn run(f: &Fixture, n: usize, received_at: i64) -> (Vec<(u64, Value)>, Vec
     let live = f.chain.live();
     let out = f
         .chain
-        .process_batch(&inputs, &mut ChainState::default(), &live, true, false)
+        .process_batch(&inputs, &mut ChainState::default(), &live)
         .await;
     assert_eq!(out.len(), n, "one outcome per raw record");
     let mut good = Vec::new();

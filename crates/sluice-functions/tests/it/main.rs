@@ -1,0 +1,6 @@
+//! The integration tests of sluice-functions, as one binary (each test binary links the whole
+//! dependency tree; one link instead of several keeps the build short).
+
+mod chain;
+mod runner;
+mod udf;
