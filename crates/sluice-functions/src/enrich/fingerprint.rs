@@ -5,19 +5,13 @@ use std::collections::BTreeMap;
 
 use sluice_event::RawEvent;
 
-use super::{Built, Draft, EnrichConfig, Facts, Step, when};
-
-struct Fingerprint {
-    exclude: Vec<String>,
-}
+use super::{Built, Draft, EnrichConfig, Facts, FingerprintConfig, Step, when};
 
 pub(super) fn build(c: &EnrichConfig) -> Built {
-    when(c.fingerprint.enabled, || Fingerprint {
-        exclude: c.fingerprint.exclude.clone(),
-    })
+    when(c.fingerprint.enabled, || c.fingerprint.clone())
 }
 
-impl Step for Fingerprint {
+impl Step for FingerprintConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         draft.enriched.event_fingerprint = Some(fingerprint(facts.raw, &self.exclude));
         Ok(())

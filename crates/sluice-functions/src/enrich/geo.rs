@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_event::Enrichment;
 
-use super::{Built, Draft, EnrichConfig, Facts, Step};
+use super::{Built, Draft, EnrichConfig, Facts, IpAnonymizationConfig, Step, when};
 
 /// An opened database.
 pub(crate) struct Geo {
@@ -128,30 +128,19 @@ impl Step for Geo {
     }
 }
 
-/// `ip_anonymization`: the client address with its last parts zeroed, in the context and the
-/// `ip` column.
-struct Anonymize {
-    ipv4_octets: u8,
-    ipv6_segments: u8,
-}
-
 pub(super) fn build_anonymization(c: &EnrichConfig) -> Built {
     let a = &c.ip_anonymization;
-    if !a.enabled {
-        return Ok(None);
-    }
-    if !(1..=4).contains(&a.ipv4_octets) || !(1..=8).contains(&a.ipv6_segments) {
+    if a.enabled && (!(1..=4).contains(&a.ipv4_octets) || !(1..=8).contains(&a.ipv6_segments)) {
         return Err(
             "enrich.ip_anonymization: ipv4_octets must be 1-4 and ipv6_segments 1-8".into(),
         );
     }
-    Ok(Some(Box::new(Anonymize {
-        ipv4_octets: a.ipv4_octets,
-        ipv6_segments: a.ipv6_segments,
-    })))
+    when(a.enabled, || a.clone())
 }
 
-impl Step for Anonymize {
+/// `ip_anonymization`: the client address with its last parts zeroed, in the context and the
+/// `ip` column.
+impl Step for IpAnonymizationConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         if let Some(ip) = facts.ip {
             let masked = anonymize(ip, self.ipv4_octets, self.ipv6_segments).to_string();

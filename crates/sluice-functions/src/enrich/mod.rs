@@ -307,6 +307,11 @@ pub(crate) trait Step: Send + Sync {
 pub(crate) type Built = Result<Option<Box<dyn Step>>, String>;
 type Build = fn(&EnrichConfig) -> Built;
 
+/// A duration in µs, saturating.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// The step `make` builds, when it is `enabled`.
 fn when<S: Step + 'static>(enabled: bool, make: impl FnOnce() -> S) -> Built {
     Ok(enabled.then(|| Box::new(make()) as Box<dyn Step>))

@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Built, Draft, EnrichConfig, Facts, Step, str_at};
+use super::{Built, Draft, EnrichConfig, Facts, SessionConfig, Step, micros, str_at, when};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Session {
@@ -105,32 +105,16 @@ impl Sessions {
     }
 }
 
-/// `session`: the tracker's session when it sent one, else one assigned per user here.
-struct Sessionize {
-    /// The inactivity gap that ends a session, µs.
-    timeout: i64,
-    /// Idle time after which a user is forgotten, µs.
-    forget_after: i64,
-    max_users: usize,
-}
-
 pub(super) fn build(c: &EnrichConfig) -> Built {
     let s = &c.session;
-    if !s.enabled {
-        return Ok(None);
-    }
-    if s.timeout.is_zero() || s.max_users == 0 {
+    if s.enabled && (s.timeout.is_zero() || s.max_users == 0) {
         return Err("enrich.session: timeout and max_users must be above zero".into());
     }
-    let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    Ok(Some(Box::new(Sessionize {
-        timeout: micros(s.timeout),
-        forget_after: micros(s.forget_after),
-        max_users: s.max_users,
-    })))
+    when(s.enabled, || s.clone())
 }
 
-impl Step for Sessionize {
+/// `session`: the tracker's session when it sent one, else one assigned per user here.
+impl Step for SessionConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         let tracker = str_at(&draft.context, &["snowplow", "domain_sessionid"])
             .map(str::to_string)
@@ -157,8 +141,8 @@ impl Step for Sessionize {
                 let (id, index) = facts.sessions.assign(
                     &user,
                     draft.timestamp,
-                    self.timeout,
-                    self.forget_after,
+                    micros(self.timeout),
+                    micros(self.forget_after),
                     self.max_users,
                 );
                 (id, Some(index))

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sluice_event::Enrichment;
 use url::Url;
 
-use super::{Built, Draft, EnrichConfig, Facts, Step, str_at, when};
+use super::{Built, CampaignConfig, Draft, EnrichConfig, Facts, RefererConfig, Step, str_at, when};
 
 /// Longest URL parsed.
 const MAX_URL_BYTES: usize = 8192;
@@ -119,18 +119,12 @@ impl Step for Page {
     }
 }
 
-/// `campaign`: the page URL's campaign, else the tracker's `context.campaign`.
-struct Campaign {
-    click_ids: BTreeMap<String, String>,
-}
-
 pub(super) fn build_campaign(c: &EnrichConfig) -> Built {
-    when(c.campaign.enabled, || Campaign {
-        click_ids: c.campaign.click_ids.clone(),
-    })
+    when(c.campaign.enabled, || c.campaign.clone())
 }
 
-impl Step for Campaign {
+/// `campaign`: the page URL's campaign, else the tracker's `context.campaign`.
+impl Step for CampaignConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         let found = facts
             .page_url
@@ -154,18 +148,12 @@ impl Step for Campaign {
     }
 }
 
-/// `referer`: where the visitor came from.
-struct Referer {
-    internal_domains: Vec<String>,
-}
-
 pub(super) fn build_referer(c: &EnrichConfig) -> Built {
-    when(c.referer.enabled, || Referer {
-        internal_domains: c.referer.internal_domains.clone(),
-    })
+    when(c.referer.enabled, || c.referer.clone())
 }
 
-impl Step for Referer {
+/// `referer`: where the visitor came from.
+impl Step for RefererConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         let refr = str_at(&draft.context, &["page", "referrer"])
             .or_else(|| str_at(&draft.properties, &["referrer"]));
