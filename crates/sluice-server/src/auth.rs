@@ -465,7 +465,7 @@ mod tests {
                 }],
                 None
             )
-            .is_err()
+            .is_err_and(|e| e.contains("Bad Name"))
         );
     }
 
@@ -484,7 +484,7 @@ mod tests {
 
         let mut file = KeyFile::load(&path).unwrap();
         file.revoke(&entry.id).unwrap();
-        assert!(file.revoke("nope").is_err());
+        assert_eq!(file.revoke("nope").unwrap_err(), "no key with id \"nope\"");
         file.store(&path).unwrap();
         // Force the next lookup to stat the file, and make the change visible even on file
         // systems with coarse modification times.

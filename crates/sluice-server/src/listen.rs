@@ -780,11 +780,17 @@ mod tests {
             max_connections: 0,
             ..ListenerConfig::default()
         };
-        assert!(bad.validate().is_err());
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "listener.max_connections must be at least 1"
+        );
         let bad = ListenerConfig {
             header_timeout: Duration::ZERO,
             ..ListenerConfig::default()
         };
-        assert!(bad.validate().is_err());
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "listener.header_timeout must be at least 10ms"
+        );
     }
 }

@@ -65,6 +65,23 @@ impl TestServer {
         resp.json().await.expect("a JSON body")
     }
 
+    /// `query` over `/v1/sql` once, asserting a 2xx: its rows.
+    pub async fn sql(&self, query: &str) -> Vec<Value> {
+        let resp = self
+            .client
+            .post(self.url("/v1/sql?format=json"))
+            .body(query.to_string())
+            .send()
+            .await
+            .expect("POST /v1/sql");
+        let ok = resp.status().is_success();
+        let text = resp.text().await.expect("an answer");
+        assert!(ok, "{query}: {text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{query}: {l:?}: {e}")))
+            .collect()
+    }
+
     /// `query` over `/v1/sql` until it returns at least `n` rows (see
     /// [`crate::http::sql_rows`]).
     pub async fn sql_rows(&self, query: &str, n: usize) -> Vec<Value> {

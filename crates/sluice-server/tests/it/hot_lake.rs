@@ -10,32 +10,6 @@ use sluice_testkit::server::TestServer;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn sql(c: &reqwest::Client, base: &str, q: &str) -> Vec<Value> {
-    let resp = c
-        .post(format!("{base}/v1/sql?format=json"))
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "{q}: {}",
-        resp.text().await.unwrap()
-    );
-    resp.text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-async fn get(c: &reqwest::Client, url: &str) -> Value {
-    let resp = c.get(url).send().await.unwrap();
-    assert!(resp.status().is_success(), "{url}: {}", resp.status());
-    resp.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_and_profiles_equal_a_recount_of_the_lake() {
     let server = TestServer::start(
@@ -103,7 +77,7 @@ window = "24h"
     // Wait for the lake and the hot tier to hold all 600.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let n = sql(c, base, "SELECT count(*) AS n FROM events").await;
+        let n = server.sql("SELECT count(*) AS n FROM events").await;
         let hot: i64 = {
             let mut total = 0;
             for u in 0..12 {
@@ -128,15 +102,12 @@ window = "24h"
     }
 
     // Profiles: counts per event name.
-    let per_event = sql(
-        c,
-        base,
-        "SELECT user_id, event, count(*) AS n FROM events GROUP BY user_id, event",
-    )
-    .await;
+    let per_event = server
+        .sql("SELECT user_id, event, count(*) AS n FROM events GROUP BY user_id, event")
+        .await;
     for row in &per_event {
         let user = row["user_id"].as_str().unwrap();
-        let profile = get(c, &format!("{base}/v1/profiles/{user}")).await;
+        let profile = server.get_json(&format!("/v1/profiles/{user}")).await;
         assert_eq!(
             profile["event_counts"][row["event"].as_str().unwrap()],
             row["n"],
@@ -184,10 +155,12 @@ window = "24h"
         ),
     ];
     for (counter, at, q) in checks {
-        let want = by_user(sql(c, base, &q).await, "n");
+        let want = by_user(server.sql(&q).await, "n");
         for u in 0..12 {
             let user = format!("u{u}");
-            let got = get(c, &format!("{base}/v1/counters/{counter}/{user}?at={at}")).await;
+            let got = server
+                .get_json(&format!("/v1/counters/{counter}/{user}?at={at}"))
+                .await;
             let expected = want.get(&user).copied().unwrap_or(0.0);
             assert_eq!(
                 got["value"].as_f64(),
@@ -198,21 +171,18 @@ window = "24h"
     }
     // A sum, recounted from the typed table of the event.
     let want = by_user(
-        sql(
-            c,
-            base,
-            "SELECT user_id, sum(revenue) AS s FROM order_completed GROUP BY user_id",
-        )
-        .await,
+        server
+            .sql("SELECT user_id, sum(revenue) AS s FROM order_completed GROUP BY user_id")
+            .await,
         "s",
     );
     assert!(!want.is_empty());
     for (user, s) in want {
-        let got = get(
-            c,
-            &format!("{base}/v1/counters/revenue_24h/{user}?at=2026-11-26T12:00:00Z"),
-        )
-        .await;
+        let got = server
+            .get_json(&format!(
+                "/v1/counters/revenue_24h/{user}?at=2026-11-26T12:00:00Z"
+            ))
+            .await;
         let v = got["value"].as_f64().unwrap();
         assert!((v - s).abs() < 1e-6, "revenue_24h {user}: {v} vs {s}");
     }

@@ -35,22 +35,6 @@ fn basic(key: &str) -> String {
     )
 }
 
-async fn sql(client: &reqwest::Client, base: &str, q: &str) -> Vec<Value> {
-    let resp = client
-        .post(format!("{base}/v1/sql?format=json"))
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    resp.text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_routes_keys_and_rules_land_exactly_in_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,7 +190,7 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
     let group = by_id("app", "seg-6");
     assert!(group["properties"].as_str().unwrap().contains("g1"));
     // No write key anywhere in the lake or the journal.
-    let all = sql(c, base, "SELECT * FROM events").await;
+    let all = server.sql("SELECT * FROM events").await;
     let text = serde_json::to_string(&all).unwrap();
     assert!(!text.contains(WEB_KEY) && !text.contains(APP_KEY));
     server.shutdown().await;
