@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask tidy` checks conventions that rustfmt and clippy cannot.
+//! Project automation: `cargo xtask tidy` checks conventions that rustfmt and clippy cannot;
+//! `cargo xtask chaos` runs the chaos scenarios (see `chaos.rs`).
 //!
 //! - every Rust file opens with a `//!` doc comment saying what it owns;
 //! - no crate outside `sluice-server` and `sluice-cli` (and the bench in the CLI) names axum,
@@ -7,11 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
+mod chaos;
+
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "tidy" => tidy(),
-        _ => anyhow::bail!("usage: cargo xtask tidy"),
+        "chaos" => chaos::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        _ => anyhow::bail!("usage: cargo xtask tidy | cargo xtask chaos [--full] [--holes]"),
     }
 }
 
