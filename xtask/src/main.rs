@@ -1,6 +1,8 @@
 //! Project automation: `cargo xtask tidy` checks what rustfmt and clippy cannot (the checks are
-//! in `tidy.rs`, which `cargo test -p xtask` runs as a test too).
+//! in `tidy.rs`, which `cargo test -p xtask` runs as a test too);
+//! `cargo xtask chaos [--full] [--holes]` runs the chaos scenarios (`chaos.rs`).
 
+mod chaos;
 mod tidy;
 
 fn main() -> anyhow::Result<()> {
@@ -18,6 +20,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("tidy: {} problems", problems.len())
             }
         }
-        _ => anyhow::bail!("usage: cargo xtask tidy"),
+        "chaos" => chaos::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        _ => anyhow::bail!("usage: cargo xtask tidy | cargo xtask chaos [--full] [--holes]"),
     }
 }

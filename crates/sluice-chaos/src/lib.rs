@@ -3,7 +3,7 @@
 //! Postgres servers) and a deterministic body fuzzer. It drives the real `sluice` binary from
 //! outside and observes it only through HTTP (`/v1/sql`, `/v1/profiles`, `/metrics`) and
 //! Postgres, so it builds without the lake's dependencies. The scenarios live in
-//! `crates/sluice-cli/tests/chaos.rs` (and the known holes in `chaos_holes.rs`).
+//! `crates/sluice-cli/tests/it/chaos.rs` (and the known holes in `chaos_holes.rs`).
 
 pub mod checker;
 pub mod fault;
