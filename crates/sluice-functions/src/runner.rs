@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Deserialize;
 use sluice_event::{Position, topic};
-use sluice_journal::{Journal, JournalError};
+use sluice_journal::{Backoff, Cursor, Journal, JournalError, Record};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::Outcome;
 use crate::enrich::{Sessions, load_sessions, save_sessions};
+use crate::udf::Live;
 use crate::{Chain, FunctionsError, RunnerSettings};
 
 /// How often a partition's session state is saved (it is also saved when the runner drains).
@@ -24,6 +25,13 @@ pub const GROUP: &str = "functions";
 
 /// How often the runner records its progress in the consumer group.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes read from `raw` at a time, about.
+const READ_BYTES: usize = 16 << 20;
+
+/// Retries of a failed append to `good`/`bad`: first wait and cap.
+const APPEND_RETRY_INITIAL: Duration = Duration::from_millis(50);
+const APPEND_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Per-partition progress: the next raw offset to process.
 #[derive(Debug)]
@@ -144,146 +152,188 @@ struct RawOf {
     part: Option<[u32; 2]>,
 }
 
+/// Where a partition stands while it runs: the read cursor and the exactly-once bookkeeping
+/// taken from `good`/`bad` on start.
+struct Resumed {
+    cursor: Cursor,
+    /// The consumer group's last committed offset.
+    committed: Option<u64>,
+    last_commit: Instant,
+    /// Resuming inside a split record: `(offset, k)`, its first `k` events are written.
+    skip_parts: Option<(u64, usize)>,
+    /// Bad rows at or below this raw offset are already in `bad`.
+    last_bad: Option<u64>,
+    sessions: Sessions,
+    last_snapshot: Instant,
+}
+
 impl PartitionWorker {
     async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
-        let p = self.partition;
-        let last_good = self.last_raw_of(topic::GOOD)?;
-        let last_bad = self.last_raw_of(topic::BAD)?.map(|r| r.raw.offset);
-        let mut committed = self.journal.committed(GROUP, topic::RAW, p)?;
-        let raw_start = self.journal.start(topic::RAW, p)?;
-        let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed);
-        if next < raw_start {
-            next = raw_start;
-            skip_parts = None;
-        }
-        let mut sessions = self.restore_sessions(next, raw_start).await?;
-        let mut last_snapshot = Instant::now();
-        tracing::info!(partition = p, next, ?skip_parts, last_good = ?last_good.map(|r| r.raw.offset), ?last_bad, "runner resumes");
-        self.progress.next[p as usize].store(next, Ordering::Release);
-        let mut last_commit = Instant::now();
+        let mut at = self.resume().await?;
         let mut drain_to: Option<u64> = None;
         // When the first record of a batch still waiting for its batching window was seen.
         let mut waiting_since: Option<Instant> = None;
         loop {
             if drain_to.is_none() && shutdown.is_cancelled() {
-                drain_to = Some(self.journal.end(topic::RAW, p)?);
+                drain_to = Some(at.cursor.end()?);
             }
-            if let Some(target) = drain_to
-                && next >= target
-            {
+            if drain_to.is_some_and(|target| at.cursor.next() >= target) {
                 break;
             }
             // The functions running now; the whole batch runs on this set, so a deploy or a
             // rollback takes effect between batches.
             let live = self.chain.live();
             let limit = self.batch_size.max(live.max_batch_size());
-            // The end is read before the records: an empty read then proves that nothing exists
-            // in [next, end) (a gap a crash left behind, or retention), so `next` may move there.
-            let end = self.journal.end(topic::RAW, p)?;
-            let records = self.journal.read(topic::RAW, p, next, limit, 16 << 20)?;
-            let Some(last) = records.last() else {
-                if end > next {
-                    next = end;
-                    self.progress.next[p as usize].store(next, Ordering::Release);
-                }
-                // Caught up: record the position now, so the collector's backlog measure
-                // (end − committed) is zero rather than stale.
-                if committed != Some(next) {
-                    self.journal.commit(GROUP, topic::RAW, p, next)?;
-                    committed = Some(next);
-                    last_commit = Instant::now();
-                }
+            // Read ahead on a copy: a batch that waits for its window is read again.
+            let mut ahead = at.cursor.clone();
+            let records = ahead.read(limit, READ_BYTES, None)?;
+            if records.is_empty() {
+                // Caught up (perhaps past a crash gap): record the position now, so the
+                // collector's backlog measure (end − committed) is zero rather than stale.
+                at.cursor = ahead;
+                self.advance(&mut at, true)?;
                 if drain_to.is_some() {
                     break;
                 }
                 tokio::select! {
-                    _ = self.journal.wait_for(topic::RAW, p, next, Duration::from_secs(1)) => {}
+                    _ = at.cursor.wait(Duration::from_secs(1)) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
-            };
-            let last_offset = last.offset;
-            // The batching window: wait (up to the window) for a full batch.
+            }
+            // The batching window: wait (up to the window) for a full batch, unless more is
+            // already there (the read was cut short by the byte limit).
             let window = live.batch_window();
             if !window.is_zero()
                 && drain_to.is_none()
                 && records.len() < live.windowed_batch_size()
-                // All there was got read (not cut short by the byte limit): more can only come.
-                && end <= last_offset + 1
+                && ahead.caught_up()
             {
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 let left = window.saturating_sub(since.elapsed());
                 if !left.is_zero() {
                     tokio::select! {
-                        _ = self.journal.wait_for(topic::RAW, p, last_offset, left) => {}
+                        _ = ahead.wait(left) => {}
                         _ = shutdown.cancelled() => {}
                     }
                     continue;
                 }
             }
             waiting_since = None;
-            let inputs: Vec<(Position, &[u8])> = records
-                .iter()
-                .map(|r| {
-                    (
-                        Position {
-                            partition: p,
-                            offset: r.offset,
-                        },
-                        &r.value[..],
-                    )
-                })
-                .collect();
-            let outcomes = self
-                .chain
-                .process_batch(&inputs, &mut sessions, &live)
-                .await;
-            drop(inputs);
-            let mut good = Vec::with_capacity(records.len());
-            let mut bad = Vec::new();
-            let mut n_good = 0;
-            for (r, outcome) in records.iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Good(mut events) => {
-                        n_good += 1;
-                        if let Some((offset, k)) = skip_parts
-                            && offset == r.offset
-                        {
-                            // Resuming inside a split record: its first `k` events are written.
-                            events.drain(..k.min(events.len()));
-                        }
-                        good.extend(events);
+            self.process(&mut at, &records, &live).await?;
+            at.cursor = ahead;
+            self.advance(&mut at, false)?;
+        }
+        let next = at.cursor.next();
+        if at.committed != Some(next) {
+            self.commit(&mut at)?;
+        }
+        self.save_sessions(next, &at.sessions);
+        tracing::info!(partition = self.partition, next, "runner drained");
+        Ok(())
+    }
+
+    /// Where to resume: after the last raw position in `good` (or the consumer group's
+    /// committed offset when further), with the session state as of there.
+    async fn resume(&self) -> Result<Resumed, FunctionsError> {
+        let p = self.partition;
+        let last_good = self.last_raw_of(topic::GOOD)?;
+        let last_bad = self.last_raw_of(topic::BAD)?.map(|r| r.raw.offset);
+        let committed = self.journal.committed(GROUP, topic::RAW, p)?;
+        let raw_start = self.journal.start(topic::RAW, p)?;
+        let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed);
+        if next < raw_start {
+            next = raw_start;
+            skip_parts = None;
+        }
+        let sessions = self.restore_sessions(next, raw_start).await?;
+        tracing::info!(partition = p, next, ?skip_parts, last_good = ?last_good.map(|r| r.raw.offset), ?last_bad, "runner resumes");
+        self.publish(next);
+        Ok(Resumed {
+            cursor: Cursor::new(self.journal.clone(), topic::RAW, p, next),
+            committed,
+            last_commit: Instant::now(),
+            skip_parts,
+            last_bad,
+            sessions,
+            last_snapshot: Instant::now(),
+        })
+    }
+
+    /// Runs one batch through the chain and appends its outputs: bad rows first, then good.
+    async fn process(
+        &self,
+        at: &mut Resumed,
+        records: &[Record],
+        live: &Live,
+    ) -> Result<(), FunctionsError> {
+        let p = self.partition;
+        let inputs = with_positions(p, records);
+        let outcomes = self
+            .chain
+            .process_batch(&inputs, &mut at.sessions, live)
+            .await;
+        drop(inputs);
+        let mut good = Vec::with_capacity(records.len());
+        let mut bad = Vec::new();
+        let mut n_good = 0;
+        for (r, outcome) in records.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Good(mut events) => {
+                    n_good += 1;
+                    if let Some((offset, k)) = at.skip_parts
+                        && offset == r.offset
+                    {
+                        // Resuming inside a split record: its first `k` events are written.
+                        events.drain(..k.min(events.len()));
                     }
-                    Outcome::Bad(row) => {
-                        if last_bad.is_none_or(|b| r.offset > b) {
-                            bad.push(row);
-                        }
+                    good.extend(events);
+                }
+                Outcome::Bad(row) => {
+                    if at.last_bad.is_none_or(|b| r.offset > b) {
+                        bad.push(row);
                     }
                 }
             }
-            skip_parts = None;
-            crate::metrics::processed(n_good, records.len() - n_good);
-            // Bad first: once a good record with a higher raw offset is durable, the resume
-            // point moves past these events, so their bad rows must already be durable.
-            self.append_retrying(topic::BAD, bad).await?;
-            self.append_retrying(topic::GOOD, good).await?;
-            next = last_offset + 1;
-            self.progress.next[p as usize].store(next, Ordering::Release);
-            if last_commit.elapsed() >= COMMIT_EVERY {
-                self.journal.commit(GROUP, topic::RAW, p, next)?;
-                committed = Some(next);
-                last_commit = Instant::now();
-            }
-            if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
-                self.save_sessions(next, &sessions).await;
-                last_snapshot = Instant::now();
-            }
         }
-        if committed != Some(next) {
-            self.journal.commit(GROUP, topic::RAW, p, next)?;
+        at.skip_parts = None;
+        crate::metrics::processed(n_good, records.len() - n_good);
+        // Bad first: once a good record with a higher raw offset is durable, the resume
+        // point moves past these events, so their bad rows must already be durable.
+        self.append_retrying(topic::BAD, bad).await?;
+        self.append_retrying(topic::GOOD, good).await
+    }
+
+    /// After the cursor moved: publish the position, commit it when due (`now`: at once) and
+    /// save the session snapshot when due.
+    fn advance(&self, at: &mut Resumed, now: bool) -> Result<(), FunctionsError> {
+        let next = at.cursor.next();
+        self.publish(next);
+        if at.committed != Some(next) && (now || at.last_commit.elapsed() >= COMMIT_EVERY) {
+            self.commit(at)?;
         }
-        self.save_sessions(next, &sessions).await;
-        tracing::info!(partition = p, next, "runner drained");
+        if !now && at.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            self.save_sessions(next, &at.sessions);
+            at.last_snapshot = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn publish(&self, next: u64) {
+        let previous = self.progress.next[self.partition as usize].swap(next, Ordering::AcqRel);
+        debug_assert!(next >= previous, "the runner's position only moves forward");
+    }
+
+    fn commit(&self, at: &mut Resumed) -> Result<(), FunctionsError> {
+        let next = at.cursor.next();
+        debug_assert!(
+            at.committed.is_none_or(|c| next >= c),
+            "the runner's committed offset only moves forward"
+        );
+        self.journal
+            .commit(GROUP, topic::RAW, self.partition, next)?;
+        at.committed = Some(next);
+        at.last_commit = Instant::now();
         Ok(())
     }
 
@@ -300,7 +350,7 @@ impl PartitionWorker {
         if !self.chain.uses_sessions() {
             return Ok(Sessions::default());
         }
-        let (mut from, mut sessions) = match self.snapshot.as_deref().and_then(load_sessions) {
+        let (from, mut sessions) = match self.snapshot.as_deref().and_then(load_sessions) {
             Some(s) if s.next <= next => (s.next, s.sessions),
             Some(s) => {
                 tracing::warn!(
@@ -313,38 +363,22 @@ impl PartitionWorker {
             }
             None => (raw_start, Sessions::default()),
         };
-        from = from.max(raw_start);
         let started = Instant::now();
         let mut replayed = 0usize;
         // Functions that run before `enrich` shape what the sessions see, so they run again
         // too; those after it do not matter here.
         let live = self.chain.live();
-        while from < next {
-            let records = self
-                .journal
-                .read(topic::RAW, p, from, self.batch_size, 16 << 20)?;
-            let Some(last) = records.last() else {
+        let mut cursor = Cursor::new(self.journal.clone(), topic::RAW, p, from.max(raw_start));
+        loop {
+            let records = cursor.read(self.batch_size, READ_BYTES, Some(next))?;
+            if records.is_empty() {
                 break;
-            };
-            let last = last.offset;
-            let inputs: Vec<(Position, &[u8])> = records
-                .iter()
-                .filter(|r| r.offset < next)
-                .map(|r| {
-                    (
-                        Position {
-                            partition: p,
-                            offset: r.offset,
-                        },
-                        &r.value[..],
-                    )
-                })
-                .collect();
+            }
+            let inputs = with_positions(p, &records);
             replayed += inputs.len();
             self.chain
                 .rebuild_sessions(&inputs, &mut sessions, &live)
                 .await;
-            from = last + 1;
         }
         if replayed > 0 {
             tracing::info!(partition = p, replayed, elapsed = ?started.elapsed(), "session state rebuilt");
@@ -352,7 +386,7 @@ impl PartitionWorker {
         Ok(sessions)
     }
 
-    async fn save_sessions(&self, next: u64, sessions: &Sessions) {
+    fn save_sessions(&self, next: u64, sessions: &Sessions) {
         let Some(path) = &self.snapshot else {
             return;
         };
@@ -394,7 +428,7 @@ impl PartitionWorker {
         if records.is_empty() {
             return Ok(());
         }
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(APPEND_RETRY_INITIAL, APPEND_RETRY_MAX);
         loop {
             match self
                 .journal
@@ -405,13 +439,26 @@ impl PartitionWorker {
                 Err(e) if e.kind().is_retryable() && !self.journal.is_failed() => {
                     tracing::warn!(topic = out, partition = self.partition, error = %e, "append failed; retrying");
                     crate::metrics::retried();
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
+}
+
+/// The chain's input: each raw record's bytes with its position.
+fn with_positions(partition: u32, records: &[Record]) -> Vec<(Position, &[u8])> {
+    records
+        .iter()
+        .map(|r| {
+            let position = Position {
+                partition,
+                offset: r.offset,
+            };
+            (position, &r.value[..])
+        })
+        .collect()
 }
 
 /// Where a partition resumes: the raw offset to process next, and, when the last good record is

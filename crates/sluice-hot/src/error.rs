@@ -39,16 +39,16 @@ pub enum HotError {
     /// Invalid configuration.
     #[error("{0}")]
     Config(String),
-    /// The projection stopped.
-    #[error("the hot projection stopped")]
-    Stopped,
+    /// The projection stopped before the awaited positions.
+    #[error(transparent)]
+    Stopped(#[from] sluice_journal::ProgressError),
 }
 
 impl HotError {
     /// The error's family, which decides the HTTP status.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Embedded(_) | Self::Redis(_) | Self::Journal(_) | Self::Stopped => {
+            Self::Embedded(_) | Self::Redis(_) | Self::Journal(_) | Self::Stopped(_) => {
                 ErrorKind::Unavailable
             }
             Self::Conflict { .. } => ErrorKind::Conflict,

@@ -23,13 +23,13 @@
 //! 6. On shutdown it projects everything below each partition's durable end as of that moment,
 //!    lets the hook checkpoint, and returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_event::{Event, Position, topic};
-use sluice_journal::{Journal, Record};
+use sluice_journal::{Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -49,6 +49,8 @@ const READ_BYTES: usize = 16 << 20;
 const RETRY_INITIAL: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 const SHUTDOWN_ATTEMPTS: u32 = 10;
+/// How long a partition whose read failed is left alone.
+const READ_RETRY: Duration = Duration::from_secs(1);
 
 /// Something that rides along the projection: sees every event once, in journal order per
 /// partition, with the profile the projection just updated. The online models are one.
@@ -91,56 +93,20 @@ pub struct ProjectionStatus {
     pub stopped: bool,
 }
 
-impl ProjectionStatus {
-    fn reached(&self, targets: &[u64]) -> bool {
+impl ConsumerStatus for ProjectionStatus {
+    fn started(&self) -> bool {
         self.started
-            && targets
-                .iter()
-                .enumerate()
-                .all(|(p, t)| self.next_offsets.get(p).is_some_and(|n| n >= t))
+    }
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+    fn next_offsets(&self) -> &[u64] {
+        &self.next_offsets
     }
 }
 
 /// A handle on a projector's progress.
-#[derive(Clone, Debug)]
-pub struct ProjectionProgress {
-    rx: watch::Receiver<ProjectionStatus>,
-}
-
-impl ProjectionProgress {
-    /// The current status.
-    pub fn status(&self) -> ProjectionStatus {
-        self.rx.borrow().clone()
-    }
-
-    /// Waits until every partition `p` holds everything below `targets[p]`; `Stopped` if the
-    /// projector stops first. Callers add their own deadline.
-    pub async fn wait_for_offsets(&self, targets: &[u64]) -> Result<ProjectionStatus, HotError> {
-        let mut rx = self.rx.clone();
-        let status = rx
-            .wait_for(|s| s.stopped || s.reached(targets))
-            .await
-            .map_err(|_| HotError::Stopped)?
-            .clone();
-        if status.reached(targets) {
-            Ok(status)
-        } else {
-            Err(HotError::Stopped)
-        }
-    }
-
-    /// Waits until everything durable in `good` as of this call is projected.
-    pub async fn wait_caught_up(
-        &self,
-        journal: &dyn Journal,
-    ) -> Result<ProjectionStatus, HotError> {
-        let partitions = journal.partitions(topic::GOOD)?;
-        let targets = (0..partitions)
-            .map(|p| journal.end(topic::GOOD, p))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.wait_for_offsets(&targets).await
-    }
-}
+pub type ProjectionProgress = ConsumerProgress<ProjectionStatus>;
 
 /// Projects `good` into a [`HotStore`]. See the module docs.
 pub struct Projector {
@@ -155,8 +121,8 @@ struct PartitionState {
     id: u32,
     /// What the store holds (`None`: nothing stored yet); the batch's expectation.
     stored: Option<u64>,
-    /// Next offset to read.
-    next_read: u64,
+    /// Where `good` is read next (it steps over crash gaps).
+    cursor: Cursor,
     /// After a read error: do not read before this.
     retry_at: Option<Instant>,
 }
@@ -191,9 +157,7 @@ impl Projector {
 
     /// A handle on the progress.
     pub fn progress(&self) -> ProjectionProgress {
-        ProjectionProgress {
-            rx: self.status.subscribe(),
-        }
+        ConsumerProgress::new(CONSUMER, topic::GOOD, self.status.subscribe())
     }
 
     /// Runs until `shutdown` resolves, then projects everything durable at that moment and
@@ -222,17 +186,17 @@ impl Projector {
 
     async fn run_inner(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), HotError> {
         let partitions = self.journal.partitions(topic::GOOD)?;
-        let mut backoff = RETRY_INITIAL;
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let stored = loop {
             match self.store.positions(CONSUMER).await {
                 Ok(p) => break p,
                 Err(e) if e.kind().is_retryable() => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read hot positions yet");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot read hot positions yet");
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(RETRY_MAX);
                 }
                 Err(e) => return Err(e),
             }
@@ -249,7 +213,7 @@ impl Projector {
                 PartitionState {
                     id,
                     stored,
-                    next_read,
+                    cursor: Cursor::new(self.journal.clone(), topic::GOOD, id, next_read),
                     retry_at: None,
                 }
             })
@@ -257,7 +221,7 @@ impl Projector {
         tracing::info!(
             backend = self.store.backend(),
             resume_at = ?parts.iter().map(PartitionState::store_next).collect::<Vec<_>>(),
-            read_from = ?parts.iter().map(|p| p.next_read).collect::<Vec<_>>(),
+            read_from = ?parts.iter().map(|p| p.cursor.next()).collect::<Vec<_>>(),
             "hot projection started"
         );
         self.publish(&parts, |s| s.started = true);
@@ -266,7 +230,7 @@ impl Projector {
             if *stop.borrow() {
                 let targets: Vec<u64> = parts
                     .iter()
-                    .map(|p| self.journal.end(topic::GOOD, p.id).unwrap_or(p.next_read))
+                    .map(|p| p.cursor.end().unwrap_or(p.cursor.next()))
                     .collect();
                 while self
                     .batch(&mut parts, &mut round_robin, Some(&targets), true)
@@ -297,7 +261,7 @@ impl Projector {
                     }
                     _ => IDLE_WAIT,
                 };
-                let (journal, id, next) = (self.journal.clone(), p.id, p.next_read);
+                let (journal, id, next) = (self.journal.clone(), p.id, p.cursor.next());
                 waits.spawn(async move { journal.wait_for(topic::GOOD, id, next, timeout).await });
             }
             tokio::select! {
@@ -325,7 +289,9 @@ impl Projector {
     ) -> Result<usize, HotError> {
         let started = Instant::now();
         let records = self.read(parts, round_robin, targets);
-        if records.is_empty() {
+        // A cursor that stepped over a crash gap moves its partition on with no record.
+        let stepped = parts.iter().any(|p| p.cursor.next() > p.store_next());
+        if records.is_empty() && !stepped {
             return Ok(0);
         }
         let consumed = records.len();
@@ -333,10 +299,8 @@ impl Projector {
 
         // Decode; an undecodable record is skipped but still moves its partition on.
         let mut skipped = 0u64;
-        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut events: Vec<(Position, Event)> = Vec::with_capacity(records.len());
         for (partition, record) in records {
-            last.insert(partition, record.offset);
             match serde_json::from_slice::<Event>(&record.value) {
                 Ok(e) => events.push((
                     Position {
@@ -459,11 +423,11 @@ impl Projector {
             consumer: CONSUMER.to_string(),
             ..WriteBatch::default()
         };
-        for (partition, last) in &last {
-            let p = &parts[index[partition]];
-            let new = last + 1;
+        // Every offset below a cursor is in this batch, already stored, or never existed.
+        for p in parts.iter() {
+            let new = p.cursor.next();
             if new > p.store_next() {
-                batch.positions.insert(*partition, (p.stored, new));
+                batch.positions.insert(p.id, (p.stored, new));
             }
         }
         for k in dirty {
@@ -481,16 +445,15 @@ impl Projector {
             self.write_with_retry(&batch, shutting_down).await?;
         }
 
-        for (partition, last) in &last {
-            let p = &mut parts[index[partition]];
-            p.next_read = last + 1;
-            if let Some((_, new)) = batch.positions.get(partition) {
+        for p in parts.iter_mut() {
+            if let Some((_, new)) = batch.positions.get(&p.id) {
+                debug_assert!(*new > p.store_next(), "hot positions only grow");
                 p.stored = Some(*new);
-                metrics::position(*partition, *new);
+                metrics::position(p.id, *new);
             }
         }
         if let Some(hook) = self.hook.as_mut() {
-            let seen: Positions = parts.iter().map(|p| (p.id, p.next_read)).collect();
+            let seen: Positions = parts.iter().map(|p| (p.id, p.cursor.next())).collect();
             hook.after_batch(&seen);
         }
         metrics::batch(live_events, started.elapsed().as_secs_f64());
@@ -526,29 +489,16 @@ impl Projector {
             if p.retry_at.is_some_and(|at| at > now) {
                 continue;
             }
-            let limit = targets
-                .and_then(|t| t.get(p.id as usize).copied())
-                .unwrap_or(u64::MAX);
-            if p.next_read >= limit {
-                continue;
-            }
-            match self
-                .journal
-                .read(topic::GOOD, p.id, p.next_read, budget, READ_BYTES)
-            {
+            let limit = targets.and_then(|t| t.get(p.id as usize).copied());
+            match p.cursor.read(budget, READ_BYTES, limit) {
                 Ok(records) => {
                     p.retry_at = None;
-                    out.extend(
-                        records
-                            .into_iter()
-                            .filter(|r| r.offset < limit)
-                            .map(|r| (p.id, r)),
-                    );
+                    out.extend(records.into_iter().map(|r| (p.id, r)));
                 }
                 Err(error) => {
                     tracing::warn!(partition = p.id, %error, "hot projection cannot read good; retrying");
                     metrics::error("journal");
-                    p.retry_at = Some(now + Duration::from_secs(1));
+                    p.retry_at = Some(now + READ_RETRY);
                 }
             }
         }
@@ -560,10 +510,9 @@ impl Projector {
         batch: &WriteBatch,
         shutting_down: bool,
     ) -> Result<(), HotError> {
-        let mut backoff = RETRY_INITIAL;
-        let mut attempts = 0u32;
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
-            attempts += 1;
+            let attempts = backoff.attempts() + 1;
             let error = match self.store.write(batch.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
@@ -588,9 +537,9 @@ impl Projector {
             if shutting_down && attempts >= SHUTDOWN_ATTEMPTS {
                 return Err(error);
             }
-            tracing::warn!(%error, retry_in = ?backoff, "hot store write failed; retrying the same batch");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RETRY_MAX);
+            let wait = backoff.next_delay();
+            tracing::warn!(%error, retry_in = ?wait, "hot store write failed; retrying the same batch");
+            tokio::time::sleep(wait).await;
         }
     }
 }

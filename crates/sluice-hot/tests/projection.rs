@@ -421,3 +421,31 @@ mod redis {
         conflict_contract(&store, "t").await;
     }
 }
+
+/// After a crash a partition's end jumps to the journal's floor: the projection steps over the
+/// gap, on quiet partitions too, counts as caught up, and stores positions past it.
+#[tokio::test]
+async fn caught_up_resolves_after_a_crash_gap() {
+    const CRASH_GAP: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
+    let mem = Arc::new(MemJournal::default());
+    mem.create_topic(topic::GOOD, PARTITIONS).unwrap();
+    let journal: Arc<dyn Journal> = mem.clone();
+    let evs = events(3, 400);
+    append(journal.as_ref(), &evs[..300]).await;
+    project(&journal, &store, None).await;
+    for p in 0..PARTITIONS {
+        mem.crash_gap(topic::GOOD, p, CRASH_GAP).unwrap();
+    }
+    project(&journal, &store, None).await;
+    append(journal.as_ref(), &evs[300..]).await;
+    project(&journal, &store, None).await;
+    check_against_brute_force(store.clone(), &evs).await;
+    let positions = store.positions(CONSUMER).await.unwrap();
+    for p in 0..PARTITIONS {
+        let end = journal.end(topic::GOOD, p).unwrap();
+        assert!(end > CRASH_GAP);
+        assert_eq!(positions.get(&p).copied(), Some(end));
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! A journal holds named topics (`raw`, `good`, `bad`, and any a Kinesis client creates), each
 //! with a fixed number of partitions. A partition is an append-only sequence of records with
-//! dense offsets from 0. The [`Journal`] trait is what stages use; [`LocalJournal`] keeps each
-//! partition in segment files on the local disk (format: `docs/formats/journal.md`).
+//! offsets from 0, dense except across a crash gap. The [`Journal`] trait is what stages use;
+//! [`LocalJournal`] keeps each partition in segment files on the local disk (format:
+//! `docs/formats/journal.md`); consumers read through a [`Cursor`], which steps over gaps.
 //!
 //! Invariants every backend keeps:
 //! - `append` resolves only after the records are durable (fdatasync under the default
@@ -18,10 +19,16 @@
 //! through the durable floor (`partition.rs`) and recovery's classification of damage
 //! (`scan.rs`, `recovery.rs`); fail-stop on fsync errors in `durable.rs` and its callers.
 //! Offsets are dense except after a crash, where offsets continue at the floor and leave a gap
-//! (reported); readers skip gaps.
+//! (reported); `read` skips a gap between records, and [`Cursor`] also steps over one at the
+//! tail, where a plain read finds nothing while `end()` is ahead.
+//!
+//! What consumers share besides the cursor: [`ConsumerProgress`] (how far a consumer has got,
+//! and waiting until it has caught up) and [`Backoff`] (the retry delay).
 
 mod api;
+mod backoff;
 mod config;
+mod cursor;
 mod durable;
 mod error;
 mod flusher;
@@ -29,6 +36,7 @@ mod format;
 mod local;
 pub mod metrics;
 mod partition;
+mod progress;
 mod recovery;
 mod retention;
 mod scan;
@@ -40,8 +48,11 @@ mod writer;
 mod tests;
 
 pub use api::{Journal, Record, TopicInfo, partition_for};
+pub use backoff::Backoff;
 pub use config::{FsyncPolicy, JournalConfig, MAX_PARTITIONS};
+pub use cursor::Cursor;
 pub use error::JournalError;
 pub use local::{JournalStats, LocalJournal, is_valid_topic_name};
+pub use progress::{ConsumerProgress, ConsumerStatus, ProgressError};
 pub use recovery::{FloorGap, PartitionRecovery, RecoveryReport};
 pub use retention::{PartitionRetention, RetentionReport};

@@ -165,11 +165,48 @@ enum Outcome {
     Quarantined(String),
 }
 
+/// Recovery in phases: list the segment files, verify them in order (cutting a torn tail),
+/// make what survived durable, then place the next offset at `max(data end, floor)`. A phase
+/// that finds damage answers `Err(reason)` inside `Ok`: the partition is quarantined.
 fn recover_inner(
     disk: &Disk,
     dir: &Path,
     report: &mut PartitionRecovery,
 ) -> Result<Outcome, StorageError> {
+    let bases = match list_segments(dir, report)? {
+        Ok(bases) => bases,
+        Err(reason) => return Ok(Outcome::Quarantined(reason)),
+    };
+    let (segments, mut writer, data_end) = match verify_segments(disk, dir, &bases, report)? {
+        Ok(verified) => verified,
+        Err(reason) => return Ok(Outcome::Quarantined(reason)),
+    };
+    make_durable(disk, dir, writer.active.as_deref(), report)?;
+    let floor = read_floor(dir, report)?;
+    let next = match next_offset(data_end, floor, report) {
+        Ok(next) => next,
+        Err(reason) => return Ok(Outcome::Quarantined(reason)),
+    };
+    if report.truncated_bytes > 0 {
+        metrics::recovery_truncation(&report.topic, report.truncated_bytes);
+    }
+    check_consumers(dir, next, report);
+    report.start = segments.first().map_or(next, |s| s.base.min(next));
+    report.end = next;
+    writer.next = next;
+    Ok(Outcome::Healthy {
+        segments,
+        next,
+        floor,
+        writer,
+    })
+}
+
+/// The base offsets of the segment files, sorted; removes leftover temporary files.
+fn list_segments(
+    dir: &Path,
+    report: &mut PartitionRecovery,
+) -> Result<Result<Vec<u64>, String>, StorageError> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StorageError::Other)? {
         let entry = entry.map_err(StorageError::Other)?;
@@ -187,9 +224,7 @@ fn recover_inner(
         } else if let Some(base) = parse_segment_file_name(name) {
             bases.push(base);
         } else if name.ends_with(crate::format::SEGMENT_SUFFIX) {
-            return Ok(Outcome::Quarantined(format!(
-                "unexpected segment file name {name}"
-            )));
+            return Ok(Err(format!("unexpected segment file name {name}")));
         } else if name != FLOOR_FILE && name != CONSUMERS_DIR {
             report
                 .warnings
@@ -197,7 +232,20 @@ fn recover_inner(
         }
     }
     bases.sort_unstable();
+    Ok(Ok(bases))
+}
 
+/// Scans every segment in order: sealed ones must verify whole and continue each other; a
+/// half-created last one is removed; a torn tail of the active one is cut. Returns the kept
+/// segments, the writer's start, and the data end (one past the last record, or past a
+/// removed segment's base: offsets below it may have been used).
+#[allow(clippy::type_complexity)]
+fn verify_segments(
+    disk: &Disk,
+    dir: &Path,
+    bases: &[u64],
+    report: &mut PartitionRecovery,
+) -> Result<Result<(Vec<Arc<Segment>>, WriterStart, u64), String>, StorageError> {
     let mut segments: Vec<Arc<Segment>> = Vec::new();
     let mut writer = WriterStart {
         active: None,
@@ -205,8 +253,6 @@ fn recover_inner(
         index_state: IndexBuilder::default(),
         next: 0,
     };
-    // One past the last record seen, and (for a removed half-created last segment) its base:
-    // offsets below it may have been used.
     let mut records_end: Option<u64> = None;
     let mut min_next = 0u64;
     for (i, &base) in bases.iter().enumerate() {
@@ -215,9 +261,7 @@ fn recover_inner(
         let path = dir.join(&name);
         let file = open_segment(&path, sealed).map_err(StorageError::Other)?;
         let verified = match scan_segment(&file, base, sealed).map_err(StorageError::Other)? {
-            Scan::Corrupt(reason) => {
-                return Ok(Outcome::Quarantined(format!("segment {name}: {reason}")));
-            }
+            Scan::Corrupt(reason) => return Ok(Err(format!("segment {name}: {reason}"))),
             Scan::TornCreation { reason } => {
                 let len = file.metadata().map_err(StorageError::Other)?.len();
                 drop(file);
@@ -238,7 +282,7 @@ fn recover_inner(
         let header = verified.header;
         match records_end {
             Some(prev) if header.prev_end != prev || base < prev => {
-                return Ok(Outcome::Quarantined(format!(
+                return Ok(Err(format!(
                     "segment {name} does not continue the previous segment: it was created \
                      after offset {} but the previous segment ends at {prev} (a segment is \
                      missing or was cut)",
@@ -284,9 +328,19 @@ fn recover_inner(
         }
         writer.active = Some(last.clone());
     }
-    // What survived the crash in the page cache becomes readable below: make it durable first
-    // (with the file size, if a torn tail was cut off).
-    if let Some(active) = &writer.active {
+    let data_end = records_end.unwrap_or(0).max(min_next);
+    Ok(Ok((segments, writer, data_end)))
+}
+
+/// What survived the crash in the page cache becomes readable: make it durable first (with the
+/// file size, if a torn tail was cut off).
+fn make_durable(
+    disk: &Disk,
+    dir: &Path,
+    active: Option<&Segment>,
+    report: &PartitionRecovery,
+) -> Result<(), StorageError> {
+    if let Some(active) = active {
         let file = active.file().map_err(StorageError::Other)?;
         if report.truncated_bytes > 0 {
             disk.sync_all(file)?;
@@ -294,33 +348,41 @@ fn recover_inner(
             disk.sync_data(file)?;
         }
     }
-    disk.sync_dir(dir)?;
+    disk.sync_dir(dir)
+}
 
-    let floor = match std::fs::read(dir.join(FLOOR_FILE)) {
+/// The durable floor for the next offset; 0 (with a warning) when its file is missing or
+/// unreadable.
+fn read_floor(dir: &Path, report: &mut PartitionRecovery) -> Result<u64, StorageError> {
+    match std::fs::read(dir.join(FLOOR_FILE)) {
         Ok(bytes) => match decode_small(FLOOR_MAGIC, &bytes) {
-            Ok(floor) => floor,
+            Ok(floor) => Ok(floor),
             Err(why) => {
                 report.warnings.push(format!(
                     "offset floor file is unreadable ({why}); offsets continue after the last \
                      record found"
                 ));
-                0
+                Ok(0)
             }
         },
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             report.warnings.push(
                 "offset floor file is missing; offsets continue after the last record found".into(),
             );
-            0
+            Ok(0)
         }
-        Err(error) => return Err(StorageError::Other(error)),
-    };
-    let data_end = records_end.unwrap_or(0).max(min_next);
+        Err(error) => Err(StorageError::Other(error)),
+    }
+}
+
+/// The next offset, `max(data end, floor)`; a jump to the floor is the crash gap consumers
+/// step over, reported here.
+fn next_offset(data_end: u64, floor: u64, report: &mut PartitionRecovery) -> Result<u64, String> {
     let next = data_end.max(floor);
     if next >= crate::format::MAX_OFFSET {
-        return Ok(Outcome::Quarantined(format!(
+        return Err(format!(
             "next offset {next} (floor {floor}) is beyond the offset space"
-        )));
+        ));
     }
     if next > data_end {
         tracing::warn!(
@@ -337,19 +399,7 @@ fn recover_inner(
         });
         metrics::floor_gap(&report.topic);
     }
-    if report.truncated_bytes > 0 {
-        metrics::recovery_truncation(&report.topic, report.truncated_bytes);
-    }
-    check_consumers(dir, next, report);
-    report.start = segments.first().map_or(next, |s| s.base.min(next));
-    report.end = next;
-    writer.next = next;
-    Ok(Outcome::Healthy {
-        segments,
-        next,
-        floor,
-        writer,
-    })
+    Ok(next)
 }
 
 fn open_segment(path: &Path, sealed: bool) -> io::Result<File> {

@@ -1,14 +1,19 @@
 //! [`Batcher`]: the read side of a sink that consumes every partition of a journal topic in
 //! micro-batches — fill a buffer from all partitions, hand it over when it is full or due, drain
-//! to the journal's end on shutdown, and otherwise wait for new records. The typed tables and the
-//! Postgres loader share it; each keeps its own flush, retry and exactly-once bookkeeping.
+//! to the journal's end on shutdown, and otherwise wait for new records. It reads through
+//! [`Cursor`]s, so a crash gap is stepped over and the published progress reaches the end. The
+//! typed tables and the Postgres loader share it; each keeps its own flush, retry and
+//! exactly-once bookkeeping.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_journal::{Journal, Record};
+use sluice_journal::{Cursor, Journal, Record};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::DeliveryStatus;
 
 /// How long to wait for new records when nothing is buffered.
 const IDLE_WAIT: Duration = Duration::from_secs(5);
@@ -30,33 +35,37 @@ pub struct BatchLimits {
 
 /// Reads one topic's partitions into batches. See the module docs.
 pub struct Batcher {
-    journal: Arc<dyn Journal>,
-    topic: &'static str,
+    cursors: Vec<Cursor>,
     limits: BatchLimits,
-    next: Vec<u64>,
     drain: Option<Vec<u64>>,
     buffer: Vec<(u32, Record)>,
+    /// Per partition: the offset of its first record in the buffer.
+    first_buffered: Vec<Option<u64>>,
     bytes: usize,
     since: Option<Instant>,
+    status: watch::Sender<DeliveryStatus>,
 }
 
 impl Batcher {
-    /// Starts reading partition `p` of `topic` at `next[p]`.
+    /// Starts reading partition `p` of `topic` at `next[p]`. Every batch handed over must be
+    /// delivered before `next_batch` is called again: the batcher then publishes in `status`
+    /// how far each partition is delivered, crash gaps included.
     pub fn new(
         journal: Arc<dyn Journal>,
         topic: &'static str,
         next: Vec<u64>,
         limits: BatchLimits,
+        status: watch::Sender<DeliveryStatus>,
     ) -> Self {
         Self {
-            journal,
-            topic,
+            first_buffered: vec![None; next.len()],
+            cursors: Cursor::per_partition(&journal, topic, &next),
             limits,
-            next,
             drain: None,
             buffer: Vec::new(),
             bytes: 0,
             since: None,
+            status,
         }
     }
 
@@ -64,20 +73,17 @@ impl Batcher {
     /// `None` once `shutdown` was cancelled and everything up to the journal's end as of then was
     /// handed over (or nothing more can be read).
     pub async fn next_batch(&mut self, shutdown: &CancellationToken) -> Option<Vec<(u32, Record)>> {
-        let partitions = self.next.len();
         loop {
             if self.drain.is_none() && shutdown.is_cancelled() {
                 self.drain = Some(
-                    (0..partitions)
-                        .map(|i| {
-                            self.journal
-                                .end(self.topic, i as u32)
-                                .unwrap_or(self.next[i])
-                        })
+                    self.cursors
+                        .iter()
+                        .map(|c| c.end().unwrap_or(c.next()))
                         .collect(),
                 );
             }
             let read_any = self.fill();
+            self.publish_delivered();
             let full =
                 self.buffer.len() >= self.limits.max_events || self.bytes >= self.limits.max_bytes;
             let due = self
@@ -86,12 +92,13 @@ impl Batcher {
             if !self.buffer.is_empty() && (full || due || self.drain.is_some()) {
                 self.bytes = 0;
                 self.since = None;
+                self.first_buffered.fill(None);
                 return Some(std::mem::take(&mut self.buffer));
             }
             // Drained: everything up to the targets is handed over, or nothing more can be read.
             if let Some(d) = &self.drain {
                 if self.buffer.is_empty()
-                    && (!read_any || self.next.iter().zip(d).all(|(n, d)| n >= d))
+                    && (!read_any || self.cursors.iter().zip(d).all(|(c, d)| c.next() >= *d))
                 {
                     return None;
                 }
@@ -100,12 +107,7 @@ impl Batcher {
             let timeout = self.since.map_or(IDLE_WAIT, |s| {
                 self.limits.flush_interval.saturating_sub(s.elapsed())
             });
-            let waits: Vec<_> = (0..partitions)
-                .map(|i| {
-                    self.journal
-                        .wait_for(self.topic, i as u32, self.next[i], timeout)
-                })
-                .collect();
+            let waits: Vec<_> = self.cursors.iter().map(|c| c.wait(timeout)).collect();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = futures::future::select_all(waits) => {}
@@ -113,56 +115,57 @@ impl Batcher {
         }
     }
 
+    /// Publishes, per partition, the first offset not yet delivered: that of its first buffered
+    /// record, else the cursor (every batch handed over before is delivered by now, and the
+    /// cursor has stepped over any crash gap).
+    fn publish_delivered(&self) {
+        let delivered: Vec<u64> = self
+            .cursors
+            .iter()
+            .zip(&self.first_buffered)
+            .map(|(c, first)| first.unwrap_or(c.next()))
+            .collect();
+        self.status.send_if_modified(|s| {
+            if s.next_offsets == delivered {
+                return false;
+            }
+            s.next_offsets = delivered;
+            true
+        });
+    }
+
     /// Reads every partition until the buffer is full or the partition has nothing more (up to
     /// the drain target when draining). Whether anything was read.
     fn fill(&mut self) -> bool {
         let mut read_any = false;
-        for i in 0..self.next.len() {
-            let p = i as u32;
+        for (i, cursor) in self.cursors.iter_mut().enumerate() {
+            let p = cursor.partition();
             let limit = self.drain.as_ref().map(|d| d[i]);
             while self.buffer.len() < self.limits.max_events
                 && self.bytes < self.limits.max_bytes
-                && limit.is_none_or(|l| self.next[i] < l)
+                && limit.is_none_or(|l| cursor.next() < l)
             {
-                let mut max = self
+                let max = self
                     .limits
                     .read_records
-                    .min(self.limits.max_events - self.buffer.len())
-                    .max(1);
-                if let Some(l) = limit {
-                    max = max.min(usize::try_from(l - self.next[i]).unwrap_or(usize::MAX));
-                }
+                    .min(self.limits.max_events - self.buffer.len());
                 let max_bytes = self
                     .limits
                     .read_bytes
-                    .min(self.limits.max_bytes.saturating_sub(self.bytes))
-                    .max(1);
-                let end_before = self.journal.end(self.topic, p).unwrap_or(0);
-                let records = match self
-                    .journal
-                    .read(self.topic, p, self.next[i], max, max_bytes)
-                {
+                    .min(self.limits.max_bytes.saturating_sub(self.bytes));
+                let records = match cursor.read(max, max_bytes, limit) {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::warn!(topic = self.topic, partition = p, error = %e, "journal read failed");
+                        tracing::warn!(partition = p, error = %e, "journal read failed");
                         break;
                     }
                 };
-                if records.is_empty() {
-                    // Nothing durable in [next, end_before): offsets a crash never issued (the
-                    // journal's floor). Skip them, or waiting would spin and a drain would never
-                    // reach the end.
-                    if end_before > self.next[i] && limit.is_none_or(|l| end_before <= l) {
-                        self.next[i] = end_before;
-                    }
+                let Some(first) = records.first() else {
                     break;
-                }
+                };
                 read_any = true;
+                self.first_buffered[i].get_or_insert(first.offset);
                 for record in records {
-                    if record.offset < self.next[i] {
-                        continue;
-                    }
-                    self.next[i] = record.offset + 1;
                     self.bytes += record.value.len();
                     self.buffer.push((p, record));
                 }

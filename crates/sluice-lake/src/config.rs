@@ -110,7 +110,8 @@ pub struct LakeSettings {
     pub zstd_level: i32,
     /// See [`LakeConfig::typed_tables`].
     pub typed_tables: bool,
-    /// First wait after a failed commit or read; doubles up to `retry_backoff_max`.
+    /// First wait after a failed commit or read; doubles up to `retry_backoff_max` (with
+    /// jitter: each wait is between half and all of it).
     pub retry_backoff_initial: Duration,
     /// Longest wait between retries.
     pub retry_backoff_max: Duration,
@@ -125,6 +126,11 @@ pub struct LakeSettings {
 }
 
 impl LakeSettings {
+    /// A fresh retry backoff from `retry_backoff_initial` to `retry_backoff_max`.
+    pub fn backoff(&self) -> sluice_journal::Backoff {
+        sluice_journal::Backoff::new(self.retry_backoff_initial, self.retry_backoff_max)
+    }
+
     /// The defaults, without going through validation (they are valid by construction; a test
     /// checks that they equal `LakeConfig::default().validate()`).
     fn base() -> Self {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::kernel::Add;
-use sluice_journal::{Journal, Record};
+use sluice_journal::{Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -100,86 +100,21 @@ pub struct DeliveryStatus {
     pub stopped: bool,
 }
 
-impl DeliveryStatus {
-    fn reached(&self, targets: &[u64]) -> bool {
+impl ConsumerStatus for DeliveryStatus {
+    fn started(&self) -> bool {
         self.started
-            && targets
-                .iter()
-                .enumerate()
-                .all(|(p, target)| self.next_offsets.get(p).is_some_and(|next| next >= target))
+    }
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+    fn next_offsets(&self) -> &[u64] {
+        &self.next_offsets
     }
 }
 
-/// A handle to watch a sink's progress; cheap to clone, usable after the sink is moved into
-/// its task.
-#[derive(Clone, Debug)]
-pub struct DeliveryProgress {
-    table: &'static str,
-    topic: &'static str,
-    rx: watch::Receiver<DeliveryStatus>,
-}
-
-impl DeliveryProgress {
-    /// A handle on a status channel, for sinks other than [`TableSink`] (the typed tables, the
-    /// Postgres loader).
-    pub fn new(
-        table: &'static str,
-        topic: &'static str,
-        rx: watch::Receiver<DeliveryStatus>,
-    ) -> Self {
-        Self { table, topic, rx }
-    }
-
-    /// The table the sink writes.
-    pub fn table(&self) -> &'static str {
-        self.table
-    }
-
-    /// The current status.
-    pub fn status(&self) -> DeliveryStatus {
-        self.rx.borrow().clone()
-    }
-
-    /// Whether everything below the journal's current durable end of every partition is in the
-    /// table.
-    pub fn is_caught_up(&self, journal: &dyn Journal) -> bool {
-        let status = self.rx.borrow();
-        status.started
-            && status.next_offsets.iter().enumerate().all(|(p, next)| {
-                journal
-                    .end(self.topic, p as u32)
-                    .is_ok_and(|end| *next >= end)
-            })
-    }
-
-    /// Waits until every partition `p` has delivered everything below `targets[p]`. Fails with
-    /// [`LakeError::Stopped`] if the sink stops first. Callers add their own deadline.
-    pub async fn wait_for_offsets(&self, targets: &[u64]) -> Result<DeliveryStatus, LakeError> {
-        let mut rx = self.rx.clone();
-        let stopped = || LakeError::Stopped {
-            table: self.table.to_string(),
-        };
-        let status = rx
-            .wait_for(|s| s.stopped || s.reached(targets))
-            .await
-            .map_err(|_| stopped())?
-            .clone();
-        if status.reached(targets) {
-            Ok(status)
-        } else {
-            Err(stopped())
-        }
-    }
-
-    /// Waits until everything below the journal's durable end *as of this call* is delivered.
-    pub async fn wait_caught_up(&self, journal: &dyn Journal) -> Result<DeliveryStatus, LakeError> {
-        let partitions = journal.partitions(self.topic)?;
-        let targets = (0..partitions)
-            .map(|p| journal.end(self.topic, p))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.wait_for_offsets(&targets).await
-    }
-}
+/// A handle to watch a sink's progress (its name is the table); cheap to clone, usable after
+/// the sink is moved into its task.
+pub type DeliveryProgress = ConsumerProgress<DeliveryStatus>;
 
 /// Delivers one journal topic into one lake table, exactly once. See the module docs.
 pub struct TableSink<S: TableSpec> {
@@ -207,11 +142,7 @@ impl<S: TableSpec> TableSink<S> {
 
     /// A handle on this sink's progress.
     pub fn progress(&self) -> DeliveryProgress {
-        DeliveryProgress {
-            table: S::TABLE,
-            topic: S::TOPIC,
-            rx: self.status.subscribe(),
-        }
+        ConsumerProgress::new(S::TABLE, S::TOPIC, self.status.subscribe())
     }
 
     /// Installs a test fault injector.
@@ -246,13 +177,15 @@ impl<S: TableSpec> TableSink<S> {
 /// Per-partition read position.
 struct PartitionState {
     id: u32,
-    /// Next offset to read from the journal.
-    next_read: u64,
+    /// Where the journal is read next (it steps over crash gaps).
+    cursor: Cursor,
     /// Next offset not yet in the table.
     delivered_next: u64,
+    /// Records of this partition in the buffer.
+    buffered: usize,
     /// After a read error: do not read before this instant.
     retry_at: Option<Instant>,
-    read_backoff: Duration,
+    read_backoff: Backoff,
 }
 
 /// Records read but not yet flushed.
@@ -272,7 +205,6 @@ struct Pending {
 
 /// The running state of a sink.
 struct Delivery<S: TableSpec> {
-    journal: Arc<dyn Journal>,
     settings: LakeSettings,
     status: watch::Sender<DeliveryStatus>,
     faults: Option<FaultInjector>,
@@ -302,7 +234,7 @@ impl<S: TableSpec> Delivery<S> {
             faults,
             ..
         } = sink;
-        let mut backoff = settings.retry_backoff_initial;
+        let mut backoff = settings.backoff();
         let (target, versions) = loop {
             let attempt = async {
                 let target =
@@ -316,12 +248,12 @@ impl<S: TableSpec> Delivery<S> {
                     if e.kind().is_retryable()
                         && !matches!(e, LakeError::SchemaMismatch { .. }) =>
                 {
-                    tracing::warn!(table = S::TABLE, error = %e, retry_in = ?backoff, "cannot open the lake table yet");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = backoff.saturating_mul(2).min(settings.retry_backoff_max);
                 }
                 Err(e) => return Err(e),
             }
@@ -332,10 +264,11 @@ impl<S: TableSpec> Delivery<S> {
                 let next = version.map_or(0, |v| v.saturating_add(1));
                 PartitionState {
                     id,
-                    next_read: next,
+                    cursor: Cursor::new(journal.clone(), S::TOPIC, id, next),
                     delivered_next: next,
+                    buffered: 0,
                     retry_at: None,
-                    read_backoff: settings.retry_backoff_initial,
+                    read_backoff: settings.backoff(),
                 }
             })
             .collect();
@@ -346,7 +279,7 @@ impl<S: TableSpec> Delivery<S> {
             table = S::TABLE,
             topic = S::TOPIC,
             version = ?target.version(),
-            resume_at = ?partitions.iter().map(|p| p.next_read).collect::<Vec<_>>(),
+            resume_at = ?partitions.iter().map(|p| p.delivered_next).collect::<Vec<_>>(),
             "lake delivery started"
         );
         status.send_modify(|s| {
@@ -355,7 +288,6 @@ impl<S: TableSpec> Delivery<S> {
             s.table_version = target.version();
         });
         Ok(Some(Self {
-            journal,
             settings,
             status,
             faults,
@@ -392,7 +324,7 @@ impl<S: TableSpec> Delivery<S> {
         let targets: Vec<u64> = self
             .partitions
             .iter()
-            .map(|p| self.journal.end(S::TOPIC, p.id).unwrap_or(p.next_read))
+            .map(|p| p.cursor.end().unwrap_or(p.cursor.next()))
             .collect();
         tracing::info!(table = S::TABLE, ends = ?targets, "lake delivery draining for shutdown");
         loop {
@@ -444,7 +376,7 @@ impl<S: TableSpec> Delivery<S> {
             .partitions
             .iter()
             .filter(|p| p.retry_at.is_none_or(|at| at <= now))
-            .map(|p| self.journal.wait_for(S::TOPIC, p.id, p.next_read, timeout))
+            .map(|p| p.cursor.wait(timeout))
             .collect();
         if waits.is_empty() {
             tokio::time::sleep(timeout).await;
@@ -487,53 +419,42 @@ impl<S: TableSpec> Delivery<S> {
             if p.retry_at.is_some_and(|at| at > now) {
                 return;
             }
-            let mut max_records = read_batch.min(max_events.saturating_sub(buffered)).max(1);
-            if let Some(target) = target {
-                if p.next_read >= target {
-                    return;
-                }
-                let left = usize::try_from(target - p.next_read).unwrap_or(usize::MAX);
-                max_records = max_records.min(left);
-            }
-            let records = match self.journal.read(
-                S::TOPIC,
-                p.id,
-                p.next_read,
-                max_records,
-                max_bytes.saturating_sub(buffered_bytes).max(1),
-            ) {
+            let max_records = read_batch.min(max_events.saturating_sub(buffered));
+            let max_bytes = max_bytes.saturating_sub(buffered_bytes);
+            let records = match p.cursor.read(max_records, max_bytes, target) {
                 Ok(records) => records,
                 Err(e) => {
                     metrics::read_error(S::TABLE);
+                    let wait = p.read_backoff.next_delay();
                     tracing::warn!(
                         table = S::TABLE,
                         topic = S::TOPIC,
                         partition = p.id,
-                        offset = p.next_read,
-                        retry_in = ?p.read_backoff,
+                        offset = p.cursor.next(),
+                        retry_in = ?wait,
                         error = %e,
                         "journal read failed"
                     );
-                    p.retry_at = Some(now.checked_add(p.read_backoff).unwrap_or(now));
-                    p.read_backoff = p
-                        .read_backoff
-                        .saturating_mul(2)
-                        .min(self.settings.retry_backoff_max);
+                    p.retry_at = Some(now.checked_add(wait).unwrap_or(now));
                     return;
                 }
             };
             p.retry_at = None;
-            p.read_backoff = self.settings.retry_backoff_initial;
+            p.read_backoff.reset();
             if records.is_empty() {
+                if p.buffered == 0 && p.cursor.next() > p.delivered_next {
+                    // Nothing of this partition is buffered or in flight, so everything below
+                    // the cursor is in the table or never existed (a crash gap it stepped over).
+                    p.delivered_next = p.cursor.next();
+                    metrics::delivered_offset(S::TABLE, p.id, p.delivered_next);
+                    let next_offsets = self.partitions.iter().map(|p| p.delivered_next).collect();
+                    self.status.send_modify(|s| s.next_offsets = next_offsets);
+                }
                 return;
             }
             let id = p.id;
+            p.buffered += records.len();
             for record in records {
-                // Never take an offset twice, whatever the journal returns.
-                if record.offset < p.next_read {
-                    continue;
-                }
-                p.next_read = record.offset + 1;
                 self.buffer.bytes += record.value.len();
                 self.buffer.records.push((id, record));
             }
@@ -555,6 +476,9 @@ impl<S: TableSpec> Delivery<S> {
         let started = Instant::now();
         let records = std::mem::take(&mut self.buffer).records;
         metrics::buffered(S::TABLE, 0);
+        for p in &mut self.partitions {
+            p.buffered = 0;
+        }
         let mut last = BTreeMap::new();
         for (p, record) in &records {
             let entry = last.entry(*p).or_insert(record.offset);
@@ -586,8 +510,7 @@ impl<S: TableSpec> Delivery<S> {
 
         let mut staged: Option<Vec<Add>> = None;
         let mut needs_resync = self.positions_stale;
-        let mut attempts: u32 = 0;
-        let mut backoff = self.settings.retry_backoff_initial;
+        let mut backoff = self.settings.backoff();
         loop {
             let step = self
                 .try_commit(&mut pending, &mut staged, &mut needs_resync)
@@ -605,7 +528,7 @@ impl<S: TableSpec> Delivery<S> {
                 Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
                 Err(e) => e,
             };
-            attempts += 1;
+            let attempts = backoff.attempts() + 1;
             metrics::commit_failed(S::TABLE);
             let bounded = shutdown.is_cancelled();
             if bounded && attempts >= self.settings.shutdown_attempts.max(1) {
@@ -615,20 +538,18 @@ impl<S: TableSpec> Delivery<S> {
                     last: error.to_string(),
                 });
             }
+            let wait = backoff.next_delay();
             tracing::warn!(
                 table = S::TABLE,
                 attempt = attempts,
-                retry_in = ?backoff,
+                retry_in = ?wait,
                 error = %error,
                 "lake flush failed; will read the table back and retry"
             );
             tokio::select! {
                 _ = shutdown.cancelled(), if !bounded => {}
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = backoff
-                .saturating_mul(2)
-                .min(self.settings.retry_backoff_max);
         }
     }
 
@@ -675,6 +596,13 @@ impl<S: TableSpec> Delivery<S> {
             FaultAction::Crash => return Err(LakeError::InjectedCrash("files written")),
         }
         let delivered: Vec<(u32, u64)> = pending.last.iter().map(|(p, o)| (*p, *o)).collect();
+        debug_assert!(
+            delivered.iter().all(|(p, offset)| self
+                .partitions
+                .get(*p as usize)
+                .is_none_or(|state| *offset >= state.delivered_next)),
+            "Delta txn versions only grow"
+        );
         // From here on the outcome may be unknown, so any failure means reading the table back.
         *needs_resync = true;
         let commit = match tokio::time::timeout(
@@ -717,7 +645,7 @@ impl<S: TableSpec> Delivery<S> {
                 if let Some(p) = self.partitions.get_mut(id as usize) {
                     p.delivered_next = p.delivered_next.max(v.saturating_add(1));
                     // Another writer may have gone further than we have read.
-                    p.next_read = p.next_read.max(p.delivered_next);
+                    p.cursor.advance_to(p.delivered_next);
                 }
             }
         }
@@ -791,7 +719,7 @@ impl<S: TableSpec> Delivery<S> {
         for (id, version) in self.target.txn_versions(ids).await? {
             if let (Some(v), Some(p)) = (version, self.partitions.get_mut(id as usize)) {
                 p.delivered_next = p.delivered_next.max(v.saturating_add(1));
-                p.next_read = p.next_read.max(p.delivered_next);
+                p.cursor.advance_to(p.delivered_next);
                 metrics::delivered_offset(S::TABLE, p.id, p.delivered_next);
             }
         }

@@ -73,11 +73,8 @@ pub enum LakeError {
         last: String,
     },
     /// The sink stopped before the awaited progress was reached.
-    #[error("delivery to {table} stopped before reaching the awaited positions")]
-    Stopped {
-        /// Table name.
-        table: String,
-    },
+    #[error(transparent)]
+    Stopped(#[from] sluice_journal::ProgressError),
     /// A test fault injector asked the sink to crash.
     #[error("injected crash at {0}")]
     InjectedCrash(&'static str),
@@ -89,9 +86,7 @@ impl LakeError {
         match self {
             Self::Config(_) | Self::Location { .. } => ErrorKind::Invalid,
             Self::Journal(e) => e.kind(),
-            Self::Delta { .. } | Self::GaveUp { .. } | Self::Stopped { .. } => {
-                ErrorKind::Unavailable
-            }
+            Self::Delta { .. } | Self::GaveUp { .. } | Self::Stopped(_) => ErrorKind::Unavailable,
             Self::SchemaMismatch { .. } => ErrorKind::Conflict,
             Self::Encode { .. } | Self::Task { .. } | Self::InjectedCrash(_) => ErrorKind::Internal,
         }

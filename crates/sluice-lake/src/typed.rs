@@ -68,7 +68,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
 use serde_json::Value;
 use sluice_event::{BadKind, BadRow, Event};
-use sluice_journal::{Journal, Record};
+use sluice_journal::{ConsumerProgress, Journal, Record};
 
 use crate::batcher::{BatchLimits, Batcher};
 use tokio::sync::watch;
@@ -946,7 +946,7 @@ impl TypedSink {
 
     /// A handle on this sink's progress (its `table` is the control table).
     pub fn progress(&self) -> DeliveryProgress {
-        DeliveryProgress::new(
+        ConsumerProgress::new(
             CONTROL_TABLE,
             sluice_event::topic::GOOD,
             self.status.subscribe(),
@@ -997,7 +997,7 @@ impl TypedSink {
     async fn run_inner(self, shutdown: &CancellationToken) -> Result<(), LakeError> {
         let topic = sluice_event::topic::GOOD;
         let partitions = self.journal.partitions(topic)?;
-        let mut backoff = self.settings.retry_backoff_initial;
+        let mut backoff = self.settings.backoff();
         let (mut open, positions) = loop {
             match self.open(partitions).await {
                 Ok(o) => break o,
@@ -1005,14 +1005,12 @@ impl TypedSink {
                     if e.kind().is_retryable()
                         && !matches!(e, LakeError::SchemaMismatch { .. }) =>
                 {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the typed tables yet");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot open the typed tables yet");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = backoff
-                        .saturating_mul(2)
-                        .min(self.settings.retry_backoff_max);
                 }
                 Err(e) => return Err(e),
             }
@@ -1020,10 +1018,9 @@ impl TypedSink {
         let next: Vec<u64> = (0..partitions)
             .map(|p| positions.get(&p).map_or(0, |v| v + 1))
             .collect();
-        let mut delivered = next.clone();
         self.status.send_modify(|s| {
             s.started = true;
-            s.next_offsets = delivered.clone();
+            s.next_offsets = next.clone();
         });
         tracing::info!(resume_at = ?next, "typed table delivery started");
         let limits = BatchLimits {
@@ -1033,16 +1030,21 @@ impl TypedSink {
             read_bytes: usize::MAX,
             flush_interval: self.settings.flush_interval,
         };
-        let mut batcher = Batcher::new(self.journal.clone(), topic, next, limits);
+        let mut batcher = Batcher::new(
+            self.journal.clone(),
+            topic,
+            next,
+            limits,
+            self.status.clone(),
+        );
         while let Some(records) = batcher.next_batch(shutdown).await {
-            let mut attempts = 0u32;
-            let mut backoff = self.settings.retry_backoff_initial;
+            let mut backoff = self.settings.backoff();
             loop {
                 match self.flush(&mut open, &records, partitions).await {
                     Ok(()) => break,
                     Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
                     Err(e) => {
-                        attempts += 1;
+                        let attempts = backoff.attempts() + 1;
                         if shutdown.is_cancelled()
                             && attempts >= self.settings.shutdown_attempts.max(1)
                         {
@@ -1052,11 +1054,9 @@ impl TypedSink {
                                 last: e.to_string(),
                             });
                         }
-                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "typed table flush failed; will reopen the tables and retry");
-                        tokio::time::sleep(backoff).await;
-                        backoff = backoff
-                            .saturating_mul(2)
-                            .min(self.settings.retry_backoff_max);
+                        let wait = backoff.next_delay();
+                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "typed table flush failed; will reopen the tables and retry");
+                        tokio::time::sleep(wait).await;
                         // Every destination is re-read: its txn versions say what landed.
                         match self.open(partitions).await {
                             Ok((o, _)) => open = o,
@@ -1067,13 +1067,9 @@ impl TypedSink {
                     }
                 }
             }
-            for (p, r) in &records {
-                let d = &mut delivered[*p as usize];
-                *d = (*d).max(r.offset + 1);
-            }
+            // The batcher publishes how far each partition is delivered.
             let rows = records.len() as u64;
             self.status.send_modify(|s| {
-                s.next_offsets = delivered.clone();
                 s.commits += 1;
                 s.rows += rows;
             });
@@ -1197,6 +1193,11 @@ impl TypedSink {
                     .await?
                     .map_err(delta_err(&name, "writing parquet"))?
             };
+            debug_assert!(
+                last.iter()
+                    .all(|(p, o)| table.versions.get(p).is_none_or(|v| o > v)),
+                "Delta txn versions only grow"
+            );
             let version = commit_with_txns(
                 &mut table.table,
                 &name,

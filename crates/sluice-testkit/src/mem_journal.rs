@@ -1,8 +1,10 @@
 //! An in-memory [`sluice_journal::Journal`] for unit tests of stages.
 //!
 //! Semantics follow the trait's contract with the simplest possible storage: every topic is a
-//! `Vec` of partitions, every partition a `Vec<Record>` whose index is the offset. An append is
-//! "durable" as soon as it is in the vector, so the durable end is the vector's length. Waiters
+//! `Vec` of partitions, every partition a `Vec<Record>` in offset order. An append is "durable"
+//! as soon as it is in the vector. The durable end is one past the last record, unless
+//! [`MemJournal::crash_gap`] moved it further, as a `LocalJournal` restarting at its floor does
+//! after a crash: offsets are dense except across such a gap. Waiters
 //! (`wait_for`) watch a per-partition `tokio::sync::watch` channel carrying the end, which cannot
 //! lose a wake-up the way a bare `Notify` can. Nothing here touches the disk; `is_failed` is
 //! false unless a test sets it with [`MemJournal::set_failed`].
@@ -18,7 +20,8 @@ use futures::future::BoxFuture;
 use sluice_journal::{Journal, JournalError, Record, TopicInfo};
 use tokio::sync::watch;
 
-/// One partition: its records (index = offset) and the channel that publishes its end.
+/// One partition: its records in offset order and the channel that publishes its end (the
+/// offset the next record gets).
 struct Partition {
     records: Vec<Record>,
     end: watch::Sender<u64>,
@@ -34,6 +37,15 @@ impl Partition {
             end: watch::Sender::new(0),
             quarantined: false,
         }
+    }
+
+    fn end(&self) -> u64 {
+        *self.end.borrow()
+    }
+
+    /// The index of the first record at or past `offset`.
+    fn first_at(&self, offset: u64) -> usize {
+        self.records.partition_point(|r| r.offset < offset)
     }
 }
 
@@ -120,7 +132,8 @@ impl MemJournal {
             .unwrap_or_default();
         let mut state = self.lock();
         let part = partition_mut(&mut state, topic, partition)?;
-        let first = part.records.len() as u64;
+        let first = part.end();
+        let count = records.len() as u64;
         for (i, value) in records.into_iter().enumerate() {
             part.records.push(Record {
                 offset: first + i as u64,
@@ -128,8 +141,19 @@ impl MemJournal {
                 value,
             });
         }
-        part.end.send_replace(part.records.len() as u64);
+        part.end.send_replace(first + count);
         Ok(first)
+    }
+
+    /// Leaves a gap of `offsets` never-issued offsets at the end of a partition, as an unclean
+    /// stop does (the next offset jumps to the durable floor): the end moves on, and reads
+    /// from inside the gap find nothing until records are appended after it.
+    pub fn crash_gap(&self, topic: &str, partition: u32, offsets: u64) -> Result<(), JournalError> {
+        let mut state = self.lock();
+        let part = partition_mut(&mut state, topic, partition)?;
+        let end = part.end() + offsets;
+        part.end.send_replace(end);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -250,10 +274,9 @@ impl Journal for MemJournal {
     ) -> Result<Vec<Record>, JournalError> {
         let state = self.lock();
         let part = partition_ref(&state, topic, partition)?;
-        let start = usize::try_from(from).unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for record in part.records.iter().skip(start) {
+        for record in &part.records[part.first_at(from)..] {
             // At least one record, then stop at either limit.
             if !out.is_empty() && (out.len() >= max_records || bytes >= max_bytes) {
                 break;
@@ -266,7 +289,7 @@ impl Journal for MemJournal {
 
     fn end(&self, topic: &str, partition: u32) -> Result<u64, JournalError> {
         let state = self.lock();
-        Ok(partition_ref(&state, topic, partition)?.records.len() as u64)
+        Ok(partition_ref(&state, topic, partition)?.end())
     }
 
     fn start(&self, topic: &str, partition: u32) -> Result<u64, JournalError> {
@@ -380,5 +403,24 @@ mod tests {
         assert!(journal.create_topic("good", 3).is_err());
         assert!(journal.create_topic("good", 2).is_ok());
         assert!(!journal.is_failed());
+    }
+
+    #[tokio::test]
+    async fn a_crash_gap_moves_the_end_and_reads_step_over_it() {
+        let journal = MemJournal::with_topics(&[("good", 1)]);
+        journal
+            .append_now("good", 0, vec![Bytes::from_static(b"a")])
+            .unwrap();
+        journal.crash_gap("good", 0, 1000).unwrap();
+        assert_eq!(journal.end("good", 0).unwrap(), 1001);
+        assert!(journal.read("good", 0, 1, 10, 1 << 20).unwrap().is_empty());
+        let at = journal
+            .append_now("good", 0, vec![Bytes::from_static(b"b")])
+            .unwrap();
+        assert_eq!(at, 1001);
+        let records = journal.read("good", 0, 1, 10, 1 << 20).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].offset, 1001);
+        assert_eq!(journal.end("good", 0).unwrap(), 1002);
     }
 }

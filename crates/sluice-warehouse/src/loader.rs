@@ -189,6 +189,13 @@ pub struct LoaderSettings {
     pub shutdown_attempts: u32,
 }
 
+impl LoaderSettings {
+    /// A fresh retry backoff from `retry_backoff_initial` to `retry_backoff_max`.
+    fn backoff(&self) -> sluice_journal::Backoff {
+        sluice_journal::Backoff::new(self.retry_backoff_initial, self.retry_backoff_max)
+    }
+}
+
 /// SQL type of a column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SqlType {
@@ -376,7 +383,7 @@ impl PgLoader {
 
     /// A handle on the loader's progress.
     pub fn progress(&self) -> DeliveryProgress {
-        DeliveryProgress::new(
+        sluice_journal::ConsumerProgress::new(
             POSITIONS_TABLE,
             sluice_event::topic::GOOD,
             self.status.subscribe(),
@@ -462,19 +469,17 @@ impl PgLoader {
     async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), LoaderError> {
         let topic = sluice_event::topic::GOOD;
         let partitions = self.journal.partitions(topic)?;
-        let mut backoff = self.settings.retry_backoff_initial;
+        let mut backoff = self.settings.backoff();
         let (mut session, next) = loop {
             match self.connect(partitions).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the loader's database yet");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the loader's database yet");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = backoff
-                        .saturating_mul(2)
-                        .min(self.settings.retry_backoff_max);
                 }
             }
         };
@@ -491,10 +496,15 @@ impl PgLoader {
             read_bytes: 64 << 20,
             flush_interval: self.settings.flush_interval,
         };
-        let mut batcher = Batcher::new(self.journal.clone(), topic, next, limits);
+        let mut batcher = Batcher::new(
+            self.journal.clone(),
+            topic,
+            next,
+            limits,
+            self.status.clone(),
+        );
         while let Some(records) = batcher.next_batch(shutdown).await {
-            let mut attempts = 0u32;
-            let mut backoff = self.settings.retry_backoff_initial;
+            let mut backoff = self.settings.backoff();
             let mut in_db = loaded.clone();
             loop {
                 match self.load(&mut session, &records, &in_db).await {
@@ -503,7 +513,7 @@ impl PgLoader {
                         break;
                     }
                     Err(e) => {
-                        attempts += 1;
+                        let attempts = backoff.attempts() + 1;
                         if shutdown.is_cancelled()
                             && attempts >= self.settings.shutdown_attempts.max(1)
                         {
@@ -512,11 +522,9 @@ impl PgLoader {
                                 last: e.to_string(),
                             });
                         }
-                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?backoff, "postgres load failed; will reconnect, read the positions back and retry");
-                        tokio::time::sleep(backoff).await;
-                        backoff = backoff
-                            .saturating_mul(2)
-                            .min(self.settings.retry_backoff_max);
+                        let wait = backoff.next_delay();
+                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "postgres load failed; will reconnect, read the positions back and retry");
+                        tokio::time::sleep(wait).await;
                         match self.connect(partitions).await {
                             Ok((s, positions)) => {
                                 session = s;
@@ -533,9 +541,9 @@ impl PgLoader {
                 let l = &mut loaded[*p as usize];
                 *l = (*l).max(r.offset + 1);
             }
+            // The batcher publishes how far each partition is delivered.
             let count = records.len() as u64;
             self.status.send_modify(|s| {
-                s.next_offsets = loaded.clone();
                 s.commits += 1;
                 s.rows += count;
             });

@@ -607,3 +607,32 @@ async fn the_batching_window_waits_for_a_full_batch() {
         .unwrap();
     assert_eq!(good_ids(&j).len(), 7);
 }
+
+/// After a crash a partition's end jumps to the journal's floor: the runner steps over the gap
+/// (between records and at the tail), counts as caught up, and commits the end.
+#[tokio::test]
+async fn caught_up_resolves_after_a_crash_gap() {
+    const CRASH_GAP: u64 = 1 << 20;
+    let j = journal_with_raw(10);
+    run_to_end(j.clone(), 4).await;
+    j.crash_gap(topic::RAW, 0, CRASH_GAP).unwrap();
+    j.append_now(topic::RAW, 0, (10..15).map(raw_record).collect())
+        .unwrap();
+    j.crash_gap(topic::RAW, 0, CRASH_GAP).unwrap();
+    run_to_end(j.clone(), 4).await;
+    let end = j.end(topic::RAW, 0).unwrap();
+    assert_eq!(end, 15 + 2 * CRASH_GAP);
+    assert_eq!(
+        // The runner's consumer group.
+        j.committed("functions", topic::RAW, 0).unwrap(),
+        Some(end)
+    );
+    let mut ids: Vec<String> = good_ids(&j)
+        .into_iter()
+        .chain(bad_ids(&j))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    let want: Vec<String> = (0..15).map(|i| format!("id{i:04}")).collect();
+    assert_eq!(ids, want);
+}
