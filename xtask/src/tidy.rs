@@ -3,7 +3,8 @@
 //!
 //! - every Rust file opens with a `//!` doc comment saying what it owns;
 //! - crate edges (from `cargo metadata`) follow the layering in ARCHITECTURE.md's code map
-//!   ("Crates depend one way, top on bottom: …"); `sluice-testkit` is a dev-dependency only;
+//!   ("Crates depend one way, top on bottom: …"); `sluice-testkit` and `sluice-chaos` are
+//!   dev-dependencies only;
 //! - only `sluice-server` and `sluice-cli` depend on HTTP server crates (axum, hyper, tower),
 //!   only `sluice-lake` and `sluice-warehouse` on the Arrow family, and DataFusion and Arrow are
 //!   reached through `deltalake`'s re-exports, so the family cannot drift;
@@ -226,6 +227,9 @@ fn dependency_problems(
     Ok(problems)
 }
 
+/// Dev-only crates: test tools that other crates may use only as dev-dependencies.
+const TEST_TOOLS: [&str; 2] = ["sluice-testkit", "sluice-chaos"];
+
 /// Whether `package` may depend on `dep` (as a dev-dependency when `dev`).
 fn edge_problem(
     package: &str,
@@ -234,8 +238,9 @@ fn edge_problem(
     layering: &BTreeSet<(String, String)>,
 ) -> Option<String> {
     let short = |n: &str| n.strip_prefix("sluice-").map(str::to_string);
-    if dep == "sluice-testkit" {
-        return (!dev).then(|| format!("{package}: sluice-testkit is a dev-dependency only"));
+    if TEST_TOOLS.contains(&dep) {
+        let allowed = dev || TEST_TOOLS.contains(&package);
+        return (!allowed).then(|| format!("{package}: {dep} is a dev-dependency only"));
     }
     if !dev && HTTP_CRATES.contains(&dep) && !HTTP_USERS.contains(&package) {
         return Some(format!(
@@ -248,11 +253,11 @@ fn edge_problem(
              sluice-warehouse"
         ));
     }
-    // testkit's own edges are a test tool's, outside the layering.
+    // A test tool's own edges are outside the layering.
     let (Some(from), Some(to)) = (short(package), short(dep)) else {
         return None;
     };
-    if from == "testkit" || layering.contains(&(from.clone(), to.clone())) {
+    if TEST_TOOLS.contains(&package) || layering.contains(&(from.clone(), to.clone())) {
         return None;
     }
     Some(format!(

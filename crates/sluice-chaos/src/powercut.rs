@@ -738,6 +738,7 @@ impl Filesystem for Fs {
         let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `s` a valid, writable statvfs.
         if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
             return reply.error(libc::EIO);
         }

@@ -76,7 +76,7 @@ impl Scorecard {
     /// Prints the card and appends it to `$SLUICE_CHAOS_SCORECARD`.
     pub fn emit(&self) {
         let line = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        println!("SCORECARD {line}");
+        eprintln!("SCORECARD {line}");
         if let Ok(path) = std::env::var("SLUICE_CHAOS_SCORECARD")
             && let Ok(mut f) = std::fs::OpenOptions::new()
                 .create(true)
