@@ -1,8 +1,6 @@
 //! Shared by the tests that drive PyPI and npm packages: the pinned toolchain of
 //! `compat/warehouse/`, installed once per content hash under `~/.cache/sluice-compat/`.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,9 +1,11 @@
 //! The SQL benchmark: typical product-analytics queries on `SLUICE_BENCH_EVENTS` events (default
 //! 1,000,000) written by the real lake sinks and compacted, run by sluice's warehouse and by
 //! DuckDB over the same Parquet files in the same run (best of three each, two threads each).
-//! A benchmark, not a test: it asserts only that both engines return the same number of rows.
-//! Ignored by default; run it with
-//! `cargo nextest run -p sluice-warehouse --run-ignored ignored-only --no-capture bench_sql`.
+//! It asserts only that both engines return the same number of rows. Run it with
+//! `cargo bench -p sluice-warehouse --bench sql` (an optimised build).
+
+// The results table is this benchmark's output.
+#![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,9 @@ use sluice_testkit::mem_journal::MemJournal;
 use sluice_warehouse::{Warehouse, format};
 use tokio_util::sync::CancellationToken;
 
+// The pinned PyPI toolchain the client tests use too; only part of it is needed here.
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
 mod support;
 
 /// 2025-10-28T00:00:00Z: events over the 30 days from there.
@@ -99,8 +104,15 @@ const QUERIES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark that needs PyPI packages; run it on purpose"]
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench_sql());
+}
+
 async fn bench_sql() {
     let n: u64 = std::env::var("SLUICE_BENCH_EVENTS")
         .ok()

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{compat_dir, run, toolchain};
 use bytes::Bytes;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Int64Type;
@@ -21,9 +22,7 @@ use sluice_event::topic;
 use sluice_lake::{LakeRoot, LakeSettings, LakeSink, TypedSink};
 use sluice_testkit::mem_journal::MemJournal;
 use sluice_warehouse::{PgCredentials, Warehouse, serve_pg_with};
-use support::{compat_dir, run, toolchain};
 
-mod support;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
