@@ -59,15 +59,8 @@ pub fn nemesis(
     tokio::task::spawn_blocking(move || {
         let mut storm = Storm::default();
         for k in 0..kills {
-            let threshold = (k + 1) * total / (kills + 1);
-            loop {
-                if progress.acked.load(Ordering::SeqCst) >= threshold {
-                    break;
-                }
-                if progress.done.load(Ordering::SeqCst) {
-                    return Ok(storm);
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !await_acked(&progress, (k + 1) * total / (kills + 1)) {
+                return Ok(storm);
             }
             let mut s = server.lock().expect("server lock");
             s.kill9()?;
@@ -79,6 +72,37 @@ pub fn nemesis(
             storm.kills += 1;
         }
         Ok(storm)
+    })
+}
+
+/// Blocks until `threshold` events are acked (true) or the workload has finished first (false).
+pub fn await_acked(progress: &Progress, threshold: usize) -> bool {
+    while progress.acked.load(Ordering::SeqCst) < threshold {
+        if progress.done.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Runs `fault` `count` times, each once another `1/(count+1)` of `total` events has been
+/// acked (a dependency killed and restarted, say); answers how many ran before the workload
+/// finished.
+pub fn faults_at_thresholds(
+    progress: Arc<Progress>,
+    total: usize,
+    count: usize,
+    mut fault: impl FnMut(usize) -> anyhow::Result<()> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
+    tokio::task::spawn_blocking(move || {
+        for k in 0..count {
+            if !await_acked(&progress, (k + 1) * total / (count + 1)) {
+                return Ok(k);
+            }
+            fault(k)?;
+        }
+        Ok(count)
     })
 }
 

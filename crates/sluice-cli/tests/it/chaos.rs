@@ -135,23 +135,11 @@ async fn postgres_killed_mid_batch_keeps_the_loader_exact() -> anyhow::Result<()
     let history = Arc::new(History::default());
     let progress = Arc::new(Progress::default());
     let killer = {
-        let (pg, progress, total) = (pg.clone(), progress.clone(), w.total());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-            let mut done = 0;
-            for k in 0..kills {
-                let threshold = (k + 1) * total / (kills + 1);
-                while progress.acked.load(std::sync::atomic::Ordering::SeqCst) < threshold {
-                    if progress.done.load(std::sync::atomic::Ordering::SeqCst) {
-                        return Ok(done);
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let mut p = pg.lock().expect("pg lock");
-                p.kill9();
-                p.restart()?;
-                done += 1;
-            }
-            Ok(done)
+        let pg = pg.clone();
+        harness::faults_at_thresholds(progress.clone(), w.total(), kills, move |_| {
+            let mut p = pg.lock().expect("pg lock");
+            p.kill9();
+            p.restart()
         })
     };
     workload::run(w.clone(), target, history.clone(), progress).await?;

@@ -273,23 +273,11 @@ async fn redis_killed_mid_batch_keeps_the_hot_tier_exact() -> anyhow::Result<()>
     let progress = Arc::new(Progress::default());
     // The nemesis here kills Redis, not the server.
     let killer = {
-        let (redis, progress, total) = (redis.clone(), progress.clone(), w.total());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-            let mut done = 0;
-            for k in 0..kills {
-                let threshold = (k + 1) * total / (kills + 1);
-                while progress.acked.load(std::sync::atomic::Ordering::SeqCst) < threshold {
-                    if progress.done.load(std::sync::atomic::Ordering::SeqCst) {
-                        return Ok(done);
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let mut r = redis.lock().expect("redis lock");
-                r.kill9();
-                r.restart()?;
-                done += 1;
-            }
-            Ok(done)
+        let redis = redis.clone();
+        harness::faults_at_thresholds(progress.clone(), w.total(), kills, move |_| {
+            let mut r = redis.lock().expect("redis lock");
+            r.kill9();
+            r.restart()
         })
     };
     workload::run(w.clone(), target, history.clone(), progress).await?;
