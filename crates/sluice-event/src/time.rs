@@ -40,6 +40,20 @@ fn millis_to_micros(ms: i64) -> Option<i64> {
     ms.checked_mul(1000).filter(|m| in_range(*m))
 }
 
+/// When an event happened, with the device clock's skew removed (Segment's rule): `received −
+/// (sent − device)`, where `sent` and `device` are both read off the device's clock. Both come
+/// from the tracker, so a broken one can push the result out of any calendar (a `device` in 1900
+/// sent "in" 9999 lands in year −6074); then the device's own time is kept, which parsing has
+/// already bounded to years 1900 ..= 9999.
+pub fn skew_corrected(received: i64, sent: i64, device: i64) -> i64 {
+    let corrected = received.saturating_sub(sent.saturating_sub(device));
+    if in_range(corrected) {
+        corrected
+    } else {
+        device
+    }
+}
+
 /// Years 1900 ..= 9999: anything outside is a tracker bug, not a time.
 fn in_range(micros: i64) -> bool {
     (-2_208_988_800_000_000..=253_402_300_799_000_000).contains(&micros)
@@ -63,6 +77,24 @@ pub fn format_micros(micros: i64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn skew_correction_never_leaves_the_calendar() {
+        let at = |s: &str| parse_timestamp(&json!(s)).unwrap();
+        let received = at("2026-12-03T12:00:00Z");
+        // Sent 10 s after it happened by the device's clock.
+        let sent = at("2027-01-01T00:00:10Z");
+        let device = at("2027-01-01T00:00:00Z");
+        assert_eq!(
+            skew_corrected(received, sent, device),
+            received - 10_000_000
+        );
+        // A device "in" 1900 that says it sent in 9999: the correction would give year -6074.
+        let (device, sent) = (at("1900-01-02T00:00:00Z"), at("9999-12-30T00:00:00Z"));
+        assert_eq!(skew_corrected(received, sent, device), device);
+        let year_1900 = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+        assert!(date_of(skew_corrected(received, sent, device)) >= year_1900);
+    }
 
     #[test]
     fn parses_the_forms_trackers_send() {

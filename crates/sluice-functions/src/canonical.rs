@@ -198,7 +198,7 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
     let original = time(&["timestamp", "originalTimestamp"])?;
     let sent_at = time(&["sentAt", "sent_at"])?;
     let timestamp = match (original, sent_at) {
-        (Some(t), Some(s)) => raw.received_at.saturating_sub(s.saturating_sub(t)),
+        (Some(t), Some(s)) => sluice_event::skew_corrected(raw.received_at, s, t),
         (Some(t), None) => t,
         (None, _) => raw.received_at,
     };

@@ -163,7 +163,7 @@ impl Time {
         let sent_at = p.time("stm")?;
         let timestamp = match (ttm, dtm, sent_at) {
             (Some(t), _, _) => t,
-            (None, Some(d), Some(s)) => raw.received_at.saturating_sub(s.saturating_sub(d)),
+            (None, Some(d), Some(s)) => sluice_event::skew_corrected(raw.received_at, s, d),
             (None, Some(d), None) => d,
             (None, None, _) => raw.received_at,
         };

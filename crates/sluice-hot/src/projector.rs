@@ -23,7 +23,7 @@
 //! 6. On shutdown it projects everything below each partition's durable end as of that moment,
 //!    lets the hook checkpoint, and returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,30 +295,11 @@ impl Projector {
             return Ok(0);
         }
         let consumed = records.len();
-        let index: HashMap<u32, usize> = parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
-
-        // Decode; an undecodable record is skipped but still moves its partition on.
-        let mut skipped = 0u64;
-        let mut events: Vec<(Position, Event)> = Vec::with_capacity(records.len());
-        for (partition, record) in records {
-            match serde_json::from_slice::<Event>(&record.value) {
-                Ok(e) => events.push((
-                    Position {
-                        partition,
-                        offset: record.offset,
-                    },
-                    e,
-                )),
-                Err(error) => {
-                    tracing::error!(partition, offset = record.offset, %error, "undecodable good record skipped by the hot projection");
-                    metrics::skipped();
-                    skipped += 1;
-                }
-            }
-        }
+        let (events, skipped) = decode(records);
         let needs_context = self.settings.counters.iter().any(|c| {
             c.key.needs_context() || c.property.as_ref().is_some_and(|p| p.needs_context())
         });
+        let index: HashMap<u32, usize> = parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         let is_live = |pos: &Position| {
             index
                 .get(&pos.partition)
@@ -328,123 +309,122 @@ impl Projector {
             .iter()
             .map(|(pos, e)| (*pos, is_live(pos), EventView::new(e, needs_context)))
             .collect();
+        let mut state = self.load(&self.keys_touched(&views)).await?;
+        let (dirty, live_events) = self.apply(&views, &mut state);
+        let batch = write_batch(parts, dirty, &state)?;
+        if !batch.positions.is_empty() {
+            self.write_with_retry(&batch, shutting_down).await?;
+        }
+        self.advance(parts, &batch);
+        metrics::batch(live_events, started.elapsed().as_secs_f64());
+        self.publish(parts, |s| {
+            s.batches += 1;
+            s.events += live_events as u64;
+            s.skipped += skipped;
+        });
+        Ok(consumed)
+    }
 
-        // Load what the batch touches, once per key.
+    /// The store keys a batch reads: the profiles its events touch (all of them when a hook
+    /// scores replayed events too) and the counters its live events add to, each once.
+    fn keys_touched(&self, views: &[(Position, bool, EventView<'_>)]) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut want = |k: String, keys: &mut Vec<String>| {
-            if !seen.contains_key(&k) {
-                seen.insert(k.clone(), keys.len());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut want = |k: String| {
+            if seen.insert(k.clone()) {
                 keys.push(k);
             }
         };
-        for (_, live, view) in &views {
+        for (_, live, view) in views {
             if let Some(id) = view.profile_id
                 && (*live || self.hook.is_some())
             {
-                want(Profile::store_key(id), &mut keys);
+                want(Profile::store_key(id));
             }
             if *live {
                 for c in &self.settings.counters {
                     if let Some((key, _)) = c.contribution(view) {
-                        want(c.store_key(&key), &mut keys);
+                        want(c.store_key(&key));
                     }
                 }
             }
         }
-        let values = self.store.get_many(&keys).await?;
-        let mut profiles: HashMap<String, Profile> = HashMap::new();
-        let mut counters: HashMap<String, CounterState> = HashMap::new();
+        keys
+    }
+
+    /// The stored values of `keys`. A value that does not decode starts afresh: stalling every
+    /// later event of its key would be worse.
+    async fn load(&self, keys: &[String]) -> Result<HotState, HotError> {
+        let values = self.store.get_many(keys).await?;
+        let mut state = HotState::default();
         for (key, value) in keys.iter().zip(values) {
             let Some(bytes) = value else { continue };
             let decoded = if key.starts_with("p:") {
                 serde_json::from_slice(&bytes).map(|p| {
-                    profiles.insert(key.clone(), p);
+                    state.profiles.insert(key.clone(), p);
                 })
             } else {
                 serde_json::from_slice(&bytes).map(|c| {
-                    counters.insert(key.clone(), c);
+                    state.counters.insert(key.clone(), c);
                 })
             };
             if let Err(error) = decoded {
-                // Rebuilt from this batch on: stalling every later event of the key is worse.
                 tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
                 metrics::error("corrupt");
             }
         }
+        Ok(state)
+    }
 
-        // Apply in journal order.
+    /// Applies the live events to `state` in journal order and shows every event to the hook;
+    /// the keys changed, in first-change order, and the number of live events.
+    fn apply(
+        &mut self,
+        views: &[(Position, bool, EventView<'_>)],
+        state: &mut HotState,
+    ) -> (Vec<String>, usize) {
         let mut dirty: Vec<String> = Vec::new();
-        let mut dirty_seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut dirty_seen: HashSet<String> = HashSet::new();
         let mut live_events = 0usize;
         let now_us = sluice_event::now_micros();
-        for (pos, live, view) in &views {
+        for (pos, live, view) in views {
             if *live {
                 live_events += 1;
                 metrics::visible_delay(((now_us - view.event.received_at).max(0)) as f64 / 1e6);
                 for c in &self.settings.counters {
                     if let Some((key, inc)) = c.contribution(view) {
                         let k = c.store_key(&key);
-                        c.apply(
-                            counters.entry(k.clone()).or_default(),
-                            view.event.timestamp,
-                            inc,
-                        );
+                        let counter = state.counters.entry(k.clone()).or_default();
+                        c.apply(counter, view.event.timestamp, inc);
                         if dirty_seen.insert(k.clone()) {
                             dirty.push(k);
                         }
                     }
                 }
             }
-            let profile = match view.profile_id {
-                Some(id) => {
-                    let k = Profile::store_key(id);
-                    let p = profiles.entry(k.clone()).or_insert_with(|| Profile {
-                        id: id.to_string(),
-                        ..Profile::default()
-                    });
-                    if *live {
-                        p.apply(view, &self.settings);
-                        if dirty_seen.insert(k.clone()) {
-                            dirty.push(k);
-                        }
+            let profile = view.profile_id.map(|id| {
+                let k = Profile::store_key(id);
+                let p = state.profiles.entry(k.clone()).or_insert_with(|| Profile {
+                    id: id.to_string(),
+                    ..Profile::default()
+                });
+                if *live {
+                    p.apply(view, &self.settings);
+                    if dirty_seen.insert(k.clone()) {
+                        dirty.push(k);
                     }
-                    Some(p)
                 }
-                None => None,
-            };
+                p
+            });
             if let Some(hook) = self.hook.as_mut() {
                 hook.on_event(*pos, view, profile, *live);
             }
         }
+        (dirty, live_events)
+    }
 
-        // One atomic write: values and positions.
-        let mut batch = WriteBatch {
-            consumer: CONSUMER.to_string(),
-            ..WriteBatch::default()
-        };
-        // Every offset below a cursor is in this batch, already stored, or never existed.
-        for p in parts.iter() {
-            let new = p.cursor.next();
-            if new > p.store_next() {
-                batch.positions.insert(p.id, (p.stored, new));
-            }
-        }
-        for k in dirty {
-            let encoded = if let Some(p) = profiles.get(&k) {
-                serde_json::to_vec(p)
-            } else if let Some(c) = counters.get(&k) {
-                serde_json::to_vec(c)
-            } else {
-                continue;
-            };
-            let encoded = encoded.map_err(|e| HotError::Embedded(e.to_string()))?;
-            batch.puts.push((k, encoded));
-        }
-        if !batch.positions.is_empty() {
-            self.write_with_retry(&batch, shutting_down).await?;
-        }
-
+    /// After `batch` is stored: the partitions' stored positions, the hook and the metrics.
+    fn advance(&mut self, parts: &mut [PartitionState], batch: &WriteBatch) {
         for p in parts.iter_mut() {
             if let Some((_, new)) = batch.positions.get(&p.id) {
                 debug_assert!(*new > p.store_next(), "hot positions only grow");
@@ -456,13 +436,6 @@ impl Projector {
             let seen: Positions = parts.iter().map(|p| (p.id, p.cursor.next())).collect();
             hook.after_batch(&seen);
         }
-        metrics::batch(live_events, started.elapsed().as_secs_f64());
-        self.publish(parts, |s| {
-            s.batches += 1;
-            s.events += live_events as u64;
-            s.skipped += skipped;
-        });
-        Ok(consumed)
     }
 
     /// Reads up to `batch_events` records across partitions, round robin.
@@ -542,4 +515,64 @@ impl Projector {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The profiles and counters one batch reads and changes, by store key.
+#[derive(Default)]
+struct HotState {
+    profiles: HashMap<String, Profile>,
+    counters: HashMap<String, CounterState>,
+}
+
+/// The batch's events with their positions; an undecodable record is skipped (and counted) but
+/// still moves its partition on.
+fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
+    let mut skipped = 0u64;
+    let mut events = Vec::with_capacity(records.len());
+    for (partition, record) in records {
+        let position = Position {
+            partition,
+            offset: record.offset,
+        };
+        match serde_json::from_slice::<Event>(&record.value) {
+            Ok(e) => events.push((position, e)),
+            Err(error) => {
+                tracing::error!(partition, offset = record.offset, %error, "undecodable good record skipped by the hot projection");
+                metrics::skipped();
+                skipped += 1;
+            }
+        }
+    }
+    (events, skipped)
+}
+
+/// One atomic write: the changed values and every partition's new position. Every offset below
+/// a cursor is in this batch, already stored, or never existed.
+fn write_batch(
+    parts: &[PartitionState],
+    dirty: Vec<String>,
+    state: &HotState,
+) -> Result<WriteBatch, HotError> {
+    let mut batch = WriteBatch {
+        consumer: CONSUMER.to_string(),
+        ..WriteBatch::default()
+    };
+    for p in parts {
+        let new = p.cursor.next();
+        if new > p.store_next() {
+            batch.positions.insert(p.id, (p.stored, new));
+        }
+    }
+    for k in dirty {
+        let encoded = if let Some(p) = state.profiles.get(&k) {
+            serde_json::to_vec(p)
+        } else if let Some(c) = state.counters.get(&k) {
+            serde_json::to_vec(c)
+        } else {
+            continue;
+        };
+        let encoded = encoded.map_err(|e| HotError::Embedded(e.to_string()))?;
+        batch.puts.push((k, encoded));
+    }
+    Ok(batch)
 }

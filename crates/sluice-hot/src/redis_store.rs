@@ -13,8 +13,26 @@ use crate::store::{BoxFuture, HotStore, Positions, WriteBatch};
 
 /// KEYS[1] = the positions hash, KEYS[2..] = value keys. ARGV[1] = n; then n triples
 /// (partition, expected or "", new); then one value per value key.
+///
+/// Redis does not roll back a script that fails half-way: the writes before the failing call
+/// stay. So the script checks everything first (the argument count, every partition and position
+/// a decimal number, every expected position found) and only then writes; once it writes, no
+/// call can fail on its arguments.
 const WRITE_SCRIPT: &str = r#"
 local n = tonumber(ARGV[1])
+if n == nil or n < 0 or n ~= math.floor(n) then
+  return redis.error_reply('BADARGS the position count ' .. tostring(ARGV[1]) .. ' is not a count')
+end
+if #ARGV ~= 1 + n * 3 + (#KEYS - 1) then
+  return redis.error_reply('BADARGS ' .. #ARGV .. ' arguments for ' .. n .. ' positions and ' .. (#KEYS - 1) .. ' values')
+end
+for i = 0, n - 1 do
+  local field, expected, new = ARGV[2 + i * 3], ARGV[3 + i * 3], ARGV[4 + i * 3]
+  if not string.match(field, '^%d+$') or not string.match(new, '^%d+$')
+      or (expected ~= '' and not string.match(expected, '^%d+$')) then
+    return redis.error_reply('BADARGS partition "' .. field .. '": positions "' .. expected .. '" -> "' .. new .. '" are not numbers')
+  end
+end
 for i = 0, n - 1 do
   local field = ARGV[2 + i * 3]
   local expected = ARGV[3 + i * 3]
@@ -142,8 +160,70 @@ impl HotStore for RedisStore {
                     consumer: batch.consumer.clone(),
                     detail: e.to_string(),
                 }),
+                Err(e) if e.to_string().contains("BADARGS") => {
+                    Err(HotError::Invalid(format!("hot-tier batch refused: {e}")))
+                }
                 Err(e) => Err(redis_err(e)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the write script with raw arguments; what it answered.
+    async fn invoke(
+        conn: &mut ConnectionManager,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<String, redis::RedisError> {
+        let script = redis::Script::new(WRITE_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke_async::<String>(conn).await
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the Redis server on 127.0.0.1:6379"]
+    async fn a_malformed_batch_writes_nothing() {
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let mut conn = client.get_connection_manager().await.unwrap();
+        let p = format!("sluice-test:badargs:{}:", std::process::id());
+        let (pos, v1, v2) = (format!("{p}pos"), format!("{p}v1"), format!("{p}v2"));
+        let keys = [pos.as_str(), v1.as_str(), v2.as_str()];
+        let malformed: [&[&str]; 5] = [
+            // A value missing: the last SET would fail after the positions were written.
+            &["1", "0", "", "10", "a"],
+            // One too many.
+            &["1", "0", "", "10", "a", "b", "c"],
+            // A position that is not a number.
+            &["1", "0", "", "ten", "a", "b"],
+            &["1", "0", "x", "10", "a", "b"],
+            &["one", "0", "", "10", "a", "b"],
+        ];
+        for args in malformed {
+            let err = invoke(&mut conn, &keys, args).await.unwrap_err();
+            assert!(err.to_string().contains("BADARGS"), "{args:?}: {err}");
+            let written: i64 = redis::cmd("EXISTS")
+                .arg(&keys[..])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(written, 0, "{args:?} wrote something");
+        }
+        let ok = invoke(&mut conn, &keys, &["1", "0", "", "10", "a", "b"]).await;
+        assert_eq!(ok.unwrap(), "OK");
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys[..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }

@@ -26,6 +26,7 @@
 pub mod batcher;
 mod commit;
 mod config;
+pub mod consume;
 pub mod deliver;
 mod error;
 pub mod metrics;

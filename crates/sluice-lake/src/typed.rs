@@ -70,7 +70,8 @@ use serde_json::Value;
 use sluice_event::{BadKind, BadRow, Event};
 use sluice_journal::{ConsumerProgress, Journal, Record};
 
-use crate::batcher::{BatchLimits, Batcher};
+use crate::batcher::BatchLimits;
+use crate::consume::{Destination, LoopSettings, run_batches};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -898,8 +899,10 @@ fn bad_row(rejected: &Rejected) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&row).map_err(|e| e.to_string())
 }
 
-/// What the sink has open: the control table, `bad_rows`, and the typed tables it touched.
-struct Open {
+/// What the sink has open: the control table, `bad_rows`, and the typed tables it touched, each
+/// with the txn versions that say how far it got.
+pub struct OpenTables {
+    partitions: u32,
     control: DeltaTable,
     bad: DeltaTarget<BadRowsTable>,
     bad_versions: BTreeMap<u32, u64>,
@@ -964,7 +967,7 @@ impl TypedSink {
         result
     }
 
-    async fn open(&self, partitions: u32) -> Result<(Open, BTreeMap<u32, u64>), LakeError> {
+    async fn open_all(&self, partitions: u32) -> Result<(OpenTables, Vec<u64>), LakeError> {
         let every = self.settings.checkpoint_interval.get();
         let control = open_or_create(
             &self.root,
@@ -983,98 +986,41 @@ impl TypedSink {
             .into_iter()
             .filter_map(|(p, v)| v.map(|v| (p, v)))
             .collect();
-        Ok((
-            Open {
-                control,
-                bad,
-                bad_versions,
-                tables: HashMap::new(),
-            },
-            positions,
-        ))
-    }
-
-    async fn run_inner(self, shutdown: &CancellationToken) -> Result<(), LakeError> {
-        let topic = sluice_event::topic::GOOD;
-        let partitions = self.journal.partitions(topic)?;
-        let mut backoff = self.settings.backoff();
-        let (mut open, positions) = loop {
-            match self.open(partitions).await {
-                Ok(o) => break o,
-                Err(e)
-                    if e.kind().is_retryable()
-                        && !matches!(e, LakeError::SchemaMismatch { .. }) =>
-                {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot open the typed tables yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let next: Vec<u64> = (0..partitions)
+        let next = (0..partitions)
             .map(|p| positions.get(&p).map_or(0, |v| v + 1))
             .collect();
-        self.status.send_modify(|s| {
-            s.started = true;
-            s.next_offsets = next.clone();
-        });
-        tracing::info!(resume_at = ?next, "typed table delivery started");
-        let limits = BatchLimits {
-            max_events: self.settings.flush_max_events,
-            max_bytes: self.settings.flush_max_bytes,
-            read_records: self.settings.read_batch_records,
-            read_bytes: usize::MAX,
-            flush_interval: self.settings.flush_interval,
+        let open = OpenTables {
+            partitions,
+            control,
+            bad,
+            bad_versions,
+            tables: HashMap::new(),
         };
-        let mut batcher = Batcher::new(
-            self.journal.clone(),
+        Ok((open, next))
+    }
+
+    async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), LakeError> {
+        let settings = LoopSettings {
+            limits: BatchLimits {
+                max_events: self.settings.flush_max_events,
+                max_bytes: self.settings.flush_max_bytes,
+                read_records: self.settings.read_batch_records,
+                read_bytes: usize::MAX,
+                flush_interval: self.settings.flush_interval,
+            },
+            backoff: self.settings.backoff(),
+            shutdown_attempts: self.settings.shutdown_attempts,
+        };
+        let topic = sluice_event::topic::GOOD;
+        run_batches(
+            self,
+            &self.journal,
             topic,
-            next,
-            limits,
-            self.status.clone(),
-        );
-        while let Some(records) = batcher.next_batch(shutdown).await {
-            let mut backoff = self.settings.backoff();
-            loop {
-                match self.flush(&mut open, &records, partitions).await {
-                    Ok(()) => break,
-                    Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
-                    Err(e) => {
-                        let attempts = backoff.attempts() + 1;
-                        if shutdown.is_cancelled()
-                            && attempts >= self.settings.shutdown_attempts.max(1)
-                        {
-                            return Err(LakeError::GaveUp {
-                                table: CONTROL_TABLE.to_string(),
-                                attempts,
-                                last: e.to_string(),
-                            });
-                        }
-                        let wait = backoff.next_delay();
-                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "typed table flush failed; will reopen the tables and retry");
-                        tokio::time::sleep(wait).await;
-                        // Every destination is re-read: its txn versions say what landed.
-                        match self.open(partitions).await {
-                            Ok((o, _)) => open = o,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "reopening the typed tables failed")
-                            }
-                        }
-                    }
-                }
-            }
-            // The batcher publishes how far each partition is delivered.
-            let rows = records.len() as u64;
-            self.status.send_modify(|s| {
-                s.commits += 1;
-                s.rows += rows;
-            });
-        }
-        Ok(())
+            &settings,
+            &self.status,
+            shutdown,
+        )
+        .await
     }
 
     fn crashed(&self, table: &str) -> Result<(), LakeError> {
@@ -1087,36 +1033,49 @@ impl TypedSink {
     /// One flush: classify, commit bad rows, commit every typed table, commit the control txns.
     async fn flush(
         &self,
-        open: &mut Open,
+        open: &mut OpenTables,
         records: &[(u32, Record)],
-        partitions: u32,
     ) -> Result<(), LakeError> {
         let every = self.settings.checkpoint_interval.get();
-        let mut last_all: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-        let mut rejected: Vec<Rejected> = Vec::new();
-        for (p, record) in records {
-            let e = last_all.entry(*p).or_insert(record.offset);
-            *e = (*e).max(record.offset);
-            match decode(*p, record) {
-                Ok((table, Ok(row))) => by_table.entry(table).or_default().push(row),
-                Ok((table, Err(r))) => {
-                    let _ = table;
-                    rejected.push(r);
-                }
-                Err(reason) => tracing::error!(
-                    partition = p,
-                    offset = record.offset,
-                    reason = %reason,
-                    "skipping a journal record that does not decode"
-                ),
+        let Sorted {
+            last_all,
+            by_table,
+            mut rejected,
+        } = sort(records);
+        let prepared = self.classify(open, by_table, &mut rejected).await?;
+        // Bad rows first: once a table has committed past an offset, its bad rows must be in.
+        self.commit_bad_rows(open, rejected).await?;
+        for (name, rows, last) in prepared {
+            if let Some(table) = open.tables.get_mut(&name) {
+                self.commit_rows(table, &name, rows, last).await?;
             }
         }
-        // Classify per table (committing schema changes first).
-        let mut prepared: Vec<(String, Vec<Row>, BTreeMap<u32, u64>)> = Vec::new();
+        let version = commit_with_txns(
+            &mut open.control,
+            CONTROL_TABLE,
+            CONTROL_APP,
+            Vec::new(),
+            &last_all,
+            None,
+        )
+        .await?;
+        checkpoint_if_due(&open.control, CONTROL_TABLE, version, every).await;
+        self.crashed(CONTROL_TABLE)
+    }
+
+    /// Per typed table: its rows not yet committed there that fit (committing schema changes
+    /// first), and the last offset per partition they cover. What does not fit joins `rejected`.
+    async fn classify(
+        &self,
+        open: &mut OpenTables,
+        by_table: BTreeMap<String, Vec<Row>>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<Vec<(String, Vec<Row>, BTreeMap<u32, u64>)>, LakeError> {
+        let every = self.settings.checkpoint_interval.get();
+        let mut prepared = Vec::new();
         for (name, rows) in by_table {
             if !open.tables.contains_key(&name) {
-                let t = TypedTable::open(&self.root, &name, partitions, every).await?;
+                let t = TypedTable::open(&self.root, &name, open.partitions, every).await?;
                 open.tables.insert(name.clone(), t);
             }
             let Some(table) = open.tables.get_mut(&name) else {
@@ -1134,95 +1093,162 @@ impl TypedSink {
             if rows.is_empty() {
                 continue;
             }
-            let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-            for r in &rows {
-                let e = last.entry(r.partition).or_insert(r.offset);
-                *e = (*e).max(r.offset);
-            }
+            let last = last_offsets(rows.iter().map(|r| (r.partition, r.offset)));
             let (accepted, mut bad) = table.classify(rows, self.declared.as_deref()).await?;
             rejected.append(&mut bad);
             prepared.push((name, accepted, last));
         }
-        // Bad rows first: once a table has committed past an offset, its bad rows must be in.
+        Ok(prepared)
+    }
+
+    /// Commits the rejected rows `bad_rows` does not hold yet, with their txn versions.
+    async fn commit_bad_rows(
+        &self,
+        open: &mut OpenTables,
+        mut rejected: Vec<Rejected>,
+    ) -> Result<(), LakeError> {
         rejected.retain(|r| {
             open.bad_versions
                 .get(&r.partition)
                 .is_none_or(|v| r.offset > *v)
         });
-        if !rejected.is_empty() {
-            let mut encoder = BadRowEncoder::with_capacity(rejected.len());
-            let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-            for r in &rejected {
-                tracing::debug!(event_id = %r.event.event_id, reason = %r.reason, "typed table bad row");
-                let json = bad_row(r).map_err(|reason| LakeError::Encode {
-                    table: BAD_ROWS_TABLE.to_string(),
-                    reason,
-                })?;
-                encoder.push(&json).map_err(|reason| LakeError::Encode {
-                    table: BAD_ROWS_TABLE.to_string(),
-                    reason,
-                })?;
-                let e = last.entry(r.partition).or_insert(r.offset);
-                *e = (*e).max(r.offset);
-            }
-            let batch = encoder.finish().map_err(|e| LakeError::Encode {
-                table: BAD_ROWS_TABLE.to_string(),
-                reason: e.to_string(),
-            })?;
-            let writer = parquet_writer(open.bad.table(), self.settings.zstd_level)
-                .map_err(delta_err(BAD_ROWS_TABLE, "writing parquet"))?;
-            let adds = run_blocking(BAD_ROWS_TABLE, write_parquet(writer, batch))
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let encode_err = |reason: String| LakeError::Encode {
+            table: BAD_ROWS_TABLE.to_string(),
+            reason,
+        };
+        let mut encoder = BadRowEncoder::with_capacity(rejected.len());
+        for r in &rejected {
+            tracing::debug!(event_id = %r.event.event_id, reason = %r.reason, "typed table bad row");
+            encoder
+                .push(&bad_row(r).map_err(encode_err)?)
+                .map_err(encode_err)?;
+        }
+        let batch = encoder.finish().map_err(|e| encode_err(e.to_string()))?;
+        let writer = parquet_writer(open.bad.table(), self.settings.zstd_level)
+            .map_err(delta_err(BAD_ROWS_TABLE, "writing parquet"))?;
+        let adds = run_blocking(BAD_ROWS_TABLE, write_parquet(writer, batch))
+            .await?
+            .map_err(delta_err(BAD_ROWS_TABLE, "writing parquet"))?;
+        let last = last_offsets(rejected.iter().map(|r| (r.partition, r.offset)));
+        let delivered: Vec<(u32, u64)> = last.iter().map(|(p, o)| (*p, *o)).collect();
+        open.bad.commit_as(BAD_ROWS_APP, adds, &delivered).await?;
+        open.bad_versions.extend(last);
+        self.crashed(BAD_ROWS_TABLE)
+    }
+
+    /// Commits `rows` to one typed table with the txn versions `last`.
+    async fn commit_rows(
+        &self,
+        table: &mut TypedTable,
+        name: &str,
+        rows: Vec<Row>,
+        last: BTreeMap<u32, u64>,
+    ) -> Result<(), LakeError> {
+        let adds = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let batch = table.batch(&rows)?;
+            let writer = parquet_writer(&table.table, self.settings.zstd_level)
+                .map_err(delta_err(name, "writing parquet"))?;
+            run_blocking(name, write_parquet(writer, batch))
                 .await?
-                .map_err(delta_err(BAD_ROWS_TABLE, "writing parquet"))?;
-            let delivered: Vec<(u32, u64)> = last.iter().map(|(p, o)| (*p, *o)).collect();
-            open.bad.commit_as(BAD_ROWS_APP, adds, &delivered).await?;
-            open.bad_versions.extend(last);
-            self.crashed(BAD_ROWS_TABLE)?;
-        }
-        for (name, rows, last) in prepared {
-            let Some(table) = open.tables.get_mut(&name) else {
-                continue;
-            };
-            let adds = if rows.is_empty() {
-                Vec::new()
-            } else {
-                let batch = table.batch(&rows)?;
-                let writer = parquet_writer(&table.table, self.settings.zstd_level)
-                    .map_err(delta_err(&name, "writing parquet"))?;
-                run_blocking(&name, write_parquet(writer, batch))
-                    .await?
-                    .map_err(delta_err(&name, "writing parquet"))?
-            };
-            debug_assert!(
-                last.iter()
-                    .all(|(p, o)| table.versions.get(p).is_none_or(|v| o > v)),
-                "Delta txn versions only grow"
-            );
-            let version = commit_with_txns(
-                &mut table.table,
-                &name,
-                &name,
-                adds,
-                &last,
-                Some(PARTITION_COLUMN),
-            )
-            .await?;
-            table.versions.extend(last);
-            checkpoint_if_due(&table.table, &name, version, every).await;
-            self.crashed(&name)?;
-        }
+                .map_err(delta_err(name, "writing parquet"))?
+        };
+        debug_assert!(
+            last.iter()
+                .all(|(p, o)| table.versions.get(p).is_none_or(|v| o > v)),
+            "Delta txn versions only grow"
+        );
         let version = commit_with_txns(
-            &mut open.control,
-            CONTROL_TABLE,
-            CONTROL_APP,
-            Vec::new(),
-            &last_all,
-            None,
+            &mut table.table,
+            name,
+            name,
+            adds,
+            &last,
+            Some(PARTITION_COLUMN),
         )
         .await?;
-        checkpoint_if_due(&open.control, CONTROL_TABLE, version, every).await;
-        self.crashed(CONTROL_TABLE)?;
-        Ok(())
+        table.versions.extend(last);
+        let every = self.settings.checkpoint_interval.get();
+        checkpoint_if_due(&table.table, name, version, every).await;
+        self.crashed(name)
+    }
+}
+
+/// A flush's records sorted out: the last offset per partition of them all, the rows per typed
+/// table, and the events rejected on decoding.
+struct Sorted {
+    last_all: BTreeMap<u32, u64>,
+    by_table: BTreeMap<String, Vec<Row>>,
+    rejected: Vec<Rejected>,
+}
+
+fn sort(records: &[(u32, Record)]) -> Sorted {
+    let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut rejected: Vec<Rejected> = Vec::new();
+    for (p, record) in records {
+        match decode(*p, record) {
+            Ok((table, Ok(row))) => by_table.entry(table).or_default().push(row),
+            Ok((_, Err(r))) => rejected.push(r),
+            Err(reason) => tracing::error!(
+                partition = p,
+                offset = record.offset,
+                reason = %reason,
+                "skipping a journal record that does not decode"
+            ),
+        }
+    }
+    Sorted {
+        last_all: last_offsets(records.iter().map(|(p, r)| (*p, r.offset))),
+        by_table,
+        rejected,
+    }
+}
+
+/// The largest offset per partition.
+fn last_offsets(offsets: impl Iterator<Item = (u32, u64)>) -> BTreeMap<u32, u64> {
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    for (p, o) in offsets {
+        let e = last.entry(p).or_insert(o);
+        *e = (*e).max(o);
+    }
+    last
+}
+
+impl Destination for TypedSink {
+    type Session = OpenTables;
+    type Error = LakeError;
+    const NAME: &'static str = "typed tables";
+
+    async fn open(&self, partitions: u32) -> Result<(OpenTables, Vec<u64>), LakeError> {
+        self.open_all(partitions).await
+    }
+
+    async fn deliver(
+        &self,
+        open: &mut OpenTables,
+        batch: &[(u32, Record)],
+    ) -> Result<(), LakeError> {
+        self.flush(open, batch).await
+    }
+
+    fn open_is_retryable(&self, e: &LakeError) -> bool {
+        e.kind().is_retryable() && !matches!(e, LakeError::SchemaMismatch { .. })
+    }
+
+    fn is_fatal(&self, e: &LakeError) -> bool {
+        matches!(e, LakeError::InjectedCrash(_))
+    }
+
+    fn gave_up(&self, attempts: u32, last: &LakeError) -> LakeError {
+        LakeError::GaveUp {
+            table: CONTROL_TABLE.to_string(),
+            attempts,
+            last: last.to_string(),
+        }
     }
 }
 

@@ -72,8 +72,8 @@ impl WarehouseError {
     }
 }
 
-/// User mistakes (syntax, unknown columns, bad casts) are `Invalid`; running out of the memory
-/// pool is `Overloaded`; storage trouble is `Unavailable`.
+/// User mistakes (syntax, unknown columns, bad casts, a result too large to build) are
+/// `Invalid`; running out of the memory pool is `Overloaded`; storage trouble is `Unavailable`.
 fn classify(e: &DataFusionError) -> ErrorKind {
     match e.find_root() {
         DataFusionError::SQL(..)
@@ -81,6 +81,7 @@ fn classify(e: &DataFusionError) -> ErrorKind {
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_)
         | DataFusionError::ArrowError(..) => ErrorKind::Invalid,
+        DataFusionError::External(e) if e.is::<crate::TooLarge>() => ErrorKind::Invalid,
         DataFusionError::ResourcesExhausted(_) => ErrorKind::Overloaded,
         DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,

@@ -10,6 +10,7 @@
 //! [`Warehouse::query`] accepts only reading statements (see [`query`] for the two gates) and
 //! returns a [`QueryOutput`]; [`format`] renders it as a text table, CSV or NDJSON.
 
+mod bounded;
 pub mod catalog;
 mod error;
 pub mod format;
@@ -26,6 +27,7 @@ use deltalake::datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilde
 use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
 use sluice_lake::LakeRoot;
 
+pub use bounded::TooLarge;
 pub use catalog::LakeSchema;
 pub use error::WarehouseError;
 pub use pg::{PgCredentials, serve_pg, serve_pg_with};
@@ -37,7 +39,9 @@ pub struct WarehouseOptions {
     /// A statement running longer than this is cancelled with [`WarehouseError::Timeout`].
     pub query_timeout: Duration,
     /// Memory all running queries may hold for sorts, joins and aggregations; past it a query
-    /// fails with `Overloaded` instead of the process running out of memory. `None`: no limit.
+    /// fails with `Overloaded` instead of the process running out of memory. A function whose
+    /// result size is set by an argument (`repeat`, `lpad`, `range`, …) may produce a quarter
+    /// of it in one call; more is refused as `Invalid` ([`TooLarge`]). `None`: no limit.
     pub memory_limit: Option<usize>,
     /// Threads DataFusion may use per query (`target_partitions`); `None`: one per core.
     pub target_partitions: Option<usize>,
@@ -92,7 +96,7 @@ impl Warehouse {
         }
         let runtime = runtime.build_arc()?;
         let schema = Arc::new(LakeSchema::new(root));
-        let context = Arc::new(session(&config, &runtime, &schema)?);
+        let context = Arc::new(session(&config, &runtime, &schema, &options)?);
         Ok(Self {
             config,
             runtime,
@@ -105,7 +109,7 @@ impl Warehouse {
     /// A new DataFusion session over the same lake schema, memory pool and settings (the
     /// Postgres wire server gets its own, so that what it registers stays out of this one).
     pub fn new_session(&self) -> Result<SessionContext, WarehouseError> {
-        session(&self.config, &self.runtime, &self.schema)
+        session(&self.config, &self.runtime, &self.schema, &self.options)
     }
 
     /// The lake tables that exist now, sorted.
@@ -133,6 +137,7 @@ fn session(
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
     schema: &Arc<LakeSchema>,
+    options: &WarehouseOptions,
 ) -> Result<SessionContext, WarehouseError> {
     let context = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
     let catalog = context.catalog("datafusion").ok_or_else(|| {
@@ -140,5 +145,6 @@ fn session(
     })?;
     // Replaces the default in-memory `public` schema: nothing else can be registered there.
     catalog.register_schema("public", schema.clone())?;
+    bounded::install(&context, options.memory_limit)?;
     Ok(context)
 }

@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_event::Event;
 use sluice_journal::{Journal, JournalError, Record};
-use sluice_lake::batcher::{BatchLimits, Batcher};
+use sluice_lake::batcher::BatchLimits;
+use sluice_lake::consume::{Destination, LoopSettings, run_batches};
 use sluice_lake::schema::{Column, ColumnType};
 use sluice_lake::typed::{FIXED_COLUMNS, PropType, column_name, table_name};
 use sluice_lake::{DeliveryProgress, DeliveryStatus, EventsTable, TableSpec};
@@ -365,10 +366,12 @@ pub struct PgLoader {
 }
 
 /// The loader's live connection and what it knows of the database.
-struct Session {
+pub struct Session {
     conn: PgConnection,
     /// Table → columns, as of the last catalog read plus our own DDL.
     catalog: HashMap<String, TableColumns>,
+    /// Per partition, the first offset not in the database (read back on every connect).
+    in_db: Vec<u64>,
 }
 
 impl PgLoader {
@@ -452,7 +455,12 @@ impl PgLoader {
                     .push((c.clone(), SqlType::from_catalog(ty)));
             }
         }
-        Ok((Session { conn, catalog }, next))
+        let session = Session {
+            conn,
+            catalog,
+            in_db: next.clone(),
+        };
+        Ok((session, next))
     }
 
     /// Runs until `shutdown`, then loads everything durable at that moment and returns.
@@ -467,88 +475,27 @@ impl PgLoader {
     }
 
     async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), LoaderError> {
+        let settings = LoopSettings {
+            limits: BatchLimits {
+                max_events: self.settings.flush_max_events,
+                max_bytes: usize::MAX,
+                read_records: usize::MAX,
+                read_bytes: 64 << 20,
+                flush_interval: self.settings.flush_interval,
+            },
+            backoff: self.settings.backoff(),
+            shutdown_attempts: self.settings.shutdown_attempts,
+        };
         let topic = sluice_event::topic::GOOD;
-        let partitions = self.journal.partitions(topic)?;
-        let mut backoff = self.settings.backoff();
-        let (mut session, next) = loop {
-            match self.connect(partitions).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the loader's database yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        };
-        let mut loaded = next.clone();
-        self.status.send_modify(|s| {
-            s.started = true;
-            s.next_offsets = loaded.clone();
-        });
-        tracing::info!(resume_at = ?next, schema = %self.settings.schema, "postgres loader started");
-        let limits = BatchLimits {
-            max_events: self.settings.flush_max_events,
-            max_bytes: usize::MAX,
-            read_records: usize::MAX,
-            read_bytes: 64 << 20,
-            flush_interval: self.settings.flush_interval,
-        };
-        let mut batcher = Batcher::new(
-            self.journal.clone(),
+        run_batches(
+            self,
+            &self.journal,
             topic,
-            next,
-            limits,
-            self.status.clone(),
-        );
-        while let Some(records) = batcher.next_batch(shutdown).await {
-            let mut backoff = self.settings.backoff();
-            let mut in_db = loaded.clone();
-            loop {
-                match self.load(&mut session, &records, &in_db).await {
-                    Ok(rows) => {
-                        tracing::debug!(rows, "postgres batch loaded");
-                        break;
-                    }
-                    Err(e) => {
-                        let attempts = backoff.attempts() + 1;
-                        if shutdown.is_cancelled()
-                            && attempts >= self.settings.shutdown_attempts.max(1)
-                        {
-                            return Err(LoaderError::GaveUp {
-                                attempts,
-                                last: e.to_string(),
-                            });
-                        }
-                        let wait = backoff.next_delay();
-                        tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "postgres load failed; will reconnect, read the positions back and retry");
-                        tokio::time::sleep(wait).await;
-                        match self.connect(partitions).await {
-                            Ok((s, positions)) => {
-                                session = s;
-                                in_db = positions;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "reconnecting to the loader's database failed");
-                            }
-                        }
-                    }
-                }
-            }
-            for (p, r) in &records {
-                let l = &mut loaded[*p as usize];
-                *l = (*l).max(r.offset + 1);
-            }
-            // The batcher publishes how far each partition is delivered.
-            let count = records.len() as u64;
-            self.status.send_modify(|s| {
-                s.commits += 1;
-                s.rows += count;
-            });
-        }
-        Ok(())
+            &settings,
+            &self.status,
+            shutdown,
+        )
+        .await
     }
 
     /// Ensures `table` has `wanted` columns (creating it or adding what is missing).
@@ -607,18 +554,21 @@ impl PgLoader {
         Ok(())
     }
 
-    /// Loads the records not yet in the database (`in_db[p]` = next offset not loaded) in one
-    /// transaction with the positions. Returns the rows loaded into `events`.
+    /// Loads the records not yet in the database (`session.in_db[p]` = next offset not loaded)
+    /// in one transaction with the positions. Returns the rows loaded into `events`.
     async fn load(
         &self,
         session: &mut Session,
         records: &[(u32, Record)],
-        in_db: &[u64],
     ) -> Result<usize, LoaderError> {
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut rows = Vec::new();
         for (p, record) in records {
-            if in_db.get(*p as usize).is_some_and(|n| record.offset < *n) {
+            if session
+                .in_db
+                .get(*p as usize)
+                .is_some_and(|n| record.offset < *n)
+            {
                 continue;
             }
             let e = last.entry(*p).or_insert(record.offset);
@@ -706,6 +656,12 @@ impl PgLoader {
         match result {
             Ok(()) => {
                 session.conn.execute("COMMIT").await?;
+                for (p, last) in last {
+                    if let Some(n) = session.in_db.get_mut(p as usize) {
+                        debug_assert!(last >= *n, "loader positions only grow");
+                        *n = last + 1;
+                    }
+                }
                 Ok(rows.len())
             }
             Err(e) => {
@@ -781,6 +737,33 @@ impl PgLoader {
             session.conn.execute(&sql).await?;
         }
         Ok(())
+    }
+}
+
+impl Destination for PgLoader {
+    type Session = Session;
+    type Error = LoaderError;
+    const NAME: &'static str = "postgres loader";
+
+    async fn open(&self, partitions: u32) -> Result<(Session, Vec<u64>), LoaderError> {
+        self.connect(partitions).await
+    }
+
+    async fn deliver(
+        &self,
+        session: &mut Session,
+        batch: &[(u32, Record)],
+    ) -> Result<(), LoaderError> {
+        let rows = self.load(session, batch).await?;
+        tracing::debug!(rows, "postgres batch loaded");
+        Ok(())
+    }
+
+    fn gave_up(&self, attempts: u32, last: &LoaderError) -> LoaderError {
+        LoaderError::GaveUp {
+            attempts,
+            last: last.to_string(),
+        }
     }
 }
 

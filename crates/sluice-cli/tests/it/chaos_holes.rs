@@ -480,56 +480,6 @@ fn lower_txn_version(text: &str, by: u64) -> Option<(String, u64, u64)> {
     Some((out, n, to))
 }
 
-/// Hole 7: the query memory limit must hold for every function, and a user's oversized
-/// request is a 4xx, not a 500.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hole_query_memory_limit() -> anyhow::Result<()> {
-    let profile = Profile::from_env();
-    let dir = harness::scratch()?;
-    let server = harness::spawn(Path::new(BIN), dir.path(), &dir.path().join("data"), LAKE)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
-    let mut card = Scorecard::new("hole_query_memory", &["T19"], profile, 0);
-    for (n, limit_mib) in [(1_500_000_000u64, 1536u64), (3_000_000_000, 1536)] {
-        let q = format!("SELECT length(repeat('x', {n}))");
-        let status = match http
-            .post(format!("{}/v1/sql?format=json", server.url()))
-            .body(q.clone())
-            .send()
-            .await
-        {
-            Ok(r) => r.status().as_u16(),
-            Err(_) => 0,
-        };
-        let hwm = peak_rss_mib(server.pid());
-        card.note(&format!("status_{n}"), status);
-        card.note(&format!("peak_rss_mib_after_{n}"), hwm);
-        if !(400..500).contains(&status) {
-            card.violations
-                .push(format!("hole 7: {q} answered {status}, not a 4xx"));
-        }
-        if hwm > limit_mib {
-            card.violations.push(format!(
-                "hole 7: {q} took the server to {hwm} MiB against the 1 GiB query limit"
-            ));
-        }
-    }
-    card.finish()
-}
-
-fn peak_rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
-}
-
 #[test]
 fn txn_versions_are_found_and_lowered() {
     let text = "{\"commitInfo\":{}}\n{\"txn\":{\"appId\":\"events/0\",\"version\":900,\"lastUpdated\":1}}\n{\"txn\":{\"appId\":\"events/1\",\"version\":1200}}\n";

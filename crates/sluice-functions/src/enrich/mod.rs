@@ -532,6 +532,10 @@ mod tests {
         assert_eq!(t(true, p.clone()), received - 10_000_000);
         let device = sluice_event::parse_timestamp(&json!("2027-01-15T07:00:00Z")).unwrap();
         assert_eq!(t(false, p), device);
+        // A broken clock whose correction would leave the calendar keeps the device's time.
+        let p = json!({"event": "x", "timestamp": "1900-01-02T00:00:00Z", "sentAt": "9999-12-30T00:00:00Z"});
+        let device = sluice_event::parse_timestamp(&json!("1900-01-02T00:00:00Z")).unwrap();
+        assert_eq!(t(true, p), device);
         // A timestamp a day in the future (no sentAt to correct it) becomes received_at.
         assert_eq!(
             t(

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use sluice_event::{ErrorKind, topic};
 use sluice_lake::{LakeRoot, LakeSettings, LakeSink};
 use sluice_testkit::mem_journal::MemJournal;
-use sluice_warehouse::{Warehouse, WarehouseError, format};
+use sluice_warehouse::{Warehouse, WarehouseError, WarehouseOptions, format};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -181,6 +181,60 @@ async fn only_reading_statements_are_allowed() {
     assert!(err.to_string().starts_with("invalid sql"), "{err}");
     let err = warehouse.query("SELECT 1; SELECT 2").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_sized_by_an_argument_stay_under_the_memory_limit() {
+    let (dir, _) = lake_with(3).await;
+    let options = WarehouseOptions {
+        memory_limit: Some(64 << 20),
+        ..WarehouseOptions::default()
+    };
+    let warehouse = Warehouse::open_with(root(dir.path()), options).unwrap();
+    // Within a quarter of the limit (16 MiB): answered as before.
+    for (sql, want) in [
+        ("SELECT length(repeat('x', 1000000)) AS n", "| 1000000 |"),
+        ("SELECT length(lpad('a', 1000, 'é')) AS n", "| 1000 |"),
+        ("SELECT cardinality(range(1, 100001)) AS n", "| 100000 |"),
+        (
+            "SELECT sum(length(repeat(event, 1000))) AS n FROM events",
+            "| 3000",
+        ),
+    ] {
+        let out = table(&warehouse, sql).await;
+        assert!(out.contains(want), "{sql}: {out}");
+    }
+    // Over it: a user error naming the function, whether folded at planning or run per row.
+    for (sql, function) in [
+        ("SELECT length(repeat('x', 2000000000))", "repeat"),
+        ("SELECT length(repeat('x', 3000000000))", "repeat"),
+        ("SELECT length(rpad('x', 20000000))", "rpad"),
+        ("SELECT length(lpad('x', 5000000, 'é'))", "lpad"),
+        (
+            "SELECT cardinality(array_repeat(1, 20000000))",
+            "array_repeat",
+        ),
+        (
+            "SELECT cardinality(generate_series(1, 10000000000))",
+            "generate_series",
+        ),
+        (
+            "SELECT cardinality(range(DATE '1900-01-01', DATE '9999-01-01', INTERVAL '1 second'))",
+            "range",
+        ),
+        (
+            "SELECT length(repeat(event, 100000000)) FROM events",
+            "repeat",
+        ),
+    ] {
+        let err = warehouse.query(sql).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{sql}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{function}(…) would produce")),
+            "{sql}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
