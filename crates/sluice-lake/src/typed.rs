@@ -68,7 +68,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
 use serde_json::Value;
 use sluice_event::{BadKind, BadRow, Event};
-use sluice_journal::{ConsumerProgress, Journal, Record};
+use sluice_journal::{ConsumerProgress, Journal, Record, StageHealth};
 
 use crate::batcher::{BatchLimits, Batcher};
 use tokio::sync::watch;
@@ -915,6 +915,7 @@ pub struct TypedSink {
     status: watch::Sender<DeliveryStatus>,
     #[allow(clippy::type_complexity)]
     crash_after: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    health: StageHealth,
 }
 
 impl TypedSink {
@@ -927,7 +928,14 @@ impl TypedSink {
             declared: None,
             status: watch::Sender::new(DeliveryStatus::default()),
             crash_after: None,
+            health: StageHealth::detached(),
         }
+    }
+
+    /// Reports each attempt's outcome to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Uses declared property types (the schema registry) where an event has them.
@@ -1005,6 +1013,7 @@ impl TypedSink {
                     if e.kind().is_retryable()
                         && !matches!(e, LakeError::SchemaMismatch { .. }) =>
                 {
+                    self.health.failing(&e);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot open the typed tables yet");
                     tokio::select! {
@@ -1041,9 +1050,13 @@ impl TypedSink {
             let mut backoff = self.settings.backoff();
             loop {
                 match self.flush(&mut open, &records, partitions).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.health.ok();
+                        break;
+                    }
                     Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
                     Err(e) => {
+                        self.health.failing(&e);
                         let attempts = backoff.attempts() + 1;
                         if shutdown.is_cancelled()
                             && attempts >= self.settings.shutdown_attempts.max(1)
@@ -1056,7 +1069,11 @@ impl TypedSink {
                         }
                         let wait = backoff.next_delay();
                         tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "typed table flush failed; will reopen the tables and retry");
-                        tokio::time::sleep(wait).await;
+                        let stopping = shutdown.is_cancelled();
+                        tokio::select! {
+                            _ = shutdown.cancelled(), if !stopping => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
                         // Every destination is re-read: its txn versions say what landed.
                         match self.open(partitions).await {
                             Ok((o, _)) => open = o,

@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_event::Event;
-use sluice_journal::{Journal, JournalError, Record};
+use sluice_journal::{Journal, JournalError, Record, StageHealth};
 use sluice_lake::batcher::{BatchLimits, Batcher};
 use sluice_lake::schema::{Column, ColumnType};
 use sluice_lake::typed::{FIXED_COLUMNS, PropType, column_name, table_name};
@@ -362,6 +362,7 @@ pub struct PgLoader {
     journal: Arc<dyn Journal>,
     settings: LoaderSettings,
     status: watch::Sender<DeliveryStatus>,
+    health: StageHealth,
 }
 
 /// The loader's live connection and what it knows of the database.
@@ -378,7 +379,14 @@ impl PgLoader {
             journal,
             settings,
             status: watch::Sender::new(DeliveryStatus::default()),
+            health: StageHealth::detached(),
         }
+    }
+
+    /// Reports each attempt's outcome to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// A handle on the loader's progress.
@@ -474,6 +482,7 @@ impl PgLoader {
             match self.connect(partitions).await {
                 Ok(s) => break s,
                 Err(e) => {
+                    self.health.failing(&e);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the loader's database yet");
                     tokio::select! {
@@ -509,10 +518,12 @@ impl PgLoader {
             loop {
                 match self.load(&mut session, &records, &in_db).await {
                     Ok(rows) => {
+                        self.health.ok();
                         tracing::debug!(rows, "postgres batch loaded");
                         break;
                     }
                     Err(e) => {
+                        self.health.failing(&e);
                         let attempts = backoff.attempts() + 1;
                         if shutdown.is_cancelled()
                             && attempts >= self.settings.shutdown_attempts.max(1)
@@ -524,7 +535,11 @@ impl PgLoader {
                         }
                         let wait = backoff.next_delay();
                         tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "postgres load failed; will reconnect, read the positions back and retry");
-                        tokio::time::sleep(wait).await;
+                        let stopping = shutdown.is_cancelled();
+                        tokio::select! {
+                            _ = shutdown.cancelled(), if !stopping => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
                         match self.connect(partitions).await {
                             Ok((s, positions)) => {
                                 session = s;
