@@ -30,13 +30,13 @@ fn embedded(e: impl std::fmt::Display) -> HotError {
 }
 
 /// One open fjall database and its two keyspaces.
-struct Open {
+struct Db {
     db: Database,
     values: Keyspace,
     positions: Keyspace,
 }
 
-impl Open {
+impl Db {
     fn open(dir: &Path) -> Result<Self, HotError> {
         let db = Database::builder(dir).open().map_err(embedded)?;
         let values = db
@@ -67,7 +67,7 @@ struct Inner {
     dir: PathBuf,
     fsync: bool,
     /// `None` between dropping a poisoned database and a successful reopen.
-    open: RwLock<Option<Arc<Open>>>,
+    open: RwLock<Option<Arc<Db>>>,
     /// The last commit failed: reopen before the next write.
     poisoned: AtomicBool,
     write_lock: Mutex<()>,
@@ -91,7 +91,7 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, HotError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| HotError::Embedded(format!("cannot create {}: {e}", dir.display())))?;
-        let open = Open::open(dir)?;
+        let open = Db::open(dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -104,7 +104,7 @@ impl EmbeddedStore {
     }
 
     /// The open database, or an error while it is being reopened.
-    fn current(&self) -> Result<Arc<Open>, HotError> {
+    fn current(&self) -> Result<Arc<Db>, HotError> {
         let open = self.inner.open.read().unwrap_or_else(|e| e.into_inner());
         open.clone().ok_or_else(|| {
             HotError::Embedded("the store is being reopened after a failed write".into())
@@ -116,7 +116,7 @@ impl EmbeddedStore {
     fn reopen(&self) -> Result<(), HotError> {
         let mut slot = self.inner.open.write().unwrap_or_else(|e| e.into_inner());
         drop(slot.take());
-        let open = Open::open(&self.inner.dir)?;
+        let open = Db::open(&self.inner.dir)?;
         *slot = Some(Arc::new(open));
         self.inner.poisoned.store(false, Ordering::Release);
         tracing::info!(dir = %self.inner.dir.display(), "embedded hot store reopened after a failed write");
