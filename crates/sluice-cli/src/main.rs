@@ -91,6 +91,7 @@ struct ServeArgs {
 fn main() {
     let cli = Cli::parse();
     init_tracing();
+    report_caught_upload_panics();
     // Two TLS stacks end up in the dependency tree; pick one explicitly so that no TLS
     // handshake panics for want of a process-level provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -142,6 +143,29 @@ fn init_tracing() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// A failed Parquet upload (a full disk) leaves object_store's `BufWriter` shut down, and its
+/// `abort` then panics by design ("Already shut down"); delta-rs catches that panic and returns
+/// the upload's own error, which the lake sink retries. The default hook would still print the
+/// caught panic, with a backtrace hint, on every retry: this one logs it as the warning it is
+/// and leaves every other panic to the default hook.
+fn report_caught_upload_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_buffered_writer = info.location().is_some_and(|l| {
+            l.file().contains("object_store") && l.file().ends_with("buffered.rs")
+        });
+        let message = info.payload().downcast_ref::<&str>().copied();
+        if in_buffered_writer && message == Some("Already shut down") {
+            tracing::warn!(
+                "a failed lake upload could not be aborted (its parts, if any, are left for \
+                 vacuum); the write is retried"
+            );
+            return;
+        }
+        default(info);
+    }));
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -79,4 +79,10 @@ impl CollectorSettings {
     pub fn max_events(&self) -> usize {
         self.max_events
     }
+
+    /// Unprocessed events above which intake answers 503: of `raw` for the runner, and of
+    /// `good`/`bad` for each later stage.
+    pub fn max_backlog_events(&self) -> u64 {
+        self.max_backlog_events
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use sluice_event::{
     ErrorKind, Position, Protocol, RawEvent, RawEventRef, Rejection, now_micros, routing_key, topic,
 };
-use sluice_journal::{Journal, JournalError, partition_for};
+use sluice_journal::{Journal, JournalError, StageHealth, partition_for};
 use tokio::sync::watch;
 
 use crate::dedupe::{self, DedupeIndex, Key, Reserve};
@@ -99,12 +99,19 @@ pub struct IngestOutcome {
     pub rejected: Vec<Rejection>,
 }
 
+/// Back-pressure from later stages: `Some(reason)` while intake should refuse new events
+/// (a consumer stage behind its bound).
+pub type Gate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// The collector: decode, check, stamp, dedupe, route, append.
 pub struct Collector {
     journal: Arc<dyn Journal>,
     settings: CollectorSettings,
     dedupe: DedupeIndex,
     partitions: u32,
+    /// The journal as intake sees it: the last append failed or not.
+    health: StageHealth,
+    gate: Option<Gate>,
 }
 
 impl Collector {
@@ -162,7 +169,21 @@ impl Collector {
             settings,
             dedupe,
             partitions,
+            health: StageHealth::detached(),
+            gate: None,
         })
+    }
+
+    /// Reports each append's outcome to `health` (`/health`: can the journal take events?).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Refuses new events (503 with the gate's reason) while `gate` says so.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Settings in force.
@@ -170,7 +191,8 @@ impl Collector {
         &self.settings
     }
 
-    /// Refuses new work when the journal cannot take it: failed, or a backlog over the limit.
+    /// Refuses new work when the journal cannot take it (failed, or a backlog over the limit) or
+    /// when the gate says a later stage is behind.
     pub fn check_capacity(&self) -> Result<(), CollectError> {
         if self.journal.is_failed() {
             return Err(CollectError::Unavailable(
@@ -197,6 +219,9 @@ impl Collector {
                 "{backlog} events wait for processing (limit {})",
                 self.settings.max_backlog_events
             )));
+        }
+        if let Some(reason) = self.gate.as_ref().and_then(|gate| gate()) {
+            return Err(CollectError::Unavailable(reason));
         }
         Ok(())
     }
@@ -282,7 +307,11 @@ impl Collector {
             // duplicates); the failed partitions' reservations are dropped.
             crate::metrics::append_failed(failed);
             guard.placed = Some(false);
+            self.health.failing(e);
             return Err(journal_error_ref(e));
+        }
+        if firsts.iter().any(Option::is_some) {
+            self.health.ok();
         }
         guard.placed = Some(true);
         req.place_repeats();

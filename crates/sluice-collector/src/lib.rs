@@ -30,8 +30,8 @@ pub use config::{CollectorConfig, CollectorSettings};
 pub use decode::{Encoding, decompress, split_events};
 pub use error::CollectError;
 pub use ingest::{
-    Collector, IngestOutcome, IngestRequest, Item, Origin, Placement, RUNNER_GROUP, Submitted,
-    decode_raw,
+    Collector, Gate, IngestOutcome, IngestRequest, Item, Origin, Placement, RUNNER_GROUP,
+    Submitted, decode_raw,
 };
 pub use native::{MAX_DEPTH, NativeHead, check_native, json_depth};
 pub use segment::{

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Deserialize;
 use sluice_event::{Position, topic};
-use sluice_journal::{Backoff, Cursor, Journal, JournalError, Record};
+use sluice_journal::{Backoff, Cursor, Journal, JournalError, Record, StageHealth};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::Outcome;
@@ -32,6 +32,9 @@ const READ_BYTES: usize = 16 << 20;
 /// Retries of a failed append to `good`/`bad`: first wait and cap.
 const APPEND_RETRY_INITIAL: Duration = Duration::from_millis(50);
 const APPEND_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Failed attempts after which a retry loop gives up once shutdown began (the process then
+/// exits; the next start resumes from what is durable).
+const SHUTDOWN_ATTEMPTS: u32 = 5;
 
 /// Per-partition progress: the next raw offset to process.
 #[derive(Debug)]
@@ -56,6 +59,7 @@ pub struct Runner {
     state_dir: Option<PathBuf>,
     partitions: u32,
     progress: Arc<Progress>,
+    health: StageHealth,
 }
 
 impl Runner {
@@ -86,7 +90,14 @@ impl Runner {
             state_dir,
             partitions: counts[0],
             progress,
+            health: StageHealth::detached(),
         })
+    }
+
+    /// Reports each partition's failures (and recoveries) to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Progress, for metrics and drain checks.
@@ -95,7 +106,10 @@ impl Runner {
     }
 
     /// Runs until `shutdown`, then processes everything appended to `raw` before the shutdown and
-    /// returns. Returns early with an error only when the journal fails.
+    /// returns. A partition whose read, append or commit fails (a full disk, an I/O error) waits
+    /// with [`Backoff`] and resumes from its exactly-once resume point, by itself. Returns early
+    /// with an error only when the journal fails, a partition is quarantined, or a partition
+    /// keeps failing after shutdown began.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
         let mut tasks = tokio::task::JoinSet::new();
         for p in 0..self.partitions {
@@ -105,6 +119,7 @@ impl Runner {
                 batch_size: self.settings.batch_size,
                 progress: self.progress.clone(),
                 chain: self.chain.clone(),
+                health: self.health.part(p),
                 snapshot: self
                     .state_dir
                     .as_ref()
@@ -141,6 +156,7 @@ struct PartitionWorker {
     batch_size: usize,
     progress: Arc<Progress>,
     chain: Arc<Chain>,
+    health: StageHealth,
     snapshot: Option<PathBuf>,
 }
 
@@ -168,7 +184,52 @@ struct Resumed {
 }
 
 impl PartitionWorker {
+    /// Runs the partition; after a failure that retrying can fix, waits and resumes from the
+    /// output topics (exactly once: `resume` reads where `good`/`bad` stand).
     async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
+        let mut backoff = Backoff::new(APPEND_RETRY_INITIAL, APPEND_RETRY_MAX);
+        loop {
+            let error = match self.run_once(&shutdown, &mut backoff).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if self.is_fatal(&error) {
+                return Err(error);
+            }
+            self.health.failing(&error);
+            let stopping = shutdown.is_cancelled();
+            if stopping && backoff.attempts() + 1 >= SHUTDOWN_ATTEMPTS {
+                return Err(error);
+            }
+            let wait = backoff.next_delay();
+            tracing::warn!(partition = self.partition, error = %error, retry_in = ?wait,
+                "runner partition failed; it resumes from its committed position");
+            tokio::select! {
+                _ = shutdown.cancelled(), if !stopping => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Errors that retrying cannot fix: the journal failed (the process exits), the partition
+    /// is quarantined, or the topics do not match.
+    fn is_fatal(&self, error: &FunctionsError) -> bool {
+        self.journal.is_failed()
+            || matches!(
+                error,
+                FunctionsError::PartitionMismatch(_)
+                    | FunctionsError::Journal(
+                        JournalError::Quarantined { .. } | JournalError::Failed(_)
+                    )
+            )
+    }
+
+    /// One run from the resume point to the end of the drain, or to the first error.
+    async fn run_once(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), FunctionsError> {
         let mut at = self.resume().await?;
         let mut drain_to: Option<u64> = None;
         // When the first record of a batch still waiting for its batching window was seen.
@@ -192,6 +253,8 @@ impl PartitionWorker {
                 // collector's backlog measure (end − committed) is zero rather than stale.
                 at.cursor = ahead;
                 self.advance(&mut at, true)?;
+                backoff.reset();
+                self.health.ok();
                 if drain_to.is_some() {
                     break;
                 }
@@ -220,9 +283,11 @@ impl PartitionWorker {
                 }
             }
             waiting_since = None;
-            self.process(&mut at, &records, &live).await?;
+            self.process(&mut at, &records, &live, shutdown).await?;
             at.cursor = ahead;
             self.advance(&mut at, false)?;
+            backoff.reset();
+            self.health.ok();
         }
         let next = at.cursor.next();
         if at.committed != Some(next) {
@@ -266,6 +331,7 @@ impl PartitionWorker {
         at: &mut Resumed,
         records: &[Record],
         live: &Live,
+        shutdown: &CancellationToken,
     ) -> Result<(), FunctionsError> {
         let p = self.partition;
         let inputs = with_positions(p, records);
@@ -300,8 +366,8 @@ impl PartitionWorker {
         crate::metrics::processed(n_good, records.len() - n_good);
         // Bad first: once a good record with a higher raw offset is durable, the resume
         // point moves past these events, so their bad rows must already be durable.
-        self.append_retrying(topic::BAD, bad).await?;
-        self.append_retrying(topic::GOOD, good).await
+        self.append_retrying(topic::BAD, bad, shutdown).await?;
+        self.append_retrying(topic::GOOD, good, shutdown).await
     }
 
     /// After the cursor moved: publish the position, commit it when due (`now`: at once) and
@@ -424,7 +490,14 @@ impl PartitionWorker {
         Ok(None)
     }
 
-    async fn append_retrying(&self, out: &str, records: Vec<Bytes>) -> Result<(), FunctionsError> {
+    /// Appends `records` to `out`, retrying what may succeed later (a full disk); bounded once
+    /// `shutdown` began.
+    async fn append_retrying(
+        &self,
+        out: &str,
+        records: Vec<Bytes>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), FunctionsError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -437,9 +510,18 @@ impl PartitionWorker {
             {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind().is_retryable() && !self.journal.is_failed() => {
+                    self.health.failing(&e);
+                    let stopping = shutdown.is_cancelled();
+                    if stopping && backoff.attempts() + 1 >= SHUTDOWN_ATTEMPTS {
+                        return Err(e.into());
+                    }
                     tracing::warn!(topic = out, partition = self.partition, error = %e, "append failed; retrying");
                     crate::metrics::retried();
-                    backoff.wait().await;
+                    let wait = backoff.next_delay();
+                    tokio::select! {
+                        _ = shutdown.cancelled(), if !stopping => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -3,13 +3,22 @@
 //! Two keyspaces: `values` (profiles, counters) and `positions` (one JSON map per consumer). A
 //! [`WriteBatch`] becomes one fjall batch across both keyspaces, which fjall commits atomically
 //! through its journal: after a crash either the values and the positions of a batch are there,
-//! or neither is. Batches go to the OS on commit; with `fsync = false` (the default) a power
-//! loss can drop the latest batches, but always with their positions, so they are projected
-//! again from the journal. A mutex serialises writers so that the position check and the commit
-//! are one step.
+//! or neither is. Batches go to the OS on commit (`PersistMode::Buffer`: fjall would otherwise
+//! keep them in its own buffer, where a later failed flush loses them); with `fsync = false`
+//! (the default) a power loss can drop the latest batches, but always with their positions, so
+//! they are projected again from the journal. A mutex serialises writers so that the position
+//! check and the commit are one step.
+//!
+//! A failed commit (a full disk, an I/O error) poisons a fjall database for good: every later
+//! write fails. So after one the store drops the database and opens it again before the next
+//! write; fjall's recovery replays its journal, which holds whole batches only, so the failed
+//! batch is absent (or whole, if its bytes reached the file on the way out: the projection's
+//! retry then finds its own positions) and the retry lands once space is back. While the
+//! reopen itself fails, reads and writes answer an `Embedded` error (retryable).
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -20,11 +29,47 @@ fn embedded(e: impl std::fmt::Display) -> HotError {
     HotError::Embedded(e.to_string())
 }
 
-struct Inner {
+/// One open fjall database and its two keyspaces.
+struct Db {
     db: Database,
     values: Keyspace,
     positions: Keyspace,
+}
+
+impl Db {
+    fn open(dir: &Path) -> Result<Self, HotError> {
+        let db = Database::builder(dir).open().map_err(embedded)?;
+        let values = db
+            .keyspace("values", KeyspaceCreateOptions::default)
+            .map_err(embedded)?;
+        let positions = db
+            .keyspace("positions", KeyspaceCreateOptions::default)
+            .map_err(embedded)?;
+        Ok(Self {
+            db,
+            values,
+            positions,
+        })
+    }
+
+    fn read_positions(&self, consumer: &str) -> Result<Positions, HotError> {
+        match self.positions.get(consumer).map_err(embedded)? {
+            None => Ok(Positions::new()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| HotError::Corrupt {
+                key: consumer.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
     fsync: bool,
+    /// `None` between dropping a poisoned database and a successful reopen.
+    open: RwLock<Option<Arc<Db>>>,
+    /// The last commit failed: reopen before the next write.
+    poisoned: AtomicBool,
     write_lock: Mutex<()>,
 }
 
@@ -46,32 +91,36 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, HotError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| HotError::Embedded(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::builder(dir).open().map_err(embedded)?;
-        let values = db
-            .keyspace("values", KeyspaceCreateOptions::default)
-            .map_err(embedded)?;
-        let positions = db
-            .keyspace("positions", KeyspaceCreateOptions::default)
-            .map_err(embedded)?;
+        let open = Db::open(dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
-                values,
-                positions,
+                dir: dir.to_path_buf(),
                 fsync,
+                open: RwLock::new(Some(Arc::new(open))),
+                poisoned: AtomicBool::new(false),
                 write_lock: Mutex::new(()),
             }),
         })
     }
 
-    fn read_positions(&self, consumer: &str) -> Result<Positions, HotError> {
-        match self.inner.positions.get(consumer).map_err(embedded)? {
-            None => Ok(Positions::new()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| HotError::Corrupt {
-                key: consumer.to_string(),
-                reason: e.to_string(),
-            }),
-        }
+    /// The open database, or an error while it is being reopened.
+    fn current(&self) -> Result<Arc<Db>, HotError> {
+        let open = self.inner.open.read().unwrap_or_else(|e| e.into_inner());
+        open.clone().ok_or_else(|| {
+            HotError::Embedded("the store is being reopened after a failed write".into())
+        })
+    }
+
+    /// Drops the (poisoned) database and opens it again. Waits for nothing: a reader that
+    /// still holds the old one keeps its lock file, so this attempt fails and the next retries.
+    fn reopen(&self) -> Result<(), HotError> {
+        let mut slot = self.inner.open.write().unwrap_or_else(|e| e.into_inner());
+        drop(slot.take());
+        let open = Db::open(&self.inner.dir)?;
+        *slot = Some(Arc::new(open));
+        self.inner.poisoned.store(false, Ordering::Release);
+        tracing::info!(dir = %self.inner.dir.display(), "embedded hot store reopened after a failed write");
+        Ok(())
     }
 
     fn write_now(&self, batch: WriteBatch) -> Result<(), HotError> {
@@ -80,26 +129,46 @@ impl EmbeddedStore {
             .write_lock
             .lock()
             .map_err(|_| HotError::Embedded("a writer panicked".into()))?;
-        let stored = self.read_positions(&batch.consumer)?;
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let open = self.current()?;
+        let stored = open.read_positions(&batch.consumer)?;
         let next = check_positions(&batch, &stored)?;
-        let mode = self.inner.fsync.then_some(PersistMode::SyncData);
-        let mut fb = self.inner.db.batch().durability(mode);
+        // Without a mode fjall keeps the batch in its journal's user-space buffer; a failure
+        // to flush it later (ENOSPC) would lose batches already acknowledged. `Buffer` hands
+        // every batch to the OS before `commit` returns, so only the failing batch can fail.
+        let mode = match self.inner.fsync {
+            true => PersistMode::SyncData,
+            false => PersistMode::Buffer,
+        };
+        let mut fb = open.db.batch().durability(Some(mode));
         for (key, value) in batch.puts {
-            fb.insert(&self.inner.values, key, value);
+            fb.insert(&open.values, key, value);
         }
         if !batch.positions.is_empty() {
             let encoded = serde_json::to_vec(&next).map_err(embedded)?;
-            fb.insert(&self.inner.positions, batch.consumer.as_str(), encoded);
+            fb.insert(&open.positions, batch.consumer.as_str(), encoded);
         }
-        fb.commit().map_err(embedded)
+        fb.commit().map_err(|e| {
+            // fjall refuses every write after this one; reopen before the next.
+            self.inner.poisoned.store(true, Ordering::Release);
+            embedded(e)
+        })
     }
 
     /// Syncs everything written so far to disk.
     pub fn persist(&self) -> Result<(), HotError> {
-        self.inner
+        self.current()?
             .db
             .persist(PersistMode::SyncAll)
             .map_err(embedded)
+    }
+
+    /// Test hook: behave as after a failed commit (the next write reopens the database).
+    #[doc(hidden)]
+    pub fn mark_poisoned(&self) {
+        self.inner.poisoned.store(true, Ordering::Release);
     }
 }
 
@@ -114,10 +183,10 @@ impl HotStore for EmbeddedStore {
     ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, HotError>> {
         // Point reads hit the memtable or the block cache: microseconds, so they run inline.
         Box::pin(async move {
+            let open = self.current()?;
             keys.iter()
                 .map(|k| {
-                    self.inner
-                        .values
+                    open.values
                         .get(k)
                         .map(|v| v.map(|v| v.to_vec()))
                         .map_err(embedded)
@@ -127,7 +196,7 @@ impl HotStore for EmbeddedStore {
     }
 
     fn positions<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<Positions, HotError>> {
-        Box::pin(async move { self.read_positions(consumer) })
+        Box::pin(async move { self.current()?.read_positions(consumer) })
     }
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), HotError>> {
@@ -138,5 +207,41 @@ impl HotStore for EmbeddedStore {
                 .await
                 .map_err(|e| HotError::Embedded(format!("write task failed: {e}")))?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn batch(expected: Option<u64>, new: u64, value: &str) -> WriteBatch {
+        WriteBatch {
+            consumer: "hot/good".into(),
+            positions: BTreeMap::from([(0, (expected, new))]),
+            puts: vec![("p:u1".into(), value.as_bytes().to_vec())],
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_commit_the_store_reopens_and_keeps_its_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), false).unwrap();
+        store.write(batch(None, 5, "a")).await.unwrap();
+        store.mark_poisoned();
+        store.write(batch(Some(5), 9, "b")).await.unwrap();
+        assert!(!store.inner.poisoned.load(Ordering::Acquire));
+        let positions = store.positions("hot/good").await.unwrap();
+        assert_eq!(positions.get(&0), Some(&9));
+        let values = store.get_many(&["p:u1".to_string()]).await.unwrap();
+        assert_eq!(values, vec![Some(b"b".to_vec())]);
+        // The compare-and-set still holds across the reopen.
+        store.mark_poisoned();
+        let stale = store.write(batch(Some(5), 12, "c")).await;
+        assert!(matches!(stale, Err(HotError::Conflict { .. })), "{stale:?}");
+        drop(store);
+        let again = EmbeddedStore::open(dir.path(), false).unwrap();
+        assert_eq!(again.positions("hot/good").await.unwrap().get(&0), Some(&9));
     }
 }

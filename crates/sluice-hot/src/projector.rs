@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_event::{Event, Position, topic};
-use sluice_journal::{Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record};
+use sluice_journal::{
+    Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record, StageHealth,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -115,6 +117,9 @@ pub struct Projector {
     settings: Arc<HotSettings>,
     hook: Option<Box<dyn EventHook>>,
     status: watch::Sender<ProjectionStatus>,
+    health: StageHealth,
+    /// Set while `run` runs: becomes true at shutdown, so a retry loop can stop waiting.
+    stop: Option<watch::Receiver<bool>>,
 }
 
 struct PartitionState {
@@ -146,7 +151,15 @@ impl Projector {
             settings,
             hook: None,
             status: watch::Sender::new(ProjectionStatus::default()),
+            health: StageHealth::detached(),
+            stop: None,
         }
+    }
+
+    /// Reports each attempt's outcome to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Adds a hook (the online models).
@@ -172,6 +185,7 @@ impl Projector {
             let _ = stop_tx.send(true);
         });
         let status = self.status.clone();
+        self.stop = Some(stop_rx.clone());
         let result = self.run_inner(stop_rx).await;
         watcher.abort();
         if let Err(e) = &result {
@@ -191,6 +205,7 @@ impl Projector {
             match self.store.positions(CONSUMER).await {
                 Ok(p) => break p,
                 Err(e) if e.kind().is_retryable() => {
+                    self.health.failing(&e);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot read hot positions yet");
                     tokio::select! {
@@ -309,7 +324,7 @@ impl Projector {
             .iter()
             .map(|(pos, e)| (*pos, is_live(pos), EventView::new(e, needs_context)))
             .collect();
-        let mut state = self.load(&self.keys_touched(&views)).await?;
+        let mut state = self.load(&self.keys_touched(&views), shutting_down).await?;
         let (dirty, live_events) = self.apply(&views, &mut state);
         let batch = write_batch(parts, dirty, &state)?;
         if !batch.positions.is_empty() {
@@ -354,8 +369,8 @@ impl Projector {
 
     /// The stored values of `keys`. A value that does not decode starts afresh: stalling every
     /// later event of its key would be worse.
-    async fn load(&self, keys: &[String]) -> Result<HotState, HotError> {
-        let values = self.store.get_many(keys).await?;
+    async fn load(&self, keys: &[String], shutting_down: bool) -> Result<HotState, HotError> {
+        let values = self.get_with_retry(keys, shutting_down).await?;
         let mut state = HotState::default();
         for (key, value) in keys.iter().zip(values) {
             let Some(bytes) = value else { continue };
@@ -453,6 +468,7 @@ impl Projector {
         let start = *round_robin % count;
         *round_robin = round_robin.wrapping_add(1);
         let now = Instant::now();
+        let mut failed = false;
         for i in 0..count {
             let budget = self.settings.batch_events.saturating_sub(out.len());
             if budget == 0 {
@@ -469,13 +485,62 @@ impl Projector {
                     out.extend(records.into_iter().map(|r| (p.id, r)));
                 }
                 Err(error) => {
+                    failed = true;
+                    self.health.failing(&error);
                     tracing::warn!(partition = p.id, %error, "hot projection cannot read good; retrying");
                     metrics::error("journal");
                     p.retry_at = Some(now + READ_RETRY);
                 }
             }
         }
+        if !failed && parts.iter().all(|p| p.retry_at.is_none()) {
+            self.health.ok();
+        }
         out
+    }
+
+    /// Whether shutdown began: retries are then bounded.
+    fn stopping(&self, shutting_down: bool) -> bool {
+        shutting_down || self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// Sleeps `wait`, or less when shutdown begins meanwhile.
+    async fn pause(&self, wait: Duration) {
+        match self.stop.clone() {
+            Some(mut stop) => {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+
+    /// The stored values of `keys`, retrying store errors (bounded once shutdown began).
+    async fn get_with_retry(
+        &self,
+        keys: &[String],
+        shutting_down: bool,
+    ) -> Result<Vec<Option<Vec<u8>>>, HotError> {
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        loop {
+            let error = match self.store.get_many(keys).await {
+                Ok(values) => return Ok(values),
+                Err(e) => e,
+            };
+            self.health.failing(&error);
+            metrics::error("store");
+            let stopping = self.stopping(shutting_down);
+            if !error.kind().is_retryable()
+                || (stopping && backoff.attempts() + 1 >= SHUTDOWN_ATTEMPTS)
+            {
+                return Err(error);
+            }
+            let wait = backoff.next_delay();
+            tracing::warn!(%error, retry_in = ?wait, "hot store read failed; retrying");
+            self.pause(wait).await;
+        }
     }
 
     async fn write_with_retry(
@@ -487,7 +552,10 @@ impl Projector {
         loop {
             let attempts = backoff.attempts() + 1;
             let error = match self.store.write(batch.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.ok();
+                    return Ok(());
+                }
                 Err(e) => e,
             };
             if matches!(error, HotError::Conflict { .. }) && attempts > 1 {
@@ -499,6 +567,7 @@ impl Projector {
                     .iter()
                     .all(|(p, (_, new))| stored.get(p) == Some(new))
                 {
+                    self.health.ok();
                     return Ok(());
                 }
                 return Err(error);
@@ -506,13 +575,14 @@ impl Projector {
             if !error.kind().is_retryable() || matches!(error, HotError::Conflict { .. }) {
                 return Err(error);
             }
+            self.health.failing(&error);
             metrics::error("store");
-            if shutting_down && attempts >= SHUTDOWN_ATTEMPTS {
+            if self.stopping(shutting_down) && attempts >= SHUTDOWN_ATTEMPTS {
                 return Err(error);
             }
             let wait = backoff.next_delay();
             tracing::warn!(%error, retry_in = ?wait, "hot store write failed; retrying the same batch");
-            tokio::time::sleep(wait).await;
+            self.pause(wait).await;
         }
     }
 }

@@ -23,7 +23,8 @@
 //! tail, where a plain read finds nothing while `end()` is ahead.
 //!
 //! What consumers share besides the cursor: [`ConsumerProgress`] (how far a consumer has got,
-//! and waiting until it has caught up) and [`Backoff`] (the retry delay).
+//! and waiting until it has caught up), [`Backoff`] (the retry delay) and [`StageHealth`] (what the
+//! last attempt did, read by `/health` through [`Health`]).
 
 mod api;
 mod backoff;
@@ -33,6 +34,7 @@ mod durable;
 mod error;
 mod flusher;
 mod format;
+mod health;
 mod local;
 pub mod metrics;
 mod partition;
@@ -52,6 +54,7 @@ pub use backoff::Backoff;
 pub use config::{FsyncPolicy, JournalConfig, MAX_PARTITIONS};
 pub use cursor::Cursor;
 pub use error::JournalError;
+pub use health::{Failure, Health, StageHealth, StageReport};
 pub use local::{JournalStats, LocalJournal, is_valid_topic_name};
 pub use progress::{ConsumerProgress, ConsumerStatus, ProgressError};
 pub use recovery::{FloorGap, PartitionRecovery, RecoveryReport};

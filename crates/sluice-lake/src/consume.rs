@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use sluice_journal::{Backoff, Journal, JournalError, Record};
+use sluice_journal::{Backoff, Journal, JournalError, Record, StageHealth};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,8 @@ pub struct LoopSettings {
     pub backoff: Backoff,
     /// Attempts per batch once shutdown has begun.
     pub shutdown_attempts: u32,
+    /// Where each attempt's outcome is reported (`/health`).
+    pub health: StageHealth,
 }
 
 /// Delivers `topic` of `journal` to `destination` until `shutdown`, then everything durable at
@@ -125,10 +127,12 @@ async fn open_at_start<D: Destination>(
     loop {
         match destination.open(partitions).await {
             Ok(opened) => {
+                settings.health.ok();
                 debug_assert_eq!(opened.1.len(), partitions as usize);
                 return Ok(Some(opened));
             }
             Err(e) if destination.open_is_retryable(&e) => {
+                settings.health.failing(&e);
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot open the {} yet", D::NAME);
                 tokio::select! {
@@ -154,10 +158,14 @@ async fn deliver_with_retries<D: Destination>(
     let mut backoff = settings.backoff.clone();
     loop {
         let e = match destination.deliver(session, batch).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                settings.health.ok();
+                return Ok(());
+            }
             Err(e) if destination.is_fatal(&e) => return Err(e),
             Err(e) => e,
         };
+        settings.health.failing(&e);
         let attempts = backoff.attempts() + 1;
         if shutdown.is_cancelled() && attempts >= settings.shutdown_attempts.max(1) {
             return Err(destination.gave_up(attempts, &e));

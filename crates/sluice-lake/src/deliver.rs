@@ -34,7 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::kernel::Add;
-use sluice_journal::{Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record};
+use sluice_journal::{
+    Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record, StageHealth,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +125,7 @@ pub struct TableSink<S: TableSpec> {
     settings: LakeSettings,
     status: watch::Sender<DeliveryStatus>,
     faults: Option<FaultInjector>,
+    health: StageHealth,
     _spec: PhantomData<S>,
 }
 
@@ -136,8 +139,15 @@ impl<S: TableSpec> TableSink<S> {
             settings,
             status: watch::Sender::new(DeliveryStatus::default()),
             faults: None,
+            health: StageHealth::detached(),
             _spec: PhantomData,
         }
+    }
+
+    /// Reports each attempt's outcome to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// A handle on this sink's progress.
@@ -208,6 +218,7 @@ struct Delivery<S: TableSpec> {
     settings: LakeSettings,
     status: watch::Sender<DeliveryStatus>,
     faults: Option<FaultInjector>,
+    health: StageHealth,
     target: DeltaTarget<S>,
     partitions: Vec<PartitionState>,
     buffer: Buffer,
@@ -232,6 +243,7 @@ impl<S: TableSpec> Delivery<S> {
             settings,
             status,
             faults,
+            health,
             ..
         } = sink;
         let mut backoff = settings.backoff();
@@ -248,6 +260,7 @@ impl<S: TableSpec> Delivery<S> {
                     if e.kind().is_retryable()
                         && !matches!(e, LakeError::SchemaMismatch { .. }) =>
                 {
+                    health.failing(&e);
                     let wait = backoff.next_delay();
                     tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
                     tokio::select! {
@@ -291,6 +304,7 @@ impl<S: TableSpec> Delivery<S> {
             settings,
             status,
             faults,
+            health,
             target,
             partitions,
             buffer: Buffer::default(),
@@ -424,6 +438,7 @@ impl<S: TableSpec> Delivery<S> {
             let records = match p.cursor.read(max_records, max_bytes, target) {
                 Ok(records) => records,
                 Err(e) => {
+                    self.health.failing(&e);
                     metrics::read_error(S::TABLE);
                     let wait = p.read_backoff.next_delay();
                     tracing::warn!(
@@ -439,7 +454,9 @@ impl<S: TableSpec> Delivery<S> {
                     return;
                 }
             };
-            p.retry_at = None;
+            if p.retry_at.take().is_some() {
+                self.health.ok();
+            }
             p.read_backoff.reset();
             if records.is_empty() {
                 if p.buffered == 0 && p.cursor.next() > p.delivered_next {
@@ -517,11 +534,13 @@ impl<S: TableSpec> Delivery<S> {
                 .await;
             let error = match step {
                 Ok(Some(commit)) => {
+                    self.health.ok();
                     self.committed(commit, &pending, skipped, started).await;
                     return Ok(());
                 }
                 Ok(None) => {
                     // Everything in this flush was already in the table.
+                    self.health.ok();
                     self.publish(None, 0, skipped, &pending.last);
                     return Ok(());
                 }
@@ -529,6 +548,7 @@ impl<S: TableSpec> Delivery<S> {
                 Err(e) => e,
             };
             let attempts = backoff.attempts() + 1;
+            self.health.failing(&error);
             metrics::commit_failed(S::TABLE);
             let bounded = shutdown.is_cancelled();
             if bounded && attempts >= self.settings.shutdown_attempts.max(1) {

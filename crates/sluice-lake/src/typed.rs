@@ -68,7 +68,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
 use serde_json::Value;
 use sluice_event::{BadKind, BadRow, Event};
-use sluice_journal::{ConsumerProgress, Journal, Record};
+use sluice_journal::{ConsumerProgress, Journal, Record, StageHealth};
 
 use crate::batcher::BatchLimits;
 use crate::consume::{Destination, LoopSettings, run_batches};
@@ -918,6 +918,7 @@ pub struct TypedSink {
     status: watch::Sender<DeliveryStatus>,
     #[allow(clippy::type_complexity)]
     crash_after: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    health: StageHealth,
 }
 
 impl TypedSink {
@@ -930,7 +931,14 @@ impl TypedSink {
             declared: None,
             status: watch::Sender::new(DeliveryStatus::default()),
             crash_after: None,
+            health: StageHealth::detached(),
         }
+    }
+
+    /// Reports each attempt's outcome to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Uses declared property types (the schema registry) where an event has them.
@@ -1010,6 +1018,7 @@ impl TypedSink {
             },
             backoff: self.settings.backoff(),
             shutdown_attempts: self.settings.shutdown_attempts,
+            health: self.health.clone(),
         };
         let topic = sluice_event::topic::GOOD;
         run_batches(

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_collector::{CollectorConfig, CollectorSettings};
@@ -40,6 +41,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// What this node runs. Default: everything.
     pub roles: Vec<String>,
+    /// How long SIGTERM waits for the stages to drain before it stops the ones still failing
+    /// (what they had not delivered stays in the journal for the next start). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// HTTP connection limits and timeouts.
     pub listener: ListenerConfig,
     /// The journal. Its `dir` defaults to `<data_dir>/journal`; `default_partitions` is the
@@ -84,6 +89,7 @@ impl Default for Config {
             pg_password: None,
             admin_token: None,
             roles: Vec::new(),
+            drain_timeout: Duration::from_secs(30),
             listener: ListenerConfig::default(),
             journal: JournalConfig::default(),
             collector: CollectorConfig::default(),
@@ -184,6 +190,7 @@ pub struct Settings {
     pub(crate) upkeep: UpkeepConfig,
     pub(crate) loader: Option<LoaderSettings>,
     pub(crate) roles: Roles,
+    pub(crate) drain_timeout: Duration,
     pub(crate) listener: ListenerConfig,
     pub(crate) partitions: u32,
     pub(crate) journal: JournalConfig,
@@ -241,6 +248,11 @@ impl Config {
                 self.pg
             )));
         }
+        if self.drain_timeout < Duration::from_secs(1) {
+            return Err(ServerError::Config(
+                "drain_timeout must be at least 1s".into(),
+            ));
+        }
         let upkeep = self
             .upkeep
             .validate()
@@ -283,6 +295,7 @@ impl Config {
             upkeep,
             loader,
             roles: Roles::parse(&self.roles)?,
+            drain_timeout: self.drain_timeout,
             listener: self.listener.validate().map_err(ServerError::Config)?,
             partitions: journal.default_partitions,
             journal,

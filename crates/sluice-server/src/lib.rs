@@ -33,6 +33,7 @@ mod schemas;
 mod segment;
 mod snowplow;
 mod sql;
+mod stages;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};

@@ -1,9 +1,10 @@
-//! The operator's routes: `GET /health`, `GET /metrics` (Prometheus text) and
-//! `POST /v1/replay` (an admin request; the rules are in `replay.rs`).
+//! The operator's routes: `GET /health` (readiness: every stage's state, 503 while one is
+//! failing; also `/readyz`), `GET /livez` (liveness: the process answers), `GET /metrics`
+//! (Prometheus text) and `POST /v1/replay` (an admin request; the rules are in `replay.rs`).
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,14 +17,47 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/replay", post(replay))
         .route("/health", get(health))
+        .route("/readyz", get(health))
+        .route("/livez", get(live))
         .route("/metrics", get(metrics))
 }
 
+/// Every stage's state; 503 (with `Retry-After`) while the journal failed or a stage's last
+/// attempt failed, so a load balancer stops sending while this node cannot keep up.
 async fn health(State(state): State<AppState>) -> Response {
-    if state.journal.is_failed() {
-        return error_response(ErrorKind::Unavailable, "journal failed");
+    let (stages, failing) = state.stages.report();
+    let journal_failed = state.journal.is_failed();
+    let lagging = stages.iter().any(|(_, s)| s.state == "lagging");
+    let status = match (journal_failed || failing, lagging) {
+        (true, _) => "failing",
+        (false, true) => "lagging",
+        (false, false) => "ok",
+    };
+    let mut body = serde_json::json!({
+        "status": status,
+        "stages": stages
+            .into_iter()
+            .map(|(name, s)| (name, serde_json::to_value(s).unwrap_or_default()))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    if journal_failed {
+        body["error"] = "journal failed; the process exits to recover from disk".into();
     }
-    Json(serde_json::json!({"status": "ok"})).into_response()
+    let code = match status {
+        "failing" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    let mut resp = (code, Json(body)).into_response();
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Liveness only: the process runs and answers HTTP, whatever its stages do.
+async fn live() -> Response {
+    Json(serde_json::json!({"status": "live"})).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

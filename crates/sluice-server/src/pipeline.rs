@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::error::ServerError;
 use crate::http::{self, AppState};
+use crate::stages::Stages;
 
 /// How often retention runs over the journal.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
@@ -43,6 +44,8 @@ pub struct Running {
     /// Stops upkeep and retention, after the stages.
     housekeeping: CancellationToken,
     background: Vec<Task>,
+    /// How long [`Running::shutdown`] waits for the stages to drain.
+    drain_timeout: Duration,
 }
 
 /// A spawned task and the stage name its errors carry.
@@ -68,14 +71,44 @@ impl Task {
             .await
             .unwrap_or_else(|e| Err(ServerError::stage(self.name, e)))
     }
+
+    /// [`Task::join`], but aborts the task at `deadline` (an error naming the stage).
+    async fn join_by(mut self, deadline: tokio::time::Instant) -> Result<(), ServerError> {
+        match tokio::time::timeout_at(deadline, &mut self.handle).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(ServerError::stage(self.name, e))),
+            Err(_) => {
+                self.handle.abort();
+                tracing::error!(
+                    stage = self.name,
+                    "did not drain before the drain deadline; stopped where it was (the next start resumes from what is durable)"
+                );
+                Err(ServerError::stage(
+                    self.name,
+                    "did not drain before the drain deadline (drain_timeout)",
+                ))
+            }
+        }
+    }
 }
 
-/// What the roles share: the journal, the lake's root and the schema registry.
+/// What the roles share: the journal, the lake's root, the schema registry and the stages'
+/// health.
 struct Base {
     journal: Arc<LocalJournal>,
     dyn_journal: Arc<dyn Journal>,
     lake_root: LakeRoot,
     registry: Arc<Registry>,
+    stages: Stages,
+}
+
+/// Per partition, the next offset a consumer has not delivered, once it has started.
+fn next_offsets<S: sluice_journal::ConsumerStatus>(
+    progress: sluice_journal::ConsumerProgress<S>,
+) -> impl Fn() -> Option<Vec<u64>> + Send + Sync + 'static {
+    move || {
+        let status = progress.status();
+        status.started().then(|| status.next_offsets().to_vec())
+    }
 }
 
 /// What the runner role gives the HTTP routes.
@@ -137,6 +170,7 @@ impl Server {
             stages,
             housekeeping,
             background,
+            drain_timeout: settings.drain_timeout,
         })
     }
 }
@@ -171,11 +205,14 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     // The registry lives with the data; every role that validates or serves schemas uses it.
     let registry = Registry::open(settings.data_dir.join("schemas"))
         .map_err(|e| ServerError::stage("schemas", e))?;
+    let dyn_journal: Arc<dyn Journal> = journal.clone();
+    let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
     Ok(Base {
-        dyn_journal: journal.clone(),
+        dyn_journal,
         journal,
         lake_root,
         registry: Arc::new(registry),
+        stages,
     })
 }
 
@@ -206,6 +243,11 @@ async fn start_runner(
     )
     .map_err(|e| ServerError::stage("runner", e))?;
     let progress = runner.progress();
+    let partitions = settings.partitions;
+    let watched = progress.clone();
+    let runner = runner.with_health(base.stages.consumer("runner", topic::RAW, move || {
+        Some((0..partitions).map(|p| watched.next(p)).collect())
+    }));
     let token = CancellationToken::new();
     let t = token.clone();
     let task = Task::spawn("runner", async move {
@@ -232,19 +274,34 @@ fn start_lake(
     housekeeping: &CancellationToken,
 ) -> DeliveryProgress {
     let (journal, root, lake) = (&base.dyn_journal, &base.lake_root, &settings.lake);
+    let watched = &base.stages;
     let events = LakeSink::new(journal.clone(), root.clone(), lake.clone());
     let progress = events.progress();
+    let events = events.with_health(watched.consumer(
+        "lake/events",
+        topic::GOOD,
+        next_offsets(progress.clone()),
+    ));
     let bad_rows = BadRowsSink::new(journal.clone(), root.clone(), lake.clone());
+    let health = watched.consumer(
+        "lake/bad_rows",
+        topic::BAD,
+        next_offsets(bad_rows.progress()),
+    );
+    let bad_rows = bad_rows.with_health(health);
     let typed = lake.typed_tables.then(|| {
         let declared =
             crate::declared::RegistryTypes::new(base.registry.clone(), &settings.validation);
-        TypedSink::new(journal.clone(), root.clone(), lake.clone())
-            .with_declared_types(Arc::new(declared))
+        let typed = TypedSink::new(journal.clone(), root.clone(), lake.clone())
+            .with_declared_types(Arc::new(declared));
+        let health = watched.consumer("typed", topic::GOOD, next_offsets(typed.progress()));
+        typed.with_health(health)
     });
-    let loader = settings
-        .loader
-        .clone()
-        .map(|l| PgLoader::new(journal.clone(), l));
+    let loader = settings.loader.clone().map(|l| {
+        let loader = PgLoader::new(journal.clone(), l);
+        let health = watched.consumer("loader", topic::GOOD, next_offsets(loader.progress()));
+        loader.with_health(health)
+    });
     let token = CancellationToken::new();
     let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
     let task = Task::spawn("lake", async move {
@@ -290,6 +347,10 @@ async fn start_hot(
     let hot_settings = Arc::new(settings.hot.clone());
     let reader = sluice_hot::HotReader::new(store.clone(), hot_settings.clone());
     let mut projector = sluice_hot::Projector::new(base.dyn_journal.clone(), store, hot_settings);
+    let health = base
+        .stages
+        .consumer("hot", topic::GOOD, next_offsets(projector.progress()));
+    projector = projector.with_health(health);
     if settings.roles.predict && !settings.predict.models.is_empty() {
         let ps = settings.predict.clone();
         let models = blocking("predict", move || sluice_predict::Models::open(&ps)).await?;
@@ -326,8 +387,12 @@ async fn start_http(
 ) -> Result<SocketAddr, ServerError> {
     let collector = if settings.roles.collector {
         let (j, cs) = (base.dyn_journal.clone(), settings.collector.clone());
+        let collector = blocking("collector", move || Collector::open(j, cs)).await?;
+        let stages = base.stages.clone();
         Some(Arc::new(
-            blocking("collector", move || Collector::open(j, cs)).await?,
+            collector
+                .with_health(base.stages.stage("journal"))
+                .with_gate(Arc::new(move || stages.pressure())),
         ))
     } else {
         None
@@ -377,6 +442,7 @@ async fn start_http(
         hot: parts.hot,
         models: Arc::new(models),
         functions: parts.runner.map(|r| r.functions),
+        stages: base.stages.clone(),
     };
     let listener = crate::listen::bind(settings.http, settings.listener.max_connections).map_err(
         |source| ServerError::Bind {
@@ -474,8 +540,12 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
 impl Running {
     /// Stops intake, drains the runner, the lake sink and the hot projection, stops upkeep and
     /// retention, and returns once everything acked is committed to the lake and the hot
-    /// store. Returns the first error, if any.
+    /// store. Returns the first error, if any. A stage still draining when `drain_timeout` has
+    /// passed (its store keeps failing) is stopped where it is and reported as an error:
+    /// everything it had not delivered is still in the journal, and the next start delivers
+    /// it from the stage's committed position.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let mut first_err = None;
         let mut note = |r: Result<(), ServerError>| {
             if let Err(e) = r {
@@ -489,7 +559,7 @@ impl Running {
         tracing::info!("intake stopped; draining");
         for (token, task) in self.stages {
             token.cancel();
-            note(task.join().await);
+            note(task.join_by(deadline).await);
         }
         self.housekeeping.cancel();
         for task in self.background {

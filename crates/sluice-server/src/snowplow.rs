@@ -57,7 +57,15 @@ pub const PIXEL_GIF: [u8; 43] = [
 /// How long browsers may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE: &str = "3600";
 /// Paths an alias may not take (other routes own them).
-const RESERVED_PATHS: &[&str] = &["/", "/health", "/metrics", "/robots.txt", "/sink-health"];
+const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/health",
+    "/readyz",
+    "/livez",
+    "/metrics",
+    "/robots.txt",
+    "/sink-health",
+];
 /// The longest cookie or `nuid` value taken as a network user id.
 const MAX_NUID_BYTES: usize = 128;
 

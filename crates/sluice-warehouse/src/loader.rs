@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_event::Event;
-use sluice_journal::{Journal, JournalError, Record};
+use sluice_journal::{Journal, JournalError, Record, StageHealth};
 use sluice_lake::batcher::BatchLimits;
 use sluice_lake::consume::{Destination, LoopSettings, run_batches};
 use sluice_lake::schema::{Column, ColumnType};
@@ -363,6 +363,7 @@ pub struct PgLoader {
     journal: Arc<dyn Journal>,
     settings: LoaderSettings,
     status: watch::Sender<DeliveryStatus>,
+    health: StageHealth,
 }
 
 /// The loader's live connection and what it knows of the database.
@@ -381,7 +382,14 @@ impl PgLoader {
             journal,
             settings,
             status: watch::Sender::new(DeliveryStatus::default()),
+            health: StageHealth::detached(),
         }
+    }
+
+    /// Reports each attempt's outcome to `health` (`/health`).
+    pub fn with_health(mut self, health: StageHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// A handle on the loader's progress.
@@ -485,6 +493,7 @@ impl PgLoader {
             },
             backoff: self.settings.backoff(),
             shutdown_attempts: self.settings.shutdown_attempts,
+            health: self.health.clone(),
         };
         let topic = sluice_event::topic::GOOD;
         run_batches(

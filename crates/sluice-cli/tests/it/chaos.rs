@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_chaos::checker::History;
-use sluice_chaos::fault::PostgresServer;
+use sluice_chaos::fault::{PostgresServer, Tmpfs};
 use sluice_chaos::fuzz::{self, Route};
 use sluice_chaos::harness::{self, Sinks};
 use sluice_chaos::observe;
@@ -320,4 +320,142 @@ fn peak_rss_mib(pid: u32) -> u64 {
         })
         .map(|kb| kb / 1024)
         .unwrap_or(0)
+}
+
+/// `GET /health`: the status (0 when there is no answer) and the body.
+async fn health(base: &str) -> (u16, serde_json::Value) {
+    match reqwest::get(format!("{base}/health")).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or_default())
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// The stages `/health` reports failing.
+fn failing_stages(body: &serde_json::Value) -> Vec<String> {
+    body["stages"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| s["state"] == "failing")
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// T5: the data disk (a tmpfs) fills up halfway through a workload, while every stage has
+/// events in flight, and space comes back a few seconds later. `/health` answers 503 while the
+/// disk is full; then, without a restart, every acked event reaches `events`, the typed table
+/// and the hot tier exactly once (every stage retried and resumed by itself), `/health` is 200
+/// again, and SIGTERM drains and exits 0 within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_then_space_returns() -> anyhow::Result<()> {
+    let profile = Profile::from_env();
+    let (batches, full_for) = profile.pick((30, 3), (200, 20));
+    let w = workload("fd", 2, batches, 50);
+    let dir = harness::scratch()?;
+    let disk = Arc::new(Tmpfs::mount(&dir.path().join("disk"), 96 << 20)?);
+    let toml = format!("{LAKE}[journal]\nsegment_bytes = 1048576\n");
+    let mut server = harness::spawn(Path::new(BIN), dir.path(), &disk.path().join("data"), &toml)?;
+    let base = server.url();
+    let mut card = Scorecard::new("full_disk", &["T5"], profile, 0);
+    let history = Arc::new(History::default());
+    let progress = Arc::new(Progress::default());
+    let (filled_tx, filled_rx) = tokio::sync::oneshot::channel();
+    let mut filled_tx = Some(filled_tx);
+    let filler = {
+        let disk = disk.clone();
+        harness::faults_at_thresholds(progress.clone(), w.total(), 1, move |_| {
+            let bytes = disk.fill("filler")?;
+            if let Some(tx) = filled_tx.take() {
+                let _ = tx.send(bytes);
+            }
+            Ok(())
+        })
+    };
+    let clients = tokio::spawn(workload::run(
+        w.clone(),
+        Target::new(base.clone()),
+        history.clone(),
+        progress,
+    ));
+
+    card.note("filler_bytes", filled_rx.await?);
+    let full = Instant::now();
+    // While full: intake cannot append, so /health must say so; keep the disk full until two
+    // stages with events in flight fail too (or `full_for` passes).
+    let seen = Arc::new(Mutex::new((0u16, Vec::<String>::new())));
+    observe::wait_for(Duration::from_secs(full_for), || {
+        let (base, seen) = (base.clone(), seen.clone());
+        async move {
+            let (status, body) = health(&base).await;
+            let failing = failing_stages(&body);
+            let consumers_failing = failing.iter().filter(|s| *s != "journal").count();
+            let mut seen = seen.lock().expect("seen lock");
+            seen.0 = seen.0.max(status);
+            seen.1.extend(failing);
+            Ok(status == 503 && consumers_failing >= 2)
+        }
+    })
+    .await;
+    let (status_full, mut failing_full) = seen.lock().expect("seen lock").clone();
+    failing_full.sort();
+    failing_full.dedup();
+    card.note("health_while_full", status_full);
+    card.note("failing_while_full", failing_full);
+    card.note("full_ms", full.elapsed().as_millis() as u64);
+    if status_full != 503 {
+        card.violations.push(format!(
+            "/health answered {status_full} while the disk was full"
+        ));
+    }
+    std::fs::remove_file(disk.path().join("filler"))?;
+    let freed = Instant::now();
+    card.faults = filler.await??;
+    clients.await??;
+    card.note(
+        "workload_done_after_space_ms",
+        freed.elapsed().as_millis() as u64,
+    );
+
+    let sinks = Sinks {
+        typed: true,
+        hot: true,
+        postgres: None,
+    };
+    harness::drain_and_check(
+        &mut card,
+        &base,
+        &w,
+        &history,
+        &sinks,
+        Duration::from_secs(60),
+    )
+    .await?;
+    card.note("drained_after_space_ms", freed.elapsed().as_millis() as u64);
+    let healthy = observe::wait_for(Duration::from_secs(30), || async {
+        Ok(health(&base).await.0 == 200)
+    })
+    .await;
+    if !healthy {
+        let (status, body) = health(&base).await;
+        card.violations.push(format!(
+            "/health did not return to 200 after space came back: {status} {body}"
+        ));
+    }
+    let t = Instant::now();
+    match server.terminate(Duration::from_secs(60)) {
+        Ok(s) => {
+            card.note("sigterm_ms", t.elapsed().as_millis() as u64);
+            if s.code() != Some(0) {
+                card.violations
+                    .push(format!("SIGTERM after the full disk exited {s:?}"));
+            }
+        }
+        Err(e) => card.violations.push(format!("SIGTERM did not finish: {e}")),
+    }
+    card.finish()
 }

@@ -9,6 +9,7 @@ use sluice_warehouse::Warehouse;
 
 use crate::auth::Auth;
 use crate::replay::Replayer;
+use crate::stages::Stages;
 
 /// Shared state of the handlers. A role this node does not run is `None`, and its routes
 /// answer 404.
@@ -28,4 +29,6 @@ pub(crate) struct AppState {
     pub(crate) models: Arc<Vec<String>>,
     /// The user functions, on a node with the runner role.
     pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
+    /// Every stage's health and lag (`/health`).
+    pub(crate) stages: Stages,
 }

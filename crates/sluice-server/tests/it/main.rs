@@ -1,6 +1,7 @@
 //! The server's integration tests, in one binary (linking DataFusion once, not once per file),
 //! each against a server in this process ([`sluice_testkit::server::TestServer`]).
 
+mod backpressure;
 mod functions;
 mod hot;
 mod hot_lake;
