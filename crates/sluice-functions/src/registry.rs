@@ -21,7 +21,6 @@
 //! another process (`sluice schemas push --data-dir`) is picked up.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant};
 use jsonschema::{Draft, PatternOptions, Retrieve, Uri, Validator};
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
+use sluice_journal::durable_fs;
 
 /// The largest schema accepted, in bytes.
 pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
@@ -209,7 +209,7 @@ impl Registry {
     /// A registry stored under `dir` (created if absent).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, RegistryError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
+        durable_fs::create_dir_all_durable(&dir)
             .map_err(|e| RegistryError::Io(format!("cannot create {}: {e}", dir.display())))?;
         Ok(Self {
             dir,
@@ -549,28 +549,10 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>, RegistryError> {
     }
 }
 
-/// Writes a file so that readers see the old content or the new, never part of it.
+/// Writes a file so that readers see the old content or the new, never part of it, durably.
 fn write_atomic(path: &Path, body: &[u8]) -> Result<(), RegistryError> {
-    let io = |e: std::io::Error| RegistryError::Io(format!("cannot write {}: {e}", path.display()));
-    let dir = path
-        .parent()
-        .ok_or_else(|| RegistryError::Io("no parent".into()))?;
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
-    Ok(())
+    durable_fs::write_atomic(path, body)
+        .map_err(|e| RegistryError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. With `fsync`, every batch is synced to disk
     /// before `write` returns.
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, HotError> {
-        std::fs::create_dir_all(dir)
+        sluice_journal::durable_fs::create_dir_all_durable(dir)
             .map_err(|e| HotError::Embedded(format!("cannot create {}: {e}", dir.display())))?;
         let open = Db::open(dir)?;
         Ok(Self {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::durable_fs::{self, Syncer};
 use crate::metrics;
 
 /// Why a storage operation failed, in the terms the caller acts on.
@@ -149,21 +150,12 @@ impl Disk {
         bytes: &[u8],
     ) -> Result<(), StorageError> {
         let tmp = dir.join(format!("{name}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(StorageError::from_write)?;
-        if let Err(error) = file.write_all(bytes) {
-            drop(file);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StorageError::from_write(error));
-        }
-        self.sync_all(&file)?;
-        drop(file);
-        std::fs::rename(&tmp, dir.join(name)).map_err(StorageError::from_write)?;
-        self.sync_dir(dir)
+        durable_fs::write_atomic_with(self, &dir.join(name), &tmp, bytes, None)
+    }
+
+    /// Creates `dir` and its missing parents, each fsynced into its parent.
+    pub(crate) fn create_dir_all(&self, dir: &Path) -> Result<(), StorageError> {
+        durable_fs::create_dir_all_with(self, dir)
     }
 
     /// Writes a new file that nothing refers to yet (inside a directory that is renamed into
@@ -176,5 +168,21 @@ impl Disk {
             .map_err(StorageError::from_write)?;
         file.write_all(bytes).map_err(StorageError::from_write)?;
         self.sync_all(&file)
+    }
+}
+
+impl Syncer for Disk {
+    type Error = StorageError;
+
+    fn sync_file(&self, file: &File) -> Result<(), StorageError> {
+        self.sync_all(file)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), StorageError> {
+        Disk::sync_dir(self, dir)
+    }
+
+    fn io_error(&self, error: io::Error) -> StorageError {
+        StorageError::from_write(error)
     }
 }

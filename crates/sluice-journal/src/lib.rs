@@ -22,6 +22,10 @@
 //! (reported); `read` skips a gap between records, and [`Cursor`] also steps over one at the
 //! tail, where a plain read finds nothing while `end()` is ahead.
 //!
+//! [`durable_fs`] holds the durable file-system steps (directories fsynced into their parents,
+//! atomic small files) that the journal and every other crate writing under the data directory
+//! use.
+//!
 //! What consumers share besides the cursor: [`ConsumerProgress`] (how far a consumer has got,
 //! and waiting until it has caught up), [`Backoff`] (the retry delay) and [`StageHealth`] (what the
 //! last attempt did, read by `/health` through [`Health`]).
@@ -31,6 +35,7 @@ mod backoff;
 mod config;
 mod cursor;
 mod durable;
+pub mod durable_fs;
 mod error;
 mod flusher;
 mod format;

@@ -180,7 +180,9 @@ impl LocalJournal {
     pub(crate) fn open_settings(settings: Settings) -> Result<Arc<Self>, JournalError> {
         metrics::describe();
         let dir = settings.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
+        // Durably: a journal directory made on first start and never fsynced into its parent
+        // can vanish in a power cut, with every acknowledged record in it.
+        crate::durable_fs::create_dir_all_durable(&dir).map_err(|source| JournalError::Io {
             context: format!("creating {}", dir.display()),
             source,
         })?;
@@ -680,13 +682,9 @@ impl Journal for LocalJournal {
         let _guard = lock(&part.consumer_lock);
         let dir = part.dir.join(CONSUMERS_DIR);
         if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
-                context: format!("creating {}", dir.display()),
-                source,
-            })?;
             self.shared
                 .disk
-                .sync_dir(&part.dir)
+                .create_dir_all(&dir)
                 .map_err(|e| self.shared.storage_error(e, "committing a consumer offset"))?;
         }
         self.shared

@@ -415,7 +415,7 @@ fn open_segment(path: &Path, sealed: bool) -> io::Result<File> {
 fn check_consumers(dir: &Path, next: u64, report: &mut PartitionRecovery) {
     let consumers = dir.join(CONSUMERS_DIR);
     let Ok(entries) = std::fs::read_dir(&consumers) else {
-        if let Err(error) = std::fs::create_dir_all(&consumers) {
+        if let Err(error) = crate::durable_fs::create_dir_all_durable(&consumers) {
             report
                 .warnings
                 .push(format!("cannot create the consumers directory: {error}"));

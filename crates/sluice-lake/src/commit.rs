@@ -27,7 +27,7 @@ use std::marker::PhantomData;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+use deltalake::{DeltaTable, TableProperty};
 
 use crate::schema::{TableSpec, app_id, check_compatible, delta_columns, missing_columns};
 use crate::{LakeError, LakeRoot};
@@ -73,22 +73,9 @@ impl<S: TableSpec> DeltaTarget<S> {
     /// Opens table `S` under `root`, creating it if it does not exist yet, and checks that its
     /// schema is the one this version writes.
     pub(crate) async fn open(root: &LakeRoot, checkpoint_interval: u64) -> Result<Self, LakeError> {
-        let url = root.table_url(S::TABLE)?;
-        if let Some(dir) = root.local_path() {
-            // delta-rs' local store needs the directory to exist before it can list it.
-            let dir = dir.join(S::TABLE);
-            std::fs::create_dir_all(&dir).map_err(|e| LakeError::Location {
-                location: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        }
+        root.create_table_dir(S::TABLE)?;
         let delta = |context, e| LakeError::delta(S::TABLE, context, e);
-        let mut table = DeltaTableBuilder::from_url(url)
-            .and_then(|b| {
-                b.with_storage_options(root.storage_options().clone())
-                    .build()
-            })
-            .map_err(|e| delta("opening", e))?;
+        let mut table = root.table(S::TABLE)?;
         // Checking first keeps the kernel from logging an ERROR about an empty log.
         let exists = table
             .verify_deltatable_existence()

@@ -53,6 +53,17 @@ pub enum LakeError {
         /// The Arrow error.
         reason: String,
     },
+    /// A file of the table's Delta log is damaged (empty or cut short, as a power cut leaves a
+    /// file that was never fsynced) where it cannot be set aside safely.
+    #[error("delta table {table}: damaged log file {path}: {reason}")]
+    DamagedLog {
+        /// Table name.
+        table: String,
+        /// The damaged file.
+        path: String,
+        /// What is wrong and why it was not set aside.
+        reason: String,
+    },
     /// A background task (encoding, Parquet writing) panicked or was cancelled.
     #[error("background task of {table} failed: {reason}")]
     Task {
@@ -87,7 +98,7 @@ impl LakeError {
             Self::Config(_) | Self::Location { .. } => ErrorKind::Invalid,
             Self::Journal(e) => e.kind(),
             Self::Delta { .. } | Self::GaveUp { .. } | Self::Stopped(_) => ErrorKind::Unavailable,
-            Self::SchemaMismatch { .. } => ErrorKind::Conflict,
+            Self::SchemaMismatch { .. } | Self::DamagedLog { .. } => ErrorKind::Conflict,
             Self::Encode { .. } | Self::Task { .. } | Self::InjectedCrash(_) => ErrorKind::Internal,
         }
     }

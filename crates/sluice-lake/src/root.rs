@@ -3,13 +3,21 @@
 //!
 //! Local paths become absolute `file://` URLs; the directory is not created here (readers such as
 //! `sluice sql` must not create anything), only by a sink when it creates a table.
+//!
+//! Writers open tables through [`LakeRoot::table`]: on a local root it writes through
+//! [`DurableLocalStore`] (every file and directory fsynced before a write returns) and first
+//! sets aside a damaged end of the Delta log (`repair.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use sluice_journal::durable_fs;
 use url::Url;
 
 use crate::LakeError;
+use crate::durable_store::DurableLocalStore;
 
 /// The root of the lake: every table is a directory directly below it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +96,38 @@ impl LakeRoot {
                 location: format!("{}{name}", self.url),
                 reason: e.to_string(),
             })
+    }
+
+    /// Table `name` for writing (not loaded). On a local root: writes are durable
+    /// ([`DurableLocalStore`]), and damaged files at the end of its log (left by a power cut
+    /// before writes were durable) are set aside first, or reported as an error naming them.
+    pub fn table(&self, name: &str) -> Result<DeltaTable, LakeError> {
+        let url = self.table_url(name)?;
+        let opening = |e| LakeError::delta(name, "opening", e);
+        let builder = DeltaTableBuilder::from_url(url.clone())
+            .map_err(opening)?
+            .with_storage_options(self.storage_options.clone());
+        let builder = match self.local_path() {
+            Some(root) => {
+                crate::repair::set_aside_damaged_log(name, &root.join(name))?;
+                builder.with_storage_backend(Arc::new(DurableLocalStore::new(&root)), url)
+            }
+            None => builder,
+        };
+        builder.build().map_err(opening)
+    }
+
+    /// Creates the directory of table `name` on a local root, durably (delta-rs' local store
+    /// needs it to exist before it can list it). Nothing to do on an object store.
+    pub fn create_table_dir(&self, name: &str) -> Result<(), LakeError> {
+        let Some(root) = self.local_path() else {
+            return Ok(());
+        };
+        let dir = root.join(name);
+        durable_fs::create_dir_all_durable(&dir).map_err(|e| LakeError::Location {
+            location: dir.display().to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// The local directory of the root, if it is on the local file system.

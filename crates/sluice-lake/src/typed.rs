@@ -65,7 +65,7 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowS
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+use deltalake::{DeltaTable, TableProperty};
 use serde_json::Value;
 use sluice_event::{BadKind, BadRow, Event};
 use sluice_journal::{ConsumerProgress, Journal, Record, StageHealth};
@@ -380,20 +380,8 @@ async fn open_or_create(
     checkpoint_interval: u64,
     comment: &str,
 ) -> Result<DeltaTable, LakeError> {
-    let url = root.table_url(name)?;
-    if let Some(dir) = root.local_path() {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| LakeError::Location {
-            location: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    }
-    let mut table = DeltaTableBuilder::from_url(url)
-        .and_then(|b| {
-            b.with_storage_options(root.storage_options().clone())
-                .build()
-        })
-        .map_err(delta_err(name, "opening"))?;
+    root.create_table_dir(name)?;
+    let mut table = root.table(name)?;
     let exists = table
         .verify_deltatable_existence()
         .await

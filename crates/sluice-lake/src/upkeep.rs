@@ -157,13 +157,7 @@ pub async fn list_tables(root: &LakeRoot) -> Result<Vec<String>, LakeError> {
 }
 
 async fn open(root: &LakeRoot, name: &str) -> Result<Option<DeltaTable>, LakeError> {
-    let url = root.table_url(name)?;
-    let mut table = DeltaTableBuilder::from_url(url)
-        .and_then(|b| {
-            b.with_storage_options(root.storage_options().clone())
-                .build()
-        })
-        .map_err(delta_err(name, "opening"))?;
+    let mut table = root.table(name)?;
     if !table
         .verify_deltatable_existence()
         .await

@@ -18,11 +18,11 @@
 //! retained journal.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sluice_hot::Positions;
+use sluice_journal::durable_fs;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::PredictError;
@@ -147,17 +147,7 @@ pub(crate) fn decode(spec: &ModelSpec, bytes: &[u8]) -> Result<Option<OnlineMode
 pub fn write(model: &OnlineModel, dir: &Path) -> Result<(), PredictError> {
     let path = path_of(dir, &model.spec.name);
     let bytes = encode(model).map_err(|e| failed(&path, e))?;
-    std::fs::create_dir_all(dir).map_err(|e| failed(&path, e))?;
-    let tmp = path.with_extension("ftrl.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| failed(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| failed(&tmp, e))?;
-    f.sync_all().map_err(|e| failed(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(|e| failed(&path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| failed(&path, e))?;
-    Ok(())
+    durable_fs::write_atomic(&path, &bytes).map_err(|e| failed(&path, e))
 }
 
 /// Reads `spec`'s checkpoint from `dir`. A missing file or one for another model definition
@@ -184,7 +174,7 @@ pub fn read(spec: &ModelSpec, dir: &Path) -> Result<OnlineModel, PredictError> {
         Err(reason) => {
             let aside = path.with_extension("ftrl.corrupt");
             tracing::error!(model = %spec.name, path = %path.display(), %reason, "model checkpoint is damaged; kept as *.corrupt, starting afresh");
-            std::fs::rename(&path, &aside).map_err(|e| failed(&path, e))?;
+            durable_fs::rename_durable(&path, &aside).map_err(|e| failed(&path, e))?;
             Ok(OnlineModel::new(spec.clone()))
         }
     }

@@ -121,20 +121,9 @@ impl KeyFile {
 
     /// Writes the key file atomically (temp file, fsync, rename, fsync of the directory).
     pub fn store(&self, path: &Path) -> Result<(), String> {
-        use std::io::Write;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+        sluice_journal::durable_fs::write_atomic(path, &text)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
     /// Creates a key for `source`; returns the key (shown once) and its entry.

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_collector::Collector;
 use sluice_event::topic;
 use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
+use sluice_journal::durable_fs::create_dir_all_durable;
 use sluice_journal::{Journal, LocalJournal};
 use sluice_lake::{BadRowsSink, DeliveryProgress, LakeRoot, LakeSink, TypedSink, Upkeep};
 use sluice_warehouse::Warehouse;
@@ -181,7 +182,9 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     let cannot_create = |stage, dir: &std::path::Path, e: std::io::Error| {
         ServerError::stage(stage, format!("cannot create {}: {e}", dir.display()))
     };
-    std::fs::create_dir_all(&settings.data_dir)
+    // Every directory is created durably (fsynced into its parent): one made on first start
+    // and never synced can vanish in a power cut with everything below it.
+    create_dir_all_durable(&settings.data_dir)
         .map_err(|e| cannot_create("data dir", &settings.data_dir, e))?;
     let journal_cfg = settings.journal.clone();
     let journal = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
@@ -200,7 +203,7 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
             .map_err(|e| ServerError::stage("journal", e))?;
     }
     let lake_dir = settings.data_dir.join("lake");
-    std::fs::create_dir_all(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
+    create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
     let lake_root = LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
     // The registry lives with the data; every role that validates or serves schemas uses it.
     let registry = Registry::open(settings.data_dir.join("schemas"))

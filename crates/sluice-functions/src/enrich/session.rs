@@ -179,23 +179,15 @@ pub(crate) fn load(path: &Path) -> Option<Snapshot> {
     }
 }
 
-/// Saves a snapshot atomically (write, fsync, rename).
+/// Saves a snapshot atomically and durably (`durable_fs::write_atomic`).
 pub(crate) fn save(path: &Path, next: u64, sessions: &Sessions) -> std::io::Result<()> {
     #[derive(Serialize)]
     struct Out<'a> {
         next: u64,
         sessions: &'a Sessions,
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    serde_json::to_writer(&mut f, &Out { next, sessions })?;
-    let f = f.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    let bytes = serde_json::to_vec(&Out { next, sessions })?;
+    sluice_journal::durable_fs::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

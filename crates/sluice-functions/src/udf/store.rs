@@ -10,11 +10,11 @@
 //! the new state, never half of one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+use sluice_journal::durable_fs;
 
 use super::engine::Mode;
 use super::{FunctionSpec, UdfError};
@@ -100,7 +100,7 @@ impl Store {
     /// Opens (creating) the store at `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, UdfError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        durable_fs::create_dir_all_durable(&dir).map_err(|e| io(&dir, e))?;
         Ok(Self { dir })
     }
 
@@ -186,7 +186,7 @@ impl Store {
             return Ok((v.version, DeployOutcome::Unchanged));
         }
         let dir = self.dir.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        durable_fs::create_dir_all_durable(&dir).map_err(|e| io(&dir, e))?;
         let next = existing
             .as_ref()
             .and_then(|d| d.versions.last().map(|v| v.version))
@@ -291,27 +291,12 @@ fn io(path: &Path, e: std::io::Error) -> UdfError {
 }
 
 fn write_atomic(path: &Path, body: &[u8], private: bool) -> Result<(), UdfError> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = opts.open(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(body).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = std::fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    let written = if private {
+        durable_fs::write_atomic_private(path, body)
+    } else {
+        durable_fs::write_atomic(path, body)
+    };
+    written.map_err(|e| io(path, e))
 }
 
 #[cfg(test)]
