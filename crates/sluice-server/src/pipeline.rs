@@ -22,8 +22,6 @@ use crate::config::Settings;
 use crate::error::ServerError;
 use crate::http::{self, AppState};
 
-/// How often retention runs over the journal.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// How often [`Running::stopped`] looks at the journal's health.
 const WATCHDOG_EVERY: Duration = Duration::from_millis(200);
 
@@ -89,6 +87,9 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let base = open_base(&settings).await?;
+        let (j, s) = (base.journal.clone(), settings.clone());
+        blocking("journal", move || crate::holds::register(&j, &s)).await?;
+        let mut watched = Vec::new();
         let roles = settings.roles;
         let mut stages = Vec::new();
         let mut background = Vec::new();
@@ -105,11 +106,12 @@ impl Server {
                 &mut stages,
                 &mut background,
                 &housekeeping,
+                &mut watched,
             )),
             false => None,
         };
         let hot = match roles.hot {
-            true => Some(start_hot(&settings, &base, &mut stages).await?),
+            true => Some(start_hot(&settings, &base, &mut stages, &mut watched).await?),
             false => None,
         };
         let intake = CancellationToken::new();
@@ -125,9 +127,14 @@ impl Server {
         } else {
             None
         };
+        let every = crate::holds::retention_every(settings.journal.retention_age);
         background.push(Task::spawn(
             "retention",
-            retention(base.journal.clone(), housekeeping.clone()),
+            retention(base.journal.clone(), every, housekeeping.clone()),
+        ));
+        background.push(Task::spawn(
+            "positions",
+            crate::holds::keep(base.journal.clone(), watched, housekeeping.clone()),
         ));
         Ok(Running {
             http_addr,
@@ -230,11 +237,15 @@ fn start_lake(
     stages: &mut Vec<(CancellationToken, Task)>,
     background: &mut Vec<Task>,
     housekeeping: &CancellationToken,
+    watched: &mut Vec<crate::holds::Watched>,
 ) -> DeliveryProgress {
+    use crate::holds::{self, watch};
     let (journal, root, lake) = (&base.dyn_journal, &base.lake_root, &settings.lake);
     let events = LakeSink::new(journal.clone(), root.clone(), lake.clone());
     let progress = events.progress();
     let bad_rows = BadRowsSink::new(journal.clone(), root.clone(), lake.clone());
+    watched.push(watch(holds::LAKE_EVENTS, topic::GOOD, progress.clone()));
+    watched.push(watch(holds::LAKE_BAD_ROWS, topic::BAD, bad_rows.progress()));
     let typed = lake.typed_tables.then(|| {
         let declared =
             crate::declared::RegistryTypes::new(base.registry.clone(), &settings.validation);
@@ -245,6 +256,12 @@ fn start_lake(
         .loader
         .clone()
         .map(|l| PgLoader::new(journal.clone(), l));
+    if let Some(t) = &typed {
+        watched.push(watch(holds::LAKE_TYPED, topic::GOOD, t.progress()));
+    }
+    if let Some(l) = &loader {
+        watched.push(watch(holds::LOADER, topic::GOOD, l.progress()));
+    }
     let token = CancellationToken::new();
     let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
     let task = Task::spawn("lake", async move {
@@ -282,6 +299,7 @@ async fn start_hot(
     settings: &Settings,
     base: &Base,
     stages: &mut Vec<(CancellationToken, Task)>,
+    watched: &mut Vec<crate::holds::Watched>,
 ) -> Result<sluice_hot::HotReader, ServerError> {
     sluice_hot::metrics::describe();
     let store = sluice_hot::open_store(&settings.hot)
@@ -295,6 +313,11 @@ async fn start_hot(
         let models = blocking("predict", move || sluice_predict::Models::open(&ps)).await?;
         projector = projector.with_hook(Box::new(models));
     }
+    watched.push(crate::holds::watch(
+        crate::holds::HOT,
+        topic::GOOD,
+        projector.progress(),
+    ));
     let token = CancellationToken::new();
     let t = token.clone();
     let task = Task::spawn("hot", async move {
@@ -442,9 +465,13 @@ fn start_pg(
     }))
 }
 
-/// Retention over the journal until `stop`.
-async fn retention(journal: Arc<LocalJournal>, stop: CancellationToken) -> Result<(), ServerError> {
-    let mut every = tokio::time::interval(RETENTION_EVERY);
+/// Retention over the journal, `every` so often, until `stop`.
+async fn retention(
+    journal: Arc<LocalJournal>,
+    every: Duration,
+    stop: CancellationToken,
+) -> Result<(), ServerError> {
+    let mut every = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
