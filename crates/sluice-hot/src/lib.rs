@@ -48,7 +48,7 @@ pub async fn open_store(settings: &HotSettings) -> Result<Arc<dyn HotStore>, Hot
     match settings.backend {
         Backend::Embedded => {
             let (dir, fsync) = (settings.dir.clone(), settings.fsync);
-            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, fsync))
+            let store = tokio::task::spawn_blocking(move || open_or_set_aside(&dir, fsync))
                 .await
                 .map_err(|e| HotError::Embedded(e.to_string()))??;
             Ok(Arc::new(store))
@@ -61,5 +61,74 @@ pub async fn open_store(settings: &HotSettings) -> Result<Arc<dyn HotStore>, Hot
         Backend::Redis => Err(HotError::Config(
             "this build has no redis backend (feature `redis`)".into(),
         )),
+    }
+}
+
+/// Opens the embedded store in `dir`; if it cannot be opened (damaged files), moves the directory
+/// aside to `<dir>.damaged-<ms since the epoch>` (kept for an operator), reports it (error log,
+/// `sluice_hot_store_set_aside_total`) and starts an empty store. The hot tier is a projection of
+/// `good`: with no stored positions the projection reads `good` again from the start the
+/// journal still holds, so the state comes back up to what retention deleted before.
+fn open_or_set_aside(dir: &std::path::Path, fsync: bool) -> Result<EmbeddedStore, HotError> {
+    let error = match EmbeddedStore::open(dir, fsync) {
+        Ok(store) => return Ok(store),
+        Err(e) if !dir.exists() => return Err(e),
+        Err(e) => e,
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(format!(".damaged-{stamp}"));
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(dir, &aside).map_err(|e| {
+        HotError::Embedded(format!(
+            "cannot open the hot store ({error}) nor move {} aside: {e}",
+            dir.display()
+        ))
+    })?;
+    tracing::error!(
+        error = %error,
+        dir = %dir.display(),
+        moved_to = %aside.display(),
+        "the hot store is damaged: moved it aside and started an empty one; the projection \
+         rebuilds it from good"
+    );
+    metrics::store_set_aside();
+    EmbeddedStore::open(dir, fsync)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overwrite_every_file(dir: &std::path::Path) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                overwrite_every_file(&path);
+            } else {
+                std::fs::write(&path, b"not what fjall wrote").unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_embedded_store_is_moved_aside_and_an_empty_one_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = dir.path().join("hot");
+        drop(EmbeddedStore::open(&hot, false).unwrap());
+        overwrite_every_file(&hot);
+        assert!(EmbeddedStore::open(&hot, false).is_err(), "damage detected");
+        drop(open_or_set_aside(&hot, false).unwrap());
+        // The new store is a working one.
+        drop(EmbeddedStore::open(&hot, false).unwrap());
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("hot.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
     }
 }

@@ -5,6 +5,10 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 /// Registers descriptions (once per process is enough; repeating is harmless).
 pub fn describe() {
     describe_counter!(
+        "sluice_hot_store_set_aside_total",
+        "damaged embedded hot stores moved aside at start (the projection rebuilt them)"
+    );
+    describe_counter!(
         "sluice_hot_events_total",
         "events projected into the hot tier"
     );
@@ -54,4 +58,9 @@ pub(crate) fn error(kind: &'static str) {
 
 pub(crate) fn position(partition: u32, next: u64) {
     gauge!("sluice_hot_position", "partition" => partition.to_string()).set(next as f64);
+}
+
+/// A damaged embedded store was moved aside and a new one started.
+pub(crate) fn store_set_aside() {
+    metrics::counter!("sluice_hot_store_set_aside_total").increment(1);
 }

@@ -56,8 +56,14 @@ pub struct JournalConfig {
     #[serde(with = "humantime_serde")]
     pub retention_age: Duration,
     /// Retention also deletes the oldest sealed segments while a partition holds more bytes than
-    /// this. Default: no size limit.
+    /// this. Default: no size limit. Like `retention_age`, it never deletes records a registered
+    /// consumer has not read yet.
     pub retention_bytes: Option<u64>,
+    /// Safety valve for a consumer that stays behind: while a partition holds more bytes than
+    /// this, retention deletes its oldest sealed segments even if a consumer has not read them,
+    /// with an error log and `sluice_journal_retention_unread_deleted_total`. Default: none
+    /// (unread records are never deleted; the disk fills instead, and intake answers 503).
+    pub max_unread_bytes: Option<u64>,
     /// Largest single record accepted by `append` (bytes). Default 8 MiB, at most 256 MiB.
     pub max_record_bytes: u64,
 }
@@ -71,6 +77,7 @@ impl Default for JournalConfig {
             fsync: FsyncPolicy::Always,
             retention_age: Duration::from_secs(7 * 24 * 3600),
             retention_bytes: None,
+            max_unread_bytes: None,
             max_record_bytes: 8 << 20,
         }
     }
@@ -84,6 +91,7 @@ pub(crate) struct Settings {
     pub fsync: FsyncPolicy,
     pub retention_age_ms: i64,
     pub retention_bytes: Option<u64>,
+    pub max_unread_bytes: Option<u64>,
     pub max_record_bytes: usize,
     pub floor_reserve: u64,
 }
@@ -134,6 +142,7 @@ impl JournalConfig {
             fsync: self.fsync,
             retention_age_ms,
             retention_bytes: self.retention_bytes,
+            max_unread_bytes: self.max_unread_bytes,
             // Bounded by MAX_VALUE_LEN above, so it fits any usize of 32 bits or more.
             max_record_bytes: usize::try_from(self.max_record_bytes).unwrap_or(usize::MAX),
             floor_reserve: DEFAULT_FLOOR_RESERVE,

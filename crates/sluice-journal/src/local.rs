@@ -78,7 +78,7 @@ pub(crate) struct Shared {
     /// Serialises topic creation and deletion.
     admin: Mutex<()>,
     /// Serialises retention passes.
-    pub retention: Mutex<()>,
+    pub retention: Mutex<retention::RetentionState>,
     epoch: Instant,
 }
 
@@ -216,7 +216,7 @@ impl LocalJournal {
             flusher: Mutex::new(FlusherState::default()),
             flusher_cv: Condvar::new(),
             admin: Mutex::new(()),
-            retention: Mutex::new(()),
+            retention: Mutex::new(retention::RetentionState::default()),
             epoch: Instant::now(),
         });
         let mut report = RecoveryReport::default();
@@ -272,7 +272,8 @@ impl LocalJournal {
         &self.shared.settings.dir
     }
 
-    /// Deletes sealed segments past `retention_age` or `retention_bytes` (see `retention.rs`).
+    /// Deletes sealed segments past `retention_age` or `retention_bytes` that every registered
+    /// consumer has read, or past `max_unread_bytes` even unread (see `retention.rs`).
     /// Blocks on disk IO: call it from `spawn_blocking`.
     pub fn enforce_retention(&self) -> Result<RetentionReport, JournalError> {
         self.enforce_retention_at(writer::now_ms())
@@ -282,6 +283,64 @@ impl LocalJournal {
     /// epoch), for tests and tools.
     pub fn enforce_retention_at(&self, now_ms: i64) -> Result<RetentionReport, JournalError> {
         retention::enforce(&self.shared, now_ms)
+    }
+
+    /// Registers consumer `group` on every partition of `topic` that it has no position in yet,
+    /// at the partition's start: from then on retention keeps whatever it has not read (see
+    /// `retention.rs`). Quarantined partitions are skipped. Returns how many partitions got a
+    /// new registration.
+    pub fn register_consumer(&self, group: &str, topic: &str) -> Result<u32, JournalError> {
+        let mut added = 0;
+        for p in 0..self.partitions(topic)? {
+            let part = self.partition(topic, p)?;
+            if part.quarantine_reason().is_some() || self.committed(group, topic, p)?.is_some() {
+                continue;
+            }
+            self.commit(group, topic, p, part.start())?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Removes consumer `group`'s position from every partition of `topic`, so retention no
+    /// longer waits for it. Returns how many positions were removed.
+    pub fn unregister_consumer(&self, group: &str, topic: &str) -> Result<u32, JournalError> {
+        let file = escape_group(group)?;
+        let mut removed = 0;
+        for p in 0..self.partitions(topic)? {
+            let part = self.partition(topic, p)?;
+            let _guard = lock(&part.consumer_lock);
+            let dir = part.dir.join(CONSUMERS_DIR);
+            match std::fs::remove_file(dir.join(&file)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(JournalError::Io {
+                        context: format!("removing consumer {group} of {topic}/{p}"),
+                        source,
+                    });
+                }
+            }
+            self.shared
+                .disk
+                .sync_dir(&dir)
+                .map_err(|e| self.shared.storage_error(e, "removing a consumer"))?;
+        }
+        Ok(removed)
+    }
+
+    /// The consumers registered on one partition and their committed next offsets, slowest
+    /// first.
+    pub fn consumers(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<(String, u64)>, JournalError> {
+        let part = self.partition(topic, partition)?;
+        Ok(retention::consumer_positions(&part.dir)
+            .into_iter()
+            .map(|c| (c.name, c.next))
+            .collect())
     }
 
     /// Clean shutdown: commits every queued append, stops the threads, syncs what the interval

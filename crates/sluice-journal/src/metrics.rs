@@ -32,6 +32,8 @@ pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_journal_recovery_truncated_by
 pub const QUARANTINES: &str = "sluice_journal_quarantined_partitions_total";
 /// Partitions whose next offset recovery moved up to the durable floor (an offset gap).
 pub const RECOVERY_FLOOR_GAPS: &str = "sluice_journal_recovery_floor_gaps_total";
+/// Records lost to damage found at recovery (salvaged segments; see `salvage.rs`).
+pub const RECOVERY_LOST_RECORDS: &str = "sluice_journal_recovery_lost_records_total";
 /// Segments deleted by retention.
 pub const RETENTION_DELETED_SEGMENTS: &str = "sluice_journal_retention_deleted_segments_total";
 /// Bytes deleted by retention.
@@ -91,6 +93,11 @@ pub fn describe() {
         "partitions whose next offset moved up to the durable floor"
     );
     describe_counter!(
+        RECOVERY_LOST_RECORDS,
+        Unit::Count,
+        "records lost to damage found at recovery"
+    );
+    describe_counter!(
         RETENTION_DELETED_SEGMENTS,
         Unit::Count,
         "segments deleted by retention"
@@ -100,6 +107,43 @@ pub fn describe() {
         Unit::Bytes,
         "bytes deleted by retention"
     );
+    describe_holds();
+}
+
+/// Bytes retention keeps past `retention_age`/`retention_bytes` because a consumer has not read
+/// them (gauge, per topic).
+pub const RETENTION_HELD_BYTES: &str = "sluice_journal_retention_held_bytes";
+/// Segments kept for the same reason (gauge, per topic).
+pub const RETENTION_HELD_SEGMENTS: &str = "sluice_journal_retention_held_segments";
+/// Records retention deleted before every registered consumer read them (`max_unread_bytes`).
+pub const RETENTION_UNREAD_DELETED: &str = "sluice_journal_retention_unread_deleted_total";
+
+/// Describes the retention metrics that hold or lose unread data.
+fn describe_holds() {
+    metrics::describe_gauge!(
+        RETENTION_HELD_BYTES,
+        Unit::Bytes,
+        "bytes kept past retention because a consumer has not read them"
+    );
+    metrics::describe_gauge!(
+        RETENTION_HELD_SEGMENTS,
+        Unit::Count,
+        "segments kept past retention because a consumer has not read them"
+    );
+    metrics::describe_counter!(
+        RETENTION_UNREAD_DELETED,
+        Unit::Count,
+        "records deleted by the max_unread_bytes safety valve before every consumer read them"
+    );
+}
+
+pub(crate) fn retention_held(topic: &str, bytes: u64, segments: u64) {
+    metrics::gauge!(RETENTION_HELD_BYTES, "topic" => topic.to_string()).set(bytes as f64);
+    metrics::gauge!(RETENTION_HELD_SEGMENTS, "topic" => topic.to_string()).set(segments as f64);
+}
+
+pub(crate) fn retention_unread_deleted(topic: &str, records: u64) {
+    metrics::counter!(RETENTION_UNREAD_DELETED, "topic" => topic.to_string()).increment(records);
 }
 
 /// Handles a partition writer resolves once, so the group-commit loop does no registry lookups.
@@ -146,6 +190,11 @@ pub(crate) fn recovery_truncation(topic: &str, bytes: u64) {
 
 pub(crate) fn floor_gap(topic: &str) {
     metrics::counter!(RECOVERY_FLOOR_GAPS, "topic" => topic.to_string()).increment(1);
+}
+
+pub(crate) fn recovery_lost(topic: &str, records: u64) {
+    // Registered even at zero, so a salvage that lost nothing still shows the topic.
+    metrics::counter!(RECOVERY_LOST_RECORDS, "topic" => topic.to_string()).increment(records);
 }
 
 pub(crate) fn retention(topic: &str, segments: u64, bytes: u64) {

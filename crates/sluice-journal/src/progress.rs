@@ -91,6 +91,22 @@ impl<S: ConsumerStatus> ConsumerProgress<S> {
         }
     }
 
+    /// Waits until `pred` holds for the status; fails if the consumer stops first. Callers add
+    /// their own deadline.
+    pub async fn wait_until(&self, mut pred: impl FnMut(&S) -> bool) -> Result<S, ProgressError> {
+        let mut rx = self.rx.clone();
+        let status = rx
+            .wait_for(|s| s.stopped() || pred(s))
+            .await
+            .map_err(|_| ProgressError::Stopped(self.name))?
+            .clone();
+        if pred(&status) {
+            Ok(status)
+        } else {
+            Err(ProgressError::Stopped(self.name))
+        }
+    }
+
     /// Waits until everything below the journal's durable end *as of this call* is delivered.
     pub async fn wait_caught_up(&self, journal: &dyn Journal) -> Result<S, ProgressError> {
         let partitions = journal.partitions(self.topic)?;

@@ -1,13 +1,17 @@
 //! Opening one partition directory: verify its segments (`scan.rs`), truncate a torn tail of the
-//! active segment, quarantine corruption, apply the durable offset floor, and report each step
-//! in a [`PartitionRecovery`].
+//! active segment, salvage damage before durable data (`salvage.rs`), apply the durable offset
+//! floor, and report each step in a [`PartitionRecovery`].
 //!
-//! Recovery never deletes or truncates anything that can hold acknowledged data: it truncates
-//! only the active segment's torn tail, removes only a last segment whose header never became
-//! durable, and otherwise quarantines the partition (reads and appends return `Quarantined`)
-//! while the other partitions keep serving. After verification it fsyncs the active segment and
-//! the directory, because records a crashed process wrote but never synced may have survived
-//! in the page cache: they become readable now, so they must first become durable.
+//! Recovery never loses a record that still verifies: it truncates only the active segment's
+//! torn tail, removes only a last segment whose header never became durable, and salvages
+//! anything else that is damaged (the file is copied into `<p>/quarantine/` first; the records
+//! that verify are kept; the offsets that do not are reported as lost ranges, as is a segment
+//! missing from the chain). Only what salvage cannot explain (an unknown format version,
+//! overlapping segments, a salvage that failed) quarantines the partition (reads and appends
+//! return `Quarantined`) while the other partitions keep serving. After verification it fsyncs
+//! the active segment and the directory, because records a crashed process wrote but never
+//! synced may have survived in the page cache: they become readable now, so they must first
+//! become durable.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -19,6 +23,7 @@ use crate::format::{
     COMMIT_MAGIC, FLOOR_MAGIC, decode_small, parse_segment_file_name, segment_file_name,
 };
 use crate::partition::{CONSUMERS_DIR, FLOOR_FILE, Partition};
+use crate::salvage::{LostRange, Salvaged};
 use crate::scan::{Scan, scan_segment};
 use crate::segment::{IndexBuilder, Segment};
 use crate::writer::WriterStart;
@@ -46,6 +51,12 @@ pub struct PartitionRecovery {
     pub removed_segments: usize,
     /// Set when the partition is quarantined: what was found.
     pub quarantined: Option<String>,
+    /// Offsets whose records were damaged and are gone (see `salvage.rs`); consumers step over
+    /// them like a crash gap.
+    pub lost: Vec<LostRange>,
+    /// Damaged segment files, copied aside into `<p>/quarantine/` before what still verified
+    /// in them was kept.
+    pub damaged_files: Vec<PathBuf>,
     /// Set when the next offset was moved up to the durable floor, leaving a gap.
     pub floor_gap: Option<FloorGap>,
     /// Anything else worth an operator's attention (missing floor file, unexpected files,
@@ -73,6 +84,15 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
+    /// Records lost to damage, over every partition.
+    pub fn lost_records(&self) -> u64 {
+        self.partitions
+            .iter()
+            .flat_map(|p| &p.lost)
+            .map(LostRange::records)
+            .sum()
+    }
+
     /// The partitions that are quarantined.
     pub fn quarantined(&self) -> impl Iterator<Item = &PartitionRecovery> {
         self.partitions.iter().filter(|p| p.quarantined.is_some())
@@ -225,7 +245,10 @@ fn list_segments(
             bases.push(base);
         } else if name.ends_with(crate::format::SEGMENT_SUFFIX) {
             return Ok(Err(format!("unexpected segment file name {name}")));
-        } else if name != FLOOR_FILE && name != CONSUMERS_DIR {
+        } else if name != FLOOR_FILE
+            && name != CONSUMERS_DIR
+            && name != crate::salvage::QUARANTINE_DIR
+        {
             report
                 .warnings
                 .push(format!("ignored unexpected file {name}"));
@@ -255,13 +278,55 @@ fn verify_segments(
     };
     let mut records_end: Option<u64> = None;
     let mut min_next = 0u64;
-    for (i, &base) in bases.iter().enumerate() {
-        let sealed = i + 1 < bases.len();
+    // (base, sealed) still to verify; a salvaged segment puts its replacements in front.
+    let mut work: std::collections::VecDeque<(u64, bool)> = bases
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| (b, i + 1 < bases.len()))
+        .collect();
+    let mut salvaged = 0usize;
+    while let Some((base, sealed)) = work.pop_front() {
         let name = segment_file_name(base);
         let path = dir.join(&name);
         let file = open_segment(&path, sealed).map_err(StorageError::Other)?;
         let verified = match scan_segment(&file, base, sealed).map_err(StorageError::Other)? {
-            Scan::Corrupt(reason) => return Ok(Err(format!("segment {name}: {reason}"))),
+            Scan::Corrupt(reason) => {
+                // Each salvage writes only segments that verify; the bound is a safety net.
+                if salvaged > bases.len()
+                    || base >= crate::format::MAX_OFFSET
+                    || crate::salvage::is_other_version(&file)
+                {
+                    return Ok(Err(format!("segment {name}: {reason}")));
+                }
+                salvaged += 1;
+                let prev_end = records_end.unwrap_or(base);
+                let damaged = crate::salvage::Damaged {
+                    dir,
+                    base,
+                    file: &file,
+                    prev_end,
+                    sealed,
+                };
+                let done = match crate::salvage::salvage(disk, &damaged) {
+                    Ok(done) => done,
+                    Err(StorageError::Sync(e)) => return Err(StorageError::Sync(e)),
+                    Err(StorageError::Space(e) | StorageError::Other(e)) => {
+                        return Ok(Err(format!(
+                            "segment {name}: {reason}; salvage failed: {e}"
+                        )));
+                    }
+                };
+                drop(file);
+                note_salvage(report, &path, &reason, &done);
+                let last = done.bases.len().saturating_sub(1);
+                for (i, b) in done.bases.iter().enumerate().rev() {
+                    work.push_front((*b, sealed || i < last));
+                }
+                // What the segment lost at its end shows in the next one's `prev_end`: the
+                // chain check below reports it, from here on.
+                records_end.get_or_insert(prev_end);
+                continue;
+            }
             Scan::TornCreation { reason } => {
                 let len = file.metadata().map_err(StorageError::Other)?.len();
                 drop(file);
@@ -281,6 +346,21 @@ fn verify_segments(
         };
         let header = verified.header;
         match records_end {
+            Some(prev) if header.prev_end > prev && base >= header.prev_end => {
+                // The records between were durable and are gone: damaged at the end of the
+                // previous segment (salvaged), or a whole segment is missing.
+                note_lost(
+                    report,
+                    &name,
+                    LostRange {
+                        from: prev,
+                        to: header.prev_end,
+                    },
+                );
+                // Reported once: the chain now continues across the lost range, as after a
+                // crash gap. (A torn header write is salvaged like any other damage.)
+                rewrite_prev_end(disk, &path, base, prev)?;
+            }
             Some(prev) if header.prev_end != prev || base < prev => {
                 return Ok(Err(format!(
                     "segment {name} does not continue the previous segment: it was created \
@@ -330,6 +410,62 @@ fn verify_segments(
     }
     let data_end = records_end.unwrap_or(0).max(min_next);
     Ok(Ok((segments, writer, data_end)))
+}
+
+/// Rewrites the header of the segment at `path` so that it says the records before it end at
+/// `prev_end`.
+fn rewrite_prev_end(
+    disk: &Disk,
+    path: &Path,
+    base: u64,
+    prev_end: u64,
+) -> Result<(), StorageError> {
+    use std::os::unix::fs::FileExt as _;
+    let header = crate::format::SegmentHeader {
+        base_offset: base,
+        prev_end,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(StorageError::Other)?;
+    file.write_all_at(&header.encode(), 0)
+        .map_err(StorageError::from_write)?;
+    disk.sync_data(&file)
+}
+
+/// Logs, counts and reports offsets whose records are missing before segment `name`.
+fn note_lost(report: &mut PartitionRecovery, name: &str, lost: LostRange) {
+    tracing::error!(
+        topic = %report.topic,
+        partition = report.partition,
+        segment = name,
+        from = lost.from,
+        to = lost.to,
+        "journal records are missing before a segment (the previous segment was damaged or \
+         removed); consumers skip the lost range"
+    );
+    metrics::recovery_lost(&report.topic, lost.records());
+    report.lost.push(lost);
+}
+
+/// Logs, counts and reports a salvaged segment.
+fn note_salvage(report: &mut PartitionRecovery, path: &Path, reason: &str, done: &Salvaged) {
+    let lost: u64 = done.lost.iter().map(LostRange::records).sum();
+    tracing::error!(
+        topic = %report.topic,
+        partition = report.partition,
+        segment = %path.display(),
+        reason,
+        lost_records = lost,
+        lost_ranges = ?done.lost,
+        kept_at = %done.kept_at.display(),
+        "journal segment damaged: kept every record that verifies, set the file aside; the \
+         records in the lost ranges are gone"
+    );
+    metrics::recovery_lost(&report.topic, lost);
+    report.lost.extend(done.lost.iter().copied());
+    report.damaged_files.push(done.kept_at.clone());
 }
 
 /// What survived the crash in the page cache becomes readable: make it durable first (with the

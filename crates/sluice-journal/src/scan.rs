@@ -172,6 +172,77 @@ pub(crate) fn scan_segment(file: &File, expected_base: u64, sealed: bool) -> io:
     }))
 }
 
+/// A stretch of consecutive valid frames in a damaged segment, found by [`find_runs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Offset of its first record.
+    pub first: u64,
+    /// One past the offset of its last record.
+    pub end: u64,
+    /// File position of its first frame.
+    pub start_pos: u64,
+    /// File position of its last frame.
+    pub last_pos: u64,
+    /// File position one past its last frame.
+    pub end_pos: u64,
+}
+
+/// Every run of valid frames in the segment file named for `base`, for salvage: frames are
+/// walked from the header on; after an invalid one the walk resynchronises on the next position
+/// holding a frame whose checksum matches and whose offset is plausible (at least the next
+/// expected offset, and at most one more per frame header's worth of skipped bytes). The
+/// segment header itself is not trusted (it may be the damaged part).
+pub(crate) fn find_runs(file: &File, base: u64) -> io::Result<Vec<Run>> {
+    let file_len = file.metadata()?.len();
+    let mut window = Window::new(file, file_len);
+    let mut runs = Vec::new();
+    let mut current: Option<Run> = None;
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut expected = base;
+    let mut lost_from = pos;
+    while pos < file_len {
+        let frame = read_frame(&mut window, pos, file_len)?;
+        match (&mut current, frame) {
+            (Some(run), Ok(h)) if h.offset == expected => {
+                run.last_pos = pos;
+                run.end_pos = pos + h.frame_len();
+                run.end = expected + 1;
+            }
+            (Some(run), _) => {
+                runs.push(*run);
+                current = None;
+                lost_from = pos;
+                pos += 1;
+                continue;
+            }
+            (None, Ok(h))
+                if h.offset >= expected
+                    && h.offset < MAX_OFFSET
+                    && h.offset
+                        <= expected.saturating_add((pos - lost_from) / FRAME_HEADER_LEN as u64) =>
+            {
+                current = Some(Run {
+                    first: h.offset,
+                    end: h.offset + 1,
+                    start_pos: pos,
+                    last_pos: pos,
+                    end_pos: pos + h.frame_len(),
+                });
+            }
+            (None, _) => {
+                pos += 1;
+                continue;
+            }
+        }
+        let Some(run) = &current else { break };
+        pos = run.end_pos;
+        expected = run.end;
+    }
+    runs.extend(current);
+    debug_assert!(runs.windows(2).all(|w| w[0].end <= w[1].first));
+    Ok(runs)
+}
+
 /// The state at the end of the last complete batch.
 #[derive(Clone, Copy)]
 struct Kept {

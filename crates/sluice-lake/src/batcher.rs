@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_journal::{Cursor, Journal, Record};
+use sluice_journal::{Backoff, Cursor, Journal, Record};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,43 @@ use crate::DeliveryStatus;
 
 /// How long to wait for new records when nothing is buffered.
 const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// First and longest wait before a partition whose read failed is read again.
+const READ_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(30));
+
+/// A partition's read retries: a failed read (a quarantined partition, an IO error) waits out a
+/// [`Backoff`] before the next, and is logged at growing intervals, never in a loop.
+struct ReadRetry {
+    backoff: Backoff,
+    at: Option<Instant>,
+}
+
+impl ReadRetry {
+    fn new() -> Self {
+        Self {
+            backoff: Backoff::new(READ_RETRY.0, READ_RETRY.1),
+            at: None,
+        }
+    }
+
+    fn waiting(&self, now: Instant) -> bool {
+        self.at.is_some_and(|at| now < at)
+    }
+
+    fn failed(&mut self, partition: u32, error: &sluice_journal::JournalError) {
+        let wait = self.backoff.next_delay();
+        self.at = Some(Instant::now() + wait);
+        let attempts = self.backoff.attempts();
+        if attempts.is_power_of_two() || attempts.is_multiple_of(20) {
+            tracing::warn!(partition, error = %error, attempts, retry_in = ?wait, "journal read failed");
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.at.take().is_some() {
+            self.backoff.reset();
+        }
+    }
+}
 
 /// When a batch is handed over, and how much is read at a time.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +80,7 @@ pub struct Batcher {
     first_buffered: Vec<Option<u64>>,
     bytes: usize,
     since: Option<Instant>,
+    retry: Vec<ReadRetry>,
     status: watch::Sender<DeliveryStatus>,
 }
 
@@ -65,6 +103,7 @@ impl Batcher {
             buffer: Vec::new(),
             bytes: 0,
             since: None,
+            retry: next.iter().map(|_| ReadRetry::new()).collect(),
             status,
         }
     }
@@ -107,7 +146,19 @@ impl Batcher {
             let timeout = self.since.map_or(IDLE_WAIT, |s| {
                 self.limits.flush_interval.saturating_sub(s.elapsed())
             });
-            let waits: Vec<_> = self.cursors.iter().map(|c| c.wait(timeout)).collect();
+            let now = Instant::now();
+            let waits: Vec<_> = self
+                .cursors
+                .iter()
+                .zip(&self.retry)
+                .map(|(c, r)| match r.at {
+                    // A partition waiting out a failed read wakes when it may read again.
+                    Some(at) if at > now => {
+                        Box::pin(tokio::time::sleep_until(at.min(now + timeout)))
+                    }
+                    _ => c.wait(timeout),
+                })
+                .collect();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = futures::future::select_all(waits) => {}
@@ -141,6 +192,9 @@ impl Batcher {
         for (i, cursor) in self.cursors.iter_mut().enumerate() {
             let p = cursor.partition();
             let limit = self.drain.as_ref().map(|d| d[i]);
+            if self.retry[i].waiting(Instant::now()) {
+                continue;
+            }
             while self.buffer.len() < self.limits.max_events
                 && self.bytes < self.limits.max_bytes
                 && limit.is_none_or(|l| cursor.next() < l)
@@ -156,10 +210,11 @@ impl Batcher {
                 let records = match cursor.read(max, max_bytes, limit) {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "journal read failed");
+                        self.retry[i].failed(p, &e);
                         break;
                     }
                 };
+                self.retry[i].succeeded();
                 let Some(first) = records.first() else {
                     break;
                 };

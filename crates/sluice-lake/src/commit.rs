@@ -36,6 +36,9 @@ use crate::{LakeError, LakeRoot};
 /// re-checks conflicts each time). Our own loop retries beyond that.
 const COMMIT_MAX_RETRIES: usize = 10;
 
+/// How many of the newest commits [`DeltaTarget::check_txn_history`] reads back.
+const TXN_HISTORY_COMMITS: u64 = 100;
+
 /// Runs a future on the blocking pool, so that CPU-heavy work inside it (Parquet encoding, kernel
 /// log replay, checkpoint writing) does not stall the async worker threads.
 pub(crate) async fn run_blocking<F, T>(table: &str, future: F) -> Result<T, LakeError>
@@ -82,7 +85,25 @@ impl<S: TableSpec> DeltaTarget<S> {
             .await
             .map_err(|e| delta("checking existence", e))?;
         if exists {
-            table.load().await.map_err(|e| delta("loading", e))?;
+            if let Err(e) = table.load().await {
+                let dir = root.local_path().map(|d| d.join(S::TABLE));
+                let Some(moved) = dir.as_deref().and_then(set_aside_checkpoint) else {
+                    return Err(delta("loading", e));
+                };
+                if let Err(again) = table.load().await {
+                    // Not the checkpoint's fault (or the commits it summarises are gone).
+                    restore(&moved);
+                    tracing::warn!(table = S::TABLE, error = %again, "loading without the checkpoint failed too; put it back");
+                    return Err(delta("loading", e));
+                }
+                tracing::error!(
+                    table = S::TABLE,
+                    error = %e,
+                    moved = ?moved.iter().map(|(_, to)| to.display().to_string()).collect::<Vec<_>>(),
+                    "the table's newest checkpoint did not load: set it aside and loaded the \
+                     JSON commits instead"
+                );
+            }
         } else {
             let created = table
                 .create()
@@ -231,6 +252,46 @@ impl<S: TableSpec> DeltaTarget<S> {
         Ok(out)
     }
 
+    /// Checks that the txn versions of app ids `<app>/<p>` never decrease from one commit to a
+    /// later one over the newest [`TXN_HISTORY_COMMITS`] commits of the log: each commit records
+    /// the last journal offset delivered, which only grows. A lower version later means a damaged
+    /// (or hand-edited) commit; trusting it would deliver the offsets in between a second time,
+    /// so the caller refuses to deliver instead ([`LakeError::TxnRegressed`]).
+    pub(crate) async fn check_txn_history(&self, app: &str) -> Result<(), LakeError> {
+        let Some(latest) = self.table.version() else {
+            return Ok(());
+        };
+        let log_store = self.table.log_store();
+        let prefix = format!("{app}/");
+        // app id -> (commit, highest version so far)
+        let mut seen: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
+        for commit in latest.saturating_sub(TXN_HISTORY_COMMITS - 1)..=latest {
+            let bytes = log_store
+                .read_commit_entry(commit)
+                .await
+                .map_err(|e| LakeError::delta(S::TABLE, "reading the log", e))?;
+            let Some(bytes) = bytes else { continue };
+            for (app_id, version) in txns_in_commit(&bytes, &prefix) {
+                match seen.get(&app_id) {
+                    Some(&(earlier_commit, earlier)) if version < earlier => {
+                        return Err(LakeError::TxnRegressed {
+                            table: S::TABLE.to_string(),
+                            app_id,
+                            commit,
+                            version,
+                            earlier_commit,
+                            earlier,
+                        });
+                    }
+                    _ => {
+                        seen.insert(app_id, (commit, version));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Commits `adds` together with one txn action per `(partition, last offset)`. On success the
     /// in-memory snapshot is advanced to the new version.
     pub(crate) async fn commit(
@@ -313,5 +374,85 @@ impl<S: TableSpec> DeltaTarget<S> {
         .await?
         .map(|_| ())
         .map_err(|e| LakeError::delta(S::TABLE, "checkpointing", e))
+    }
+}
+
+/// Where damaged checkpoint files are moved, in a local table's directory (a name starting with
+/// `_`, which Delta readers and VACUUM leave alone).
+const DAMAGED_DIR: &str = "_sluice_damaged";
+
+/// Moves the newest checkpoint of the local table in `dir` (the files of the version
+/// `_last_checkpoint` names, and `_last_checkpoint` itself) into `DAMAGED_DIR`, so the table
+/// loads from its JSON commits. Returns the moves made, none if there was no checkpoint.
+fn set_aside_checkpoint(
+    dir: &std::path::Path,
+) -> Option<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    let log = dir.join("_delta_log");
+    let last = std::fs::read(log.join("_last_checkpoint")).ok()?;
+    let version = serde_json::from_slice::<serde_json::Value>(&last)
+        .ok()?
+        .get("version")?
+        .as_u64()?;
+    let prefix = format!("{version:020}.checkpoint");
+    let aside = dir.join(DAMAGED_DIR);
+    std::fs::create_dir_all(&aside).ok()?;
+    let mut moved = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(&log)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.push("_last_checkpoint".into());
+    for name in names {
+        let (from, to) = (log.join(&name), aside.join(&name));
+        if std::fs::rename(&from, &to).is_ok() {
+            moved.push((from, to));
+        }
+    }
+    (!moved.is_empty()).then_some(moved)
+}
+
+/// Undoes [`set_aside_checkpoint`].
+fn restore(moved: &[(std::path::PathBuf, std::path::PathBuf)]) {
+    for (from, to) in moved {
+        let _ = std::fs::rename(to, from);
+    }
+}
+
+/// The `txn` actions of one JSON commit whose app id starts with `prefix`: (app id, version).
+/// Lines that are not JSON are skipped here (loading the table reports them).
+fn txns_in_commit(bytes: &[u8], prefix: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for line in bytes.split(|b| *b == b'\n') {
+        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(txn) = action.get("txn") else {
+            continue;
+        };
+        if let (Some(app_id), Some(version)) = (
+            txn.get("appId").and_then(|v| v.as_str()),
+            txn.get("version").and_then(serde_json::Value::as_i64),
+        ) && app_id.starts_with(prefix)
+        {
+            out.push((app_id.to_string(), version));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txns_are_read_from_a_json_commit() {
+        let commit = b"{\"commitInfo\":{}}\n{\"txn\":{\"appId\":\"events/0\",\"version\":9}}\nnot json\n{\"txn\":{\"appId\":\"bad_rows/1\",\"version\":3}}\n";
+        assert_eq!(
+            txns_in_commit(commit, "events/"),
+            vec![("events/0".to_string(), 9)]
+        );
+        assert!(txns_in_commit(b"", "events/").is_empty());
     }
 }

@@ -100,6 +100,9 @@ pub struct DeliveryStatus {
     pub skipped: u64,
     /// `run` has returned.
     pub stopped: bool,
+    /// Set while the sink refuses to deliver, with the reason (the table's log went backwards;
+    /// see `DeltaTarget::check_txn_history`); cleared once it starts.
+    pub refused: Option<String>,
 }
 
 impl ConsumerStatus for DeliveryStatus {
@@ -251,6 +254,7 @@ impl<S: TableSpec> Delivery<S> {
             let attempt = async {
                 let target =
                     DeltaTarget::<S>::open(&root, settings.checkpoint_interval.get()).await?;
+                target.check_txn_history(S::TABLE).await?;
                 let versions = target.txn_versions(0..partitions).await?;
                 Ok::<_, LakeError>((target, versions))
             };
@@ -262,7 +266,14 @@ impl<S: TableSpec> Delivery<S> {
                 {
                     health.failing(&e);
                     let wait = backoff.next_delay();
-                    tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
+                    if matches!(e, LakeError::TxnRegressed { .. }) {
+                        // Checked again after each wait, so a repaired log resumes delivery.
+                        metrics::txn_regressed(S::TABLE);
+                        status.send_modify(|s| s.refused = Some(e.to_string()));
+                        tracing::error!(table = S::TABLE, error = %e, retry_in = ?wait, "refusing to deliver into a table whose log went backwards");
+                    } else {
+                        tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(wait) => {}
@@ -297,6 +308,7 @@ impl<S: TableSpec> Delivery<S> {
         );
         status.send_modify(|s| {
             s.started = true;
+            s.refused = None;
             s.next_offsets = partitions.iter().map(|p| p.delivered_next).collect();
             s.table_version = target.version();
         });

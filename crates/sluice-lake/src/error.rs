@@ -86,6 +86,28 @@ pub enum LakeError {
     /// The sink stopped before the awaited progress was reached.
     #[error(transparent)]
     Stopped(#[from] sluice_journal::ProgressError),
+    /// A commit of the table records a lower txn version for a partition than an earlier commit:
+    /// the log is damaged, and trusting it would deliver records twice. The sink refuses to
+    /// deliver until the log is repaired.
+    #[error(
+        "delta table {table}: commit {commit} says {app_id} delivered up to offset {version}, \
+         below the {earlier} of commit {earlier_commit}; the log is damaged, so delivery stops \
+         rather than deliver those offsets twice (see docs/recovery.md)"
+    )]
+    TxnRegressed {
+        /// Table name.
+        table: String,
+        /// The txn app id (`<table>/<partition>`).
+        app_id: String,
+        /// The commit with the lower version.
+        commit: u64,
+        /// Its version.
+        version: i64,
+        /// The earlier commit with the higher one.
+        earlier_commit: u64,
+        /// That version.
+        earlier: i64,
+    },
     /// A test fault injector asked the sink to crash.
     #[error("injected crash at {0}")]
     InjectedCrash(&'static str),
@@ -98,7 +120,9 @@ impl LakeError {
             Self::Config(_) | Self::Location { .. } => ErrorKind::Invalid,
             Self::Journal(e) => e.kind(),
             Self::Delta { .. } | Self::GaveUp { .. } | Self::Stopped(_) => ErrorKind::Unavailable,
-            Self::SchemaMismatch { .. } | Self::DamagedLog { .. } => ErrorKind::Conflict,
+            Self::SchemaMismatch { .. } | Self::DamagedLog { .. } | Self::TxnRegressed { .. } => {
+                ErrorKind::Conflict
+            }
             Self::Encode { .. } | Self::Task { .. } | Self::InjectedCrash(_) => ErrorKind::Internal,
         }
     }

@@ -13,6 +13,7 @@
 //! | `sluice_lake_checkpoints_total` | counter | Delta checkpoints written |
 //! | `sluice_lake_checkpoint_failures_total` | counter | checkpoint attempts that failed (retried at the next interval) |
 //! | `sluice_lake_read_errors_total` | counter | journal read errors (the partition is retried after a backoff) |
+//! | `sluice_lake_txn_regressions_total` | counter | start-up checks that found a commit whose txn version is below an earlier commit's (delivery refused; see `DeltaTarget::check_txn_history`) |
 //! | `sluice_lake_buffered_records` | gauge | records waiting for the next flush |
 //! | `sluice_lake_delivered_offset` | gauge | per `partition`: next journal offset not yet in the table |
 
@@ -22,6 +23,11 @@ use metrics::{
 
 /// Registers the descriptions of every lake metric (call once at start-up).
 pub fn describe() {
+    describe_counter!(
+        "sluice_lake_txn_regressions_total",
+        Unit::Count,
+        "start-up checks that found a txn version going backwards in the log (delivery refused)"
+    );
     describe_counter!(
         "sluice_lake_rows_written_total",
         Unit::Count,
@@ -121,4 +127,9 @@ pub(crate) fn buffered(table: &'static str, records: usize) {
 pub(crate) fn delivered_offset(table: &'static str, partition: u32, next: u64) {
     gauge!("sluice_lake_delivered_offset", "table" => table, "partition" => partition.to_string())
         .set(next as f64);
+}
+
+/// A start-up check found the table's txn versions going backwards.
+pub(crate) fn txn_regressed(table: &str) {
+    counter!("sluice_lake_txn_regressions_total", "table" => table.to_string()).increment(1);
 }

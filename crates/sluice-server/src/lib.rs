@@ -20,6 +20,7 @@ mod config;
 mod declared;
 mod error;
 mod functions;
+mod holds;
 mod hot;
 mod http;
 mod kinesis;

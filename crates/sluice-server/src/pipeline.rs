@@ -24,8 +24,6 @@ use crate::error::ServerError;
 use crate::http::{self, AppState};
 use crate::stages::Stages;
 
-/// How often retention runs over the journal.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// How often [`Running::stopped`] looks at the journal's health.
 const WATCHDOG_EVERY: Duration = Duration::from_millis(200);
 
@@ -123,6 +121,9 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let base = open_base(&settings).await?;
+        let (j, s) = (base.journal.clone(), settings.clone());
+        blocking("journal", move || crate::holds::register(&j, &s)).await?;
+        let mut watched = Vec::new();
         let roles = settings.roles;
         let mut stages = Vec::new();
         let mut background = Vec::new();
@@ -139,11 +140,12 @@ impl Server {
                 &mut stages,
                 &mut background,
                 &housekeeping,
+                &mut watched,
             )),
             false => None,
         };
         let hot = match roles.hot {
-            true => Some(start_hot(&settings, &base, &mut stages).await?),
+            true => Some(start_hot(&settings, &base, &mut stages, &mut watched).await?),
             false => None,
         };
         let intake = CancellationToken::new();
@@ -159,9 +161,14 @@ impl Server {
         } else {
             None
         };
+        let every = crate::holds::retention_every(settings.journal.retention_age);
         background.push(Task::spawn(
             "retention",
-            retention(base.journal.clone(), housekeeping.clone()),
+            retention(base.journal.clone(), every, housekeeping.clone()),
+        ));
+        background.push(Task::spawn(
+            "positions",
+            crate::holds::keep(base.journal.clone(), watched, housekeeping.clone()),
         ));
         Ok(Running {
             http_addr,
@@ -275,36 +282,46 @@ fn start_lake(
     stages: &mut Vec<(CancellationToken, Task)>,
     background: &mut Vec<Task>,
     housekeeping: &CancellationToken,
+    watched: &mut Vec<crate::holds::Watched>,
 ) -> DeliveryProgress {
+    use crate::holds::{self, watch};
     let (journal, root, lake) = (&base.dyn_journal, &base.lake_root, &settings.lake);
-    let watched = &base.stages;
+    let health = &base.stages;
     let events = LakeSink::new(journal.clone(), root.clone(), lake.clone());
     let progress = events.progress();
-    let events = events.with_health(watched.consumer(
+    let events = events.with_health(health.consumer(
         "lake/events",
         topic::GOOD,
         next_offsets(progress.clone()),
     ));
     let bad_rows = BadRowsSink::new(journal.clone(), root.clone(), lake.clone());
-    let health = watched.consumer(
+    watched.push(watch(holds::LAKE_EVENTS, topic::GOOD, progress.clone()));
+    watched.push(watch(holds::LAKE_BAD_ROWS, topic::BAD, bad_rows.progress()));
+    let bad_health = health.consumer(
         "lake/bad_rows",
         topic::BAD,
         next_offsets(bad_rows.progress()),
     );
-    let bad_rows = bad_rows.with_health(health);
+    let bad_rows = bad_rows.with_health(bad_health);
     let typed = lake.typed_tables.then(|| {
         let declared =
             crate::declared::RegistryTypes::new(base.registry.clone(), &settings.validation);
         let typed = TypedSink::new(journal.clone(), root.clone(), lake.clone())
             .with_declared_types(Arc::new(declared));
-        let health = watched.consumer("typed", topic::GOOD, next_offsets(typed.progress()));
-        typed.with_health(health)
+        let stage = health.consumer("typed", topic::GOOD, next_offsets(typed.progress()));
+        typed.with_health(stage)
     });
     let loader = settings.loader.clone().map(|l| {
         let loader = PgLoader::new(journal.clone(), l);
-        let health = watched.consumer("loader", topic::GOOD, next_offsets(loader.progress()));
-        loader.with_health(health)
+        let stage = health.consumer("loader", topic::GOOD, next_offsets(loader.progress()));
+        loader.with_health(stage)
     });
+    if let Some(t) = &typed {
+        watched.push(watch(holds::LAKE_TYPED, topic::GOOD, t.progress()));
+    }
+    if let Some(l) = &loader {
+        watched.push(watch(holds::LOADER, topic::GOOD, l.progress()));
+    }
     let token = CancellationToken::new();
     let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
     let task = Task::spawn("lake", async move {
@@ -342,6 +359,7 @@ async fn start_hot(
     settings: &Settings,
     base: &Base,
     stages: &mut Vec<(CancellationToken, Task)>,
+    watched: &mut Vec<crate::holds::Watched>,
 ) -> Result<sluice_hot::HotReader, ServerError> {
     sluice_hot::metrics::describe();
     let store = sluice_hot::open_store(&settings.hot)
@@ -359,6 +377,11 @@ async fn start_hot(
         let models = blocking("predict", move || sluice_predict::Models::open(&ps)).await?;
         projector = projector.with_hook(Box::new(models));
     }
+    watched.push(crate::holds::watch(
+        crate::holds::HOT,
+        topic::GOOD,
+        projector.progress(),
+    ));
     let token = CancellationToken::new();
     let t = token.clone();
     let task = Task::spawn("hot", async move {
@@ -511,9 +534,13 @@ fn start_pg(
     }))
 }
 
-/// Retention over the journal until `stop`.
-async fn retention(journal: Arc<LocalJournal>, stop: CancellationToken) -> Result<(), ServerError> {
-    let mut every = tokio::time::interval(RETENTION_EVERY);
+/// Retention over the journal, `every` so often, until `stop`.
+async fn retention(
+    journal: Arc<LocalJournal>,
+    every: Duration,
+    stop: CancellationToken,
+) -> Result<(), ServerError> {
+    let mut every = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),

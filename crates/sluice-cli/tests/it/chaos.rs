@@ -9,8 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use sluice_chaos::checker::{History, Outcome};
-use sluice_chaos::fault::{PostgresServer, Tmpfs};
+use sluice_chaos::fault::{self, PostgresServer, Tmpfs};
 use sluice_chaos::fuzz::{self, Route};
 use sluice_chaos::harness::{self, Sinks};
 use sluice_chaos::observe;
@@ -597,4 +599,238 @@ async fn phase(w: &Arc<Workload>, base: &str) -> anyhow::Result<Arc<History>> {
     )
     .await?;
     Ok(history)
+}
+
+/// A small workload of one event name, for the data-integrity scenarios.
+fn small_workload(run: &str, batches: usize) -> Arc<Workload> {
+    Arc::new(Workload {
+        run: run.to_string(),
+        clients: 2,
+        batches,
+        batch: 50,
+        users: 20,
+        names: vec!["integrity_view".into()],
+        give_up_after: Duration::from_secs(30),
+    })
+}
+
+/// T13, retention under lag (issue 16 item 4): with the lake stage down for longer than
+/// `retention_age`, retention keeps every segment of `good` the lake has not read, and says so
+/// (`sluice_journal_retention_held_segments`); once the lake runs, every acked event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_waits_for_a_lagging_lake() -> anyhow::Result<()> {
+    let profile = Profile::from_env();
+    let dir = harness::scratch()?;
+    let data = dir.path().join("data");
+    let toml = format!("{LAKE}[journal]\nsegment_bytes = 65536\nretention_age = \"2s\"\n");
+    std::fs::write(dir.path().join("sluice.toml"), &toml)?;
+    let config = dir.path().join("sluice.toml").to_string_lossy().to_string();
+    let mut no_lake = sluice_testkit::SluiceProcess::spawn(
+        Path::new(BIN),
+        &data,
+        &["--config", &config, "--role", "collector,functions"],
+    )?;
+    let w = small_workload("ra", 40);
+    let h = phase(&w, &no_lake.url()).await?;
+    let good = data.join("journal/good");
+    let count = || fault::files_under(&good, &|_| true).len();
+    let peak = count();
+    let http = reqwest::Client::new();
+    let base = no_lake.url();
+    // Retention runs every second with this retention_age; it must hold, not delete.
+    let held = observe::wait_for(Duration::from_secs(30), || async {
+        let n = observe::metric(
+            &http,
+            &base,
+            "sluice_journal_retention_held_segments",
+            "topic=\"good\"",
+        )
+        .await?;
+        Ok(n > 0.0)
+    })
+    .await;
+    let mut card = Scorecard::new("retention_under_lag", &["T13"], profile, 0);
+    card.faults = 1;
+    card.note("good_files_before", peak);
+    card.note("good_files_after_retention", count());
+    card.note("retention_held", held);
+    if !held {
+        card.violations
+            .push("retention never reported holding good for the lake".into());
+    }
+    if count() < peak {
+        card.violations.push(format!(
+            "retention deleted good segments the lake had not read ({peak} -> {})",
+            count()
+        ));
+    }
+    no_lake.terminate(Duration::from_secs(60))?;
+    let server = harness::spawn(Path::new(BIN), dir.path(), &data, &toml)?;
+    harness::drain_and_check(
+        &mut card,
+        &server.url(),
+        &w,
+        &h,
+        &Sinks::default(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    card.finish()
+}
+
+/// T3 (issue 16 item 5): sixteen damaged bytes in a sealed `raw` segment. Recovery keeps every
+/// record that verifies, sets the file aside and reports the loss; the server starts, and new
+/// events are acked and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_raw_segment_is_salvaged_and_the_server_serves() -> anyhow::Result<()> {
+    let profile = Profile::from_env();
+    let dir = harness::scratch()?;
+    let data = dir.path().join("data");
+    let toml = format!("{LAKE}[journal]\nsegment_bytes = 16384\n");
+    let mut server = harness::spawn(Path::new(BIN), dir.path(), &data, &toml)?;
+    let w = small_workload("ca", 20);
+    phase(&w, &server.url()).await?;
+    server.terminate(Duration::from_secs(60))?;
+    let mut card = Scorecard::new("corrupt_raw_segment", &["T3"], profile, 0);
+    // The first (sealed) segment of partition 0.
+    let segments = fault::files_under(&data.join("journal/raw/0"), &|p| {
+        p.extension().is_some_and(|e| e == "seg")
+    });
+    card.note("raw_segments_p0", segments.len());
+    anyhow::ensure!(segments.len() >= 2, "no sealed raw segment to damage");
+    let victim = &segments[0];
+    let len = std::fs::metadata(victim)?.len();
+    fault::flip_bytes(victim, len / 2, 16)?;
+    card.faults = 1;
+    card.note("damaged", victim.display().to_string());
+    if let Err(e) = server.restart() {
+        card.violations.push(format!(
+            "the server did not start with one damaged raw segment: {e:#}"
+        ));
+        return card.finish();
+    }
+    let http = reqwest::Client::new();
+    let lost = observe::metric(
+        &http,
+        &server.url(),
+        "sluice_journal_recovery_lost_records_total",
+        "topic=\"raw\"",
+    )
+    .await?;
+    card.note("raw_records_lost", lost);
+    if lost < 1.0 {
+        card.violations
+            .push("the damaged records are not reported as lost".into());
+    }
+    if !data.join("journal/raw/0/quarantine").is_dir() {
+        card.violations
+            .push("the damaged segment was not set aside".into());
+    }
+    let after = small_workload("cb", 4);
+    let h = phase(&after, &server.url()).await?;
+    harness::drain_and_check(
+        &mut card,
+        &server.url(),
+        &after,
+        &h,
+        &Sinks::default(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    card.finish()
+}
+
+/// T7/T9 (issue 16 item 6): the newest `events` commit's txn version lowered on disk. The sink
+/// must refuse to deliver (loudly: an error log and `sluice_lake_txn_regressions_total`) rather
+/// than deliver the events after it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_commit_offset_is_refused_not_redelivered() -> anyhow::Result<()> {
+    let profile = Profile::from_env();
+    let dir = harness::scratch()?;
+    let data = dir.path().join("data");
+    let mut server = harness::spawn(Path::new(BIN), dir.path(), &data, LAKE)?;
+    let w = small_workload("oa", 20);
+    let h = phase(&w, &server.url()).await?;
+    let mut card = Scorecard::new("corrupt_commit_offset", &["T7", "T9"], profile, 0);
+    harness::drain_and_check(
+        &mut card,
+        &server.url(),
+        &w,
+        &h,
+        &Sinks::default(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    server.terminate(Duration::from_secs(60))?;
+    // Lower the largest txn version in the newest commit of `events`.
+    let log = fault::files_under(&data.join("lake/events/_delta_log"), &|p| {
+        p.extension().is_some_and(|e| e == "json")
+    });
+    let newest = log.last().context("no events commit found")?;
+    let text = std::fs::read_to_string(newest)?;
+    let (lowered, from, to) =
+        lower_txn_version(&text, 500).context("no txn version in the newest commit")?;
+    std::fs::write(newest, lowered)?;
+    card.faults = 1;
+    card.note("txn_version", format!("{from} -> {to}"));
+    server.restart()?;
+    let http = reqwest::Client::new();
+    let base = server.url();
+    let refused = observe::wait_for(Duration::from_secs(30), || async {
+        let n = observe::metric(
+            &http,
+            &base,
+            "sluice_lake_txn_regressions_total",
+            "table=\"events\"",
+        )
+        .await?;
+        Ok(n > 0.0)
+    })
+    .await;
+    let dup_query =
+        "SELECT count(*) - count(DISTINCT event_id) FROM events WHERE event_id LIKE 'oa-%'";
+    let dups = observe::sql_count(&http, &base, dup_query).await?;
+    card.note("refused", refused);
+    card.note("duplicates", dups);
+    if !refused {
+        card.violations
+            .push("the lowered txn version was not refused".into());
+    }
+    if dups > 0 {
+        card.violations.push(format!(
+            "lowering a commit's offset from {from} to {to} gave {dups} duplicates"
+        ));
+    }
+    card.finish()
+}
+
+/// `text` with the largest `"version":N` inside a `txn` action lowered by `by`.
+fn lower_txn_version(text: &str, by: u64) -> Option<(String, u64, u64)> {
+    let mut best: Option<(usize, usize, u64)> = None;
+    for line in text.lines().filter(|l| l.contains("\"txn\"")) {
+        let at = text.find(line)?;
+        let key = "\"version\":";
+        let v = line.find(key)? + key.len();
+        let digits: String = line[v..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let n: u64 = digits.parse().ok()?;
+        if best.is_none_or(|(_, _, b)| n > b) {
+            best = Some((at + v, digits.len(), n));
+        }
+    }
+    let (pos, len, n) = best?;
+    let to = n.saturating_sub(by);
+    let mut out = text.to_string();
+    out.replace_range(pos..pos + len, &to.to_string());
+    Some((out, n, to))
+}
+
+#[test]
+fn txn_versions_are_found_and_lowered() {
+    let text = "{\"commitInfo\":{}}\n{\"txn\":{\"appId\":\"events/0\",\"version\":900,\"lastUpdated\":1}}\n{\"txn\":{\"appId\":\"events/1\",\"version\":1200}}\n";
+    let (out, from, to) = lower_txn_version(text, 500).unwrap();
+    assert_eq!((from, to), (1200, 700));
+    assert!(out.contains("\"version\":700") && out.contains("\"version\":900"));
 }

@@ -1,6 +1,8 @@
 //! Bit flips in record headers, values and checksums, and in segment headers (reliability plan
-//! T3): corrupt bytes are never returned; damage before durable data quarantines the partition
-//! (the others keep serving); damage to the last, possibly unsynced, record is a torn tail.
+//! T3): corrupt bytes are never returned; damage before durable data is salvaged at open (every
+//! record that verifies is kept, the lost offsets are reported, the file is copied aside) and
+//! the partition keeps serving; damage to the last, possibly unsynced, record is a torn tail;
+//! damage found by a read after open quarantines the partition until the next open.
 
 use std::os::unix::fs::FileExt as _;
 
@@ -92,21 +94,32 @@ fn reopen_and_check(
     (copy, j)
 }
 
-fn assert_quarantined(j: &LocalJournal, what: &str) {
+/// Recovery kept what verifies, reported the rest as lost, and the partition serves: reads give
+/// every record but the lost ones, appends continue past every offset ever used.
+fn assert_salvaged(j: &LocalJournal, total: u64, what: &str) {
     let report = j.recovery_report().partition("t", 0).unwrap();
-    assert!(report.quarantined.is_some(), "{what}: {report:?}");
-    assert!(matches!(
-        j.read("t", 0, 0, 10, usize::MAX),
-        Err(JournalError::Quarantined { .. })
-    ));
-    assert!(matches!(
-        append(j, "t", 0, &[b"x"]),
-        Err(JournalError::Quarantined { .. })
-    ));
+    assert!(report.quarantined.is_none(), "{what}: {report:?}");
+    assert_eq!(report.damaged_files.len(), 1, "{what}: {report:?}");
+    assert!(report.damaged_files[0].exists());
+    let lost: u64 = report.lost.iter().map(crate::LostRange::records).sum();
+    assert!(
+        lost <= 2,
+        "{what}: one flip costs at most two records: {report:?}"
+    );
+    let records = read_all(j, "t", 0);
+    assert_eq!(records.len() as u64, total - lost, "{what}: {report:?}");
+    for r in &report.lost {
+        assert!(
+            records
+                .iter()
+                .all(|x| x.offset < r.from || x.offset >= r.to)
+        );
+    }
+    assert!(append(j, "t", 0, &[b"x"]).unwrap() >= total);
 }
 
 #[test]
-fn any_flip_in_a_sealed_segment_quarantines_the_partition() {
+fn any_flip_in_a_sealed_segment_is_salvaged_and_the_partition_serves() {
     let f = fixture();
     let files = segment_files(f.dir.path(), "t", 0);
     let sealed = files[files.len() - 2].clone();
@@ -116,14 +129,23 @@ fn any_flip_in_a_sealed_segment_quarantines_the_partition() {
     for (start, len) in frame_starts(&bytes) {
         positions.extend(targets(start, len));
     }
+    let total = f.records.len() as u64;
     for (k, at) in positions.into_iter().enumerate() {
-        let (_copy, j) = reopen_and_check(&f, |d| flip(&d.join("t/0").join(&name), at, k as u8));
-        assert_quarantined(&j, &format!("flip at {at}"));
+        let (copy, j) = reopen_and_check(&f, |d| flip(&d.join("t/0").join(&name), at, k as u8));
+        assert_salvaged(&j, total, &format!("flip at {at}"));
+        // Salvage is done once: the next open finds healthy segments.
+        drop(j);
+        let j = open(&settings(copy.path()));
+        let report = j.recovery_report().partition("t", 0).unwrap();
+        assert!(
+            report.damaged_files.is_empty() && report.lost.is_empty(),
+            "{report:?}"
+        );
     }
 }
 
 #[test]
-fn flips_in_the_active_segment_quarantine_unless_only_the_last_record_is_hit() {
+fn flips_in_the_active_segment_are_salvaged_unless_only_the_last_record_is_hit() {
     let f = fixture();
     let files = segment_files(f.dir.path(), "t", 0);
     let active = files.last().unwrap().clone();
@@ -134,7 +156,7 @@ fn flips_in_the_active_segment_quarantine_unless_only_the_last_record_is_hit() {
     let total = f.records.len() as u64;
     for at in [0u64, 16, 30] {
         let (_copy, j) = reopen_and_check(&f, |d| flip(&d.join("t/0").join(&name), at, 3));
-        assert_quarantined(&j, &format!("segment header flip at {at}"));
+        assert_salvaged(&j, total, &format!("segment header flip at {at}"));
     }
     for (i, (start, len)) in frames.iter().enumerate() {
         let last = i + 1 == frames.len();
@@ -150,8 +172,8 @@ fn flips_in_the_active_segment_quarantine_unless_only_the_last_record_is_hit() {
                 assert_eq!(read_all(&j, "t", 0).len() as u64, total - 1);
                 assert!(append(&j, "t", 0, &[b"x"]).unwrap() >= total);
             } else {
-                // Later records were written after this one was durable: corruption.
-                assert_quarantined(&j, &format!("record {i}, byte {at}"));
+                // Later records were written after this one was durable: corruption, salvaged.
+                assert_salvaged(&j, total, &format!("record {i}, byte {at}"));
             }
         }
     }

@@ -205,7 +205,7 @@ fn a_half_created_last_segment_is_removed() {
 }
 
 #[test]
-fn a_missing_middle_segment_quarantines_only_its_partition() {
+fn a_missing_middle_segment_is_reported_as_lost_and_the_rest_serves() {
     let dir = scratch();
     let s = settings(dir.path());
     let j = open(&s);
@@ -215,30 +215,91 @@ fn a_missing_middle_segment_quarantines_only_its_partition() {
     drop(j);
     let files = segment_files(dir.path(), "t", 0);
     assert!(files.len() >= 3);
+    let missing =
+        crate::format::parse_segment_file_name(files[1].file_name().unwrap().to_str().unwrap())
+            .unwrap();
+    let next =
+        crate::format::parse_segment_file_name(files[2].file_name().unwrap().to_str().unwrap())
+            .unwrap();
     std::fs::remove_file(&files[1]).unwrap();
     let j = open(&s);
     let report = j.recovery_report().partition("t", 0).unwrap();
-    let reason = report.quarantined.clone().expect("quarantined");
-    assert!(reason.contains("does not continue"), "{reason}");
-    assert!(matches!(
-        j.read("t", 0, 0, 1, 1),
-        Err(JournalError::Quarantined { .. })
-    ));
-    assert!(matches!(
-        append(&j, "t", 0, &[b"x"]),
-        Err(JournalError::Quarantined { .. })
-    ));
-    assert!(matches!(
-        j.end("t", 0),
-        Err(JournalError::Quarantined { .. })
-    ));
-    assert_eq!(j.recovery_report().quarantined().count(), 1);
-    // The other partition keeps serving.
+    assert!(report.quarantined.is_none(), "{report:?}");
+    assert_eq!(
+        report.lost,
+        vec![crate::LostRange {
+            from: missing,
+            to: next
+        }]
+    );
+    assert_eq!(j.recovery_report().lost_records(), next - missing);
+    let records = read_all(&j, "t", 0);
+    assert_eq!(records.len() as u64, 60 - (next - missing));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.offset < missing || r.offset >= next)
+    );
+    assert_eq!(append(&j, "t", 0, &[b"x"]).unwrap(), 60);
     assert_eq!(read_all(&j, "t", 1).len(), 3);
-    assert_eq!(append(&j, "t", 1, &[b"x"]).unwrap(), 3);
-    // Quarantine never deletes anything.
+    // Reported once: the next open finds a consistent partition.
     drop(j);
-    assert_eq!(segment_files(dir.path(), "t", 0).len(), files.len() - 1);
+    let j = open(&s);
+    assert!(
+        j.recovery_report()
+            .partition("t", 0)
+            .unwrap()
+            .lost
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_damaged_sealed_segment_keeps_its_records_on_both_sides_of_the_damage() {
+    let dir = scratch();
+    let s = settings(dir.path());
+    let j = open(&s);
+    j.create_topic("t", 1).unwrap();
+    append_each(&j, "t", 0, &(0..60).map(value).collect::<Vec<_>>());
+    drop(j);
+    let files = segment_files(dir.path(), "t", 0);
+    let victim = &files[0];
+    let len = std::fs::metadata(victim).unwrap().len();
+    // Sixteen bytes in the middle: one or two records.
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = (len / 2) as usize;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(victim, &bytes).unwrap();
+    let j = open(&s);
+    let report = j.recovery_report().partition("t", 0).unwrap().clone();
+    assert!(report.quarantined.is_none(), "{report:?}");
+    let lost: u64 = report.lost.iter().map(crate::LostRange::records).sum();
+    assert!((1..=2).contains(&lost), "{report:?}");
+    assert!(
+        report.lost[0].from > 0,
+        "records before the damage are kept"
+    );
+    assert_eq!(
+        std::fs::read(&report.damaged_files[0]).unwrap(),
+        bytes,
+        "the damaged file is kept as it was"
+    );
+    let records = read_all(&j, "t", 0);
+    assert_eq!(records.len() as u64, 60 - lost);
+    for r in &records {
+        assert_eq!(r.value.to_vec(), value(r.offset as usize));
+    }
+    assert_eq!(append(&j, "t", 0, &[b"x"]).unwrap(), 60);
+    drop(j);
+    let j = open(&s);
+    let again = j.recovery_report().partition("t", 0).unwrap();
+    assert!(
+        again.lost.is_empty() && again.damaged_files.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(read_all(&j, "t", 0).len() as u64, 61 - lost);
 }
 
 #[test]

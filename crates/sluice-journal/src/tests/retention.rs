@@ -104,3 +104,78 @@ fn retention_never_lets_a_crash_reissue_deleted_offsets() {
     let j = open(&s);
     assert!(append(&j, "t", 0, &[b"x"]).unwrap() >= 80);
 }
+
+#[test]
+fn retention_never_deletes_what_a_registered_consumer_has_not_read() {
+    let (dir, _s, j) = filled(100);
+    let segments = segment_files(dir.path(), "t", 0).len();
+    j.commit("lake", "t", 0, 30).unwrap();
+    let later = now_ms() + 7 * 86_400_000 + 1_000;
+    let report = j.enforce_retention_at(later).unwrap();
+    // Only segments wholly below the consumer's position went.
+    let start = j.start("t", 0).unwrap();
+    assert!(start <= 30, "start {start} passed the consumer at 30");
+    assert!(report.deleted_segments >= 1, "{report:?}");
+    assert_eq!(report.unread_deleted_records, 0);
+    let held = &report.held[0];
+    assert_eq!((held.consumer.as_str(), held.next), ("lake", 30));
+    assert_eq!(
+        held.segments as usize + report.deleted_segments as usize + 1,
+        segments
+    );
+    let unread = j.read("t", 0, 30, 1000, usize::MAX).unwrap();
+    assert_eq!(unread.len(), 70);
+    assert_eq!(unread[0].value.to_vec(), value(30));
+    // The slowest consumer decides; once every consumer has read on, the rest goes.
+    j.commit("hot", "t", 0, 100).unwrap();
+    assert_eq!(j.enforce_retention_at(later).unwrap().deleted_segments, 0);
+    j.commit("lake", "t", 0, 100).unwrap();
+    let report = j.enforce_retention_at(later).unwrap();
+    assert!(report.held.is_empty(), "{report:?}");
+    assert_eq!(segment_files(dir.path(), "t", 0).len(), 1);
+    assert_eq!(
+        j.consumers("t", 0).unwrap(),
+        vec![("hot".to_string(), 100), ("lake".to_string(), 100)]
+    );
+}
+
+#[test]
+fn retention_bytes_also_waits_for_consumers() {
+    let (dir, mut s, j) = filled(100);
+    let before = j.size_bytes("t", 0).unwrap();
+    drop(j);
+    s.retention_bytes = Some(1);
+    let j = open(&s);
+    assert_eq!(j.register_consumer("loader", "t").unwrap(), 1);
+    assert_eq!(j.register_consumer("loader", "t").unwrap(), 0, "idempotent");
+    let report = j.enforce_retention().unwrap();
+    assert_eq!(report.deleted_segments, 0);
+    assert_eq!(j.size_bytes("t", 0).unwrap(), before);
+    assert_eq!(report.held[0].consumer, "loader");
+    // Unregistered, it holds nothing any more.
+    assert_eq!(j.unregister_consumer("loader", "t").unwrap(), 1);
+    assert!(j.consumers("t", 0).unwrap().is_empty());
+    j.enforce_retention().unwrap();
+    assert_eq!(segment_files(dir.path(), "t", 0).len(), 1);
+}
+
+#[test]
+fn max_unread_bytes_deletes_unread_records_and_counts_them() {
+    let (dir, mut s, j) = filled(100);
+    let before = j.size_bytes("t", 0).unwrap();
+    drop(j);
+    s.max_unread_bytes = Some(before / 2);
+    let j = open(&s);
+    j.commit("lake", "t", 0, 10).unwrap();
+    let report = j.enforce_retention().unwrap();
+    assert!(report.deleted_segments >= 1);
+    assert!(j.size_bytes("t", 0).unwrap() <= before / 2);
+    let start = j.start("t", 0).unwrap();
+    assert!(start > 10);
+    assert_eq!(report.unread_deleted_records, start - 10);
+    // The consumer reads on from the new start; nothing else changed.
+    let rest = j.read("t", 0, 10, 1000, usize::MAX).unwrap();
+    assert_eq!(rest[0].offset, start);
+    assert_eq!(rest.len() as u64, 100 - start);
+    assert!(segment_files(dir.path(), "t", 0).len() > 1);
+}
