@@ -377,9 +377,10 @@ impl<S: TableSpec> DeltaTarget<S> {
     }
 }
 
-/// Where damaged checkpoint files are moved, in a local table's directory (a name starting with
-/// `_`, which Delta readers and VACUUM leave alone).
-const DAMAGED_DIR: &str = "_sluice_damaged";
+/// Where damaged checkpoint files are moved in a local table's directory: the same place the
+/// repair on open sets a damaged end of the log aside (a name starting with `_`, which Delta
+/// readers and VACUUM leave alone).
+const DAMAGED_DIR: &str = crate::repair::ASIDE_DIR;
 
 /// Moves the newest checkpoint of the local table in `dir` (the files of the version
 /// `_last_checkpoint` names, and `_last_checkpoint` itself) into `DAMAGED_DIR`, so the table
