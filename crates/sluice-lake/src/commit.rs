@@ -87,7 +87,10 @@ impl<S: TableSpec> DeltaTarget<S> {
         if exists {
             if let Err(e) = table.load().await {
                 let dir = root.local_path().map(|d| d.join(S::TABLE));
-                let Some(moved) = dir.as_deref().and_then(set_aside_checkpoint) else {
+                let aside = dir
+                    .as_deref()
+                    .and_then(|d| set_aside_checkpoint(S::TABLE, d));
+                let Some(moved) = aside else {
                     return Err(delta("loading", e));
                 };
                 if let Err(again) = table.load().await {
@@ -377,15 +380,12 @@ impl<S: TableSpec> DeltaTarget<S> {
     }
 }
 
-/// Where damaged checkpoint files are moved in a local table's directory: the same place the
-/// repair on open sets a damaged end of the log aside (a name starting with `_`, which Delta
-/// readers and VACUUM leave alone).
-const DAMAGED_DIR: &str = crate::repair::ASIDE_DIR;
-
 /// Moves the newest checkpoint of the local table in `dir` (the files of the version
-/// `_last_checkpoint` names, and `_last_checkpoint` itself) into `DAMAGED_DIR`, so the table
-/// loads from its JSON commits. Returns the moves made, none if there was no checkpoint.
+/// `_last_checkpoint` names, and `_last_checkpoint` itself) aside, the way the repair on open
+/// sets damaged log files aside ([`crate::repair::move_aside`]), so the table loads from its
+/// JSON commits. Returns the moves made, none if there was no checkpoint.
 fn set_aside_checkpoint(
+    table: &str,
     dir: &std::path::Path,
 ) -> Option<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
     let log = dir.join("_delta_log");
@@ -395,8 +395,6 @@ fn set_aside_checkpoint(
         .get("version")?
         .as_u64()?;
     let prefix = format!("{version:020}.checkpoint");
-    let aside = dir.join(DAMAGED_DIR);
-    std::fs::create_dir_all(&aside).ok()?;
     let mut moved = Vec::new();
     let mut names: Vec<String> = std::fs::read_dir(&log)
         .ok()?
@@ -406,8 +404,9 @@ fn set_aside_checkpoint(
         .collect();
     names.push("_last_checkpoint".into());
     for name in names {
-        let (from, to) = (log.join(&name), aside.join(&name));
-        if std::fs::rename(&from, &to).is_ok() {
+        let from = log.join(&name);
+        let why = "the newest checkpoint does not load";
+        if let Ok(to) = crate::repair::move_aside(table, dir, &from, why) {
             moved.push((from, to));
         }
     }

@@ -159,7 +159,14 @@ fn check_earlier_commits(table: &str, log_dir: &Path, commits: &[u64]) -> Result
     Ok(())
 }
 
-fn move_aside(table: &str, table_dir: &Path, path: &Path, why: &str) -> Result<PathBuf, LakeError> {
+/// Moves `path` of `table` into `<table_dir>/_damaged_log/` as `<name>.<nanos>`, durably, and
+/// says why in a warning.
+pub(crate) fn move_aside(
+    table: &str,
+    table_dir: &Path,
+    path: &Path,
+    why: &str,
+) -> Result<PathBuf, LakeError> {
     let err = |e: std::io::Error| LakeError::DamagedLog {
         table: table.to_string(),
         path: path.display().to_string(),
@@ -181,9 +188,7 @@ fn move_aside(table: &str, table_dir: &Path, path: &Path, why: &str) -> Result<P
         file = %path.display(),
         kept_as = %to.display(),
         reason = why,
-        "set aside a damaged file at the end of the Delta log (a power cut before it was \
-         durable); the table reads as the version before it and the sink delivers those \
-         records again"
+        "set aside a damaged file of the Delta log, kept for inspection"
     );
     Ok(to)
 }
