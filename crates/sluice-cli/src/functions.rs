@@ -246,9 +246,12 @@ impl Api {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
+        // A JSON content type even without a body: an admin POST with none (or a form's) is
+        // refused from an unauthenticated local client, as a browser could send it.
+        req = match body {
+            Some(b) => req.json(&b),
+            None => req.header(reqwest::header::CONTENT_TYPE, "application/json"),
+        };
         let resp = req
             .send()
             .await

@@ -1,7 +1,8 @@
 //! `sluice keys create|list|revoke`: the write keys in `<data_dir>/keys.json`.
 //!
-//! The key is printed once, by `create`; the file keeps only its id and SHA-256. A running
-//! server picks up changes within about a second (it watches the file's modification time).
+//! The key is printed once, by `create`; the file keeps only its id and SHA-256, and only its
+//! owner may read it (mode 0600). A running server picks up changes within about a second (it
+//! watches the file's modification time).
 
 use std::path::PathBuf;
 
@@ -9,17 +10,35 @@ use anyhow::Context;
 use sluice_server::Config;
 use sluice_server::auth::KeyFile;
 
-/// Arguments of `sluice keys`.
+/// Where the data directory is: `--data-dir`, else the config's, else ./sluice-data.
 #[derive(clap::Args, Debug)]
-pub struct KeysArgs {
-    #[command(subcommand)]
-    command: KeysCommand,
+pub struct DataDirArgs {
     /// Config file, for its `data_dir`.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Data directory. Default: the config's, else ./sluice-data.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// The data directory.
+    pub fn resolve(self) -> anyhow::Result<PathBuf> {
+        Ok(match (self.data_dir, &self.config) {
+            (Some(d), _) => d,
+            (None, Some(c)) => Config::from_file(c)?.data_dir,
+            (None, None) => Config::default().data_dir,
+        })
+    }
+}
+
+/// Arguments of `sluice keys`.
+#[derive(clap::Args, Debug)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+    #[command(flatten)]
+    dir: DataDirArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -41,12 +60,7 @@ enum KeysCommand {
 
 /// Runs `sluice keys`.
 pub fn run(args: KeysArgs) -> anyhow::Result<()> {
-    let data_dir = match (args.data_dir, &args.config) {
-        (Some(d), _) => d,
-        (None, Some(c)) => Config::from_file(c)?.data_dir,
-        (None, None) => Config::default().data_dir,
-    };
-    let path = KeyFile::path(&data_dir);
+    let path = KeyFile::path(&args.dir.resolve()?);
     let mut file = KeyFile::load(&path).map_err(anyhow::Error::msg)?;
     match args.command {
         KeysCommand::Create { source } => {

@@ -20,6 +20,7 @@ mod replay;
 mod schemas;
 mod send;
 mod sql;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Creates, lists and revokes write keys.
     Keys(keys::KeysArgs),
+    /// Creates, lists and revokes reader and admin tokens.
+    Tokens(tokens::TokensArgs),
     /// Pushes, lists and shows schemas of the registry.
     Schemas(schemas::SchemasArgs),
     /// Deploys, rolls back, lists and meters user JavaScript functions.
@@ -112,6 +115,7 @@ fn main() {
             Command::Send(args) => send::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => keys::run(args),
+            Command::Tokens(args) => tokens::run(args),
             Command::Schemas(args) => schemas::run(args).await,
             Command::Functions(args) => functions::run(args).await,
             Command::Replay(args) => replay::run(args).await,

@@ -32,7 +32,8 @@ impl ServerArg {
 pub struct AdminServer {
     #[command(flatten)]
     pub server: ServerArg,
-    /// The server's admin token.
+    /// An admin token (the config's `admin_token` or one from `sluice tokens create --role
+    /// admin`).
     #[arg(long, global = true, env = "SLUICE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 }

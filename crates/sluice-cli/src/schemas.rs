@@ -93,7 +93,8 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<()> {
             Ok(())
         }
         SchemasCommand::List => {
-            let v: serde_json::Value = get_json(&client, &format!("{base}/v1/schemas")).await?;
+            let token = args.server.admin_token.as_deref();
+            let v = get_json(&client, &format!("{base}/v1/schemas"), token).await?;
             for uri in v["schemas"].as_array().into_iter().flatten() {
                 println!("{}", uri.as_str().unwrap_or_default());
             }
@@ -101,11 +102,11 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<()> {
         }
         SchemasCommand::Show { uri } => {
             let key = SchemaKey::parse_uri(&uri).map_err(anyhow::Error::msg)?;
-            let resp = client
-                .get(format!("{base}/v1/schemas/{}", key.path()))
-                .send()
-                .await
-                .with_context(|| format!("asking {base}"))?;
+            let mut req = client.get(format!("{base}/v1/schemas/{}", key.path()));
+            if let Some(t) = &args.server.admin_token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.with_context(|| format!("asking {base}"))?;
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if !status.is_success() {
@@ -117,12 +118,16 @@ pub async fn run(args: SchemasArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("asking {url}"))?;
+async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.with_context(|| format!("asking {url}"))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if !status.is_success() {

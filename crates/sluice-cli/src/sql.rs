@@ -17,6 +17,9 @@ pub struct SqlArgs {
     /// not apply.
     #[arg(long, alias = "url", value_name = "URL")]
     server: Option<String>,
+    /// A reader or admin token for `--server` (needed once the server has any token).
+    #[arg(long, env = "SLUICE_TOKEN", requires = "server")]
+    token: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -44,7 +47,7 @@ impl Format {
 /// Runs the query and prints the result.
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let text = match &args.server {
-        Some(url) => remote(url, &args.query, args.format).await?,
+        Some(url) => remote(url, args.token.as_deref(), &args.query, args.format).await?,
         None => {
             let dir = args
                 .data_dir
@@ -72,16 +75,25 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn remote(url: &str, query: &str, format: Format) -> anyhow::Result<String> {
+async fn remote(
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    format: Format,
+) -> anyhow::Result<String> {
     let endpoint = format!(
         "{}/v1/sql?format={}",
         url.trim_end_matches('/'),
         format.name()
     );
-    let resp = reqwest::Client::new()
+    let mut req = reqwest::Client::new()
         .post(&endpoint)
         .header("content-type", "text/plain")
-        .body(query.to_string())
+        .body(query.to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {endpoint}"))?;

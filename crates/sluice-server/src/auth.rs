@@ -7,14 +7,17 @@
 //!
 //! Keys come from two places: `[[sources]]` in the config file (plaintext or `sha256:<hex>`) and
 //! the key file `<data_dir>/keys.json` that `sluice keys create|list|revoke` edits. The key file
-//! stores only key ids and SHA-256 hashes, never a key. The server re-reads it when its
-//! modification time changes (checked at most every [`RELOAD_EVERY`]), so a revocation takes
-//! effect within about a second without a restart.
+//! stores only key ids and SHA-256 hashes, never a key, and only its owner may read it (mode
+//! 0600). The server re-reads it when its modification time changes (checked at most every
+//! [`RELOAD_EVERY`]), so a revocation takes effect within about a second without a restart.
+//! Reader and admin tokens (`tokens.json`, `access.rs`) are kept the same way, with the
+//! helpers of this module ([`Watched`], [`load_json`], [`store_private`], [`new_secret`]).
 //!
 //! With no key configured anywhere, ingest is open to loopback clients (a laptop setup) under
-//! source `default`; other clients get 401. With keys, an unknown or revoked key gets 401, and
-//! every refusal has the same body whatever the reason, so answers do not reveal which keys
-//! exist.
+//! source `default`; other clients get 401. "Loopback" is [`Locality::Local`]: a loopback peer
+//! whose request carries no proxy header and names a loopback `Host`. With keys, an unknown or
+//! revoked key gets 401, and every refusal has the same body whatever the reason, so answers
+//! do not reveal which keys exist.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_event::DEFAULT_SOURCE;
@@ -29,12 +33,8 @@ use sluice_event::DEFAULT_SOURCE;
 /// How often the key file's modification time is checked.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
-/// The one answer to every refused credential.
-pub const UNAUTHORIZED: &str = "missing, unknown or revoked write key";
-
-/// The answer to a non-loopback client when no key is configured.
-pub const OPEN_LOOPBACK_ONLY: &str =
-    "no write keys are configured: ingest is open to loopback clients only";
+/// The one answer to every refused credential (write key or token), whatever the reason.
+pub const UNAUTHORIZED: &str = "missing, unknown or revoked credential (write key or token)";
 
 /// One `[[sources]]` entry of the config file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -74,12 +74,70 @@ pub struct KeyEntry {
 /// Why a request has no source.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// Missing, unknown or revoked key (one message for all, see [`UNAUTHORIZED`]).
+    /// Missing, unknown or revoked key, or no key configured and the client is not local (one
+    /// message for all, see [`UNAUTHORIZED`]).
     #[error("{UNAUTHORIZED}")]
     Unauthorized,
-    /// No key is configured and the client is not on loopback.
-    #[error("{OPEN_LOOPBACK_ONLY}")]
-    LoopbackOnly,
+}
+
+/// Whether a request may be trusted as coming from this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locality {
+    /// A loopback peer, no proxy header, and a `Host` naming a loopback address.
+    Local,
+    /// Anything else.
+    Remote,
+}
+
+/// Headers that say a proxy forwarded the request: its real client is elsewhere.
+const PROXY_HEADERS: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-host",
+];
+
+impl Locality {
+    /// The locality of a request from `peer` with `headers`. A proxy on this machine forwards
+    /// other machines' requests from a loopback address, and a page under DNS rebinding sends
+    /// the browser's requests to 127.0.0.1 with its own `Host`: neither is local.
+    pub fn of(peer: IpAddr, headers: &axum::http::HeaderMap) -> Self {
+        let loopback = match peer {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback())
+            }
+        };
+        let proxied = PROXY_HEADERS.iter().any(|h| headers.contains_key(*h));
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok());
+        if loopback && !proxied && host.is_some_and(is_loopback_host) {
+            Self::Local
+        } else {
+            Self::Remote
+        }
+    }
+}
+
+/// Whether a `Host` header names a loopback address: `localhost`, `127.0.0.1` or `[::1]`, with
+/// or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, port)) => (name, port),
+            None => return false,
+        },
+        None => match host.find(':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok && (name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1")
 }
 
 /// Hex SHA-256 of a key.
@@ -103,6 +161,102 @@ pub fn check_source_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A new secret `<prefix>_<40 random hex digits>`, with its SHA-256, its public id (the first
+/// 12 hex digits of the hash) and the creation time: `(secret, sha256, id, created_at)`.
+pub fn new_secret(prefix: &str) -> (String, String, String, String) {
+    let random = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let secret = format!("{prefix}_{}", &random[..40]);
+    let sha256 = key_hash(&secret);
+    let id = sha256[..12].to_string();
+    (secret, sha256, id, now_rfc3339())
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Reads a JSON secrets file; a missing file is an empty one.
+pub fn load_json<T: Default + DeserializeOwned>(path: &Path) -> Result<T, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not a valid {}: {e}", path.display(), file_kind(path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn file_kind(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    format!("{} file", stem.trim_end_matches('s'))
+}
+
+/// Writes a JSON secrets file atomically and durably (temp file, fsync, rename, fsync of the
+/// directory), readable by its owner only (mode 0600); a missing data directory is created
+/// with [`create_private_dir`].
+pub fn store_private<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    sluice_journal::durable_fs::write_atomic_private(path, &text)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Creates `dir` (and its missing parents) durably, `dir` itself with mode 0700 so that only
+/// its owner can reach what is inside. An existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use sluice_journal::durable_fs::{create_dir_all_durable, fsync_dir};
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    create_dir_all_durable(parent)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => fsync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An entry of a secrets file that can be revoked.
+pub trait Revocable: Clone {
+    /// Its public id.
+    fn id(&self) -> &str;
+    /// Its revocation time.
+    fn revoked_at(&mut self) -> &mut Option<String>;
+}
+
+/// Revokes the entry with this id (a second revocation keeps the first time); `Err` naming
+/// `what` if there is none.
+pub fn revoke_in<E: Revocable>(entries: &mut [E], id: &str, what: &str) -> Result<E, String> {
+    let entry = entries
+        .iter_mut()
+        .find(|e| e.id() == id)
+        .ok_or_else(|| format!("no {what} with id {id:?}"))?;
+    entry.revoked_at().get_or_insert_with(now_rfc3339);
+    Ok(entry.clone())
+}
+
+impl Revocable for KeyEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn revoked_at(&mut self) -> &mut Option<String> {
+        &mut self.revoked_at
+    }
+}
+
 impl KeyFile {
     /// The key file's path under a data directory.
     pub fn path(data_dir: &Path) -> PathBuf {
@@ -111,36 +265,23 @@ impl KeyFile {
 
     /// Reads the key file; a missing file is an empty one.
     pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{} is not a valid key file: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        load_json(path)
     }
 
-    /// Writes the key file atomically (temp file, fsync, rename, fsync of the directory).
+    /// Writes the key file (see [`store_private`]).
     pub fn store(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        sluice_journal::durable_fs::write_atomic(path, &text)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        store_private(path, self)
     }
 
     /// Creates a key for `source`; returns the key (shown once) and its entry.
     pub fn create(&mut self, source: &str) -> Result<(String, KeyEntry), String> {
         check_source_name(source)?;
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let key = format!("sk_{source}_{}", &secret[..40]);
-        let sha256 = key_hash(&key);
+        let (key, sha256, id, created_at) = new_secret(&format!("sk_{source}"));
         let entry = KeyEntry {
-            id: sha256[..12].to_string(),
+            id,
             source: source.to_string(),
             sha256,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            created_at,
             revoked_at: None,
         };
         self.keys.push(entry.clone());
@@ -149,16 +290,71 @@ impl KeyFile {
 
     /// Revokes the key with this id; `Err` if there is none.
     pub fn revoke(&mut self, id: &str) -> Result<KeyEntry, String> {
-        let entry = self
-            .keys
-            .iter_mut()
-            .find(|k| k.id == id)
-            .ok_or_else(|| format!("no key with id {id:?}"))?;
-        if entry.revoked_at.is_none() {
-            entry.revoked_at =
-                Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        revoke_in(&mut self.keys, id, "key")
+    }
+}
+
+/// A value built from a file, rebuilt when the file's modification time changes (looked at
+/// most every [`RELOAD_EVERY`]). A file that does not load keeps the value in force: a
+/// half-edited file must not open or close anything.
+#[derive(Debug)]
+pub(crate) struct Watched<T> {
+    path: Option<PathBuf>,
+    value: RwLock<Arc<T>>,
+    /// (last check, modification time of the file the value was built from).
+    checked: Mutex<(Instant, Option<SystemTime>)>,
+}
+
+impl<T> Watched<T> {
+    /// Builds the value from the file at `path` (or from nothing).
+    pub(crate) fn new(
+        path: Option<PathBuf>,
+        build: impl FnOnce(Option<&Path>) -> Result<T, String>,
+    ) -> Result<Self, String> {
+        let seen = path.as_deref().and_then(mtime);
+        let value = build(path.as_deref())?;
+        Ok(Self {
+            path,
+            value: RwLock::new(Arc::new(value)),
+            checked: Mutex::new((Instant::now(), seen)),
+        })
+    }
+
+    /// The value in force, rebuilt first with `build` if the file changed.
+    pub(crate) fn get(&self, build: impl FnOnce(&Path) -> Result<T, String>) -> Arc<T> {
+        if let Some(path) = &self.path {
+            self.reload_if_changed(path, build);
         }
-        Ok(entry.clone())
+        self.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn reload_if_changed(&self, path: &Path, build: impl FnOnce(&Path) -> Result<T, String>) {
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if checked.0.elapsed() < RELOAD_EVERY {
+            return;
+        }
+        let now = mtime(path);
+        checked.0 = Instant::now();
+        if now == checked.1 {
+            return;
+        }
+        match build(path) {
+            Ok(value) => {
+                *self.value.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+                checked.1 = now;
+                tracing::info!(path = %path.display(), "credentials reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "credentials file not reloaded"),
+        }
+    }
+
+    /// Makes the next [`Watched::get`] look at the file and rebuild (tests: file systems with
+    /// coarse modification times).
+    #[cfg(test)]
+    pub(crate) fn expire(&self) {
+        let mut c = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        c.0 = Instant::now() - RELOAD_EVERY * 2;
+        c.1 = None;
     }
 }
 
@@ -203,10 +399,7 @@ impl KeySet {
 #[derive(Debug)]
 pub struct Auth {
     sources: Vec<SourceConfig>,
-    file: Option<PathBuf>,
-    set: RwLock<Arc<KeySet>>,
-    /// (last check, modification time seen then).
-    checked: Mutex<(Instant, Option<SystemTime>)>,
+    set: Watched<KeySet>,
     default_source: Arc<str>,
 }
 
@@ -229,16 +422,13 @@ impl Auth {
                 }
             }
         }
-        let (keys, mtime) = match &file {
-            Some(p) => (KeyFile::load(p)?, mtime(p)),
-            None => (KeyFile::default(), None),
-        };
-        let set = KeySet::build(&sources, &keys);
+        let set = Watched::new(file, |p| {
+            let keys = p.map_or_else(|| Ok(KeyFile::default()), KeyFile::load)?;
+            Ok(KeySet::build(&sources, &keys))
+        })?;
         Ok(Self {
             sources,
-            file,
-            set: RwLock::new(Arc::new(set)),
-            checked: Mutex::new((Instant::now(), mtime)),
+            set,
             default_source: Arc::from(DEFAULT_SOURCE),
         })
     }
@@ -249,31 +439,8 @@ impl Auth {
     }
 
     fn current(&self) -> Arc<KeySet> {
-        self.reload_if_changed();
-        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn reload_if_changed(&self) {
-        let Some(path) = &self.file else { return };
-        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        if checked.0.elapsed() < RELOAD_EVERY {
-            return;
-        }
-        let now = mtime(path);
-        checked.0 = Instant::now();
-        if now == checked.1 {
-            return;
-        }
-        match KeyFile::load(path) {
-            Ok(file) => {
-                let set = KeySet::build(&self.sources, &file);
-                *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
-                checked.1 = now;
-                tracing::info!(path = %path.display(), "write keys reloaded");
-            }
-            // Keep the keys in force; a half-edited file must not open or close ingest.
-            Err(e) => tracing::warn!(error = %e, "key file not reloaded"),
-        }
+        self.set
+            .get(|p| Ok(KeySet::build(&self.sources, &KeyFile::load(p)?)))
     }
 
     /// Whether any write key is configured (in the config or the key file).
@@ -281,11 +448,16 @@ impl Auth {
         self.current().configured
     }
 
-    /// The source of a request that presented `key` (or none) from `peer`.
-    pub fn source_for_key(&self, key: Option<&str>, peer: IpAddr) -> Result<Arc<str>, AuthError> {
+    /// The source of a live write key, if `key` is one.
+    pub fn source_of(&self, key: &str) -> Option<Arc<str>> {
+        self.current().by_hash.get(&key_hash(key)).cloned()
+    }
+
+    /// The source of a request that presented `key` (or none) from `from`.
+    pub fn source_for_key(&self, key: Option<&str>, from: Locality) -> Result<Arc<str>, AuthError> {
         let set = self.current();
         if !set.configured {
-            return self.open_source(peer);
+            return self.open_source(from);
         }
         let key = key
             .filter(|k| !k.is_empty())
@@ -296,15 +468,15 @@ impl Auth {
             .ok_or(AuthError::Unauthorized)
     }
 
-    /// The source of a Snowplow event with app id `app_id` from `peer`.
+    /// The source of a Snowplow event with app id `app_id` from `from`.
     pub fn source_for_app(
         &self,
         app_id: Option<&str>,
-        peer: IpAddr,
+        from: Locality,
     ) -> Result<Arc<str>, AuthError> {
         let set = self.current();
         if !set.configured && set.by_app_id.is_empty() {
-            return self.open_source(peer);
+            return self.open_source(from);
         }
         app_id
             .and_then(|a| set.by_app_id.get(a))
@@ -313,17 +485,15 @@ impl Auth {
             .ok_or(AuthError::Unauthorized)
     }
 
-    fn open_source(&self, peer: IpAddr) -> Result<Arc<str>, AuthError> {
-        let loopback = match peer {
-            IpAddr::V4(v4) => v4.is_loopback(),
-            IpAddr::V6(v6) => {
-                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback())
+    fn open_source(&self, from: Locality) -> Result<Arc<str>, AuthError> {
+        match from {
+            Locality::Local => Ok(self.default_source.clone()),
+            Locality::Remote => {
+                tracing::debug!(
+                    "no write keys are configured: ingest is open to local clients only"
+                );
+                Err(AuthError::Unauthorized)
             }
-        };
-        if loopback {
-            Ok(self.default_source.clone())
-        } else {
-            Err(AuthError::LoopbackOnly)
         }
     }
 }
@@ -367,8 +537,8 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
-    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-    const REMOTE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
+    const LOCAL: Locality = Locality::Local;
+    const REMOTE: Locality = Locality::Remote;
 
     #[test]
     fn keys_from_headers() {
@@ -407,7 +577,7 @@ mod tests {
         assert_eq!(&*auth.source_for_key(Some("x"), LOCAL).unwrap(), "default");
         assert_eq!(
             auth.source_for_key(None, REMOTE),
-            Err(AuthError::LoopbackOnly)
+            Err(AuthError::Unauthorized)
         );
         assert_eq!(
             &*auth.source_for_app(Some("shop"), LOCAL).unwrap(),
@@ -477,11 +647,7 @@ mod tests {
         file.store(&path).unwrap();
         // Force the next lookup to stat the file, and make the change visible even on file
         // systems with coarse modification times.
-        {
-            let mut c = auth.checked.lock().unwrap();
-            c.0 = Instant::now() - RELOAD_EVERY * 2;
-            c.1 = None;
-        }
+        auth.set.expire();
         // Revoking the only key does not reopen ingest, not even on loopback.
         for peer in [REMOTE, LOCAL] {
             assert_eq!(
@@ -490,5 +656,69 @@ mod tests {
             );
         }
         assert!(auth.has_keys());
+    }
+
+    #[test]
+    fn secret_files_are_private_in_a_private_data_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("new").join("data");
+        let path = KeyFile::path(&data);
+        let mut file = KeyFile::default();
+        file.create("web").unwrap();
+        file.store(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&data), 0o700);
+        // An existing directory is left as it is.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o750);
+    }
+
+    #[test]
+    fn locality_needs_loopback_no_proxy_and_a_loopback_host() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "203.0.113.9".parse().unwrap();
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:5",
+        ] {
+            let h = with(&[("host", host)]);
+            assert_eq!(Locality::of(v4, &h), Locality::Local, "{host}");
+            assert_eq!(Locality::of(mapped, &h), Locality::Local, "{host}");
+            assert_eq!(Locality::of(remote, &h), Locality::Remote, "{host}");
+        }
+        for host in [
+            "evil.example",
+            "127.0.0.2",
+            "localhost:",
+            "localhost:x",
+            "[::1",
+            "localhost.evil",
+        ] {
+            assert_eq!(
+                Locality::of(v4, &with(&[("host", host)])),
+                Locality::Remote,
+                "{host}"
+            );
+        }
+        assert_eq!(Locality::of(v4, &HeaderMap::new()), Locality::Remote);
+        for proxy in PROXY_HEADERS {
+            let h = with(&[("host", "localhost"), (proxy, "203.0.113.9")]);
+            assert_eq!(Locality::of(v4, &h), Locality::Remote, "{proxy}");
+        }
     }
 }

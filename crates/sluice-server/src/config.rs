@@ -30,14 +30,17 @@ pub struct Config {
     /// HTTP listen address. Default `127.0.0.1:8080`.
     pub http: SocketAddr,
     /// Postgres wire listen address of the read-only SQL warehouse (psql, BI tools). Default
-    /// `127.0.0.1:5433`. A non-loopback address needs `pg_password`.
+    /// `127.0.0.1:5433`. A non-loopback address needs `pg_password` or `admin_token`.
     pub pg: SocketAddr,
     /// User name Postgres wire clients log in as when `pg_password` is set. Default `sluice`.
     pub pg_user: String,
     /// Password of `pg_user` (SCRAM-SHA-256). When set, every Postgres wire connection must
-    /// log in, also on loopback; required for a non-loopback `pg` address.
+    /// log in, also on loopback: as `pg_user` with this password, or as any other user with a
+    /// reader or admin token as the password.
     pub pg_password: Option<String>,
-    /// Token that admin requests must carry. Required to listen on a non-loopback address.
+    /// An admin token (more reader and admin tokens live in `<data_dir>/tokens.json`, managed
+    /// with `sluice tokens`). With a token anywhere, reads and administration need one, also
+    /// on loopback. Required to listen on a non-loopback address.
     pub admin_token: Option<String>,
     /// What this node runs. Default: everything.
     pub roles: Vec<String>,
@@ -242,9 +245,10 @@ impl Config {
             Some(_) => return Err(ServerError::Config("pg_user must not be empty".into())),
             None => None,
         };
-        if !self.pg.ip().is_loopback() && pg_credentials.is_none() {
+        let admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
+        if !self.pg.ip().is_loopback() && pg_credentials.is_none() && admin_token.is_none() {
             return Err(ServerError::Config(format!(
-                "refusing to serve the postgres wire protocol on non-loopback address {} without a pg_password",
+                "refusing to serve the postgres wire protocol on non-loopback address {} without a pg_password or an admin_token",
                 self.pg
             )));
         }
@@ -303,7 +307,7 @@ impl Config {
             runner: self.runner.validate().map_err(ServerError::Config)?,
             validation: self.validation.clone(),
             enrich: self.enrich.clone(),
-            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_token,
             lake: self
                 .lake
                 .validate()
@@ -374,13 +378,16 @@ mod tests {
         );
         let c = Config::from_toml("http = \"0.0.0.0:8080\"\nadmin_token = \"s3cret\"").unwrap();
         assert!(c.validate().is_ok());
-        let c = Config::from_toml("pg = \"0.0.0.0:5433\"\nadmin_token = \"s3cret\"").unwrap();
+        let c = Config::from_toml("pg = \"0.0.0.0:5433\"").unwrap();
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("without a pg_password")
+                .contains("without a pg_password or an admin_token")
         );
+        // With an admin token every Postgres wire login needs a token.
+        let c = Config::from_toml("pg = \"0.0.0.0:5433\"\nadmin_token = \"s3cret\"").unwrap();
+        assert!(c.validate().is_ok());
         let c = Config::from_toml("pg = \"0.0.0.0:5433\"\npg_password = \"pw\"").unwrap();
         let s = c.validate().unwrap();
         assert_eq!(s.pg_credentials.unwrap().user, "sluice");

@@ -1,4 +1,5 @@
-//! The hot tier's read API: profiles, batch get, counters, predictions.
+//! The hot tier's read API (every route a [`Reader`] request): profiles, batch get, counters,
+//! predictions.
 //!
 //! - `GET /v1/profiles/{id}`: one profile (404 when unknown).
 //! - `POST /v1/profiles:batch` with `{"ids": [...]}` (at most [`MAX_BATCH_IDS`]): the
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use sluice_event::ErrorKind;
 use sluice_hot::{HotError, HotReader};
 
-use crate::http::{AppState, error_response, metered};
+use crate::http::{AppState, Reader, error_response, metered};
 
 /// Ids per batch get, at most.
 pub(crate) const MAX_BATCH_IDS: usize = 100;
@@ -54,7 +55,7 @@ fn hot_error(e: HotError) -> Response {
     error_response(e.kind(), e.to_string())
 }
 
-async fn profile(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn profile(_: Reader, State(state): State<AppState>, Path(id): Path<String>) -> Response {
     async {
         let reader = reader_of(&state)?;
         match reader.profile(&id).await.map_err(hot_error)? {
@@ -75,7 +76,7 @@ struct BatchBody {
     ids: Vec<String>,
 }
 
-async fn profiles_batch(State(state): State<AppState>, body: Bytes) -> Response {
+async fn profiles_batch(_: Reader, State(state): State<AppState>, body: Bytes) -> Response {
     async {
         let reader = reader_of(&state)?;
         let body: BatchBody = serde_json::from_slice(&body).map_err(|e| {
@@ -103,6 +104,7 @@ struct CounterParams {
 }
 
 async fn counter(
+    _: Reader,
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
     Query(params): Query<CounterParams>,
@@ -127,6 +129,7 @@ async fn counter(
 }
 
 async fn prediction(
+    _: Reader,
     State(state): State<AppState>,
     Path((model, id)): Path<(String, String)>,
 ) -> Response {

@@ -12,9 +12,11 @@
 //!
 //! Modules depend one way: `pipeline` (wiring) → the route modules (`native`, `sql`, `ops`,
 //! `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`) → `http` (state, answers,
-//! the admin guard, metering) → `auth`, `replay`, `error`, `metrics`; `config` and `listen`
+//! the guards, metering) → `access` (roles and tokens) → `auth` (write keys), `replay`,
+//! `error`, `metrics`; `config` and `listen`
 //! sit beside them. `cargo xtask tidy` checks there is no cycle.
 
+pub mod access;
 pub mod auth;
 mod config;
 mod declared;

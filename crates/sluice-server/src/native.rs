@@ -11,7 +11,11 @@ use axum::routing::post;
 use sluice_collector::IngestRequest;
 use sluice_event::ErrorKind;
 
-use crate::http::{AppState, collector_of, content_encoding, error_response, header_str, metered};
+use crate::access::Refusal;
+use crate::auth::Locality;
+use crate::http::{
+    AppState, collector_of, content_encoding, error_response, header_str, metered, refuse,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     metered("events", Router::new().route("/v1/events", post(ingest)))
@@ -28,12 +32,13 @@ async fn ingest(
         Err(resp) => return resp,
     };
     // Credentials are checked before anything is decompressed or parsed.
+    let from = Locality::of(peer.ip(), &headers);
     let source = match state
         .auth
-        .source_for_key(crate::auth::header_key(&headers).as_deref(), peer.ip())
+        .source_for_key(crate::auth::header_key(&headers).as_deref(), from)
     {
         Ok(s) => s,
-        Err(e) => return error_response(ErrorKind::Unauthorized, e.to_string()),
+        Err(_) => return refuse(Refusal::Unauthorized),
     };
     let encoding = match content_encoding(&headers) {
         Ok(e) => e,

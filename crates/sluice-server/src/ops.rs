@@ -1,6 +1,6 @@
 //! The operator's routes: `GET /health` (readiness: every stage's state, 503 while one is
 //! failing; also `/readyz`), `GET /livez` (liveness: the process answers), `GET /metrics`
-//! (Prometheus text) and `POST /v1/replay` (an admin request; the rules are in `replay.rs`).
+//! (Prometheus text; a [`MetricsReader`] request) and `POST /v1/replay` (an admin request; the rules are in `replay.rs`).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use sluice_event::ErrorKind;
 
-use crate::http::{Admin, AppState, error_response};
+use crate::http::{Admin, AppState, MetricsReader, error_response};
 use crate::replay::ReplayRequest;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -60,7 +60,7 @@ async fn live() -> Response {
     Json(serde_json::json!({"status": "live"})).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(_: MetricsReader, State(state): State<AppState>) -> Response {
     let mut body = state.prometheus.render();
     if let Some(f) = &state.functions {
         body.push_str(&f.render_prometheus());

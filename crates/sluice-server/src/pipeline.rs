@@ -14,11 +14,12 @@ use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
 use sluice_journal::durable_fs::create_dir_all_durable;
 use sluice_journal::{Journal, LocalJournal};
 use sluice_lake::{BadRowsSink, DeliveryProgress, LakeRoot, LakeSink, TypedSink, Upkeep};
-use sluice_warehouse::Warehouse;
 use sluice_warehouse::loader::PgLoader;
+use sluice_warehouse::{PgLogin, Warehouse};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::config::Settings;
 use crate::error::ServerError;
 use crate::http::{self, AppState};
@@ -191,7 +192,8 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     };
     // Every directory is created durably (fsynced into its parent): one made on first start
     // and never synced can vanish in a power cut with everything below it.
-    create_dir_all_durable(&settings.data_dir)
+    // Only its owner may reach the data: events, keys and tokens.
+    crate::auth::create_private_dir(&settings.data_dir)
         .map_err(|e| cannot_create("data dir", &settings.data_dir, e))?;
     let journal_cfg = settings.journal.clone();
     let journal = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
@@ -423,20 +425,30 @@ async fn start_http(
     } else {
         None
     };
+    let auth = Arc::new(
+        crate::auth::Auth::new(
+            settings.sources.clone(),
+            Some(crate::auth::KeyFile::path(&settings.data_dir)),
+        )
+        .map_err(ServerError::Config)?,
+    );
+    let access = Arc::new(
+        Access::new(
+            auth.clone(),
+            settings.admin_token.clone(),
+            Some(crate::access::TokenFile::path(&settings.data_dir)),
+        )
+        .map_err(ServerError::Config)?,
+    );
     let warehouse = if settings.roles.warehouse {
         let w = Warehouse::open(base.lake_root.clone())
             .map_err(|e| ServerError::stage("warehouse", e))?;
         let w = Arc::new(w);
-        listeners.push(start_pg(settings, w.clone(), intake)?);
+        listeners.push(start_pg(settings, w.clone(), access.clone(), intake)?);
         Some(w)
     } else {
         None
     };
-    let auth = crate::auth::Auth::new(
-        settings.sources.clone(),
-        Some(crate::auth::KeyFile::path(&settings.data_dir)),
-    )
-    .map_err(ServerError::Config)?;
     let replay = match (&parts.runner, &parts.events, &warehouse) {
         (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
             journal: base.dyn_journal.clone(),
@@ -461,9 +473,9 @@ async fn start_http(
         warehouse,
         journal: base.dyn_journal.clone(),
         prometheus: parts.prometheus,
-        auth: Arc::new(auth),
+        auth,
+        access,
         registry: Some(base.registry.clone()),
-        admin_token: settings.admin_token.clone(),
         replay,
         hot: parts.hot,
         models: Arc::new(models),
@@ -516,6 +528,7 @@ fn routes(state: &AppState, settings: &Settings) -> Router<AppState> {
 fn start_pg(
     settings: &Settings,
     warehouse: Arc<Warehouse>,
+    access: Arc<Access>,
     stop: &CancellationToken,
 ) -> Result<Task, ServerError> {
     let addr = settings.pg;
@@ -523,11 +536,15 @@ fn start_pg(
     if addr.port() != 0 {
         std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
     }
-    let (credentials, stop) = (settings.pg_credentials.clone(), stop.clone());
+    let login = PgLogin {
+        credentials: settings.pg_credentials.clone(),
+        tokens: Some(access),
+    };
+    let stop = stop.clone();
     tracing::info!(%addr, "postgres wire listening");
     Ok(Task::spawn("pg", async move {
         // A failing Postgres wire server leaves HTTP and the stages running, as before.
-        if let Err(e) = sluice_warehouse::serve_pg_with(warehouse, addr, credentials, stop).await {
+        if let Err(e) = sluice_warehouse::serve_pg_login(warehouse, addr, login, stop).await {
             tracing::error!(error = %e, %addr, "postgres wire server stopped");
         }
         Ok(())

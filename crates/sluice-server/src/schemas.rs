@@ -1,7 +1,7 @@
 //! The schema registry over HTTP: `GET /v1/schemas` (every URI), `GET` and `PUT
 //! /v1/schemas/{vendor}/{name}/jsonschema/{version}` — the paths of an Iglu registry.
 //!
-//! Pushing is an admin request ([`crate::http::Admin`]).
+//! Reading is a [`Reader`] request, pushing an [`Admin`] one.
 
 // The helpers return the error answer itself, sent at once: its size does not matter.
 #![allow(clippy::result_large_err)]
@@ -17,7 +17,7 @@ use axum::routing::get;
 use sluice_event::ErrorKind;
 use sluice_functions::registry::{PushOutcome, Registry, SchemaKey};
 
-use crate::http::{Admin, AppState, error_response};
+use crate::http::{Admin, AppState, Reader, error_response};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/schemas", get(list)).route(
@@ -35,7 +35,7 @@ fn registry_of(state: &AppState) -> Result<Arc<Registry>, Response> {
     })
 }
 
-async fn list(State(state): State<AppState>) -> Response {
+async fn list(_: Reader, State(state): State<AppState>) -> Response {
     let registry = match registry_of(&state) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -53,6 +53,7 @@ fn key_of(vendor: &str, name: &str, format: &str, version: &str) -> Result<Schem
 }
 
 async fn show(
+    _: Reader,
     State(state): State<AppState>,
     Path((vendor, name, format, version)): Path<(String, String, String, String)>,
 ) -> Response {

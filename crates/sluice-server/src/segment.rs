@@ -26,7 +26,9 @@ use sluice_collector::{
 };
 use sluice_event::{ErrorKind, Rejection};
 
-use crate::http::{AppState, collector_of, count, error_response, header_str};
+use crate::access::Refusal;
+use crate::auth::Locality;
+use crate::http::{AppState, collector_of, count, error_response, header_str, refuse};
 
 /// The Segment routes.
 pub(crate) fn routes() -> Router<AppState> {
@@ -62,11 +64,12 @@ async fn ingest(
         Err(resp) => return resp,
     };
     let header_key = crate::auth::header_key(&headers);
+    let from = Locality::of(peer.ip(), &headers);
     // A key in the headers is checked before anything is decompressed or parsed.
     let header_source = match &header_key {
-        Some(k) => match state.auth.source_for_key(Some(k), peer.ip()) {
+        Some(k) => match state.auth.source_for_key(Some(k), from) {
             Ok(s) => Some(s),
-            Err(e) => return error_response(ErrorKind::Unauthorized, e.to_string()),
+            Err(_) => return refuse(Refusal::Unauthorized),
         },
         None => None,
     };
@@ -88,7 +91,7 @@ async fn ingest(
         let source = match header_source {
             Some(s) => s,
             None => auth
-                .source_for_key(decoded.write_key.as_deref(), peer.ip())
+                .source_for_key(decoded.write_key.as_deref(), from)
                 .map_err(IngestError::Refused)?,
         };
         let items = decoded.items(&Arc::clone(&source));
@@ -112,7 +115,7 @@ async fn ingest(
             (status, axum::Json(answer)).into_response()
         }
         Ok(Err(IngestError::Collect(e))) => error_response(e.kind(), e.to_string()),
-        Ok(Err(IngestError::Refused(e))) => error_response(ErrorKind::Unauthorized, e.to_string()),
+        Ok(Err(IngestError::Refused(_))) => refuse(Refusal::Unauthorized),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }

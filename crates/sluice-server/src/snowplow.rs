@@ -20,7 +20,7 @@
 //! [`crate::auth::Auth::source_for_app`]; a refused event is a per-slot rejection.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use sluice_collector::{
 };
 use sluice_event::ErrorKind;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Locality};
 use crate::http::{AppState, collector_of, count, error_response, header_str};
 
 /// The tracker POST path.
@@ -375,13 +375,14 @@ async fn tp2(
         Err(e) => return error_response(e.kind(), e.to_string()),
     };
     let origin = origin_of(&headers, peer, &user);
+    let from = Locality::of(peer.ip(), &headers);
     let auth = state.auth.clone();
     // The append runs in its own task so a client that hangs up cannot cancel it halfway.
     let task = tokio::spawn(async move {
         let settings = collector.settings();
         let plain = decompress(&body, encoding, settings.max_body_bytes())?;
         let slots = decode_snowplow_post(&plain, settings.max_events())?;
-        store(&collector, &auth, peer.ip(), &origin, slots, user.id).await
+        store(&collector, &auth, from, &origin, slots, user.id).await
     });
     match task.await {
         Ok(Ok(Answer::Stored | Answer::Nothing)) => (
@@ -414,10 +415,11 @@ async fn pixel(
         return error_response(e.kind(), e.to_string());
     }
     let origin = origin_of(&headers, peer, &user);
+    let from = Locality::of(peer.ip(), &headers);
     let auth = state.auth.clone();
     let task = tokio::spawn(async move {
         let slots: Vec<_> = decode_snowplow_query(&query).into_iter().collect();
-        store(&collector, &auth, peer.ip(), &origin, slots, user.id).await
+        store(&collector, &auth, from, &origin, slots, user.id).await
     });
     match task.await {
         Ok(Ok(Answer::Stored | Answer::Nothing)) => gif(),
@@ -438,7 +440,7 @@ fn origin_of(headers: &HeaderMap, peer: SocketAddr, user: &NetworkUser) -> Origi
 async fn store(
     collector: &Collector,
     auth: &Auth,
-    peer: IpAddr,
+    from: Locality,
     origin: &Origin,
     slots: Vec<Result<SnowplowEvent<'_>, SlotError>>,
     nuid: String,
@@ -452,7 +454,7 @@ async fn store(
         .into_iter()
         .map(|slot| {
             let event = slot?;
-            match auth.source_for_app(event.app_id(), peer) {
+            match auth.source_for_app(event.app_id(), from) {
                 Ok(source) => Ok(event.into_item(source, Some(nuid.clone()))),
                 Err(e) => {
                     refused += 1;

@@ -1,4 +1,4 @@
-//! `POST /v1/sql`: a read-only query over the lake, answered as JSON lines, CSV, a text table
+//! `POST /v1/sql` (a [`Reader`] request): a read-only query over the lake, answered as JSON lines, CSV, a text table
 //! or Arrow IPC (`?format=`).
 
 use axum::Router;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sluice_event::ErrorKind;
 use sluice_warehouse::format;
 
-use crate::http::{AppState, error_response, header_str, metered};
+use crate::http::{AppState, Reader, error_response, header_str, metered};
 
 pub(crate) fn routes() -> Router<AppState> {
     metered("sql", Router::new().route("/v1/sql", post(sql)))
@@ -28,6 +28,7 @@ struct SqlBody {
 }
 
 async fn sql(
+    _: Reader,
     State(state): State<AppState>,
     Query(params): Query<SqlParams>,
     headers: HeaderMap,

@@ -7,14 +7,26 @@ use serde_json::Value;
 /// Runs `query` on `base`'s `/v1/sql` until it returns at least `n` rows (JSON lines), or
 /// panics after 30 s with the last answer.
 pub async fn sql_rows(client: &reqwest::Client, base: &str, query: &str, n: usize) -> Vec<Value> {
+    sql_rows_as(client, base, None, query, n).await
+}
+
+/// [`sql_rows`] with a reader or admin token.
+pub async fn sql_rows_as(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    query: &str,
+    n: usize,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let last = match client
+        let mut req = client
             .post(format!("{base}/v1/sql?format=json"))
-            .body(query.to_string())
-            .send()
-            .await
-        {
+            .body(query.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let last = match req.send().await {
             Ok(resp) => {
                 let ok = resp.status().is_success();
                 let text = resp.text().await.unwrap_or_default();

@@ -23,7 +23,8 @@ pub struct SluiceProcess {
 }
 
 impl SluiceProcess {
-    /// Starts `bin serve --data-dir DIR --http 127.0.0.1:0 --pg 127.0.0.1:0 EXTRA...` and waits for its address.
+    /// Starts `bin serve --data-dir DIR --http 127.0.0.1:0 --pg 127.0.0.1:0 EXTRA...` (without
+    /// the `--pg` when EXTRA has one) and waits for its address.
     pub fn spawn(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, addr) = start(bin, data_dir, &extra)?;
@@ -92,7 +93,12 @@ fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<(Child
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0"])
+        // The caller may name the Postgres wire port, to connect to it.
+        .args(match extra.iter().any(|a| a == "--pg") {
+            true => &[][..],
+            false => &["--pg", "127.0.0.1:0"][..],
+        })
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -18,6 +18,9 @@ pub struct TestServer {
     pub base: String,
     /// A client for the tests' requests.
     pub client: reqwest::Client,
+    /// The reader or admin token [`TestServer::get_json`], [`TestServer::sql`] and
+    /// [`TestServer::sql_rows`] send, if any.
+    pub token: Option<String>,
     data_dir: PathBuf,
     toml: String,
     _dir: Option<tempfile::TempDir>,
@@ -41,6 +44,7 @@ impl TestServer {
             base: base_of(&running),
             running: Some(running),
             client: reqwest::Client::new(),
+            token: None,
             data_dir: data_dir.to_path_buf(),
             toml: toml.to_string(),
             _dir: None,
@@ -60,16 +64,20 @@ impl TestServer {
     /// `GET path` as JSON, asserting a 2xx.
     pub async fn get_json(&self, path: &str) -> Value {
         let url = self.url(path);
-        let resp = self.client.get(&url).send().await.expect("GET");
+        let resp = self
+            .authorized(self.client.get(&url))
+            .send()
+            .await
+            .expect("GET");
         assert!(resp.status().is_success(), "{url}: {}", resp.status());
         resp.json().await.expect("a JSON body")
     }
 
     /// `query` over `/v1/sql` once, asserting a 2xx: its rows.
     pub async fn sql(&self, query: &str) -> Vec<Value> {
+        let req = self.client.post(self.url("/v1/sql?format=json"));
         let resp = self
-            .client
-            .post(self.url("/v1/sql?format=json"))
+            .authorized(req)
             .body(query.to_string())
             .send()
             .await
@@ -85,7 +93,16 @@ impl TestServer {
     /// `query` over `/v1/sql` until it returns at least `n` rows (see
     /// [`crate::http::sql_rows`]).
     pub async fn sql_rows(&self, query: &str, n: usize) -> Vec<Value> {
-        crate::http::sql_rows(&self.client, &self.base, query, n).await
+        let token = self.token.as_deref();
+        crate::http::sql_rows_as(&self.client, &self.base, token, query, n).await
+    }
+
+    /// `req` with the bearer token, if there is one.
+    pub fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// Shuts down in order (drains every stage) and asserts it went cleanly.

@@ -30,7 +30,7 @@ use sluice_lake::LakeRoot;
 pub use bounded::TooLarge;
 pub use catalog::LakeSchema;
 pub use error::WarehouseError;
-pub use pg::{PgCredentials, serve_pg, serve_pg_with};
+pub use pg::{PgCredentials, PgLogin, PgTokens, serve_pg, serve_pg_login, serve_pg_with};
 pub use query::QueryOutput;
 
 /// Limits for queries.

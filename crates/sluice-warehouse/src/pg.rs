@@ -10,10 +10,13 @@
 //! with SQLSTATE 25006 (`read_only_sql_transaction`). `SET datafusion.…` is refused too: it would
 //! change the shared session for every client.
 //!
-//! Authentication: with [`PgCredentials`] every connection must log in as that user with that
-//! password, by SCRAM-SHA-256 (the password never crosses the wire; psql, psycopg, the `pg` npm
-//! client, JDBC all speak it). Without credentials any user name is accepted with no password,
-//! which [`serve_pg_with`] allows on loopback addresses only.
+//! Authentication ([`PgLogin`]): with [`PgCredentials`], a connection that logs in as that user
+//! must give that password, by SCRAM-SHA-256 (the password never crosses the wire; psql,
+//! psycopg, the `pg` npm client, JDBC all speak it). With [`PgTokens`], any other login gives a
+//! token as its password (any user name), in cleartext, since only the token's hash is known
+//! here; the server asks for it whenever [`PgTokens::required`] says so. Without either, any
+//! user name is accepted with no password, which [`serve_pg_login`] allows on loopback
+//! addresses only.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,17 +31,24 @@ use datafusion_postgres::pgwire::api::auth::sasl::scram::{
     SCRAM_ITERATIONS, ScramAuth, gen_salted_password, random_nonce,
 };
 use datafusion_postgres::pgwire::api::auth::{
-    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+    self as auth, AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::Response;
 use datafusion_postgres::pgwire::api::{ClientInfo, PgWireServerHandlers};
+use datafusion_postgres::pgwire::api::{
+    PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::startup::Authentication;
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::{DfSessionService, QueryHook, ServerOptions};
 use deltalake::datafusion::common::ParamValues;
 use deltalake::datafusion::logical_expr::LogicalPlan;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::datafusion::sql::sqlparser::ast::{Set, Statement};
+use futures::{Sink, SinkExt};
+use std::fmt::Debug;
 use tokio_util::sync::CancellationToken;
 
 use crate::query::{check_statement, refused};
@@ -64,6 +74,25 @@ impl std::fmt::Debug for PgCredentials {
     }
 }
 
+/// Tokens the Postgres wire server takes as passwords, checked by the caller (which keeps them
+/// hashed and may change them while the server runs).
+pub trait PgTokens: Send + Sync + 'static {
+    /// Whether a login is needed now: when not, and there are no [`PgCredentials`], any login
+    /// is accepted with no password.
+    fn required(&self) -> bool;
+    /// Whether `password` is a token that may read.
+    fn accepts(&self, password: &str) -> bool;
+}
+
+/// Who may log in to the Postgres wire server.
+#[derive(Clone, Default)]
+pub struct PgLogin {
+    /// The one SCRAM-SHA-256 user and password.
+    pub credentials: Option<PgCredentials>,
+    /// Tokens taken as cleartext passwords for any other user name.
+    pub tokens: Option<Arc<dyn PgTokens>>,
+}
+
 /// Serves the warehouse over the Postgres wire protocol on `addr` until `shutdown` is cancelled,
 /// without authentication (loopback addresses only). Returns an error if the address cannot be
 /// bound.
@@ -83,7 +112,23 @@ pub async fn serve_pg_with(
     credentials: Option<PgCredentials>,
     shutdown: CancellationToken,
 ) -> Result<(), WarehouseError> {
-    if credentials.is_none() && !addr.ip().is_loopback() {
+    let login = PgLogin {
+        credentials,
+        tokens: None,
+    };
+    serve_pg_login(warehouse, addr, login, shutdown).await
+}
+
+/// Serves the warehouse over the Postgres wire protocol on `addr`, with the logins of `login`.
+/// With neither credentials nor tokens a non-loopback address is refused.
+pub async fn serve_pg_login(
+    warehouse: Arc<Warehouse>,
+    addr: SocketAddr,
+    login: PgLogin,
+    shutdown: CancellationToken,
+) -> Result<(), WarehouseError> {
+    let open = login.credentials.is_none() && login.tokens.is_none();
+    if open && !addr.ip().is_loopback() {
         return Err(WarehouseError::Invalid(format!(
             "refusing to serve the postgres wire protocol on {addr} without a password"
         )));
@@ -98,37 +143,40 @@ pub async fn serve_pg_with(
     let options = ServerOptions::new().with_host(host).with_port(addr.port());
     let mut hooks: Vec<Arc<dyn QueryHook>> = vec![Arc::new(ReadOnlyHook)];
     hooks.extend(default_hooks());
-    tracing::info!(%addr, authentication = credentials.is_some(), "postgres wire server listening");
+    tracing::info!(%addr, authentication = !open, "postgres wire server listening");
     let failed =
         |e: std::io::Error| WarehouseError::Invalid(format!("postgres wire server on {addr}: {e}"));
-    match credentials {
-        None => tokio::select! {
+    if open {
+        return tokio::select! {
             result = datafusion_postgres::serve_with_hooks(context, &options, hooks) => result.map_err(failed),
             _ = shutdown.cancelled() => Ok(()),
-        },
-        Some(credentials) => {
-            let handlers = Arc::new(ScramHandlers {
-                service: Arc::new(DfSessionService::new_with_hooks(context, hooks)),
-                parameters: Arc::new(DefaultServerParameterProvider::default()),
-                source: Arc::new(ScramSource::new(&credentials)),
-            });
-            tokio::select! {
-                result = datafusion_postgres::serve_with_handlers(handlers, &options) => result.map_err(failed),
-                _ = shutdown.cancelled() => Ok(()),
-            }
-        }
+        };
+    }
+    let handlers = Arc::new(LoginHandlers {
+        service: Arc::new(DfSessionService::new_with_hooks(context, hooks)),
+        parameters: Arc::new(DefaultServerParameterProvider::default()),
+        source: login
+            .credentials
+            .as_ref()
+            .map(|c| Arc::new(ScramSource::new(c))),
+        tokens: login.tokens,
+    });
+    tokio::select! {
+        result = datafusion_postgres::serve_with_handlers(handlers, &options) => result.map_err(failed),
+        _ = shutdown.cancelled() => Ok(()),
     }
 }
 
-/// The handlers of an authenticated server: datafusion-postgres' query service behind a SCRAM
-/// startup handler (a new one per connection: it holds the exchange's state).
-struct ScramHandlers {
+/// The handlers of an authenticated server: datafusion-postgres' query service behind a
+/// [`LoginStartup`] (a new one per connection: it holds the exchange's state).
+struct LoginHandlers {
     service: Arc<DfSessionService>,
     parameters: Arc<DefaultServerParameterProvider>,
-    source: Arc<ScramSource>,
+    source: Option<Arc<ScramSource>>,
+    tokens: Option<Arc<dyn PgTokens>>,
 }
 
-impl PgWireServerHandlers for ScramHandlers {
+impl PgWireServerHandlers for LoginHandlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.service.clone()
     }
@@ -138,9 +186,146 @@ impl PgWireServerHandlers for ScramHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        let mut scram = ScramAuth::new(self.source.clone());
-        scram.set_iterations(SCRAM_ITERATIONS);
-        Arc::new(SASLAuthStartupHandler::new(self.parameters.clone()).with_scram(scram))
+        let scram = self.source.as_ref().map(|source| {
+            let mut scram = ScramAuth::new(source.clone());
+            scram.set_iterations(SCRAM_ITERATIONS);
+            (
+                source.user.clone(),
+                SASLAuthStartupHandler::new(self.parameters.clone()).with_scram(scram),
+            )
+        });
+        Arc::new(LoginStartup {
+            scram,
+            tokens: self.tokens.clone(),
+            parameters: self.parameters.clone(),
+            mode: std::sync::Mutex::new(Mode::Start),
+        })
+    }
+}
+
+/// How one connection logs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Nothing received yet.
+    Start,
+    /// The SCRAM user: the SCRAM exchange.
+    Scram,
+    /// Anyone else: a token as a cleartext password.
+    Token,
+}
+
+/// The startup of one connection: SCRAM for the configured user, a token for anyone else, or
+/// no password at all when neither is needed.
+struct LoginStartup {
+    /// The SCRAM user and the exchange.
+    scram: Option<(
+        String,
+        SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    )>,
+    tokens: Option<Arc<dyn PgTokens>>,
+    parameters: Arc<DefaultServerParameterProvider>,
+    mode: std::sync::Mutex<Mode>,
+}
+
+impl LoginStartup {
+    /// The mode of a connection whose startup names `user`, or `None` to let it in at once.
+    fn choose(&self, user: Option<&str>) -> Option<Mode> {
+        match (&self.scram, &self.tokens) {
+            (Some((u, _)), _) if user == Some(u.as_str()) => Some(Mode::Scram),
+            (None, Some(t)) if !t.required() => None,
+            (_, Some(_)) => Some(Mode::Token),
+            // The SCRAM exchange refuses any other user, as a wrong password.
+            (Some(_), None) => Some(Mode::Scram),
+            (None, None) => None,
+        }
+    }
+
+    async fn handle<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mode = *self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match (mode, message) {
+            (Mode::Start, PgWireFrontendMessage::Startup(startup)) => {
+                let user = startup.parameters.get("user").map(String::as_str);
+                let chosen = self.choose(user);
+                if let Some(m) = chosen {
+                    *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = m;
+                }
+                match (chosen, &self.scram) {
+                    (Some(Mode::Scram), Some((_, scram))) => {
+                        scram
+                            .on_startup(client, PgWireFrontendMessage::Startup(startup))
+                            .await
+                    }
+                    (Some(_), _) => {
+                        auth::protocol_negotiation(client, &startup).await?;
+                        auth::save_startup_parameters_to_metadata(client, &startup);
+                        client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                        let ask = Authentication::CleartextPassword;
+                        client
+                            .send(PgWireBackendMessage::Authentication(ask))
+                            .await?;
+                        Ok(())
+                    }
+                    (None, _) => {
+                        auth::protocol_negotiation(client, &startup).await?;
+                        auth::save_startup_parameters_to_metadata(client, &startup);
+                        self.finish(client).await
+                    }
+                }
+            }
+            (Mode::Scram, message) => match &self.scram {
+                Some((_, scram)) => scram.on_startup(client, message).await,
+                None => Ok(()),
+            },
+            (Mode::Token, PgWireFrontendMessage::PasswordMessageFamily(pwd)) => {
+                let given = pwd.into_password()?.password;
+                if self.tokens.as_ref().is_some_and(|t| t.accepts(&given)) {
+                    self.finish(client).await
+                } else {
+                    let user = LoginInfo::from_client_info(client)
+                        .user()
+                        .unwrap_or_default()
+                        .to_string();
+                    Err(PgWireError::InvalidPassword(user))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Lets the connection in.
+    async fn finish<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
+        client.set_pid_and_secret_key(pid, secret_key);
+        auth::finish_authentication(client, self.parameters.as_ref()).await
+    }
+}
+
+// `StartupHandler` is an `async_trait`; this is the signature that macro would generate.
+impl StartupHandler for LoginStartup {
+    fn on_startup<'life0, 'life1, 'async_trait, C>(
+        &'life0 self,
+        client: &'life1 mut C,
+        message: PgWireFrontendMessage,
+    ) -> BoxFuture<'async_trait, PgWireResult<()>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync + 'async_trait,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.handle(client, message))
     }
 }
 

@@ -13,3 +13,4 @@ mod e2e;
 mod functions;
 mod keys;
 mod replay;
+mod security;

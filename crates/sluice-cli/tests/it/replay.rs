@@ -209,9 +209,11 @@ bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
         )?,
         49
     );
-    // A bad request is refused with a reason.
+    // A bad request is refused with a reason. (An admin POST without a token needs a content
+    // type a browser form cannot send.)
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/replay"))
+        .header("content-type", "application/json")
         .body(r#"{"bad":true,"raw":true}"#)
         .send()
         .await?;

@@ -1,58 +1,79 @@
-//! [`Admin`]: the extractor that guards admin requests (schema pushes, user functions,
-//! replay). With an `admin_token` configured a request needs
-//! `Authorization: Bearer <admin_token>`; without one, only loopback clients may ask.
+//! The guards of read and admin routes: [`Admin`], [`Reader`] and [`MetricsReader`], extractors
+//! that let a handler run only when [`crate::access::Access::authorize`] says yes, and
+//! [`refuse`], the one answer to every refusal.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
-use axum::response::Response;
-use sha2::Digest;
-use sluice_event::ErrorKind;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
-use super::{AppState, error_response};
+use super::AppState;
+use crate::access::{FORBIDDEN, Need, Refusal};
+use crate::auth::{Locality, UNAUTHORIZED};
 
-/// Proof that the request may make admin changes; a handler that takes it runs only then.
+/// Proof that the request may make admin changes (an admin token, or open local access).
 pub(crate) struct Admin;
+
+/// Proof that the request may read (a reader or admin token, or open local access).
+pub(crate) struct Reader;
+
+/// Proof that the request may read `/metrics` (a reader or admin token, or a local client).
+pub(crate) struct MetricsReader;
+
+/// Checks `parts` against `need`; the refusal is the answer.
+#[allow(clippy::result_large_err)] // the error is the answer itself, returned at once
+fn guard(parts: &Parts, state: &AppState, need: Need) -> Result<(), Response> {
+    let from = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(c) => Locality::of(c.0.ip(), &parts.headers),
+        None => Locality::Remote,
+    };
+    state
+        .access
+        .authorize(need, &parts.method, &parts.headers, from)
+        .map_err(refuse)
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        match refusal(state.admin_token.as_deref(), &parts.headers, peer) {
-            None => Ok(Admin),
-            Some(why) => Err(error_response(ErrorKind::Unauthorized, why)),
-        }
+        guard(parts, state, Need::Admin).map(|()| Admin)
     }
 }
 
-/// Why an admin request is refused, if it is.
-fn refusal(
-    token: Option<&str>,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-) -> Option<&'static str> {
-    match token {
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            // Compare hashes so the time taken does not depend on where the strings differ.
-            let h = |s: &str| sha2::Sha256::digest(s.as_bytes());
-            if given.is_some_and(|g| h(g) == h(token)) {
-                None
-            } else {
-                Some("admin requests need Authorization: Bearer <admin_token>")
-            }
-        }
-        None if peer.is_some_and(|p| p.ip().is_loopback()) => None,
-        None => Some("admin requests are open to loopback clients only when no admin_token is set"),
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        guard(parts, state, Need::Read).map(|()| Reader)
     }
+}
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        guard(parts, state, Need::Metrics).map(|()| MetricsReader)
+    }
+}
+
+/// The answer to a refusal: 401 or 403, `{"error": <fixed message>, "kind": "unauthorized" |
+/// "forbidden"}`, the same body for every reason of the same status, so that it tells nothing
+/// about which credentials exist.
+pub(crate) fn refuse(r: Refusal) -> Response {
+    let (status, message, kind) = match r {
+        Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, UNAUTHORIZED, "unauthorized"),
+        Refusal::Forbidden => (StatusCode::FORBIDDEN, FORBIDDEN, "forbidden"),
+    };
+    let body = serde_json::json!({ "error": message, "kind": kind });
+    let mut resp = (status, axum::Json(body)).into_response();
+    if r == Refusal::Unauthorized {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"sluice\""),
+        );
+    }
+    resp
 }

@@ -1,6 +1,7 @@
 //! The HTTP layer every route module builds on, and which depends on none of them: the
-//! handlers' shared state ([`AppState`]), the error answer ([`error_response`]), the admin guard
-//! ([`Admin`]), request metrics ([`metered`]) and the finished router ([`router`]).
+//! handlers' shared state ([`AppState`]), the error answer ([`error_response`]), the guards
+//! ([`Admin`], [`Reader`], [`MetricsReader`]) and the one refusal answer ([`refuse`]), request
+//! metrics ([`metered`]) and the finished router ([`router`]).
 //!
 //! Route modules (`native`, `sql`, `ops`, `schemas`, `functions`, `hot`, `segment`,
 //! `snowplow`, `kinesis`) each return a `Router<AppState>` and depend on this module only;
@@ -11,7 +12,7 @@ mod answer;
 mod router;
 mod state;
 
-pub(crate) use admin::Admin;
+pub(crate) use admin::{Admin, MetricsReader, Reader, refuse};
 pub(crate) use answer::{collector_of, content_encoding, error_response, header_str};
 pub(crate) use router::{RouteLabel, count, metered, router};
 pub(crate) use state::AppState;

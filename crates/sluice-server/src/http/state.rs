@@ -7,6 +7,7 @@ use sluice_collector::Collector;
 use sluice_journal::Journal;
 use sluice_warehouse::Warehouse;
 
+use crate::access::Access;
 use crate::auth::Auth;
 use crate::replay::Replayer;
 use crate::stages::Stages;
@@ -20,8 +21,9 @@ pub(crate) struct AppState {
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) auth: Arc<Auth>,
+    /// Write keys and tokens: who may read and administer.
+    pub(crate) access: Arc<Access>,
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
-    pub(crate) admin_token: Option<String>,
     pub(crate) replay: Option<Arc<Replayer>>,
     /// The hot tier's reader, on a node with the hot role.
     pub(crate) hot: Option<sluice_hot::HotReader>,

@@ -16,13 +16,16 @@
 //! - shard iterators and pagination tokens are HMAC-signed and expire after 5 minutes
 //!   ([`token`]).
 //!
-//! Authentication: the SigV4 access key id is the write key. The signature itself is not
-//! checked: sluice stores no secret key to check it against (write keys are stored hashed), so
-//! any secret works in the client; the access key id alone names the source.
+//! Authentication: the SigV4 access key id is the credential: a write key (puts into the
+//! pipeline, under its source), a reader token (reads of `good`, `bad` and user streams) or an
+//! admin token (everything); [`permit`] has the rules. The signature itself is not checked:
+//! sluice stores no secret key to check it against (credentials are stored hashed), so any
+//! secret works in the client; the access key id alone says who calls.
 
 mod config;
 mod firehose;
 mod intake;
+mod permit;
 mod records;
 mod shard;
 mod streams;
@@ -46,7 +49,8 @@ pub use config::KinesisConfig;
 use token::TokenCodec;
 use wire::{AwsError, ok_response};
 
-use crate::auth::Auth;
+use crate::access::Access;
+use crate::auth::Locality;
 use crate::http::{AppState, RouteLabel, metered};
 
 /// Largest request body: a full `PutRecords` (5 MiB of data, base64 is 4/3 of it, plus 500
@@ -66,7 +70,7 @@ enum Service {
 pub(crate) struct Kinesis {
     journal: Arc<dyn Journal>,
     collector: Option<Arc<Collector>>,
-    auth: Arc<Auth>,
+    access: Arc<Access>,
     config: KinesisConfig,
     /// The journal's retention, as `RetentionPeriodHours`.
     retention_hours: u64,
@@ -86,7 +90,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     let k = Kinesis {
         journal: state.journal.clone(),
         collector: state.collector.clone(),
-        auth: state.auth.clone(),
+        access: state.access.clone(),
         config,
         retention_hours,
         tokens: TokenCodec::random(),
@@ -172,11 +176,11 @@ impl Kinesis {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<serde_json::Value, AwsError> {
-        // Credentials are checked before the body is read.
-        let source = self
-            .auth
-            .source_for_key(wire::request_key(headers).as_deref(), peer.ip())
-            .map_err(|e| AwsError::UnrecognizedClient(e.to_string()))?;
+        // Unknown credentials are refused before the body is read; what a known one may do
+        // depends on the stream the body names.
+        let key = wire::request_key(headers);
+        let from = Locality::of(peer.ip(), headers);
+        self.precheck(key.as_deref(), from)?;
         let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
             .await
             .map_err(|_| {
@@ -184,6 +188,7 @@ impl Kinesis {
                     "request body is over {MAX_BODY_BYTES} bytes (or could not be read)"
                 ))
             })?;
+        let source = self.permit(service, op, &body, key.as_deref(), from)?;
         let origin = Origin {
             ip: Some(peer.ip().to_string()),
             user_agent: headers
@@ -232,7 +237,7 @@ impl Kinesis {
         Self {
             journal,
             collector,
-            auth: Arc::new(Auth::open()),
+            access: Arc::new(Access::open()),
             config,
             retention_hours: 168,
             tokens: TokenCodec::random(),

@@ -81,7 +81,7 @@ pub(crate) fn check_stream_name(name: &str) -> Result<(), String> {
 }
 
 /// The stream name of an ARN (`arn:aws:kinesis:<region>:<account>:stream/<name>`).
-fn name_of_arn(arn: &str) -> Option<&str> {
+pub(crate) fn name_of_arn(arn: &str) -> Option<&str> {
     let (head, name) = arn.split_once(":stream/")?;
     (head.starts_with("arn:") && !name.is_empty()).then_some(name)
 }

@@ -59,9 +59,12 @@ pub(crate) enum AwsError {
     /// No such operation.
     #[error("{0}")]
     UnknownOperation(String),
-    /// The credentials do not name a source.
+    /// The credential is missing, unknown or revoked (401).
     #[error("{0}")]
     UnrecognizedClient(String),
+    /// The credential is valid but may not make this call (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The body is over the size limit.
     #[error("{0}")]
     TooLarge(String),
@@ -84,7 +87,7 @@ impl AwsError {
             Self::ProvisionedThroughputExceeded(_) => "ProvisionedThroughputExceededException",
             Self::ExpiredIterator(_) => "ExpiredIteratorException",
             Self::ExpiredNextToken(_) => "ExpiredNextTokenException",
-            Self::AccessDenied(_) => "AccessDeniedException",
+            Self::AccessDenied(_) | Self::Forbidden(_) => "AccessDeniedException",
             Self::Validation(_) => "ValidationException",
             Self::Serialization(_) => "SerializationException",
             Self::UnknownOperation(_) => "UnknownOperationException",
@@ -100,7 +103,9 @@ impl AwsError {
         match self {
             Self::ResourceNotFound(_) => ErrorKind::NotFound,
             Self::ResourceInUse(_) => ErrorKind::Conflict,
-            Self::UnrecognizedClient(_) | Self::AccessDenied(_) => ErrorKind::Unauthorized,
+            Self::UnrecognizedClient(_) | Self::AccessDenied(_) | Self::Forbidden(_) => {
+                ErrorKind::Unauthorized
+            }
             Self::TooLarge(_) => ErrorKind::TooLarge,
             Self::ProvisionedThroughputExceeded(_) => ErrorKind::Overloaded,
             Self::ServiceUnavailable(_) => ErrorKind::Unavailable,
@@ -110,12 +115,13 @@ impl AwsError {
     }
 
     /// HTTP status: 400 for every client error (throttling included) as AWS answers, except a
-    /// refused write key: 401, as on every other ingest route (SDKs read the error type from
-    /// the body, and do not retry either status); 413 for an oversized body, 503 and 500 for
-    /// server trouble.
+    /// refused credential: 401 (unknown) or 403 (may not), as on every other route (SDKs read
+    /// the error type from the body, and do not retry either status); 413 for an oversized
+    /// body, 503 and 500 for server trouble.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::UnrecognizedClient(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InternalFailure(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -288,7 +294,7 @@ pub(crate) fn sigv4_access_key_id(authorization: &str) -> Option<&str> {
     (!akid.is_empty()).then_some(akid)
 }
 
-/// The write key a request presents: the SigV4 access key id, else what
+/// The credential a request presents (write key or token): the SigV4 access key id, else what
 /// [`crate::auth::header_key`] reads (Basic, Bearer, `X-Write-Key`).
 pub(crate) fn request_key(headers: &HeaderMap) -> Option<String> {
     let authorization = headers

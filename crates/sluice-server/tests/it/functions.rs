@@ -4,7 +4,7 @@
 //! rollback, delete, and the admin guard.
 
 use serde_json::{Value, json};
-use sluice_testkit::http::sql_rows;
+use sluice_testkit::http::sql_rows_as;
 use sluice_testkit::server::TestServer;
 
 const ADMIN: &str = "admin-token-functions-0123";
@@ -114,9 +114,10 @@ flush_interval = "100ms"
     assert_eq!(r.status(), 200);
 
     // 20 events less 3 failed, plus the one `gate` split off c00.
-    let good = sql_rows(
+    let good = sql_rows_as(
         c,
         base,
+        Some(ADMIN),
         "SELECT event_id, event, properties FROM events ORDER BY event_id",
         18,
     )
@@ -134,9 +135,10 @@ flush_interval = "100ms"
         let props: Value = serde_json::from_str(row["properties"].as_str().unwrap()).unwrap();
         assert_eq!(props["plan_tier"], "gold", "{row}");
     }
-    let bad = sql_rows(
+    let bad = sql_rows_as(
         c,
         base,
+        Some(ADMIN),
         "SELECT event_id, kind, function, reason FROM bad_rows ORDER BY event_id",
         3,
     )
@@ -224,9 +226,10 @@ flush_interval = "100ms"
         201
     );
     assert_eq!(send_one("after-v2").await.unwrap().status(), 200);
-    let rows = sql_rows(
+    let rows = sql_rows_as(
         c,
         base,
+        Some(ADMIN),
         "SELECT properties FROM events WHERE event_id = 'after-v2'",
         1,
     )
@@ -241,9 +244,10 @@ flush_interval = "100ms"
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 1);
     assert_eq!(send_one("after-rollback").await.unwrap().status(), 200);
-    let rows = sql_rows(
+    let rows = sql_rows_as(
         c,
         base,
+        Some(ADMIN),
         "SELECT properties FROM events WHERE event_id = 'after-rollback'",
         1,
     )

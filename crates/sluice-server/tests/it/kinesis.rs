@@ -909,21 +909,28 @@ async fn errors_have_the_aws_shape() -> TestResult {
 async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
     let (server, mut api) =
         start("[[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n").await;
+    let put = json!({"StreamName": "events", "Data": b64(b"{}"), "PartitionKey": "k"});
     let m = api
-        .fails("ListStreams", json!({}), "UnrecognizedClientException")
+        .fails("PutRecord", put.clone(), "UnrecognizedClientException")
         .await?;
     assert!(m.contains("write key"), "{m}");
+    // With no token configured, a local client reads without one.
+    let reader = api.clone();
+    reader.ok("ListStreams", json!({})).await?;
     api.authorization = Some(
         "AWS4-HMAC-SHA256 Credential=WRONG/20261101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=00"
             .into(),
     );
-    api.fails("ListStreams", json!({}), "UnrecognizedClientException")
+    api.fails("PutRecord", put, "UnrecognizedClientException")
         .await?;
     api.authorization = Some(
         "AWS4-HMAC-SHA256 Credential=AKIDSHOP/20261101/us-east-1/kinesis/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=deadbeef"
             .into(),
     );
-    api.ok("ListStreams", json!({})).await?;
+    // A write key puts and describes the ingest streams (the rest it may do only as a local
+    // client while no token is configured; `sluice-cli`'s security tests cover the roles).
+    api.ok("DescribeStreamSummary", json!({"StreamName": "events"}))
+        .await?;
     let out = api
         .ok(
             "PutRecord",
@@ -932,7 +939,6 @@ async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
         .await?;
     assert!(out["SequenceNumber"].is_string());
     // The event is stored under the key's source.
-    let reader = api.clone();
     let good = eventually("the event in good", move || {
         let api = reader.clone();
         Box::pin(async move {

@@ -2,7 +2,7 @@
 //! validation and enrichment put in `events`, through a running server.
 
 use serde_json::{Value, json};
-use sluice_testkit::http::sql_rows;
+use sluice_testkit::http::sql_rows_as;
 use sluice_testkit::server::TestServer;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -58,9 +58,12 @@ internal_domains = ["example.com"]
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    // Read back.
+    // Read back: with a token configured, reading needs one too.
+    let r = c.get(format!("{base}/v1/schemas")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let list: Value = c
         .get(format!("{base}/v1/schemas"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()
@@ -71,10 +74,19 @@ internal_domains = ["example.com"]
         list["schemas"],
         json!(["iglu:com.acme/signup/jsonschema/1-0-0"])
     );
-    let got: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    let got: Value = c
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got, v1);
     let missing = c
         .get(format!("{base}/v1/schemas/com.acme/nope/jsonschema/1-0-0"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap();
@@ -120,21 +132,22 @@ internal_domains = ["example.com"]
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let orders = sql_rows(
+    let orders = sql_rows_as(
         c,
         base,
+        Some(ADMIN),
         "SELECT event_id, total FROM order_completed ORDER BY event_id",
         2,
     )
     .await;
     assert_eq!(orders[0]["total"], 5.0);
     assert_eq!(orders[1]["total"], 5.5);
-    let types = sql_rows(c, base, "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
+    let types = sql_rows_as(c, base, Some(ADMIN), "SELECT data_type FROM information_schema.columns WHERE table_name = 'order_completed' AND column_name = 'total'", 1).await;
     assert_eq!(
         types[0]["data_type"], "Float64",
         "the declared type, not the first value's"
     );
-    let good = sql_rows(c, base, "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
+    let good = sql_rows_as(c, base, Some(ADMIN), "SELECT event_id, schema, ua_os, ua_device_class, is_bot, page_host, page_path, mkt_source, mkt_medium, mkt_network, refr_medium, refr_source, refr_term, session_index, event_fingerprint FROM events ORDER BY event_id", 4).await;
     assert_eq!(good.len(), 4, "{good:?}");
     assert_eq!(good[0]["event_id"], "o1");
     assert_eq!(good[2]["event_id"], "ok");
@@ -153,9 +166,10 @@ internal_domains = ["example.com"]
     assert_eq!(pv["refr_term"], "red shoes");
     assert_eq!(pv["session_index"], 1);
     assert_eq!(pv["event_fingerprint"].as_str().map(str::len), Some(32));
-    let bad = sql_rows(
+    let bad = sql_rows_as(
         c,
         base,
+        Some(ADMIN),
         "SELECT event_id, kind, function, reason FROM bad_rows",
         1,
     )
