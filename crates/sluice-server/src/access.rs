@@ -259,6 +259,15 @@ impl Access {
             .or_else(|| self.keys.source_of(credential).map(Identity::Writer))
     }
 
+    /// The refusal of an ingest request that presented `credential` and got no source: 403
+    /// for a reader or admin token (valid, but it does not ingest), else 401.
+    pub fn ingest_refusal(&self, credential: Option<&str>) -> Refusal {
+        match credential.and_then(|c| self.identify(c)) {
+            Some(_) => Refusal::Forbidden,
+            None => Refusal::Unauthorized,
+        }
+    }
+
     /// Whether a client at `from` may do what needs `need` without a credential.
     pub fn open_to(&self, from: Locality, need: Need) -> bool {
         from == Locality::Local && (need == Need::Metrics || !self.closed())

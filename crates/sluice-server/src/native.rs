@@ -11,7 +11,6 @@ use axum::routing::post;
 use sluice_collector::IngestRequest;
 use sluice_event::ErrorKind;
 
-use crate::access::Refusal;
 use crate::auth::Locality;
 use crate::http::{
     AppState, collector_of, content_encoding, error_response, header_str, metered, refuse,
@@ -33,12 +32,10 @@ async fn ingest(
     };
     // Credentials are checked before anything is decompressed or parsed.
     let from = Locality::of(peer.ip(), &headers);
-    let source = match state
-        .auth
-        .source_for_key(crate::auth::header_key(&headers).as_deref(), from)
-    {
+    let key = crate::auth::header_key(&headers);
+    let source = match state.auth.source_for_key(key.as_deref(), from) {
         Ok(s) => s,
-        Err(_) => return refuse(Refusal::Unauthorized),
+        Err(_) => return refuse(state.access.ingest_refusal(key.as_deref())),
     };
     let encoding = match content_encoding(&headers) {
         Ok(e) => e,

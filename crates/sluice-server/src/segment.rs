@@ -69,7 +69,7 @@ async fn ingest(
     let header_source = match &header_key {
         Some(k) => match state.auth.source_for_key(Some(k), from) {
             Ok(s) => Some(s),
-            Err(_) => return refuse(Refusal::Unauthorized),
+            Err(_) => return refuse(state.access.ingest_refusal(Some(k))),
         },
         None => None,
     };
@@ -81,7 +81,7 @@ async fn ingest(
         ip: Some(peer.ip().to_string()),
         user_agent: header_str(&headers, header::USER_AGENT).map(str::to_string),
     };
-    let auth = state.auth.clone();
+    let (auth, access) = (state.auth.clone(), state.access.clone());
     // The work runs in its own task, so a client that hangs up cannot cancel an append halfway.
     let task = tokio::spawn(async move {
         collector.check_capacity()?;
@@ -92,7 +92,9 @@ async fn ingest(
             Some(s) => s,
             None => auth
                 .source_for_key(decoded.write_key.as_deref(), from)
-                .map_err(IngestError::Refused)?,
+                .map_err(|_| {
+                    IngestError::Refused(access.ingest_refusal(decoded.write_key.as_deref()))
+                })?,
         };
         let items = decoded.items(&Arc::clone(&source));
         Ok::<_, IngestError>(collector.submit(&origin, items).await?)
@@ -115,7 +117,7 @@ async fn ingest(
             (status, axum::Json(answer)).into_response()
         }
         Ok(Err(IngestError::Collect(e))) => error_response(e.kind(), e.to_string()),
-        Ok(Err(IngestError::Refused(_))) => refuse(Refusal::Unauthorized),
+        Ok(Err(IngestError::Refused(r))) => refuse(r),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }
@@ -123,7 +125,7 @@ async fn ingest(
 /// Why the ingest task ended without an answer of its own.
 enum IngestError {
     Collect(sluice_collector::CollectError),
-    Refused(crate::auth::AuthError),
+    Refused(Refusal),
 }
 
 impl From<sluice_collector::CollectError> for IngestError {

@@ -898,12 +898,13 @@ async fn sigterm_finishes_in_flight_requests_and_closes_idle_connections() -> an
     let mut server = SluiceProcess::spawn(Path::new(BIN), &data, &[])?;
     let addr = server.addr;
 
-    // A request whose head was read and whose body the handler is waiting for.
+    // A request whose head was read and whose body the handler is waiting for. No key is
+    // configured, so ingest is open to local clients: the Host names the loopback address.
     let body = br#"{"event":"in-flight","event_id":"in-flight-1"}"#;
     let mut busy = TcpStream::connect(addr).await?;
     busy.write_all(
         format!(
-            "POST /v1/events HTTP/1.1\r\nHost: sluice\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),

@@ -153,11 +153,21 @@ async fn roles_tokens_and_loopback_trust_over_http() -> anyhow::Result<()> {
         .basic_auth(&key, Some(""))
         .body(r#"{"event":"Signed Up","user_id":"u1"}"#);
     assert_eq!(answer(ingest).await?.0, 200);
+    // A token is valid but does not ingest: 403, in a header or in a Segment body.
     let ingest = c
         .post(format!("{url}/v1/events"))
         .basic_auth(&reader, Some(""))
         .body(r#"{"event":"Signed Up","user_id":"u1"}"#);
-    assert_eq!(answer(ingest).await?, (401, unauthorized()));
+    assert_eq!(answer(ingest).await?, (403, forbidden()));
+    let track = |key: &str| {
+        let body = json!({"writeKey": key, "userId": "u1", "event": "Signed Up"});
+        c.post(format!("{url}/v1/track"))
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+    };
+    assert_eq!(answer(track(&admin)).await?, (403, forbidden()));
+    assert_eq!(answer(track("sk_web_guess")).await?, (401, unauthorized()));
+    assert_eq!(answer(track(&key)).await?.0, 200);
 
     // Administration: readers get 403, admins get through.
     let schema = json!({
