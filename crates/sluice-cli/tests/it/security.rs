@@ -389,3 +389,50 @@ async fn tokens_are_postgres_wire_passwords() -> anyhow::Result<()> {
     drop(server);
     Ok(())
 }
+
+/// `psql -c COMMAND` as user `analyst` with `password`.
+fn psql(port: u16, password: &str, command: &str) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=analyst dbname=sluice"
+        ))
+        .args(["-X", "-A", "-t", "-c", command])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "20")
+        .output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's psql; run with --run-ignored all"]
+async fn psql_logs_in_with_a_reader_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let reader = cli("tokens", &data, &["create", "--role", "reader"])?;
+    let port = free_port()?;
+    let pg = format!("127.0.0.1:{port}");
+    let _server = SluiceProcess::spawn(Path::new(BIN), &data, &["--pg", &pg])?;
+    let deadline = Instant::now() + WAIT;
+    let out = loop {
+        let (t, reader) = (port, reader.clone());
+        let out = tokio::task::spawn_blocking(move || psql(t, &reader, "SELECT 40 + 2")).await??;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let out =
+        tokio::task::spawn_blocking(move || psql(port, "st_reader_guess", "SELECT 1")).await??;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Password authentication failed"),
+        "{stderr}"
+    );
+    Ok(())
+}
