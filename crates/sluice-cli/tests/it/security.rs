@@ -436,3 +436,56 @@ async fn psql_logs_in_with_a_reader_token() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `python3 compat/aws_boto3.py URL AKID ARGS...`.
+fn boto3(url: &str, akid: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compat/aws_boto3.py");
+    Ok(Command::new("python3")
+        .arg(script)
+        .args([url, akid])
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with boto3; run with --run-ignored all"]
+async fn boto3_puts_with_a_write_key_and_reads_good_with_a_reader_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let key = cli("keys", &data, &["create", "--source", "web"])?;
+    let reader = cli("tokens", &data, &["create", "--role", "reader"])?;
+    let server = SluiceProcess::spawn(Path::new(BIN), &data, &[])?;
+    let url = server.url();
+    let plan: Vec<Value> = (0..6)
+        .map(|i| json!({"event": "Boto Put", "event_id": format!("b{i}"), "user_id": format!("u{i}")}))
+        .collect();
+    let plan_path = dir.path().join("plan.json");
+    std::fs::write(&plan_path, serde_json::to_vec(&plan)?)?;
+    let plan_arg = plan_path.to_str().context("a utf-8 path")?;
+    let ok = |out: std::process::Output| -> anyhow::Result<String> {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "aws_boto3.py failed: {stderr}");
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let (u, k, p) = (url.clone(), key.clone(), plan_arg.to_string());
+    ok(tokio::task::spawn_blocking(move || boto3(&u, &k, &["put-records", "raw", &p])).await??)?;
+    // The write key may not read good; the reader token reads the six events back.
+    let (u, k) = (url.clone(), key.clone());
+    let refused =
+        tokio::task::spawn_blocking(move || boto3(&u, &k, &["read", "good", "1"])).await??;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("AccessDeniedException"));
+    let (u, r) = (url.clone(), reader.clone());
+    let out =
+        ok(tokio::task::spawn_blocking(move || boto3(&u, &r, &["read", "good", "6"])).await??)?;
+    let good: Vec<Value> = serde_json::from_str(out.lines().last().context("no output")?)?;
+    let mut ids: Vec<&str> = good
+        .iter()
+        .filter_map(|r| r["data"]["event_id"].as_str())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["b0", "b1", "b2", "b3", "b4", "b5"]);
+    assert!(good.iter().all(|r| r["data"]["source"] == "web"));
+    Ok(())
+}
