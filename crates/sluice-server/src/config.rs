@@ -69,7 +69,8 @@ pub struct Config {
     /// Loading `good` into Postgres or Redshift; off unless this section is present.
     pub loader: Option<LoaderConfig>,
     /// Sources and their write keys (more keys live in `<data_dir>/keys.json`, managed with
-    /// `sluice keys`). With no key anywhere, ingest is open to loopback clients.
+    /// `sluice keys`). With no key anywhere, ingest is open to local clients (loopback, no proxy
+    /// header, a loopback `Host`).
     pub sources: Vec<SourceConfig>,
     /// The Snowplow collector routes (cookie, custom paths).
     pub snowplow: SnowplowConfig,
