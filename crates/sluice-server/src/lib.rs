@@ -29,6 +29,7 @@ mod metrics;
 mod native;
 mod ops;
 mod pipeline;
+mod quota;
 mod replay;
 mod schemas;
 mod segment;

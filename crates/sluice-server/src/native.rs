@@ -11,7 +11,9 @@ use axum::routing::post;
 use sluice_collector::IngestRequest;
 use sluice_event::ErrorKind;
 
-use crate::http::{AppState, collector_of, content_encoding, error_response, header_str, metered};
+use crate::http::{
+    AppState, collect_error, collector_of, content_encoding, error_response, header_str, metered,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     metered("events", Router::new().route("/v1/events", post(ingest)))
@@ -59,7 +61,7 @@ async fn ingest(
             };
             (status, axum::Json(outcome)).into_response()
         }
-        Ok(Err(e)) => error_response(e.kind(), e.to_string()),
+        Ok(Err(e)) => collect_error(&e),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }

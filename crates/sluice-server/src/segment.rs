@@ -26,7 +26,7 @@ use sluice_collector::{
 };
 use sluice_event::{ErrorKind, Rejection};
 
-use crate::http::{AppState, collector_of, count, error_response, header_str};
+use crate::http::{AppState, collect_error, collector_of, count, error_response, header_str};
 
 /// The Segment routes.
 pub(crate) fn routes() -> Router<AppState> {
@@ -111,7 +111,7 @@ async fn ingest(
             };
             (status, axum::Json(answer)).into_response()
         }
-        Ok(Err(IngestError::Collect(e))) => error_response(e.kind(), e.to_string()),
+        Ok(Err(IngestError::Collect(e))) => collect_error(&e),
         Ok(Err(IngestError::Refused(e))) => error_response(ErrorKind::Unauthorized, e.to_string()),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }

@@ -13,4 +13,5 @@ mod crash;
 mod e2e;
 mod functions;
 mod keys;
+mod quota;
 mod replay;
