@@ -43,6 +43,15 @@ fn batch(tag: &str, n: usize) -> String {
         .join("\n")
 }
 
+/// A collector-only server with [`CONFIG`] in `dir`.
+fn start(dir: &Path) -> anyhow::Result<SluiceProcess> {
+    let config = dir.join("sluice.toml");
+    std::fs::write(&config, CONFIG)?;
+    let config = config.to_str().expect("utf-8 path");
+    let args = ["--config", config, "--role", "collector"];
+    SluiceProcess::spawn(Path::new(BIN), &dir.join("data"), &args)
+}
+
 /// Status, `Retry-After` and body of one native post.
 async fn post(
     client: &reqwest::Client,
@@ -67,18 +76,7 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_source_is_held_to_its_quota_and_another_is_not_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, CONFIG)?;
-    let server = SluiceProcess::spawn(
-        Path::new(BIN),
-        &dir.path().join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--role",
-            "collector",
-        ],
-    )?;
+    let server = start(dir.path())?;
     let url = server.url();
     let client = reqwest::Client::new();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -142,18 +140,7 @@ async fn a_flooding_source_is_held_to_its_quota_and_another_is_not_refused() -> 
 async fn a_throttled_request_gets_429_with_retry_after_on_native_and_segment() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, CONFIG)?;
-    let server = SluiceProcess::spawn(
-        Path::new(BIN),
-        &dir.path().join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--role",
-            "collector",
-        ],
-    )?;
+    let server = start(dir.path())?;
     let url = server.url();
     let client = reqwest::Client::new();
     // A full bucket (one event) takes a request of five and owes four: the next waits 5 s.
