@@ -59,6 +59,24 @@ pub struct BenchArgs {
     /// `--hot`: the Python that has the `vowpalwabbit` package.
     #[arg(long, default_value = "python3")]
     pub(crate) python: String,
+    /// Instead of the burst figures, offer a default server (every role on, README's example
+    /// counters and model) a ramp of rates and find the highest it keeps up with: bounded lag
+    /// in every stage, flat memory, every request acked. Prints which stage limits.
+    #[arg(long)]
+    pub(crate) sustained: bool,
+    /// `--sustained`: the offered rates in events/s, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "5000,10000,20000,40000,60000,80000,100000"
+    )]
+    pub(crate) rates: Vec<u64>,
+    /// `--sustained`: seconds each rate is offered for.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) step_secs: u64,
+    /// `--sustained`: a user function (ES module) to deploy before the ramp.
+    #[arg(long)]
+    pub(crate) function: Option<PathBuf>,
 }
 
 /// Runs the benchmark and prints a report.
@@ -80,6 +98,16 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     }
     if args.hot {
         return crate::bench_hot::run(root, args.hot_users, &args.python).await;
+    }
+    if args.sustained {
+        let ramp = crate::bench_sustained::Ramp {
+            rates: args.rates.clone(),
+            step: Duration::from_secs(args.step_secs.max(1)),
+            batch: args.batch,
+            event_bytes: args.event_bytes,
+            function: args.function.clone(),
+        };
+        return crate::bench_sustained::run(&ramp, root).await;
     }
     println!(
         "sluice bench: {} events of ~{} B, batches of {}, {} connections, {} cores",

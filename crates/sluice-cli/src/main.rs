@@ -12,6 +12,7 @@ mod bench;
 mod bench_chain;
 mod bench_hot;
 mod bench_protocols;
+mod bench_sustained;
 mod functions;
 mod keys;
 mod lake;

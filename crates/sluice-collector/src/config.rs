@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::quota::QuotaConfig;
+
 /// The `[collector]` section of the config file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +23,8 @@ pub struct CollectorConfig {
     /// Unprocessed `raw` records above which ingest answers 503 with `Retry-After`.
     /// Default 5,000,000.
     pub max_backlog_events: u64,
+    /// Rate quotas per source and per client address (`[collector.quotas]`); none by default.
+    pub quotas: QuotaConfig,
 }
 
 impl Default for CollectorConfig {
@@ -31,6 +35,7 @@ impl Default for CollectorConfig {
             max_events: 10_000,
             dedupe_window: Duration::from_secs(24 * 3600),
             max_backlog_events: 5_000_000,
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -43,6 +48,7 @@ pub struct CollectorSettings {
     pub(crate) max_events: usize,
     pub(crate) dedupe_window_micros: i64,
     pub(crate) max_backlog_events: u64,
+    pub(crate) quotas: QuotaConfig,
 }
 
 impl CollectorConfig {
@@ -57,6 +63,7 @@ impl CollectorConfig {
         if self.max_events == 0 {
             return Err("collector.max_events must be at least 1".into());
         }
+        self.quotas.validate()?;
         let window = i64::try_from(self.dedupe_window.as_micros())
             .map_err(|_| "collector.dedupe_window is too long".to_string())?;
         Ok(CollectorSettings {
@@ -65,6 +72,7 @@ impl CollectorConfig {
             max_events: self.max_events,
             dedupe_window_micros: window,
             max_backlog_events: self.max_backlog_events,
+            quotas: self.quotas.clone(),
         })
     }
 }
@@ -84,5 +92,10 @@ impl CollectorSettings {
     /// `good`/`bad` for each later stage.
     pub fn max_backlog_events(&self) -> u64 {
         self.max_backlog_events
+    }
+
+    /// The rate quotas.
+    pub fn quotas(&self) -> &QuotaConfig {
+        &self.quotas
     }
 }

@@ -40,6 +40,14 @@ pub enum CollectError {
     /// The journal cannot take the events now (disk full, backlog over the limit, failed).
     #[error("cannot accept events now: {0}")]
     Unavailable(String),
+    /// A quota refuses the request now; it passes after `retry_after_secs`.
+    #[error("{reason}")]
+    Throttled {
+        /// The quota, in words.
+        reason: String,
+        /// Seconds until it would pass.
+        retry_after_secs: u64,
+    },
     /// An unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -55,7 +63,27 @@ impl CollectError {
             Self::UnsupportedEncoding(_) | Self::NestedEncoding(_) => ErrorKind::Unsupported,
             Self::BodyTooLarge { .. } | Self::TooManyEvents { .. } => ErrorKind::TooLarge,
             Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Throttled { .. } => ErrorKind::Overloaded,
             Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, when the error says.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Throttled {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::quota::Throttle> for CollectError {
+    fn from(t: crate::quota::Throttle) -> Self {
+        Self::Throttled {
+            reason: t.reason,
+            retry_after_secs: t.retry_after_secs,
         }
     }
 }

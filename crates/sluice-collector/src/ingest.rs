@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -14,6 +14,7 @@ use sluice_journal::{Journal, JournalError, StageHealth, partition_for};
 use tokio::sync::watch;
 
 use crate::dedupe::{self, DedupeIndex, Key, Reserve};
+use crate::quota::{Demand, SourceQuotas};
 use crate::{CollectError, CollectorSettings, Encoding, check_native, decompress, split_events};
 
 /// The consumer group whose committed `raw` positions measure the backlog (the runner's).
@@ -112,6 +113,8 @@ pub struct Collector {
     /// The journal as intake sees it: the last append failed or not.
     health: StageHealth,
     gate: Option<Gate>,
+    /// Events/s and bytes/s per source.
+    quotas: SourceQuotas,
 }
 
 impl Collector {
@@ -164,8 +167,10 @@ impl Collector {
             }
         }
         tracing::info!(loaded, "dedupe index rebuilt from raw");
+        let quotas = SourceQuotas::new(settings.quotas.clone());
         Ok(Self {
             journal,
+            quotas,
             settings,
             dedupe,
             partitions,
@@ -262,6 +267,30 @@ impl Collector {
     /// every accepted event is durable. `Err` means nothing of this request was acked (events
     /// of partitions that did commit are reported as duplicates on the client's retry).
     pub async fn submit(
+        &self,
+        origin: &Origin,
+        items: Vec<Result<Item<'_>, (ErrorKind, String)>>,
+    ) -> Result<Submitted, CollectError> {
+        self.check_capacity()?;
+        self.take_quota(items.iter().flatten())?;
+        self.submit_admitted(origin, items).await
+    }
+
+    /// Takes what `items` need of their sources' quotas, or refuses them all
+    /// ([`CollectError::Throttled`]). [`Collector::submit`] does this itself; a caller that
+    /// splits one request over several [`Collector::submit_admitted`] calls does it once first.
+    pub fn take_quota<'a, 'b: 'a>(
+        &self,
+        items: impl Iterator<Item = &'a Item<'b>>,
+    ) -> Result<(), CollectError> {
+        if self.quotas.enabled() {
+            self.quotas.admit(&demands(items), Instant::now())?;
+        }
+        Ok(())
+    }
+
+    /// [`Collector::submit`] for items whose quota was taken already.
+    pub async fn submit_admitted(
         &self,
         origin: &Origin,
         items: Vec<Result<Item<'_>, (ErrorKind, String)>>,
@@ -591,4 +620,24 @@ fn journal_error_ref(e: &JournalError) -> CollectError {
 /// Decodes a `raw` record (for tools and tests).
 pub fn decode_raw(bytes: &[u8]) -> Result<RawEvent, serde_json::Error> {
     serde_json::from_slice(bytes)
+}
+
+/// What a request asks of each source's quota: its events and their bytes.
+fn demands<'a, 'b: 'a>(items: impl Iterator<Item = &'a Item<'b>>) -> Vec<Demand> {
+    let mut out: Vec<Demand> = Vec::new();
+    for item in items {
+        let bytes = item.payload.get().len() as u64;
+        match out.iter_mut().find(|d| d.source == item.source) {
+            Some(d) => {
+                d.events += 1;
+                d.bytes += bytes;
+            }
+            None => out.push(Demand {
+                source: item.source.clone(),
+                events: 1,
+                bytes,
+            }),
+        }
+    }
+    out
 }

@@ -23,6 +23,7 @@ mod error;
 mod ingest;
 mod metrics;
 mod native;
+mod quota;
 mod segment;
 pub mod snowplow;
 
@@ -34,6 +35,9 @@ pub use ingest::{
     Submitted, decode_raw,
 };
 pub use native::{MAX_DEPTH, NativeHead, check_native, json_depth};
+pub use quota::{
+    AddressQuota, Demand, MAX_ADDRESSES, QuotaConfig, SourceQuota, SourceQuotas, Throttle,
+};
 pub use segment::{
     SEGMENT_MAX_BATCH, SEGMENT_MAX_BODY_BYTES, SEGMENT_MAX_MESSAGE_BYTES, SegmentBody,
     SegmentRoute, decode_segment,

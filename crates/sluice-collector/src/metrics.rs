@@ -17,3 +17,9 @@ pub(crate) fn ingested(o: &IngestOutcome) {
 pub(crate) fn append_failed(n: usize) {
     metrics::counter!("sluice_collector_append_failures_total").increment(n as u64);
 }
+
+/// `sluice_collector_throttled_total{quota}`: requests refused by a quota (`events`, `bytes`
+/// per source, `requests` per client address).
+pub(crate) fn throttled(quota: &'static str) {
+    metrics::counter!("sluice_collector_throttled_total", "quota" => quota).increment(1);
+}

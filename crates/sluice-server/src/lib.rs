@@ -31,6 +31,7 @@ mod metrics;
 mod native;
 mod ops;
 mod pipeline;
+mod quota;
 mod replay;
 mod schemas;
 mod segment;

@@ -13,7 +13,8 @@ use sluice_event::ErrorKind;
 
 use crate::auth::Locality;
 use crate::http::{
-    AppState, collector_of, content_encoding, error_response, header_str, metered, refuse,
+    AppState, collect_error, collector_of, content_encoding, error_response, header_str, metered,
+    refuse,
 };
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -61,7 +62,7 @@ async fn ingest(
             };
             (status, axum::Json(outcome)).into_response()
         }
-        Ok(Err(e)) => error_response(e.kind(), e.to_string()),
+        Ok(Err(e)) => collect_error(&e),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }

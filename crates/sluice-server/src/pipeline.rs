@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sluice_collector::Collector;
+use sluice_collector::{AddressQuota, Collector};
 use sluice_event::topic;
 use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
 use sluice_journal::durable_fs::create_dir_all_durable;
@@ -508,20 +508,34 @@ async fn start_http(
 
 /// Every route module's routes.
 fn routes(state: &AppState, settings: &Settings) -> Router<AppState> {
+    use crate::quota::{Shape, limited};
+    let quota = Arc::new(AddressQuota::new(settings.collector.quotas()));
+    let kinesis = crate::kinesis::router(
+        state,
+        settings.kinesis.clone(),
+        settings.journal.retention_age,
+    );
+    let snowplow = crate::snowplow::routes(&settings.snowplow);
     Router::new()
-        .merge(crate::native::routes())
+        .merge(limited(
+            crate::native::routes(),
+            &quota,
+            Shape::Json,
+            "events",
+        ))
         .merge(crate::sql::routes())
         .merge(crate::ops::routes())
         .merge(crate::schemas::routes())
         .merge(crate::functions::routes())
         .merge(crate::hot::routes())
-        .merge(crate::segment::routes())
-        .merge(crate::snowplow::routes(&settings.snowplow))
-        .merge(crate::kinesis::router(
-            state,
-            settings.kinesis.clone(),
-            settings.journal.retention_age,
+        .merge(limited(
+            crate::segment::routes(),
+            &quota,
+            Shape::Json,
+            "segment",
         ))
+        .merge(limited(snowplow, &quota, Shape::Json, "snowplow"))
+        .merge(limited(kinesis, &quota, Shape::Aws, "kinesis"))
 }
 
 /// The Postgres wire server of the warehouse role.

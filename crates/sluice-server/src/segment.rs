@@ -28,7 +28,7 @@ use sluice_event::{ErrorKind, Rejection};
 
 use crate::access::Refusal;
 use crate::auth::Locality;
-use crate::http::{AppState, collector_of, count, error_response, header_str, refuse};
+use crate::http::{AppState, collect_error, collector_of, count, error_response, header_str, refuse};
 
 /// The Segment routes.
 pub(crate) fn routes() -> Router<AppState> {
@@ -116,7 +116,7 @@ async fn ingest(
             };
             (status, axum::Json(answer)).into_response()
         }
-        Ok(Err(IngestError::Collect(e))) => error_response(e.kind(), e.to_string()),
+        Ok(Err(IngestError::Collect(e))) => collect_error(&e),
         Ok(Err(IngestError::Refused(r))) => refuse(r),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }

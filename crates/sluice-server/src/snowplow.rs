@@ -40,7 +40,7 @@ use sluice_collector::{
 use sluice_event::ErrorKind;
 
 use crate::auth::{Auth, Locality};
-use crate::http::{AppState, collector_of, count, error_response, header_str};
+use crate::http::{AppState, collect_error, collector_of, count, error_response, header_str};
 
 /// The tracker POST path.
 pub const TP2_PATH: &str = "/com.snowplowanalytics.snowplow/tp2";
@@ -392,7 +392,7 @@ async fn tp2(
         )
             .into_response(),
         Ok(Ok(Answer::Refused(kind, reason))) => error_response(kind, reason),
-        Ok(Err(e)) => error_response(e.kind(), e.to_string()),
+        Ok(Err(e)) => collect_error(&e),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }
@@ -424,7 +424,7 @@ async fn pixel(
     match task.await {
         Ok(Ok(Answer::Stored | Answer::Nothing)) => gif(),
         Ok(Ok(Answer::Refused(kind, reason))) => error_response(kind, reason),
-        Ok(Err(e)) => error_response(e.kind(), e.to_string()),
+        Ok(Err(e)) => collect_error(&e),
         Err(e) => error_response(ErrorKind::Internal, format!("ingest task failed: {e}")),
     }
 }

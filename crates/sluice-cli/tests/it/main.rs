@@ -3,6 +3,7 @@
 //! tracker SDKs and is `#[ignore]`d (run with `--run-ignored all`).
 
 mod abuse;
+mod bench;
 mod chaos;
 // The faults Sluice does not survive yet: `cargo xtask chaos --holes` only.
 #[cfg(feature = "chaos-holes")]
@@ -12,5 +13,6 @@ mod crash;
 mod e2e;
 mod functions;
 mod keys;
+mod quota;
 mod replay;
 mod security;

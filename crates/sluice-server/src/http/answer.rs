@@ -29,6 +29,17 @@ pub(crate) fn error_response(kind: ErrorKind, reason: impl Into<String>) -> Resp
     resp
 }
 
+/// A collector error's answer: [`error_response`], with the wait a quota names as
+/// `Retry-After`.
+pub(crate) fn collect_error(e: &CollectError) -> Response {
+    let mut resp = error_response(e.kind(), e.to_string());
+    if let Some(secs) = e.retry_after_secs() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
 /// The collector, or the 404 a node without the collector role answers on ingest routes.
 #[allow(clippy::result_large_err)] // the error is the answer itself, returned at once
 pub(crate) fn collector_of(state: &AppState) -> Result<Arc<Collector>, Response> {

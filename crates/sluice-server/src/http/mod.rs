@@ -13,6 +13,8 @@ mod router;
 mod state;
 
 pub(crate) use admin::{Admin, MetricsReader, Reader, refuse};
-pub(crate) use answer::{collector_of, content_encoding, error_response, header_str};
+pub(crate) use answer::{
+    collect_error, collector_of, content_encoding, error_response, header_str,
+};
 pub(crate) use router::{RouteLabel, count, metered, router};
 pub(crate) use state::AppState;

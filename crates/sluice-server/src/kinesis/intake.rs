@@ -118,11 +118,18 @@ impl Kinesis {
             .partitions(topic::RAW)
             .map_err(|e| (e.kind(), e.to_string()))?;
         let count = records.len();
+        let items: Vec<Item<'static>> = records
+            .into_iter()
+            .map(|record| item_of(source.clone(), record))
+            .collect();
+        // One quota decision for the whole request, so that it is taken or refused as a whole.
+        if let Err(e) = collector.take_quota(items.iter()) {
+            return Ok(vec![Placed::Failed(e.kind(), e.to_string()); count]);
+        }
         // Routed as the collector routes: user id, else anonymous id, else the partition key,
         // else the event id.
         let mut groups: BTreeMap<u32, (Vec<usize>, Vec<Item<'static>>)> = BTreeMap::new();
-        for (index, record) in records.into_iter().enumerate() {
-            let item = item_of(source.clone(), record);
+        for (index, item) in items.into_iter().enumerate() {
             let fallback = item
                 .partition_key
                 .as_deref()
@@ -143,7 +150,7 @@ impl Kinesis {
                 let origin = origin.clone();
                 async move {
                     let submitted = collector
-                        .submit(&origin, items.into_iter().map(Ok).collect())
+                        .submit_admitted(&origin, items.into_iter().map(Ok).collect())
                         .await;
                     (indexes, submitted)
                 }

@@ -103,6 +103,16 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     metered("kinesis", routes)
 }
 
+/// The answer to a request over a rate quota: what the SDKs of each API back off on.
+pub(crate) fn throttled(firehose: bool, reason: String) -> axum::response::Response {
+    let e = if firehose {
+        wire::AwsError::ServiceUnavailable(reason)
+    } else {
+        wire::AwsError::ProvisionedThroughputExceeded(reason)
+    };
+    e.into_response(&uuid::Uuid::new_v4().to_string())
+}
+
 /// Now, ms since the epoch.
 fn now_ms() -> i64 {
     sluice_event::now_micros() / 1000

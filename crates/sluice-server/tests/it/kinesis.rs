@@ -953,3 +953,91 @@ async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
     server.shutdown().await;
     Ok(())
 }
+
+/// A client signing as `key` (the access key id is the write key).
+fn signed(api: &Api, key: &str) -> Api {
+    let mut api = api.clone();
+    api.authorization = Some(format!(
+        "AWS4-HMAC-SHA256 Credential={key}/20261101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=00"
+    ));
+    api
+}
+
+fn records(n: usize, tag: &str) -> Value {
+    let records: Vec<Value> = (0..n)
+        .map(|i| json!({"Data": b64(format!(r#"{{"event":"Paid","event_id":"{tag}-{i}"}}"#).as_bytes()), "PartitionKey": format!("k{i}")}))
+        .collect();
+    json!({"StreamName": "events", "Records": records})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_quota_gets_per_record_throttling() -> TestResult {
+    let (server, api) = start(
+        "[[sources]]\nname = \"tiny\"\nwrite_keys = [\"AKIDTINY\"]\n\
+         [[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n\
+         [collector.quotas]\nburst = \"1s\"\n[collector.quotas.sources.tiny]\nevents_per_sec = 1\n",
+    )
+    .await;
+    let tiny = signed(&api, "AKIDTINY");
+    // A full bucket takes any request, and owes the rest.
+    let first = tiny.ok("PutRecords", records(5, "t1")).await?;
+    assert_eq!(first["FailedRecordCount"], 0, "{first}");
+    let second = tiny.ok("PutRecords", records(3, "t2")).await?;
+    assert_eq!(second["FailedRecordCount"], 3, "{second}");
+    for r in second["Records"].as_array().ok_or("no Records")? {
+        assert_eq!(
+            r["ErrorCode"], "ProvisionedThroughputExceededException",
+            "{r}"
+        );
+        assert!(
+            r["ErrorMessage"]
+                .as_str()
+                .unwrap_or("")
+                .contains("\"tiny\" is over its quota")
+        );
+    }
+    // Another source has its own allowance.
+    let shop = signed(&api, "AKIDSHOP")
+        .ok("PutRecords", records(3, "s1"))
+        .await?;
+    assert_eq!(shop["FailedRecordCount"], 0, "{shop}");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_request_rate_is_refused_before_its_body_is_read() -> TestResult {
+    let (server, api) = start(
+        "[[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n\
+         [collector.quotas]\nrequests_per_sec_per_ip = 2\nburst = \"1s\"\n",
+    )
+    .await;
+    let shop = signed(&api, "AKIDSHOP");
+    shop.ok("PutRecords", records(1, "a")).await?;
+    shop.ok("PutRecords", records(1, "b")).await?;
+    let m = shop
+        .fails(
+            "PutRecords",
+            records(1, "c"),
+            "ProvisionedThroughputExceededException",
+        )
+        .await?;
+    assert!(
+        m.contains("client 127.0.0.1 is over its quota of 2 requests/s"),
+        "{m}"
+    );
+    let resp = shop
+        .raw(
+            "Firehose_20150804.PutRecordBatch",
+            "application/x-amz-json-1.1",
+            b"{}".to_vec(),
+        )
+        .await?;
+    assert_eq!(resp.status(), 503);
+    let retry: u64 = resp.headers()["retry-after"].to_str()?.parse()?;
+    assert!(retry >= 1);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["__type"], "ServiceUnavailableException", "{body}");
+    server.shutdown().await;
+    Ok(())
+}

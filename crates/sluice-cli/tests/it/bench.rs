@@ -1,0 +1,50 @@
+//! `sluice bench --sustained` against the real binary: a ramp of two rates, the first low enough
+//! that any build keeps up with it, so that the verdict and the per-stage lines are checked.
+
+use std::path::Path;
+
+use sluice_testkit::process::run_cli;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+#[test]
+fn sustained_ramp_reports_each_stage_and_the_highest_rate_held() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = run_cli(
+        Path::new(BIN),
+        &[
+            "bench",
+            "--sustained",
+            "--rates",
+            "200,5000",
+            "--step-secs",
+            "6",
+            "--dir",
+            dir.path().to_str().expect("utf-8 path"),
+        ],
+    )?;
+    let step = |rate: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("offered {rate:>7} events/s")))
+            .unwrap_or_else(|| panic!("no step at {rate}/s in:\n{out}"))
+    };
+    assert!(step("200").ends_with("-> held"), "{out}");
+    step("5000");
+    for stage in ["runner", "lake/events", "hot"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(stage) && l.contains("delivered")),
+            "no line for stage {stage} in:\n{out}"
+        );
+    }
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("sustained: highest rate held for 6 s: "))
+        .unwrap_or_else(|| panic!("no summary in:\n{out}"));
+    assert!(
+        summary.contains(": 5000 events/s (every rate")
+            || summary.contains(": 200 events/s; at 5000 events/s the limit is "),
+        "{summary}"
+    );
+    Ok(())
+}
