@@ -28,7 +28,9 @@ use sluice_event::{ErrorKind, Rejection};
 
 use crate::access::Refusal;
 use crate::auth::Locality;
-use crate::http::{AppState, collect_error, collector_of, count, error_response, header_str, refuse};
+use crate::http::{
+    AppState, collect_error, collector_of, count, error_response, header_str, refuse,
+};
 
 /// The Segment routes.
 pub(crate) fn routes() -> Router<AppState> {
