@@ -769,7 +769,7 @@ async fn a_lowered_commit_offset_is_refused_not_redelivered() -> anyhow::Result<
     let newest = log.last().context("no events commit found")?;
     let text = std::fs::read_to_string(newest)?;
     let (lowered, from, to) =
-        lower_txn_version(&text, 500).context("no txn version in the newest commit")?;
+        shift_txn_version(&text, -500).context("no txn version in the newest commit")?;
     std::fs::write(newest, lowered)?;
     card.faults = 1;
     card.note("txn_version", format!("{from} -> {to}"));
@@ -804,8 +804,75 @@ async fn a_lowered_commit_offset_is_refused_not_redelivered() -> anyhow::Result<
     card.finish()
 }
 
-/// `text` with the largest `"version":N` inside a `txn` action lowered by `by`.
-fn lower_txn_version(text: &str, by: u64) -> Option<(String, u64, u64)> {
+/// T7/T9 (issue 16 item 6): the newest `events` commit's txn version raised past the end of its
+/// `good` partition, as a flipped bit does. The sink must refuse to deliver, loudly (`/health`
+/// 503 naming `lake/events`, `sluice_lake_txn_past_journal_end_total`, an error log), instead of
+/// resuming after it and skipping the offsets in between. Events acked meanwhile wait in the
+/// journal; once the commit is restored every event lands exactly once, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_commit_offset_is_refused_not_skipped() -> anyhow::Result<()> {
+    let profile = Profile::from_env();
+    let dir = harness::scratch()?;
+    let data = dir.path().join("data");
+    let toml = format!("{LAKE}typed_tables = false\n");
+    let mut server = harness::spawn(Path::new(BIN), dir.path(), &data, &toml)?;
+    let before = small_workload("ua", 20);
+    let h = phase(&before, &server.url()).await?;
+    let mut card = Scorecard::new("raised_commit_offset", &["T7", "T9"], profile, 0);
+    let sinks = Sinks::default();
+    let drain = Duration::from_secs(60);
+    harness::drain_and_check(&mut card, &server.url(), &before, &h, &sinks, drain).await?;
+    server.terminate(Duration::from_secs(60))?;
+    let log = fault::files_under(&data.join("lake/events/_delta_log"), &|p| {
+        p.extension().is_some_and(|e| e == "json")
+    });
+    let newest = log.last().context("no events commit found")?;
+    let original = std::fs::read_to_string(newest)?;
+    let (raised, from, to) =
+        shift_txn_version(&original, 308).context("no txn version in the newest commit")?;
+    std::fs::write(newest, raised)?;
+    card.faults = 1;
+    card.note("txn_version", format!("{from} -> {to}"));
+    server.restart()?;
+    let base = server.url();
+    let refused = observe::wait_for(Duration::from_secs(30), || async {
+        let (status, body) = health(&base).await;
+        Ok(status == 503 && failing_stages(&body).contains(&"lake/events".to_string()))
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let counted = observe::metric(
+        &http,
+        &base,
+        "sluice_lake_txn_past_journal_end_total",
+        "table=\"events\"",
+    )
+    .await?;
+    card.note("refused", refused);
+    card.note("refusals_counted", counted);
+    if !refused || counted < 1.0 {
+        card.violations.push(format!(
+            "the raised txn version was not refused loudly (/health: {refused}, metric: {counted})"
+        ));
+    }
+    // Acked while the table is refused: they wait in `good`.
+    let after = small_workload("ub", 6);
+    let h = phase(&after, &base).await?;
+    std::fs::write(newest, original)?;
+    harness::drain_and_check(&mut card, &base, &after, &h, &sinks, drain).await?;
+    let dup_query =
+        "SELECT count(*) - count(DISTINCT event_id) FROM events WHERE event_id LIKE 'ua-%'";
+    let dups = observe::sql_count(&http, &base, dup_query).await?;
+    if dups > 0 {
+        card.violations
+            .push(format!("{dups} duplicates of the events before the damage"));
+    }
+    card.finish()
+}
+
+/// `text` with the largest `"version":N` inside a `txn` action moved by `by` (down when
+/// negative, never below 0): `(text, N, new N)`.
+fn shift_txn_version(text: &str, by: i64) -> Option<(String, u64, u64)> {
     let mut best: Option<(usize, usize, u64)> = None;
     for line in text.lines().filter(|l| l.contains("\"txn\"")) {
         let at = text.find(line)?;
@@ -821,16 +888,20 @@ fn lower_txn_version(text: &str, by: u64) -> Option<(String, u64, u64)> {
         }
     }
     let (pos, len, n) = best?;
-    let to = n.saturating_sub(by);
+    let to = n.saturating_add_signed(by);
     let mut out = text.to_string();
     out.replace_range(pos..pos + len, &to.to_string());
     Some((out, n, to))
 }
 
 #[test]
-fn txn_versions_are_found_and_lowered() {
+fn txn_versions_are_found_and_shifted() {
     let text = "{\"commitInfo\":{}}\n{\"txn\":{\"appId\":\"events/0\",\"version\":900,\"lastUpdated\":1}}\n{\"txn\":{\"appId\":\"events/1\",\"version\":1200}}\n";
-    let (out, from, to) = lower_txn_version(text, 500).unwrap();
+    let (out, from, to) = shift_txn_version(text, -500).unwrap();
     assert_eq!((from, to), (1200, 700));
     assert!(out.contains("\"version\":700") && out.contains("\"version\":900"));
 }
+    let (out, from, to) = shift_txn_version(text, 308).unwrap();
+    assert_eq!((from, to), (1200, 1508));
+    assert!(out.contains("\"version\":1508"));
+    assert_eq!(shift_txn_version(text, -5000).unwrap().2, 0);
