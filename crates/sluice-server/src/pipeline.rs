@@ -251,6 +251,7 @@ async fn start_runner(
         Arc::new(chain),
         Some(dir),
     )
+    .with_time_window(settings.runner.event_time_window)
     .map_err(|e| ServerError::stage("runner", e))?;
     let progress = runner.progress();
     let partitions = settings.partitions;
