@@ -463,6 +463,63 @@ async fn full_disk_then_space_returns() -> anyhow::Result<()> {
     card.finish()
 }
 
+/// T5 (issue 16): SIGTERM while a stage cannot drain. The lake is a size-limited tmpfs that is
+/// full, so the lake sinks fail every commit while events are acked into the journal. SIGTERM
+/// must still end the process by `drain_timeout` (the stage is stopped where it is, exit 1)
+/// rather than wait for space; after space returns, the next start delivers every acked event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_at_the_drain_deadline_while_the_lake_is_full() -> anyhow::Result<()> {
+    let profile = Profile::from_env();
+    let dir = harness::scratch()?;
+    let data = dir.path().join("data");
+    let disk = Tmpfs::mount(&data.join("lake"), 32 << 20)?;
+    let toml = format!("drain_timeout = \"1s\"\n{LAKE}");
+    let mut server = harness::spawn(Path::new(BIN), dir.path(), &data, &toml)?;
+    let base = server.url();
+    let mut card = Scorecard::new("sigterm_on_full_lake", &["T5"], profile, 0);
+    // The tables exist once the sinks report ok; then nothing more fits.
+    let ready = observe::wait_for(Duration::from_secs(60), || async {
+        Ok(health(&base).await.0 == 200)
+    })
+    .await;
+    anyhow::ensure!(ready, "the server never became healthy");
+    card.note("filler_bytes", disk.fill("filler")?);
+    card.faults = 1;
+    let w = small_workload("sd", 6);
+    let h = phase(&w, &base).await?;
+    let stuck = observe::wait_for(Duration::from_secs(60), || async {
+        let (status, body) = health(&base).await;
+        Ok(status == 503 && failing_stages(&body).contains(&"lake/events".to_string()))
+    })
+    .await;
+    card.note("lake_failing_before_sigterm", stuck);
+    if !stuck {
+        card.violations
+            .push("the full lake never showed as a failing stage".into());
+    }
+    // Bounded wait: far above the 1 s drain deadline, far below waiting for space forever.
+    match server.terminate(Duration::from_secs(60)) {
+        Ok(status) if status.code() == Some(1) => {}
+        Ok(status) => card.violations.push(format!(
+            "SIGTERM with an undrainable lake exited {status:?}, not 1 (stopped at the deadline)"
+        )),
+        Err(e) => card
+            .violations
+            .push(format!("SIGTERM did not end the process: {e}")),
+    }
+    std::fs::remove_file(disk.path().join("filler"))?;
+    server.restart()?;
+    let sinks = Sinks {
+        typed: true,
+        hot: true,
+        postgres: None,
+    };
+    let drain = Duration::from_secs(60);
+    harness::drain_and_check(&mut card, &server.url(), &w, &h, &sinks, drain).await?;
+    server.terminate(Duration::from_secs(60))?;
+    card.finish()
+}
+
 /// T2b, T4: power cuts on a file system that keeps only fsynced bytes and fsynced directory
 /// entries (`Mode::Strict`; each cut SIGKILLs the server and drops the rest). Every acked event
 /// is still in `events` and the hot tier exactly once: the data directory, the journal's
@@ -900,8 +957,8 @@ fn txn_versions_are_found_and_shifted() {
     let (out, from, to) = shift_txn_version(text, -500).unwrap();
     assert_eq!((from, to), (1200, 700));
     assert!(out.contains("\"version\":700") && out.contains("\"version\":900"));
-}
     let (out, from, to) = shift_txn_version(text, 308).unwrap();
     assert_eq!((from, to), (1200, 1508));
     assert!(out.contains("\"version\":1508"));
     assert_eq!(shift_txn_version(text, -5000).unwrap().2, 0);
+}
