@@ -164,7 +164,12 @@ impl Server {
         let every = crate::holds::retention_every(settings.journal.retention_age);
         background.push(Task::spawn(
             "retention",
-            retention(base.journal.clone(), every, housekeeping.clone()),
+            retention(
+                base.journal.clone(),
+                base.stages.warnings().clone(),
+                every,
+                housekeeping.clone(),
+            ),
         ));
         background.push(Task::spawn(
             "positions",
@@ -217,6 +222,8 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         .map_err(|e| ServerError::stage("schemas", e))?;
     let dyn_journal: Arc<dyn Journal> = journal.clone();
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
+    stages.warnings().set_recovery(journal.recovery_report());
+    stages.warnings().watch_lake(&lake_dir);
     Ok(Base {
         dyn_journal,
         journal,
@@ -244,6 +251,7 @@ async fn start_runner(
         settings.runner.max_event_bytes,
     )
     .map_err(ServerError::Config)?
+    .with_time_window(settings.runner.event_time_window)
     .with_functions(functions.clone());
     let runner = Runner::new(
         base.dyn_journal.clone(),
@@ -251,7 +259,6 @@ async fn start_runner(
         Arc::new(chain),
         Some(dir),
     )
-    .with_time_window(settings.runner.event_time_window)
     .map_err(|e| ServerError::stage("runner", e))?;
     let progress = runner.progress();
     let partitions = settings.partitions;
@@ -535,9 +542,11 @@ fn start_pg(
     }))
 }
 
-/// Retention over the journal, `every` so often, until `stop`.
+/// Retention over the journal, `every` so often, until `stop`; what it held back for lagging
+/// consumers goes to `warnings`.
 async fn retention(
     journal: Arc<LocalJournal>,
+    warnings: crate::warnings::Warnings,
     every: Duration,
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -548,7 +557,7 @@ async fn retention(
             _ = every.tick() => {
                 let j = journal.clone();
                 match tokio::task::spawn_blocking(move || j.enforce_retention()).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(report)) => warnings.set_held(&report.held),
                     Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
                     Err(e) => tracing::warn!(error = %e, "retention task failed"),
                 }

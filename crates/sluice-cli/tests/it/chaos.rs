@@ -721,6 +721,18 @@ async fn retention_waits_for_a_lagging_lake() -> anyhow::Result<()> {
             count()
         ));
     }
+    // Held retention is a warning on /health, not a failure.
+    let (status, body) = health(&base).await;
+    let held = &body["warnings"]["retention_held"];
+    let names_lake = held
+        .as_array()
+        .is_some_and(|h| h.iter().any(|h| h["consumer"] == "lake-events"));
+    card.note("health_while_held", status);
+    if status != 200 || !names_lake {
+        card.violations.push(format!(
+            "/health while retention held good for the lake: {status} {body}"
+        ));
+    }
     no_lake.terminate(Duration::from_secs(60))?;
     let server = harness::spawn(Path::new(BIN), dir.path(), &data, &toml)?;
     harness::drain_and_check(
@@ -782,6 +794,17 @@ async fn a_damaged_raw_segment_is_salvaged_and_the_server_serves() -> anyhow::Re
     if !data.join("journal/raw/0/quarantine").is_dir() {
         card.violations
             .push("the damaged segment was not set aside".into());
+    }
+    // The loss is a warning on /health, not a failure.
+    let (status, body) = health(&server.url()).await;
+    let losses = &body["warnings"]["journal_recovery"];
+    let reported = losses.as_array().is_some_and(|l| {
+        l.iter()
+            .any(|l| l["topic"] == "raw" && l["lost_records"].as_u64() == Some(lost as u64))
+    });
+    if status != 200 || !reported {
+        card.violations
+            .push(format!("/health after salvaging raw: {status} {body}"));
     }
     let after = small_workload("cb", 4);
     let h = phase(&after, &server.url()).await?;
