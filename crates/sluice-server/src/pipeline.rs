@@ -373,6 +373,9 @@ async fn start_hot(
     let store = sluice_hot::open_store(&settings.hot)
         .await
         .map_err(|e| ServerError::stage("hot", e))?;
+    if settings.hot.backend == sluice_hot::Backend::Embedded {
+        base.stages.warnings().watch_hot(&settings.hot.dir);
+    }
     let hot_settings = Arc::new(settings.hot.clone());
     let reader = sluice_hot::HotReader::new(store.clone(), hot_settings.clone());
     let mut projector = sluice_hot::Projector::new(base.dyn_journal.clone(), store, hot_settings);

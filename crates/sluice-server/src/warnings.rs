@@ -1,11 +1,12 @@
 //! [`Warnings`]: what `/health` reports beside the stages without answering 503, because the
 //! node still serves: retention held back by a consumer that has not read, and what recovery
 //! lost or set aside (journal records lost to damage, damaged segments copied to quarantine,
-//! quarantined partitions, damaged lake log files moved to `<table>/_damaged_log/`).
+//! quarantined partitions, damaged lake log files moved to `<table>/_damaged_log/`, damaged
+//! embedded hot stores moved to `<dir>.damaged-<ms>`).
 //!
 //! Retention's part is replaced after each retention run; the journal's part is set once, from
-//! the recovery report of this start; the lake's part is read from the disk at each report, so
-//! it lists set-aside files until an operator removes them.
+//! the recovery report of this start; the lake's and the hot store's parts are read from the
+//! disk at each report, so they list what was set aside until an operator removes it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,6 +57,9 @@ pub(crate) struct Report {
     /// Damaged lake log files set aside, relative to the lake root.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) lake_set_aside: Vec<String>,
+    /// Damaged embedded hot stores set aside (the projection rebuilt the store from `good`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) hot_set_aside: Vec<String>,
 }
 
 impl Report {
@@ -70,6 +74,7 @@ struct Inner {
     held: Vec<Held>,
     journal: Vec<JournalLoss>,
     lake_dir: Option<PathBuf>,
+    hot_dir: Option<PathBuf>,
 }
 
 /// The warnings of this node. Cheap to clone.
@@ -87,6 +92,11 @@ impl Warnings {
     /// Looks for set-aside log files under the local lake at `dir`.
     pub(crate) fn watch_lake(&self, dir: &Path) {
         self.inner().lake_dir = Some(dir.to_path_buf());
+    }
+
+    /// Looks for damaged copies set aside next to the embedded hot store at `dir`.
+    pub(crate) fn watch_hot(&self, dir: &Path) {
+        self.inner().hot_dir = Some(dir.to_path_buf());
     }
 
     /// What the latest retention run held back.
@@ -129,19 +139,18 @@ impl Warnings {
 
     /// The warnings as of now.
     pub(crate) fn report(&self) -> Report {
-        let (held, journal, lake_dir) = {
-            let inner = self.inner();
-            (
-                inner.held.clone(),
-                inner.journal.clone(),
-                inner.lake_dir.clone(),
-            )
+        let inner = self.inner();
+        let (lake_dir, hot_dir) = (inner.lake_dir.clone(), inner.hot_dir.clone());
+        let mut report = Report {
+            retention_held: inner.held.clone(),
+            journal_recovery: inner.journal.clone(),
+            ..Report::default()
         };
-        Report {
-            retention_held: held,
-            journal_recovery: journal,
-            lake_set_aside: lake_dir.map(|d| lake_set_aside(&d)).unwrap_or_default(),
-        }
+        drop(inner);
+        // Read from the disk without holding the lock.
+        report.lake_set_aside = lake_dir.map(|d| lake_set_aside(&d)).unwrap_or_default();
+        report.hot_set_aside = hot_dir.map(|d| hot_set_aside(&d)).unwrap_or_default();
+        report
     }
 }
 
@@ -154,6 +163,24 @@ fn lake_set_aside(root: &Path) -> Vec<String> {
         .iter()
         .flat_map(|t| files(&t.join(LAKE_ASIDE_DIR)))
         .filter_map(|f| Some(f.strip_prefix(root).ok()?.display().to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `<dir>.damaged-<ms>` directories next to the hot store `dir`, sorted.
+fn hot_set_aside(dir: &Path) -> Vec<String> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.damaged-", name.to_string_lossy());
+    let mut out: Vec<String> = subdirs(parent)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .map(|p| p.display().to_string())
         .collect();
     out.sort();
     out
@@ -181,7 +208,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn set_aside_lake_files_are_listed_relative_to_the_root() {
+    fn set_aside_lake_files_and_hot_stores_are_listed() {
         let root = tempfile::tempdir().unwrap();
         let aside = root.path().join("events/_damaged_log");
         std::fs::create_dir_all(&aside).unwrap();
@@ -193,6 +220,13 @@ mod tests {
         let w = Warnings::default();
         assert!(w.report().is_empty());
         w.watch_lake(root.path());
+        let hot = root.path().join("hot");
+        std::fs::create_dir_all(root.path().join("hot.damaged-1764")).unwrap();
+        w.watch_hot(&hot);
+        assert_eq!(
+            w.report().hot_set_aside,
+            vec![root.path().join("hot.damaged-1764").display().to_string()]
+        );
         assert_eq!(
             w.report().lake_set_aside,
             vec![
