@@ -531,7 +531,8 @@ impl TypedTable {
         .await?;
         check_txn_history(&table, name, name).await?;
         let versions = read_versions(&table, name, name, partitions).await?;
-        check_txns_within_journal(name, name, versions.clone(), journal, GOOD)?;
+        let recorded = versions.iter().map(|(p, v)| (*p, *v));
+        check_txns_within_journal(name, name, recorded, journal, GOOD)?;
         let mut typed = Self {
             name: name.to_string(),
             table,
@@ -974,35 +975,8 @@ impl TypedSink {
     }
 
     async fn open_all(&self, partitions: u32) -> Result<(OpenTables, Vec<u64>), LakeError> {
-        let every = self.settings.checkpoint_interval.get();
-        let control = open_or_create(
-            &self.root,
-            CONTROL_TABLE,
-            vec![StructField::new("unused", DataType::STRING, true)],
-            None,
-            every,
-            "sluice: how far the typed tables have read the good topic (txns only, no rows)",
-        )
-        .await?;
-        let journal = self.journal.as_ref();
-        check_txn_history(&control, CONTROL_TABLE, CONTROL_APP).await?;
-        let positions = read_versions(&control, CONTROL_TABLE, CONTROL_APP, partitions).await?;
-        check_txns_within_journal(CONTROL_TABLE, CONTROL_APP, positions.clone(), journal, GOOD)?;
-        let bad = DeltaTarget::<BadRowsTable>::open(&self.root, every).await?;
-        bad.check_txn_history(BAD_ROWS_APP).await?;
-        let bad_versions: BTreeMap<u32, u64> = bad
-            .txn_versions_as(BAD_ROWS_APP, 0..partitions)
-            .await?
-            .into_iter()
-            .filter_map(|(p, v)| v.map(|v| (p, v)))
-            .collect();
-        check_txns_within_journal(
-            BAD_ROWS_TABLE,
-            BAD_ROWS_APP,
-            bad_versions.clone(),
-            journal,
-            GOOD,
-        )?;
+        let (control, positions) = self.open_control(partitions).await?;
+        let (bad, bad_versions) = self.open_bad_rows(partitions).await?;
         let next = (0..partitions)
             .map(|p| positions.get(&p).map_or(0, |v| v + 1))
             .collect();
@@ -1014,6 +988,48 @@ impl TypedSink {
             tables: HashMap::new(),
         };
         Ok((open, next))
+    }
+
+    /// The control table and, per partition, the last offset of `good` the sink finished; its
+    /// txn history checked (never backwards, never past the journal's end).
+    async fn open_control(
+        &self,
+        partitions: u32,
+    ) -> Result<(DeltaTable, BTreeMap<u32, u64>), LakeError> {
+        let control = open_or_create(
+            &self.root,
+            CONTROL_TABLE,
+            vec![StructField::new("unused", DataType::STRING, true)],
+            None,
+            self.settings.checkpoint_interval.get(),
+            "sluice: how far the typed tables have read the good topic (txns only, no rows)",
+        )
+        .await?;
+        check_txn_history(&control, CONTROL_TABLE, CONTROL_APP).await?;
+        let positions = read_versions(&control, CONTROL_TABLE, CONTROL_APP, partitions).await?;
+        let recorded = positions.iter().map(|(p, v)| (*p, *v));
+        check_txns_within_journal(CONTROL_TABLE, CONTROL_APP, recorded, &*self.journal, GOOD)?;
+        Ok((control, positions))
+    }
+
+    /// `bad_rows` and, per partition, the last offset of `good` whose bad rows are in it; the
+    /// history of those txns checked like the control table's.
+    async fn open_bad_rows(
+        &self,
+        partitions: u32,
+    ) -> Result<(DeltaTarget<BadRowsTable>, BTreeMap<u32, u64>), LakeError> {
+        let every = self.settings.checkpoint_interval.get();
+        let bad = DeltaTarget::<BadRowsTable>::open(&self.root, every).await?;
+        bad.check_txn_history(BAD_ROWS_APP).await?;
+        let versions: BTreeMap<u32, u64> = bad
+            .txn_versions_as(BAD_ROWS_APP, 0..partitions)
+            .await?
+            .into_iter()
+            .filter_map(|(p, v)| v.map(|v| (p, v)))
+            .collect();
+        let recorded = versions.iter().map(|(p, v)| (*p, *v));
+        check_txns_within_journal(BAD_ROWS_TABLE, BAD_ROWS_APP, recorded, &*self.journal, GOOD)?;
+        Ok((bad, versions))
     }
 
     async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), LakeError> {
