@@ -16,7 +16,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     raw: bool,
     /// Only bad rows of this kind: size, parse, schema_violation, enrichment_failure,
-    /// function_failure.
+    /// function_failure, event_time.
     #[arg(long)]
     kind: Option<String>,
     /// Only events received at or after this time (RFC 3339).

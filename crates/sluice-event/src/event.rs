@@ -320,9 +320,22 @@ pub enum BadKind {
     EnrichmentFailure,
     /// A user function failed on it.
     FunctionFailure,
+    /// Its time lies outside the accepted window around when it was received
+    /// (`[functions.event_time_window]`).
+    EventTime,
 }
 
 impl BadKind {
+    /// Every kind.
+    pub const ALL: [Self; 6] = [
+        Self::Size,
+        Self::Parse,
+        Self::SchemaViolation,
+        Self::EnrichmentFailure,
+        Self::FunctionFailure,
+        Self::EventTime,
+    ];
+
     /// The lowercase name stored in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -331,6 +344,7 @@ impl BadKind {
             Self::SchemaViolation => "schema_violation",
             Self::EnrichmentFailure => "enrichment_failure",
             Self::FunctionFailure => "function_failure",
+            Self::EventTime => "event_time",
         }
     }
 }

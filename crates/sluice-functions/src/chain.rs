@@ -1,6 +1,6 @@
 //! [`Chain`]: what happens to raw records — canonicalise, validate, enrich, run the user
-//! functions deployed after each of those stages, check the size — and the bad row a record
-//! becomes when a step fails.
+//! functions deployed after each of those stages, check the event time and the size — and the
+//! bad row a record becomes when a step fails.
 //!
 //! A raw record is good or bad as a whole: it may become several events (a function split it)
 //! or none (a function dropped it), but if any of its events fails a later step, the record is
@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros};
 
 use crate::canonical::{Draft, Failure, draft};
+use crate::config::EventTimeWindow;
 use crate::enrich::{EnrichConfig, Enrichers, Sessions};
 use crate::registry::Registry;
 use crate::udf::{Functions, Live, OnFailure, Stage};
@@ -28,6 +29,7 @@ pub struct Chain {
     validation: Validation,
     enrichers: Enrichers,
     max_event_bytes: usize,
+    time_window: EventTimeWindow,
     functions: Option<Arc<Functions>>,
 }
 
@@ -75,8 +77,15 @@ impl Chain {
             validation: Validation::new(registry, validation),
             enrichers: Enrichers::new(enrich)?,
             max_event_bytes,
+            time_window: EventTimeWindow::default(),
             functions: None,
         })
+    }
+
+    /// Accepts event times within `window` of their receipt (default: [`EventTimeWindow`]'s).
+    pub fn with_time_window(mut self, window: EventTimeWindow) -> Self {
+        self.time_window = window;
+        self
     }
 
     /// Runs the user functions deployed in `functions` too (from the next batch on, whatever
@@ -302,12 +311,26 @@ impl Chain {
         }
     }
 
-    /// Serialises an item's events, checking the size.
+    /// Serialises an item's events, checking the event time and the size.
     fn finish(&self, item: Item, count: bool) -> Outcome {
         let drafts = match item.state {
             State::Bad(b) => return Outcome::Bad(b),
             State::Live(d) => d,
         };
+        let window = &self.time_window;
+        let late = drafts
+            .iter()
+            .find_map(|d| window.violation(d.timestamp, d.received_at));
+        if let Some(reason) = late {
+            let failure = Failure {
+                kind: BadKind::EventTime,
+                reason,
+            };
+            return Outcome::Bad(match &item.raw {
+                Some(raw) => fail(raw, "event_time", failure, item.pos, count),
+                None => Bytes::new(),
+            });
+        }
         let n = drafts.len();
         let mut good = Vec::with_capacity(n);
         for (k, d) in drafts.into_iter().enumerate() {

@@ -1,5 +1,7 @@
 //! [`RunnerConfig`]: the `[functions]` section of the config file.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 /// The `[functions]` section of the config file.
@@ -11,6 +13,9 @@ pub struct RunnerConfig {
     /// The largest good record, after enrichment; a larger event becomes a `size` bad row.
     /// Default 1 MiB.
     pub max_event_bytes: usize,
+    /// The event times accepted, around when the collector received each event; an event
+    /// outside becomes an `event_time` bad row instead of a partition of its own.
+    pub event_time_window: EventTimeWindow,
 }
 
 impl Default for RunnerConfig {
@@ -18,7 +23,58 @@ impl Default for RunnerConfig {
         Self {
             batch_size: 2000,
             max_event_bytes: crate::chain::DEFAULT_MAX_EVENT_BYTES,
+            event_time_window: EventTimeWindow::default(),
         }
+    }
+}
+
+/// `[functions.event_time_window]`: an event's `timestamp` (after clock-skew correction and the
+/// user functions) must lie within `[received_at − past, received_at + future]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventTimeWindow {
+    /// How far before its receipt an event may have happened (offline devices, backfills).
+    /// Default 5 years.
+    #[serde(with = "humantime_serde")]
+    pub past: Duration,
+    /// How far after its receipt an event may claim to have happened (clocks running ahead).
+    /// Default 1 day.
+    #[serde(with = "humantime_serde")]
+    pub future: Duration,
+}
+
+impl Default for EventTimeWindow {
+    fn default() -> Self {
+        /// 365.25 days, as humantime reads `1y`.
+        const YEAR: u64 = 31_557_600;
+        Self {
+            past: Duration::from_secs(5 * YEAR),
+            future: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl EventTimeWindow {
+    /// Why `timestamp` (µs) is outside the window around `received_at` (µs); `None` inside.
+    pub fn violation(&self, timestamp: i64, received_at: i64) -> Option<String> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let earliest = received_at.saturating_sub(micros(self.past));
+        let latest = received_at.saturating_add(micros(self.future));
+        let (edge, side, bound) = if timestamp < earliest {
+            ("before", "past", self.past)
+        } else if timestamp > latest {
+            ("after", "future", self.future)
+        } else {
+            return None;
+        };
+        let fmt = sluice_event::format_micros;
+        Some(format!(
+            "event time {} is more than {} {edge} it was received ({}); \
+             functions.event_time_window.{side} bounds it",
+            fmt(timestamp),
+            humantime_serde::re::humantime::format_duration(bound),
+            fmt(received_at),
+        ))
     }
 }
 
@@ -28,6 +84,8 @@ pub struct RunnerSettings {
     pub(crate) batch_size: usize,
     /// See [`RunnerConfig::max_event_bytes`].
     pub max_event_bytes: usize,
+    /// See [`RunnerConfig::event_time_window`].
+    pub event_time_window: EventTimeWindow,
 }
 
 impl RunnerConfig {
@@ -39,9 +97,14 @@ impl RunnerConfig {
         if self.max_event_bytes < 1024 {
             return Err("functions.max_event_bytes must be at least 1024".into());
         }
+        let w = self.event_time_window;
+        if w.past.is_zero() && w.future.is_zero() {
+            return Err("functions.event_time_window must not be empty (past and future 0)".into());
+        }
         Ok(RunnerSettings {
             batch_size: self.batch_size,
             max_event_bytes: self.max_event_bytes,
+            event_time_window: w,
         })
     }
 }

@@ -35,7 +35,7 @@ mod validate;
 
 pub use canonical::{Draft, Failure, canonicalize, draft};
 pub use chain::{Chain, DEFAULT_MAX_EVENT_BYTES, Outcome};
-pub use config::{RunnerConfig, RunnerSettings};
+pub use config::{EventTimeWindow, RunnerConfig, RunnerSettings};
 pub use enrich::{
     BotsConfig, CampaignConfig, ClockSkewConfig, EnrichConfig, FINGERPRINT_EXCLUDE,
     FingerprintConfig, GeoConfig, IpAnonymizationConfig, PiiConfig, RefererConfig, SessionConfig,

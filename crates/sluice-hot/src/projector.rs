@@ -523,10 +523,32 @@ impl Projector {
         keys: &[String],
         shutting_down: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, HotError> {
+        self.read_with_retry("values", shutting_down, || self.store.get_many(keys))
+            .await
+    }
+
+    /// The stored positions, retrying store errors: a store that goes away right after
+    /// answering a write (a Redis restart) must not end the projection while it finds out
+    /// whether the write landed.
+    async fn positions_with_retry(&self, shutting_down: bool) -> Result<Positions, HotError> {
+        self.read_with_retry("positions", shutting_down, || {
+            self.store.positions(CONSUMER)
+        })
+        .await
+    }
+
+    /// Runs `read` until it succeeds, waiting out retryable store errors with backoff (at most
+    /// [`SHUTDOWN_ATTEMPTS`] once shutdown began).
+    async fn read_with_retry<T, F: Future<Output = Result<T, HotError>>>(
+        &self,
+        what: &str,
+        shutting_down: bool,
+        mut read: impl FnMut() -> F,
+    ) -> Result<T, HotError> {
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
-            let error = match self.store.get_many(keys).await {
-                Ok(values) => return Ok(values),
+            let error = match read().await {
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             self.health.failing(&error);
@@ -538,7 +560,7 @@ impl Projector {
                 return Err(error);
             }
             let wait = backoff.next_delay();
-            tracing::warn!(%error, retry_in = ?wait, "hot store read failed; retrying");
+            tracing::warn!(%error, what, retry_in = ?wait, "hot store read failed; retrying");
             self.pause(wait).await;
         }
     }
@@ -561,7 +583,7 @@ impl Projector {
             if matches!(error, HotError::Conflict { .. }) && attempts > 1 {
                 // The earlier attempt may have landed after all: it did if the store holds
                 // exactly this batch's positions.
-                let stored = self.store.positions(CONSUMER).await?;
+                let stored = self.positions_with_retry(shutting_down).await?;
                 if batch
                     .positions
                     .iter()

@@ -28,6 +28,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableRefer
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, TableProperty};
+use sluice_journal::Journal;
 
 use crate::schema::{TableSpec, app_id, check_compatible, delta_columns, missing_columns};
 use crate::{LakeError, LakeRoot};
@@ -255,44 +256,10 @@ impl<S: TableSpec> DeltaTarget<S> {
         Ok(out)
     }
 
-    /// Checks that the txn versions of app ids `<app>/<p>` never decrease from one commit to a
-    /// later one over the newest [`TXN_HISTORY_COMMITS`] commits of the log: each commit records
-    /// the last journal offset delivered, which only grows. A lower version later means a damaged
-    /// (or hand-edited) commit; trusting it would deliver the offsets in between a second time,
-    /// so the caller refuses to deliver instead ([`LakeError::TxnRegressed`]).
+    /// Checks that the txn versions of app ids `<app>/<p>` never decrease over the newest
+    /// commits of the log; see [`check_txn_history`].
     pub(crate) async fn check_txn_history(&self, app: &str) -> Result<(), LakeError> {
-        let Some(latest) = self.table.version() else {
-            return Ok(());
-        };
-        let log_store = self.table.log_store();
-        let prefix = format!("{app}/");
-        // app id -> (commit, highest version so far)
-        let mut seen: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
-        for commit in latest.saturating_sub(TXN_HISTORY_COMMITS - 1)..=latest {
-            let bytes = log_store
-                .read_commit_entry(commit)
-                .await
-                .map_err(|e| LakeError::delta(S::TABLE, "reading the log", e))?;
-            let Some(bytes) = bytes else { continue };
-            for (app_id, version) in txns_in_commit(&bytes, &prefix) {
-                match seen.get(&app_id) {
-                    Some(&(earlier_commit, earlier)) if version < earlier => {
-                        return Err(LakeError::TxnRegressed {
-                            table: S::TABLE.to_string(),
-                            app_id,
-                            commit,
-                            version,
-                            earlier_commit,
-                            earlier,
-                        });
-                    }
-                    _ => {
-                        seen.insert(app_id, (commit, version));
-                    }
-                }
-            }
-        }
-        Ok(())
+        check_txn_history(&self.table, S::TABLE, app).await
     }
 
     /// Commits `adds` together with one txn action per `(partition, last offset)`. On success the
@@ -378,6 +345,98 @@ impl<S: TableSpec> DeltaTarget<S> {
         .map(|_| ())
         .map_err(|e| LakeError::delta(S::TABLE, "checkpointing", e))
     }
+}
+
+/// Checks that the txn versions of app ids `<app>/<p>` of `table` (named `name`) never decrease
+/// from one commit to a later one over the newest [`TXN_HISTORY_COMMITS`] commits of the log:
+/// each commit records the last journal offset delivered, which only grows. A lower version
+/// later means a damaged (or hand-edited) commit; trusting it would deliver the offsets in
+/// between a second time, so the caller refuses to deliver instead
+/// ([`LakeError::TxnRegressed`]).
+pub(crate) async fn check_txn_history(
+    table: &DeltaTable,
+    name: &str,
+    app: &str,
+) -> Result<(), LakeError> {
+    let Some(latest) = table.version() else {
+        return Ok(());
+    };
+    let log_store = table.log_store();
+    let prefix = format!("{app}/");
+    // app id -> (commit, highest version so far)
+    let mut seen: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
+    for commit in latest.saturating_sub(TXN_HISTORY_COMMITS - 1)..=latest {
+        let bytes = log_store
+            .read_commit_entry(commit)
+            .await
+            .map_err(|e| LakeError::delta(name, "reading the log", e))?;
+        let Some(bytes) = bytes else { continue };
+        for (app_id, version) in txns_in_commit(&bytes, &prefix) {
+            match seen.get(&app_id) {
+                Some(&(earlier_commit, earlier)) if version < earlier => {
+                    let e = LakeError::TxnRegressed {
+                        table: name.to_string(),
+                        app_id,
+                        commit,
+                        version,
+                        earlier_commit,
+                        earlier,
+                    };
+                    crate::metrics::txn_regressed(name);
+                    tracing::error!(table = name, error = %e, "refusing to deliver into a table whose log went backwards");
+                    return Err(e);
+                }
+                _ => {
+                    seen.insert(app_id, (commit, version));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that no recorded txn version `<app>/<p>` of table `name` lies at or past the end of
+/// partition `p` of `topic` in `journal`. A sink delivers only durable records, and a
+/// partition's end never goes back (recovery resumes at the durable floor), so every version
+/// is below the end. One that is not was raised by damage (or an edit, or the journal is not
+/// the one the table was fed from): resuming after it would skip the offsets in between
+/// without a trace, so the caller refuses to deliver ([`LakeError::TxnPastJournalEnd`]).
+/// A partition whose end cannot be read (quarantined) is left to the reader, which reports it.
+pub(crate) fn check_txns_within_journal(
+    name: &str,
+    app: &str,
+    versions: impl IntoIterator<Item = (u32, u64)>,
+    journal: &dyn Journal,
+    topic: &str,
+) -> Result<(), LakeError> {
+    for (partition, version) in versions {
+        let Ok(end) = journal.end(topic, partition) else {
+            continue;
+        };
+        let recorded = version.saturating_add(1);
+        if recorded > end {
+            crate::metrics::txn_past_journal_end(name, partition);
+            let e = LakeError::TxnPastJournalEnd {
+                table: name.to_string(),
+                app_id: app_id(app, partition),
+                topic: topic.to_string(),
+                partition,
+                recorded,
+                end,
+            };
+            tracing::error!(
+                table = name,
+                topic,
+                partition,
+                recorded,
+                journal_end = end,
+                error = %e,
+                "refusing to deliver: the table records an offset past the journal's end"
+            );
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Moves the newest checkpoint of the local table in `dir` (the files of the version

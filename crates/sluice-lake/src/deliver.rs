@@ -5,7 +5,9 @@
 //! How exactly-once holds:
 //! 1. On start the sink loads the table and reads, for every partition `p` of the topic, the txn
 //!    version of app id `<table>/<p>`: the last journal offset already in the table. Reading
-//!    resumes right after it. No local state is consulted, ever.
+//!    resumes right after it. No local state is consulted, ever. A log whose versions went
+//!    backwards, or that records an offset past the partition's journal end, is refused (it
+//!    would deliver twice, or skip); the sink reports it and checks again after each backoff.
 //! 2. It reads only durable records (`Journal::read` never returns anything past the durable
 //!    end), buffers them, and flushes when the buffer holds `flush_max_events` records or
 //!    `flush_max_bytes` bytes, or when its oldest record has waited `flush_interval`.
@@ -41,7 +43,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Committed, DeltaTarget, run_blocking};
+use crate::commit::{Committed, DeltaTarget, check_txns_within_journal, run_blocking};
 use crate::schema::{BadRowsTable, EventsTable, TableSpec};
 use crate::writer::{Encoded, encode_records, parquet_writer, write_parquet};
 use crate::{LakeError, LakeRoot, LakeSettings, metrics};
@@ -100,8 +102,9 @@ pub struct DeliveryStatus {
     pub skipped: u64,
     /// `run` has returned.
     pub stopped: bool,
-    /// Set while the sink refuses to deliver, with the reason (the table's log went backwards;
-    /// see `DeltaTarget::check_txn_history`); cleared once it starts.
+    /// Set while the sink refuses to deliver, with the reason (the table's log went backwards,
+    /// or records an offset past the journal's end; see `DeltaTarget::check_txn_history` and
+    /// `commit::check_txns_within_journal`); cleared once it starts.
     pub refused: Option<String>,
 }
 
@@ -256,6 +259,8 @@ impl<S: TableSpec> Delivery<S> {
                     DeltaTarget::<S>::open(&root, settings.checkpoint_interval.get()).await?;
                 target.check_txn_history(S::TABLE).await?;
                 let versions = target.txn_versions(0..partitions).await?;
+                let recorded = versions.iter().filter_map(|(p, v)| Some((*p, (*v)?)));
+                check_txns_within_journal(S::TABLE, S::TABLE, recorded, &*journal, S::TOPIC)?;
                 Ok::<_, LakeError>((target, versions))
             };
             match attempt.await {
@@ -266,11 +271,13 @@ impl<S: TableSpec> Delivery<S> {
                 {
                     health.failing(&e);
                     let wait = backoff.next_delay();
-                    if matches!(e, LakeError::TxnRegressed { .. }) {
-                        // Checked again after each wait, so a repaired log resumes delivery.
-                        metrics::txn_regressed(S::TABLE);
+                    if matches!(
+                        e,
+                        LakeError::TxnRegressed { .. } | LakeError::TxnPastJournalEnd { .. }
+                    ) {
+                        // Logged and counted where it was found. Checked again after each wait,
+                        // so a repaired log resumes delivery.
                         status.send_modify(|s| s.refused = Some(e.to_string()));
-                        tracing::error!(table = S::TABLE, error = %e, retry_in = ?wait, "refusing to deliver into a table whose log went backwards");
                     } else {
                         tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
                     }

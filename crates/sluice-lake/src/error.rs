@@ -108,6 +108,29 @@ pub enum LakeError {
         /// That version.
         earlier: i64,
     },
+    /// A commit of the table records a txn version at or past the end of its journal partition:
+    /// the table claims records the journal never held (damage raised the number, or the journal
+    /// is not the one the table was fed from). Resuming after it would skip the offsets in
+    /// between silently, so the sink refuses to deliver until the log is repaired.
+    #[error(
+        "delta table {table}: {app_id} says the next offset to deliver is {recorded}, past the \
+         end {end} of journal partition {topic}/{partition}; the log is damaged or belongs to \
+         another journal, so delivery stops rather than skip offsets (see docs/recovery.md)"
+    )]
+    TxnPastJournalEnd {
+        /// Table name.
+        table: String,
+        /// The txn app id (`<app>/<partition>`).
+        app_id: String,
+        /// The journal topic the table is fed from.
+        topic: String,
+        /// The journal partition.
+        partition: u32,
+        /// The next offset the table records (its txn version + 1).
+        recorded: u64,
+        /// The partition's end (next offset to be written).
+        end: u64,
+    },
     /// A test fault injector asked the sink to crash.
     #[error("injected crash at {0}")]
     InjectedCrash(&'static str),
@@ -120,9 +143,10 @@ impl LakeError {
             Self::Config(_) | Self::Location { .. } => ErrorKind::Invalid,
             Self::Journal(e) => e.kind(),
             Self::Delta { .. } | Self::GaveUp { .. } | Self::Stopped(_) => ErrorKind::Unavailable,
-            Self::SchemaMismatch { .. } | Self::DamagedLog { .. } | Self::TxnRegressed { .. } => {
-                ErrorKind::Conflict
-            }
+            Self::SchemaMismatch { .. }
+            | Self::DamagedLog { .. }
+            | Self::TxnRegressed { .. }
+            | Self::TxnPastJournalEnd { .. } => ErrorKind::Conflict,
             Self::Encode { .. } | Self::Task { .. } | Self::InjectedCrash(_) => ErrorKind::Internal,
         }
     }

@@ -14,6 +14,7 @@
 //! | `sluice_lake_checkpoint_failures_total` | counter | checkpoint attempts that failed (retried at the next interval) |
 //! | `sluice_lake_read_errors_total` | counter | journal read errors (the partition is retried after a backoff) |
 //! | `sluice_lake_txn_regressions_total` | counter | start-up checks that found a commit whose txn version is below an earlier commit's (delivery refused; see `DeltaTarget::check_txn_history`) |
+//! | `sluice_lake_txn_past_journal_end_total` | counter | per `partition`: start-up checks that found a txn version at or past the journal partition's end (delivery refused; see `commit::check_txns_within_journal`) |
 //! | `sluice_lake_buffered_records` | gauge | records waiting for the next flush |
 //! | `sluice_lake_delivered_offset` | gauge | per `partition`: next journal offset not yet in the table |
 
@@ -27,6 +28,11 @@ pub fn describe() {
         "sluice_lake_txn_regressions_total",
         Unit::Count,
         "start-up checks that found a txn version going backwards in the log (delivery refused)"
+    );
+    describe_counter!(
+        "sluice_lake_txn_past_journal_end_total",
+        Unit::Count,
+        "start-up checks that found a txn version past the journal's end (delivery refused)"
     );
     describe_counter!(
         "sluice_lake_rows_written_total",
@@ -132,4 +138,14 @@ pub(crate) fn delivered_offset(table: &'static str, partition: u32, next: u64) {
 /// A start-up check found the table's txn versions going backwards.
 pub(crate) fn txn_regressed(table: &str) {
     counter!("sluice_lake_txn_regressions_total", "table" => table.to_string()).increment(1);
+}
+
+/// A start-up check found a txn version past the end of journal partition `partition`.
+pub(crate) fn txn_past_journal_end(table: &str, partition: u32) {
+    counter!(
+        "sluice_lake_txn_past_journal_end_total",
+        "table" => table.to_string(),
+        "partition" => partition.to_string()
+    )
+    .increment(1);
 }

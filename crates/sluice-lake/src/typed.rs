@@ -53,6 +53,10 @@
 //! so a row lands in its table, and a bad row in `bad_rows`, exactly once. (Column types never
 //! change once committed and the schema change is committed before any row or bad row that
 //! depends on it, so a record read again is classified the same way.) One typed sink per lake.
+//!
+//! Each of these txn histories is checked when its table is opened, as the `events` sink checks
+//! its own: versions that went backwards, or that lie past the end of `good`, make the sink
+//! refuse to deliver (`/health` reports it failing) until the log is repaired.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -75,11 +79,12 @@ use crate::consume::{Destination, LoopSettings, run_batches};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{DeltaTarget, run_blocking};
+use crate::commit::{DeltaTarget, check_txn_history, check_txns_within_journal, run_blocking};
 use crate::deliver::{DeliveryProgress, DeliveryStatus};
 use crate::schema::{BAD_ROWS_TABLE, BadRowsTable, Column, EVENTS_TABLE, EventsTable, TableSpec};
 use crate::writer::{BadRowEncoder, RowEncoder, parquet_writer, write_parquet};
 use crate::{LakeError, LakeRoot, LakeSettings};
+use sluice_event::topic::GOOD;
 
 /// The most property columns a typed table gets.
 pub const MAX_PROPERTY_COLUMNS: usize = 400;
@@ -505,8 +510,11 @@ async fn checkpoint_if_due(table: &DeltaTable, name: &str, version: u64, every: 
 }
 
 impl TypedTable {
+    /// Opens (or creates) typed table `name` and reads how far it got, refusing a log whose
+    /// versions went backwards or past the journal's end (as the `events` sink does).
     async fn open(
         root: &LakeRoot,
+        journal: &dyn Journal,
         name: &str,
         partitions: u32,
         checkpoint_interval: u64,
@@ -521,7 +529,10 @@ impl TypedTable {
             "sluice typed table: the events of one name, properties as columns",
         )
         .await?;
+        check_txn_history(&table, name, name).await?;
         let versions = read_versions(&table, name, name, partitions).await?;
+        let recorded = versions.iter().map(|(p, v)| (*p, *v));
+        check_txns_within_journal(name, name, recorded, journal, GOOD)?;
         let mut typed = Self {
             name: name.to_string(),
             table,
@@ -964,24 +975,8 @@ impl TypedSink {
     }
 
     async fn open_all(&self, partitions: u32) -> Result<(OpenTables, Vec<u64>), LakeError> {
-        let every = self.settings.checkpoint_interval.get();
-        let control = open_or_create(
-            &self.root,
-            CONTROL_TABLE,
-            vec![StructField::new("unused", DataType::STRING, true)],
-            None,
-            every,
-            "sluice: how far the typed tables have read the good topic (txns only, no rows)",
-        )
-        .await?;
-        let positions = read_versions(&control, CONTROL_TABLE, CONTROL_APP, partitions).await?;
-        let bad = DeltaTarget::<BadRowsTable>::open(&self.root, every).await?;
-        let bad_versions = bad
-            .txn_versions_as(BAD_ROWS_APP, 0..partitions)
-            .await?
-            .into_iter()
-            .filter_map(|(p, v)| v.map(|v| (p, v)))
-            .collect();
+        let (control, positions) = self.open_control(partitions).await?;
+        let (bad, bad_versions) = self.open_bad_rows(partitions).await?;
         let next = (0..partitions)
             .map(|p| positions.get(&p).map_or(0, |v| v + 1))
             .collect();
@@ -993,6 +988,48 @@ impl TypedSink {
             tables: HashMap::new(),
         };
         Ok((open, next))
+    }
+
+    /// The control table and, per partition, the last offset of `good` the sink finished; its
+    /// txn history checked (never backwards, never past the journal's end).
+    async fn open_control(
+        &self,
+        partitions: u32,
+    ) -> Result<(DeltaTable, BTreeMap<u32, u64>), LakeError> {
+        let control = open_or_create(
+            &self.root,
+            CONTROL_TABLE,
+            vec![StructField::new("unused", DataType::STRING, true)],
+            None,
+            self.settings.checkpoint_interval.get(),
+            "sluice: how far the typed tables have read the good topic (txns only, no rows)",
+        )
+        .await?;
+        check_txn_history(&control, CONTROL_TABLE, CONTROL_APP).await?;
+        let positions = read_versions(&control, CONTROL_TABLE, CONTROL_APP, partitions).await?;
+        let recorded = positions.iter().map(|(p, v)| (*p, *v));
+        check_txns_within_journal(CONTROL_TABLE, CONTROL_APP, recorded, &*self.journal, GOOD)?;
+        Ok((control, positions))
+    }
+
+    /// `bad_rows` and, per partition, the last offset of `good` whose bad rows are in it; the
+    /// history of those txns checked like the control table's.
+    async fn open_bad_rows(
+        &self,
+        partitions: u32,
+    ) -> Result<(DeltaTarget<BadRowsTable>, BTreeMap<u32, u64>), LakeError> {
+        let every = self.settings.checkpoint_interval.get();
+        let bad = DeltaTarget::<BadRowsTable>::open(&self.root, every).await?;
+        bad.check_txn_history(BAD_ROWS_APP).await?;
+        let versions: BTreeMap<u32, u64> = bad
+            .txn_versions_as(BAD_ROWS_APP, 0..partitions)
+            .await?
+            .into_iter()
+            .filter_map(|(p, v)| v.map(|v| (p, v)))
+            .collect();
+        let recorded = versions.iter().map(|(p, v)| (*p, *v));
+        check_txns_within_journal(BAD_ROWS_TABLE, BAD_ROWS_APP, recorded, &*self.journal, GOOD)?;
+        Ok((bad, versions))
     }
 
     async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), LakeError> {
@@ -1072,7 +1109,9 @@ impl TypedSink {
         let mut prepared = Vec::new();
         for (name, rows) in by_table {
             if !open.tables.contains_key(&name) {
-                let t = TypedTable::open(&self.root, &name, open.partitions, every).await?;
+                let journal = self.journal.as_ref();
+                let t =
+                    TypedTable::open(&self.root, journal, &name, open.partitions, every).await?;
                 open.tables.insert(name.clone(), t);
             }
             let Some(table) = open.tables.get_mut(&name) else {

@@ -445,6 +445,19 @@ max_event_bytes = 1234",
         )
         .unwrap();
         assert_eq!(c.runner.max_event_bytes, 1234);
+        let c = Config::from_toml(
+            "[functions.event_time_window]
+past = \"30days\"",
+        )
+        .unwrap();
+        let window = c.runner.event_time_window;
+        assert_eq!(window.past, std::time::Duration::from_secs(30 * 86_400));
+        assert_eq!(window.future, std::time::Duration::from_secs(86_400));
+        let empty = "[functions.event_time_window]\npast = \"0s\"\nfuture = \"0s\"";
+        assert!(matches!(
+            Config::from_toml(empty).unwrap().validate(),
+            Err(ServerError::Config(m)) if m.contains("event_time_window")
+        ));
         let r = Roles::parse(&["hot,predict".into()]).unwrap();
         assert!(r.hot && r.predict && !r.collector);
         assert!(matches!(

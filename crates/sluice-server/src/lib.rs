@@ -38,6 +38,7 @@ mod segment;
 mod snowplow;
 mod sql;
 mod stages;
+mod warnings;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};

@@ -23,7 +23,9 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// Every stage's state; 503 (with `Retry-After`) while the journal failed or a stage's last
-/// attempt failed, so a load balancer stops sending while this node cannot keep up.
+/// attempt failed, so a load balancer stops sending while this node cannot keep up. `warnings`
+/// (held retention, recovery losses) are reported when there are any, with no effect on the
+/// status.
 async fn health(State(state): State<AppState>) -> Response {
     let (stages, failing) = state.stages.report();
     let journal_failed = state.journal.is_failed();
@@ -42,6 +44,11 @@ async fn health(State(state): State<AppState>) -> Response {
     });
     if journal_failed {
         body["error"] = "journal failed; the process exits to recover from disk".into();
+    }
+    // Worth an operator's look, but the node serves: never a 503 by themselves.
+    let warnings = state.stages.warnings().report();
+    if !warnings.is_empty() {
+        body["warnings"] = serde_json::to_value(warnings).unwrap_or_default();
     }
     let code = match status {
         "failing" => StatusCode::SERVICE_UNAVAILABLE,

@@ -165,7 +165,12 @@ impl Server {
         let every = crate::holds::retention_every(settings.journal.retention_age);
         background.push(Task::spawn(
             "retention",
-            retention(base.journal.clone(), every, housekeeping.clone()),
+            retention(
+                base.journal.clone(),
+                base.stages.warnings().clone(),
+                every,
+                housekeeping.clone(),
+            ),
         ));
         background.push(Task::spawn(
             "positions",
@@ -219,6 +224,8 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         .map_err(|e| ServerError::stage("schemas", e))?;
     let dyn_journal: Arc<dyn Journal> = journal.clone();
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
+    stages.warnings().set_recovery(journal.recovery_report());
+    stages.warnings().watch_lake(&lake_dir);
     Ok(Base {
         dyn_journal,
         journal,
@@ -246,6 +253,7 @@ async fn start_runner(
         settings.runner.max_event_bytes,
     )
     .map_err(ServerError::Config)?
+    .with_time_window(settings.runner.event_time_window)
     .with_functions(functions.clone());
     let runner = Runner::new(
         base.dyn_journal.clone(),
@@ -367,6 +375,9 @@ async fn start_hot(
     let store = sluice_hot::open_store(&settings.hot)
         .await
         .map_err(|e| ServerError::stage("hot", e))?;
+    if settings.hot.backend == sluice_hot::Backend::Embedded {
+        base.stages.warnings().watch_hot(&settings.hot.dir);
+    }
     let hot_settings = Arc::new(settings.hot.clone());
     let reader = sluice_hot::HotReader::new(store.clone(), hot_settings.clone());
     let mut projector = sluice_hot::Projector::new(base.dyn_journal.clone(), store, hot_settings);
@@ -565,9 +576,11 @@ fn start_pg(
     }))
 }
 
-/// Retention over the journal, `every` so often, until `stop`.
+/// Retention over the journal, `every` so often, until `stop`; what it held back for lagging
+/// consumers goes to `warnings`.
 async fn retention(
     journal: Arc<LocalJournal>,
+    warnings: crate::warnings::Warnings,
     every: Duration,
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -578,7 +591,7 @@ async fn retention(
             _ = every.tick() => {
                 let j = journal.clone();
                 match tokio::task::spawn_blocking(move || j.enforce_retention()).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(report)) => warnings.set_held(&report.held),
                     Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
                     Err(e) => tracing::warn!(error = %e, "retention task failed"),
                 }

@@ -103,16 +103,10 @@ impl Replayer {
         let kind = match req.kind.as_deref() {
             None => None,
             Some(k) => Some(
-                [
-                    BadKind::Size,
-                    BadKind::Parse,
-                    BadKind::SchemaViolation,
-                    BadKind::EnrichmentFailure,
-                    BadKind::FunctionFailure,
-                ]
-                .into_iter()
-                .find(|b| b.as_str() == k)
-                .ok_or_else(|| invalid(format!("unknown bad row kind {k:?}")))?,
+                BadKind::ALL
+                    .into_iter()
+                    .find(|b| b.as_str() == k)
+                    .ok_or_else(|| invalid(format!("unknown bad row kind {k:?}")))?,
             ),
         };
         if req.raw && kind.is_some() {

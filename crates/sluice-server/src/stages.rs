@@ -13,6 +13,8 @@ use serde::Serialize;
 use sluice_event::topic;
 use sluice_journal::{Health, Journal, StageHealth};
 
+use crate::warnings::Warnings;
+
 /// Per partition, the next offset a consumer has not delivered; `None` until it knows.
 type NextOffsets = Box<dyn Fn() -> Option<Vec<u64>> + Send + Sync>;
 
@@ -25,6 +27,7 @@ struct Consumer {
 struct Inner {
     journal: Arc<dyn Journal>,
     health: Health,
+    warnings: Warnings,
     consumers: Mutex<Vec<Consumer>>,
     max_lag: u64,
 }
@@ -64,10 +67,16 @@ impl Stages {
             inner: Arc::new(Inner {
                 journal,
                 health: Health::new(),
+                warnings: Warnings::default(),
                 consumers: Mutex::new(Vec::new()),
                 max_lag,
             }),
         }
+    }
+
+    /// What `/health` reports beside the stages (held retention, recovery losses).
+    pub(crate) fn warnings(&self) -> &Warnings {
+        &self.inner.warnings
     }
 
     /// Registers stage `name` and returns the handle it reports its attempts through.

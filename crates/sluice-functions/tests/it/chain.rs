@@ -360,3 +360,59 @@ fn an_event_over_the_size_limit_after_enrichment_is_a_size_bad_row() {
     let row = bad(c.process(b"{not json", POS, &mut st));
     assert_eq!(row.kind, BadKind::Parse);
 }
+
+/// Issue 16: an event time far from when the event was received becomes an `event_time` bad
+/// row naming both times and the bound, instead of a lake partition of its own; inside the
+/// window (default 5 years back, 1 day ahead; configurable) it is good.
+#[test]
+fn event_times_outside_the_window_are_event_time_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut enrich = EnrichConfig::default();
+    // Off, so that a time ahead of the receipt is the device's own, not clamped to it.
+    enrich.clock_skew.enabled = false;
+    let (_, c) = chain(dir.path(), ValidationConfig::default(), enrich);
+    let mut st = ChainState::default();
+    let at = |ts: &str| raw(json!({"event": "x", "timestamp": ts}), "127.0.0.1");
+    // Received 2027-01-15T08:00:00Z.
+    let good_times = ["2022-02-01T00:00:00Z", "2027-01-16T07:00:00Z"];
+    for ts in good_times {
+        let e = good(c.process(&at(ts), POS, &mut st));
+        assert_eq!(
+            e.timestamp,
+            sluice_event::parse_timestamp(&json!(ts)).unwrap()
+        );
+    }
+    let bad_times = [
+        ("2021-12-01T00:00:00Z", "event_time_window.past"),
+        ("2027-01-17T00:00:00Z", "event_time_window.future"),
+        // A broken clock's correction is refused, so the device's 1900 is kept: still bad.
+        ("1900-01-02T00:00:00Z", "event_time_window.past"),
+    ];
+    for (ts, bound) in bad_times {
+        let row = bad(c.process(&at(ts), POS, &mut st));
+        assert_eq!(row.kind, BadKind::EventTime, "{ts}");
+        assert_eq!(row.function, "event_time");
+        assert!(row.reason.contains(bound), "{}", row.reason);
+        assert!(row.reason.contains(&ts[..10]), "{}", row.reason);
+        assert!(row.reason.contains("2027-01-15T08:00:00"), "{}", row.reason);
+    }
+    // A configured window applies to Snowplow's times too.
+    let narrow = sluice_functions::EventTimeWindow {
+        past: std::time::Duration::from_secs(3600),
+        future: std::time::Duration::from_secs(60),
+    };
+    let c = c.with_time_window(narrow);
+    let hour_ago = (1_800_000_000_000_i64 - 2 * 3_600_000).to_string();
+    let row = bad(c.process(
+        &snowplow(json!({"e": "pv", "p": "web", "tv": "js-3", "dtm": hour_ago})),
+        POS,
+        &mut st,
+    ));
+    assert_eq!(row.kind, BadKind::EventTime);
+    let now = (1_800_000_000_000_i64 - 60_000).to_string();
+    good(c.process(
+        &snowplow(json!({"e": "pv", "p": "web", "tv": "js-3", "dtm": now})),
+        POS,
+        &mut st,
+    ));
+}

@@ -15,6 +15,7 @@ use deltalake::arrow::datatypes::{
 };
 use deltalake::datafusion::prelude::SessionContext;
 use sluice_event::topic;
+use sluice_journal::Health;
 use sluice_lake::{
     BadRowsSink, DeliveryProgress, FaultAction, FaultPoint, LakeError, LakeRoot, LakeSettings,
     LakeSink,
@@ -763,4 +764,61 @@ async fn a_txn_version_lowered_in_the_log_is_refused_not_redelivered() {
     assert!(!running.progress.status().started);
     running.stop().await.unwrap();
     assert_eq!(event_ids(dir.path()).await, expected_ids(&[(0, 0..14)]));
+}
+
+/// A txn version raised past the journal's end (the table claims offsets the journal never
+/// held) is refused at start, loudly, and nothing is skipped: once the commit is restored the
+/// sink delivers everything after the true version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txn_version_past_the_journal_end_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+    let settings = seven_commits(dir.path(), &journal).await;
+    let (commit, before) = crate::set_txn_version(&dir.path().join("events"), "events/0", 40);
+    append_events(&journal, 0, 14..17);
+    let health = Health::new();
+    let sink = LakeSink::new(journal.clone(), root(dir.path()), settings.clone())
+        .with_health(health.stage("lake/events"));
+    let running = start(sink);
+    let refused = tokio::time::timeout(
+        DEADLINE,
+        running.progress.wait_until(|s| s.refused.is_some()),
+    )
+    .await
+    .expect("the sink refuses in time")
+    .expect("the sink keeps running")
+    .refused
+    .unwrap_or_default();
+    // Recorded: 41 (the version + 1); the journal's end: 17.
+    assert!(
+        refused.contains("events/0") && refused.contains("41") && refused.contains("17"),
+        "{refused}"
+    );
+    assert!(!running.progress.status().started);
+    let stage = &health.snapshot()[0];
+    assert_eq!(stage.name, "lake/events");
+    let failure = stage.failing.as_ref().expect("the stage reports failing");
+    assert!(failure.error.contains("past the end"), "{failure:?}");
+    running.stop().await.unwrap();
+    assert_eq!(event_ids(dir.path()).await, expected_ids(&[(0, 0..14)]));
+
+    std::fs::write(&commit, before).unwrap();
+    let running = start(LakeSink::new(journal.clone(), root(dir.path()), settings));
+    caught_up(&running.progress, &journal).await;
+    running.stop().await.unwrap();
+    assert_eq!(event_ids(dir.path()).await, expected_ids(&[(0, 0..17)]));
+}
+
+/// A version up to the journal's end is not refused: the end is the next offset to be written,
+/// so a table that holds every record of a partition records exactly `end - 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_holds_the_whole_journal_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+    let settings = seven_commits(dir.path(), &journal).await;
+    let running = start(LakeSink::new(journal.clone(), root(dir.path()), settings));
+    caught_up(&running.progress, &journal).await;
+    assert_eq!(running.progress.status().next_offsets, vec![14]);
+    assert_eq!(running.progress.status().refused, None);
+    running.stop().await.unwrap();
 }

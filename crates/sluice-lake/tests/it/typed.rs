@@ -13,6 +13,7 @@ use deltalake::arrow::datatypes::{DataType, Int64Type};
 use deltalake::datafusion::prelude::SessionContext;
 use serde_json::json;
 use sluice_event::topic;
+use sluice_journal::Health;
 use sluice_lake::typed::{JsonSchemaTypes, TypedSink};
 use sluice_lake::{LakeError, LakeRoot, LakeSettings};
 use sluice_testkit::mem_journal::MemJournal;
@@ -307,4 +308,93 @@ async fn caught_up_resolves_after_a_crash_gap() {
         scalar(dir.path(), &["paid"], "SELECT count(*) FROM paid").await,
         5
     );
+}
+
+/// Runs a typed sink over `good` until its stage reports failing with an error containing
+/// `expected`, then stops it; the sink's result.
+async fn run_until_refused(
+    journal: &Arc<MemJournal>,
+    root: &LakeRoot,
+    expected: &str,
+) -> Result<(), LakeError> {
+    let health = Health::new();
+    let sink = TypedSink::new(journal.clone(), root.clone(), settings())
+        .with_health(health.stage("typed"));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(sink.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let refused = loop {
+        let failing = health.snapshot()[0].failing.clone();
+        if let Some(f) = failing.filter(|f| f.error.contains(expected)) {
+            break f.error;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refused: {expected}"
+        );
+        // Polls a condition under a deadline; the sink's backoff is at most 50 ms here.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    shutdown.cancel();
+    let result = tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    assert!(
+        refused.contains("typed") || refused.contains("order_completed"),
+        "{refused}"
+    );
+    result
+}
+
+/// The typed sink runs the `events` sink's checks on each of its txn histories: a version
+/// raised past the end of `good` (in the control table or a typed table) or lowered below an
+/// earlier commit's is refused, `/health` says so, and nothing is delivered past it; once the
+/// commit is restored every event lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_txn_versions_are_refused_by_the_typed_sink() {
+    let cases = [
+        ("_sluice/typed", "typed/0", 40, "past the end"),
+        ("order_completed", "order_completed/0", 40, "past the end"),
+        ("_sluice/typed", "typed/0", 2, "below the"),
+    ];
+    for (table, app_id, version, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+        let paid = |i: u64| event(0, i, "Order Completed", json!({"total": i}));
+        journal
+            .append_now(topic::GOOD, 0, (0..20).map(paid).collect())
+            .unwrap();
+        let root = LakeRoot::from_path(dir.path()).unwrap();
+        let sink = TypedSink::new(journal.clone(), root.clone(), settings());
+        run_until_caught_up(sink, &journal).await.unwrap();
+        let (commit, before) = crate::set_txn_version(&dir.path().join(table), app_id, version);
+        journal
+            .append_now(topic::GOOD, 0, (20..25).map(paid).collect())
+            .unwrap();
+
+        let result = run_until_refused(&journal, &root, expected).await;
+        match (table, result) {
+            // Found while opening: shutdown ends the wait.
+            ("_sluice/typed", result) => result.unwrap(),
+            // Found when a flush opens the table: the flush gives up at shutdown.
+            (_, Err(LakeError::GaveUp { last, .. })) => assert!(last.contains(expected), "{last}"),
+            (_, other) => panic!("{table}: {other:?}"),
+        }
+        let count = "SELECT count(*) FROM order_completed";
+        let d = dir.path();
+        assert_eq!(
+            scalar(d, &["order_completed"], count).await,
+            20,
+            "{table} {app_id}"
+        );
+
+        std::fs::write(&commit, before).unwrap();
+        let sink = TypedSink::new(journal.clone(), root.clone(), settings());
+        run_until_caught_up(sink, &journal).await.unwrap();
+        assert_eq!(
+            scalar(d, &["order_completed"], count).await,
+            25,
+            "{table} {app_id}"
+        );
+        let distinct = "SELECT count(DISTINCT event_id) FROM order_completed";
+        assert_eq!(scalar(d, &["order_completed"], distinct).await, 25);
+    }
 }
