@@ -1,4 +1,4 @@
-//! `sluice lake optimize|vacuum`: table upkeep by hand, on the data directory (safe while a
+//! `sluice lake optimize|vacuum|expire`: table upkeep by hand, on the data directory (safe while a
 //! server runs: compaction and vacuum are Delta commits like any other writer's).
 
 use std::path::PathBuf;
@@ -45,6 +45,16 @@ enum LakeCommand {
         /// Only count what would be deleted.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Deletes every table's date partitions older than the retention (what `[lake]
+    /// retention` does hourly); `vacuum` then removes their files.
+    Expire {
+        /// Data directory. Default ./sluice-data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep this many days back from today, UTC ("30d"; at least 1d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Duration,
     },
 }
 
@@ -108,6 +118,29 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                         } else {
                             "deleted"
                         }
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+        }
+        LakeCommand::Expire {
+            data_dir,
+            retention,
+        } => {
+            anyhow::ensure!(
+                retention >= sluice_lake::retention::MIN_RETENTION,
+                "the retention must be at least 1d (partitions are days)"
+            );
+            let cutoff = sluice_lake::retention::cutoff(chrono::Utc::now().date_naive(), retention);
+            let root = root(data_dir)?;
+            for result in sluice_lake::retention::expire_all(&root, cutoff).await? {
+                match result {
+                    Ok(r) => println!(
+                        "{}: {} files with {} before {} deleted",
+                        r.table, r.files_removed, r.column, r.cutoff
                     ),
                     Err(e) => {
                         failed += 1;

@@ -41,6 +41,10 @@ pub struct LakeConfig {
     pub zstd_level: i32,
     /// Also deliver `good` into one typed table per event name (see `sluice_lake::typed`).
     pub typed_tables: bool,
+    /// Delete every table's date partitions older than this ("400d"; at least a day); unset
+    /// keeps everything. See [`crate::retention`].
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for LakeConfig {
@@ -52,6 +56,7 @@ impl Default for LakeConfig {
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             typed_tables: true,
+            retention: None,
         }
     }
 }
@@ -83,7 +88,14 @@ impl LakeConfig {
                 "zstd_level must be between 1 and 22".into(),
             ));
         }
+        if self
+            .retention
+            .is_some_and(|r| r < crate::retention::MIN_RETENTION)
+        {
+            return Err(LakeError::Config("retention must be at least 1d".into()));
+        }
         Ok(LakeSettings {
+            retention: self.retention,
             flush_interval: self.flush_interval,
             flush_max_events: self.flush_max_events,
             flush_max_bytes,
@@ -110,6 +122,8 @@ pub struct LakeSettings {
     pub zstd_level: i32,
     /// See [`LakeConfig::typed_tables`].
     pub typed_tables: bool,
+    /// See [`LakeConfig::retention`].
+    pub retention: Option<Duration>,
     /// First wait after a failed commit or read; doubles up to `retry_backoff_max` (with
     /// jitter: each wait is between half and all of it).
     pub retry_backoff_initial: Duration,
@@ -142,6 +156,7 @@ impl LakeSettings {
                 .unwrap_or(NonZeroU64::MIN),
             zstd_level: DEFAULT_ZSTD_LEVEL,
             typed_tables: true,
+            retention: None,
             retry_backoff_initial: Duration::from_millis(200),
             retry_backoff_max: Duration::from_secs(10),
             commit_timeout: Duration::from_secs(60),

@@ -32,6 +32,7 @@ pub mod durable_store;
 mod error;
 pub mod metrics;
 mod repair;
+pub mod retention;
 mod root;
 pub mod schema;
 pub mod typed;

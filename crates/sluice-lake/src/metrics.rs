@@ -15,6 +15,7 @@
 //! | `sluice_lake_read_errors_total` | counter | journal read errors (the partition is retried after a backoff) |
 //! | `sluice_lake_txn_regressions_total` | counter | start-up checks that found a commit whose txn version is below an earlier commit's (delivery refused; see `DeltaTarget::check_txn_history`) |
 //! | `sluice_lake_txn_past_journal_end_total` | counter | per `partition`: start-up checks that found a txn version at or past the journal partition's end (delivery refused; see `commit::check_txns_within_journal`) |
+//! | `sluice_lake_expired_files_total` | counter | data files removed by `[lake] retention` (their date partitions were past it) |
 //! | `sluice_lake_buffered_records` | gauge | records waiting for the next flush |
 //! | `sluice_lake_delivered_offset` | gauge | per `partition`: next journal offset not yet in the table |
 
@@ -33,6 +34,11 @@ pub fn describe() {
         "sluice_lake_txn_past_journal_end_total",
         Unit::Count,
         "start-up checks that found a txn version past the journal's end (delivery refused)"
+    );
+    describe_counter!(
+        "sluice_lake_expired_files_total",
+        Unit::Count,
+        "data files removed because their date partition was past [lake] retention"
     );
     describe_counter!(
         "sluice_lake_rows_written_total",
@@ -90,6 +96,12 @@ pub fn describe() {
         Unit::Count,
         "next journal offset not yet in the table"
     );
+}
+
+/// `sluice_lake_expired_files_total{table}`.
+pub(crate) fn expired(table: &str, files: usize) {
+    counter!("sluice_lake_expired_files_total", "table" => table.to_string())
+        .increment(files as u64);
 }
 
 pub(crate) fn rows_written(table: &'static str, rows: usize) {

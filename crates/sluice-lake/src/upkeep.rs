@@ -31,6 +31,8 @@ use crate::{LakeError, LakeRoot};
 
 /// The shortest vacuum retention accepted on a schedule: well above the longest query.
 pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+/// How often expired partitions are looked for, with `[lake] retention`.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 /// Compacted files aim at this size.
 pub const TARGET_FILE_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -148,7 +150,7 @@ pub async fn list_tables(root: &LakeRoot) -> Result<Vec<String>, LakeError> {
     candidates.push(CONTROL_TABLE.to_string());
     let mut tables = Vec::new();
     for name in candidates {
-        if open(root, &name).await?.is_some() {
+        if open_table(root, &name).await?.is_some() {
             tables.push(name);
         }
     }
@@ -156,7 +158,11 @@ pub async fn list_tables(root: &LakeRoot) -> Result<Vec<String>, LakeError> {
     Ok(tables)
 }
 
-async fn open(root: &LakeRoot, name: &str) -> Result<Option<DeltaTable>, LakeError> {
+/// Table `name` loaded, or `None` when there is no table there.
+pub(crate) async fn open_table(
+    root: &LakeRoot,
+    name: &str,
+) -> Result<Option<DeltaTable>, LakeError> {
     let mut table = root.table(name)?;
     if !table
         .verify_deltatable_existence()
@@ -175,7 +181,7 @@ pub async fn optimize_table(
     name: &str,
     zstd_level: i32,
 ) -> Result<OptimizeReport, LakeError> {
-    let Some(table) = open(root, name).await? else {
+    let Some(table) = open_table(root, name).await? else {
         return Err(LakeError::Location {
             location: format!("{root}{name}"),
             reason: "no such table".into(),
@@ -223,7 +229,7 @@ pub async fn vacuum_table(
     retention: Duration,
     dry_run: bool,
 ) -> Result<VacuumReport, LakeError> {
-    let Some(table) = open(root, name).await? else {
+    let Some(table) = open_table(root, name).await? else {
         return Err(LakeError::Location {
             location: format!("{root}{name}"),
             reason: "no such table".into(),
@@ -298,6 +304,8 @@ pub struct Upkeep {
     root: LakeRoot,
     config: UpkeepConfig,
     zstd_level: i32,
+    /// `[lake] retention`: expired partitions are deleted before each compaction.
+    retention: Option<Duration>,
 }
 
 impl Upkeep {
@@ -307,7 +315,15 @@ impl Upkeep {
             root,
             config,
             zstd_level,
+            retention: None,
         }
+    }
+
+    /// Also deletes every table's partitions older than `retention`, hourly and before each
+    /// compaction.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Runs until `shutdown` is cancelled. Failures are logged and retried at the next
@@ -317,8 +333,12 @@ impl Upkeep {
         let every = |d: Duration| (!d.is_zero()).then(|| start + d);
         let mut next_optimize = every(self.config.optimize_interval);
         let mut next_vacuum = every(self.config.vacuum_interval);
+        let mut next_expire = self.retention.map(|_| start);
         loop {
-            let wake = [next_optimize, next_vacuum].into_iter().flatten().min();
+            let wake = [next_optimize, next_vacuum, next_expire]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(wake) = wake else {
                 shutdown.cancelled().await;
                 return;
@@ -328,6 +348,12 @@ impl Upkeep {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             let now = tokio::time::Instant::now();
+            if let Some(retention) = self.retention
+                && next_expire.is_some_and(|t| t <= now)
+            {
+                self.expire_once(retention).await;
+                next_expire = Some(now + EXPIRE_EVERY);
+            }
             if next_optimize.is_some_and(|t| t <= now) {
                 self.optimize_once().await;
                 next_optimize = Some(now + self.config.optimize_interval);
@@ -352,6 +378,25 @@ impl Upkeep {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "lake compaction failed"),
+        }
+    }
+
+    async fn expire_once(&self, retention: Duration) {
+        let cutoff = crate::retention::cutoff(chrono::Utc::now().date_naive(), retention);
+        match crate::retention::expire_all(&self.root, cutoff).await {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(r) if r.files_removed > 0 => {
+                            crate::metrics::expired(&r.table, r.files_removed);
+                            tracing::info!(table = %r.table, column = %r.column, %cutoff, files_removed = r.files_removed, rows = ?r.rows_deleted, "lake partitions past retention deleted")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "lake retention failed"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lake retention failed"),
         }
     }
 

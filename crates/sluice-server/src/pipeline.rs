@@ -354,7 +354,8 @@ fn start_lake(
             .and(d)
     });
     stages.push((token, task));
-    let upkeep = Upkeep::new(root.clone(), settings.upkeep.clone(), lake.zstd_level);
+    let upkeep = Upkeep::new(root.clone(), settings.upkeep.clone(), lake.zstd_level)
+        .with_retention(lake.retention);
     let stop = housekeeping.clone();
     background.push(Task::spawn("upkeep", async move {
         upkeep.run(stop).await;

@@ -13,6 +13,7 @@ mod crash;
 mod e2e;
 mod functions;
 mod keys;
+mod lake;
 mod quota;
 mod replay;
 mod security;

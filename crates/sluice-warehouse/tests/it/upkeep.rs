@@ -32,6 +32,14 @@ fn event(i: u64) -> Bytes {
     )
 }
 
+/// Waits (with a deadline) until the sink has delivered everything in the journal.
+async fn caught_up(progress: &sluice_lake::DeliveryProgress, journal: &Arc<MemJournal>) {
+    tokio::time::timeout(DEADLINE, progress.wait_caught_up(journal.as_ref()))
+        .await
+        .expect("the sink caught up within the deadline")
+        .expect("the journal answered");
+}
+
 fn parquet_files(dir: &Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -81,10 +89,7 @@ async fn compaction_under_writes_and_queries_keeps_snapshots_consistent() {
     let progress = sink.progress();
     let shutdown = CancellationToken::new();
     let sink_task = tokio::spawn(sink.run(shutdown.clone()));
-    tokio::time::timeout(DEADLINE, progress.wait_caught_up(journal.as_ref()))
-        .await
-        .unwrap()
-        .unwrap();
+    caught_up(&progress, &journal).await;
     let small_files = parquet_files(&dir.path().join("events"));
     assert!(small_files >= 20, "{small_files} files");
 
@@ -112,10 +117,7 @@ async fn compaction_under_writes_and_queries_keeps_snapshots_consistent() {
         .unwrap();
     let first = optimize_table(&root, "events", 3).await.unwrap();
     assert!(first.files_removed > 1, "{first:?}");
-    tokio::time::timeout(DEADLINE, progress.wait_caught_up(journal.as_ref()))
-        .await
-        .unwrap()
-        .unwrap();
+    caught_up(&progress, &journal).await;
     let second = optimize_table(&root, "events", 3).await.unwrap();
     stop.store(true, Ordering::SeqCst);
     let queries = reader.await.unwrap();
@@ -130,10 +132,7 @@ async fn compaction_under_writes_and_queries_keeps_snapshots_consistent() {
     let progress = sink.progress();
     let shutdown = CancellationToken::new();
     let sink_task = tokio::spawn(sink.run(shutdown.clone()));
-    tokio::time::timeout(DEADLINE, progress.wait_caught_up(journal.as_ref()))
-        .await
-        .unwrap()
-        .unwrap();
+    caught_up(&progress, &journal).await;
     shutdown.cancel();
     sink_task.await.unwrap().unwrap();
     assert_eq!(counts(&warehouse).await, (400, 400));
@@ -162,4 +161,88 @@ async fn compaction_under_writes_and_queries_keeps_snapshots_consistent() {
     assert_eq!(counts(&warehouse).await, (400, 400));
     let tables = sluice_lake::upkeep::list_tables(&root).await.unwrap();
     assert_eq!(tables, vec!["events".to_string()]);
+}
+
+/// Event `i` on day `day` after T0's.
+fn event_on(i: u64, day: u64) -> Bytes {
+    let at = T0 + (day * 86_400_000_000) as i64;
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "event_id": format!("d{day}-{i}"), "event_type": "track", "event": "Tick",
+            "source": "web", "timestamp": at, "received_at": at,
+            "properties": {}, "context": {}, "raw": {"partition": 0, "offset": i},
+        }))
+        .unwrap(),
+    )
+}
+
+fn partitions(table: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(table)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("event_date="))
+        .filter(|n| parquet_files(&table.join(n)) > 0)
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_partitions_and_vacuum_ends_their_time_travel() {
+    use sluice_lake::retention::{cutoff, expire_all};
+    let dir = tempfile::tempdir().unwrap();
+    let root = LakeRoot::from_path(dir.path()).unwrap();
+    let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+    let events: Vec<Bytes> = (0..30).map(|i| event_on(i, (i / 10) * 5)).collect();
+    journal.append_now(topic::GOOD, 0, events).unwrap();
+    let sink = LakeSink::new(journal.clone(), root.clone(), LakeSettings::default());
+    let progress = sink.progress();
+    let shutdown = CancellationToken::new();
+    let sink_task = tokio::spawn(sink.run(shutdown.clone()));
+    caught_up(&progress, &journal).await;
+    let warehouse = Warehouse::open(root.clone()).unwrap();
+    assert_eq!(counts(&warehouse).await, (30, 30));
+    let table = dir.path().join("events");
+    let days = partitions(&table);
+    assert_eq!(days.len(), 3, "{days:?}");
+
+    // Today is day 12; keeping 5 days keeps day 10 and drops days 0 and 5.
+    let day0 = chrono::DateTime::from_timestamp_micros(T0)
+        .unwrap()
+        .date_naive();
+    let today = day0 + chrono::Days::new(12);
+    let cut = cutoff(today, Duration::from_secs(5 * 86_400));
+    assert_eq!(cut, day0 + chrono::Days::new(7));
+    let reports = expire_all(&root, cut).await.unwrap();
+    let [Ok(report)] = reports.as_slice() else {
+        panic!("one table expected: {reports:?}")
+    };
+    assert_eq!(
+        (report.table.as_str(), report.column.as_str()),
+        ("events", "event_date")
+    );
+    assert!(report.files_removed >= 2, "{report:?}");
+    assert_eq!(counts(&warehouse).await, (10, 10));
+    // The files stay for older versions until vacuum; a second pass commits nothing.
+    assert_eq!(partitions(&table), days);
+    let again = expire_all(&root, cut).await.unwrap();
+    assert!(
+        matches!(again.as_slice(), [Ok(r)] if r.files_removed == 0),
+        "{again:?}"
+    );
+    vacuum_table(&root, "events", Duration::ZERO, false)
+        .await
+        .unwrap();
+    assert_eq!(partitions(&table), days[2..].to_vec());
+    assert_eq!(counts(&warehouse).await, (10, 10));
+
+    // The sink's exactly-once state is untouched: it goes on delivering, and nothing expired
+    // comes back.
+    journal
+        .append_now(topic::GOOD, 0, (30..35).map(|i| event_on(i, 12)).collect())
+        .unwrap();
+    caught_up(&progress, &journal).await;
+    shutdown.cancel();
+    sink_task.await.unwrap().unwrap();
+    assert_eq!(counts(&warehouse).await, (15, 15));
 }
