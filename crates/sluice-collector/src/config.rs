@@ -20,6 +20,9 @@ pub struct CollectorConfig {
     /// How long an (source, event_id) pair is remembered for dedupe. Default 24 h.
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
+    /// Most (source, event_id) pairs the dedupe index holds (about 90 bytes each); past it the
+    /// oldest leave first. Default 5,000,000.
+    pub dedupe_max_entries: usize,
     /// Unprocessed `raw` records above which ingest answers 503 with `Retry-After`.
     /// Default 5,000,000.
     pub max_backlog_events: u64,
@@ -34,6 +37,7 @@ impl Default for CollectorConfig {
             max_event_bytes: 64 << 10,
             max_events: 10_000,
             dedupe_window: Duration::from_secs(24 * 3600),
+            dedupe_max_entries: 5_000_000,
             max_backlog_events: 5_000_000,
             quotas: QuotaConfig::default(),
         }
@@ -47,6 +51,7 @@ pub struct CollectorSettings {
     pub(crate) max_event_bytes: usize,
     pub(crate) max_events: usize,
     pub(crate) dedupe_window_micros: i64,
+    pub(crate) dedupe_max_entries: usize,
     pub(crate) max_backlog_events: u64,
     pub(crate) quotas: QuotaConfig,
 }
@@ -64,6 +69,9 @@ impl CollectorConfig {
             return Err("collector.max_events must be at least 1".into());
         }
         self.quotas.validate()?;
+        if self.dedupe_max_entries < 1000 {
+            return Err("collector.dedupe_max_entries must be at least 1000".into());
+        }
         let window = i64::try_from(self.dedupe_window.as_micros())
             .map_err(|_| "collector.dedupe_window is too long".to_string())?;
         Ok(CollectorSettings {
@@ -71,6 +79,7 @@ impl CollectorConfig {
             max_event_bytes: self.max_event_bytes,
             max_events: self.max_events,
             dedupe_window_micros: window,
+            dedupe_max_entries: self.dedupe_max_entries,
             max_backlog_events: self.max_backlog_events,
             quotas: self.quotas.clone(),
         })

@@ -7,10 +7,12 @@
 //! append to finish (bounded), because answering "duplicate" for an event that is not yet
 //! durable would ack something that may still be lost.
 //!
-//! The index lives in memory and is rebuilt from the `raw` topic on start
-//! ([`crate::Collector::open`]): every raw record within the window is a committed entry. So the
-//! window survives restarts exactly as far as `raw` retention reaches back (7 days by default,
-//! longer than the 24 h window).
+//! The index lives in memory, bounded by `collector.dedupe_max_entries` (about 90 bytes an
+//! entry): past it, the oldest committed entries leave first (counted in
+//! `sluice_collector_dedupe_evicted_total`), so under heavy traffic the window is the most
+//! recent `dedupe_max_entries` events rather than the whole `dedupe_window`. It is rebuilt from
+//! the `raw` topic on start ([`crate::Collector::open`]) from the newest records within the
+//! window, at most the bound's worth, so a restart costs the same whatever `raw` holds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -55,13 +57,17 @@ pub(crate) enum Reserve {
 pub(crate) struct DedupeIndex {
     shards: Vec<Mutex<Shard>>,
     window: i64,
+    /// Entries one shard holds at most.
+    shard_cap: usize,
 }
 
 impl DedupeIndex {
-    pub(crate) fn new(window_micros: i64) -> Self {
+    /// An index of the pairs acked within `window_micros`, at most `max_entries` of them.
+    pub(crate) fn new(window_micros: i64, max_entries: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             window: window_micros,
+            shard_cap: max_entries.div_ceil(SHARDS).max(1),
         }
     }
 
@@ -78,6 +84,7 @@ impl DedupeIndex {
         let mut s = self.shard(k);
         s.map.insert(k, Slot::Committed(at, pos));
         s.order.push_back((at, k));
+        evict(&mut s, self.shard_cap);
     }
 
     /// Tries to reserve `k` for the request whose outcome `rx` will carry.
@@ -97,6 +104,7 @@ impl DedupeIndex {
         }
         s.map.insert(k, Slot::Pending(now, rx.clone()));
         s.order.push_back((now, k));
+        evict(&mut s, self.shard_cap);
         Reserve::New
     }
 
@@ -120,6 +128,31 @@ impl DedupeIndex {
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
+    }
+}
+
+/// Drops the oldest committed entries while the shard is over `cap`. A pending entry at the
+/// front stops it (its request settles soon); the shard may then exceed the cap by the
+/// requests in flight.
+fn evict(s: &mut Shard, cap: usize) {
+    let mut evicted = 0u64;
+    while s.map.len() > cap {
+        let Some(&(at, k)) = s.order.front() else {
+            break;
+        };
+        match s.map.get(&k) {
+            Some(Slot::Pending(..)) => break,
+            Some(Slot::Committed(c, _)) if *c == at => {
+                s.map.remove(&k);
+                evicted += 1;
+            }
+            // A stale order entry (the key was re-reserved later): nothing to drop.
+            _ => {}
+        }
+        s.order.pop_front();
+    }
+    if evicted > 0 {
+        crate::metrics::dedupe_evicted(evicted);
     }
 }
 
@@ -148,7 +181,7 @@ mod tests {
 
     #[test]
     fn reserve_commit_fail_and_expire() {
-        let idx = DedupeIndex::new(1000);
+        let idx = DedupeIndex::new(1000, 1 << 20);
         let (tx, rx) = watch::channel(None);
         let a = key("web", "e1");
         assert_ne!(a, key("app", "e1"), "dedupe is scoped by source");
@@ -173,5 +206,39 @@ mod tests {
         assert!(matches!(idx.reserve(a, 5000, &rx2), Reserve::New));
         assert!(matches!(idx.reserve(b, 5000, &rx2), Reserve::New));
         assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn the_oldest_committed_entries_leave_past_the_bound() {
+        let cap = SHARDS * 4;
+        let idx = DedupeIndex::new(i64::MAX / 2, cap);
+        let (_tx, rx) = watch::channel(None);
+        let keys: Vec<Key> = (0..cap * 3).map(|i| key("web", &format!("e{i}"))).collect();
+        for (i, k) in keys.iter().enumerate() {
+            idx.insert_committed(*k, i as i64, P);
+        }
+        assert!(
+            idx.len() <= cap,
+            "{} entries over a bound of {cap}",
+            idx.len()
+        );
+        // The newest are still known; the oldest are new again.
+        let newest = keys.last().copied().unwrap();
+        assert!(matches!(
+            idx.reserve(newest, 1_000, &rx),
+            Reserve::Duplicate(Some(P))
+        ));
+        assert!(matches!(idx.reserve(keys[0], 1_000, &rx), Reserve::New));
+        // Pending entries are never evicted: a request in flight keeps its reservation.
+        let pending: Vec<Key> = (0..cap).map(|i| key("app", &format!("p{i}"))).collect();
+        for k in &pending {
+            assert!(matches!(idx.reserve(*k, 2_000, &rx), Reserve::New));
+        }
+        let (_tx2, rx2) = watch::channel(None);
+        assert!(
+            pending
+                .iter()
+                .all(|k| matches!(idx.reserve(*k, 2_001, &rx2), Reserve::Wait(_)))
+        );
     }
 }

@@ -125,13 +125,18 @@ impl Collector {
         settings: CollectorSettings,
     ) -> Result<Self, CollectError> {
         let partitions = journal.partitions(topic::RAW).map_err(journal_error)?;
-        let dedupe = DedupeIndex::new(settings.dedupe_window_micros);
+        let max_entries = settings.dedupe_max_entries;
+        let dedupe = DedupeIndex::new(settings.dedupe_window_micros, max_entries);
         let horizon = now_micros() - settings.dedupe_window_micros;
         let horizon_ms = horizon / 1000;
         let mut loaded = 0usize;
+        // Only the newest records can be in the bounded index: read no further back, so a
+        // restart costs the same however much `raw` holds.
+        let per_partition = max_entries.div_ceil(partitions.max(1) as usize) as u64;
         for p in 0..partitions {
-            let mut from = journal.start(topic::RAW, p).map_err(journal_error)?;
             let end = journal.end(topic::RAW, p).map_err(journal_error)?;
+            let start = journal.start(topic::RAW, p).map_err(journal_error)?;
+            let mut from = start.max(end.saturating_sub(per_partition));
             while from < end {
                 let records = journal
                     .read(topic::RAW, p, from, 4096, 8 << 20)

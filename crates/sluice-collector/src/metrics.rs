@@ -23,3 +23,9 @@ pub(crate) fn append_failed(n: usize) {
 pub(crate) fn throttled(quota: &'static str) {
     metrics::counter!("sluice_collector_throttled_total", "quota" => quota).increment(1);
 }
+
+/// `sluice_collector_dedupe_evicted_total`: dedupe entries dropped, oldest first, to stay within
+/// `collector.dedupe_max_entries` (an event repeated after its entry left is stored again).
+pub(crate) fn dedupe_evicted(n: u64) {
+    metrics::counter!("sluice_collector_dedupe_evicted_total").increment(n);
+}

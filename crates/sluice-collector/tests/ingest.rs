@@ -254,3 +254,60 @@ async fn submit_places_every_slot_and_duplicates_point_at_the_first_copy() {
         .unwrap();
     assert_eq!(after.placements[0], Placement::Duplicate(a0));
 }
+
+#[tokio::test]
+async fn dedupe_is_bounded_and_a_restart_reads_back_only_the_newest() {
+    let j = MemJournal::with_topics(&[(topic::RAW, 2)]);
+    let settings = CollectorConfig {
+        dedupe_max_entries: 1000,
+        ..CollectorConfig::default()
+    }
+    .validate()
+    .unwrap();
+    let c = Collector::open(j.clone(), settings.clone()).unwrap();
+    let batch = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|i| format!(r#"{{"event":"a","userId":"u{i}","event_id":"e{i}"}}"#))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for chunk in 0..8 {
+        let out = c
+            .ingest(request("web", &batch(chunk * 500, chunk * 500 + 500)))
+            .await
+            .unwrap();
+        assert_eq!(out.accepted, 500);
+    }
+    // 4,000 stored; the index keeps about the newest 1,000.
+    let newest = c
+        .ingest(request("web", &batch(3_800, 4_000)))
+        .await
+        .unwrap();
+    assert_eq!((newest.accepted, newest.duplicates), (0, 200));
+    let oldest = c.ingest(request("web", &batch(0, 200))).await.unwrap();
+    assert_eq!(
+        (oldest.accepted, oldest.duplicates),
+        (200, 0),
+        "evicted pairs are new again"
+    );
+    drop(c);
+
+    // A restart reads back no more than the bound (per partition, the newest), and still knows
+    // the newest events.
+    let reopened = Collector::open(j.clone(), settings).unwrap();
+    let newest = reopened
+        .ingest(request("web", &batch(3_900, 4_000)))
+        .await
+        .unwrap();
+    assert_eq!((newest.accepted, newest.duplicates), (0, 100));
+    let old = reopened
+        .ingest(request("web", &batch(1_000, 1_100)))
+        .await
+        .unwrap();
+    assert_eq!((old.accepted, old.duplicates), (100, 0));
+    let bad = CollectorConfig {
+        dedupe_max_entries: 10,
+        ..CollectorConfig::default()
+    };
+    assert!(bad.validate().unwrap_err().contains("dedupe_max_entries"));
+}
