@@ -38,6 +38,7 @@ mod segment;
 mod snowplow;
 mod sql;
 mod stages;
+mod tls;
 
 pub use config::{Config, Roles, Settings};
 pub use error::{ServerError, status_of};
@@ -46,3 +47,4 @@ pub use listen::ListenerConfig;
 pub use pipeline::{Running, Server};
 pub use replay::ReplayReport;
 pub use snowplow::{SnowplowConfig, SnowplowSettings};
+pub use tls::TlsConfig;
