@@ -469,3 +469,81 @@ async fn boto3_puts_over_https_with_the_test_ca() -> anyhow::Result<()> {
     assert!(stderr.contains("CERTIFICATE_VERIFY_FAILED"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openssl CLI; run with --run-ignored all"]
+async fn the_loaders_client_speaks_each_sslmode() -> anyhow::Result<()> {
+    use sluice_warehouse::pgclient::{PgClientError, PgConnection, PgTarget};
+    use sluice_warehouse::pgtls::SslMode;
+    let dir = tempfile::tempdir()?;
+    let pki = make_pki(dir.path())?;
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other)?;
+    let wrong = make_pki(&other)?;
+    let data = dir.path().join("data");
+    let reader = sluice_testkit::process::run_cli(
+        Path::new(BIN),
+        &[
+            "tokens",
+            "create",
+            "--role",
+            "reader",
+            "--data-dir",
+            utf8(&data)?,
+        ],
+    )?
+    .trim()
+    .to_string();
+    let cfg = config(dir.path(), &pki.chain, &pki.key, "")?;
+    let port = free_port()?;
+    let pg = format!("127.0.0.1:{port}");
+    let _server = SluiceProcess::spawn(
+        Path::new(BIN),
+        &data,
+        &["--config", utf8(&cfg)?, "--pg", &pg],
+    )?;
+    let target = |sslmode: SslMode, root: Option<&Path>| PgTarget {
+        host: "localhost".into(),
+        port,
+        user: "analyst".into(),
+        password: Some(reader.clone()),
+        database: "sluice".into(),
+        sslmode,
+        sslrootcert: root.map(Path::to_path_buf),
+    };
+    let connect = |t: PgTarget| async move { PgConnection::connect(&t, WAIT).await };
+    // The pg port starts alongside HTTP: retry until it answers.
+    let deadline = Instant::now() + WAIT;
+    let mut conn = loop {
+        match connect(target(SslMode::VerifyFull, Some(&pki.ca))).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let answer = conn.query("SELECT 40 + 2").await?;
+    assert_eq!(answer, vec![vec![Some("42".to_string())]]);
+    for mode in [SslMode::Require, SslMode::Prefer, SslMode::Disable] {
+        let mut c = connect(target(mode, None)).await?;
+        assert_eq!(
+            c.query("SELECT 1").await?,
+            vec![vec![Some("1".to_string())]]
+        );
+    }
+    // verify-full against a root that did not sign the server's certificate.
+    match connect(target(SslMode::VerifyFull, Some(&wrong.ca))).await {
+        Err(PgClientError::Io(e)) => {
+            // BadSignature: the other root has the same name but another key.
+            assert!(e.to_string().contains("invalid peer certificate"), "{e}");
+        }
+        Err(other) => anyhow::bail!("not a certificate failure: {other}"),
+        Ok(_) => anyhow::bail!("connected with a wrong root"),
+    }
+    // verify-full without a root is refused before connecting.
+    match connect(target(SslMode::VerifyFull, None)).await {
+        Err(PgClientError::Protocol(m)) => assert!(m.contains("needs sslrootcert"), "{m}"),
+        Err(other) => anyhow::bail!("{other}"),
+        Ok(_) => anyhow::bail!("verify-full without a root connected"),
+    }
+    Ok(())
+}
