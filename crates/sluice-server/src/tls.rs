@@ -89,30 +89,35 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{what}: cannot read {}: {e}", show(path)))
 }
 
-#[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %show(path),
-                mode = format!("{:o}", mode & 0o777),
-                "the TLS key file can be read by its group or others; chmod 600 it"
-            );
-        }
+    if let Some(mode) = open_mode(path) {
+        tracing::warn!(
+            path = %show(path),
+            mode = format!("{mode:o}"),
+            "the TLS key file can be read by its group or others; chmod 600 it"
+        );
     }
 }
 
+/// The file's permission bits when its group or others have any access to it.
+#[cfg(unix)]
+fn open_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+fn open_mode(_path: &Path) -> Option<u32> {
+    None
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn missing_and_garbage_files_are_clear_errors() {
+    fn bad_files_are_clear_errors_and_open_key_modes_are_seen() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
@@ -135,6 +140,14 @@ mod tests {
         std::fs::write(&key, "nothing\n").unwrap();
         let e = cfg.load().unwrap_err();
         assert!(e.contains("not a PEM private key"), "{e}");
+        // The key's mode: warned about when the group or others may read it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(open_mode(&key), Some(0o644));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(open_mode(&key), Some(0o640));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(open_mode(&key), None);
         let empty = TlsConfig::default();
         assert_eq!(empty.load().unwrap_err(), "tls.cert must name a PEM file");
     }
