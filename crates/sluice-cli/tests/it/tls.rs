@@ -1,7 +1,8 @@
 //! `[tls]` against the real binary: a CA and a server certificate for localhost and 127.0.0.1
 //! made with the `openssl` CLI; HTTPS with curl and reqwest, a plaintext request and a stalled
-//! handshake on the TLS port, psql with `sslmode=verify-full` on the Postgres wire port, boto3
-//! against the HTTPS Kinesis endpoint; and a bad certificate or key stops the start.
+//! handshake on the TLS port, psql and psycopg with `sslmode=verify-full` on the Postgres wire
+//! port, the loader's own client in every `sslmode`, boto3 against the HTTPS Kinesis endpoint;
+//! and a bad certificate or key stops the start.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -545,5 +546,111 @@ async fn the_loaders_client_speaks_each_sslmode() -> anyhow::Result<()> {
         Err(other) => anyhow::bail!("{other}"),
         Ok(_) => anyhow::bail!("verify-full without a root connected"),
     }
+    Ok(())
+}
+
+/// A Python with psycopg: the pinned `compat/warehouse/requirements.txt` in a venv, prepared
+/// once per content hash under `~/.cache/sluice-compat/`.
+fn psycopg_python() -> anyhow::Result<PathBuf> {
+    let reqs =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compat/warehouse/requirements.txt");
+    let hash = xxhash_rust::xxh3::xxh3_64(&std::fs::read(&reqs)?);
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let root = PathBuf::from(home).join(".cache/sluice-compat");
+    std::fs::create_dir_all(&root)?;
+    let _lock = sluice_testkit::lock_exclusive(&root.join("tls-psycopg.lock"))?;
+    let dir = root.join(format!("tls-psycopg-{hash:016x}"));
+    let python = dir.join("venv/bin/python");
+    if !dir.join("ready").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let ok = |out: std::process::Output, what: &str| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        ok(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(dir.join("venv"))
+                .output()?,
+            "python3 -m venv",
+        )?;
+        ok(
+            Command::new(dir.join("venv/bin/pip"))
+                .args(["install", "--disable-pip-version-check", "-q", "-r"])
+                .arg(&reqs)
+                .output()?,
+            "pip install",
+        )?;
+        std::fs::write(dir.join("ready"), "")?;
+    }
+    Ok(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openssl CLI and psycopg from PyPI; run with --run-ignored all"]
+async fn psycopg_verifies_the_postgres_wire_certificate() -> anyhow::Result<()> {
+    let python = tokio::task::spawn_blocking(psycopg_python).await??;
+    let dir = tempfile::tempdir()?;
+    let pki = make_pki(dir.path())?;
+    let data = dir.path().join("data");
+    let reader = sluice_testkit::process::run_cli(
+        Path::new(BIN),
+        &[
+            "tokens",
+            "create",
+            "--role",
+            "reader",
+            "--data-dir",
+            utf8(&data)?,
+        ],
+    )?
+    .trim()
+    .to_string();
+    let cfg = config(dir.path(), &pki.chain, &pki.key, "")?;
+    let port = free_port()?;
+    let pg = format!("127.0.0.1:{port}");
+    let _server = SluiceProcess::spawn(
+        Path::new(BIN),
+        &data,
+        &["--config", utf8(&cfg)?, "--pg", &pg],
+    )?;
+    let script = concat!(
+        "import sys, psycopg\n",
+        "port, token, ca = sys.argv[1:4]\n",
+        "with psycopg.connect(host='localhost', port=int(port), user='analyst', dbname='sluice',\n",
+        "                     password=token, sslmode='verify-full', sslrootcert=ca,\n",
+        "                     connect_timeout=20) as c:\n",
+        "    print(c.execute('SELECT 40 + 2').fetchone()[0], c.info.pgconn.ssl_in_use)\n",
+    );
+    let ca = utf8(&pki.ca)?.to_string();
+    let deadline = Instant::now() + WAIT;
+    let out = loop {
+        let (py, s, p, r, c) = (
+            python.clone(),
+            script.to_string(),
+            port.to_string(),
+            reader.clone(),
+            ca.clone(),
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(py).args(["-c", &s, &p, &r, &c]).output()
+        })
+        .await??;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42 True");
     Ok(())
 }
