@@ -654,3 +654,43 @@ async fn psycopg_verifies_the_postgres_wire_certificate() -> anyhow::Result<()> 
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42 True");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openssl CLI; run with --run-ignored all"]
+async fn connections_over_the_cap_are_closed_without_a_plaintext_answer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = make_pki(dir.path())?;
+    // A long header timeout: a connection that is not refused would outlast the read below.
+    let cfg = config(
+        dir.path(),
+        &pki.chain,
+        &pki.key,
+        "[listener]\nmax_connections = 1\nheader_timeout = \"60s\"\n",
+    )?;
+    let server = SluiceProcess::spawn(
+        Path::new(BIN),
+        &dir.path().join("data"),
+        &["--config", utf8(&cfg)?],
+    )?;
+    let port = server.addr.port();
+    // This one takes the only slot (its handshake has not started).
+    let hold = TcpStream::connect(("127.0.0.1", port))?;
+    let got = tokio::task::spawn_blocking(move || answer_to(port, b"")).await??;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    drop(hold);
+    // The slot comes back once the server sees the first connection go.
+    let c = https_client(&pki)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c
+            .get(format!("https://localhost:{port}/health"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => break,
+            other => anyhow::ensure!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
