@@ -194,7 +194,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut running = Server::start(settings).await?;
     if let Some(addr) = running.http_addr {
         // Tests and scripts read this line to learn the port when listening on port 0.
-        println!("sluice listening on http://{addr}");
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("sluice listening on {scheme}://{addr}");
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

@@ -20,6 +20,7 @@ use crate::auth::SourceConfig;
 use crate::kinesis::KinesisConfig;
 use crate::listen::ListenerConfig;
 use crate::snowplow::{SnowplowConfig, SnowplowSettings};
+use crate::tls::{Tls, TlsConfig};
 
 /// The config file. Unknown fields are an error.
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +51,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// HTTP connection limits and timeouts.
     pub listener: ListenerConfig,
+    /// A certificate and key (PEM): when set, the HTTP listener speaks only HTTPS and the
+    /// Postgres wire port offers TLS (and requires it from non-loopback clients).
+    pub tls: Option<TlsConfig>,
     /// The journal. Its `dir` defaults to `<data_dir>/journal`; `default_partitions` is the
     /// partition count of `raw`, `good` and `bad` (fixed once they exist).
     pub journal: JournalConfig,
@@ -95,6 +99,7 @@ impl Default for Config {
             roles: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             listener: ListenerConfig::default(),
+            tls: None,
             journal: JournalConfig::default(),
             collector: CollectorConfig::default(),
             runner: RunnerConfig::default(),
@@ -196,6 +201,7 @@ pub struct Settings {
     pub(crate) roles: Roles,
     pub(crate) drain_timeout: Duration,
     pub(crate) listener: ListenerConfig,
+    pub(crate) tls: Option<Tls>,
     pub(crate) partitions: u32,
     pub(crate) journal: JournalConfig,
     pub(crate) collector: CollectorSettings,
@@ -302,6 +308,12 @@ impl Config {
             roles: Roles::parse(&self.roles)?,
             drain_timeout: self.drain_timeout,
             listener: self.listener.validate().map_err(ServerError::Config)?,
+            tls: self
+                .tls
+                .as_ref()
+                .map(TlsConfig::load)
+                .transpose()
+                .map_err(ServerError::Config)?,
             partitions: journal.default_partitions,
             journal,
             collector: self.collector.validate().map_err(ServerError::Config)?,

@@ -38,6 +38,7 @@ mod segment;
 mod snowplow;
 mod sql;
 mod stages;
+mod tls;
 mod warnings;
 
 pub use config::{Config, Roles, Settings};
@@ -47,3 +48,4 @@ pub use listen::ListenerConfig;
 pub use pipeline::{Running, Server};
 pub use replay::ReplayReport;
 pub use snowplow::{SnowplowConfig, SnowplowSettings};
+pub use tls::TlsConfig;

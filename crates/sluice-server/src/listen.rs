@@ -12,7 +12,14 @@
 //! head with both `Content-Length` and `Transfer-Encoding` is refused with 400 (hyper would
 //! quietly ignore the length; a proxy in front may not, which is how requests are smuggled).
 //! More than `max_headers` header lines, or a head over `max_header_bytes`, gets 431 from hyper.
-//! Connections beyond `max_connections` are accepted, answered 503 and closed.
+//! Connections beyond `max_connections` are accepted, answered 503 and closed (over TLS they
+//! are closed without an answer: a plaintext 503 would be noise to a TLS client, and a
+//! handshake is the work the limit is there to refuse).
+//!
+//! With `[tls]`, every connection first completes a TLS handshake, and the handshake counts
+//! against `header_timeout` of the first request (its clock starts at accept either way). A
+//! client that does not speak TLS (a plaintext request, say) gets a TLS alert or a closed
+//! connection. The watchdog and the head scan see the decrypted bytes.
 //!
 //! Graceful shutdown stops accepting, lets in-flight requests finish (their responses are
 //! written) and closes idle connections; the watchdog keeps running, so a slow client cannot
@@ -110,11 +117,13 @@ impl ListenerConfig {
 }
 
 /// What the accept loop needs besides the router.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Limits {
     pub(crate) listener: ListenerConfig,
     /// Largest request body the router takes (a larger `Content-Length` is refused at once).
     pub(crate) max_body_bytes: usize,
+    /// HTTPS only, when set.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The answer to a connection over `max_connections`, written without reading the request.
@@ -184,7 +193,9 @@ pub(crate) async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Best effort: the socket is fresh, so its send buffer has room for this.
-            let _ = stream.try_write(BUSY);
+            if limits.tls.is_none() {
+                let _ = stream.try_write(BUSY);
+            }
             crate::metrics::connection_refused();
             drop(stream);
             continue;
@@ -218,6 +229,43 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let state = Arc::new(ConnState::new());
+    let Some(acceptor) = limits.tls.clone() else {
+        drive(stream, peer, state, slot, router, limits, builder, stop).await;
+        return;
+    };
+    // The handshake is part of the first request's head: it ends by the header deadline.
+    let deadline = state.opened + limits.listener.header_timeout;
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+        _ = stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => drive(tls, peer, state, slot, router, limits, builder, stop).await,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            crate::metrics::tls_handshake_failed();
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not complete within the header timeout");
+            crate::metrics::connection_timed_out("handshake");
+        }
+    }
+}
+
+/// Runs hyper's connection driver over `stream` (plain TCP or TLS) under the watchdog.
+#[allow(clippy::too_many_arguments)]
+async fn drive<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    slot: OwnedSemaphorePermit,
+    router: Router,
+    limits: Arc<Limits>,
+    builder: &hyper::server::conn::http1::Builder,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Tracked {
         inner: stream,
         state: state.clone(),
@@ -559,13 +607,14 @@ impl HeadScan {
     }
 }
 
-/// The socket, reporting reads and writes to the connection's bookkeeping.
-struct Tracked {
-    inner: TcpStream,
+/// The socket (or the TLS stream over it), reporting reads and writes to the connection's
+/// bookkeeping.
+struct Tracked<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -583,7 +632,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

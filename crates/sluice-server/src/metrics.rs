@@ -33,8 +33,14 @@ pub(crate) fn connection_refused() {
     metrics::counter!("sluice_http_connections_refused_total").increment(1);
 }
 
-/// `sluice_http_timeouts_total{kind}`: connections closed by a timer (`header`, `idle`) and
-/// requests answered 408 (`body`).
+/// `sluice_tls_handshake_failures_total`: HTTPS connections closed because their TLS
+/// handshake failed (a plaintext request on the TLS port, an untrusted certificate).
+pub(crate) fn tls_handshake_failed() {
+    metrics::counter!("sluice_tls_handshake_failures_total").increment(1);
+}
+
+/// `sluice_http_timeouts_total{kind}`: connections closed by a timer (`handshake`, `header`,
+/// `idle`) and requests answered 408 (`body`).
 pub(crate) fn connection_timed_out(kind: &'static str) {
     metrics::counter!("sluice_http_timeouts_total", "kind" => kind).increment(1);
 }

@@ -509,12 +509,13 @@ async fn start_http(
     let limits = crate::listen::Limits {
         listener: settings.listener.clone(),
         max_body_bytes,
+        tls: settings.tls.as_ref().map(|t| t.http.clone()),
     };
     let serve = crate::listen::serve(listener, app, limits, intake.clone());
     listeners.push(Task::spawn("http", async move {
         serve.await.map_err(|e| ServerError::stage("http", e))
     }));
-    tracing::info!(%addr, "http listening");
+    tracing::info!(%addr, tls = settings.tls.is_some(), "http listening");
     Ok(addr)
 }
 
@@ -565,9 +566,10 @@ fn start_pg(
     let login = PgLogin {
         credentials: settings.pg_credentials.clone(),
         tokens: Some(access),
+        tls: settings.tls.as_ref().map(|t| t.pg.clone()),
     };
     let stop = stop.clone();
-    tracing::info!(%addr, "postgres wire listening");
+    tracing::info!(%addr, tls = settings.tls.is_some(), "postgres wire listening");
     Ok(Task::spawn("pg", async move {
         // A failing Postgres wire server leaves HTTP and the stages running, as before.
         if let Err(e) = sluice_warehouse::serve_pg_login(warehouse, addr, login, stop).await {

@@ -17,6 +17,8 @@ pub struct SluiceProcess {
     child: Child,
     /// The HTTP address it listens on.
     pub addr: SocketAddr,
+    /// `http`, or `https` when the server has `[tls]`.
+    pub scheme: &'static str,
     bin: PathBuf,
     data_dir: PathBuf,
     extra: Vec<String>,
@@ -27,19 +29,20 @@ impl SluiceProcess {
     /// the `--pg` when EXTRA has one) and waits for its address.
     pub fn spawn(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = start(bin, data_dir, &extra)?;
+        let (child, addr, scheme) = start(bin, data_dir, &extra)?;
         Ok(Self {
             child,
             addr,
+            scheme,
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             extra,
         })
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR` (`https://ADDR` with `[tls]`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The process id.
@@ -74,9 +77,10 @@ impl SluiceProcess {
 
     /// Starts the server again on the same data directory (a new port).
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        let (child, addr) = start(&self.bin, &self.data_dir, &self.extra)?;
+        let (child, addr, scheme) = start(&self.bin, &self.data_dir, &self.extra)?;
         self.child = child;
         self.addr = addr;
+        self.scheme = scheme;
         Ok(())
     }
 }
@@ -88,7 +92,11 @@ impl Drop for SluiceProcess {
     }
 }
 
-fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<(Child, SocketAddr)> {
+fn start(
+    bin: &Path,
+    data_dir: &Path,
+    extra: &[String],
+) -> anyhow::Result<(Child, SocketAddr, &'static str)> {
     let mut child = Command::new(bin)
         .arg("serve")
         .arg("--data-dir")
@@ -111,12 +119,14 @@ fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<(Child
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(addr) = line.strip_prefix("sluice listening on http://") {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send((addr.trim().to_string(), "http"));
+            } else if let Some(addr) = line.strip_prefix("sluice listening on https://") {
+                let _ = tx.send((addr.trim().to_string(), "https"));
             }
         }
     });
     match rx.recv_timeout(START_DEADLINE) {
-        Ok(addr) => Ok((child, addr.parse().context("bad address line")?)),
+        Ok((addr, scheme)) => Ok((child, addr.parse().context("bad address line")?, scheme)),
         Err(_) => {
             let _ = child.kill();
             let status = child.wait().ok();

@@ -18,6 +18,7 @@ mod known;
 pub mod loader;
 pub mod pg;
 pub mod pgclient;
+pub mod pgtls;
 mod query;
 
 use std::sync::Arc;

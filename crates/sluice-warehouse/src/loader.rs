@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::pgclient::{PgClientError, PgConnection, PgTarget, quote_ident, quote_literal};
+use crate::pgtls::SslMode;
 
 const POSITIONS_TABLE: &str = "_sluice_positions";
 /// Rows per `INSERT` statement.
@@ -96,6 +97,11 @@ pub struct LoaderConfig {
     pub password: Option<String>,
     /// Database.
     pub database: String,
+    /// TLS to the database, as libpq's `sslmode`: `disable`, `prefer` (the default: TLS when
+    /// the server offers it, unverified), `require` (TLS, unverified) or `verify-full`.
+    pub sslmode: SslMode,
+    /// Root certificates (PEM) for `verify-full`.
+    pub sslrootcert: Option<std::path::PathBuf>,
     /// Schema the tables live in (created if absent).
     pub schema: String,
     /// `postgres` or `redshift`.
@@ -117,6 +123,8 @@ impl Default for LoaderConfig {
             user: "postgres".into(),
             password: None,
             database: "postgres".into(),
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
             schema: "sluice".into(),
             dialect: Dialect::Postgres,
             flush_interval: Duration::from_secs(5),
@@ -144,6 +152,14 @@ impl LoaderConfig {
                 "flush_interval and flush_max_events must be positive".into(),
             ));
         }
+        if self.sslrootcert.is_some() && self.sslmode != SslMode::VerifyFull {
+            return Err(LoaderError::Config(
+                "sslrootcert is only used with sslmode = \"verify-full\"".into(),
+            ));
+        }
+        // Read the root certificates now: a bad file is a start-up error.
+        crate::pgtls::client_config(self.sslmode, self.sslrootcert.as_deref())
+            .map_err(LoaderError::Config)?;
         Ok(LoaderSettings {
             target: PgTarget {
                 host: self.host.clone(),
@@ -151,6 +167,8 @@ impl LoaderConfig {
                 user: self.user.clone(),
                 password: self.password.clone(),
                 database: self.database.clone(),
+                sslmode: self.sslmode,
+                sslrootcert: self.sslrootcert.clone(),
             },
             schema: self.schema.clone(),
             dialect: self.dialect,
@@ -807,5 +825,30 @@ mod tests {
             ..LoaderConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn sslmode_parses_and_its_root_is_checked_at_start() {
+        let cfg: LoaderConfig = serde_json::from_str(r#"{"sslmode": "verify-full"}"#).unwrap();
+        assert_eq!(cfg.sslmode, SslMode::VerifyFull);
+        assert_eq!(LoaderConfig::default().sslmode, SslMode::Prefer);
+        let err = |cfg: LoaderConfig| match cfg.validate() {
+            Err(LoaderError::Config(m)) => m,
+            other => panic!("not a config error: {other:?}"),
+        };
+        assert!(err(cfg).contains("needs sslrootcert"));
+        let missing = LoaderConfig {
+            sslmode: SslMode::VerifyFull,
+            sslrootcert: Some("/nonexistent/ca.pem".into()),
+            ..LoaderConfig::default()
+        };
+        assert!(err(missing).starts_with("sslrootcert: cannot read /nonexistent/ca.pem"));
+        let unused = LoaderConfig {
+            sslmode: SslMode::Require,
+            sslrootcert: Some("ca.pem".into()),
+            ..LoaderConfig::default()
+        };
+        assert!(err(unused).contains("only used with sslmode"));
+        assert!(serde_json::from_str::<LoaderConfig>(r#"{"sslmode": "allow"}"#).is_err());
     }
 }

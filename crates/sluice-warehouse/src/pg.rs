@@ -17,6 +17,12 @@
 //! here; the server asks for it whenever [`PgTokens::required`] says so. Without either, any
 //! user name is accepted with no password, which [`serve_pg_login`] allows on loopback
 //! addresses only.
+//!
+//! TLS ([`PgLogin::tls`]): the server answers `SSLRequest` (and direct TLS, ALPN `postgresql`)
+//! with the given acceptor, so `sslmode=verify-full` works. A client on a non-loopback address
+//! that does not use TLS is then refused before it is asked for a password (SQLSTATE 28000), so
+//! a password or token never crosses the network in the clear; loopback clients may still
+//! connect without TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,6 +97,16 @@ pub struct PgLogin {
     pub credentials: Option<PgCredentials>,
     /// Tokens taken as cleartext passwords for any other user name.
     pub tokens: Option<Arc<dyn PgTokens>>,
+    /// TLS for the connections that ask for it; when set, non-loopback clients must use it.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// The acceptor of TLS connections (tokio-rustls, as pgwire takes it).
+pub type TlsAcceptor = datafusion_postgres::pgwire::tokio::TlsAcceptor;
+
+/// Whether a connection from `peer` that did (`secure`) or did not use TLS must be refused.
+fn plaintext_refused(require_tls: bool, secure: bool, peer: SocketAddr) -> bool {
+    require_tls && !secure && !peer.ip().to_canonical().is_loopback()
 }
 
 /// Serves the warehouse over the Postgres wire protocol on `addr` until `shutdown` is cancelled,
@@ -115,6 +131,7 @@ pub async fn serve_pg_with(
     let login = PgLogin {
         credentials,
         tokens: None,
+        tls: None,
     };
     serve_pg_login(warehouse, addr, login, shutdown).await
 }
@@ -146,7 +163,7 @@ pub async fn serve_pg_login(
     tracing::info!(%addr, authentication = !open, "postgres wire server listening");
     let failed =
         |e: std::io::Error| WarehouseError::Invalid(format!("postgres wire server on {addr}: {e}"));
-    if open {
+    if open && login.tls.is_none() {
         return tokio::select! {
             result = datafusion_postgres::serve_with_hooks(context, &options, hooks) => result.map_err(failed),
             _ = shutdown.cancelled() => Ok(()),
@@ -160,11 +177,46 @@ pub async fn serve_pg_login(
             .as_ref()
             .map(|c| Arc::new(ScramSource::new(c))),
         tokens: login.tokens,
+        require_tls: login.tls.is_some(),
     });
-    tokio::select! {
-        result = datafusion_postgres::serve_with_handlers(handlers, &options) => result.map_err(failed),
-        _ = shutdown.cancelled() => Ok(()),
+    let Some(tls) = login.tls else {
+        return tokio::select! {
+            result = datafusion_postgres::serve_with_handlers(handlers, &options) => result.map_err(failed),
+            _ = shutdown.cancelled() => Ok(()),
+        };
+    };
+    // datafusion-postgres' own loop would read the certificate again (and run without TLS
+    // if it could not): this one takes the acceptor made at start.
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres wire accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (handlers, tls, stop) = (handlers.clone(), tls.clone(), shutdown.clone());
+        connections.spawn(async move {
+            tokio::select! {
+                r = datafusion_postgres::pgwire::tokio::process_socket(socket, Some(tls), handlers) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "postgres wire connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
     }
+    connections.close();
+    Ok(())
 }
 
 /// The handlers of an authenticated server: datafusion-postgres' query service behind a
@@ -174,6 +226,8 @@ struct LoginHandlers {
     parameters: Arc<DefaultServerParameterProvider>,
     source: Option<Arc<ScramSource>>,
     tokens: Option<Arc<dyn PgTokens>>,
+    /// Refuse non-loopback clients without TLS.
+    require_tls: bool,
 }
 
 impl PgWireServerHandlers for LoginHandlers {
@@ -196,6 +250,7 @@ impl PgWireServerHandlers for LoginHandlers {
         });
         Arc::new(LoginStartup {
             scram,
+            require_tls: self.require_tls,
             tokens: self.tokens.clone(),
             parameters: self.parameters.clone(),
             mode: std::sync::Mutex::new(Mode::Start),
@@ -223,6 +278,7 @@ struct LoginStartup {
         SASLAuthStartupHandler<DefaultServerParameterProvider>,
     )>,
     tokens: Option<Arc<dyn PgTokens>>,
+    require_tls: bool,
     parameters: Arc<DefaultServerParameterProvider>,
     mode: std::sync::Mutex<Mode>,
 }
@@ -248,6 +304,15 @@ impl LoginStartup {
     {
         let mode = *self.mode.lock().unwrap_or_else(|e| e.into_inner());
         match (mode, message) {
+            (Mode::Start, PgWireFrontendMessage::Startup(_))
+                if plaintext_refused(self.require_tls, client.is_secure(), client.socket_addr()) =>
+            {
+                Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_string(),
+                    "28000".to_string(),
+                    "this server requires TLS from non-loopback clients: connect with sslmode=require or stronger".to_string(),
+                ))))
+            }
             (Mode::Start, PgWireFrontendMessage::Startup(startup)) => {
                 let user = startup.parameters.get("user").map(String::as_str);
                 let chosen = self.choose(user);
@@ -491,5 +556,22 @@ impl QueryHook for ReadOnlyHook {
         // The parse phase already refused anything not allowed; this is the backstop.
         let answer = Self::check(statement).err().map(Err);
         Box::pin(std::future::ready(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_refused_only_off_loopback_and_only_with_tls_configured() {
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert!(plaintext_refused(true, false, remote));
+        assert!(!plaintext_refused(true, true, remote));
+        assert!(!plaintext_refused(true, false, local));
+        assert!(!plaintext_refused(true, false, mapped));
+        assert!(!plaintext_refused(false, false, remote));
     }
 }

@@ -1,6 +1,6 @@
 //! The CLI's integration tests, in one binary (linking the server once, not once per file).
 //! They drive the real `sluice` binary ([`sluice_testkit::SluiceProcess`]); `compat` needs the
-//! tracker SDKs and is `#[ignore]`d (run with `--run-ignored all`).
+//! tracker SDKs and is `#[ignore]`d, like the tests that need psql, curl, openssl or boto3 (run with `--run-ignored all`).
 
 mod abuse;
 mod bench;
@@ -17,3 +17,4 @@ mod lake;
 mod quota;
 mod replay;
 mod security;
+mod tls;

@@ -335,6 +335,8 @@ async fn pg_login(port: u16, password: &str) -> Result<PgConnection, PgClientErr
         user: "analyst".into(),
         password: Some(password.into()),
         database: "sluice".into(),
+        sslmode: sluice_warehouse::pgtls::SslMode::Disable,
+        sslrootcert: None,
     };
     PgConnection::connect(&target, Duration::from_secs(10)).await
 }

@@ -65,6 +65,8 @@ async fn db() -> PgConnection {
         user: "postgres".into(),
         password: None,
         database: "test".into(),
+        sslmode: sluice_warehouse::pgtls::SslMode::Disable,
+        sslrootcert: None,
     };
     PgConnection::connect(&target, DEADLINE).await.unwrap()
 }

@@ -103,6 +103,8 @@ async fn logs_in_with_scram_and_refuses_a_wrong_password() -> anyhow::Result<()>
         user: "loader".into(),
         password: Some(password.into()),
         database: "postgres".into(),
+        sslmode: sluice_warehouse::pgtls::SslMode::Disable,
+        sslrootcert: None,
     };
     let timeout = Duration::from_secs(30);
     let mut conn = PgConnection::connect(&target("s3cret-scram-pass"), timeout).await?;
