@@ -16,7 +16,10 @@
 //! Exactly once: each micro-batch is one SQL transaction holding its rows **and** the update of
 //! `_sluice_positions`; on start, and after any failure (including a `COMMIT` whose answer was
 //! lost), the loader reconnects and reads the positions back, so a batch is in the tables
-//! entirely or not at all, and is never loaded twice. Schema changes run before the transaction,
+//! entirely or not at all, and is never loaded twice. The position update is fenced on the
+//! position the batch was read from (`… AND next_offset = <expected>`): if another writer moved
+//! it first (a loader given up for dead whose COMMIT still landed), no row matches, the batch
+//! rolls back, and the loader reads the positions again. Schema changes run before the transaction,
 //! as their own statements, and are idempotent; the loader is the only writer of its tables.
 //!
 //! Dialects: Postgres types `text`/`timestamptz`/`date`/`integer`/`bigint`/`double precision`/
@@ -62,6 +65,9 @@ pub enum LoaderError {
     /// The database holds something the loader cannot work with.
     #[error("loader: {0}")]
     Schema(String),
+    /// Another writer moved a position this batch expected: the batch was rolled back.
+    #[error("loader fenced: {0}")]
+    Fenced(String),
     /// Loading kept failing during shutdown and the loader gave up (the journal keeps the data).
     #[error("loader gave up after {attempts} attempts: {last}")]
     GaveUp {
@@ -712,13 +718,23 @@ impl PgLoader {
         }
         let positions = self.table(POSITIONS_TABLE);
         for (p, offset) in last {
-            session
+            // Fenced on the position this batch was read from: a loader that lost its
+            // connection but whose COMMIT still lands (or any other writer) moves it first,
+            // and then this update matches no row, so this batch rolls back instead of loading
+            // the same rows twice.
+            let expected = session.in_db.get(*p as usize).copied().unwrap_or(0);
+            let updated = session
                 .conn
-                .execute(&format!(
-                    "UPDATE {positions} SET next_offset = {} WHERE topic = 'good' AND \"partition\" = {p}",
+                .affected(&format!(
+                    "UPDATE {positions} SET next_offset = {} WHERE topic = 'good' AND \"partition\" = {p} AND next_offset = {expected}",
                     offset + 1
                 ))
                 .await?;
+            if updated != 1 {
+                return Err(LoaderError::Fenced(format!(
+                    "partition {p} moved past {expected} under this loader; reading the positions back"
+                )));
+            }
         }
         Ok(())
     }

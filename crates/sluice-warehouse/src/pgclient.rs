@@ -128,15 +128,7 @@ impl PgConnection {
     /// statement that returned any. After a server error the connection stays usable (inside a
     /// transaction, the transaction is then aborted).
     pub async fn query(&mut self, sql: &str) -> Result<Rows, PgClientError> {
-        if sql.contains('\0') {
-            return Err(PgClientError::Protocol(
-                "sql text contains a NUL byte".into(),
-            ));
-        }
-        let timeout = self.timeout;
-        let messages = tokio::time::timeout(timeout, self.client.simple_query(sql))
-            .await
-            .map_err(|_| PgClientError::Timeout(timeout))??;
+        let messages = self.simple(sql).await?;
         let mut rows = Vec::new();
         let mut current: Rows = Vec::new();
         for m in messages {
@@ -159,6 +151,31 @@ impl PgConnection {
     /// Runs `sql` and ignores its rows.
     pub async fn execute(&mut self, sql: &str) -> Result<(), PgClientError> {
         self.query(sql).await.map(|_| ())
+    }
+
+    /// Runs one statement and returns the rows it affected (Postgres and Redshift report it
+    /// for `INSERT`, `UPDATE` and `DELETE`; `RETURNING` is not Redshift's).
+    pub async fn affected(&mut self, sql: &str) -> Result<u64, PgClientError> {
+        let messages = self.simple(sql).await?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .sum())
+    }
+
+    async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, PgClientError> {
+        if sql.contains('\0') {
+            return Err(PgClientError::Protocol(
+                "sql text contains a NUL byte".into(),
+            ));
+        }
+        let timeout = self.timeout;
+        Ok(tokio::time::timeout(timeout, self.client.simple_query(sql))
+            .await
+            .map_err(|_| PgClientError::Timeout(timeout))??)
     }
 }
 

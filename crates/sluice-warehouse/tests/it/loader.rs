@@ -279,3 +279,52 @@ async fn caught_up_resolves_after_a_crash_gap() {
     let count = format!("SELECT count(*) FROM \"{schema}\".events");
     assert_eq!(scalar(&mut conn, &count).await, 8);
 }
+
+/// A position moved by another writer (a loader whose last COMMIT landed after it was given up
+/// for dead) fences this loader's next batch: it rolls back, reads the positions again and
+/// loads only what the other did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Postgres server on 127.0.0.1:5432"]
+async fn a_position_moved_by_another_writer_fences_the_batch() {
+    let schema = unique_schema();
+    let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+    journal
+        .append_now(topic::GOOD, 0, (0..20).map(|i| event(0, i)).collect())
+        .unwrap();
+    let loader = PgLoader::new(journal.clone(), config(&schema).validate().unwrap());
+    let progress = loader.progress();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(loader.run(shutdown.clone()));
+    caught_up(&progress, &journal).await;
+
+    // Another writer commits offsets 20..25 behind this loader's back.
+    let mut conn = db().await;
+    conn.execute(&format!(
+        "UPDATE \"{schema}\"._sluice_positions SET next_offset = 25 WHERE \"partition\" = 0"
+    ))
+    .await
+    .unwrap();
+    journal
+        .append_now(topic::GOOD, 0, (20..30).map(|i| event(0, i)).collect())
+        .unwrap();
+    caught_up(&progress, &journal).await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // 0..20 by the first batches, 25..30 after the fence; 20..25 were the other writer's.
+    let ids = conn
+        .query(&format!(
+            "SELECT event_id FROM \"{schema}\".events ORDER BY length(event_id), event_id"
+        ))
+        .await
+        .unwrap();
+    let ids: Vec<String> = ids.into_iter().filter_map(|r| r[0].clone()).collect();
+    let expected: Vec<String> = (0..20).chain(25..30).map(|i| format!("e-0-{i}")).collect();
+    assert_eq!(ids, expected);
+    conn.execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
