@@ -101,10 +101,14 @@ fn measure(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
     (records.len() as f64 / start.elapsed().as_secs_f64(), good)
 }
 
-/// Runs the chain benchmark.
 /// Runs `records` through [`Chain::process_batch`] in runner batches of 2,000, with the user
-/// functions deployed in `chain` now. Returns events/s and good events written.
-fn measure_batches(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
+/// functions deployed in `chain` now. Returns events/s and the good events written (kept in
+/// `keep` when given).
+fn measure_batches(
+    chain: &Chain,
+    records: &[Vec<u8>],
+    mut keep: Option<&mut Vec<bytes::Bytes>>,
+) -> (f64, usize) {
     let rt = tokio::runtime::Handle::current();
     let live = chain.live();
     let mut state = ChainState::default();
@@ -123,73 +127,159 @@ fn measure_batches(chain: &Chain, records: &[Vec<u8>]) -> (f64, usize) {
             })
             .collect();
         let out = rt.block_on(chain.process_batch(&inputs, &mut state, &live));
-        good += out
-            .iter()
-            .map(|o| match o {
-                Outcome::Good(g) => g.len(),
-                Outcome::Bad(_) => 0,
-            })
-            .sum::<usize>();
+        for o in out {
+            if let Outcome::Good(g) = o {
+                good += g.len();
+                if let Some(keep) = keep.as_deref_mut() {
+                    keep.extend(g);
+                }
+            }
+        }
     }
     (records.len() as f64 / start.elapsed().as_secs_f64(), good)
 }
 
+/// A trivial function, in batch and in per-event mode.
+const TRIVIAL_BATCH: &str = "export function process(events, ctx) {\n  for (const e of events) e.properties.seen = true;\n  return events;\n}\n";
+const TRIVIAL: &str = "export function transform(event, ctx) {\n  event.properties.seen = true;\n  return event;\n}\n";
+/// A realistic one: checks the required fields, derives two properties, drops test traffic
+/// (the test accounts: user ids ending in 7, a tenth of the users).
+const REALISTIC: &str = r#"const REQUIRED = ["event_id", "event", "source", "timestamp"];
+export function transform(event, ctx) {
+  for (const k of REQUIRED) {
+    if (!event[k]) throw new Error(`missing ${k}`);
+  }
+  const who = event.user_id || event.anonymous_id;
+  if (!who) throw new Error("missing user_id and anonymous_id");
+  if (who.endsWith("7") || event.properties.test === true) return null;
+  const p = event.properties;
+  p.revenue_cents = typeof p.total === "number" ? Math.round(p.total * 100) : 0;
+  const m = event.enriched || {};
+  p.channel = m.mkt_source ? `${m.mkt_source}/${m.mkt_medium || "none"}` : "direct";
+  return event;
+}
+"#;
+
+/// What one variant measured.
+struct Variant {
+    label: &'static str,
+    rate: f64,
+    good: usize,
+    /// µs/event inside the function's runtime (the call and the values in and out).
+    in_js: f64,
+}
+
 /// The user-function variants: the full chain through the batch path without functions, then
-/// with a trivial function in batch mode and in per-event mode (Lambda's default batch of 100).
+/// with a trivial function in batch mode and in per-event mode, and a realistic one in
+/// per-event mode (Lambda's default batch of 100); then the same per-event modules in Node.js
+/// when `node` is on the PATH.
 fn measure_functions(
     make_chain: &dyn Fn() -> anyhow::Result<Chain>,
     records: &[Vec<u8>],
     root: &std::path::Path,
 ) -> anyhow::Result<()> {
-    const BATCH: &str = "export function process(events, ctx) {\n  for (const e of events) e.properties.seen = true;\n  return events;\n}\n";
-    const EVENT: &str = "export function transform(event, ctx) {\n  event.properties.seen = true;\n  return event;\n}\n";
-    let mut rates = Vec::new();
+    let mut variants = Vec::new();
+    let mut seen = Vec::new();
     for (label, code) in [
         ("none", None),
-        ("batch", Some(BATCH)),
-        ("event", Some(EVENT)),
+        ("batch", Some(TRIVIAL_BATCH)),
+        ("event", Some(TRIVIAL)),
+        ("realistic", Some(REALISTIC)),
     ] {
         let dir = root.join(format!("functions-{label}"));
         let functions = Arc::new(Functions::open(&dir, 1).map_err(anyhow::Error::msg)?);
         if let Some(code) = code {
             functions
-                .deploy("trivial", code, &FunctionSpec::default())
+                .deploy(label, code, &FunctionSpec::default())
                 .map_err(anyhow::Error::msg)?;
         }
         let chain = make_chain()?.with_functions(functions.clone());
-        measure_batches(&chain, &records[..records.len().min(2000)]);
-        let before = functions
-            .stats()
-            .first()
-            .map_or(0.0, |s| s.duration_seconds);
-        let (rate, good) = measure_batches(&chain, records);
-        let in_js = functions
-            .stats()
-            .first()
-            .map_or(0.0, |s| s.duration_seconds)
-            - before;
-        rates.push((label, rate, good, in_js * 1e6 / records.len() as f64));
+        measure_batches(&chain, &records[..records.len().min(2000)], None);
+        let in_runtime = || {
+            functions
+                .stats()
+                .first()
+                .map_or(0.0, |s| s.duration_seconds)
+        };
+        let before = in_runtime();
+        let keep = (label == "none").then_some(&mut seen);
+        let (rate, good) = measure_batches(&chain, records, keep);
+        variants.push(Variant {
+            label,
+            rate,
+            good,
+            in_js: (in_runtime() - before) * 1e6 / records.len() as f64,
+        });
     }
-    let base = rates[0].1;
+    let base = variants[0].rate;
+    let added = |v: &Variant| 1e6 / v.rate - 1e6 / base;
     println!("user functions on top of validate + every enricher (batches of 100):");
-    for (label, rate, good, in_js) in &rates {
-        let name = match *label {
+    for v in &variants {
+        let name = match v.label {
             "none" => "no function:              ",
             "batch" => "trivial process(events):  ",
-            _ => "trivial transform(event): ",
+            "event" => "trivial transform(event): ",
+            _ => "realistic transform:      ",
         };
         println!(
-            "{name}{rate:>10.0} events/s per core  ({:.2} µs/event, +{:.2} µs over no function, {in_js:.2} µs in the runtime, {good} good)",
-            1e6 / rate,
-            1e6 / rate - 1e6 / base,
+            "{name}{:>10.0} events/s per core  ({:.2} µs/event, +{:.2} µs over no function, {:.2} µs in the runtime, {} good)",
+            v.rate,
+            1e6 / v.rate,
+            added(v),
+            v.in_js,
+            v.good,
         );
     }
-    if rates.iter().any(|r| r.2 != rates[0].2) {
-        anyhow::bail!("a trivial function changed how many events are good: {rates:?}");
+    let realistic = &variants[3];
+    println!(
+        "realistic function alone:  {:>9.0} events/s per core (its added µs/event only; target 30k)",
+        1e6 / added(realistic)
+    );
+    if variants[1..3].iter().any(|v| v.good != variants[0].good) {
+        anyhow::bail!(
+            "a trivial function changed how many events are good: {:?}",
+            variants
+                .iter()
+                .map(|v| (v.label, v.good))
+                .collect::<Vec<_>>()
+        );
+    }
+    match crate::bench_node::measure(
+        root,
+        &seen,
+        &[("trivial", TRIVIAL), ("realistic", REALISTIC)],
+    )? {
+        None => println!("node is not on the PATH: no comparison with Node.js"),
+        Some(node) => {
+            println!(
+                "Node.js {} on the same {} good events (JSON.parse, call, JSON.stringify per event, one thread):",
+                node.version,
+                seen.len()
+            );
+            for (v, n) in [(&variants[2], &node.runs[0]), (realistic, &node.runs[1])] {
+                println!(
+                    "  {:<10} {:>8.2} µs/event ({} kept, {} threw); Sluice adds {:.2} µs/event: {:.2}× Node",
+                    n.label,
+                    n.us_per_event,
+                    n.kept,
+                    n.failed,
+                    added(v),
+                    added(v) / n.us_per_event
+                );
+            }
+            if node.runs[1].kept != realistic.good {
+                anyhow::bail!(
+                    "Node.js kept {} events of the realistic function, Sluice {}",
+                    node.runs[1].kept,
+                    realistic.good
+                );
+            }
+        }
     }
     Ok(())
 }
 
+/// Runs the chain benchmark.
 pub fn run(events: usize, event_bytes: usize, root: &std::path::Path) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::open(root.join("schemas")).map_err(anyhow::Error::msg)?);
     registry

@@ -11,6 +11,7 @@
 mod bench;
 mod bench_chain;
 mod bench_hot;
+mod bench_node;
 mod bench_protocols;
 mod bench_sustained;
 mod functions;

@@ -1,11 +1,12 @@
 //! Events as a function sees them, and back.
 //!
-//! A function gets each event as a JSON object with the columns of `events`: `event_id`,
+//! A function gets each event as an object (built directly in the runtime, see `value.rs`)
+//! with the columns of `events`: `event_id`,
 //! `event_type`, `event`, `source`, `user_id`, `anonymous_id`, the times as RFC 3339 strings
 //! with microseconds (`timestamp`, `sent_at`, `received_at`, `device_timestamp`),
 //! `properties`, `context`, `enriched` and `raw` (`{partition, offset}`, read-only lineage).
 //!
-//! What it returns is read with these rules:
+//! What it returns is read (as `JSON.stringify` would write it) with these rules:
 //! - a missing `event_id`, `source`, `timestamp` or `received_at` is taken from the event the
 //!   output came from; a missing `event_type` is `track`; a missing optional field is empty;
 //! - times may be RFC 3339 strings or milliseconds since the epoch (as the collector accepts
@@ -14,13 +15,17 @@
 //!   native event's extra keys are;
 //! - `enriched` may only hold the enrichment columns; `raw` is ignored.
 
-use serde::Serialize;
+use rquickjs::{Ctx, Object};
 use serde_json::{Map, Value};
-use sluice_event::{Enrichment, EventType, Position, format_micros, parse_timestamp};
+#[cfg(test)]
+use sluice_event::Position;
+use sluice_event::{Enrichment, EventType, format_micros, parse_timestamp};
 
+use super::value;
 use crate::Draft;
 
-#[derive(Serialize)]
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct View<'a> {
     event_id: &'a str,
     event_type: &'static str,
@@ -42,7 +47,8 @@ struct View<'a> {
     raw: Position,
 }
 
-/// The JSON text a function gets for `d`.
+/// The JSON text of what a function gets for `d` (the reference [`to_js`] is tested against).
+#[cfg(test)]
 pub(crate) fn to_text(d: &Draft) -> String {
     let view = View {
         event_id: &d.event_id,
@@ -64,9 +70,46 @@ pub(crate) fn to_text(d: &Draft) -> String {
     serde_json::to_string(&view).unwrap_or_else(|_| "null".into())
 }
 
+/// The object a function gets for `d` (its fields in this order).
+pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, d: &Draft) -> rquickjs::Result<Object<'js>> {
+    let o = Object::new(ctx.clone())?;
+    o.set("event_id", d.event_id.as_str())?;
+    o.set("event_type", d.event_type.as_str())?;
+    o.set("event", d.event.as_str())?;
+    o.set("source", d.source.as_str())?;
+    if let Some(id) = &d.user_id {
+        o.set("user_id", id.as_str())?;
+    }
+    if let Some(id) = &d.anonymous_id {
+        o.set("anonymous_id", id.as_str())?;
+    }
+    o.set("timestamp", format_micros(d.timestamp))?;
+    if let Some(t) = d.sent_at {
+        o.set("sent_at", format_micros(t))?;
+    }
+    o.set("received_at", format_micros(d.received_at))?;
+    if let Some(t) = d.device_timestamp {
+        o.set("device_timestamp", format_micros(t))?;
+    }
+    o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
+    o.set("context", value::map_to_js(ctx, &d.context)?)?;
+    // The enrichment columns serialise as an object of strings, numbers and booleans.
+    let enriched = serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
+    o.set("enriched", value::to_js(ctx, &enriched)?)?;
+    let raw = Object::new(ctx.clone())?;
+    raw.set("partition", d.raw.partition)?;
+    raw.set("offset", value::number_to_js(ctx, &d.raw.offset.into()))?;
+    o.set("raw", raw)?;
+    Ok(o)
+}
+
 /// The `raw` offset an output names, if it names one of partition `partition`.
 pub(crate) fn raw_offset(v: &Value, partition: u32) -> Option<u64> {
-    let raw = v.get("raw")?;
+    raw_position(v.get("raw")?, partition)
+}
+
+/// The offset a `raw` member names, if it names one of partition `partition`.
+pub(crate) fn raw_position(raw: &Value, partition: u32) -> Option<u64> {
     if raw.get("partition")?.as_u64()? != u64::from(partition) {
         return None;
     }
@@ -277,5 +320,31 @@ mod tests {
         }
         let ok = from_json(json!({"event": "x", "enriched": {"geo_city": "Paris"}}), &d).unwrap();
         assert_eq!(ok.enriched.geo_city.as_deref(), Some("Paris"));
+    }
+
+    #[test]
+    fn the_object_a_function_gets_is_what_its_json_text_parses_to() {
+        let mut d = origin();
+        d.sent_at = Some(d.timestamp + 1);
+        d.device_timestamp = Some(d.timestamp - 1);
+        d.anonymous_id = Some("a-1".into());
+        d.enriched.geo_city = Some("Zürich".into());
+        d.properties.insert("big".into(), json!(u64::MAX));
+        d.properties.insert("neg".into(), json!(i64::MIN));
+        d.properties
+            .insert("__proto__".into(), json!({"x": [1, 2.5, null]}));
+        d.context.insert("日本".into(), json!({"😀": true}));
+        d.raw.offset = 1 << 40;
+        let runtime = rquickjs::Runtime::new().unwrap();
+        let context = rquickjs::Context::full(&runtime).unwrap();
+        let (direct, parsed) = context.with(|ctx| {
+            let stringify: rquickjs::Function = ctx.eval("(v) => JSON.stringify(v)").unwrap();
+            let direct: String = stringify.call((to_js(&ctx, &d).unwrap(),)).unwrap();
+            let parsed: rquickjs::Value = ctx.json_parse(to_text(&d)).unwrap();
+            let parsed: String = stringify.call((parsed,)).unwrap();
+            (direct, parsed)
+        });
+        // Same text: same keys, values and key order.
+        assert_eq!(direct, parsed);
     }
 }

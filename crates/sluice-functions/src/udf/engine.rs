@@ -8,14 +8,19 @@
 //! After a timeout or an out-of-memory error the runtime is thrown away and the next invocation
 //! gets a fresh one, so a half-finished invocation cannot leave its state behind.
 //!
-//! Calls cross the boundary as JSON text: the batch goes in as one JSON array, the answer comes
-//! back as one JSON document (see `WRAPPER`).
+//! Calls cross the boundary as runtime values, without JSON text: the batch goes in as one
+//! array of objects built from the events, and the answer is read straight back from the
+//! runtime's values with `JSON.stringify`'s rules (`value.rs`). See [`Reply`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rquickjs::{CatchResultExt, CaughtError, Context, Function, Module, Object, Promise, Runtime};
+use rquickjs::{
+    Array, CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Promise, Runtime,
+};
+
+use super::value::{Fault, Reader};
 
 /// The JavaScript stack limit.
 const MAX_STACK: usize = 1 << 20;
@@ -101,8 +106,181 @@ pub struct Source {
 /// Where `console.*` output goes: `(level, message)`.
 pub type LogFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
+/// What can go into a function: it becomes one runtime value.
+pub(crate) trait Input {
+    /// The runtime value.
+    fn to_js<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<rquickjs::Value<'js>>;
+}
+
+impl Input for crate::Draft {
+    fn to_js<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<rquickjs::Value<'js>> {
+        super::convert::to_js(ctx, self).map(Object::into_value)
+    }
+}
+
+impl Input for serde_json::Value {
+    fn to_js<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<rquickjs::Value<'js>> {
+        super::value::to_js(ctx, self)
+    }
+}
+
+/// One output event as read back, or why it cannot be read.
+pub(crate) type Output = Result<serde_json::Value, Unreadable>;
+
+/// An output that cannot be read back (a cycle, a BigInt, too deep, a function as an event…).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Unreadable {
+    /// The reason, naming where in the output.
+    pub why: String,
+    /// Its `raw` member as far as it reads (else `null`): which input it belongs to.
+    pub raw: serde_json::Value,
+}
+
+/// What one call of `transform` gave.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Returned {
+    /// `null` or `undefined`: the event is dropped.
+    Nothing,
+    /// One value.
+    One(Output),
+    /// An array: the events it was split into (`null`s left out).
+    Many(Vec<Output>),
+}
+
+/// The answer of one invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Reply {
+    /// `process`: the events returned (`null`s left out) and the `batchItemFailures` ids
+    /// (`None` when it returned a plain array).
+    Batch {
+        events: Vec<Output>,
+        failures: Option<Vec<String>>,
+    },
+    /// `transform`: what each call returned, and the calls that threw (`(index, message)`).
+    Event {
+        per: Vec<Returned>,
+        errors: Vec<(usize, String)>,
+    },
+}
+
+#[cfg(test)]
+impl Reply {
+    /// The answer as the JSON text the wrapper once produced (unreadable outputs as
+    /// `{"unreadable": why}`).
+    fn to_text(&self) -> String {
+        use serde_json::{Value, json};
+        let one = |o: &Output| match o {
+            Ok(v) => v.clone(),
+            Err(u) => json!({ "unreadable": u.why }),
+        };
+        match self {
+            Self::Batch { events, failures } => {
+                let events: Vec<Value> = events.iter().map(one).collect();
+                match failures {
+                    None => json!({ "events": events }).to_string(),
+                    Some(f) => json!({ "events": events, "failures": f }).to_string(),
+                }
+            }
+            Self::Event { per, errors } => {
+                let per: Vec<Value> = per
+                    .iter()
+                    .map(|r| match r {
+                        Returned::Nothing => Value::Null,
+                        Returned::One(o) => one(o),
+                        Returned::Many(v) => Value::Array(v.iter().map(one).collect()),
+                    })
+                    .collect();
+                format!(
+                    r#"{{"per":{},"errors":{}}}"#,
+                    Value::Array(per),
+                    json!(errors)
+                )
+            }
+        }
+    }
+}
+
+/// The input array of one call.
+fn inputs<'js, T: Input>(ctx: &Ctx<'js>, events: &[&T]) -> rquickjs::Result<Array<'js>> {
+    let array = Array::new(ctx.clone())?;
+    for (i, e) in events.iter().enumerate() {
+        array.set(i, e.to_js(ctx)?)?;
+    }
+    Ok(array)
+}
+
+/// Reads the wrapper's answer (`{events, failures?}` or `{per, errors}`).
+fn read_reply<'js>(
+    ctx: &Ctx<'js>,
+    mode: Mode,
+    answer: &rquickjs::Value<'js>,
+    budget: usize,
+) -> Result<Reply, Fault> {
+    let js = Fault::Js;
+    let answer = answer
+        .as_object()
+        .ok_or_else(|| Fault::Js(rquickjs::Error::new_from_js("value", "object")))?;
+    let mut reader = Reader::new(ctx, budget).map_err(js)?;
+    match mode {
+        Mode::Batch => {
+            let events: Array = answer.get("events").map_err(js)?;
+            let failures: Option<Vec<String>> = answer.get("failures").map_err(js)?;
+            let mut out = Vec::new();
+            for i in 0..reader.length(events.as_object())? {
+                if let Some(o) = output(&mut reader, events.get(i).map_err(js)?)? {
+                    out.push(o);
+                }
+            }
+            Ok(Reply::Batch {
+                events: out,
+                failures,
+            })
+        }
+        Mode::Event => {
+            let per: Array = answer.get("per").map_err(js)?;
+            let errors: Vec<Array> = answer.get("errors").map_err(js)?;
+            let errors = errors
+                .iter()
+                .map(|e| Ok((e.get::<u32>(0)? as usize, e.get::<String>(1)?)))
+                .collect::<rquickjs::Result<Vec<(usize, String)>>>()
+                .map_err(js)?;
+            let mut out = Vec::new();
+            for i in 0..reader.length(per.as_object())? {
+                let v: rquickjs::Value = per.get(i).map_err(js)?;
+                out.push(match v.as_array() {
+                    None => output(&mut reader, v)?.map_or(Returned::Nothing, Returned::One),
+                    Some(a) => {
+                        let mut many = Vec::new();
+                        for k in 0..reader.length(a.as_object())? {
+                            if let Some(o) = output(&mut reader, a.get(k).map_err(js)?)? {
+                                many.push(o);
+                            }
+                        }
+                        Returned::Many(many)
+                    }
+                });
+            }
+            Ok(Reply::Event { per: out, errors })
+        }
+    }
+}
+
+/// One event slot of an answer: `None` when it holds nothing to keep. Only a failure of the
+/// whole answer (the code threw, too big) is an `Err`.
+fn output<'js>(reader: &mut Reader<'js>, v: rquickjs::Value<'js>) -> Result<Option<Output>, Fault> {
+    match reader.event(v.clone()) {
+        Ok(o) => Ok(o.map(Ok)),
+        Err(Fault::Bad(why)) => Ok(Some(Err(Unreadable {
+            why: why.message(),
+            raw: reader.raw_of(&v),
+        }))),
+        Err(f) => Err(f),
+    }
+}
+
 /// Glue evaluated after the user module: builds `ctx`, calls the entry point, normalises the
-/// answer to JSON text. Per-event mode catches each event's exception on its own.
+/// answer to `{events, failures?}` (batch) or `{per, errors}` (per event). Per-event mode
+/// catches each event's exception on its own.
 const WRAPPER: &str = r#"
 (function () {
   const fn = globalThis.__sluice_fn, mode = globalThis.__sluice_mode;
@@ -139,15 +317,14 @@ const WRAPPER: &str = r#"
   };
   const isThenable = (r) => r !== null && typeof r === "object" && typeof r.then === "function";
   const batchAnswer = (r) => {
-    if (Array.isArray(r)) return JSON.stringify({ events: r });
+    if (Array.isArray(r)) return { events: r };
     if (r !== null && typeof r === "object" && Array.isArray(r.events)) {
       const f = Array.isArray(r.batchItemFailures) ? r.batchItemFailures : [];
-      return JSON.stringify({ events: r.events, failures: f.map((x) => String(x && x.itemIdentifier)) });
+      return { events: r.events, failures: f.map((x) => String(x && x.itemIdentifier)) };
     }
     throw new TypeError(`process must return an array of events or {events, batchItemFailures}; it returned ${r === null ? "null" : typeof r}`);
   };
-  globalThis.__sluice_invoke = function (input, partition, source) {
-    const events = JSON.parse(input);
+  globalThis.__sluice_invoke = function (events, partition, source) {
     if (mode === "batch") {
       const r = fn(events, ctxFor(partition, source));
       return isThenable(r) ? Promise.resolve(r).then(batchAnswer) : batchAnswer(r);
@@ -168,7 +345,7 @@ const WRAPPER: &str = r#"
         errors.push([i, errText(err)]);
       }
     }
-    const finish = () => JSON.stringify({ per: out, errors });
+    const finish = () => ({ per: out, errors });
     return pending ? Promise.all(pending).then(finish) : finish();
   };
 })();
@@ -314,22 +491,25 @@ impl Engine {
         }
     }
 
-    /// Calls the entry point with `input` (a JSON array of events). The answer is JSON text:
-    /// `{"events": [...], "failures": [...]}` in batch mode, `{"per": [...], "errors": [[i,
-    /// "message"], ...]}` in per-event mode.
-    pub fn invoke(
+    /// Calls the entry point with `events` and reads its answer back (under the deadline too,
+    /// as getters and `toJSON` may run code). The answer may hold at most the memory limit,
+    /// counted as JSON text.
+    pub(crate) fn call<T: Input>(
         &self,
-        input: &str,
+        events: &[&T],
         partition: u32,
         source: Option<&str>,
         timeout: Duration,
-    ) -> Result<String, InvokeError> {
+    ) -> Result<Reply, InvokeError> {
         self.arm(timeout);
-        let result = self.context.with(|ctx| -> Result<String, InvokeError> {
+        let result = self.context.with(|ctx| -> Result<Reply, InvokeError> {
             let f: Function = ctx
                 .globals()
                 .get("__sluice_invoke")
                 .map_err(|e| InvokeError::Init(e.to_string()))?;
+            let input = inputs(&ctx, events)
+                .catch(&ctx)
+                .map_err(|e| InvokeError::Exception(caught_text(e)))?;
             let answer: rquickjs::Value = f
                 .call((input, partition, source))
                 .catch(&ctx)
@@ -338,13 +518,40 @@ impl Engine {
                 Some(p) => settle(&ctx, p.clone())?,
                 None => answer,
             };
-            answer
-                .as_string()
-                .and_then(|s| s.to_string().ok())
-                .ok_or_else(|| InvokeError::BadResult("the answer is not text".into()))
+            let budget = self.memory_mb as usize * (1 << 20);
+            read_reply(&ctx, self.mode, &answer, budget).map_err(|f| match f {
+                Fault::Bad(why) => InvokeError::BadResult(why.message()),
+                Fault::Js(e) => InvokeError::Exception(caught_text(
+                    Err::<(), _>(e)
+                        .catch(&ctx)
+                        .err()
+                        .unwrap_or(CaughtError::Error(rquickjs::Error::Unknown)),
+                )),
+                Fault::TooBig => InvokeError::OutOfMemory(format!(
+                    "the answer is larger than the memory limit of {} MiB",
+                    self.memory_mb
+                )),
+            })
         });
         self.disarm();
         result.map_err(|e| self.classify(e, timeout))
+    }
+
+    /// [`Engine::call`] on JSON text: `input` is a JSON array of events; the answer is JSON
+    /// text, `{"events": [...]}` (with `"failures"` when the function answered with an object)
+    /// or `{"per": [...], "errors": [[i, "message"], ...]}`.
+    #[cfg(test)]
+    pub fn invoke(
+        &self,
+        input: &str,
+        partition: u32,
+        source: Option<&str>,
+        timeout: Duration,
+    ) -> Result<String, InvokeError> {
+        let events: Vec<serde_json::Value> = serde_json::from_str(input)
+            .map_err(|e| InvokeError::Exception(format!("SyntaxError: {e}")))?;
+        let events: Vec<&serde_json::Value> = events.iter().collect();
+        Ok(self.call(&events, partition, source, timeout)?.to_text())
     }
 
     /// Maps an error to a timeout or out-of-memory when that is what caused it.
@@ -577,5 +784,74 @@ mod tests {
         assert_eq!(lines[0], r#"info saw {"a":1}"#);
         assert_eq!(lines[1], "info via ctx");
         assert!(lines[2].starts_with("error Error: boom"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn unreadable_outputs_are_named_and_keep_their_raw() {
+        let e = load("export function process(ev) { return [{...ev[0], n: 1n}, null, undefined, {ok: true}]; }").unwrap();
+        let input = serde_json::json!({"raw": {"partition": 1, "offset": 7}});
+        match e.call(&[&input], 1, None, T).unwrap() {
+            Reply::Batch { events, failures } => {
+                assert_eq!(failures, None);
+                assert_eq!(events.len(), 2);
+                let bad = events[0].clone().unwrap_err();
+                assert!(
+                    bad.why.contains("BigInt") && bad.why.contains("(at n)"),
+                    "{}",
+                    bad.why
+                );
+                assert_eq!(bad.raw, serde_json::json!({"partition": 1, "offset": 7}));
+                assert_eq!(events[1], Ok(serde_json::json!({"ok": true})));
+            }
+            other => panic!("expected a batch answer, got {other:?}"),
+        }
+        let e = load("export function transform(e) { return e.k === 1 ? Symbol('s') : e.k === 2 ? [e, null, () => 1] : undefined; }").unwrap();
+        let input: Vec<serde_json::Value> = (0..3).map(|k| serde_json::json!({ "k": k })).collect();
+        let input: Vec<&serde_json::Value> = input.iter().collect();
+        match e.call(&input, 0, None, T).unwrap() {
+            Reply::Event { per, errors } => {
+                assert!(errors.is_empty());
+                assert_eq!(per[0], Returned::Nothing);
+                assert!(
+                    matches!(&per[1], Returned::One(Err(u)) if u.why.contains("not a symbol")),
+                    "{:?}",
+                    per[1]
+                );
+                match &per[2] {
+                    Returned::Many(v) => {
+                        assert_eq!(v.len(), 2);
+                        assert_eq!(v[0], Ok(serde_json::json!({"k": 2})));
+                        assert!(matches!(&v[1], Err(u) if u.why.contains("not a function")));
+                    }
+                    other => panic!("expected two outputs, got {other:?}"),
+                }
+            }
+            other => panic!("expected a per-event answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_past_the_memory_limit_and_throwing_getters_fail_the_call() {
+        // 100k references to one 1 KB object: 100 MB as text, past the 32 MiB limit.
+        let e = load("export function process(ev) { const s = {pad: 'x'.repeat(1000)}; return new Array(100000).fill(s); }").unwrap();
+        match e.call::<serde_json::Value>(&[], 0, None, T) {
+            Err(InvokeError::OutOfMemory(m)) => assert!(m.contains("answer is larger"), "{m}"),
+            other => panic!("expected out of memory, got {other:?}"),
+        }
+        let e = load(
+            "export function process(ev) { return [{get x() { throw new Error('getter'); }}]; }",
+        )
+        .unwrap();
+        match e.call::<serde_json::Value>(&[], 0, None, T) {
+            Err(InvokeError::Exception(m)) => assert!(m.contains("getter"), "{m}"),
+            other => panic!("expected the getter's exception, got {other:?}"),
+        }
+        let e = load("export function process(ev) { return [{get x() { while (true) {} }}]; }")
+            .unwrap();
+        let t = Duration::from_millis(100);
+        assert_eq!(
+            e.call::<serde_json::Value>(&[], 0, None, t),
+            Err(InvokeError::Timeout(t))
+        );
     }
 }

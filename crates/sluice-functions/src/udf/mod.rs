@@ -11,7 +11,8 @@
 //!   list, logs, stats; and [`Functions::live`], the set that runs now.
 //! - `store.rs` keeps versions on disk; `engine.rs` is the QuickJS sandbox; `pool.rs` the worker
 //!   threads; `stage.rs` the Kinesis-trigger semantics (batching, retries, bisecting, partial
-//!   responses, record age); `convert.rs` events to and from JSON; `meter.rs` metering;
+//!   responses, record age); `convert.rs` events to and from what a function sees; `value.rs`
+//!   values into and out of the runtime without JSON text; `meter.rs` metering;
 //!   `logs.rs` what functions print.
 //!
 //! Swapping: every change builds a new [`Live`] set and swaps it in atomically. The runner takes
@@ -26,6 +27,7 @@ mod meter;
 mod pool;
 pub(crate) mod stage;
 mod store;
+mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

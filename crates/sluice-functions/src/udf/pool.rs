@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::engine::{Engine, InvokeError, LogFn, Source};
+use super::engine::{Engine, InvokeError, LogFn, Reply, Source};
+use crate::Draft;
 
 /// One invocation's outcome and how long the code ran.
 #[derive(Debug)]
 pub struct Invocation {
-    /// The answer's JSON text, or why there is none.
-    pub result: Result<String, InvokeError>,
+    /// The answer, or why there is none.
+    pub(crate) result: Result<Reply, InvokeError>,
     /// Time in the engine (loading included when this call loaded it).
     pub duration: Duration,
     /// Bytes the runtime held afterwards, sampled every 64th call (else 0, as when the runtime
@@ -26,7 +27,9 @@ pub struct Invocation {
 }
 
 struct Job {
-    input: String,
+    /// The events of the batch; the call gets those at `idx`, in that order.
+    events: Arc<Vec<Draft>>,
+    idx: Vec<usize>,
     partition: u32,
     source: Option<String>,
     reply: oneshot::Sender<Invocation>,
@@ -64,16 +67,23 @@ impl Pool {
         Self { tx }
     }
 
-    /// Runs one invocation on a free worker.
-    pub async fn invoke(
+    /// Runs one invocation of `events[i]` for each `i` of `idx` on a free worker. The worker
+    /// lets go of `events` before it answers.
+    pub(crate) async fn invoke(
         &self,
-        input: String,
+        events: Arc<Vec<Draft>>,
+        idx: Vec<usize>,
         partition: u32,
         source: Option<String>,
     ) -> Invocation {
+        assert!(
+            idx.iter().all(|&i| i < events.len()),
+            "an invocation names an event outside its batch"
+        );
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            input,
+            events,
+            idx,
             partition,
             source,
             reply,
@@ -119,8 +129,13 @@ fn worker(
                 Err(e) => Err(e),
             },
         }
-        .and_then(|e| e.invoke(&job.input, job.partition, job.source.as_deref(), timeout));
+        .and_then(|e| {
+            let inputs: Vec<&Draft> = job.idx.iter().filter_map(|&i| job.events.get(i)).collect();
+            e.call(&inputs, job.partition, job.source.as_deref(), timeout)
+        });
         let duration = started.elapsed();
+        // The caller takes its events back once all invocations have answered.
+        drop(job.events);
         if matches!(
             result,
             Err(InvokeError::Timeout(_) | InvokeError::OutOfMemory(_))

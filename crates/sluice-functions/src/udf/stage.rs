@@ -21,16 +21,15 @@
 //! first).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::Value;
 use sluice_event::now_micros;
 
 use super::LiveFn;
-use super::convert::{from_json, raw_offset, to_text};
-use super::engine::{InvokeError, Mode};
+use super::convert::{from_json, raw_offset, raw_position};
+use super::engine::{InvokeError, Mode, Output, Reply, Returned};
 use crate::Draft;
 
 /// Most events one input may become.
@@ -43,12 +42,12 @@ pub(crate) struct Failed(pub String);
 type Outcome = Result<Vec<Draft>, Failed>;
 
 /// Applies `f` to `drafts` (events of raw partition `partition`). The result has one entry
-/// per input, in order.
-pub(crate) async fn apply(f: &LiveFn, drafts: &[Draft], partition: u32) -> Vec<Outcome> {
+/// per input, in order. The workers share `drafts` only while they run: once this returns,
+/// the caller holds the only reference again.
+pub(crate) async fn apply(f: &LiveFn, drafts: &Arc<Vec<Draft>>, partition: u32) -> Vec<Outcome> {
     if drafts.is_empty() {
         return Vec::new();
     }
-    let texts: Vec<String> = drafts.iter().map(to_text).collect();
     let size = f.spec.batch_size.max(1);
     let chunks: Vec<Vec<usize>> = (0..drafts.len())
         .collect::<Vec<_>>()
@@ -57,7 +56,7 @@ pub(crate) async fn apply(f: &LiveFn, drafts: &[Draft], partition: u32) -> Vec<O
         .collect();
     let parallel = f.spec.parallelism.max(1) as usize;
     let done: Vec<Vec<(usize, Outcome)>> = futures::stream::iter(chunks)
-        .map(|chunk| run_chunk(f, drafts, &texts, chunk, partition))
+        .map(|chunk| run_chunk(f, drafts, chunk, partition))
         .buffered(parallel)
         .collect()
         .await;
@@ -83,8 +82,7 @@ enum Answer {
 
 async fn run_chunk(
     f: &LiveFn,
-    drafts: &[Draft],
-    texts: &[String],
+    drafts: &Arc<Vec<Draft>>,
     chunk: Vec<usize>,
     partition: u32,
 ) -> Vec<(usize, Outcome)> {
@@ -100,27 +98,20 @@ async fn run_chunk(
             f.meter.retry();
             tokio::time::sleep(backoff(attempt)).await;
         }
-        let mut input =
-            String::with_capacity(idx.iter().map(|&i| texts[i].len() + 1).sum::<usize>() + 2);
-        input.push('[');
-        for (n, &i) in idx.iter().enumerate() {
-            if n > 0 {
-                input.push(',');
-            }
-            input.push_str(&texts[i]);
-        }
-        input.push(']');
         let source = {
             let first = &drafts[idx[0]].source;
             idx.iter()
                 .all(|&i| &drafts[i].source == first)
                 .then(|| first.clone())
         };
-        let inv = f.pool.invoke(input, partition, source).await;
+        let inv = f
+            .pool
+            .invoke(drafts.clone(), idx.clone(), partition, source)
+            .await;
         f.meter.invocation(idx.len(), inv.duration, inv.memory_used);
         let answer = match inv.result {
             Err(e) => Answer::Whole(e),
-            Ok(text) => read_answer(f, drafts, &idx, partition, &text),
+            Ok(reply) => read_answer(f, drafts, &idx, partition, reply),
         };
         match answer {
             Answer::Whole(e) => {
@@ -226,46 +217,53 @@ fn backoff(attempt: u32) -> Duration {
         .min(Duration::from_secs(10))
 }
 
-#[derive(Deserialize)]
-struct BatchAnswer {
-    events: Vec<Value>,
-    #[serde(default)]
-    failures: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct EventAnswer {
-    per: Vec<Value>,
-    errors: Vec<(usize, String)>,
-}
-
-fn read_answer(f: &LiveFn, drafts: &[Draft], idx: &[usize], partition: u32, text: &str) -> Answer {
-    match f.mode {
-        Mode::Batch => match serde_json::from_str::<BatchAnswer>(text) {
-            Ok(a) => batch_answer(f, drafts, idx, partition, a),
-            Err(e) => Answer::Whole(InvokeError::BadResult(e.to_string())),
-        },
-        Mode::Event => match serde_json::from_str::<EventAnswer>(text) {
-            Ok(a) if a.per.len() == idx.len() => event_answer(f, drafts, idx, a),
-            Ok(_) => Answer::Whole(InvokeError::BadResult("wrong number of answers".into())),
-            Err(e) => Answer::Whole(InvokeError::BadResult(e.to_string())),
-        },
+fn read_answer(
+    f: &LiveFn,
+    drafts: &[Draft],
+    idx: &[usize],
+    partition: u32,
+    reply: Reply,
+) -> Answer {
+    match (f.mode, reply) {
+        (Mode::Batch, Reply::Batch { events, failures }) => batch_answer(
+            f,
+            drafts,
+            idx,
+            partition,
+            events,
+            failures.unwrap_or_default(),
+        ),
+        (Mode::Event, Reply::Event { per, errors }) if per.len() == idx.len() => {
+            event_answer(f, drafts, idx, per, errors)
+        }
+        (Mode::Event, Reply::Event { .. }) => {
+            Answer::Whole(InvokeError::BadResult("wrong number of answers".into()))
+        }
+        _ => Answer::Whole(InvokeError::BadResult(
+            "the answer is not of the function's mode".into(),
+        )),
     }
 }
 
-fn event_answer(f: &LiveFn, drafts: &[Draft], idx: &[usize], a: EventAnswer) -> Answer {
-    let errors: HashMap<usize, String> = a.errors.into_iter().collect();
+fn event_answer(
+    f: &LiveFn,
+    drafts: &[Draft],
+    idx: &[usize],
+    per: Vec<Returned>,
+    errors: Vec<(usize, String)>,
+) -> Answer {
+    let errors: HashMap<usize, String> = errors.into_iter().collect();
     let mut done = Vec::new();
     let mut again = Vec::new();
-    for (pos, (value, &i)) in a.per.into_iter().zip(idx).enumerate() {
+    for (pos, (returned, &i)) in per.into_iter().zip(idx).enumerate() {
         if let Some(e) = errors.get(&pos) {
             again.push((i, e.clone()));
             continue;
         }
-        let values = match value {
-            Value::Null => Vec::new(),
-            Value::Array(v) => v.into_iter().filter(|v| !v.is_null()).collect(),
-            v => vec![v],
+        let values = match returned {
+            Returned::Nothing => Vec::new(),
+            Returned::One(v) => vec![v],
+            Returned::Many(v) => v,
         };
         done.push((i, convert(f, values, &drafts[i])));
     }
@@ -277,7 +275,8 @@ fn batch_answer(
     drafts: &[Draft],
     idx: &[usize],
     partition: u32,
-    a: BatchAnswer,
+    events: Vec<Output>,
+    failures: Vec<String>,
 ) -> Answer {
     // Where each input sits in the batch, by raw offset (the first input of that offset) and
     // by event id (for batchItemFailures).
@@ -288,7 +287,7 @@ fn batch_answer(
         by_id.entry(drafts[i].event_id.as_str()).or_insert(pos);
     }
     let mut first_failed = idx.len();
-    for id in &a.failures {
+    for id in &failures {
         match by_id.get(id.as_str()) {
             Some(&pos) => first_failed = first_failed.min(pos),
             None => {
@@ -298,13 +297,14 @@ fn batch_answer(
             }
         }
     }
-    let mut per: Vec<Vec<Value>> = vec![Vec::new(); idx.len()];
+    let mut per: Vec<Vec<Output>> = vec![Vec::new(); idx.len()];
     let mut owner = 0;
-    for v in a.events {
-        if v.is_null() {
-            continue;
-        }
-        if let Some(pos) = raw_offset(&v, partition).and_then(|o| by_offset.get(&o)) {
+    for v in events {
+        let offset = match &v {
+            Ok(v) => raw_offset(v, partition),
+            Err(u) => raw_position(&u.raw, partition),
+        };
+        if let Some(pos) = offset.and_then(|o| by_offset.get(&o)) {
             owner = *pos;
         }
         per[owner].push(v);
@@ -326,7 +326,7 @@ fn batch_answer(
     Answer::Partial { done, again }
 }
 
-fn convert(f: &LiveFn, values: Vec<Value>, origin: &Draft) -> Outcome {
+fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft) -> Outcome {
     if values.len() > MAX_SPLIT {
         f.meter.error("invalid_event");
         return Err(Failed(format!(
@@ -336,7 +336,7 @@ fn convert(f: &LiveFn, values: Vec<Value>, origin: &Draft) -> Outcome {
     }
     values
         .into_iter()
-        .map(|v| from_json(v, origin))
+        .map(|v| v.map_err(|u| u.why).and_then(|v| from_json(v, origin)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             f.meter.error("invalid_event");

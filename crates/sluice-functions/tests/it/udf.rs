@@ -475,3 +475,77 @@ async fn invalid_events_from_a_function_are_bad_rows_with_the_reason() {
         bad[1].1.reason
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_outputs_go_bad_with_the_reason_and_are_not_retried() {
+    // Event 2 returns a cycle, event 4 a BigInt, event 6 (per-event mode) a function; the rest
+    // read back the way JSON text would (undefined left out, NaN null, a Date its ISO string).
+    // In batch mode an output without `raw` belongs to the one before it, so there event 6
+    // keeps its input.
+    let body = "const n = e.properties.n; \
+        if (n === 2) { const o = {...e}; o.properties.self = o; return o; } \
+        if (n === 4) return {...e, big: 10n}; \
+        if (n === 6 && SIX) return () => e; \
+        return {...e, gone: undefined, nan: NaN, when: new Date(0), big: 2**63};";
+    for (mode, code, want) in [
+        (
+            "batch",
+            format!(
+                "export function process(events) {{ return events.map((e) => {{ {} }}); }}",
+                body.replace("SIX", "false")
+            ),
+            &[2, 4][..],
+        ),
+        (
+            "event",
+            format!(
+                "export function transform(e) {{ {} }}",
+                body.replace("SIX", "true")
+            ),
+            &[2, 4, 6][..],
+        ),
+    ] {
+        let f = fixture();
+        deploy(
+            &f,
+            "odd",
+            &code,
+            FunctionSpec {
+                batch_size: 4,
+                max_retries: 3,
+                ..Default::default()
+            },
+        );
+        let (good, bad) = run(&f, 8, now()).await;
+        let offsets: Vec<u64> = bad.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, want, "{mode}");
+        let reasons: Vec<&str> = bad.iter().map(|(_, r)| r.reason.as_str()).collect();
+        assert!(
+            reasons[0].starts_with(
+                "odd v1: invalid result: a cycle: the value contains itself (at properties.self)"
+            ),
+            "{mode}: {}",
+            reasons[0]
+        );
+        assert!(
+            reasons[1].contains("a BigInt has no JSON form") && reasons[1].contains("(at big)"),
+            "{mode}: {}",
+            reasons[1]
+        );
+        if let Some(r) = reasons.get(2) {
+            assert!(
+                r.contains("an event must be an object, not a function"),
+                "{mode}: {r}"
+            );
+        }
+        assert!(bad.iter().all(|(_, r)| r.kind == BadKind::FunctionFailure));
+        assert_eq!(good.len(), 8 - want.len(), "{mode}");
+        let p = &good[0].1["properties"];
+        assert!(p.get("gone").is_none(), "{mode}: {p}");
+        assert_eq!(p["nan"], Value::Null, "{mode}");
+        assert_eq!(p["when"], "1970-01-01T00:00:00.000Z", "{mode}");
+        assert_eq!(p["big"].as_u64(), Some(9_223_372_036_854_776_000), "{mode}");
+        let s = stats(&f, "odd");
+        assert_eq!((s.invocations, s.retries), (2, 0), "{mode}: {s:?}");
+    }
+}
