@@ -39,7 +39,7 @@ pub use config::{EventTimeWindow, RunnerConfig, RunnerSettings};
 pub use enrich::{
     BotsConfig, CampaignConfig, ClockSkewConfig, EnrichConfig, FINGERPRINT_EXCLUDE,
     FingerprintConfig, GeoConfig, IpAnonymizationConfig, PiiConfig, RefererConfig, SessionConfig,
-    Toggle,
+    Toggle, pseudonym,
 };
 pub use error::FunctionsError;
 pub use registry::{Registry, RegistryError, SchemaKey};

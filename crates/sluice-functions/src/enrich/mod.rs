@@ -39,6 +39,7 @@ use serde_json::{Map, Value};
 use sluice_event::{BadKind, Enrichment, RawEvent};
 
 use crate::canonical::{Draft, Failure};
+pub use pii::pseudonym;
 pub use session::Sessions;
 pub(crate) use session::{load as load_sessions, save as save_sessions};
 

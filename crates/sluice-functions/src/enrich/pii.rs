@@ -5,7 +5,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{Built, Draft, EnrichConfig, Facts, Step, value_at_mut};
+use super::{Built, Draft, EnrichConfig, Facts, PiiConfig, Step, value_at_mut};
 
 struct Pii {
     key: Vec<u8>,
@@ -16,19 +16,7 @@ pub(super) fn build(c: &EnrichConfig) -> Built {
     if !c.pii.enabled {
         return Ok(None);
     }
-    let key = c
-        .pii
-        .key
-        .as_deref()
-        .ok_or("enrich.pii is enabled but enrich.pii.key is not set")?;
-    let key = match key.strip_prefix("env:") {
-        Some(var) => std::env::var(var)
-            .map_err(|_| format!("enrich.pii.key: environment variable {var} is not set"))?,
-        None => key.to_string(),
-    };
-    if key.len() < 16 {
-        return Err("enrich.pii.key must be at least 16 bytes".into());
-    }
+    let key = c.pii.resolved_key()?;
     for f in &c.pii.fields {
         let ok = matches!(f.as_str(), "user_id" | "anonymous_id" | "ip")
             || f.strip_prefix("properties.")
@@ -41,19 +29,43 @@ pub(super) fn build(c: &EnrichConfig) -> Built {
         }
     }
     Ok(Some(Box::new(Pii {
-        key: key.into_bytes(),
+        key,
         fields: c.pii.fields.clone(),
     })))
 }
 
+/// The pseudonym of `value` under `key`: HMAC-SHA256, hex. The one definition, so that a value
+/// gets the same pseudonym wherever Sluice writes or looks for it.
+pub fn pseudonym(key: &[u8], value: &str) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("hmac takes keys of any length");
+    mac.update(value.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl PiiConfig {
+    /// The HMAC key: `key` itself, or the environment variable `env:NAME` names; at least 16
+    /// bytes.
+    pub fn resolved_key(&self) -> Result<Vec<u8>, String> {
+        let key = self
+            .key
+            .as_deref()
+            .ok_or("enrich.pii is enabled but enrich.pii.key is not set")?;
+        let key = match key.strip_prefix("env:") {
+            Some(var) => std::env::var(var)
+                .map_err(|_| format!("enrich.pii.key: environment variable {var} is not set"))?,
+            None => key.to_string(),
+        };
+        if key.len() < 16 {
+            return Err("enrich.pii.key must be at least 16 bytes".into());
+        }
+        Ok(key.into_bytes())
+    }
+}
+
 impl Step for Pii {
     fn apply(&self, draft: &mut Draft, _: &mut Facts<'_>) -> Result<(), String> {
-        let hash = |v: &str| -> String {
-            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-                .expect("hmac takes keys of any length");
-            mac.update(v.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
-        };
+        let hash = |v: &str| pseudonym(&self.key, v);
         for field in &self.fields {
             match field.as_str() {
                 "user_id" => draft.user_id = draft.user_id.as_deref().map(hash),
