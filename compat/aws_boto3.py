@@ -11,6 +11,9 @@ Modes:
   put-records STREAM PLAN put_records the plan's events (JSON objects) into STREAM.
   firehose STREAM PLAN    put_record the plan's first event and put_record_batch the rest
                           (newline-terminated JSON) into the delivery stream STREAM.
+  create-streams PREFIX N create streams PREFIX-0 .. PREFIX-(N-1) (1 shard each) until one is
+                          refused; prints {"created": K, "error": CODE or null, "message": ...}
+                          as JSON on the last line.
   read STREAM N           get_records every shard of STREAM from TRIM_HORIZON until N records
                           have been read (60 s at most); prints them as a JSON list of
                           {"partition_key", "data"} (data decoded as JSON) on the last line.
@@ -24,6 +27,7 @@ import time
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 
 def client(service, url, key):
@@ -174,6 +178,17 @@ def main():
         if not all(r.get("RecordId") for r in answer["RequestResponses"]):
             fail("a record has no RecordId: %r" % answer)
         print("put %d records into delivery stream %s" % (len(records), args[0]))
+    elif mode == "create-streams":
+        kinesis = client("kinesis", url, key)
+        created, error, message = 0, None, None
+        for i in range(int(args[1])):
+            try:
+                kinesis.create_stream(StreamName="%s-%d" % (args[0], i), ShardCount=1)
+            except ClientError as e:
+                error, message = e.response["Error"]["Code"], e.response["Error"]["Message"]
+                break
+            created += 1
+        print(json.dumps({"created": created, "error": error, "message": message}))
     elif mode == "read":
         by_shard = read_all(client("kinesis", url, key), args[0], int(args[1]))
         out = [

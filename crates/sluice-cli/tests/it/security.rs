@@ -491,3 +491,44 @@ async fn boto3_puts_with_a_write_key_and_reads_good_with_a_reader_token() -> any
     assert!(good.iter().all(|r| r["data"]["source"] == "web"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with boto3; run with --run-ignored all"]
+async fn boto3_create_stream_past_max_streams_is_limit_exceeded_and_admin_only()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let key = cli("keys", &data, &["create", "--source", "web"])?;
+    let reader = cli("tokens", &data, &["create", "--role", "reader"])?;
+    let admin = cli("tokens", &data, &["create", "--role", "admin"])?;
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[kinesis]\nmax_streams = 3\n")?;
+    let config = config.to_str().context("a utf-8 path")?;
+    let server = SluiceProcess::spawn(Path::new(BIN), &data, &["--config", config])?;
+    let create = |akid: &str, prefix: &str| -> anyhow::Result<Value> {
+        let out = boto3(&server.url(), akid, &["create-streams", prefix, "10"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "aws_boto3.py failed: {stderr}");
+        let stdout = String::from_utf8(out.stdout)?;
+        Ok(serde_json::from_str(
+            stdout.lines().last().context("no output")?,
+        )?)
+    };
+    // Who may create streams is unchanged: neither a write key nor a reader token.
+    for akid in [&key, &reader] {
+        let got = tokio::task::block_in_place(|| create(akid, "nope"))?;
+        assert_eq!(got["created"], 0, "{got}");
+        assert_eq!(got["error"], "AccessDeniedException", "{got}");
+    }
+    // An admin token gets max_streams streams, then boto3 sees Kinesis's own limit error.
+    let got = tokio::task::block_in_place(|| create(&admin, "s"))?;
+    assert_eq!(got["created"], 3, "{got}");
+    assert_eq!(got["error"], "LimitExceededException", "{got}");
+    assert!(
+        got["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kinesis.max_streams")),
+        "{got}"
+    );
+    Ok(())
+}

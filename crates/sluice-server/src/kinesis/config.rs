@@ -6,6 +6,12 @@ use sluice_event::topic;
 
 use super::streams::check_stream_name;
 
+/// Default of [`KinesisConfig::max_streams`].
+const DEFAULT_MAX_STREAMS: usize = 50;
+/// Highest [`KinesisConfig::max_streams`]: every shard is a journal partition with its own
+/// writer thread.
+const MAX_MAX_STREAMS: usize = 1000;
+
 /// The `[kinesis]` section. Every field has a default, so an empty section (or none) works.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,6 +24,12 @@ pub struct KinesisConfig {
     /// Stream names (and Firehose delivery stream names) that deliver into the pipeline, like
     /// `raw` itself: records put to them go through the collector into `raw`. Default none.
     pub ingest_streams: Vec<String>,
+    /// Most streams `CreateStream` may make (user streams, not counting `raw`, `good`, `bad`
+    /// and the ingest aliases); one more is refused with `LimitExceededException`. Streams
+    /// that already exist keep working when the limit is lowered below their number. Default
+    /// 50 (AWS's default quota of on-demand streams per account); `0` refuses every
+    /// `CreateStream`.
+    pub max_streams: usize,
 }
 
 impl Default for KinesisConfig {
@@ -26,6 +38,7 @@ impl Default for KinesisConfig {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             ingest_streams: Vec::new(),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -49,6 +62,12 @@ impl KinesisConfig {
             return Err(format!(
                 "kinesis.account_id {:?} must be 12 digits",
                 self.account_id
+            ));
+        }
+        if self.max_streams > MAX_MAX_STREAMS {
+            return Err(format!(
+                "kinesis.max_streams {} must be at most {MAX_MAX_STREAMS}",
+                self.max_streams
             ));
         }
         for (i, name) in self.ingest_streams.iter().enumerate() {
@@ -90,5 +109,11 @@ mod tests {
         c.account_id = "123456789012".into();
         c.region = "".into();
         assert!(c.validate().unwrap_err().contains("region"));
+        let c = KinesisConfig {
+            max_streams: 1001,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("max_streams"));
+        assert_eq!(KinesisConfig::default().max_streams, 50);
     }
 }

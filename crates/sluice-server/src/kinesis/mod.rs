@@ -77,6 +77,9 @@ pub(crate) struct Kinesis {
     tokens: TokenCodec,
     /// Creation time and mode of streams made by this process (others report the start time).
     meta: Mutex<HashMap<String, streams::StreamMeta>>,
+    /// Held from counting the streams to creating one, so that concurrent `CreateStream`s
+    /// cannot together pass `max_streams`.
+    creating: tokio::sync::Mutex<()>,
     started_ms: i64,
 }
 
@@ -95,6 +98,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
         retention_hours,
         tokens: TokenCodec::random(),
         meta: Mutex::new(HashMap::new()),
+        creating: tokio::sync::Mutex::new(()),
         started_ms: now_ms(),
     };
     let routes = Router::new()
@@ -252,6 +256,7 @@ impl Kinesis {
             retention_hours: 168,
             tokens: TokenCodec::random(),
             meta: Mutex::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
             started_ms: now_ms(),
         }
     }

@@ -338,8 +338,23 @@ impl Kinesis {
                 self.config.account_id
             ))
         };
+        let _creating = self.creating.lock().await;
         if self.is_ingest_name(&name) || self.journal.partitions(&name).is_ok() {
             return Err(exists());
+        }
+        let user_streams = self
+            .journal
+            .topics()
+            .iter()
+            .filter(|t| StreamKind::of_topic(&t.name) == StreamKind::User)
+            .count();
+        if user_streams >= self.config.max_streams {
+            tracing::warn!(stream = %name, streams = user_streams, max = self.config.max_streams, "kinesis stream refused: kinesis.max_streams reached");
+            return Err(AwsError::LimitExceeded(format!(
+                "Account {} has reached this server's limit of {} streams (kinesis.max_streams); \
+                 delete a stream or raise the limit.",
+                self.config.account_id, self.config.max_streams
+            )));
         }
         let journal = self.journal.clone();
         let topic_name = name.clone();

@@ -906,6 +906,62 @@ async fn errors_have_the_aws_shape() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_stream_is_refused_past_max_streams_even_when_concurrent() -> TestResult {
+    let (server, api) = start("max_streams = 2").await;
+    let create = |name: &str| json!({"StreamName": name, "ShardCount": 1});
+    api.ok("CreateStream", create("s1")).await?;
+    api.ok("CreateStream", create("s2")).await?;
+    let m = api
+        .fails("CreateStream", create("s3"), "LimitExceededException")
+        .await?;
+    assert!(m.contains("kinesis.max_streams") && m.contains('2'), "{m}");
+    // The pipeline's own streams and the ingest alias do not count, and still work.
+    let listed = api.ok("ListStreams", json!({})).await?;
+    let names: Vec<&str> = listed["StreamNames"]
+        .as_array()
+        .ok_or("StreamNames")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(names, ["bad", "events", "good", "raw", "s1", "s2"]);
+    // The existing streams keep working.
+    api.ok(
+        "PutRecord",
+        json!({"StreamName": "s1", "Data": b64(b"x"), "PartitionKey": "k"}),
+    )
+    .await?;
+    // A deleted stream frees its place.
+    api.ok("DeleteStream", json!({"StreamName": "s1"})).await?;
+    api.ok("DeleteStream", json!({"StreamName": "s2"})).await?;
+    // Concurrent creates cannot together pass the limit.
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let api = api.clone();
+        calls.push(tokio::spawn(async move {
+            api.call(
+                "Kinesis_20131202.CreateStream",
+                json!({"StreamName": format!("c{i}"), "ShardCount": 1}),
+            )
+            .await
+            .map(|a| (a.status, a.error_type().to_string()))
+            .map_err(|e| e.to_string())
+        }));
+    }
+    let mut created = 0;
+    for call in calls {
+        let (status, error) = call.await??;
+        if status == 200 {
+            created += 1;
+        } else {
+            assert_eq!((status, error.as_str()), (400, "LimitExceededException"));
+        }
+    }
+    assert_eq!(created, 2);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
     let (server, mut api) =
         start("[[sources]]\nname = \"shop\"\nwrite_keys = [\"AKIDSHOP\"]\n").await;
