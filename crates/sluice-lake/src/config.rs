@@ -18,6 +18,10 @@ const DEFAULT_FLUSH_MAX_EVENTS: usize = 100_000;
 const DEFAULT_FLUSH_MAX_BYTES: u64 = 128 * 1024 * 1024;
 const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10;
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
+const DEFAULT_MAX_TYPED_TABLES: usize = 1000;
+const DEFAULT_MAX_TYPED_COLUMNS: usize = 500;
+/// Postgres and Redshift allow 1600 columns per table; the fixed columns take some.
+pub const MAX_MAX_TYPED_COLUMNS: usize = 1500;
 
 /// Lake delivery: how `good` and `bad` become the `events` and `bad_rows` Delta tables.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +45,12 @@ pub struct LakeConfig {
     pub zstd_level: i32,
     /// Also deliver `good` into one typed table per event name (see `sluice_lake::typed`).
     pub typed_tables: bool,
+    /// Most typed tables (event names, after snake_case); an event whose table would be one
+    /// more gets none (it is in `events`). Existing tables keep working. Also the loader's.
+    pub max_typed_tables: usize,
+    /// Most property columns per typed table; a property that would be one more is left out
+    /// of the typed row (it is in `events`). Existing columns keep working. Also the loader's.
+    pub max_typed_columns: usize,
     /// Delete every table's date partitions older than this ("400d"; at least a day); unset
     /// keeps everything. See [`crate::retention`].
     #[serde(with = "humantime_serde")]
@@ -56,6 +66,8 @@ impl Default for LakeConfig {
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             typed_tables: true,
+            max_typed_tables: DEFAULT_MAX_TYPED_TABLES,
+            max_typed_columns: DEFAULT_MAX_TYPED_COLUMNS,
             retention: None,
         }
     }
@@ -88,6 +100,16 @@ impl LakeConfig {
                 "zstd_level must be between 1 and 22".into(),
             ));
         }
+        if self.max_typed_tables == 0 {
+            return Err(LakeError::Config(
+                "max_typed_tables must be at least 1 (turn typed tables off with typed_tables = false)".into(),
+            ));
+        }
+        if !(1..=MAX_MAX_TYPED_COLUMNS).contains(&self.max_typed_columns) {
+            return Err(LakeError::Config(format!(
+                "max_typed_columns must be between 1 and {MAX_MAX_TYPED_COLUMNS}"
+            )));
+        }
         if self
             .retention
             .is_some_and(|r| r < crate::retention::MIN_RETENTION)
@@ -102,6 +124,8 @@ impl LakeConfig {
             checkpoint_interval,
             zstd_level: self.zstd_level,
             typed_tables: self.typed_tables,
+            max_typed_tables: self.max_typed_tables,
+            max_typed_columns: self.max_typed_columns,
             ..LakeSettings::base()
         })
     }
@@ -122,6 +146,10 @@ pub struct LakeSettings {
     pub zstd_level: i32,
     /// See [`LakeConfig::typed_tables`].
     pub typed_tables: bool,
+    /// See [`LakeConfig::max_typed_tables`].
+    pub max_typed_tables: usize,
+    /// See [`LakeConfig::max_typed_columns`].
+    pub max_typed_columns: usize,
     /// See [`LakeConfig::retention`].
     pub retention: Option<Duration>,
     /// First wait after a failed commit or read; doubles up to `retry_backoff_max` (with
@@ -156,6 +184,8 @@ impl LakeSettings {
                 .unwrap_or(NonZeroU64::MIN),
             zstd_level: DEFAULT_ZSTD_LEVEL,
             typed_tables: true,
+            max_typed_tables: DEFAULT_MAX_TYPED_TABLES,
+            max_typed_columns: DEFAULT_MAX_TYPED_COLUMNS,
             retention: None,
             retry_backoff_initial: Duration::from_millis(200),
             retry_backoff_max: Duration::from_secs(10),
@@ -212,6 +242,14 @@ mod tests {
             },
             LakeConfig {
                 zstd_level: 0,
+                ..LakeConfig::default()
+            },
+            LakeConfig {
+                max_typed_tables: 0,
+                ..LakeConfig::default()
+            },
+            LakeConfig {
+                max_typed_columns: 1501,
                 ..LakeConfig::default()
             },
         ] {

@@ -30,6 +30,7 @@ pub mod consume;
 pub mod deliver;
 pub mod durable_store;
 mod error;
+pub mod limits;
 pub mod metrics;
 mod repair;
 pub mod retention;

@@ -16,6 +16,7 @@
 //! | `sluice_lake_txn_regressions_total` | counter | start-up checks that found a commit whose txn version is below an earlier commit's (delivery refused; see `DeltaTarget::check_txn_history`) |
 //! | `sluice_lake_txn_past_journal_end_total` | counter | per `partition`: start-up checks that found a txn version at or past the journal partition's end (delivery refused; see `commit::check_txns_within_journal`) |
 //! | `sluice_lake_expired_files_total` | counter | data files removed by `[lake] retention` (their date partitions were past it) |
+//! | `sluice_lake_typed_refusals_total` | counter | per `sink` (`lake`, `loader`) and `kind`: events given no typed table (`table`, `[lake] max_typed_tables` reached) and properties given no column (`column`, `max_typed_columns` reached); see [`crate::limits`] |
 //! | `sluice_lake_buffered_records` | gauge | records waiting for the next flush |
 //! | `sluice_lake_delivered_offset` | gauge | per `partition`: next journal offset not yet in the table |
 
@@ -34,6 +35,11 @@ pub fn describe() {
         "sluice_lake_txn_past_journal_end_total",
         Unit::Count,
         "start-up checks that found a txn version past the journal's end (delivery refused)"
+    );
+    describe_counter!(
+        "sluice_lake_typed_refusals_total",
+        Unit::Count,
+        "events given no typed table (kind=table) or properties given no typed column (kind=column): a limit was reached"
     );
     describe_counter!(
         "sluice_lake_expired_files_total",

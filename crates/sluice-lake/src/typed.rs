@@ -38,8 +38,18 @@
 //! `bigint` column, a fraction in a `bigint` column, a number in a `string` column — makes the
 //! whole event a **bad row** of kind `schema_violation` (function `typed_tables`, the good event
 //! as its payload) in the `bad_rows` table. The typed table goes on with the other rows; a type
-//! conflict can never fail or stall it. An integer in a `double` column is fine. A table stops
-//! growing at [`MAX_PROPERTY_COLUMNS`] property columns; an event that would need more is a bad row.
+//! conflict can never fail or stall it. An integer in a `double` column is fine.
+//!
+//! # Limits
+//!
+//! Event and property names come from clients (browser write keys are public), so the sink
+//! creates at most `[lake] max_typed_tables` typed tables (counting those under the root when it
+//! opens) and at most `max_typed_columns` property columns per table. Past a limit nothing is
+//! lost: an event whose table would be one too many goes into no typed table, and a property
+//! whose column would be one too many is left out of its typed row; both stay in `events`.
+//! Tables and columns that exist keep working, also when the limits are lowered. Refusals are
+//! counted, logged once per name and shown on `/health` ([`crate::limits`]). Tables and columns
+//! only grow, so a record read again is refused the same way.
 //!
 //! # Exactly once
 //!
@@ -58,7 +68,7 @@
 //! its own: versions that went backwards, or that lie past the end of `good`, make the sink
 //! refuse to deliver (`/health` reports it failing) until the log is repaired.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
@@ -76,6 +86,7 @@ use sluice_journal::{ConsumerProgress, Journal, Record, StageHealth};
 
 use crate::batcher::BatchLimits;
 use crate::consume::{Destination, LoopSettings, run_batches};
+use crate::limits::Refusals;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -86,8 +97,6 @@ use crate::writer::{BadRowEncoder, RowEncoder, parquet_writer, write_parquet};
 use crate::{LakeError, LakeRoot, LakeSettings};
 use sluice_event::topic::GOOD;
 
-/// The most property columns a typed table gets.
-pub const MAX_PROPERTY_COLUMNS: usize = 400;
 /// The longest table or column name (Postgres' identifier limit).
 pub const MAX_NAME_BYTES: usize = 63;
 /// The control table's location under the lake root (not a SQL table: the warehouse lists
@@ -580,19 +589,21 @@ impl TypedTable {
         Ok(())
     }
 
-    /// Splits `rows` into those the table can hold (adding the new columns they need) and
-    /// the rejected ones.
+    /// Splits `rows` into those the table can hold (adding the new columns they need, up to
+    /// `max_columns` property columns: a property past it is left out of its row) and the
+    /// rejected ones.
     async fn classify(
         &mut self,
         rows: Vec<Row>,
         declared: Option<&dyn DeclaredTypes>,
+        (max_columns, refusals): (usize, &Refusals),
     ) -> Result<(Vec<Row>, Vec<Rejected>), LakeError> {
         let mut new_columns: Vec<(String, PropType)> = Vec::new();
         let mut accepted = Vec::with_capacity(rows.len());
         let mut rejected = Vec::new();
         let mut declared_cache: HashMap<String, Option<BTreeMap<String, PropType>>> =
             HashMap::new();
-        for row in rows {
+        for mut row in rows {
             let mut proposed: Vec<(String, PropType)> = Vec::new();
             let mut problem = None;
             for (column, key, value) in &row.values {
@@ -641,13 +652,17 @@ impl TypedTable {
                     }
                 }
             }
-            if problem.is_none()
-                && self.columns.len() + new_columns.len() + proposed.len() > MAX_PROPERTY_COLUMNS
-            {
-                problem = Some(format!(
-                    "table {} would get more than {MAX_PROPERTY_COLUMNS} property columns",
-                    self.name
-                ));
+            if problem.is_none() {
+                let room = max_columns.saturating_sub(self.columns.len() + new_columns.len());
+                if proposed.len() > room {
+                    let refused: Vec<String> =
+                        proposed.drain(room..).map(|(column, _)| column).collect();
+                    for column in &refused {
+                        refusals.column(&self.name, column);
+                    }
+                    row.values
+                        .retain(|(column, _, _)| !refused.contains(column));
+                }
             }
             match problem {
                 Some(reason) => rejected.push(Rejected {
@@ -906,6 +921,8 @@ pub struct OpenTables {
     bad: DeltaTarget<BadRowsTable>,
     bad_versions: BTreeMap<u32, u64>,
     tables: HashMap<String, TypedTable>,
+    /// The typed tables under the root (those there at open, and those made since).
+    existing: HashSet<String>,
 }
 
 /// Delivers `good` into one typed table per event name, exactly once. See the module docs.
@@ -918,11 +935,17 @@ pub struct TypedSink {
     #[allow(clippy::type_complexity)]
     crash_after: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
     health: StageHealth,
+    refusals: Refusals,
 }
 
 impl TypedSink {
     /// A sink reading `good` from `journal` into typed tables under `root`.
     pub fn new(journal: Arc<dyn Journal>, root: LakeRoot, settings: LakeSettings) -> Self {
+        let refusals = Refusals::new(
+            "lake",
+            settings.max_typed_tables,
+            settings.max_typed_columns,
+        );
         Self {
             journal,
             root,
@@ -931,7 +954,13 @@ impl TypedSink {
             status: watch::Sender::new(DeliveryStatus::default()),
             crash_after: None,
             health: StageHealth::detached(),
+            refusals,
         }
+    }
+
+    /// What the limits refused so far (for `/health`).
+    pub fn refusals(&self) -> Refusals {
+        self.refusals.clone()
     }
 
     /// Reports each attempt's outcome to `health` (`/health`).
@@ -980,12 +1009,14 @@ impl TypedSink {
         let next = (0..partitions)
             .map(|p| positions.get(&p).map_or(0, |v| v + 1))
             .collect();
+        let existing = existing_tables(&self.root).await?;
         let open = OpenTables {
             partitions,
             control,
             bad,
             bad_versions,
             tables: HashMap::new(),
+            existing,
         };
         Ok((open, next))
     }
@@ -1108,6 +1139,13 @@ impl TypedSink {
         let every = self.settings.checkpoint_interval.get();
         let mut prepared = Vec::new();
         for (name, rows) in by_table {
+            if !open.existing.contains(&name) {
+                if open.existing.len() >= self.settings.max_typed_tables {
+                    self.refusals.table(&name, rows.len() as u64);
+                    continue;
+                }
+                open.existing.insert(name.clone());
+            }
             if !open.tables.contains_key(&name) {
                 let journal = self.journal.as_ref();
                 let t =
@@ -1130,7 +1168,10 @@ impl TypedSink {
                 continue;
             }
             let last = last_offsets(rows.iter().map(|r| (r.partition, r.offset)));
-            let (accepted, mut bad) = table.classify(rows, self.declared.as_deref()).await?;
+            let limits = (self.settings.max_typed_columns, &self.refusals);
+            let (accepted, mut bad) = table
+                .classify(rows, self.declared.as_deref(), limits)
+                .await?;
             rejected.append(&mut bad);
             prepared.push((name, accepted, last));
         }
@@ -1212,6 +1253,48 @@ impl TypedSink {
         checkpoint_if_due(&table.table, name, version, every).await;
         self.crashed(name)
     }
+}
+
+/// The typed tables under `root`: its directories but `events`, `bad_rows` and those starting
+/// with `_` (a directory made for a table whose creation failed counts too).
+async fn existing_tables(root: &LakeRoot) -> Result<HashSet<String>, LakeError> {
+    let names: Vec<String> = if let Some(dir) = root.local_path() {
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                let e =
+                    deltalake::DeltaTableError::Generic(format!("listing {}: {e}", dir.display()));
+                return Err(LakeError::delta("", "listing tables", e));
+            }
+        }
+    } else {
+        let store = deltalake::DeltaTableBuilder::from_url(root.url().clone())
+            .and_then(|b| {
+                b.with_storage_options(root.storage_options().clone())
+                    .build()
+            })
+            .map_err(delta_err("", "listing tables"))?
+            .object_store();
+        store
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| {
+                LakeError::delta("", "listing tables", deltalake::DeltaTableError::from(e))
+            })?
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect()
+    };
+    Ok(names
+        .into_iter()
+        .filter(|n| n != EVENTS_TABLE && n != BAD_ROWS_TABLE && !n.starts_with('_'))
+        .collect())
 }
 
 /// A flush's records sorted out: the last offset per partition of them all, the rows per typed

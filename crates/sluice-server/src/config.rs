@@ -273,7 +273,13 @@ impl Config {
             .as_ref()
             .map(LoaderConfig::validate)
             .transpose()
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+            .map_err(|e| ServerError::Config(e.to_string()))?
+            // The loader's typed tables follow the lake's rules, limits included.
+            .map(|l| LoaderSettings {
+                max_typed_tables: self.lake.max_typed_tables,
+                max_typed_columns: self.lake.max_typed_columns,
+                ..l
+            });
         crate::auth::Auth::new(self.sources.clone(), None).map_err(ServerError::Config)?;
         self.validation.validate().map_err(ServerError::Config)?;
         self.kinesis.validate().map_err(ServerError::Config)?;

@@ -318,11 +318,13 @@ fn start_lake(
             crate::declared::RegistryTypes::new(base.registry.clone(), &settings.validation);
         let typed = TypedSink::new(journal.clone(), root.clone(), lake.clone())
             .with_declared_types(Arc::new(declared));
+        base.stages.warnings().watch_refusals(typed.refusals());
         let stage = health.consumer("typed", topic::GOOD, next_offsets(typed.progress()));
         typed.with_health(stage)
     });
     let loader = settings.loader.clone().map(|l| {
         let loader = PgLoader::new(journal.clone(), l);
+        base.stages.warnings().watch_refusals(loader.refusals());
         let stage = health.consumer("loader", topic::GOOD, next_offsets(loader.progress()));
         loader.with_health(stage)
     });

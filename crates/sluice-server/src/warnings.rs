@@ -2,7 +2,8 @@
 //! node still serves: retention held back by a consumer that has not read, and what recovery
 //! lost or set aside (journal records lost to damage, damaged segments copied to quarantine,
 //! quarantined partitions, damaged lake log files moved to `<table>/_damaged_log/`, damaged
-//! embedded hot stores moved to `<dir>.damaged-<ms>`).
+//! embedded hot stores moved to `<dir>.damaged-<ms>`), and the typed tables and columns the
+//! lake's typed sink or the loader did not create because a limit was reached.
 //!
 //! Retention's part is replaced after each retention run; the journal's part is set once, from
 //! the recovery report of this start; the lake's and the hot store's parts are read from the
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use sluice_journal::{HeldRetention, RecoveryReport};
+use sluice_lake::limits::{RefusalReport, Refusals};
 
 /// Where the lake keeps the log files it set aside, inside a table's directory.
 const LAKE_ASIDE_DIR: &str = "_damaged_log";
@@ -60,6 +62,10 @@ pub(crate) struct Report {
     /// Damaged embedded hot stores set aside (the projection rebuilt the store from `good`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) hot_set_aside: Vec<String>,
+    /// Typed tables and columns not created: `[lake] max_typed_tables` / `max_typed_columns`
+    /// reached (per sink: the lake's typed tables, the loader).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) typed_limits: Vec<RefusalReport>,
 }
 
 impl Report {
@@ -75,6 +81,7 @@ struct Inner {
     journal: Vec<JournalLoss>,
     lake_dir: Option<PathBuf>,
     hot_dir: Option<PathBuf>,
+    refusals: Vec<Refusals>,
 }
 
 /// The warnings of this node. Cheap to clone.
@@ -97,6 +104,11 @@ impl Warnings {
     /// Looks for damaged copies set aside next to the embedded hot store at `dir`.
     pub(crate) fn watch_hot(&self, dir: &Path) {
         self.inner().hot_dir = Some(dir.to_path_buf());
+    }
+
+    /// Reports what `refusals` counts once it is not empty.
+    pub(crate) fn watch_refusals(&self, refusals: Refusals) {
+        self.inner().refusals.push(refusals);
     }
 
     /// What the latest retention run held back.
@@ -144,6 +156,7 @@ impl Warnings {
         let mut report = Report {
             retention_held: inner.held.clone(),
             journal_recovery: inner.journal.clone(),
+            typed_limits: inner.refusals.iter().filter_map(Refusals::report).collect(),
             ..Report::default()
         };
         drop(inner);

@@ -9,7 +9,11 @@
 //! - one table per event name with the typed tables' naming and typing rules
 //!   ([`sluice_lake::typed`]): the fixed columns plus one column per property, added as new
 //!   properties appear. An event whose property does not fit its column's type is left out of its
-//!   typed table (it is still in `events`, and the lake's typed tables make it a bad row).
+//!   typed table (it is still in `events`, and the lake's typed tables make it a bad row). The
+//!   lake's limits hold here too ([`sluice_lake::limits`]): past `max_typed_tables` tables an
+//!   event gets no typed table, past `max_typed_columns` property columns a property is left
+//!   out of its typed row (a column it would have is NULL); existing tables and columns keep
+//!   working.
 //! - `_sluice_positions (topic, partition, next_offset)`: for each `good` partition, the next
 //!   offset not yet loaded.
 //!
@@ -37,6 +41,7 @@ use sluice_event::Event;
 use sluice_journal::{Journal, JournalError, Record, StageHealth};
 use sluice_lake::batcher::BatchLimits;
 use sluice_lake::consume::{Destination, LoopSettings, run_batches};
+use sluice_lake::limits::Refusals;
 use sluice_lake::schema::{Column, ColumnType};
 use sluice_lake::typed::{FIXED_COLUMNS, PropType, column_name, table_name};
 use sluice_lake::{DeliveryProgress, DeliveryStatus, EventsTable, TableSpec};
@@ -181,6 +186,8 @@ impl LoaderConfig {
             flush_interval: self.flush_interval,
             flush_max_events: self.flush_max_events,
             typed_tables: self.typed_tables,
+            max_typed_tables: sluice_lake::LakeSettings::default().max_typed_tables,
+            max_typed_columns: sluice_lake::LakeSettings::default().max_typed_columns,
             statement_timeout: Duration::from_secs(120),
             retry_backoff_initial: Duration::from_millis(200),
             retry_backoff_max: Duration::from_secs(10),
@@ -204,6 +211,10 @@ pub struct LoaderSettings {
     pub flush_max_events: usize,
     /// See [`LoaderConfig::typed_tables`].
     pub typed_tables: bool,
+    /// Most typed tables (`[lake] max_typed_tables`; the server sets it).
+    pub max_typed_tables: usize,
+    /// Most property columns per typed table (`[lake] max_typed_columns`).
+    pub max_typed_columns: usize,
     /// Longest a connection attempt or a statement may take.
     pub statement_timeout: Duration,
     /// First wait after a failure; doubles up to `retry_backoff_max`.
@@ -382,12 +393,22 @@ fn prepare(record: &Record, typed: bool) -> Result<Loaded, String> {
     Ok(Loaded { fields, typed })
 }
 
+/// The property columns of a typed table's catalog entry (its columns but the fixed ones).
+fn existing_properties(columns: Option<&TableColumns>) -> usize {
+    columns.map_or(0, |cols| {
+        cols.iter()
+            .filter(|(c, _)| !FIXED_COLUMNS.contains(&c.as_str()))
+            .count()
+    })
+}
+
 /// Loads `good` into Postgres, exactly once. See the module docs.
 pub struct PgLoader {
     journal: Arc<dyn Journal>,
     settings: LoaderSettings,
     status: watch::Sender<DeliveryStatus>,
     health: StageHealth,
+    refusals: Refusals,
 }
 
 /// The loader's live connection and what it knows of the database.
@@ -402,12 +423,23 @@ pub struct Session {
 impl PgLoader {
     /// A loader of `good` from `journal`.
     pub fn new(journal: Arc<dyn Journal>, settings: LoaderSettings) -> Self {
+        let refusals = Refusals::new(
+            "loader",
+            settings.max_typed_tables,
+            settings.max_typed_columns,
+        );
         Self {
             journal,
             settings,
             status: watch::Sender::new(DeliveryStatus::default()),
             health: StageHealth::detached(),
+            refusals,
         }
+    }
+
+    /// What the limits refused so far (for `/health`).
+    pub fn refusals(&self) -> Refusals {
+        self.refusals.clone()
     }
 
     /// Reports each attempt's outcome to `health` (`/health`).
@@ -638,7 +670,21 @@ impl PgLoader {
             }
         }
         let mut typed_rows: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // Typed tables in the schema: all but `events` and the positions table.
+        let mut tables = session
+            .catalog
+            .keys()
+            .filter(|t| *t != "events" && *t != POSITIONS_TABLE)
+            .count();
         for (table, indexes) in &typed {
+            if !session.catalog.contains_key(table) {
+                if tables >= self.settings.max_typed_tables {
+                    self.refusals.table(table, indexes.len() as u64);
+                    continue;
+                }
+                tables += 1;
+            }
+            let properties = existing_properties(session.catalog.get(table));
             let existing: HashMap<String, Option<SqlType>> = session
                 .catalog
                 .get(table)
@@ -676,7 +722,14 @@ impl PgLoader {
                     }
                 }
                 if ok {
-                    new.extend(proposed);
+                    let room = self
+                        .settings
+                        .max_typed_columns
+                        .saturating_sub(properties + new.len());
+                    for (column, _) in proposed.iter().skip(room) {
+                        self.refusals.column(table, column);
+                    }
+                    new.extend(proposed.into_iter().take(room));
                     fits.push(i);
                 }
             }

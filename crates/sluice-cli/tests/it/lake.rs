@@ -95,3 +95,100 @@ async fn expire_removes_old_partitions_while_the_server_runs() -> anyhow::Result
     })?;
     Ok(())
 }
+
+/// The typed tables under the lake (its directories but `events`, `bad_rows` and `_sluice`).
+fn typed_tables(data: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data.join("lake"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != "events" && n != "bad_rows" && !n.starts_with('_'))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_names_stays_within_the_typed_table_limits() -> anyhow::Result<()> {
+    const NAMES: usize = 60;
+    const PROPS: usize = 40;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[lake]\nflush_interval = \"200ms\"\nmax_typed_tables = 5\nmax_typed_columns = 4\n",
+    )?;
+    let config = config.to_str().expect("utf-8 path");
+    let server = SluiceProcess::spawn(Path::new(BIN), &data, &["--config", config])?;
+    // One event per distinct name, then one event per distinct property of one name.
+    let mut lines: Vec<String> = (0..NAMES)
+        .map(|i| format!(r#"{{"event_id":"n{i}","event":"Name {i}","user_id":"u"}}"#))
+        .collect();
+    lines.extend((0..PROPS).map(|i| {
+        format!(r#"{{"event_id":"p{i}","event":"Name 0","user_id":"u","properties":{{"prop_{i}":{i}}}}}"#)
+    }));
+    let total = lines.len() as i64;
+    let client = reqwest::Client::new();
+    for chunk in lines.chunks(20) {
+        let resp = client
+            .post(format!("{}/v1/events", server.url()))
+            .body(chunk.join("\n"))
+            .send()
+            .await?;
+        assert_eq!(resp.status(), 200);
+    }
+    // Every event is in `events`, and the typed sink has accounted for each: in a typed table
+    // or counted as refused on /health.
+    let all = "SELECT count(*) AS n FROM events";
+    let warning = wait_until(Duration::from_secs(60), "every event accounted for", || {
+        if count(&data, all)? != total {
+            return Ok(None);
+        }
+        let url = format!("{}/health", server.url());
+        let health: serde_json::Value = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async { reqwest::get(url).await?.json().await })
+        })?;
+        let Some(lake) = health["warnings"]["typed_limits"]
+            .as_array()
+            .and_then(|w| w.iter().find(|r| r["sink"] == "lake").cloned())
+        else {
+            return Ok(None);
+        };
+        let typed: i64 = typed_tables(&data)
+            .iter()
+            .map(|t| count(&data, &format!("SELECT count(*) AS n FROM {t}")))
+            .sum::<anyhow::Result<i64>>()?;
+        let refused = lake["events_without_table"].as_i64().unwrap_or(0);
+        Ok((typed + refused == total).then_some(lake))
+    })?;
+    let tables = typed_tables(&data);
+    assert_eq!(tables.len(), 5, "{tables:?}");
+    assert_eq!(warning["max_typed_tables"], 5);
+    assert!(
+        !warning["refused_tables"]
+            .as_array()
+            .expect("list")
+            .is_empty()
+    );
+    // `name_0` is one of the five (the first flush holds it), with 4 property columns.
+    if tables.contains(&"name_0".to_string()) {
+        let data_s = data.to_str().expect("utf-8");
+        let sql = |q: &str| run_cli(Path::new(BIN), &["sql", "--data-dir", data_s, q]);
+        sql("SELECT prop_0, prop_1, prop_2, prop_3 FROM name_0")?;
+        assert!(sql("SELECT prop_4 FROM name_0").is_err());
+        assert_eq!(warning["properties_without_column"], (PROPS - 4) as i64);
+    }
+    // The refused names' events are all in `events`, properties as JSON.
+    assert_eq!(
+        count(
+            &data,
+            "SELECT count(*) AS n FROM events WHERE properties LIKE '%prop_39%'"
+        )?,
+        1
+    );
+    Ok(())
+}

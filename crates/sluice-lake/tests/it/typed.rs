@@ -398,3 +398,74 @@ async fn damaged_txn_versions_are_refused_by_the_typed_sink() {
         assert_eq!(scalar(d, &["order_completed"], distinct).await, 25);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_limits_events_get_no_new_table_and_properties_no_new_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+    let limited = |tables, columns| LakeSettings {
+        max_typed_tables: tables,
+        max_typed_columns: columns,
+        ..settings()
+    };
+    // Two tables; `a` gets columns p0..p2 and then no more; `c` gets no table.
+    let events = vec![
+        event(0, 0, "a", json!({"p0": 1, "p1": 2})),
+        event(0, 1, "b", json!({"q": "x"})),
+        event(0, 2, "c", json!({"r": 1})),
+        event(0, 3, "a", json!({"p2": 3, "p3": 4, "p4": 5})),
+        event(0, 4, "a", json!({"p0": 9, "p5": 6})),
+        event(0, 5, "c", json!({"r": 2})),
+    ];
+    journal.append_now(topic::GOOD, 0, events).unwrap();
+    let root = LakeRoot::from_path(dir.path()).unwrap();
+    let sink = TypedSink::new(journal.clone(), root.clone(), limited(2, 3));
+    let refusals = sink.refusals();
+    run_until_caught_up(sink, &journal).await.unwrap();
+    let d = dir.path();
+    assert!(!d.join("c").exists(), "no table past max_typed_tables");
+    assert_eq!(scalar(d, &["a"], "SELECT count(*) FROM a").await, 3);
+    assert_eq!(scalar(d, &["b"], "SELECT count(*) FROM b").await, 1);
+    let a = table_query(d, &["a"], "SELECT * FROM a LIMIT 1").await;
+    let columns: Vec<String> = a[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| n.starts_with('p'))
+        .collect();
+    assert_eq!(columns, ["p0", "p1", "p2"]);
+    // The rows keep the columns they fit.
+    assert_eq!(
+        scalar(d, &["a"], "SELECT sum(p0) + sum(p2) FROM a").await,
+        1 + 9 + 3
+    );
+    // No bad rows: nothing was refused for its content.
+    assert!(
+        !d.join("bad_rows/_delta_log").exists() || {
+            scalar(d, &["bad_rows"], "SELECT count(*) FROM bad_rows").await == 0
+        }
+    );
+    let report = refusals.report().unwrap();
+    assert_eq!(report.events_without_table, 2);
+    assert_eq!(report.refused_tables, ["c"]);
+    assert_eq!(report.properties_without_column, 3);
+    assert_eq!(report.refused_columns, ["a.p3", "a.p4", "a.p5"]);
+
+    // Lowered below what exists: existing tables and columns keep working, nothing new.
+    let more = vec![
+        event(0, 6, "a", json!({"p1": 7, "p9": 1})),
+        event(0, 7, "b", json!({"q": "y"})),
+        event(0, 8, "d", json!({})),
+    ];
+    journal.append_now(topic::GOOD, 0, more).unwrap();
+    let sink = TypedSink::new(journal.clone(), root, limited(1, 1));
+    let refusals = sink.refusals();
+    run_until_caught_up(sink, &journal).await.unwrap();
+    assert_eq!(scalar(d, &["a"], "SELECT count(*) FROM a").await, 4);
+    assert_eq!(scalar(d, &["b"], "SELECT count(*) FROM b").await, 2);
+    assert!(!d.join("d").exists());
+    let report = refusals.report().unwrap();
+    assert_eq!(report.refused_tables, ["d"]);
+    assert_eq!(report.refused_columns, ["a.p9"]);
+}
