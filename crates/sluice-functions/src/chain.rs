@@ -15,7 +15,7 @@ use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros};
 
 use crate::canonical::{Draft, Failure, draft};
 use crate::config::EventTimeWindow;
-use crate::enrich::{EnrichConfig, Enrichers, Sessions};
+use crate::enrich::{BadRowPseudonyms, EnrichConfig, Enrichers, Sessions};
 use crate::registry::Registry;
 use crate::udf::{Functions, Live, OnFailure, Stage};
 use crate::validate::{Validation, ValidationConfig};
@@ -31,6 +31,7 @@ pub struct Chain {
     max_event_bytes: usize,
     time_window: EventTimeWindow,
     functions: Option<Arc<Functions>>,
+    bad_pii: Option<BadRowPseudonyms>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -73,12 +74,14 @@ impl Chain {
         max_event_bytes: usize,
     ) -> Result<Self, String> {
         validation.validate()?;
+        let bad_pii = BadRowPseudonyms::new(&enrich.pii)?;
         Ok(Self {
             validation: Validation::new(registry, validation),
             enrichers: Enrichers::new(enrich)?,
             max_event_bytes,
             time_window: EventTimeWindow::default(),
             functions: None,
+            bad_pii,
         })
     }
 
@@ -117,7 +120,7 @@ impl Chain {
         let mut item = self.start(value, pos, true);
         self.validate(&mut item, true);
         self.enrich(&mut item, sessions, true);
-        match self.finish(item, true) {
+        match self.settle(item, true) {
             Outcome::Good(mut g) if g.len() == 1 => Ok(g.remove(0)),
             Outcome::Good(_) => Err(Bytes::new()),
             Outcome::Bad(b) => Err(b),
@@ -140,7 +143,7 @@ impl Chain {
             .await;
         items
             .into_iter()
-            .map(|item| self.finish(item, true))
+            .map(|item| self.settle(item, true))
             .collect()
     }
 
@@ -416,6 +419,22 @@ fn fail(raw: &RawEvent, function: &str, f: Failure, pos: Position, count: bool) 
         payload,
         pos,
     )
+}
+
+impl Chain {
+    /// [`Chain::finish`], with a bad row's payload pseudonymised under `[enrich.pii] bad_rows`.
+    fn settle(&self, item: Item, count: bool) -> Outcome {
+        match (self.finish(item, count), &self.bad_pii) {
+            (Outcome::Bad(b), Some(pii)) => Outcome::Bad(pseudonymised(&b, pii).unwrap_or(b)),
+            (outcome, _) => outcome,
+        }
+    }
+}
+
+fn pseudonymised(row: &[u8], pii: &BadRowPseudonyms) -> Option<Bytes> {
+    let mut row: BadRow = serde_json::from_slice(row).ok()?;
+    row.payload = RawValue::from_string(pii.payload(row.payload.get())).ok()?;
+    serde_json::to_vec(&row).ok().map(Bytes::from)
 }
 
 fn bad_row(

@@ -39,7 +39,7 @@ use serde_json::{Map, Value};
 use sluice_event::{BadKind, Enrichment, RawEvent};
 
 use crate::canonical::{Draft, Failure};
-pub use pii::pseudonym;
+pub use pii::{BadRowPseudonyms, pseudonym};
 pub use session::Sessions;
 pub(crate) use session::{load as load_sessions, save as save_sessions};
 
@@ -184,6 +184,9 @@ pub struct PiiConfig {
     /// The fields to pseudonymise: `user_id`, `anonymous_id`, `ip`, `properties.<path>` or
     /// `context.<path>` (dotted).
     pub fields: Vec<String>,
+    /// Also pseudonymise these fields in the raw payload kept by bad rows, with the same key,
+    /// where each protocol puts them ([`pii::BadRowPseudonyms`]). Default off.
+    pub bad_rows: bool,
 }
 
 /// `[enrich.session]`.
@@ -291,6 +294,7 @@ impl EnrichConfig {
                 "properties.email".into(),
                 "context.traits.email".into(),
             ],
+            bad_rows: false,
         };
         c
     }

@@ -97,3 +97,226 @@ impl Step for Pii {
         Ok(())
     }
 }
+
+/// `[enrich.pii] bad_rows = true`: the configured fields pseudonymised in the raw payload a bad
+/// row keeps, with the key and HMAC of the `enrich.pii` step, so a value has the same pseudonym
+/// in `bad_rows` as in `events`. Where each field is, per protocol of the raw record:
+///
+/// | field | the raw record | native, Kinesis (a JSON object) | Segment | Snowplow |
+/// |---|---|---|---|---|
+/// | `user_id` | | `user_id`, `userId` | `userId` | `uid` |
+/// | `anonymous_id` | `network_user_id` (Snowplow's cookie) | `anonymous_id`, `anonymousId` | `anonymousId` | `duid`, `tnuid` |
+/// | `ip` | `ip` (the client address the collector recorded) | `context.ip` | `context.ip` | `ip` |
+/// | `properties.<p>`, `context.<p>` | | the same path | the same path; `context.traits.<p>` also `traits.<p>` | — |
+///
+/// A payload that is not a raw event as JSON, or a Kinesis record that is not a JSON object,
+/// cannot be searched: it is replaced by a note with its length.
+pub struct BadRowPseudonyms {
+    key: Vec<u8>,
+    fields: Vec<String>,
+}
+
+impl BadRowPseudonyms {
+    /// `Some` when `[enrich.pii]` is enabled with `bad_rows = true`.
+    pub fn new(c: &PiiConfig) -> Result<Option<Self>, String> {
+        if !(c.enabled && c.bad_rows) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            key: c.resolved_key()?,
+            fields: c.fields.clone(),
+        }))
+    }
+
+    fn hash(&self, v: &mut Value) {
+        let text = match &*v {
+            Value::Null => return,
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        *v = Value::String(pseudonym(&self.key, &text));
+    }
+
+    fn at(&self, map: &mut serde_json::Map<String, Value>, path: &str) {
+        if let Some(v) = value_at_mut(map, path) {
+            self.hash(v);
+        }
+    }
+
+    /// The payload of a bad row (a raw event as JSON) with the fields pseudonymised.
+    pub fn payload(&self, payload: &str) -> String {
+        let note = |what: &str| {
+            Value::String(format!(
+                "withheld by enrich.pii.bad_rows: {} bytes of {what}",
+                payload.len()
+            ))
+            .to_string()
+        };
+        let Ok(Value::Object(mut raw)) = serde_json::from_str::<Value>(payload) else {
+            return note("a payload that is not a raw event");
+        };
+        let protocol = raw
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let Some(Value::Object(body)) = raw.get_mut("payload") else {
+            if let Some(v) = raw.get_mut("payload") {
+                *v = serde_json::from_str(&note("a record that is not a JSON object"))
+                    .unwrap_or(Value::Null);
+            }
+            self.outer(&mut raw);
+            return Value::Object(raw).to_string();
+        };
+        let snowplow = protocol == "snowplow";
+        for field in &self.fields {
+            let paths: &[&str] = match (field.as_str(), snowplow) {
+                ("user_id", false) => &["user_id", "userId"],
+                ("user_id", true) => &["uid"],
+                ("anonymous_id", false) => &["anonymous_id", "anonymousId"],
+                ("anonymous_id", true) => &["duid", "tnuid"],
+                ("ip", false) => &["context.ip"],
+                ("ip", true) => &["ip"],
+                (_, true) => &[],
+                (f, false) => {
+                    self.at(body, f);
+                    if let Some(trait_path) = f.strip_prefix("context.traits.") {
+                        self.at(body, &format!("traits.{trait_path}"));
+                    }
+                    &[]
+                }
+            };
+            for path in paths {
+                // Snowplow parameters are flat: `value_at_mut` on a one-part path.
+                self.at(body, path);
+            }
+        }
+        self.outer(&mut raw);
+        Value::Object(raw).to_string()
+    }
+
+    /// The raw record's own fields: the recorded client address and Snowplow's cookie id.
+    fn outer(&self, raw: &mut serde_json::Map<String, Value>) {
+        for field in &self.fields {
+            match field.as_str() {
+                "ip" => self.at(raw, "ip"),
+                "anonymous_id" => self.at(raw, "network_user_id"),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const KEY: &str = "a-key-of-sixteen-bytes-or-more";
+
+    fn pii() -> BadRowPseudonyms {
+        let c = PiiConfig {
+            enabled: true,
+            key: Some(KEY.into()),
+            fields: vec![
+                "user_id".into(),
+                "anonymous_id".into(),
+                "ip".into(),
+                "properties.email".into(),
+                "context.traits.email".into(),
+            ],
+            bad_rows: true,
+        };
+        BadRowPseudonyms::new(&c).unwrap().unwrap()
+    }
+
+    fn h(v: &str) -> Value {
+        Value::String(pseudonym(KEY.as_bytes(), v))
+    }
+
+    fn raw(protocol: &str, payload: Value) -> Value {
+        json!({"event_id": "e1", "source": "web", "protocol": protocol, "received_at": 1,
+               "ip": "203.0.113.9", "user_agent": "UA", "payload": payload})
+    }
+
+    fn run(v: &Value) -> Value {
+        serde_json::from_str(&pii().payload(&v.to_string())).unwrap()
+    }
+
+    #[test]
+    fn each_protocol_gets_the_events_pseudonyms_and_nothing_else_changes() {
+        let native = raw(
+            "native",
+            json!({"event": "Buy", "user_id": "u1", "anonymous_id": "a1",
+                   "context": {"ip": "198.51.100.1", "page": "/x"},
+                   "properties": {"email": "x@example.com", "plan": "pro"}}),
+        );
+        let mut want = native.clone();
+        want["ip"] = h("203.0.113.9");
+        want["payload"]["user_id"] = h("u1");
+        want["payload"]["anonymous_id"] = h("a1");
+        want["payload"]["context"]["ip"] = h("198.51.100.1");
+        want["payload"]["properties"]["email"] = h("x@example.com");
+        assert_eq!(run(&native), want);
+
+        let segment = raw(
+            "segment",
+            json!({"type": "identify", "userId": "u1", "anonymousId": "a1",
+                   "context": {"ip": "198.51.100.1", "traits": {"email": "t@example.com"}},
+                   "traits": {"email": "t@example.com", "name": "kept"}}),
+        );
+        let mut want = segment.clone();
+        want["ip"] = h("203.0.113.9");
+        want["payload"]["userId"] = h("u1");
+        want["payload"]["anonymousId"] = h("a1");
+        want["payload"]["context"]["ip"] = h("198.51.100.1");
+        want["payload"]["context"]["traits"]["email"] = h("t@example.com");
+        want["payload"]["traits"]["email"] = h("t@example.com");
+        assert_eq!(run(&segment), want);
+
+        let mut snowplow = raw(
+            "snowplow",
+            json!({"e": "pv", "uid": "u1", "duid": "d1", "tnuid": "n1", "ip": "198.51.100.1",
+                   "aid": "shop"}),
+        );
+        snowplow["network_user_id"] = json!("cookie");
+        let mut want = snowplow.clone();
+        want["ip"] = h("203.0.113.9");
+        want["network_user_id"] = h("cookie");
+        want["payload"]["uid"] = h("u1");
+        want["payload"]["duid"] = h("d1");
+        want["payload"]["tnuid"] = h("n1");
+        want["payload"]["ip"] = h("198.51.100.1");
+        assert_eq!(run(&snowplow), want);
+    }
+
+    #[test]
+    fn what_cannot_be_searched_is_replaced_by_a_note() {
+        let out = pii().payload("\"not a raw event\"");
+        assert!(
+            out.contains("withheld") && out.contains("17 bytes"),
+            "{out}"
+        );
+        let kinesis = raw("kinesis", json!("bm90IGpzb24="));
+        let got = run(&kinesis);
+        assert!(
+            got["payload"].as_str().unwrap().contains("withheld"),
+            "{got}"
+        );
+        assert_eq!(got["ip"], h("203.0.113.9"));
+        assert_eq!(got["event_id"], "e1");
+    }
+
+    #[test]
+    fn off_unless_enabled_with_bad_rows() {
+        let mut c = PiiConfig {
+            enabled: true,
+            key: Some(KEY.into()),
+            ..PiiConfig::default()
+        };
+        assert!(BadRowPseudonyms::new(&c).unwrap().is_none());
+        c.bad_rows = true;
+        c.enabled = false;
+        assert!(BadRowPseudonyms::new(&c).unwrap().is_none());
+    }
+}
