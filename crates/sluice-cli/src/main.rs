@@ -17,6 +17,7 @@ mod bench_sustained;
 mod functions;
 mod keys;
 mod lake;
+mod privacy;
 mod remote;
 mod replay;
 mod schemas;
@@ -70,6 +71,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Lake table upkeep: `optimize` (compaction) and `vacuum`.
     Lake(lake::LakeArgs),
+    /// Deletes a person's data everywhere and suppresses their new events (GDPR, CCPA).
+    Privacy(privacy::PrivacyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,6 +125,7 @@ fn main() {
             Command::Functions(args) => functions::run(args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Lake(args) => lake::run(args).await,
+            Command::Privacy(args) => privacy::run(args).await,
         }
     });
     // The runtime is still alive here: exiting does not wait for its tasks, which after a

@@ -17,6 +17,7 @@ use crate::canonical::{Draft, Failure, draft};
 use crate::config::EventTimeWindow;
 use crate::enrich::{BadRowPseudonyms, EnrichConfig, Enrichers, Sessions};
 use crate::registry::Registry;
+use crate::suppress::Suppressed;
 use crate::udf::{Functions, Live, OnFailure, Stage};
 use crate::validate::{Validation, ValidationConfig};
 
@@ -32,6 +33,7 @@ pub struct Chain {
     time_window: EventTimeWindow,
     functions: Option<Arc<Functions>>,
     bad_pii: Option<BadRowPseudonyms>,
+    suppressed: Arc<Suppressed>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -82,6 +84,7 @@ impl Chain {
             time_window: EventTimeWindow::default(),
             functions: None,
             bad_pii,
+            suppressed: Arc::default(),
         })
     }
 
@@ -95,6 +98,12 @@ impl Chain {
     /// is deployed at the time).
     pub fn with_functions(mut self, functions: Arc<Functions>) -> Self {
         self.functions = Some(functions);
+        self
+    }
+
+    /// Drops the events of the people in `suppressed` (see [`crate::suppress`]).
+    pub fn with_suppression(mut self, suppressed: Arc<Suppressed>) -> Self {
+        self.suppressed = suppressed;
         self
     }
 
@@ -117,6 +126,7 @@ impl Chain {
         pos: Position,
         sessions: &mut Sessions,
     ) -> Result<Bytes, Bytes> {
+        sessions.forget_suppressed(&self.suppressed);
         let mut item = self.start(value, pos, true);
         self.validate(&mut item, true);
         self.enrich(&mut item, sessions, true);
@@ -168,6 +178,7 @@ impl Chain {
         count: bool,
     ) -> Option<(u32, Vec<Item>)> {
         let partition = records.first()?.0.partition;
+        sessions.forget_suppressed(&self.suppressed);
         let mut items: Vec<Item> = records
             .iter()
             .map(|(pos, value)| self.start(value, *pos, count))
@@ -216,6 +227,7 @@ impl Chain {
             }
         };
         let state = match draft(&raw, pos) {
+            Ok(d) if self.is_suppressed(&d, count) => State::Live(Vec::new()),
             Ok(d) => State::Live(vec![d]),
             Err(f) => State::Bad(fail(&raw, "canonicalize", f, pos, count)),
         };
@@ -319,10 +331,12 @@ impl Chain {
 
     /// Serialises an item's events, checking the event time and the size.
     fn finish(&self, item: Item, count: bool) -> Outcome {
-        let drafts = match item.state {
+        let mut drafts = match item.state {
             State::Bad(b) => return Outcome::Bad(b),
             State::Live(d) => d,
         };
+        // A function may have given an event the id of a deleted person.
+        drafts.retain(|d| !self.is_suppressed(d, count));
         let window = &self.time_window;
         let late = drafts
             .iter()
@@ -376,6 +390,19 @@ impl Chain {
             good.push(Bytes::from(bytes));
         }
         Outcome::Good(good)
+    }
+}
+
+impl Chain {
+    /// Whether `d` belongs to a deleted person (counted when `count`).
+    fn is_suppressed(&self, d: &Draft, count: bool) -> bool {
+        let hit = self
+            .suppressed
+            .covers(d.user_id.as_deref(), d.anonymous_id.as_deref());
+        if hit && count {
+            crate::metrics::suppressed(1);
+        }
+        hit
     }
 }
 

@@ -30,6 +30,7 @@ pub mod mmdb;
 pub mod registry;
 mod runner;
 mod snowplow;
+pub mod suppress;
 pub mod udf;
 mod validate;
 
@@ -44,6 +45,7 @@ pub use enrich::{
 pub use error::FunctionsError;
 pub use registry::{Registry, RegistryError, SchemaKey};
 pub use runner::{Progress, Runner};
+pub use suppress::{Suppressed, subject_hash};
 pub use udf::{FunctionSpec, Functions, OnFailure, UdfError};
 pub use validate::{OnInvalid, OnUnknown, SourcePolicy, ValidationConfig};
 

@@ -15,3 +15,8 @@ pub(crate) fn retried() {
 pub(crate) fn bad(kind: sluice_event::BadKind, function: &str) {
     metrics::counter!("sluice_functions_bad_rows_total", "kind" => kind.as_str(), "function" => function.to_string()).increment(1);
 }
+
+/// `sluice_privacy_suppressed_events_total`: events dropped because their person was deleted.
+pub(crate) fn suppressed(n: usize) {
+    metrics::counter!("sluice_privacy_suppressed_events_total").increment(n as u64);
+}

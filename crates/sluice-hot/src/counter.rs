@@ -71,6 +71,11 @@ pub enum FieldPath {
 }
 
 impl FieldPath {
+    /// Whether the field names a person (`user`, `user_id`, `anonymous_id`).
+    pub fn is_person(&self) -> bool {
+        matches!(self, Self::User | Self::UserId | Self::AnonymousId)
+    }
+
     /// Parses `user`, `user_id`, ..., `properties.a.b`, `context.a.b`.
     pub fn parse(s: &str) -> Result<Self, String> {
         Ok(match s {

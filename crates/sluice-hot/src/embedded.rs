@@ -123,8 +123,9 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    fn write_now(&self, batch: WriteBatch) -> Result<(), HotError> {
-        let _guard = self
+    /// The write lock and the open database, reopened first after a failed write.
+    fn for_writing(&self) -> Result<(std::sync::MutexGuard<'_, ()>, Arc<Db>), HotError> {
+        let guard = self
             .inner
             .write_lock
             .lock()
@@ -132,7 +133,11 @@ impl EmbeddedStore {
         if self.inner.poisoned.load(Ordering::Acquire) {
             self.reopen()?;
         }
-        let open = self.current()?;
+        Ok((guard, self.current()?))
+    }
+
+    fn write_now(&self, batch: WriteBatch) -> Result<(), HotError> {
+        let (_guard, open) = self.for_writing()?;
         let stored = open.read_positions(&batch.consumer)?;
         let next = check_positions(&batch, &stored)?;
         // Without a mode fjall keeps the batch in its journal's user-space buffer; a failure
@@ -155,6 +160,30 @@ impl EmbeddedStore {
             self.inner.poisoned.store(true, Ordering::Release);
             embedded(e)
         })
+    }
+
+    /// Removes `keys` in one durable batch, then flushes and fully compacts the values, so the
+    /// old values leave the store's files too (a deletion request is rare; compaction rewrites
+    /// the values once).
+    fn delete_now(&self, keys: &[String]) -> Result<usize, HotError> {
+        let (_guard, open) = self.for_writing()?;
+        let mut fb = open.db.batch().durability(Some(PersistMode::SyncData));
+        let mut existed = 0;
+        for key in keys {
+            if open.values.contains_key(key).map_err(embedded)? {
+                existed += 1;
+                fb.remove(&open.values, key.as_str());
+            }
+        }
+        fb.commit().map_err(|e| {
+            self.inner.poisoned.store(true, Ordering::Release);
+            embedded(e)
+        })?;
+        if existed > 0 {
+            open.values.rotate_memtable_and_wait().map_err(embedded)?;
+            open.values.major_compact().map_err(embedded)?;
+        }
+        Ok(existed)
     }
 
     /// Syncs everything written so far to disk.
@@ -206,6 +235,16 @@ impl HotStore for EmbeddedStore {
             tokio::task::spawn_blocking(move || this.write_now(batch))
                 .await
                 .map_err(|e| HotError::Embedded(format!("write task failed: {e}")))?
+        })
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<usize, HotError>> {
+        let this = self.clone();
+        let keys = keys.to_vec();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.delete_now(&keys))
+                .await
+                .map_err(|e| HotError::Embedded(format!("delete task failed: {e}")))?
         })
     }
 }

@@ -121,6 +121,23 @@ impl HotReader {
         })
     }
 
+    /// Deletes what the hot tier keeps about the people `ids` (deletion requests): their
+    /// profiles, with the model scores kept in them, and their values of every counter keyed
+    /// by person (`user`, `user_id`, `anonymous_id`). Counters keyed by another field are
+    /// aggregates over many people and stay. How many keys existed.
+    pub async fn erase(&self, ids: &[String]) -> Result<usize, HotError> {
+        let mut keys = Vec::new();
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            keys.push(Profile::store_key(id));
+            for c in &self.settings.counters {
+                if c.key.is_person() {
+                    keys.push(c.store_key(id));
+                }
+            }
+        }
+        self.store.delete(&keys).await
+    }
+
     /// The latest score of `model` for profile `id`; `NotFound` when the profile or its score
     /// does not exist. Whether `model` is declared is the caller's check.
     pub async fn prediction(&self, model: &str, id: &str) -> Result<Prediction, HotError> {

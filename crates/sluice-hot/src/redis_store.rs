@@ -167,6 +167,20 @@ impl HotStore for RedisStore {
             }
         })
     }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<usize, HotError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("DEL");
+            for key in keys {
+                cmd.arg(self.value_key(key));
+            }
+            cmd.query_async::<usize>(&mut conn).await.map_err(redis_err)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,10 @@ pub trait HotStore: Send + Sync + 'static {
     /// Applies a batch atomically; [`HotError::Conflict`] (and nothing written) when a stored
     /// position differs from the one the batch expects.
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), HotError>>;
+
+    /// Deletes `keys` (a person's profile and counters, on a deletion request) and, where the
+    /// backend can, the old values from its files; how many of them existed.
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<usize, HotError>>;
 }
 
 /// Checks `batch`'s expectations against `stored` and returns the positions after the batch.

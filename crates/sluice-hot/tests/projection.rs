@@ -402,6 +402,13 @@ fn reset() -> HotError {
 }
 
 impl HotStore for KilledMidBatch {
+    fn delete<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> sluice_hot::BoxFuture<'a, Result<usize, HotError>> {
+        self.inner.delete(keys)
+    }
+
     fn backend(&self) -> &'static str {
         "killed-mid-batch"
     }

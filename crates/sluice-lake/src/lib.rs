@@ -29,6 +29,7 @@ mod config;
 pub mod consume;
 pub mod deliver;
 pub mod durable_store;
+pub mod erase;
 mod error;
 pub mod limits;
 pub mod metrics;

@@ -175,22 +175,23 @@ impl TokenFile {
 /// The tokens in force at one moment.
 #[derive(Debug, Default)]
 struct TokenSet {
-    /// SHA-256 hex of a live token → its role.
-    by_hash: HashMap<String, Role>,
+    /// SHA-256 hex of a live token → its role and who it is (the token's id, or `admin_token`
+    /// for the one in the configuration).
+    by_hash: HashMap<String, (Role, Arc<str>)>,
     /// Whether any token was ever configured (revoking the last one must not reopen reads).
     configured: bool,
 }
 
 impl TokenSet {
     fn build(admin_token: Option<&str>, file: &TokenFile) -> Self {
-        let mut by_hash: HashMap<String, Role> = file
+        let mut by_hash: HashMap<String, (Role, Arc<str>)> = file
             .tokens
             .iter()
             .filter(|t| t.revoked_at.is_none())
-            .map(|t| (t.sha256.clone(), t.role))
+            .map(|t| (t.sha256.clone(), (t.role, Arc::from(t.id.as_str()))))
             .collect();
         if let Some(t) = admin_token {
-            by_hash.insert(key_hash(t), Role::Admin);
+            by_hash.insert(key_hash(t), (Role::Admin, Arc::from("admin_token")));
         }
         Self {
             by_hash,
@@ -254,7 +255,11 @@ impl Access {
         if credential.is_empty() {
             return None;
         }
-        let role = self.current().by_hash.get(&key_hash(credential)).copied();
+        let role = self
+            .current()
+            .by_hash
+            .get(&key_hash(credential))
+            .map(|t| t.0);
         role.map(Identity::Token)
             .or_else(|| self.keys.source_of(credential).map(Identity::Writer))
     }
@@ -290,6 +295,23 @@ impl Access {
             None => Err(Refusal::Unauthorized),
             Some(Identity::Token(role)) if role >= need.role() && !cross_site => Ok(()),
             Some(_) => Err(Refusal::Forbidden),
+        }
+    }
+
+    /// Who made a request, for audit records: `token <id>` (or `token admin_token`) for a
+    /// token, else `open access (local)` / `open access (remote)`. Call it after
+    /// [`Access::authorize`] said yes.
+    pub fn principal(&self, headers: &HeaderMap, from: Locality) -> String {
+        let token = bearer(headers).and_then(|b| {
+            self.current()
+                .by_hash
+                .get(&key_hash(b))
+                .map(|t| t.1.clone())
+        });
+        match (token, from) {
+            (Some(id), _) => format!("token {id}"),
+            (None, Locality::Local) => "open access (local)".to_string(),
+            (None, Locality::Remote) => "open access (remote)".to_string(),
         }
     }
 

@@ -11,8 +11,9 @@
 //! never exits the process: a failed journal is reported as [`ServerError::JournalFailed`].
 //!
 //! Modules depend one way: `pipeline` (wiring) → the route modules (`native`, `sql`, `ops`,
-//! `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`) → `http` (state, answers,
-//! the guards, metering) → `access` (roles and tokens) → `auth` (write keys), `replay`,
+//! `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`, `deletions`) → `http`
+//! (state, answers, the guards, metering) → `access` (roles and tokens) → `auth` (write keys),
+//! `replay`, `privacy` (deletion requests),
 //! `error`, `metrics`; `config` and `listen`
 //! sit beside them. `cargo xtask tidy` checks there is no cycle.
 
@@ -20,6 +21,7 @@ pub mod access;
 pub mod auth;
 mod config;
 mod declared;
+mod deletions;
 mod error;
 mod functions;
 mod holds;
@@ -31,6 +33,7 @@ mod metrics;
 mod native;
 mod ops;
 mod pipeline;
+mod privacy;
 mod quota;
 mod replay;
 mod schemas;
@@ -46,6 +49,7 @@ pub use error::{ServerError, status_of};
 pub use kinesis::KinesisConfig;
 pub use listen::ListenerConfig;
 pub use pipeline::{Running, Server};
+pub use privacy::{Request as DeletionRequest, Status as DeletionStatus};
 pub use replay::ReplayReport;
 pub use snowplow::{SnowplowConfig, SnowplowSettings};
 pub use tls::TlsConfig;

@@ -99,6 +99,8 @@ struct Base {
     lake_root: LakeRoot,
     registry: Arc<Registry>,
     stages: Stages,
+    /// Deletion requests and the suppression list.
+    privacy: Arc<crate::privacy::Privacy>,
 }
 
 /// Per partition, the next offset a consumer has not delivered, once it has started.
@@ -226,12 +228,25 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
     stages.warnings().set_recovery(journal.recovery_report());
     stages.warnings().watch_lake(&lake_dir);
+    let pseudonym_key = match settings.enrich.pii.enabled {
+        true => Some(
+            settings
+                .enrich
+                .pii
+                .resolved_key()
+                .map_err(ServerError::Config)?,
+        ),
+        false => None,
+    };
+    let (dir, key) = (settings.data_dir.clone(), pseudonym_key);
+    let privacy = blocking("privacy", move || crate::privacy::Privacy::open(&dir, key)).await?;
     Ok(Base {
         dyn_journal,
         journal,
         lake_root,
         registry: Arc::new(registry),
         stages,
+        privacy: Arc::new(privacy),
     })
 }
 
@@ -254,7 +269,8 @@ async fn start_runner(
     )
     .map_err(ServerError::Config)?
     .with_time_window(settings.runner.event_time_window)
-    .with_functions(functions.clone());
+    .with_functions(functions.clone())
+    .with_suppression(base.privacy.suppressed());
     let runner = Runner::new(
         base.dyn_journal.clone(),
         settings.runner.clone(),
@@ -473,6 +489,31 @@ async fn start_http(
         })),
         _ => None,
     };
+    let privacy = match (&parts.runner, &parts.events, &warehouse) {
+        (Some(_), Some(_), Some(w)) => {
+            let eraser = crate::privacy::Eraser {
+                privacy: base.privacy.clone(),
+                journal: base.dyn_journal.clone(),
+                stages: base.stages.clone(),
+                lake: base.lake_root.clone(),
+                warehouse: w.clone(),
+                hot: parts.hot.clone(),
+                loader: settings.loader.clone(),
+                not_covered: match parts.hot {
+                    Some(_) => Vec::new(),
+                    None => vec!["hot tier (the hot role is not on this node)".into()],
+                },
+                vacuum_retention: settings.upkeep.vacuum_retention,
+            };
+            let stop = intake.clone();
+            listeners.push(Task::spawn("privacy", async move {
+                eraser.run(stop).await;
+                Ok(())
+            }));
+            Some(base.privacy.clone())
+        }
+        _ => None,
+    };
     let models = match settings.roles.predict {
         true => settings
             .predict
@@ -491,6 +532,7 @@ async fn start_http(
         access,
         registry: Some(base.registry.clone()),
         replay,
+        privacy,
         hot: parts.hot,
         models: Arc::new(models),
         functions: parts.runner.map(|r| r.functions),
@@ -540,6 +582,7 @@ fn routes(state: &AppState, settings: &Settings) -> Router<AppState> {
         ))
         .merge(crate::sql::routes())
         .merge(crate::ops::routes())
+        .merge(crate::deletions::routes())
         .merge(crate::schemas::routes())
         .merge(crate::functions::routes())
         .merge(crate::hot::routes())

@@ -119,6 +119,22 @@ impl Stages {
         Some(lag)
     }
 
+    /// The first consumer of `topic` that has not delivered everything below `ends` (per
+    /// partition), or has not started; `None` when all have.
+    pub(crate) fn behind(&self, topic: &str, ends: &[u64]) -> Option<String> {
+        self.consumers()
+            .iter()
+            .filter(|c| c.topic == topic)
+            .find_map(|c| {
+                let caught_up = (c.next)().is_some_and(|next| {
+                    ends.iter()
+                        .enumerate()
+                        .all(|(p, end)| next.get(p).is_some_and(|n| n >= end))
+                });
+                (!caught_up).then(|| format!("{} ({topic})", c.name))
+            })
+    }
+
     /// The reason intake should wait: the first consumer of `good`/`bad` beyond the bound.
     pub(crate) fn pressure(&self) -> Option<String> {
         let max = self.inner.max_lag;

@@ -232,6 +232,55 @@ impl LoaderSettings {
     }
 }
 
+/// Deletes the rows of the people `ids` (matched on `user_id` or `anonymous_id`) from every
+/// table of the loader's schema that has both columns (`events` and the typed tables), on a
+/// connection of its own (a deletion request). Runs beside the loader: its inserts and these
+/// deletes are separate transactions, and no new row of these people arrives once the request
+/// has waited for the loader. The rows deleted per table, tables with none left out.
+pub async fn erase_people(
+    settings: &LoaderSettings,
+    ids: &[String],
+) -> Result<Vec<(String, u64)>, LoaderError> {
+    let mut out = Vec::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let mut conn = PgConnection::connect(&settings.target, settings.statement_timeout).await?;
+    conn.execute("SET standard_conforming_strings = on").await?;
+    let tables = conn
+        .query(&format!(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = {} \
+             AND column_name IN ('user_id', 'anonymous_id') GROUP BY table_name \
+             HAVING count(*) = 2 ORDER BY table_name",
+            quote_literal(&settings.schema)
+        ))
+        .await?;
+    let schema = quote_ident(&settings.schema);
+    for row in tables {
+        let Some(Some(table)) = row.into_iter().next() else {
+            continue;
+        };
+        let mut deleted = 0;
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let list = chunk
+                .iter()
+                .map(|id| quote_literal(id))
+                .collect::<Vec<_>>()
+                .join(", ");
+            deleted += conn
+                .affected(&format!(
+                    "DELETE FROM {schema}.{} WHERE user_id IN ({list}) OR anonymous_id IN ({list})",
+                    quote_ident(&table)
+                ))
+                .await?;
+        }
+        if deleted > 0 {
+            out.push((table, deleted));
+        }
+    }
+    Ok(out)
+}
+
 /// SQL type of a column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SqlType {

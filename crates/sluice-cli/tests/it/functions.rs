@@ -7,28 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sluice_testkit::process::run_cli;
+use crate::support::{BIN, sluice, sql};
 use sluice_testkit::{SluiceProcess, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn sluice(args: &[&str]) -> anyhow::Result<String> {
-    run_cli(Path::new(BIN), args)
-}
-
-fn sql(data: &Path, query: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let out = sluice(&[
-        "sql",
-        "--format",
-        "json",
-        "--data-dir",
-        data.to_str().unwrap(),
-        query,
-    ])?;
-    out.lines()
-        .map(|l| serde_json::from_str(l).map_err(Into::into))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> anyhow::Result<()> {

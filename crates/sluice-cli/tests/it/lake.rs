@@ -4,20 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{BIN, count};
 use sluice_testkit::process::run_cli;
 use sluice_testkit::{SluiceProcess, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn count(data: &Path, query: &str) -> anyhow::Result<i64> {
-    let data = data.to_str().expect("utf-8 path");
-    let out = run_cli(
-        Path::new(BIN),
-        &["sql", "--format", "json", "--data-dir", data, query],
-    )?;
-    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}"))?;
-    Ok(row["n"].as_i64().unwrap_or(-1))
-}
 
 fn day(days_ago: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::days(days_ago)).to_rfc3339()

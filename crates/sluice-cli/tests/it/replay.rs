@@ -6,27 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_testkit::process::run_cli;
+use crate::support::{BIN, count, sluice};
 use sluice_testkit::{SluiceProcess, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn sluice(args: &[&str]) -> anyhow::Result<String> {
-    run_cli(Path::new(BIN), args)
-}
-
-fn count(data: &Path, query: &str) -> anyhow::Result<i64> {
-    let out = sluice(&[
-        "sql",
-        "--format",
-        "json",
-        "--data-dir",
-        data.to_str().unwrap(),
-        query,
-    ])?;
-    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}"))?;
-    Ok(row["n"].as_i64().unwrap_or(0))
-}
 
 fn replay(url: &str, what: &[&str]) -> anyhow::Result<serde_json::Value> {
     let mut args = vec!["replay", "--server", url];

@@ -38,6 +38,9 @@ pub struct Sessions {
     newest: i64,
     #[serde(skip)]
     since_sweep: usize,
+    /// The generation of the suppressed set last applied ([`Sessions::forget_suppressed`]).
+    #[serde(skip)]
+    suppressed_seen: u64,
 }
 
 /// A snapshot of a partition's sessions and the raw offset it was taken at.
@@ -49,6 +52,16 @@ pub(crate) struct Snapshot {
 }
 
 impl Sessions {
+    /// Forgets the sessions of suppressed users, once per change of the set.
+    pub(crate) fn forget_suppressed(&mut self, suppressed: &crate::Suppressed) {
+        let generation = suppressed.generation();
+        if generation == self.suppressed_seen {
+            return;
+        }
+        self.users.retain(|user, _| !suppressed.contains(user));
+        self.suppressed_seen = generation;
+    }
+
     /// The session (id, index) of an event of `user` at `ts`.
     pub(crate) fn assign(
         &mut self,

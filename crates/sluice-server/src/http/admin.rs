@@ -13,8 +13,11 @@ use super::AppState;
 use crate::access::{FORBIDDEN, Need, Refusal};
 use crate::auth::{Locality, UNAUTHORIZED};
 
-/// Proof that the request may make admin changes (an admin token, or open local access).
-pub(crate) struct Admin;
+/// Proof that the request may make admin changes (an admin token, or open local access), and
+/// who made it ([`crate::access::Access::principal`]).
+pub(crate) struct Admin {
+    pub(crate) who: String,
+}
 
 /// Proof that the request may read (a reader or admin token, or open local access).
 pub(crate) struct Reader;
@@ -25,21 +28,26 @@ pub(crate) struct MetricsReader;
 /// Checks `parts` against `need`; the refusal is the answer.
 #[allow(clippy::result_large_err)] // the error is the answer itself, returned at once
 fn guard(parts: &Parts, state: &AppState, need: Need) -> Result<(), Response> {
-    let from = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        Some(c) => Locality::of(c.0.ip(), &parts.headers),
-        None => Locality::Remote,
-    };
     state
         .access
-        .authorize(need, &parts.method, &parts.headers, from)
+        .authorize(need, &parts.method, &parts.headers, locality(parts))
         .map_err(refuse)
+}
+
+fn locality(parts: &Parts) -> Locality {
+    match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(c) => Locality::of(c.0.ip(), &parts.headers),
+        None => Locality::Remote,
+    }
 }
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        guard(parts, state, Need::Admin).map(|()| Admin)
+        guard(parts, state, Need::Admin)?;
+        let who = state.access.principal(&parts.headers, locality(parts));
+        Ok(Admin { who })
     }
 }
 

@@ -25,6 +25,8 @@ pub(crate) struct AppState {
     pub(crate) access: Arc<Access>,
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
     pub(crate) replay: Option<Arc<Replayer>>,
+    /// Deletion requests, on a node with the runner, lake and warehouse roles.
+    pub(crate) privacy: Option<Arc<crate::privacy::Privacy>>,
     /// The hot tier's reader, on a node with the hot role.
     pub(crate) hot: Option<sluice_hot::HotReader>,
     /// The models this node runs (predict role).
