@@ -216,16 +216,31 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
             .create_topic(t, settings.partitions)
             .map_err(|e| ServerError::stage("journal", e))?;
     }
-    let lake_dir = settings.data_dir.join("lake");
-    create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
-    let lake_root = LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
+    let lake_root = settings.lake_root.clone();
+    match lake_root.local_path() {
+        Some(lake_dir) => {
+            create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
+        }
+        None => {
+            // An object store: fail now, with the store's own answer, rather than have every
+            // sink retry a bad endpoint, key or bucket for ever.
+            let writes = settings.roles.lake;
+            lake_root
+                .check(writes)
+                .await
+                .map_err(|e| ServerError::stage("lake", e))?;
+            tracing::info!(root = %lake_root, "lake on object storage");
+        }
+    }
     // The registry lives with the data; every role that validates or serves schemas uses it.
     let registry = Registry::open(settings.data_dir.join("schemas"))
         .map_err(|e| ServerError::stage("schemas", e))?;
     let dyn_journal: Arc<dyn Journal> = journal.clone();
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
     stages.warnings().set_recovery(journal.recovery_report());
-    stages.warnings().watch_lake(&lake_dir);
+    if let Some(lake_dir) = lake_root.local_path() {
+        stages.warnings().watch_lake(&lake_dir);
+    }
     Ok(Base {
         dyn_journal,
         journal,
