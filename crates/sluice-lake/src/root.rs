@@ -203,6 +203,78 @@ impl LakeRoot {
     }
 }
 
+/// Whole objects below a directory of an object-store root (model checkpoints), read and
+/// written synchronously from inside the runtime (the callers are synchronous hooks). A put is
+/// whole or absent: the atomic replacement a local file needs a rename for.
+#[derive(Clone)]
+pub struct ObjectFiles {
+    store: Arc<dyn deltalake::ObjectStore>,
+    url: Url,
+}
+
+impl std::fmt::Debug for ObjectFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectFiles({})", self.url)
+    }
+}
+
+impl LakeRoot {
+    /// The objects below `<root>/<dir>/` (an object-store root; a local one has directories).
+    pub fn files(&self, dir: &str) -> Result<ObjectFiles, LakeError> {
+        let url = self.table_url(dir)?;
+        let store = DeltaTableBuilder::from_url(url.clone())
+            .and_then(|b| b.with_storage_options(self.storage_options.clone()).build())
+            .map_err(|e| LakeError::delta(dir, "opening", e))?
+            .object_store();
+        Ok(ObjectFiles { store, url })
+    }
+}
+
+impl ObjectFiles {
+    /// The URL of `name`.
+    pub fn location(&self, name: &str) -> String {
+        format!("{}{name}", self.url)
+    }
+
+    /// The content of `name`, or `None` if there is no such object.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = deltalake::Path::from(name);
+        block(async {
+            match self.store.get(&path).await {
+                Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?
+        .map_err(|e| describe(&e))
+    }
+
+    /// Replaces `name` with `bytes`.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let path = deltalake::Path::from(name);
+        let payload = bytes::Bytes::copy_from_slice(bytes);
+        block(self.store.put(&path, payload.into()))?
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// Renames `from` to `to` (a copy and a delete).
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        let (from, to) = (deltalake::Path::from(from), deltalake::Path::from(to));
+        block(self.store.rename(&from, &to))?.map_err(|e| describe(&e))
+    }
+}
+
+/// Runs `f` to completion from synchronous code inside the multi-threaded runtime.
+fn block<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| "object-store access outside the async runtime".to_string())?;
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Err("object-store access needs the multi-threaded runtime".into());
+    }
+    Ok(tokio::task::block_in_place(|| handle.block_on(f)))
+}
+
 /// Registers delta-rs' S3 handlers (`s3://`, `s3a://`) once per process.
 fn register_s3() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -403,7 +403,21 @@ async fn start_hot(
     projector = projector.with_health(health);
     if settings.roles.predict && !settings.predict.models.is_empty() {
         let ps = settings.predict.clone();
-        let models = blocking("predict", move || sluice_predict::Models::open(&ps)).await?;
+        // With the lake on an object store, the checkpoints live beside it (`<root>/_models/`),
+        // so a node that replaces this one finds them; otherwise under `[predict] dir`.
+        let store: Arc<dyn sluice_predict::checkpoint::CheckpointStore> =
+            match base.lake_root.local_path() {
+                Some(_) => Arc::new(sluice_predict::checkpoint::LocalCheckpoints::new(&ps.dir)),
+                None => Arc::new(LakeCheckpoints(
+                    base.lake_root
+                        .files(MODELS_DIR)
+                        .map_err(|e| ServerError::stage("predict", e))?,
+                )),
+            };
+        let models = blocking("predict", move || {
+            sluice_predict::Models::open_in(&ps, store)
+        })
+        .await?;
         projector = projector.with_hook(Box::new(models));
     }
     watched.push(crate::holds::watch(
@@ -697,5 +711,30 @@ impl Running {
                 }
             }
         }
+    }
+}
+
+/// The directory below an object-store lake root that holds the model checkpoints (a leading
+/// `_`: never taken for a table).
+const MODELS_DIR: &str = "_models";
+
+/// Model checkpoints as objects below the lake root.
+struct LakeCheckpoints(sluice_lake::ObjectFiles);
+
+impl sluice_predict::checkpoint::CheckpointStore for LakeCheckpoints {
+    fn location(&self, name: &str) -> String {
+        self.0.location(name)
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.get(name)
+    }
+
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        self.0.put(name, bytes)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        self.0.rename(from, to)
     }
 }

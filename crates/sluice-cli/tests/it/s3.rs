@@ -1,7 +1,7 @@
 //! The real binary with its lake on S3 (`[lake] root = "s3://…"`), against a local S3-compatible
 //! store ([`sluice_testkit::Moto`]): ingest, SQL over HTTP and straight from the store, typed
 //! tables, a SIGKILL and restart delivering exactly once, `sluice lake expire|optimize|vacuum`
-//! with credentials from the AWS environment, and start-up refusing a bad store with its reason.
+//! with credentials from the AWS environment, model checkpoints in the bucket, and start-up refusing a bad store with its reason.
 //! Ignored by default (moto comes from PyPI); run with `--run-ignored all`.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,11 @@ fn config(dir: &Path, name: &str, endpoint: &str, bucket: &str, keys: bool) -> P
          allow_http = true\nflush_interval = \"200ms\"\n"
     );
     if keys {
+        // An online model whose checkpoints go beside the lake.
+        text.push_str(
+            "[predict]\ncheckpoint_interval = \"1s\"\n[[predict.models]]\nname = \"buys\"\n\
+             outcome = \"Bought\"\nhorizon = \"30m\"\nbits = 10\n",
+        );
         text.push_str(&format!(
             "[lake.storage_options]\naws_access_key_id = \"{ACCESS_KEY}\"\n\
              aws_secret_access_key = \"{SECRET_KEY}\"\n"
@@ -147,9 +152,7 @@ async fn serve_with_an_s3_lake_delivers_queries_and_keeps_up() -> anyhow::Result
     ])?;
     assert!(out.contains("events: "), "{out}");
     // Straight from the store, without the server: the same answer.
-    let out = cli_with_env(&[
-        "sql", "--config", env_cfg, "--format", "json", distinct,
-    ])?;
+    let out = cli_with_env(&["sql", "--config", env_cfg, "--format", "json", distinct])?;
     assert!(out.contains("\"n\":35"), "{out}");
 
     // Delivery goes on after upkeep: one more event arrives once.
@@ -165,6 +168,17 @@ async fn serve_with_an_s3_lake_delivers_queries_and_keeps_up() -> anyhow::Result
         Ok((count(&server, all)? == 36).then_some(()))
     })?;
     assert_eq!(count(&server, distinct)?, 36);
+
+    // SIGTERM checkpoints the model: an object beside the tables, not a file in the data
+    // directory.
+    let status = server.terminate(DEADLINE)?;
+    assert!(status.success(), "{status}");
+    let keys = moto.list(BUCKET, "sluice/_models/")?;
+    assert!(
+        keys.contains(&"sluice/_models/buys.ftrl".to_string()),
+        "{keys:?}"
+    );
+    assert!(!data.join("models/buys.ftrl").exists());
     Ok(())
 }
 
