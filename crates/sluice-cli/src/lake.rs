@@ -1,7 +1,8 @@
-//! `sluice lake optimize|vacuum|expire`: table upkeep by hand, on the data directory (safe while a
-//! server runs: compaction and vacuum are Delta commits like any other writer's).
+//! `sluice lake optimize|vacuum|expire`: table upkeep by hand, on the data directory's lake or the
+//! `[lake] root` of a config file (safe while a server runs: compaction and vacuum are Delta
+//! commits like any other writer's).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice_lake::LakeRoot;
@@ -20,6 +21,10 @@ enum LakeCommand {
         /// Data directory. Default ./sluice-data.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
+        /// root with its endpoint and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Only these tables (repeatable). Default: every table.
         #[arg(long)]
         table: Vec<String>,
@@ -32,6 +37,10 @@ enum LakeCommand {
         /// Data directory. Default ./sluice-data.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
+        /// root with its endpoint and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Only these tables (repeatable). Default: every table.
         #[arg(long)]
         table: Vec<String>,
@@ -52,19 +61,42 @@ enum LakeCommand {
         /// Data directory. Default ./sluice-data.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
+        /// root with its endpoint and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Keep this many days back from today, UTC ("30d"; at least 1d).
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Duration,
     },
 }
 
-fn root(data_dir: Option<PathBuf>) -> anyhow::Result<LakeRoot> {
-    let dir = data_dir.unwrap_or_else(|| PathBuf::from("sluice-data"));
-    let lake = dir.join("lake");
-    if !lake.is_dir() {
-        anyhow::bail!("no lake under {}", dir.display());
+/// The lake of `config` (its `[lake] root`, else `<data_dir>/lake`), with `data_dir` overriding
+/// the config's; an object-store root is checked to answer (for writing, with `write`).
+pub async fn root(
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    write: bool,
+) -> anyhow::Result<LakeRoot> {
+    let mut config = match config {
+        Some(path) => sluice_server::Config::from_file(path)?,
+        None => sluice_server::Config::default(),
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
     }
-    Ok(LakeRoot::from_path(&lake)?)
+    let root = config.lake_root()?;
+    match root.local_path() {
+        Some(lake) if !lake.is_dir() => {
+            anyhow::bail!(
+                "no lake under {} (start `sluice serve` there first)",
+                config.data_dir.display()
+            )
+        }
+        Some(_) => {}
+        None => root.check(write).await?,
+    }
+    Ok(root)
 }
 
 /// Runs the subcommand; prints one line per table; fails if any table failed.
@@ -73,10 +105,11 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
     match args.command {
         LakeCommand::Optimize {
             data_dir,
+            config,
             table,
             zstd_level,
         } => {
-            let root = root(data_dir)?;
+            let root = root(config.as_deref(), data_dir, true).await?;
             for result in sluice_lake::upkeep::optimize_all(&root, &table, zstd_level).await? {
                 match result {
                     Ok(r) => println!(
@@ -95,6 +128,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
         }
         LakeCommand::Vacuum {
             data_dir,
+            config,
             table,
             retention,
             force,
@@ -105,7 +139,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                     "a retention below 1h can delete files that running queries read; add --force"
                 );
             }
-            let root = root(data_dir)?;
+            let root = root(config.as_deref(), data_dir, !dry_run).await?;
             for result in sluice_lake::upkeep::vacuum_all(&root, &table, retention, dry_run).await?
             {
                 match result {
@@ -128,6 +162,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
         }
         LakeCommand::Expire {
             data_dir,
+            config,
             retention,
         } => {
             anyhow::ensure!(
@@ -135,7 +170,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                 "the retention must be at least 1d (partitions are days)"
             );
             let cutoff = sluice_lake::retention::cutoff(chrono::Utc::now().date_naive(), retention);
-            let root = root(data_dir)?;
+            let root = root(config.as_deref(), data_dir, true).await?;
             for result in sluice_lake::retention::expire_all(&root, cutoff).await? {
                 match result {
                     Ok(r) => println!(

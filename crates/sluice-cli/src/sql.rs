@@ -1,5 +1,5 @@
-//! `sluice sql`: read-only SQL over the lake, straight from the data directory (server running or
-//! not) or through a server's `POST /v1/sql`.
+//! `sluice sql`: read-only SQL over the lake, straight from the data directory or a config file's
+//! `[lake] root` (server running or not) or through a server's `POST /v1/sql`.
 
 use std::path::PathBuf;
 
@@ -12,6 +12,10 @@ pub struct SqlArgs {
     /// Data directory whose lake to query. Default ./sluice-data.
     #[arg(long, conflicts_with = "server")]
     data_dir: Option<PathBuf>,
+    /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
+    /// root with its endpoint and credentials).
+    #[arg(long, conflicts_with = "server")]
+    config: Option<PathBuf>,
     /// Query a running server instead (e.g. http://127.0.0.1:8080). Unlike the other
     /// commands, `sql` reads the data directory unless this is given, so `SLUICE_SERVER` does
     /// not apply.
@@ -49,17 +53,8 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let text = match &args.server {
         Some(url) => remote(url, args.token.as_deref(), &args.query, args.format).await?,
         None => {
-            let dir = args
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from("sluice-data"));
-            let lake = dir.join("lake");
-            if !lake.is_dir() {
-                anyhow::bail!(
-                    "no lake under {} (start `sluice serve` there first)",
-                    dir.display()
-                );
-            }
-            let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&lake)?)?;
+            let root = crate::lake::root(args.config.as_deref(), args.data_dir, false).await?;
+            let warehouse = Warehouse::open(root)?;
             let output = warehouse.query(&args.query).await?;
             match args.format {
                 Format::Table => sluice_warehouse::format::to_table(&output)?,

@@ -6,12 +6,14 @@
 //! process-level knobs that are not worth a config field (retry backoff, commit timeout) so tests
 //! can shorten them.
 
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::LakeError;
+use crate::{LakeError, LakeRoot};
 
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_FLUSH_MAX_EVENTS: usize = 100_000;
@@ -27,6 +29,22 @@ pub const MAX_MAX_TYPED_COLUMNS: usize = 1500;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
+    /// Where the tables live: a directory, or an S3 URL `s3://bucket/prefix` (credentials and
+    /// region from the standard AWS environment, or the fields below). Default
+    /// `<data_dir>/lake`.
+    pub root: Option<String>,
+    /// The endpoint of an S3-compatible store (`https://s3.example.net`, `http://127.0.0.1:9000`);
+    /// unset is AWS itself (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// The bucket's region (otherwise `AWS_REGION`, the shared config, or `us-east-1`).
+    pub region: Option<String>,
+    /// Allow a plain-http endpoint (local test stores only: credentials and data travel in
+    /// clear).
+    pub allow_http: bool,
+    /// More object-store options, passed through to delta-rs / object_store as they are
+    /// (`aws_access_key_id`, `aws_virtual_hosted_style_request`, …). Options that would commit
+    /// by an unsafe rename are refused.
+    pub storage_options: BTreeMap<String, String>,
     /// The longest an event waits in the delivery buffer before it is written and committed
     /// (so ack → SQL visibility is about this plus the commit time). A humantime string: "2s",
     /// "500ms", "1m".
@@ -69,11 +87,88 @@ impl Default for LakeConfig {
             max_typed_tables: DEFAULT_MAX_TYPED_TABLES,
             max_typed_columns: DEFAULT_MAX_TYPED_COLUMNS,
             retention: None,
+            root: None,
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            storage_options: BTreeMap::new(),
         }
     }
 }
 
+/// Storage options that would make delta-rs commit by copy-then-rename (two writers can both
+/// "win" one version) or through the removed DynamoDB lock: refused, commits always go through
+/// a conditional put.
+const UNSAFE_OPTIONS: [&str; 2] = ["aws_s3_allow_unsafe_rename", "aws_s3_locking_provider"];
+
 impl LakeConfig {
+    /// The lake root: `root` (a directory or an object-store URL with the connection fields
+    /// folded into its storage options), or `<data_dir>/lake`.
+    pub fn lake_root(&self, data_dir: &Path) -> Result<LakeRoot, LakeError> {
+        let root = match self.root.as_deref() {
+            Some(location) => LakeRoot::parse(location)?,
+            None => LakeRoot::from_path(&data_dir.join("lake"))?,
+        };
+        let connection = self.endpoint.is_some()
+            || self.region.is_some()
+            || self.allow_http
+            || !self.storage_options.is_empty();
+        if root.local_path().is_some() {
+            if connection {
+                return Err(LakeError::Config(format!(
+                    "endpoint, region, allow_http and storage_options apply to an object-store root (s3://bucket/prefix), not to the directory {root}"
+                )));
+            }
+            return Ok(root);
+        }
+        if !matches!(root.url().scheme(), "s3" | "s3a") {
+            return Err(LakeError::Config(format!(
+                "root {root}: only local directories and s3:// URLs are supported"
+            )));
+        }
+        if root.url().host_str().is_none_or(str::is_empty) {
+            return Err(LakeError::Config(format!(
+                "root {root}: the URL names no bucket (s3://bucket/prefix)"
+            )));
+        }
+        let mut options: HashMap<String, String> = HashMap::new();
+        for (key, value) in &self.storage_options {
+            let lower = key.to_ascii_lowercase();
+            if UNSAFE_OPTIONS.contains(&lower.as_str()) {
+                return Err(LakeError::Config(format!(
+                    "storage option {key} is refused: commits go through a conditional put, never an unsafe rename or a lock table"
+                )));
+            }
+            options.insert(lower, value.clone());
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let url = url::Url::parse(endpoint)
+                .map_err(|e| LakeError::Config(format!("endpoint {endpoint:?}: {e}")))?;
+            match url.scheme() {
+                "https" => {}
+                "http" if self.allow_http => {}
+                "http" => {
+                    return Err(LakeError::Config(format!(
+                        "endpoint {endpoint} is plain http: set allow_http = true (local test stores only)"
+                    )));
+                }
+                other => {
+                    return Err(LakeError::Config(format!(
+                        "endpoint {endpoint}: scheme {other:?} is neither https nor http"
+                    )));
+                }
+            }
+            options.insert("aws_endpoint".into(), endpoint.clone());
+        }
+        if let Some(region) = &self.region {
+            options.insert("aws_region".into(), region.clone());
+        }
+        if self.allow_http {
+            options.insert("aws_allow_http".into(), "true".into());
+        }
+        Ok(root.with_storage_options(options))
+    }
+
     /// Checks the values and returns the settings the delivery loop runs with.
     pub fn validate(&self) -> Result<LakeSettings, LakeError> {
         if self.flush_interval.is_zero() {

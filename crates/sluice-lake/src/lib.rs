@@ -47,7 +47,7 @@ pub use deliver::{
     LakeSink, TableSink,
 };
 pub use error::LakeError;
-pub use root::LakeRoot;
+pub use root::{LakeRoot, ObjectFiles};
 pub use schema::{BAD_ROWS_TABLE, BadRowsTable, EVENTS_TABLE, EventsTable, TableSpec, app_id};
 pub use typed::TypedSink;
 pub use upkeep::{Upkeep, UpkeepConfig};

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use deltalake::logstore::object_store::ObjectStoreExt as _;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use sluice_journal::durable_fs;
 use url::Url;
@@ -62,6 +63,9 @@ impl LakeRoot {
 
     /// A URL; a trailing `/` is added so that table names join below it.
     pub fn from_url(mut url: Url) -> Self {
+        if matches!(url.scheme(), "s3" | "s3a") {
+            register_s3();
+        }
         if !url.path().ends_with('/') {
             let path = format!("{}/", url.path());
             url.set_path(&path);
@@ -130,12 +134,181 @@ impl LakeRoot {
         })
     }
 
+    /// Checks that an object-store root answers: the store is reachable, the credentials are
+    /// accepted and the bucket exists (a listing of the root), and that no unsafe commit mode
+    /// is configured through the environment. With `write`, also that an object can be written
+    /// and deleted below the root. A local root is not checked (its directory may not exist
+    /// yet). Each request is retried briefly, not for the minutes a sink would.
+    pub async fn check(&self, write: bool) -> Result<(), LakeError> {
+        if self.local_path().is_some() {
+            return Ok(());
+        }
+        for var in ["AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_S3_LOCKING_PROVIDER"] {
+            if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+                return Err(self.unusable(format!(
+                    "{var} is set in the environment: commits go through a conditional put, never an unsafe rename or a lock table; unset it"
+                )));
+            }
+        }
+        let mut options = self.storage_options.clone();
+        for (key, value) in [
+            ("max_retries", "2"),
+            ("retry_timeout", "20s"),
+            ("connect_timeout", "5s"),
+            ("timeout", "20s"),
+        ] {
+            options
+                .entry(key.to_string())
+                .or_insert_with(|| value.to_string());
+        }
+        let store = DeltaTableBuilder::from_url(self.url.clone())
+            .and_then(|b| b.with_storage_options(options).build())
+            .map_err(|e| self.unusable(format!("cannot open the store: {e}")))?
+            .object_store();
+        let probe = async {
+            store
+                .list_with_delimiter(None)
+                .await
+                .map_err(|e| self.unusable(format!("cannot list it: {}", describe(&e))))?;
+            if write {
+                let path = deltalake::Path::from(format!("_sluice_probe/{}", uuid_like()));
+                store
+                    .put(&path, bytes::Bytes::from_static(b"probe").into())
+                    .await
+                    .map_err(|e| self.unusable(format!("cannot write to it: {}", describe(&e))))?;
+                store.delete(&path).await.map_err(|e| {
+                    self.unusable(format!("cannot delete from it: {}", describe(&e)))
+                })?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(60), probe).await {
+            Ok(result) => result,
+            Err(_) => Err(self.unusable("no answer within 60s".into())),
+        }
+    }
+
+    fn unusable(&self, reason: String) -> LakeError {
+        LakeError::Location {
+            location: self.url.to_string(),
+            reason,
+        }
+    }
+
     /// The local directory of the root, if it is on the local file system.
     pub fn local_path(&self) -> Option<std::path::PathBuf> {
         (self.url.scheme() == "file")
             .then(|| self.url.to_file_path().ok())
             .flatten()
     }
+}
+
+/// Whole objects below a directory of an object-store root (model checkpoints), read and
+/// written synchronously from inside the runtime (the callers are synchronous hooks). A put is
+/// whole or absent: the atomic replacement a local file needs a rename for.
+#[derive(Clone)]
+pub struct ObjectFiles {
+    store: Arc<dyn deltalake::ObjectStore>,
+    url: Url,
+}
+
+impl std::fmt::Debug for ObjectFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectFiles({})", self.url)
+    }
+}
+
+impl LakeRoot {
+    /// The objects below `<root>/<dir>/` (an object-store root; a local one has directories).
+    pub fn files(&self, dir: &str) -> Result<ObjectFiles, LakeError> {
+        let url = self.table_url(dir)?;
+        let store = DeltaTableBuilder::from_url(url.clone())
+            .and_then(|b| b.with_storage_options(self.storage_options.clone()).build())
+            .map_err(|e| LakeError::delta(dir, "opening", e))?
+            .object_store();
+        Ok(ObjectFiles { store, url })
+    }
+}
+
+impl ObjectFiles {
+    /// The URL of `name`.
+    pub fn location(&self, name: &str) -> String {
+        format!("{}{name}", self.url)
+    }
+
+    /// The content of `name`, or `None` if there is no such object.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = deltalake::Path::from(name);
+        block(async {
+            match self.store.get(&path).await {
+                Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?
+        .map_err(|e| describe(&e))
+    }
+
+    /// Replaces `name` with `bytes`.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let path = deltalake::Path::from(name);
+        let payload = bytes::Bytes::copy_from_slice(bytes);
+        block(self.store.put(&path, payload.into()))?
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// Renames `from` to `to` (a copy and a delete).
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        let (from, to) = (deltalake::Path::from(from), deltalake::Path::from(to));
+        block(self.store.rename(&from, &to))?.map_err(|e| describe(&e))
+    }
+}
+
+/// Runs `f` to completion from synchronous code inside the multi-threaded runtime.
+fn block<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| "object-store access outside the async runtime".to_string())?;
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Err("object-store access needs the multi-threaded runtime".into());
+    }
+    Ok(tokio::task::block_in_place(|| handle.block_on(f)))
+}
+
+/// Registers delta-rs' S3 handlers (`s3://`, `s3a://`) once per process.
+fn register_s3() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
+/// An object-store error with its whole chain of causes (the store's answer is at the end:
+/// `NoSuchBucket`, `InvalidAccessKeyId`, `Connection refused`, …).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    if text.contains("169.254.169.254") {
+        // object_store fell back to the instance metadata service: nothing else had keys.
+        text.push_str(
+            " (no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or [lake.storage_options] aws_access_key_id and aws_secret_access_key)",
+        );
+    }
+    text
+}
+
+/// A name unique enough for a probe object: the process id and the time in nanoseconds.
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
 }
 
 impl std::fmt::Display for LakeRoot {

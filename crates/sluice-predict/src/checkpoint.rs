@@ -1,6 +1,8 @@
-//! Model checkpoints: one file per model, `<dir>/<model>.ftrl`, written atomically (a temporary
-//! file, fsync, rename, directory fsync), so a crash leaves the previous checkpoint or the new
-//! one, never a mix.
+//! Model checkpoints: one file per model, `<model>.ftrl`, in a [`CheckpointStore`]: on local
+//! disk `<dir>/<model>.ftrl` ([`LocalCheckpoints`]), written atomically (a temporary file, fsync,
+//! rename, directory fsync), so a crash leaves the previous checkpoint or the new one, never a
+//! mix; with the lake on an object store, objects under `<lake root>/_models/` (a put is whole
+//! or absent, so the same holds).
 //!
 //! Format (all integers little endian):
 //! ```text
@@ -49,13 +51,6 @@ struct Header {
 /// The checkpoint file of `model` in `dir`.
 pub fn path_of(dir: &Path, model: &str) -> PathBuf {
     dir.join(format!("{model}.ftrl"))
-}
-
-fn failed(path: &Path, reason: impl std::fmt::Display) -> PredictError {
-    PredictError::Checkpoint {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
 }
 
 /// Encodes a model.
@@ -143,24 +138,96 @@ pub(crate) fn decode(spec: &ModelSpec, bytes: &[u8]) -> Result<Option<OnlineMode
     Ok(Some(model))
 }
 
+/// Where checkpoints are kept: whole files by name, each replaced atomically.
+pub trait CheckpointStore: Send + Sync {
+    /// Where `name` lives, for messages.
+    fn location(&self, name: &str) -> String;
+    /// The content of `name`, or `None` if there is none.
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Replaces `name` with `bytes`, atomically.
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String>;
+    /// Renames `from` to `to` (setting a damaged checkpoint aside).
+    fn rename(&self, from: &str, to: &str) -> Result<(), String>;
+}
+
+/// Checkpoints in a local directory, durably.
+#[derive(Clone, Debug)]
+pub struct LocalCheckpoints {
+    dir: PathBuf,
+}
+
+impl LocalCheckpoints {
+    /// Checkpoints in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl CheckpointStore for LocalCheckpoints {
+    fn location(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        match std::fs::read(self.dir.join(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        durable_fs::write_atomic(&self.dir.join(name), bytes).map_err(|e| e.to_string())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        durable_fs::rename_durable(&self.dir.join(from), &self.dir.join(to))
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn file_name(model: &str) -> String {
+    format!("{model}.ftrl")
+}
+
 /// Writes `model`'s checkpoint into `dir` atomically.
 pub fn write(model: &OnlineModel, dir: &Path) -> Result<(), PredictError> {
-    let path = path_of(dir, &model.spec.name);
-    let bytes = encode(model).map_err(|e| failed(&path, e))?;
-    durable_fs::write_atomic(&path, &bytes).map_err(|e| failed(&path, e))
+    write_to(model, &LocalCheckpoints::new(dir))
+}
+
+/// Writes `model`'s checkpoint into `store` atomically.
+pub fn write_to(model: &OnlineModel, store: &dyn CheckpointStore) -> Result<(), PredictError> {
+    let name = file_name(&model.spec.name);
+    let fail = |reason: String| PredictError::Checkpoint {
+        path: store.location(&name),
+        reason,
+    };
+    let bytes = encode(model).map_err(|e| fail(e.to_string()))?;
+    store.put(&name, &bytes).map_err(fail)
 }
 
 /// Reads `spec`'s checkpoint from `dir`. A missing file or one for another model definition
 /// gives a fresh model; an unreadable or damaged one is renamed `*.corrupt` (kept for
 /// inspection) and also gives a fresh model, with an error logged.
 pub fn read(spec: &ModelSpec, dir: &Path) -> Result<OnlineModel, PredictError> {
-    let path = path_of(dir, &spec.name);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(OnlineModel::new(spec.clone()));
-        }
-        Err(e) => return Err(failed(&path, e)),
+    read_from(spec, &LocalCheckpoints::new(dir))
+}
+
+/// [`read`] from `store`.
+pub fn read_from(
+    spec: &ModelSpec,
+    store: &dyn CheckpointStore,
+) -> Result<OnlineModel, PredictError> {
+    let name = file_name(&spec.name);
+    let path = store.location(&name);
+    let fail = |reason: String| PredictError::Checkpoint {
+        path: path.clone(),
+        reason,
+    };
+    let Some(bytes) = store.get(&name).map_err(fail)? else {
+        return Ok(OnlineModel::new(spec.clone()));
     };
     match decode(spec, &bytes) {
         Ok(Some(model)) => {
@@ -168,13 +235,14 @@ pub fn read(spec: &ModelSpec, dir: &Path) -> Result<OnlineModel, PredictError> {
             Ok(model)
         }
         Ok(None) => {
-            tracing::warn!(model = %spec.name, path = %path.display(), "the checkpoint is for another model definition; starting afresh");
+            tracing::warn!(model = %spec.name, path = %path, "the checkpoint is for another model definition; starting afresh");
             Ok(OnlineModel::new(spec.clone()))
         }
         Err(reason) => {
-            let aside = path.with_extension("ftrl.corrupt");
-            tracing::error!(model = %spec.name, path = %path.display(), %reason, "model checkpoint is damaged; kept as *.corrupt, starting afresh");
-            durable_fs::rename_durable(&path, &aside).map_err(|e| failed(&path, e))?;
+            tracing::error!(model = %spec.name, path = %path, %reason, "model checkpoint is damaged; kept as *.corrupt, starting afresh");
+            store
+                .rename(&name, &format!("{name}.corrupt"))
+                .map_err(fail)?;
             Ok(OnlineModel::new(spec.clone()))
         }
     }

@@ -2,7 +2,7 @@
 //! checkpoints; and [`run_offline`], the same path without a store (tests, benchmarks).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_event::{Event, Position};
@@ -14,7 +14,7 @@ use crate::{PredictError, PredictSettings, checkpoint};
 /// The models of a node.
 pub struct Models {
     models: Vec<OnlineModel>,
-    dir: PathBuf,
+    store: Arc<dyn checkpoint::CheckpointStore>,
     interval: Duration,
     last_checkpoint: Instant,
 }
@@ -22,15 +22,26 @@ pub struct Models {
 impl Models {
     /// Restores every model of `settings` from its checkpoint (or starts it afresh).
     pub fn open(settings: &PredictSettings) -> Result<Self, PredictError> {
+        Self::open_in(
+            settings,
+            Arc::new(checkpoint::LocalCheckpoints::new(&settings.dir)),
+        )
+    }
+
+    /// [`Models::open`] with the checkpoints in `store` rather than `settings.dir`.
+    pub fn open_in(
+        settings: &PredictSettings,
+        store: Arc<dyn checkpoint::CheckpointStore>,
+    ) -> Result<Self, PredictError> {
         crate::metrics::describe();
         let models = settings
             .models
             .iter()
-            .map(|spec| checkpoint::read(spec, &settings.dir))
+            .map(|spec| checkpoint::read_from(spec, store.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             models,
-            dir: settings.dir.clone(),
+            store,
             interval: settings.checkpoint_interval,
             last_checkpoint: Instant::now(),
         })
@@ -46,7 +57,7 @@ impl Models {
         self.last_checkpoint = Instant::now();
         let mut first = None;
         for m in &self.models {
-            let result = checkpoint::write(m, &self.dir);
+            let result = checkpoint::write_to(m, self.store.as_ref());
             crate::metrics::checkpoint(&m.spec.name, result.is_ok());
             if let Err(e) = result {
                 tracing::error!(model = %m.spec.name, error = %e, "model checkpoint failed");

@@ -10,7 +10,7 @@ use sluice_collector::{CollectorConfig, CollectorSettings};
 use sluice_functions::{EnrichConfig, RunnerConfig, RunnerSettings, ValidationConfig};
 use sluice_hot::{HotConfig, HotSettings};
 use sluice_journal::JournalConfig;
-use sluice_lake::{LakeConfig, LakeSettings, UpkeepConfig};
+use sluice_lake::{LakeConfig, LakeRoot, LakeSettings, UpkeepConfig};
 use sluice_predict::{PredictConfig, PredictSettings};
 use sluice_warehouse::PgCredentials;
 use sluice_warehouse::loader::{LoaderConfig, LoaderSettings};
@@ -210,6 +210,7 @@ pub struct Settings {
     pub(crate) enrich: EnrichConfig,
     pub(crate) admin_token: Option<String>,
     pub(crate) lake: LakeSettings,
+    pub(crate) lake_root: LakeRoot,
     pub(crate) sources: Vec<SourceConfig>,
     pub(crate) snowplow: SnowplowSettings,
     pub(crate) kinesis: KinesisConfig,
@@ -231,6 +232,13 @@ impl Config {
     /// Parses config text.
     pub fn from_toml(text: &str) -> Result<Self, ServerError> {
         toml::from_str(text).map_err(|e| ServerError::Config(e.message().to_string()))
+    }
+
+    /// Where the lake lives: `[lake] root` with its connection fields, or `<data_dir>/lake`.
+    pub fn lake_root(&self) -> Result<LakeRoot, ServerError> {
+        self.lake
+            .lake_root(&self.data_dir)
+            .map_err(|e| ServerError::Config(format!("[lake] {e}")))
     }
 
     /// Validates everything once.
@@ -331,6 +339,7 @@ impl Config {
                 .lake
                 .validate()
                 .map_err(|e| ServerError::Config(e.to_string()))?,
+            lake_root: self.lake_root()?,
             sources: self.sources.clone(),
             snowplow: self.snowplow.validate().map_err(ServerError::Config)?,
             kinesis: self.kinesis.clone(),

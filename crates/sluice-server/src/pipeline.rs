@@ -218,16 +218,31 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
             .create_topic(t, settings.partitions)
             .map_err(|e| ServerError::stage("journal", e))?;
     }
-    let lake_dir = settings.data_dir.join("lake");
-    create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
-    let lake_root = LakeRoot::from_path(&lake_dir).map_err(|e| ServerError::stage("lake", e))?;
+    let lake_root = settings.lake_root.clone();
+    match lake_root.local_path() {
+        Some(lake_dir) => {
+            create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
+        }
+        None => {
+            // An object store: fail now, with the store's own answer, rather than have every
+            // sink retry a bad endpoint, key or bucket for ever.
+            let writes = settings.roles.lake;
+            lake_root
+                .check(writes)
+                .await
+                .map_err(|e| ServerError::stage("lake", e))?;
+            tracing::info!(root = %lake_root, "lake on object storage");
+        }
+    }
     // The registry lives with the data; every role that validates or serves schemas uses it.
     let registry = Registry::open(settings.data_dir.join("schemas"))
         .map_err(|e| ServerError::stage("schemas", e))?;
     let dyn_journal: Arc<dyn Journal> = journal.clone();
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
     stages.warnings().set_recovery(journal.recovery_report());
-    stages.warnings().watch_lake(&lake_dir);
+    if let Some(lake_dir) = lake_root.local_path() {
+        stages.warnings().watch_lake(&lake_dir);
+    }
     let pseudonym_key = match settings.enrich.pii.enabled {
         true => Some(
             settings
@@ -406,7 +421,21 @@ async fn start_hot(
     projector = projector.with_health(health);
     if settings.roles.predict && !settings.predict.models.is_empty() {
         let ps = settings.predict.clone();
-        let models = blocking("predict", move || sluice_predict::Models::open(&ps)).await?;
+        // With the lake on an object store, the checkpoints live beside it (`<root>/_models/`),
+        // so a node that replaces this one finds them; otherwise under `[predict] dir`.
+        let store: Arc<dyn sluice_predict::checkpoint::CheckpointStore> =
+            match base.lake_root.local_path() {
+                Some(_) => Arc::new(sluice_predict::checkpoint::LocalCheckpoints::new(&ps.dir)),
+                None => Arc::new(LakeCheckpoints(
+                    base.lake_root
+                        .files(MODELS_DIR)
+                        .map_err(|e| ServerError::stage("predict", e))?,
+                )),
+            };
+        let models = blocking("predict", move || {
+            sluice_predict::Models::open_in(&ps, store)
+        })
+        .await?;
         projector = projector.with_hook(Box::new(models));
     }
     watched.push(crate::holds::watch(
@@ -727,5 +756,30 @@ impl Running {
                 }
             }
         }
+    }
+}
+
+/// The directory below an object-store lake root that holds the model checkpoints (a leading
+/// `_`: never taken for a table).
+const MODELS_DIR: &str = "_models";
+
+/// Model checkpoints as objects below the lake root.
+struct LakeCheckpoints(sluice_lake::ObjectFiles);
+
+impl sluice_predict::checkpoint::CheckpointStore for LakeCheckpoints {
+    fn location(&self, name: &str) -> String {
+        self.0.location(name)
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.get(name)
+    }
+
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        self.0.put(name, bytes)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        self.0.rename(from, to)
     }
 }

@@ -1,13 +1,15 @@
-//! Test support, never shipped: an in-memory journal, a handle that starts the real `sluice`
+//! Test support, never shipped: an in-memory journal, a local S3 store ([`Moto`]), a handle that starts the real `sluice`
 //! binary in a temporary directory for end-to-end and crash tests, the server in this process
 //! (`TestServer`, feature `server`), and HTTP helpers.
 
 pub mod http;
 pub mod lock;
 pub mod mem_journal;
+pub mod moto;
 pub mod process;
 #[cfg(feature = "server")]
 pub mod server;
 
 pub use lock::lock_exclusive;
+pub use moto::Moto;
 pub use process::{SluiceProcess, wait_until};

@@ -1,6 +1,6 @@
 //! The CLI's integration tests, in one binary (linking the server once, not once per file).
 //! They drive the real `sluice` binary ([`sluice_testkit::SluiceProcess`]); `compat` needs the
-//! tracker SDKs and is `#[ignore]`d, like the tests that need psql, curl, openssl or boto3 (run with `--run-ignored all`).
+//! tracker SDKs and is `#[ignore]`d, like the tests that need psql, curl, openssl or boto3, and `s3` that needs moto (run with `--run-ignored all`).
 
 mod abuse;
 mod bench;
@@ -17,6 +17,7 @@ mod lake;
 mod privacy;
 mod quota;
 mod replay;
+mod s3;
 mod security;
 mod support;
 mod tls;

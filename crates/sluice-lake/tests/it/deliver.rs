@@ -48,12 +48,12 @@ fn event(partition: u32, i: u64) -> Bytes {
     Bytes::from(serde_json::to_vec(&json).unwrap())
 }
 
-fn append_events(journal: &MemJournal, partition: u32, range: std::ops::Range<u64>) {
+pub(super) fn append_events(journal: &MemJournal, partition: u32, range: std::ops::Range<u64>) {
     let records = range.map(|i| event(partition, i)).collect();
     journal.append_now(topic::GOOD, partition, records).unwrap();
 }
 
-fn settings() -> LakeSettings {
+pub(super) fn settings() -> LakeSettings {
     LakeSettings {
         flush_interval: Duration::from_millis(50),
         retry_backoff_initial: Duration::from_millis(5),
@@ -66,14 +66,14 @@ fn root(dir: &Path) -> LakeRoot {
     LakeRoot::from_path(dir).unwrap()
 }
 
-struct Running {
-    progress: DeliveryProgress,
+pub(super) struct Running {
+    pub(super) progress: DeliveryProgress,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), LakeError>>,
 }
 
 impl Running {
-    async fn stop(self) -> Result<(), LakeError> {
+    pub(super) async fn stop(self) -> Result<(), LakeError> {
         self.shutdown.cancel();
         tokio::time::timeout(DEADLINE, self.task)
             .await
@@ -82,7 +82,7 @@ impl Running {
     }
 }
 
-fn start(sink: LakeSink) -> Running {
+pub(super) fn start(sink: LakeSink) -> Running {
     let progress = sink.progress();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(sink.run(shutdown.clone()));
@@ -93,7 +93,7 @@ fn start(sink: LakeSink) -> Running {
     }
 }
 
-async fn caught_up(progress: &DeliveryProgress, journal: &MemJournal) {
+pub(super) async fn caught_up(progress: &DeliveryProgress, journal: &MemJournal) {
     tokio::time::timeout(DEADLINE, progress.wait_caught_up(journal))
         .await
         .expect("delivery catches up in time")
@@ -136,7 +136,7 @@ async fn event_ids(dir: &Path) -> BTreeMap<String, i64> {
     out
 }
 
-fn expected_ids(ranges: &[(u32, std::ops::Range<u64>)]) -> BTreeMap<String, i64> {
+pub(super) fn expected_ids(ranges: &[(u32, std::ops::Range<u64>)]) -> BTreeMap<String, i64> {
     ranges
         .iter()
         .flat_map(|(p, r)| r.clone().map(move |i| (format!("e-{p}-{i}"), 1)))

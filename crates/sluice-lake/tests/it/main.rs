@@ -1,6 +1,7 @@
 //! The lake's integration tests, in one binary (linking delta-rs once, not once per file).
 
 mod deliver;
+mod s3;
 mod typed;
 
 use std::path::{Path, PathBuf};
