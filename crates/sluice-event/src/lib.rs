@@ -11,6 +11,8 @@ mod error;
 mod event;
 mod time;
 
+pub mod suppress;
+
 pub use error::{ErrorKind, Rejection};
 pub use event::{
     BadKind, BadRow, Enrichment, Event, EventType, Protocol, RawEvent, RawEventRef, routing_key,

@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use sluice_event::suppress::Suppressed;
 use sluice_event::{BadKind, BadRow, Position, RawEvent, now_micros};
 
 use crate::canonical::{Draft, Failure, draft};
 use crate::config::EventTimeWindow;
 use crate::enrich::{BadRowPseudonyms, EnrichConfig, Enrichers, Sessions};
 use crate::registry::Registry;
-use crate::suppress::Suppressed;
 use crate::udf::{Functions, Live, OnFailure, Stage};
 use crate::validate::{Validation, ValidationConfig};
 
@@ -101,7 +101,7 @@ impl Chain {
         self
     }
 
-    /// Drops the events of the people in `suppressed` (see [`crate::suppress`]).
+    /// Drops the events of the people in `suppressed` (see [`sluice_event::suppress`]).
     pub fn with_suppression(mut self, suppressed: Arc<Suppressed>) -> Self {
         self.suppressed = suppressed;
         self

@@ -30,7 +30,6 @@ pub mod mmdb;
 pub mod registry;
 mod runner;
 mod snowplow;
-pub mod suppress;
 pub mod udf;
 mod validate;
 
@@ -45,7 +44,7 @@ pub use enrich::{
 pub use error::FunctionsError;
 pub use registry::{Registry, RegistryError, SchemaKey};
 pub use runner::{Progress, Runner};
-pub use suppress::{Suppressed, subject_hash};
+pub use sluice_event::suppress::{Suppressed, subject_hash};
 pub use udf::{FunctionSpec, Functions, OnFailure, UdfError};
 pub use validate::{OnInvalid, OnUnknown, SourcePolicy, ValidationConfig};
 

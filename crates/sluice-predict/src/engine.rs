@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_event::suppress::Suppressed;
 use sluice_event::{Event, Position};
 use sluice_hot::{EventHook, EventView, HotSettings, Positions, Profile};
 
@@ -17,6 +18,8 @@ pub struct Models {
     store: Arc<dyn checkpoint::CheckpointStore>,
     interval: Duration,
     last_checkpoint: Instant,
+    /// Deleted people, whose pending examples are dropped; the generation last applied.
+    suppressed: Option<(Arc<Suppressed>, u64)>,
 }
 
 impl Models {
@@ -44,7 +47,31 @@ impl Models {
             store,
             interval: settings.checkpoint_interval,
             last_checkpoint: Instant::now(),
+            suppressed: None,
         })
+    }
+
+    /// Drops the pending examples of the people in `suppressed`, after the batch in which
+    /// they were added to it (and before the last checkpoint).
+    pub fn with_suppression(mut self, suppressed: Arc<Suppressed>) -> Self {
+        self.suppressed = Some((suppressed, 0));
+        self
+    }
+
+    /// Applies a change of the suppressed set.
+    fn forget_suppressed(&mut self) {
+        let Some((set, seen)) = &mut self.suppressed else {
+            return;
+        };
+        let generation = set.generation();
+        if generation == *seen {
+            return;
+        }
+        *seen = generation;
+        let dropped: usize = self.models.iter_mut().map(|m| m.forget(set)).sum();
+        if dropped > 0 {
+            tracing::info!(dropped, "pending examples of deleted people dropped");
+        }
     }
 
     /// The models.
@@ -97,6 +124,7 @@ impl EventHook for Models {
     }
 
     fn after_batch(&mut self, next: &Positions) {
+        self.forget_suppressed();
         for m in &mut self.models {
             m.advance(next);
             m.report();
@@ -108,6 +136,7 @@ impl EventHook for Models {
     }
 
     fn close(&mut self) {
+        self.forget_suppressed();
         let _ = self.checkpoint();
     }
 }

@@ -175,6 +175,28 @@ impl OnlineModel {
         &self.stats
     }
 
+    /// Drops, without learning from them, the pending examples of the people in `suppressed`
+    /// (a deletion request: their features and id leave the model's state and its next
+    /// checkpoint). How many went.
+    pub fn forget(&mut self, suppressed: &sluice_event::suppress::Suppressed) -> usize {
+        let users: Vec<String> = self
+            .by_user
+            .keys()
+            .filter(|u| suppressed.contains(u))
+            .cloned()
+            .collect();
+        let mut dropped = 0;
+        for user in users {
+            for seq in self.by_user.remove(&user).unwrap_or_default() {
+                if let Some(p) = self.pending.remove(&seq) {
+                    self.expiry.remove(&(p.partition, p.deadline, seq));
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
     /// Examples waiting for a label.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
@@ -433,5 +455,36 @@ mod tests {
         s.record(0.5, true);
         s.record(0.5, false);
         assert!((s.auc() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_deleted_persons_pending_examples_are_dropped_unlearned() {
+        let config: crate::ModelConfig = serde_json::from_value(serde_json::json!({
+            "name": "m", "outcome": "Buy", "horizon": "30m", "bits": 10
+        }))
+        .unwrap();
+        let mut m = OnlineModel::new(config.validate().unwrap());
+        let example = |user: &str, deadline| Pending {
+            partition: 0,
+            user: user.into(),
+            deadline,
+            score: 0.5,
+            features: Vec::new(),
+        };
+        m.add_pending(example("alice", 10));
+        m.add_pending(example("alice", 20));
+        m.add_pending(example("bob", 30));
+        let set = sluice_event::suppress::Suppressed::default();
+        assert_eq!(m.forget(&set), 0);
+        set.add([sluice_event::suppress::subject_hash("alice")]);
+        assert_eq!(m.forget(&set), 2);
+        assert_eq!(m.pending_len(), 1);
+        assert!(!m.by_user.contains_key("alice") && m.by_user.contains_key("bob"));
+        assert_eq!(m.expiry.len(), 1);
+        assert_eq!(
+            m.stats,
+            Progressive::default(),
+            "nothing was learned from them"
+        );
     }
 }

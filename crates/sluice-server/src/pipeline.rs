@@ -436,6 +436,7 @@ async fn start_hot(
             sluice_predict::Models::open_in(&ps, store)
         })
         .await?;
+        let models = models.with_suppression(base.privacy.suppressed());
         projector = projector.with_hook(Box::new(models));
     }
     watched.push(crate::holds::watch(

@@ -1,9 +1,9 @@
 //! Deleting a person through the real binary (`sluice privacy delete`): their rows leave
 //! `events`, the typed tables, `bad_rows` and the Postgres loader's tables, their profile and
 //! per-person counters leave the hot tier, everyone else's data stays, their new events (and a
-//! replay of their raw records) are dropped, the request is on record with who asked and how
-//! many rows went, and once vacuum runs the table versions from before the delete cannot be
-//! read any more.
+//! replay of their raw records) are dropped, the model's examples waiting for a label forget
+//! them, the request is on record with who asked and how many rows went, and once vacuum runs
+//! the table versions from before the delete cannot be read any more.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -106,6 +106,11 @@ flush_interval = "100ms"
 name = "views"
 key = "user"
 window = "1h"
+
+[[predict.models]]
+name = "buys"
+outcome = "Order Completed"
+horizon = "30d"
 "#
         ),
     )?;
@@ -353,7 +358,17 @@ window = "1h"
         "version {version_before} can no longer be read in full"
     );
 
+    // The model's pending examples (each with its person's id) left its state: the checkpoint
+    // written at shutdown names bob, whose examples still wait for a label, and not alice.
     server.terminate(Duration::from_secs(30))?;
+    let checkpoint = std::fs::read(data.join("models").join("buys.ftrl"))?;
+    let holds = |id: &str| {
+        checkpoint
+            .windows(id.len() + 2)
+            .any(|w| w == format!("\"{id}\"").as_bytes())
+    };
+    assert!(holds("bob"), "bob's pending examples are checkpointed");
+    assert!(!holds("alice") && !holds("anon-alice"), "alice's are gone");
     Ok(())
 }
 

@@ -1,13 +1,15 @@
-//! [`Suppressed`]: the people whose data was deleted (`sluice privacy delete`) and whose new
-//! events the runner therefore drops.
+//! [`Suppressed`]: the people whose data was deleted (`sluice privacy delete`): the runner drops
+//! their new events, and the stages that keep per-person state (the runner's sessions, the
+//! models' pending examples) forget them.
 //!
 //! The set holds a hash of each id, never the id itself ([`subject_hash`]), so the list that
 //! outlives a person's data does not name them. An event is dropped when its `user_id` or its
 //! `anonymous_id` is in the set: right after it is read (before validation, enrichment and the
 //! user functions see it, so it leaves no session and no bad row), and again before it is
 //! written (a function may have set the id). Replays go through the same chain, so a deleted
-//! person's raw records are not brought back either. Every change bumps a generation, which the
-//! chain uses to forget the per-user session state of newly suppressed ids.
+//! person's raw records are not brought back either. Every change bumps a generation; a stage
+//! with per-person state compares it with the one it last applied and forgets the newly
+//! suppressed people.
 
 use std::collections::HashSet;
 use std::sync::RwLock;
