@@ -40,6 +40,66 @@ const COMMIT_MAX_RETRIES: usize = 10;
 /// How many of the newest commits [`DeltaTarget::check_txn_history`] reads back.
 const TXN_HISTORY_COMMITS: u64 = 100;
 
+/// The properties of a sink's commit: its txns, and `isBlindAppend`, which is true of it (it
+/// adds files and reads none), so that a delete or a compaction that read the table before it
+/// (a deletion request, retention) is rebased over it instead of failing with a conflict under
+/// `WriteSerializable` isolation ([`WRITE_SERIALIZABLE`]).
+pub(crate) fn append_properties(txns: Vec<Transaction>, max_retries: usize) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_max_retries(max_retries)
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false))
+        .with_metadata([("isBlindAppend".to_string(), serde_json::Value::Bool(true))])
+}
+
+/// `delta.isolationLevel` of every table Sluice writes: write-serializable (delta-rs defaults to
+/// serializable), under which a sink's blind append never conflicts with a delete or a
+/// compaction that read the table before it; under serializable a deletion request or retention
+/// on a busy table would fail each time a sink committed meanwhile. Spelled as delta-rs parses it
+/// (camel case; `WriteSerializable` would be read as unset).
+pub(crate) const WRITE_SERIALIZABLE: &str = "writeSerializable";
+
+/// Sets `delta.isolationLevel` to [`WRITE_SERIALIZABLE`] on a table created before it was set
+/// (a metadata commit; a concurrent writer doing the same wins and we reload).
+pub(crate) async fn write_serializable(
+    table: &mut DeltaTable,
+    name: &str,
+) -> Result<(), LakeError> {
+    let key = TableProperty::IsolationLevel.as_ref();
+    let set = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(name, "reading metadata", e))?
+        .metadata()
+        .configuration()
+        .get(key)
+        .is_some_and(|v| v == WRITE_SERIALIZABLE);
+    if set {
+        return Ok(());
+    }
+    let properties =
+        std::collections::HashMap::from([(key.to_string(), WRITE_SERIALIZABLE.to_string())]);
+    match table
+        .clone()
+        .set_tbl_properties()
+        .with_properties(properties)
+        .await
+    {
+        Ok(t) => {
+            *table = t;
+            tracing::info!(table = name, "set delta.isolationLevel = writeSerializable");
+        }
+        Err(e) => {
+            tracing::warn!(table = name, error = %e, "setting the isolation level failed; reloading");
+            table
+                .update_state()
+                .await
+                .map_err(|e| LakeError::delta(name, "reloading", e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a future on the blocking pool, so that CPU-heavy work inside it (Parquet encoding, kernel
 /// log replay, checkpoint writing) does not stall the async worker threads.
 pub(crate) async fn run_blocking<F, T>(table: &str, future: F) -> Result<T, LakeError>
@@ -123,6 +183,10 @@ impl<S: TableSpec> DeltaTarget<S> {
                     TableProperty::CheckpointInterval,
                     Some(checkpoint_interval.to_string()),
                 )
+                .with_configuration_property(
+                    TableProperty::IsolationLevel,
+                    Some(WRITE_SERIALIZABLE.to_string()),
+                )
                 .await;
             match created {
                 Ok(t) => table = t,
@@ -145,6 +209,7 @@ impl<S: TableSpec> DeltaTarget<S> {
             _spec: PhantomData,
         };
         target.evolve().await?;
+        write_serializable(&mut target.table, S::TABLE).await?;
         target.check_schema()?;
         Ok(target)
     }
@@ -291,11 +356,7 @@ impl<S: TableSpec> DeltaTarget<S> {
                 )
             })
             .collect();
-        let properties = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_max_retries(COMMIT_MAX_RETRIES)
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false));
+        let properties = append_properties(txns, COMMIT_MAX_RETRIES);
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(vec![S::PARTITION_COLUMN.to_string()]),

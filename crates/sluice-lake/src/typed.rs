@@ -402,6 +402,7 @@ async fn open_or_create(
         .map_err(delta_err(name, "checking existence"))?;
     if exists {
         table.load().await.map_err(delta_err(name, "loading"))?;
+        crate::commit::write_serializable(&mut table, name).await?;
         return Ok(table);
     }
     let mut create = table
@@ -412,6 +413,10 @@ async fn open_or_create(
         .with_configuration_property(
             TableProperty::CheckpointInterval,
             Some(checkpoint_interval.to_string()),
+        )
+        .with_configuration_property(
+            TableProperty::IsolationLevel,
+            Some(crate::commit::WRITE_SERIALIZABLE.to_string()),
         );
     if let Some(p) = partition {
         create = create.with_partition_columns([p]);
@@ -474,11 +479,7 @@ async fn commit_with_txns(
             )
         })
         .collect();
-    let properties = CommitProperties::default()
-        .with_application_transactions(txns)
-        .with_max_retries(10)
-        .with_create_checkpoint(false)
-        .with_cleanup_expired_logs(Some(false));
+    let properties = crate::commit::append_properties(txns, 10);
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: partition.map(|p| vec![p.to_string()]),

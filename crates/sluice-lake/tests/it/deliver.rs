@@ -822,3 +822,32 @@ async fn a_table_that_holds_the_whole_journal_starts() {
     assert_eq!(running.progress.status().refused, None);
     running.stop().await.unwrap();
 }
+
+/// A delete that read the table before a sink's append (a deletion request while events flow)
+/// is rebased over the append instead of failing as a conflict: the sinks' commits say they are
+/// blind appends, which they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_read_before_an_append_is_not_a_conflict() {
+    use deltalake::datafusion::prelude::{col, lit};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
+    append_events(&journal, 0, 0..10);
+    let sink = start(LakeSink::new(journal.clone(), root(dir.path()), settings()));
+    caught_up(&sink.progress, &journal).await;
+    let mut stale = root(dir.path()).table("events").unwrap();
+    stale.load().await.unwrap();
+    // Their user ids (u10..u58) span u4 in the files' statistics, so the delete cannot rule the
+    // new files out by their min/max.
+    append_events(&journal, 0, 10..60);
+    caught_up(&sink.progress, &journal).await;
+    sink.stop().await.unwrap();
+    let (_, metrics) = stale
+        .delete()
+        .with_predicate(col("user_id").eq(lit("u4")))
+        .await
+        .expect("the delete is rebased over the append");
+    assert_eq!(metrics.num_deleted_rows, Some(1));
+    let mut expected = expected_ids(&[(0, 0..60)]);
+    expected.remove("e-0-4");
+    assert_eq!(event_ids(dir.path()).await, expected);
+}
