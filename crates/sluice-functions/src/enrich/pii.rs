@@ -1,5 +1,6 @@
 //! `pii`: the configured fields pseudonymised with a keyed HMAC-SHA256 (hex), so that they still
-//! join and count but no longer read.
+//! join and count but no longer read. `anonymous_id` covers Snowplow's copies of the ids it is
+//! chosen from (`context.snowplow.domain_userid` and `network_userid`).
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
@@ -69,7 +70,17 @@ impl Step for Pii {
         for field in &self.fields {
             match field.as_str() {
                 "user_id" => draft.user_id = draft.user_id.as_deref().map(hash),
-                "anonymous_id" => draft.anonymous_id = draft.anonymous_id.as_deref().map(hash),
+                "anonymous_id" => {
+                    draft.anonymous_id = draft.anonymous_id.as_deref().map(hash);
+                    // Snowplow keeps the ids its anonymous id is chosen from in the context too.
+                    if let Some(Value::Object(snowplow)) = draft.context.get_mut("snowplow") {
+                        for key in ["domain_userid", "network_userid"] {
+                            if let Some(Value::String(s)) = snowplow.get_mut(key) {
+                                *s = hash(s);
+                            }
+                        }
+                    }
+                }
                 "ip" => {
                     if let Some(Value::String(s)) = draft.context.get_mut("ip") {
                         *s = hash(s);
@@ -288,6 +299,59 @@ mod tests {
         want["payload"]["tnuid"] = h("n1");
         want["payload"]["ip"] = h("198.51.100.1");
         assert_eq!(run(&snowplow), want);
+    }
+
+    #[test]
+    fn snowplow_ids_in_the_context_get_the_anonymous_ids_pseudonym() {
+        use crate::enrich::{Enrichers, Sessions};
+        use sluice_event::{Position, Protocol, RawEvent};
+
+        let c = EnrichConfig {
+            pii: PiiConfig {
+                enabled: true,
+                key: Some(KEY.into()),
+                fields: vec!["anonymous_id".into()],
+                bad_rows: false,
+            },
+            ..EnrichConfig::default()
+        };
+        let enrichers = Enrichers::new(c).unwrap();
+        for (payload, anonymous_id) in [
+            (json!({"e": "pv", "uid": "u1", "duid": "d1"}), "d1"),
+            (json!({"e": "pv", "uid": "u1"}), "cookie"),
+        ] {
+            let raw = RawEvent {
+                event_id: "e1".into(),
+                source: "web".into(),
+                protocol: Protocol::Snowplow,
+                received_at: 1_800_000_000_000_000,
+                ip: None,
+                user_agent: None,
+                network_user_id: Some("cookie".into()),
+                partition_key: None,
+                replay_of: None,
+                payload: serde_json::value::to_raw_value(&payload).unwrap(),
+            };
+            let pos = Position {
+                partition: 0,
+                offset: 1,
+            };
+            let mut d = crate::canonical::draft(&raw, pos).unwrap();
+            enrichers
+                .apply(&mut d, &raw, &mut Sessions::default())
+                .unwrap();
+            assert_eq!(d.anonymous_id.map(Value::String), Some(h(anonymous_id)));
+            let snowplow = &d.context["snowplow"];
+            assert_eq!(snowplow["network_userid"], h("cookie"), "{snowplow}");
+            if anonymous_id == "d1" {
+                assert_eq!(snowplow["domain_userid"], h("d1"), "{snowplow}");
+            }
+            let text = serde_json::to_string(&d.context).unwrap();
+            assert!(
+                !text.contains("\"d1\"") && !text.contains("\"cookie\""),
+                "{text}"
+            );
+        }
     }
 
     #[test]
