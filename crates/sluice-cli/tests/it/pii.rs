@@ -3,7 +3,7 @@
 //! `bad_rows.payload`, and the pseudonyms there are the ones the same person's good events have
 //! in `events`; and `sluice privacy delete` with the clear ids removes the person's
 //! pseudonymised rows from `events`, the typed table and `bad_rows`, and their pseudonymised
-//! profile from the hot tier, leaving everyone else's.
+//! profile from the hot tier, leaving everyone else's, and drops their new events.
 
 use std::path::{Path, PathBuf};
 
@@ -328,5 +328,45 @@ async fn deleting_a_person_removes_their_pseudonymised_rows() -> anyhow::Result<
         assert_eq!(profile(who).await?, 404, "the profile of {who}");
     }
     assert_eq!(profile("dave").await?, 200);
+
+    // Carol's new events, good or bad, are dropped by the clear id; dave's still arrive.
+    post_all(
+        &client,
+        &url,
+        &[
+            native("c-new", "carol", "carol-anon", None),
+            native("c-new-bad", "carol", "carol-anon", Some(LONG_AGO)),
+            native("d-new", "dave", "dave-anon", None),
+        ],
+        &[],
+        &[],
+        "",
+    )
+    .await?;
+    let suppressed = || async {
+        let metrics = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_privacy_suppressed_events_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        anyhow::Ok(n)
+    };
+    eventually("carol's new events dropped", || async {
+        Ok((suppressed().await? >= 2.0).then_some(()))
+    })
+    .await?;
+    wait_until(DEADLINE, "dave's new event", || {
+        let q = "SELECT count(*) AS n FROM events WHERE event_id = 'd-new'";
+        Ok((count(&data, q)? == 1).then_some(()))
+    })?;
+    assert_eq!(count(&data, "SELECT count(*) AS n FROM events")?, 3);
+    assert_eq!(count(&data, "SELECT count(*) AS n FROM bad_rows")?, 1);
+    assert_eq!(profile("carol").await?, 404);
     Ok(())
 }
