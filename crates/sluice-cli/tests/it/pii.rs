@@ -1,5 +1,5 @@
-//! `[enrich.pii]` through the real binary: with `bad_rows = true`, a native, a Segment and a
-//! Snowplow event that become bad rows keep no clear user id, anonymous id or address in
+//! `[enrich.pii]` through the real binary: with `bad_rows = true`, a native, a Segment and two
+//! Snowplow events (a POST with a cookie, a pixel with `nuid`) that become bad rows keep no clear user id, anonymous id or address in
 //! `bad_rows.payload`, and the pseudonyms there are the ones the same person's good events have
 //! in `events`; and `sluice privacy delete` with the clear ids removes the person's
 //! pseudonymised rows from `events`, the typed table and `bad_rows`, and their pseudonymised
@@ -160,10 +160,22 @@ async fn bad_rows_carry_the_pseudonyms_of_the_good_events() -> anyhow::Result<()
         "sp-cookie",
     )
     .await?;
-    wait_until(DEADLINE, "3 events and 3 bad rows", || {
+    // And a Snowplow pixel without a cookie: the `nuid` parameter is the network user id, the
+    // anonymous id when there is no `duid`.
+    for (eid, extra) in [
+        ("0c2c7d3e-51a1-4b8e-9c55-8f0d0c8a1d03", String::new()),
+        (
+            "0c2c7d3e-51a1-4b8e-9c55-8f0d0c8a1d04",
+            format!("&dtm={LONG_AGO_MS}&ip={TRACKER_IP}"),
+        ),
+    ] {
+        let query = format!("e=pv&aid=shop&p=web&eid={eid}&uid=px-user&nuid=px-nuid{extra}");
+        send(client.get(format!("{url}/i?{query}"))).await?;
+    }
+    wait_until(DEADLINE, "4 events and 4 bad rows", || {
         let good = count(&data, "SELECT count(*) AS n FROM events")?;
         let bad = count(&data, "SELECT count(*) AS n FROM bad_rows")?;
-        Ok((good == 3 && bad == 3).then_some(()))
+        Ok((good == 4 && bad == 4).then_some(()))
     })?;
 
     let clear = [
@@ -174,6 +186,8 @@ async fn bad_rows_carry_the_pseudonyms_of_the_good_events() -> anyhow::Result<()
         "sp-user",
         "sp-anon",
         "sp-cookie",
+        "px-user",
+        "px-nuid",
         TRACKER_IP,
         "127.0.0.1",
     ];
@@ -193,6 +207,7 @@ async fn bad_rows_carry_the_pseudonyms_of_the_good_events() -> anyhow::Result<()
         ("nat-user", "nat-anon"),
         ("seg-user", "seg-anon"),
         ("sp-user", "sp-anon"),
+        ("px-user", "px-nuid"),
     ] {
         let e = good(user);
         assert_eq!(e["anonymous_id"], hash(anon).as_str(), "{e}");
@@ -207,7 +222,7 @@ async fn bad_rows_carry_the_pseudonyms_of_the_good_events() -> anyhow::Result<()
 
     // The bad rows: the same pseudonyms where each protocol keeps the ids, no clear value.
     let bad = sql(&data, "SELECT event_id, kind, payload FROM bad_rows")?;
-    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert_eq!(bad.len(), 4, "{bad:?}");
     for row in &bad {
         assert_eq!(row["kind"], "event_time", "{row}");
         let text = row["payload"].as_str().expect("a payload");
@@ -226,7 +241,10 @@ async fn bad_rows_carry_the_pseudonyms_of_the_good_events() -> anyhow::Result<()
                 "seg-anon",
                 ["userId", "anonymousId", "context.ip"],
             ),
-            Some("snowplow") => ("sp-user", "sp-anon", ["uid", "duid", "ip"]),
+            Some("snowplow") if at(&raw, "payload.duid").is_some() => {
+                ("sp-user", "sp-anon", ["uid", "duid", "ip"])
+            }
+            Some("snowplow") => ("px-user", "px-nuid", ["uid", "nuid", "ip"]),
             other => panic!("protocol {other:?} in {text}"),
         };
         let e = good(user);
@@ -241,7 +259,11 @@ async fn bad_rows_carry_the_pseudonyms_of_the_good_events() -> anyhow::Result<()
         );
         assert_eq!(at(&raw, "ip"), e["ip"].as_str(), "{text}");
         if at(&raw, "protocol") == Some("snowplow") {
-            let cookie = hash("sp-cookie");
+            let cookie = hash(if user == "sp-user" {
+                "sp-cookie"
+            } else {
+                "px-nuid"
+            });
             assert_eq!(at(&raw, "network_user_id"), Some(cookie.as_str()));
         }
     }
