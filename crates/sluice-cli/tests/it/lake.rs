@@ -1,13 +1,14 @@
 //! `sluice lake expire` beside a running server: events dated before the retention leave
 //! `events` and their typed table, recent ones stay, and delivery goes on exactly once. A flood
 //! of event and property names stays within `[lake] max_typed_tables` and `max_typed_columns`,
-//! in the lake's typed tables and in the Postgres loader's, and every event stays in `events`.
+//! in the lake's typed tables and in the Postgres loader's, and every event stays in `events`;
+//! lowered below what exists, the limits keep the loader's tables and columns working.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{BIN, count, eventually, nanos, pg_count, pg_rows};
+use crate::support::{BIN, DEADLINE, count, eventually, nanos, pg_count, pg_rows};
 use sluice_lake::typed::FIXED_COLUMNS;
 use sluice_testkit::process::run_cli;
 use sluice_testkit::{SluiceProcess, wait_until};
@@ -219,13 +220,14 @@ async fn the_loader_keeps_the_typed_table_limits() -> anyhow::Result<()> {
     let data = dir.path().join("data");
     let schema = format!("limits_{}_{}", std::process::id(), nanos());
     let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let start = |tables: usize, columns: usize| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [lake]
-max_typed_tables = 3
-max_typed_columns = 4
+max_typed_tables = {tables}
+max_typed_columns = {columns}
 
 [loader]
 host = "127.0.0.1"
@@ -235,13 +237,15 @@ database = "test"
 schema = "{schema}"
 flush_interval = "100ms"
 "#
-        ),
-    )?;
-    let config = config.to_str().expect("utf-8 path");
-    let server = SluiceProcess::spawn(Path::new(BIN), &data, &["--config", config])?;
+            ),
+        )?;
+        let config = config.to_str().expect("utf-8 path");
+        SluiceProcess::spawn(Path::new(BIN), &data, &["--config", config])
+    };
+    let mut server = start(3, 4)?;
     let url = server.url();
     let client = reqwest::Client::new();
-    let post = |lines: Vec<String>| {
+    let post = |url: &str, lines: Vec<String>| {
         let request = client
             .post(format!("{url}/v1/events"))
             .body(lines.join("\n"));
@@ -255,10 +259,13 @@ flush_interval = "100ms"
     // First one event with more properties than a table may have columns: its table exists
     // before the flood, with the first four.
     let first: Vec<String> = (0..6).map(|i| format!(r#""prop_{i}":{i}"#)).collect();
-    post(vec![format!(
-        r#"{{"event_id":"big","event":"Big","user_id":"u","properties":{{{}}}}}"#,
-        first.join(",")
-    )])
+    post(
+        &url,
+        vec![format!(
+            r#"{{"event_id":"big","event":"Big","user_id":"u","properties":{{{}}}}}"#,
+            first.join(",")
+        )],
+    )
     .await?;
     eventually("the first event in the loader's events", || async {
         Ok((pg_count(&schema, "events", "true").await? == 1).then_some(()))
@@ -275,7 +282,7 @@ flush_interval = "100ms"
     }));
     let total = 1 + lines.len() as i64;
     for chunk in lines.chunks(10) {
-        post(chunk.to_vec()).await?;
+        post(&url, chunk.to_vec()).await?;
     }
 
     // Every event is in the loader's `events`, each once, properties as JSON.
@@ -344,6 +351,33 @@ flush_interval = "100ms"
             .is_some_and(|c| c.iter().any(|c| c == "big.prop_4")),
         "{loader}"
     );
+    server.terminate(DEADLINE)?;
+
+    // Lowered below what exists, the limits keep the existing tables and columns working and
+    // let nothing new in.
+    let server = start(1, 2)?;
+    let url = server.url();
+    let named = tables.keys().find(|t| *t != "big").expect("a name table");
+    let name = named.replace("name_", "Name ");
+    post(
+        &url,
+        vec![
+            r#"{"event_id":"late-big","event":"Big","user_id":"u","properties":{"prop_3":3,"later":1}}"#.into(),
+            format!(r#"{{"event_id":"late-name","event":"{name}","user_id":"u"}}"#),
+            r#"{"event_id":"late-new","event":"Fresh Name","user_id":"u"}"#.into(),
+        ],
+    )
+    .await?;
+    eventually("the three late events in the loader's events", || async {
+        Ok((pg_count(&schema, "events", "true").await? == total + 3).then_some(()))
+    })
+    .await?;
+    assert_eq!(loader_typed_tables(&schema).await?, tables);
+    assert_eq!(
+        pg_count(&schema, "big", "event_id = 'late-big' AND prop_3 = 3").await?,
+        1
+    );
+    assert_eq!(pg_count(&schema, named, "event_id = 'late-name'").await?, 1);
     pg_rows(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
     Ok(())
 }
