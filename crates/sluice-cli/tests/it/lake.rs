@@ -1,10 +1,15 @@
 //! `sluice lake expire` beside a running server: events dated before the retention leave
-//! `events` and their typed table, recent ones stay, and delivery goes on exactly once.
+//! `events` and their typed table, recent ones stay, and delivery goes on exactly once. A flood
+//! of event and property names stays within `[lake] max_typed_tables` and `max_typed_columns`,
+//! in the lake's typed tables and in the Postgres loader's, and every event stays in `events`;
+//! lowered below what exists, the limits keep the loader's tables and columns working.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{BIN, count};
+use crate::support::{BIN, DEADLINE, count, eventually, nanos, pg_count, pg_rows};
+use sluice_lake::typed::FIXED_COLUMNS;
 use sluice_testkit::process::run_cli;
 use sluice_testkit::{SluiceProcess, wait_until};
 
@@ -179,5 +184,200 @@ async fn a_flood_of_names_stays_within_the_typed_table_limits() -> anyhow::Resul
         )?,
         1
     );
+    Ok(())
+}
+
+/// The property columns of each typed table the loader made in `schema` (its tables but
+/// `events` and the positions), by name.
+async fn loader_typed_tables(schema: &str) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let rows = pg_rows(&format!(
+        "SELECT table_name, column_name FROM information_schema.columns \
+         WHERE table_schema = '{schema}' ORDER BY table_name, column_name"
+    ))
+    .await?;
+    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        let (Some(Some(table)), Some(Some(column))) = (row.first(), row.get(1)) else {
+            continue;
+        };
+        if table == "events" || table.starts_with('_') {
+            continue;
+        }
+        let columns = tables.entry(table.clone()).or_default();
+        if !FIXED_COLUMNS.contains(&column.as_str()) {
+            columns.push(column.clone());
+        }
+    }
+    Ok(tables)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Postgres server on 127.0.0.1:5432"]
+async fn the_loader_keeps_the_typed_table_limits() -> anyhow::Result<()> {
+    const NAMES: usize = 30;
+    const PROPS: usize = 24;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let schema = format!("limits_{}_{}", std::process::id(), nanos());
+    let config = dir.path().join("sluice.toml");
+    let start = |tables: usize, columns: usize| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[lake]
+max_typed_tables = {tables}
+max_typed_columns = {columns}
+
+[loader]
+host = "127.0.0.1"
+port = 5432
+user = "postgres"
+database = "test"
+schema = "{schema}"
+flush_interval = "100ms"
+"#
+            ),
+        )?;
+        let config = config.to_str().expect("utf-8 path");
+        SluiceProcess::spawn(Path::new(BIN), &data, &["--config", config])
+    };
+    let mut server = start(3, 4)?;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let post = |url: &str, lines: Vec<String>| {
+        let request = client
+            .post(format!("{url}/v1/events"))
+            .body(lines.join("\n"));
+        async move {
+            let resp = request.send().await?;
+            anyhow::ensure!(resp.status() == 200, "{}", resp.text().await?);
+            anyhow::Ok(())
+        }
+    };
+
+    // First one event with more properties than a table may have columns: its table exists
+    // before the flood, with the first four.
+    let first: Vec<String> = (0..6).map(|i| format!(r#""prop_{i}":{i}"#)).collect();
+    post(
+        &url,
+        vec![format!(
+            r#"{{"event_id":"big","event":"Big","user_id":"u","properties":{{{}}}}}"#,
+            first.join(",")
+        )],
+    )
+    .await?;
+    eventually("the first event in the loader's events", || async {
+        Ok((pg_count(&schema, "events", "true").await? == 1).then_some(()))
+    })
+    .await?;
+    // Then a flood: a new name per event, and a new property per event of the first name.
+    let mut lines: Vec<String> = (0..NAMES)
+        .map(|i| format!(r#"{{"event_id":"n{i}","event":"Name {i}","user_id":"u"}}"#))
+        .collect();
+    lines.extend((0..PROPS).map(|i| {
+        format!(
+            r#"{{"event_id":"p{i}","event":"Big","user_id":"u","properties":{{"extra_{i}":{i}}}}}"#
+        )
+    }));
+    let total = 1 + lines.len() as i64;
+    for chunk in lines.chunks(10) {
+        post(&url, chunk.to_vec()).await?;
+    }
+
+    // Every event is in the loader's `events`, each once, properties as JSON.
+    eventually("every event in the loader's events", || async {
+        let all = pg_count(&schema, "events", "true").await?;
+        anyhow::ensure!(all <= total, "{all} rows for {total} events");
+        Ok((all == total).then_some(()))
+    })
+    .await?;
+    let distinct = pg_rows(&format!(
+        "SELECT count(DISTINCT event_id) FROM \"{schema}\".events"
+    ))
+    .await?;
+    assert_eq!(distinct[0][0].as_deref(), Some(total.to_string().as_str()));
+    assert_eq!(
+        pg_count(
+            &schema,
+            "events",
+            "properties::jsonb ->> 'extra_23' = '23' AND event_id = 'p23'"
+        )
+        .await?,
+        1
+    );
+
+    // At most three typed tables, at most four property columns each; `big` is one of them,
+    // with the first event's first four properties, and holds every event of its name.
+    let tables = loader_typed_tables(&schema).await?;
+    assert_eq!(tables.len(), 3, "{tables:?}");
+    for (table, columns) in &tables {
+        assert!(columns.len() <= 4, "{table}: {columns:?}");
+    }
+    assert_eq!(
+        tables.get("big").map(Vec::as_slice),
+        Some(&["prop_0", "prop_1", "prop_2", "prop_3"].map(String::from)[..]),
+        "{tables:?}"
+    );
+    assert_eq!(pg_count(&schema, "big", "true").await?, 1 + PROPS as i64);
+    for (table, _) in tables.iter().filter(|(t, _)| *t != "big") {
+        assert_eq!(pg_count(&schema, table, "true").await?, 1, "{table}");
+    }
+
+    // `/health` says what the loader refused.
+    let health: serde_json::Value = client
+        .get(format!("{url}/health"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let loader = health["warnings"]["typed_limits"]
+        .as_array()
+        .and_then(|w| w.iter().find(|r| r["sink"] == "loader"))
+        .unwrap_or_else(|| panic!("no loader warning in {health}"));
+    assert_eq!(loader["max_typed_tables"], 3, "{loader}");
+    assert_eq!(loader["max_typed_columns"], 4, "{loader}");
+    assert!(
+        loader["events_without_table"].as_u64() >= Some(NAMES as u64 - 2),
+        "{loader}"
+    );
+    assert!(
+        loader["properties_without_column"].as_u64() >= Some(2 + PROPS as u64),
+        "{loader}"
+    );
+    assert!(
+        loader["refused_columns"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "big.prop_4")),
+        "{loader}"
+    );
+    server.terminate(DEADLINE)?;
+
+    // Lowered below what exists, the limits keep the existing tables and columns working and
+    // let nothing new in.
+    let server = start(1, 2)?;
+    let url = server.url();
+    let named = tables.keys().find(|t| *t != "big").expect("a name table");
+    let name = named.replace("name_", "Name ");
+    post(
+        &url,
+        vec![
+            r#"{"event_id":"late-big","event":"Big","user_id":"u","properties":{"prop_3":3,"later":1}}"#.into(),
+            format!(r#"{{"event_id":"late-name","event":"{name}","user_id":"u"}}"#),
+            r#"{"event_id":"late-new","event":"Fresh Name","user_id":"u"}"#.into(),
+        ],
+    )
+    .await?;
+    eventually("the three late events in the loader's events", || async {
+        Ok((pg_count(&schema, "events", "true").await? == total + 3).then_some(()))
+    })
+    .await?;
+    assert_eq!(loader_typed_tables(&schema).await?, tables);
+    assert_eq!(
+        pg_count(&schema, "big", "event_id = 'late-big' AND prop_3 = 3").await?,
+        1
+    );
+    assert_eq!(pg_count(&schema, named, "event_id = 'late-name'").await?, 1);
+    pg_rows(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
     Ok(())
 }

@@ -14,6 +14,7 @@ mod e2e;
 mod functions;
 mod keys;
 mod lake;
+mod pii;
 mod privacy;
 mod quota;
 mod replay;

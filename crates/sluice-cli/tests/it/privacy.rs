@@ -6,60 +6,12 @@
 //! the table versions from before the delete cannot be read any more.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_testkit::{SluiceProcess, wait_until};
-use sluice_warehouse::pgclient::{PgConnection, PgTarget};
 
-use crate::support::{BIN, count, sluice};
-
-const DEADLINE: Duration = Duration::from_secs(90);
-
-fn pg_target() -> PgTarget {
-    PgTarget {
-        host: "127.0.0.1".into(),
-        port: 5432,
-        user: "postgres".into(),
-        password: None,
-        database: "test".into(),
-        sslmode: sluice_warehouse::pgtls::SslMode::Disable,
-        sslrootcert: None,
-    }
-}
-
-async fn pg_count(schema: &str, table: &str, filter: &str) -> anyhow::Result<i64> {
-    let mut conn = PgConnection::connect(&pg_target(), DEADLINE).await?;
-    let rows = conn
-        .query(&format!(
-            "SELECT count(*) FROM \"{schema}\".\"{table}\" WHERE {filter}"
-        ))
-        .await?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1))
-}
-
-/// Waits, without blocking the runtime, until `check` answers `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let last = check().await;
-        if let Ok(Some(v)) = last {
-            return Ok(v);
-        }
-        if Instant::now() >= end {
-            anyhow::bail!("timed out waiting for {what}: last answer {:?}", last.err());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::support::{BIN, DEADLINE, count, eventually, nanos, pg_count, sluice};
 
 fn event(id: &str, name: &str, user: Option<&str>, anon: Option<&str>) -> Value {
     let mut e = json!({"event_id": id, "event": name, "properties": {"plan": "pro"}});
@@ -370,10 +322,4 @@ horizon = "30d"
     assert!(holds("bob"), "bob's pending examples are checkpointed");
     assert!(!holds("alice") && !holds("anon-alice"), "alice's are gone");
     Ok(())
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }

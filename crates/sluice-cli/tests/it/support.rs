@@ -1,8 +1,14 @@
-//! What several test modules ask of the binary: run a command, read a query's rows.
+//! What several test modules ask of the binary: run a command, read a query's rows, read the
+//! loader's tables in the Postgres server on 127.0.0.1:5432, wait for a condition.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sluice_testkit::process::run_cli;
+use sluice_warehouse::pgclient::{PgConnection, PgTarget};
+
+/// How long a test waits for the pipeline to get somewhere.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(90);
 
 /// The binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -25,4 +31,62 @@ pub(crate) fn sql(data: &Path, query: &str) -> anyhow::Result<Vec<serde_json::Va
 pub(crate) fn count(data: &Path, query: &str) -> anyhow::Result<i64> {
     let rows = sql(data, query)?;
     Ok(rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1))
+}
+
+/// The Postgres server on this machine (trust authentication, database `test`).
+pub(crate) fn pg_target() -> PgTarget {
+    PgTarget {
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "postgres".into(),
+        password: None,
+        database: "test".into(),
+        sslmode: sluice_warehouse::pgtls::SslMode::Disable,
+        sslrootcert: None,
+    }
+}
+
+/// The rows of `query` in the Postgres server, as text (`None` for NULL).
+pub(crate) async fn pg_rows(query: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+    let mut conn = PgConnection::connect(&pg_target(), DEADLINE).await?;
+    Ok(conn.query(query).await?)
+}
+
+/// The rows of `schema.table` that match `filter` (-1 when the answer has none).
+pub(crate) async fn pg_count(schema: &str, table: &str, filter: &str) -> anyhow::Result<i64> {
+    let rows = pg_rows(&format!(
+        "SELECT count(*) FROM \"{schema}\".\"{table}\" WHERE {filter}"
+    ))
+    .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1))
+}
+
+/// Waits, without blocking the runtime, until `check` answers `Some`.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let last = check().await;
+        if let Ok(Some(v)) = last {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            anyhow::bail!("timed out waiting for {what}: last answer {:?}", last.err());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Nanoseconds since the epoch: a suffix that keeps test schemas apart.
+pub(crate) fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }

@@ -1,11 +1,21 @@
 //! `pii`: the configured fields pseudonymised with a keyed HMAC-SHA256 (hex), so that they still
-//! join and count but no longer read.
+//! join and count but no longer read. `anonymous_id` covers Snowplow's copies of the ids it is
+//! chosen from (`context.snowplow.domain_userid`, `network_userid` and `unknown.nuid`).
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Built, Draft, EnrichConfig, Facts, PiiConfig, Step, value_at_mut};
+
+/// Where a Snowplow event's context keeps the ids its anonymous id is chosen from: `duid`, the
+/// network user id, and the collector's `nuid` parameter (kept as sent among the parameters the
+/// mapping does not read).
+const SNOWPLOW_ANONYMOUS_IDS: &[&str] = &[
+    "snowplow.domain_userid",
+    "snowplow.network_userid",
+    "snowplow.unknown.nuid",
+];
 
 struct Pii {
     key: Vec<u8>,
@@ -69,7 +79,15 @@ impl Step for Pii {
         for field in &self.fields {
             match field.as_str() {
                 "user_id" => draft.user_id = draft.user_id.as_deref().map(hash),
-                "anonymous_id" => draft.anonymous_id = draft.anonymous_id.as_deref().map(hash),
+                "anonymous_id" => {
+                    draft.anonymous_id = draft.anonymous_id.as_deref().map(hash);
+                    // Snowplow keeps the ids its anonymous id is chosen from in the context too.
+                    for path in SNOWPLOW_ANONYMOUS_IDS {
+                        if let Some(Value::String(s)) = value_at_mut(&mut draft.context, path) {
+                            *s = hash(s);
+                        }
+                    }
+                }
                 "ip" => {
                     if let Some(Value::String(s)) = draft.context.get_mut("ip") {
                         *s = hash(s);
@@ -105,7 +123,7 @@ impl Step for Pii {
 /// | field | the raw record | native, Kinesis (a JSON object) | Segment | Snowplow |
 /// |---|---|---|---|---|
 /// | `user_id` | | `user_id`, `userId` | `userId` | `uid` |
-/// | `anonymous_id` | `network_user_id` (Snowplow's cookie) | `anonymous_id`, `anonymousId` | `anonymousId` | `duid`, `tnuid` |
+/// | `anonymous_id` | `network_user_id` (Snowplow's cookie) | `anonymous_id`, `anonymousId` | `anonymousId` | `duid`, `tnuid`, `nuid` |
 /// | `ip` | `ip` (the client address the collector recorded) | `context.ip` | `context.ip` | `ip` |
 /// | `properties.<p>`, `context.<p>` | | the same path | the same path; `context.traits.<p>` also `traits.<p>` | — |
 ///
@@ -174,7 +192,7 @@ impl BadRowPseudonyms {
                 ("user_id", false) => &["user_id", "userId"],
                 ("user_id", true) => &["uid"],
                 ("anonymous_id", false) => &["anonymous_id", "anonymousId"],
-                ("anonymous_id", true) => &["duid", "tnuid"],
+                ("anonymous_id", true) => &["duid", "tnuid", "nuid"],
                 ("ip", false) => &["context.ip"],
                 ("ip", true) => &["ip"],
                 (_, true) => &[],
@@ -276,8 +294,8 @@ mod tests {
 
         let mut snowplow = raw(
             "snowplow",
-            json!({"e": "pv", "uid": "u1", "duid": "d1", "tnuid": "n1", "ip": "198.51.100.1",
-                   "aid": "shop"}),
+            json!({"e": "pv", "uid": "u1", "duid": "d1", "tnuid": "n1", "nuid": "q1",
+                   "ip": "198.51.100.1", "aid": "shop"}),
         );
         snowplow["network_user_id"] = json!("cookie");
         let mut want = snowplow.clone();
@@ -286,8 +304,64 @@ mod tests {
         want["payload"]["uid"] = h("u1");
         want["payload"]["duid"] = h("d1");
         want["payload"]["tnuid"] = h("n1");
+        want["payload"]["nuid"] = h("q1");
         want["payload"]["ip"] = h("198.51.100.1");
         assert_eq!(run(&snowplow), want);
+    }
+
+    #[test]
+    fn snowplow_ids_in_the_context_get_the_anonymous_ids_pseudonym() {
+        use crate::enrich::{Enrichers, Sessions};
+        use sluice_event::{Position, Protocol, RawEvent};
+
+        let c = EnrichConfig {
+            pii: PiiConfig {
+                enabled: true,
+                key: Some(KEY.into()),
+                fields: vec!["anonymous_id".into()],
+                bad_rows: false,
+            },
+            ..EnrichConfig::default()
+        };
+        let enrichers = Enrichers::new(c).unwrap();
+        for (payload, anonymous_id) in [
+            (json!({"e": "pv", "uid": "u1", "duid": "d1"}), "d1"),
+            (json!({"e": "pv", "uid": "u1", "nuid": "cookie"}), "cookie"),
+        ] {
+            let raw = RawEvent {
+                event_id: "e1".into(),
+                source: "web".into(),
+                protocol: Protocol::Snowplow,
+                received_at: 1_800_000_000_000_000,
+                ip: None,
+                user_agent: None,
+                network_user_id: Some("cookie".into()),
+                partition_key: None,
+                replay_of: None,
+                payload: serde_json::value::to_raw_value(&payload).unwrap(),
+            };
+            let pos = Position {
+                partition: 0,
+                offset: 1,
+            };
+            let mut d = crate::canonical::draft(&raw, pos).unwrap();
+            enrichers
+                .apply(&mut d, &raw, &mut Sessions::default())
+                .unwrap();
+            assert_eq!(d.anonymous_id.map(Value::String), Some(h(anonymous_id)));
+            let snowplow = &d.context["snowplow"];
+            assert_eq!(snowplow["network_userid"], h("cookie"), "{snowplow}");
+            if anonymous_id == "d1" {
+                assert_eq!(snowplow["domain_userid"], h("d1"), "{snowplow}");
+            } else {
+                assert_eq!(snowplow["unknown"]["nuid"], h("cookie"), "{snowplow}");
+            }
+            let text = serde_json::to_string(&d.context).unwrap();
+            assert!(
+                !text.contains("\"d1\"") && !text.contains("\"cookie\""),
+                "{text}"
+            );
+        }
     }
 
     #[test]
