@@ -16,8 +16,8 @@
 //!
 //! Readers that do not know the tags (Spark, DuckDB, delta-rs) ignore them; they are kept in
 //! checkpoints (the `add.tags` map column). Files written by delta-rs operations (compaction,
-//! retention and deletion rewrites) carry no tags: [`crate::verify`] checks those by decoding
-//! them only.
+//! and the files a person's deletion rewrites) carry no tags: [`crate::verify`] checks those by
+//! length and decoding only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
