@@ -1,4 +1,4 @@
-//! `sluice lake optimize|vacuum|expire`: table upkeep by hand, on the data directory's lake or the
+//! `sluice lake optimize|vacuum|expire|verify`: table upkeep by hand, on the data directory's lake or the
 //! `[lake] root` of a config file (safe while a server runs: compaction and vacuum are Delta
 //! commits like any other writer's).
 
@@ -54,6 +54,21 @@ enum LakeCommand {
         /// Only count what would be deleted.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Reads every data file the current version of each table references: checks its length
+    /// and CRC32C against its `add` tags, where it has them, and that it decodes as Parquet.
+    /// Exits non-zero when a file is damaged.
+    Verify {
+        /// Data directory. Default ./sluice-data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
+        /// root with its endpoint and credentials).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only these tables (repeatable). Default: every table.
+        #[arg(long)]
+        table: Vec<String>,
     },
     /// Deletes every table's date partitions older than the retention (what `[lake]
     /// retention` does hourly); `vacuum` then removes their files.
@@ -158,6 +173,41 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                         eprintln!("error: {e}");
                     }
                 }
+            }
+        }
+        LakeCommand::Verify {
+            data_dir,
+            config,
+            table,
+        } => {
+            let root = root(config.as_deref(), data_dir, false).await?;
+            let mut damaged = 0;
+            for result in sluice_lake::verify::verify_all(&root, &table).await? {
+                match result {
+                    Ok(r) => {
+                        println!(
+                            "{}: {} files checked, {} without a checksum, {} damaged",
+                            r.table,
+                            r.files_checked,
+                            r.files_without_checksum,
+                            r.damaged.len()
+                        );
+                        for d in &r.damaged {
+                            println!(
+                                "  damaged: {}/{}: expected {}, found {}",
+                                r.table, d.path, d.expected, d.found
+                            );
+                        }
+                        damaged += r.damaged.len();
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+            if damaged > 0 {
+                anyhow::bail!("{damaged} damaged data file(s)");
             }
         }
         LakeCommand::Expire {

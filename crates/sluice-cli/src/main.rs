@@ -69,7 +69,7 @@ enum Command {
     Functions(functions::FunctionsArgs),
     /// Re-drives bad rows or raw records through today's pipeline.
     Replay(replay::ReplayArgs),
-    /// Lake table upkeep: `optimize` (compaction) and `vacuum`.
+    /// Lake table upkeep: `optimize` (compaction), `vacuum`, `expire` and `verify`.
     Lake(lake::LakeArgs),
     /// Deletes a person's data everywhere and suppresses their new events (GDPR, CCPA).
     Privacy(privacy::PrivacyArgs),

@@ -24,6 +24,7 @@
 //! [`TableSink::progress`].
 
 pub mod batcher;
+pub mod checksum;
 mod commit;
 mod config;
 pub mod consume;
@@ -39,6 +40,7 @@ mod root;
 pub mod schema;
 pub mod typed;
 pub mod upkeep;
+pub mod verify;
 pub mod writer;
 
 pub use config::{LakeConfig, LakeSettings};

@@ -17,6 +17,7 @@
 //! | `sluice_lake_txn_past_journal_end_total` | counter | per `partition`: start-up checks that found a txn version at or past the journal partition's end (delivery refused; see `commit::check_txns_within_journal`) |
 //! | `sluice_lake_expired_files_total` | counter | data files removed by `[lake] retention` (their date partitions were past it) |
 //! | `sluice_lake_typed_refusals_total` | counter | per `sink` (`lake`, `loader`) and `kind`: events given no typed table (`table`, `[lake] max_typed_tables` reached) and properties given no column (`column`, `max_typed_columns` reached); see [`crate::limits`] |
+//! | `sluice_lake_damaged_files` | gauge | data files the latest scrub found damaged (see [`crate::verify`]) |
 //! | `sluice_lake_buffered_records` | gauge | records waiting for the next flush |
 //! | `sluice_lake_delivered_offset` | gauge | per `partition`: next journal offset not yet in the table |
 
@@ -98,6 +99,11 @@ pub fn describe() {
         "records waiting for the next flush"
     );
     describe_gauge!(
+        "sluice_lake_damaged_files",
+        Unit::Count,
+        "data files the latest scrub found damaged (checksum, length or Parquet decoding)"
+    );
+    describe_gauge!(
         "sluice_lake_delivered_offset",
         Unit::Count,
         "next journal offset not yet in the table"
@@ -108,6 +114,11 @@ pub fn describe() {
 pub(crate) fn expired(table: &str, files: usize) {
     counter!("sluice_lake_expired_files_total", "table" => table.to_string())
         .increment(files as u64);
+}
+
+/// `sluice_lake_damaged_files{table}`.
+pub(crate) fn damaged_files(table: &str, files: usize) {
+    gauge!("sluice_lake_damaged_files", "table" => table.to_string()).set(files as f64);
 }
 
 pub(crate) fn rows_written(table: &'static str, rows: usize) {

@@ -1,6 +1,7 @@
 //! Table upkeep: small-file compaction (`OPTIMIZE`), Delta checkpoints and `VACUUM` of files no
 //! longer referenced, for every table under the lake root — on a schedule ([`Upkeep::run`]) and
-//! on demand (`sluice lake optimize|vacuum`, through [`optimize_all`] and [`vacuum_all`]).
+//! on demand (`sluice lake optimize|vacuum`, through [`optimize_all`] and [`vacuum_all`]); and
+//! the scrub that verifies every data file ([`crate::verify`], `[upkeep] verify_interval`).
 //!
 //! Why it is safe while sinks write and queries read:
 //! - Compaction is a Delta commit that removes small files and adds their rows back in larger
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commit::run_blocking;
 use crate::typed::CONTROL_TABLE;
+use crate::verify::{Damage, verify_all};
 use crate::{LakeError, LakeRoot};
 
 /// The shortest vacuum retention accepted on a schedule: well above the longest query.
@@ -50,6 +52,11 @@ pub struct UpkeepConfig {
     /// (at least 1h, so that running queries keep their snapshot).
     #[serde(with = "humantime_serde")]
     pub vacuum_retention: Duration,
+    /// Verify every data file of every table (checksum, length, Parquet decoding) this often
+    /// ("24h"); "0s" turns it off. Damage is logged at error level, counted in
+    /// `sluice_lake_damaged_files` and shown in `/health`.
+    #[serde(with = "humantime_serde")]
+    pub verify_interval: Duration,
 }
 
 impl Default for UpkeepConfig {
@@ -58,6 +65,7 @@ impl Default for UpkeepConfig {
             optimize_interval: Duration::from_secs(3600),
             vacuum_interval: Duration::from_secs(24 * 3600),
             vacuum_retention: Duration::from_secs(7 * 24 * 3600),
+            verify_interval: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -282,7 +290,7 @@ pub async fn vacuum_all(
     Ok(out)
 }
 
-async fn selected(root: &LakeRoot, only: &[String]) -> Result<Vec<String>, LakeError> {
+pub(crate) async fn selected(root: &LakeRoot, only: &[String]) -> Result<Vec<String>, LakeError> {
     let tables = list_tables(root).await?;
     if only.is_empty() {
         return Ok(tables);
@@ -306,6 +314,7 @@ pub struct Upkeep {
     zstd_level: i32,
     /// `[lake] retention`: expired partitions are deleted before each compaction.
     retention: Option<Duration>,
+    damage: Damage,
 }
 
 impl Upkeep {
@@ -316,7 +325,13 @@ impl Upkeep {
             config,
             zstd_level,
             retention: None,
+            damage: Damage::default(),
         }
+    }
+
+    /// The damaged files the latest scrub found, for `/health`.
+    pub fn damage(&self) -> Damage {
+        self.damage.clone()
     }
 
     /// Also deletes every table's partitions older than `retention`, hourly and before each
@@ -333,9 +348,10 @@ impl Upkeep {
         let every = |d: Duration| (!d.is_zero()).then(|| start + d);
         let mut next_optimize = every(self.config.optimize_interval);
         let mut next_vacuum = every(self.config.vacuum_interval);
+        let mut next_verify = every(self.config.verify_interval);
         let mut next_expire = self.retention.map(|_| start);
         loop {
-            let wake = [next_optimize, next_vacuum, next_expire]
+            let wake = [next_optimize, next_vacuum, next_verify, next_expire]
                 .into_iter()
                 .flatten()
                 .min();
@@ -362,6 +378,10 @@ impl Upkeep {
                 self.vacuum_once().await;
                 next_vacuum = Some(now + self.config.vacuum_interval);
             }
+            if next_verify.is_some_and(|t| t <= now) {
+                self.verify_once().await;
+                next_verify = Some(tokio::time::Instant::now() + self.config.verify_interval);
+            }
         }
     }
 
@@ -378,6 +398,29 @@ impl Upkeep {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "lake compaction failed"),
+        }
+    }
+
+    async fn verify_once(&self) {
+        let results = match verify_all(&self.root, &[]).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, "lake verification failed");
+                return;
+            }
+        };
+        for r in results {
+            match r {
+                Ok(r) => {
+                    crate::metrics::damaged_files(&r.table, r.damaged.len());
+                    for d in &r.damaged {
+                        tracing::error!(table = %d.table, path = %d.path, expected = %d.expected, found = %d.found, "lake data file damaged");
+                    }
+                    tracing::info!(table = %r.table, files = r.files_checked, without_checksum = r.files_without_checksum, damaged = r.damaged.len(), "lake table verified");
+                    self.damage.set(&r.table, &r.damaged);
+                }
+                Err(e) => tracing::warn!(error = %e, "lake verification failed"),
+            }
         }
     }
 

@@ -25,6 +25,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use sluice_event::{BadRow, Enrichment, Event};
 use sluice_journal::Record;
 
+use crate::checksum::{Sums, summing_table};
 use crate::schema::{BadRowsTable, EventsTable, TableSpec, arrow_schema};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -119,32 +120,45 @@ pub fn encode_records<S: TableSpec>(records: &[(u32, Record)]) -> Result<Encoded
     })
 }
 
-/// A delta-rs writer for `table` that writes zstd Parquet at `zstd_level`.
+/// A delta-rs writer for one flush, with the checksums of the files it writes.
+pub struct ParquetWriter {
+    writer: RecordBatchWriter,
+    sums: Sums,
+}
+
+/// A delta-rs writer for `table` that writes zstd Parquet at `zstd_level` and sums every file it
+/// writes as the bytes go out ([`crate::checksum`]).
 pub fn parquet_writer(
     table: &DeltaTable,
     zstd_level: i32,
-) -> Result<RecordBatchWriter, DeltaTableError> {
+) -> Result<ParquetWriter, DeltaTableError> {
     let level = ZstdLevel::try_new(zstd_level)
         .map_err(|e| DeltaTableError::Generic(format!("zstd level {zstd_level}: {e}")))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_created_by(format!("sluice {}", env!("CARGO_PKG_VERSION")))
         .build();
-    Ok(RecordBatchWriter::for_table(table)?.with_writer_properties(properties))
+    let sums = Sums::default();
+    let writer = RecordBatchWriter::for_table(&summing_table(table, &sums))?
+        .with_writer_properties(properties);
+    Ok(ParquetWriter { writer, sums })
 }
 
 /// Writes `batch` as Parquet files under the table (one file per date partition) and returns
-/// their `add` actions. Nothing is committed: until the caller commits the actions the files are
-/// invisible orphans (a later `VACUUM` removes them).
+/// their `add` actions, each tagged with its file's CRC32C and length. Nothing is committed:
+/// until the caller commits the actions the files are invisible orphans (a later `VACUUM`
+/// removes them).
 ///
 /// Async only because delta-rs' writer is; its Parquet encoding is CPU-bound, so the delivery
 /// loop runs this on the blocking pool.
 pub async fn write_parquet(
-    mut writer: RecordBatchWriter,
+    mut writer: ParquetWriter,
     batch: RecordBatch,
 ) -> Result<Vec<Add>, DeltaTableError> {
-    writer.write(batch).await?;
-    writer.flush().await
+    writer.writer.write(batch).await?;
+    let mut adds = writer.writer.flush().await?;
+    writer.sums.tag_all(&mut adds);
+    Ok(adds)
 }
 
 fn days_since_epoch(micros: i64) -> Result<i32, String> {

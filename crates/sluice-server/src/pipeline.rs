@@ -389,6 +389,7 @@ fn start_lake(
     stages.push((token, task));
     let upkeep = Upkeep::new(root.clone(), settings.upkeep.clone(), lake.zstd_level)
         .with_retention(lake.retention);
+    base.stages.warnings().watch_damage(upkeep.damage());
     let stop = housekeeping.clone();
     background.push(Task::spawn("upkeep", async move {
         upkeep.run(stop).await;

@@ -2,10 +2,11 @@
 //! node still serves: retention held back by a consumer that has not read, and what recovery
 //! lost or set aside (journal records lost to damage, damaged segments copied to quarantine,
 //! quarantined partitions, damaged lake log files moved to `<table>/_damaged_log/`, damaged
-//! embedded hot stores moved to `<dir>.damaged-<ms>`), and the typed tables and columns the
-//! lake's typed sink or the loader did not create because a limit was reached.
+//! embedded hot stores moved to `<dir>.damaged-<ms>`), the lake data files the upkeep's scrub
+//! found damaged, and the typed tables and columns the lake's typed sink or the loader did not
+//! create because a limit was reached.
 //!
-//! Retention's part is replaced after each retention run; the journal's part is set once, from
+//! Retention's part is replaced after each retention run, the scrub's after each scrub; the journal's part is set once, from
 //! the recovery report of this start; the lake's and the hot store's parts are read from the
 //! disk at each report, so they list what was set aside until an operator removes it.
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use sluice_journal::{HeldRetention, RecoveryReport};
 use sluice_lake::limits::{RefusalReport, Refusals};
+use sluice_lake::verify::{Damage, DamagedFile};
 
 /// Where the lake keeps the log files it set aside, inside a table's directory.
 const LAKE_ASIDE_DIR: &str = "_damaged_log";
@@ -66,6 +68,9 @@ pub(crate) struct Report {
     /// reached (per sink: the lake's typed tables, the loader).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) typed_limits: Vec<RefusalReport>,
+    /// Lake data files the latest scrub (`[upkeep] verify_interval`) found damaged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) lake_damaged: Vec<DamagedFile>,
 }
 
 impl Report {
@@ -82,6 +87,7 @@ struct Inner {
     lake_dir: Option<PathBuf>,
     hot_dir: Option<PathBuf>,
     refusals: Vec<Refusals>,
+    damage: Option<Damage>,
 }
 
 /// The warnings of this node. Cheap to clone.
@@ -109,6 +115,11 @@ impl Warnings {
     /// Reports what `refusals` counts once it is not empty.
     pub(crate) fn watch_refusals(&self, refusals: Refusals) {
         self.inner().refusals.push(refusals);
+    }
+
+    /// Reports the damaged lake data files the upkeep's scrub finds.
+    pub(crate) fn watch_damage(&self, damage: Damage) {
+        self.inner().damage = Some(damage);
     }
 
     /// What the latest retention run held back.
@@ -157,6 +168,7 @@ impl Warnings {
             retention_held: inner.held.clone(),
             journal_recovery: inner.journal.clone(),
             typed_limits: inner.refusals.iter().filter_map(Refusals::report).collect(),
+            lake_damaged: inner.damage.as_ref().map(Damage::files).unwrap_or_default(),
             ..Report::default()
         };
         drop(inner);

@@ -2,7 +2,8 @@
 //! `events` and their typed table, recent ones stay, and delivery goes on exactly once. A flood
 //! of event and property names stays within `[lake] max_typed_tables` and `max_typed_columns`,
 //! in the lake's typed tables and in the Postgres loader's, and every event stays in `events`;
-//! lowered below what exists, the limits keep the loader's tables and columns working.
+//! lowered below what exists, the limits keep the loader's tables and columns working. `sluice lake verify`
+//! and the upkeep scrub naming a data file with a flipped byte.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -379,5 +380,97 @@ flush_interval = "100ms"
     );
     assert_eq!(pg_count(&schema, named, "event_id = 'late-name'").await?, 1);
     pg_rows(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
+    Ok(())
+}
+
+/// The Parquet data files of table `table` under the lake, relative to its directory.
+fn data_files(data: &Path, table: &str) -> Vec<String> {
+    let dir = data.join("lake").join(table);
+    let mut out = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("_delta_log") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "parquet")
+                && let Ok(rel) = path.strip_prefix(&dir)
+            {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_lake_file_is_named_by_verify_and_health() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[lake]\nflush_interval = \"200ms\"\n[upkeep]\nverify_interval = \"1s\"\n",
+    )?;
+    let config = config.to_str().expect("utf-8 path");
+    let server = SluiceProcess::spawn(Path::new(BIN), &data, &["--config", config])?;
+    let body: String = (0..30)
+        .map(|i| format!(r#"{{"event_id":"v{i}","event":"Viewed","user_id":"u{i}"}}"#))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/v1/events", server.url()))
+        .body(body)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let all = "SELECT count(*) AS n FROM events";
+    wait_until(Duration::from_secs(60), "30 events", || {
+        Ok((count(&data, all)? == 30).then_some(()))
+    })?;
+    let data_s = data.to_str().expect("utf-8");
+    let verify = || {
+        std::process::Command::new(BIN)
+            .args(["lake", "verify", "--data-dir", data_s, "--table", "events"])
+            .output()
+    };
+    let whole = verify()?;
+    let out = String::from_utf8_lossy(&whole.stdout).into_owned();
+    assert!(whole.status.success(), "{out}");
+    assert!(out.contains("without a checksum, 0 damaged"), "{out}");
+    assert!(out.contains(" 0 without a checksum"), "{out}");
+
+    let files = data_files(&data, "events");
+    let victim = files.first().expect("a data file").clone();
+    let path = data.join("lake/events").join(&victim);
+    let mut bytes = std::fs::read(&path)?;
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes)?;
+
+    let damaged = verify()?;
+    let out = String::from_utf8_lossy(&damaged.stdout).into_owned();
+    assert!(!damaged.status.success(), "{out}");
+    assert!(out.contains(&format!("damaged: events/{victim}")), "{out}");
+    assert!(out.contains("1 damaged"), "{out}");
+
+    // The scrub finds it too and /health shows it (still 200: the node serves).
+    let url = format!("{}/health", server.url());
+    let warning = wait_until(Duration::from_secs(60), "the damage on /health", || {
+        let health: serde_json::Value = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async { reqwest::get(&url).await?.json().await })
+        })?;
+        Ok(health["warnings"]["lake_damaged"]
+            .as_array()
+            .and_then(|w| w.first().cloned()))
+    })?;
+    assert_eq!(warning["table"], "events");
+    assert_eq!(warning["path"], victim);
+    assert_eq!(reqwest::get(&url).await?.status(), 200);
     Ok(())
 }

@@ -690,7 +690,7 @@ async fn the_bad_rows_sink_is_caught_up_after_a_crash_gap() {
 
 /// A table with 14 events of partition 0 in commits of two (versions 1..=7) and checkpoints at
 /// versions 3 and 6.
-async fn seven_commits(dir: &Path, journal: &Arc<MemJournal>) -> LakeSettings {
+pub(super) async fn seven_commits(dir: &Path, journal: &Arc<MemJournal>) -> LakeSettings {
     let settings = LakeSettings {
         flush_max_events: 2,
         checkpoint_interval: std::num::NonZeroU64::new(3).unwrap(),

@@ -3,6 +3,7 @@
 mod deliver;
 mod s3;
 mod typed;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
