@@ -60,7 +60,7 @@ impl Eraser {
         r.not_covered = self.not_covered.clone();
         if r.status != Status::Erasing {
             r.status = Status::Waiting;
-            self.save(&r);
+            self.save(&r).await;
             while let Err(e) = self.wait_caught_up(&mut r).await {
                 self.failed(&mut r, e, &mut backoff).await;
             }
@@ -68,7 +68,7 @@ impl Eraser {
             r.waiting_for = None;
             r.attempts = 0;
             r.last_error = None;
-            self.save(&r);
+            self.save(&r).await;
         }
         backoff.reset();
         while let Err(e) = self.erase(&mut r).await {
@@ -88,19 +88,24 @@ impl Eraser {
             hot_keys = r.hot_keys_deleted,
             "deletion request done"
         );
-        self.save(&r);
+        self.save(&r).await;
     }
 
     async fn failed(&self, r: &mut Request, error: String, backoff: &mut Backoff) {
         tracing::warn!(request = %r.id, %error, "deletion request step failed; retrying");
         r.attempts += 1;
         r.last_error = Some(error);
-        self.save(r);
+        self.save(r).await;
         tokio::time::sleep(backoff.next_delay()).await;
     }
 
-    fn save(&self, r: &Request) {
-        if let Err(error) = self.privacy.update(r.clone()) {
+    /// Saves the record (a durable file write, off the async threads).
+    async fn save(&self, r: &Request) {
+        let (privacy, record) = (self.privacy.clone(), r.clone());
+        let saved = tokio::task::spawn_blocking(move || privacy.update(record))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(error) = saved {
             // The request is still in memory and resumes from its last saved step.
             tracing::error!(request = %r.id, %error, "cannot save the deletion request");
         }
@@ -116,7 +121,7 @@ impl Eraser {
                 let behind = self.stages.behind(t, &ends);
                 if behind.as_deref() != r.waiting_for.as_deref() {
                     r.waiting_for.clone_from(&behind);
-                    self.save(r);
+                    self.save(r).await;
                 }
                 if behind.is_none() {
                     break;
@@ -142,7 +147,7 @@ impl Eraser {
                 .await
                 .map_err(|e| e.to_string())?;
             add_lake(&mut r.lake, report);
-            self.save(r);
+            self.save(r).await;
         }
         let keys = self.bad_rows_of(&ids).await?;
         if !keys.is_empty() {
@@ -151,7 +156,7 @@ impl Eraser {
                 .await
                 .map_err(|e| e.to_string())?;
             add_lake(&mut r.lake, report);
-            self.save(r);
+            self.save(r).await;
         }
         if let Some(hot) = &self.hot {
             let n = hot
@@ -159,7 +164,7 @@ impl Eraser {
                 .await
                 .map_err(|e| format!("hot tier: {e}"))?;
             r.hot_keys_deleted += n as u64;
-            self.save(r);
+            self.save(r).await;
         }
         if let Some(loader) = &self.loader {
             let rows = sluice_warehouse::loader::erase_people(loader, &ids)
@@ -174,7 +179,7 @@ impl Eraser {
                     }),
                 }
             }
-            self.save(r);
+            self.save(r).await;
         }
         Ok(())
     }
