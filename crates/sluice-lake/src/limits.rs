@@ -45,6 +45,36 @@ struct Inner {
     full_logged: bool,
 }
 
+/// The refusals of one delivery attempt, counted into [`Refusals`] only once what they shaped
+/// has committed (a batch retried after a failed commit would otherwise count them twice).
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// Tables not created, with their events.
+    tables: Vec<(String, u64)>,
+    /// Per table, the columns not created.
+    columns: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Staged {
+    /// `events` events of table `table` got no table.
+    pub fn table(&mut self, table: &str, events: u64) {
+        self.tables.push((table.to_string(), events));
+    }
+
+    /// Property `column` of table `table` got no column.
+    pub fn column(&mut self, table: &str, column: &str) {
+        self.columns
+            .entry(table.to_string())
+            .or_default()
+            .push(column.to_string());
+    }
+
+    /// The columns staged for `table`, taken out (counted when that table commits).
+    pub fn take_columns(&mut self, table: &str) -> Vec<String> {
+        self.columns.remove(table).unwrap_or_default()
+    }
+}
+
 /// One sink's refusals. Cheap to clone; every clone shares them.
 #[derive(Clone, Debug)]
 pub struct Refusals {
@@ -65,6 +95,23 @@ impl Refusals {
                 report,
                 ..Inner::default()
             })),
+        }
+    }
+
+    /// Counts the column refusals of `table` taken from a [`Staged`] (its commit landed).
+    pub fn count_columns(&self, table: &str, columns: &[String]) {
+        for column in columns {
+            self.column(table, column);
+        }
+    }
+
+    /// Counts every refusal of `staged` (the whole attempt committed).
+    pub fn count(&self, staged: Staged) {
+        for (table, events) in &staged.tables {
+            self.table(table, *events);
+        }
+        for (table, columns) in &staged.columns {
+            self.count_columns(table, columns);
         }
     }
 

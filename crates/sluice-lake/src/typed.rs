@@ -86,7 +86,7 @@ use sluice_journal::{ConsumerProgress, Journal, Record, StageHealth};
 
 use crate::batcher::BatchLimits;
 use crate::consume::{Destination, LoopSettings, run_batches};
-use crate::limits::Refusals;
+use crate::limits::{Refusals, Staged};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -597,7 +597,7 @@ impl TypedTable {
         &mut self,
         rows: Vec<Row>,
         declared: Option<&dyn DeclaredTypes>,
-        (max_columns, refusals): (usize, &Refusals),
+        (max_columns, refusals): (usize, &mut Staged),
     ) -> Result<(Vec<Row>, Vec<Rejected>), LakeError> {
         let mut new_columns: Vec<(String, PropType)> = Vec::new();
         let mut accepted = Vec::with_capacity(rows.len());
@@ -1108,12 +1108,18 @@ impl TypedSink {
             by_table,
             mut rejected,
         } = sort(records);
-        let prepared = self.classify(open, by_table, &mut rejected).await?;
+        let mut staged = Staged::default();
+        let prepared = self
+            .classify(open, by_table, &mut rejected, &mut staged)
+            .await?;
         // Bad rows first: once a table has committed past an offset, its bad rows must be in.
         self.commit_bad_rows(open, rejected).await?;
         for (name, rows, last) in prepared {
             if let Some(table) = open.tables.get_mut(&name) {
                 self.commit_rows(table, &name, rows, last).await?;
+                // Its rows are in without these columns; a retry will not see them again.
+                self.refusals
+                    .count_columns(&name, &staged.take_columns(&name));
             }
         }
         let version = commit_with_txns(
@@ -1126,6 +1132,8 @@ impl TypedSink {
         )
         .await?;
         checkpoint_if_due(&open.control, CONTROL_TABLE, version, every).await;
+        // The events without a table are behind the control txns now: count them once.
+        self.refusals.count(staged);
         self.crashed(CONTROL_TABLE)
     }
 
@@ -1136,13 +1144,14 @@ impl TypedSink {
         open: &mut OpenTables,
         by_table: BTreeMap<String, Vec<Row>>,
         rejected: &mut Vec<Rejected>,
+        staged: &mut Staged,
     ) -> Result<Vec<(String, Vec<Row>, BTreeMap<u32, u64>)>, LakeError> {
         let every = self.settings.checkpoint_interval.get();
         let mut prepared = Vec::new();
         for (name, rows) in by_table {
             if !open.existing.contains(&name) {
                 if open.existing.len() >= self.settings.max_typed_tables {
-                    self.refusals.table(&name, rows.len() as u64);
+                    staged.table(&name, rows.len() as u64);
                     continue;
                 }
                 open.existing.insert(name.clone());
@@ -1169,7 +1178,7 @@ impl TypedSink {
                 continue;
             }
             let last = last_offsets(rows.iter().map(|r| (r.partition, r.offset)));
-            let limits = (self.settings.max_typed_columns, &self.refusals);
+            let limits = (self.settings.max_typed_columns, &mut *staged);
             let (accepted, mut bad) = table
                 .classify(rows, self.declared.as_deref(), limits)
                 .await?;

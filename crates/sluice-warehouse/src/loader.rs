@@ -719,6 +719,8 @@ impl PgLoader {
             }
         }
         let mut typed_rows: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // Refusals count once the batch commits: a retried batch would count them again.
+        let mut staged = sluice_lake::limits::Staged::default();
         // Typed tables in the schema: all but `events` and the positions table.
         let mut tables = session
             .catalog
@@ -728,7 +730,7 @@ impl PgLoader {
         for (table, indexes) in &typed {
             if !session.catalog.contains_key(table) {
                 if tables >= self.settings.max_typed_tables {
-                    self.refusals.table(table, indexes.len() as u64);
+                    staged.table(table, indexes.len() as u64);
                     continue;
                 }
                 tables += 1;
@@ -776,7 +778,7 @@ impl PgLoader {
                         .max_typed_columns
                         .saturating_sub(properties + new.len());
                     for (column, _) in proposed.iter().skip(room) {
-                        self.refusals.column(table, column);
+                        staged.column(table, column);
                     }
                     new.extend(proposed.into_iter().take(room));
                     fits.push(i);
@@ -791,6 +793,7 @@ impl PgLoader {
         match result {
             Ok(()) => {
                 session.conn.execute("COMMIT").await?;
+                self.refusals.count(staged);
                 for (p, last) in last {
                     if let Some(n) = session.in_db.get_mut(p as usize) {
                         debug_assert!(last >= *n, "loader positions only grow");
