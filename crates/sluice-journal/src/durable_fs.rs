@@ -256,7 +256,8 @@ mod tests {
         std::fs::write(root.path().join("f"), b"x").unwrap();
         let err = create_dir_all_durable(&root.path().join("f")).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
-        assert!(create_dir_all_durable(&root.path().join("f/g")).is_err());
+        let below = create_dir_all_durable(&root.path().join("f/g")).unwrap_err();
+        assert_eq!(below.kind(), std::io::ErrorKind::NotADirectory, "{below}");
         assert!(root.path().join("f").is_file());
     }
 

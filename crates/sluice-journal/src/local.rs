@@ -995,8 +995,12 @@ mod tests {
             );
             assert_eq!(unescape_group(&file), group);
         }
-        assert!(escape_group("").is_err());
-        assert!(escape_group(&"g".repeat(81)).is_err());
+        for bad in [String::new(), "g".repeat(81)] {
+            assert!(
+                matches!(escape_group(&bad), Err(JournalError::Invalid(m)) if m.contains("consumer group names are 1 to")),
+                "{bad:?}"
+            );
+        }
         assert!(escape_group(&"/".repeat(80)).unwrap().len() <= 240);
     }
 

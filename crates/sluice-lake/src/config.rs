@@ -317,7 +317,11 @@ mod tests {
         assert_eq!(config.flush_interval, Duration::from_millis(500));
         assert_eq!(config.flush_max_events, 10);
         assert_eq!(config.checkpoint_interval, 10);
-        assert!(serde_json::from_str::<LakeConfig>(r#"{"flush_every":"1s"}"#).is_err());
+        let unknown = serde_json::from_str::<LakeConfig>(r#"{"flush_every":"1s"}"#).unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `flush_every`"),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -339,7 +339,9 @@ mod tests {
             "s3://bucket/prefix/bad_rows/"
         );
         assert!(s3.local_path().is_none());
-        assert!(LakeRoot::parse("").is_err());
+        assert!(
+            matches!(LakeRoot::parse(""), Err(LakeError::Location { reason, .. }) if reason == "empty")
+        );
         assert!(
             LakeRoot::parse("relative/dir")
                 .unwrap()

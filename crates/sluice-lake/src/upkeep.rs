@@ -471,6 +471,10 @@ mod tests {
             vacuum_retention: Duration::from_secs(60),
             ..UpkeepConfig::default()
         };
-        assert!(short.validate().is_err());
+        let err = short.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("vacuum_retention must be at least 1h"),
+            "{err}"
+        );
     }
 }

@@ -400,7 +400,10 @@ mod tests {
         journal.commit("g", "good", 1, 2).unwrap();
         assert_eq!(journal.committed("g", "good", 1).unwrap(), Some(2));
         assert_eq!(journal.committed("g", "good", 0).unwrap(), None);
-        assert!(journal.create_topic("good", 3).is_err());
+        assert!(matches!(
+            journal.create_topic("good", 3),
+            Err(JournalError::TopicExists { .. })
+        ));
         assert!(journal.create_topic("good", 2).is_ok());
         assert!(!journal.is_failed());
     }

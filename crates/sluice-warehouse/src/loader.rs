@@ -945,7 +945,7 @@ mod tests {
             schema: String::new(),
             ..LoaderConfig::default()
         };
-        assert!(bad.validate().is_err());
+        assert!(matches!(bad.validate(), Err(LoaderError::Config(m)) if m.contains("schema")));
     }
 
     #[test]
