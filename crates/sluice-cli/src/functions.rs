@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::remote::AdminApi as Api;
+
 /// Arguments of `sluice functions`.
 #[derive(clap::Args, Debug)]
 pub struct FunctionsArgs {
@@ -108,11 +110,7 @@ struct DeployArgs {
 
 /// Runs `sluice functions`.
 pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
-    let api = Api {
-        client: reqwest::Client::new(),
-        base: args.server.server.base().to_string(),
-        token: args.server.admin_token,
-    };
+    let api = Api::new(&args.server);
     match args.command {
         FunctionsCommand::Deploy(d) => deploy(&api, *d).await,
         FunctionsCommand::List => {
@@ -226,46 +224,6 @@ pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        // A JSON content type even without a body: an admin POST with none (or a form's) is
-        // refused from an unauthenticated local client, as a browser could send it.
-        req = match body {
-            Some(b) => req.json(&b),
-            None => req.header(reqwest::header::CONTENT_TYPE, "application/json"),
-        };
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("asking {}", self.base))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            let reason = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or(text);
-            bail!("{status}: {reason}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
 

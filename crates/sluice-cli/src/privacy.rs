@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use reqwest::Method;
 use sluice_server::{DeletionRequest, DeletionStatus};
+
+use crate::remote::AdminApi;
 
 /// Arguments of `sluice privacy`.
 #[derive(clap::Args, Debug)]
@@ -46,15 +49,11 @@ enum PrivacyCommand {
 
 /// Runs `sluice privacy`.
 pub async fn run(args: PrivacyArgs) -> anyhow::Result<()> {
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: format!("{}/v1/privacy/deletions", args.server.server.base()),
-        token: args.server.admin_token.clone(),
-    };
+    let api = AdminApi::new(&args.server);
     match args.command {
         PrivacyCommand::Delete { ids, wait, timeout } => {
             let body = serde_json::json!({ "ids": ids });
-            let r: DeletionRequest = client.send(client.post(&body)).await?;
+            let r: DeletionRequest = read(api.call(Method::POST, PATH, Some(body)).await?)?;
             println!(
                 "{} {} ({} ids)",
                 r.id,
@@ -62,17 +61,23 @@ pub async fn run(args: PrivacyArgs) -> anyhow::Result<()> {
                 r.subjects.len()
             );
             if wait {
-                let done = client.wait(&r.id, timeout).await?;
+                let done = wait_done(&api, &r.id, timeout).await?;
                 print_request(&done);
             }
             Ok(())
         }
         PrivacyCommand::Status { request, id, json } => {
-            let list: Vec<DeletionRequest> = match request {
-                Some(r) => vec![client.send(client.get(&format!("/{r}"), None)).await?],
-                None => {
-                    let v: serde_json::Value = client.send(client.get("", id.as_deref())).await?;
-                    serde_json::from_value(v["requests"].clone()).context("reading the requests")?
+            let list: Vec<DeletionRequest> = match (request, id) {
+                (Some(r), _) => vec![read(
+                    api.call(Method::GET, &format!("{PATH}/{r}"), None).await?,
+                )?],
+                (None, id) => {
+                    let path = match id {
+                        Some(id) => format!("{PATH}?{}", query("id", &id)),
+                        None => PATH.to_string(),
+                    };
+                    let mut v = api.call(Method::GET, &path, None).await?;
+                    read(v["requests"].take())?
                 }
             };
             if json {
@@ -88,71 +93,41 @@ pub async fn run(args: PrivacyArgs) -> anyhow::Result<()> {
     }
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+const PATH: &str = "/v1/privacy/deletions";
+
+fn read<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {
+    serde_json::from_value(v).context("reading the answer")
 }
 
-impl Client {
-    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
-    }
+/// `name=value`, percent-encoded.
+fn query(name: &str, value: &str) -> String {
+    let mut url = reqwest::Url::parse("http://localhost/").expect("a valid url");
+    url.query_pairs_mut().append_pair(name, value);
+    url.query().unwrap_or_default().to_string()
+}
 
-    fn post(&self, body: &serde_json::Value) -> reqwest::RequestBuilder {
-        self.auth(self.http.post(&self.base).json(body))
-    }
-
-    fn get(&self, path: &str, id: Option<&str>) -> reqwest::RequestBuilder {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(id) = id {
-            req = req.query(&[("id", id)]);
+/// Polls request `id` until it is done, printing each change of step.
+async fn wait_done(api: &AdminApi, id: &str, timeout: Duration) -> anyhow::Result<DeletionRequest> {
+    let deadline = Instant::now() + timeout;
+    let mut shown = String::new();
+    loop {
+        let r: DeletionRequest = read(api.call(Method::GET, &format!("{PATH}/{id}"), None).await?)?;
+        if r.status == DeletionStatus::Done {
+            return Ok(r);
         }
-        self.auth(req)
-    }
-
-    async fn send<T: serde::de::DeserializeOwned>(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("asking {}", self.base))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("{status} {text}");
+        let line = match (&r.waiting_for, &r.last_error) {
+            (_, Some(e)) => format!("{} (attempt {}: {e})", status_name(r.status), r.attempts),
+            (Some(w), None) => format!("{} for {w}", status_name(r.status)),
+            (None, None) => status_name(r.status).to_string(),
+        };
+        if line != shown {
+            eprintln!("{id}: {line}");
+            shown = line;
         }
-        serde_json::from_str(&text).context("reading the answer")
-    }
-
-    /// Polls request `id` until it is done, printing each change of step.
-    async fn wait(&self, id: &str, timeout: Duration) -> anyhow::Result<DeletionRequest> {
-        let deadline = Instant::now() + timeout;
-        let mut shown = String::new();
-        loop {
-            let r: DeletionRequest = self.send(self.get(&format!("/{id}"), None)).await?;
-            if r.status == DeletionStatus::Done {
-                return Ok(r);
-            }
-            let line = match (&r.waiting_for, &r.last_error) {
-                (_, Some(e)) => format!("{} (attempt {}: {e})", status_name(r.status), r.attempts),
-                (Some(w), None) => format!("{} for {w}", status_name(r.status)),
-                (None, None) => status_name(r.status).to_string(),
-            };
-            if line != shown {
-                eprintln!("{id}: {line}");
-                shown = line;
-            }
-            if Instant::now() >= deadline {
-                bail!("{id} is not done after {timeout:?} ({shown}); it goes on in the server");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        if Instant::now() >= deadline {
+            bail!("{id} is not done after {timeout:?} ({shown}); it goes on in the server");
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
