@@ -77,38 +77,95 @@ impl SegmentHeader {
     }
 
     /// Decodes and checks a header. The error says what is wrong, for the recovery report.
-    pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, HeaderError> {
         if b.len() < SEGMENT_HEADER_LEN {
-            return Err(format!("segment header truncated to {} bytes", b.len()));
+            return Err(HeaderError::Truncated(b.len()));
         }
         if b[0..8] != SEGMENT_MAGIC {
-            return Err("not a segment file (bad magic)".into());
+            return Err(HeaderError::BadMagic);
         }
         if crc32c::crc32c(&b[0..36]) != le_u32(&b[36..40]) {
-            return Err("segment header checksum mismatch".into());
+            return Err(HeaderError::Checksum);
         }
         let version = le_u16(&b[8..10]);
         if version != FORMAT_VERSION {
-            return Err(format!("unsupported segment format version {version}"));
+            return Err(HeaderError::Version(version));
         }
         if usize::from(le_u16(&b[10..12])) != SEGMENT_HEADER_LEN
             || le_u32(&b[12..16]) != 0
             || le_u32(&b[32..36]) != 0
         {
-            return Err("segment header has unknown flags or fields".into());
+            return Err(HeaderError::UnknownFields);
         }
         let header = Self {
             base_offset: le_u64(&b[16..24]),
             prev_end: le_u64(&b[24..32]),
         };
         if header.prev_end > header.base_offset {
-            return Err(format!(
-                "segment header previous end {} is past its base offset {}",
-                header.prev_end, header.base_offset
-            ));
+            return Err(HeaderError::PrevEndPastBase {
+                prev_end: header.prev_end,
+                base: header.base_offset,
+            });
         }
         Ok(header)
     }
+}
+
+/// What is wrong with a segment header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HeaderError {
+    #[error("segment header truncated to {0} bytes")]
+    Truncated(usize),
+    #[error("not a segment file (bad magic)")]
+    BadMagic,
+    #[error("segment header checksum mismatch")]
+    Checksum,
+    #[error("unsupported segment format version {0}")]
+    Version(u16),
+    #[error("segment header has unknown flags or fields")]
+    UnknownFields,
+    #[error("segment header previous end {prev_end} is past its base offset {base}")]
+    PrevEndPastBase { prev_end: u64, base: u64 },
+}
+
+/// What is wrong with a frame's fixed part, before its value is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShapeError {
+    UnknownFlags,
+    TooLong,
+    PastEnd,
+}
+
+impl ShapeError {
+    /// The reason, for the recovery report.
+    pub(crate) fn what(self) -> &'static str {
+        match self {
+            Self::UnknownFlags => "frame has unknown flags",
+            Self::TooLong => "frame length exceeds the format limit",
+            Self::PastEnd => "frame extends past the end of the file",
+        }
+    }
+}
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what())
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// What is wrong with a small file (a commit or an offset floor).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SmallFileError {
+    #[error("expected {SMALL_FILE_LEN} bytes, found {0}")]
+    Length(usize),
+    #[error("bad magic")]
+    BadMagic,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("unsupported version {0}")]
+    Version(u16),
 }
 
 /// The fixed part of a record frame, as stored (not yet checked).
@@ -143,15 +200,15 @@ impl FrameHeader {
 
     /// Checks what can be checked before reading the value: known flags, a value length within
     /// the format limit and within the `available` bytes after the header.
-    pub(crate) fn check_shape(&self, available: u64) -> Result<(), &'static str> {
+    pub(crate) fn check_shape(&self, available: u64) -> Result<(), ShapeError> {
         if self.flags & !KNOWN_FLAGS != 0 || self.reserved != 0 {
-            return Err("frame has unknown flags");
+            return Err(ShapeError::UnknownFlags);
         }
         if self.value_len > MAX_VALUE_LEN {
-            return Err("frame length exceeds the format limit");
+            return Err(ShapeError::TooLong);
         }
         if u64::from(self.value_len) > available {
-            return Err("frame extends past the end of the file");
+            return Err(ShapeError::PastEnd);
         }
         Ok(())
     }
@@ -208,6 +265,26 @@ pub(crate) fn frame_len(value_len: usize) -> u64 {
     FRAME_HEADER_LEN as u64 + value_len as u64
 }
 
+/// Why [`decode_segment`] refused a segment.
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SegmentError {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("truncated frame header at position {pos}")]
+    TruncatedFrame { pos: usize },
+    #[error("{why} at position {pos}")]
+    Shape { pos: usize, why: ShapeError },
+    #[error("checksum mismatch at position {pos}")]
+    Checksum { pos: usize },
+    #[error("frame at position {pos} has offset {found} where {expected} was expected")]
+    Offset {
+        pos: usize,
+        found: u64,
+        expected: u64,
+    },
+}
+
 /// One decoded frame of a whole segment (see [`decode_segment`]).
 #[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,29 +300,33 @@ pub(crate) struct DecodedFrame {
 /// to a valid frame with the expected offset. Used by the golden-file tests; recovery streams the file
 /// with `scan.rs` instead, since it must also classify damage.
 #[cfg(test)]
-pub(crate) fn decode_segment(bytes: &[u8]) -> Result<(SegmentHeader, Vec<DecodedFrame>), String> {
+pub(crate) fn decode_segment(bytes: &[u8]) -> Result<(SegmentHeader, Vec<DecodedFrame>), SegmentError> {
     let header = SegmentHeader::decode(bytes)?;
     let mut frames = Vec::new();
     let mut pos = SEGMENT_HEADER_LEN;
     let mut expected = header.base_offset;
     while pos < bytes.len() {
         let Some(h) = bytes.get(pos..pos + FRAME_HEADER_LEN) else {
-            return Err(format!("truncated frame header at position {pos}"));
+            return Err(SegmentError::TruncatedFrame { pos });
         };
-        let h = FrameHeader::parse(h.try_into().map_err(|_| "short frame header".to_string())?);
+        let h = FrameHeader::parse(
+            h.try_into()
+                .map_err(|_| SegmentError::TruncatedFrame { pos })?,
+        );
         let available = (bytes.len() - pos - FRAME_HEADER_LEN) as u64;
         h.check_shape(available)
-            .map_err(|why| format!("{why} at position {pos}"))?;
+            .map_err(|why| SegmentError::Shape { pos, why })?;
         let end = pos + h.frame_len() as usize;
         let frame = &bytes[pos..end];
         if !h.crc_matches(frame) {
-            return Err(format!("checksum mismatch at position {pos}"));
+            return Err(SegmentError::Checksum { pos });
         }
         if h.offset != expected {
-            return Err(format!(
-                "frame at position {pos} has offset {} where {expected} was expected",
-                h.offset
-            ));
+            return Err(SegmentError::Offset {
+                pos,
+                found: h.offset,
+                expected,
+            });
         }
         frames.push(DecodedFrame {
             offset: h.offset,
@@ -304,22 +385,19 @@ pub(crate) fn encode_small(magic: [u8; 8], value: u64) -> [u8; SMALL_FILE_LEN] {
 }
 
 /// Decodes a small file; the error says what is wrong.
-pub(crate) fn decode_small(magic: [u8; 8], b: &[u8]) -> Result<u64, String> {
+pub(crate) fn decode_small(magic: [u8; 8], b: &[u8]) -> Result<u64, SmallFileError> {
     if b.len() != SMALL_FILE_LEN {
-        return Err(format!(
-            "expected {SMALL_FILE_LEN} bytes, found {}",
-            b.len()
-        ));
+        return Err(SmallFileError::Length(b.len()));
     }
     if b[0..8] != magic {
-        return Err("bad magic".into());
+        return Err(SmallFileError::BadMagic);
     }
     if crc32c::crc32c(&b[0..20]) != le_u32(&b[20..24]) {
-        return Err("checksum mismatch".into());
+        return Err(SmallFileError::Checksum);
     }
     let version = le_u16(&b[8..10]);
     if version != FORMAT_VERSION || le_u16(&b[10..12]) != 0 {
-        return Err(format!("unsupported version {version}"));
+        return Err(SmallFileError::Version(version));
     }
     Ok(le_u64(&b[12..20]))
 }
@@ -367,10 +445,25 @@ mod tests {
         for byte in 0..SEGMENT_HEADER_LEN {
             let mut bad = b;
             bad[byte] ^= 0x10;
-            assert!(SegmentHeader::decode(&bad).is_err(), "flip in byte {byte}");
+            let expected = if byte < 8 {
+                HeaderError::BadMagic
+            } else {
+                HeaderError::Checksum
+            };
+            assert_eq!(
+                SegmentHeader::decode(&bad),
+                Err(expected),
+                "flip in byte {byte}"
+            );
         }
-        assert!(SegmentHeader::decode(&b[..39]).is_err());
-        assert!(SegmentHeader::decode(&[0u8; 40]).is_err());
+        assert_eq!(
+            SegmentHeader::decode(&b[..39]),
+            Err(HeaderError::Truncated(39))
+        );
+        assert_eq!(
+            SegmentHeader::decode(&[0u8; 40]),
+            Err(HeaderError::BadMagic)
+        );
     }
 
     #[test]
@@ -383,7 +476,7 @@ mod tests {
         assert!(h.ends_batch());
         assert_eq!(h.synced_before(), 4);
         assert!(h.check_shape(5).is_ok());
-        assert!(h.check_shape(4).is_err());
+        assert_eq!(h.check_shape(4), Err(ShapeError::PastEnd));
         assert!(h.crc_matches(&buf));
         let zeros = [0u8; FRAME_HEADER_LEN];
         let z = FrameHeader::parse(&zeros);
@@ -414,16 +507,28 @@ mod tests {
     fn small_files_round_trip_and_detect_damage() {
         let b = encode_small(FLOOR_MAGIC, 99);
         assert_eq!(decode_small(FLOOR_MAGIC, &b), Ok(99));
-        assert!(decode_small(COMMIT_MAGIC, &b).is_err());
+        assert_eq!(
+            decode_small(COMMIT_MAGIC, &b),
+            Err(SmallFileError::BadMagic)
+        );
         for byte in 0..SMALL_FILE_LEN {
             let mut bad = b;
             bad[byte] ^= 0x80;
-            assert!(
-                decode_small(FLOOR_MAGIC, &bad).is_err(),
+            let expected = if byte < 8 {
+                SmallFileError::BadMagic
+            } else {
+                SmallFileError::Checksum
+            };
+            assert_eq!(
+                decode_small(FLOOR_MAGIC, &bad),
+                Err(expected),
                 "flip in byte {byte}"
             );
         }
-        assert!(decode_small(FLOOR_MAGIC, &b[..10]).is_err());
+        assert_eq!(
+            decode_small(FLOOR_MAGIC, &b[..10]),
+            Err(SmallFileError::Length(10))
+        );
     }
 
     #[test]
@@ -450,9 +555,24 @@ mod tests {
         ];
         let bytes = encode_segment(&header, &frames);
         assert_eq!(decode_segment(&bytes).unwrap(), (header, frames));
-        assert!(decode_segment(&bytes[..bytes.len() - 1]).is_err());
+        let last = SEGMENT_HEADER_LEN + frame_len(1) as usize;
+        assert_eq!(
+            decode_segment(&bytes[..bytes.len() - 1]),
+            Err(SegmentError::TruncatedFrame { pos: last })
+        );
         let mut extra = bytes.clone();
         extra.push(0);
-        assert!(decode_segment(&extra).is_err());
+        assert_eq!(
+            decode_segment(&extra),
+            Err(SegmentError::TruncatedFrame { pos: bytes.len() })
+        );
+        let mut renumbered = bytes.clone();
+        renumbered[SEGMENT_HEADER_LEN + 8] = 9;
+        assert_eq!(
+            decode_segment(&renumbered),
+            Err(SegmentError::Checksum {
+                pos: SEGMENT_HEADER_LEN
+            })
+        );
     }
 }

@@ -780,7 +780,7 @@ impl Journal for LocalJournal {
             .map(Some)
             .map_err(|why| JournalError::Io {
                 context: format!("reading {}", path.display()),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string()),
             })
     }
 

@@ -566,7 +566,7 @@ fn check_consumers(dir: &Path, next: u64, report: &mut PartitionRecovery) {
         }
         match std::fs::read(entry.path())
             .map_err(|e| e.to_string())
-            .and_then(|b| decode_small(COMMIT_MAGIC, &b))
+            .and_then(|b| decode_small(COMMIT_MAGIC, &b).map_err(|e| e.to_string()))
         {
             Ok(committed) if committed > next => report.warnings.push(format!(
                 "consumer group {} committed offset {committed}, past the recovered end {next}",

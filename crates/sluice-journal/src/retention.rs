@@ -113,7 +113,7 @@ pub(crate) fn consumer_positions(dir: &Path) -> Vec<ConsumerPosition> {
             }
             let next = std::fs::read(e.path())
                 .map_err(|e| e.to_string())
-                .and_then(|b| decode_small(COMMIT_MAGIC, &b))
+                .and_then(|b| decode_small(COMMIT_MAGIC, &b).map_err(|e| e.to_string()))
                 .unwrap_or(0);
             Some(ConsumerPosition {
                 name: crate::local::unescape_group(&file),

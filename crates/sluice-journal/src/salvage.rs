@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 
 use crate::durable::{Disk, StorageError};
 use crate::format::{
-    FLAG_END_OF_BATCH, FRAME_HEADER_LEN, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+    FLAG_END_OF_BATCH, FRAME_HEADER_LEN, FrameHeader, HeaderError, SEGMENT_HEADER_LEN,
+    SegmentHeader,
     encode_frame, segment_file_name,
 };
 use crate::scan::{Run, find_runs};
@@ -80,7 +81,7 @@ pub(crate) fn is_other_version(file: &File) -> bool {
     if file.read_exact_at(&mut b, 0).is_err() {
         return false;
     }
-    matches!(SegmentHeader::decode(&b), Err(why) if why.starts_with("unsupported segment format"))
+    matches!(SegmentHeader::decode(&b), Err(HeaderError::Version(_)))
 }
 
 /// Salvages `d` (see the module docs).

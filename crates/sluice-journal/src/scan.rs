@@ -71,9 +71,13 @@ pub(crate) fn scan_segment(file: &File, expected_base: u64, sealed: bool) -> io:
     let header = match header_bytes.map(SegmentHeader::decode) {
         Some(Ok(header)) => header,
         Some(Err(reason)) if sealed || file_len > SEGMENT_HEADER_LEN as u64 => {
-            return Ok(Scan::Corrupt(reason));
+            return Ok(Scan::Corrupt(reason.to_string()));
         }
-        Some(Err(reason)) => return Ok(Scan::TornCreation { reason }),
+        Some(Err(reason)) => {
+            return Ok(Scan::TornCreation {
+                reason: reason.to_string(),
+            });
+        }
         None if sealed => {
             return Ok(Scan::Corrupt(format!(
                 "sealed segment is only {file_len} bytes long"
@@ -267,7 +271,7 @@ fn read_frame(
     let h = FrameHeader::parse(&header);
     let available = file_len - pos - FRAME_HEADER_LEN as u64;
     if let Err(why) = h.check_shape(available) {
-        return Ok(Err(why));
+        return Ok(Err(why.what()));
     }
     let Some(frame) = window.get(pos, h.frame_len())? else {
         return Ok(Err("frame extends past the end of the file"));
