@@ -7,20 +7,29 @@
 //! append to finish (bounded), because answering "duplicate" for an event that is not yet
 //! durable would ack something that may still be lost.
 //!
-//! The index lives in memory, bounded by `collector.dedupe_max_entries` (about 90 bytes an
-//! entry): past it, the oldest committed entries leave first (counted in
-//! `sluice_collector_dedupe_evicted_total`), so under heavy traffic the window is the most
-//! recent `dedupe_max_entries` events rather than the whole `dedupe_window`. It is rebuilt from
-//! the `raw` topic on start ([`crate::Collector::open`]) from the newest records within the
-//! window, at most the bound's worth, so a restart costs the same whatever `raw` holds.
+//! The index lives in memory, bounded by `collector.dedupe_max_entries`: past it, the oldest
+//! committed entries leave first (counted in `sluice_collector_dedupe_evicted_total`), so under
+//! heavy traffic the window is the most recent `dedupe_max_entries` events rather than the
+//! whole `dedupe_window`. It is rebuilt from the `raw` topic on start
+//! ([`crate::Collector::open`]) from the newest records within the window, at most the bound's
+//! worth, so a restart costs the same whatever `raw` holds.
+//!
+//! Each of its shards keeps entries in *generations*: hash tables sized once, filled in arrival
+//! order, the oldest dropped whole when the shard is over its bound or the whole generation is
+//! past the window. No per-entry queue and no tombstones left by evictions, so an entry costs
+//! its table slot (about 56 bytes at 7/8 load) and a full index holds a known ceiling
+//! ([`DedupeIndex::ceiling_bytes`], exposed with the current size as metrics).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_event::Position;
 use tokio::sync::watch;
 
 const SHARDS: usize = 16;
+/// Generations a full shard holds, about: the share of its bound one eviction drops.
+const GENERATIONS: usize = 8;
 
 pub(crate) type Key = u128;
 
@@ -38,10 +47,147 @@ enum Slot {
     Pending(i64, watch::Receiver<Option<bool>>),
 }
 
-#[derive(Default)]
-struct Shard {
+impl Slot {
+    fn at(&self) -> i64 {
+        match self {
+            Slot::Committed(at, _) | Slot::Pending(at, _) => *at,
+        }
+    }
+}
+
+/// Bytes one slot of a generation's table takes: the entry and its control byte.
+const MAP_SLOT_BYTES: usize = size_of::<(Key, Slot)>() + 1;
+
+/// Slots of a hash table sized for `entries`: a power of two, at most 7/8 used.
+fn table_slots(entries: usize) -> usize {
+    (entries * 8).div_ceil(7).next_power_of_two()
+}
+
+/// Entries filed in arrival order into a table sized once.
+struct Generation {
     map: HashMap<Key, Slot>,
-    order: VecDeque<(i64, Key)>,
+    /// Entries filed so far (removals do not give room back: they leave tombstones).
+    filed: usize,
+    /// The newest `at` filed.
+    newest: i64,
+    /// Its entries still pending.
+    pending: usize,
+}
+
+struct Shard {
+    /// Oldest first.
+    generations: VecDeque<Generation>,
+    /// Entries one generation takes: a full table's worth.
+    generation_cap: usize,
+    /// Entries over all generations.
+    len: usize,
+}
+
+impl Shard {
+    fn new(shard_cap: usize) -> Self {
+        let slots = table_slots(shard_cap.div_ceil(GENERATIONS).max(1));
+        Self {
+            generations: VecDeque::new(),
+            generation_cap: slots * 7 / 8,
+            len: 0,
+        }
+    }
+
+    /// The newest entry for `k`, which shadows any older one.
+    fn get(&self, k: &Key) -> Option<&Slot> {
+        self.generations.iter().rev().find_map(|g| g.map.get(k))
+    }
+
+    /// Files `slot` under `k` in the newest generation, opening one when it is full.
+    fn file(&mut self, k: Key, slot: Slot) {
+        let at = slot.at();
+        let cap = self.generation_cap;
+        if self.generations.back().is_none_or(|g| g.filed >= cap) {
+            self.generations.push_back(Generation {
+                map: HashMap::with_capacity(cap),
+                filed: 0,
+                newest: i64::MIN,
+                pending: 0,
+            });
+        }
+        let g = self
+            .generations
+            .back_mut()
+            .expect("a generation was just opened");
+        g.filed += 1;
+        g.newest = g.newest.max(at);
+        g.pending += usize::from(matches!(slot, Slot::Pending(..)));
+        match g.map.insert(k, slot) {
+            None => self.len += 1,
+            Some(Slot::Pending(..)) => g.pending -= 1,
+            Some(Slot::Committed(..)) => {}
+        }
+    }
+
+    /// Whether the oldest generation holds only pending entries, which never leave before
+    /// their requests settle: eviction stops there, and the shard may exceed its bound by the
+    /// requests in flight.
+    fn oldest_is_all_pending(&self) -> bool {
+        self.generations
+            .front()
+            .is_some_and(|g| g.pending == g.map.len())
+    }
+
+    /// Drops the oldest generation, refiling its pending entries (their requests are in
+    /// flight) in the newest. The committed entries it dropped.
+    fn drop_oldest(&mut self) -> u64 {
+        let Some(oldest) = self.generations.pop_front() else {
+            return 0;
+        };
+        self.len -= oldest.map.len();
+        let mut dropped = 0;
+        for (k, slot) in oldest.map {
+            match slot {
+                Slot::Pending(..) if !self.shadowed(&k) => self.file(k, slot),
+                Slot::Pending(..) => {}
+                Slot::Committed(..) => dropped += 1,
+            }
+        }
+        dropped
+    }
+
+    /// Whether a newer generation holds `k` (the older entry then means nothing).
+    fn shadowed(&self, k: &Key) -> bool {
+        self.generations.iter().any(|g| g.map.contains_key(k))
+    }
+
+    /// Settles the newest entry of `k` if it is pending.
+    fn settle(&mut self, k: Key, pos: Option<Position>) {
+        let Some(g) = self
+            .generations
+            .iter_mut()
+            .rev()
+            .find(|g| g.map.contains_key(&k))
+        else {
+            return;
+        };
+        if let Some(Slot::Pending(at, _)) = g.map.get(&k) {
+            let at = *at;
+            g.pending -= 1;
+            match pos {
+                Some(pos) => {
+                    g.map.insert(k, Slot::Committed(at, pos));
+                }
+                None => {
+                    g.map.remove(&k);
+                    self.len -= 1;
+                }
+            }
+        }
+    }
+
+    /// The heap bytes of its tables (allocated slots: what the process holds).
+    fn heap_bytes(&self) -> usize {
+        self.generations
+            .iter()
+            .map(|g| table_slots(g.map.capacity()) * MAP_SLOT_BYTES)
+            .sum()
+    }
 }
 
 pub(crate) enum Reserve {
@@ -55,23 +201,43 @@ pub(crate) enum Reserve {
 }
 
 pub(crate) struct DedupeIndex {
-    shards: Vec<Mutex<Shard>>,
+    /// Each shard with the heap bytes last counted for it.
+    shards: Vec<Mutex<(Shard, usize)>>,
     window: i64,
     /// Entries one shard holds at most.
     shard_cap: usize,
+    /// The shards' heap bytes, as last counted.
+    bytes: AtomicUsize,
 }
 
 impl DedupeIndex {
     /// An index of the pairs acked within `window_micros`, at most `max_entries` of them.
     pub(crate) fn new(window_micros: i64, max_entries: usize) -> Self {
+        let shard_cap = max_entries.div_ceil(SHARDS).max(1);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new((Shard::new(shard_cap), 0)))
+                .collect(),
             window: window_micros,
-            shard_cap: max_entries.div_ceil(SHARDS).max(1),
+            shard_cap,
+            bytes: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, k: Key) -> std::sync::MutexGuard<'_, Shard> {
+    /// Heap bytes the index holds.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Heap bytes the index holds at most: every shard full, plus the generation opened just
+    /// before the oldest leaves.
+    pub(crate) fn ceiling_bytes(&self) -> usize {
+        let shard = Shard::new(self.shard_cap);
+        let generations = self.shard_cap.div_ceil(shard.generation_cap) + 1;
+        SHARDS * generations * table_slots(shard.generation_cap) * MAP_SLOT_BYTES
+    }
+
+    fn shard(&self, k: Key) -> std::sync::MutexGuard<'_, (Shard, usize)> {
         // A poisoned shard only means another request panicked mid-update; the map is still
         // a valid map, so keep serving.
         self.shards[(k as usize) % SHARDS]
@@ -79,19 +245,45 @@ impl DedupeIndex {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Drops what is past the bound or the window, then counts the shard's heap into the total.
+    fn tidy(&self, shard: &mut (Shard, usize), horizon: i64) {
+        let (s, counted) = shard;
+        let mut evicted = 0;
+        while s.len > self.shard_cap && s.generations.len() > 1 && !s.oldest_is_all_pending() {
+            evicted += s.drop_oldest();
+        }
+        while s.generations.len() > 1
+            && !s.oldest_is_all_pending()
+            && s.generations.front().is_some_and(|g| g.newest < horizon)
+        {
+            s.drop_oldest();
+        }
+        if evicted > 0 {
+            crate::metrics::dedupe_evicted(evicted);
+        }
+        let now = s.heap_bytes();
+        if now != *counted {
+            if now > *counted {
+                self.bytes.fetch_add(now - *counted, Ordering::Relaxed);
+            } else {
+                self.bytes.fetch_sub(*counted - now, Ordering::Relaxed);
+            }
+            *counted = now;
+            crate::metrics::dedupe_memory(self.heap_bytes(), self.ceiling_bytes());
+        }
+    }
+
     /// Records a committed key (used when rebuilding from `raw`).
     pub(crate) fn insert_committed(&self, k: Key, at: i64, pos: Position) {
         let mut s = self.shard(k);
-        s.map.insert(k, Slot::Committed(at, pos));
-        s.order.push_back((at, k));
-        evict(&mut s, self.shard_cap);
+        s.0.file(k, Slot::Committed(at, pos));
+        self.tidy(&mut s, at - self.window);
     }
 
     /// Tries to reserve `k` for the request whose outcome `rx` will carry.
     pub(crate) fn reserve(&self, k: Key, now: i64, rx: &watch::Receiver<Option<bool>>) -> Reserve {
         let mut s = self.shard(k);
-        prune(&mut s, now - self.window);
-        match s.map.get(&k) {
+        match s.0.get(&k) {
             Some(Slot::Committed(at, pos)) if *at >= now - self.window => {
                 return Reserve::Duplicate(Some(*pos));
             }
@@ -102,9 +294,8 @@ impl DedupeIndex {
             Some(Slot::Pending(_, other)) => return Reserve::Wait(other.clone()),
             _ => {}
         }
-        s.map.insert(k, Slot::Pending(now, rx.clone()));
-        s.order.push_back((now, k));
-        evict(&mut s, self.shard_cap);
+        s.0.file(k, Slot::Pending(now, rx.clone()));
+        self.tidy(&mut s, now - self.window);
         Reserve::New
     }
 
@@ -112,61 +303,15 @@ impl DedupeIndex {
     /// append failed).
     pub(crate) fn settle(&self, keys: impl IntoIterator<Item = (Key, Option<Position>)>) {
         for (k, pos) in keys {
-            let mut s = self.shard(k);
-            if let Some(Slot::Pending(at, _)) = s.map.get(&k) {
-                let at = *at;
-                match pos {
-                    Some(pos) => s.map.insert(k, Slot::Committed(at, pos)),
-                    None => s.map.remove(&k),
-                };
-            }
+            self.shard(k).0.settle(k, pos);
         }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).0.len)
             .sum()
-    }
-}
-
-/// Drops the oldest committed entries while the shard is over `cap`. A pending entry at the
-/// front stops it (its request settles soon); the shard may then exceed the cap by the
-/// requests in flight.
-fn evict(s: &mut Shard, cap: usize) {
-    let mut evicted = 0u64;
-    while s.map.len() > cap {
-        let Some(&(at, k)) = s.order.front() else {
-            break;
-        };
-        match s.map.get(&k) {
-            Some(Slot::Pending(..)) => break,
-            Some(Slot::Committed(c, _)) if *c == at => {
-                s.map.remove(&k);
-                evicted += 1;
-            }
-            // A stale order entry (the key was re-reserved later): nothing to drop.
-            _ => {}
-        }
-        s.order.pop_front();
-    }
-    if evicted > 0 {
-        crate::metrics::dedupe_evicted(evicted);
-    }
-}
-
-fn prune(s: &mut Shard, horizon: i64) {
-    while let Some(&(at, k)) = s.order.front() {
-        if at >= horizon {
-            break;
-        }
-        s.order.pop_front();
-        if let Some(Slot::Committed(c, _)) = s.map.get(&k)
-            && *c == at
-        {
-            s.map.remove(&k);
-        }
     }
 }
 
@@ -178,6 +323,34 @@ mod tests {
         partition: 2,
         offset: 7,
     };
+
+    #[test]
+    fn its_heap_is_counted_and_stays_under_the_ceiling() {
+        let idx = DedupeIndex::new(i64::MAX / 2, 1000);
+        assert_eq!(idx.heap_bytes(), 0);
+        let mut last = 0;
+        for i in 0..20_000u64 {
+            idx.insert_committed(key("web", &i.to_string()), 1, P);
+            last = idx.heap_bytes();
+            assert!(
+                last <= idx.ceiling_bytes(),
+                "{last} over {}",
+                idx.ceiling_bytes()
+            );
+        }
+        // Full shards hold most of what the ceiling allows, about 56 bytes an entry.
+        assert!(
+            last * 10 >= idx.ceiling_bytes() * 7,
+            "{last} of {}",
+            idx.ceiling_bytes()
+        );
+        assert!(idx.len() <= 1000 + SHARDS);
+        assert!(
+            last / idx.len() < 100,
+            "{} bytes an entry",
+            last / idx.len()
+        );
+    }
 
     #[test]
     fn reserve_commit_fail_and_expire() {

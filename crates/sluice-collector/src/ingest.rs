@@ -129,7 +129,7 @@ impl Collector {
         let dedupe = DedupeIndex::new(settings.dedupe_window_micros, max_entries);
         let horizon = now_micros() - settings.dedupe_window_micros;
         let horizon_ms = horizon / 1000;
-        let mut loaded = 0usize;
+        let mut acked = Vec::new();
         // Only the newest records can be in the bounded index: read no further back, so a
         // restart costs the same however much `raw` holds.
         let per_partition = max_entries.div_ceil(partitions.max(1) as usize) as u64;
@@ -161,17 +161,18 @@ impl Collector {
                     if let Ok(ids) = serde_json::from_slice::<Ids>(&r.value)
                         && ids.received_at >= horizon
                     {
-                        dedupe.insert_committed(
-                            dedupe::key(&ids.source, &ids.event_id),
-                            ids.received_at,
-                            pos,
-                        );
-                        loaded += 1;
+                        let key = dedupe::key(&ids.source, &ids.event_id);
+                        acked.push((ids.received_at, key, pos));
                     }
                 }
             }
         }
-        tracing::info!(loaded, "dedupe index rebuilt from raw");
+        // Filed oldest first across partitions, so what the bound evicts is the oldest.
+        acked.sort_unstable_by_key(|(at, _, _)| *at);
+        for (at, key, pos) in &acked {
+            dedupe.insert_committed(*key, *at, *pos);
+        }
+        tracing::info!(loaded = acked.len(), "dedupe index rebuilt from raw");
         let quotas = SourceQuotas::new(settings.quotas.clone());
         Ok(Self {
             journal,

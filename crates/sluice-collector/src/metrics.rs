@@ -29,3 +29,10 @@ pub(crate) fn throttled(quota: &'static str) {
 pub(crate) fn dedupe_evicted(n: u64) {
     metrics::counter!("sluice_collector_dedupe_evicted_total").increment(n);
 }
+
+/// `sluice_collector_dedupe_bytes` and `sluice_collector_dedupe_ceiling_bytes`: the heap the
+/// dedupe index holds, and will hold once `collector.dedupe_max_entries` is reached.
+pub(crate) fn dedupe_memory(bytes: usize, ceiling: usize) {
+    metrics::gauge!("sluice_collector_dedupe_bytes").set(bytes as f64);
+    metrics::gauge!("sluice_collector_dedupe_ceiling_bytes").set(ceiling as f64);
+}

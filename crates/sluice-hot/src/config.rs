@@ -256,17 +256,42 @@ mod tests {
     fn counters_validate() {
         let s = hot(r#"{"counters":[{"name":"views","window":"1h","kind":"sliding"}]}"#).unwrap();
         assert_eq!(s.counters[0].step_us, 60_000_000);
-        for bad in [
-            r#"{"counters":[{"name":"x","window":"1h","aggregate":"sum"}]}"#,
-            r#"{"counters":[{"name":"x y","window":"1h"}]}"#,
-            r#"{"counters":[{"name":"x","window":"1h","kind":"sliding","step":"7m"}]}"#,
-            r#"{"counters":[{"name":"x","window":"1h","key":"nope"}]}"#,
-            r#"{"counters":[{"name":"x","windw":"1h"}]}"#,
-            r#"{"counters":[{"name":"x","window":"1h"},{"name":"x","window":"2h"}]}"#,
-            r#"{"batch_events":0}"#,
-            r#"{"backend":"redis","redis_url":"http://x"}"#,
+        for (bad, why) in [
+            (
+                r#"{"counters":[{"name":"x","window":"1h","aggregate":"sum"}]}"#,
+                "sum and top_k need a property",
+            ),
+            (
+                r#"{"counters":[{"name":"x y","window":"1h"}]}"#,
+                "name must be 1-64 letters",
+            ),
+            (
+                r#"{"counters":[{"name":"x","window":"1h","kind":"sliding","step":"7m"}]}"#,
+                "step must be positive and divide window",
+            ),
+            (
+                r#"{"counters":[{"name":"x","window":"1h","key":"nope"}]}"#,
+                "unknown field \"nope\"",
+            ),
+            (
+                r#"{"counters":[{"name":"x","windw":"1h"}]}"#,
+                "unknown field `windw`",
+            ),
+            (
+                r#"{"counters":[{"name":"x","window":"1h"},{"name":"x","window":"2h"}]}"#,
+                "declared twice",
+            ),
+            (r#"{"batch_events":0}"#, "batch_events must be 1..=100000"),
+            (
+                r#"{"backend":"redis","redis_url":"http://x"}"#,
+                "must start with redis://",
+            ),
         ] {
-            assert!(hot(bad).is_err(), "{bad}");
+            let e = hot(bad).unwrap_err();
+            assert!(
+                matches!(e, HotError::Config(ref m) if m.contains(why)),
+                "{bad}: {e}"
+            );
         }
     }
 }

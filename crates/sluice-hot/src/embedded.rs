@@ -29,6 +29,16 @@ fn embedded(e: impl std::fmt::Display) -> HotError {
     HotError::Embedded(e.to_string())
 }
 
+/// The block cache: recently read profile and counter blocks (fjall's default, made explicit
+/// so the memory ceiling is known).
+const CACHE_BYTES: u64 = 32 << 20;
+/// A keyspace's active memtable is sealed and flushed past this size (fjall's default).
+const MEMTABLE_BYTES: u64 = 64 << 20;
+
+/// What the embedded store holds in memory at most, about: the values keyspace's active
+/// memtable and one sealed memtable being flushed, and the block cache.
+pub const MEMORY_CEILING_BYTES: u64 = 2 * MEMTABLE_BYTES + CACHE_BYTES;
+
 /// One open fjall database and its two keyspaces.
 struct Db {
     db: Database,
@@ -38,9 +48,14 @@ struct Db {
 
 impl Db {
     fn open(dir: &Path) -> Result<Self, HotError> {
-        let db = Database::builder(dir).open().map_err(embedded)?;
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .open()
+            .map_err(embedded)?;
         let values = db
-            .keyspace("values", KeyspaceCreateOptions::default)
+            .keyspace("values", || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
             .map_err(embedded)?;
         let positions = db
             .keyspace("positions", KeyspaceCreateOptions::default)
@@ -159,7 +174,12 @@ impl EmbeddedStore {
             // fjall refuses every write after this one; reopen before the next.
             self.inner.poisoned.store(true, Ordering::Release);
             embedded(e)
-        })
+        })?;
+        crate::metrics::store_memory(
+            open.db.write_buffer_size() + open.db.cache_size(),
+            MEMORY_CEILING_BYTES,
+        );
+        Ok(())
     }
 
     /// Removes `keys` in one durable batch, then flushes and fully compacts the values, so the

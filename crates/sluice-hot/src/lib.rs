@@ -119,7 +119,11 @@ mod tests {
         let hot = dir.path().join("hot");
         drop(EmbeddedStore::open(&hot, false).unwrap());
         overwrite_every_file(&hot);
-        assert!(EmbeddedStore::open(&hot, false).is_err(), "damage detected");
+        let damaged = EmbeddedStore::open(&hot, false).err();
+        assert!(
+            matches!(damaged, Some(HotError::Embedded(_))),
+            "damage detected: {damaged:?}"
+        );
         drop(open_or_set_aside(&hot, false).unwrap());
         // The new store is a working one.
         drop(EmbeddedStore::open(&hot, false).unwrap());

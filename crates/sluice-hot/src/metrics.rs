@@ -33,6 +33,14 @@ pub fn describe() {
         "collector receipt to visible in the hot store, per event"
     );
     describe_gauge!(
+        "sluice_hot_store_memory_bytes",
+        "memory the embedded hot store holds: memtables and block cache"
+    );
+    describe_gauge!(
+        "sluice_hot_store_memory_ceiling_bytes",
+        "memory the embedded hot store holds at most, about"
+    );
+    describe_gauge!(
         "sluice_hot_position",
         "next good offset not yet in the hot store, by partition"
     );
@@ -63,4 +71,10 @@ pub(crate) fn position(partition: u32, next: u64) {
 /// A damaged embedded store was moved aside and a new one started.
 pub(crate) fn store_set_aside() {
     metrics::counter!("sluice_hot_store_set_aside_total").increment(1);
+}
+
+/// `sluice_hot_store_memory_bytes` and `sluice_hot_store_memory_ceiling_bytes`.
+pub(crate) fn store_memory(bytes: u64, ceiling: u64) {
+    gauge!("sluice_hot_store_memory_bytes").set(bytes as f64);
+    gauge!("sluice_hot_store_memory_ceiling_bytes").set(ceiling as f64);
 }

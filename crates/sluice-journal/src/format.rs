@@ -300,7 +300,9 @@ pub(crate) struct DecodedFrame {
 /// to a valid frame with the expected offset. Used by the golden-file tests; recovery streams the file
 /// with `scan.rs` instead, since it must also classify damage.
 #[cfg(test)]
-pub(crate) fn decode_segment(bytes: &[u8]) -> Result<(SegmentHeader, Vec<DecodedFrame>), SegmentError> {
+pub(crate) fn decode_segment(
+    bytes: &[u8],
+) -> Result<(SegmentHeader, Vec<DecodedFrame>), SegmentError> {
     let header = SegmentHeader::decode(bytes)?;
     let mut frames = Vec::new();
     let mut pos = SEGMENT_HEADER_LEN;

@@ -28,8 +28,7 @@ use std::path::{Path, PathBuf};
 use crate::durable::{Disk, StorageError};
 use crate::format::{
     FLAG_END_OF_BATCH, FRAME_HEADER_LEN, FrameHeader, HeaderError, SEGMENT_HEADER_LEN,
-    SegmentHeader,
-    encode_frame, segment_file_name,
+    SegmentHeader, encode_frame, segment_file_name,
 };
 use crate::scan::{Run, find_runs};
 

@@ -131,9 +131,7 @@ pub(crate) fn decode(spec: &ModelSpec, bytes: &[u8]) -> Result<Option<OnlineMode
     model.next_seq = header.next_seq;
     model.stats = header.stats;
     for (seq, p) in header.pending {
-        model.expiry.insert((p.partition, p.deadline, seq));
-        model.by_user.entry(p.user.clone()).or_default().push(seq);
-        model.pending.insert(seq, p);
+        model.insert_pending(seq, p);
     }
     Ok(Some(model))
 }

@@ -20,6 +20,14 @@ pub fn describe() {
         "sluice_predict_pending_examples",
         "examples waiting for their label"
     );
+    describe_gauge!(
+        "sluice_predict_pending_bytes",
+        "heap bytes the pending examples hold (an estimate)"
+    );
+    describe_gauge!(
+        "sluice_predict_pending_ceiling_bytes",
+        "heap bytes the pending examples would hold at max_pending, at today's average size"
+    );
     describe_counter!(
         "sluice_predict_examples_total",
         "labeled examples learned, by label"
@@ -37,6 +45,14 @@ pub(crate) fn quality(model: &str, log_loss: f64, baseline: f64, auc: f64, pendi
     gauge!("sluice_predict_baseline_log_loss", "model" => model.to_string()).set(baseline);
     gauge!("sluice_predict_auc", "model" => model.to_string()).set(auc);
     gauge!("sluice_predict_pending_examples", "model" => model.to_string()).set(pending as f64);
+}
+
+/// `sluice_predict_pending_bytes{model}` and `sluice_predict_pending_ceiling_bytes{model}`:
+/// what the pending examples hold, and would hold at `max_pending`.
+pub(crate) fn pending_memory(model: &str, bytes: usize, ceiling: usize) {
+    gauge!("sluice_predict_pending_bytes", "model" => model.to_string()).set(bytes as f64);
+    gauge!("sluice_predict_pending_ceiling_bytes", "model" => model.to_string())
+        .set(ceiling as f64);
 }
 
 pub(crate) fn learned(model: &str, positives: u64, negatives: u64) {

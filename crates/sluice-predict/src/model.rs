@@ -144,6 +144,18 @@ pub struct OnlineModel {
     scored: u64,
     /// When set, labeled examples are also kept here (the benchmark).
     pub(crate) tap: Option<Vec<Labeled>>,
+    /// Heap bytes the pending examples hold, as [`example_bytes`] counts them.
+    pending_bytes: usize,
+}
+
+/// Heap bytes one pending example holds in the model's three indexes: its features, its user
+/// id (twice: in the example and as the key of the user's list), the example's map entry, its
+/// expiry entry and its sequence number in the user's list, with half again for B-tree and
+/// hash-table slack. An estimate (the allocator's own overhead is not counted), exposed as
+/// `sluice_predict_pending_bytes`.
+fn example_bytes(p: &Pending) -> usize {
+    let entries = size_of::<(u64, Pending)>() + size_of::<(u32, i64, u64)>() + size_of::<u64>();
+    p.features.capacity() * size_of::<(u32, f32)>() + 2 * p.user.len() + entries * 3 / 2
 }
 
 impl OnlineModel {
@@ -162,6 +174,7 @@ impl OnlineModel {
             unreported: (0, 0),
             scored: 0,
             tap: None,
+            pending_bytes: 0,
         }
     }
 
@@ -187,11 +200,8 @@ impl OnlineModel {
             .collect();
         let mut dropped = 0;
         for user in users {
-            for seq in self.by_user.remove(&user).unwrap_or_default() {
-                if let Some(p) = self.pending.remove(&seq) {
-                    self.expiry.remove(&(p.partition, p.deadline, seq));
-                    dropped += 1;
-                }
+            for seq in self.by_user.get(&user).cloned().unwrap_or_default() {
+                dropped += usize::from(self.take_pending(seq).is_some());
             }
         }
         dropped
@@ -200,6 +210,51 @@ impl OnlineModel {
     /// Examples waiting for a label.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Heap bytes the pending examples hold (an estimate, see [`example_bytes`]).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// What the pending examples would hold at `max_pending`, at today's average size.
+    pub fn pending_ceiling_bytes(&self) -> usize {
+        let average = self
+            .pending_bytes
+            .checked_div(self.pending.len())
+            .unwrap_or(0);
+        average * self.spec.max_pending
+    }
+
+    /// Files `example` as pending under `seq` in the three indexes.
+    pub(crate) fn insert_pending(&mut self, seq: u64, mut example: Pending) {
+        example.features.shrink_to_fit();
+        self.pending_bytes += example_bytes(&example);
+        self.expiry
+            .insert((example.partition, example.deadline, seq));
+        self.by_user
+            .entry(example.user.clone())
+            .or_default()
+            .push(seq);
+        if let Some(old) = self.pending.insert(seq, example) {
+            debug_assert!(false, "pending example {seq} filed twice");
+            self.pending_bytes -= example_bytes(&old);
+        }
+    }
+
+    /// Removes the pending example `seq` from the three indexes.
+    fn take_pending(&mut self, seq: u64) -> Option<Pending> {
+        let example = self.pending.remove(&seq)?;
+        self.pending_bytes -= example_bytes(&example);
+        self.expiry
+            .remove(&(example.partition, example.deadline, seq));
+        if let Some(list) = self.by_user.get_mut(&example.user) {
+            list.retain(|s| *s != seq);
+            if list.is_empty() {
+                self.by_user.remove(&example.user);
+            }
+        }
+        Some(example)
     }
 
     /// The learner.
@@ -282,12 +337,7 @@ impl OnlineModel {
         let seq = self.next_seq;
         self.next_seq += 1;
         let partition = example.partition;
-        self.expiry.insert((partition, example.deadline, seq));
-        self.by_user
-            .entry(example.user.clone())
-            .or_default()
-            .push(seq);
-        self.pending.insert(seq, example);
+        self.insert_pending(seq, example);
         while self.pending.len() > self.spec.max_pending {
             // The oldest example of this partition is labeled early.
             let Some(&(_, _, seq)) = self
@@ -329,17 +379,9 @@ impl OnlineModel {
     }
 
     fn resolve(&mut self, seq: u64, label: bool) {
-        let Some(example) = self.pending.remove(&seq) else {
+        let Some(example) = self.take_pending(seq) else {
             return;
         };
-        self.expiry
-            .remove(&(example.partition, example.deadline, seq));
-        if let Some(list) = self.by_user.get_mut(&example.user) {
-            list.retain(|s| *s != seq);
-            if list.is_empty() {
-                self.by_user.remove(&example.user);
-            }
-        }
         self.stats.record(example.score, label);
         self.ftrl.learn(&example.features, label);
         if label {
@@ -377,6 +419,11 @@ impl OnlineModel {
                 self.pending.len(),
             );
         }
+        metrics::pending_memory(
+            &self.spec.name,
+            self.pending_bytes,
+            self.pending_ceiling_bytes(),
+        );
     }
 }
 
@@ -437,6 +484,12 @@ mod tests {
         assert_eq!(m.stats().examples, 3);
         assert_eq!(m.stats().positives, 1);
         assert_eq!(m.pending_len(), 1);
+        // The one left is counted at its size; once labeled, nothing is.
+        let one = m.pending_bytes();
+        assert!(one > size_of::<Pending>(), "{one}");
+        assert_eq!(m.pending_ceiling_bytes(), one * m.spec.max_pending);
+        feed(&mut m, 1, 2, &event("f", "Buy", "u1", 532));
+        assert_eq!((m.pending_len(), m.pending_bytes()), (0, 0));
     }
 
     #[test]

@@ -970,6 +970,10 @@ mod tests {
             ..LoaderConfig::default()
         };
         assert!(err(unused).contains("only used with sslmode"));
-        assert!(serde_json::from_str::<LoaderConfig>(r#"{"sslmode": "allow"}"#).is_err());
+        let allow = serde_json::from_str::<LoaderConfig>(r#"{"sslmode": "allow"}"#).unwrap_err();
+        assert!(
+            allow.to_string().contains("unknown variant `allow`"),
+            "{allow}"
+        );
     }
 }
