@@ -195,7 +195,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let crashed = j.crash();
                 for f in pending {
-                    prop_assert!(futures::executor::block_on(f).is_err());
+                    let outcome = futures::executor::block_on(f);
+                    prop_assert!(
+                        matches!(outcome, Err(JournalError::Closed)),
+                        "an append pending at the crash resolved {:?}",
+                        outcome
+                    );
                 }
                 if let Some(c) = crashed.iter().find(|c| c.partition == target) {
                     damage_segment(&c.active_segment, c.durable_len, &damage);
