@@ -56,16 +56,7 @@ pub(crate) fn stream_settings(config: &Config, want: &Wanted<'_>) -> Result<(), 
             config.subjects, want.subject
         ));
     }
-    if config.storage != StorageType::File {
-        bad.push("memory storage (acked records would not survive a restart)".into());
-    }
-    if config.num_replicas.max(1) != want.replicas {
-        bad.push(format!(
-            "{} replicas (the config says {})",
-            config.num_replicas.max(1),
-            want.replicas
-        ));
-    }
+    durable_storage(config, want.replicas, &mut bad);
     if config.retention != RetentionPolicy::Limits {
         bad.push("retention by interest or work queue (records would go when acked)".into());
     }
@@ -97,6 +88,36 @@ pub(crate) fn stream_settings(config: &Config, want: &Wanted<'_>) -> Result<(), 
     }
     if config.subject_transform.is_some() {
         bad.push("a subject transform".into());
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// File storage and the configured replicas, which every stream Sluice relies on needs.
+fn durable_storage(config: &Config, replicas: usize, bad: &mut Vec<String>) {
+    if config.storage != StorageType::File {
+        bad.push("memory storage (acked records would not survive a restart)".into());
+    }
+    if config.num_replicas.max(1) != replicas {
+        bad.push(format!(
+            "{} replicas (the config says {replicas})",
+            config.num_replicas.max(1)
+        ));
+    }
+}
+
+/// Every unsafe setting of the positions bucket's stream, as one message.
+pub(crate) fn bucket_settings(config: &Config, replicas: usize) -> Result<(), String> {
+    let mut bad = Vec::new();
+    durable_storage(config, replicas, &mut bad);
+    if !config.max_age.is_zero() || config.max_bytes > 0 {
+        bad.push("an age or size limit (positions would expire)".into());
+    }
+    if config.persist_mode == Some(PersistenceMode::Async) {
+        bad.push("persist_mode async (acks before the position is stored)".into());
     }
     if bad.is_empty() {
         Ok(())
@@ -261,6 +282,31 @@ mod tests {
             let err = stream_settings(&config, &want).unwrap_err();
             assert!(err.contains(word), "{word}: {err}");
         }
+    }
+
+    #[test]
+    fn a_positions_bucket_that_could_lose_positions_is_named() {
+        let good = Config {
+            num_replicas: 3,
+            ..Config::default()
+        };
+        bucket_settings(&good, 3).unwrap();
+        let err = bucket_settings(&good, 1).unwrap_err();
+        assert!(err.contains("3 replicas (the config says 1)"), "{err}");
+        let expiring = Config {
+            max_age: Duration::from_secs(60),
+            ..good.clone()
+        };
+        assert!(
+            bucket_settings(&expiring, 3)
+                .unwrap_err()
+                .contains("expire")
+        );
+        let memory = Config {
+            storage: StorageType::Memory,
+            ..good
+        };
+        assert!(bucket_settings(&memory, 3).unwrap_err().contains("memory"));
     }
 
     #[test]

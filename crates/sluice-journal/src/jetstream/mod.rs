@@ -727,27 +727,11 @@ async fn open_positions(
         .get_info()
         .await
         .map_err(|e| unavailable(format!("reading the positions bucket {bucket}"), e))?;
-    let c = &info.config;
-    let mut bad = Vec::new();
-    if c.storage != stream::StorageType::File {
-        bad.push("memory storage".to_string());
-    }
-    if c.num_replicas.max(1) != cfg.replicas {
-        bad.push(format!(
-            "{} replicas (the config says {})",
-            c.num_replicas.max(1),
-            cfg.replicas
-        ));
-    }
-    if !c.max_age.is_zero() || c.max_bytes > 0 {
-        bad.push("an age or size limit (positions would expire)".into());
-    }
-    if !bad.is_empty() {
-        return Err(JournalError::Invalid(format!(
-            "the positions bucket {bucket} cannot keep positions safely: {}; fix or delete it",
-            bad.join("; ")
-        )));
-    }
+    check::bucket_settings(&info.config, cfg.replicas).map_err(|bad| {
+        JournalError::Invalid(format!(
+            "the positions bucket {bucket} cannot keep positions safely: {bad}; fix or delete it"
+        ))
+    })?;
     Ok(store)
 }
 
