@@ -56,6 +56,54 @@ async fn jetstream_journal_keeps_the_journal_contract() {
     let nats = NatsServer::start().unwrap();
     let j = JetStreamJournal::open(config(&nats)).await.unwrap();
     journal_contract::check_all(j).await;
+    // Again with a tail cache of one record: nearly every read is fetched from the streams.
+    let mut c = config(&nats);
+    c.jetstream.prefix = "uncached".into();
+    c.jetstream.tail_cache_bytes = 1;
+    journal_contract::check_all(JetStreamJournal::open(c).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_fences_out_a_second_writer_on_a_partition() {
+    let nats = NatsServer::start().unwrap();
+    let first = JetStreamJournal::open(config(&nats)).await.unwrap();
+    first.create_topic("t", 1).unwrap();
+    first
+        .append("t", 0, vec![Bytes::from_static(b"a")])
+        .await
+        .unwrap();
+    // A second node on the same streams appends: the first one's next batch is refused whole,
+    // and its journal reports itself failed instead of interleaving with the other writer.
+    let second = JetStreamJournal::open(config(&nats)).await.unwrap();
+    assert_eq!(
+        second
+            .append("t", 0, vec![Bytes::from_static(b"b")])
+            .await
+            .unwrap(),
+        1
+    );
+    let refused = first
+        .append(
+            "t",
+            0,
+            vec![Bytes::from_static(b"c1"), Bytes::from_static(b"c2")],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(sluice_journal::JournalError::Failed(_))),
+        "{refused:?}"
+    );
+    assert!(first.is_failed());
+    assert!(!second.is_failed());
+    let values: Vec<Bytes> = read_all(second.as_ref(), "t", 0, 10)
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(
+        values,
+        vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
