@@ -622,14 +622,7 @@ impl Inner {
             .flat_map(|t| t.partitions.iter().cloned())
             .collect();
         for p in &partitions {
-            let info = match self.js.get_stream_no_info(&p.stream).await {
-                Ok(s) => s.get_info().await,
-                Err(e) => {
-                    tracing::debug!(stream = %p.stream, error = %e, "cannot read stream state");
-                    continue;
-                }
-            };
-            match info {
+            match stream_info(&self.js, &p.stream).await {
                 Ok(info) => {
                     p.start.store(first_offset(&info.state), Ordering::Release);
                     p.size.store(info.state.bytes, Ordering::Release);
@@ -676,6 +669,15 @@ fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// A stream's configuration and state, read from the server.
+async fn stream_info(js: &jetstream::Context, stream: &str) -> Result<stream::Info, JournalError> {
+    let info = match js.get_stream_no_info(stream).await {
+        Ok(s) => s.get_info().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    info.map_err(|e| unavailable(format!("reading stream {stream}"), e))
+}
+
 /// The first offset still stored.
 fn first_offset(state: &stream::State) -> u64 {
     if state.messages == 0 {
@@ -720,13 +722,7 @@ async fn open_positions(
             .await
             .map_err(|e| unavailable(format!("creating the positions bucket {bucket}"), e))?,
     };
-    let info = js
-        .get_stream_no_info(format!("KV_{bucket}"))
-        .await
-        .map_err(|e| unavailable(format!("reading the positions bucket {bucket}"), e))?
-        .get_info()
-        .await
-        .map_err(|e| unavailable(format!("reading the positions bucket {bucket}"), e))?;
+    let info = stream_info(js, &format!("KV_{bucket}")).await?;
     check::bucket_settings(&info.config, cfg.replicas).map_err(|bad| {
         JournalError::Invalid(format!(
             "the positions bucket {bucket} cannot keep positions safely: {bad}; fix or delete it"

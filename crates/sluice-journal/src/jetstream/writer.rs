@@ -59,23 +59,14 @@ pub(super) async fn write(
             continue;
         }
         if stale {
-            match inner.js.get_stream_no_info(&p.stream).await {
-                Ok(s) => match s.get_info().await {
-                    Ok(info) => {
-                        last = info.state.last_sequence;
-                        stale = false;
-                    }
-                    Err(e) => {
-                        fail(group, || {
-                            unavailable(format!("reading stream {}", p.stream), &e)
-                        });
-                        continue;
-                    }
-                },
+            // After an ambiguous failure the batch may or may not be stored: start from what is.
+            match super::stream_info(&inner.js, &p.stream).await {
+                Ok(info) => {
+                    last = info.state.last_sequence;
+                    stale = false;
+                }
                 Err(e) => {
-                    fail(group, || {
-                        unavailable(format!("reading stream {}", p.stream), &e)
-                    });
+                    fail(group, || e_clone(&e));
                     continue;
                 }
             }
