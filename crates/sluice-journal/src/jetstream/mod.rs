@@ -24,14 +24,18 @@
 //! (the server's atomic batch limit is 1000 messages) is published as several fenced batches:
 //! if a later one fails, the earlier ones stay stored but the append fails, like any ack lost on
 //! the network. An ambiguous failure (timeout, lost connection) fails the append and makes the
-//! writer read the stream's last sequence again before its next batch.
+//! writer read the stream's last sequence again before its next batch. Nothing is published
+//! while the client is disconnected: the client would buffer the batch and deliver it after
+//! reconnecting, after its append had failed, where the next batch's fence would take it for
+//! another writer's.
 //!
 //! Reads: the async seam. The trait's `read`, `end` and `start` are synchronous and are called
 //! from tokio workers, so the hot path does no network IO: each partition has a *tail cache*
 //! (the newest records, up to `tail_cache_bytes`) fed by an ordered consumer from the end of the
-//! stream, and the watermark `end` is published from it. An append resolves once its ack came and
-//! the tail has the batch (at most `TAIL_WAIT`; after that `end` moves on without it), so a
-//! consumer woken by `wait_for` reads the new records from memory. A read below the cache (a
+//! stream (started again at every reconnection), and the watermark `end` is published from it.
+//! An append resolves once its ack came and the tail has the batch (at most `TAIL_WAIT`; after
+//! that `end` moves on without it), so a consumer woken by `wait_for` reads the new records
+//! from memory. A read below the cache (a
 //! consumer catching up, or started after a restart) fetches from the stream with a short-lived
 //! ordered consumer on the journal's own runtime, and the calling thread waits for it; on a tokio
 //! multi-thread worker it waits inside `block_in_place`, so other tasks move to other workers.
@@ -99,6 +103,8 @@ struct Inner {
     max_age: Duration,
     max_bytes: i64,
     client: async_nats::Client,
+    /// Bumped at every (re)connection.
+    connections: watch::Sender<u64>,
     js: jetstream::Context,
     kv: kv::Store,
     runtime: tokio::runtime::Handle,
@@ -244,7 +250,19 @@ impl Inner {
         let urls = cfg.urls.join(", ");
         let addrs: Vec<async_nats::ServerAddr> =
             cfg.urls.iter().filter_map(|u| u.parse().ok()).collect();
+        // Every (re)connection bumps this, so the tail consumers start again at once instead
+        // of waiting for their heartbeats to time out.
+        let connections = watch::Sender::new(0u64);
+        let bump = connections.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let bump = bump.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        bump.send_modify(|n| *n += 1);
+                    }
+                }
+            })
             .name("sluice")
             .connection_timeout(cfg.timeout)
             .request_timeout(Some(cfg.timeout))
@@ -286,6 +304,7 @@ impl Inner {
                 .and_then(|b| i64::try_from(b).ok())
                 .unwrap_or(-1),
             client,
+            connections,
             js,
             kv,
             runtime,
@@ -529,7 +548,11 @@ impl Inner {
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
-            self.runtime.spawn(tail::feed(p.clone(), self.js.clone())),
+            self.runtime.spawn(tail::feed(
+                p.clone(),
+                self.js.clone(),
+                self.connections.subscribe(),
+            )),
             self.runtime
                 .spawn(writer::write(p.clone(), Arc::downgrade(self), rx, end)),
         ];

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use super::{FEED_RETRY, Partition, unavailable};
 use crate::{JournalError, Record};
@@ -88,14 +89,25 @@ fn to_record(message: &jetstream::Message) -> Result<Record, JournalError> {
     })
 }
 
-/// Keeps the tail cache of `p` fed from the stream, from the tail's end on, for ever.
-pub(super) async fn feed(p: Arc<Partition>, js: jetstream::Context) {
+/// Keeps the tail cache of `p` fed from the stream, from the tail's end on, for ever; starts
+/// the consumer again after every reconnection (the server may have lost it).
+pub(super) async fn feed(
+    p: Arc<Partition>,
+    js: jetstream::Context,
+    mut connections: watch::Receiver<u64>,
+) {
     loop {
+        connections.mark_unchanged();
         let from = p.tail.lock().unwrap_or_else(|e| e.into_inner()).hi();
-        if let Err(e) = feed_from(&p, &js, from).await {
-            tracing::debug!(stream = %p.stream, error = %e, "tail consumer stopped; starting it again");
+        tokio::select! {
+            fed = feed_from(&p, &js, from) => {
+                if let Err(e) = fed {
+                    tracing::debug!(stream = %p.stream, error = %e, "tail consumer stopped; starting it again");
+                }
+                tokio::time::sleep(FEED_RETRY).await;
+            }
+            _ = connections.changed() => {}
         }
-        tokio::time::sleep(FEED_RETRY).await;
     }
 }
 

@@ -75,11 +75,13 @@ pub(super) async fn write(
             .iter()
             .flat_map(|a| a.records.iter().cloned())
             .collect();
-        let first_offset = last;
+        let mut first_offset = None;
         let mut failure = None;
         for chunk in records.chunks(MAX_BATCH) {
-            match publish_batch(&inner, &p, chunk, last).await {
-                Ok(seq) => last = seq,
+            match publish_chunk(&inner, &p, chunk, &mut last).await {
+                Ok(()) => {
+                    first_offset.get_or_insert(last - chunk.len() as u64);
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -112,7 +114,7 @@ pub(super) async fn write(
                 tracing::debug!(stream = %p2.stream, "tail cache behind the acks; moving the watermark");
                 p2.raise_end(end);
             }
-            let mut offset = first_offset;
+            let mut offset = first_offset.unwrap_or(end);
             for a in group {
                 let n = a.records.len() as u64;
                 let _ = a.done.send(Ok(offset));
@@ -122,10 +124,31 @@ pub(super) async fn write(
     }
 }
 
+/// Publishes one chunk after `last` and moves `last` past it.
+async fn publish_chunk(
+    inner: &Inner,
+    p: &Partition,
+    chunk: &[Bytes],
+    last: &mut u64,
+) -> Result<(), JournalError> {
+    // Nothing is handed to a disconnected client: it would keep the batch and send it after
+    // reconnecting, long after the append failed, and the next batch's fence would then take
+    // it for another writer's.
+    if inner.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(JournalError::Unavailable(format!(
+            "not connected to NATS: nothing appended to {}",
+            p.stream
+        )));
+    }
+    *last = publish_batch(inner, p, chunk, *last).await?;
+    Ok(())
+}
+
 /// A copy of a failure for each waiting append (the error type is not `Clone`).
 fn e_clone(e: &JournalError) -> JournalError {
     match e {
         JournalError::Failed(m) => JournalError::Failed(m.clone()),
+        JournalError::Unavailable(m) => JournalError::Unavailable(m.clone()),
         other => JournalError::Unavailable(other.to_string()),
     }
 }

@@ -6,6 +6,7 @@
 //! plain `cargo test` (run them with `--run-ignored all`, as CI does).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -239,7 +240,10 @@ async fn jetstream_reports_records_removed_before_a_group_read_them() {
 #[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
 async fn jetstream_keeps_acked_records_and_positions_across_a_server_kill() {
     let mut nats = NatsServer::start().unwrap();
-    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    // A short ack timeout: the batch in flight at the kill fails fast.
+    let mut c = config(&nats);
+    c.jetstream.timeout = Duration::from_secs(1);
+    let j = JetStreamJournal::open(c).await.unwrap();
     j.create_topic("t", 2).unwrap();
     let mut sent = Vec::new();
     for b in 0..10u8 {
@@ -250,6 +254,39 @@ async fn jetstream_keeps_acked_records_and_positions_across_a_server_kill() {
         sent.push(batch);
     }
     j.commit("g", "t", 1, 15).unwrap();
+    // Partition 1 is appended to all along, across the kill and the restart: appends fail while
+    // the server is down (a batch in flight may still land later), and the journal must not
+    // take its own late batches for another writer's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (j, stop) = (j.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let value = Bytes::from(format!("live-{i}"));
+                if let Ok(offset) = j.append("t", 1, vec![value.clone()]).await {
+                    acked.push((offset, value));
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    let grown_to = |n: u64| {
+        let j = j.clone();
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while j.end("t", 1).unwrap() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "partition 1 does not grow past {n}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    grown_to(25 + 20).await;
     nats.kill();
     nats.restart().unwrap();
     // The same journal reconnects and goes on appending after the acked records.
@@ -265,6 +302,13 @@ async fn jetstream_keeps_acked_records_and_positions_across_a_server_kill() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(next, 25);
+    grown_to(j.end("t", 1).unwrap() + 20).await;
+    stop.store(true, Ordering::Relaxed);
+    let live = appender.await.unwrap();
+    assert!(
+        !j.is_failed(),
+        "the journal took its own late batches for another writer's"
+    );
     drop(j);
     // A new journal (a restarted node) finds every acked record and the committed position.
     let j: Arc<dyn Journal> = JetStreamJournal::open(config(&nats)).await.unwrap();
@@ -277,11 +321,17 @@ async fn jetstream_keeps_acked_records_and_positions_across_a_server_kill() {
             .flat_map(|(_, batch)| batch.iter().cloned())
             .chain((p == 0).then(|| Bytes::from_static(b"after")))
             .collect();
-        let got: Vec<Bytes> = read_all(j.as_ref(), "t", p, 7)
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
-        assert_eq!(got, want, "partition {p}");
+        let got = read_all(j.as_ref(), "t", p, 7);
+        let values: Vec<Bytes> = got.iter().map(|r| r.value.clone()).collect();
+        assert_eq!(values[..want.len()], want[..], "partition {p}");
+        if p == 0 {
+            assert_eq!(values.len(), want.len());
+        }
+    }
+    // Every append to partition 1 that was acked is at the offset its ack named.
+    let got = read_all(j.as_ref(), "t", 1, 100);
+    for (offset, value) in &live {
+        assert_eq!(&got[*offset as usize].value, value, "offset {offset}");
     }
     assert_eq!(j.committed("g", "t", 1).unwrap(), Some(15));
     assert_eq!(j.committed("g", "t", 0).unwrap(), None);
