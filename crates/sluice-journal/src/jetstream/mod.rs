@@ -23,8 +23,9 @@
 //! means fsynced on every replica in the quorum. An append larger than [`MAX_BATCH`] records
 //! (the server's atomic batch limit is 1000 messages) is published as several fenced batches:
 //! if a later one fails, the earlier ones stay stored but the append fails, like any ack lost on
-//! the network. An ambiguous failure (timeout, lost connection) fails the append and makes the
-//! writer read the stream's last sequence again before its next batch. Nothing is published
+//! the network. A lost ack (timeout, dropped connection) is settled before the append answers
+//! (`writer.rs`: a fenced probe tells whether the batch is stored); if that is impossible the
+//! append fails and the writer reads the stream's last sequence again before its next batch. Nothing is published
 //! while the client is disconnected: the client would buffer the batch and deliver it after
 //! reconnecting, after its append had failed, where the next batch's fence would take it for
 //! another writer's.

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -140,8 +141,87 @@ async fn publish_chunk(
             p.stream
         )));
     }
-    *last = publish_batch(inner, p, chunk, *last).await?;
+    match publish_batch(inner, p, chunk, *last).await {
+        Ok(seq) => *last = seq,
+        Err(JournalError::Failed(fenced)) => return Err(JournalError::Failed(fenced)),
+        // The ack was lost (a timeout, a dropped connection): find out whether the batch was
+        // stored, so that a retry does not store it twice.
+        Err(lost) => match settle(inner, p, chunk, *last).await {
+            Ok(true) => {
+                tracing::warn!(stream = %p.stream, records = chunk.len(),
+                    "the ack of a batch was lost but the batch is stored: acknowledged");
+                *last += chunk.len() as u64;
+            }
+            Ok(false) => return Err(lost),
+            Err(e) => {
+                tracing::debug!(stream = %p.stream, error = %e, "cannot settle a batch whose ack was lost");
+                return Err(lost);
+            }
+        },
+    }
     Ok(())
+}
+
+/// Longest a batch whose ack was lost waits for the connection to come back to be settled.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a batch published after sequence `last` was stored, once that is certain: a fenced
+/// probe sent to the same stream is processed after every message sent before it on this
+/// connection (and a batch from a connection that died can no longer arrive), so the last
+/// sequence its refusal names covers the batch.
+async fn settle(
+    inner: &Inner,
+    p: &Partition,
+    chunk: &[Bytes],
+    last: u64,
+) -> Result<bool, JournalError> {
+    let mut connected = inner.connections.subscribe();
+    while inner.client.connection_state() != async_nats::connection::State::Connected {
+        tokio::time::timeout(SETTLE_WAIT.max(inner.cfg.timeout), connected.changed())
+            .await
+            .map_err(|_| JournalError::Unavailable("not connected to NATS".into()))?
+            .map_err(|_| JournalError::Closed)?;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Expected-Last-Sequence", u64::MAX.to_string().as_str());
+    let probe = inner
+        .js
+        .publish_with_headers(p.subject.clone(), headers, Bytes::new())
+        .await
+        .map_err(|e| unavailable(format!("probing {}", p.stream), e))?
+        .await;
+    let refusal = match probe {
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            e.to_string()
+        }
+        other => {
+            return Err(JournalError::Unavailable(format!(
+                "probing {}: no refusal naming the last sequence: {other:?}",
+                p.stream
+            )));
+        }
+    };
+    let actual = refusal
+        .rsplit("wrong last sequence: ")
+        .next()
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+        .ok_or_else(|| {
+            JournalError::Unavailable(format!("probing {}: cannot read {refusal:?}", p.stream))
+        })?;
+    let n = chunk.len() as u64;
+    if actual < last + n {
+        return Ok(false);
+    }
+    let (js, stream, timeout) = (inner.js.clone(), p.stream.clone(), inner.cfg.timeout);
+    let stored =
+        super::tail::fetch(js, stream, last, last + n, chunk.len(), usize::MAX, timeout).await?;
+    Ok(stored.len() == chunk.len()
+        && (last..)
+            .zip(stored.iter().zip(chunk))
+            .all(|(offset, (r, b))| r.offset == offset && r.value == *b))
 }
 
 /// A copy of a failure for each waiting append (the error type is not `Clone`).
