@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::JournalError;
 use crate::format::MAX_VALUE_LEN;
+use crate::jetstream::{JetStreamConfig, JournalBackend};
 
 /// Most partitions one topic may have. Every partition costs one writer thread and one directory.
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -38,6 +39,12 @@ pub enum FsyncPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JournalConfig {
+    /// Where topics live: `"file"` (segment files under `dir`, the default) or `"jetstream"`
+    /// (NATS JetStream, configured in `[journal.jetstream]`; `dir`, `segment_bytes`, `fsync` and
+    /// `max_unread_bytes` then do not apply: see `docs/jetstream.md`).
+    pub backend: JournalBackend,
+    /// The NATS JetStream backend's settings, used when `backend = "jetstream"`.
+    pub jetstream: JetStreamConfig,
     /// Directory holding every topic (`<dir>/<topic>/<partition>/`). Empty (the default) means
     /// the server puts it at `<data_dir>/journal`; [`crate::LocalJournal::open`] refuses an empty
     /// path.
@@ -71,6 +78,8 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         Self {
+            backend: JournalBackend::File,
+            jetstream: JetStreamConfig::default(),
             dir: PathBuf::new(),
             default_partitions: 4,
             segment_bytes: 64 << 20,

@@ -57,6 +57,10 @@ pub enum JournalError {
     /// Another journal, in this process or another, has the directory open.
     #[error("journal directory {} is in use by another journal", .0.display())]
     Locked(std::path::PathBuf),
+    /// A remote backend (NATS JetStream) could not be reached or refused a request; the append
+    /// or read may be retried.
+    #[error("journal backend unavailable: {0}")]
+    Unavailable(String),
     /// Another IO error.
     #[error("{context}: {source}")]
     Io {
@@ -78,6 +82,7 @@ impl JournalError {
             | Self::Failed(_)
             | Self::Quarantined { .. }
             | Self::Closed
+            | Self::Unavailable(_)
             | Self::Locked(_) => ErrorKind::Unavailable,
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::Io { .. } => ErrorKind::Internal,

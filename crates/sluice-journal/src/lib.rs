@@ -4,7 +4,9 @@
 //! with a fixed number of partitions. A partition is an append-only sequence of records with
 //! offsets from 0, dense except across a crash gap. The [`Journal`] trait is what stages use;
 //! [`LocalJournal`] keeps each partition in segment files on the local disk (format:
-//! `docs/formats/journal.md`); consumers read through a [`Cursor`], which steps over gaps.
+//! `docs/formats/journal.md`); [`JetStreamJournal`] keeps each partition in a NATS JetStream
+//! stream (`jetstream/mod.rs`: the mapping, the ack point, and how the synchronous reads are
+//! served from memory); consumers read through a [`Cursor`], which steps over gaps.
 //!
 //! Invariants every backend keeps:
 //! - `append` resolves only after the records are durable (fdatasync under the default
@@ -40,6 +42,7 @@ mod error;
 mod flusher;
 mod format;
 mod health;
+mod jetstream;
 mod local;
 pub mod metrics;
 mod partition;
@@ -61,6 +64,7 @@ pub use config::{FsyncPolicy, JournalConfig, MAX_PARTITIONS};
 pub use cursor::Cursor;
 pub use error::JournalError;
 pub use health::{Failure, Health, StageHealth, StageReport};
+pub use jetstream::{JetStreamConfig, JetStreamJournal, JournalBackend};
 pub use local::{JournalStats, LocalJournal, is_valid_topic_name};
 pub use progress::{ConsumerProgress, ConsumerStatus, ProgressError};
 pub use recovery::{FloorGap, PartitionRecovery, RecoveryReport};

@@ -115,7 +115,8 @@ pub fn describe() {
 pub const RETENTION_HELD_BYTES: &str = "sluice_journal_retention_held_bytes";
 /// Segments kept for the same reason (gauge, per topic).
 pub const RETENTION_HELD_SEGMENTS: &str = "sluice_journal_retention_held_segments";
-/// Records retention deleted before every registered consumer read them (`max_unread_bytes`).
+/// Records retention deleted before every registered consumer read them (`max_unread_bytes`; on
+/// JetStream, the stream's `max_age`/`max_bytes` passing a group's committed position).
 pub const RETENTION_UNREAD_DELETED: &str = "sluice_journal_retention_unread_deleted_total";
 
 /// Describes the retention metrics that hold or lose unread data.
@@ -133,7 +134,7 @@ fn describe_holds() {
     metrics::describe_counter!(
         RETENTION_UNREAD_DELETED,
         Unit::Count,
-        "records deleted by the max_unread_bytes safety valve before every consumer read them"
+        "records deleted before every consumer read them (max_unread_bytes, or JetStream limits)"
     );
 }
 

@@ -298,6 +298,12 @@ impl Config {
         journal
             .validate()
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        if journal.backend == sluice_journal::JournalBackend::Jetstream {
+            journal
+                .jetstream
+                .validate()
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+        }
         let mut hot = self
             .hot
             .validate()

@@ -26,6 +26,10 @@
 //! (one process owns a data directory). The hot projection has no switch in the configuration;
 //! once it has run, it holds `good` until its files (`<journal>/good/<p>/consumers/hot`) are
 //! removed by hand, or until `max_unread_bytes` applies.
+//!
+//! On the JetStream journal nothing is registered (the streams' own limits decide retention),
+//! but the positions are still kept, in the journal's positions bucket: they are what the
+//! journal compares with each stream's first offset to report records removed unread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +127,7 @@ pub(crate) fn watch<S: ConsumerStatus>(
 /// Writes the positions of `watched` every second until `stop`, then once more (the stages have
 /// drained by then).
 pub(crate) async fn keep(
-    journal: Arc<LocalJournal>,
+    journal: Arc<dyn Journal>,
     watched: Vec<Watched>,
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -137,7 +141,7 @@ pub(crate) async fn keep(
         let j = journal.clone();
         watched = tokio::task::spawn_blocking(move || {
             for w in &mut watched {
-                write_positions(&j, w);
+                write_positions(j.as_ref(), w);
             }
             watched
         })
@@ -150,7 +154,7 @@ pub(crate) async fn keep(
 }
 
 /// Commits the positions of `w` that changed since the last write.
-fn write_positions(journal: &LocalJournal, w: &mut Watched) {
+fn write_positions(journal: &dyn Journal, w: &mut Watched) {
     let Some(next) = (w.read)() else {
         return;
     };

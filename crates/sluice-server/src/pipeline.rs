@@ -12,7 +12,7 @@ use sluice_collector::{AddressQuota, Collector};
 use sluice_event::topic;
 use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
 use sluice_journal::durable_fs::create_dir_all_durable;
-use sluice_journal::{Journal, LocalJournal};
+use sluice_journal::{JetStreamJournal, Journal, JournalBackend, LocalJournal};
 use sluice_lake::{BadRowsSink, DeliveryProgress, LakeRoot, LakeSink, TypedSink, Upkeep};
 use sluice_warehouse::loader::PgLoader;
 use sluice_warehouse::{PgLogin, Warehouse};
@@ -35,7 +35,7 @@ pub struct Server;
 pub struct Running {
     /// The bound HTTP address (useful with port 0).
     pub http_addr: Option<SocketAddr>,
-    journal: Arc<LocalJournal>,
+    journal: Arc<dyn Journal>,
     /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
     intake: CancellationToken,
     listeners: Vec<Task>,
@@ -94,7 +94,8 @@ impl Task {
 /// What the roles share: the journal, the lake's root, the schema registry and the stages'
 /// health.
 struct Base {
-    journal: Arc<LocalJournal>,
+    /// The file journal, when it is the backend (registration and retention are its own).
+    local: Option<Arc<LocalJournal>>,
     dyn_journal: Arc<dyn Journal>,
     lake_root: LakeRoot,
     registry: Arc<Registry>,
@@ -124,8 +125,10 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let base = open_base(&settings).await?;
-        let (j, s) = (base.journal.clone(), settings.clone());
-        blocking("journal", move || crate::holds::register(&j, &s)).await?;
+        if let Some(j) = base.local.clone() {
+            let s = settings.clone();
+            blocking("journal", move || crate::holds::register(&j, &s)).await?;
+        }
         let mut watched = Vec::new();
         let roles = settings.roles;
         let mut stages = Vec::new();
@@ -164,23 +167,25 @@ impl Server {
         } else {
             None
         };
-        let every = crate::holds::retention_every(settings.journal.retention_age);
-        background.push(Task::spawn(
-            "retention",
-            retention(
-                base.journal.clone(),
-                base.stages.warnings().clone(),
-                every,
-                housekeeping.clone(),
-            ),
-        ));
+        if let Some(local) = base.local.clone() {
+            let every = crate::holds::retention_every(settings.journal.retention_age);
+            background.push(Task::spawn(
+                "retention",
+                retention(
+                    local,
+                    base.stages.warnings().clone(),
+                    every,
+                    housekeeping.clone(),
+                ),
+            ));
+        }
         background.push(Task::spawn(
             "positions",
-            crate::holds::keep(base.journal.clone(), watched, housekeeping.clone()),
+            crate::holds::keep(base.dyn_journal.clone(), watched, housekeeping.clone()),
         ));
         Ok(Running {
             http_addr,
-            journal: base.journal,
+            journal: base.dyn_journal,
             intake,
             listeners,
             stages,
@@ -203,20 +208,31 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     crate::auth::create_private_dir(&settings.data_dir)
         .map_err(|e| cannot_create("data dir", &settings.data_dir, e))?;
     let journal_cfg = settings.journal.clone();
-    let journal = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
-    let report = journal.recovery_report();
-    for q in report.quarantined() {
-        tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
-            "journal partition quarantined: its durable data is corrupt; it will not be served");
-    }
-    for w in &report.warnings {
-        tracing::warn!(warning = %w, "journal recovery");
-    }
+    let (local, journal): (_, Arc<dyn Journal>) = match journal_cfg.backend {
+        JournalBackend::File => {
+            let local = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
+            let report = local.recovery_report();
+            for q in report.quarantined() {
+                tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
+                    "journal partition quarantined: its durable data is corrupt; it will not be served");
+            }
+            for w in &report.warnings {
+                tracing::warn!(warning = %w, "journal recovery");
+            }
+            (Some(local.clone()), local)
+        }
+        // Checks the server and every stream before anything can be acked.
+        JournalBackend::Jetstream => (
+            None,
+            JetStreamJournal::open(journal_cfg)
+                .await
+                .map_err(|e| ServerError::stage("journal", e))?,
+        ),
+    };
     sluice_lake::metrics::describe();
     for t in [topic::RAW, topic::GOOD, topic::BAD] {
-        journal
-            .create_topic(t, settings.partitions)
-            .map_err(|e| ServerError::stage("journal", e))?;
+        let (j, partitions) = (journal.clone(), settings.partitions);
+        blocking("journal", move || j.create_topic(t, partitions)).await?;
     }
     let lake_root = settings.lake_root.clone();
     match lake_root.local_path() {
@@ -237,9 +253,11 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     // The registry lives with the data; every role that validates or serves schemas uses it.
     let registry = Registry::open(settings.data_dir.join("schemas"))
         .map_err(|e| ServerError::stage("schemas", e))?;
-    let dyn_journal: Arc<dyn Journal> = journal.clone();
+    let dyn_journal = journal;
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
-    stages.warnings().set_recovery(journal.recovery_report());
+    if let Some(local) = &local {
+        stages.warnings().set_recovery(local.recovery_report());
+    }
     if let Some(lake_dir) = lake_root.local_path() {
         stages.warnings().watch_lake(&lake_dir);
     }
@@ -257,7 +275,7 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     let privacy = blocking("privacy", move || crate::privacy::Privacy::open(&dir, key)).await?;
     Ok(Base {
         dyn_journal,
-        journal,
+        local,
         lake_root,
         registry: Arc::new(registry),
         stages,

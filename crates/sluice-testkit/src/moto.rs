@@ -2,15 +2,12 @@
 //! honours conditional puts (`If-None-Match: *`) under racing writers, as Delta commits need.
 //!
 //! The tool is installed by the tests themselves: once per moto version, a Python venv under
-//! `$HOME/.cache/sluice-test-tools/moto-<version>/` (`python3 -m venv`, then `pip install
-//! 'moto[server]==<version>'`), prepared under a file lock so parallel test processes do it one
-//! at a time. Each [`Moto`] runs `moto_server` on a free loopback port, waits (with a deadline)
-//! until it answers, and is killed when dropped. Without Python 3 or PyPI the test fails with a
-//! message saying what could not be installed; it is never skipped.
+//! `$HOME/.cache/sluice-test-tools/moto-<version>/` (`pip install 'moto[server]==<version>'`,
+//! see [`crate::tools`]). Each [`Moto`] runs `moto_server` on a free loopback port, waits (with a
+//! deadline) until it answers, and is killed when dropped.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,8 +15,6 @@ use anyhow::{Context, bail};
 
 /// The moto release the tests run against.
 pub const MOTO_VERSION: &str = "5.2.5";
-/// The longest the one-time installation may take (a cold pip install).
-const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
 /// The longest a started server may take to answer.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 /// The keys every test uses (moto accepts any unless told to check them).
@@ -45,8 +40,13 @@ impl Moto {
     /// Like [`Moto::start`] with extra environment for the server (e.g.
     /// `INITIAL_NO_AUTH_ACTION_COUNT=0`, which makes it check credentials).
     pub fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let bin = install()?;
-        let port = free_port()?;
+        let bin = crate::tools::pip_tool(
+            &format!("moto-{MOTO_VERSION}"),
+            &format!("moto[server]=={MOTO_VERSION}"),
+            "moto_server",
+            "the S3 tests",
+        )?;
+        let port = crate::tools::free_port()?;
         let log = tempfile::NamedTempFile::new()?;
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -151,82 +151,4 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn cache_dir() -> anyhow::Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/sluice-test-tools"))
-}
-
-/// Prepares the venv once; the path of its `moto_server`.
-fn install() -> anyhow::Result<PathBuf> {
-    let root = cache_dir()?;
-    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    let _lock = crate::lock_exclusive(&root.join("moto.lock"))?;
-    let dir = root.join(format!("moto-{MOTO_VERSION}"));
-    let bin = dir.join("venv/bin/moto_server");
-    let ready = dir.join("ready");
-    if ready.exists() && bin.exists() {
-        return Ok(bin);
-    }
-    if dir.exists() {
-        // An installation that died halfway: start over.
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    let venv = dir.join("venv");
-    run(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        "python3 -m venv (the S3 tests need Python 3 with venv to install moto)",
-    )?;
-    run(
-        Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            &format!("moto[server]=={MOTO_VERSION}"),
-        ]),
-        &format!("pip install moto[server]=={MOTO_VERSION} (the S3 tests need PyPI)"),
-    )?;
-    anyhow::ensure!(bin.exists(), "{} missing after the install", bin.display());
-    std::fs::write(&ready, "")?;
-    Ok(bin)
-}
-
-/// Runs a command to completion within [`INSTALL_DEADLINE`]; fails with its output otherwise.
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = tempfile::NamedTempFile::new()?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out.reopen()?)
-        .stderr(out.reopen()?)
-        .spawn()
-        .with_context(|| format!("cannot run {what}"))?;
-    let end = Instant::now() + INSTALL_DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if status.success() {
-                return Ok(());
-            }
-            let text = read(out.path());
-            bail!("{what} failed ({status}):\n{text}");
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{what} did not finish within {INSTALL_DEADLINE:?}:\n{}",
-                read(out.path())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -5,6 +5,7 @@ mod backpressure;
 mod functions;
 mod hot;
 mod hot_lake;
+mod jetstream;
 mod kinesis;
 mod schemas;
 mod segment;

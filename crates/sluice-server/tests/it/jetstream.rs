@@ -1,0 +1,341 @@
+//! The journal on NATS JetStream against a private nats-server 2.15 ([`NatsServer`]): the same
+//! contract checks as the file journal, the pipeline end to end (events posted → rows in
+//! `events`), clear start-up errors (no server, an unsafe stream, a server that acks before it
+//! fsyncs), records removed unread reported, and a SIGKILLed server that keeps acked records and
+//! committed positions. The tests that need the server install it from PyPI and are ignored by
+//! plain `cargo test` (run them with `--run-ignored all`, as CI does).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+use sluice_journal::{JetStreamJournal, Journal, JournalBackend, JournalConfig, LocalJournal};
+use sluice_server::{Config, Server};
+use sluice_testkit::NatsServer;
+use sluice_testkit::journal_contract::{self, read_all};
+use sluice_testkit::server::TestServer;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config(nats: &NatsServer) -> JournalConfig {
+    let mut c = JournalConfig {
+        backend: JournalBackend::Jetstream,
+        ..JournalConfig::default()
+    };
+    c.jetstream.urls = vec![nats.url()];
+    c.jetstream.monitor_urls = vec![nats.monitor_url()];
+    c
+}
+
+fn server_toml(nats: &NatsServer) -> String {
+    format!(
+        "[journal]\nbackend = \"jetstream\"\n[journal.jetstream]\nurls = [{:?}]\nmonitor_urls = [{:?}]\n",
+        nats.url(),
+        nats.monitor_url()
+    )
+}
+
+/// Starts a server on `toml` and returns its start-up error.
+async fn start_error(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n{toml}",
+        dir.path().display().to_string()
+    );
+    let settings = Config::from_toml(&text).and_then(|c| c.validate()).unwrap();
+    match Server::start(settings).await {
+        Ok(_) => panic!("the server started"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_journal_keeps_the_journal_contract() {
+    let nats = NatsServer::start().unwrap();
+    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    journal_contract::check_all(j).await;
+    // Again with a tail cache of one record: nearly every read is fetched from the streams.
+    let mut c = config(&nats);
+    c.jetstream.prefix = "uncached".into();
+    c.jetstream.tail_cache_bytes = 1;
+    journal_contract::check_all(JetStreamJournal::open(c).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_fences_out_a_second_writer_on_a_partition() {
+    let nats = NatsServer::start().unwrap();
+    let first = JetStreamJournal::open(config(&nats)).await.unwrap();
+    first.create_topic("t", 1).unwrap();
+    first
+        .append("t", 0, vec![Bytes::from_static(b"a")])
+        .await
+        .unwrap();
+    // A second node on the same streams appends: the first one's next batch is refused whole,
+    // and its journal reports itself failed instead of interleaving with the other writer.
+    let second = JetStreamJournal::open(config(&nats)).await.unwrap();
+    assert_eq!(
+        second
+            .append("t", 0, vec![Bytes::from_static(b"b")])
+            .await
+            .unwrap(),
+        1
+    );
+    let refused = first
+        .append(
+            "t",
+            0,
+            vec![Bytes::from_static(b"c1"), Bytes::from_static(b"c2")],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(sluice_journal::JournalError::Failed(_))),
+        "{refused:?}"
+    );
+    assert!(first.is_failed());
+    assert!(!second.is_failed());
+    let values: Vec<Bytes> = read_all(second.as_ref(), "t", 0, 10)
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(
+        values,
+        vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_journal_keeps_the_same_journal_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = LocalJournal::open(JournalConfig {
+        dir: dir.path().to_path_buf(),
+        ..JournalConfig::default()
+    })
+    .unwrap();
+    journal_contract::check_all(j).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_pipeline_delivers_posted_events_to_sql() {
+    let nats = NatsServer::start().unwrap();
+    let server = TestServer::start(&server_toml(&nats)).await;
+    let client = reqwest::Client::new();
+    let events: Vec<_> = (0..20)
+        .map(|i| json!({"event": "Page Viewed", "event_id": format!("e-{i}"), "user_id": format!("u{}", i % 5)}))
+        .collect();
+    let post = || client.post(server.url("/v1/events")).json(&events).send();
+    let first: serde_json::Value = post().await.unwrap().json().await.unwrap();
+    assert_eq!(first["accepted"], 20, "{first}");
+    // A retry of an acked request is answered as duplicates, not stored twice.
+    let retry: serde_json::Value = post().await.unwrap().json().await.unwrap();
+    assert_eq!(retry["duplicates"], 20, "{retry}");
+    let rows = server
+        .sql_rows("SELECT event_id FROM events ORDER BY event_id", 20)
+        .await;
+    assert_eq!(rows.len(), 20, "{rows:?}");
+    // The records are in the streams (4 raw partitions), not in a local journal.
+    assert!(!server.data_dir().join("journal").exists());
+    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    let raw: u64 = (0..4).map(|p| j.end("raw", p).unwrap()).sum();
+    assert_eq!(raw, 20);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_fails_clearly_without_a_server() {
+    let port = sluice_testkit::tools::free_port().unwrap();
+    let err = start_error(&format!(
+        "[journal]\nbackend = \"jetstream\"\n[journal.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\ntimeout = \"1s\"\n"
+    ))
+    .await;
+    assert!(
+        err.contains("cannot connect to NATS at nats://127.0.0.1:"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_start_refuses_an_unsafe_stream_and_a_server_without_fsync() {
+    let nats = NatsServer::start().unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "sluice_raw_0".into(),
+        subjects: vec!["sluice.raw.0".into()],
+        max_messages_per_subject: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = start_error(&server_toml(&nats)).await;
+    assert!(
+        err.contains("sluice_raw_0") && err.contains("max_msgs_per_subject"),
+        "{err}"
+    );
+    // A monitoring endpoint that reports no fsync before acks: this one serves a /varz whose
+    // JetStream config has `sync_always` off.
+    let varz = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = varz.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = varz.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let body = r#"{"jetstream":{"config":{"sync_interval":120000000000}}}"#;
+            let _ = conn
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let mut c = config(&nats);
+    c.jetstream.prefix = "other".into();
+    c.jetstream.monitor_urls = vec![format!("http://{addr}")];
+    let err = JetStreamJournal::open(c).await.err().unwrap().to_string();
+    assert!(err.contains("acks before it fsyncs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_reports_records_removed_before_a_group_read_them() {
+    let nats = NatsServer::start().unwrap();
+    let mut c = config(&nats);
+    c.retention_bytes = Some(2048);
+    let j = JetStreamJournal::open(c).await.unwrap();
+    j.create_topic("t", 1).unwrap();
+    j.commit("slow", "t", 0, 0).unwrap();
+    for _ in 0..8 {
+        j.append("t", 0, vec![Bytes::from(vec![1u8; 1000])])
+            .await
+            .unwrap();
+    }
+    // The stream's max_bytes removed the oldest records: `start` moves past the position the
+    // group committed, and reads skip to it.
+    let deadline = Instant::now() + DEADLINE;
+    while j.start("t", 0).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "start never moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = j.start("t", 0).unwrap();
+    while j.removed_unread() < start {
+        assert!(Instant::now() < deadline, "the removal was not reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = j.read("t", 0, 0, 100, usize::MAX).unwrap();
+    assert_eq!(read.first().map(|r| r.offset), Some(start));
+    assert_eq!(read.last().map(|r| r.offset), Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_keeps_acked_records_and_positions_across_a_server_kill() {
+    let mut nats = NatsServer::start().unwrap();
+    // A short ack timeout: the batch in flight at the kill fails fast.
+    let mut c = config(&nats);
+    c.jetstream.timeout = Duration::from_secs(1);
+    let j = JetStreamJournal::open(c).await.unwrap();
+    j.create_topic("t", 2).unwrap();
+    let mut sent = Vec::new();
+    for b in 0..10u8 {
+        let batch: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![b, i])).collect();
+        j.append("t", u32::from(b % 2), batch.clone())
+            .await
+            .unwrap();
+        sent.push(batch);
+    }
+    j.commit("g", "t", 1, 15).unwrap();
+    // Partition 1 is appended to all along, across the kill and the restart: appends fail while
+    // the server is down (a batch in flight may still land later), and the journal must not
+    // take its own late batches for another writer's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (j, stop) = (j.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let value = Bytes::from(format!("live-{i}"));
+                if let Ok(offset) = j.append("t", 1, vec![value.clone()]).await {
+                    acked.push((offset, value));
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    let grown_to = |n: u64| {
+        let j = j.clone();
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while j.end("t", 1).unwrap() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "partition 1 does not grow past {n}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    grown_to(25 + 20).await;
+    nats.kill();
+    nats.restart().unwrap();
+    // The same journal reconnects and goes on appending after the acked records.
+    let deadline = Instant::now() + DEADLINE;
+    let next = loop {
+        match j.append("t", 0, vec![Bytes::from_static(b"after")]).await {
+            Ok(offset) => break offset,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no append after the restart: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(next, 25);
+    grown_to(j.end("t", 1).unwrap() + 20).await;
+    stop.store(true, Ordering::Relaxed);
+    let live = appender.await.unwrap();
+    assert!(
+        !j.is_failed(),
+        "the journal took its own late batches for another writer's"
+    );
+    drop(j);
+    // A new journal (a restarted node) finds every acked record and the committed position.
+    let j: Arc<dyn Journal> = JetStreamJournal::open(config(&nats)).await.unwrap();
+    assert_eq!(j.partitions("t").unwrap(), 2);
+    for p in 0..2u32 {
+        let want: Vec<Bytes> = sent
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| *b as u32 % 2 == p)
+            .flat_map(|(_, batch)| batch.iter().cloned())
+            .chain((p == 0).then(|| Bytes::from_static(b"after")))
+            .collect();
+        let got = read_all(j.as_ref(), "t", p, 7);
+        let values: Vec<Bytes> = got.iter().map(|r| r.value.clone()).collect();
+        assert_eq!(values[..want.len()], want[..], "partition {p}");
+        if p == 0 {
+            assert_eq!(values.len(), want.len());
+        }
+    }
+    // Every append to partition 1 that was acked is at the offset its ack named, and every
+    // record stored after the first 25 was acked: a batch whose ack was lost in the kill is
+    // either acked after all or not stored.
+    let got = read_all(j.as_ref(), "t", 1, 100);
+    for (offset, value) in &live {
+        assert_eq!(&got[*offset as usize].value, value, "offset {offset}");
+    }
+    assert_eq!(got.len(), 25 + live.len(), "records stored without an ack");
+    assert_eq!(j.committed("g", "t", 1).unwrap(), Some(15));
+    assert_eq!(j.committed("g", "t", 0).unwrap(), None);
+}
