@@ -58,6 +58,7 @@ flush_interval = "100ms"
 name = "views"
 key = "user"
 window = "1h"
+kind = "sliding"
 
 [[predict.models]]
 name = "buys"

@@ -58,11 +58,19 @@ async fn send(client: &reqwest::Client, base: &str, body: Value) {
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 }
 
+/// The time to stamp events with, and the query that reads an hourly counter at that time: the
+/// hour may turn while a test waits, and the hourly window with it.
+fn now_and_its_hour() -> (String, String) {
+    let now = chrono::Utc::now();
+    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    (now.to_rfc3339(), format!("?at={at}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_counters_and_predictions_over_http() {
     let server = TestServer::start(CONFIG).await;
     let (client, base) = (&server.client, &server.base);
-    let now = chrono::Utc::now().to_rfc3339();
+    let (now, hour) = now_and_its_hour();
     send(client, base, json!([
         {"type": "identify", "user_id": "u1", "traits": {"plan": "pro"}, "timestamp": now},
         {"event": "Product Viewed", "user_id": "u1", "properties": {"sku": "a"}, "timestamp": now},
@@ -84,7 +92,7 @@ async fn profiles_counters_and_predictions_over_http() {
         .unwrap();
     assert!((0.0..=1.0).contains(&score));
 
-    let views = wait_json(client, &format!("{base}/v1/counters/views_1h/u1"), |v| {
+    let views = wait_json(client, &format!("{base}/v1/counters/views_1h/u1{hour}"), |v| {
         v["value"] == 2.0
     })
     .await;
@@ -198,7 +206,7 @@ async fn profiles_counters_and_predictions_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_profiles_counters_and_the_model() {
     let mut server = TestServer::start(CONFIG).await;
-    let now = chrono::Utc::now().to_rfc3339();
+    let (now, hour) = now_and_its_hour();
     let viewed = json!({"event": "Product Viewed", "user_id": "u1", "timestamp": now});
     send(
         &server.client,
@@ -219,7 +227,7 @@ async fn a_restart_keeps_profiles_counters_and_the_model() {
     })
     .await;
     assert_eq!(profile["event_counts"]["Product Viewed"], 3);
-    wait_json(client, &format!("{base}/v1/counters/views_1h/u1"), |v| {
+    wait_json(client, &format!("{base}/v1/counters/views_1h/u1{hour}"), |v| {
         v["value"] == 3.0
     })
     .await;
