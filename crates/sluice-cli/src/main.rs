@@ -95,8 +95,27 @@ struct ServeArgs {
     role: Vec<String>,
 }
 
+/// Caps glibc's malloc at one arena per core (its default is eight per core), unless
+/// `MALLOC_ARENA_MAX` says otherwise. Every tokio worker and blocking thread otherwise gets an
+/// arena of its own, each keeping the memory it freed: under steady load resident memory grew
+/// by about 460 bytes an event beyond everything the process still held (`sluice bench
+/// --sustained`, README), and stayed within bounds with the cap. Runs before any thread starts.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tunable; no thread has started, and a refusal (0) leaves
+        // glibc's default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
 #[allow(clippy::exit)] // the one place that turns errors into exit codes
 fn main() {
+    bound_malloc_arenas();
     let cli = Cli::parse();
     init_tracing();
     report_caught_upload_panics();
