@@ -92,9 +92,11 @@ async fn profiles_counters_and_predictions_over_http() {
         .unwrap();
     assert!((0.0..=1.0).contains(&score));
 
-    let views = wait_json(client, &format!("{base}/v1/counters/views_1h/u1{hour}"), |v| {
-        v["value"] == 2.0
-    })
+    let views = wait_json(
+        client,
+        &format!("{base}/v1/counters/views_1h/u1{hour}"),
+        |v| v["value"] == 2.0,
+    )
     .await;
     assert_eq!(views["aggregate"], "count");
     let spend = wait_json(client, &format!("{base}/v1/counters/spend_24h/u1"), |v| {
@@ -227,9 +229,11 @@ async fn a_restart_keeps_profiles_counters_and_the_model() {
     })
     .await;
     assert_eq!(profile["event_counts"]["Product Viewed"], 3);
-    wait_json(client, &format!("{base}/v1/counters/views_1h/u1{hour}"), |v| {
-        v["value"] == 3.0
-    })
+    wait_json(
+        client,
+        &format!("{base}/v1/counters/views_1h/u1{hour}"),
+        |v| v["value"] == 3.0,
+    )
     .await;
     assert!(
         profile["predictions"]["purchase_30m"]["score"].is_number(),
