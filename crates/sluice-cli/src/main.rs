@@ -95,11 +95,14 @@ struct ServeArgs {
     role: Vec<String>,
 }
 
-/// Caps glibc's malloc at one arena per core (its default is eight per core), unless
-/// `MALLOC_ARENA_MAX` says otherwise. Every tokio worker and blocking thread otherwise gets an
-/// arena of its own, each keeping the memory it freed: under steady load resident memory grew
-/// by about 460 bytes an event beyond everything the process still held (`sluice bench
-/// --sustained`, README), and stayed within bounds with the cap. Runs before any thread starts.
+/// Rust allocations go to jemalloc: with glibc's malloc, resident memory under steady load grew
+/// by 230–460 bytes an event beyond everything the process still held, its arenas keeping
+/// what they freed; with jemalloc it stays flat (`sluice bench --sustained`, README).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Caps glibc's malloc, which C libraries still use, at one arena per core (its default is
+/// eight per core), unless `MALLOC_ARENA_MAX` says otherwise. Runs before any thread starts.
 fn bound_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
