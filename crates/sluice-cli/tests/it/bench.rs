@@ -28,8 +28,10 @@ fn sustained_ramp_reports_each_stage_and_the_highest_rate_held() -> anyhow::Resu
             .find(|l| l.starts_with(&format!("offered {rate:>7} events/s")))
             .unwrap_or_else(|| panic!("no step at {rate}/s in:\n{out}"))
     };
-    assert!(step("200").ends_with("-> held"), "{out}");
-    step("5000");
+    // Whether a 6 s step on a debug build holds depends on the machine: the test checks what
+    // the ramp reports, not the speed (a verdict for every step it offered).
+    let verdict = |line: &str| line.ends_with("-> held") || line.contains("-> not held (");
+    assert!(verdict(step("200")), "{out}");
     for stage in ["runner", "lake/events", "hot"] {
         assert!(
             out.lines()
@@ -43,8 +45,17 @@ fn sustained_ramp_reports_each_stage_and_the_highest_rate_held() -> anyhow::Resu
         .unwrap_or_else(|| panic!("no summary in:\n{out}"));
     assert!(
         summary.contains(": 5000 events/s (every rate")
-            || summary.contains(": 200 events/s; at 5000 events/s the limit is "),
+            || summary.contains(": 200 events/s; at 5000 events/s the limit is ")
+            || summary.contains(": none of the rates; at 200 events/s the limit is "),
         "{summary}"
     );
+    if summary.contains("at 200 events/s the limit") {
+        assert!(
+            verdict(step("200")) && !step("200").ends_with("-> held"),
+            "{out}"
+        );
+    } else {
+        assert!(verdict(step("5000")), "{out}");
+    }
     Ok(())
 }
