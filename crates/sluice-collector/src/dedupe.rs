@@ -203,6 +203,13 @@ pub(crate) enum Reserve {
 pub(crate) struct DedupeIndex {
     /// Each shard with the heap bytes last counted for it.
     shards: Vec<Mutex<(Shard, usize)>>,
+    /// Keys found stored in a shared journal ([`DedupeIndex::observe`]) while a request of this
+    /// node held them pending, with where they are stored: that request must not append them.
+    /// Always locked inside the key's shard lock. Emptied as the requests settle.
+    observed: Mutex<HashMap<Key, Position>>,
+    /// Entries of `observed`, read without its lock (usually 0: the file journal has no other
+    /// writers).
+    observed_len: AtomicUsize,
     window: i64,
     /// Entries one shard holds at most.
     shard_cap: usize,
@@ -218,6 +225,8 @@ impl DedupeIndex {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new((Shard::new(shard_cap), 0)))
                 .collect(),
+            observed: Mutex::new(HashMap::new()),
+            observed_len: AtomicUsize::new(0),
             window: window_micros,
             shard_cap,
             bytes: AtomicUsize::new(0),
@@ -280,6 +289,56 @@ impl DedupeIndex {
         self.tidy(&mut s, at - self.window);
     }
 
+    /// Records `k` as stored at `pos`, found in a `raw` partition that other nodes write too:
+    /// a new entry when the index does not know it, nothing when it knows it committed, and,
+    /// when a request of this node holds it pending, a note that request finds
+    /// ([`DedupeIndex::take_observed`]) before it appends.
+    pub(crate) fn observe(&self, k: Key, at: i64, pos: Position) {
+        let mut s = self.shard(k);
+        match s.0.get(&k) {
+            Some(Slot::Committed(..)) => {}
+            Some(Slot::Pending(..)) => {
+                let mut observed = self.observed_map();
+                observed.insert(k, pos);
+                self.observed_len.store(observed.len(), Ordering::Release);
+            }
+            None => {
+                s.0.file(k, Slot::Committed(at, pos));
+                self.tidy(&mut s, at - self.window);
+            }
+        }
+    }
+
+    /// Of `keys` (pending for the caller), those found stored meanwhile, with where.
+    pub(crate) fn take_observed(
+        &self,
+        keys: impl IntoIterator<Item = Key>,
+    ) -> Vec<(Key, Position)> {
+        let mut found = Vec::new();
+        for k in keys {
+            let _shard = self.shard(k);
+            if let Some(pos) = self.forget_observed(k) {
+                found.push((k, pos));
+            }
+        }
+        found
+    }
+
+    /// Removes `k`'s note; the caller holds `k`'s shard lock.
+    fn forget_observed(&self, k: Key) -> Option<Position> {
+        if self.observed_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut observed = self.observed_map();
+        let pos = observed.remove(&k);
+        self.observed_len.store(observed.len(), Ordering::Release);
+        pos
+    }
+
+    fn observed_map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Position>> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Tries to reserve `k` for the request whose outcome `rx` will carry.
     pub(crate) fn reserve(&self, k: Key, now: i64, rx: &watch::Receiver<Option<bool>>) -> Reserve {
         let mut s = self.shard(k);
@@ -300,10 +359,14 @@ impl DedupeIndex {
     }
 
     /// Settles reservations: committed at their position (`Some`) or removed (`None`, the
-    /// append failed).
+    /// append failed — unless the key was found stored meanwhile: then committed there).
     pub(crate) fn settle(&self, keys: impl IntoIterator<Item = (Key, Option<Position>)>) {
         for (k, pos) in keys {
-            self.shard(k).0.settle(k, pos);
+            let mut s = self.shard(k);
+            // An append that failed may still have stored its records (a lost ack): if they
+            // were read back meanwhile, the key is committed where they are.
+            let observed = self.forget_observed(k);
+            s.0.settle(k, pos.or(observed));
         }
     }
 
@@ -350,6 +413,34 @@ mod tests {
             "{} bytes an entry",
             last / idx.len()
         );
+    }
+
+    #[test]
+    fn a_key_found_stored_while_pending_is_committed_there_even_if_its_append_failed() {
+        let index = DedupeIndex::new(1_000_000, 100);
+        let (_tx, rx) = watch::channel(None);
+        let at = |offset| Position {
+            partition: 1,
+            offset,
+        };
+        // Read back from a shared journal while pending: noted, then taken by the request.
+        assert!(matches!(index.reserve(7, 10, &rx), Reserve::New));
+        index.observe(7, 10, at(3));
+        assert_eq!(index.take_observed([7, 8]), vec![(7, at(3))]);
+        assert!(index.take_observed([7]).is_empty());
+        index.settle([(7, Some(at(3)))]);
+        // An append that failed after its records were stored and read back (a lost ack).
+        assert!(matches!(index.reserve(9, 10, &rx), Reserve::New));
+        index.observe(9, 10, at(4));
+        index.settle([(9, None)]);
+        let (_tx2, rx2) = watch::channel(None);
+        assert!(matches!(index.reserve(9, 11, &rx2), Reserve::Duplicate(Some(p)) if p == at(4)));
+        // A key nobody held is simply filed; one known committed is left as it is.
+        index.observe(11, 10, at(5));
+        index.observe(7, 10, at(6));
+        assert!(matches!(index.reserve(11, 11, &rx2), Reserve::Duplicate(Some(p)) if p == at(5)));
+        assert!(matches!(index.reserve(7, 11, &rx2), Reserve::Duplicate(Some(p)) if p == at(3)));
+        assert_eq!(index.observed_len.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use sluice_journal::{Journal, JournalError, StageHealth, partition_for};
 use tokio::sync::watch;
 
 use crate::dedupe::{self, DedupeIndex, Key, Reserve};
+use crate::follow::{Follow, raw_ids};
 use crate::quota::{Demand, SourceQuotas};
 use crate::{CollectError, CollectorSettings, Encoding, check_native, decompress, split_events};
 
@@ -108,7 +109,9 @@ pub type Gate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 pub struct Collector {
     journal: Arc<dyn Journal>,
     settings: CollectorSettings,
-    dedupe: DedupeIndex,
+    dedupe: Arc<DedupeIndex>,
+    /// On a journal other nodes append to: how far this node has read `raw` into `dedupe`.
+    follow: Option<Arc<Follow>>,
     partitions: u32,
     /// The journal as intake sees it: the last append failed or not.
     health: StageHealth,
@@ -133,8 +136,10 @@ impl Collector {
         // Only the newest records can be in the bounded index: read no further back, so a
         // restart costs the same however much `raw` holds.
         let per_partition = max_entries.div_ceil(partitions.max(1) as usize) as u64;
+        let mut ends = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let end = journal.end(topic::RAW, p).map_err(journal_error)?;
+            ends.push(end);
             let start = journal.start(topic::RAW, p).map_err(journal_error)?;
             let mut from = start.max(end.saturating_sub(per_partition));
             while from < end {
@@ -148,21 +153,8 @@ impl Collector {
                         partition: p,
                         offset: r.offset,
                     };
-                    #[derive(serde::Deserialize)]
-                    struct Ids<'a> {
-                        #[serde(borrow)]
-                        event_id: std::borrow::Cow<'a, str>,
-                        #[serde(borrow)]
-                        source: std::borrow::Cow<'a, str>,
-                        received_at: i64,
-                    }
-                    // A raw record the collector wrote is always readable; one that is not
-                    // cannot be a duplicate of anything, so skipping it is safe.
-                    if let Ok(ids) = serde_json::from_slice::<Ids>(&r.value)
-                        && ids.received_at >= horizon
-                    {
-                        let key = dedupe::key(&ids.source, &ids.event_id);
-                        acked.push((ids.received_at, key, pos));
+                    if let Some((at, key)) = raw_ids(&r.value).filter(|(at, _)| *at >= horizon) {
+                        acked.push((at, key, pos));
                     }
                 }
             }
@@ -174,15 +166,29 @@ impl Collector {
         }
         tracing::info!(loaded = acked.len(), "dedupe index rebuilt from raw");
         let quotas = SourceQuotas::new(settings.quotas.clone());
+        let follow = journal.shared().then(|| Arc::new(Follow::new(&ends)));
         Ok(Self {
             journal,
             quotas,
             settings,
-            dedupe,
+            dedupe: Arc::new(dedupe),
+            follow,
             partitions,
             health: StageHealth::detached(),
             gate: None,
         })
+    }
+
+    /// On a journal that other nodes append to, the task that reads their `raw` records into
+    /// this node's dedupe index (see `follow.rs`); it runs until dropped and must run for
+    /// appends to go through. `None` on a journal only this process writes.
+    pub fn follower(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let follow = self.follow.clone()?;
+        Some(follow.run(
+            self.journal.clone(),
+            self.dedupe.clone(),
+            self.settings.dedupe_window_micros,
+        ))
     }
 
     /// Reports each append's outcome to `health` (`/health`: can the journal take events?).
@@ -309,6 +315,7 @@ impl Collector {
             placements: vec![Placement::Rejected; items.len()],
             staged: Vec::with_capacity(items.len()),
             repeats: Vec::new(),
+            stored: Vec::new(),
         };
         let mut waits = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
@@ -331,10 +338,9 @@ impl Collector {
         }
         req.staged.sort_by_key(|s| s.index);
 
-        let firsts = self
-            .append(self.encode(&req.staged, origin, received_at)?)
-            .await;
-        let (placed, failed) = req.place(&firsts);
+        let firsts = self.append_staged(&mut req, origin, received_at).await?;
+        let (mut placed, failed) = req.place(&firsts);
+        placed.extend(req.stored.iter().map(|&(k, pos)| (k, Some(pos))));
         guard.keys.clear();
         self.dedupe.settle(placed);
         if let Some(e) = firsts.iter().flatten().find_map(|r| r.as_ref().err()) {
@@ -467,21 +473,89 @@ impl Collector {
         Ok(per_partition)
     }
 
-    /// Appends every partition's records at once; per partition, the first offset written or
-    /// the error (`None`: nothing to write there).
-    async fn append(
+    /// Appends the staged events of every partition at once; per partition, the first offset
+    /// written or the error (`None`: nothing to write there).
+    async fn append_staged(
         &self,
-        per_partition: Vec<Vec<Bytes>>,
-    ) -> Vec<Option<Result<u64, JournalError>>> {
+        req: &mut Request<'_>,
+        origin: &Origin,
+        received_at: i64,
+    ) -> Result<Firsts, CollectError> {
+        let Some(follow) = &self.follow else {
+            let per_partition = self.encode(&req.staged, origin, received_at)?;
+            return Ok(self.append(per_partition, None).await);
+        };
+        // A shared `raw`: conditional appends, again after reading what other nodes stored.
+        let mut firsts: Firsts = (0..self.partitions).map(|_| None).collect();
+        for attempt in 0..=MAX_CONTENDED {
+            // Read after every reservation of this request: a record found after that point is
+            // noted against the reservation and dropped here.
+            let seen = follow.seen();
+            let pending = req
+                .staged
+                .iter()
+                .filter(|s| firsts[s.partition as usize].is_none());
+            let stored = self
+                .dedupe
+                .take_observed(pending.map(|s| s.key).collect::<Vec<_>>());
+            req.drop_stored(stored);
+            let mut per_partition = self.encode(&req.staged, origin, received_at)?;
+            for (p, records) in per_partition.iter_mut().enumerate() {
+                if firsts[p].is_some() {
+                    records.clear();
+                }
+            }
+            let mut contended = Vec::new();
+            for (p, r) in self
+                .append(per_partition, Some(&seen))
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match r {
+                    Some(Err(JournalError::Contended { end, .. })) if attempt < MAX_CONTENDED => {
+                        contended.push((p as u32, end));
+                    }
+                    Some(r) => firsts[p] = Some(r),
+                    None => {}
+                }
+            }
+            if contended.is_empty() {
+                break;
+            }
+            crate::metrics::contended(contended.len());
+            for (p, end) in contended {
+                if !follow.reached(p, end, PENDING_WAIT).await {
+                    firsts[p as usize] = Some(Err(JournalError::Unavailable(format!(
+                        "raw partition {p} could not be read up to {end} from other nodes; retry"
+                    ))));
+                }
+            }
+        }
+        Ok(firsts)
+    }
+
+    /// Appends every partition's records at once (conditionally on `seen`, per partition, on a
+    /// shared journal); per partition, the first offset written or the error (`None`: nothing
+    /// to write there).
+    async fn append(&self, per_partition: Vec<Vec<Bytes>>, seen: Option<&[u64]>) -> Firsts {
         let appends = per_partition
             .into_iter()
             .enumerate()
             .filter(|(_, r)| !r.is_empty())
             .map(|(p, records)| async move {
-                (p, self.journal.append(topic::RAW, p as u32, records).await)
+                let r = match seen {
+                    None => self.journal.append(topic::RAW, p as u32, records).await,
+                    Some(seen) => {
+                        let seen = seen.get(p).copied();
+                        self.journal
+                            .append_shared(topic::RAW, p as u32, records, seen)
+                            .await
+                    }
+                };
+                (p, r)
             });
-        let mut firsts: Vec<Option<Result<u64, JournalError>>> =
-            (0..self.partitions).map(|_| None).collect();
+        let mut firsts: Firsts = (0..self.partitions).map(|_| None).collect();
         for (p, r) in futures::future::join_all(appends).await {
             firsts[p] = Some(r);
         }
@@ -493,6 +567,12 @@ impl Collector {
         self.dedupe.len()
     }
 }
+
+/// Per partition, the first offset appended or the error (`None`: nothing to append there).
+type Firsts = Vec<Option<Result<u64, JournalError>>>;
+
+/// Most times a request appends again to a shared partition that other nodes keep appending to.
+const MAX_CONTENDED: u32 = 16;
 
 struct Staged<'a> {
     index: usize,
@@ -510,6 +590,9 @@ struct Request<'a> {
     staged: Vec<Staged<'a>>,
     /// (slot, key) of events repeated within this request.
     repeats: Vec<(usize, Key)>,
+    /// Events found stored (by another node, or by an earlier try of this request) before this
+    /// request appended them, with where.
+    stored: Vec<(Key, Position)>,
 }
 
 impl<'a> Request<'a> {
@@ -569,6 +652,19 @@ impl<'a> Request<'a> {
         (placed, failed)
     }
 
+    /// Takes the events found stored out of those to append: each is answered as a duplicate
+    /// at the position where it is stored.
+    fn drop_stored(&mut self, stored: Vec<(Key, Position)>) {
+        for (key, pos) in stored {
+            if let Some(i) = self.staged.iter().position(|s| s.key == key) {
+                let s = self.staged.remove(i);
+                self.outcome.duplicates += 1;
+                self.placements[s.index] = Placement::Duplicate(pos);
+                self.stored.push((key, pos));
+            }
+        }
+    }
+
     /// Places each repeat within the request where its first copy landed.
     fn place_repeats(&mut self) {
         if self.repeats.is_empty() {
@@ -581,6 +677,7 @@ impl<'a> Request<'a> {
                 Placement::Appended(p) => Some((s.key, p)),
                 _ => None,
             })
+            .chain(self.stored.iter().copied())
             .collect();
         for (index, key) in self.repeats.drain(..) {
             if let Some(pos) = first.get(&key) {

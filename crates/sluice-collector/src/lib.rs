@@ -20,6 +20,7 @@ mod config;
 mod decode;
 mod dedupe;
 mod error;
+mod follow;
 mod ingest;
 mod metrics;
 mod native;

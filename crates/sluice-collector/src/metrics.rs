@@ -36,3 +36,9 @@ pub(crate) fn dedupe_memory(bytes: usize, ceiling: usize) {
     metrics::gauge!("sluice_collector_dedupe_bytes").set(bytes as f64);
     metrics::gauge!("sluice_collector_dedupe_ceiling_bytes").set(ceiling as f64);
 }
+
+/// `sluice_collector_contended_appends_total`: appends to a shared `raw` partition made again
+/// because another node had appended first, past what this node had read (see `follow.rs`).
+pub(crate) fn contended(partitions: usize) {
+    metrics::counter!("sluice_collector_contended_appends_total").increment(partitions as u64);
+}

@@ -312,3 +312,100 @@ async fn dedupe_is_bounded_and_a_restart_reads_back_only_the_newest() {
     };
     assert!(bad.validate().unwrap_err().contains("dedupe_max_entries"));
 }
+
+/// A `raw` record for `event_id` of `source`, as another node's collector writes it.
+fn foreign_record(source: &str, event_id: &str) -> Bytes {
+    let raw = serde_json::json!({
+        "event_id": event_id,
+        "source": source,
+        "protocol": "native",
+        "received_at": sluice_event::now_micros(),
+        "payload": {"event": "a", "userId": "alice"},
+    });
+    Bytes::from(serde_json::to_vec(&raw).unwrap())
+}
+
+fn event_ids(j: &MemJournal, p: u32) -> Vec<String> {
+    j.records(topic::RAW, p)
+        .iter()
+        .map(|r| decode_raw(&r.value).unwrap().event_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_journal_events_other_nodes_stored_are_duplicates() {
+    use sluice_collector::{Origin, Placement};
+
+    let j = MemJournal::with_topics(&[(topic::RAW, 2)]);
+    j.set_shared(true);
+    let c = collector(&j);
+    let follow = tokio::spawn(c.follower().expect("a shared journal is followed"));
+    let alice = partition_for("alice", 2);
+    let one = |id: &str| format!(r#"{{"event":"a","userId":"alice","event_id":"{id}"}}"#);
+
+    // Another node stored e1 before this one's request: its retry here is a duplicate.
+    j.append_foreign(topic::RAW, alice, vec![foreign_record("web", "e1")])
+        .unwrap();
+    let out = c.ingest(request("web", &one("e1"))).await.unwrap();
+    assert_eq!((out.accepted, out.duplicates), (0, 1));
+
+    // Another node stores e2 while this node's request for e2 and e3 is in flight, after its
+    // dedupe check: the conditional append is refused, the request reads the other node's
+    // record, answers e2 as a duplicate where that node stored it, and appends only e3.
+    j.append_foreign_before_next(topic::RAW, alice, vec![foreign_record("web", "e2")])
+        .unwrap();
+    let body = format!("[{},{}]", one("e2"), one("e3"));
+    let items = sluice_collector::split_events(body.as_bytes(), 10)
+        .unwrap()
+        .into_iter()
+        .map(|raw| {
+            let v: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+            Ok(sluice_collector::Item {
+                source: Arc::from("web"),
+                protocol: sluice_event::Protocol::Native,
+                event_id: v["event_id"].as_str().map(str::to_string),
+                user_id: Some("alice".into()),
+                anonymous_id: None,
+                network_user_id: None,
+                partition_key: None,
+                payload: std::borrow::Cow::Borrowed(raw),
+            })
+        })
+        .collect();
+    let submitted = c.submit(&Origin::default(), items).await.unwrap();
+    assert_eq!(
+        (submitted.outcome.accepted, submitted.outcome.duplicates),
+        (1, 1)
+    );
+    let e2_at = j
+        .records(topic::RAW, alice)
+        .iter()
+        .position(|r| decode_raw(&r.value).unwrap().event_id == "e2")
+        .unwrap() as u64;
+    assert_eq!(
+        submitted.placements[0],
+        Placement::Duplicate(sluice_event::Position {
+            partition: alice,
+            offset: e2_at
+        })
+    );
+    assert!(matches!(submitted.placements[1], Placement::Appended(_)));
+
+    // An unrelated record of another node in between only delays the append.
+    j.append_foreign_before_next(topic::RAW, alice, vec![foreign_record("web", "e4")])
+        .unwrap();
+    let out = c.ingest(request("web", &one("e5"))).await.unwrap();
+    assert_eq!((out.accepted, out.duplicates), (1, 0));
+    // And what this node knows it learned from the others: e4 is a duplicate here too.
+    let out = c.ingest(request("web", &one("e4"))).await.unwrap();
+    assert_eq!((out.accepted, out.duplicates), (0, 1));
+
+    assert_eq!(event_ids(&j, alice), ["e1", "e2", "e3", "e4", "e5"]);
+    follow.abort();
+}
+
+#[tokio::test]
+async fn a_journal_only_this_process_writes_is_not_followed() {
+    let j = MemJournal::with_topics(&[(topic::RAW, 2)]);
+    assert!(collector(&j).follower().is_none());
+}

@@ -52,6 +52,32 @@ pub trait Journal: Send + Sync + 'static {
         records: Vec<Bytes>,
     ) -> BoxFuture<'_, Result<u64, JournalError>>;
 
+    /// Whether processes other than this one append to the journal's partitions (a journal kept
+    /// on shared servers, as JetStream is): a reader must then expect records it did not write,
+    /// and a writer that dedupes must read them before it appends ([`Journal::append_shared`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// [`Journal::append`] to a partition that several writers append to (`raw`, Kinesis
+    /// streams): where `append` stops the journal when it finds another writer's records
+    /// (two owners of one partition), this one takes its place after them. With `seen =
+    /// Some(end)` the append is conditional: it is made only if every record another writer
+    /// stored before it lies below offset `end` (the caller has read them all, so a check it
+    /// made against them — dedupe — still holds); otherwise nothing is appended and it fails
+    /// with [`JournalError::Contended`], naming how far to read before trying again. On a
+    /// journal that no other process writes this is `append`.
+    fn append_shared(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+        seen: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, JournalError>> {
+        let _ = seen;
+        self.append(topic, partition, records)
+    }
+
     /// Reads up to `max_records` durable records (and about `max_bytes`, but at least one record)
     /// starting at offset `from`. Returns an empty vector at the durable end. Offsets below the
     /// partition's start (deleted by retention) are skipped: the first record returned then has a

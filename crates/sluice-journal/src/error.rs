@@ -61,6 +61,20 @@ pub enum JournalError {
     /// or read may be retried.
     #[error("journal backend unavailable: {0}")]
     Unavailable(String),
+    /// Another writer appended to a partition shared between writers, past what the caller had
+    /// read when it made its conditional append ([`crate::Journal::append_shared`]): nothing was
+    /// appended. Read the partition up to `end`, check again, and retry.
+    #[error(
+        "partition {topic}/{partition} has records of another writer up to offset {end}; read them first"
+    )]
+    Contended {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Every record of another writer lies below this offset.
+        end: u64,
+    },
     /// Another IO error.
     #[error("{context}: {source}")]
     Io {
@@ -83,6 +97,7 @@ impl JournalError {
             | Self::Quarantined { .. }
             | Self::Closed
             | Self::Unavailable(_)
+            | Self::Contended { .. }
             | Self::Locked(_) => ErrorKind::Unavailable,
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::Io { .. } => ErrorKind::Internal,

@@ -14,6 +14,8 @@ pub const APPENDED_BYTES: &str = "sluice_journal_appended_bytes_total";
 pub const GROUP_COMMIT_RECORDS: &str = "sluice_journal_group_commit_records";
 /// `append` calls per group commit.
 pub const GROUP_COMMIT_APPENDS: &str = "sluice_journal_group_commit_appends";
+/// Batches a shared partition's writer published again because another writer appended first.
+pub const CONTENDED_BATCHES: &str = "sluice_journal_contended_batches_total";
 /// fsync and fdatasync calls (segments, directories, floor and consumer files).
 pub const FSYNCS: &str = "sluice_journal_fsyncs_total";
 /// Time spent in each fsync or fdatasync.
@@ -64,6 +66,11 @@ pub fn describe() {
         "append calls per group commit"
     );
     describe_counter!(FSYNCS, Unit::Count, "fsync and fdatasync calls");
+    describe_counter!(
+        CONTENDED_BATCHES,
+        Unit::Count,
+        "batches published again because another writer appended to the partition first"
+    );
     describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "duration of each fsync");
     describe_counter!(SEGMENTS_ROLLED, Unit::Count, "segments created by rolling");
     describe_counter!(

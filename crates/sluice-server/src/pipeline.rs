@@ -495,6 +495,17 @@ async fn start_http(
     let collector = if settings.roles.collector {
         let (j, cs) = (base.dyn_journal.clone(), settings.collector.clone());
         let collector = blocking("collector", move || Collector::open(j, cs)).await?;
+        if let Some(follow) = collector.follower() {
+            // Other nodes append to `raw` too: read their records into the dedupe index.
+            let stop = intake.clone();
+            listeners.push(Task::spawn("collector", async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = follow => {}
+                }
+                Ok(())
+            }));
+        }
         let stages = base.stages.clone();
         Some(Arc::new(
             collector

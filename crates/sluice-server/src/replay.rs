@@ -163,7 +163,7 @@ impl Replayer {
             for (p, records) in per_partition {
                 for chunk in records.chunks(APPEND_CHUNK) {
                     self.journal
-                        .append(topic::RAW, p, chunk.to_vec())
+                        .append_shared(topic::RAW, p, chunk.to_vec(), None)
                         .await
                         .map_err(|e| (e.kind(), format!("appending to raw: {e}")))?;
                     report.replayed += chunk.len() as u64;

@@ -28,6 +28,10 @@ struct Partition {
     /// Set by [`MemJournal::quarantine`]: every access answers `Quarantined`, as a
     /// `LocalJournal` partition with corrupt durable data does.
     quarantined: bool,
+    /// Every record another writer appended lies below this offset.
+    foreign_end: u64,
+    /// Records another writer appends just before the next shared append here.
+    foreign_next: Vec<Vec<Bytes>>,
 }
 
 impl Partition {
@@ -36,6 +40,8 @@ impl Partition {
             records: Vec::new(),
             end: watch::Sender::new(0),
             quarantined: false,
+            foreign_end: 0,
+            foreign_next: Vec::new(),
         }
     }
 
@@ -61,6 +67,8 @@ struct State {
 pub struct MemJournal {
     state: Mutex<State>,
     failed: AtomicBool,
+    /// Stands for a journal other processes append to ([`Journal::shared`]).
+    shared: AtomicBool,
 }
 
 impl std::fmt::Debug for MemJournal {
@@ -90,6 +98,42 @@ impl MemJournal {
     /// Makes [`Journal::is_failed`] answer `failed` (and appends fail while it is set).
     pub fn set_failed(&self, failed: bool) {
         self.failed.store(failed, Ordering::SeqCst);
+    }
+
+    /// Makes the journal one that other writers append to ([`Journal::shared`]): conditional
+    /// appends ([`Journal::append_shared`]) then answer `Contended` while another writer's
+    /// records lie past what the caller had read.
+    pub fn set_shared(&self, shared: bool) {
+        self.shared.store(shared, Ordering::SeqCst);
+    }
+
+    /// Appends as another writer (another node) would.
+    pub fn append_foreign(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+    ) -> Result<u64, JournalError> {
+        let first = self.append_now(topic, partition, records)?;
+        let mut state = self.lock();
+        let part = partition_mut(&mut state, topic, partition)?;
+        part.foreign_end = part.end();
+        Ok(first)
+    }
+
+    /// Queues `records` for another writer to append just before the next shared append to
+    /// this partition: a node that took the same events while this one's request was in flight.
+    pub fn append_foreign_before_next(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+    ) -> Result<(), JournalError> {
+        let mut state = self.lock();
+        partition_mut(&mut state, topic, partition)?
+            .foreign_next
+            .push(records);
+        Ok(())
     }
 
     /// Quarantines a partition: from now on its reads, appends and positions fail with
@@ -261,6 +305,41 @@ impl Journal for MemJournal {
         records: Vec<Bytes>,
     ) -> BoxFuture<'_, Result<u64, JournalError>> {
         let result = self.append_now(topic, partition, records);
+        futures::future::ready(result).boxed()
+    }
+
+    fn shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
+    }
+
+    fn append_shared(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+        seen: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, JournalError>> {
+        let result = (|| {
+            let queued = {
+                let mut state = self.lock();
+                std::mem::take(&mut partition_mut(&mut state, topic, partition)?.foreign_next)
+            };
+            for foreign in queued {
+                self.append_foreign(topic, partition, foreign)?;
+            }
+            let foreign_end = {
+                let state = self.lock();
+                partition_ref(&state, topic, partition)?.foreign_end
+            };
+            if seen.is_some_and(|seen| seen < foreign_end) {
+                return Err(JournalError::Contended {
+                    topic: topic.to_string(),
+                    partition,
+                    end: foreign_end,
+                });
+            }
+            self.append_now(topic, partition, records)
+        })();
         futures::future::ready(result).boxed()
     }
 

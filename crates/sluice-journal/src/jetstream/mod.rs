@@ -16,9 +16,13 @@
 //! Appends. One writer task per partition takes every queued append (up to
 //! [`MAX_BATCH`] records) and publishes them as one JetStream *atomic batch*: the server stores
 //! all of them, consecutively, or none. The first message carries `Nats-Expected-Last-Sequence`
-//! (the writer's last known sequence), so another writer on the same partition fences this one
-//! out instead of interleaving: the journal then reports itself failed (`is_failed`) and the
-//! server stops, since two writers mean two nodes think they own the partition. A batch is
+//! (the writer's last known sequence), so the writer always knows which records before a batch
+//! are whose. After an `append`, another writer's records mean two nodes think they own the
+//! partition: the journal reports itself failed (`is_failed`) and the server stops. After an
+//! `append_shared` (partitions every node's collector writes), the writer takes the last
+//! sequence the refusal names and publishes again, and a conditional append (`seen`) whose
+//! caller had not read up to the other writers' records is answered `Contended` unpublished
+//! (`writer.rs`, `Fence::foreign_end`). A batch is
 //! acknowledged only by the server's ack of its commit, which under `sync_interval: always`
 //! means fsynced on every replica in the quorum. An append larger than [`MAX_BATCH`] records
 //! (the server's atomic batch limit is 1000 messages) is published as several fenced batches:
@@ -78,7 +82,7 @@ pub use config::{JetStreamConfig, JournalBackend};
 use crate::config::MAX_PARTITIONS;
 use crate::{Journal, JournalConfig, JournalError, Record, TopicInfo, is_valid_topic_name};
 use tail::Tail;
-use writer::Append;
+use writer::{Append, Mode};
 
 /// Most records in one atomic batch (the server's default `max_msgs` per batch is 1000).
 pub const MAX_BATCH: usize = 1000;
@@ -132,6 +136,7 @@ struct Topic {
 /// One partition: its stream, tail cache, watermark and writer.
 struct Partition {
     topic: String,
+    index: u32,
     stream: String,
     subject: String,
     tail: Mutex<Tail>,
@@ -192,6 +197,7 @@ impl JetStreamJournal {
             }
         };
         handle.spawn(refresh(Arc::downgrade(&inner)));
+        handle.spawn(watch_commits(Arc::downgrade(&inner)));
         Ok(Arc::new(Self {
             inner,
             runtime: Mutex::new(Some(runtime)),
@@ -206,6 +212,50 @@ impl JetStreamJournal {
     /// sum of what `sluice_journal_retention_unread_deleted_total` counted.
     pub fn removed_unread(&self) -> u64 {
         self.inner.removed_unread.load(Ordering::Relaxed)
+    }
+
+    /// Queues an append for the partition's writer.
+    fn queue(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+        mode: Mode,
+    ) -> BoxFuture<'_, Result<u64, JournalError>> {
+        let queued = (|| {
+            let p = self.partition(topic, partition)?;
+            if self.inner.failed.load(Ordering::Acquire) {
+                return Err(JournalError::Failed(
+                    "another writer appended to a partition of this journal".into(),
+                ));
+            }
+            if records.is_empty() {
+                return Ok(Err(*p.end.borrow()));
+            }
+            let limit = self.inner.max_record_bytes;
+            if let Some(r) = records.iter().find(|r| r.len() > limit) {
+                return Err(JournalError::RecordTooLarge {
+                    size: r.len(),
+                    limit,
+                });
+            }
+            let (done, rx) = oneshot::channel();
+            p.appends
+                .send(Append {
+                    records,
+                    mode,
+                    done,
+                })
+                .map_err(|_| JournalError::Closed)?;
+            Ok(Ok(rx))
+        })();
+        async move {
+            match queued? {
+                Err(end) => Ok(end),
+                Ok(rx) => rx.await.unwrap_or(Err(JournalError::Closed)),
+            }
+        }
+        .boxed()
     }
 
     /// Runs `f` on the journal's runtime and waits for it on this thread (see the module doc:
@@ -534,6 +584,7 @@ impl Inner {
         let (tx, rx) = mpsc::unbounded_channel();
         let p = Arc::new(Partition {
             topic: topic.to_string(),
+            index,
             stream: stream_name(&self.cfg.prefix, topic, index),
             subject: format!("{}.{topic}.{index}", self.cfg.prefix),
             tail: Mutex::new(Tail {
@@ -766,6 +817,42 @@ async fn refresh(inner: Weak<Inner>) {
     }
 }
 
+/// Follows the positions bucket, so that `committed` answers with what other nodes commit too
+/// (the collector's backlog, records removed unread). A position moves only forward here: a
+/// value older than the one known is ignored.
+async fn watch_commits(inner: Weak<Inner>) {
+    let mut backoff = crate::Backoff::new(FEED_RETRY, Duration::from_secs(5));
+    loop {
+        let Some(i) = inner.upgrade() else {
+            return;
+        };
+        let watch = i.kv.watch_with_history(">").await;
+        drop(i);
+        match watch {
+            Ok(mut watch) => {
+                while let Some(Ok(entry)) = watch.next().await {
+                    backoff.reset();
+                    let Some(i) = inner.upgrade() else {
+                        return;
+                    };
+                    let next = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if let (kv::Operation::Put, Some(key), Some(next)) =
+                        (entry.operation, parse_commit_key(&entry.key), next)
+                    {
+                        let mut commits = i.commits.lock().unwrap_or_else(|e| e.into_inner());
+                        let known = commits.entry(key).or_insert(next);
+                        *known = (*known).max(next);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot watch the positions bucket"),
+        }
+        backoff.wait().await;
+    }
+}
+
 impl Journal for JetStreamJournal {
     fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicInfo, JournalError> {
         let inner = self.inner.clone();
@@ -806,36 +893,21 @@ impl Journal for JetStreamJournal {
         partition: u32,
         records: Vec<Bytes>,
     ) -> BoxFuture<'_, Result<u64, JournalError>> {
-        let queued = (|| {
-            let p = self.partition(topic, partition)?;
-            if self.inner.failed.load(Ordering::Acquire) {
-                return Err(JournalError::Failed(
-                    "another writer appended to a partition of this journal".into(),
-                ));
-            }
-            if records.is_empty() {
-                return Ok(Err(*p.end.borrow()));
-            }
-            let limit = self.inner.max_record_bytes;
-            if let Some(r) = records.iter().find(|r| r.len() > limit) {
-                return Err(JournalError::RecordTooLarge {
-                    size: r.len(),
-                    limit,
-                });
-            }
-            let (done, rx) = oneshot::channel();
-            p.appends
-                .send(Append { records, done })
-                .map_err(|_| JournalError::Closed)?;
-            Ok(Ok(rx))
-        })();
-        async move {
-            match queued? {
-                Err(end) => Ok(end),
-                Ok(rx) => rx.await.unwrap_or(Err(JournalError::Closed)),
-            }
-        }
-        .boxed()
+        self.queue(topic, partition, records, Mode::Exclusive)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn append_shared(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Bytes>,
+        seen: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, JournalError>> {
+        self.queue(topic, partition, records, Mode::Shared { seen })
     }
 
     fn read(

@@ -260,7 +260,7 @@ impl Kinesis {
             let journal = self.journal.clone();
             let topic = s.topic.clone();
             async move {
-                let first = journal.append(&topic, shard, frames).await;
+                let first = journal.append_shared(&topic, shard, frames, None).await;
                 (shard, indexes, first)
             }
         });

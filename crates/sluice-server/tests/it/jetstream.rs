@@ -339,3 +339,124 @@ async fn jetstream_keeps_acked_records_and_positions_across_a_server_kill() {
     assert_eq!(j.committed("g", "t", 1).unwrap(), Some(15));
     assert_eq!(j.committed("g", "t", 0).unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_shared_appends_of_two_nodes_take_turns_and_lose_nothing() {
+    use sluice_journal::JournalError;
+
+    let nats = NatsServer::start().unwrap();
+    let a = JetStreamJournal::open(config(&nats)).await.unwrap();
+    a.create_topic("k", 1).unwrap();
+    let b = JetStreamJournal::open(config(&nats)).await.unwrap();
+    assert!(a.shared() && b.shared());
+    // Two nodes append to one partition at once, several appends in flight on each.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (node, j) in [("a", a.clone()), ("b", b.clone())] {
+        for task in 0..4 {
+            let j = j.clone();
+            tasks.spawn(async move {
+                let mut firsts = Vec::new();
+                for i in 0..10 {
+                    let batch: Vec<Bytes> = (0..5)
+                        .map(|r| Bytes::from(format!("{node}-{task}-{i}-{r}")))
+                        .collect();
+                    let first = j.append_shared("k", 0, batch.clone(), None).await.unwrap();
+                    firsts.push((first, batch));
+                }
+                firsts
+            });
+        }
+    }
+    let mut acked = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        acked.extend(r.unwrap());
+    }
+    // A node's end follows the other node's appends as its tail reads them.
+    let deadline = Instant::now() + DEADLINE;
+    while a.end("k", 0).unwrap() < 400 {
+        assert!(Instant::now() < deadline, "a never saw b's appends");
+        a.wait_for("k", 0, 399, Duration::from_millis(100)).await;
+    }
+    let stored = read_all(a.as_ref(), "k", 0, 1000);
+    assert_eq!(stored.len(), 400, "every acked record, once");
+    assert!(stored.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+    // Each append is stored whole, at the offsets its ack named.
+    for (first, batch) in &acked {
+        let at: Vec<&Bytes> = stored[*first as usize..][..batch.len()]
+            .iter()
+            .map(|r| &r.value)
+            .collect();
+        assert_eq!(at, batch.iter().collect::<Vec<_>>());
+    }
+    // A conditional append made before reading the other node's records is refused whole.
+    let refused = b
+        .append_shared("k", 0, vec![Bytes::from_static(b"late")], Some(0))
+        .await;
+    match refused {
+        Err(JournalError::Contended { end, .. }) => assert!(end > 0 && end <= 400, "{end}"),
+        other => panic!("{other:?}"),
+    }
+    let ok = b
+        .append_shared("k", 0, vec![Bytes::from_static(b"late")], Some(400))
+        .await
+        .unwrap();
+    assert_eq!(ok, 400);
+    assert!(!a.is_failed() && !b.is_failed());
+    // Each node's positions are the other's too.
+    a.commit("g", "k", 0, 7).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while b.committed("g", "k", 0).unwrap() != Some(7) {
+        assert!(Instant::now() < deadline, "b never saw a's commit");
+        b.wait_for("k", 0, 1_000, Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn jetstream_nodes_share_intake_and_store_each_event_once() {
+    let nats = NatsServer::start().unwrap();
+    let full = TestServer::start(&server_toml(&nats)).await;
+    let intake =
+        TestServer::start(&format!("roles = [\"collector\"]\n{}", server_toml(&nats))).await;
+    let events: Vec<_> = (0..120)
+        .map(|i| json!({"event": "Page Viewed", "event_id": format!("e-{i}"), "user_id": format!("u{}", i % 7)}))
+        .collect();
+    let post = |server: &TestServer, events: &[serde_json::Value]| {
+        let req = server
+            .client
+            .post(server.url("/v1/events"))
+            .json(&events.to_vec());
+        async move {
+            let answer: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            answer
+        }
+    };
+    // The same events to both nodes at once, in overlapping requests, then every request again
+    // on the other node (a client retrying elsewhere): each event is stored once.
+    let (first, second, third) = tokio::join!(
+        post(&full, &events[..80]),
+        post(&intake, &events[40..]),
+        post(&intake, &events[20..60]),
+    );
+    let accepted = [&first, &second, &third]
+        .iter()
+        .map(|a| a["accepted"].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(accepted, 120, "{first} {second} {third}");
+    let retry_a = post(&intake, &events[..80]).await;
+    let retry_b = post(&full, &events[40..]).await;
+    assert_eq!(retry_a["duplicates"], 80, "{retry_a}");
+    assert_eq!(retry_b["duplicates"], 80, "{retry_b}");
+    let rows = full
+        .sql_rows("SELECT DISTINCT event_id FROM events", 120)
+        .await;
+    assert_eq!(rows.len(), 120);
+    let all = full.sql("SELECT count(*) AS n FROM events").await;
+    assert_eq!(all[0]["n"], 120, "{all:?}");
+    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    let raw: u64 = (0..4).map(|p| j.end("raw", p).unwrap()).sum();
+    assert_eq!(raw, 120, "raw holds each event once");
+    intake.shutdown().await;
+    full.shutdown().await;
+}
