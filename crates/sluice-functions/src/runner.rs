@@ -302,6 +302,10 @@ impl PartitionWorker {
     /// committed offset when further), with the session state as of there.
     async fn resume(&self) -> Result<Resumed, FunctionsError> {
         let p = self.partition;
+        // What the outputs hold, all of it: an append whose outcome was unknown (a lost ack on
+        // a remote journal) may have stored its records after all.
+        self.journal.sync(topic::BAD, p).await?;
+        self.journal.sync(topic::GOOD, p).await?;
         let last_good = self.last_raw_of(topic::GOOD)?;
         let last_bad = self.last_raw_of(topic::BAD)?.map(|r| r.raw.offset);
         let committed = self.journal.committed(GROUP, topic::RAW, p)?;
@@ -509,7 +513,10 @@ impl PartitionWorker {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if e.kind().is_retryable() && !self.journal.is_failed() => {
+                // Only a full disk is known to have stored nothing (the append was rolled
+                // back): the same records go again. After any other failure the records may be
+                // stored; the worker resumes from what `good`/`bad` hold instead.
+                Err(e @ JournalError::DiskFull(_)) if !self.journal.is_failed() => {
                     self.health.failing(&e);
                     let stopping = shutdown.is_cancelled();
                     if stopping && backoff.attempts() + 1 >= SHUTDOWN_ATTEMPTS {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt as _};
 
 use crate::JournalError;
 
@@ -94,6 +94,15 @@ pub trait Journal: Send + Sync + 'static {
     /// The durable watermark: the offset the next record will get; every offset below it is
     /// durable (or was deleted by retention).
     fn end(&self, topic: &str, partition: u32) -> Result<u64, JournalError>;
+
+    /// Brings this handle's view of a partition up to everything stored in it and returns the
+    /// end: once it resolves, `end` and `read` cover every record stored so far, including
+    /// records another process appended and those of an append that failed without knowing
+    /// whether it was stored (a lost ack on a remote journal). A writer that resumes from what
+    /// its output holds calls this first. On a journal only this process writes it is `end`.
+    fn sync(&self, topic: &str, partition: u32) -> BoxFuture<'_, Result<u64, JournalError>> {
+        futures::future::ready(self.end(topic, partition)).boxed()
+    }
 
     /// The first offset still stored (after retention).
     fn start(&self, topic: &str, partition: u32) -> Result<u64, JournalError>;

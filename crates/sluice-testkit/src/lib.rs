@@ -17,5 +17,5 @@ pub mod tools;
 
 pub use lock::lock_exclusive;
 pub use moto::Moto;
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use process::{SluiceProcess, wait_until};

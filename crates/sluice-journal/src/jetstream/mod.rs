@@ -145,6 +145,8 @@ struct Partition {
     start: AtomicU64,
     size: AtomicU64,
     appends: mpsc::UnboundedSender<Append>,
+    /// Set by `sync`: the writer reads the stream's last sequence before its next batch.
+    resync: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -453,6 +455,22 @@ impl Inner {
         }
         for (topic, (n, mut parts)) in found {
             parts.sort_unstable();
+            // A cluster lists only the streams whose info it could gather in time (a server
+            // catching up after a restart answers late): ask for the others by name.
+            for p in (0..n)
+                .filter(|p| parts.binary_search(p).is_err())
+                .collect::<Vec<_>>()
+            {
+                if self
+                    .js
+                    .get_stream(stream_name(&self.cfg.prefix, &topic, p))
+                    .await
+                    .is_ok()
+                {
+                    parts.push(p);
+                }
+            }
+            parts.sort_unstable();
             if parts != (0..n).collect::<Vec<_>>() {
                 tracing::warn!(%topic, partitions = n, found = parts.len(),
                     "topic is incomplete (its creation was interrupted); creating it again completes it");
@@ -597,6 +615,7 @@ impl Inner {
             start: AtomicU64::new(first_offset(&state)),
             size: AtomicU64::new(state.bytes),
             appends: tx,
+            resync: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
@@ -908,6 +927,30 @@ impl Journal for JetStreamJournal {
         seen: Option<u64>,
     ) -> BoxFuture<'_, Result<u64, JournalError>> {
         self.queue(topic, partition, records, Mode::Shared { seen })
+    }
+
+    fn sync(&self, topic: &str, partition: u32) -> BoxFuture<'_, Result<u64, JournalError>> {
+        let (p, inner) = match self.partition(topic, partition) {
+            Ok(p) => (p, self.inner.clone()),
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let synced = self.inner.runtime.spawn(async move {
+            let last = stream_info(&inner.js, &p.stream).await?.state.last_sequence;
+            // The writer reads it too before its next batch, so that batch is fenced on it.
+            p.resync.store(true, Ordering::Release);
+            let mut end = p.end.subscribe();
+            tokio::time::timeout(inner.cfg.timeout, end.wait_for(|e| *e >= last))
+                .await
+                .map_err(|_| {
+                    JournalError::Unavailable(format!(
+                        "{}: the tail did not reach sequence {last} in time",
+                        p.stream
+                    ))
+                })?
+                .map_err(|_| JournalError::Closed)?;
+            Ok(last)
+        });
+        async move { synced.await.unwrap_or(Err(JournalError::Closed)) }.boxed()
     }
 
     fn read(

@@ -101,6 +101,9 @@ pub(super) async fn write(
             });
             continue;
         }
+        if p.resync.swap(false, Ordering::AcqRel) {
+            fence.stale = true;
+        }
         if fence.stale {
             // After an ambiguous failure the batch may or may not be stored: start from what is.
             match super::stream_info(&inner.js, &p.stream).await {

@@ -2,6 +2,7 @@
 //! each against a server in this process ([`sluice_testkit::server::TestServer`]).
 
 mod backpressure;
+mod cluster;
 mod functions;
 mod hot;
 mod hot_lake;
