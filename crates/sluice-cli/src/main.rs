@@ -3,7 +3,9 @@
 //! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error (from clap); 70
 //! (`EX_SOFTWARE`) `serve` stopped because the journal failed (an fsync or write error): the
 //! state on disk is unknown, so it exits at once without draining, and the next start
-//! recovers from disk.
+//! recovers from disk; 75 (`EX_TEMPFAIL`) `serve` on a shared journal lost its lease on the
+//! pipeline (another node runs it now), so it exits at once without draining, and started
+//! again it stands by.
 
 // Printing results is what a CLI is for; the workspace denies it elsewhere.
 #![allow(clippy::print_stdout)]
@@ -34,6 +36,8 @@ use sluice_server::{Config, Server, ServerError};
 
 /// The exit code of `serve` when the journal failed.
 const EXIT_JOURNAL_FAILED: i32 = 70;
+/// The exit code of `serve` when this node lost its lease on the pipeline.
+const EXIT_LEASE_LOST: i32 = 75;
 
 /// Sluice: a self-hosted event data pipeline in one binary.
 #[derive(Parser, Debug)]
@@ -42,7 +46,8 @@ const EXIT_JOURNAL_FAILED: i32 = 70;
     version,
     about,
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 70 the journal failed \
-                  (serve; restart to recover from disk)."
+                  (serve; restart to recover from disk), 75 the node lost its lease on the \
+                  pipeline to another node (serve; restart to stand by)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -154,11 +159,10 @@ fn main() {
     // journal failure may never finish.
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        let journal_failed = matches!(e.downcast_ref(), Some(ServerError::JournalFailed));
-        std::process::exit(if journal_failed {
-            EXIT_JOURNAL_FAILED
-        } else {
-            1
+        std::process::exit(match e.downcast_ref() {
+            Some(ServerError::JournalFailed) => EXIT_JOURNAL_FAILED,
+            Some(ServerError::LeaseLost) => EXIT_LEASE_LOST,
+            _ => 1,
         });
     }
 }
@@ -235,8 +239,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = sigterm.recv() => None,
         e = running.stopped() => Some(e),
     };
-    if let Some(e @ ServerError::JournalFailed) = stage_error {
-        // Nothing can be made durable any more: exit without draining.
+    if let Some(e @ (ServerError::JournalFailed | ServerError::LeaseLost)) = stage_error {
+        // Nothing can be made durable any more, or another node is the one to do it: exit
+        // without draining.
         tracing::error!(error = %e, "exiting to recover from disk");
         return Err(e.into());
     }

@@ -22,6 +22,12 @@ pub enum ServerError {
     /// with code 70 on it.
     #[error("journal failed (fsync or write error); restart to recover from disk")]
     JournalFailed,
+    /// On a shared journal, this node could not renew its lease on the stages after the
+    /// journal in time, or another node took it: another node may run them now, so this one
+    /// stops at once, without draining. The CLI exits with code 75 on it; started again, the
+    /// node stands by.
+    #[error("this node lost its lease on the pipeline; another node runs it now")]
+    LeaseLost,
     /// Binding a socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

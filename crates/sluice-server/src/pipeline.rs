@@ -28,6 +28,10 @@ use crate::stages::Stages;
 /// How often [`Running::stopped`] looks at the journal's health.
 const WATCHDOG_EVERY: Duration = Duration::from_millis(200);
 
+/// The lease, on a shared journal, of the node that runs the stages after the journal (runner,
+/// lake, hot tier).
+pub const PIPELINE_LEASE: &str = "pipeline";
+
 /// Entry point: start a server from settings.
 pub struct Server;
 
@@ -35,6 +39,8 @@ pub struct Server;
 pub struct Running {
     /// The bound HTTP address (useful with port 0).
     pub http_addr: Option<SocketAddr>,
+    /// On a shared journal, this node's lease on the stages after the journal.
+    lease: Option<sluice_journal::Lease>,
     journal: Arc<dyn Journal>,
     /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
     intake: CancellationToken,
@@ -96,6 +102,8 @@ impl Task {
 struct Base {
     /// The file journal, when it is the backend (registration and retention are its own).
     local: Option<Arc<LocalJournal>>,
+    /// The JetStream journal, when it is the backend (leases between nodes are its own).
+    jetstream: Option<Arc<JetStreamJournal>>,
     dyn_journal: Arc<dyn Journal>,
     lake_root: LakeRoot,
     registry: Arc<Registry>,
@@ -131,6 +139,16 @@ impl Server {
         }
         let mut watched = Vec::new();
         let roles = settings.roles;
+        // On a shared journal one node at a time runs the stages after it: this one waits for
+        // the lease before it starts them.
+        let lease = match (&base.jetstream, roles.runner || roles.lake || roles.hot) {
+            (Some(j), true) => Some(
+                j.acquire_lease(PIPELINE_LEASE)
+                    .await
+                    .map_err(|e| ServerError::stage("lease", e))?,
+            ),
+            _ => None,
+        };
         let mut stages = Vec::new();
         let mut background = Vec::new();
         let housekeeping = CancellationToken::new();
@@ -185,6 +203,7 @@ impl Server {
         ));
         Ok(Running {
             http_addr,
+            lease,
             journal: base.dyn_journal,
             intake,
             listeners,
@@ -208,6 +227,7 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     crate::auth::create_private_dir(&settings.data_dir)
         .map_err(|e| cannot_create("data dir", &settings.data_dir, e))?;
     let journal_cfg = settings.journal.clone();
+    let mut jetstream = None;
     let (local, journal): (_, Arc<dyn Journal>) = match journal_cfg.backend {
         JournalBackend::File => {
             let local = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
@@ -222,12 +242,13 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
             (Some(local.clone()), local)
         }
         // Checks the server and every stream before anything can be acked.
-        JournalBackend::Jetstream => (
-            None,
-            JetStreamJournal::open(journal_cfg)
+        JournalBackend::Jetstream => {
+            let j = JetStreamJournal::open(journal_cfg)
                 .await
-                .map_err(|e| ServerError::stage("journal", e))?,
-        ),
+                .map_err(|e| ServerError::stage("journal", e))?;
+            jetstream = Some(j.clone());
+            (None, j)
+        }
     };
     sluice_lake::metrics::describe();
     for t in [topic::RAW, topic::GOOD, topic::BAD] {
@@ -276,6 +297,7 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     Ok(Base {
         dyn_journal,
         local,
+        jetstream,
         lake_root,
         registry: Arc::new(registry),
         stages,
@@ -748,22 +770,43 @@ impl Running {
             note(task.join().await);
         }
         tracing::info!(failed = self.journal.is_failed(), "drained");
+        // Given up only now that the stages stopped, so the next holder is the only writer.
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Resolves when a stage stopped by itself (an error), or with
-    /// [`ServerError::JournalFailed`] when the journal failed. After a stage error the caller
-    /// should shut down; after a journal failure it should exit without draining (nothing can
-    /// be made durable any more) and let the next start recover from disk.
+    /// Resolves when a stage stopped by itself (an error), with [`ServerError::JournalFailed`]
+    /// when the journal failed, or with [`ServerError::LeaseLost`] when this node lost its
+    /// lease. After a stage error the caller should shut down; after a journal failure it
+    /// should exit without draining (nothing can be made durable any more) and let the next
+    /// start recover from disk; after a lost lease too (another node runs the stages now).
     pub async fn stopped(&mut self) -> ServerError {
         let journal = self.journal.clone();
+        let lease = self.lease.as_ref();
         let watchdog = async move {
-            let mut every = tokio::time::interval(WATCHDOG_EVERY);
-            loop {
-                every.tick().await;
-                if journal.is_failed() {
-                    tracing::error!("journal failed (fsync or write error)");
-                    return ServerError::JournalFailed;
+            let lost = async {
+                match lease {
+                    Some(lease) => lease.lost().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let failed = async {
+                let mut every = tokio::time::interval(WATCHDOG_EVERY);
+                loop {
+                    every.tick().await;
+                    if journal.is_failed() {
+                        tracing::error!("journal failed (fsync or write error)");
+                        return ServerError::JournalFailed;
+                    }
+                }
+            };
+            tokio::select! {
+                e = failed => e,
+                () = lost => {
+                    tracing::error!("this node lost its lease on the pipeline");
+                    ServerError::LeaseLost
                 }
             }
         };

@@ -48,6 +48,10 @@ impl NatsServer {
     /// Installs nats-server if needed, starts it with JetStream on free loopback ports and waits
     /// until JetStream is ready.
     pub fn start() -> anyhow::Result<Self> {
+        with_new_ports(Self::start_once)
+    }
+
+    fn start_once() -> anyhow::Result<Self> {
         let bin = install()?;
         let dir = tempfile::tempdir()?;
         let (port, http_port) = (crate::tools::free_port()?, crate::tools::free_port()?);
@@ -135,6 +139,21 @@ impl Drop for NatsServer {
     }
 }
 
+/// Runs `start` again (on new free ports) when it fails: a port found free may be taken by
+/// another test before the server binds it.
+fn with_new_ports<T>(start: impl Fn() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Ok(started) => return Ok(started),
+            Err(e) if attempt < 3 && format!("{e:#}").contains("exited at start") => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether the monitoring port answers `path` healthy.
 fn healthz(http_port: u16, path: &str) -> anyhow::Result<bool> {
     let answer = get(http_port, path)?;
@@ -166,6 +185,10 @@ impl NatsCluster {
     /// Installs nats-server if needed, starts `size` servers routed to each other and waits
     /// until the cluster has elected its JetStream meta leader.
     pub fn start(size: usize) -> anyhow::Result<Self> {
+        with_new_ports(|| Self::start_once(size))
+    }
+
+    fn start_once(size: usize) -> anyhow::Result<Self> {
         let bin = install()?;
         let ports = (0..size)
             .map(|_| {

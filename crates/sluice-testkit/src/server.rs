@@ -112,6 +112,15 @@ impl TestServer {
         }
     }
 
+    /// Resolves when the server stopped by itself ([`Running::stopped`]), with why.
+    pub async fn stopped(&mut self) -> sluice_server::ServerError {
+        self.running
+            .as_mut()
+            .expect("a running server")
+            .stopped()
+            .await
+    }
+
     /// Shuts down and starts again on the same data directory and config; the address changes.
     pub async fn restart(&mut self) {
         if let Some(r) = self.running.take() {

@@ -11,6 +11,7 @@ mod chaos_holes;
 mod compat;
 mod crash;
 mod e2e;
+mod failover;
 mod functions;
 mod keys;
 mod lake;

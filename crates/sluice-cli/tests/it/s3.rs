@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_testkit::moto::{ACCESS_KEY, REGION, SECRET_KEY};
-use sluice_testkit::process::run_cli;
 use sluice_testkit::{Moto, SluiceProcess, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -55,14 +54,8 @@ fn cli_with_env(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// One number from `SELECT … AS n` through the server's `POST /v1/sql`.
 fn count(server: &SluiceProcess, query: &str) -> anyhow::Result<i64> {
-    let out = run_cli(
-        Path::new(BIN),
-        &["sql", "--server", &server.url(), "--format", "json", query],
-    )?;
-    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}"))?;
-    Ok(row["n"].as_i64().unwrap_or(-1))
+    crate::support::count_at(&server.url(), query)
 }
 
 fn day(days_ago: i64) -> String {
@@ -83,13 +76,7 @@ fn events(prefix: &str, n: usize) -> String {
 }
 
 async fn send(server: &SluiceProcess, body: String) -> anyhow::Result<()> {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/events", server.url()))
-        .body(body)
-        .send()
-        .await?;
-    anyhow::ensure!(resp.status() == 200, "ingest answered {}", resp.status());
-    Ok(())
+    crate::support::post_events(&server.url(), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,25 @@ pub(crate) fn count(data: &Path, query: &str) -> anyhow::Result<i64> {
     Ok(rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1))
 }
 
+/// The column `n` of the first row of `query`, asked of a running server over HTTP (`POST
+/// /v1/sql`; -1 when there is none).
+pub(crate) fn count_at(server_url: &str, query: &str) -> anyhow::Result<i64> {
+    let out = sluice(&["sql", "--server", server_url, "--format", "json", query])?;
+    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}"))?;
+    Ok(row["n"].as_i64().unwrap_or(-1))
+}
+
+/// Posts `body` (events) to a running server's `/v1/events`; an error unless it answers 200.
+pub(crate) async fn post_events(server_url: &str, body: String) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .post(format!("{server_url}/v1/events"))
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 200, "ingest answered {}", resp.status());
+    Ok(())
+}
+
 /// The Postgres server on this machine (trust authentication, database `test`).
 pub(crate) fn pg_target() -> PgTarget {
     PgTarget {

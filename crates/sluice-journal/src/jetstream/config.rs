@@ -43,6 +43,14 @@ pub struct JetStreamConfig {
     /// Bytes of the newest records each partition keeps in memory, so that consumers near the
     /// end read without a network round trip. Default 8 MiB.
     pub tail_cache_bytes: u64,
+    /// This node's name in the leases (`<prefix>_leases`) and in `/v1/cluster`. Default: the
+    /// host name and the process id.
+    pub node: String,
+    /// How long a lease outlives its holder's last renew: after a node dies, another takes over
+    /// the stages after the journal within about this long. The same on every node (it is the
+    /// lease bucket's `max_age`). Default 10s; at least 3s.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for JetStreamConfig {
@@ -54,14 +62,38 @@ impl Default for JetStreamConfig {
             monitor_urls: Vec::new(),
             timeout: Duration::from_secs(5),
             tail_cache_bytes: 8 << 20,
+            node: String::new(),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
 
 impl JetStreamConfig {
+    /// `node`, or the host name and the process id when it is not set.
+    pub fn node_name(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let host = if host.is_empty() {
+            "sluice".into()
+        } else {
+            host
+        };
+        format!("{host}-{}", std::process::id())
+    }
+
     /// Checks every field; the error names the field.
     pub fn validate(&self) -> Result<(), JournalError> {
         let invalid = |m: String| Err(JournalError::Invalid(m));
+        if self.lease_ttl < Duration::from_secs(3) {
+            return invalid(format!(
+                "journal.jetstream lease_ttl must be at least 3s, got {:?}",
+                self.lease_ttl
+            ));
+        }
         if self.urls.is_empty() {
             return invalid("journal.jetstream urls is empty".into());
         }

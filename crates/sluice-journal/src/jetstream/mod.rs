@@ -60,6 +60,7 @@
 
 mod check;
 mod config;
+mod lease;
 mod tail;
 mod writer;
 
@@ -78,6 +79,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{JetStreamConfig, JournalBackend};
+pub use lease::Lease;
 
 use crate::config::MAX_PARTITIONS;
 use crate::{Journal, JournalConfig, JournalError, Record, TopicInfo, is_valid_topic_name};
@@ -208,6 +210,30 @@ impl JetStreamJournal {
 
     fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, JournalError> {
         self.inner.partition(topic, partition)
+    }
+
+    /// Waits until this node holds the lease `name` (see [`Lease`]), standing by while another
+    /// node holds it; the TTL and this node's name come from the configuration
+    /// (`lease_ttl`, `node`).
+    pub async fn acquire_lease(&self, name: &str) -> Result<Lease, JournalError> {
+        let inner = self.inner.clone();
+        let (holder, ttl) = (inner.cfg.node_name(), inner.cfg.lease_ttl);
+        self.inner
+            .runtime
+            .spawn(lease::acquire(inner, name.to_string(), holder, ttl))
+            .await
+            .unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// The node holding the lease `name`, if any.
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, JournalError> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        self.inner
+            .runtime
+            .spawn(async move { lease::holder(&inner.js, &inner.cfg.prefix, &name).await })
+            .await
+            .unwrap_or(Err(JournalError::Closed))
     }
 
     /// Records the streams' limits removed before a consumer group read them, since open: the

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use serde_json::json;
 use sluice_journal::{JetStreamJournal, Journal, JournalBackend, JournalConfig, LocalJournal};
 use sluice_server::{Config, Server};
@@ -459,4 +460,78 @@ async fn jetstream_nodes_share_intake_and_store_each_event_once() {
     assert_eq!(raw, 120, "raw holds each event once");
     intake.shutdown().await;
     full.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_lease_is_taken_renewed_released_and_lost_when_another_node_writes_it() {
+    let nats = NatsServer::start().unwrap();
+    let node = |name: &str| {
+        let mut c = config(&nats);
+        c.jetstream.node = name.into();
+        c.jetstream.lease_ttl = Duration::from_secs(3);
+        JetStreamJournal::open(c)
+    };
+    let (a, b) = (node("a").await.unwrap(), node("b").await.unwrap());
+    let lease = a.acquire_lease("t").await.unwrap();
+    assert_eq!(b.lease_holder("t").await.unwrap().as_deref(), Some("a"));
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let leases = async_nats::jetstream::new(client)
+        .get_key_value("sluice_leases")
+        .await
+        .unwrap();
+    // Renewed (a third of the TTL apart) for longer than its TTL while the holder lives.
+    let mut renews = leases.watch("t").await.unwrap();
+    for _ in 0..4 {
+        let renew = tokio::time::timeout(DEADLINE, renews.next()).await.unwrap();
+        assert_eq!(&renew.unwrap().unwrap().value[..], b"a");
+    }
+    assert!(lease.is_held());
+    assert_eq!(b.lease_holder("t").await.unwrap().as_deref(), Some("a"));
+    // Released, it is free at once: the other node takes it.
+    lease.release().await;
+    let lease = tokio::time::timeout(DEADLINE, b.acquire_lease("t"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.lease_holder("t").await.unwrap().as_deref(), Some("b"));
+    // Someone else writes the key: the holder's next renew is refused and it knows it lost it.
+    leases.put("t", "intruder".into()).await.unwrap();
+    tokio::time::timeout(DEADLINE, lease.lost()).await.unwrap();
+    assert!(!lease.is_held());
+    // Every node must use the same TTL: another is refused with the reason.
+    let mut c = config(&nats);
+    c.jetstream.lease_ttl = Duration::from_secs(7);
+    let other = JetStreamJournal::open(c).await.unwrap();
+    let refused = other.acquire_lease("t").await.err().unwrap().to_string();
+    assert!(refused.contains("lease_ttl must be the same"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_node_that_loses_its_lease_on_the_pipeline_stops() {
+    let nats = NatsServer::start().unwrap();
+    let mut server = TestServer::start(&format!(
+        "{}node = \"n1\"\nlease_ttl = \"3s\"\n",
+        server_toml(&nats)
+    ))
+    .await;
+    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    assert_eq!(
+        j.lease_holder("pipeline").await.unwrap().as_deref(),
+        Some("n1")
+    );
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let leases = async_nats::jetstream::new(client)
+        .get_key_value("sluice_leases")
+        .await
+        .unwrap();
+    leases.put("pipeline", "n2".into()).await.unwrap();
+    let stopped = tokio::time::timeout(DEADLINE, server.stopped())
+        .await
+        .unwrap();
+    assert!(
+        matches!(stopped, sluice_server::ServerError::LeaseLost),
+        "{stopped}"
+    );
 }

@@ -1,0 +1,117 @@
+//! Three `sluice serve` processes on one JetStream journal and one lake on S3 (moto): `a` and
+//! `b` both configured to run the whole pipeline, `intake` only the collector. `a` takes the
+//! pipeline lease; `b` stands by. Under load through `intake`, `a` is SIGKILLed; `b` takes the
+//! lease once it expires and delivers from the committed positions: every acked event is in
+//! `events` once. A clean stop gives the lease up at once. Ignored by default (nats-server and
+//! moto come from PyPI); run with `--run-ignored all`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_testkit::moto::{ACCESS_KEY, REGION, SECRET_KEY};
+use sluice_testkit::{Moto, NatsServer, SluiceProcess, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const BUCKET: &str = "failover-lake";
+const DEADLINE: Duration = Duration::from_secs(90);
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// The config of node `node` running `roles`.
+fn config(dir: &Path, node: &str, roles: &str, nats: &NatsServer, moto: &Moto) -> PathBuf {
+    let text = format!(
+        "roles = [{roles}]\n\
+         [journal]\nbackend = \"jetstream\"\n\
+         [journal.jetstream]\nurls = [\"{}\"]\nmonitor_urls = [\"{}\"]\nnode = \"{node}\"\n\
+         lease_ttl = \"{}s\"\n\
+         [lake]\nroot = \"s3://{BUCKET}/sluice\"\nendpoint = \"{}\"\nregion = \"{REGION}\"\n\
+         allow_http = true\nflush_interval = \"200ms\"\n\
+         [lake.storage_options]\naws_access_key_id = \"{ACCESS_KEY}\"\n\
+         aws_secret_access_key = \"{SECRET_KEY}\"\n",
+        nats.url(),
+        nats.monitor_url(),
+        LEASE_TTL.as_secs(),
+        moto.endpoint(),
+    );
+    let path = dir.join(format!("{node}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn count(server: &SluiceProcess, query: &str) -> anyhow::Result<i64> {
+    crate::support::count_at(&server.url(), query)
+}
+
+/// Posts `n` events with ids `<prefix>0..` to `server` until it acks them.
+async fn send(server: &SluiceProcess, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let body = (0..n)
+        .map(|i| format!(r#"{{"event_id":"{prefix}{i}","event":"Viewed","user_id":"u{i}"}}"#))
+        .collect::<Vec<_>>()
+        .join("\n");
+    crate::support::post_events(&server.url(), body).await
+}
+
+/// Starts node `node` on a thread: a standby node reports its address only once it holds the
+/// lease.
+fn start(dir: &Path, node: &str, cfg: &Path) -> std::thread::JoinHandle<SluiceProcess> {
+    let (data, cfg) = (dir.join(node), cfg.to_path_buf());
+    std::thread::spawn(move || {
+        SluiceProcess::spawn(Path::new(BIN), &data, &["--config", cfg.to_str().unwrap()]).unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
+async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let dir = tempfile::tempdir()?;
+    let pipeline = r#""collector", "runner", "lake", "warehouse""#;
+    let a_cfg = config(dir.path(), "a", pipeline, &nats, &moto);
+    let b_cfg = config(dir.path(), "b", pipeline, &nats, &moto);
+    let intake_cfg = config(dir.path(), "intake", r#""collector""#, &nats, &moto);
+    let mut a = start(dir.path(), "a", &a_cfg).join().unwrap();
+    let b = start(dir.path(), "b", &b_cfg);
+    let intake = start(dir.path(), "intake", &intake_cfg).join().unwrap();
+
+    send(&intake, "x", 50).await?;
+    wait_until(DEADLINE, "a delivers the first events", || {
+        Ok((count(&a, "SELECT count(*) AS n FROM events")? == 50).then_some(()))
+    })?;
+    // More events acked, then the node running the pipeline dies mid-way through them.
+    send(&intake, "y", 200).await?;
+    a.kill9()?;
+    let killed = Instant::now();
+    send(&intake, "z", 50).await?;
+    let b = b.join().unwrap();
+    let took_over = killed.elapsed();
+    eprintln!("the standby took over {took_over:?} after the kill (lease TTL {LEASE_TTL:?})");
+    assert!(
+        took_over >= LEASE_TTL / 2,
+        "the lease outlived its holder: {took_over:?}"
+    );
+    wait_until(DEADLINE, "every acked event in events", || {
+        Ok((count(&b, "SELECT count(*) AS n FROM events")? >= 300).then_some(()))
+    })?;
+    assert_eq!(count(&b, "SELECT count(*) AS n FROM events")?, 300);
+    assert_eq!(
+        count(&b, "SELECT count(DISTINCT event_id) AS n FROM events")?,
+        300
+    );
+
+    // A clean stop gives the lease up at once: `a`, started again, takes over without waiting
+    // for the TTL.
+    let mut b = b;
+    let a_again = start(dir.path(), "a", &a_cfg);
+    let stopped = Instant::now();
+    let status = b.terminate(DEADLINE)?;
+    assert!(status.success(), "{status:?}");
+    let a = a_again.join().unwrap();
+    let handed_over = stopped.elapsed();
+    eprintln!("a clean stop handed the lease over in {handed_over:?}");
+    send(&intake, "w", 10).await?;
+    wait_until(DEADLINE, "a delivers again", || {
+        Ok((count(&a, "SELECT count(*) AS n FROM events")? == 310).then_some(()))
+    })?;
+    Ok(())
+}

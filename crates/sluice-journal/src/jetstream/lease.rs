@@ -1,0 +1,263 @@
+//! [`Lease`]: which node runs the stages after the journal, kept in the NATS KV bucket
+//! `<prefix>_leases` (`max_age` = the lease's TTL, so a key its holder stops renewing expires).
+//!
+//! - **Acquire**: `create(key, holder)` succeeds only while the key does not exist; otherwise
+//!   the node stands by, trying again every quarter of the TTL.
+//! - **Renew**: every third of the TTL, `update(key, holder, revision)`, which fails if anyone
+//!   else wrote the key since.
+//! - **Lost**: when a renew is refused, or when the local deadline passes — the send time of the
+//!   last successful renew plus the TTL, minus a fifth of it — without one. The deadline is
+//!   measured on this node's monotonic clock from before the server could have stored the
+//!   renew, so it falls before the server expires the key: a node that was paused (GC, SIGSTOP,
+//!   a slow disk) learns it lost the lease before another node can hold it.
+//! - **Release**: a delete expecting the held revision, on a clean stop, so a standby takes
+//!   over at once instead of after the TTL.
+//!
+//! The lease alone never protects a write: a holder that lost it may still have a write in
+//! flight. Every write after the journal is fenced in the data too (the journal's expected last
+//! sequence, Delta `txn` versions, the hot store's position compare-and-set); the lease keeps
+//! two nodes from working on the same partitions at once, which those fences would otherwise
+//! turn into failures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Inner, stream_info, unavailable};
+use crate::{Backoff, JournalError};
+
+/// A lease this node holds; see the module documentation. Dropping it stops renewing it (it
+/// then expires after its TTL); [`Lease::release`] gives it up at once.
+pub struct Lease {
+    name: String,
+    /// `true` once the lease is lost.
+    lost: watch::Receiver<bool>,
+    renew: tokio::task::JoinHandle<()>,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Lease {
+    /// The lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Resolves once the lease is lost (a renew refused, or its local deadline passed).
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        let _ = lost.wait_for(|l| *l).await;
+    }
+
+    /// Whether the lease is still held.
+    pub fn is_held(&self) -> bool {
+        !*self.lost.borrow()
+    }
+
+    /// Gives the lease up: deletes it (if still held) so another node takes it at once.
+    pub async fn release(mut self) {
+        if let (Some(release), Some(done)) = (self.release.take(), self.done.take())
+            && release.send(()).is_ok()
+        {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renew.abort();
+    }
+}
+
+/// The bucket holding the leases, created with `max_age` = `ttl` if absent; an existing one
+/// with another `max_age` is refused (every node must use the same TTL).
+async fn bucket(inner: &Inner, ttl: Duration) -> Result<kv::Store, JournalError> {
+    let name = format!("{}_leases", inner.cfg.prefix);
+    let store = match inner.js.get_key_value(&name).await {
+        Ok(store) => store,
+        Err(_) => inner
+            .js
+            .create_key_value(kv::Config {
+                bucket: name.clone(),
+                description: "sluice leases: which node runs the stages after the journal".into(),
+                history: 1,
+                max_age: ttl,
+                storage: stream::StorageType::File,
+                num_replicas: inner.cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("creating the lease bucket {name}"), e))?,
+    };
+    let info = stream_info(&inner.js, &format!("KV_{name}")).await?;
+    if info.config.max_age != ttl {
+        return Err(JournalError::Invalid(format!(
+            "the lease bucket {name} expires leases after {:?}, the config says {ttl:?} \
+             (journal.jetstream lease_ttl must be the same on every node; delete the bucket to \
+             change it)",
+            info.config.max_age
+        )));
+    }
+    Ok(store)
+}
+
+/// Waits until `holder` holds lease `name`, then keeps renewing it on the journal's runtime.
+pub(super) async fn acquire(
+    inner: Arc<Inner>,
+    name: String,
+    holder: String,
+    ttl: Duration,
+) -> Result<Lease, JournalError> {
+    let store = bucket(&inner, ttl).await?;
+    let mut backoff = Backoff::new(ttl / 8, ttl);
+    let mut told = None;
+    let revision = loop {
+        let sent = Instant::now();
+        match store.create(&name, Bytes::from(holder.clone())).await {
+            Ok(revision) => break (revision, sent),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                backoff.reset();
+                let current = store
+                    .get(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(&v).into_owned());
+                if current != told {
+                    tracing::info!(lease = %name, held_by = ?current,
+                        "standing by: another node holds the lease");
+                    told = current;
+                }
+                tokio::time::sleep(ttl / 4).await;
+            }
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "cannot take the lease; trying again");
+                backoff.wait().await;
+            }
+        }
+    };
+    tracing::info!(lease = %name, %holder, "lease taken");
+    let (lost_tx, lost) = watch::channel(false);
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let held = Held {
+        store,
+        name: name.clone(),
+        holder,
+        ttl,
+        revision: revision.0,
+        renewed: revision.1,
+    };
+    let renew = inner.runtime.spawn(held.keep(lost_tx, release_rx, done_tx));
+    Ok(Lease {
+        name,
+        lost,
+        renew,
+        release: Some(release),
+        done: Some(done),
+    })
+}
+
+/// A lease taken, as its renewing task knows it.
+struct Held {
+    store: kv::Store,
+    name: String,
+    holder: String,
+    ttl: Duration,
+    /// The key's revision this node wrote last.
+    revision: u64,
+    /// When the last successful renew (or the create) was sent.
+    renewed: Instant,
+}
+
+impl Held {
+    /// Renews the lease until it is lost (`lost` set) or released (on `release`; `done` then).
+    async fn keep(
+        mut self,
+        lost: watch::Sender<bool>,
+        mut release: tokio::sync::oneshot::Receiver<()>,
+        done: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (name, ttl) = (self.name.clone(), self.ttl);
+        loop {
+            let deadline = self.renewed + ttl - ttl / 5;
+            // A third of the TTL after the last renew; after a failed one, again soon.
+            let next = (self.renewed + ttl / 3)
+                .max(Instant::now() + ttl / 20)
+                .min(deadline);
+            tokio::select! {
+                _ = &mut release => {
+                    self.release().await;
+                    let _ = lost.send(true);
+                    let _ = done.send(());
+                    return;
+                }
+                () = tokio::time::sleep_until(next) => {}
+            }
+            if Instant::now() >= deadline {
+                tracing::error!(lease = %name, "the lease could not be renewed in time: lost");
+                let _ = lost.send(true);
+                return;
+            }
+            if !self.renew(deadline).await {
+                tracing::error!(lease = %name, "another node took the lease: lost");
+                let _ = lost.send(true);
+                return;
+            }
+        }
+    }
+
+    /// One renew, given up at `deadline`; `false` when another node wrote the key since.
+    async fn renew(&mut self, deadline: Instant) -> bool {
+        let sent = Instant::now();
+        let value = Bytes::from(self.holder.clone());
+        let update = self.store.update(&self.name, value, self.revision);
+        match tokio::time::timeout(deadline.saturating_duration_since(sent), update).await {
+            Ok(Ok(revision)) => {
+                debug_assert!(revision > self.revision, "a key's revisions only grow");
+                self.revision = revision;
+                self.renewed = sent;
+            }
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return false,
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %self.name, error = %e, "cannot renew the lease; trying again");
+            }
+            Err(_) => {}
+        }
+        true
+    }
+
+    async fn release(&self) {
+        match self
+            .store
+            .delete_expect_revision(&self.name, Some(self.revision))
+            .await
+        {
+            Ok(()) => tracing::info!(lease = %self.name, "lease released"),
+            Err(e) => tracing::warn!(lease = %self.name, error = %e,
+                "cannot release the lease; it expires after its TTL"),
+        }
+    }
+}
+
+/// Who holds lease `name` now, if anyone.
+pub(super) async fn holder(
+    js: &jetstream::Context,
+    prefix: &str,
+    name: &str,
+) -> Result<Option<String>, JournalError> {
+    let bucket = format!("{prefix}_leases");
+    let Ok(store) = js.get_key_value(&bucket).await else {
+        return Ok(None);
+    };
+    let value = store
+        .get(name)
+        .await
+        .map_err(|e| unavailable(format!("reading lease {name}"), e))?;
+    Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
