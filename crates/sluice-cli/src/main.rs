@@ -25,6 +25,7 @@ mod replay;
 mod schemas;
 mod send;
 mod sql;
+mod status;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ enum Command {
     Lake(lake::LakeArgs),
     /// Deletes a person's data everywhere and suppresses their new events (GDPR, CCPA).
     Privacy(privacy::PrivacyArgs),
+    /// Shows the nodes, the pipeline lease and each partition's consumers and lag.
+    Status(status::StatusArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,6 +156,7 @@ fn main() {
             Command::Replay(args) => replay::run(args).await,
             Command::Lake(args) => lake::run(args).await,
             Command::Privacy(args) => privacy::run(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     // The runtime is still alive here: exiting does not wait for its tasks, which after a

@@ -136,6 +136,21 @@ pub struct Roles {
 }
 
 impl Roles {
+    /// The names of the roles on, in pipeline order.
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        [
+            ("collector", self.collector),
+            ("runner", self.runner),
+            ("lake", self.lake),
+            ("warehouse", self.warehouse),
+            ("hot", self.hot),
+            ("predict", self.predict),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect()
+    }
+
     /// Every role.
     pub const ALL: Roles = Roles {
         collector: true,

@@ -57,6 +57,16 @@ pub(crate) const LOADER: &str = "loader";
 /// The hot projection.
 pub(crate) const HOT: &str = "hot";
 
+/// Every consumer group with the topic it reads, in pipeline order (`/v1/cluster`).
+pub(crate) const GROUPS: [(&str, &str); 6] = [
+    (RUNNER, topic::RAW),
+    (LAKE_EVENTS, topic::GOOD),
+    (LAKE_TYPED, topic::GOOD),
+    (LOADER, topic::GOOD),
+    (HOT, topic::GOOD),
+    (LAKE_BAD_ROWS, topic::BAD),
+];
+
 /// Registers the configured consumers (and the hot projection when this process runs it) and
 /// unregisters those the configuration no longer has. Blocking file IO.
 pub(crate) fn register(journal: &LocalJournal, settings: &Settings) -> Result<(), ServerError> {

@@ -19,6 +19,7 @@
 
 pub mod access;
 pub mod auth;
+mod cluster;
 mod config;
 mod declared;
 mod deletions;

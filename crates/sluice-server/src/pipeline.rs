@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::Access;
 use crate::config::Settings;
 use crate::error::ServerError;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, ClusterView, NodeCard};
 use crate::stages::Stages;
 
 /// How often [`Running::stopped`] looks at the journal's health.
@@ -41,6 +41,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// On a shared journal, this node's lease on the stages after the journal.
     lease: Option<sluice_journal::Lease>,
+    /// What this node announces to the others while it runs (dropped: it leaves the list).
+    _announced: tokio::sync::watch::Sender<String>,
     journal: Arc<dyn Journal>,
     /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
     intake: CancellationToken,
@@ -139,6 +141,13 @@ impl Server {
         }
         let mut watched = Vec::new();
         let roles = settings.roles;
+        // What this node tells the others about itself, from now on (standing by or not).
+        let card = NodeCard::new(settings.journal.jetstream.node_name(), roles.names());
+        let announced = tokio::sync::watch::Sender::new(card.to_json());
+        if let Some(j) = &base.jetstream {
+            j.announce(announced.subscribe());
+        }
+        let card = Arc::new(std::sync::Mutex::new(card));
         // On a shared journal one node at a time runs the stages after it: this one waits for
         // the lease before it starts them.
         let lease = match (&base.jetstream, roles.runner || roles.lake || roles.hot) {
@@ -172,6 +181,7 @@ impl Server {
             true => Some(start_hot(&settings, &base, &mut stages, &mut watched).await?),
             false => None,
         };
+        card.lock().unwrap_or_else(|e| e.into_inner()).state = "running";
         let intake = CancellationToken::new();
         let mut listeners = Vec::new();
         let http_addr = if roles.collector || roles.warehouse || roles.hot {
@@ -180,11 +190,22 @@ impl Server {
                 runner,
                 events,
                 hot,
+                cluster: ClusterView {
+                    this: card.clone(),
+                    jetstream: base.jetstream.clone(),
+                    lease: PIPELINE_LEASE,
+                    groups: crate::holds::GROUPS.to_vec(),
+                },
             };
             Some(start_http(&settings, &base, roles, &intake, &mut listeners).await?)
         } else {
             None
         };
+        {
+            let mut card = card.lock().unwrap_or_else(|e| e.into_inner());
+            card.http = http_addr.map(|a| a.to_string());
+            announced.send_replace(card.to_json());
+        }
         if let Some(local) = base.local.clone() {
             let every = crate::holds::retention_every(settings.journal.retention_age);
             background.push(Task::spawn(
@@ -204,6 +225,7 @@ impl Server {
         Ok(Running {
             http_addr,
             lease,
+            _announced: announced,
             journal: base.dyn_journal,
             intake,
             listeners,
@@ -503,6 +525,7 @@ struct RoleParts {
     runner: Option<RunnerParts>,
     events: Option<DeliveryProgress>,
     hot: Option<sluice_hot::HotReader>,
+    cluster: ClusterView,
 }
 
 /// The collector and warehouse roles and the HTTP routes of every role: the HTTP listener and
@@ -619,6 +642,7 @@ async fn start_http(
         models: Arc::new(models),
         functions: parts.runner.map(|r| r.functions),
         stages: base.stages.clone(),
+        cluster: parts.cluster,
     };
     let listener = crate::listen::bind(settings.http, settings.listener.max_connections).map_err(
         |source| ServerError::Bind {
@@ -664,6 +688,7 @@ fn routes(state: &AppState, settings: &Settings) -> Router<AppState> {
         ))
         .merge(crate::sql::routes())
         .merge(crate::ops::routes())
+        .merge(crate::cluster::routes())
         .merge(crate::deletions::routes())
         .merge(crate::schemas::routes())
         .merge(crate::functions::routes())

@@ -98,6 +98,28 @@ async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Resul
         count(&b, "SELECT count(DISTINCT event_id) AS n FROM events")?,
         300
     );
+    // `sluice status` on any node: b holds the lease, and the runner caught up everywhere.
+    wait_until(DEADLINE, "the runner's lag at 0 in sluice status", || {
+        let out = crate::support::sluice(&["status", "--server", &intake.url(), "--json"])?;
+        let c: serde_json::Value = serde_json::from_str(&out)?;
+        let caught_up = c["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["topic"] == "raw")
+            .all(|p| p["consumers"]["functions"]["lag"] == 0);
+        Ok(caught_up.then_some(()))
+    })?;
+    let table = crate::support::sluice(&["status", "--server", &b.url()])?;
+    assert!(table.contains("pipeline  b"), "{table}");
+    for node in ["b ", "intake "] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(node) && l.contains("running")),
+            "{table}"
+        );
+    }
 
     // A clean stop gives the lease up at once: `a`, started again, takes over without waiting
     // for the TTL.

@@ -74,6 +74,93 @@ impl Drop for Lease {
     }
 }
 
+/// A node as it announced itself ([`announce`]): its name, what it said about itself and how
+/// long ago it last said so.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeEntry {
+    /// The node's name (`journal.jetstream.node`).
+    pub name: String,
+    /// What the node says about itself (the server writes JSON).
+    pub details: String,
+    /// Since its last announcement; a node that stopped announcing leaves after the TTL.
+    pub age: Duration,
+}
+
+/// The key of node `name`'s announcement: `node.` and the name with every character a key may
+/// not hold written as `_`.
+fn node_key(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '=' => c,
+            _ => '_',
+        })
+        .collect();
+    format!("node.{safe}")
+}
+
+/// Puts this node's details under `node.<name>` every third of the TTL (so it expires a TTL
+/// after the node stops), with the newest `details`, until `details` is dropped.
+pub(super) async fn announce(
+    inner: Arc<Inner>,
+    name: String,
+    ttl: Duration,
+    mut details: watch::Receiver<String>,
+) -> Result<(), JournalError> {
+    let store = bucket(&inner, ttl).await?;
+    let key = node_key(&name);
+    loop {
+        let value = Bytes::from(details.borrow_and_update().clone());
+        if let Err(e) = store.put(&key, value).await {
+            tracing::debug!(node = %name, error = %e, "cannot announce this node; trying again");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ttl / 3) => {}
+            changed = details.changed() => {
+                if changed.is_err() {
+                    let _ = store.delete(&key).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Every node that announced itself within the TTL, by name.
+pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeEntry>, JournalError> {
+    let bucket = format!("{}_leases", inner.cfg.prefix);
+    let Ok(store) = inner.js.get_key_value(&bucket).await else {
+        return Ok(Vec::new());
+    };
+    let reading = |e: &dyn std::fmt::Display| unavailable("reading the nodes", e);
+    let mut keys = store.keys().await.map_err(|e| reading(&e))?;
+    let mut found = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i128;
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let key = key.map_err(|e| reading(&e))?;
+        let Some(name) = key.strip_prefix("node.") else {
+            continue;
+        };
+        let Some(entry) = store.entry(&key).await.map_err(|e| reading(&e))? else {
+            continue;
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let age_ns = (now - entry.created.unix_timestamp_nanos()).max(0);
+        found.push(NodeEntry {
+            name: name.to_string(),
+            details: String::from_utf8_lossy(&entry.value).into_owned(),
+            age: Duration::from_nanos(u64::try_from(age_ns).unwrap_or(u64::MAX)),
+        });
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
 /// The bucket holding the leases, created with `max_age` = `ttl` if absent; an existing one
 /// with another `max_age` is refused (every node must use the same TTL).
 async fn bucket(inner: &Inner, ttl: Duration) -> Result<kv::Store, JournalError> {

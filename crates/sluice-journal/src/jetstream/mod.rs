@@ -79,7 +79,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{JetStreamConfig, JournalBackend};
-pub use lease::Lease;
+pub use lease::{Lease, NodeEntry};
 
 use crate::config::MAX_PARTITIONS;
 use crate::{Journal, JournalConfig, JournalError, Record, TopicInfo, is_valid_topic_name};
@@ -223,6 +223,33 @@ impl JetStreamJournal {
             .spawn(lease::acquire(inner, name.to_string(), holder, ttl))
             .await
             .unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Announces this node (`journal.jetstream.node`) to the others, with the newest
+    /// `details`, until `details`' sender is dropped ([`Self::nodes`] lists it meanwhile).
+    pub fn announce(&self, details: watch::Receiver<String>) {
+        let inner = self.inner.clone();
+        let (name, ttl) = (inner.cfg.node_name(), inner.cfg.lease_ttl);
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = lease::announce(inner, name, ttl, details).await {
+                tracing::warn!(error = %e, "cannot announce this node to the others");
+            }
+        });
+    }
+
+    /// Every node that announced itself within the lease TTL.
+    pub async fn nodes(&self) -> Result<Vec<NodeEntry>, JournalError> {
+        let inner = self.inner.clone();
+        self.inner
+            .runtime
+            .spawn(async move { lease::nodes(&inner).await })
+            .await
+            .unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// This node's name among the others.
+    pub fn node_name(&self) -> String {
+        self.inner.cfg.node_name()
     }
 
     /// The node holding the lease `name`, if any.

@@ -35,4 +35,50 @@ pub(crate) struct AppState {
     pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
     /// Every stage's health and lag (`/health`).
     pub(crate) stages: Stages,
+    /// This node and, on a shared journal, the others (`/v1/cluster`).
+    pub(crate) cluster: ClusterView,
+}
+
+/// What `/v1/cluster` needs beyond the journal.
+#[derive(Clone)]
+pub(crate) struct ClusterView {
+    /// This node.
+    pub(crate) this: Arc<std::sync::Mutex<NodeCard>>,
+    /// The journal, when it is shared (JetStream): the other nodes and the lease.
+    pub(crate) jetstream: Option<Arc<sluice_journal::JetStreamJournal>>,
+    /// The lease of the node running the pipeline.
+    pub(crate) lease: &'static str,
+    /// Every consumer group with the topic it reads, in pipeline order.
+    pub(crate) groups: Vec<(&'static str, &'static str)>,
+}
+
+/// What a node says about itself to the others (and to `/v1/cluster`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct NodeCard {
+    pub(crate) name: String,
+    /// `standby` while it waits for the pipeline lease, else `running`.
+    pub(crate) state: &'static str,
+    pub(crate) roles: Vec<&'static str>,
+    /// Its HTTP address, once it listens.
+    pub(crate) http: Option<String>,
+    pub(crate) started_at: String,
+    pub(crate) version: &'static str,
+}
+
+impl NodeCard {
+    /// A node named `name` running `roles`, standing by until it says otherwise.
+    pub(crate) fn new(name: String, roles: Vec<&'static str>) -> Self {
+        Self {
+            name,
+            state: "standby",
+            roles,
+            http: None,
+            started_at: sluice_event::format_micros(sluice_event::now_micros()),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }

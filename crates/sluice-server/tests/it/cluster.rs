@@ -168,3 +168,34 @@ async fn two_nodes_on_a_three_server_cluster_keep_every_acked_event_once_through
     intake.shutdown().await;
     full.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_the_file_journal_reports_itself_and_the_lag_per_partition() {
+    let server = TestServer::start("").await;
+    let sent = server
+        .client
+        .post(server.url("/v1/events"))
+        .json(&json!([{"event": "Signed Up", "user_id": "u1"}, {"event": "Signed Up", "user_id": "u2"}]))
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success());
+    server.sql_rows("SELECT event_id FROM events", 2).await;
+    let c = server.get_json("/v1/cluster").await;
+    assert_eq!(c["backend"], "file");
+    assert_eq!(c["leases"], json!([]));
+    let nodes = c["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["state"], "running");
+    assert_eq!(nodes[0]["http"], server.base.trim_start_matches("http://"));
+    let parts = c["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 12, "raw, good and bad, 4 partitions each");
+    let ends = |topic: &str| -> u64 {
+        parts
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .map(|p| p["end"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((ends("raw"), ends("good"), ends("bad")), (2, 2, 0));
+}

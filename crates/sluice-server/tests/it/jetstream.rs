@@ -417,9 +417,12 @@ async fn jetstream_shared_appends_of_two_nodes_take_turns_and_lose_nothing() {
 #[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
 async fn jetstream_nodes_share_intake_and_store_each_event_once() {
     let nats = NatsServer::start().unwrap();
-    let full = TestServer::start(&server_toml(&nats)).await;
-    let intake =
-        TestServer::start(&format!("roles = [\"collector\"]\n{}", server_toml(&nats))).await;
+    let full = TestServer::start(&format!("{}node = \"full\"\n", server_toml(&nats))).await;
+    let intake = TestServer::start(&format!(
+        "roles = [\"collector\"]\n{}node = \"intake\"\n",
+        server_toml(&nats)
+    ))
+    .await;
     let events: Vec<_> = (0..120)
         .map(|i| json!({"event": "Page Viewed", "event_id": format!("e-{i}"), "user_id": format!("u{}", i % 7)}))
         .collect();
@@ -458,6 +461,53 @@ async fn jetstream_nodes_share_intake_and_store_each_event_once() {
     let j = JetStreamJournal::open(config(&nats)).await.unwrap();
     let raw: u64 = (0..4).map(|p| j.end("raw", p).unwrap()).sum();
     assert_eq!(raw, 120, "raw holds each event once");
+
+    // Either node reports both, the lease and the runner's lag on every raw partition (the
+    // collector-only node knows it from the positions the other one commits).
+    let deadline = Instant::now() + DEADLINE;
+    let cluster = loop {
+        let c = intake.get_json("/v1/cluster").await;
+        let raw_lag: Vec<_> = c["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["topic"] == "raw")
+            .map(|p| p["consumers"]["functions"]["lag"].clone())
+            .collect();
+        if raw_lag.len() == 4 && raw_lag.iter().all(|l| l == 0) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(100))
+            .await;
+    };
+    assert_eq!(cluster["backend"], "jetstream");
+    assert_eq!(cluster["node"], "intake");
+    let nodes: Vec<_> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].clone(), n["state"].clone(), n["roles"].clone()))
+        .collect();
+    assert_eq!(nodes.len(), 2, "{cluster}");
+    assert_eq!(nodes[0].0, "full");
+    assert_eq!(nodes[0].1, "running");
+    assert_eq!(
+        nodes[1],
+        (json!("intake"), json!("running"), json!(["collector"]))
+    );
+    assert_eq!(
+        cluster["leases"],
+        json!([{"name": "pipeline", "holder": "full"}])
+    );
+    let ends: u64 = cluster["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["topic"] == "raw")
+        .map(|p| p["end"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ends, 120);
     intake.shutdown().await;
     full.shutdown().await;
 }
