@@ -246,7 +246,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(e @ (ServerError::JournalFailed | ServerError::LeaseLost)) = stage_error {
         // Nothing can be made durable any more, or another node is the one to do it: exit
         // without draining.
-        tracing::error!(error = %e, "exiting to recover from disk");
+        tracing::error!(error = %e, "exiting without draining");
         return Err(e.into());
     }
     if let Some(e) = &stage_error {

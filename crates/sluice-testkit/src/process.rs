@@ -75,6 +75,33 @@ impl SluiceProcess {
         }
     }
 
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, …) to the process.
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        anyhow::ensure!(
+            rc == 0,
+            "kill {signal}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    /// Waits until the process exits by itself (bounded), and how.
+    pub fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < end,
+                "the server did not exit within {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the server again on the same data directory (a new port).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let (child, addr, scheme) = start(&self.bin, &self.data_dir, &self.extra)?;

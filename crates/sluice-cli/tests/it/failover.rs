@@ -137,3 +137,51 @@ async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Resul
     })?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
+async fn a_paused_node_that_lost_its_lease_stops_when_it_wakes_and_duplicates_nothing()
+-> anyhow::Result<()> {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let nats = NatsServer::start()?;
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let dir = tempfile::tempdir()?;
+    let pipeline = r#""collector", "runner", "lake", "warehouse""#;
+    let a_cfg = config(dir.path(), "a", pipeline, &nats, &moto);
+    let b_cfg = config(dir.path(), "b", pipeline, &nats, &moto);
+    let intake_cfg = config(dir.path(), "intake", r#""collector""#, &nats, &moto);
+    let mut a = start(dir.path(), "a", &a_cfg).join().unwrap();
+    let b = start(dir.path(), "b", &b_cfg);
+    let intake = start(dir.path(), "intake", &intake_cfg).join().unwrap();
+
+    // `a` freezes (SIGSTOP: a GC pause, a stalled disk, a network cut) in the middle of a
+    // load it is processing; `b` takes the lease once it expires and delivers everything.
+    send(&intake, "x", 200).await?;
+    a.signal(libc::SIGSTOP)?;
+    let b = b.join().unwrap();
+    send(&intake, "y", 100).await?;
+    wait_until(DEADLINE, "b delivers every acked event", || {
+        Ok((count(&b, "SELECT count(*) AS n FROM events")? >= 300).then_some(()))
+    })?;
+    // `a` wakes after its lease expired: it stops at once, whatever it was writing, and exits
+    // 75 (or 70, if a fenced write stopped its journal first).
+    a.signal(libc::SIGCONT)?;
+    let status = a.wait_exit(DEADLINE)?;
+    assert!(
+        matches!(status.code(), Some(75 | 70)),
+        "{status:?} (signal {:?})",
+        status.signal()
+    );
+    send(&intake, "z", 10).await?;
+    wait_until(DEADLINE, "every acked event, once", || {
+        Ok((count(&b, "SELECT count(*) AS n FROM events")? >= 310).then_some(()))
+    })?;
+    assert_eq!(count(&b, "SELECT count(*) AS n FROM events")?, 310);
+    assert_eq!(
+        count(&b, "SELECT count(DISTINCT event_id) AS n FROM events")?,
+        310
+    );
+    Ok(())
+}
