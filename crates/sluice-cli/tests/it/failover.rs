@@ -59,20 +59,56 @@ fn start(dir: &Path, node: &str, cfg: &Path) -> std::thread::JoinHandle<SluicePr
     })
 }
 
+/// The services and configs of the three nodes; `a` is started first, so it takes the lease.
+struct Nodes {
+    _nats: NatsServer,
+    _moto: Moto,
+    dir: tempfile::TempDir,
+    a_cfg: PathBuf,
+    b_cfg: PathBuf,
+    intake_cfg: PathBuf,
+}
+
+impl Nodes {
+    fn start() -> anyhow::Result<Self> {
+        let nats = NatsServer::start()?;
+        let moto = Moto::start()?;
+        moto.create_bucket(BUCKET)?;
+        let dir = tempfile::tempdir()?;
+        let pipeline = r#""collector", "runner", "lake", "warehouse""#;
+        Ok(Self {
+            a_cfg: config(dir.path(), "a", pipeline, &nats, &moto),
+            b_cfg: config(dir.path(), "b", pipeline, &nats, &moto),
+            intake_cfg: config(dir.path(), "intake", r#""collector""#, &nats, &moto),
+            _nats: nats,
+            _moto: moto,
+            dir,
+        })
+    }
+
+    /// Starts `a` and waits for it: it takes the lease.
+    fn a(&self) -> anyhow::Result<SluiceProcess> {
+        Ok(start(self.dir.path(), "a", &self.a_cfg).join().unwrap())
+    }
+
+    /// Starts `b`, which stands by while another node holds the lease.
+    fn b(&self) -> std::thread::JoinHandle<SluiceProcess> {
+        start(self.dir.path(), "b", &self.b_cfg)
+    }
+
+    /// Starts the collector-only node and waits for it.
+    fn intake(&self) -> anyhow::Result<SluiceProcess> {
+        Ok(start(self.dir.path(), "intake", &self.intake_cfg)
+            .join()
+            .unwrap())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
 async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let moto = Moto::start()?;
-    moto.create_bucket(BUCKET)?;
-    let dir = tempfile::tempdir()?;
-    let pipeline = r#""collector", "runner", "lake", "warehouse""#;
-    let a_cfg = config(dir.path(), "a", pipeline, &nats, &moto);
-    let b_cfg = config(dir.path(), "b", pipeline, &nats, &moto);
-    let intake_cfg = config(dir.path(), "intake", r#""collector""#, &nats, &moto);
-    let mut a = start(dir.path(), "a", &a_cfg).join().unwrap();
-    let b = start(dir.path(), "b", &b_cfg);
-    let intake = start(dir.path(), "intake", &intake_cfg).join().unwrap();
+    let nodes = Nodes::start()?;
+    let (mut a, b, intake) = (nodes.a()?, nodes.b(), nodes.intake()?);
 
     send(&intake, "x", 50).await?;
     wait_until(DEADLINE, "a delivers the first events", || {
@@ -124,7 +160,7 @@ async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Resul
     // A clean stop gives the lease up at once: `a`, started again, takes over without waiting
     // for the TTL.
     let mut b = b;
-    let a_again = start(dir.path(), "a", &a_cfg);
+    let a_again = start(nodes.dir.path(), "a", &nodes.a_cfg);
     let stopped = Instant::now();
     let status = b.terminate(DEADLINE)?;
     assert!(status.success(), "{status:?}");
@@ -144,17 +180,8 @@ async fn a_paused_node_that_lost_its_lease_stops_when_it_wakes_and_duplicates_no
 -> anyhow::Result<()> {
     use std::os::unix::process::ExitStatusExt as _;
 
-    let nats = NatsServer::start()?;
-    let moto = Moto::start()?;
-    moto.create_bucket(BUCKET)?;
-    let dir = tempfile::tempdir()?;
-    let pipeline = r#""collector", "runner", "lake", "warehouse""#;
-    let a_cfg = config(dir.path(), "a", pipeline, &nats, &moto);
-    let b_cfg = config(dir.path(), "b", pipeline, &nats, &moto);
-    let intake_cfg = config(dir.path(), "intake", r#""collector""#, &nats, &moto);
-    let mut a = start(dir.path(), "a", &a_cfg).join().unwrap();
-    let b = start(dir.path(), "b", &b_cfg);
-    let intake = start(dir.path(), "intake", &intake_cfg).join().unwrap();
+    let nodes = Nodes::start()?;
+    let (mut a, b, intake) = (nodes.a()?, nodes.b(), nodes.intake()?);
 
     // `a` freezes (SIGSTOP: a GC pause, a stalled disk, a network cut) in the middle of a
     // load it is processing; `b` takes the lease once it expires and delivers everything.
