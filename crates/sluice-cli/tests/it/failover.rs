@@ -1,9 +1,10 @@
-//! Three `sluice serve` processes on one JetStream journal and one lake on S3 (moto): `a` and
-//! `b` both configured to run the whole pipeline, `intake` only the collector. `a` takes the
-//! pipeline lease; `b` stands by. Under load through `intake`, `a` is SIGKILLed; `b` takes the
-//! lease once it expires and delivers from the committed positions: every acked event is in
-//! `events` once. A clean stop gives the lease up at once. Ignored by default (nats-server and
-//! moto come from PyPI); run with `--run-ignored all`.
+//! Three `sluice serve` processes on one JetStream journal, one lake on S3 (moto) and one hot
+//! tier in Redis: `a` and `b` both configured to run the whole pipeline, `intake` only the
+//! collector. `a` takes the pipeline lease; `b` stands by. Under load through `intake`, `a` is
+//! SIGKILLed; `b` takes the lease once it expires and delivers from the committed positions:
+//! every acked event is in `events`, the typed table and the hot tier once. A clean stop gives
+//! the lease up at once; a node frozen past its lease stops when it wakes. Ignored by default
+//! (nats-server and moto come from PyPI; Redis is the machine's); run with `--run-ignored all`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,8 +17,14 @@ const BUCKET: &str = "failover-lake";
 const DEADLINE: Duration = Duration::from_secs(90);
 const LEASE_TTL: Duration = Duration::from_secs(3);
 
-/// The config of node `node` running `roles`.
-fn config(dir: &Path, node: &str, roles: &str, nats: &NatsServer, moto: &Moto) -> PathBuf {
+/// The config of node `node` running `roles`, its hot tier in Redis under `redis_prefix`.
+fn config(
+    dir: &Path,
+    node: &str,
+    roles: &str,
+    (nats, moto): (&NatsServer, &Moto),
+    redis_prefix: &str,
+) -> PathBuf {
     let text = format!(
         "roles = [{roles}]\n\
          [journal]\nbackend = \"jetstream\"\n\
@@ -26,7 +33,8 @@ fn config(dir: &Path, node: &str, roles: &str, nats: &NatsServer, moto: &Moto) -
          [lake]\nroot = \"s3://{BUCKET}/sluice\"\nendpoint = \"{}\"\nregion = \"{REGION}\"\n\
          allow_http = true\nflush_interval = \"200ms\"\n\
          [lake.storage_options]\naws_access_key_id = \"{ACCESS_KEY}\"\n\
-         aws_secret_access_key = \"{SECRET_KEY}\"\n",
+         aws_secret_access_key = \"{SECRET_KEY}\"\n\
+         [hot]\nbackend = \"redis\"\nredis_prefix = \"{redis_prefix}\"\n",
         nats.url(),
         nats.monitor_url(),
         LEASE_TTL.as_secs(),
@@ -48,6 +56,25 @@ async fn send(server: &SluiceProcess, prefix: &str, n: usize) -> anyhow::Result<
         .collect::<Vec<_>>()
         .join("\n");
     crate::support::post_events(&server.url(), body).await
+}
+
+/// `events_total` of the profiles of users u0..u199, from the hot tier's read API.
+async fn profiles_total(server: &SluiceProcess) -> anyhow::Result<Vec<u64>> {
+    let client = reqwest::Client::new();
+    let mut totals = Vec::with_capacity(200);
+    for i in 0..200 {
+        let resp = client
+            .get(format!("{}/v1/profiles/u{i}", server.url()))
+            .send()
+            .await?;
+        if resp.status() == 404 {
+            totals.push(0);
+            continue;
+        }
+        let profile: serde_json::Value = resp.error_for_status()?.json().await?;
+        totals.push(profile["events_total"].as_u64().unwrap_or(0));
+    }
+    Ok(totals)
 }
 
 /// Starts node `node` on a thread: a standby node reports its address only once it holds the
@@ -75,11 +102,20 @@ impl Nodes {
         let moto = Moto::start()?;
         moto.create_bucket(BUCKET)?;
         let dir = tempfile::tempdir()?;
-        let pipeline = r#""collector", "runner", "lake", "warehouse""#;
+        // Keys of this run only, in the machine's Redis.
+        let redis_prefix = format!("sluice-failover-{}:", uuid::Uuid::now_v7().simple());
+        let pipeline = r#""collector", "runner", "lake", "warehouse", "hot""#;
+        let services = (&nats, &moto);
         Ok(Self {
-            a_cfg: config(dir.path(), "a", pipeline, &nats, &moto),
-            b_cfg: config(dir.path(), "b", pipeline, &nats, &moto),
-            intake_cfg: config(dir.path(), "intake", r#""collector""#, &nats, &moto),
+            a_cfg: config(dir.path(), "a", pipeline, services, &redis_prefix),
+            b_cfg: config(dir.path(), "b", pipeline, services, &redis_prefix),
+            intake_cfg: config(
+                dir.path(),
+                "intake",
+                r#""collector""#,
+                services,
+                &redis_prefix,
+            ),
             _nats: nats,
             _moto: moto,
             dir,
@@ -134,6 +170,24 @@ async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Resul
         count(&b, "SELECT count(DISTINCT event_id) AS n FROM events")?,
         300
     );
+    // The typed table and the hot tier (Redis) once too: user u<i> had one event per batch
+    // of more than i events (x: 50, y: 200, z: 50).
+    wait_until(DEADLINE, "every acked event in the typed table", || {
+        Ok((count(&b, "SELECT count(*) AS n FROM viewed")? >= 300).then_some(()))
+    })?;
+    assert_eq!(count(&b, "SELECT count(*) AS n FROM viewed")?, 300);
+    let expected = |i: usize| [50, 200, 50].iter().filter(|&&n| n > i).count() as u64;
+    let want: Vec<u64> = (0..200).map(expected).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = profiles_total(&b).await?;
+        if got == want {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "profiles: {got:?}");
+        // Polled, like `wait_until`: the projection commits in batches.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // `sluice status` on any node: b holds the lease, and the runner caught up everywhere.
     wait_until(DEADLINE, "the runner's lag at 0 in sluice status", || {
         let out = crate::support::sluice(&["status", "--server", &intake.url(), "--json"])?;
