@@ -37,7 +37,7 @@ struct Body {
 
 #[allow(clippy::result_large_err)] // the error is the answer itself
 fn privacy(state: &AppState) -> Result<std::sync::Arc<Privacy>, Response> {
-    state.privacy.clone().ok_or_else(|| {
+    state.running_parts()?.privacy.clone().ok_or_else(|| {
         error_response(
             ErrorKind::NotFound,
             "deletion requests need the runner, lake and warehouse roles on this node",

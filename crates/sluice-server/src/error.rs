@@ -28,6 +28,9 @@ pub enum ServerError {
     /// node stands by.
     #[error("this node lost its lease on the pipeline; another node runs it now")]
     LeaseLost,
+    /// The node was shut down while it stood by for the pipeline lease.
+    #[error("shut down while standing by for the pipeline lease")]
+    Cancelled,
     /// Binding a socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -43,6 +43,7 @@ pub(crate) fn routes() -> Router<AppState> {
 #[allow(clippy::result_large_err)] // the error is the answer itself, returned at once
 fn reader_of(state: &AppState) -> Result<HotReader, Response> {
     state
+        .running_parts()?
         .hot
         .clone()
         .ok_or_else(|| error_response(ErrorKind::NotFound, "this node does not run the hot role"))
@@ -135,7 +136,7 @@ async fn prediction(
 ) -> Response {
     async {
         let reader = reader_of(&state)?;
-        if !state.models.contains(&model) {
+        if !state.parts().is_some_and(|p| p.models.contains(&model)) {
             return Err(error_response(
                 ErrorKind::NotFound,
                 format!("no model named {model:?} runs on this node"),

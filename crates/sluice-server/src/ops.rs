@@ -69,14 +69,18 @@ async fn live() -> Response {
 
 async fn metrics(_: MetricsReader, State(state): State<AppState>) -> Response {
     let mut body = state.prometheus.render();
-    if let Some(f) = &state.functions {
+    if let Some(f) = state.parts().and_then(|p| p.functions.as_ref()) {
         body.push_str(&f.render_prometheus());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn replay(_: Admin, State(state): State<AppState>, body: Bytes) -> Response {
-    let Some(replayer) = state.replay.clone() else {
+    let parts = match state.running_parts() {
+        Ok(parts) => parts,
+        Err(standby) => return standby,
+    };
+    let Some(replayer) = parts.replay.clone() else {
         return error_response(
             ErrorKind::NotFound,
             "replay needs the runner, lake and warehouse roles on this node",

@@ -54,6 +54,9 @@ pub struct Running {
     background: Vec<Task>,
     /// How long [`Running::shutdown`] waits for the stages to drain.
     drain_timeout: Duration,
+    /// While the node stands by for the pipeline lease: the start of the stages after the
+    /// journal, and what gives it up.
+    pending: Option<(CancellationToken, JoinHandle<Result<Started, ServerError>>)>,
 }
 
 /// A spawned task and the stage name its errors carry.
@@ -101,6 +104,7 @@ impl Task {
 
 /// What the roles share: the journal, the lake's root, the schema registry and the stages'
 /// health.
+#[derive(Clone)]
 struct Base {
     /// The file journal, when it is the backend (registration and retention are its own).
     local: Option<Arc<LocalJournal>>,
@@ -131,7 +135,9 @@ struct RunnerParts {
 }
 
 impl Server {
-    /// Opens the journal and starts every role in `settings`.
+    /// Opens the journal and starts every role in `settings`. On a shared journal the stages
+    /// after it (runner, lake, hot tier) wait for the pipeline lease: the node serves HTTP
+    /// (intake, SQL, health) while it stands by, and starts them once it holds the lease.
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let base = open_base(&settings).await?;
@@ -139,7 +145,6 @@ impl Server {
             let s = settings.clone();
             blocking("journal", move || crate::holds::register(&j, &s)).await?;
         }
-        let mut watched = Vec::new();
         let roles = settings.roles;
         // What this node tells the others about itself, from now on (standing by or not).
         let card = NodeCard::new(settings.journal.jetstream.node_name(), roles.names());
@@ -148,63 +153,156 @@ impl Server {
             j.announce(announced.subscribe());
         }
         let card = Arc::new(std::sync::Mutex::new(card));
-        // On a shared journal one node at a time runs the stages after it: this one waits for
-        // the lease before it starts them.
-        let lease = match (&base.jetstream, roles.runner || roles.lake || roles.hot) {
-            (Some(j), true) => Some(
-                j.acquire_lease(PIPELINE_LEASE)
-                    .await
-                    .map_err(|e| ServerError::stage("lease", e))?,
-            ),
-            _ => None,
-        };
-        let mut stages = Vec::new();
-        let mut background = Vec::new();
+        let intake = CancellationToken::new();
         let housekeeping = CancellationToken::new();
-
-        let runner = match roles.runner {
-            true => Some(start_runner(&settings, &base, &mut stages).await?),
-            false => None,
-        };
-        let events = match roles.lake {
-            true => Some(start_lake(
+        let mut listeners = Vec::new();
+        let pipeline = Arc::new(std::sync::OnceLock::new());
+        let (http_addr, warehouse) = if roles.collector || roles.warehouse || roles.hot {
+            let cluster = ClusterView {
+                this: card.clone(),
+                jetstream: base.jetstream.clone(),
+                lease: PIPELINE_LEASE,
+                groups: crate::holds::GROUPS.to_vec(),
+            };
+            let (addr, w) = start_http(
                 &settings,
                 &base,
-                &mut stages,
-                &mut background,
-                &housekeeping,
-                &mut watched,
-            )),
-            false => None,
-        };
-        let hot = match roles.hot {
-            true => Some(start_hot(&settings, &base, &mut stages, &mut watched).await?),
-            false => None,
-        };
-        card.lock().unwrap_or_else(|e| e.into_inner()).state = "running";
-        let intake = CancellationToken::new();
-        let mut listeners = Vec::new();
-        let http_addr = if roles.collector || roles.warehouse || roles.hot {
-            let roles = RoleParts {
-                prometheus,
-                runner,
-                events,
-                hot,
-                cluster: ClusterView {
-                    this: card.clone(),
-                    jetstream: base.jetstream.clone(),
-                    lease: PIPELINE_LEASE,
-                    groups: crate::holds::GROUPS.to_vec(),
-                },
-            };
-            Some(start_http(&settings, &base, roles, &intake, &mut listeners).await?)
+                (prometheus, cluster),
+                pipeline.clone(),
+                &intake,
+                &mut listeners,
+            )
+            .await?;
+            (Some(addr), w)
         } else {
-            None
+            (None, None)
         };
         {
             let mut card = card.lock().unwrap_or_else(|e| e.into_inner());
             card.http = http_addr.map(|a| a.to_string());
             announced.send_replace(card.to_json());
+        }
+        let starting = StartPipeline {
+            settings: settings.clone(),
+            base: base.clone(),
+            warehouse,
+            pipeline,
+            intake: intake.clone(),
+            housekeeping: housekeeping.clone(),
+            card,
+            announced: announced.clone(),
+            cancel: CancellationToken::new(),
+        };
+        let needs_lease = base.jetstream.is_some() && (roles.runner || roles.lake || roles.hot);
+        let mut running = Running {
+            http_addr,
+            lease: None,
+            _announced: announced,
+            journal: base.dyn_journal,
+            intake,
+            listeners,
+            stages: Vec::new(),
+            housekeeping,
+            background: Vec::new(),
+            drain_timeout: settings.drain_timeout,
+            pending: None,
+        };
+        if needs_lease {
+            // Standing by until the lease comes; `stopped` and `shutdown` take it from here.
+            let cancel = starting.cancel.clone();
+            running.pending = Some((cancel, tokio::spawn(starting.run())));
+        } else {
+            match starting.run().await {
+                Ok(started) => running.install(started),
+                Err(e) => {
+                    // Nothing half-started stays behind: the listeners already serve.
+                    running.intake.cancel();
+                    for task in running.listeners.drain(..) {
+                        let _ = task.join().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(running)
+    }
+}
+
+/// What starting the stages after the journal needs, possibly after the node stood by.
+struct StartPipeline {
+    settings: Settings,
+    base: Base,
+    warehouse: Option<Arc<Warehouse>>,
+    pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
+    intake: CancellationToken,
+    housekeeping: CancellationToken,
+    card: Arc<std::sync::Mutex<NodeCard>>,
+    announced: tokio::sync::watch::Sender<String>,
+    /// Given up while standing by (a shutdown).
+    cancel: CancellationToken,
+}
+
+/// The stages after the journal, started.
+struct Started {
+    lease: Option<sluice_journal::Lease>,
+    stages: Vec<(CancellationToken, Task)>,
+    background: Vec<Task>,
+    listeners: Vec<Task>,
+}
+
+impl StartPipeline {
+    /// Takes the lease on a shared journal (standing by until then; a shutdown meanwhile is
+    /// [`ServerError::Cancelled`]), starts the runner, lake and hot roles, and hands their
+    /// parts to the routes.
+    async fn run(self) -> Result<Started, ServerError> {
+        let (settings, base, roles) = (&self.settings, &self.base, self.settings.roles);
+        let lease = match (&base.jetstream, roles.runner || roles.lake || roles.hot) {
+            (Some(j), true) => tokio::select! {
+                lease = j.acquire_lease(PIPELINE_LEASE) => {
+                    Some(lease.map_err(|e| ServerError::stage("lease", e))?)
+                }
+                () = self.cancel.cancelled() => return Err(ServerError::Cancelled),
+            },
+            _ => None,
+        };
+        let (mut stages, mut background, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+        let runner = match roles.runner {
+            true => Some(start_runner(settings, base, &mut stages).await?),
+            false => None,
+        };
+        let events = match roles.lake {
+            true => Some(start_lake(
+                settings,
+                base,
+                &mut stages,
+                &mut background,
+                &self.housekeeping,
+                &mut watched,
+            )),
+            false => None,
+        };
+        let hot = match roles.hot {
+            true => Some(start_hot(settings, base, &mut stages, &mut watched).await?),
+            false => None,
+        };
+        let roles_parts = RoleParts {
+            runner,
+            events,
+            hot,
+        };
+        let (parts, listeners) = pipeline_parts(
+            settings,
+            base,
+            roles_parts,
+            self.warehouse.as_ref(),
+            &self.intake,
+        );
+        // Set once: this is the only place that fills it.
+        let _ = self.pipeline.set(parts);
+        {
+            let mut card = self.card.lock().unwrap_or_else(|e| e.into_inner());
+            card.state = "running";
+            self.announced.send_replace(card.to_json());
         }
         if let Some(local) = base.local.clone() {
             let every = crate::holds::retention_every(settings.journal.retention_age);
@@ -214,25 +312,19 @@ impl Server {
                     local,
                     base.stages.warnings().clone(),
                     every,
-                    housekeeping.clone(),
+                    self.housekeeping.clone(),
                 ),
             ));
         }
         background.push(Task::spawn(
             "positions",
-            crate::holds::keep(base.dyn_journal.clone(), watched, housekeeping.clone()),
+            crate::holds::keep(base.dyn_journal.clone(), watched, self.housekeeping.clone()),
         ));
-        Ok(Running {
-            http_addr,
+        Ok(Started {
             lease,
-            _announced: announced,
-            journal: base.dyn_journal,
-            intake,
-            listeners,
             stages,
-            housekeeping,
             background,
-            drain_timeout: settings.drain_timeout,
+            listeners,
         })
     }
 }
@@ -519,24 +611,24 @@ async fn start_hot(
     Ok(reader)
 }
 
-/// What the roles started before the listeners hand to the routes.
+/// What the stages after the journal hand to the routes once they run.
 struct RoleParts {
-    prometheus: PrometheusHandle,
     runner: Option<RunnerParts>,
     events: Option<DeliveryProgress>,
     hot: Option<sluice_hot::HotReader>,
-    cluster: ClusterView,
 }
 
 /// The collector and warehouse roles and the HTTP routes of every role: the HTTP listener and
-/// the Postgres wire server, both stopped by `intake`. Returns the bound HTTP address.
+/// the Postgres wire server, both stopped by `intake`. The routes of the stages after the
+/// journal find their parts in `pipeline` once those run. Returns the bound HTTP address.
 async fn start_http(
     settings: &Settings,
     base: &Base,
-    parts: RoleParts,
+    (prometheus, cluster): (PrometheusHandle, ClusterView),
+    pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
     intake: &CancellationToken,
     listeners: &mut Vec<Task>,
-) -> Result<SocketAddr, ServerError> {
+) -> Result<(SocketAddr, Option<Arc<Warehouse>>), ServerError> {
     let collector = if settings.roles.collector {
         let (j, cs) = (base.dyn_journal.clone(), settings.collector.clone());
         let collector = blocking("collector", move || Collector::open(j, cs)).await?;
@@ -584,65 +676,17 @@ async fn start_http(
     } else {
         None
     };
-    let replay = match (&parts.runner, &parts.events, &warehouse) {
-        (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
-            journal: base.dyn_journal.clone(),
-            runner: runner.progress.clone(),
-            events: events.clone(),
-            warehouse: w.clone(),
-            lock: tokio::sync::Mutex::new(()),
-        })),
-        _ => None,
-    };
-    let privacy = match (&parts.runner, &parts.events, &warehouse) {
-        (Some(_), Some(_), Some(w)) => {
-            let eraser = crate::privacy::Eraser {
-                privacy: base.privacy.clone(),
-                journal: base.dyn_journal.clone(),
-                stages: base.stages.clone(),
-                lake: base.lake_root.clone(),
-                warehouse: w.clone(),
-                hot: parts.hot.clone(),
-                loader: settings.loader.clone(),
-                not_covered: match parts.hot {
-                    Some(_) => Vec::new(),
-                    None => vec!["hot tier (the hot role is not on this node)".into()],
-                },
-                vacuum_retention: settings.upkeep.vacuum_retention,
-            };
-            let stop = intake.clone();
-            listeners.push(Task::spawn("privacy", async move {
-                eraser.run(stop).await;
-                Ok(())
-            }));
-            Some(base.privacy.clone())
-        }
-        _ => None,
-    };
-    let models = match settings.roles.predict {
-        true => settings
-            .predict
-            .models
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
-        false => Vec::new(),
-    };
     let state = AppState {
         collector,
-        warehouse,
+        warehouse: warehouse.clone(),
         journal: base.dyn_journal.clone(),
-        prometheus: parts.prometheus,
+        prometheus,
         auth,
         access,
         registry: Some(base.registry.clone()),
-        replay,
-        privacy,
-        hot: parts.hot,
-        models: Arc::new(models),
-        functions: parts.runner.map(|r| r.functions),
+        pipeline,
         stages: base.stages.clone(),
-        cluster: parts.cluster,
+        cluster,
     };
     let listener = crate::listen::bind(settings.http, settings.listener.max_connections).map_err(
         |source| ServerError::Bind {
@@ -666,7 +710,72 @@ async fn start_http(
         serve.await.map_err(|e| ServerError::stage("http", e))
     }));
     tracing::info!(%addr, tls = settings.tls.is_some(), "http listening");
-    Ok(addr)
+    Ok((addr, warehouse))
+}
+
+/// The routes' parts of the stages after the journal, and the tasks that serve them (the
+/// deletion requests' eraser, stopped by `intake`).
+fn pipeline_parts(
+    settings: &Settings,
+    base: &Base,
+    roles: RoleParts,
+    warehouse: Option<&Arc<Warehouse>>,
+    intake: &CancellationToken,
+) -> (crate::http::PipelineParts, Vec<Task>) {
+    let warehouse = &warehouse.cloned();
+    let mut tasks = Vec::new();
+    let replay = match (&roles.runner, &roles.events, &warehouse) {
+        (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
+            journal: base.dyn_journal.clone(),
+            runner: runner.progress.clone(),
+            events: events.clone(),
+            warehouse: w.clone(),
+            lock: tokio::sync::Mutex::new(()),
+        })),
+        _ => None,
+    };
+    let privacy = match (&roles.runner, &roles.events, &warehouse) {
+        (Some(_), Some(_), Some(w)) => {
+            let eraser = crate::privacy::Eraser {
+                privacy: base.privacy.clone(),
+                journal: base.dyn_journal.clone(),
+                stages: base.stages.clone(),
+                lake: base.lake_root.clone(),
+                warehouse: w.clone(),
+                hot: roles.hot.clone(),
+                loader: settings.loader.clone(),
+                not_covered: match roles.hot {
+                    Some(_) => Vec::new(),
+                    None => vec!["hot tier (the hot role is not on this node)".into()],
+                },
+                vacuum_retention: settings.upkeep.vacuum_retention,
+            };
+            let stop = intake.clone();
+            tasks.push(Task::spawn("privacy", async move {
+                eraser.run(stop).await;
+                Ok(())
+            }));
+            Some(base.privacy.clone())
+        }
+        _ => None,
+    };
+    let models = match settings.roles.predict {
+        true => settings
+            .predict
+            .models
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
+        false => Vec::new(),
+    };
+    let parts = crate::http::PipelineParts {
+        replay,
+        privacy,
+        hot: roles.hot,
+        models,
+        functions: roles.runner.map(|r| r.functions),
+    };
+    (parts, tasks)
 }
 
 /// Every route module's routes.
@@ -773,7 +882,14 @@ impl Running {
     /// passed (its store keeps failing) is stopped where it is and reported as an error:
     /// everything it had not delivered is still in the journal, and the next start delivers
     /// it from the stage's committed position.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        // A node standing by gives up waiting; one that just took the lease drains as usual.
+        if let Some((cancel, starting)) = self.pending.take() {
+            cancel.cancel();
+            if let Ok(Ok(started)) = starting.await {
+                self.install(started);
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let mut first_err = None;
         let mut note = |r: Result<(), ServerError>| {
@@ -808,6 +924,19 @@ impl Running {
     /// should exit without draining (nothing can be made durable any more) and let the next
     /// start recover from disk; after a lost lease too (another node runs the stages now).
     pub async fn stopped(&mut self) -> ServerError {
+        if let Some((_, starting)) = self.pending.as_mut() {
+            let journal = self.journal.clone();
+            let started = tokio::select! {
+                started = starting => started,
+                e = journal_failure(journal) => return e,
+            };
+            self.pending = None;
+            match started {
+                Ok(Ok(started)) => self.install(started),
+                Ok(Err(e)) => return e,
+                Err(e) => return ServerError::stage("lease", e),
+            }
+        }
         let journal = self.journal.clone();
         let lease = self.lease.as_ref();
         let watchdog = async move {
@@ -817,16 +946,7 @@ impl Running {
                     None => std::future::pending().await,
                 }
             };
-            let failed = async {
-                let mut every = tokio::time::interval(WATCHDOG_EVERY);
-                loop {
-                    every.tick().await;
-                    if journal.is_failed() {
-                        tracing::error!("journal failed (fsync or write error)");
-                        return ServerError::JournalFailed;
-                    }
-                }
-            };
+            let failed = journal_failure(journal);
             tokio::select! {
                 e = failed => e,
                 () = lost => {
@@ -854,6 +974,28 @@ impl Running {
                     Err(e) => ServerError::stage(task.name, e),
                 }
             }
+        }
+    }
+}
+
+impl Running {
+    /// Takes over the stages after the journal, once started.
+    fn install(&mut self, started: Started) {
+        self.lease = started.lease;
+        self.stages = started.stages;
+        self.background.extend(started.background);
+        self.listeners.extend(started.listeners);
+    }
+}
+
+/// Resolves when the journal failed (checked every [`WATCHDOG_EVERY`]).
+async fn journal_failure(journal: Arc<dyn Journal>) -> ServerError {
+    let mut every = tokio::time::interval(WATCHDOG_EVERY);
+    loop {
+        every.tick().await;
+        if journal.is_failed() {
+            tracing::error!("journal failed (fsync or write error)");
+            return ServerError::JournalFailed;
         }
     }
 }

@@ -77,13 +77,42 @@ async fn profiles_total(server: &SluiceProcess) -> anyhow::Result<Vec<u64>> {
     Ok(totals)
 }
 
-/// Starts node `node` on a thread: a standby node reports its address only once it holds the
-/// lease.
-fn start(dir: &Path, node: &str, cfg: &Path) -> std::thread::JoinHandle<SluiceProcess> {
-    let (data, cfg) = (dir.join(node), cfg.to_path_buf());
-    std::thread::spawn(move || {
-        SluiceProcess::spawn(Path::new(BIN), &data, &["--config", cfg.to_str().unwrap()]).unwrap()
+/// Starts node `node` (a node standing by for the lease listens too).
+fn start(dir: &Path, node: &str, cfg: &Path) -> anyhow::Result<SluiceProcess> {
+    let cfg = cfg.to_str().expect("utf-8 path");
+    SluiceProcess::spawn(Path::new(BIN), &dir.join(node), &["--config", cfg])
+}
+
+/// `GET /v1/cluster` of `server`, through `sluice status --json`.
+fn status(server: &SluiceProcess) -> anyhow::Result<serde_json::Value> {
+    let out = crate::support::sluice(&["status", "--server", &server.url(), "--json"])?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Waits until `server` reports `holder` holding the pipeline lease (`GET /v1/cluster`, asked
+/// directly: the times measured from it should not include starting a CLI).
+fn wait_for_holder(server: &SluiceProcess, holder: &str) -> anyhow::Result<()> {
+    wait_until(DEADLINE, &format!("{holder} holding the lease"), || {
+        let c = get_json(server, "/v1/cluster")?;
+        Ok((c["leases"][0]["holder"] == holder).then_some(()))
     })
+}
+
+/// `GET path` over a plain HTTP/1.1 connection, the body as JSON.
+fn get_json(server: &SluiceProcess, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(server.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(serde_json::from_str(body)?)
 }
 
 /// The services and configs of the three nodes; `a` is started first, so it takes the lease.
@@ -122,21 +151,30 @@ impl Nodes {
         })
     }
 
-    /// Starts `a` and waits for it: it takes the lease.
+    /// Starts `a` and waits until it holds the lease.
     fn a(&self) -> anyhow::Result<SluiceProcess> {
-        Ok(start(self.dir.path(), "a", &self.a_cfg).join().unwrap())
+        let a = start(self.dir.path(), "a", &self.a_cfg)?;
+        wait_for_holder(&a, "a")?;
+        Ok(a)
     }
 
-    /// Starts `b`, which stands by while another node holds the lease.
-    fn b(&self) -> std::thread::JoinHandle<SluiceProcess> {
-        start(self.dir.path(), "b", &self.b_cfg)
+    /// Starts `b`, which stands by while `a` holds the lease — and says so.
+    fn b(&self) -> anyhow::Result<SluiceProcess> {
+        let b = start(self.dir.path(), "b", &self.b_cfg)?;
+        let c = status(&b)?;
+        anyhow::ensure!(c["node"] == "b" && c["leases"][0]["holder"] == "a", "{c}");
+        let own = c["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == "b");
+        anyhow::ensure!(own.is_some_and(|n| n["state"] == "standby"), "{c}");
+        Ok(b)
     }
 
-    /// Starts the collector-only node and waits for it.
+    /// Starts the collector-only node.
     fn intake(&self) -> anyhow::Result<SluiceProcess> {
-        Ok(start(self.dir.path(), "intake", &self.intake_cfg)
-            .join()
-            .unwrap())
+        start(self.dir.path(), "intake", &self.intake_cfg)
     }
 }
 
@@ -144,9 +182,14 @@ impl Nodes {
 #[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
 async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Result<()> {
     let nodes = Nodes::start()?;
-    let (mut a, b, intake) = (nodes.a()?, nodes.b(), nodes.intake()?);
+    let (mut a, b, intake) = (nodes.a()?, nodes.b()?, nodes.intake()?);
 
-    send(&intake, "x", 50).await?;
+    // The standby takes intake too; what only the pipeline's holder answers, it refuses with
+    // the reason.
+    let standby = reqwest::get(format!("{}/v1/profiles/u0", b.url())).await?;
+    assert_eq!(standby.status(), 503);
+    assert!(standby.text().await?.contains("stands by"));
+    send(&b, "x", 50).await?;
     wait_until(DEADLINE, "a delivers the first events", || {
         Ok((count(&a, "SELECT count(*) AS n FROM events")? == 50).then_some(()))
     })?;
@@ -155,7 +198,7 @@ async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Resul
     a.kill9()?;
     let killed = Instant::now();
     send(&intake, "z", 50).await?;
-    let b = b.join().unwrap();
+    wait_for_holder(&intake, "b")?;
     let took_over = killed.elapsed();
     eprintln!("the standby took over {took_over:?} after the kill (lease TTL {LEASE_TTL:?})");
     assert!(
@@ -214,11 +257,11 @@ async fn a_standby_takes_over_the_pipeline_when_its_node_dies() -> anyhow::Resul
     // A clean stop gives the lease up at once: `a`, started again, takes over without waiting
     // for the TTL.
     let mut b = b;
-    let a_again = start(nodes.dir.path(), "a", &nodes.a_cfg);
+    let a = start(nodes.dir.path(), "a", &nodes.a_cfg)?;
     let stopped = Instant::now();
-    let status = b.terminate(DEADLINE)?;
-    assert!(status.success(), "{status:?}");
-    let a = a_again.join().unwrap();
+    let exit = b.terminate(DEADLINE)?;
+    assert!(exit.success(), "{exit:?}");
+    wait_for_holder(&intake, "a")?;
     let handed_over = stopped.elapsed();
     eprintln!("a clean stop handed the lease over in {handed_over:?}");
     send(&intake, "w", 10).await?;
@@ -235,13 +278,12 @@ async fn a_paused_node_that_lost_its_lease_stops_when_it_wakes_and_duplicates_no
     use std::os::unix::process::ExitStatusExt as _;
 
     let nodes = Nodes::start()?;
-    let (mut a, b, intake) = (nodes.a()?, nodes.b(), nodes.intake()?);
+    let (mut a, b, intake) = (nodes.a()?, nodes.b()?, nodes.intake()?);
 
     // `a` freezes (SIGSTOP: a GC pause, a stalled disk, a network cut) in the middle of a
     // load it is processing; `b` takes the lease once it expires and delivers everything.
     send(&intake, "x", 200).await?;
     a.signal(libc::SIGSTOP)?;
-    let b = b.join().unwrap();
     send(&intake, "y", 100).await?;
     wait_until(DEADLINE, "b delivers every acked event", || {
         Ok((count(&b, "SELECT count(*) AS n FROM events")? >= 300).then_some(()))

@@ -2,7 +2,8 @@
 //! `<prefix>_leases` (`max_age` = the lease's TTL, so a key its holder stops renewing expires).
 //!
 //! - **Acquire**: `create(key, holder)` succeeds only while the key does not exist; otherwise
-//!   the node stands by, trying again every quarter of the TTL.
+//!   the node stands by, trying again when the key changes (a release) and every quarter of the
+//!   TTL (an expiry makes no event).
 //! - **Renew**: every third of the TTL, `update(key, holder, revision)`, which fails if anyone
 //!   else wrote the key since.
 //! - **Lost**: when a renew is refused, or when the local deadline passes — the send time of the
@@ -203,6 +204,9 @@ pub(super) async fn acquire(
     let store = bucket(&inner, ttl).await?;
     let mut backoff = Backoff::new(ttl / 8, ttl);
     let mut told = None;
+    // A release (a delete) wakes a standby at once; an expiry makes no event, so it also looks
+    // again every quarter of the TTL.
+    let mut changes = store.watch(&name).await.ok();
     let revision = loop {
         let sent = Instant::now();
         match store.create(&name, Bytes::from(holder.clone())).await {
@@ -220,7 +224,15 @@ pub(super) async fn acquire(
                         "standing by: another node holds the lease");
                     told = current;
                 }
-                tokio::time::sleep(ttl / 4).await;
+                let changed = async {
+                    match changes.as_mut() {
+                        Some(watch) => {
+                            let _ = futures::StreamExt::next(watch).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let _ = tokio::time::timeout(ttl / 4, changed).await;
             }
             Err(e) => {
                 tracing::warn!(lease = %name, error = %e, "cannot take the lease; trying again");

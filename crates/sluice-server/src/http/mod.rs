@@ -17,4 +17,4 @@ pub(crate) use answer::{
     collect_error, collector_of, content_encoding, error_response, header_str,
 };
 pub(crate) use router::{RouteLabel, count, metered, router};
-pub(crate) use state::{AppState, ClusterView, NodeCard};
+pub(crate) use state::{AppState, ClusterView, NodeCard, PipelineParts};

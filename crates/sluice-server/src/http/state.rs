@@ -24,19 +24,47 @@ pub(crate) struct AppState {
     /// Write keys and tokens: who may read and administer.
     pub(crate) access: Arc<Access>,
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
+    /// What the stages after the journal give the routes, once they run (on a shared journal a
+    /// node standing by for the pipeline lease serves without them until it takes over).
+    pub(crate) pipeline: Arc<std::sync::OnceLock<PipelineParts>>,
+    /// Every stage's health and lag (`/health`).
+    pub(crate) stages: Stages,
+    /// This node and, on a shared journal, the others (`/v1/cluster`).
+    pub(crate) cluster: ClusterView,
+}
+
+/// What the stages after the journal give the routes.
+#[derive(Default)]
+pub(crate) struct PipelineParts {
     pub(crate) replay: Option<Arc<Replayer>>,
     /// Deletion requests, on a node with the runner, lake and warehouse roles.
     pub(crate) privacy: Option<Arc<crate::privacy::Privacy>>,
     /// The hot tier's reader, on a node with the hot role.
     pub(crate) hot: Option<sluice_hot::HotReader>,
     /// The models this node runs (predict role).
-    pub(crate) models: Arc<Vec<String>>,
+    pub(crate) models: Vec<String>,
     /// The user functions, on a node with the runner role.
     pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
-    /// Every stage's health and lag (`/health`).
-    pub(crate) stages: Stages,
-    /// This node and, on a shared journal, the others (`/v1/cluster`).
-    pub(crate) cluster: ClusterView,
+}
+
+impl AppState {
+    /// The stages' parts, once they run.
+    pub(crate) fn parts(&self) -> Option<&PipelineParts> {
+        self.pipeline.get()
+    }
+
+    /// The stages' parts, or the answer of a node standing by for the pipeline lease (503: the
+    /// node holding it answers, and this one will once it takes over).
+    #[allow(clippy::result_large_err)] // the error is the answer itself
+    pub(crate) fn running_parts(&self) -> Result<&PipelineParts, axum::response::Response> {
+        self.parts().ok_or_else(|| {
+            super::error_response(
+                sluice_event::ErrorKind::Unavailable,
+                "this node stands by for the pipeline lease; the node holding it answers this \
+                 (sluice status shows which)",
+            )
+        })
+    }
 }
 
 /// What `/v1/cluster` needs beyond the journal.

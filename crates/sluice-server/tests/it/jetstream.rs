@@ -567,10 +567,13 @@ async fn a_node_that_loses_its_lease_on_the_pipeline_stops() {
     ))
     .await;
     let j = JetStreamJournal::open(config(&nats)).await.unwrap();
-    assert_eq!(
-        j.lease_holder("pipeline").await.unwrap().as_deref(),
-        Some("n1")
-    );
+    // The node serves first, then takes the lease and starts the pipeline.
+    let deadline = Instant::now() + DEADLINE;
+    while j.lease_holder("pipeline").await.unwrap().as_deref() != Some("n1") {
+        assert!(Instant::now() < deadline, "n1 never took the lease");
+        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(50))
+            .await;
+    }
     let client = async_nats::connect(nats.url()).await.unwrap();
     let leases = async_nats::jetstream::new(client)
         .get_key_value("sluice_leases")
