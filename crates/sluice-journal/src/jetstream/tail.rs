@@ -203,6 +203,14 @@ pub(super) async fn fetch(
             break;
         }
     }
+    // Streams have no gaps: nothing at all below the end means the consumer ended early (a
+    // server failing over), not that nothing is there. An empty answer would make a cursor
+    // step over those records as a crash gap.
+    if out.is_empty() {
+        return Err(JournalError::Unavailable(format!(
+            "reading stream {stream} from offset {from}: the read ended before a record below {end}"
+        )));
+    }
     Ok(out)
 }
 
