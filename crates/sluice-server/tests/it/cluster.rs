@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_journal::{JetStreamJournal, JournalBackend, JournalConfig};
+use sluice_journal::{JetStreamJournal, Journal as _, JournalBackend, JournalConfig};
 use sluice_testkit::NatsCluster;
 use sluice_testkit::journal_contract::read_all;
 use sluice_testkit::server::TestServer;
@@ -138,6 +138,11 @@ async fn two_nodes_on_a_three_server_cluster_keep_every_acked_event_once_through
     config.jetstream.urls = cluster.urls();
     config.jetstream.replicas = 3;
     let j = JetStreamJournal::open(config).await.unwrap();
+    // As a server does at start: a listing made while a restarted server catches up may leave
+    // streams out; asking for the topics by name opens them.
+    for topic in ["raw", "good"] {
+        j.create_topic(topic, 4).unwrap();
+    }
     let mut ids = BTreeSet::new();
     let mut records = 0;
     for p in 0..4 {
