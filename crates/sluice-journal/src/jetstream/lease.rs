@@ -201,8 +201,20 @@ pub(super) async fn acquire(
     holder: String,
     ttl: Duration,
 ) -> Result<Lease, JournalError> {
-    let store = bucket(&inner, ttl).await?;
     let mut backoff = Backoff::new(ttl / 8, ttl);
+    // A cluster that is still electing its leaders cannot create the bucket yet: wait for it as
+    // for the lease itself. A bucket with another TTL is a configuration error.
+    let store = loop {
+        match bucket(&inner, ttl).await {
+            Ok(store) => break store,
+            Err(e @ JournalError::Invalid(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "cannot open the lease bucket; trying again");
+                backoff.wait().await;
+            }
+        }
+    };
+    backoff.reset();
     let mut told = None;
     // A release (a delete) wakes a standby at once; an expiry makes no event, so it also looks
     // again every quarter of the TTL.
