@@ -294,7 +294,7 @@ impl StartPipeline {
             settings,
             base,
             roles_parts,
-            self.warehouse.as_ref(),
+            self.warehouse.clone(),
             &self.intake,
         );
         // Set once: this is the only place that fills it.
@@ -719,10 +719,9 @@ fn pipeline_parts(
     settings: &Settings,
     base: &Base,
     roles: RoleParts,
-    warehouse: Option<&Arc<Warehouse>>,
+    warehouse: Option<Arc<Warehouse>>,
     intake: &CancellationToken,
 ) -> (crate::http::PipelineParts, Vec<Task>) {
-    let warehouse = &warehouse.cloned();
     let mut tasks = Vec::new();
     let replay = match (&roles.runner, &roles.events, &warehouse) {
         (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {

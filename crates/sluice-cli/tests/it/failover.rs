@@ -18,6 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const BUCKET: &str = "failover-lake";
 const DEADLINE: Duration = Duration::from_secs(90);
 const LEASE_TTL: Duration = Duration::from_secs(3);
+/// The roles of a node that may run the pipeline.
+const PIPELINE: &str = r#""collector", "runner", "lake", "warehouse", "hot""#;
 
 /// Where the nodes find NATS: client and monitoring URLs, and the replicas of every stream.
 struct Nats {
@@ -161,11 +163,10 @@ impl Nodes {
         let dir = tempfile::tempdir()?;
         // Keys of this run only, in the machine's Redis.
         let redis_prefix = format!("sluice-failover-{}:", uuid::Uuid::now_v7().simple());
-        let pipeline = r#""collector", "runner", "lake", "warehouse", "hot""#;
         let services = (&Nats::one(&nats), &moto);
         Ok(Self {
-            a_cfg: config(dir.path(), "a", pipeline, services, &redis_prefix),
-            b_cfg: config(dir.path(), "b", pipeline, services, &redis_prefix),
+            a_cfg: config(dir.path(), "a", PIPELINE, services, &redis_prefix),
+            b_cfg: config(dir.path(), "b", PIPELINE, services, &redis_prefix),
             intake_cfg: config(
                 dir.path(),
                 "intake",
@@ -372,9 +373,8 @@ async fn three_nodes_lose_one_node_and_one_nats_server_under_load_and_keep_every
     moto.create_bucket(BUCKET)?;
     let dir = tempfile::tempdir()?;
     let redis_prefix = format!("sluice-three-{}:", uuid::Uuid::now_v7().simple());
-    let all = r#""collector", "runner", "lake", "warehouse", "hot""#;
     let services = (&Nats::cluster(&cluster), &moto);
-    let cfg = |node: &str| config(dir.path(), node, all, services, &redis_prefix);
+    let cfg = |node: &str| config(dir.path(), node, PIPELINE, services, &redis_prefix);
     let mut a = start(dir.path(), "a", &cfg("a"))?;
     wait_for_holder(&a, "a")?;
     let b = start(dir.path(), "b", &cfg("b"))?;

@@ -218,11 +218,8 @@ impl JetStreamJournal {
     pub async fn acquire_lease(&self, name: &str) -> Result<Lease, JournalError> {
         let inner = self.inner.clone();
         let (holder, ttl) = (inner.cfg.node_name(), inner.cfg.lease_ttl);
-        self.inner
-            .runtime
-            .spawn(lease::acquire(inner, name.to_string(), holder, ttl))
+        self.on_runtime(lease::acquire(inner, name.to_string(), holder, ttl))
             .await
-            .unwrap_or(Err(JournalError::Closed))
     }
 
     /// Announces this node (`journal.jetstream.node`) to the others, with the newest
@@ -240,27 +237,28 @@ impl JetStreamJournal {
     /// Every node that announced itself within the lease TTL.
     pub async fn nodes(&self) -> Result<Vec<NodeEntry>, JournalError> {
         let inner = self.inner.clone();
-        self.inner
-            .runtime
-            .spawn(async move { lease::nodes(&inner).await })
+        self.on_runtime(async move { lease::nodes(&inner).await })
             .await
-            .unwrap_or(Err(JournalError::Closed))
     }
 
-    /// This node's name among the others.
-    pub fn node_name(&self) -> String {
-        self.inner.cfg.node_name()
+    /// Runs `f` on the journal's runtime, where all NATS IO runs, and awaits it from any other.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, JournalError>> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        self.inner
+            .runtime
+            .spawn(f)
+            .await
+            .unwrap_or(Err(JournalError::Closed))
     }
 
     /// The node holding the lease `name`, if any.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, JournalError> {
         let inner = self.inner.clone();
         let name = name.to_string();
-        self.inner
-            .runtime
-            .spawn(async move { lease::holder(&inner.js, &inner.cfg.prefix, &name).await })
+        self.on_runtime(async move { lease::holder(&inner.js, &inner.cfg.prefix, &name).await })
             .await
-            .unwrap_or(Err(JournalError::Closed))
     }
 
     /// Records the streams' limits removed before a consumer group read them, since open: the
@@ -987,7 +985,7 @@ impl Journal for JetStreamJournal {
             Ok(p) => (p, self.inner.clone()),
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
-        let synced = self.inner.runtime.spawn(async move {
+        let synced = self.on_runtime(async move {
             let last = stream_info(&inner.js, &p.stream).await?.state.last_sequence;
             // The writer reads it too before its next batch, so that batch is fenced on it.
             p.resync.store(true, Ordering::Release);
@@ -1003,7 +1001,7 @@ impl Journal for JetStreamJournal {
                 .map_err(|_| JournalError::Closed)?;
             Ok(last)
         });
-        async move { synced.await.unwrap_or(Err(JournalError::Closed)) }.boxed()
+        synced.boxed()
     }
 
     fn read(
