@@ -310,7 +310,11 @@ impl PartitionWorker {
         let last_bad = self.last_raw_of(topic::BAD)?.map(|r| r.raw.offset);
         let committed = self.journal.committed(GROUP, topic::RAW, p)?;
         let raw_start = self.journal.start(topic::RAW, p)?;
-        let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed);
+        // A retry in this process resumes no earlier than the position it published: every raw
+        // record below it has its outputs durable (it is published only after they are), also
+        // one that gave none (dropped, or a bad row already written) since the last commit.
+        let published = Some(self.progress.next(p));
+        let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed.max(published));
         if next < raw_start {
             next = raw_start;
             skip_parts = None;

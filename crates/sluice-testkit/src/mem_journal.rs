@@ -60,6 +60,9 @@ struct State {
     topics: BTreeMap<String, Vec<Partition>>,
     /// (group, topic, partition) -> next offset.
     commits: HashMap<(String, String, u32), u64>,
+    /// Per topic, appends ([`Journal::append`]) still to pass, then to fail, as set by
+    /// [`MemJournal::fail_appends`].
+    failing_appends: HashMap<String, (usize, usize)>,
 }
 
 /// An in-memory journal. Cheap to create; share it as `Arc<MemJournal>` or `Arc<dyn Journal>`.
@@ -189,6 +192,30 @@ impl MemJournal {
         Ok(first)
     }
 
+    /// Lets the next `pass` appends ([`Journal::append`]) to `topic` through, then fails the
+    /// `fail` after them with [`JournalError::Unavailable`], storing nothing: a remote journal
+    /// that could not be reached for a moment.
+    pub fn fail_appends(&self, topic: &str, pass: usize, fail: usize) {
+        self.lock()
+            .failing_appends
+            .insert(topic.to_string(), (pass, fail));
+    }
+
+    /// Whether an append to `topic` is one [`MemJournal::fail_appends`] fails.
+    fn injected_failure(&self, topic: &str) -> bool {
+        let mut state = self.lock();
+        let Some((pass, fail)) = state.failing_appends.get_mut(topic) else {
+            return false;
+        };
+        if *pass > 0 {
+            *pass -= 1;
+            return false;
+        }
+        let failing = *fail > 0;
+        *fail = fail.saturating_sub(1);
+        failing
+    }
+
     /// Leaves a gap of `offsets` never-issued offsets at the end of a partition, as an unclean
     /// stop does (the next offset jumps to the durable floor): the end moves on, and reads
     /// from inside the gap find nothing until records are appended after it.
@@ -304,7 +331,12 @@ impl Journal for MemJournal {
         partition: u32,
         records: Vec<Bytes>,
     ) -> BoxFuture<'_, Result<u64, JournalError>> {
-        let result = self.append_now(topic, partition, records);
+        let result = match self.injected_failure(topic) {
+            true => Err(JournalError::Unavailable(format!(
+                "an append to {topic} failed by MemJournal::fail_appends"
+            ))),
+            false => self.append_now(topic, partition, records),
+        };
         futures::future::ready(result).boxed()
     }
 

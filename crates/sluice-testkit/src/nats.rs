@@ -80,6 +80,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The client address (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// The monitoring endpoint (`http://127.0.0.1:PORT`), which serves `/varz` and `/jsz`.
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)

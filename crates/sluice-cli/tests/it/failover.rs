@@ -5,14 +5,16 @@
 //! every acked event is in `events`, the typed table and the hot tier once. A clean stop gives
 //! the lease up at once; a node frozen past its lease stops when it wakes; three nodes on a
 //! three-server cluster lose the pipeline's node and one NATS server at once under load on all
-//! three intakes. Ignored by default
+//! three intakes; a node cut off from NATS (a proxy that stops its traffic, while S3 and Redis
+//! still answer it) stops, and what it sent before comes late and changes nothing. Ignored by
+//! default
 //! (nats-server and moto come from PyPI; Redis is the machine's); run with `--run-ignored all`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_testkit::moto::{ACCESS_KEY, REGION, SECRET_KEY};
-use sluice_testkit::{Moto, NatsCluster, NatsServer, SluiceProcess, wait_until};
+use sluice_testkit::{Moto, NatsCluster, NatsServer, Proxy, SluiceProcess, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const BUCKET: &str = "failover-lake";
@@ -364,6 +366,87 @@ async fn post_until_acked(urls: &[String], first: usize, body: &str) -> anyhow::
     unreachable!()
 }
 
+/// Clients sending requests of 10 `Viewed` events each (ids `c<client>-<request>-<i>`, users
+/// u0..u49) to the nodes in turn, each request to the next node until one acks it.
+struct Load {
+    clients: tokio::task::JoinSet<anyhow::Result<usize>>,
+    acked: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Load {
+    fn start(urls: &[String], clients: usize, requests: usize) -> Self {
+        let (progress, acked) = tokio::sync::watch::channel(0usize);
+        let progress = std::sync::Arc::new(progress);
+        let mut set = tokio::task::JoinSet::new();
+        for client in 0..clients {
+            let (urls, progress) = (urls.to_vec(), progress.clone());
+            set.spawn(async move {
+                let mut retried = 0;
+                for r in 0..requests {
+                    let body = (0..10)
+                        .map(|i| {
+                            let user = (client * 31 + r * 7 + i) % 50;
+                            format!(
+                                r#"{{"event_id":"c{client}-{r}-{i}","event":"Viewed","user_id":"u{user}"}}"#
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    retried += post_until_acked(&urls, client + r, &body).await?;
+                    progress.send_modify(|n| *n += 10);
+                }
+                anyhow::Ok(retried)
+            });
+        }
+        Self {
+            clients: set,
+            acked,
+        }
+    }
+
+    /// Waits until at least `n` events are acked.
+    async fn acked(&mut self, n: usize) -> anyhow::Result<()> {
+        tokio::time::timeout(DEADLINE, self.acked.wait_for(|a| *a >= n)).await??;
+        Ok(())
+    }
+
+    /// Waits for every client; how many requests were retried on another node.
+    async fn finish(mut self) -> anyhow::Result<usize> {
+        let mut retried = 0;
+        while let Some(r) = self.clients.join_next().await {
+            retried += r??;
+        }
+        Ok(retried)
+    }
+}
+
+/// Waits until `server` shows `n` events in `events`, in the typed table `viewed` and in the
+/// hot tier (users u0..u49), and checks that each is there once.
+async fn every_event_once(server: &SluiceProcess, n: u64) -> anyhow::Result<()> {
+    for table in ["events", "viewed"] {
+        let all = format!("SELECT count(*) AS n FROM {table}");
+        wait_until(DEADLINE, &format!("{n} rows in {table}"), || {
+            Ok((count(server, &all)? >= n as i64).then_some(()))
+        })?;
+        assert_eq!(count(server, &all)?, n as i64, "{table}");
+    }
+    assert_eq!(
+        count(server, "SELECT count(DISTINCT event_id) AS n FROM events")?,
+        n as i64
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let total: u64 = profiles_total(server).await?.iter().sum();
+        if total == n {
+            return Ok(());
+        }
+        anyhow::ensure!(total < n, "the hot tier counted {total} events for {n}");
+        anyhow::ensure!(Instant::now() < deadline, "the hot tier has {total} of {n}");
+        // Polled, like `wait_until`: the projection commits in batches.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
 async fn three_nodes_lose_one_node_and_one_nats_server_under_load_and_keep_every_event_once()
@@ -379,40 +462,14 @@ async fn three_nodes_lose_one_node_and_one_nats_server_under_load_and_keep_every
     wait_for_holder(&a, "a")?;
     let b = start(dir.path(), "b", &cfg("b"))?;
     let c = start(dir.path(), "c", &cfg("c"))?;
-    let urls = vec![a.url(), b.url(), c.url()];
 
-    // Four clients send 20 requests of 10 events each, spread over the three nodes.
-    let (progress, mut acked) = tokio::sync::watch::channel(0usize);
-    let progress = std::sync::Arc::new(progress);
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..4usize {
-        let (urls, progress) = (urls.clone(), progress.clone());
-        clients.spawn(async move {
-            let mut retried = 0;
-            for r in 0..20usize {
-                let body = (0..10)
-                    .map(|i| {
-                        let user = (client * 31 + r * 7 + i) % 50;
-                        format!(
-                            r#"{{"event_id":"c{client}-{r}-{i}","event":"Viewed","user_id":"u{user}"}}"#
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                retried += post_until_acked(&urls, client + r, &body).await?;
-                progress.send_modify(|n| *n += 10);
-            }
-            anyhow::Ok(retried)
-        });
-    }
-    // A third of the way in, the node running the pipeline and one NATS server die together.
-    tokio::time::timeout(DEADLINE, acked.wait_for(|n| *n >= 260)).await??;
+    // Four clients send 20 requests of 10 events each, spread over the three nodes. A third of
+    // the way in, the node running the pipeline and one NATS server die together.
+    let mut load = Load::start(&[a.url(), b.url(), c.url()], 4, 20);
+    load.acked(260).await?;
     a.kill9()?;
     cluster.nodes[1].kill();
-    let mut retried = 0;
-    while let Some(r) = clients.join_next().await {
-        retried += r??;
-    }
+    let retried = load.finish().await?;
     eprintln!("{retried} requests were retried on another node");
     cluster.nodes[1].restart()?;
 
@@ -426,27 +483,61 @@ async fn three_nodes_lose_one_node_and_one_nats_server_under_load_and_keep_every
             .map(str::to_string))
     })?;
     let survivor = if holder == "b" { &b } else { &c };
-    for table in ["events", "viewed"] {
-        let all = format!("SELECT count(*) AS n FROM {table}");
-        wait_until(DEADLINE, &format!("800 rows in {table}"), || {
-            Ok((count(survivor, &all)? >= 800).then_some(()))
-        })?;
-        assert_eq!(count(survivor, &all)?, 800, "{table}");
-    }
-    assert_eq!(
-        count(survivor, "SELECT count(DISTINCT event_id) AS n FROM events")?,
-        800
+    every_event_once(survivor, 800).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server and moto from PyPI (run with --run-ignored all)"]
+async fn a_node_cut_off_from_nats_duplicates_nothing_when_it_comes_back() -> anyhow::Result<()> {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let nats = NatsServer::start()?;
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let dir = tempfile::tempdir()?;
+    let redis_prefix = format!("sluice-cut-{}:", uuid::Uuid::now_v7().simple());
+    // `a` reaches NATS only through a proxy the test cuts; S3 and Redis it still reaches, so
+    // only the fencing of what it writes there keeps it from writing twice.
+    let proxy = Proxy::start(nats.addr())?;
+    let direct = Nats::one(&nats);
+    let through = Nats {
+        urls: vec![format!("nats://{}", proxy.addr())],
+        ..Nats::one(&nats)
+    };
+    let mut a = start(
+        dir.path(),
+        "a",
+        &config(dir.path(), "a", PIPELINE, (&through, &moto), &redis_prefix),
+    )?;
+    wait_for_holder(&a, "a")?;
+    let b = start(
+        dir.path(),
+        "b",
+        &config(dir.path(), "b", PIPELINE, (&direct, &moto), &redis_prefix),
+    )?;
+
+    // Three clients send 20 requests of 10 events each to both nodes. A third of the way in,
+    // `a` — the pipeline's node, taking intake too — is cut off from NATS; what it sends from
+    // then on waits in the network.
+    let mut load = Load::start(&[a.url(), b.url()], 3, 20);
+    load.acked(200).await?;
+    proxy.cut();
+    let cut = Instant::now();
+    wait_for_holder(&b, "b")?;
+    eprintln!("b took the lease {:?} after the cut", cut.elapsed());
+    // `a` learns it lost the lease when it cannot renew it in time, and stops at once.
+    let status = a.wait_exit(DEADLINE)?;
+    assert!(
+        matches!(status.code(), Some(75 | 70)),
+        "{status:?} (signal {:?})",
+        status.signal()
     );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let total: u64 = profiles_total(survivor).await?.iter().sum();
-        if total == 800 {
-            break;
-        }
-        anyhow::ensure!(total < 800, "the hot tier counted {total} events for 800");
-        anyhow::ensure!(Instant::now() < deadline, "the hot tier has {total} of 800");
-        // Polled, like `wait_until`: the projection commits in batches.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
+    // The network heals: what `a` sent before it stopped reaches NATS now, late. `a` starts
+    // again (as its service manager would) and stands by.
+    proxy.heal();
+    a.restart()?;
+    let retried = load.finish().await?;
+    eprintln!("{retried} requests were retried on another node");
+    wait_for_holder(&a, "b")?;
+    every_event_once(&b, 600).await
 }

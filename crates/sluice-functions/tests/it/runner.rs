@@ -550,6 +550,31 @@ async fn dropped_events_are_not_processed_again_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_resumes_past_dropped_events_not_yet_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = functions(dir.path(), 1);
+    fns.deploy(
+        "filter",
+        "export function transform(e) { return ['e0', 'e38'].includes(e.event) ? e : null; }",
+        &sluice_functions::FunctionSpec {
+            batch_size: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let j = journal_with_raw(40);
+    // The second append to `good` (raw 38's event, in the last batch) fails once: the runner
+    // resumes, with the events of raw 1..32 dropped (and bad rows written) but not committed.
+    j.fail_appends(topic::GOOD, 1, 1);
+    run_with(j.clone(), chain_with(dir.path(), fns.clone()), None, 8).await;
+    let good: Vec<u64> = good_ids(&j).iter().map(|(_, raw)| *raw).collect();
+    assert_eq!(good, [0, 38]);
+    assert_eq!(bad_ids(&j).len(), 10);
+    // The retry started from the last batch, not from raw 1 again.
+    assert_eq!(fns.stats()[0].events_in, 30 + 6, "{:?}", fns.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batching_window_waits_for_a_full_batch() {
     let dir = tempfile::tempdir().unwrap();
     let fns = functions(dir.path(), 1);
