@@ -49,6 +49,14 @@ impl Progress {
             .get(p as usize)
             .map_or(0, |n| n.load(Ordering::Acquire))
     }
+
+    /// Takes `committed` as partition `p`'s position where another node runs it (its committed
+    /// offset, which the journal shares): the position never goes back.
+    pub fn observe(&self, p: u32, committed: u64) {
+        if let Some(n) = self.next.get(p as usize) {
+            n.fetch_max(committed, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Drives every raw partition through the function chain.
@@ -105,6 +113,35 @@ impl Runner {
         self.progress.clone()
     }
 
+    /// How many raw partitions there are.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Runs partition `p` alone, as [`Runner::run`] runs each (where partitions are shared out
+    /// between nodes, each runs those it holds a lease on). Two runs of one partition at once
+    /// are refused by the journal's fence on `good` and `bad`, never written twice.
+    pub fn partition(
+        &self,
+        p: u32,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), FunctionsError>> + Send + 'static {
+        assert!(p < self.partitions, "partition {p} of {}", self.partitions);
+        let worker = PartitionWorker {
+            journal: self.journal.clone(),
+            partition: p,
+            batch_size: self.settings.batch_size,
+            progress: self.progress.clone(),
+            chain: self.chain.clone(),
+            health: self.health.part(p),
+            snapshot: self
+                .state_dir
+                .as_ref()
+                .map(|d| d.join("sessions").join(format!("{p}.json"))),
+        };
+        worker.run(shutdown)
+    }
+
     /// Runs until `shutdown`, then processes everything appended to `raw` before the shutdown and
     /// returns. A partition whose read, append or commit fails (a full disk, an I/O error) waits
     /// with [`Backoff`] and resumes from its exactly-once resume point, by itself. Returns early
@@ -113,20 +150,7 @@ impl Runner {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), FunctionsError> {
         let mut tasks = tokio::task::JoinSet::new();
         for p in 0..self.partitions {
-            let worker = PartitionWorker {
-                journal: self.journal.clone(),
-                partition: p,
-                batch_size: self.settings.batch_size,
-                progress: self.progress.clone(),
-                chain: self.chain.clone(),
-                health: self.health.part(p),
-                snapshot: self
-                    .state_dir
-                    .as_ref()
-                    .map(|d| d.join("sessions").join(format!("{p}.json"))),
-            };
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { worker.run(shutdown).await });
+            tasks.spawn(self.partition(p, shutdown.clone()));
         }
         let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {

@@ -75,6 +75,21 @@ pub enum JournalError {
         /// Every record of another writer lies below this offset.
         end: u64,
     },
+    /// Another writer appended to a partition this handle appends to as its only writer
+    /// ([`crate::Journal::append`]) since this handle last knew its end: nothing was appended.
+    /// The partition has another owner now (a lease moved while this one was cut off or
+    /// paused); read it again (`Journal::sync`) before deciding anything more.
+    #[error(
+        "partition {topic}/{partition} has records of another writer from offset {after}; nothing was appended (its owner moved to another writer)"
+    )]
+    Fenced {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The partition's end as this handle knew it.
+        after: u64,
+    },
     /// Another IO error.
     #[error("{context}: {source}")]
     Io {
@@ -98,6 +113,7 @@ impl JournalError {
             | Self::Closed
             | Self::Unavailable(_)
             | Self::Contended { .. }
+            | Self::Fenced { .. }
             | Self::Locked(_) => ErrorKind::Unavailable,
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::Io { .. } => ErrorKind::Internal,

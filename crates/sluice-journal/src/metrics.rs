@@ -16,6 +16,9 @@ pub const GROUP_COMMIT_RECORDS: &str = "sluice_journal_group_commit_records";
 pub const GROUP_COMMIT_APPENDS: &str = "sluice_journal_group_commit_appends";
 /// Batches a shared partition's writer published again because another writer appended first.
 pub const CONTENDED_BATCHES: &str = "sluice_journal_contended_batches_total";
+/// Appends of a partition's only writer refused because another writer appended to it (its
+/// owner moved to another node).
+pub const FENCED_APPENDS: &str = "sluice_journal_fenced_appends_total";
 /// fsync and fdatasync calls (segments, directories, floor and consumer files).
 pub const FSYNCS: &str = "sluice_journal_fsyncs_total";
 /// Time spent in each fsync or fdatasync.
@@ -70,6 +73,11 @@ pub fn describe() {
         CONTENDED_BATCHES,
         Unit::Count,
         "batches published again because another writer appended to the partition first"
+    );
+    describe_counter!(
+        FENCED_APPENDS,
+        Unit::Count,
+        "appends refused because another writer appended to a partition this one owned"
     );
     describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "duration of each fsync");
     describe_counter!(SEGMENTS_ROLLED, Unit::Count, "segments created by rolling");

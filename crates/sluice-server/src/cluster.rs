@@ -3,7 +3,7 @@
 //!
 //! On a shared journal (JetStream) the nodes are those that announced themselves in the lease
 //! bucket within the lease TTL ([`NodeCard`], written by every node while it runs, standing by
-//! or not), the lease is the pipeline's, and the positions are every node's (the journal
+//! or not), the leases are the pipeline's and those of the runner's partitions, and the positions are every node's (the journal
 //! watches them). On the file journal the one node is this one and there are no leases.
 
 use axum::extract::State;
@@ -52,7 +52,7 @@ fn node_json(card: &NodeCard, seen_s_ago: f64) -> Value {
     v
 }
 
-/// The nodes that announced themselves and the pipeline lease, from the shared journal.
+/// The nodes that announced themselves and the leases, from the shared journal.
 async fn shared(
     j: &JetStreamJournal,
     lease: &str,
@@ -68,8 +68,27 @@ async fn shared(
             v
         })
         .collect();
-    let holder = j.lease_holder(lease).await?;
-    Ok((nodes, vec![json!({"name": lease, "holder": holder})]))
+    // The pipeline's lease first (held or not), then every other held one: the runner's
+    // partitions (`runner.<p>`), in partition order.
+    let mut leases = vec![json!({"name": lease, "holder": j.lease_holder(lease).await?})];
+    let mut others: Vec<(String, String)> = j
+        .leases()
+        .await?
+        .into_iter()
+        .filter(|(name, _)| name != lease)
+        .collect();
+    others.sort_by_key(|(name, _)| {
+        let p = name
+            .rsplit_once('.')
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        (p.is_none(), p, name.clone())
+    });
+    leases.extend(
+        others
+            .into_iter()
+            .map(|(name, holder)| json!({"name": name, "holder": holder})),
+    );
+    Ok((nodes, leases))
 }
 
 /// Per topic partition: first and next offset, and each consumer group's position and lag.

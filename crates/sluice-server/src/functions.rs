@@ -49,7 +49,7 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 fn functions_of(state: &AppState) -> Result<Arc<Functions>, Response> {
-    state.running_parts()?.functions.clone().ok_or_else(|| {
+    state.functions.clone().ok_or_else(|| {
         error_response(
             ErrorKind::NotFound,
             "this node does not run the runner role",

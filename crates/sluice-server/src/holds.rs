@@ -45,7 +45,7 @@ use crate::error::ServerError;
 const KEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The runner's consumer group on `raw` (it commits its position itself).
-const RUNNER: &str = sluice_collector::RUNNER_GROUP;
+pub(crate) const RUNNER: &str = sluice_collector::RUNNER_GROUP;
 /// The `events` table's sink.
 pub(crate) const LAKE_EVENTS: &str = "lake-events";
 /// The `bad_rows` table's sink.

@@ -39,6 +39,7 @@ mod quota;
 mod replay;
 mod schemas;
 mod segment;
+mod share;
 mod snowplow;
 mod sql;
 mod stages;

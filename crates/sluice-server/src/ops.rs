@@ -69,7 +69,7 @@ async fn live() -> Response {
 
 async fn metrics(_: MetricsReader, State(state): State<AppState>) -> Response {
     let mut body = state.prometheus.render();
-    if let Some(f) = state.parts().and_then(|p| p.functions.as_ref()) {
+    if let Some(f) = &state.functions {
         body.push_str(&f.render_prometheus());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

@@ -42,7 +42,7 @@ pub struct Running {
     /// On a shared journal, this node's lease on the stages after the journal.
     lease: Option<sluice_journal::Lease>,
     /// What this node announces to the others while it runs (dropped: it leaves the list).
-    _announced: tokio::sync::watch::Sender<String>,
+    announced: Option<tokio::sync::watch::Sender<String>>,
     journal: Arc<dyn Journal>,
     /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
     intake: CancellationToken,
@@ -128,12 +128,6 @@ fn next_offsets<S: sluice_journal::ConsumerStatus>(
     }
 }
 
-/// What the runner role gives the HTTP routes.
-struct RunnerParts {
-    progress: Arc<Progress>,
-    functions: Arc<Functions>,
-}
-
 impl Server {
     /// Opens the journal and starts every role in `settings`. On a shared journal the stages
     /// after it (runner, lake, hot tier) wait for the pipeline lease: the node serves HTTP
@@ -157,6 +151,11 @@ impl Server {
         let housekeeping = CancellationToken::new();
         let mut listeners = Vec::new();
         let pipeline = Arc::new(std::sync::OnceLock::new());
+        // Deployable on every node with the runner role, standing by or not.
+        let functions = match roles.runner {
+            true => Some(open_functions(&settings).await?),
+            false => None,
+        };
         let (http_addr, warehouse) = if roles.collector || roles.warehouse || roles.hot {
             let cluster = ClusterView {
                 this: card.clone(),
@@ -168,7 +167,7 @@ impl Server {
                 &settings,
                 &base,
                 (prometheus, cluster),
-                pipeline.clone(),
+                (pipeline.clone(), functions.clone()),
                 &intake,
                 &mut listeners,
             )
@@ -182,10 +181,19 @@ impl Server {
             card.http = http_addr.map(|a| a.to_string());
             announced.send_replace(card.to_json());
         }
+        // On a shared journal the runner takes its share of partitions at once, on leases of
+        // their own, whether or not this node holds the pipeline lease.
+        let mut early = Vec::new();
+        let runner = match (&functions, &base.jetstream) {
+            (Some(f), Some(_)) => Some(start_runner(&settings, &base, f.clone(), &mut early)?),
+            _ => None,
+        };
         let starting = StartPipeline {
             settings: settings.clone(),
             base: base.clone(),
             warehouse,
+            functions,
+            runner,
             pipeline,
             intake: intake.clone(),
             housekeeping: housekeeping.clone(),
@@ -193,15 +201,15 @@ impl Server {
             announced: announced.clone(),
             cancel: CancellationToken::new(),
         };
-        let needs_lease = base.jetstream.is_some() && (roles.runner || roles.lake || roles.hot);
+        let needs_lease = base.jetstream.is_some() && (roles.lake || roles.hot);
         let mut running = Running {
             http_addr,
             lease: None,
-            _announced: announced,
+            announced: Some(announced),
             journal: base.dyn_journal,
             intake,
             listeners,
-            stages: Vec::new(),
+            stages: early,
             housekeeping,
             background: Vec::new(),
             drain_timeout: settings.drain_timeout,
@@ -233,6 +241,9 @@ struct StartPipeline {
     settings: Settings,
     base: Base,
     warehouse: Option<Arc<Warehouse>>,
+    functions: Option<Arc<Functions>>,
+    /// The runner's progress, when it already runs (on its own partition leases).
+    runner: Option<Arc<Progress>>,
     pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
     intake: CancellationToken,
     housekeeping: CancellationToken,
@@ -256,7 +267,7 @@ impl StartPipeline {
     /// parts to the routes.
     async fn run(self) -> Result<Started, ServerError> {
         let (settings, base, roles) = (&self.settings, &self.base, self.settings.roles);
-        let lease = match (&base.jetstream, roles.runner || roles.lake || roles.hot) {
+        let lease = match (&base.jetstream, roles.lake || roles.hot) {
             (Some(j), true) => tokio::select! {
                 lease = j.acquire_lease(PIPELINE_LEASE) => {
                     Some(lease.map_err(|e| ServerError::stage("lease", e))?)
@@ -266,9 +277,10 @@ impl StartPipeline {
             _ => None,
         };
         let (mut stages, mut background, mut watched) = (Vec::new(), Vec::new(), Vec::new());
-        let runner = match roles.runner {
-            true => Some(start_runner(settings, base, &mut stages).await?),
-            false => None,
+        let runner = match (&self.runner, &self.functions) {
+            (Some(progress), _) => Some(progress.clone()),
+            (None, Some(f)) => Some(start_runner(settings, base, f.clone(), &mut stages)?),
+            (None, None) => None,
         };
         let events = match roles.lake {
             true => Some(start_lake(
@@ -419,17 +431,23 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
     })
 }
 
-/// The runner role: raw → good/bad through the function chain and the user functions.
-async fn start_runner(
+/// The user functions of the runner role, deployed on this node (`<data_dir>/functions`).
+async fn open_functions(settings: &Settings) -> Result<Arc<Functions>, ServerError> {
+    let (dir, partitions) = (settings.data_dir.join("functions"), settings.partitions);
+    Ok(Arc::new(
+        blocking("runner", move || Functions::open(&dir, partitions)).await?,
+    ))
+}
+
+/// The runner role: raw → good/bad through the function chain and the user functions. On a
+/// shared journal this node runs its share of the partitions (`share.rs`), else all of them.
+fn start_runner(
     settings: &Settings,
     base: &Base,
+    functions: Arc<Functions>,
     stages: &mut Vec<(CancellationToken, Task)>,
-) -> Result<RunnerParts, ServerError> {
+) -> Result<Arc<Progress>, ServerError> {
     let dir = settings.data_dir.join("functions");
-    let partitions = settings.partitions;
-    let udf_dir = dir.clone();
-    let functions =
-        Arc::new(blocking("runner", move || Functions::open(&udf_dir, partitions)).await?);
     let chain = Chain::new(
         base.registry.clone(),
         settings.validation.clone(),
@@ -438,7 +456,7 @@ async fn start_runner(
     )
     .map_err(ServerError::Config)?
     .with_time_window(settings.runner.event_time_window)
-    .with_functions(functions.clone())
+    .with_functions(functions)
     .with_suppression(base.privacy.suppressed());
     let runner = Runner::new(
         base.dyn_journal.clone(),
@@ -454,18 +472,16 @@ async fn start_runner(
         Some((0..partitions).map(|p| watched.next(p)).collect())
     }));
     let token = CancellationToken::new();
-    let t = token.clone();
+    let (t, shared) = (token.clone(), base.jetstream.clone());
     let task = Task::spawn("runner", async move {
-        runner
-            .run(t)
-            .await
-            .map_err(|e| ServerError::stage("runner", e))
+        match shared {
+            Some(journal) => crate::share::run(journal, runner, t).await,
+            None => runner.run(t).await,
+        }
+        .map_err(|e| ServerError::stage("runner", e))
     });
     stages.push((token, task));
-    Ok(RunnerParts {
-        progress,
-        functions,
-    })
+    Ok(progress)
 }
 
 /// The lake role: the `events`, `bad_rows` and typed sinks and the loader under one token (each
@@ -613,7 +629,7 @@ async fn start_hot(
 
 /// What the stages after the journal hand to the routes once they run.
 struct RoleParts {
-    runner: Option<RunnerParts>,
+    runner: Option<Arc<Progress>>,
     events: Option<DeliveryProgress>,
     hot: Option<sluice_hot::HotReader>,
 }
@@ -625,7 +641,10 @@ async fn start_http(
     settings: &Settings,
     base: &Base,
     (prometheus, cluster): (PrometheusHandle, ClusterView),
-    pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
+    (pipeline, functions): (
+        Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
+        Option<Arc<Functions>>,
+    ),
     intake: &CancellationToken,
     listeners: &mut Vec<Task>,
 ) -> Result<(SocketAddr, Option<Arc<Warehouse>>), ServerError> {
@@ -684,6 +703,7 @@ async fn start_http(
         auth,
         access,
         registry: Some(base.registry.clone()),
+        functions,
         pipeline,
         stages: base.stages.clone(),
         cluster,
@@ -726,7 +746,7 @@ fn pipeline_parts(
     let replay = match (&roles.runner, &roles.events, &warehouse) {
         (Some(runner), Some(events), Some(w)) => Some(Arc::new(crate::replay::Replayer {
             journal: base.dyn_journal.clone(),
-            runner: runner.progress.clone(),
+            runner: runner.clone(),
             events: events.clone(),
             warehouse: w.clone(),
             lock: tokio::sync::Mutex::new(()),
@@ -772,7 +792,6 @@ fn pipeline_parts(
         privacy,
         hot: roles.hot,
         models,
-        functions: roles.runner.map(|r| r.functions),
     };
     (parts, tasks)
 }
@@ -882,6 +901,9 @@ impl Running {
     /// everything it had not delivered is still in the journal, and the next start delivers
     /// it from the stage's committed position.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        // Leaving the list of nodes first: the others count their shares of the runner's
+        // partitions without this node, and take each as soon as it is drained and released.
+        self.announced = None;
         // A node standing by gives up waiting; one that just took the lease drains as usual.
         if let Some((cancel, starting)) = self.pending.take() {
             cancel.cancel();
@@ -928,6 +950,8 @@ impl Running {
             let started = tokio::select! {
                 started = starting => started,
                 e = journal_failure(journal) => return e,
+                // The runner's share of partitions runs while the node stands by.
+                e = stage_ended(&mut self.stages), if !self.stages.is_empty() => return e,
             };
             self.pending = None;
             match started {
@@ -957,23 +981,23 @@ impl Running {
         if self.stages.is_empty() {
             return watchdog.await;
         }
-        let stages =
-            futures::future::select_all(self.stages.iter_mut().map(|(_, t)| &mut t.handle));
-        let ended = tokio::select! {
-            e = watchdog => Err(e),
-            (result, i, _) = stages => Ok((result, i)),
-        };
-        match ended {
-            Err(e) => e,
-            Ok((result, i)) => {
-                let (_, task) = self.stages.remove(i);
-                match result {
-                    Ok(Ok(())) => ServerError::stage(task.name, "stopped unexpectedly"),
-                    Ok(Err(e)) => e,
-                    Err(e) => ServerError::stage(task.name, e),
-                }
-            }
+        tokio::select! {
+            e = watchdog => e,
+            e = stage_ended(&mut self.stages) => e,
         }
+    }
+}
+
+/// Resolves when one of `stages` (not empty) stopped by itself, with its error; the stage is
+/// removed.
+async fn stage_ended(stages: &mut Vec<(CancellationToken, Task)>) -> ServerError {
+    let (result, i, _) =
+        futures::future::select_all(stages.iter_mut().map(|(_, t)| &mut t.handle)).await;
+    let (_, task) = stages.remove(i);
+    match result {
+        Ok(Ok(())) => ServerError::stage(task.name, "stopped unexpectedly"),
+        Ok(Err(e)) => e,
+        Err(e) => ServerError::stage(task.name, e),
     }
 }
 
@@ -981,7 +1005,8 @@ impl Running {
     /// Takes over the stages after the journal, once started.
     fn install(&mut self, started: Started) {
         self.lease = started.lease;
-        self.stages = started.stages;
+        // After the runner, when it runs on its own partition leases: drained in this order.
+        self.stages.extend(started.stages);
         self.background.extend(started.background);
         self.listeners.extend(started.listeners);
     }

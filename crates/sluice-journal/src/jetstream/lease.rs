@@ -194,6 +194,22 @@ async fn bucket(inner: &Inner, ttl: Duration) -> Result<kv::Store, JournalError>
     Ok(store)
 }
 
+/// The lease bucket, waited for: a cluster that is still electing its leaders cannot create it
+/// yet. A bucket with another TTL is a configuration error.
+async fn open_bucket(inner: &Inner, name: &str, ttl: Duration) -> Result<kv::Store, JournalError> {
+    let mut backoff = Backoff::new(ttl / 8, ttl);
+    loop {
+        match bucket(inner, ttl).await {
+            Ok(store) => return Ok(store),
+            Err(e @ JournalError::Invalid(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "cannot open the lease bucket; trying again");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
 /// Waits until `holder` holds lease `name`, then keeps renewing it on the journal's runtime.
 pub(super) async fn acquire(
     inner: Arc<Inner>,
@@ -201,25 +217,13 @@ pub(super) async fn acquire(
     holder: String,
     ttl: Duration,
 ) -> Result<Lease, JournalError> {
+    let store = open_bucket(&inner, &name, ttl).await?;
     let mut backoff = Backoff::new(ttl / 8, ttl);
-    // A cluster that is still electing its leaders cannot create the bucket yet: wait for it as
-    // for the lease itself. A bucket with another TTL is a configuration error.
-    let store = loop {
-        match bucket(&inner, ttl).await {
-            Ok(store) => break store,
-            Err(e @ JournalError::Invalid(_)) => return Err(e),
-            Err(e) => {
-                tracing::warn!(lease = %name, error = %e, "cannot open the lease bucket; trying again");
-                backoff.wait().await;
-            }
-        }
-    };
-    backoff.reset();
     let mut told = None;
     // A release (a delete) wakes a standby at once; an expiry makes no event, so it also looks
     // again every quarter of the TTL.
     let mut changes = store.watch(&name).await.ok();
-    let revision = loop {
+    let taken = loop {
         let sent = Instant::now();
         match store.create(&name, Bytes::from(holder.clone())).await {
             Ok(revision) => break (revision, sent),
@@ -252,6 +256,38 @@ pub(super) async fn acquire(
             }
         }
     };
+    Ok(hold(&inner, store, (name, holder, ttl), taken))
+}
+
+/// Takes lease `name` for `holder` if no node holds it now (one attempt), then keeps renewing
+/// it on the journal's runtime; `None` while another node holds it.
+pub(super) async fn try_acquire(
+    inner: Arc<Inner>,
+    name: String,
+    holder: String,
+    ttl: Duration,
+) -> Result<Option<Lease>, JournalError> {
+    let store = bucket(&inner, ttl).await?;
+    let sent = Instant::now();
+    match store.create(&name, Bytes::from(holder.clone())).await {
+        Ok(revision) => Ok(Some(hold(
+            &inner,
+            store,
+            (name, holder, ttl),
+            (revision, sent),
+        ))),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(unavailable(format!("taking lease {name}"), e)),
+    }
+}
+
+/// Starts renewing lease `name`, created at `revision` by a request sent at `sent`.
+fn hold(
+    inner: &Inner,
+    store: kv::Store,
+    (name, holder, ttl): (String, String, Duration),
+    (revision, sent): (u64, Instant),
+) -> Lease {
     tracing::info!(lease = %name, %holder, "lease taken");
     let (lost_tx, lost) = watch::channel(false);
     let (release, release_rx) = tokio::sync::oneshot::channel();
@@ -261,17 +297,17 @@ pub(super) async fn acquire(
         name: name.clone(),
         holder,
         ttl,
-        revision: revision.0,
-        renewed: revision.1,
+        revision,
+        renewed: sent,
     };
     let renew = inner.runtime.spawn(held.keep(lost_tx, release_rx, done_tx));
-    Ok(Lease {
+    Lease {
         name,
         lost,
         renew,
         release: Some(release),
         done: Some(done),
-    })
+    }
 }
 
 /// A lease taken, as its renewing task knows it.
@@ -371,4 +407,26 @@ pub(super) async fn holder(
         .await
         .map_err(|e| unavailable(format!("reading lease {name}"), e))?;
     Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+/// Every lease held now (not the nodes' announcements), as (name, holder), by name.
+pub(super) async fn holders(inner: &Inner) -> Result<Vec<(String, String)>, JournalError> {
+    let bucket = format!("{}_leases", inner.cfg.prefix);
+    let Ok(store) = inner.js.get_key_value(&bucket).await else {
+        return Ok(Vec::new());
+    };
+    let reading = |e: &dyn std::fmt::Display| unavailable("reading the leases", e);
+    let mut keys = store.keys().await.map_err(|e| reading(&e))?;
+    let mut found = Vec::new();
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let key = key.map_err(|e| reading(&e))?;
+        if key.starts_with("node.") {
+            continue;
+        }
+        if let Some(value) = store.get(&key).await.map_err(|e| reading(&e))? {
+            found.push((key, String::from_utf8_lossy(&value).into_owned()));
+        }
+    }
+    found.sort();
+    Ok(found)
 }

@@ -17,8 +17,9 @@
 //! [`MAX_BATCH`] records) and publishes them as one JetStream *atomic batch*: the server stores
 //! all of them, consecutively, or none. The first message carries `Nats-Expected-Last-Sequence`
 //! (the writer's last known sequence), so the writer always knows which records before a batch
-//! are whose. After an `append`, another writer's records mean two nodes think they own the
-//! partition: the journal reports itself failed (`is_failed`) and the server stops. After an
+//! are whose. After an `append`, another writer's records mean the partition has another owner
+//! (its lease moved while this node was cut off or paused): the append is refused with
+//! `Fenced`, and the caller reads the partition again (`sync`) before anything more. After an
 //! `append_shared` (partitions every node's collector writes), the writer takes the last
 //! sequence the refusal names and publishes again, and a conditional append (`seen`) whose
 //! caller had not read up to the other writers' records is answered `Contended` unpublished
@@ -220,6 +221,32 @@ impl JetStreamJournal {
         let (holder, ttl) = (inner.cfg.node_name(), inner.cfg.lease_ttl);
         self.on_runtime(lease::acquire(inner, name.to_string(), holder, ttl))
             .await
+    }
+
+    /// Takes the lease `name` if no node holds it now (one attempt; see [`Lease`]); `None`
+    /// while another node holds it.
+    pub async fn try_lease(&self, name: &str) -> Result<Option<Lease>, JournalError> {
+        let inner = self.inner.clone();
+        let (holder, ttl) = (inner.cfg.node_name(), inner.cfg.lease_ttl);
+        self.on_runtime(lease::try_acquire(inner, name.to_string(), holder, ttl))
+            .await
+    }
+
+    /// Every lease held now, as (name, holder), by name.
+    pub async fn leases(&self) -> Result<Vec<(String, String)>, JournalError> {
+        let inner = self.inner.clone();
+        self.on_runtime(async move { lease::holders(&inner).await })
+            .await
+    }
+
+    /// The lease TTL every node uses (`journal.jetstream.lease_ttl`).
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.cfg.lease_ttl
+    }
+
+    /// This node's name among the nodes (`journal.jetstream.node`).
+    pub fn node_name(&self) -> String {
+        self.inner.cfg.node_name()
     }
 
     /// Announces this node (`journal.jetstream.node`) to the others, with the newest

@@ -23,7 +23,7 @@ pub(super) struct Append {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Mode {
     /// This writer is the partition's only one (`Journal::append`): another writer's records
-    /// mean two owners, and the journal stops.
+    /// mean another owner, and the append is refused ([`JournalError::Fenced`]).
     Exclusive,
     /// Other writers append too (`Journal::append_shared`); with `seen`, only if every record
     /// of theirs before the batch lies below that offset.
@@ -176,17 +176,21 @@ async fn publish_group(
                     },
                 };
                 if exclusive {
-                    inner.failed.store(true, Ordering::Release);
-                    crate::metrics::failure();
+                    // The fenced batch is refused whole (chunks before it, of a group over
+                    // MAX_BATCH records, stay stored): the caller, no longer the only writer,
+                    // reads the partition again before anything more. The journal goes on:
+                    // the other owner's appends are the ones that count.
+                    metrics::counter!(crate::metrics::FENCED_APPENDS, "topic" => p.topic.clone())
+                        .increment(1);
                     tracing::error!(stream = %p.stream, last = fence.last, actual,
-                        "another writer appended to this partition: the journal stops (two \
-                         nodes must never own one partition)");
+                        "another writer appended to this partition: the append is refused \
+                         (its owner moved to another node)");
+                    let after = fence.last;
                     fence.stale = true;
-                    return fail(group, || {
-                        JournalError::Failed(format!(
-                            "{}: another writer appended after sequence {}",
-                            p.stream, fence.last
-                        ))
+                    return fail(group, || JournalError::Fenced {
+                        topic: p.topic.clone(),
+                        partition: p.index,
+                        after,
                     });
                 }
                 fence.moved_to(actual);

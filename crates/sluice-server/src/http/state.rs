@@ -24,6 +24,8 @@ pub(crate) struct AppState {
     /// Write keys and tokens: who may read and administer.
     pub(crate) access: Arc<Access>,
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
+    /// The user functions, on a node with the runner role (deployable standing by too).
+    pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
     /// What the stages after the journal give the routes, once they run (on a shared journal a
     /// node standing by for the pipeline lease serves without them until it takes over).
     pub(crate) pipeline: Arc<std::sync::OnceLock<PipelineParts>>,
@@ -43,8 +45,6 @@ pub(crate) struct PipelineParts {
     pub(crate) hot: Option<sluice_hot::HotReader>,
     /// The models this node runs (predict role).
     pub(crate) models: Vec<String>,
-    /// The user functions, on a node with the runner role.
-    pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
 }
 
 impl AppState {

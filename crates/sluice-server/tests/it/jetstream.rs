@@ -75,8 +75,8 @@ async fn jetstream_fences_out_a_second_writer_on_a_partition() {
         .append("t", 0, vec![Bytes::from_static(b"a")])
         .await
         .unwrap();
-    // A second node on the same streams appends: the first one's next batch is refused whole,
-    // and its journal reports itself failed instead of interleaving with the other writer.
+    // A second node on the same streams appends: the first one's next batch is refused whole
+    // (`Fenced`) instead of interleaving with the other writer; its journal goes on.
     let second = JetStreamJournal::open(config(&nats)).await.unwrap();
     assert_eq!(
         second
@@ -93,11 +93,13 @@ async fn jetstream_fences_out_a_second_writer_on_a_partition() {
         )
         .await;
     assert!(
-        matches!(refused, Err(sluice_journal::JournalError::Failed(_))),
+        matches!(
+            refused,
+            Err(sluice_journal::JournalError::Fenced { after: 1, .. })
+        ),
         "{refused:?}"
     );
-    assert!(first.is_failed());
-    assert!(!second.is_failed());
+    assert!(!first.is_failed() && !second.is_failed());
     let values: Vec<Bytes> = read_all(second.as_ref(), "t", 0, 10)
         .into_iter()
         .map(|r| r.value)
@@ -106,6 +108,10 @@ async fn jetstream_fences_out_a_second_writer_on_a_partition() {
         values,
         vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
     );
+    // Having read the partition again, the first one appends after the other writer's record.
+    first.sync("t", 0).await.unwrap();
+    let at = first.append("t", 0, vec![Bytes::from_static(b"d")]).await;
+    assert_eq!(at.unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,9 +502,16 @@ async fn jetstream_nodes_share_intake_and_store_each_event_once() {
         nodes[1],
         (json!("intake"), json!("running"), json!(["collector"]))
     );
+    // The pipeline's lease, then the runner's partitions: all on the one node with the runner.
     assert_eq!(
         cluster["leases"],
-        json!([{"name": "pipeline", "holder": "full"}])
+        json!([
+            {"name": "pipeline", "holder": "full"},
+            {"name": "runner.0", "holder": "full"},
+            {"name": "runner.1", "holder": "full"},
+            {"name": "runner.2", "holder": "full"},
+            {"name": "runner.3", "holder": "full"},
+        ])
     );
     let ends: u64 = cluster["partitions"]
         .as_array()
@@ -538,6 +551,17 @@ async fn a_lease_is_taken_renewed_released_and_lost_when_another_node_writes_it(
     }
     assert!(lease.is_held());
     assert_eq!(b.lease_holder("t").await.unwrap().as_deref(), Some("a"));
+    // One attempt to take a held lease is refused; the leases held are listed, not the nodes.
+    assert!(b.try_lease("t").await.unwrap().is_none());
+    let free = b
+        .try_lease("u")
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    let held = [("t".to_string(), "a".to_string()), ("u".into(), "b".into())];
+    assert_eq!(a.leases().await.unwrap(), held);
+    free.release().await;
+    assert_eq!(a.leases().await.unwrap(), held[..1]);
     // Released, it is free at once: the other node takes it.
     lease.release().await;
     let lease = tokio::time::timeout(DEADLINE, b.acquire_lease("t"))
