@@ -4,8 +4,9 @@
 //!
 //! - **Shares**: the nodes with the runner role that announced themselves, by name; of `P`
 //!   partitions each gets `P / n`, and the first `P % n` one more ([`share_of`]).
-//! - **Taking**: every quarter of the lease TTL a node below its share takes free partitions
-//!   (a lease no node holds: released, or expired after its holder died) until it has its share.
+//! - **Taking**: a node below its share takes free partitions (a lease no node holds) until it
+//!   has its share: at once when a lease is released, else every quarter of the lease TTL (an
+//!   expiry, after its holder died, makes no event).
 //! - **Giving up**: a node above its share (a node joined) drains the partitions it has too many
 //!   of — everything read is written and committed — and releases their leases, so the new
 //!   node takes them at once.
@@ -65,6 +66,8 @@ pub(crate) async fn run(
     let progress = runner.progress();
     let this = journal.node_name();
     let claim_every = journal.lease_ttl() / 4;
+    // A released partition is taken at once, not at the next claim.
+    let released = journal.lease_releases();
     let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
     let mut last_claim: Option<tokio::time::Instant> = None;
     let result = loop {
@@ -82,6 +85,7 @@ pub(crate) async fn run(
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            () = released.notified() => last_claim = None,
         }
     };
     for o in owned.values() {

@@ -430,3 +430,24 @@ pub(super) async fn holders(inner: &Inner) -> Result<Vec<(String, String)>, Jour
     found.sort();
     Ok(found)
 }
+
+/// Wakes `released` whenever a lease is released (deleted), not a node's announcement, until
+/// the watch ends.
+pub(super) async fn watch_releases(
+    inner: Arc<Inner>,
+    ttl: Duration,
+    released: Arc<tokio::sync::Notify>,
+) -> Result<(), JournalError> {
+    let store = open_bucket(&inner, "(releases)", ttl).await?;
+    let mut changes = store
+        .watch_all()
+        .await
+        .map_err(|e| unavailable("watching the leases", e))?;
+    while let Some(entry) = futures::StreamExt::next(&mut changes).await {
+        let Ok(entry) = entry else { continue };
+        if entry.operation != kv::Operation::Put && !entry.key.starts_with("node.") {
+            released.notify_one();
+        }
+    }
+    Ok(())
+}

@@ -232,6 +232,23 @@ impl JetStreamJournal {
             .await
     }
 
+    /// Notified each time a node releases a lease (not when one expires: that makes no event),
+    /// from now on.
+    pub fn lease_releases(&self) -> Arc<tokio::sync::Notify> {
+        let released = Arc::new(tokio::sync::Notify::new());
+        let (inner, ttl, wake) = (
+            self.inner.clone(),
+            self.inner.cfg.lease_ttl,
+            released.clone(),
+        );
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = lease::watch_releases(inner, ttl, wake).await {
+                tracing::warn!(error = %e, "cannot watch the leases; released ones are seen later");
+            }
+        });
+        released
+    }
+
     /// Every lease held now, as (name, holder), by name.
     pub async fn leases(&self) -> Result<Vec<(String, String)>, JournalError> {
         let inner = self.inner.clone();
