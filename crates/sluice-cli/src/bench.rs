@@ -77,6 +77,18 @@ pub struct BenchArgs {
     /// `--sustained`: a user function (ES module) to deploy before the ramp.
     #[arg(long)]
     pub(crate) function: Option<PathBuf>,
+    /// Also run the pipeline figures on a JetStream journal at this URL (a server that fsyncs
+    /// before it acks, `sync_interval: always`), after the file journal, in the same run: the
+    /// cluster mode's journal next to the embedded one. Streams under a fresh prefix, one
+    /// replica (use a cluster's URLs and `--jetstream-replicas` for more).
+    #[arg(long)]
+    pub(crate) jetstream: Option<String>,
+    /// `--jetstream`: its monitoring URL (`http://host:8222`), to check fsync before ack.
+    #[arg(long)]
+    pub(crate) jetstream_monitor: Option<String>,
+    /// `--jetstream`: replicas of every stream.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) jetstream_replicas: usize,
 }
 
 /// Runs the benchmark and prints a report.
@@ -139,10 +151,113 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     if args.protocols {
         return crate::bench_protocols::run(args, root, noop.events_per_sec).await;
     }
+    let file = pipeline(args, root, &Journal::File, (&noop, &fsync)).await?;
+    let Some(url) = &args.jetstream else {
+        return Ok(());
+    };
+    let jetstream = Journal::JetStream {
+        url: url.clone(),
+        monitor: args.jetstream_monitor.clone(),
+        replicas: args.jetstream_replicas,
+    };
+    let js = pipeline(args, root, &jetstream, (&noop, &fsync)).await;
+    // Streams and buckets under the run's own prefix: nothing of the run stays on the server.
+    let cleaned = match sluice_journal::JetStreamJournal::open(jetstream.config()).await {
+        Ok(j) => tokio::task::spawn_blocking(move || j.delete_everything()).await?,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = cleaned {
+        eprintln!(
+            "warning: cannot delete the run's streams (prefix {}): {e}",
+            bench_prefix()
+        );
+    }
+    let js = js?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0}%", 100.0 * a / b.max(1.0)),
+        _ => "-".into(),
+    };
+    println!(
+        "jetstream / file journal, same run: durable ingest {} ({:.0} vs {:.0} events/s per core), end to end {}",
+        ratio(Some(js.ingest), Some(file.ingest)),
+        js.ingest / cores,
+        file.ingest / cores,
+        ratio(js.end_to_end, file.end_to_end),
+    );
+    Ok(())
+}
+
+/// The journal a pipeline run uses.
+enum Journal {
+    /// The embedded file journal (the default).
+    File,
+    /// NATS JetStream at `url`, as in cluster mode.
+    JetStream {
+        url: String,
+        monitor: Option<String>,
+        replicas: usize,
+    },
+}
+
+/// The prefix of the JetStream run's streams and buckets.
+fn bench_prefix() -> String {
+    format!("bench{}", std::process::id())
+}
+
+impl Journal {
+    /// The journal configuration of a run on this journal.
+    fn config(&self) -> sluice_journal::JournalConfig {
+        let mut config = sluice_journal::JournalConfig::default();
+        if let Journal::JetStream {
+            url,
+            monitor,
+            replicas,
+        } = self
+        {
+            config.backend = sluice_journal::JournalBackend::Jetstream;
+            let js = &mut config.jetstream;
+            js.urls = vec![url.clone()];
+            js.monitor_urls = monitor.iter().cloned().collect();
+            js.replicas = *replicas;
+            js.prefix = bench_prefix();
+            js.node = "bench".into();
+        }
+        config
+    }
+}
+
+/// What one pipeline run measured, in events/s.
+struct Figures {
+    ingest: f64,
+    /// `None` with `--ingest-only`.
+    end_to_end: Option<f64>,
+}
+
+/// Durable ingest, end to end and ack → visible in SQL of a server on `journal`, printed as they
+/// are measured.
+async fn pipeline(
+    args: &BenchArgs,
+    root: &std::path::Path,
+    journal: &Journal,
+    (noop, fsync): (&LoadResult, &FsyncRate),
+) -> anyhow::Result<Figures> {
+    let name = match journal {
+        Journal::File => "data",
+        Journal::JetStream { .. } => "data-jetstream",
+    };
+    let data_dir = root.join(name);
     let mut config = Config {
-        data_dir: root.join("data"),
+        data_dir: data_dir.clone(),
         ..Config::default()
     };
+    if let Journal::JetStream { url, .. } = journal {
+        config.journal = journal.config();
+        println!(
+            "on a JetStream journal at {url} (prefix {}):",
+            bench_prefix()
+        );
+    }
     if args.ingest_only {
         config.roles = vec!["collector".into()];
     }
@@ -150,7 +265,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     config.pg = "127.0.0.1:0".parse()?;
     let running = Server::start(config.validate()?).await?;
     let addr = running.http_addr.context("server has no http address")?;
-    let bodies = Arc::new(make_bodies(args, "ingest"));
+    let bodies = Arc::new(make_bodies(args, name));
     let started = Instant::now();
     let ingest = drive(
         &Load::plain(format!("http://{addr}/v1/events"), args.batch),
@@ -167,14 +282,15 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         100.0 * ingest.events_per_sec / noop.events_per_sec.max(1.0),
         ingest.events_per_sec / fsync.per_sec.max(1.0)
     );
-
+    let mut figures = Figures {
+        ingest: ingest.events_per_sec,
+        end_to_end: None,
+    };
     if args.ingest_only {
         running.shutdown().await?;
-        return Ok(());
+        return Ok(figures);
     }
-    let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(
-        &root.join("data").join("lake"),
-    )?)?;
+    let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&data_dir.join("lake"))?)?;
     // End to end: every event through the runner and the lake sink, visible in SQL.
     let sent = args.events.div_ceil(args.batch) * args.batch;
     let deadline = started + Duration::from_secs(600);
@@ -189,6 +305,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let e2e = started.elapsed();
+    figures.end_to_end = Some(sent as f64 / e2e.as_secs_f64());
     println!(
         "end to end:           {:>10.0} events/s   ({sent} events from first request to all visible in SQL in {:.1} s)",
         sent as f64 / e2e.as_secs_f64(),
@@ -231,7 +348,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         latencies[latencies.len() - 1].as_secs_f64() * 1000.0
     );
     running.shutdown().await?;
-    Ok(())
+    Ok(figures)
 }
 
 /// The single number a `SELECT count(*)` query answers.

@@ -1,5 +1,7 @@
 //! `sluice bench --sustained` against the real binary: a ramp of two rates, the first low enough
-//! that any build keeps up with it, so that the verdict and the per-stage lines are checked.
+//! that any build keeps up with it, so that the verdict and the per-stage lines are checked; and
+//! `sluice bench --jetstream` against a private nats-server: both journals' runs reported, and
+//! nothing left on the server.
 
 use std::path::Path;
 
@@ -57,5 +59,67 @@ fn sustained_ramp_reports_each_stage_and_the_highest_rate_held() -> anyhow::Resu
     } else {
         assert!(verdict(step("5000")), "{out}");
     }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+fn bench_runs_the_pipeline_on_jetstream_beside_the_file_journal_and_cleans_up() -> anyhow::Result<()>
+{
+    use std::io::{Read as _, Write as _};
+
+    let nats = sluice_testkit::NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let out = run_cli(
+        Path::new(BIN),
+        &[
+            "bench",
+            "--events",
+            "2000",
+            "--batch",
+            "100",
+            "--jetstream",
+            &nats.url(),
+            "--jetstream-monitor",
+            &nats.monitor_url(),
+            "--dir",
+            dir.path().to_str().expect("utf-8 path"),
+        ],
+    )?;
+    // Both runs, each to the end, then the same-run comparison.
+    let jetstream = out
+        .find("on a JetStream journal at ")
+        .unwrap_or_else(|| panic!("no JetStream run in:\n{out}"));
+    for (run, text) in [
+        ("file", &out[..jetstream]),
+        ("jetstream", &out[jetstream..]),
+    ] {
+        for figure in ["durable ingest:", "end to end:", "ack -> visible in SQL:"] {
+            assert!(
+                text.contains(figure),
+                "no {figure} for the {run} run in:\n{out}"
+            );
+        }
+    }
+    let compared = out
+        .lines()
+        .find(|l| l.starts_with("jetstream / file journal, same run: durable ingest "))
+        .unwrap_or_else(|| panic!("no comparison in:\n{out}"));
+    assert!(
+        compared.contains("events/s per core), end to end "),
+        "{compared}"
+    );
+    // Nothing of the run stays on the server: no stream, no bucket.
+    let mut monitor =
+        std::net::TcpStream::connect(nats.monitor_url().trim_start_matches("http://"))?;
+    write!(
+        monitor,
+        "GET /jsz HTTP/1.1\r\nHost: nats\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    monitor.read_to_string(&mut answer)?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let jsz: serde_json::Value = serde_json::from_str(body)?;
+    assert_eq!(jsz["streams"], 0, "{jsz}");
     Ok(())
 }

@@ -249,6 +249,27 @@ impl JetStreamJournal {
         released
     }
 
+    /// Deletes everything under this journal's prefix: every topic's streams and the positions
+    /// and lease buckets. For a pipeline that is gone for good (`sluice bench` cleaning up after
+    /// itself); nothing of it can be read afterwards.
+    pub fn delete_everything(&self) -> Result<(), JournalError> {
+        for t in self.topics() {
+            self.delete_topic(&t.name)?;
+        }
+        let inner = self.inner.clone();
+        self.wait_on(async move {
+            for bucket in ["positions", "leases"] {
+                let name = format!("{}_{bucket}", inner.cfg.prefix);
+                if let Err(e) = inner.js.delete_key_value(&name).await
+                    && inner.js.get_key_value(&name).await.is_ok()
+                {
+                    return Err(unavailable(format!("deleting the bucket {name}"), e));
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Every lease held now, as (name, holder), by name.
     pub async fn leases(&self) -> Result<Vec<(String, String)>, JournalError> {
         let inner = self.inner.clone();
