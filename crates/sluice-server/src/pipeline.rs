@@ -28,8 +28,9 @@ use crate::stages::Stages;
 /// How often [`Running::stopped`] looks at the journal's health.
 const WATCHDOG_EVERY: Duration = Duration::from_millis(200);
 
-/// The lease, on a shared journal, of the node that runs the stages after the journal (runner,
-/// lake, hot tier).
+/// The lease, on a shared journal, of the node that runs the stages after `good` (the lake and
+/// typed sinks, the loader, the hot tier). The runner's partitions have leases of their own
+/// (`share.rs`).
 pub const PIPELINE_LEASE: &str = "pipeline";
 
 /// Entry point: start a server from settings.
@@ -39,7 +40,7 @@ pub struct Server;
 pub struct Running {
     /// The bound HTTP address (useful with port 0).
     pub http_addr: Option<SocketAddr>,
-    /// On a shared journal, this node's lease on the stages after the journal.
+    /// On a shared journal, this node's pipeline lease (the stages after `good`).
     lease: Option<sluice_journal::Lease>,
     /// What this node announces to the others while it runs (dropped: it leaves the list).
     announced: Option<tokio::sync::watch::Sender<String>>,
@@ -130,8 +131,9 @@ fn next_offsets<S: sluice_journal::ConsumerStatus>(
 
 impl Server {
     /// Opens the journal and starts every role in `settings`. On a shared journal the stages
-    /// after it (runner, lake, hot tier) wait for the pipeline lease: the node serves HTTP
-    /// (intake, SQL, health) while it stands by, and starts them once it holds the lease.
+    /// after `good` (lake, hot tier) wait for the pipeline lease: the node serves HTTP (intake,
+    /// SQL, health) and its share of the runner's partitions while it stands by, and starts them
+    /// once it holds the lease.
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let base = open_base(&settings).await?;
@@ -185,7 +187,10 @@ impl Server {
         // their own, whether or not this node holds the pipeline lease.
         let mut early = Vec::new();
         let runner = match (&functions, &base.jetstream) {
-            (Some(f), Some(_)) => Some(start_runner(&settings, &base, f.clone(), &mut early)?),
+            (Some(f), Some(_)) => match start_runner(&settings, &base, f.clone(), &mut early) {
+                Ok(progress) => Some(progress),
+                Err(e) => return Err(stop_listeners(&intake, listeners, e).await),
+            },
             _ => None,
         };
         let starting = StartPipeline {
@@ -223,17 +228,27 @@ impl Server {
             match starting.run().await {
                 Ok(started) => running.install(started),
                 Err(e) => {
-                    // Nothing half-started stays behind: the listeners already serve.
-                    running.intake.cancel();
-                    for task in running.listeners.drain(..) {
-                        let _ = task.join().await;
-                    }
-                    return Err(e);
+                    let listeners = std::mem::take(&mut running.listeners);
+                    return Err(stop_listeners(&running.intake, listeners, e).await);
                 }
             }
         }
         Ok(running)
     }
+}
+
+/// Stops the listeners of a start that failed with `error` (nothing half-started stays behind:
+/// they already serve), and returns the error.
+async fn stop_listeners(
+    intake: &CancellationToken,
+    listeners: Vec<Task>,
+    error: ServerError,
+) -> ServerError {
+    intake.cancel();
+    for task in listeners {
+        let _ = task.join().await;
+    }
+    error
 }
 
 /// What starting the stages after the journal needs, possibly after the node stood by.
