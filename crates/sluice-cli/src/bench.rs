@@ -351,6 +351,18 @@ async fn pipeline(
     Ok(figures)
 }
 
+/// The sum of every series of metric `name` (all its labels) in a Prometheus text exposition
+/// (`/metrics`); 0 when it has none.
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The single number a `SELECT count(*)` query answers.
 async fn count(warehouse: &Warehouse, sql: &str) -> anyhow::Result<Option<usize>> {
     let text = sluice_warehouse::format::to_csv(&warehouse.query(sql).await?)?;
@@ -534,4 +546,21 @@ pub(crate) async fn start_noop() -> anyhow::Result<std::net::SocketAddr> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn a_metric_sums_over_its_labels_and_no_other_metric() {
+        let text = "# HELP sluice_x things\n\
+                    sluice_x{kind=\"a\"} 2\n\
+                    sluice_x{kind=\"b\"} 3.5\n\
+                    sluice_x_total 100\n\
+                    sluice_y 7\n";
+        assert_eq!(metric_sum(text, "sluice_x"), 5.5);
+        assert_eq!(metric_sum(text, "sluice_y"), 7.0);
+        assert_eq!(metric_sum(text, "sluice_z"), 0.0);
+    }
 }

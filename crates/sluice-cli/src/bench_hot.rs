@@ -295,12 +295,7 @@ examples = ["Product Viewed"]
         );
     }
     let acked = t.elapsed().as_secs_f64();
-    let metric = |text: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("sluice_hot_events_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metric = |text: &str| crate::bench::metric_sum(text, "sluice_hot_events_total");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let m = client

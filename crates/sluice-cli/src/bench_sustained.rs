@@ -279,15 +279,7 @@ async fn bounded(
         .await?
         .text()
         .await?;
-    let sum = |name: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let sum = |name: &str| crate::bench::metric_sum(&text, name) as u64;
     Ok(BOUNDED
         .iter()
         .map(|(part, now, ceiling)| (*part, (sum(now), sum(ceiling))))
