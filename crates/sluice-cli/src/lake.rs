@@ -14,17 +14,30 @@ pub struct LakeArgs {
     command: LakeCommand,
 }
 
+/// Where the lake is, the same for every subcommand.
+#[derive(clap::Args, Debug)]
+struct Lake {
+    /// Data directory. Default ./sluice-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The server's config file: its `[lake]` section says where the lake is (an `s3://` root
+    /// with its endpoint and credentials).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Lake {
+    async fn root(self, write: bool) -> anyhow::Result<LakeRoot> {
+        root(self.config.as_deref(), self.data_dir, write).await
+    }
+}
+
 #[derive(clap::Subcommand, Debug)]
 enum LakeCommand {
     /// Compacts small files into large ones and writes a checkpoint, per table.
     Optimize {
-        /// Data directory. Default ./sluice-data.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
-        /// root with its endpoint and credentials).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        lake: Lake,
         /// Only these tables (repeatable). Default: every table.
         #[arg(long)]
         table: Vec<String>,
@@ -34,13 +47,8 @@ enum LakeCommand {
     },
     /// Deletes files no table version younger than the retention references.
     Vacuum {
-        /// Data directory. Default ./sluice-data.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
-        /// root with its endpoint and credentials).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        lake: Lake,
         /// Only these tables (repeatable). Default: every table.
         #[arg(long)]
         table: Vec<String>,
@@ -59,13 +67,8 @@ enum LakeCommand {
     /// and CRC32C against its `add` tags, where it has them, and that it decodes as Parquet.
     /// Exits non-zero when a file is damaged.
     Verify {
-        /// Data directory. Default ./sluice-data.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
-        /// root with its endpoint and credentials).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        lake: Lake,
         /// Only these tables (repeatable). Default: every table.
         #[arg(long)]
         table: Vec<String>,
@@ -73,13 +76,8 @@ enum LakeCommand {
     /// Deletes every table's date partitions older than the retention (what `[lake]
     /// retention` does hourly); `vacuum` then removes their files.
     Expire {
-        /// Data directory. Default ./sluice-data.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The server's config file: its `[lake]` section says where the lake is (an `s3://`
-        /// root with its endpoint and credentials).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        lake: Lake,
         /// Keep this many days back from today, UTC ("30d"; at least 1d).
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Duration,
@@ -119,12 +117,11 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     match args.command {
         LakeCommand::Optimize {
-            data_dir,
-            config,
+            lake,
             table,
             zstd_level,
         } => {
-            let root = root(config.as_deref(), data_dir, true).await?;
+            let root = lake.root(true).await?;
             for result in sluice_lake::upkeep::optimize_all(&root, &table, zstd_level).await? {
                 match result {
                     Ok(r) => println!(
@@ -142,8 +139,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
             }
         }
         LakeCommand::Vacuum {
-            data_dir,
-            config,
+            lake,
             table,
             retention,
             force,
@@ -154,7 +150,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                     "a retention below 1h can delete files that running queries read; add --force"
                 );
             }
-            let root = root(config.as_deref(), data_dir, !dry_run).await?;
+            let root = lake.root(!dry_run).await?;
             for result in sluice_lake::upkeep::vacuum_all(&root, &table, retention, dry_run).await?
             {
                 match result {
@@ -175,12 +171,8 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        LakeCommand::Verify {
-            data_dir,
-            config,
-            table,
-        } => {
-            let root = root(config.as_deref(), data_dir, false).await?;
+        LakeCommand::Verify { lake, table } => {
+            let root = lake.root(false).await?;
             let mut damaged = 0;
             for result in sluice_lake::verify::verify_all(&root, &table).await? {
                 match result {
@@ -210,17 +202,13 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                 anyhow::bail!("{damaged} damaged data file(s)");
             }
         }
-        LakeCommand::Expire {
-            data_dir,
-            config,
-            retention,
-        } => {
+        LakeCommand::Expire { lake, retention } => {
             anyhow::ensure!(
                 retention >= sluice_lake::retention::MIN_RETENTION,
                 "the retention must be at least 1d (partitions are days)"
             );
             let cutoff = sluice_lake::retention::cutoff(chrono::Utc::now().date_naive(), retention);
-            let root = root(config.as_deref(), data_dir, true).await?;
+            let root = lake.root(true).await?;
             for result in sluice_lake::retention::expire_all(&root, cutoff).await? {
                 match result {
                     Ok(r) => println!(
