@@ -1,5 +1,6 @@
 //! `sluice lake expire` beside a running server: events dated before the retention leave
-//! `events` and their typed table, recent ones stay, and delivery goes on exactly once. A flood
+//! `events` and their typed table, recent ones stay, and delivery goes on exactly once; `optimize`
+//! and `vacuum --dry-run` then report on the same lake and keep its rows. A flood
 //! of event and property names stays within `[lake] max_typed_tables` and `max_typed_columns`,
 //! in the lake's typed tables and in the Postgres loader's, and every event stays in `events`;
 //! lowered below what exists, the limits keep the loader's tables and columns working. `sluice lake verify`
@@ -88,6 +89,25 @@ async fn expire_removes_old_partitions_while_the_server_runs() -> anyhow::Result
     wait_until(Duration::from_secs(60), "the new event", || {
         Ok((count(&data, all)? == 21).then_some(()))
     })?;
+    // The other upkeep by hand, on the same lake, while the server runs: every table is
+    // reported, and the rows stay.
+    let lake = |args: &[&str]| {
+        let mut all = vec!["lake"];
+        all.extend_from_slice(args);
+        all.extend(["--data-dir", data.to_str().expect("utf-8")]);
+        run_cli(Path::new(BIN), &all)
+    };
+    let optimized = lake(&["optimize", "--table", "events"])?;
+    assert!(
+        optimized.starts_with("events: ") && optimized.contains("compacted"),
+        "{optimized}"
+    );
+    let vacuum = lake(&["vacuum", "--dry-run"])?;
+    assert!(
+        vacuum.contains("events: ") && vacuum.contains("would be deleted"),
+        "{vacuum}"
+    );
+    assert_eq!(count(&data, all)?, 21);
     Ok(())
 }
 
