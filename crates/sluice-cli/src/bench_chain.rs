@@ -42,7 +42,8 @@ fn records(n: usize, event_bytes: usize) -> Vec<Vec<u8>> {
                 i % 100,
                 i % 7
             );
-            let ts = format!("2026-11-27T10:{:02}:{:02}Z", (i / 60) % 60, i % 60);
+            // The same day and hour as `received_at` below: inside any event-time window.
+            let ts = format!("2025-11-27T10:{:02}:{:02}Z", (i / 60) % 60, i % 60);
             let (protocol, payload) = match i % 5 {
                 0 | 1 => (
                     "native",
