@@ -1,9 +1,11 @@
-//! [`Lease`]: which node runs the stages after the journal, kept in the NATS KV bucket
-//! `<prefix>_leases` (`max_age` = the lease's TTL, so a key its holder stops renewing expires).
+//! [`Lease`]: which node runs what (`pipeline`: the stages after `good`; `runner.<p>`: a runner
+//! partition), kept in the NATS KV bucket `<prefix>_leases` (`max_age` = the lease's TTL, so a
+//! key its holder stops renewing expires), beside the nodes' announcements (`node.<name>`).
 //!
 //! - **Acquire**: `create(key, holder)` succeeds only while the key does not exist; otherwise
 //!   the node stands by, trying again when the key changes (a release) and every quarter of the
-//!   TTL (an expiry makes no event).
+//!   TTL (an expiry makes no event). [`try_acquire`] makes one attempt (the runner's partitions
+//!   are taken that way, and [`watch_releases`] says when one is worth another).
 //! - **Renew**: every third of the TTL, `update(key, holder, revision)`, which fails if anyone
 //!   else wrote the key since.
 //! - **Lost**: when a renew is refused, or when the local deadline passes — the send time of the
