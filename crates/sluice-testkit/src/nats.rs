@@ -90,6 +90,14 @@ impl NatsServer {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The JSON its monitoring endpoint answers to `GET path` (`/jsz`, `/varz`, …).
+    pub fn monitor(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let answer = get(self.http_port, path)?;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        Ok(serde_json::from_str(body)?)
+    }
+
     /// SIGKILLs the server (no clean shutdown: only what it fsynced survives).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

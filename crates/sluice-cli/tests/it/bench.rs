@@ -66,8 +66,6 @@ fn sustained_ramp_reports_each_stage_and_the_highest_rate_held() -> anyhow::Resu
 #[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
 fn bench_runs_the_pipeline_on_jetstream_beside_the_file_journal_and_cleans_up() -> anyhow::Result<()>
 {
-    use std::io::{Read as _, Write as _};
-
     let nats = sluice_testkit::NatsServer::start()?;
     let dir = tempfile::tempdir()?;
     let out = run_cli(
@@ -110,16 +108,7 @@ fn bench_runs_the_pipeline_on_jetstream_beside_the_file_journal_and_cleans_up() 
         "{compared}"
     );
     // Nothing of the run stays on the server: no stream, no bucket.
-    let mut monitor =
-        std::net::TcpStream::connect(nats.monitor_url().trim_start_matches("http://"))?;
-    write!(
-        monitor,
-        "GET /jsz HTTP/1.1\r\nHost: nats\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    monitor.read_to_string(&mut answer)?;
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let jsz: serde_json::Value = serde_json::from_str(body)?;
+    let jsz = nats.monitor("/jsz")?;
     assert_eq!(jsz["streams"], 0, "{jsz}");
     Ok(())
 }

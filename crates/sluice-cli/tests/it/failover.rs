@@ -99,6 +99,15 @@ async fn send(server: &SluiceProcess, prefix: &str, n: usize) -> anyhow::Result<
     crate::support::post_events(&server.url(), body).await
 }
 
+/// What the nodes of a test share besides NATS: a lake bucket in a private moto, a directory for
+/// their configs and data, and a Redis key prefix of this run only (`sluice-<tag>-<uuid>:`).
+fn shared_stores(tag: &str) -> anyhow::Result<(Moto, tempfile::TempDir, String)> {
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let prefix = format!("sluice-{tag}-{}:", uuid::Uuid::now_v7().simple());
+    Ok((moto, tempfile::tempdir()?, prefix))
+}
+
 /// `events_total` of the profiles of users u0..u199, from the hot tier's read API.
 async fn profiles_total(server: &SluiceProcess) -> anyhow::Result<Vec<u64>> {
     let client = reqwest::Client::new();
@@ -202,11 +211,7 @@ struct Nodes {
 impl Nodes {
     fn start() -> anyhow::Result<Self> {
         let nats = NatsServer::start()?;
-        let moto = Moto::start()?;
-        moto.create_bucket(BUCKET)?;
-        let dir = tempfile::tempdir()?;
-        // Keys of this run only, in the machine's Redis.
-        let redis_prefix = format!("sluice-failover-{}:", uuid::Uuid::now_v7().simple());
+        let (moto, dir, redis_prefix) = shared_stores("failover")?;
         let services = (&Nats::one(&nats), &moto);
         Ok(Self {
             a_cfg: config(dir.path(), "a", PIPELINE, services, &redis_prefix),
@@ -508,10 +513,7 @@ async fn every_event_once(server: &SluiceProcess, n: u64) -> anyhow::Result<()> 
 async fn three_nodes_lose_one_node_and_one_nats_server_under_load_and_keep_every_event_once()
 -> anyhow::Result<()> {
     let mut cluster = NatsCluster::start(3)?;
-    let moto = Moto::start()?;
-    moto.create_bucket(BUCKET)?;
-    let dir = tempfile::tempdir()?;
-    let redis_prefix = format!("sluice-three-{}:", uuid::Uuid::now_v7().simple());
+    let (moto, dir, redis_prefix) = shared_stores("three")?;
     let services = (&Nats::cluster(&cluster), &moto);
     let cfg = |node: &str| config(dir.path(), node, PIPELINE, services, &redis_prefix);
     let mut a = start(dir.path(), "a", &cfg("a"))?;
@@ -548,10 +550,7 @@ async fn a_node_cut_off_from_nats_duplicates_nothing_when_it_comes_back() -> any
     use std::os::unix::process::ExitStatusExt as _;
 
     let nats = NatsServer::start()?;
-    let moto = Moto::start()?;
-    moto.create_bucket(BUCKET)?;
-    let dir = tempfile::tempdir()?;
-    let redis_prefix = format!("sluice-cut-{}:", uuid::Uuid::now_v7().simple());
+    let (moto, dir, redis_prefix) = shared_stores("cut")?;
     // `a` reaches NATS only through a proxy the test cuts; S3 and Redis it still reaches, so
     // only the fencing of what it writes there keeps it from writing twice.
     let proxy = Proxy::start(nats.addr())?;
@@ -600,10 +599,7 @@ async fn a_node_cut_off_from_nats_duplicates_nothing_when_it_comes_back() -> any
 async fn a_runner_node_cut_off_from_nats_loses_its_partitions_and_takes_them_back_when_it_heals()
 -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
-    let moto = Moto::start()?;
-    moto.create_bucket(BUCKET)?;
-    let dir = tempfile::tempdir()?;
-    let redis_prefix = format!("sluice-cut-runner-{}:", uuid::Uuid::now_v7().simple());
+    let (moto, dir, redis_prefix) = shared_stores("cut-runner")?;
     // `r` runs only intake and its share of the runner, and reaches NATS through a proxy the
     // test cuts; `a` runs the rest of the pipeline.
     let proxy = Proxy::start(nats.addr())?;

@@ -129,39 +129,47 @@ pub(super) async fn announce(
     }
 }
 
-/// Every node that announced itself within the TTL, by name.
-pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeEntry>, JournalError> {
+/// Every live key of the lease bucket (a put, not expired or deleted) with its entry, by key;
+/// none while the bucket does not exist.
+async fn entries(inner: &Inner) -> Result<Vec<kv::Entry>, JournalError> {
     let bucket = format!("{}_leases", inner.cfg.prefix);
     let Ok(store) = inner.js.get_key_value(&bucket).await else {
         return Ok(Vec::new());
     };
-    let reading = |e: &dyn std::fmt::Display| unavailable("reading the nodes", e);
+    let reading = |e: &dyn std::fmt::Display| unavailable("reading the lease bucket", e);
     let mut keys = store.keys().await.map_err(|e| reading(&e))?;
     let mut found = Vec::new();
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let key = key.map_err(|e| reading(&e))?;
+        if let Some(entry) = store.entry(&key).await.map_err(|e| reading(&e))?
+            && entry.operation == kv::Operation::Put
+        {
+            found.push(entry);
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
+}
+
+/// Every node that announced itself within the TTL, by name.
+pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeEntry>, JournalError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as i128;
-    while let Some(key) = futures::StreamExt::next(&mut keys).await {
-        let key = key.map_err(|e| reading(&e))?;
-        let Some(name) = key.strip_prefix("node.") else {
-            continue;
-        };
-        let Some(entry) = store.entry(&key).await.map_err(|e| reading(&e))? else {
-            continue;
-        };
-        if entry.operation != kv::Operation::Put {
-            continue;
-        }
-        let age_ns = (now - entry.created.unix_timestamp_nanos()).max(0);
-        found.push(NodeEntry {
-            name: name.to_string(),
-            details: String::from_utf8_lossy(&entry.value).into_owned(),
-            age: Duration::from_nanos(u64::try_from(age_ns).unwrap_or(u64::MAX)),
-        });
-    }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(found)
+    Ok(entries(inner)
+        .await?
+        .into_iter()
+        .filter_map(|entry| {
+            let name = entry.key.strip_prefix("node.")?.to_string();
+            let age_ns = (now - entry.created.unix_timestamp_nanos()).max(0);
+            Some(NodeEntry {
+                name,
+                details: String::from_utf8_lossy(&entry.value).into_owned(),
+                age: Duration::from_nanos(u64::try_from(age_ns).unwrap_or(u64::MAX)),
+            })
+        })
+        .collect())
 }
 
 /// The bucket holding the leases, created with `max_age` = `ttl` if absent; an existing one
@@ -413,24 +421,15 @@ pub(super) async fn holder(
 
 /// Every lease held now (not the nodes' announcements), as (name, holder), by name.
 pub(super) async fn holders(inner: &Inner) -> Result<Vec<(String, String)>, JournalError> {
-    let bucket = format!("{}_leases", inner.cfg.prefix);
-    let Ok(store) = inner.js.get_key_value(&bucket).await else {
-        return Ok(Vec::new());
-    };
-    let reading = |e: &dyn std::fmt::Display| unavailable("reading the leases", e);
-    let mut keys = store.keys().await.map_err(|e| reading(&e))?;
-    let mut found = Vec::new();
-    while let Some(key) = futures::StreamExt::next(&mut keys).await {
-        let key = key.map_err(|e| reading(&e))?;
-        if key.starts_with("node.") {
-            continue;
-        }
-        if let Some(value) = store.get(&key).await.map_err(|e| reading(&e))? {
-            found.push((key, String::from_utf8_lossy(&value).into_owned()));
-        }
-    }
-    found.sort();
-    Ok(found)
+    Ok(entries(inner)
+        .await?
+        .into_iter()
+        .filter(|entry| !entry.key.starts_with("node."))
+        .map(|entry| {
+            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+            (entry.key, holder)
+        })
+        .collect())
 }
 
 /// Wakes `released` whenever a lease is released (deleted), not a node's announcement, until
