@@ -53,7 +53,12 @@ pub struct BenchArgs {
     /// reads through a server.
     #[arg(long)]
     pub(crate) hot: bool,
-    /// `--hot`: synthetic users (10 product views each).
+    /// Instead of the pipeline figures, only the hot projection alone (also part of `--hot`):
+    /// `good` filled beforehand, then a projector with README's counters and model, timed
+    /// until it reaches the end.
+    #[arg(long)]
+    pub(crate) projection: bool,
+    /// `--hot`, `--projection`: synthetic users (10 product views each).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) hot_users: usize,
     /// `--hot`: the Python that has the `vowpalwabbit` package.
@@ -107,6 +112,9 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         let (events, bytes, root) = (args.events, args.event_bytes, root.to_path_buf());
         return tokio::task::spawn_blocking(move || crate::bench_chain::run(events, bytes, &root))
             .await?;
+    }
+    if args.projection {
+        return crate::bench_hot::projection_alone(root, args.hot_users).await;
     }
     if args.hot {
         return crate::bench_hot::run(root, args.hot_users, &args.python).await;

@@ -43,7 +43,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 const MAX_IN_FLIGHT: usize = 512;
 
 /// README's example hot tier and model: the work the projection does per event.
-const HOT_AND_MODEL: &str = r#"
+pub(crate) const HOT_AND_MODEL: &str = r#"
 [hot]
 recent_events = 10
 session_timeout = "30m"
@@ -90,7 +90,7 @@ pub(crate) struct Ramp {
 
 /// The bounded parts of memory: each part's gauge of current bytes and of its ceiling, as
 /// the server exports them (a gauge with labels is summed over them).
-const BOUNDED: [(&str, &str, &str); 3] = [
+const BOUNDED: [(&str, &str, &str); 4] = [
     (
         "dedupe index",
         "sluice_collector_dedupe_bytes",
@@ -105,6 +105,11 @@ const BOUNDED: [(&str, &str, &str); 3] = [
         "hot store",
         "sluice_hot_store_memory_bytes",
         "sluice_hot_store_memory_ceiling_bytes",
+    ),
+    (
+        "hot cache",
+        "sluice_hot_cache_bytes",
+        "sluice_hot_cache_ceiling_bytes",
     ),
 ];
 

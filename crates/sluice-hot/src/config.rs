@@ -44,6 +44,10 @@ pub struct HotConfig {
     pub session_timeout: Duration,
     /// Events read and written per atomic batch, at most. Default 2000.
     pub batch_events: usize,
+    /// The projection keeps the profiles and counter states it wrote last, decoded, so that
+    /// the next events of the same users neither read nor decode them again: at most this
+    /// many bytes of them, counted as stored (JSON). 0 turns the cache off. Default 32 MiB.
+    pub cache_bytes: u64,
     /// Counters, each a `[[hot.counters]]` table.
     pub counters: Vec<CounterConfig>,
 }
@@ -59,6 +63,7 @@ impl Default for HotConfig {
             recent_events: 10,
             session_timeout: Duration::from_secs(30 * 60),
             batch_events: 2000,
+            cache_bytes: 32 << 20,
             counters: Vec::new(),
         }
     }
@@ -121,6 +126,8 @@ pub struct HotSettings {
     pub session_timeout_us: i64,
     /// See [`HotConfig::batch_events`].
     pub batch_events: usize,
+    /// See [`HotConfig::cache_bytes`].
+    pub cache_bytes: usize,
     /// The counters.
     pub counters: Vec<CounterSpec>,
 }
@@ -175,6 +182,8 @@ impl HotConfig {
             recent_events: self.recent_events,
             session_timeout_us: micros(self.session_timeout)?,
             batch_events: self.batch_events,
+            cache_bytes: usize::try_from(self.cache_bytes)
+                .map_err(|_| HotError::Config("[hot] cache_bytes is too large".into()))?,
             counters,
         })
     }

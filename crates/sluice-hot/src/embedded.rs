@@ -17,7 +17,7 @@
 //! reopen itself fails, reads and writes answer an `Embedded` error (retryable).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -86,6 +86,8 @@ struct Inner {
     /// The last commit failed: reopen before the next write.
     poisoned: AtomicBool,
     write_lock: Mutex<()>,
+    /// `delete` calls finished.
+    deletions: AtomicU64,
 }
 
 /// The embedded backend. Cheap to clone.
@@ -114,6 +116,7 @@ impl EmbeddedStore {
                 open: RwLock::new(Some(Arc::new(open))),
                 poisoned: AtomicBool::new(false),
                 write_lock: Mutex::new(()),
+                deletions: AtomicU64::new(0),
             }),
         })
     }
@@ -262,10 +265,16 @@ impl HotStore for EmbeddedStore {
         let this = self.clone();
         let keys = keys.to_vec();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.delete_now(&keys))
+            let result = tokio::task::spawn_blocking(move || this.delete_now(&keys))
                 .await
-                .map_err(|e| HotError::Embedded(format!("delete task failed: {e}")))?
+                .map_err(|e| HotError::Embedded(format!("delete task failed: {e}")))?;
+            self.inner.deletions.fetch_add(1, Ordering::AcqRel);
+            result
         })
+    }
+
+    fn deletions(&self) -> u64 {
+        self.inner.deletions.load(Ordering::Acquire)
     }
 }
 

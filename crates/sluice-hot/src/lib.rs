@@ -12,6 +12,7 @@
 //! Store keys: `p:<profile id>` for profiles, `c:<counter>:<key>` for counter states, both JSON;
 //! positions per consumer as documented by each backend.
 
+mod cache;
 mod config;
 mod counter;
 mod embedded;
@@ -33,7 +34,7 @@ pub use counter::{
 };
 pub use embedded::EmbeddedStore;
 pub use error::HotError;
-pub use profile::{EventView, Prediction, Profile, RecentEvent, Session};
+pub use profile::{EventView, Prediction, Profile, RawJson, RecentEvent, Session};
 pub use projector::{CONSUMER, EventHook, ProjectionProgress, ProjectionStatus, Projector};
 pub use reader::{CounterAnswer, HotReader};
 #[cfg(feature = "redis")]

@@ -41,6 +41,18 @@ pub fn describe() {
         "memory the embedded hot store holds at most, about"
     );
     describe_gauge!(
+        "sluice_hot_cache_bytes",
+        "profiles and counter states the projection keeps decoded, as their stored (JSON) size"
+    );
+    describe_gauge!(
+        "sluice_hot_cache_ceiling_bytes",
+        "the projection's value cache at most ([hot] cache_bytes)"
+    );
+    describe_counter!(
+        "sluice_hot_cache_lookups_total",
+        "values a batch looked for in the projection's cache, by result (hit, miss)"
+    );
+    describe_gauge!(
         "sluice_hot_position",
         "next good offset not yet in the hot store, by partition"
     );
@@ -77,4 +89,12 @@ pub(crate) fn store_set_aside() {
 pub(crate) fn store_memory(bytes: u64, ceiling: u64) {
     gauge!("sluice_hot_store_memory_bytes").set(bytes as f64);
     gauge!("sluice_hot_store_memory_ceiling_bytes").set(ceiling as f64);
+}
+
+/// The projection's value cache: its size and ceiling, and the lookups so far.
+pub(crate) fn cache(bytes: usize, ceiling: usize, hits: u64, misses: u64) {
+    gauge!("sluice_hot_cache_bytes").set(bytes as f64);
+    gauge!("sluice_hot_cache_ceiling_bytes").set(ceiling as f64);
+    counter!("sluice_hot_cache_lookups_total", "result" => "hit").absolute(hits);
+    counter!("sluice_hot_cache_lookups_total", "result" => "miss").absolute(misses);
 }

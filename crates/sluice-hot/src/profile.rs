@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_event::{Event, EventType};
 
@@ -21,6 +22,8 @@ pub struct EventView<'a> {
     pub event: &'a Event,
     /// Its properties (traits for identify), an object (`{}` when not one).
     pub properties: Value,
+    /// The same as JSON text: the event's own when it is an object.
+    properties_text: Option<&'a RawValue>,
     /// Its context, when some reader needs it.
     pub context: Option<Value>,
     /// The profile id: user id, else anonymous id.
@@ -42,12 +45,34 @@ impl<'a> EventView<'a> {
             .filter(|s| !s.is_empty())
             .or(event.anonymous_id.as_deref().filter(|s| !s.is_empty()))
             .filter(|s| s.len() <= crate::MAX_KEY_BYTES);
+        // Valid JSON (a `RawValue`) that starts with `{` is an object.
+        let is_object = event.properties.get().trim_start().starts_with('{');
         Self {
             event,
             properties: parse(&event.properties),
+            properties_text: is_object.then_some(&*event.properties),
             context: with_context.then(|| parse(&event.context)),
             profile_id,
         }
+    }
+
+    /// The properties as JSON text, as a profile's recent events keep them.
+    fn properties_json(&self) -> RawJson {
+        RawJson(match self.properties_text {
+            Some(text) => text.to_owned(),
+            None => RawValue::from_string("{}".into()).unwrap_or_default(),
+        })
+    }
+}
+
+/// A JSON value kept as its text: copied and written out as it is, never parsed again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<RawValue>);
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
     }
 }
 
@@ -62,8 +87,9 @@ pub struct RecentEvent {
     pub event_type: EventType,
     /// Event time, µs since the epoch.
     pub timestamp: i64,
-    /// Its properties.
-    pub properties: Value,
+    /// Its properties (JSON text: a profile is read and written far more often than its
+    /// recent events' properties are looked into).
+    pub properties: RawJson,
 }
 
 /// The current session.
@@ -148,7 +174,7 @@ impl Profile {
                 event: e.event.clone(),
                 event_type: e.event_type,
                 timestamp: ts,
-                properties: view.properties.clone(),
+                properties: view.properties_json(),
             });
             while self.last_events.len() > settings.recent_events {
                 self.last_events.pop_front();
@@ -172,5 +198,56 @@ impl Profile {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HotConfig;
+
+    fn event(properties: &str) -> Event {
+        Event {
+            event_id: "e1".into(),
+            event_type: EventType::Track,
+            event: "Viewed".into(),
+            source: "test".into(),
+            user_id: Some("u1".into()),
+            anonymous_id: None,
+            timestamp: 1,
+            sent_at: None,
+            received_at: 1,
+            device_timestamp: None,
+            enriched: Default::default(),
+            properties: RawValue::from_string(properties.into()).unwrap(),
+            context: RawValue::from_string("{}".into()).unwrap(),
+            raw: sluice_event::Position {
+                partition: 0,
+                offset: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn recent_events_keep_the_properties_text_and_an_empty_object_for_a_non_object() {
+        let settings = HotConfig::default().validate().unwrap();
+        let mut profile = Profile::default();
+        for text in [r#" {"b": [1, 2], "a": "x"}"#, "[1, 2]", "null"] {
+            let e = event(text);
+            profile.apply(&EventView::new(&e, false), &settings);
+        }
+        let kept: Vec<&str> = profile
+            .last_events
+            .iter()
+            .map(|e| e.properties.0.get())
+            .collect();
+        assert_eq!(kept, [r#"{"b": [1, 2], "a": "x"}"#, "{}", "{}"]);
+        let json = serde_json::to_string(&profile).unwrap();
+        let back: Profile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, profile);
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap()["last_events"][0]["properties"]["b"],
+            serde_json::json!([1, 2])
+        );
     }
 }

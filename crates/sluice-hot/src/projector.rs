@@ -22,6 +22,9 @@
 //!    but whose scores are not written.
 //! 6. On shutdown it projects everything below each partition's durable end as of that moment,
 //!    lets the hook checkpoint, and returns.
+//! 7. The values a batch wrote stay decoded in a [`ValueCache`], from which the next batch
+//!    takes them instead of reading the store (`cache.rs` says why a cached value is the stored
+//!    one).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,6 +38,7 @@ use sluice_journal::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cache::{self, ValueCache};
 use crate::counter::CounterState;
 use crate::profile::{EventView, Profile};
 use crate::store::{HotStore, Positions, WriteBatch};
@@ -120,6 +124,8 @@ pub struct Projector {
     health: StageHealth,
     /// Set while `run` runs: becomes true at shutdown, so a retry loop can stop waiting.
     stop: Option<watch::Receiver<bool>>,
+    /// The values the last batches wrote, decoded.
+    cache: ValueCache,
 }
 
 struct PartitionState {
@@ -145,6 +151,7 @@ impl Projector {
         store: Arc<dyn HotStore>,
         settings: Arc<HotSettings>,
     ) -> Self {
+        let cache = ValueCache::new(settings.cache_bytes, store.deletions());
         Self {
             journal,
             store,
@@ -153,6 +160,7 @@ impl Projector {
             status: watch::Sender::new(ProjectionStatus::default()),
             health: StageHealth::detached(),
             stop: None,
+            cache,
         }
     }
 
@@ -324,11 +332,13 @@ impl Projector {
             .iter()
             .map(|(pos, e)| (*pos, is_live(pos), EventView::new(e, needs_context)))
             .collect();
-        let mut state = self.load(&self.keys_touched(&views), shutting_down).await?;
+        let keys = self.keys_touched(&views);
+        let mut state = self.load(keys, shutting_down).await?;
         let (dirty, live_events) = self.apply(&views, &mut state);
         let batch = write_batch(parts, dirty, &state)?;
         if !batch.positions.is_empty() {
             self.write_with_retry(&batch, shutting_down).await?;
+            self.keep(&batch, state);
         }
         self.advance(parts, &batch);
         metrics::batch(live_events, started.elapsed().as_secs_f64());
@@ -367,12 +377,25 @@ impl Projector {
         keys
     }
 
-    /// The stored values of `keys`. A value that does not decode starts afresh: stalling every
-    /// later event of its key would be worse.
-    async fn load(&self, keys: &[String], shutting_down: bool) -> Result<HotState, HotError> {
-        let values = self.get_with_retry(keys, shutting_down).await?;
+    /// The values of `keys`: from the cache, else from the store. A stored value that does not
+    /// decode starts afresh: stalling every later event of its key would be worse.
+    async fn load(&mut self, keys: Vec<String>, shutting_down: bool) -> Result<HotState, HotError> {
+        self.cache.check_deletions(self.store.deletions());
         let mut state = HotState::default();
-        for (key, value) in keys.iter().zip(values) {
+        let mut missing = Vec::new();
+        for key in keys {
+            match self.cache.take(&key) {
+                Some(cache::Value::Profile(p)) => {
+                    state.profiles.insert(key, p);
+                }
+                Some(cache::Value::Counter(c)) => {
+                    state.counters.insert(key, c);
+                }
+                None => missing.push(key),
+            }
+        }
+        let values = self.get_with_retry(&missing, shutting_down).await?;
+        for (key, value) in missing.into_iter().zip(values) {
             let Some(bytes) = value else { continue };
             let decoded = if key.starts_with("p:") {
                 serde_json::from_slice(&bytes).map(|p| {
@@ -389,6 +412,22 @@ impl Projector {
             }
         }
         Ok(state)
+    }
+
+    /// After `batch` is stored: its values, as written, into the cache.
+    fn keep(&mut self, batch: &WriteBatch, mut state: HotState) {
+        for (key, bytes) in &batch.puts {
+            let value = match state.profiles.remove(key) {
+                Some(p) => cache::Value::Profile(p),
+                None => match state.counters.remove(key) {
+                    Some(c) => cache::Value::Counter(c),
+                    None => continue,
+                },
+            };
+            self.cache.put(key.clone(), value, bytes.len());
+        }
+        let (hits, misses) = self.cache.hits_and_misses();
+        metrics::cache(self.cache.bytes(), self.settings.cache_bytes, hits, misses);
     }
 
     /// Applies the live events to `state` in journal order and shows every event to the hook;

@@ -62,6 +62,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     script: redis::Script,
+    /// `delete` calls finished (through this handle and its clones).
+    deletions: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -81,6 +83,7 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             script: redis::Script::new(WRITE_SCRIPT),
+            deletions: Default::default(),
         })
     }
 
@@ -178,8 +181,15 @@ impl HotStore for RedisStore {
             for key in keys {
                 cmd.arg(self.value_key(key));
             }
-            cmd.query_async::<usize>(&mut conn).await.map_err(redis_err)
+            let deleted = cmd.query_async::<usize>(&mut conn).await.map_err(redis_err);
+            self.deletions
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            deleted
         })
+    }
+
+    fn deletions(&self) -> u64 {
+        self.deletions.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

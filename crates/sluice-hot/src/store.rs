@@ -52,6 +52,10 @@ pub trait HotStore: Send + Sync + 'static {
     /// Deletes `keys` (a person's profile and counters, on a deletion request) and, where the
     /// backend can, the old values from its files; how many of them existed.
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<usize, HotError>>;
+
+    /// How many [`HotStore::delete`] calls finished through this handle (or its clones) so
+    /// far: the projection drops the values it caches when this moves.
+    fn deletions(&self) -> u64;
 }
 
 /// Checks `batch`'s expectations against `stored` and returns the positions after the batch.

@@ -284,6 +284,67 @@ async fn counters_and_profiles_match_a_brute_force_recount() {
     }
 }
 
+/// One projector keeps running while events arrive in rounds, so later batches take the
+/// profiles and counters they touch from its cache: the values still equal a recount, and a
+/// deletion request in between is not undone from the cache by the next event of that person.
+#[tokio::test]
+async fn a_running_projection_counts_exactly_from_its_cache_and_forgets_what_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
+    let journal = journal();
+    let projector = Projector::new(journal.clone(), store.clone(), settings());
+    let progress = projector.progress();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(projector.run(async move {
+        let _ = rx.await;
+    }));
+    let caught_up = || async {
+        tokio::time::timeout(DEADLINE, progress.wait_caught_up(journal.as_ref()))
+            .await
+            .expect("projection catches up within the deadline")
+            .unwrap();
+    };
+    let evs = events(5, 3000);
+    for round in evs.chunks(500) {
+        append(journal.as_ref(), round).await;
+        caught_up().await;
+    }
+    check_against_brute_force(store.clone(), &evs).await;
+
+    let reader = HotReader::new(store.clone(), settings());
+    let before = reader
+        .profile("u1")
+        .await
+        .unwrap()
+        .expect("u1 has a profile");
+    assert!(before.events_total > 1, "{}", before.events_total);
+    assert!(reader.erase(&["u1".to_string()]).await.unwrap() > 0);
+    let mut again = evs
+        .iter()
+        .find(|e| e.user_id.as_deref() == Some("u1") && e.event == "Product Viewed")
+        .unwrap()
+        .clone();
+    again.event_id = "after-erase".into();
+    append(journal.as_ref(), &[again.clone()]).await;
+    caught_up().await;
+    let after = reader
+        .profile("u1")
+        .await
+        .unwrap()
+        .expect("the new event's profile");
+    assert_eq!(
+        after.events_total, 1,
+        "the deleted profile came back: {after:?}"
+    );
+    let views = reader
+        .counter("views_1h", "u1", again.timestamp)
+        .await
+        .unwrap();
+    assert_eq!(views.reading.value, Some(1.0));
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
 /// A hook that forces re-reading from offset 0 and records what it sees.
 struct Replayer(Arc<Mutex<Vec<(Position, bool)>>>);
 
@@ -407,6 +468,10 @@ impl HotStore for KilledMidBatch {
         keys: &'a [String],
     ) -> sluice_hot::BoxFuture<'a, Result<usize, HotError>> {
         self.inner.delete(keys)
+    }
+
+    fn deletions(&self) -> u64 {
+        self.inner.deletions()
     }
 
     fn backend(&self) -> &'static str {
