@@ -247,6 +247,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Nothing can be made durable any more, or another node is the one to do it: exit
         // without draining.
         tracing::error!(error = %e, "exiting without draining");
+        running.abandon().await;
         return Err(e.into());
     }
     if let Some(e) = &stage_error {

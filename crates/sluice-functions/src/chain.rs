@@ -34,6 +34,8 @@ pub struct Chain {
     functions: Option<Arc<Functions>>,
     bad_pii: Option<BadRowPseudonyms>,
     suppressed: Arc<Suppressed>,
+    /// On a shared journal: where the other nodes' additions to `suppressed` come from.
+    shared_suppression: Option<sluice_journal::SharedSet>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -85,6 +87,7 @@ impl Chain {
             functions: None,
             bad_pii,
             suppressed: Arc::default(),
+            shared_suppression: None,
         })
     }
 
@@ -105,6 +108,23 @@ impl Chain {
     pub fn with_suppression(mut self, suppressed: Arc<Suppressed>) -> Self {
         self.suppressed = suppressed;
         self
+    }
+
+    /// Takes the suppression list's additions from `shared` (which feeds `suppressed`) before
+    /// every batch ([`Chain::catch_up_suppression`]): deletions requested on any node.
+    pub fn with_shared_suppression(mut self, shared: sluice_journal::SharedSet) -> Self {
+        self.shared_suppression = Some(shared);
+        self
+    }
+
+    /// Applies every suppression added on any node before this call. A runner calls it after
+    /// reading a batch and before running it, so that a deletion answered before the batch's
+    /// records were appended covers them, whichever node runs the partition.
+    pub async fn catch_up_suppression(&self) -> Result<(), sluice_journal::JournalError> {
+        match &self.shared_suppression {
+            Some(shared) => shared.catch_up().await,
+            None => Ok(()),
+        }
     }
 
     /// The user functions that run now (an empty set without [`Chain::with_functions`]).

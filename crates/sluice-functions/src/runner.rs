@@ -366,6 +366,9 @@ impl PartitionWorker {
         shutdown: &CancellationToken,
     ) -> Result<(), FunctionsError> {
         let p = self.partition;
+        // Read before this: every deletion answered before these records were appended covers
+        // them, whichever node runs the partition.
+        self.chain.catch_up_suppression().await?;
         let inputs = with_positions(p, records);
         let outcomes = self
             .chain

@@ -99,7 +99,11 @@ pub trait Journal: Send + Sync + 'static {
     /// end: once it resolves, `end` and `read` cover every record stored so far, including
     /// records another process appended and those of an append that failed without knowing
     /// whether it was stored (a lost ack on a remote journal). A writer that resumes from what
-    /// its output holds calls this first. On a journal only this process writes it is `end`.
+    /// its output holds calls this first. On a journal other processes write too (JetStream),
+    /// the next `append` to the partition is then stored only if nothing was stored after the
+    /// end returned, and fails `Fenced` otherwise (a lost append that landed late), so what the
+    /// writer decided from its read is never written twice. On a journal only this process
+    /// writes it is `end`.
     fn sync(&self, topic: &str, partition: u32) -> BoxFuture<'_, Result<u64, JournalError>> {
         futures::future::ready(self.end(topic, partition)).boxed()
     }

@@ -64,7 +64,9 @@ pub use config::{FsyncPolicy, JournalConfig, MAX_PARTITIONS};
 pub use cursor::Cursor;
 pub use error::JournalError;
 pub use health::{Failure, Health, StageHealth, StageReport};
-pub use jetstream::{JetStreamConfig, JetStreamJournal, JournalBackend, Lease, NodeEntry};
+pub use jetstream::{
+    JetStreamConfig, JetStreamJournal, JournalBackend, Lease, NodeEntry, OnAdd, SharedSet,
+};
 pub use local::{JournalStats, LocalJournal, is_valid_topic_name};
 pub use progress::{ConsumerProgress, ConsumerStatus, ProgressError};
 pub use recovery::{FloorGap, PartitionRecovery, RecoveryReport};

@@ -83,6 +83,12 @@ async fn submit(admin: Admin, State(state): State<AppState>, body: Bytes) -> Res
         Err(reason) => return error_response(ErrorKind::Invalid, reason),
     };
     let who = admin.who;
+    if let Err(e) = privacy.share_first(&ids).await {
+        return error_response(
+            ErrorKind::Unavailable,
+            format!("cannot share the request with the other nodes: {e}"),
+        );
+    }
     let saved = tokio::task::spawn_blocking(move || privacy.submit(ids, who)).await;
     match saved {
         Ok(Ok(request)) => {

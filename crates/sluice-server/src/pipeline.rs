@@ -58,6 +58,8 @@ pub struct Running {
     /// While the node stands by for the pipeline lease: the start of the stages after the
     /// journal, and what gives it up.
     pending: Option<(CancellationToken, JoinHandle<Result<Started, ServerError>>)>,
+    /// See [`Running::abandon`].
+    abandon: CancellationToken,
 }
 
 /// A spawned task and the stage name its errors carry.
@@ -117,6 +119,9 @@ struct Base {
     stages: Stages,
     /// Deletion requests and the suppression list.
     privacy: Arc<crate::privacy::Privacy>,
+    /// Cancelled by [`Running::abandon`]: the runner's partitions stop where they are and give
+    /// their leases up.
+    abandon: CancellationToken,
 }
 
 /// Per partition, the next offset a consumer has not delivered, once it has started.
@@ -219,6 +224,7 @@ impl Server {
             background: Vec::new(),
             drain_timeout: settings.drain_timeout,
             pending: None,
+            abandon: base.abandon.clone(),
         };
         if needs_lease {
             // Standing by until the lease comes; `stopped` and `shutdown` take it from here.
@@ -434,7 +440,15 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         false => None,
     };
     let (dir, key) = (settings.data_dir.clone(), pseudonym_key);
-    let privacy = blocking("privacy", move || crate::privacy::Privacy::open(&dir, key)).await?;
+    let mut privacy = blocking("privacy", move || crate::privacy::Privacy::open(&dir, key)).await?;
+    if let Some(j) = &jetstream {
+        // Deletions requested on any node suppress the person on every runner node.
+        let set = j
+            .shared_set(crate::privacy::SHARED_SET, privacy.feed())
+            .await
+            .map_err(|e| ServerError::stage("privacy", e))?;
+        privacy.share(set);
+    }
     Ok(Base {
         dyn_journal,
         local,
@@ -443,6 +457,7 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         registry: Arc::new(registry),
         stages,
         privacy: Arc::new(privacy),
+        abandon: CancellationToken::new(),
     })
 }
 
@@ -473,6 +488,10 @@ fn start_runner(
     .with_time_window(settings.runner.event_time_window)
     .with_functions(functions)
     .with_suppression(base.privacy.suppressed());
+    let chain = match base.privacy.shared() {
+        Some(set) => chain.with_shared_suppression(set),
+        None => chain,
+    };
     let runner = Runner::new(
         base.dyn_journal.clone(),
         settings.runner.clone(),
@@ -487,10 +506,10 @@ fn start_runner(
         Some((0..partitions).map(|p| watched.next(p)).collect())
     }));
     let token = CancellationToken::new();
-    let (t, shared) = (token.clone(), base.jetstream.clone());
+    let (t, shared, abandon) = (token.clone(), base.jetstream.clone(), base.abandon.clone());
     let task = Task::spawn("runner", async move {
         match shared {
-            Some(journal) => crate::share::run(journal, runner, t).await,
+            Some(journal) => crate::share::run(journal, runner, t, abandon).await,
             None => runner.run(t).await,
         }
         .map_err(|e| ServerError::stage("runner", e))
@@ -908,7 +927,33 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
         .map_err(|e| ServerError::stage(stage, e))
 }
 
+/// Longest [`Running::abandon`] waits for the runner's partitions to give their leases up.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
 impl Running {
+    /// Stops without draining, after [`ServerError::JournalFailed`] or
+    /// [`ServerError::LeaseLost`]: intake stops, this node leaves the list of nodes, and the
+    /// runner's partitions stop where they are and release their leases, so that other nodes
+    /// take them at once instead of after the lease TTL (a write still in flight is refused by
+    /// the journal's fence: the next holder's `sync` comes first). Nothing else is drained: the
+    /// caller exits, and what was not delivered is in the journal.
+    pub async fn abandon(mut self) {
+        self.announced = None;
+        self.intake.cancel();
+        self.abandon.cancel();
+        if let Some((cancel, _)) = self.pending.take() {
+            cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + ABANDON_WAIT;
+        for (_, task) in self.stages {
+            if task.name == "runner"
+                && let Err(e) = task.join_by(deadline).await
+            {
+                tracing::warn!(error = %e, "the runner did not stop cleanly");
+            }
+        }
+    }
+
     /// Stops intake, drains the runner, the lake sink and the hot projection, stops upkeep and
     /// retention, and returns once everything acked is committed to the lake and the hot
     /// store. Returns the first error, if any. A stage still draining when `drain_timeout` has

@@ -46,6 +46,9 @@ enum Ended {
     Drained,
     /// Its lease was lost: stopped where it was.
     Lost,
+    /// The node stops without draining ([`crate::Running::abandon`]): stopped where it was,
+    /// its lease released.
+    Abandoned,
     /// An error retrying cannot fix (the journal failed, the partition is quarantined).
     Failed(FunctionsError),
 }
@@ -57,11 +60,12 @@ struct Owned {
 }
 
 /// Runs this node's share of the runner's partitions until `shutdown`, then drains them and
-/// releases their leases.
+/// releases their leases; on `abandon`, releases them without draining.
 pub(crate) async fn run(
     journal: Arc<JetStreamJournal>,
     runner: Runner,
     shutdown: CancellationToken,
+    abandon: CancellationToken,
 ) -> Result<(), FunctionsError> {
     let progress = runner.progress();
     let this = journal.node_name();
@@ -77,23 +81,27 @@ pub(crate) async fn run(
         follow(journal.as_ref(), &progress, runner.partitions(), &owned);
         if last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
             last_claim = Some(tokio::time::Instant::now());
-            if let Err(e) = rebalance(&journal, &runner, &this, &mut owned).await {
+            if let Err(e) = rebalance(&journal, &runner, &this, &mut owned, &abandon).await {
                 tracing::warn!(error = %e, "cannot share the runner's partitions out now; trying again");
             }
         }
         metrics::gauge!("sluice_runner_partitions_owned").set(owned.len() as f64);
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
+            () = abandon.cancelled() => break Ok(()),
             () = tokio::time::sleep(FOLLOW_EVERY) => {}
             () = released.notified() => last_claim = None,
         }
     };
-    for o in owned.values() {
-        o.stop.cancel();
+    // Abandoned, each partition stops and releases its lease by itself.
+    if !abandon.is_cancelled() {
+        for o in owned.values() {
+            o.stop.cancel();
+        }
     }
     for (p, o) in owned {
         match o.task.await {
-            Ok(Ended::Drained | Ended::Lost) => {}
+            Ok(Ended::Drained | Ended::Lost | Ended::Abandoned) => {}
             Ok(Ended::Failed(e)) => {
                 tracing::error!(partition = p, error = %e, "runner partition stopped")
             }
@@ -114,7 +122,7 @@ async fn reap(owned: &mut BTreeMap<u32, Owned>) -> Result<(), FunctionsError> {
     for p in ended {
         let Some(o) = owned.remove(&p) else { continue };
         match o.task.await {
-            Ok(Ended::Drained) => {}
+            Ok(Ended::Drained | Ended::Abandoned) => {}
             Ok(Ended::Lost) => {
                 metrics::counter!("sluice_runner_leases_lost_total").increment(1);
                 tracing::error!(
@@ -158,6 +166,7 @@ async fn rebalance(
     runner: &Runner,
     this: &str,
     owned: &mut BTreeMap<u32, Owned>,
+    abandon: &CancellationToken,
 ) -> Result<(), sluice_journal::JournalError> {
     let mut names: Vec<String> = journal
         .nodes()
@@ -194,7 +203,7 @@ async fn rebalance(
             break;
         }
         if let Some(lease) = journal.try_lease(&lease_name(p)).await? {
-            owned.insert(p, start(runner, p, lease));
+            owned.insert(p, start(runner, p, lease, abandon));
         }
     }
     Ok(())
@@ -208,18 +217,22 @@ fn runs_the_runner(details: &str) -> bool {
         .is_some_and(|roles| roles.iter().any(|r| r == "runner"))
 }
 
-/// Runs partition `p` while `lease` is held; drained on `stop`, then the lease released.
-fn start(runner: &Runner, p: u32, lease: Lease) -> Owned {
+/// Runs partition `p` while `lease` is held; drained on `stop`, then the lease released; on
+/// `abandon`, stopped where it is and the lease released.
+fn start(runner: &Runner, p: u32, lease: Lease, abandon: &CancellationToken) -> Owned {
     let stop = CancellationToken::new();
     let run = runner.partition(p, stop.clone());
+    let abandon = abandon.clone();
     let task = tokio::spawn(async move {
         let ended = tokio::select! {
             result = run => match result {
                 Ok(()) => Ended::Drained,
                 Err(e) => Ended::Failed(e),
             },
-            // Dropping the run stops it at its next await; what it had in flight is fenced.
+            // Dropping the run stops it at its next await; what it had in flight is fenced:
+            // the next holder syncs `good` and `bad` before it writes.
             () = lease.lost() => Ended::Lost,
+            () = abandon.cancelled() => Ended::Abandoned,
         };
         if !matches!(ended, Ended::Lost) {
             lease.release().await;
@@ -237,7 +250,9 @@ async fn give_up(owned: &mut BTreeMap<u32, Owned>, count: usize) {
         let Some(o) = owned.remove(&p) else { continue };
         o.stop.cancel();
         match o.task.await {
-            Ok(Ended::Drained) => tracing::info!(partition = p, "runner partition handed over"),
+            Ok(Ended::Drained | Ended::Abandoned) => {
+                tracing::info!(partition = p, "runner partition handed over")
+            }
             Ok(Ended::Lost) => {
                 tracing::warn!(partition = p, "runner partition lost while handing it over")
             }

@@ -121,6 +121,14 @@ impl TestServer {
             .await
     }
 
+    /// Stops without draining, as `serve` does once [`TestServer::stopped`] gave a journal
+    /// failure or a lost lease ([`Running::abandon`]).
+    pub async fn abandon(mut self) {
+        if let Some(r) = self.running.take() {
+            r.abandon().await;
+        }
+    }
+
     /// Shuts down and starts again on the same data directory and config; the address changes.
     pub async fn restart(&mut self) {
         if let Some(r) = self.running.take() {

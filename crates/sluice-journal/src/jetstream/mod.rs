@@ -19,7 +19,10 @@
 //! (the writer's last known sequence), so the writer always knows which records before a batch
 //! are whose. After an `append`, another writer's records mean the partition has another owner
 //! (its lease moved while this node was cut off or paused): the append is refused with
-//! `Fenced`, and the caller reads the partition again (`sync`) before anything more. After an
+//! `Fenced`, and the caller reads the partition again (`sync`) before anything more; the
+//! next batch is fenced on the very sequence that `sync` read, so a batch whose ack was lost
+//! and that is stored only after the caller's read (a leader change, a client's reconnect
+//! buffer) refuses the caller's retry instead of being written twice. After an
 //! `append_shared` (partitions every node's collector writes), the writer takes the last
 //! sequence the refusal names and publishes again, and a conditional append (`seen`) whose
 //! caller had not read up to the other writers' records is answered `Contended` unpublished
@@ -62,6 +65,7 @@
 mod check;
 mod config;
 mod lease;
+mod shared_set;
 mod tail;
 mod writer;
 
@@ -81,6 +85,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{JetStreamConfig, JournalBackend};
 pub use lease::{Lease, NodeEntry};
+pub use shared_set::{OnAdd, SharedSet};
 
 use crate::config::MAX_PARTITIONS;
 use crate::{Journal, JournalConfig, JournalError, Record, TopicInfo, is_valid_topic_name};
@@ -148,8 +153,9 @@ struct Partition {
     start: AtomicU64,
     size: AtomicU64,
     appends: mpsc::UnboundedSender<Append>,
-    /// Set by `sync`: the writer reads the stream's last sequence before its next batch.
-    resync: AtomicBool,
+    /// Set by `sync` to the stream's last sequence it read: the writer's next batch is fenced
+    /// on exactly that, so it is stored only if nothing was stored after what the caller saw.
+    resync: Mutex<Option<u64>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -249,16 +255,17 @@ impl JetStreamJournal {
         released
     }
 
-    /// Deletes everything under this journal's prefix: every topic's streams and the positions
-    /// and lease buckets. For a pipeline that is gone for good (`sluice bench` cleaning up after
-    /// itself); nothing of it can be read afterwards.
+    /// Deletes everything under this journal's prefix: every topic's streams and the positions,
+    /// lease and shared-set buckets. For a pipeline that is gone for good (`sluice bench`
+    /// cleaning up after itself); nothing of it can be read afterwards.
     pub fn delete_everything(&self) -> Result<(), JournalError> {
         for t in self.topics() {
             self.delete_topic(&t.name)?;
         }
         let inner = self.inner.clone();
         self.wait_on(async move {
-            for bucket in ["positions", "leases"] {
+            let sets = shared_set::NAMES.iter().copied();
+            for bucket in ["positions", "leases"].into_iter().chain(sets) {
                 let name = format!("{}_{bucket}", inner.cfg.prefix);
                 if let Err(e) = inner.js.delete_key_value(&name).await
                     && inner.js.get_key_value(&name).await.is_ok()
@@ -311,11 +318,7 @@ impl JetStreamJournal {
         &self,
         f: impl Future<Output = Result<T, JournalError>> + Send + 'static,
     ) -> Result<T, JournalError> {
-        self.inner
-            .runtime
-            .spawn(f)
-            .await
-            .unwrap_or(Err(JournalError::Closed))
+        on_runtime(&self.inner, f).await
     }
 
     /// The node holding the lease `name`, if any.
@@ -731,7 +734,7 @@ impl Inner {
             start: AtomicU64::new(first_offset(&state)),
             size: AtomicU64::new(state.bytes),
             appends: tx,
-            resync: AtomicBool::new(false),
+            resync: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
@@ -880,6 +883,18 @@ fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 }
 
 /// A stream's configuration and state, read from the server.
+/// Runs `f` on the journal's runtime, where all NATS IO runs, and awaits it from any other.
+async fn on_runtime<T: Send + 'static>(
+    inner: &Inner,
+    f: impl Future<Output = Result<T, JournalError>> + Send + 'static,
+) -> Result<T, JournalError> {
+    inner
+        .runtime
+        .spawn(f)
+        .await
+        .unwrap_or(Err(JournalError::Closed))
+}
+
 async fn stream_info(js: &jetstream::Context, stream: &str) -> Result<stream::Info, JournalError> {
     let info = match js.get_stream_no_info(stream).await {
         Ok(s) => s.get_info().await.map_err(|e| e.to_string()),
@@ -1052,8 +1067,10 @@ impl Journal for JetStreamJournal {
         };
         let synced = self.on_runtime(async move {
             let last = stream_info(&inner.js, &p.stream).await?.state.last_sequence;
-            // The writer reads it too before its next batch, so that batch is fenced on it.
-            p.resync.store(true, Ordering::Release);
+            // The next batch is fenced on this very sequence, not on a later reading: a batch
+            // whose ack was lost may be stored after this one (a leader change, a client's
+            // buffer), and the caller, resuming from what it saw, would then write it again.
+            *p.resync.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
             let mut end = p.end.subscribe();
             tokio::time::timeout(inner.cfg.timeout, end.wait_for(|e| *e >= last))
                 .await

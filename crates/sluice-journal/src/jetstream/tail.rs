@@ -193,6 +193,18 @@ pub(super) async fn fetch(
             }
         };
         let record = to_record(&message)?;
+        match next_in_order(out.last(), &record) {
+            Order::Next => {}
+            // An ordered consumer that started again may deliver a record once more.
+            Order::Again => continue,
+            Order::Gap => {
+                return Err(JournalError::Unavailable(format!(
+                    "reading stream {stream}: offset {} came after {:?}",
+                    record.offset,
+                    out.last().map(|r| r.offset)
+                )));
+            }
+        }
         if record.offset >= end || !takes(out.len(), bytes, &record, max_records, max_bytes) {
             break;
         }
@@ -212,6 +224,28 @@ pub(super) async fn fetch(
         )));
     }
     Ok(out)
+}
+
+/// Where a delivered record stands after the last one taken.
+#[derive(Debug, PartialEq, Eq)]
+enum Order {
+    /// The first record, or the one right after the last.
+    Next,
+    /// At or below the last: delivered again.
+    Again,
+    /// Past the record after the last: a stream has no holes, so records were skipped.
+    Gap,
+}
+
+/// Checks that a read stays dense: records follow each other by one offset (the first may lie
+/// past the offset asked for, where retention removed older records).
+fn next_in_order(last: Option<&Record>, record: &Record) -> Order {
+    match last {
+        None => Order::Next,
+        Some(l) if record.offset <= l.offset => Order::Again,
+        Some(l) if record.offset == l.offset + 1 => Order::Next,
+        Some(_) => Order::Gap,
+    }
 }
 
 #[cfg(test)]
@@ -254,5 +288,23 @@ mod tests {
         );
         assert!(tail.push(rec(20, 1)));
         assert_eq!((tail.lo, tail.hi()), (20, 21), "a jump restarts the cache");
+    }
+
+    #[test]
+    fn a_read_takes_each_offset_once_and_refuses_a_hole() {
+        let rec = |offset: u64| Record {
+            offset,
+            timestamp_ms: 0,
+            value: Bytes::new(),
+        };
+        assert_eq!(
+            next_in_order(None, &rec(9)),
+            Order::Next,
+            "retention may skip the start"
+        );
+        assert_eq!(next_in_order(Some(&rec(9)), &rec(10)), Order::Next);
+        assert_eq!(next_in_order(Some(&rec(10)), &rec(10)), Order::Again);
+        assert_eq!(next_in_order(Some(&rec(10)), &rec(8)), Order::Again);
+        assert_eq!(next_in_order(Some(&rec(10)), &rec(12)), Order::Gap);
     }
 }

@@ -54,6 +54,14 @@ impl Fence {
         self.last = last;
         self.foreign_end = last;
     }
+
+    /// Takes the last sequence a caller's `sync` read, even below what this writer stored since
+    /// (that read missed records, and the next batch is refused: the caller reads again).
+    fn synced_to(&mut self, last: u64) {
+        self.last = last;
+        self.foreign_end = last;
+        self.stale = false;
+    }
 }
 
 /// The partition's writer: group commit of queued appends into atomic batches.
@@ -101,8 +109,9 @@ pub(super) async fn write(
             });
             continue;
         }
-        if p.resync.swap(false, Ordering::AcqRel) {
-            fence.stale = true;
+        let synced = p.resync.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(last) = synced {
+            fence.synced_to(last);
         }
         if fence.stale {
             // After an ambiguous failure the batch may or may not be stored: start from what is.
@@ -183,8 +192,8 @@ async fn publish_group(
                     metrics::counter!(crate::metrics::FENCED_APPENDS, "topic" => p.topic.clone())
                         .increment(1);
                     tracing::error!(stream = %p.stream, last = fence.last, actual,
-                        "another writer appended to this partition: the append is refused \
-                         (its owner moved to another node)");
+                        "records were stored after the last this writer knew of (another \
+                         owner, or a batch whose ack was lost): the append is refused");
                     let after = fence.last;
                     fence.stale = true;
                     return fail(group, || JournalError::Fenced {

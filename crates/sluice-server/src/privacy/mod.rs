@@ -38,6 +38,10 @@ use tokio::sync::Notify;
 
 pub(crate) use erase::Eraser;
 
+/// The journal's shared set of suppressed people on a shared journal: keys are the hex of
+/// their subject hashes.
+pub(crate) const SHARED_SET: &str = "suppressed";
+
 /// Ids per request at most.
 pub(crate) const MAX_IDS: usize = 100;
 /// Longest id accepted, in bytes.
@@ -148,6 +152,8 @@ pub(crate) struct Privacy {
     pseudonym_key: Option<Vec<u8>>,
     /// Wakes the eraser when a request arrives.
     pub(crate) wake: Notify,
+    /// On a shared journal: the suppression list every node holds ([`SHARED_SET`]).
+    shared: Option<sluice_journal::SharedSet>,
 }
 
 impl Privacy {
@@ -185,7 +191,54 @@ impl Privacy {
             requests: Mutex::new(requests),
             pseudonym_key,
             wake: Notify::new(),
+            shared: None,
         })
+    }
+
+    /// What adds a key of the shared list ([`SHARED_SET`]) to this node's list.
+    pub(crate) fn feed(&self) -> sluice_journal::OnAdd {
+        let suppressed = self.suppressed.clone();
+        Arc::new(move |key: &str| {
+            match hex::decode(key)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                Some(hash) => {
+                    suppressed.add([hash]);
+                }
+                None => tracing::warn!(key, "not a subject hash in the shared suppression list"),
+            }
+        })
+    }
+
+    /// Shares the suppression list with the other nodes through `set` (already fed, see
+    /// [`Privacy::feed`]): from now on a request adds its people there before it is answered.
+    pub(crate) fn share(&mut self, set: sluice_journal::SharedSet) {
+        self.shared = Some(set);
+    }
+
+    /// The shared suppression list, on a shared journal.
+    pub(crate) fn shared(&self) -> Option<sluice_journal::SharedSet> {
+        self.shared.clone()
+    }
+
+    /// On a shared journal, adds the people `ids` name to the list every node holds, durably,
+    /// before the request is recorded and answered ([`Privacy::submit`]): a runner batch read
+    /// after that drops their events on any node.
+    pub(crate) async fn share_first(&self, ids: &[String]) -> Result<(), String> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let keys = self
+            .expand(ids)
+            .iter()
+            .map(|id| hex::encode(subject_hash(id)))
+            .collect();
+        shared
+            .add(keys)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// The suppression list the runner's chain consults.

@@ -4,7 +4,7 @@
 //! event twice although clients retried failed requests on the other node. Ignored by plain
 //! `cargo test` (it installs nats-server from PyPI); CI runs it with `--run-ignored all`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,16 +154,22 @@ async fn two_nodes_on_a_three_server_cluster_keep_every_acked_event_once_through
     }
     assert_eq!((records, ids.len()), (total, total), "raw");
     // So does `good`, whose runner lost its connection to one server mid-way.
-    let mut ids = BTreeSet::new();
+    let mut stored: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
     let mut records = 0;
     for p in 0..4 {
         for r in read_all(j.as_ref(), "good", p, 1000) {
             let good: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            ids.insert(good["event_id"].as_str().unwrap().to_string());
+            let id = good["event_id"].as_str().unwrap().to_string();
+            stored.entry(id).or_default().push((p, r.offset));
             records += 1;
         }
     }
-    assert_eq!((records, ids.len()), (total, total), "good");
+    let twice: Vec<_> = stored.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events in `good` more than once (partition, offset): {twice:?}"
+    );
+    assert_eq!((records, stored.len()), (total, total), "good");
     // And `events`.
     let counts = full
         .sql("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM events")

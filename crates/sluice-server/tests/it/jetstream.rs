@@ -112,6 +112,23 @@ async fn jetstream_fences_out_a_second_writer_on_a_partition() {
     first.sync("t", 0).await.unwrap();
     let at = first.append("t", 0, vec![Bytes::from_static(b"d")]).await;
     assert_eq!(at.unwrap(), 2);
+    // A record stored after a sync (as a batch whose ack was lost lands late) fences the
+    // writer's next append: it decided what to write from what the sync showed.
+    assert_eq!(first.sync("t", 0).await.unwrap(), 3);
+    assert_eq!(second.sync("t", 0).await.unwrap(), 3);
+    let late = second.append("t", 0, vec![Bytes::from_static(b"e")]);
+    assert_eq!(late.await.unwrap(), 3);
+    let refused = first.append("t", 0, vec![Bytes::from_static(b"f")]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(sluice_journal::JournalError::Fenced { after: 3, .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(first.sync("t", 0).await.unwrap(), 4);
+    let at = first.append("t", 0, vec![Bytes::from_static(b"f")]).await;
+    assert_eq!(at.unwrap(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,17 +603,19 @@ async fn a_lease_is_taken_renewed_released_and_lost_when_another_node_writes_it(
 async fn a_node_that_loses_its_lease_on_the_pipeline_stops() {
     let nats = NatsServer::start().unwrap();
     let mut server = TestServer::start(&format!(
-        "{}node = \"n1\"\nlease_ttl = \"3s\"\n",
+        "{}node = \"n1\"\nlease_ttl = \"10s\"\n",
         server_toml(&nats)
     ))
     .await;
     let j = JetStreamJournal::open(config(&nats)).await.unwrap();
-    // The node serves first, then takes the lease and starts the pipeline.
+    // The node serves first, then takes the leases: the runner's partitions and the pipeline.
     let deadline = Instant::now() + DEADLINE;
-    while j.lease_holder("pipeline").await.unwrap().as_deref() != Some("n1") {
-        assert!(Instant::now() < deadline, "n1 never took the lease");
-        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(50))
-            .await;
+    for lease in ["runner.0", "runner.1", "runner.2", "runner.3", "pipeline"] {
+        while j.lease_holder(lease).await.unwrap().as_deref() != Some("n1") {
+            assert!(Instant::now() < deadline, "n1 never took {lease}");
+            j.wait_for("raw", 0, u64::MAX, Duration::from_millis(50))
+                .await;
+        }
     }
     let client = async_nats::connect(nats.url()).await.unwrap();
     let leases = async_nats::jetstream::new(client)
@@ -610,5 +629,120 @@ async fn a_node_that_loses_its_lease_on_the_pipeline_stops() {
     assert!(
         matches!(stopped, sluice_server::ServerError::LeaseLost),
         "{stopped}"
+    );
+    // Exiting, it gives the runner's partitions up instead of leaving them to expire: each
+    // lease ends in a delete (an expired key leaves no entry at all).
+    server.abandon().await;
+    for p in 0..4 {
+        let entry = leases.entry(format!("runner.{p}")).await.unwrap();
+        let operation = entry.as_ref().map(|e| e.operation);
+        assert_eq!(
+            operation,
+            Some(async_nats::jetstream::kv::Operation::Delete),
+            "runner.{p}: {entry:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_deletion_on_one_node_suppresses_the_person_on_every_runner_node() {
+    let nats = NatsServer::start().unwrap();
+    let a = TestServer::start(&format!("{}node = \"a\"\n", server_toml(&nats))).await;
+    let b = TestServer::start(&format!(
+        "roles = [\"collector\", \"runner\"]\n{}node = \"b\"\n",
+        server_toml(&nats)
+    ))
+    .await;
+    // Both nodes run the runner: `a` hands half of the partitions over to `b`.
+    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let holders: Vec<String> = j
+            .leases()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("runner."))
+            .map(|(_, holder)| holder)
+            .collect();
+        if holders.iter().filter(|h| *h == "b").count() == 2 && holders.len() == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner was not shared: {holders:?}"
+        );
+        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(100))
+            .await;
+    }
+    // One person per raw partition to delete, and one to keep.
+    let per_partition = |prefix: &str| -> Vec<String> {
+        (0..4)
+            .map(|p| {
+                (0..)
+                    .map(|k| format!("{prefix}-{k}"))
+                    .find(|id| sluice_journal::partition_for(id, 4) == p)
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (gone, kept) = (per_partition("gone"), per_partition("kept"));
+    // The request goes to `a`, which runs the pipeline (and so takes deletions).
+    loop {
+        let resp = a
+            .client
+            .post(a.url("/v1/privacy/deletions"))
+            .json(&json!({ "ids": gone }))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 202 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(100))
+            .await;
+    }
+    // Their events come in afterwards on both nodes, each partition's before one of a person
+    // kept: once those are in `events`, the runner of every partition has passed the others.
+    let events = |ids: &[String], tag: &str| -> serde_json::Value {
+        ids.iter()
+            .map(|id| json!({"event": "Signed In", "user_id": id, "event_id": format!("{tag}-{id}")}))
+            .collect()
+    };
+    for (node, tag) in [(&a, "via-a"), (&b, "via-b")] {
+        let sent = node
+            .client
+            .post(node.url("/v1/events"))
+            .json(&events(&gone, tag))
+            .send()
+            .await
+            .unwrap();
+        assert!(sent.status().is_success(), "{}", sent.status());
+    }
+    for (node, tag) in [(&a, "via-a"), (&b, "via-b")] {
+        let sent = node
+            .client
+            .post(node.url("/v1/events"))
+            .json(&events(&kept, tag))
+            .send()
+            .await
+            .unwrap();
+        assert!(sent.status().is_success(), "{}", sent.status());
+    }
+    a.sql_rows("SELECT event_id FROM events WHERE user_id LIKE 'kept-%'", 8)
+        .await;
+    let leaked = a
+        .sql("SELECT user_id FROM events WHERE user_id LIKE 'gone-%'")
+        .await;
+    assert!(
+        leaked.is_empty(),
+        "deleted people came back through the runner partitions of the other node: {leaked:?}"
     );
 }
