@@ -65,7 +65,8 @@ pub use cursor::Cursor;
 pub use error::JournalError;
 pub use health::{Failure, Health, StageHealth, StageReport};
 pub use jetstream::{
-    JetStreamConfig, JetStreamJournal, JournalBackend, Lease, NodeEntry, OnAdd, SharedSet,
+    JetStreamConfig, JetStreamJournal, JournalBackend, Lease, NodeEntry, OnAdd, OnChange,
+    SharedMap, SharedSet,
 };
 pub use local::{JournalStats, LocalJournal, is_valid_topic_name};
 pub use progress::{ConsumerProgress, ConsumerStatus, ProgressError};

@@ -76,6 +76,50 @@ async fn admin_op<T: serde::Serialize + Send + 'static>(
     }
 }
 
+/// [`admin_op`] for a change of function `name`: on a shared journal, after catching up with
+/// the other nodes, and shared with them once made (see `shared_functions`); 409 if another
+/// node changed the same function at the same moment.
+async fn change<T: serde::Serialize + Send + 'static>(
+    state: &AppState,
+    name: &str,
+    status: impl FnOnce(&T) -> StatusCode,
+    op: impl FnOnce(&Functions) -> Result<T, UdfError> + Send + 'static,
+) -> Response {
+    let Some(shared) = &state.shared_functions else {
+        return admin_op(state, status, op).await;
+    };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        error_response(
+            ErrorKind::Unavailable,
+            format!("cannot share function {name} with the other nodes: {e}"),
+        )
+    };
+    if let Err(e) = shared.catch_up().await {
+        return unavailable(&e);
+    }
+    let answer = admin_op(state, status, op).await;
+    if !answer.status().is_success() {
+        return answer;
+    }
+    match shared.publish(name).await {
+        Ok(true) => answer,
+        Ok(false) => error_response(
+            ErrorKind::Conflict,
+            format!(
+                "function {name} was changed on another node at the same moment; this node now \
+                 runs that change: look at it and try again"
+            ),
+        ),
+        Err(e) => error_response(
+            ErrorKind::Unavailable,
+            format!(
+                "function {name} is changed on this node, but cannot be shared with the other \
+                 nodes yet ({e}); it will be as soon as NATS answers"
+            ),
+        ),
+    }
+}
+
 fn ok<T>(_: &T) -> StatusCode {
     StatusCode::OK
 }
@@ -151,11 +195,13 @@ async fn deploy(
         DeployOutcome::Created => StatusCode::CREATED,
         DeployOutcome::Unchanged => StatusCode::OK,
     };
-    admin_op(&state, status, move |f| f.deploy(&name, &code, &spec)).await
+    let n = name.clone();
+    change(&state, &n, status, move |f| f.deploy(&name, &code, &spec)).await
 }
 
 async fn delete(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    admin_op(&state, ok, move |f| {
+    let n = name.clone();
+    change(&state, &n, ok, move |f| {
         f.delete(&name)?;
         Ok(json!({ "deleted": name }))
     })
@@ -189,7 +235,8 @@ async fn rollback(
             }
         }
     };
-    admin_op(&state, ok, move |f| {
+    let n = name.clone();
+    change(&state, &n, ok, move |f| {
         let version = f.rollback(&name, to)?;
         Ok(json!({ "name": name, "version": version }))
     })

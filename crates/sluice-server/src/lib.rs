@@ -40,6 +40,7 @@ mod replay;
 mod schemas;
 mod segment;
 mod share;
+mod shared_functions;
 mod snowplow;
 mod sql;
 mod stages;

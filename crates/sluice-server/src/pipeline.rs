@@ -163,6 +163,11 @@ impl Server {
             true => Some(open_functions(&settings).await?),
             false => None,
         };
+        // On a shared journal every runner node runs the same functions.
+        let shared_functions = match (&functions, &base.jetstream) {
+            (Some(f), Some(j)) => Some(crate::shared_functions::open(j, f.clone()).await?),
+            _ => None,
+        };
         let (http_addr, warehouse) = if roles.collector || roles.warehouse || roles.hot {
             let cluster = ClusterView {
                 this: card.clone(),
@@ -174,7 +179,11 @@ impl Server {
                 &settings,
                 &base,
                 (prometheus, cluster),
-                (pipeline.clone(), functions.clone()),
+                (
+                    pipeline.clone(),
+                    functions.clone(),
+                    shared_functions.clone(),
+                ),
                 &intake,
                 &mut listeners,
             )
@@ -183,6 +192,12 @@ impl Server {
         } else {
             (None, None)
         };
+        if let Some(map) = shared_functions {
+            let stop = intake.clone();
+            listeners.push(Task::spawn("functions", async move {
+                crate::shared_functions::follow(map, stop).await
+            }));
+        }
         {
             let mut card = card.lock().unwrap_or_else(|e| e.into_inner());
             card.http = http_addr.map(|a| a.to_string());
@@ -675,9 +690,10 @@ async fn start_http(
     settings: &Settings,
     base: &Base,
     (prometheus, cluster): (PrometheusHandle, ClusterView),
-    (pipeline, functions): (
+    (pipeline, functions, shared_functions): (
         Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
         Option<Arc<Functions>>,
+        Option<crate::shared_functions::SharedFunctions>,
     ),
     intake: &CancellationToken,
     listeners: &mut Vec<Task>,
@@ -738,6 +754,7 @@ async fn start_http(
         access,
         registry: Some(base.registry.clone()),
         functions,
+        shared_functions,
         pipeline,
         stages: base.stages.clone(),
         cluster,

@@ -40,7 +40,7 @@ use sluice_event::ErrorKind;
 
 pub use engine::{InvokeError, Mode, Source};
 pub use meter::{LAMBDA_USD_PER_GB_SECOND, LAMBDA_USD_PER_REQUEST, MeterSnapshot};
-pub use store::{DeployOutcome, Version};
+pub use store::{Bundle, BundledVersion, DeployOutcome, Version};
 
 use engine::{Engine, LogFn};
 use logs::Logs;
@@ -450,6 +450,31 @@ impl Functions {
         self.store.delete(name)?;
         self.logs.remove(name);
         self.refresh()
+    }
+
+    /// Function `name` whole, to share with other nodes (`None`: not deployed).
+    pub fn export(&self, name: &str) -> Result<Option<Bundle>, UdfError> {
+        let _guard = self.changes.lock();
+        self.store.export(name)
+    }
+
+    /// Makes function `name` what another node stored (`None`: deleted there) and runs the
+    /// result from the next batch on. Whether anything changed.
+    pub fn import(&self, name: &str, bundle: Option<&Bundle>) -> Result<bool, UdfError> {
+        let _guard = self.changes.lock();
+        let changed = self.store.import(name, bundle)?;
+        if changed {
+            if bundle.is_none() {
+                self.logs.remove(name);
+            }
+            self.refresh()?;
+        }
+        Ok(changed)
+    }
+
+    /// The name of every deployed function.
+    pub fn names(&self) -> Result<Vec<String>, UdfError> {
+        Ok(self.store.load_all()?.into_keys().collect())
     }
 
     /// Every function, by name.

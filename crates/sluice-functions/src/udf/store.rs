@@ -20,7 +20,7 @@ use super::engine::Mode;
 use super::{FunctionSpec, UdfError};
 
 /// One deployed version.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Version {
     /// Version number, from 1.
     pub version: u32,
@@ -57,6 +57,25 @@ impl Deployed {
     pub fn active_version(&self) -> Option<&Version> {
         self.versions.iter().find(|v| v.version == self.active)
     }
+}
+
+/// A function whole, as nodes share it: every version with its code, and the activation
+/// history (`Functions::export`, `Functions::import`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// Every version, oldest first.
+    pub versions: Vec<BundledVersion>,
+    /// The activation history; the last runs.
+    pub stack: Vec<u32>,
+}
+
+/// One version in a [`Bundle`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BundledVersion {
+    /// Its record.
+    pub record: Version,
+    /// Its code.
+    pub code: String,
 }
 
 /// The deployed functions of one data directory.
@@ -251,6 +270,62 @@ impl Store {
         // Deactivate first, so a crash part-way leaves the function not running.
         std::fs::remove_file(dir.join("active.json")).map_err(|e| io(&dir, e))?;
         std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))
+    }
+
+    /// One function whole, if deployed.
+    pub fn export(&self, name: &str) -> Result<Option<Bundle>, UdfError> {
+        let Some(d) = self.load(name)? else {
+            return Ok(None);
+        };
+        let mut versions = Vec::with_capacity(d.versions.len());
+        for record in d.versions {
+            let code = self.code(name, record.version)?;
+            versions.push(BundledVersion { record, code });
+        }
+        Ok(Some(Bundle {
+            versions,
+            stack: d.history,
+        }))
+    }
+
+    /// Makes function `name` what `bundle` holds (`None`: not deployed), as another node stored
+    /// it: versions missing here are written, versions it no longer has are removed, then the
+    /// activation history is replaced. Whether anything changed.
+    pub fn import(&self, name: &str, bundle: Option<&Bundle>) -> Result<bool, UdfError> {
+        check_name(name)?;
+        let Some(bundle) = bundle else {
+            return match self.load(name)? {
+                Some(_) => self.delete(name).map(|()| true),
+                None => Ok(false),
+            };
+        };
+        if self.export(name)?.as_ref() == Some(bundle) {
+            return Ok(false);
+        }
+        let dir = self.dir.join(name);
+        durable_fs::create_dir_all_durable(&dir).map_err(|e| io(&dir, e))?;
+        for v in &bundle.versions {
+            let n = v.record.version;
+            write_atomic(&dir.join(format!("v{n}.js")), v.code.as_bytes(), false)?;
+            let body =
+                serde_json::to_vec_pretty(&v.record).map_err(|e| UdfError::Io(e.to_string()))?;
+            write_atomic(&dir.join(format!("v{n}.json")), &body, true)?;
+        }
+        self.write_active(name, bundle.stack.clone())?;
+        let kept: Vec<u32> = bundle.versions.iter().map(|v| v.record.version).collect();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let path = entry.map_err(|e| io(&dir, e))?.path();
+            let version = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_prefix('v'))
+                .and_then(|f| f.split('.').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if version.is_some_and(|n| !kept.contains(&n)) {
+                std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+            }
+        }
+        Ok(true)
     }
 
     fn write_active(&self, name: &str, stack: Vec<u32>) -> Result<(), UdfError> {

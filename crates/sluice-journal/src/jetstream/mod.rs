@@ -85,7 +85,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{JetStreamConfig, JournalBackend};
 pub use lease::{Lease, NodeEntry};
-pub use shared_set::{OnAdd, SharedSet};
+pub use shared_set::{OnAdd, OnChange, SharedMap, SharedSet};
 
 use crate::config::MAX_PARTITIONS;
 use crate::{Journal, JournalConfig, JournalError, Record, TopicInfo, is_valid_topic_name};

@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
     /// The user functions, on a node with the runner role (deployable standing by too).
     pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
+    /// On a shared journal: the functions every runner node runs (`shared_functions`).
+    pub(crate) shared_functions: Option<crate::shared_functions::SharedFunctions>,
     /// What the stages after the journal give the routes, once they run (on a shared journal a
     /// node standing by for the pipeline lease serves without them until it takes over).
     pub(crate) pipeline: Arc<std::sync::OnceLock<PipelineParts>>,

@@ -647,46 +647,8 @@ async fn a_node_that_loses_its_lease_on_the_pipeline_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
 async fn a_deletion_on_one_node_suppresses_the_person_on_every_runner_node() {
-    let nats = NatsServer::start().unwrap();
-    let a = TestServer::start(&format!("{}node = \"a\"\n", server_toml(&nats))).await;
-    let b = TestServer::start(&format!(
-        "roles = [\"collector\", \"runner\"]\n{}node = \"b\"\n",
-        server_toml(&nats)
-    ))
-    .await;
-    // Both nodes run the runner: `a` hands half of the partitions over to `b`.
-    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    let (_nats, j, a, b) = two_runner_nodes().await;
     let deadline = Instant::now() + DEADLINE;
-    loop {
-        let holders: Vec<String> = j
-            .leases()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("runner."))
-            .map(|(_, holder)| holder)
-            .collect();
-        if holders.iter().filter(|h| *h == "b").count() == 2 && holders.len() == 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the runner was not shared: {holders:?}"
-        );
-        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(100))
-            .await;
-    }
-    // One person per raw partition to delete, and one to keep.
-    let per_partition = |prefix: &str| -> Vec<String> {
-        (0..4)
-            .map(|p| {
-                (0..)
-                    .map(|k| format!("{prefix}-{k}"))
-                    .find(|id| sluice_journal::partition_for(id, 4) == p)
-                    .unwrap()
-            })
-            .collect()
-    };
     let (gone, kept) = (per_partition("gone"), per_partition("kept"));
     // The request goes to `a`, which runs the pipeline (and so takes deletions).
     loop {
@@ -711,31 +673,10 @@ async fn a_deletion_on_one_node_suppresses_the_person_on_every_runner_node() {
     }
     // Their events come in afterwards on both nodes, each partition's before one of a person
     // kept: once those are in `events`, the runner of every partition has passed the others.
-    let events = |ids: &[String], tag: &str| -> serde_json::Value {
-        ids.iter()
-            .map(|id| json!({"event": "Signed In", "user_id": id, "event_id": format!("{tag}-{id}")}))
-            .collect()
-    };
-    for (node, tag) in [(&a, "via-a"), (&b, "via-b")] {
-        let sent = node
-            .client
-            .post(node.url("/v1/events"))
-            .json(&events(&gone, tag))
-            .send()
-            .await
-            .unwrap();
-        assert!(sent.status().is_success(), "{}", sent.status());
-    }
-    for (node, tag) in [(&a, "via-a"), (&b, "via-b")] {
-        let sent = node
-            .client
-            .post(node.url("/v1/events"))
-            .json(&events(&kept, tag))
-            .send()
-            .await
-            .unwrap();
-        assert!(sent.status().is_success(), "{}", sent.status());
-    }
+    post_each(&a, &gone, "via-a").await;
+    post_each(&b, &gone, "via-b").await;
+    post_each(&a, &kept, "via-a").await;
+    post_each(&b, &kept, "via-b").await;
     a.sql_rows("SELECT event_id FROM events WHERE user_id LIKE 'kept-%'", 8)
         .await;
     let leaked = a
@@ -744,5 +685,191 @@ async fn a_deletion_on_one_node_suppresses_the_person_on_every_runner_node() {
     assert!(
         leaked.is_empty(),
         "deleted people came back through the runner partitions of the other node: {leaked:?}"
+    );
+}
+
+/// A node `a` with every role and a node `b` with the collector and the runner, each running two
+/// of the runner's four partitions, and a journal handle on their server.
+async fn two_runner_nodes() -> (NatsServer, Arc<JetStreamJournal>, TestServer, TestServer) {
+    let nats = NatsServer::start().unwrap();
+    let a = TestServer::start(&format!("{}node = \"a\"\n", server_toml(&nats))).await;
+    let b = TestServer::start(&format!(
+        "roles = [\"collector\", \"runner\"]\n{}node = \"b\"\n",
+        server_toml(&nats)
+    ))
+    .await;
+    let j = JetStreamJournal::open(config(&nats)).await.unwrap();
+    runner_shared_with(&j, "b").await;
+    (nats, j, a, b)
+}
+
+/// Waits until both runner nodes run two of the four raw partitions, `node` among them.
+async fn runner_shared_with(j: &JetStreamJournal, node: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let holders: Vec<String> = j
+            .leases()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("runner."))
+            .map(|(_, holder)| holder)
+            .collect();
+        if holders.iter().filter(|h| *h == node).count() == 2 && holders.len() == 4 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner was not shared: {holders:?}"
+        );
+        j.wait_for("raw", 0, u64::MAX, Duration::from_millis(100))
+            .await;
+    }
+}
+
+/// One user id per raw partition (of four), named `<prefix>-<k>`.
+fn per_partition(prefix: &str) -> Vec<String> {
+    (0..4)
+        .map(|p| {
+            (0..)
+                .map(|k| format!("{prefix}-{k}"))
+                .find(|id| sluice_journal::partition_for(id, 4) == p)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Posts one event per user in `ids` to `node`, ids `<tag>-<user>`.
+async fn post_each(node: &TestServer, ids: &[String], tag: &str) {
+    let events: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"event": "Signed In", "user_id": id, "event_id": format!("{tag}-{id}")}))
+        .collect();
+    let sent = node
+        .client
+        .post(node.url("/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success(), "{}", sent.status());
+}
+
+/// Waits until `node` answers `path` with `status`.
+async fn answers(node: &TestServer, path: &str, status: u16) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = node
+            .client
+            .get(node.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if got == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: {got}, not {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_function_deployed_on_one_node_runs_on_every_runner_node() {
+    let (_nats, _j, a, b) = two_runner_nodes().await;
+    // Deployed on `b`; `a` takes it within a second.
+    let code = "export function transform(e, ctx) { return {...e, plan_tier: ctx.config.tier}; }";
+    let deployed = b
+        .client
+        .put(b.url("/v1/functions/tier"))
+        .json(&json!({"code": code, "config": {"tier": "gold"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 201);
+    answers(&a, "/v1/functions/tier", 200).await;
+    let shown = a.get_json("/v1/functions/tier").await;
+    assert_eq!(shown["active"], 1, "{shown}");
+    // Events to both nodes, on every partition: each one ran the function.
+    let users = per_partition("user");
+    post_each(&a, &users, "first-a").await;
+    post_each(&b, &users, "first-b").await;
+    let rows = a
+        .sql_rows("SELECT event_id, properties FROM events", 8)
+        .await;
+    for row in &rows {
+        let props: serde_json::Value =
+            serde_json::from_str(row["properties"].as_str().unwrap()).unwrap();
+        assert_eq!(props["plan_tier"], "gold", "{row}");
+    }
+    // Deleted on `a`: `b` drops it too, and nothing runs it any more.
+    let deleted = a
+        .client
+        .delete(a.url("/v1/functions/tier"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    answers(&b, "/v1/functions/tier", 404).await;
+    post_each(&a, &users, "then-a").await;
+    post_each(&b, &users, "then-b").await;
+    let rows = a
+        .sql_rows(
+            "SELECT event_id, properties FROM events WHERE event_id LIKE 'then-%'",
+            8,
+        )
+        .await;
+    for row in &rows {
+        let props = row["properties"].as_str().unwrap_or("");
+        assert!(!props.contains("plan_tier"), "{row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_shared_map_refuses_a_change_made_from_an_old_view() {
+    let nats = NatsServer::start().unwrap();
+    let seen = |tag: &'static str| {
+        let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let l = log.clone();
+        let on_change: sluice_journal::OnChange = Arc::new(move |key, value| {
+            let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+            l.lock().unwrap().push(format!("{tag} {key}={value:?}"));
+        });
+        (log, on_change)
+    };
+    let (log1, on1) = seen("one");
+    let (log2, on2) = seen("two");
+    let one = JetStreamJournal::open(config(&nats)).await.unwrap();
+    let two = JetStreamJournal::open(config(&nats)).await.unwrap();
+    let m1 = one.shared_map("functions", on1).await.unwrap();
+    let m2 = two.shared_map("functions", on2).await.unwrap();
+    assert!(m1.set("f", Some(Bytes::from_static(b"v1"))).await.unwrap());
+    // `two` has not seen v1: its change is refused, and it takes v1 instead.
+    assert!(!m2.set("f", Some(Bytes::from_static(b"v2"))).await.unwrap());
+    assert_eq!(
+        *log2.lock().unwrap(),
+        vec![r#"two f=Some("v1")"#.to_string()]
+    );
+    // Now that it has seen v1 it changes it; `one`, behind, cannot delete it.
+    assert!(m2.set("f", Some(Bytes::from_static(b"v2"))).await.unwrap());
+    assert!(!m1.set("f", None).await.unwrap());
+    assert_eq!(
+        *log1.lock().unwrap(),
+        vec![
+            r#"one f=Some("v1")"#.to_string(),
+            r#"one f=Some("v2")"#.to_string()
+        ]
+    );
+    assert!(m1.set("f", None).await.unwrap());
+    m2.catch_up().await.unwrap();
+    assert_eq!(log2.lock().unwrap().last().unwrap(), "two f=None");
+    assert!(m1.keys().await.is_empty() && m2.keys().await.is_empty());
+    // Only the sets and maps there are can be opened.
+    assert!(
+        one.shared_map("anything", Arc::new(|_, _| {}))
+            .await
+            .is_err()
     );
 }
