@@ -313,6 +313,21 @@ impl Registry {
         Ok((key, PushOutcome::Created))
     }
 
+    /// Stores a schema another node's registry holds at `path` ([`SchemaKey::path`]), as it is:
+    /// it was checked there. Whether anything changed.
+    pub fn adopt(&self, path: &str, body: &[u8]) -> Result<bool, RegistryError> {
+        let key = SchemaKey::parse_path(path).map_err(RegistryError::Invalid)?;
+        let file = self.file(&key);
+        if read_opt(&file)?.is_some_and(|text| text.as_bytes() == body) {
+            return Ok(false);
+        }
+        write_atomic(&file, body)?;
+        let uri = key.uri();
+        self.compiled.write().remove(&uri);
+        self.missing.write().remove(&uri);
+        Ok(true)
+    }
+
     /// The compiled schema for `uri`; `Ok(None)` when it is not in the registry.
     pub fn validator(&self, uri: &str) -> Result<Option<Arc<Compiled>>, String> {
         if let Some(c) = self.compiled.read().get(uri) {

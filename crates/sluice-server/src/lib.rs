@@ -41,6 +41,7 @@ mod schemas;
 mod segment;
 mod share;
 mod shared_functions;
+mod shared_schemas;
 mod snowplow;
 mod sql;
 mod stages;

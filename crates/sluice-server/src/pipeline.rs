@@ -116,6 +116,8 @@ struct Base {
     dyn_journal: Arc<dyn Journal>,
     lake_root: LakeRoot,
     registry: Arc<Registry>,
+    /// On a shared journal: the schemas every node validates with (`shared_schemas`).
+    shared_schemas: Option<crate::shared_schemas::SharedSchemas>,
     stages: Stages,
     /// Deletion requests and the suppression list.
     privacy: Arc<crate::privacy::Privacy>,
@@ -192,10 +194,16 @@ impl Server {
         } else {
             (None, None)
         };
-        if let Some(map) = shared_functions {
+        if let Some(shared) = shared_functions {
             let stop = intake.clone();
             listeners.push(Task::spawn("functions", async move {
-                crate::shared_functions::follow(map, stop).await
+                crate::shared_functions::follow(shared, stop).await
+            }));
+        }
+        if let Some(shared) = base.shared_schemas.clone() {
+            let stop = intake.clone();
+            listeners.push(Task::spawn("schemas", async move {
+                crate::shared_schemas::follow(shared, stop).await
             }));
         }
         {
@@ -434,8 +442,15 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         }
     }
     // The registry lives with the data; every role that validates or serves schemas uses it.
-    let registry = Registry::open(settings.data_dir.join("schemas"))
-        .map_err(|e| ServerError::stage("schemas", e))?;
+    let registry = Arc::new(
+        Registry::open(settings.data_dir.join("schemas"))
+            .map_err(|e| ServerError::stage("schemas", e))?,
+    );
+    // On a shared journal every node validates with the same schemas.
+    let shared_schemas = match &jetstream {
+        Some(j) => Some(crate::shared_schemas::open(j, registry.clone()).await?),
+        None => None,
+    };
     let dyn_journal = journal;
     let stages = Stages::new(dyn_journal.clone(), settings.collector.max_backlog_events());
     if let Some(local) = &local {
@@ -469,7 +484,8 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         local,
         jetstream,
         lake_root,
-        registry: Arc::new(registry),
+        registry,
+        shared_schemas,
         stages,
         privacy: Arc::new(privacy),
         abandon: CancellationToken::new(),
@@ -753,6 +769,7 @@ async fn start_http(
         auth,
         access,
         registry: Some(base.registry.clone()),
+        shared_schemas: base.shared_schemas.clone(),
         functions,
         shared_functions,
         pipeline,

@@ -88,8 +88,38 @@ async fn push(
         Ok(k) => k,
         Err(resp) => return resp,
     };
+    let shared = state.shared_schemas.clone();
+    let unavailable = |e: String| {
+        error_response(
+            ErrorKind::Unavailable,
+            format!("cannot share the schema with the other nodes: {e}"),
+        )
+    };
+    // On a shared journal: the other nodes' schemas first, so an addition is checked against
+    // them and an address they stored is not pushed again.
+    if let Some(s) = &shared
+        && let Err(e) = s.catch_up().await
+    {
+        return unavailable(e);
+    }
     match tokio::task::spawn_blocking(move || registry.push(Some(&key), &body)).await {
         Ok(Ok((key, outcome))) => {
+            if let Some(s) = &shared {
+                match s.publish(&key).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return error_response(
+                            ErrorKind::Conflict,
+                            format!(
+                                "{} was pushed with other content on another node at the same \
+                                 moment; versions are immutable, that one is kept",
+                                key.uri()
+                            ),
+                        );
+                    }
+                    Err(e) => return unavailable(e),
+                }
+            }
             let (status, word) = match outcome {
                 PushOutcome::Created => (StatusCode::CREATED, "created"),
                 PushOutcome::Unchanged => (StatusCode::OK, "unchanged"),

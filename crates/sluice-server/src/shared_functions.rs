@@ -81,14 +81,18 @@ fn importer(functions: Arc<Functions>) -> OnChange {
             }
         };
         // File writes and fresh runtimes: off the runtime's workers.
-        match tokio::task::block_in_place(|| functions.import(name, bundle.as_ref())) {
-            Ok(true) => tracing::info!(function = name, "function taken from another node"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(function = name, error = %e, "cannot take a function from another node")
-            }
-        }
+        let taken = tokio::task::block_in_place(|| functions.import(name, bundle.as_ref()));
+        log_taken("function", name, taken);
     })
+}
+
+/// Logs what taking another node's change of `what` `name` did.
+pub(crate) fn log_taken(what: &str, name: &str, taken: Result<bool, impl std::fmt::Display>) {
+    match taken {
+        Ok(true) => tracing::info!(what, name, "taken from another node"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(what, name, error = %e, "cannot take another node's change"),
+    }
 }
 
 impl SharedFunctions {

@@ -24,6 +24,8 @@ pub(crate) struct AppState {
     /// Write keys and tokens: who may read and administer.
     pub(crate) access: Arc<Access>,
     pub(crate) registry: Option<Arc<sluice_functions::Registry>>,
+    /// On a shared journal: the schemas every node validates with (`shared_schemas`).
+    pub(crate) shared_schemas: Option<crate::shared_schemas::SharedSchemas>,
     /// The user functions, on a node with the runner role (deployable standing by too).
     pub(crate) functions: Option<Arc<sluice_functions::Functions>>,
     /// On a shared journal: the functions every runner node runs (`shared_functions`).

@@ -691,10 +691,17 @@ async fn a_deletion_on_one_node_suppresses_the_person_on_every_runner_node() {
 /// A node `a` with every role and a node `b` with the collector and the runner, each running two
 /// of the runner's four partitions, and a journal handle on their server.
 async fn two_runner_nodes() -> (NatsServer, Arc<JetStreamJournal>, TestServer, TestServer) {
+    two_runner_nodes_with("").await
+}
+
+/// [`two_runner_nodes`], both with the config tables `extra`.
+async fn two_runner_nodes_with(
+    extra: &str,
+) -> (NatsServer, Arc<JetStreamJournal>, TestServer, TestServer) {
     let nats = NatsServer::start().unwrap();
-    let a = TestServer::start(&format!("{}node = \"a\"\n", server_toml(&nats))).await;
+    let a = TestServer::start(&format!("{}node = \"a\"\n{extra}", server_toml(&nats))).await;
     let b = TestServer::start(&format!(
-        "roles = [\"collector\", \"runner\"]\n{}node = \"b\"\n",
+        "roles = [\"collector\", \"runner\"]\n{}node = \"b\"\n{extra}",
         server_toml(&nats)
     ))
     .await;
@@ -741,9 +748,19 @@ fn per_partition(prefix: &str) -> Vec<String> {
 
 /// Posts one event per user in `ids` to `node`, ids `<tag>-<user>`.
 async fn post_each(node: &TestServer, ids: &[String], tag: &str) {
+    post_each_as(node, ids, tag, json!({"event": "Signed In"})).await;
+}
+
+/// [`post_each`], each event `template` with its user and id.
+async fn post_each_as(node: &TestServer, ids: &[String], tag: &str, template: serde_json::Value) {
     let events: Vec<_> = ids
         .iter()
-        .map(|id| json!({"event": "Signed In", "user_id": id, "event_id": format!("{tag}-{id}")}))
+        .map(|id| {
+            let mut e = template.clone();
+            e["user_id"] = json!(id);
+            e["event_id"] = json!(format!("{tag}-{id}"));
+            e
+        })
         .collect();
     let sent = node
         .client
@@ -871,5 +888,67 @@ async fn a_shared_map_refuses_a_change_made_from_an_old_view() {
         one.shared_map("anything", Arc::new(|_, _| {}))
             .await
             .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_schema_pushed_on_one_node_validates_on_every_runner_node() {
+    let binding =
+        "[validation]\nbindings = { \"Signed Up\" = \"iglu:com.acme/signup/jsonschema/1-0-0\" }\n";
+    let (_nats, _j, a, b) = two_runner_nodes_with(binding).await;
+    let schema = |version: &str, required: &[&str]| {
+        let mut s = json!({
+            "$schema": "http://iglucentral.com/schemas/com.snowplowanalytics.self-desc/schema/jsonschema/1-0-0#",
+            "self": {"vendor": "com.acme", "name": "signup", "format": "jsonschema", "version": version},
+            "type": "object",
+            "properties": {"plan": {"enum": ["free", "pro"]}},
+        });
+        if !required.is_empty() {
+            s["required"] = json!(required);
+        }
+        s
+    };
+    let put = |node: &TestServer, version: &str, body: serde_json::Value| {
+        node.client
+            .put(node.url(&format!("/v1/schemas/com.acme/signup/jsonschema/{version}")))
+            .json(&body)
+            .send()
+    };
+    // Pushed on `b`; `a` has it within a second.
+    assert_eq!(
+        put(&b, "1-0-0", schema("1-0-0", &[]))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    answers(&a, "/v1/schemas/com.acme/signup/jsonschema/1-0-0", 200).await;
+    // Versions stay immutable across nodes, and an addition pushed on `a` is checked against
+    // the version `b` took.
+    let other = put(&a, "1-0-0", schema("1-0-0", &["plan"])).await.unwrap();
+    assert_eq!(other.status(), 409);
+    let breaking = put(&a, "1-0-1", schema("1-0-1", &["plan"])).await.unwrap();
+    assert_eq!(breaking.status(), 400);
+    // Events that break it, on every partition, to both nodes, then events that keep it: only
+    // the latter reach `events`, whichever node ran their partition.
+    let users = per_partition("user");
+    let bad = json!({"event": "Signed Up", "properties": {"plan": "enterprise"}});
+    let good = json!({"event": "Signed Up", "properties": {"plan": "pro"}});
+    post_each_as(&a, &users, "bad-a", bad.clone()).await;
+    post_each_as(&b, &users, "bad-b", bad).await;
+    post_each_as(&a, &users, "good-a", good.clone()).await;
+    post_each_as(&b, &users, "good-b", good).await;
+    a.sql_rows(
+        "SELECT event_id FROM events WHERE event_id LIKE 'good-%'",
+        8,
+    )
+    .await;
+    let passed = a
+        .sql("SELECT event_id FROM events WHERE event_id LIKE 'bad-%'")
+        .await;
+    assert!(
+        passed.is_empty(),
+        "events the schema refuses passed: {passed:?}"
     );
 }
