@@ -40,6 +40,7 @@ mod replay;
 mod schemas;
 mod segment;
 mod share;
+mod shared_credentials;
 mod shared_functions;
 mod shared_schemas;
 mod snowplow;

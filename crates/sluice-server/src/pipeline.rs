@@ -144,6 +144,12 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let base = open_base(&settings).await?;
+        // On a shared journal every node honours the keys and tokens made on any node; merged
+        // once before the listeners read the files.
+        let shared_credentials = match &base.jetstream {
+            Some(j) => Some(crate::shared_credentials::open(j, &settings.data_dir).await?),
+            None => None,
+        };
         if let Some(j) = base.local.clone() {
             let s = settings.clone();
             blocking("journal", move || crate::holds::register(&j, &s)).await?;
@@ -198,6 +204,12 @@ impl Server {
             let stop = intake.clone();
             listeners.push(Task::spawn("functions", async move {
                 crate::shared_functions::follow(shared, stop).await
+            }));
+        }
+        if let Some(shared) = shared_credentials {
+            let stop = intake.clone();
+            listeners.push(Task::spawn("credentials", async move {
+                crate::shared_credentials::follow(shared, stop).await
             }));
         }
         if let Some(shared) = base.shared_schemas.clone() {

@@ -5,14 +5,14 @@
 //! every version with code and settings, and its activation history ([`Bundle`], JSON). A
 //! deploy, rollback or delete on any node first catches up with the map, then changes this
 //! node's store, then stores the function's new state in the map by a compare-and-set on the
-//! revision this node last saw ([`publish`]): if another node changed the same function at the
-//! same moment, the request is answered 409 and this node takes the other node's state. A change
-//! that could not be stored (NATS unreachable) is answered 503 and stored again until it is (or
-//! another node's change of the function wins). Every node catches up with the map every
-//! [`FOLLOW_EVERY`] and imports what changed, so a deploy runs on every runner node from its
-//! next batch after that. At start, the map's functions
-//! replace this node's, and functions only this node has (deployed before it joined) are added
-//! to the map.
+//! revision this node last saw ([`SharedFunctions::publish`]): if another node changed the same
+//! function at the same moment, the request is answered 409 and this node takes the other
+//! node's state. A change that could not be stored (NATS unreachable) is answered 503 and
+//! stored again until it is (or another node's change of the function wins). Every node
+//! catches up with the map every [`FOLLOW_EVERY`] and imports what changed, so a deploy runs
+//! on every runner node from its next batch after that. At start, the map's functions replace
+//! this node's, and functions only this node has (deployed before it joined) are added to the
+//! map.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

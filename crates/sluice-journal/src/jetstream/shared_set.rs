@@ -23,7 +23,7 @@ use crate::JournalError;
 
 /// The shared sets and maps there are (each opened by name), so that
 /// [`JetStreamJournal::delete_everything`] finds every bucket.
-pub(super) const NAMES: &[&str] = &["suppressed", "functions", "schemas"];
+pub(super) const NAMES: &[&str] = &["suppressed", "functions", "schemas", "credentials"];
 
 /// Called with each key of a set as it reaches this node: every stored key at first, then each
 /// new one.

@@ -952,3 +952,55 @@ async fn a_schema_pushed_on_one_node_validates_on_every_runner_node() {
         "events the schema refuses passed: {passed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_key_made_or_revoked_on_one_node_holds_on_every_node() {
+    use sluice_server::auth::KeyFile;
+    let (_nats, _j, a, b) = two_runner_nodes().await;
+    let send = |node: &TestServer, key: Option<&str>| {
+        let mut req = node
+            .client
+            .post(node.url("/v1/events"))
+            .json(&json!([{"event": "Signed In", "user_id": "u1"}]));
+        if let Some(k) = key {
+            req = req.basic_auth(k, Some(""));
+        }
+        // Any 2xx as 200.
+        async move {
+            let status = req.send().await.unwrap().status();
+            if status.is_success() {
+                200
+            } else {
+                status.as_u16()
+            }
+        }
+    };
+    // No key anywhere: open to local clients on both nodes.
+    assert_eq!(send(&a, None).await, 200);
+    // A key made on `b` (as `sluice keys create` does, in its data directory)...
+    let path = KeyFile::path(b.data_dir());
+    let mut keys = KeyFile::load(&path).unwrap();
+    let (secret, entry) = keys.create("web").unwrap();
+    keys.store(&path).unwrap();
+    // ...closes `a` to keyless requests and opens it to the key.
+    let deadline = Instant::now() + DEADLINE;
+    while send(&a, None).await != 401 {
+        assert!(Instant::now() < deadline, "a never learned of b's key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(send(&a, Some(&secret)).await, 200);
+    // Revoked on `a`: `b` refuses it too.
+    let path = KeyFile::path(a.data_dir());
+    let mut keys = KeyFile::load(&path).unwrap();
+    keys.revoke(&entry.id).unwrap();
+    keys.store(&path).unwrap();
+    while send(&b, Some(&secret)).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "b never learned of the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(send(&a, Some(&secret)).await, 401);
+}
