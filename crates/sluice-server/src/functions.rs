@@ -94,6 +94,7 @@ async fn change<T: serde::Serialize + Send + 'static>(
             format!("cannot share function {name} with the other nodes: {e}"),
         )
     };
+    let _changing = shared.changing().await;
     if let Err(e) = shared.catch_up().await {
         return unavailable(&e);
     }

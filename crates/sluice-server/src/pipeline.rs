@@ -200,24 +200,12 @@ impl Server {
         } else {
             (None, None)
         };
-        if let Some(shared) = shared_functions {
-            let stop = intake.clone();
-            listeners.push(Task::spawn("functions", async move {
-                crate::shared_functions::follow(shared, stop).await
-            }));
-        }
-        if let Some(shared) = shared_credentials {
-            let stop = intake.clone();
-            listeners.push(Task::spawn("credentials", async move {
-                crate::shared_credentials::follow(shared, stop).await
-            }));
-        }
-        if let Some(shared) = base.shared_schemas.clone() {
-            let stop = intake.clone();
-            listeners.push(Task::spawn("schemas", async move {
-                crate::shared_schemas::follow(shared, stop).await
-            }));
-        }
+        let shared = (
+            shared_functions,
+            shared_credentials,
+            base.shared_schemas.clone(),
+        );
+        follow_other_nodes(shared, &intake, &mut listeners);
         {
             let mut card = card.lock().unwrap_or_else(|e| e.into_inner());
             card.http = http_addr.map(|a| a.to_string());
@@ -502,6 +490,37 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         privacy: Arc::new(privacy),
         abandon: CancellationToken::new(),
     })
+}
+
+/// On a shared journal: the tasks that take the other nodes' functions, keys and tokens, and
+/// schemas every second, until `stop`.
+fn follow_other_nodes(
+    (functions, credentials, schemas): (
+        Option<crate::shared_functions::SharedFunctions>,
+        Option<crate::shared_credentials::SharedCredentials>,
+        Option<crate::shared_schemas::SharedSchemas>,
+    ),
+    stop: &CancellationToken,
+    tasks: &mut Vec<Task>,
+) {
+    if let Some(shared) = functions {
+        let stop = stop.clone();
+        tasks.push(Task::spawn("functions", async move {
+            crate::shared_functions::follow(shared, stop).await
+        }));
+    }
+    if let Some(shared) = credentials {
+        let stop = stop.clone();
+        tasks.push(Task::spawn("credentials", async move {
+            crate::shared_credentials::follow(shared, stop).await
+        }));
+    }
+    if let Some(shared) = schemas {
+        let stop = stop.clone();
+        tasks.push(Task::spawn("schemas", async move {
+            crate::shared_schemas::follow(shared, stop).await
+        }));
+    }
 }
 
 /// The user functions of the runner role, deployed on this node (`<data_dir>/functions`).

@@ -38,6 +38,9 @@ pub(crate) struct SharedFunctions {
     functions: Arc<Functions>,
     /// Functions changed here whose change is not stored in the map yet.
     pending: Arc<Mutex<BTreeSet<String>>>,
+    /// Held by a change from catching up to publishing, and by each round of [`follow`], so
+    /// that another node's change is never taken between a change here and its publishing.
+    changing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Opens the shared map, applies the functions it holds to this node's and adds this node's
@@ -60,6 +63,7 @@ pub(crate) async fn open(
         map,
         functions,
         pending: Arc::default(),
+        changing: Arc::default(),
     };
     for name in local.into_iter().filter(|n| !shared.contains(n)) {
         this.publish(&name)
@@ -96,6 +100,11 @@ pub(crate) fn log_taken(what: &str, name: &str, taken: Result<bool, impl std::fm
 }
 
 impl SharedFunctions {
+    /// Waits for the right to change functions here (see `changing`); held until dropped.
+    pub(crate) async fn changing(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.changing.clone().lock_owned().await
+    }
+
     /// Takes every change other nodes made, before a change here.
     pub(crate) async fn catch_up(&self) -> Result<(), String> {
         self.map.catch_up().await.map_err(|e| e.to_string())
@@ -138,6 +147,7 @@ pub(crate) async fn follow(
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
     loop {
+        let changing = shared.changing().await;
         let pending: Vec<String> = shared.lock_pending().iter().cloned().collect();
         for name in pending {
             match shared.publish(&name).await {
@@ -152,6 +162,7 @@ pub(crate) async fn follow(
         if let Err(e) = shared.catch_up().await {
             tracing::warn!(error = %e, "cannot catch up with the functions deployed on other nodes; trying again");
         }
+        drop(changing);
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(FOLLOW_EVERY) => {}
