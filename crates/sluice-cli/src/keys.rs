@@ -60,7 +60,9 @@ enum KeysCommand {
 
 /// Runs `sluice keys`.
 pub fn run(args: KeysArgs) -> anyhow::Result<()> {
-    let path = KeyFile::path(&args.dir.resolve()?);
+    let dir = args.dir.resolve()?;
+    let _lock = sluice_server::auth::lock_credentials(&dir).map_err(anyhow::Error::msg)?;
+    let path = KeyFile::path(&dir);
     let mut file = KeyFile::load(&path).map_err(anyhow::Error::msg)?;
     match args.command {
         KeysCommand::Create { source } => {

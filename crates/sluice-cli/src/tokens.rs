@@ -39,7 +39,9 @@ enum TokensCommand {
 
 /// Runs `sluice tokens`.
 pub fn run(args: TokensArgs) -> anyhow::Result<()> {
-    let path = TokenFile::path(&args.dir.resolve()?);
+    let dir = args.dir.resolve()?;
+    let _lock = sluice_server::auth::lock_credentials(&dir).map_err(anyhow::Error::msg)?;
+    let path = TokenFile::path(&dir);
     let mut file = TokenFile::load(&path).map_err(anyhow::Error::msg)?;
     match args.command {
         TokensCommand::Create { role } => {

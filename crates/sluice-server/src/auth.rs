@@ -208,6 +208,27 @@ pub fn store_private<T: Serialize>(path: &Path, value: &T) -> Result<(), String>
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// The data directory's credentials lock, held until the file is dropped: an advisory lock on
+/// `<data_dir>/credentials.lock`, taken by `sluice keys`, `sluice tokens` and a node's merge of
+/// keys and tokens with the other nodes (`shared_credentials`), so that none of them writes
+/// `keys.json` or `tokens.json` over another's change. `None` when the directory does not
+/// exist yet (nothing to share it with).
+pub fn lock_credentials(data_dir: &Path) -> Result<Option<std::fs::File>, String> {
+    if !data_dir.is_dir() {
+        return Ok(None);
+    }
+    let path = data_dir.join("credentials.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(Some(file))
+}
+
 /// Creates `dir` (and its missing parents) durably, `dir` itself with mode 0700 so that only
 /// its owner can reach what is inside. An existing directory is left as it is.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -9,7 +9,8 @@
 //! kept). This node's entries the map lacks, or whose revocation it lacks, are stored there (by
 //! compare-and-set, again at the next round when another node got in first); the map's entries
 //! this node lacks are written to its files, which the running server reloads as it does after
-//! `sluice keys`. A file changed meanwhile (the command wrote it) is left for the next round.
+//! `sluice keys`. The merge holds the data directory's credentials lock, as `sluice keys` and
+//! `sluice tokens` do, so neither writes over the other's change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use sluice_journal::{JetStreamJournal, OnChange, SharedMap};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::TokenFile;
-use crate::auth::{KeyFile, Revocable, load_json, store_private};
+use crate::auth::{KeyFile, Revocable, load_json, lock_credentials, store_private};
 use crate::error::ServerError;
 use crate::shared_functions::FOLLOW_EVERY;
 
@@ -36,6 +37,7 @@ type Mirror = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 pub(crate) struct SharedCredentials {
     map: SharedMap,
     mirror: Mirror,
+    dir: PathBuf,
     keys: PathBuf,
     tokens: PathBuf,
 }
@@ -61,6 +63,7 @@ pub(crate) async fn open(
     let shared = SharedCredentials {
         map,
         mirror,
+        dir: data_dir.to_path_buf(),
         keys: KeyFile::path(data_dir),
         tokens: TokenFile::path(data_dir),
     };
@@ -90,10 +93,17 @@ impl SharedCredentials {
     /// One merge of both files with the map.
     async fn round(&self) -> Result<(), String> {
         self.map.catch_up().await.map_err(|e| e.to_string())?;
-        let keys = self.merge_file::<KeyFile, _>(&self.keys, "key", |f| &mut f.keys);
-        let tokens = self.merge_file::<TokenFile, _>(&self.tokens, "token", |f| &mut f.tokens);
-        let mut publish = keys?;
-        publish.extend(tokens?);
+        // File IO under the lock `sluice keys` and `sluice tokens` take: off the workers.
+        let this = self.clone();
+        let publish = tokio::task::spawn_blocking(move || {
+            let _lock = lock_credentials(&this.dir)?;
+            let mut publish = this.merge_file::<KeyFile, _>(&this.keys, "key", |f| &mut f.keys)?;
+            let tokens = this.merge_file::<TokenFile, _>(&this.tokens, "token", |f| &mut f.tokens);
+            publish.extend(tokens?);
+            Ok::<_, String>(publish)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         for (key, value) in publish {
             // Refused when another node got in first: merged again at the next round.
             self.map
@@ -219,5 +229,17 @@ mod tests {
             !merge_into(&mut local, shared),
             "merging again changes nothing"
         );
+    }
+
+    #[test]
+    fn the_credentials_lock_is_held_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_credentials(dir.path()).unwrap().expect("a lock");
+        let other = std::fs::File::open(dir.path().join("credentials.lock")).unwrap();
+        assert!(other.try_lock().is_err(), "a second holder waits");
+        drop(held);
+        assert!(other.try_lock().is_ok());
+        let missing = dir.path().join("not-yet");
+        assert!(lock_credentials(&missing).unwrap().is_none());
     }
 }
