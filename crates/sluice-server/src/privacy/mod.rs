@@ -137,6 +137,13 @@ struct SavedRequest {
     pending_ids: Vec<String>,
 }
 
+/// A subject hash from its hex (as the suppression file and the shared list keep it).
+fn hash_of_hex(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
+
 /// The hex of a subject hash, as records and the suppression file keep it.
 fn subject_label(id: &str) -> String {
     format!("sha256:{}", hex::encode(subject_hash(id)))
@@ -169,8 +176,7 @@ impl Privacy {
         for h in &hashes {
             let bytes = h
                 .strip_prefix("sha256:")
-                .and_then(|x| hex::decode(x).ok())
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(hash_of_hex)
                 .ok_or_else(|| {
                     format!("{}: {h:?} is not a sha256 hash", suppressed_path.display())
                 })?;
@@ -198,16 +204,11 @@ impl Privacy {
     /// What adds a key of the shared list ([`SHARED_SET`]) to this node's list.
     pub(crate) fn feed(&self) -> sluice_journal::OnAdd {
         let suppressed = self.suppressed.clone();
-        Arc::new(move |key: &str| {
-            match hex::decode(key)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            {
-                Some(hash) => {
-                    suppressed.add([hash]);
-                }
-                None => tracing::warn!(key, "not a subject hash in the shared suppression list"),
+        Arc::new(move |key: &str| match hash_of_hex(key) {
+            Some(hash) => {
+                suppressed.add([hash]);
             }
+            None => tracing::warn!(key, "not a subject hash in the shared suppression list"),
         })
     }
 
