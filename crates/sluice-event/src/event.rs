@@ -304,6 +304,42 @@ impl Enrichment {
     pub fn is_empty(&self) -> bool {
         self == &Self::default()
     }
+
+    /// Every column's name, as the fields serialise.
+    pub fn columns() -> &'static [&'static str] {
+        static COLUMNS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+        COLUMNS.get_or_init(struct_fields::<Self>)
+    }
+}
+
+/// The field names a derived `Deserialize` asks for (it names them when it asks for a struct).
+fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only the field names were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    // Always an error: the fields are what it leaves behind.
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// The family of a failure, as in Snowplow's failed-event types.
@@ -389,6 +425,23 @@ pub fn routing_key<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_enrichment_columns_are_every_field() {
+        let columns = Enrichment::columns();
+        assert!(columns.len() >= 30, "{columns:?}");
+        assert!(columns.contains(&"geo_timezone") && columns.contains(&"session_index"));
+        // Each name is a field: set alone, it is what the enrichment serialises.
+        for c in columns {
+            let set = ["x".into(), true.into(), 1.into()]
+                .into_iter()
+                .map(|v: serde_json::Value| serde_json::json!({ *c: v }))
+                .find_map(|v| serde_json::from_value::<Enrichment>(v).ok())
+                .filter(|e| !e.is_empty());
+            let written = serde_json::to_value(set.expect(c)).unwrap();
+            assert_eq!(written.as_object().unwrap().keys().collect::<Vec<_>>(), [c]);
+        }
+    }
 
     #[test]
     fn routing_prefers_user_then_anonymous_then_event() {

@@ -66,7 +66,7 @@ pub(crate) fn parse_err(reason: impl Into<String>) -> Failure {
 
 /// An [`Event`] being made: properties and context still as JSON maps, so that validation and
 /// the enrichers read and change them without parsing the JSON again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Draft {
     /// See [`Event::event_id`].
     pub event_id: String,

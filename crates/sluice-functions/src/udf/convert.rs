@@ -15,7 +15,8 @@
 //!   native event's extra keys are;
 //! - `enriched` may only hold the enrichment columns; `raw` is ignored.
 
-use rquickjs::{Ctx, Object};
+use rquickjs::object::{AsProperty, Property, PropertyFlags};
+use rquickjs::{Atom, Ctx, Function, Object, Value as Js, qjs};
 use serde_json::{Map, Value};
 #[cfg(test)]
 use sluice_event::Position;
@@ -70,8 +71,98 @@ pub(crate) fn to_text(d: &Draft) -> String {
     serde_json::to_string(&view).unwrap_or_else(|_| "null".into())
 }
 
-/// The object a function gets for `d` (its fields in this order).
-pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, d: &Draft) -> rquickjs::Result<Object<'js>> {
+/// The members of an event built on first use, in this order (bit `i` of a [`Kept`] mask is
+/// member `i`).
+pub(crate) const LAZY_MEMBERS: [&str; 3] = ["properties", "context", "enriched"];
+
+/// The wrapper's accessors for the members of [`LAZY_MEMBERS`] (`__sluice_lazy`).
+///
+/// Building an event's objects and reading them back is most of what a call costs, and most
+/// functions touch one member of the three, if any. So each goes in as its JSON text under a
+/// symbol, behind an accessor that parses it on first read or write and puts the result in its
+/// place as a plain property (with `JSON.parse`'s values, as the eager build gives). A member
+/// still behind its accessor when the answer is read was never touched: it is taken back from
+/// the event the runtime was given, without reading anything.
+pub(crate) struct Lazy<'js> {
+    texts: [Atom<'js>; 3],
+    gets: [Function<'js>; 3],
+    sets: [Function<'js>; 3],
+    /// `untouched(event)`: the mask of members still behind their accessor on `event`.
+    pub(crate) untouched: Function<'js>,
+}
+
+impl<'js> Lazy<'js> {
+    /// The accessors the wrapper made.
+    pub(crate) fn load(ctx: &Ctx<'js>) -> rquickjs::Result<Self> {
+        let lazy: Object = ctx.globals().get("__sluice_lazy")?;
+        let texts: Vec<Js> = lazy.get("texts")?;
+        let gets: Vec<Function> = lazy.get("gets")?;
+        let sets: Vec<Function> = lazy.get("sets")?;
+        let three = |n: usize| {
+            (n == LAZY_MEMBERS.len())
+                .then_some(())
+                .ok_or_else(|| rquickjs::Error::new_from_js("array", "three accessors"))
+        };
+        three(texts.len())?;
+        three(gets.len())?;
+        three(sets.len())?;
+        let atom = |v: &Js<'js>| Atom::from_value(ctx.clone(), v);
+        Ok(Self {
+            texts: [atom(&texts[0])?, atom(&texts[1])?, atom(&texts[2])?],
+            gets: [gets[0].clone(), gets[1].clone(), gets[2].clone()],
+            sets: [sets[0].clone(), sets[1].clone(), sets[2].clone()],
+            untouched: lazy.get("untouched")?,
+        })
+    }
+
+    /// Defines member `i` of `o` as its accessor over `text`.
+    fn define(
+        &self,
+        ctx: &Ctx<'js>,
+        o: &Object<'js>,
+        i: usize,
+        text: &str,
+    ) -> rquickjs::Result<()> {
+        o.prop(
+            LAZY_MEMBERS[i],
+            Deferred(self.gets[i].clone(), self.sets[i].clone()),
+        )?;
+        let text = rquickjs::String::from_str(ctx.clone(), text)?;
+        // Read-only, hidden from keys, spread and JSON.
+        o.prop(self.texts[i].clone(), Property::from(text))
+    }
+}
+
+/// An enumerable, configurable accessor made of two functions that exist already.
+struct Deferred<'js>(Function<'js>, Function<'js>);
+
+impl<'js> AsProperty<'js, ()> for Deferred<'js> {
+    fn config(
+        self,
+        ctx: &Ctx<'js>,
+    ) -> rquickjs::Result<(PropertyFlags, Js<'js>, Js<'js>, Js<'js>)> {
+        let flags = qjs::JS_PROP_HAS_GET
+            | qjs::JS_PROP_HAS_SET
+            | qjs::JS_PROP_ENUMERABLE
+            | qjs::JS_PROP_HAS_ENUMERABLE
+            | qjs::JS_PROP_CONFIGURABLE
+            | qjs::JS_PROP_HAS_CONFIGURABLE;
+        Ok((
+            flags as PropertyFlags,
+            Js::new_undefined(ctx.clone()),
+            self.0.into_value(),
+            self.1.into_value(),
+        ))
+    }
+}
+
+/// The object a function gets for `d` (its fields in this order); with `lazy`, its
+/// properties, context and enriched are built on first use.
+pub(crate) fn to_js<'js>(
+    ctx: &Ctx<'js>,
+    d: &Draft,
+    lazy: Option<&Lazy<'js>>,
+) -> rquickjs::Result<Object<'js>> {
     let o = Object::new(ctx.clone())?;
     o.set("event_id", d.event_id.as_str())?;
     o.set("event_type", d.event_type.as_str())?;
@@ -91,11 +182,23 @@ pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, d: &Draft) -> rquickjs::Result<Object<'
     if let Some(t) = d.device_timestamp {
         o.set("device_timestamp", format_micros(t))?;
     }
-    o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
-    o.set("context", value::map_to_js(ctx, &d.context)?)?;
-    // The enrichment columns serialise as an object of strings, numbers and booleans.
-    let enriched = serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
-    o.set("enriched", value::to_js(ctx, &enriched)?)?;
+    match lazy {
+        Some(lazy) => {
+            // Maps of JSON values and the enrichment's strings, numbers and booleans always
+            // serialise.
+            let text = |r: serde_json::Result<String>| r.unwrap_or_else(|_| "{}".into());
+            lazy.define(ctx, &o, 0, &text(serde_json::to_string(&d.properties)))?;
+            lazy.define(ctx, &o, 1, &text(serde_json::to_string(&d.context)))?;
+            lazy.define(ctx, &o, 2, &text(serde_json::to_string(&d.enriched)))?;
+        }
+        None => {
+            o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
+            o.set("context", value::map_to_js(ctx, &d.context)?)?;
+            let enriched =
+                serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
+            o.set("enriched", value::to_js(ctx, &enriched)?)?;
+        }
+    }
     let raw = Object::new(ctx.clone())?;
     raw.set("partition", d.raw.partition)?;
     raw.set("offset", value::number_to_js(ctx, &d.raw.offset.into()))?;
@@ -116,8 +219,13 @@ pub(crate) fn raw_position(raw: &Value, partition: u32) -> Option<u64> {
     raw.get("offset")?.as_u64()
 }
 
-/// Reads an output event that came from `origin`.
-pub(crate) fn from_json(v: Value, origin: &Draft) -> Result<Draft, String> {
+/// Reads an output event that came from `origin`. `kept` names the event the runtime was given
+/// whose untouched members (a mask over [`LAZY_MEMBERS`]) this output still holds unread.
+pub(crate) fn from_json(
+    v: Value,
+    origin: &Draft,
+    kept: Option<(&Draft, u8)>,
+) -> Result<Draft, String> {
     let Value::Object(mut obj) = v else {
         return Err(format!("an event must be an object, not {}", type_name(&v)));
     };
@@ -173,12 +281,20 @@ pub(crate) fn from_json(v: Value, origin: &Draft) -> Result<Draft, String> {
     let sent_at = time(&mut obj, "sent_at")?;
     let received_at = time(&mut obj, "received_at")?.unwrap_or(origin.received_at);
     let device_timestamp = time(&mut obj, "device_timestamp")?;
-    let mut properties = object(&mut obj, "properties")?;
-    let context = object(&mut obj, "context")?;
-    let enriched = match obj.remove("enriched") {
-        None | Some(Value::Null) => Enrichment::default(),
-        Some(Value::Object(m)) => enrichment(m)?,
-        Some(other) => {
+    let kept_member = |i: usize| kept.filter(|(_, members)| members & (1 << i) != 0);
+    let mut properties = match kept_member(0) {
+        Some((d, _)) => d.properties.clone(),
+        None => object(&mut obj, "properties")?,
+    };
+    let context = match kept_member(1) {
+        Some((d, _)) => d.context.clone(),
+        None => object(&mut obj, "context")?,
+    };
+    let enriched = match (kept_member(2), obj.remove("enriched")) {
+        (Some((d, _)), _) => d.enriched.clone(),
+        (None, None | Some(Value::Null)) => Enrichment::default(),
+        (None, Some(Value::Object(m))) => enrichment(m)?,
+        (None, Some(other)) => {
             return Err(format!(
                 "enriched must be an object, not {}",
                 type_name(&other)
@@ -206,20 +322,16 @@ pub(crate) fn from_json(v: Value, origin: &Draft) -> Result<Draft, String> {
 }
 
 fn enrichment(m: Map<String, Value>) -> Result<Enrichment, String> {
-    let given: Vec<String> = m
+    let columns = Enrichment::columns();
+    if let Some((unknown, _)) = m
         .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, _)| k.clone())
-        .collect();
-    let e: Enrichment = serde_json::from_value(Value::Object(m))
-        .map_err(|e| format!("enriched is not valid: {e}"))?;
-    let known = serde_json::to_value(&e).unwrap_or(Value::Null);
-    if let Some(unknown) = given.iter().find(|k| known.get(k.as_str()).is_none()) {
+        .find(|(k, v)| !v.is_null() && !columns.contains(&k.as_str()))
+    {
         return Err(format!(
             "enriched.{unknown} is not an enrichment column; put your own fields in properties"
         ));
     }
-    Ok(e)
+    serde_json::from_value(Value::Object(m)).map_err(|e| format!("enriched is not valid: {e}"))
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -264,7 +376,7 @@ mod tests {
         assert_eq!(v["raw"], json!({"partition": 2, "offset": 9}));
         assert_eq!(raw_offset(&v, 2), Some(9));
         assert_eq!(raw_offset(&v, 1), None);
-        let back = from_json(v.clone(), &d).unwrap();
+        let back = from_json(v.clone(), &d, None).unwrap();
         assert_eq!(back.timestamp, d.timestamp);
         assert_eq!(back.received_at, d.received_at);
         assert_eq!(back.properties, d.properties);
@@ -273,13 +385,14 @@ mod tests {
         added["tier"] = json!("gold");
         added["properties"]["n"] = json!(1);
         added.as_object_mut().unwrap().remove("user_id");
-        let back = from_json(added, &d).unwrap();
+        let back = from_json(added, &d, None).unwrap();
         assert_eq!(back.properties["tier"], "gold");
         assert_eq!(back.properties["n"], 1);
         assert_eq!(back.user_id, None);
         let fresh = from_json(
             json!({"event": "Split", "timestamp": 1_764_237_600_000i64}),
             &d,
+            None,
         )
         .unwrap();
         assert_eq!(fresh.event_id, "e1");
@@ -315,10 +428,15 @@ mod tests {
                 "unknown event_type",
             ),
         ] {
-            let err = from_json(v.clone(), &d).unwrap_err();
+            let err = from_json(v.clone(), &d, None).unwrap_err();
             assert!(err.contains(want), "{v}: {err}");
         }
-        let ok = from_json(json!({"event": "x", "enriched": {"geo_city": "Paris"}}), &d).unwrap();
+        let ok = from_json(
+            json!({"event": "x", "enriched": {"geo_city": "Paris"}}),
+            &d,
+            None,
+        )
+        .unwrap();
         assert_eq!(ok.enriched.geo_city.as_deref(), Some("Paris"));
     }
 
@@ -339,7 +457,7 @@ mod tests {
         let context = rquickjs::Context::full(&runtime).unwrap();
         let (direct, parsed) = context.with(|ctx| {
             let stringify: rquickjs::Function = ctx.eval("(v) => JSON.stringify(v)").unwrap();
-            let direct: String = stringify.call((to_js(&ctx, &d).unwrap(),)).unwrap();
+            let direct: String = stringify.call((to_js(&ctx, &d, None).unwrap(),)).unwrap();
             let parsed: rquickjs::Value = ctx.json_parse(to_text(&d)).unwrap();
             let parsed: String = stringify.call((parsed,)).unwrap();
             (direct, parsed)

@@ -20,7 +20,8 @@ use rquickjs::{
     Array, CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Promise, Runtime,
 };
 
-use super::value::{Fault, Reader};
+use super::convert::{LAZY_MEMBERS, Lazy};
+use super::value::{Fault, Inputs, Read, Reader};
 
 /// The JavaScript stack limit.
 const MAX_STACK: usize = 1 << 20;
@@ -108,24 +109,40 @@ pub type LogFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// What can go into a function: it becomes one runtime value.
 pub(crate) trait Input {
+    /// Whether its members may be deferred (see `convert::Lazy`).
+    const LAZY: bool;
     /// The runtime value.
-    fn to_js<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<rquickjs::Value<'js>>;
+    fn to_js<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        lazy: Option<&Lazy<'js>>,
+    ) -> rquickjs::Result<rquickjs::Value<'js>>;
 }
 
 impl Input for crate::Draft {
-    fn to_js<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<rquickjs::Value<'js>> {
-        super::convert::to_js(ctx, self).map(Object::into_value)
+    const LAZY: bool = true;
+    fn to_js<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        lazy: Option<&Lazy<'js>>,
+    ) -> rquickjs::Result<rquickjs::Value<'js>> {
+        super::convert::to_js(ctx, self, lazy).map(Object::into_value)
     }
 }
 
 impl Input for serde_json::Value {
-    fn to_js<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<rquickjs::Value<'js>> {
+    const LAZY: bool = false;
+    fn to_js<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        _: Option<&Lazy<'js>>,
+    ) -> rquickjs::Result<rquickjs::Value<'js>> {
         super::value::to_js(ctx, self)
     }
 }
 
 /// One output event as read back, or why it cannot be read.
-pub(crate) type Output = Result<serde_json::Value, Unreadable>;
+pub(crate) type Output = Result<Read, Unreadable>;
 
 /// An output that cannot be read back (a cycle, a BigInt, too deep, a function as an event…).
 #[derive(Clone, Debug, PartialEq)]
@@ -170,7 +187,7 @@ impl Reply {
     fn to_text(&self) -> String {
         use serde_json::{Value, json};
         let one = |o: &Output| match o {
-            Ok(v) => v.clone(),
+            Ok(r) => r.value.clone(),
             Err(u) => json!({ "unreadable": u.why }),
         };
         match self {
@@ -200,13 +217,31 @@ impl Reply {
     }
 }
 
-/// The input array of one call.
-fn inputs<'js, T: Input>(ctx: &Ctx<'js>, events: &[&T]) -> rquickjs::Result<Array<'js>> {
+/// The input array of one call, and its objects when their members are deferred.
+fn inputs<'js, T: Input>(
+    ctx: &Ctx<'js>,
+    events: &[&T],
+) -> rquickjs::Result<(Array<'js>, Option<Inputs<'js>>)> {
+    let lazy = if T::LAZY {
+        Some(Lazy::load(ctx)?)
+    } else {
+        None
+    };
     let array = Array::new(ctx.clone())?;
+    let mut objects = Vec::with_capacity(if T::LAZY { events.len() } else { 0 });
     for (i, e) in events.iter().enumerate() {
-        array.set(i, e.to_js(ctx)?)?;
+        let v = e.to_js(ctx, lazy.as_ref())?;
+        if let Some(o) = v.as_object().filter(|_| T::LAZY) {
+            objects.push(o.clone());
+        }
+        array.set(i, v)?;
     }
-    Ok(array)
+    let inputs = lazy.map(|l| Inputs {
+        objects,
+        untouched: l.untouched,
+        names: &LAZY_MEMBERS,
+    });
+    Ok((array, inputs))
 }
 
 /// Reads the wrapper's answer (`{events, failures?}` or `{per, errors}`).
@@ -215,19 +250,23 @@ fn read_reply<'js>(
     mode: Mode,
     answer: &rquickjs::Value<'js>,
     budget: usize,
+    inputs: Option<Inputs<'js>>,
 ) -> Result<Reply, Fault> {
     let js = Fault::Js;
     let answer = answer
         .as_object()
         .ok_or_else(|| Fault::Js(rquickjs::Error::new_from_js("value", "object")))?;
     let mut reader = Reader::new(ctx, budget).map_err(js)?;
+    if let Some(inputs) = inputs {
+        reader = reader.with_inputs(inputs);
+    }
     match mode {
         Mode::Batch => {
             let events: Array = answer.get("events").map_err(js)?;
             let failures: Option<Vec<String>> = answer.get("failures").map_err(js)?;
             let mut out = Vec::new();
             for i in 0..reader.length(events.as_object())? {
-                if let Some(o) = output(&mut reader, events.get(i).map_err(js)?)? {
+                if let Some(o) = output(&mut reader, events.get(i).map_err(js)?, i)? {
                     out.push(o);
                 }
             }
@@ -248,11 +287,11 @@ fn read_reply<'js>(
             for i in 0..reader.length(per.as_object())? {
                 let v: rquickjs::Value = per.get(i).map_err(js)?;
                 out.push(match v.as_array() {
-                    None => output(&mut reader, v)?.map_or(Returned::Nothing, Returned::One),
+                    None => output(&mut reader, v, i)?.map_or(Returned::Nothing, Returned::One),
                     Some(a) => {
                         let mut many = Vec::new();
                         for k in 0..reader.length(a.as_object())? {
-                            if let Some(o) = output(&mut reader, a.get(k).map_err(js)?)? {
+                            if let Some(o) = output(&mut reader, a.get(k).map_err(js)?, i)? {
                                 many.push(o);
                             }
                         }
@@ -267,8 +306,12 @@ fn read_reply<'js>(
 
 /// One event slot of an answer: `None` when it holds nothing to keep. Only a failure of the
 /// whole answer (the code threw, too big) is an `Err`.
-fn output<'js>(reader: &mut Reader<'js>, v: rquickjs::Value<'js>) -> Result<Option<Output>, Fault> {
-    match reader.event(v.clone()) {
+fn output<'js>(
+    reader: &mut Reader<'js>,
+    v: rquickjs::Value<'js>,
+    hint: usize,
+) -> Result<Option<Output>, Fault> {
+    match reader.event(v.clone(), hint) {
         Ok(o) => Ok(o.map(Ok)),
         Err(Fault::Bad(why)) => Ok(Some(Err(Unreadable {
             why: why.message(),
@@ -324,6 +367,37 @@ const WRAPPER: &str = r#"
     }
     throw new TypeError(`process must return an array of events or {events, batchItemFailures}; it returned ${r === null ? "null" : typeof r}`);
   };
+  // An event's properties, context and enriched members arrive as JSON text under a symbol
+  // and become objects the first time they are read or written (see `convert.rs`). A member
+  // that stays untouched is taken back from the event the runtime was given, unread.
+  const lookupGetter = Object.prototype.__lookupGetter__, define = Object.defineProperty;
+  const parse = JSON.parse;
+  const lazy = ["properties", "context", "enriched"].map((name) => {
+    const text = Symbol(name);
+    // What a getter made for an event that cannot take it as a plain property (sealed).
+    const held = new WeakMap();
+    const settle = (o, v) => define(o, name, { value: v, writable: true, enumerable: true, configurable: true });
+    const get = function () {
+      if (held.has(this)) return held.get(this);
+      const t = this[text];
+      const v = typeof t === "string" ? parse(t) : undefined;
+      try { settle(this, v); } catch (_) { held.set(this, v); }
+      return v;
+    };
+    const set = function (v) { settle(this, v); };
+    return { name, text, get, set, held };
+  });
+  const untouched = (o) => {
+    let members = 0;
+    for (let i = 0; i < lazy.length; i++) {
+      const l = lazy[i];
+      if (lookupGetter.call(o, l.name) === l.get && !l.held.has(o)) members |= 1 << i;
+    }
+    return members;
+  };
+  define(globalThis, "__sluice_lazy", { value: Object.freeze({
+    texts: lazy.map((l) => l.text), gets: lazy.map((l) => l.get), sets: lazy.map((l) => l.set), untouched,
+  }) });
   globalThis.__sluice_invoke = function (events, partition, source) {
     if (mode === "batch") {
       const r = fn(events, ctxFor(partition, source));
@@ -507,7 +581,7 @@ impl Engine {
                 .globals()
                 .get("__sluice_invoke")
                 .map_err(|e| InvokeError::Init(e.to_string()))?;
-            let input = inputs(&ctx, events)
+            let (input, objects) = inputs(&ctx, events)
                 .catch(&ctx)
                 .map_err(|e| InvokeError::Exception(caught_text(e)))?;
             let answer: rquickjs::Value = f
@@ -519,7 +593,7 @@ impl Engine {
                 None => answer,
             };
             let budget = self.memory_mb as usize * (1 << 20);
-            read_reply(&ctx, self.mode, &answer, budget).map_err(|f| match f {
+            read_reply(&ctx, self.mode, &answer, budget, objects).map_err(|f| match f {
                 Fault::Bad(why) => InvokeError::BadResult(why.message()),
                 Fault::Js(e) => InvokeError::Exception(caught_text(
                     Err::<(), _>(e)
@@ -643,6 +717,128 @@ mod tests {
     }
 
     const T: Duration = Duration::from_secs(2);
+
+    /// Events with properties, context and enrichment to run through functions.
+    fn drafts(n: usize) -> Vec<crate::Draft> {
+        (0..n)
+            .map(|i| {
+                let raw: sluice_event::RawEvent = serde_json::from_value(serde_json::json!({
+                    "event_id": format!("e{i}"), "source": "web", "protocol": "native",
+                    "received_at": 1_764_237_600_000_000i64,
+                    "payload": {"event": "Order", "userId": format!("u{i}"),
+                        "properties": {"total": 10.5 + i as f64, "n": i, "tags": ["a", {"b": null}], "__proto__": {"p": 1}},
+                        "context": {"page": {"url": "https://x.test/?a=1"}, "ip": "81.2.69.1", "日本": "😀"},
+                        "timestamp": "2026-11-27T10:00:00.123456Z"}
+                }))
+                .unwrap();
+                let mut d = crate::draft(&raw, sluice_event::Position { partition: 1, offset: i as u64 }).unwrap();
+                d.enriched.geo_city = Some("Zürich".into());
+                d.enriched.session_index = Some(3);
+                d.enriched.geo_latitude = Some(47.5);
+                d
+            })
+            .collect()
+    }
+
+    /// The events a reply turns into, each an output read back as the stage reads it.
+    fn outputs(reply: Reply, given: &[crate::Draft]) -> Vec<Result<crate::Draft, String>> {
+        let read = |o: Output, origin: &crate::Draft| {
+            o.map_err(|u| u.why).and_then(|r| {
+                let kept = (r.kept.members != 0).then(|| (&given[r.kept.input], r.kept.members));
+                super::super::convert::from_json(r.value, origin, kept)
+            })
+        };
+        match reply {
+            Reply::Batch { events, .. } => events.into_iter().map(|o| read(o, &given[0])).collect(),
+            Reply::Event { per, errors } => {
+                assert!(errors.is_empty(), "{errors:?}");
+                per.into_iter()
+                    .zip(given)
+                    .flat_map(|(r, origin)| match r {
+                        Returned::Nothing => Vec::new(),
+                        Returned::One(o) => vec![read(o, origin)],
+                        Returned::Many(m) => m.into_iter().map(|o| read(o, origin)).collect(),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// An event built whole, as plain objects.
+    struct Eager<'a>(&'a crate::Draft);
+
+    impl Input for Eager<'_> {
+        const LAZY: bool = false;
+        fn to_js<'js>(
+            &self,
+            ctx: &Ctx<'js>,
+            _: Option<&Lazy<'js>>,
+        ) -> rquickjs::Result<rquickjs::Value<'js>> {
+            super::super::convert::to_js(ctx, self.0, None).map(Object::into_value)
+        }
+    }
+
+    #[test]
+    fn deferred_members_give_what_plain_objects_give() {
+        let kept = "let kept; ";
+        for code in [
+            "export function transform(e) { return e; }",
+            "export function transform(e) { e.properties.seen = true; return e; }",
+            "export function transform(e) { return {...e, tier: 'gold'}; }",
+            "export function transform(e) { e.context = {a: 1}; e.enriched.geo_city = 'Bern'; return e; }",
+            "export function transform(e) { delete e.context; delete e.properties; return e; }",
+            "export function transform(e) { Object.freeze(e); e.context.page = 1; e.properties.n = e.properties.n + 1; return e; }",
+            "export function transform(e) { Object.seal(e); return e; }",
+            "export function transform(e) { const c = Object.defineProperties({}, Object.getOwnPropertyDescriptors(e)); c.context.x = 2; return c; }",
+            "export function transform(e) { Object.defineProperty(e, 'context', {value: {z: 1}, enumerable: true}); return e; }",
+            "export function transform(e) { e.properties.text = JSON.stringify(e); e.properties.keys = Object.keys(e).join(); return e; }",
+            "export function transform(e) { return [e, e, {...e, event: 'Copy'}]; }",
+            "export function transform(e) { const c = e.context; c.again = e.context === c; return {...e, context: c}; }",
+            "export function transform(e) { e.properties.proto = Object.getPrototypeOf(e.properties) === Object.prototype; return e; }",
+            &format!(
+                "{kept}export function transform(e) {{ const before = kept; kept = e; if (before) e.properties.prev = before.context; return e; }}"
+            ),
+            "export function process(events) { return events.reverse(); }",
+            "export function process(events) { events[1].context.moved = true; return [events[1], events[0], events[2]]; }",
+        ] {
+            let given = drafts(3);
+            let lazy = load(code).unwrap();
+            let plain = load(code).unwrap();
+            for batch in [&given[..], &given[1..]] {
+                let refs: Vec<&crate::Draft> = batch.iter().collect();
+                let got = outputs(lazy.call(&refs, 1, None, T).unwrap(), batch);
+                let eager: Vec<Eager> = batch.iter().map(Eager).collect();
+                let refs: Vec<&Eager> = eager.iter().collect();
+                let want = outputs(plain.call(&refs, 1, None, T).unwrap(), batch);
+                assert_eq!(got, want, "{code}");
+                assert!(
+                    !got.is_empty() && got.iter().all(Result::is_ok),
+                    "{code}: {got:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn untouched_members_are_not_read_back() {
+        let given = drafts(2);
+        let refs: Vec<&crate::Draft> = given.iter().collect();
+        let e =
+            load("export function transform(e) { e.properties.seen = true; return e; }").unwrap();
+        let Reply::Event { per, .. } = e.call(&refs, 1, None, T).unwrap() else {
+            panic!("not a per-event reply");
+        };
+        for (i, r) in per.into_iter().enumerate() {
+            let Returned::One(Ok(read)) = r else {
+                panic!("{r:?}");
+            };
+            assert_eq!(read.kept.input, i);
+            // Context and enriched were never touched: left out, taken from the input.
+            assert_eq!(read.kept.members, 0b110);
+            assert!(read.value.get("context").is_none() && read.value.get("enriched").is_none());
+            assert_eq!(read.value["properties"]["seen"], true);
+        }
+    }
 
     #[test]
     fn batch_and_event_modes_answer() {
@@ -801,7 +997,10 @@ mod tests {
                     bad.why
                 );
                 assert_eq!(bad.raw, serde_json::json!({"partition": 1, "offset": 7}));
-                assert_eq!(events[1], Ok(serde_json::json!({"ok": true})));
+                assert_eq!(
+                    events[1].as_ref().map(|r| &r.value),
+                    Ok(&serde_json::json!({"ok": true}))
+                );
             }
             other => panic!("expected a batch answer, got {other:?}"),
         }
@@ -820,7 +1019,10 @@ mod tests {
                 match &per[2] {
                     Returned::Many(v) => {
                         assert_eq!(v.len(), 2);
-                        assert_eq!(v[0], Ok(serde_json::json!({"k": 2})));
+                        assert_eq!(
+                            v[0].as_ref().map(|r| &r.value),
+                            Ok(&serde_json::json!({"k": 2}))
+                        );
                         assert!(matches!(&v[1], Err(u) if u.why.contains("not a function")));
                     }
                     other => panic!("expected two outputs, got {other:?}"),

@@ -30,6 +30,7 @@ use sluice_event::now_micros;
 use super::LiveFn;
 use super::convert::{from_json, raw_offset, raw_position};
 use super::engine::{InvokeError, Mode, Output, Reply, Returned};
+use super::value::Kept;
 use crate::Draft;
 
 /// Most events one input may become.
@@ -265,7 +266,7 @@ fn event_answer(
             Returned::One(v) => vec![v],
             Returned::Many(v) => v,
         };
-        done.push((i, convert(f, values, &drafts[i])));
+        done.push((i, convert(f, values, &drafts[i], &Given { drafts, idx })));
     }
     Answer::Partial { done, again }
 }
@@ -301,7 +302,7 @@ fn batch_answer(
     let mut owner = 0;
     for v in events {
         let offset = match &v {
-            Ok(v) => raw_offset(v, partition),
+            Ok(r) => raw_offset(&r.value, partition),
             Err(u) => raw_position(&u.raw, partition),
         };
         if let Some(pos) = offset.and_then(|o| by_offset.get(&o)) {
@@ -320,13 +321,30 @@ fn batch_answer(
             };
             again.push((i, why));
         } else {
-            done.push((i, convert(f, values, &drafts[i])));
+            done.push((i, convert(f, values, &drafts[i], &Given { drafts, idx })));
         }
     }
     Answer::Partial { done, again }
 }
 
-fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft) -> Outcome {
+/// The events one invocation was given: input `k` of the call is `drafts[idx[k]]`.
+struct Given<'a> {
+    drafts: &'a [Draft],
+    idx: &'a [usize],
+}
+
+impl Given<'_> {
+    /// The event an output's untouched members come from, and which members they are.
+    fn kept(&self, kept: Kept) -> Option<(&Draft, u8)> {
+        if kept.members == 0 {
+            return None;
+        }
+        let i = self.idx.get(kept.input)?;
+        Some((self.drafts.get(*i)?, kept.members))
+    }
+}
+
+fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft, given: &Given<'_>) -> Outcome {
     if values.len() > MAX_SPLIT {
         f.meter.error("invalid_event");
         return Err(Failed(format!(
@@ -336,7 +354,10 @@ fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft) -> Outcome {
     }
     values
         .into_iter()
-        .map(|v| v.map_err(|u| u.why).and_then(|v| from_json(v, origin)))
+        .map(|v| {
+            v.map_err(|u| u.why)
+                .and_then(|r| from_json(r.value, origin, given.kept(r.kept)))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             f.meter.error("invalid_event");

@@ -186,6 +186,31 @@ fn kind(v: &Js<'_>) -> &'static str {
     }
 }
 
+/// One event read back.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Read {
+    /// What was read; the members named by `kept` are left out.
+    pub value: Value,
+    pub kept: Kept,
+}
+
+/// Members an event read back still holds untouched, as the runtime was given them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Which of the inputs the event is.
+    pub input: usize,
+    /// Bit `i`: member `i` of the reader's deferred members.
+    pub members: u8,
+}
+
+/// The inputs of a call whose members may still be deferred (see `convert::Lazy`).
+pub(crate) struct Inputs<'js> {
+    pub objects: Vec<Object<'js>>,
+    /// `untouched(event)`: the mask of `names` still deferred on `event`.
+    pub untouched: Function<'js>,
+    pub names: &'static [&'static str],
+}
+
 /// Reads values out of the runtime under one budget (one answer).
 pub(crate) struct Reader<'js> {
     /// Bytes of JSON text still allowed.
@@ -195,6 +220,7 @@ pub(crate) struct Reader<'js> {
     to_json: Atom<'js>,
     /// `Number.prototype`, `String.prototype`, `Boolean.prototype`: boxed primitives.
     boxes: [Object<'js>; 3],
+    inputs: Option<Inputs<'js>>,
 }
 
 impl<'js> Reader<'js> {
@@ -209,12 +235,21 @@ impl<'js> Reader<'js> {
             ancestors: Vec::new(),
             to_json: Atom::from_str(ctx.clone(), "toJSON")?,
             boxes: [proto("Number")?, proto("String")?, proto("Boolean")?],
+            inputs: None,
         })
     }
 
+    /// Reads events that may be `inputs`, taking their untouched deferred members as given.
+    pub(crate) fn with_inputs(self, inputs: Inputs<'js>) -> Self {
+        Self {
+            inputs: Some(inputs),
+            ..self
+        }
+    }
+
     /// Reads one event slot of an answer: `None` for `null` or `undefined` (nothing to keep).
-    /// A function, symbol or BigInt is not an event.
-    pub(crate) fn event(&mut self, v: Js<'js>) -> Result<Option<Value>, Fault> {
+    /// A function, symbol or BigInt is not an event. `hint`: the input it most likely is.
+    pub(crate) fn event(&mut self, v: Js<'js>, hint: usize) -> Result<Option<Read>, Fault> {
         if v.is_null() || v.is_undefined() {
             return Ok(None);
         }
@@ -225,10 +260,46 @@ impl<'js> Reader<'js> {
             return Err(bad(format!("an event must be an object, not {}", kind(&v))));
         }
         self.ancestors.clear();
-        let read = self.value(v, &|| String::new());
+        let read = self.top(v, hint);
         self.ancestors.clear();
         // What JSON writes as `null` (`toJSON` giving nothing, say) is dropped like `null`.
-        Ok(read?.filter(|v| !v.is_null()))
+        Ok(read?.filter(|r| !r.value.is_null()))
+    }
+
+    /// An event slot's value, its untouched deferred members left out when it is an input.
+    fn top(&mut self, v: Js<'js>, hint: usize) -> Result<Option<Read>, Fault> {
+        let v = self.prepare(v, &|| String::new())?;
+        let kept = match v.as_object() {
+            Some(o) if v.type_of() == Type::Object => self.kept(o, hint)?,
+            _ => Kept::default(),
+        };
+        let value = if kept.members == 0 {
+            self.typed(v)?
+        } else {
+            let object = self.object(v, kept.members)?;
+            self.charge(4)?;
+            Some(object)
+        };
+        Ok(value.map(|value| Read { value, kept }))
+    }
+
+    /// Which input `o` is and which of its deferred members are untouched.
+    fn kept(&self, o: &Object<'js>, hint: usize) -> Result<Kept, Fault> {
+        let Some(inputs) = &self.inputs else {
+            return Ok(Kept::default());
+        };
+        let found = match inputs.objects.get(hint) {
+            Some(h) if h == o => Some(hint),
+            _ => inputs.objects.iter().position(|i| i == o),
+        };
+        let Some(input) = found else {
+            return Ok(Kept::default());
+        };
+        let members: i32 = inputs.untouched.call((o.clone(),)).map_err(js_fault)?;
+        Ok(Kept {
+            input,
+            members: u8::try_from(members).unwrap_or(0),
+        })
     }
 
     /// The `raw` member of `v` as far as it can be read (`null` if not), for an output that
@@ -263,6 +334,11 @@ impl<'js> Reader<'js> {
     /// `v` as `JSON.stringify` writes it under `key`; `None` where it writes nothing.
     fn value(&mut self, v: Js<'js>, key: &dyn Fn() -> String) -> Result<Option<Value>, Fault> {
         let v = self.prepare(v, key)?;
+        self.typed(v)
+    }
+
+    /// [`Reader::value`] of a value `toJSON` and unboxing were applied to.
+    fn typed(&mut self, v: Js<'js>) -> Result<Option<Value>, Fault> {
         let out = match v.type_of() {
             Type::Undefined
             | Type::Uninitialized
@@ -284,7 +360,7 @@ impl<'js> Reader<'js> {
                 ));
             }
             Type::Array => self.array(v)?,
-            Type::Object | Type::Exception | Type::Promise | Type::Proxy => self.object(v)?,
+            Type::Object | Type::Exception | Type::Promise | Type::Proxy => self.object(v, 0)?,
             Type::Module | Type::Unknown => return Err(bad("a value of an unknown kind")),
         };
         self.charge(match &out {
@@ -358,26 +434,54 @@ impl<'js> Reader<'js> {
         Ok(Value::Array(out))
     }
 
-    fn object(&mut self, v: Js<'js>) -> Result<Value, Fault> {
+    /// An object's members as JSON writes them; with `skip`, the deferred members it names are
+    /// left out unread.
+    fn object(&mut self, v: Js<'js>, skip: u8) -> Result<Value, Fault> {
         let object = v
             .into_object()
             .ok_or_else(|| bad("an object could not be read"))?;
         self.enter(&object)?;
         let mut map = Map::new();
+        if skip != 0 {
+            let names = self.inputs.as_ref().map_or(&[][..], |i| i.names);
+            for k in object.keys::<String>() {
+                let k = k.map_err(js_fault)?;
+                let skipped = names
+                    .iter()
+                    .position(|n| *n == k)
+                    .is_some_and(|i| skip & (1 << i) != 0);
+                if !skipped {
+                    let item: Js = object.get(k.as_str()).map_err(js_fault)?;
+                    self.member(&mut map, k, item)?;
+                }
+            }
+            self.leave();
+            return Ok(Value::Object(map));
+        }
         for prop in object.props::<String, Js>() {
             let (k, item) = prop.map_err(js_fault)?;
-            let read = self.value(item, &|| k.clone());
-            match read {
-                Ok(Some(item)) => {
-                    self.charge(k.len() + 3)?;
-                    map.insert(k, item);
-                }
-                Ok(None) => {}
-                Err(f) => return within(Err(f), || Step::Key(k)),
-            }
+            self.member(&mut map, k, item)?;
         }
         self.leave();
         Ok(Value::Object(map))
+    }
+
+    /// Reads member `k` of an object into `map`.
+    fn member(
+        &mut self,
+        map: &mut Map<String, Value>,
+        k: String,
+        item: Js<'js>,
+    ) -> Result<(), Fault> {
+        match self.value(item, &|| k.clone()) {
+            Ok(Some(item)) => {
+                self.charge(k.len() + 3)?;
+                map.insert(k, item);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(f) => within(Err(f), || Step::Key(k)).map(drop),
+        }
     }
 }
 
@@ -407,7 +511,10 @@ mod tests {
         with(|ctx| {
             let v: Js = ctx.eval(code).catch(ctx).unwrap();
             let mut reader = Reader::new(ctx, budget).unwrap();
-            reader.event(v).map_err(message)
+            reader
+                .event(v, 0)
+                .map(|r| r.map(|r| r.value))
+                .map_err(message)
         })
     }
 
