@@ -80,9 +80,9 @@ pub(crate) const LAZY_MEMBERS: [&str; 3] = ["properties", "context", "enriched"]
 /// Building an event's objects and reading them back is most of what a call costs, and most
 /// functions touch one member of the three, if any. So each goes in as its JSON text under a
 /// symbol, behind an accessor that parses it on first read or write and puts the result in its
-/// place as a plain property (with `JSON.parse`'s values, as the eager build gives). A member
-/// still behind its accessor when the answer is read was never touched: it is taken back from
-/// the event the runtime was given, without reading anything.
+/// place as a plain property (with `JSON.parse`'s values, as the whole build gives). A member
+/// still behind its accessor when the reading of the answer reaches it was never touched: it
+/// is taken back from the event the runtime was given, without reading anything.
 pub(crate) struct Lazy<'js> {
     texts: [Atom<'js>; 3],
     gets: [Function<'js>; 3],
@@ -157,7 +157,8 @@ impl<'js> AsProperty<'js, ()> for Deferred<'js> {
 }
 
 /// The object a function gets for `d` (its fields in this order); with `lazy`, its
-/// properties, context and enriched are built on first use.
+/// properties, context and enriched are built on first use, else whole (the reference the
+/// deferred build is tested against).
 pub(crate) fn to_js<'js>(
     ctx: &Ctx<'js>,
     d: &Draft,

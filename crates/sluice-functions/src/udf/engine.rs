@@ -795,6 +795,9 @@ mod tests {
             "export function transform(e) { return [e, e, {...e, event: 'Copy'}]; }",
             "export function transform(e) { const c = e.context; c.again = e.context === c; return {...e, context: c}; }",
             "export function transform(e) { e.properties.proto = Object.getPrototypeOf(e.properties) === Object.prototype; return e; }",
+            // Code run while the answer is read (getters) touches members it reads later.
+            "export function transform(e) { Object.defineProperty(e, 'event_id', {get() { e.context.y = 1; return 'x'; }, enumerable: true}); return e; }",
+            "export function transform(e) { Object.defineProperty(e.properties, 'g', {get() { e.enriched.geo_city = 'Bern'; delete e.context; return 1; }, enumerable: true}); return e; }",
             &format!(
                 "{kept}export function transform(e) {{ const before = kept; kept = e; if (before) e.properties.prev = before.context; return e; }}"
             ),

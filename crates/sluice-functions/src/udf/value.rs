@@ -269,37 +269,32 @@ impl<'js> Reader<'js> {
     /// An event slot's value, its untouched deferred members left out when it is an input.
     fn top(&mut self, v: Js<'js>, hint: usize) -> Result<Option<Read>, Fault> {
         let v = self.prepare(v, &|| String::new())?;
-        let kept = match v.as_object() {
-            Some(o) if v.type_of() == Type::Object => self.kept(o, hint)?,
-            _ => Kept::default(),
+        let input = match v.as_object() {
+            Some(o) if v.type_of() == Type::Object => self.input_of(o, hint),
+            _ => None,
         };
-        let value = if kept.members == 0 {
-            self.typed(v)?
-        } else {
-            let object = self.object(v, kept.members)?;
-            self.charge(4)?;
-            Some(object)
+        let Some(input) = input else {
+            let value = self.typed(v)?;
+            return Ok(value.map(|value| Read {
+                value,
+                kept: Kept::default(),
+            }));
         };
-        Ok(value.map(|value| Read { value, kept }))
+        let (value, members) = self.object(v, true)?;
+        self.charge(4)?;
+        Ok(Some(Read {
+            value,
+            kept: Kept { input, members },
+        }))
     }
 
-    /// Which input `o` is and which of its deferred members are untouched.
-    fn kept(&self, o: &Object<'js>, hint: usize) -> Result<Kept, Fault> {
-        let Some(inputs) = &self.inputs else {
-            return Ok(Kept::default());
-        };
-        let found = match inputs.objects.get(hint) {
+    /// Which of the inputs `o` is.
+    fn input_of(&self, o: &Object<'js>, hint: usize) -> Option<usize> {
+        let inputs = self.inputs.as_ref()?;
+        match inputs.objects.get(hint) {
             Some(h) if h == o => Some(hint),
             _ => inputs.objects.iter().position(|i| i == o),
-        };
-        let Some(input) = found else {
-            return Ok(Kept::default());
-        };
-        let members: i32 = inputs.untouched.call((o.clone(),)).map_err(js_fault)?;
-        Ok(Kept {
-            input,
-            members: u8::try_from(members).unwrap_or(0),
-        })
+        }
     }
 
     /// The `raw` member of `v` as far as it can be read (`null` if not), for an output that
@@ -360,7 +355,9 @@ impl<'js> Reader<'js> {
                 ));
             }
             Type::Array => self.array(v)?,
-            Type::Object | Type::Exception | Type::Promise | Type::Proxy => self.object(v, 0)?,
+            Type::Object | Type::Exception | Type::Promise | Type::Proxy => {
+                self.object(v, false)?.0
+            }
             Type::Module | Type::Unknown => return Err(bad("a value of an unknown kind")),
         };
         self.charge(match &out {
@@ -434,36 +431,51 @@ impl<'js> Reader<'js> {
         Ok(Value::Array(out))
     }
 
-    /// An object's members as JSON writes them; with `skip`, the deferred members it names are
-    /// left out unread.
-    fn object(&mut self, v: Js<'js>, skip: u8) -> Result<Value, Fault> {
+    /// An object's members as JSON writes them. With `deferred` (an input event), its deferred
+    /// members still untouched when the reading reaches them are left out unread: the mask of
+    /// those is returned.
+    fn object(&mut self, v: Js<'js>, deferred: bool) -> Result<(Value, u8), Fault> {
         let object = v
             .into_object()
             .ok_or_else(|| bad("an object could not be read"))?;
         self.enter(&object)?;
         let mut map = Map::new();
-        if skip != 0 {
-            let names = self.inputs.as_ref().map_or(&[][..], |i| i.names);
-            for k in object.keys::<String>() {
-                let k = k.map_err(js_fault)?;
-                let skipped = names
-                    .iter()
-                    .position(|n| *n == k)
-                    .is_some_and(|i| skip & (1 << i) != 0);
-                if !skipped {
+        let mut kept = 0u8;
+        match self.inputs.as_ref().filter(|_| deferred) {
+            Some(inputs) => {
+                let (names, untouched) = (inputs.names, inputs.untouched.clone());
+                // Which members are untouched, as last asked; reading anything may run code
+                // (a getter) that touches one, so the answer holds only until then.
+                let mut asked: Option<u8> = None;
+                for k in object.keys::<String>() {
+                    let k = k.map_err(js_fault)?;
+                    if let Some(i) = names.iter().position(|n| *n == k) {
+                        let mask = match asked {
+                            Some(m) => m,
+                            None => {
+                                let m: i32 = untouched.call((object.clone(),)).map_err(js_fault)?;
+                                *asked.insert(u8::try_from(m).unwrap_or(0))
+                            }
+                        };
+                        if mask & (1 << i) != 0 {
+                            kept |= 1 << i;
+                            continue;
+                        }
+                    }
+                    asked = None;
                     let item: Js = object.get(k.as_str()).map_err(js_fault)?;
                     self.member(&mut map, k, item)?;
                 }
             }
-            self.leave();
-            return Ok(Value::Object(map));
-        }
-        for prop in object.props::<String, Js>() {
-            let (k, item) = prop.map_err(js_fault)?;
-            self.member(&mut map, k, item)?;
+            None => {
+                for prop in object.props::<String, Js>() {
+                    let (k, item) = prop.map_err(js_fault)?;
+                    self.member(&mut map, k, item)?;
+                }
+            }
         }
         self.leave();
-        Ok(Value::Object(map))
+        Ok((Value::Object(map), kept))
     }
 
     /// Reads member `k` of an object into `map`.
