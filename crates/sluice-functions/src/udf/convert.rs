@@ -156,13 +156,42 @@ impl<'js> AsProperty<'js, ()> for Deferred<'js> {
     }
 }
 
-/// The object a function gets for `d` (its fields in this order); with `lazy`, its
-/// properties, context and enriched are built on first use, else whole (the reference the
-/// deferred build is tested against).
+/// The object a function gets for `d` (its fields in this order), its properties, context and
+/// enriched built on first use.
 pub(crate) fn to_js<'js>(
     ctx: &Ctx<'js>,
     d: &Draft,
-    lazy: Option<&Lazy<'js>>,
+    lazy: &Lazy<'js>,
+) -> rquickjs::Result<Object<'js>> {
+    event_object(ctx, d, |o| {
+        // Maps of JSON values and the enrichment's strings, numbers and booleans always
+        // serialise.
+        let text = |r: serde_json::Result<String>| r.unwrap_or_else(|_| "{}".into());
+        lazy.define(ctx, o, 0, &text(serde_json::to_string(&d.properties)))?;
+        lazy.define(ctx, o, 1, &text(serde_json::to_string(&d.context)))?;
+        lazy.define(ctx, o, 2, &text(serde_json::to_string(&d.enriched)))
+    })
+}
+
+/// [`to_js`] with every member built whole: the reference the deferred build is tested
+/// against.
+#[cfg(test)]
+pub(crate) fn to_js_whole<'js>(ctx: &Ctx<'js>, d: &Draft) -> rquickjs::Result<Object<'js>> {
+    event_object(ctx, d, |o| {
+        o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
+        o.set("context", value::map_to_js(ctx, &d.context)?)?;
+        let enriched =
+            serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
+        o.set("enriched", value::to_js(ctx, &enriched)?)
+    })
+}
+
+/// The event's object: its columns in order, `members` adding properties, context and enriched
+/// before `raw`.
+fn event_object<'js>(
+    ctx: &Ctx<'js>,
+    d: &Draft,
+    members: impl FnOnce(&Object<'js>) -> rquickjs::Result<()>,
 ) -> rquickjs::Result<Object<'js>> {
     let o = Object::new(ctx.clone())?;
     o.set("event_id", d.event_id.as_str())?;
@@ -183,23 +212,7 @@ pub(crate) fn to_js<'js>(
     if let Some(t) = d.device_timestamp {
         o.set("device_timestamp", format_micros(t))?;
     }
-    match lazy {
-        Some(lazy) => {
-            // Maps of JSON values and the enrichment's strings, numbers and booleans always
-            // serialise.
-            let text = |r: serde_json::Result<String>| r.unwrap_or_else(|_| "{}".into());
-            lazy.define(ctx, &o, 0, &text(serde_json::to_string(&d.properties)))?;
-            lazy.define(ctx, &o, 1, &text(serde_json::to_string(&d.context)))?;
-            lazy.define(ctx, &o, 2, &text(serde_json::to_string(&d.enriched)))?;
-        }
-        None => {
-            o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
-            o.set("context", value::map_to_js(ctx, &d.context)?)?;
-            let enriched =
-                serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
-            o.set("enriched", value::to_js(ctx, &enriched)?)?;
-        }
-    }
+    members(&o)?;
     let raw = Object::new(ctx.clone())?;
     raw.set("partition", d.raw.partition)?;
     raw.set("offset", value::number_to_js(ctx, &d.raw.offset.into()))?;
@@ -458,7 +471,7 @@ mod tests {
         let context = rquickjs::Context::full(&runtime).unwrap();
         let (direct, parsed) = context.with(|ctx| {
             let stringify: rquickjs::Function = ctx.eval("(v) => JSON.stringify(v)").unwrap();
-            let direct: String = stringify.call((to_js(&ctx, &d, None).unwrap(),)).unwrap();
+            let direct: String = stringify.call((to_js_whole(&ctx, &d).unwrap(),)).unwrap();
             let parsed: rquickjs::Value = ctx.json_parse(to_text(&d)).unwrap();
             let parsed: String = stringify.call((parsed,)).unwrap();
             (direct, parsed)

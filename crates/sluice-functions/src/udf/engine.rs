@@ -109,34 +109,27 @@ pub type LogFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// What can go into a function: it becomes one runtime value.
 pub(crate) trait Input {
-    /// Whether its members may be deferred (see `convert::Lazy`).
-    const LAZY: bool;
-    /// The runtime value.
+    /// The runtime value; an event's members are deferred through `lazy`.
     fn to_js<'js>(
         &self,
         ctx: &Ctx<'js>,
-        lazy: Option<&Lazy<'js>>,
+        lazy: &Lazy<'js>,
     ) -> rquickjs::Result<rquickjs::Value<'js>>;
 }
 
 impl Input for crate::Draft {
-    const LAZY: bool = true;
     fn to_js<'js>(
         &self,
         ctx: &Ctx<'js>,
-        lazy: Option<&Lazy<'js>>,
+        lazy: &Lazy<'js>,
     ) -> rquickjs::Result<rquickjs::Value<'js>> {
         super::convert::to_js(ctx, self, lazy).map(Object::into_value)
     }
 }
 
+/// A JSON value goes in as `JSON.parse` would make it, nothing deferred.
 impl Input for serde_json::Value {
-    const LAZY: bool = false;
-    fn to_js<'js>(
-        &self,
-        ctx: &Ctx<'js>,
-        _: Option<&Lazy<'js>>,
-    ) -> rquickjs::Result<rquickjs::Value<'js>> {
+    fn to_js<'js>(&self, ctx: &Ctx<'js>, _: &Lazy<'js>) -> rquickjs::Result<rquickjs::Value<'js>> {
         super::value::to_js(ctx, self)
     }
 }
@@ -217,30 +210,26 @@ impl Reply {
     }
 }
 
-/// The input array of one call, and its objects when their members are deferred.
+/// The input array of one call, and its objects (their members may be deferred).
 fn inputs<'js, T: Input>(
     ctx: &Ctx<'js>,
     events: &[&T],
-) -> rquickjs::Result<(Array<'js>, Option<Inputs<'js>>)> {
-    let lazy = if T::LAZY {
-        Some(Lazy::load(ctx)?)
-    } else {
-        None
-    };
+) -> rquickjs::Result<(Array<'js>, Inputs<'js>)> {
+    let lazy = Lazy::load(ctx)?;
     let array = Array::new(ctx.clone())?;
-    let mut objects = Vec::with_capacity(if T::LAZY { events.len() } else { 0 });
+    let mut objects = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        let v = e.to_js(ctx, lazy.as_ref())?;
-        if let Some(o) = v.as_object().filter(|_| T::LAZY) {
+        let v = e.to_js(ctx, &lazy)?;
+        if let Some(o) = v.as_object() {
             objects.push(o.clone());
         }
         array.set(i, v)?;
     }
-    let inputs = lazy.map(|l| Inputs {
+    let inputs = Inputs {
         objects,
-        untouched: l.untouched,
+        untouched: lazy.untouched,
         names: &LAZY_MEMBERS,
-    });
+    };
     Ok((array, inputs))
 }
 
@@ -250,16 +239,13 @@ fn read_reply<'js>(
     mode: Mode,
     answer: &rquickjs::Value<'js>,
     budget: usize,
-    inputs: Option<Inputs<'js>>,
+    inputs: Inputs<'js>,
 ) -> Result<Reply, Fault> {
     let js = Fault::Js;
     let answer = answer
         .as_object()
         .ok_or_else(|| Fault::Js(rquickjs::Error::new_from_js("value", "object")))?;
-    let mut reader = Reader::new(ctx, budget).map_err(js)?;
-    if let Some(inputs) = inputs {
-        reader = reader.with_inputs(inputs);
-    }
+    let mut reader = Reader::new(ctx, budget).map_err(js)?.with_inputs(inputs);
     match mode {
         Mode::Batch => {
             let events: Array = answer.get("events").map_err(js)?;
@@ -768,13 +754,12 @@ mod tests {
     struct Eager<'a>(&'a crate::Draft);
 
     impl Input for Eager<'_> {
-        const LAZY: bool = false;
         fn to_js<'js>(
             &self,
             ctx: &Ctx<'js>,
-            _: Option<&Lazy<'js>>,
+            _: &Lazy<'js>,
         ) -> rquickjs::Result<rquickjs::Value<'js>> {
-            super::super::convert::to_js(ctx, self.0, None).map(Object::into_value)
+            super::super::convert::to_js_whole(ctx, self.0).map(Object::into_value)
         }
     }
 
