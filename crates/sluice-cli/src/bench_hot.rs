@@ -219,6 +219,7 @@ async fn store_figures(name: &str, store: Arc<dyn HotStore>) -> anyhow::Result<(
             puts: (start..start + BATCH)
                 .map(|i| (format!("p:user-{i}"), profile(i)))
                 .collect(),
+            ..WriteBatch::default()
         };
         store.write(batch).await?;
         position = Some(next);

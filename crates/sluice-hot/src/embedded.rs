@@ -169,6 +169,9 @@ impl EmbeddedStore {
         for (key, value) in batch.puts {
             fb.insert(&open.values, key, value);
         }
+        for key in batch.deletes {
+            fb.remove(&open.values, key);
+        }
         if !batch.positions.is_empty() {
             let encoded = serde_json::to_vec(&next).map_err(embedded)?;
             fb.insert(&open.positions, batch.consumer.as_str(), encoded);
@@ -289,6 +292,7 @@ mod tests {
             consumer: "hot/good".into(),
             positions: BTreeMap::from([(0, (expected, new))]),
             puts: vec![("p:u1".into(), value.as_bytes().to_vec())],
+            ..WriteBatch::default()
         }
     }
 

@@ -34,7 +34,7 @@ pub use counter::{
 };
 pub use embedded::EmbeddedStore;
 pub use error::HotError;
-pub use profile::{EventView, Prediction, Profile, RawJson, RecentEvent, Session};
+pub use profile::{EventView, Prediction, Profile, RawJson, RecentEvent, RecentRange, Session};
 pub use projector::{CONSUMER, EventHook, ProjectionProgress, ProjectionStatus, Projector};
 pub use reader::{CounterAnswer, HotReader};
 #[cfg(feature = "redis")]

@@ -8,6 +8,7 @@
 //! a user id are two profiles.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -116,6 +117,28 @@ pub struct Prediction {
     pub event_id: String,
 }
 
+/// The indices of the recent events a stored profile holds, each under
+/// [`Profile::recent_key`]: `from..next`, oldest first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentRange {
+    /// The oldest index held.
+    pub from: u64,
+    /// The index the next recent event gets.
+    pub next: u64,
+}
+
+impl RecentRange {
+    /// The indices held.
+    pub fn indices(&self) -> Range<u64> {
+        self.from..self.next
+    }
+
+    /// The newest `n` of them.
+    pub fn newest(&self, n: usize) -> Range<u64> {
+        self.from.max(self.next.saturating_sub(n as u64))..self.next
+    }
+}
+
 /// What the hot tier knows about one user.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
@@ -140,12 +163,24 @@ pub struct Profile {
     /// Model name → latest score.
     #[serde(default)]
     pub predictions: BTreeMap<String, Prediction>,
+    /// Which recent events the store holds apart (see the module docs). A stored profile has
+    /// it and an empty `last_events`; a profile stored before recent events were kept apart
+    /// has none and its `last_events` inline. In answers it is left out: their `last_events`
+    /// are the recent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<RecentRange>,
 }
 
 impl Profile {
     /// The store key of `id`'s profile.
     pub fn store_key(id: &str) -> String {
         format!("p:{id}")
+    }
+
+    /// The store key of `id`'s recent event number `index` (unambiguous: the index, after the
+    /// last `:`, has no `:`, and no other key starts with `e:`).
+    pub fn recent_key(id: &str, index: u64) -> String {
+        format!("e:{id}:{index}")
     }
 
     /// Applies one event.
@@ -168,20 +203,7 @@ impl Profile {
                 self.traits.insert(k.clone(), v.clone());
             }
         }
-        if settings.recent_events > 0 {
-            self.last_events.push_back(RecentEvent {
-                event_id: e.event_id.clone(),
-                event: e.event.clone(),
-                event_type: e.event_type,
-                timestamp: ts,
-                properties: view.properties_json(),
-            });
-            while self.last_events.len() > settings.recent_events {
-                self.last_events.pop_front();
-            }
-        } else {
-            self.last_events.clear();
-        }
+        self.keep_recent(view, settings.recent_events);
         match &mut self.session {
             Some(s) if ts <= s.last.saturating_add(settings.session_timeout_us) => {
                 s.last = s.last.max(ts);
@@ -198,6 +220,77 @@ impl Profile {
                 });
             }
         }
+    }
+
+    /// Readies a profile read from the store (or the projection's cache) for events: returns
+    /// the indices of the recent events the store holds apart. One stored with its recent
+    /// events inline holds none apart; they are written apart when it is next written.
+    pub(crate) fn loaded(&mut self) -> Range<u64> {
+        match self.recent {
+            Some(range) => {
+                self.last_events.clear();
+                range.indices()
+            }
+            None => {
+                let next = self.last_events.len() as u64;
+                self.recent = Some(RecentRange { from: 0, next });
+                0..0
+            }
+        }
+    }
+
+    /// After events were applied to a profile whose store held the recent events `stored`:
+    /// the recent events to write (index, event) and the indices to delete.
+    pub(crate) fn recent_changes(
+        &self,
+        stored: Range<u64>,
+    ) -> (Vec<(u64, &RecentEvent)>, Range<u64>) {
+        let range = self.recent.unwrap_or_default();
+        let first_in_memory = range.next.saturating_sub(self.last_events.len() as u64);
+        let unstored = range.from.max(stored.end)..range.next;
+        debug_assert!(
+            unstored.is_empty() || unstored.start >= first_in_memory,
+            "every recent event the store lacks is in memory"
+        );
+        let new = unstored
+            .filter_map(|i| {
+                let at = usize::try_from(i.checked_sub(first_in_memory)?).ok()?;
+                Some((i, self.last_events.get(at)?))
+            })
+            .collect();
+        (new, stored.start..stored.end.min(range.from))
+    }
+
+    /// The profile as stored: without its recent events, which are stored apart.
+    pub(crate) fn encode_stored(&mut self) -> serde_json::Result<Vec<u8>> {
+        let recent = std::mem::take(&mut self.last_events);
+        let encoded = serde_json::to_vec(self);
+        self.last_events = recent;
+        encoded
+    }
+
+    /// Appends the event to the recent ones, keeping the newest `n`; the range moves with them.
+    fn keep_recent(&mut self, view: &EventView<'_>, n: usize) {
+        let range = self.recent.get_or_insert_default();
+        if n > 0 {
+            let e = view.event;
+            self.last_events.push_back(RecentEvent {
+                event_id: e.event_id.clone(),
+                event: e.event.clone(),
+                event_type: e.event_type,
+                timestamp: e.timestamp,
+                properties: view.properties_json(),
+            });
+            range.next += 1;
+        }
+        range.from = range.newest(n).start;
+        while self.last_events.len() > n {
+            self.last_events.pop_front();
+        }
+        debug_assert!(
+            range.from <= range.next,
+            "a recent range never runs backwards"
+        );
     }
 }
 

@@ -25,9 +25,13 @@
 //! 7. The values a batch wrote stay decoded in a [`ValueCache`], from which the next batch
 //!    takes them instead of reading the store (`cache.rs` says why a cached value is the stored
 //!    one).
+//! 8. A profile's recent events are stored apart, one key each (`profile.rs`): a batch reads
+//!    none of them, writes the new ones and deletes those that fell out of the last N, in the
+//!    same atomic batch as the profile.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +69,8 @@ pub trait EventHook: Send + Sync + 'static {
     fn resume_from(&self) -> Positions;
 
     /// One event. `profile` is the event's profile after the event was applied (`None` when
-    /// the event has no user). `live` is false when the store already holds this event (the
+    /// the event has no user); its `last_events` holds only this batch's events, as a
+    /// profile's earlier recent events are stored apart and not read by the projection. `live` is false when the store already holds this event (the
     /// hook is catching up after a restart): then changes to `profile` are not written.
     fn on_event(
         &mut self,
@@ -335,7 +340,7 @@ impl Projector {
         let keys = self.keys_touched(&views);
         let mut state = self.load(keys, shutting_down).await?;
         let (dirty, live_events) = self.apply(&views, &mut state);
-        let batch = write_batch(parts, dirty, &state)?;
+        let batch = write_batch(parts, dirty, &mut state)?;
         if !batch.positions.is_empty() {
             self.write_with_retry(&batch, shutting_down).await?;
             self.keep(&batch, state);
@@ -385,9 +390,7 @@ impl Projector {
         let mut missing = Vec::new();
         for key in keys {
             match self.cache.take(&key) {
-                Some(cache::Value::Profile(p)) => {
-                    state.profiles.insert(key, p);
-                }
+                Some(cache::Value::Profile(p)) => state.add_profile(key, p),
                 Some(cache::Value::Counter(c)) => {
                     state.counters.insert(key, c);
                 }
@@ -398,9 +401,7 @@ impl Projector {
         for (key, value) in missing.into_iter().zip(values) {
             let Some(bytes) = value else { continue };
             let decoded = if key.starts_with("p:") {
-                serde_json::from_slice(&bytes).map(|p| {
-                    state.profiles.insert(key.clone(), p);
-                })
+                serde_json::from_slice(&bytes).map(|p| state.add_profile(key.clone(), p))
             } else {
                 serde_json::from_slice(&bytes).map(|c| {
                     state.counters.insert(key.clone(), c);
@@ -418,7 +419,11 @@ impl Projector {
     fn keep(&mut self, batch: &WriteBatch, mut state: HotState) {
         for (key, bytes) in &batch.puts {
             let value = match state.profiles.remove(key) {
-                Some(p) => cache::Value::Profile(p),
+                Some(mut p) => {
+                    // Stored apart: what the cache holds is the profile's stored part.
+                    p.last_events.clear();
+                    cache::Value::Profile(p)
+                }
                 None => match state.counters.remove(key) {
                     Some(c) => cache::Value::Counter(c),
                     None => continue,
@@ -652,7 +657,17 @@ impl Projector {
 #[derive(Default)]
 struct HotState {
     profiles: HashMap<String, Profile>,
+    /// Per loaded profile: the indices of the recent events the store holds apart.
+    stored_recent: HashMap<String, Range<u64>>,
     counters: HashMap<String, CounterState>,
+}
+
+impl HotState {
+    /// A profile as the store (or the cache) holds it.
+    fn add_profile(&mut self, key: String, mut profile: Profile) {
+        self.stored_recent.insert(key.clone(), profile.loaded());
+        self.profiles.insert(key, profile);
+    }
 }
 
 /// The batch's events with their positions; an undecodable record is skipped (and counted) but
@@ -682,7 +697,7 @@ fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
 fn write_batch(
     parts: &[PartitionState],
     dirty: Vec<String>,
-    state: &HotState,
+    state: &mut HotState,
 ) -> Result<WriteBatch, HotError> {
     let mut batch = WriteBatch {
         consumer: CONSUMER.to_string(),
@@ -694,16 +709,26 @@ fn write_batch(
             batch.positions.insert(p.id, (p.stored, new));
         }
     }
+    let failed = |e: serde_json::Error| HotError::Embedded(e.to_string());
     for k in dirty {
-        let encoded = if let Some(p) = state.profiles.get(&k) {
-            serde_json::to_vec(p)
+        let encoded = if let Some(p) = state.profiles.get_mut(&k) {
+            let stored = state.stored_recent.get(&k).cloned().unwrap_or(0..0);
+            let id = k.strip_prefix("p:").unwrap_or(&p.id);
+            let (new, gone) = p.recent_changes(stored);
+            for (index, event) in new {
+                let encoded = serde_json::to_vec(event).map_err(failed)?;
+                batch.puts.push((Profile::recent_key(id, index), encoded));
+            }
+            batch
+                .deletes
+                .extend(gone.map(|index| Profile::recent_key(id, index)));
+            p.encode_stored()
         } else if let Some(c) = state.counters.get(&k) {
             serde_json::to_vec(c)
         } else {
             continue;
         };
-        let encoded = encoded.map_err(|e| HotError::Embedded(e.to_string()))?;
-        batch.puts.push((k, encoded));
+        batch.puts.push((k, encoded.map_err(failed)?));
     }
     Ok(batch)
 }

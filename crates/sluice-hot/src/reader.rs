@@ -36,6 +36,16 @@ pub struct CounterAnswer {
     pub late: u64,
 }
 
+/// Reads of a profile whose recent events changed meanwhile, at most.
+const READ_ATTEMPTS: u32 = 3;
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, HotError> {
+    serde_json::from_slice(bytes).map_err(|e| HotError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 fn check_key(what: &str, key: &str) -> Result<(), HotError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(HotError::Invalid(format!(
@@ -56,25 +66,61 @@ impl HotReader {
         &self.settings
     }
 
-    /// The profiles of `ids`, in order (`None` for an unknown id).
+    /// The profiles of `ids`, in order (`None` for an unknown id), each with its newest
+    /// `recent_events` recent events.
     pub async fn profiles(&self, ids: &[String]) -> Result<Vec<Option<Profile>>, HotError> {
         for id in ids {
             check_key("a profile id", id)?;
         }
+        // A profile and its recent events are two reads: a batch written between them may
+        // have replaced the oldest events. Then the profile is read again.
+        let mut attempt = 1;
+        loop {
+            let (profiles, complete) = self.read_profiles(ids).await?;
+            if complete || attempt == READ_ATTEMPTS {
+                return Ok(profiles);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// The profiles of `ids` with their recent events, and whether every recent event their
+    /// ranges name was found.
+    async fn read_profiles(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<Option<Profile>>, bool), HotError> {
         let keys: Vec<String> = ids.iter().map(|id| Profile::store_key(id)).collect();
         let values = self.store.get_many(&keys).await?;
-        keys.iter()
+        let mut profiles: Vec<Option<Profile>> = keys
+            .iter()
             .zip(values)
-            .map(|(key, v)| {
-                v.map(|bytes| {
-                    serde_json::from_slice(&bytes).map_err(|e| HotError::Corrupt {
-                        key: key.clone(),
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-            })
-            .collect()
+            .map(|(key, v)| v.map(|bytes| decode(key, &bytes)).transpose())
+            .collect::<Result<_, _>>()?;
+        let mut wanted: Vec<(usize, String)> = Vec::new();
+        for (at, (id, profile)) in ids.iter().zip(&profiles).enumerate() {
+            if let Some(range) = profile.as_ref().and_then(|p| p.recent) {
+                let newest = range.newest(self.settings.recent_events);
+                wanted.extend(newest.map(|i| (at, Profile::recent_key(id, i))));
+            }
+        }
+        let recent_keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
+        let values = self.store.get_many(&recent_keys).await?;
+        let mut complete = true;
+        for ((at, key), value) in wanted.into_iter().zip(values) {
+            match value {
+                Some(bytes) => {
+                    if let Some(p) = profiles[at].as_mut() {
+                        p.last_events.push_back(decode(&key, &bytes)?);
+                    }
+                }
+                None => complete = false,
+            }
+        }
+        for p in profiles.iter_mut().flatten() {
+            p.recent = None;
+        }
+        Ok((profiles, complete))
     }
 
     /// One profile.
@@ -104,10 +150,7 @@ impl HotReader {
             .flatten()
         {
             None => CounterState::default(),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| HotError::Corrupt {
-                key: store_key.clone(),
-                reason: e.to_string(),
-            })?,
+            Some(bytes) => decode(&store_key, &bytes)?,
         };
         Ok(CounterAnswer {
             counter: spec.name.clone(),
@@ -126,9 +169,17 @@ impl HotReader {
     /// by person (`user`, `user_id`, `anonymous_id`). Counters keyed by another field are
     /// aggregates over many people and stay. How many keys existed.
     pub async fn erase(&self, ids: &[String]) -> Result<usize, HotError> {
+        let ids: Vec<String> = ids.iter().filter(|id| !id.is_empty()).cloned().collect();
+        let profile_keys: Vec<String> = ids.iter().map(|id| Profile::store_key(id)).collect();
+        let stored = self.store.get_many(&profile_keys).await?;
         let mut keys = Vec::new();
-        for id in ids.iter().filter(|id| !id.is_empty()) {
-            keys.push(Profile::store_key(id));
+        for ((id, key), value) in ids.iter().zip(profile_keys).zip(stored) {
+            // A profile that does not decode still goes; its recent events cannot be named.
+            let recent = value.and_then(|bytes| decode::<Profile>(&key, &bytes).ok()?.recent);
+            if let Some(range) = recent {
+                keys.extend(range.indices().map(|i| Profile::recent_key(id, i)));
+            }
+            keys.push(key);
             for c in &self.settings.counters {
                 if c.key.is_person() {
                     keys.push(c.store_key(id));

@@ -3,7 +3,8 @@
 //! Layout under a key prefix (`sluice:` by default): `<prefix>v:<key>` holds a value (a string
 //! of JSON), `<prefix>pos:<consumer>` a hash of partition → next offset. A [`WriteBatch`] is
 //! one Lua script, which Redis runs atomically: it checks every expected position, and only
-//! then sets the positions and the values. A script that fails its check writes nothing. All
+//! then sets the positions and the values and removes the deleted keys. A script that fails
+//! its check writes nothing. All
 //! keys of a batch must live on one server (no Redis Cluster slot spreading).
 
 use redis::aio::ConnectionManager;
@@ -11,31 +12,38 @@ use redis::aio::ConnectionManager;
 use crate::HotError;
 use crate::store::{BoxFuture, HotStore, Positions, WriteBatch};
 
-/// KEYS[1] = the positions hash, KEYS[2..] = value keys. ARGV[1] = n; then n triples
-/// (partition, expected or "", new); then one value per value key.
+/// KEYS[1] = the positions hash, then the value keys to set, then the `d` keys to delete.
+/// ARGV[1] = n, ARGV[2] = d; then n triples (partition, expected or "", new); then one value
+/// per key to set.
 ///
 /// Redis does not roll back a script that fails half-way: the writes before the failing call
-/// stay. So the script checks everything first (the argument count, every partition and position
-/// a decimal number, every expected position found) and only then writes; once it writes, no
+/// stay. So the script checks everything first (the counts, every partition and position a
+/// decimal number, every expected position found) and only then writes; once it writes, no
 /// call can fail on its arguments.
 const WRITE_SCRIPT: &str = r#"
-local n = tonumber(ARGV[1])
-if n == nil or n < 0 or n ~= math.floor(n) then
-  return redis.error_reply('BADARGS the position count ' .. tostring(ARGV[1]) .. ' is not a count')
+local function count(arg)
+  local c = tonumber(arg)
+  if c == nil or c < 0 or c ~= math.floor(c) then return nil end
+  return c
 end
-if #ARGV ~= 1 + n * 3 + (#KEYS - 1) then
-  return redis.error_reply('BADARGS ' .. #ARGV .. ' arguments for ' .. n .. ' positions and ' .. (#KEYS - 1) .. ' values')
+local n, d = count(ARGV[1]), count(ARGV[2])
+if n == nil or d == nil then
+  return redis.error_reply('BADARGS the counts ' .. tostring(ARGV[1]) .. ', ' .. tostring(ARGV[2]) .. ' are not counts')
+end
+local sets = #KEYS - 1 - d
+if sets < 0 or #ARGV ~= 2 + n * 3 + sets then
+  return redis.error_reply('BADARGS ' .. #ARGV .. ' arguments and ' .. #KEYS .. ' keys for ' .. n .. ' positions and ' .. d .. ' deletions')
 end
 for i = 0, n - 1 do
-  local field, expected, new = ARGV[2 + i * 3], ARGV[3 + i * 3], ARGV[4 + i * 3]
+  local field, expected, new = ARGV[3 + i * 3], ARGV[4 + i * 3], ARGV[5 + i * 3]
   if not string.match(field, '^%d+$') or not string.match(new, '^%d+$')
       or (expected ~= '' and not string.match(expected, '^%d+$')) then
     return redis.error_reply('BADARGS partition "' .. field .. '": positions "' .. expected .. '" -> "' .. new .. '" are not numbers')
   end
 end
 for i = 0, n - 1 do
-  local field = ARGV[2 + i * 3]
-  local expected = ARGV[3 + i * 3]
+  local field = ARGV[3 + i * 3]
+  local expected = ARGV[4 + i * 3]
   local found = redis.call('HGET', KEYS[1], field)
   if found == false then found = '' end
   if found ~= expected then
@@ -43,11 +51,14 @@ for i = 0, n - 1 do
   end
 end
 for i = 0, n - 1 do
-  redis.call('HSET', KEYS[1], ARGV[2 + i * 3], ARGV[4 + i * 3])
+  redis.call('HSET', KEYS[1], ARGV[3 + i * 3], ARGV[5 + i * 3])
 end
-local base = 2 + n * 3
-for k = 2, #KEYS do
-  redis.call('SET', KEYS[k], ARGV[base + k - 2])
+local base = 3 + n * 3
+for k = 1, sets do
+  redis.call('SET', KEYS[1 + k], ARGV[base + k - 1])
+end
+for k = 2 + sets, #KEYS do
+  redis.call('DEL', KEYS[k])
 end
 return 'OK'
 "#;
@@ -148,7 +159,10 @@ impl HotStore for RedisStore {
             for (key, _) in &batch.puts {
                 inv.key(self.value_key(key));
             }
-            inv.arg(batch.positions.len());
+            for key in &batch.deletes {
+                inv.key(self.value_key(key));
+            }
+            inv.arg(batch.positions.len()).arg(batch.deletes.len());
             for (partition, (expected, new)) in &batch.positions {
                 inv.arg(partition.to_string())
                     .arg(expected.map(|e| e.to_string()).unwrap_or_default())
@@ -220,30 +234,60 @@ mod tests {
         let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
         let mut conn = client.get_connection_manager().await.unwrap();
         let p = format!("sluice-test:badargs:{}:", std::process::id());
-        let (pos, v1, v2) = (format!("{p}pos"), format!("{p}v1"), format!("{p}v2"));
-        let keys = [pos.as_str(), v1.as_str(), v2.as_str()];
-        let malformed: [&[&str]; 5] = [
+        let (pos, v1, v2, old) = (
+            format!("{p}pos"),
+            format!("{p}v1"),
+            format!("{p}v2"),
+            format!("{p}old"),
+        );
+        let keys = [pos.as_str(), v1.as_str(), v2.as_str(), old.as_str()];
+        let exists = |conn: &mut ConnectionManager, keys: &[&str]| {
+            let mut cmd = redis::cmd("EXISTS");
+            cmd.arg(keys);
+            let mut conn = conn.clone();
+            async move { cmd.query_async::<i64>(&mut conn).await.unwrap() }
+        };
+        let _: () = redis::cmd("SET")
+            .arg(&old)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let malformed: [&[&str]; 7] = [
             // A value missing: the last SET would fail after the positions were written.
-            &["1", "0", "", "10", "a"],
+            &["1", "1", "0", "", "10", "a"],
             // One too many.
-            &["1", "0", "", "10", "a", "b", "c"],
+            &["1", "1", "0", "", "10", "a", "b", "c"],
+            // More deletions than keys.
+            &["1", "4", "0", "", "10"],
             // A position that is not a number.
-            &["1", "0", "", "ten", "a", "b"],
-            &["1", "0", "x", "10", "a", "b"],
-            &["one", "0", "", "10", "a", "b"],
+            &["1", "1", "0", "", "ten", "a", "b"],
+            &["1", "1", "0", "x", "10", "a", "b"],
+            &["one", "1", "0", "", "10", "a", "b"],
+            &["1", "-1", "0", "", "10", "a", "b"],
         ];
         for args in malformed {
             let err = invoke(&mut conn, &keys, args).await.unwrap_err();
             assert!(err.to_string().contains("BADARGS"), "{args:?}: {err}");
-            let written: i64 = redis::cmd("EXISTS")
-                .arg(&keys[..])
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            assert_eq!(written, 0, "{args:?} wrote something");
+            assert_eq!(
+                exists(&mut conn, &keys[..3]).await,
+                0,
+                "{args:?} wrote something"
+            );
+            assert_eq!(
+                exists(&mut conn, &keys[3..]).await,
+                1,
+                "{args:?} deleted something"
+            );
         }
-        let ok = invoke(&mut conn, &keys, &["1", "0", "", "10", "a", "b"]).await;
+        let ok = invoke(&mut conn, &keys, &["1", "1", "0", "", "10", "a", "b"]).await;
         assert_eq!(ok.unwrap(), "OK");
+        assert_eq!(exists(&mut conn, &keys[..3]).await, 3);
+        assert_eq!(
+            exists(&mut conn, &keys[3..]).await,
+            0,
+            "the deletion was made"
+        );
         let _: i64 = redis::cmd("DEL")
             .arg(&keys[..])
             .query_async(&mut conn)

@@ -19,7 +19,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Journal partition → next offset not yet reflected in the store.
 pub type Positions = BTreeMap<u32, u64>;
 
-/// One atomic write: values and the positions they bring the consumer to.
+/// One atomic write: values (set or removed) and the positions they bring the consumer to.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WriteBatch {
     /// Whose positions these are (`"hot/good"` for the projection of `good`).
@@ -29,6 +29,8 @@ pub struct WriteBatch {
     pub positions: BTreeMap<u32, (Option<u64>, u64)>,
     /// Keys and their new values.
     pub puts: Vec<(String, Vec<u8>)>,
+    /// Keys to remove (a profile's recent events that fell out of its last N).
+    pub deletes: Vec<String>,
 }
 
 /// A hot-tier backend: gets by key, the stored positions, and atomic batches.

@@ -10,7 +10,7 @@ use serde_json::json;
 use sluice_event::{Event, EventType, Position, topic};
 use sluice_hot::{
     CONSUMER, EmbeddedStore, EventHook, EventView, HotConfig, HotError, HotReader, HotSettings,
-    HotStore, Positions, Profile, Projector, WriteBatch,
+    HotStore, Positions, Profile, Projector, RecentRange, WriteBatch,
 };
 use sluice_journal::{Journal, partition_for};
 use sluice_testkit::mem_journal::MemJournal;
@@ -186,9 +186,40 @@ fn brute_value(
     }
 }
 
+/// The recent-event indices `user`'s stored profile names, after checking that the store holds
+/// exactly those recent events (none inline, none left from before the range).
+async fn stored_recent(store: &dyn HotStore, user: &str) -> std::ops::Range<u64> {
+    let stored = store.get_many(&[Profile::store_key(user)]).await.unwrap();
+    let core: Profile = serde_json::from_slice(stored[0].as_ref().expect("stored")).unwrap();
+    assert!(
+        core.last_events.is_empty(),
+        "recent events are stored apart"
+    );
+    let range = core
+        .recent
+        .expect("a stored profile names its recent events")
+        .indices();
+    let keys: Vec<String> = (0..range.end + 2)
+        .map(|i| Profile::recent_key(user, i))
+        .collect();
+    let held: Vec<bool> = store
+        .get_many(&keys)
+        .await
+        .unwrap()
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    let expected: Vec<bool> = (0..range.end + 2).map(|i| range.contains(&i)).collect();
+    assert_eq!(
+        held, expected,
+        "{user}: the store holds the events of {range:?} only"
+    );
+    range
+}
+
 async fn check_against_brute_force(store: Arc<dyn HotStore>, events: &[Event]) {
     let settings = settings();
-    let reader = HotReader::new(store, settings.clone());
+    let reader = HotReader::new(store.clone(), settings.clone());
     let max_ts = events.iter().map(|e| e.timestamp).max().unwrap();
     let users: std::collections::BTreeSet<String> =
         events.iter().filter_map(|e| e.user_id.clone()).collect();
@@ -252,6 +283,9 @@ async fn check_against_brute_force(store: Arc<dyn HotStore>, events: &[Event]) {
             .collect();
         let got: Vec<&str> = p.last_events.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(got, last);
+        assert_eq!(p.recent, None, "answers leave the stored range out");
+        let range = stored_recent(store.as_ref(), user).await;
+        assert_eq!(range.clone().count(), last.len(), "{user}: {range:?}");
         if let Some(identify) = mine
             .iter()
             .rev()
@@ -318,7 +352,19 @@ async fn a_running_projection_counts_exactly_from_its_cache_and_forgets_what_was
         .unwrap()
         .expect("u1 has a profile");
     assert!(before.events_total > 1, "{}", before.events_total);
-    assert!(reader.erase(&["u1".to_string()]).await.unwrap() > 0);
+    let recent = stored_recent(store.as_ref(), "u1").await;
+    assert_eq!(
+        reader.erase(&["u1".to_string()]).await.unwrap(),
+        1 + recent.clone().count() + 4,
+        "the profile, its {} recent events and its four per-person counters",
+        recent.clone().count()
+    );
+    let keys: Vec<String> = recent.map(|i| Profile::recent_key("u1", i)).collect();
+    let left = store.get_many(&keys).await.unwrap();
+    assert!(
+        left.iter().all(Option::is_none),
+        "recent events outlived the erase"
+    );
     let mut again = evs
         .iter()
         .find(|e| e.user_id.as_deref() == Some("u1") && e.event == "Product Viewed")
@@ -343,6 +389,55 @@ async fn a_running_projection_counts_exactly_from_its_cache_and_forgets_what_was
     assert_eq!(views.reading.value, Some(1.0));
     let _ = tx.send(());
     task.await.unwrap().unwrap();
+}
+
+/// A profile stored with its recent events inline (as before they were stored apart) is
+/// answered as it is, and its next batch moves those events apart, keeping the newest N.
+#[tokio::test]
+async fn a_profile_stored_with_its_recent_events_inline_moves_them_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
+    let inline: Vec<serde_json::Value> = (0..3)
+        .map(|i| json!({"event_id": format!("old-{i}"), "event": "Product Viewed", "event_type": "track", "timestamp": START - 10 + i, "properties": {"category": "c1"}}))
+        .collect();
+    let legacy = json!({
+        "id": "u1", "first_seen": START - 10, "last_seen": START - 8, "events_total": 3,
+        "event_counts": {"Product Viewed": 3}, "traits": {}, "last_events": inline,
+        "session": null, "sessions": 1
+    });
+    let batch = WriteBatch {
+        consumer: "setup".into(),
+        puts: vec![(
+            Profile::store_key("u1"),
+            serde_json::to_vec(&legacy).unwrap(),
+        )],
+        ..WriteBatch::default()
+    };
+    store.write(batch).await.unwrap();
+    let reader = HotReader::new(store.clone(), settings());
+    let before = reader.profile("u1").await.unwrap().unwrap();
+    let ids =
+        |p: &Profile| -> Vec<String> { p.last_events.iter().map(|e| e.event_id.clone()).collect() };
+    assert_eq!(ids(&before), ["old-0", "old-1", "old-2"]);
+
+    let journal = journal();
+    let mine: Vec<Event> = events(6, 400)
+        .into_iter()
+        .filter(|e| e.user_id.as_deref() == Some("u1"))
+        .take(3)
+        .collect();
+    append(journal.as_ref(), &mine).await;
+    project(&journal, &store, None).await;
+    let after = reader.profile("u1").await.unwrap().unwrap();
+    assert_eq!(after.events_total, 6);
+    let mut expected = vec!["old-1".to_string(), "old-2".to_string()];
+    expected.extend(mine.iter().map(|e| e.event_id.clone()));
+    assert_eq!(
+        ids(&after),
+        expected,
+        "the newest five, the inline ones first"
+    );
+    assert_eq!(stored_recent(store.as_ref(), "u1").await, 1..6);
 }
 
 /// A hook that forces re-reading from offset 0 and records what it sees.
@@ -399,17 +494,23 @@ async fn conflict_contract(store: &dyn HotStore, consumer: &str) {
     let first = WriteBatch {
         consumer: consumer.into(),
         positions: [(0, (None, 10))].into(),
-        puts: vec![("p:a".into(), b"1".to_vec())],
+        puts: vec![
+            ("p:a".into(), b"1".to_vec()),
+            ("e:a:0".into(), b"0".to_vec()),
+        ],
+        ..WriteBatch::default()
     };
     store.write(first.clone()).await.unwrap();
     let stale = WriteBatch {
         puts: vec![("p:a".into(), b"2".to_vec()), ("p:b".into(), b"2".to_vec())],
+        deletes: vec!["e:a:0".into()],
         ..first
     };
     let err = store.write(stale).await.unwrap_err();
     assert!(matches!(err, HotError::Conflict { .. }), "{err}");
-    let values = store.get_many(&["p:a".into(), "p:b".into()]).await.unwrap();
-    assert_eq!(values, vec![Some(b"1".to_vec()), None]);
+    let keys = ["p:a".into(), "p:b".into(), "e:a:0".into()];
+    let values = store.get_many(&keys).await.unwrap();
+    assert_eq!(values, vec![Some(b"1".to_vec()), None, Some(b"0".to_vec())]);
     assert_eq!(
         store.positions(consumer).await.unwrap(),
         Positions::from([(0, 10)])
@@ -418,8 +519,11 @@ async fn conflict_contract(store: &dyn HotStore, consumer: &str) {
         consumer: consumer.into(),
         positions: [(0, (Some(10), 12)), (3, (None, 1))].into(),
         puts: vec![("p:a".into(), b"3".to_vec())],
+        deletes: vec!["e:a:0".into()],
     };
     store.write(next).await.unwrap();
+    let values = store.get_many(&keys).await.unwrap();
+    assert_eq!(values, vec![Some(b"3".to_vec()), None, None]);
     assert_eq!(
         store.positions(consumer).await.unwrap(),
         Positions::from([(0, 12), (3, 1)])
@@ -607,4 +711,112 @@ async fn caught_up_resolves_after_a_crash_gap() {
         assert!(end > CRASH_GAP);
         assert_eq!(positions.get(&p).copied(), Some(end));
     }
+}
+
+/// A store on which, once armed, a batch lands between the read of a profile and the read of
+/// its recent events (as another projection batch would).
+struct BatchBetweenReads {
+    inner: EmbeddedStore,
+    armed: Mutex<Option<WriteBatch>>,
+}
+
+impl HotStore for BatchBetweenReads {
+    fn delete<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> sluice_hot::BoxFuture<'a, Result<usize, HotError>> {
+        self.inner.delete(keys)
+    }
+
+    fn deletions(&self) -> u64 {
+        self.inner.deletions()
+    }
+
+    fn backend(&self) -> &'static str {
+        "batch-between-reads"
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> sluice_hot::BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, HotError>> {
+        Box::pin(async move {
+            let reads_recent = keys.first().is_some_and(|k| k.starts_with("e:"));
+            let batch = reads_recent
+                .then(|| self.armed.lock().unwrap().take())
+                .flatten();
+            if let Some(batch) = batch {
+                self.inner.write(batch).await?;
+            }
+            self.inner.get_many(keys).await
+        })
+    }
+
+    fn positions<'a>(
+        &'a self,
+        consumer: &'a str,
+    ) -> sluice_hot::BoxFuture<'a, Result<Positions, HotError>> {
+        self.inner.positions(consumer)
+    }
+
+    fn write(&self, batch: WriteBatch) -> sluice_hot::BoxFuture<'_, Result<(), HotError>> {
+        self.inner.write(batch)
+    }
+}
+
+/// A profile whose oldest recent event a batch replaces between the two reads is read again:
+/// the answer is the newest N events as of the later batch, none missing.
+#[tokio::test]
+async fn a_profile_whose_recent_events_change_while_it_is_read_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = EmbeddedStore::open(dir.path(), false).unwrap();
+    let journal = journal();
+    let mine: Vec<Event> = events(7, 600)
+        .into_iter()
+        .filter(|e| e.user_id.as_deref() == Some("u1"))
+        .take(6)
+        .collect();
+    append(journal.as_ref(), &mine[..5]).await;
+    let store: Arc<dyn HotStore> = Arc::new(inner.clone());
+    project(&journal, &store, None).await;
+    assert_eq!(stored_recent(&inner, "u1").await, 0..5);
+
+    // The batch that the sixth event makes, written by hand: the profile's range moves on by
+    // one, the new event is set and the oldest deleted.
+    let key = Profile::store_key("u1");
+    let stored = inner.get_many(std::slice::from_ref(&key)).await.unwrap();
+    let mut core: Profile = serde_json::from_slice(stored[0].as_ref().unwrap()).unwrap();
+    core.recent = Some(RecentRange { from: 1, next: 6 });
+    let newest = sluice_hot::RecentEvent {
+        event_id: mine[5].event_id.clone(),
+        event: mine[5].event.clone(),
+        event_type: mine[5].event_type,
+        timestamp: mine[5].timestamp,
+        properties: sluice_hot::RawJson(mine[5].properties.clone()),
+    };
+    let batch = WriteBatch {
+        consumer: "elsewhere".into(),
+        puts: vec![
+            (key, serde_json::to_vec(&core).unwrap()),
+            (
+                Profile::recent_key("u1", 5),
+                serde_json::to_vec(&newest).unwrap(),
+            ),
+        ],
+        deletes: vec![Profile::recent_key("u1", 0)],
+        ..WriteBatch::default()
+    };
+    let racing: Arc<dyn HotStore> = Arc::new(BatchBetweenReads {
+        inner: inner.clone(),
+        armed: Mutex::new(Some(batch)),
+    });
+    let reader = HotReader::new(racing, settings());
+    let profile = reader.profile("u1").await.unwrap().unwrap();
+    let got: Vec<&str> = profile
+        .last_events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let expected: Vec<&str> = mine[1..].iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(got, expected);
 }
