@@ -45,6 +45,7 @@ mod shared_functions;
 mod shared_schemas;
 mod snowplow;
 mod sql;
+mod stage_runtime;
 mod stages;
 mod tls;
 mod warnings;

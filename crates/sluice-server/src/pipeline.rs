@@ -23,6 +23,7 @@ use crate::access::Access;
 use crate::config::Settings;
 use crate::error::ServerError;
 use crate::http::{self, AppState, ClusterView, NodeCard};
+use crate::stage_runtime::StageRuntime;
 use crate::stages::Stages;
 
 /// How often [`Running::stopped`] looks at the journal's health.
@@ -60,6 +61,8 @@ pub struct Running {
     pending: Option<(CancellationToken, JoinHandle<Result<Started, ServerError>>)>,
     /// See [`Running::abandon`].
     abandon: CancellationToken,
+    /// The stages' threads; last, so that it goes when everything else has.
+    _stage_runtime: Arc<StageRuntime>,
 }
 
 /// A spawned task and the stage name its errors carry.
@@ -76,6 +79,18 @@ impl Task {
         Self {
             name,
             handle: tokio::spawn(f),
+        }
+    }
+
+    /// A stage: spawned on the stages' own threads (`stage_runtime.rs` says why).
+    fn stage(
+        base: &Base,
+        name: &'static str,
+        f: impl Future<Output = Result<(), ServerError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            name,
+            handle: base.stage_threads.spawn(f),
         }
     }
 
@@ -124,6 +139,8 @@ struct Base {
     /// Cancelled by [`Running::abandon`]: the runner's partitions stop where they are and give
     /// their leases up.
     abandon: CancellationToken,
+    /// Where the stages after the journal run.
+    stage_threads: tokio::runtime::Handle,
 }
 
 /// Per partition, the next offset a consumer has not delivered, once it has started.
@@ -143,7 +160,8 @@ impl Server {
     /// once it holds the lease.
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
-        let base = open_base(&settings).await?;
+        let stage_runtime = Arc::new(StageRuntime::new()?);
+        let base = open_base(&settings, stage_runtime.handle()).await?;
         // On a shared journal every node honours the keys and tokens made on any node; merged
         // once before the listeners read the files.
         let shared_credentials = match &base.jetstream {
@@ -248,6 +266,7 @@ impl Server {
             drain_timeout: settings.drain_timeout,
             pending: None,
             abandon: base.abandon.clone(),
+            _stage_runtime: stage_runtime,
         };
         if needs_lease {
             // Standing by until the lease comes; `stopped` and `shutdown` take it from here.
@@ -387,7 +406,10 @@ impl StartPipeline {
 
 /// Creates the data directory, opens the journal (recovering it) with its topics, the lake's
 /// root and the schema registry.
-async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
+async fn open_base(
+    settings: &Settings,
+    stage_threads: tokio::runtime::Handle,
+) -> Result<Base, ServerError> {
     let cannot_create = |stage, dir: &std::path::Path, e: std::io::Error| {
         ServerError::stage(stage, format!("cannot create {}: {e}", dir.display()))
     };
@@ -489,6 +511,7 @@ async fn open_base(settings: &Settings) -> Result<Base, ServerError> {
         stages,
         privacy: Arc::new(privacy),
         abandon: CancellationToken::new(),
+        stage_threads,
     })
 }
 
@@ -569,7 +592,7 @@ fn start_runner(
     }));
     let token = CancellationToken::new();
     let (t, shared, abandon) = (token.clone(), base.jetstream.clone(), base.abandon.clone());
-    let task = Task::spawn("runner", async move {
+    let task = Task::stage(base, "runner", async move {
         match shared {
             Some(journal) => crate::share::run(journal, runner, t, abandon).await,
             None => runner.run(t).await,
@@ -633,7 +656,7 @@ fn start_lake(
     }
     let token = CancellationToken::new();
     let (t1, t2, t3, t4) = (token.clone(), token.clone(), token.clone(), token.clone());
-    let task = Task::spawn("lake", async move {
+    let task = Task::stage(base, "lake", async move {
         let typed = async move {
             match typed {
                 Some(t) => t.run(t3).await,
@@ -657,7 +680,7 @@ fn start_lake(
         .with_retention(lake.retention);
     base.stages.warnings().watch_damage(upkeep.damage());
     let stop = housekeeping.clone();
-    background.push(Task::spawn("upkeep", async move {
+    background.push(Task::stage(base, "upkeep", async move {
         upkeep.run(stop).await;
         Ok(())
     }));
@@ -713,7 +736,7 @@ async fn start_hot(
     ));
     let token = CancellationToken::new();
     let t = token.clone();
-    let task = Task::spawn("hot", async move {
+    let task = Task::stage(base, "hot", async move {
         projector
             .run(t.cancelled_owned())
             .await
