@@ -70,8 +70,9 @@ pub trait EventHook: Send + Sync + 'static {
 
     /// One event. `profile` is the event's profile after the event was applied (`None` when
     /// the event has no user); its `last_events` holds only this batch's events, as a
-    /// profile's earlier recent events are stored apart and not read by the projection. `live` is false when the store already holds this event (the
-    /// hook is catching up after a restart): then changes to `profile` are not written.
+    /// profile's earlier recent events are stored apart and not read by the projection.
+    /// `live` is false when the store already holds this event (the hook is catching up after
+    /// a restart): then changes to `profile` are not written.
     fn on_event(
         &mut self,
         position: Position,
