@@ -544,21 +544,50 @@ async fn the_embedded_store_survives_a_reopen() {
     check_against_brute_force(store, &evs).await;
 }
 
-/// A store that fails the way a Redis killed and restarted mid-batch does: a read fails, a
-/// write lands but its answer is lost, and the positions read that follows the retried write's
-/// conflict fails too. Call counts pick the faults, so the run is deterministic.
-struct KilledMidBatch {
+/// A store with scripted faults, picked by call counts so that every run is the same:
+/// - `failing`: per operation, which of its calls (counting from 1) fail as a reset
+///   connection would; a failing write lands first and loses only its answer;
+/// - `armed`: a batch that lands just before the next read of recent events, as another
+///   projection batch would between the read of a profile and the read of its recent events.
+struct Scripted {
     inner: EmbeddedStore,
     calls: Mutex<BTreeMap<&'static str, u32>>,
+    failing: BTreeMap<&'static str, Vec<u32>>,
+    armed: Mutex<Option<WriteBatch>>,
 }
 
-impl KilledMidBatch {
+impl Scripted {
+    fn on(inner: EmbeddedStore) -> Self {
+        Self {
+            inner,
+            calls: Mutex::default(),
+            failing: BTreeMap::new(),
+            armed: Mutex::default(),
+        }
+    }
+
+    /// Fails the way a Redis killed and restarted mid-batch does: a read fails, a write lands
+    /// but its answer is lost, and the positions read that follows the retried write's
+    /// conflict fails too.
+    fn killed_mid_batch(inner: EmbeddedStore) -> Self {
+        Self {
+            // The first positions read is the start; the second follows the conflict of a
+            // retried write.
+            failing: BTreeMap::from([
+                ("get_many", vec![2]),
+                ("positions", vec![2]),
+                ("write", vec![3]),
+            ]),
+            ..Self::on(inner)
+        }
+    }
+
     /// Counts a call of `op` and says whether this one fails.
-    fn fails(&self, op: &'static str, failing: &[u32]) -> bool {
+    fn fails(&self, op: &'static str) -> bool {
         let mut calls = self.calls.lock().unwrap();
         let n = calls.entry(op).or_default();
         *n += 1;
-        failing.contains(n)
+        self.failing.get(op).is_some_and(|f| f.contains(n))
     }
 }
 
@@ -566,7 +595,7 @@ fn reset() -> HotError {
     HotError::Redis("Connection reset by peer (os error 104)".into())
 }
 
-impl HotStore for KilledMidBatch {
+impl HotStore for Scripted {
     fn delete<'a>(
         &'a self,
         keys: &'a [String],
@@ -579,7 +608,7 @@ impl HotStore for KilledMidBatch {
     }
 
     fn backend(&self) -> &'static str {
-        "killed-mid-batch"
+        "scripted"
     }
 
     fn get_many<'a>(
@@ -587,8 +616,15 @@ impl HotStore for KilledMidBatch {
         keys: &'a [String],
     ) -> sluice_hot::BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, HotError>> {
         Box::pin(async move {
-            if self.fails("get_many", &[2]) {
+            if self.fails("get_many") {
                 return Err(reset());
+            }
+            let reads_recent = keys.first().is_some_and(|k| k.starts_with("e:"));
+            let batch = reads_recent
+                .then(|| self.armed.lock().unwrap().take())
+                .flatten();
+            if let Some(batch) = batch {
+                self.inner.write(batch).await?;
             }
             self.inner.get_many(keys).await
         })
@@ -598,9 +634,8 @@ impl HotStore for KilledMidBatch {
         &'a self,
         consumer: &'a str,
     ) -> sluice_hot::BoxFuture<'a, Result<Positions, HotError>> {
-        // The first read is the start; the second follows the conflict of a retried write.
         Box::pin(async move {
-            if self.fails("positions", &[2]) {
+            if self.fails("positions") {
                 return Err(reset());
             }
             self.inner.positions(consumer).await
@@ -609,7 +644,7 @@ impl HotStore for KilledMidBatch {
 
     fn write(&self, batch: WriteBatch) -> sluice_hot::BoxFuture<'_, Result<(), HotError>> {
         Box::pin(async move {
-            let lost_answer = self.fails("write", &[3]);
+            let lost_answer = self.fails("write");
             self.inner.write(batch).await?;
             if lost_answer {
                 return Err(reset());
@@ -625,10 +660,7 @@ impl HotStore for KilledMidBatch {
 #[tokio::test]
 async fn a_store_killed_mid_batch_leaves_the_projection_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let flaky = KilledMidBatch {
-        inner: EmbeddedStore::open(dir.path(), false).unwrap(),
-        calls: Mutex::default(),
-    };
+    let flaky = Scripted::killed_mid_batch(EmbeddedStore::open(dir.path(), false).unwrap());
     let store: Arc<dyn HotStore> = Arc::new(flaky);
     let journal = journal();
     let evs = events(5, 3000);
@@ -713,57 +745,6 @@ async fn caught_up_resolves_after_a_crash_gap() {
     }
 }
 
-/// A store on which, once armed, a batch lands between the read of a profile and the read of
-/// its recent events (as another projection batch would).
-struct BatchBetweenReads {
-    inner: EmbeddedStore,
-    armed: Mutex<Option<WriteBatch>>,
-}
-
-impl HotStore for BatchBetweenReads {
-    fn delete<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> sluice_hot::BoxFuture<'a, Result<usize, HotError>> {
-        self.inner.delete(keys)
-    }
-
-    fn deletions(&self) -> u64 {
-        self.inner.deletions()
-    }
-
-    fn backend(&self) -> &'static str {
-        "batch-between-reads"
-    }
-
-    fn get_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> sluice_hot::BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, HotError>> {
-        Box::pin(async move {
-            let reads_recent = keys.first().is_some_and(|k| k.starts_with("e:"));
-            let batch = reads_recent
-                .then(|| self.armed.lock().unwrap().take())
-                .flatten();
-            if let Some(batch) = batch {
-                self.inner.write(batch).await?;
-            }
-            self.inner.get_many(keys).await
-        })
-    }
-
-    fn positions<'a>(
-        &'a self,
-        consumer: &'a str,
-    ) -> sluice_hot::BoxFuture<'a, Result<Positions, HotError>> {
-        self.inner.positions(consumer)
-    }
-
-    fn write(&self, batch: WriteBatch) -> sluice_hot::BoxFuture<'_, Result<(), HotError>> {
-        self.inner.write(batch)
-    }
-}
-
 /// A profile whose oldest recent event a batch replaces between the two reads is read again:
 /// the answer is the newest N events as of the later batch, none missing.
 #[tokio::test]
@@ -806,9 +787,9 @@ async fn a_profile_whose_recent_events_change_while_it_is_read_is_read_again() {
         deletes: vec![Profile::recent_key("u1", 0)],
         ..WriteBatch::default()
     };
-    let racing: Arc<dyn HotStore> = Arc::new(BatchBetweenReads {
-        inner: inner.clone(),
+    let racing: Arc<dyn HotStore> = Arc::new(Scripted {
         armed: Mutex::new(Some(batch)),
+        ..Scripted::on(inner.clone())
     });
     let reader = HotReader::new(racing, settings());
     let profile = reader.profile("u1").await.unwrap().unwrap();
