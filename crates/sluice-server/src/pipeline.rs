@@ -186,7 +186,7 @@ impl Server {
         let pipeline = Arc::new(std::sync::OnceLock::new());
         // Deployable on every node with the runner role, standing by or not.
         let functions = match roles.runner {
-            true => Some(open_functions(&settings).await?),
+            true => Some(open_functions(&settings, stage_runtime.worker_start()).await?),
             false => None,
         };
         // On a shared journal every runner node runs the same functions.
@@ -547,10 +547,17 @@ fn follow_other_nodes(
 }
 
 /// The user functions of the runner role, deployed on this node (`<data_dir>/functions`).
-async fn open_functions(settings: &Settings) -> Result<Arc<Functions>, ServerError> {
+/// Their worker threads run `worker_start` first (the stages' priority).
+async fn open_functions(
+    settings: &Settings,
+    worker_start: sluice_functions::udf::WorkerStart,
+) -> Result<Arc<Functions>, ServerError> {
     let (dir, partitions) = (settings.data_dir.join("functions"), settings.partitions);
     Ok(Arc::new(
-        blocking("runner", move || Functions::open(&dir, partitions)).await?,
+        blocking("runner", move || {
+            Functions::open_with(&dir, partitions, Some(worker_start))
+        })
+        .await?,
     ))
 }
 

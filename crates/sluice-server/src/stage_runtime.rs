@@ -11,7 +11,10 @@
 //! the stages take everything intake leaves, which is most of the machine.
 //!
 //! Threads inherit their creator's priority, so what the stages start (the blocking pool, the
-//! embedded hot store's and the lake's helpers) runs at the stages' priority too.
+//! embedded hot store's and the lake's helpers) runs at the stages' priority too. User
+//! functions' worker threads are started wherever a deploy arrives (a request, the shared
+//! catch-up), so they lower their own priority to the stages' when they start
+//! ([`StageRuntime::worker_start`]): a function's work is the runner's.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -26,6 +29,8 @@ pub const STAGE_NICE: i32 = 5;
 /// have been drained and joined by then; anything left is abandoned, as on a crash).
 pub(crate) struct StageRuntime {
     runtime: Option<Runtime>,
+    /// The nice value of the thread that started the runtime.
+    base: i32,
 }
 
 impl StageRuntime {
@@ -42,7 +47,15 @@ impl StageRuntime {
             })?;
         Ok(Self {
             runtime: Some(runtime),
+            base,
         })
+    }
+
+    /// What a thread of a stage's own runs first to take the stages' priority (user functions'
+    /// workers).
+    pub(crate) fn worker_start(&self) -> sluice_functions::udf::WorkerStart {
+        let base = self.base;
+        std::sync::Arc::new(move || lower_priority(base))
     }
 
     /// Where stage tasks are spawned.
@@ -125,5 +138,12 @@ mod tests {
         assert_eq!(priority, (starter + STAGE_NICE).min(19));
         assert_eq!(name.as_deref(), Some("stage"));
         assert_eq!(nice(), starter, "the starter keeps its priority");
+        // A thread started elsewhere takes the stages' priority through `worker_start`.
+        let start = stages.worker_start();
+        let worker = std::thread::spawn(move || {
+            start();
+            nice()
+        });
+        assert_eq!(worker.join().unwrap(), (starter + STAGE_NICE).min(19));
     }
 }

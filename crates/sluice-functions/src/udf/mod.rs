@@ -40,6 +40,7 @@ use sluice_event::ErrorKind;
 
 pub use engine::{InvokeError, Mode, Source};
 pub use meter::{LAMBDA_USD_PER_GB_SECOND, LAMBDA_USD_PER_REQUEST, MeterSnapshot};
+pub use pool::WorkerStart;
 pub use store::{Bundle, BundledVersion, DeployOutcome, Version};
 
 use engine::{Engine, LogFn};
@@ -360,6 +361,8 @@ pub struct Functions {
     live: RwLock<Arc<Live>>,
     meters: Mutex<BTreeMap<(String, u32), Arc<Meter>>>,
     changes: Mutex<()>,
+    /// Run first on every worker thread a function starts.
+    worker_start: Option<WorkerStart>,
 }
 
 impl std::fmt::Debug for Functions {
@@ -375,6 +378,16 @@ impl Functions {
     /// `partitions` sizes the worker pools: each function gets `parallelism × partitions`
     /// runtimes (at most 64).
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, UdfError> {
+        Self::open_with(dir, partitions, None)
+    }
+
+    /// [`Functions::open`], with `worker_start` run first on every worker thread a function
+    /// starts (the server lowers their priority to the stages' own with it).
+    pub fn open_with(
+        dir: &Path,
+        partitions: u32,
+        worker_start: Option<WorkerStart>,
+    ) -> Result<Self, UdfError> {
         let f = Self {
             store: store::Store::open(dir.join("deployed"))?,
             logs: Arc::new(Logs::new(Some(dir.join("logs")))),
@@ -382,6 +395,7 @@ impl Functions {
             live: RwLock::default(),
             meters: Mutex::default(),
             changes: Mutex::default(),
+            worker_start,
         };
         f.refresh()?;
         Ok(f)
@@ -602,6 +616,7 @@ impl Functions {
             threads,
             v.spec.timeout(),
             log.clone(),
+            self.worker_start.clone(),
         );
         tracing::info!(function = name, version = v.version, mode = v.mode.as_str(), after = %v.spec.after, threads, "function started");
         Ok(LiveFn {
@@ -778,5 +793,32 @@ mod tests {
         f.delete("tag").unwrap();
         assert!(f.live().is_empty());
         assert!(f.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_worker_thread_runs_the_start_hook_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let tx = Mutex::new(tx);
+        let hook: WorkerStart = Arc::new(move || {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or_default()
+                .to_string();
+            tx.lock().send(name).unwrap();
+        });
+        let f = Functions::open_with(dir.path(), 2, Some(hook)).unwrap();
+        f.deploy(
+            "tag",
+            "export function transform(e) { return e; }",
+            &FunctionSpec::default(),
+        )
+        .unwrap();
+        // parallelism 1 × 2 partitions: two workers, each of which ran the hook.
+        let mut names: Vec<String> = (0..2)
+            .map(|_| rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["fn-tag-v1-0", "fn-tag-v1-1"]);
     }
 }

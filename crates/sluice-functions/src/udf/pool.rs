@@ -35,6 +35,9 @@ struct Job {
     reply: oneshot::Sender<Invocation>,
 }
 
+/// Run first on each worker thread, before it takes any invocation.
+pub type WorkerStart = Arc<dyn Fn() + Send + Sync>;
+
 /// Worker threads for one function version.
 pub struct Pool {
     tx: mpsc::Sender<Job>,
@@ -47,8 +50,15 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Starts `threads` workers for `source`; `timeout` bounds each invocation.
-    pub fn start(source: Source, threads: usize, timeout: Duration, log: LogFn) -> Self {
+    /// Starts `threads` workers for `source`, each running `on_start` first; `timeout` bounds
+    /// each invocation.
+    pub fn start(
+        source: Source,
+        threads: usize,
+        timeout: Duration,
+        log: LogFn,
+        on_start: Option<WorkerStart>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         let source = Arc::new(source);
@@ -56,10 +66,16 @@ impl Pool {
             let rx = rx.clone();
             let source = source.clone();
             let log = log.clone();
+            let on_start = on_start.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("fn-{}-v{}-{i}", source.name, source.version))
                 .stack_size(8 << 20)
-                .spawn(move || worker(&source, &rx, timeout, log));
+                .spawn(move || {
+                    if let Some(on_start) = on_start {
+                        on_start();
+                    }
+                    worker(&source, &rx, timeout, log)
+                });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a function worker thread");
             }
