@@ -94,6 +94,12 @@ pub struct BenchArgs {
     /// `--jetstream`: replicas of every stream.
     #[arg(long, default_value_t = 1)]
     pub(crate) jetstream_replicas: usize,
+    /// `--jetstream`: a server config file whose shared stores that run uses, as a cluster node
+    /// would: its `[lake]` when `root` is an object store (`s3://…`), its `[hot]` when the
+    /// backend is Redis. The run writes below a prefix of its own in each and deletes it at the
+    /// end.
+    #[arg(long, requires = "jetstream")]
+    pub(crate) jetstream_config: Option<PathBuf>,
 }
 
 /// Runs the benchmark and prints a report.
@@ -159,6 +165,10 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     if args.protocols {
         return crate::bench_protocols::run(args, root, noop.events_per_sec).await;
     }
+    if let Some(path) = &args.jetstream_config {
+        // A config that cannot be used fails now, not after the file journal's run.
+        SharedStores::read(path)?;
+    }
     let file = pipeline(args, root, &Journal::File, (&noop, &fsync)).await?;
     let Some(url) = &args.jetstream else {
         return Ok(());
@@ -180,6 +190,14 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
             bench_prefix()
         );
     }
+    if let Some(path) = &args.jetstream_config
+        && let Err(e) = SharedStores::read(path)?.delete_run().await
+    {
+        eprintln!(
+            "warning: cannot delete what the run wrote below {}: {e:#}",
+            bench_prefix()
+        );
+    }
     let js = js?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -187,11 +205,12 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         _ => "-".into(),
     };
     println!(
-        "jetstream / file journal, same run: durable ingest {} ({:.0} vs {:.0} events/s per core), end to end {}",
+        "jetstream / file journal, same run: durable ingest {} ({:.0} vs {:.0} events/s per core), end to end {}, every stage {}",
         ratio(Some(js.ingest), Some(file.ingest)),
         js.ingest / cores,
         file.ingest / cores,
         ratio(js.end_to_end, file.end_to_end),
+        ratio(js.every_stage, file.every_stage),
     );
     Ok(())
 }
@@ -235,11 +254,85 @@ impl Journal {
     }
 }
 
+/// The shared stores of `--jetstream-config` that a cluster node would use: an object-store
+/// lake and a Redis hot tier, each where that file puts it.
+struct SharedStores {
+    /// `[lake]`, when its root is an object store.
+    lake: Option<sluice_lake::LakeConfig>,
+    /// `[hot]`, when its backend is Redis.
+    hot: Option<sluice_hot::HotConfig>,
+}
+
+impl SharedStores {
+    fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = Config::from_file(path)?;
+        let object_store = file
+            .lake
+            .root
+            .as_deref()
+            .is_some_and(|root| root.contains("://"));
+        Ok(Self {
+            lake: object_store.then_some(file.lake),
+            hot: (file.hot.backend == sluice_hot::Backend::Redis).then_some(file.hot),
+        })
+    }
+
+    /// `config` with these stores, each below the run's own prefix; what it uses, in words.
+    fn apply(&self, config: &mut Config) -> String {
+        let mut used = Vec::new();
+        if let Some(lake) = &self.lake {
+            let root = lake.root.as_deref().unwrap_or_default();
+            config.lake = sluice_lake::LakeConfig {
+                root: Some(format!("{}/{}", root.trim_end_matches('/'), bench_prefix())),
+                ..lake.clone()
+            };
+            used.push(format!("the lake at {root}"));
+        }
+        if let Some(hot) = &self.hot {
+            config.hot = sluice_hot::HotConfig {
+                redis_prefix: self.run_redis_prefix(hot),
+                ..hot.clone()
+            };
+            used.push(format!("the hot tier in Redis at {}", hot.redis_url));
+        }
+        used.join(", ")
+    }
+
+    fn run_redis_prefix(&self, hot: &sluice_hot::HotConfig) -> String {
+        format!("{}{}:", hot.redis_prefix, bench_prefix())
+    }
+
+    /// Deletes what the run wrote below its prefix in each store, and says how much.
+    async fn delete_run(&self) -> anyhow::Result<()> {
+        if let Some(lake) = &self.lake {
+            let root = lake.lake_root(std::path::Path::new("."))?;
+            let below = format!("{root}{}/", bench_prefix());
+            let deleted = root
+                .files(&bench_prefix())?
+                .delete_all()
+                .map_err(|e| anyhow::anyhow!("{below}: {e}"))?;
+            println!("deleted the run's lake: {deleted} objects below {below}");
+        }
+        if let Some(hot) = &self.hot {
+            let prefix = self.run_redis_prefix(hot);
+            let deleted = sluice_hot::RedisStore::connect(&hot.redis_url, &prefix)
+                .await?
+                .delete_everything()
+                .await?;
+            println!("deleted the run's hot tier: {deleted} Redis keys under {prefix}");
+        }
+        Ok(())
+    }
+}
+
 /// What one pipeline run measured, in events/s.
 struct Figures {
     ingest: f64,
     /// `None` with `--ingest-only`.
     end_to_end: Option<f64>,
+    /// Through every stage after the journal, the hot tier included; `None` with
+    /// `--ingest-only`.
+    every_stage: Option<f64>,
 }
 
 /// Durable ingest, end to end and ack → visible in SQL of a server on `journal`, printed as they
@@ -261,8 +354,17 @@ async fn pipeline(
     };
     if let Journal::JetStream { url, .. } = journal {
         config.journal = journal.config();
+        let stores = match &args.jetstream_config {
+            Some(path) => SharedStores::read(path)?.apply(&mut config),
+            None => String::new(),
+        };
+        let stores = if stores.is_empty() {
+            String::new()
+        } else {
+            format!(", {stores}")
+        };
         println!(
-            "on a JetStream journal at {url} (prefix {}):",
+            "on a JetStream journal at {url}{stores} (prefix {}):",
             bench_prefix()
         );
     }
@@ -293,12 +395,13 @@ async fn pipeline(
     let mut figures = Figures {
         ingest: ingest.events_per_sec,
         end_to_end: None,
+        every_stage: None,
     };
     if args.ingest_only {
         running.shutdown().await?;
         return Ok(figures);
     }
-    let warehouse = Warehouse::open(sluice_lake::LakeRoot::from_path(&data_dir.join("lake"))?)?;
+    let warehouse = Warehouse::open(config.lake_root()?)?;
     // End to end: every event through the runner and the lake sink, visible in SQL.
     let sent = args.events.div_ceil(args.batch) * args.batch;
     let deadline = started + Duration::from_secs(600);
@@ -320,6 +423,13 @@ async fn pipeline(
         e2e.as_secs_f64()
     );
     let client = reqwest::Client::new();
+    let every_stage = caught_up(&client, &format!("http://{addr}"), started).await?;
+    figures.every_stage = Some(sent as f64 / every_stage.as_secs_f64());
+    println!(
+        "every stage:          {:>10.0} events/s   (all {sent} events through every stage after the journal, the hot tier included, in {:.1} s)",
+        sent as f64 / every_stage.as_secs_f64(),
+        every_stage.as_secs_f64()
+    );
     let mut latencies = Vec::new();
     for i in 0..5 {
         let id = format!("bench-visible-{}-{i}", std::process::id());
@@ -359,6 +469,26 @@ async fn pipeline(
     Ok(figures)
 }
 
+/// How long after `started` every stage after the journal had no lag left (from `/health`).
+async fn caught_up(
+    client: &reqwest::Client,
+    base: &str,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let lags = crate::bench_sustained::lags(client, base).await?;
+        if lags.values().all(|lag| *lag == 0) {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the stages did not catch up within 600 s: {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The sum of every series of metric `name` (all its labels) in a Prometheus text exposition
 /// (`/metrics`); 0 when it has none.
 pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
@@ -371,9 +501,14 @@ pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The single number a `SELECT count(*)` query answers.
+/// The single number a `SELECT count(*)` query answers; `None` while its table does not exist
+/// yet (on a shared journal the sinks create their tables once the pipeline lease is taken).
 async fn count(warehouse: &Warehouse, sql: &str) -> anyhow::Result<Option<usize>> {
-    let text = sluice_warehouse::format::to_csv(&warehouse.query(sql).await?)?;
+    let answer = match warehouse.query(sql).await {
+        Err(sluice_warehouse::WarehouseError::TableNotFound { .. }) => return Ok(None),
+        answer => answer?,
+    };
+    let text = sluice_warehouse::format::to_csv(&answer)?;
     Ok(text.lines().nth(1).and_then(|n| n.trim().parse().ok()))
 }
 

@@ -257,7 +257,10 @@ async fn drain(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 }
 
 /// Each consumer stage's lag, from `/health`.
-async fn lags(client: &reqwest::Client, base: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+pub(crate) async fn lags(
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<BTreeMap<String, u64>> {
     let health: serde_json::Value = client
         .get(format!("{base}/health"))
         .send()

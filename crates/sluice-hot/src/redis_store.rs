@@ -105,6 +105,54 @@ impl RedisStore {
     fn positions_key(&self, consumer: &str) -> String {
         format!("{}pos:{consumer}", self.prefix)
     }
+
+    /// Deletes every key under this store's prefix (values and positions): what a run under a
+    /// prefix of its own (a benchmark) leaves behind. The number of keys deleted.
+    pub async fn delete_everything(&self) -> Result<u64, HotError> {
+        if self.prefix.is_empty() {
+            return Err(HotError::Invalid(
+                "refusing to delete every key of a store without a prefix".into(),
+            ));
+        }
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut conn = self.conn.clone();
+        let (mut cursor, mut deleted) = (0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err)?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `text` as a Redis glob pattern that matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl HotStore for RedisStore {
@@ -293,5 +341,58 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the Redis server on 127.0.0.1:6379"]
+    async fn delete_everything_deletes_its_own_prefix_only() {
+        // A prefix with glob characters, and a neighbour its unescaped pattern would match.
+        let id = std::process::id();
+        let (ours, neighbour) = (
+            format!("sluice-test:del*{id}[a]:"),
+            format!("sluice-test:delX{id}a:k"),
+        );
+        let store = RedisStore::connect("redis://127.0.0.1:6379", &ours)
+            .await
+            .unwrap();
+        let mut conn = store.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(&neighbour)
+            .arg("stays")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let puts = (0..2500)
+            .map(|i| (format!("p:{i}"), b"{}".to_vec()))
+            .collect();
+        let batch = WriteBatch {
+            consumer: "hot/good".into(),
+            positions: [(0, (None, 2500))].into(),
+            puts,
+            deletes: Vec::new(),
+        };
+        store.write(batch).await.unwrap();
+        assert_eq!(store.delete_everything().await.unwrap(), 2501);
+        assert!(store.positions("hot/good").await.unwrap().is_empty());
+        let keys = ["p:0".to_string(), "p:2499".to_string()];
+        assert_eq!(store.get_many(&keys).await.unwrap(), vec![None, None]);
+        let kept: Option<String> = redis::cmd("GET")
+            .arg(&neighbour)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(kept.as_deref(), Some("stays"));
+        let _: i64 = redis::cmd("DEL")
+            .arg(&neighbour)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let bare = RedisStore::connect("redis://127.0.0.1:6379", "")
+            .await
+            .unwrap();
+        assert!(matches!(
+            bare.delete_everything().await,
+            Err(HotError::Invalid(_))
+        ));
     }
 }

@@ -258,6 +258,27 @@ impl ObjectFiles {
             .map_err(|e| describe(&e))
     }
 
+    /// Deletes every object below these files' directory; the number deleted.
+    pub fn delete_all(&self) -> Result<u64, String> {
+        use futures::{StreamExt, TryStreamExt};
+        block(async {
+            let listed: Vec<deltalake::Path> = self
+                .store
+                .list(None)
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await?;
+            let count = listed.len() as u64;
+            let paths = futures::stream::iter(listed.into_iter().map(Ok)).boxed();
+            self.store
+                .delete_stream(paths)
+                .try_collect::<Vec<_>>()
+                .await?;
+            Ok::<_, deltalake::ObjectStoreError>(count)
+        })?
+        .map_err(|e| describe(&e))
+    }
+
     /// Renames `from` to `to` (a copy and a delete).
     pub fn rename(&self, from: &str, to: &str) -> Result<(), String> {
         let (from, to) = (deltalake::Path::from(from), deltalake::Path::from(to));

@@ -1,8 +1,10 @@
 //! `sluice bench --sustained` against the real binary: a ramp of two rates, the first low enough
 //! that any build keeps up with it, so that the verdict and the per-stage lines are checked; and
-//! `sluice bench --jetstream` against a private nats-server: both journals' runs reported, and
-//! nothing left on the server.
+//! `sluice bench --jetstream --jetstream-config` against a private nats-server, moto and Redis:
+//! both journals' runs reported, the JetStream one with its lake on S3 and its hot tier in
+//! Redis, and nothing of it left in any of them.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use sluice_testkit::process::run_cli;
@@ -63,11 +65,28 @@ fn sustained_ramp_reports_each_stage_and_the_highest_rate_held() -> anyhow::Resu
 }
 
 #[test]
-#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
-fn bench_runs_the_pipeline_on_jetstream_beside_the_file_journal_and_cleans_up() -> anyhow::Result<()>
-{
+#[ignore = "needs nats-server and moto from PyPI, Redis on 6379 (run with --run-ignored all)"]
+fn bench_runs_the_pipeline_on_jetstream_with_shared_stores_beside_the_file_journal_and_cleans_up()
+-> anyhow::Result<()> {
     let nats = sluice_testkit::NatsServer::start()?;
+    let moto = sluice_testkit::Moto::start()?;
+    moto.create_bucket("bench-lake")?;
     let dir = tempfile::tempdir()?;
+    let redis_prefix = format!("sluice-bench-test-{}:", std::process::id());
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[lake]\nroot = \"s3://bench-lake/sluice\"\nendpoint = \"{}\"\nregion = \"{}\"\n\
+             allow_http = true\n[lake.storage_options]\naws_access_key_id = \"{}\"\n\
+             aws_secret_access_key = \"{}\"\n[hot]\nbackend = \"redis\"\n\
+             redis_prefix = \"{redis_prefix}\"\n",
+            moto.endpoint(),
+            sluice_testkit::moto::REGION,
+            sluice_testkit::moto::ACCESS_KEY,
+            sluice_testkit::moto::SECRET_KEY,
+        ),
+    )?;
     let out = run_cli(
         Path::new(BIN),
         &[
@@ -80,19 +99,33 @@ fn bench_runs_the_pipeline_on_jetstream_beside_the_file_journal_and_cleans_up() 
             &nats.url(),
             "--jetstream-monitor",
             &nats.monitor_url(),
+            "--jetstream-config",
+            config.to_str().expect("utf-8 path"),
             "--dir",
             dir.path().to_str().expect("utf-8 path"),
         ],
     )?;
-    // Both runs, each to the end, then the same-run comparison.
-    let jetstream = out
-        .find("on a JetStream journal at ")
+    // Both runs, each to the end, the JetStream one on the config's lake and hot tier, then
+    // the same-run comparison.
+    let run = out
+        .lines()
+        .find(|l| l.starts_with("on a JetStream journal at "))
         .unwrap_or_else(|| panic!("no JetStream run in:\n{out}"));
+    assert!(
+        run.contains(", the lake at s3://bench-lake/sluice, the hot tier in Redis at "),
+        "{run}"
+    );
+    let jetstream = out.find(run).expect("found above");
     for (run, text) in [
         ("file", &out[..jetstream]),
         ("jetstream", &out[jetstream..]),
     ] {
-        for figure in ["durable ingest:", "end to end:", "ack -> visible in SQL:"] {
+        for figure in [
+            "durable ingest:",
+            "end to end:",
+            "every stage:",
+            "ack -> visible in SQL:",
+        ] {
             assert!(
                 text.contains(figure),
                 "no {figure} for the {run} run in:\n{out}"
@@ -104,11 +137,39 @@ fn bench_runs_the_pipeline_on_jetstream_beside_the_file_journal_and_cleans_up() 
         .find(|l| l.starts_with("jetstream / file journal, same run: durable ingest "))
         .unwrap_or_else(|| panic!("no comparison in:\n{out}"));
     assert!(
-        compared.contains("events/s per core), end to end "),
+        compared.contains("events/s per core), end to end ") && compared.contains(", every stage "),
         "{compared}"
     );
-    // Nothing of the run stays on the server: no stream, no bucket.
+    // The run wrote to both stores (its counts were read back there), then deleted it all;
+    // nothing of it stays on the NATS server either: no stream, no bucket.
+    let deleted = |what: &str| -> u64 {
+        let head = format!("deleted the run's {what}: ");
+        out.lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no deletion of the {what} in:\n{out}"))
+    };
+    assert!(deleted("lake") > 0 && deleted("hot tier") > 0, "{out}");
+    assert_eq!(moto.list("bench-lake", "sluice/")?, Vec::<String>::new());
+    assert_eq!(redis_keys(&format!("{redis_prefix}*"))?, 0);
     let jsz = nats.monitor("/jsz")?;
     assert_eq!(jsz["streams"], 0, "{jsz}");
     Ok(())
+}
+
+/// How many keys the Redis server on 6379 holds that match `pattern` (`KEYS`, spoken by hand).
+fn redis_keys(pattern: &str) -> anyhow::Result<usize> {
+    let mut conn = std::net::TcpStream::connect("127.0.0.1:6379")?;
+    write!(
+        conn,
+        "*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n",
+        pattern.len()
+    )?;
+    let mut header = String::new();
+    BufReader::new(conn).read_line(&mut header)?;
+    header
+        .trim_end()
+        .strip_prefix('*')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("KEYS answered {header:?}"))
 }
