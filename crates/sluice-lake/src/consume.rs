@@ -79,11 +79,7 @@ pub async fn run_batches<D: Destination>(
     shutdown: &CancellationToken,
 ) -> Result<(), D::Error> {
     let partitions = journal.partitions(topic)?;
-    let Some((mut session, next)) =
-        open_at_start(destination, partitions, settings, shutdown).await?
-    else {
-        return Ok(());
-    };
+    let (mut session, next) = open_at_start(destination, partitions, settings, shutdown).await?;
     status.send_modify(|s| {
         s.started = true;
         s.next_offsets = next.clone();
@@ -116,27 +112,34 @@ pub async fn run_batches<D: Destination>(
     Ok(())
 }
 
-/// Opens `destination`, waiting out retryable failures; `None` when shutdown came first.
+/// Opens `destination`, waiting out retryable failures; once shutdown has begun,
+/// `shutdown_attempts` in all, then the destination's give-up error (the stage could not drain).
 async fn open_at_start<D: Destination>(
     destination: &D,
     partitions: u32,
     settings: &LoopSettings,
     shutdown: &CancellationToken,
-) -> Result<Option<(D::Session, Vec<u64>)>, D::Error> {
+) -> Result<(D::Session, Vec<u64>), D::Error> {
     let mut backoff = settings.backoff.clone();
     loop {
         match destination.open(partitions).await {
             Ok(opened) => {
                 settings.health.ok();
                 debug_assert_eq!(opened.1.len(), partitions as usize);
-                return Ok(Some(opened));
+                return Ok(opened);
             }
             Err(e) if destination.open_is_retryable(&e) => {
                 settings.health.failing(&e);
+                let attempts = backoff.attempts() + 1;
+                let bounded = shutdown.is_cancelled();
+                if bounded && attempts >= settings.shutdown_attempts.max(1) {
+                    return Err(destination.gave_up(attempts, &e));
+                }
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot open the {} yet", D::NAME);
+                // Shutdown cuts the wait short: its attempts follow at the backoff's pace.
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = shutdown.cancelled(), if !bounded => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
             }

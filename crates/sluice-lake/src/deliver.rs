@@ -26,6 +26,8 @@
 //! 6. On shutdown the sink delivers everything below each partition's durable end as of the
 //!    moment shutdown began, commits, and returns. If the store keeps failing then, it gives up
 //!    after `shutdown_attempts` and returns the error; the journal still holds those records.
+//!    A table that cannot be opened is the same failure: once shutdown has begun, opening gets
+//!    `shutdown_attempts` too, then the error is returned (the drain failed; nothing is lost).
 //!
 //! Files written for a commit that never happened are orphans: invisible to readers and removed
 //! by `VACUUM`. Parquet encoding and Delta log replay run on the blocking pool.
@@ -183,9 +185,7 @@ impl<S: TableSpec> TableSink<S> {
 
     async fn run_inner(self, shutdown: &CancellationToken) -> Result<(), LakeError> {
         let partitions = self.journal.partitions(S::TOPIC)?;
-        let Some(mut delivery) = Delivery::<S>::start(self, partitions, shutdown).await? else {
-            return Ok(());
-        };
+        let mut delivery = Delivery::<S>::start(self, partitions, shutdown).await?;
         delivery.deliver(shutdown).await
     }
 }
@@ -236,13 +236,13 @@ struct Delivery<S: TableSpec> {
 }
 
 impl<S: TableSpec> Delivery<S> {
-    /// Opens the table and reads the txn versions, retrying storage errors until `shutdown`.
-    /// `None` means shutdown came first (nothing was read, so nothing is owed).
+    /// Opens the table and reads the txn versions, retrying storage errors; once `shutdown` has
+    /// begun, `shutdown_attempts` in all, then [`LakeError::GaveUp`]: the stage could not drain.
     async fn start(
         sink: TableSink<S>,
         partitions: u32,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Self>, LakeError> {
+    ) -> Result<Self, LakeError> {
         let TableSink {
             journal,
             root,
@@ -270,6 +270,15 @@ impl<S: TableSpec> Delivery<S> {
                         && !matches!(e, LakeError::SchemaMismatch { .. }) =>
                 {
                     health.failing(&e);
+                    let attempts = backoff.attempts() + 1;
+                    let bounded = shutdown.is_cancelled();
+                    if bounded && attempts >= settings.shutdown_attempts.max(1) {
+                        return Err(LakeError::GaveUp {
+                            table: S::TABLE.to_string(),
+                            attempts,
+                            last: e.to_string(),
+                        });
+                    }
                     let wait = backoff.next_delay();
                     if matches!(
                         e,
@@ -281,8 +290,9 @@ impl<S: TableSpec> Delivery<S> {
                     } else {
                         tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
                     }
+                    // Shutdown cuts the wait short: its attempts follow at the backoff's pace.
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = shutdown.cancelled(), if !bounded => {}
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
@@ -319,7 +329,7 @@ impl<S: TableSpec> Delivery<S> {
             s.next_offsets = partitions.iter().map(|p| p.delivered_next).collect();
             s.table_version = target.version();
         });
-        Ok(Some(Self {
+        Ok(Self {
             settings,
             status,
             faults,
@@ -329,7 +339,7 @@ impl<S: TableSpec> Delivery<S> {
             buffer: Buffer::default(),
             round_robin: 0,
             positions_stale: false,
-        }))
+        })
     }
 
     async fn deliver(&mut self, shutdown: &CancellationToken) -> Result<(), LakeError> {

@@ -762,8 +762,25 @@ async fn a_txn_version_lowered_in_the_log_is_refused_not_redelivered() {
     .unwrap_or_default();
     assert!(refused.contains("events/0"), "{refused}");
     assert!(!running.progress.status().started);
-    running.stop().await.unwrap();
+    stop_refused(running).await;
     assert_eq!(event_ids(dir.path()).await, expected_ids(&[(0, 0..14)]));
+}
+
+/// Stops a sink whose table is refused: the stage could not drain what the journal holds, so
+/// shutdown ends in [`LakeError::GaveUp`] after `shutdown_attempts`, naming the refusal.
+async fn stop_refused(running: Running) {
+    match running.stop().await {
+        Err(LakeError::GaveUp {
+            table,
+            attempts,
+            last,
+        }) => {
+            assert_eq!(table, "events");
+            assert!(attempts >= settings().shutdown_attempts, "{attempts}");
+            assert!(last.contains("events/0"), "{last}");
+        }
+        other => panic!("a refused table stopped with {other:?}, not a give-up"),
+    }
 }
 
 /// A txn version raised past the journal's end (the table claims offsets the journal never
@@ -799,7 +816,7 @@ async fn a_txn_version_past_the_journal_end_is_refused_not_skipped() {
     assert_eq!(stage.name, "lake/events");
     let failure = stage.failing.as_ref().expect("the stage reports failing");
     assert!(failure.error.contains("past the end"), "{failure:?}");
-    running.stop().await.unwrap();
+    stop_refused(running).await;
     assert_eq!(event_ids(dir.path()).await, expected_ids(&[(0, 0..14)]));
 
     std::fs::write(&commit, before).unwrap();

@@ -235,12 +235,29 @@ async fn an_unreachable_database_is_retried_not_fatal() {
     let journal = MemJournal::with_topics(&[(topic::GOOD, 1)]);
     let mut config = config(&unique_schema());
     config.port = 1; // nothing listens there
-    let loader = PgLoader::new(journal.clone(), config.validate().unwrap());
+    let health = sluice_journal::Health::new();
+    let loader = PgLoader::new(journal.clone(), config.validate().unwrap())
+        .with_health(health.stage("loader"));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(loader.run(shutdown.clone()));
+    // It reports the failure and keeps trying: still running after its first failed attempt.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while health.snapshot()[0].failing.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never reported");
+        // Polls a condition under a deadline.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!task.is_finished(), "the loader stopped by itself");
+    // At shutdown it cannot drain, and says so after its shutdown attempts.
     shutdown.cancel();
     let result = tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(sluice_warehouse::loader::LoaderError::GaveUp { .. })
+        ),
+        "{result:?}"
+    );
 }
 
 /// After a crash a partition's end jumps to the journal's floor: the loader steps over the gap,
