@@ -6,6 +6,8 @@
 //!   once, which bounds what any HTTP ingest could do here;
 //! - durable ingest: the same load against `POST /v1/events` of a real server with every role
 //!   on (the runner and the lake sink compete for the same two cores);
+//! - every stage: when every stage after the journal (the typed tables and the hot tier too)
+//!   has caught up with that load, from `/health`;
 //! - ack → visible in SQL: one event posted, then polled for through the warehouse.
 
 use std::path::PathBuf;
@@ -335,8 +337,8 @@ struct Figures {
     every_stage: Option<f64>,
 }
 
-/// Durable ingest, end to end and ack → visible in SQL of a server on `journal`, printed as they
-/// are measured.
+/// Durable ingest, end to end, every stage and ack → visible in SQL of a server on `journal`,
+/// printed as they are measured.
 async fn pipeline(
     args: &BenchArgs,
     root: &std::path::Path,
