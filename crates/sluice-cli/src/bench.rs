@@ -167,10 +167,11 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
     if args.protocols {
         return crate::bench_protocols::run(args, root, noop.events_per_sec).await;
     }
-    if let Some(path) = &args.jetstream_config {
-        // A config that cannot be used fails now, not after the file journal's run.
-        SharedStores::read(path)?;
-    }
+    // Read once; a config that cannot be used fails now, not after the file journal's run.
+    let stores = match &args.jetstream_config {
+        Some(path) => Some(Box::new(SharedStores::read(path)?)),
+        None => None,
+    };
     let file = pipeline(args, root, &Journal::File, (&noop, &fsync)).await?;
     let Some(url) = &args.jetstream else {
         return Ok(());
@@ -179,6 +180,7 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
         url: url.clone(),
         monitor: args.jetstream_monitor.clone(),
         replicas: args.jetstream_replicas,
+        stores,
     };
     let js = pipeline(args, root, &jetstream, (&noop, &fsync)).await;
     // Streams and buckets under the run's own prefix: nothing of the run stays on the server.
@@ -192,8 +194,11 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
             bench_prefix()
         );
     }
-    if let Some(path) = &args.jetstream_config
-        && let Err(e) = SharedStores::read(path)?.delete_run().await
+    if let Journal::JetStream {
+        stores: Some(stores),
+        ..
+    } = &jetstream
+        && let Err(e) = stores.delete_run().await
     {
         eprintln!(
             "warning: cannot delete what the run wrote below {}: {e:#}",
@@ -221,11 +226,12 @@ async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> 
 enum Journal {
     /// The embedded file journal (the default).
     File,
-    /// NATS JetStream at `url`, as in cluster mode.
+    /// NATS JetStream at `url`, as in cluster mode, with `--jetstream-config`'s shared stores.
     JetStream {
         url: String,
         monitor: Option<String>,
         replicas: usize,
+        stores: Option<Box<SharedStores>>,
     },
 }
 
@@ -242,6 +248,7 @@ impl Journal {
             url,
             monitor,
             replicas,
+            ..
         } = self
         {
             config.backend = sluice_journal::JournalBackend::Jetstream;
@@ -279,7 +286,8 @@ impl SharedStores {
         })
     }
 
-    /// `config` with these stores, each below the run's own prefix; what it uses, in words.
+    /// `config` with these stores, each below the run's own prefix; what it uses, in words
+    /// (`, the lake at …` for each).
     fn apply(&self, config: &mut Config) -> String {
         let mut used = Vec::new();
         if let Some(lake) = &self.lake {
@@ -288,16 +296,16 @@ impl SharedStores {
                 root: Some(format!("{}/{}", root.trim_end_matches('/'), bench_prefix())),
                 ..lake.clone()
             };
-            used.push(format!("the lake at {root}"));
+            used.push(format!(", the lake at {root}"));
         }
         if let Some(hot) = &self.hot {
             config.hot = sluice_hot::HotConfig {
                 redis_prefix: self.run_redis_prefix(hot),
                 ..hot.clone()
             };
-            used.push(format!("the hot tier in Redis at {}", hot.redis_url));
+            used.push(format!(", the hot tier in Redis at {}", hot.redis_url));
         }
-        used.join(", ")
+        used.concat()
     }
 
     fn run_redis_prefix(&self, hot: &sluice_hot::HotConfig) -> String {
@@ -354,17 +362,11 @@ async fn pipeline(
         data_dir: data_dir.clone(),
         ..Config::default()
     };
-    if let Journal::JetStream { url, .. } = journal {
+    if let Journal::JetStream { url, stores, .. } = journal {
         config.journal = journal.config();
-        let stores = match &args.jetstream_config {
-            Some(path) => SharedStores::read(path)?.apply(&mut config),
-            None => String::new(),
-        };
-        let stores = if stores.is_empty() {
-            String::new()
-        } else {
-            format!(", {stores}")
-        };
+        let stores = stores
+            .as_ref()
+            .map_or_else(String::new, |s| s.apply(&mut config));
         println!(
             "on a JetStream journal at {url}{stores} (prefix {}):",
             bench_prefix()
