@@ -5,7 +5,9 @@
 //! once the append is durable; a failed append removes its pending entries so the client's
 //! retry goes through. A request that meets another request's pending entry waits for that
 //! append to finish (bounded), because answering "duplicate" for an event that is not yet
-//! durable would ack something that may still be lost.
+//! durable would ack something that may still be lost. A request reserves all of its keys in
+//! one step ([`DedupeIndex::reserve_all`]), so of two requests sharing events only the one that
+//! came second waits, and a wait never closes a cycle.
 //!
 //! The index lives in memory, bounded by `collector.dedupe_max_entries`: past it, the oldest
 //! committed entries leave first (counted in `sluice_collector_dedupe_evicted_total`), so under
@@ -32,6 +34,11 @@ const SHARDS: usize = 16;
 const GENERATIONS: usize = 8;
 
 pub(crate) type Key = u128;
+
+/// The shard that holds `k`.
+fn shard_of(k: Key) -> usize {
+    (k as usize) % SHARDS
+}
 
 pub(crate) fn key(source: &str, event_id: &str) -> Key {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -252,7 +259,7 @@ impl DedupeIndex {
     fn shard(&self, k: Key) -> std::sync::MutexGuard<'_, (Shard, usize)> {
         // A poisoned shard only means another request panicked mid-update; the map is still
         // a valid map, so keep serving.
-        self.shards[(k as usize) % SHARDS]
+        self.shards[shard_of(k)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -345,6 +352,50 @@ impl DedupeIndex {
     /// Tries to reserve `k` for the request whose outcome `rx` will carry.
     pub(crate) fn reserve(&self, k: Key, now: i64, rx: &watch::Receiver<Option<bool>>) -> Reserve {
         let mut s = self.shard(k);
+        self.reserve_in(&mut s, k, now, rx)
+    }
+
+    /// [`DedupeIndex::reserve`] for every key of one request at once: no other request reserves
+    /// anything between the first key and the last. So when two requests share keys, one of
+    /// them reserved all of its keys before the other began, and only the later one waits.
+    /// Reserved key by key, two requests taking the same keys in different orders (or at the
+    /// same moment on two threads) could each hold a key the other waits for, and both would
+    /// wait until they gave up.
+    pub(crate) fn reserve_all(
+        &self,
+        keys: &[Key],
+        now: i64,
+        rx: &watch::Receiver<Option<bool>>,
+    ) -> Vec<Reserve> {
+        // The shards the keys fall in, locked in ascending order (nothing else holds two), so
+        // two requests never hold each other's next lock.
+        let mut guards: Vec<Option<std::sync::MutexGuard<'_, (Shard, usize)>>> =
+            (0..SHARDS).map(|_| None).collect();
+        let mut touched = [false; SHARDS];
+        for &k in keys {
+            touched[shard_of(k)] = true;
+        }
+        for (i, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+            guards[i] = Some(self.shards[i].lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        keys.iter()
+            .map(|&k| {
+                let s = guards[shard_of(k)]
+                    .as_mut()
+                    .expect("every key's shard is locked");
+                self.reserve_in(s, k, now, rx)
+            })
+            .collect()
+    }
+
+    /// Reserves `k` in its shard, which the caller holds locked.
+    fn reserve_in(
+        &self,
+        s: &mut (Shard, usize),
+        k: Key,
+        now: i64,
+        rx: &watch::Receiver<Option<bool>>,
+    ) -> Reserve {
         match s.0.get(&k) {
             Some(Slot::Committed(at, pos)) if *at >= now - self.window => {
                 return Reserve::Duplicate(Some(*pos));
@@ -357,7 +408,7 @@ impl DedupeIndex {
             _ => {}
         }
         s.0.file(k, Slot::Pending(now, rx.clone()));
-        self.tidy(&mut s, now - self.window);
+        self.tidy(s, now - self.window);
         Reserve::New
     }
 
@@ -483,6 +534,44 @@ mod tests {
         assert!(matches!(idx.reserve(a, 5000, &rx2), Reserve::New));
         assert!(matches!(idx.reserve(b, 5000, &rx2), Reserve::New));
         assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn of_two_requests_sharing_keys_only_one_waits_for_the_other() {
+        // Two threads reserve the same keys in opposite orders, released together, many times:
+        // one request reserves every key and the other waits for it on every key; never does
+        // each hold a key the other waits for.
+        let idx = std::sync::Arc::new(DedupeIndex::new(i64::MAX / 2, 1 << 20));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        for round in 0..500 {
+            let keys: Vec<Key> = (0..64)
+                .map(|i| key("web", &format!("{round}-{i}")))
+                .collect();
+            let reserve = |keys: Vec<Key>| {
+                let (idx, barrier) = (idx.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let (tx, rx) = watch::channel(None);
+                    barrier.wait();
+                    let reserved = idx.reserve_all(&keys, 1, &rx);
+                    let new = reserved
+                        .iter()
+                        .filter(|r| matches!(r, Reserve::New))
+                        .count();
+                    let waits = reserved
+                        .iter()
+                        .filter(|r| matches!(r, Reserve::Wait(_)))
+                        .count();
+                    (new, waits, tx)
+                })
+            };
+            let reversed = keys.iter().rev().copied().collect();
+            let (a, b) = (reserve(keys.clone()), reserve(reversed));
+            let (a, b) = (a.join().unwrap(), b.join().unwrap());
+            let mut counts = [(a.0, a.1), (b.0, b.1)];
+            counts.sort();
+            assert_eq!(counts, [(0, 64), (64, 0)], "round {round}");
+            idx.settle(keys.iter().map(|&k| (k, Some(P))));
+        }
     }
 
     #[test]

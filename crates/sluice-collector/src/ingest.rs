@@ -317,12 +317,18 @@ impl Collector {
             repeats: Vec::new(),
             stored: Vec::new(),
         };
+        let admitted: Vec<Staged<'_>> = items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, item)| self.admit(index, item, &mut req.outcome.rejected))
+            .collect();
+        // All at once: a request waits only for requests that reserved before it began, so two
+        // requests sharing events never wait for each other.
+        let keys: Vec<Key> = admitted.iter().map(|s| s.key).collect();
+        let reserves = self.dedupe.reserve_all(&keys, received_at, &rx);
         let mut waits = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            if let Some(s) = self.admit(index, item, &mut req.outcome.rejected) {
-                let reserve = self.dedupe.reserve(s.key, received_at, &rx);
-                waits.extend(req.reserved(s, reserve));
-            }
+        for (s, reserve) in admitted.into_iter().zip(reserves) {
+            waits.extend(req.reserved(s, reserve));
         }
         // Settle on every exit path (including a panic or an early return) so no reservation
         // stays pending forever.
