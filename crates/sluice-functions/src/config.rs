@@ -1,8 +1,12 @@
 //! [`RunnerConfig`]: the `[functions]` section of the config file.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::udf::SecretsKey;
 
 /// The `[functions]` section of the config file.
 #[derive(Clone, Debug, Deserialize)]
@@ -16,6 +20,10 @@ pub struct RunnerConfig {
     /// The event times accepted, around when the collector received each event; an event
     /// outside becomes an `event_time` bad row instead of a partition of its own.
     pub event_time_window: EventTimeWindow,
+    /// A file holding 64 hex digits (`openssl rand -hex 32`): user functions' secrets are
+    /// stored sealed with this key. Every runner node of a cluster needs the same file; without
+    /// it, a node on a shared journal refuses to deploy secrets. Read at start.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl Default for RunnerConfig {
@@ -24,6 +32,7 @@ impl Default for RunnerConfig {
             batch_size: 2000,
             max_event_bytes: crate::chain::DEFAULT_MAX_EVENT_BYTES,
             event_time_window: EventTimeWindow::default(),
+            secrets_key_file: None,
         }
     }
 }
@@ -86,6 +95,8 @@ pub struct RunnerSettings {
     pub max_event_bytes: usize,
     /// See [`RunnerConfig::event_time_window`].
     pub event_time_window: EventTimeWindow,
+    /// The key read from [`RunnerConfig::secrets_key_file`].
+    pub secrets_key: Option<Arc<SecretsKey>>,
 }
 
 impl RunnerConfig {
@@ -101,10 +112,17 @@ impl RunnerConfig {
         if w.past.is_zero() && w.future.is_zero() {
             return Err("functions.event_time_window must not be empty (past and future 0)".into());
         }
+        let secrets_key = match &self.secrets_key_file {
+            Some(path) => Some(Arc::new(
+                SecretsKey::read(path).map_err(|e| format!("functions.secrets_key_file: {e}"))?,
+            )),
+            None => None,
+        };
         Ok(RunnerSettings {
             batch_size: self.batch_size,
             max_event_bytes: self.max_event_bytes,
             event_time_window: w,
+            secrets_key,
         })
     }
 }

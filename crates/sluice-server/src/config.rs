@@ -404,6 +404,27 @@ mod tests {
     }
 
     #[test]
+    fn a_secrets_key_file_is_read_at_start_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("secrets.key");
+        let config = |path: &std::path::Path| {
+            Config::from_toml(&format!("[functions]\nsecrets_key_file = {path:?}"))
+                .unwrap()
+                .validate()
+        };
+        let e = config(&key).unwrap_err().to_string();
+        assert!(
+            e.contains("secrets_key_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        std::fs::write(&key, "not a key").unwrap();
+        let e = config(&key).unwrap_err().to_string();
+        assert!(e.contains("64 hex digits"), "{e}");
+        std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+        assert!(config(&key).unwrap().runner.secrets_key.is_some());
+    }
+
+    #[test]
     fn the_readme_example_config_is_valid() {
         let readme = include_str!("../../../README.md");
         let start = readme

@@ -10,6 +10,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_collector::{AddressQuota, Collector};
 use sluice_event::topic;
+use sluice_functions::udf::SecretsAtRest;
 use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
 use sluice_journal::durable_fs::create_dir_all_durable;
 use sluice_journal::{JetStreamJournal, Journal, JournalBackend, LocalJournal};
@@ -176,9 +177,6 @@ impl Server {
         // What this node tells the others about itself, from now on (standing by or not).
         let card = NodeCard::new(settings.journal.jetstream.node_name(), roles.names());
         let announced = tokio::sync::watch::Sender::new(card.to_json());
-        if let Some(j) = &base.jetstream {
-            j.announce(announced.subscribe());
-        }
         let card = Arc::new(std::sync::Mutex::new(card));
         let intake = CancellationToken::new();
         let housekeeping = CancellationToken::new();
@@ -186,7 +184,14 @@ impl Server {
         let pipeline = Arc::new(std::sync::OnceLock::new());
         // Deployable on every node with the runner role, standing by or not.
         let functions = match roles.runner {
-            true => Some(open_functions(&settings, stage_runtime.worker_start()).await?),
+            true => Some(
+                open_functions(
+                    &settings,
+                    stage_runtime.worker_start(),
+                    base.jetstream.is_some(),
+                )
+                .await?,
+            ),
             false => None,
         };
         // On a shared journal every runner node runs the same functions.
@@ -194,6 +199,11 @@ impl Server {
             (Some(f), Some(j)) => Some(crate::shared_functions::open(j, f.clone()).await?),
             _ => None,
         };
+        // Announced once it can run what the others run: a node that fails to start must not
+        // stay listed (and counted in the runner's share) until its entry expires.
+        if let Some(j) = &base.jetstream {
+            j.announce(announced.subscribe());
+        }
         let (http_addr, warehouse) = if roles.collector || roles.warehouse || roles.hot {
             let cluster = ClusterView {
                 this: card.clone(),
@@ -547,15 +557,23 @@ fn follow_other_nodes(
 }
 
 /// The user functions of the runner role, deployed on this node (`<data_dir>/functions`).
-/// Their worker threads run `worker_start` first (the stages' priority).
+/// Their worker threads run `worker_start` first (the stages' priority). Secrets are sealed
+/// with the configured key; without one they are stored as given on a node of its own, and
+/// refused on a shared journal, where every node's functions sit in NATS.
 async fn open_functions(
     settings: &Settings,
     worker_start: sluice_functions::udf::WorkerStart,
+    shared: bool,
 ) -> Result<Arc<Functions>, ServerError> {
     let (dir, partitions) = (settings.data_dir.join("functions"), settings.partitions);
+    let secrets = match (&settings.runner.secrets_key, shared) {
+        (Some(key), _) => SecretsAtRest::Sealed(key.clone()),
+        (None, true) => SecretsAtRest::Refused,
+        (None, false) => SecretsAtRest::Plain,
+    };
     Ok(Arc::new(
         blocking("runner", move || {
-            Functions::open_with(&dir, partitions, Some(worker_start))
+            Functions::open_with(&dir, partitions, Some(worker_start), secrets)
         })
         .await?,
     ))

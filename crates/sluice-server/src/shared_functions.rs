@@ -53,8 +53,10 @@ pub(crate) async fn open(
         .shared_map(MAP, importer(functions.clone()))
         .await
         .map_err(|e| ServerError::stage("runner", e))?;
+    // A node that cannot run what the others run (sealed secrets without this node's key, say)
+    // does not start: it would run its partitions without those functions.
     let f = functions.clone();
-    let local = tokio::task::spawn_blocking(move || f.names())
+    let local = tokio::task::spawn_blocking(move || f.run_stored().and_then(|()| f.names()))
         .await
         .map_err(|e| ServerError::stage("runner", e))?
         .map_err(|e| ServerError::stage("runner", e))?;

@@ -13,7 +13,7 @@
 //!   threads; `stage.rs` the Kinesis-trigger semantics (batching, retries, bisecting, partial
 //!   responses, record age); `convert.rs` events to and from what a function sees; `value.rs`
 //!   values into and out of the runtime without JSON text; `meter.rs` metering;
-//!   `logs.rs` what functions print.
+//!   `logs.rs` what functions print; `seal.rs` secrets sealed at rest.
 //!
 //! Swapping: every change builds a new [`Live`] set and swaps it in atomically. The runner takes
 //! the set once per batch, so each batch runs wholly on one version and a swap falls between
@@ -25,6 +25,7 @@ mod engine;
 mod logs;
 mod meter;
 mod pool;
+mod seal;
 pub(crate) mod stage;
 mod store;
 mod value;
@@ -41,6 +42,7 @@ use sluice_event::ErrorKind;
 pub use engine::{InvokeError, Mode, Source};
 pub use meter::{LAMBDA_USD_PER_GB_SECOND, LAMBDA_USD_PER_REQUEST, MeterSnapshot};
 pub use pool::WorkerStart;
+pub use seal::{SEALED_PREFIX, SecretsKey};
 pub use store::{Bundle, BundledVersion, DeployOutcome, Version};
 
 use engine::{Engine, LogFn};
@@ -145,7 +147,8 @@ pub struct FunctionSpec {
     pub on_failure: OnFailure,
     /// `ctx.config`: any JSON object.
     pub config: serde_json::Value,
-    /// `ctx.secrets`: names to strings. Stored with the version (file mode 0600), never shown.
+    /// `ctx.secrets`: names to strings. Stored with the version (file mode 0600), sealed when
+    /// the node has a secrets key (`seal.rs`), never shown.
     pub secrets: BTreeMap<String, String>,
 }
 
@@ -363,6 +366,30 @@ pub struct Functions {
     changes: Mutex<()>,
     /// Run first on every worker thread a function starts.
     worker_start: Option<WorkerStart>,
+    /// How secrets are stored.
+    secrets: SecretsAtRest,
+}
+
+/// How a node stores the secrets of the functions deployed on it.
+#[derive(Clone, Debug, Default)]
+pub enum SecretsAtRest {
+    /// As given, in the version files (mode 0600): a node whose functions no other node reads.
+    #[default]
+    Plain,
+    /// Sealed with this key (`[functions] secrets_key_file`), wherever they are stored.
+    Sealed(Arc<SecretsKey>),
+    /// Refused: the functions are shared through a store other parties can read (NATS), and
+    /// the node has no key to seal secrets with.
+    Refused,
+}
+
+impl SecretsAtRest {
+    fn key(&self) -> Option<&SecretsKey> {
+        match self {
+            Self::Sealed(k) => Some(k),
+            Self::Plain | Self::Refused => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Functions {
@@ -378,15 +405,17 @@ impl Functions {
     /// `partitions` sizes the worker pools: each function gets `parallelism × partitions`
     /// runtimes (at most 64).
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, UdfError> {
-        Self::open_with(dir, partitions, None)
+        Self::open_with(dir, partitions, None, SecretsAtRest::Plain)
     }
 
     /// [`Functions::open`], with `worker_start` run first on every worker thread a function
-    /// starts (the server lowers their priority to the stages' own with it).
+    /// starts (the server lowers their priority to the stages' own with it), and secrets stored
+    /// as `secrets` says.
     pub fn open_with(
         dir: &Path,
         partitions: u32,
         worker_start: Option<WorkerStart>,
+        secrets: SecretsAtRest,
     ) -> Result<Self, UdfError> {
         let f = Self {
             store: store::Store::open(dir.join("deployed"))?,
@@ -396,6 +425,7 @@ impl Functions {
             meters: Mutex::default(),
             changes: Mutex::default(),
             worker_start,
+            secrets,
         };
         f.refresh()?;
         Ok(f)
@@ -431,8 +461,20 @@ impl Functions {
             .collect();
         afters.insert(name.to_string(), spec.after.clone());
         order(&afters).map_err(UdfError::Invalid)?;
+        if matches!(self.secrets, SecretsAtRest::Refused) && !spec.secrets.is_empty() {
+            return Err(UdfError::Invalid(
+                "secrets are shared with every node through NATS and this node has no key to \
+                 seal them with: set [functions] secrets_key_file (the same key on every runner \
+                 node), or pass the values in config"
+                    .into(),
+            ));
+        }
+        let stored = FunctionSpec {
+            secrets: seal::seal_all(self.secrets.key(), name, &spec.secrets)?,
+            ..spec.clone()
+        };
         let mode = check_code(name, code, spec)?;
-        let (version, outcome) = self.store.deploy(name, code, mode, spec)?;
+        let (version, outcome) = self.store.deploy(name, code, mode, &stored)?;
         self.refresh()?;
         Ok(DeployReport {
             name: name.to_string(),
@@ -484,6 +526,13 @@ impl Functions {
             self.refresh()?;
         }
         Ok(changed)
+    }
+
+    /// Starts whatever the store holds that does not run yet; the first function that cannot
+    /// start, and why (after [`Functions::import`]s whose functions did not start).
+    pub fn run_stored(&self) -> Result<(), UdfError> {
+        let _guard = self.changes.lock();
+        self.refresh()
     }
 
     /// The name of every deployed function.
@@ -611,8 +660,9 @@ impl Functions {
             .clone();
         let log = self.logs.writer(name, v.version);
         let threads = (v.spec.parallelism as usize * self.threads_per_unit).min(64);
+        let secrets = seal::open_all(self.secrets.key(), name, &v.spec.secrets)?;
         let pool = Pool::start(
-            source_of(name, v.version, &code, &v.spec),
+            source_of(name, v.version, &code, &v.spec, &secrets),
             threads,
             v.spec.timeout(),
             log.clone(),
@@ -631,20 +681,27 @@ impl Functions {
     }
 }
 
-fn source_of(name: &str, version: u32, code: &str, spec: &FunctionSpec) -> Source {
+/// What a runtime of `spec` loads, with `secrets` opened.
+fn source_of(
+    name: &str,
+    version: u32,
+    code: &str,
+    spec: &FunctionSpec,
+    secrets: &BTreeMap<String, String>,
+) -> Source {
     Source {
         name: name.to_string(),
         version,
         code: code.to_string(),
         config: spec.config.clone(),
-        secrets: serde_json::to_value(&spec.secrets).unwrap_or_else(|_| serde_json::json!({})),
+        secrets: serde_json::to_value(secrets).unwrap_or_else(|_| serde_json::json!({})),
         memory_mb: spec.memory_mb,
     }
 }
 
 /// Loads the module in a throwaway sandbox; returns its entry point.
 fn check_code(name: &str, code: &str, spec: &FunctionSpec) -> Result<Mode, UdfError> {
-    let source = source_of(name, 0, code, spec);
+    let source = source_of(name, 0, code, spec, &spec.secrets);
     let timeout = spec.timeout();
     // On its own thread: the engine needs a big stack and must not run on an async worker.
     std::thread::Builder::new()
@@ -807,7 +864,7 @@ mod tests {
                 .to_string();
             tx.lock().send(name).unwrap();
         });
-        let f = Functions::open_with(dir.path(), 2, Some(hook)).unwrap();
+        let f = Functions::open_with(dir.path(), 2, Some(hook), SecretsAtRest::Plain).unwrap();
         f.deploy(
             "tag",
             "export function transform(e) { return e; }",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sluice_event::{BadKind, BadRow, Event, Position};
+use sluice_functions::udf::{DeployOutcome, SecretsAtRest, SecretsKey, UdfError};
 use sluice_functions::{
     Chain, ChainState, EnrichConfig, FunctionSpec, Functions, OnFailure, Outcome, Registry,
     ValidationConfig,
@@ -20,9 +21,14 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(SecretsAtRest::Plain)
+}
+
+fn fixture_with(secrets: SecretsAtRest) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(Registry::open(dir.path().join("schemas")).unwrap());
-    let functions = Arc::new(Functions::open(&dir.path().join("functions"), 1).unwrap());
+    let functions =
+        Arc::new(Functions::open_with(&dir.path().join("functions"), 1, None, secrets).unwrap());
     let chain = Chain::new(
         registry,
         ValidationConfig::default(),
@@ -548,4 +554,88 @@ async fn unreadable_outputs_go_bad_with_the_reason_and_are_not_retried() {
         let s = stats(&f, "odd");
         assert_eq!((s.invocations, s.retries), (2, 0), "{mode}: {s:?}");
     }
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_stored_sealed_and_open_only_with_the_key() {
+    const KEY: &str = "8f1d2c3b4a5968778695a4b3c2d1e0f000112233445566778899aabbccddeeff";
+    let key = || Arc::new(SecretsKey::from_hex(KEY).unwrap());
+    let f = fixture_with(SecretsAtRest::Sealed(key()));
+    let code = "export function transform(e, ctx) { \
+                return {...e, properties: {...e.properties, salt: ctx.secrets.API_SALT}}; }";
+    let spec = FunctionSpec {
+        secrets: [("API_SALT".to_string(), "pepper-4f9a".to_string())].into(),
+        ..FunctionSpec::default()
+    };
+    deploy(&f, "salted", code, spec.clone());
+    // The function sees the value; no file of the store holds it.
+    let (good, bad) = run(&f, 3, now()).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    assert!(
+        good.iter()
+            .all(|(_, e)| e["properties"]["salt"] == "pepper-4f9a"),
+        "{good:?}"
+    );
+    let dir = f._dir.path().join("functions");
+    let stored = files_under(&dir);
+    assert!(
+        stored
+            .iter()
+            .any(|(_, b)| String::from_utf8_lossy(b).contains("sluice-sealed:v1:"))
+    );
+    for (path, bytes) in &stored {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains("pepper-4f9a"),
+            "{}",
+            path.display()
+        );
+    }
+    // The same deploy again changes nothing: the secrets seal the same way.
+    let again = f.functions.deploy("salted", code, &spec).unwrap();
+    assert_eq!(
+        (again.version, again.outcome),
+        (1, DeployOutcome::Unchanged)
+    );
+
+    // Started again with another key, or none, the function does not start, and says why.
+    let other = Arc::new(SecretsKey::from_hex(&KEY.replace('8', "9")).unwrap());
+    for (secrets, why) in [
+        (SecretsAtRest::Sealed(other), "another key"),
+        (SecretsAtRest::Plain, "secrets_key_file"),
+    ] {
+        let e = Functions::open_with(&dir, 1, None, secrets).unwrap_err();
+        assert!(
+            matches!(e, UdfError::Invalid(_)) && e.to_string().contains(why),
+            "{e}"
+        );
+        assert!(e.to_string().contains("API_SALT"), "{e}");
+    }
+    assert!(Functions::open_with(&dir, 1, None, SecretsAtRest::Sealed(key())).is_ok());
+
+    // Shared through a store others read, without a key: secrets are refused, the rest is not.
+    let f = fixture_with(SecretsAtRest::Refused);
+    let e = f.functions.deploy("salted", code, &spec).unwrap_err();
+    assert!(
+        matches!(e, UdfError::Invalid(_)) && e.to_string().contains("secrets_key_file"),
+        "{e}"
+    );
+    let plain = FunctionSpec::default();
+    assert_eq!(
+        f.functions.deploy("salted", code, &plain).unwrap().version,
+        1
+    );
 }

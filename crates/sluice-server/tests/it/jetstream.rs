@@ -794,13 +794,18 @@ async fn answers(node: &TestServer, path: &str, status: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
 async fn a_function_deployed_on_one_node_runs_on_every_runner_node() {
-    let (_nats, _j, a, b) = two_runner_nodes().await;
+    // Both runner nodes seal secrets with the same key.
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), format!("{}\n", "5a".repeat(32))).unwrap();
+    let keyed = format!("[functions]\nsecrets_key_file = {:?}\n", key.path());
+    let (nats, _j, a, b) = two_runner_nodes_with(&keyed).await;
     // Deployed on `b`; `a` takes it within a second.
-    let code = "export function transform(e, ctx) { return {...e, plan_tier: ctx.config.tier}; }";
+    let code = "export function transform(e, ctx) { \
+                return {...e, plan_tier: ctx.config.tier, salt: ctx.secrets.salt}; }";
     let deployed = b
         .client
         .put(b.url("/v1/functions/tier"))
-        .json(&json!({"code": code, "config": {"tier": "gold"}}))
+        .json(&json!({"code": code, "config": {"tier": "gold"}, "secrets": {"salt": "pepper-77"}}))
         .send()
         .await
         .unwrap();
@@ -808,7 +813,21 @@ async fn a_function_deployed_on_one_node_runs_on_every_runner_node() {
     answers(&a, "/v1/functions/tier", 200).await;
     let shown = a.get_json("/v1/functions/tier").await;
     assert_eq!(shown["active"], 1, "{shown}");
-    // Events to both nodes, on every partition: each one ran the function.
+    // The secret is in NATS sealed, never as given.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value("sluice_functions")
+        .await
+        .unwrap();
+    let stored = String::from_utf8(bucket.get("tier").await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(
+        stored.contains("sluice-sealed:v1:") && !stored.contains("pepper-77"),
+        "{stored}"
+    );
+    // A runner node without the key cannot run it, and does not start.
+    let e = start_error(&format!("{}node = \"c\"\n", server_toml(&nats))).await;
+    assert!(e.contains("secrets_key_file") && e.contains("tier"), "{e}");
+    // Events to both nodes, on every partition: each one ran the function, secret opened.
     let users = per_partition("user");
     post_each(&a, &users, "first-a").await;
     post_each(&b, &users, "first-b").await;
@@ -818,7 +837,11 @@ async fn a_function_deployed_on_one_node_runs_on_every_runner_node() {
     for row in &rows {
         let props: serde_json::Value =
             serde_json::from_str(row["properties"].as_str().unwrap()).unwrap();
-        assert_eq!(props["plan_tier"], "gold", "{row}");
+        assert_eq!(
+            (&props["plan_tier"], &props["salt"]),
+            (&json!("gold"), &json!("pepper-77")),
+            "{row}"
+        );
     }
     // Deleted on `a`: `b` drops it too, and nothing runs it any more.
     let deleted = a
@@ -841,6 +864,23 @@ async fn a_function_deployed_on_one_node_runs_on_every_runner_node() {
         let props = row["properties"].as_str().unwrap_or("");
         assert!(!props.contains("plan_tier"), "{row}");
     }
+    // A runner node without a key refuses secrets (they would sit in NATS as given), not the
+    // rest of a deploy.
+    let c = TestServer::start(&format!("{}node = \"c\"\n", server_toml(&nats))).await;
+    let deploy = |body: serde_json::Value| {
+        c.client
+            .put(c.url("/v1/functions/plain"))
+            .json(&body)
+            .send()
+    };
+    let refused = deploy(json!({"code": code, "secrets": {"salt": "pepper-77"}}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("secrets_key_file"), "{why}");
+    let plain = "export function transform(e, ctx) { return e; }";
+    assert_eq!(deploy(json!({"code": plain})).await.unwrap().status(), 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

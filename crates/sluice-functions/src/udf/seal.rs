@@ -1,0 +1,276 @@
+//! Secrets at rest: with a key (`[functions] secrets_key_file`), every secret of a deployed
+//! version is stored sealed, in the data directory and, on a shared journal, in NATS; it is
+//! opened only to start the function's runtimes.
+//!
+//! A sealed value is `sluice-sealed:v1:` and the base64url of `nonce ‖ ciphertext ‖ tag`
+//! (ChaCha20-Poly1305, 256-bit key). The associated data is the function's name and the
+//! secret's, so a value copied to another function or another name does not open. The nonce is
+//! synthetic (the first 96 bits of an HMAC-SHA256 of that associated data and the value, under a
+//! key of its own), as in SIV modes: deploying the same secrets again seals them the same way,
+//! so a deploy that changes nothing still creates no version, and a nonce repeats only with the
+//! very same plaintext. Both keys are derived from the file's 32 bytes by HMAC-SHA256 with
+//! distinct labels.
+//!
+//! Without a key, secrets are stored as given (the version files have mode 0600); a node that
+//! finds a sealed value and has no key, or another key, refuses to start the function and
+//! says why.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use sha2::Sha256;
+
+use super::UdfError;
+
+/// What every sealed value starts with.
+pub const SEALED_PREFIX: &str = "sluice-sealed:v1:";
+
+/// The key secrets are sealed with.
+pub struct SecretsKey {
+    aead: LessSafeKey,
+    nonce: [u8; 32],
+}
+
+impl std::fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretsKey(..)")
+    }
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+impl SecretsKey {
+    /// A key from 64 hex digits (32 bytes; `openssl rand -hex 32`), surrounding whitespace
+    /// ignored.
+    pub fn from_hex(text: &str) -> Result<Self, UdfError> {
+        let bytes = hex::decode(text.trim())
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| {
+                UdfError::Invalid(
+                    "a secrets key is 64 hex digits (32 bytes, as `openssl rand -hex 32` prints)"
+                        .into(),
+                )
+            })?;
+        let enc = hmac(&bytes, &[b"sluice function secrets: encryption"]);
+        let nonce = hmac(&bytes, &[b"sluice function secrets: nonce"]);
+        let aead = UnboundKey::new(&CHACHA20_POLY1305, &enc)
+            .map_err(|_| UdfError::Invalid("the secrets key is not a ChaCha20 key".into()))?;
+        Ok(Self {
+            aead: LessSafeKey::new(aead),
+            nonce,
+        })
+    }
+
+    /// The key in file `path`.
+    pub fn read(path: &Path) -> Result<Self, UdfError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            UdfError::Invalid(format!(
+                "cannot read the secrets key {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::from_hex(&text).map_err(|e| UdfError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    fn seal(&self, function: &str, name: &str, value: &str) -> String {
+        let aad = associated(function, name);
+        let iv = hmac(&self.nonce, &[&aad, value.as_bytes()]);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&iv[..NONCE_LEN]);
+        let mut sealed = value.as_bytes().to_vec();
+        self.aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut sealed,
+            )
+            .expect("a secret is far below ChaCha20-Poly1305's message limit");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+        )
+    }
+
+    fn open(&self, function: &str, name: &str, sealed: &str) -> Result<String, UdfError> {
+        let refused = |why: &str| {
+            UdfError::Invalid(format!(
+                "secret {name:?} of function {function:?} cannot be opened: {why}"
+            ))
+        };
+        let body = sealed.strip_prefix(SEALED_PREFIX).unwrap_or(sealed);
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| refused("it is not base64url"))?;
+        if bytes.len() < NONCE_LEN {
+            return Err(refused("it is too short"));
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| refused("bad nonce"))?;
+        let mut buf = ciphertext.to_vec();
+        let plain = self
+            .aead
+            .open_in_place(nonce, Aad::from(associated(function, name)), &mut buf)
+            .map_err(|_| {
+                refused(
+                    "it was sealed with another key (every runner node needs the same \
+                     secrets_key_file) or for another function",
+                )
+            })?;
+        String::from_utf8(plain.to_vec()).map_err(|_| refused("it is not UTF-8"))
+    }
+}
+
+/// The associated data of `function`'s secret `name`.
+fn associated(function: &str, name: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(function.len() + name.len() + 1);
+    aad.extend_from_slice(function.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
+/// The secrets of a deploy as they are stored: sealed with `key`, or as given without one. A
+/// value that already looks sealed is refused: it would not open as the value given.
+pub(crate) fn seal_all(
+    key: Option<&SecretsKey>,
+    function: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, UdfError> {
+    secrets
+        .iter()
+        .map(|(name, value)| {
+            if value.starts_with(SEALED_PREFIX) {
+                return Err(UdfError::Invalid(format!(
+                    "secret {name:?} starts with {SEALED_PREFIX:?}: give secrets as they are, \
+                     not sealed"
+                )));
+            }
+            let stored = match key {
+                Some(k) => k.seal(function, name, value),
+                None => value.clone(),
+            };
+            Ok((name.clone(), stored))
+        })
+        .collect()
+}
+
+/// The secrets a function runs with, from what is stored: sealed values opened with `key`,
+/// others (stored before a key was set) as they are.
+pub(crate) fn open_all(
+    key: Option<&SecretsKey>,
+    function: &str,
+    stored: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, UdfError> {
+    stored
+        .iter()
+        .map(|(name, value)| {
+            let plain = match (value.strip_prefix(SEALED_PREFIX), key) {
+                (None, _) => value.clone(),
+                (Some(_), Some(k)) => k.open(function, name, value)?,
+                (Some(_), None) => {
+                    return Err(UdfError::Invalid(format!(
+                        "secret {name:?} of function {function:?} is sealed and this node has \
+                         no key: set [functions] secrets_key_file to the key it was sealed with"
+                    )));
+                }
+            };
+            Ok((name.clone(), plain))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn secrets(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_function_and_name() {
+        let key = SecretsKey::from_hex(KEY).unwrap();
+        let given = secrets(&[("API_SALT", "s3cret"), ("EMPTY", "")]);
+        let stored = seal_all(Some(&key), "f", &given).unwrap();
+        for (name, value) in &stored {
+            assert!(value.starts_with(SEALED_PREFIX), "{name}: {value}");
+            assert!(!value.contains("s3cret"));
+        }
+        assert_eq!(open_all(Some(&key), "f", &stored).unwrap(), given);
+        // The same secrets seal the same way (a redeploy changes nothing); another value,
+        // name or function does not.
+        assert_eq!(seal_all(Some(&key), "f", &given).unwrap(), stored);
+        let other = seal_all(Some(&key), "f", &secrets(&[("API_SALT", "s3cres")])).unwrap();
+        assert_ne!(other["API_SALT"], stored["API_SALT"]);
+        assert_ne!(
+            seal_all(Some(&key), "g", &given).unwrap()["API_SALT"],
+            stored["API_SALT"]
+        );
+
+        // Another function, another name, another key, a changed byte, no key: refused.
+        let e = open_all(Some(&key), "g", &stored).unwrap_err().to_string();
+        assert!(e.contains("another key"), "{e}");
+        let moved = secrets(&[("OTHER", &stored["API_SALT"])]);
+        assert!(open_all(Some(&key), "f", &moved).is_err());
+        let other_key = SecretsKey::from_hex(&KEY.replace("1f", "1e")).unwrap();
+        assert!(open_all(Some(&other_key), "f", &stored).is_err());
+        let mut tampered = stored.clone();
+        let v = tampered.get_mut("API_SALT").unwrap();
+        let last = v.pop().unwrap();
+        v.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(open_all(Some(&key), "f", &tampered).is_err());
+        let e = open_all(None, "f", &stored).unwrap_err().to_string();
+        assert!(e.contains("secrets_key_file"), "{e}");
+    }
+
+    #[test]
+    fn without_a_key_secrets_stay_as_given_and_old_plain_ones_still_open() {
+        let given = secrets(&[("K", "v")]);
+        assert_eq!(seal_all(None, "f", &given).unwrap(), given);
+        let key = SecretsKey::from_hex(KEY).unwrap();
+        assert_eq!(open_all(Some(&key), "f", &given).unwrap(), given);
+        // A value that looks sealed is not taken as a secret.
+        let looks_sealed = secrets(&[("K", "sluice-sealed:v1:AAAA")]);
+        for k in [None, Some(&key)] {
+            let e = seal_all(k, "f", &looks_sealed).unwrap_err();
+            assert!(matches!(e, UdfError::Invalid(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_64_hex_digits() {
+        assert!(SecretsKey::from_hex(&format!("  {KEY}\n")).is_ok());
+        for bad in [
+            "",
+            "00",
+            &KEY[..62],
+            &format!("{KEY}00"),
+            &KEY.replace('0', "g"),
+        ] {
+            let e = SecretsKey::from_hex(bad).unwrap_err().to_string();
+            assert!(e.contains("64 hex digits"), "{bad:?}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let e = SecretsKey::read(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the secrets key"), "{e}");
+    }
+}
