@@ -12,6 +12,9 @@ pub enum FunctionsError {
     /// The journal failed.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// The user functions deployed cannot all run on this node.
+    #[error("user functions cannot run: {0}")]
+    FunctionsBlocked(String),
 }
 
 impl FunctionsError {
@@ -20,6 +23,7 @@ impl FunctionsError {
         match self {
             Self::PartitionMismatch(_) => ErrorKind::Invalid,
             Self::Journal(e) => e.kind(),
+            Self::FunctionsBlocked(_) => ErrorKind::Unavailable,
         }
     }
 }

@@ -268,6 +268,10 @@ impl PartitionWorker {
             // The functions running now; the whole batch runs on this set, so a deploy or a
             // rollback takes effect between batches.
             let live = self.chain.live();
+            if let Some(why) = live.blocked() {
+                // Never past a function that should run: retried from the committed position.
+                return Err(FunctionsError::FunctionsBlocked(why.to_string()));
+            }
             let limit = self.batch_size.max(live.max_batch_size());
             // Read ahead on a copy: a batch that waits for its window is read again.
             let mut ahead = at.cursor.clone();

@@ -235,6 +235,9 @@ impl LiveFn {
 pub struct Live {
     /// Indexed by [`Stage`].
     after: [Vec<Arc<LiveFn>>; 3],
+    /// Why what the store holds does not run (a function taken from another node that cannot
+    /// start here): the runner processes nothing until it does.
+    blocked: Option<String>,
 }
 
 impl std::fmt::Debug for Live {
@@ -253,6 +256,12 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
+    /// Why the functions stored cannot all run, when they cannot: events must wait rather than
+    /// pass without them.
+    pub fn blocked(&self) -> Option<&str> {
+        self.blocked.as_deref()
+    }
+
     /// The functions that run after `stage`, in order.
     pub(crate) fn after(&self, stage: Stage) -> &[Arc<LiveFn>] {
         &self.after[stage as usize]
@@ -615,7 +624,23 @@ impl Functions {
     }
 
     /// Rebuilds the running set from the store, keeping the pools of versions that still run.
+    /// When that fails, the set that ran goes on, marked blocked with the reason, until a
+    /// refresh succeeds.
     fn refresh(&self) -> Result<(), UdfError> {
+        let built = self.build();
+        let mut live = self.live.write();
+        *live = match &built {
+            Ok(next) => next.clone(),
+            Err(e) => Arc::new(Live {
+                after: live.after.clone(),
+                blocked: Some(e.to_string()),
+            }),
+        };
+        built.map(|_| ())
+    }
+
+    /// The running set the store describes, started.
+    fn build(&self) -> Result<Arc<Live>, UdfError> {
         let all = self.store.load_all()?;
         let mut versions = BTreeMap::new();
         for (name, d) in &all {
@@ -646,8 +671,7 @@ impl Functions {
                 next.after[s].push(f);
             }
         }
-        *self.live.write() = Arc::new(next);
-        Ok(())
+        Ok(Arc::new(next))
     }
 
     fn start(&self, name: &str, v: &Version) -> Result<LiveFn, UdfError> {

@@ -661,3 +661,97 @@ async fn caught_up_resolves_after_a_crash_gap() {
     let want: Vec<String> = (0..15).map(|i| format!("id{i:04}")).collect();
     assert_eq!(ids, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_this_node_cannot_start_holds_the_partition_until_it_can() {
+    use sluice_functions::udf::{SecretsAtRest, SecretsKey};
+    // Deployed, with a sealed secret, on a node that has the key.
+    let keyed_dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(SecretsKey::from_hex(&"3c".repeat(32)).unwrap());
+    let keyed = sluice_functions::Functions::open_with(
+        &keyed_dir.path().join("functions"),
+        1,
+        None,
+        SecretsAtRest::Sealed(key),
+    )
+    .unwrap();
+    let spec = sluice_functions::FunctionSpec {
+        secrets: [("salt".to_string(), "pepper".to_string())].into(),
+        ..Default::default()
+    };
+    let code = "export function transform(e, ctx) { return {...e, salt: ctx.secrets.salt}; }";
+    keyed.deploy("salted", code, &spec).unwrap();
+    let bundle = keyed.export("salted").unwrap().unwrap();
+
+    // A runner on a node without the key.
+    let dir = tempfile::tempdir().unwrap();
+    let fns = functions(dir.path(), 1);
+    let j = MemJournal::with_topics(&[(topic::RAW, 1), (topic::GOOD, 1), (topic::BAD, 1)]);
+    let health = sluice_journal::Health::new();
+    let settings = RunnerConfig::default().validate().unwrap();
+    let runner = Runner::new(
+        j.clone(),
+        settings,
+        chain_with(dir.path(), fns.clone()),
+        None,
+    )
+    .unwrap()
+    .with_health(health.stage("runner"));
+    let progress = runner.progress();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    let append = |from: usize| {
+        for i in from..from + 5 {
+            j.append_now(topic::RAW, 0, vec![raw_record(i)]).unwrap();
+        }
+    };
+    append(0);
+    wait_until("first events processed", || progress.next(0) == 5).await;
+
+    // The function is taken but cannot start here: nothing passes without it, and the runner
+    // says why.
+    let f = fns.clone();
+    let taken = tokio::task::spawn_blocking(move || f.import("salted", Some(&bundle)))
+        .await
+        .unwrap();
+    let e = taken.unwrap_err().to_string();
+    assert!(e.contains("secrets_key_file"), "{e}");
+    assert!(fns.live().blocked().is_some_and(|b| b.contains("salt")));
+    append(5);
+    let failing = || {
+        health.snapshot()[0]
+            .failing
+            .as_ref()
+            .is_some_and(|f| f.error.contains("user functions cannot run"))
+    };
+    wait_until("the runner reports the blocked functions", failing).await;
+    let outputs = || j.records(topic::GOOD, 0).len() + j.records(topic::BAD, 0).len();
+    assert_eq!((progress.next(0), outputs()), (5, 5));
+
+    // Once what the store holds runs again (here: the function is deleted), the partition
+    // goes on from where it stopped.
+    let f = fns.clone();
+    let deleted = tokio::task::spawn_blocking(move || f.import("salted", None))
+        .await
+        .unwrap();
+    assert!(deleted.unwrap());
+    assert!(fns.live().blocked().is_none());
+    wait_until("the rest processed", || progress.next(0) == 10).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(outputs(), 10);
+    let good = good_values(&j, 0);
+    assert!(
+        good.iter().all(|e| !e.to_string().contains("pepper")),
+        "{good:?}"
+    );
+}
+
+/// Waits until `done`, at most 30 s.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
