@@ -174,7 +174,8 @@ impl Server {
             blocking("journal", move || crate::holds::register(&j, &s)).await?;
         }
         let roles = settings.roles;
-        // What this node tells the others about itself, from now on (standing by or not).
+        // What this node tells the others about itself (standing by or not), announced once
+        // its functions run (below).
         let card = NodeCard::new(settings.journal.jetstream.node_name(), roles.names());
         let announced = tokio::sync::watch::Sender::new(card.to_json());
         let card = Arc::new(std::sync::Mutex::new(card));

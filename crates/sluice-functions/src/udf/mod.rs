@@ -474,7 +474,7 @@ impl Functions {
             return Err(UdfError::Invalid(
                 "secrets are shared with every node through NATS and this node has no key to \
                  seal them with: set [functions] secrets_key_file (the same key on every runner \
-                 node), or pass the values in config"
+                 node)"
                     .into(),
             ));
         }
