@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::udf::SecretsKey;
+use crate::udf::{Keyring, SecretsKey};
 
 /// The `[functions]` section of the config file.
 #[derive(Clone, Debug, Deserialize)]
@@ -24,6 +24,10 @@ pub struct RunnerConfig {
     /// stored sealed with this key. Every runner node of a cluster needs the same file; without
     /// it, a node on a shared journal refuses to deploy secrets. Read at start.
     pub secrets_key_file: Option<PathBuf>,
+    /// Keys `secrets_key_file` held before: they open what they sealed, never seal. Put the
+    /// old key here when you set a new one, until every function with secrets was deployed
+    /// again.
+    pub previous_secrets_key_files: Vec<PathBuf>,
 }
 
 impl Default for RunnerConfig {
@@ -33,6 +37,7 @@ impl Default for RunnerConfig {
             max_event_bytes: crate::chain::DEFAULT_MAX_EVENT_BYTES,
             event_time_window: EventTimeWindow::default(),
             secrets_key_file: None,
+            previous_secrets_key_files: Vec::new(),
         }
     }
 }
@@ -95,8 +100,9 @@ pub struct RunnerSettings {
     pub max_event_bytes: usize,
     /// See [`RunnerConfig::event_time_window`].
     pub event_time_window: EventTimeWindow,
-    /// The key read from [`RunnerConfig::secrets_key_file`].
-    pub secrets_key: Option<Arc<SecretsKey>>,
+    /// The keys read from [`RunnerConfig::secrets_key_file`] and
+    /// [`RunnerConfig::previous_secrets_key_files`].
+    pub secrets_keys: Option<Arc<Keyring>>,
 }
 
 impl RunnerConfig {
@@ -112,17 +118,36 @@ impl RunnerConfig {
         if w.past.is_zero() && w.future.is_zero() {
             return Err("functions.event_time_window must not be empty (past and future 0)".into());
         }
-        let secrets_key = match &self.secrets_key_file {
-            Some(path) => Some(Arc::new(
-                SecretsKey::read(path).map_err(|e| format!("functions.secrets_key_file: {e}"))?,
-            )),
-            None => None,
-        };
+        let secrets_keys = self.keyring()?.map(Arc::new);
         Ok(RunnerSettings {
             batch_size: self.batch_size,
             max_event_bytes: self.max_event_bytes,
             event_time_window: w,
-            secrets_key,
+            secrets_keys,
         })
+    }
+
+    /// The keys of the config's key files, read now.
+    fn keyring(&self) -> Result<Option<Keyring>, String> {
+        let read = |setting: &str, path: &std::path::Path| {
+            SecretsKey::read(path).map_err(|e| format!("functions.{setting}: {e}"))
+        };
+        let previous = self
+            .previous_secrets_key_files
+            .iter()
+            .map(|p| read("previous_secrets_key_files", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        match &self.secrets_key_file {
+            Some(path) => Ok(Some(Keyring::new(
+                read("secrets_key_file", path)?,
+                previous,
+            ))),
+            None if previous.is_empty() => Ok(None),
+            None => Err(
+                "functions.previous_secrets_key_files needs functions.secrets_key_file, the key \
+                 that seals now"
+                    .into(),
+            ),
+        }
     }
 }

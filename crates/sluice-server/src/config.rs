@@ -421,7 +421,27 @@ mod tests {
         let e = config(&key).unwrap_err().to_string();
         assert!(e.contains("64 hex digits"), "{e}");
         std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
-        assert!(config(&key).unwrap().runner.secrets_key.is_some());
+        assert!(config(&key).unwrap().runner.secrets_keys.is_some());
+        // Keys replaced open what they sealed; they need a current key, and are read too.
+        let rotated = |previous: &std::path::Path, current: Option<&std::path::Path>| {
+            let current = current
+                .map(|c| format!("secrets_key_file = {c:?}\n"))
+                .unwrap_or_default();
+            Config::from_toml(&format!(
+                "[functions]\n{current}previous_secrets_key_files = [{previous:?}]"
+            ))
+            .unwrap()
+            .validate()
+        };
+        let new = dir.path().join("new.key");
+        std::fs::write(&new, "cd".repeat(32)).unwrap();
+        assert!(rotated(&key, Some(&new)).is_ok());
+        let e = rotated(&key, None).unwrap_err().to_string();
+        assert!(e.contains("needs functions.secrets_key_file"), "{e}");
+        let e = rotated(&dir.path().join("gone.key"), Some(&new))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("previous_secrets_key_files"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct Running {
     /// What this node announces to the others while it runs (dropped: it leaves the list).
     announced: Option<tokio::sync::watch::Sender<String>>,
     journal: Arc<dyn Journal>,
+    /// The file journal, closed at the end of a clean shutdown (its exact end written as the
+    /// offset floor) rather than whenever its last handle happens to drop, which a process
+    /// exiting may never wait for.
+    local: Option<Arc<LocalJournal>>,
     /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
     intake: CancellationToken,
     listeners: Vec<Task>,
@@ -269,6 +273,7 @@ impl Server {
             lease: None,
             announced: Some(announced),
             journal: base.dyn_journal,
+            local: base.local.clone(),
             intake,
             listeners,
             stages: early,
@@ -567,7 +572,7 @@ async fn open_functions(
     shared: bool,
 ) -> Result<Arc<Functions>, ServerError> {
     let (dir, partitions) = (settings.data_dir.join("functions"), settings.partitions);
-    let secrets = match (&settings.runner.secrets_key, shared) {
+    let secrets = match (&settings.runner.secrets_keys, shared) {
         (Some(key), _) => SecretsAtRest::Sealed(key.clone()),
         (None, true) => SecretsAtRest::Refused,
         (None, false) => SecretsAtRest::Plain,
@@ -1045,6 +1050,12 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
 impl Running {
+    /// The journal this server writes, for a tool that embeds the server. A handle kept past
+    /// [`Running::shutdown`] finds the file journal closed.
+    pub fn journal(&self) -> Arc<dyn Journal> {
+        self.journal.clone()
+    }
+
     /// Stops without draining, after [`ServerError::JournalFailed`] or
     /// [`ServerError::LeaseLost`]: intake stops, this node leaves the list of nodes, and the
     /// runner's partitions stop where they are and release their leases, so that other nodes
@@ -1106,6 +1117,12 @@ impl Running {
             note(task.join().await);
         }
         tracing::info!(failed = self.journal.is_failed(), "drained");
+        // Nothing appends any more: the next start continues at the exact end, without the
+        // offset gap an unclean stop leaves.
+        if let Some(local) = self.local.take() {
+            let closed = tokio::task::spawn_blocking(move || local.shutdown()).await;
+            note(closed.map_err(|e| ServerError::stage("journal", e)));
+        }
         // Given up only now that the stages stopped, so the next holder is the only writer.
         if let Some(lease) = self.lease {
             lease.release().await;

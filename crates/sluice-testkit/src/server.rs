@@ -129,6 +129,11 @@ impl TestServer {
         }
     }
 
+    /// The journal the server writes ([`Running::journal`]).
+    pub fn journal(&self) -> std::sync::Arc<dyn sluice_journal::Journal> {
+        self.running.as_ref().expect("the server runs").journal()
+    }
+
     /// Shuts down and starts again on the same data directory and config; the address changes.
     pub async fn restart(&mut self) {
         if let Some(r) = self.running.take() {

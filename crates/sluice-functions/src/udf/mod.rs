@@ -42,7 +42,7 @@ use sluice_event::ErrorKind;
 pub use engine::{InvokeError, Mode, Source};
 pub use meter::{LAMBDA_USD_PER_GB_SECOND, LAMBDA_USD_PER_REQUEST, MeterSnapshot};
 pub use pool::WorkerStart;
-pub use seal::{SEALED_PREFIX, SecretsKey};
+pub use seal::{Keyring, SEALED_PREFIX, SecretsKey};
 pub use store::{Bundle, BundledVersion, DeployOutcome, Version};
 
 use engine::{Engine, LogFn};
@@ -385,15 +385,16 @@ pub enum SecretsAtRest {
     /// As given, in the version files (mode 0600): a node whose functions no other node reads.
     #[default]
     Plain,
-    /// Sealed with this key (`[functions] secrets_key_file`), wherever they are stored.
-    Sealed(Arc<SecretsKey>),
+    /// Sealed with the current key of these (`[functions] secrets_key_file`; the previous ones
+    /// only open), wherever they are stored.
+    Sealed(Arc<Keyring>),
     /// Refused: the functions are shared through a store other parties can read (NATS), and
     /// the node has no key to seal secrets with.
     Refused,
 }
 
 impl SecretsAtRest {
-    fn key(&self) -> Option<&SecretsKey> {
+    fn key(&self) -> Option<&Keyring> {
         match self {
             Self::Sealed(k) => Some(k),
             Self::Plain | Self::Refused => None,
@@ -493,11 +494,20 @@ impl Functions {
         })
     }
 
-    /// Runs `to`, or the version that ran before the current one. Returns the version.
+    /// Runs `to`, or the version that ran before the current one. Returns the version. A
+    /// version that cannot start (its secrets sealed with a key this node no longer has, say)
+    /// is refused, and the one that ran keeps running.
     pub fn rollback(&self, name: &str, to: Option<u32>) -> Result<u32, UdfError> {
         let _guard = self.changes.lock();
+        let before = self.store.load(name)?.map(|d| d.history);
         let v = self.store.rollback(name, to)?;
-        self.refresh()?;
+        if let Err(e) = self.refresh() {
+            if let Some(history) = before {
+                self.store.restore_history(name, history)?;
+                self.refresh()?;
+            }
+            return Err(e);
+        }
         Ok(v)
     }
 

@@ -2,14 +2,19 @@
 //! version is stored sealed, in the data directory and, on a shared journal, in NATS; it is
 //! opened only to start the function's runtimes.
 //!
-//! A sealed value is `sluice-sealed:v1:` and the base64url of `nonce ‖ ciphertext ‖ tag`
-//! (ChaCha20-Poly1305, 256-bit key). The associated data is the function's name and the
+//! A sealed value is `sluice-sealed:v1:`, the sealing key's id (8 hex digits, derived from the
+//! key) and `:`, then the base64url of `nonce ‖ ciphertext ‖ tag` (ChaCha20-Poly1305, 256-bit
+//! key). The associated data is the function's name and the
 //! secret's, so a value copied to another function or another name does not open. The nonce is
 //! synthetic (the first 96 bits of an HMAC-SHA256 of that associated data and the value, under a
 //! key of its own), as in SIV modes: deploying the same secrets again seals them the same way,
 //! so a deploy that changes nothing still creates no version, and a nonce repeats only with the
 //! very same plaintext. Both keys are derived from the file's 32 bytes by HMAC-SHA256 with
 //! distinct labels.
+//!
+//! Rotation: the node seals with its current key and opens with whichever of its keys (current
+//! or previous, [`Keyring`]) has the id a value names, so a new key can be put in place while the
+//! versions deployed before still open; a value whose key the node lacks is refused naming both.
 //!
 //! Without a key, secrets are stored as given (the version files have mode 0600); a node that
 //! finds a sealed value and has no key, or another key, refuses to start the function and
@@ -32,6 +37,8 @@ pub const SEALED_PREFIX: &str = "sluice-sealed:v1:";
 pub struct SecretsKey {
     aead: LessSafeKey,
     nonce: [u8; 32],
+    /// The key's public id, named in every value it seals.
+    id: String,
 }
 
 impl std::fmt::Debug for SecretsKey {
@@ -63,12 +70,19 @@ impl SecretsKey {
             })?;
         let enc = hmac(&bytes, &[b"sluice function secrets: encryption"]);
         let nonce = hmac(&bytes, &[b"sluice function secrets: nonce"]);
+        let id = hex::encode(&hmac(&bytes, &[b"sluice function secrets: id"])[..4]);
         let aead = UnboundKey::new(&CHACHA20_POLY1305, &enc)
             .map_err(|_| UdfError::Invalid("the secrets key is not a ChaCha20 key".into()))?;
         Ok(Self {
             aead: LessSafeKey::new(aead),
             nonce,
+            id,
         })
+    }
+
+    /// The key's public id (8 hex digits), named in every value it seals.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The key in file `path`.
@@ -98,18 +112,19 @@ impl SecretsKey {
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         format!(
-            "{SEALED_PREFIX}{}",
+            "{SEALED_PREFIX}{}:{}",
+            self.id,
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
         )
     }
 
-    fn open(&self, function: &str, name: &str, sealed: &str) -> Result<String, UdfError> {
+    /// Opens `body` (what follows the key id).
+    fn open(&self, function: &str, name: &str, body: &str) -> Result<String, UdfError> {
         let refused = |why: &str| {
             UdfError::Invalid(format!(
                 "secret {name:?} of function {function:?} cannot be opened: {why}"
             ))
         };
-        let body = sealed.strip_prefix(SEALED_PREFIX).unwrap_or(sealed);
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| refused("it is not base64url"))?;
@@ -122,13 +137,51 @@ impl SecretsKey {
         let plain = self
             .aead
             .open_in_place(nonce, Aad::from(associated(function, name)), &mut buf)
-            .map_err(|_| {
-                refused(
-                    "it was sealed with another key (every runner node needs the same \
-                     secrets_key_file) or for another function",
-                )
-            })?;
+            .map_err(|_| refused("it was altered, or sealed for another function or name"))?;
         String::from_utf8(plain.to_vec()).map_err(|_| refused("it is not UTF-8"))
+    }
+}
+
+/// The keys of a node: the current one seals, any of them opens.
+#[derive(Debug)]
+pub struct Keyring {
+    current: SecretsKey,
+    previous: Vec<SecretsKey>,
+}
+
+impl Keyring {
+    /// `current` seals; `current` and `previous` open what they sealed.
+    pub fn new(current: SecretsKey, previous: Vec<SecretsKey>) -> Self {
+        Self { current, previous }
+    }
+
+    /// The key that seals.
+    pub fn current(&self) -> &SecretsKey {
+        &self.current
+    }
+
+    fn open(&self, function: &str, name: &str, sealed: &str) -> Result<String, UdfError> {
+        let (id, body) = sealed.split_once(':').ok_or_else(|| {
+            UdfError::Invalid(format!(
+                "secret {name:?} of function {function:?} cannot be opened: it names no key"
+            ))
+        })?;
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+            .ok_or_else(|| {
+                let ours: Vec<&str> = std::iter::once(&self.current)
+                    .chain(&self.previous)
+                    .map(|k| k.id.as_str())
+                    .collect();
+                UdfError::Invalid(format!(
+                    "secret {name:?} of function {function:?} was sealed with key {id}, and \
+                     this node has {}: every runner node needs the same secrets_key_file, and \
+                     a key replaced goes to previous_secrets_key_files",
+                    ours.join(", ")
+                ))
+            })?;
+        key.open(function, name, body)
     }
 }
 
@@ -144,7 +197,7 @@ fn associated(function: &str, name: &str) -> Vec<u8> {
 /// The secrets of a deploy as they are stored: sealed with `key`, or as given without one. A
 /// value that already looks sealed is refused: it would not open as the value given.
 pub(crate) fn seal_all(
-    key: Option<&SecretsKey>,
+    keys: Option<&Keyring>,
     function: &str,
     secrets: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, UdfError> {
@@ -157,8 +210,8 @@ pub(crate) fn seal_all(
                      not sealed"
                 )));
             }
-            let stored = match key {
-                Some(k) => k.seal(function, name, value),
+            let stored = match keys {
+                Some(k) => k.current.seal(function, name, value),
                 None => value.clone(),
             };
             Ok((name.clone(), stored))
@@ -166,19 +219,19 @@ pub(crate) fn seal_all(
         .collect()
 }
 
-/// The secrets a function runs with, from what is stored: sealed values opened with `key`,
+/// The secrets a function runs with, from what is stored: sealed values opened with `keys`,
 /// others (stored before a key was set) as they are.
 pub(crate) fn open_all(
-    key: Option<&SecretsKey>,
+    keys: Option<&Keyring>,
     function: &str,
     stored: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, UdfError> {
     stored
         .iter()
         .map(|(name, value)| {
-            let plain = match (value.strip_prefix(SEALED_PREFIX), key) {
+            let plain = match (value.strip_prefix(SEALED_PREFIX), keys) {
                 (None, _) => value.clone(),
-                (Some(_), Some(k)) => k.open(function, name, value)?,
+                (Some(sealed), Some(k)) => k.open(function, name, sealed)?,
                 (Some(_), None) => {
                     return Err(UdfError::Invalid(format!(
                         "secret {name:?} of function {function:?} is sealed and this node has \
@@ -196,6 +249,12 @@ mod tests {
     use super::*;
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const NEW_KEY: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff";
+
+    fn keyring(current: &str, previous: &[&str]) -> Keyring {
+        let key = |h: &str| SecretsKey::from_hex(h).unwrap();
+        Keyring::new(key(current), previous.iter().map(|h| key(h)).collect())
+    }
 
     fn secrets(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -206,49 +265,71 @@ mod tests {
 
     #[test]
     fn sealed_secrets_open_only_with_their_key_function_and_name() {
-        let key = SecretsKey::from_hex(KEY).unwrap();
+        let keys = keyring(KEY, &[]);
         let given = secrets(&[("API_SALT", "s3cret"), ("EMPTY", "")]);
-        let stored = seal_all(Some(&key), "f", &given).unwrap();
+        let stored = seal_all(Some(&keys), "f", &given).unwrap();
+        let named = format!("{SEALED_PREFIX}{}:", keys.current().id());
         for (name, value) in &stored {
-            assert!(value.starts_with(SEALED_PREFIX), "{name}: {value}");
+            assert!(value.starts_with(&named), "{name}: {value}");
             assert!(!value.contains("s3cret"));
         }
-        assert_eq!(open_all(Some(&key), "f", &stored).unwrap(), given);
+        assert_eq!(open_all(Some(&keys), "f", &stored).unwrap(), given);
         // The same secrets seal the same way (a redeploy changes nothing); another value,
         // name or function does not.
-        assert_eq!(seal_all(Some(&key), "f", &given).unwrap(), stored);
-        let other = seal_all(Some(&key), "f", &secrets(&[("API_SALT", "s3cres")])).unwrap();
+        assert_eq!(seal_all(Some(&keys), "f", &given).unwrap(), stored);
+        let other = seal_all(Some(&keys), "f", &secrets(&[("API_SALT", "s3cres")])).unwrap();
         assert_ne!(other["API_SALT"], stored["API_SALT"]);
         assert_ne!(
-            seal_all(Some(&key), "g", &given).unwrap()["API_SALT"],
+            seal_all(Some(&keys), "g", &given).unwrap()["API_SALT"],
             stored["API_SALT"]
         );
 
-        // Another function, another name, another key, a changed byte, no key: refused.
-        let e = open_all(Some(&key), "g", &stored).unwrap_err().to_string();
-        assert!(e.contains("another key"), "{e}");
+        // Another function, another name, a changed byte, another key, no key: refused.
+        let e = open_all(Some(&keys), "g", &stored).unwrap_err().to_string();
+        assert!(e.contains("another function"), "{e}");
         let moved = secrets(&[("OTHER", &stored["API_SALT"])]);
-        assert!(open_all(Some(&key), "f", &moved).is_err());
-        let other_key = SecretsKey::from_hex(&KEY.replace("1f", "1e")).unwrap();
-        assert!(open_all(Some(&other_key), "f", &stored).is_err());
+        assert!(open_all(Some(&keys), "f", &moved).is_err());
         let mut tampered = stored.clone();
         let v = tampered.get_mut("API_SALT").unwrap();
         let last = v.pop().unwrap();
         v.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(open_all(Some(&key), "f", &tampered).is_err());
+        assert!(open_all(Some(&keys), "f", &tampered).is_err());
+        let other_key = keyring(NEW_KEY, &[]);
+        let e = open_all(Some(&other_key), "f", &stored)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(keys.current().id()) && e.contains(other_key.current().id()),
+            "{e}"
+        );
+        assert!(e.contains("previous_secrets_key_files"), "{e}");
         let e = open_all(None, "f", &stored).unwrap_err().to_string();
         assert!(e.contains("secrets_key_file"), "{e}");
+    }
+
+    #[test]
+    fn a_new_key_seals_and_the_previous_one_still_opens_what_it_sealed() {
+        let given = secrets(&[("K", "v")]);
+        let old = seal_all(Some(&keyring(KEY, &[])), "f", &given).unwrap();
+        let rotated = keyring(NEW_KEY, &[KEY]);
+        assert_eq!(open_all(Some(&rotated), "f", &old).unwrap(), given);
+        let new = seal_all(Some(&rotated), "f", &given).unwrap();
+        assert_ne!(new, old);
+        assert!(new["K"].contains(rotated.current().id()));
+        assert_eq!(open_all(Some(&rotated), "f", &new).unwrap(), given);
+        // The old key alone cannot open what the new one sealed.
+        assert!(open_all(Some(&keyring(KEY, &[])), "f", &new).is_err());
     }
 
     #[test]
     fn without_a_key_secrets_stay_as_given_and_old_plain_ones_still_open() {
         let given = secrets(&[("K", "v")]);
         assert_eq!(seal_all(None, "f", &given).unwrap(), given);
-        let key = SecretsKey::from_hex(KEY).unwrap();
-        assert_eq!(open_all(Some(&key), "f", &given).unwrap(), given);
+        let keys = keyring(KEY, &[]);
+        assert_eq!(open_all(Some(&keys), "f", &given).unwrap(), given);
         // A value that looks sealed is not taken as a secret.
         let looks_sealed = secrets(&[("K", "sluice-sealed:v1:AAAA")]);
-        for k in [None, Some(&key)] {
+        for k in [None, Some(&keys)] {
             let e = seal_all(k, "f", &looks_sealed).unwrap_err();
             assert!(matches!(e, UdfError::Invalid(_)), "{e}");
         }

@@ -328,6 +328,11 @@ impl Store {
         Ok(true)
     }
 
+    /// Puts back the activation history `load` gave (a change that could not run, undone).
+    pub fn restore_history(&self, name: &str, history: Vec<u32>) -> Result<(), UdfError> {
+        self.write_active(name, history)
+    }
+
     fn write_active(&self, name: &str, stack: Vec<u32>) -> Result<(), UdfError> {
         let body =
             serde_json::to_vec(&Active { stack }).map_err(|e| UdfError::Io(e.to_string()))?;

@@ -664,10 +664,11 @@ async fn caught_up_resolves_after_a_crash_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_this_node_cannot_start_holds_the_partition_until_it_can() {
-    use sluice_functions::udf::{SecretsAtRest, SecretsKey};
+    use sluice_functions::udf::{Keyring, SecretsAtRest, SecretsKey};
     // Deployed, with a sealed secret, on a node that has the key.
     let keyed_dir = tempfile::tempdir().unwrap();
-    let key = Arc::new(SecretsKey::from_hex(&"3c".repeat(32)).unwrap());
+    let key = SecretsKey::from_hex(&"3c".repeat(32)).unwrap();
+    let key = Arc::new(Keyring::new(key, Vec::new()));
     let keyed = sluice_functions::Functions::open_with(
         &keyed_dir.path().join("functions"),
         1,

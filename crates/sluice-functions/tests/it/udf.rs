@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sluice_event::{BadKind, BadRow, Event, Position};
-use sluice_functions::udf::{DeployOutcome, SecretsAtRest, SecretsKey, UdfError};
+use sluice_functions::udf::{DeployOutcome, Keyring, SecretsAtRest, SecretsKey, UdfError};
 use sluice_functions::{
     Chain, ChainState, EnrichConfig, FunctionSpec, Functions, OnFailure, Outcome, Registry,
     ValidationConfig,
@@ -573,8 +573,15 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_stored_sealed_and_open_only_with_the_key() {
     const KEY: &str = "8f1d2c3b4a5968778695a4b3c2d1e0f000112233445566778899aabbccddeeff";
-    let key = || Arc::new(SecretsKey::from_hex(KEY).unwrap());
-    let f = fixture_with(SecretsAtRest::Sealed(key()));
+    const NEW_KEY: &str = "9f1d2c3b4a5968778695a4b3c2d1e0f000112233445566778899aabbccddeeff";
+    let keys = |current: &str, previous: &[&str]| {
+        let key = |h: &str| SecretsKey::from_hex(h).unwrap();
+        SecretsAtRest::Sealed(Arc::new(Keyring::new(
+            key(current),
+            previous.iter().map(|h| key(h)).collect(),
+        )))
+    };
+    let f = fixture_with(keys(KEY, &[]));
     let code = "export function transform(e, ctx) { \
                 return {...e, properties: {...e.properties, salt: ctx.secrets.API_SALT}}; }";
     let spec = FunctionSpec {
@@ -612,9 +619,8 @@ async fn secrets_are_stored_sealed_and_open_only_with_the_key() {
     );
 
     // Started again with another key, or none, the function does not start, and says why.
-    let other = Arc::new(SecretsKey::from_hex(&KEY.replace('8', "9")).unwrap());
     for (secrets, why) in [
-        (SecretsAtRest::Sealed(other), "another key"),
+        (keys(NEW_KEY, &[]), "previous_secrets_key_files"),
         (SecretsAtRest::Plain, "secrets_key_file"),
     ] {
         let e = Functions::open_with(&dir, 1, None, secrets).unwrap_err();
@@ -624,7 +630,24 @@ async fn secrets_are_stored_sealed_and_open_only_with_the_key() {
         );
         assert!(e.to_string().contains("API_SALT"), "{e}");
     }
-    assert!(Functions::open_with(&dir, 1, None, SecretsAtRest::Sealed(key())).is_ok());
+
+    // A new key, the old one kept to open: v1 runs, and what is deployed now is sealed with the
+    // new key.
+    let rotated = Functions::open_with(&dir, 1, None, keys(NEW_KEY, &[KEY])).unwrap();
+    let v2 = rotated
+        .deploy("salted", &code.replace("salt:", "salt2:"), &spec)
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    drop(rotated);
+    // Once the old key is gone, v2 runs; a rollback to v1, whose secret it sealed, is refused
+    // and v2 keeps running.
+    let new_only = Functions::open_with(&dir, 1, None, keys(NEW_KEY, &[])).unwrap();
+    let e = new_only.rollback("salted", None).unwrap_err().to_string();
+    assert!(e.contains("previous_secrets_key_files"), "{e}");
+    assert_eq!(new_only.show("salted").unwrap().active, 2);
+    assert_eq!(new_only.live().blocked(), None);
+    drop(new_only);
+    assert!(Functions::open_with(&dir, 1, None, keys(NEW_KEY, &[])).is_ok());
 
     // Shared through a store others read, without a key: secrets are refused, the rest is not.
     let f = fixture_with(SecretsAtRest::Refused);

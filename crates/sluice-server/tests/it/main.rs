@@ -10,4 +10,5 @@ mod jetstream;
 mod kinesis;
 mod schemas;
 mod segment;
+mod shutdown;
 mod snowplow;
