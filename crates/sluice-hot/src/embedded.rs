@@ -276,6 +276,23 @@ impl HotStore for EmbeddedStore {
         })
     }
 
+    fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, HotError>> {
+        Box::pin(async move {
+            let open = self.current()?;
+            open.values
+                .prefix(prefix)
+                .map(|guard| {
+                    let key = guard.key().map_err(embedded)?;
+                    String::from_utf8(key.to_vec())
+                        .map_err(|_| HotError::Embedded("a key that is not UTF-8".into()))
+                })
+                .collect()
+        })
+    }
+
     fn deletions(&self) -> u64 {
         self.inner.deletions.load(Ordering::Acquire)
     }

@@ -174,10 +174,16 @@ impl HotReader {
         let stored = self.store.get_many(&profile_keys).await?;
         let mut keys = Vec::new();
         for ((id, key), value) in ids.iter().zip(profile_keys).zip(stored) {
-            // A profile that does not decode still goes; its recent events cannot be named.
-            let recent = value.and_then(|bytes| decode::<Profile>(&key, &bytes).ok()?.recent);
-            if let Some(range) = recent {
-                keys.extend(range.indices().map(|i| Profile::recent_key(id, i)));
+            match value.map(|bytes| decode::<Profile>(&key, &bytes)) {
+                Some(Ok(profile)) => {
+                    if let Some(range) = profile.recent {
+                        keys.extend(range.indices().map(|i| Profile::recent_key(id, i)));
+                    }
+                }
+                // A profile that does not decode cannot name its recent events: they are found
+                // by their keys instead.
+                Some(Err(_)) => keys.extend(self.recent_keys_of(id).await?),
+                None => {}
             }
             keys.push(key);
             for c in &self.settings.counters {
@@ -187,6 +193,21 @@ impl HotReader {
             }
         }
         self.store.delete(&keys).await
+    }
+
+    /// The keys of every recent event stored for profile `id`, found by a scan: `e:<id>:<n>`
+    /// (the prefix alone would also match the events of an id that continues `<id>:`).
+    async fn recent_keys_of(&self, id: &str) -> Result<Vec<String>, HotError> {
+        let prefix = Profile::recent_key(id, 0);
+        let prefix = prefix.strip_suffix('0').unwrap_or(&prefix);
+        let found = self.store.keys_with_prefix(prefix).await?;
+        Ok(found
+            .into_iter()
+            .filter(|k| {
+                k.strip_prefix(prefix)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect())
     }
 
     /// The latest score of `model` for profile `id`; `NotFound` when the profile or its score

@@ -118,15 +118,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let (mut cursor, mut deleted) = (0u64, 0u64);
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
+            let (next, keys) = scan_page(&mut conn, cursor, &pattern).await?;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&keys)
@@ -141,6 +133,24 @@ impl RedisStore {
             cursor = next;
         }
     }
+}
+
+/// One `SCAN` step from `cursor` over the keys matching `pattern`: the next cursor (0 at the
+/// end) and the keys found.
+async fn scan_page(
+    conn: &mut ConnectionManager,
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<String>), HotError> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(conn)
+        .await
+        .map_err(redis_err)
 }
 
 /// `text` as a Redis glob pattern that matches only itself.
@@ -158,6 +168,30 @@ fn glob_escape(text: &str) -> String {
 impl HotStore for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, HotError>> {
+        Box::pin(async move {
+            let values = self.value_key("");
+            let pattern = format!("{}*", glob_escape(&self.value_key(prefix)));
+            let mut conn = self.conn.clone();
+            let (mut cursor, mut found) = (0u64, Vec::new());
+            loop {
+                let (next, keys) = scan_page(&mut conn, cursor, &pattern).await?;
+                found.extend(
+                    keys.iter()
+                        .filter_map(|k| k.strip_prefix(&values))
+                        .map(String::from),
+                );
+                if next == 0 {
+                    return Ok(found);
+                }
+                cursor = next;
+            }
+        })
     }
 
     fn get_many<'a>(

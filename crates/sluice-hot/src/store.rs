@@ -55,6 +55,13 @@ pub trait HotStore: Send + Sync + 'static {
     /// backend can, the old values from its files; how many of them existed.
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<usize, HotError>>;
 
+    /// Every key that starts with `prefix`. A scan of the whole store where the backend keeps
+    /// no order (Redis): for rare requests only (a deletion whose profile does not decode).
+    fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, HotError>>;
+
     /// How many [`HotStore::delete`] calls finished through this handle (or its clones) so
     /// far: the projection drops the values it caches when this moves.
     fn deletions(&self) -> u64;

@@ -202,13 +202,7 @@ async fn stored_recent(store: &dyn HotStore, user: &str) -> std::ops::Range<u64>
     let keys: Vec<String> = (0..range.end + 2)
         .map(|i| Profile::recent_key(user, i))
         .collect();
-    let held: Vec<bool> = store
-        .get_many(&keys)
-        .await
-        .unwrap()
-        .iter()
-        .map(Option::is_some)
-        .collect();
+    let held = holding(store, &keys).await;
     let expected: Vec<bool> = (0..range.end + 2).map(|i| range.contains(&i)).collect();
     assert_eq!(
         held, expected,
@@ -607,6 +601,13 @@ impl HotStore for Scripted {
         self.inner.deletions()
     }
 
+    fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> sluice_hot::BoxFuture<'a, Result<Vec<String>, HotError>> {
+        self.inner.keys_with_prefix(prefix)
+    }
+
     fn backend(&self) -> &'static str {
         "scripted"
     }
@@ -709,12 +710,63 @@ mod redis {
 
     #[tokio::test]
     #[ignore = "needs the Redis server on 127.0.0.1:6379"]
+    async fn redis_erases_the_recent_events_of_a_profile_that_does_not_decode() {
+        let store = RedisStore::connect("redis://127.0.0.1:6379", &unique_prefix("erase"))
+            .await
+            .unwrap();
+        erase_contract(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the Redis server on 127.0.0.1:6379"]
     async fn redis_refuses_a_batch_with_stale_positions_whole() {
         let store = RedisStore::connect("redis://127.0.0.1:6379", &unique_prefix("conflict"))
             .await
             .unwrap();
         conflict_contract(&store, "t").await;
     }
+}
+
+/// A deletion request for a person whose stored profile does not decode still erases the
+/// recent events stored for it (found by their keys), and nothing of a person whose id only
+/// begins like it.
+async fn erase_contract(store: Arc<dyn HotStore>) {
+    let recent = |id: &str, n: u64| (Profile::recent_key(id, n), b"{}".to_vec());
+    let batch = WriteBatch {
+        consumer: "erase-test".into(),
+        positions: BTreeMap::from([(0, (None, 1))]),
+        puts: vec![
+            ("p:u1".into(), b"{not a profile".to_vec()),
+            recent("u1", 7),
+            recent("u1", 8),
+            recent("u1:x", 9),
+            recent("u10", 3),
+        ],
+        deletes: Vec::new(),
+    };
+    store.write(batch).await.unwrap();
+    let reader = HotReader::new(store.clone(), settings());
+    assert_eq!(reader.erase(&["u1".to_string()]).await.unwrap(), 3);
+    let keys: Vec<String> = [("u1", 7), ("u1", 8), ("u1:x", 9), ("u10", 3)]
+        .iter()
+        .map(|(id, n)| Profile::recent_key(id, *n))
+        .collect();
+    assert_eq!(
+        holding(store.as_ref(), &keys).await,
+        [false, false, true, true]
+    );
+}
+
+/// Which of `keys` hold a value.
+async fn holding(store: &dyn HotStore, keys: &[String]) -> Vec<bool> {
+    let values = store.get_many(keys).await.unwrap();
+    values.iter().map(Option::is_some).collect()
+}
+
+#[tokio::test]
+async fn erasing_a_profile_that_does_not_decode_erases_its_recent_events() {
+    let dir = tempfile::tempdir().unwrap();
+    erase_contract(Arc::new(EmbeddedStore::open(dir.path(), false).unwrap())).await;
 }
 
 /// After a crash a partition's end jumps to the journal's floor: the projection steps over the
