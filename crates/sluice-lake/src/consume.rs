@@ -112,6 +112,30 @@ pub async fn run_batches<D: Destination>(
     Ok(())
 }
 
+/// After a failed attempt: `Err(attempts)` when shutdown has begun and `limit` attempts (at
+/// least one) were made, the caller then gives up (its stage could not drain); else `log`s the
+/// attempts and the wait, and waits the backoff's next delay (cut short when shutdown begins:
+/// its attempts then follow at the backoff's pace).
+pub(crate) async fn pause_before_retry(
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    limit: u32,
+    log: impl FnOnce(u32, std::time::Duration),
+) -> Result<(), u32> {
+    let attempts = backoff.attempts() + 1;
+    let bounded = shutdown.is_cancelled();
+    if bounded && attempts >= limit.max(1) {
+        return Err(attempts);
+    }
+    let wait = backoff.next_delay();
+    log(attempts, wait);
+    tokio::select! {
+        _ = shutdown.cancelled(), if !bounded => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+    Ok(())
+}
+
 /// Opens `destination`, waiting out retryable failures; once shutdown has begun,
 /// `shutdown_attempts` in all, then the destination's give-up error (the stage could not drain).
 async fn open_at_start<D: Destination>(
@@ -130,18 +154,12 @@ async fn open_at_start<D: Destination>(
             }
             Err(e) if destination.open_is_retryable(&e) => {
                 settings.health.failing(&e);
-                let attempts = backoff.attempts() + 1;
-                let bounded = shutdown.is_cancelled();
-                if bounded && attempts >= settings.shutdown_attempts.max(1) {
-                    return Err(destination.gave_up(attempts, &e));
-                }
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "cannot open the {} yet", D::NAME);
-                // Shutdown cuts the wait short: its attempts follow at the backoff's pace.
-                tokio::select! {
-                    _ = shutdown.cancelled(), if !bounded => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
+                let log = |_, wait| {
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot open the {} yet", D::NAME);
+                };
+                pause_before_retry(&mut backoff, shutdown, settings.shutdown_attempts, log)
+                    .await
+                    .map_err(|attempts| destination.gave_up(attempts, &e))?;
             }
             Err(e) => return Err(e),
         }
@@ -169,17 +187,12 @@ async fn deliver_with_retries<D: Destination>(
             Err(e) => e,
         };
         settings.health.failing(&e);
-        let attempts = backoff.attempts() + 1;
-        if shutdown.is_cancelled() && attempts >= settings.shutdown_attempts.max(1) {
-            return Err(destination.gave_up(attempts, &e));
-        }
-        let wait = backoff.next_delay();
-        tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "{} delivery failed; will reopen and retry", D::NAME);
-        // Shutdown cuts the wait short: its attempts then follow at the backoff's pace.
-        tokio::select! {
-            _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
+        let log = |attempts, wait| {
+            tracing::warn!(attempt = attempts, error = %e, retry_in = ?wait, "{} delivery failed; will reopen and retry", D::NAME);
+        };
+        pause_before_retry(&mut backoff, shutdown, settings.shutdown_attempts, log)
+            .await
+            .map_err(|attempts| destination.gave_up(attempts, &e))?;
         match destination.open(partitions).await {
             Ok((reopened, _)) => *session = reopened,
             Err(e) => tracing::warn!(error = %e, "reopening the {} failed", D::NAME),

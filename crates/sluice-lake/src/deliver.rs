@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{Committed, DeltaTarget, check_txns_within_journal, run_blocking};
+use crate::consume::pause_before_retry;
 use crate::schema::{BadRowsTable, EventsTable, TableSpec};
 use crate::writer::{Encoded, encode_records, parquet_writer, write_parquet};
 use crate::{LakeError, LakeRoot, LakeSettings, metrics};
@@ -235,6 +236,15 @@ struct Delivery<S: TableSpec> {
     positions_stale: bool,
 }
 
+/// Why table `S` gave up after `attempts` once shutdown had begun: `last` went on failing.
+fn gave_up<S: TableSpec>(attempts: u32, last: &LakeError) -> LakeError {
+    LakeError::GaveUp {
+        table: S::TABLE.to_string(),
+        attempts,
+        last: last.to_string(),
+    }
+}
+
 impl<S: TableSpec> Delivery<S> {
     /// Opens the table and reads the txn versions, retrying storage errors; once `shutdown` has
     /// begun, `shutdown_attempts` in all, then [`LakeError::GaveUp`]: the stage could not drain.
@@ -270,31 +280,21 @@ impl<S: TableSpec> Delivery<S> {
                         && !matches!(e, LakeError::SchemaMismatch { .. }) =>
                 {
                     health.failing(&e);
-                    let attempts = backoff.attempts() + 1;
-                    let bounded = shutdown.is_cancelled();
-                    if bounded && attempts >= settings.shutdown_attempts.max(1) {
-                        return Err(LakeError::GaveUp {
-                            table: S::TABLE.to_string(),
-                            attempts,
-                            last: e.to_string(),
-                        });
-                    }
-                    let wait = backoff.next_delay();
-                    if matches!(
-                        e,
-                        LakeError::TxnRegressed { .. } | LakeError::TxnPastJournalEnd { .. }
-                    ) {
-                        // Logged and counted where it was found. Checked again after each wait,
-                        // so a repaired log resumes delivery.
-                        status.send_modify(|s| s.refused = Some(e.to_string()));
-                    } else {
-                        tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
-                    }
-                    // Shutdown cuts the wait short: its attempts follow at the backoff's pace.
-                    tokio::select! {
-                        _ = shutdown.cancelled(), if !bounded => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                    let log = |_, wait| {
+                        if matches!(
+                            e,
+                            LakeError::TxnRegressed { .. } | LakeError::TxnPastJournalEnd { .. }
+                        ) {
+                            // Logged and counted where it was found. Checked again after each
+                            // wait, so a repaired log resumes delivery.
+                            status.send_modify(|s| s.refused = Some(e.to_string()));
+                        } else {
+                            tracing::warn!(table = S::TABLE, error = %e, retry_in = ?wait, "cannot open the lake table yet");
+                        }
+                    };
+                    pause_before_retry(&mut backoff, shutdown, settings.shutdown_attempts, log)
+                        .await
+                        .map_err(|attempts| gave_up::<S>(attempts, &e))?;
                 }
                 Err(e) => return Err(e),
             }
@@ -576,29 +576,21 @@ impl<S: TableSpec> Delivery<S> {
                 Err(e @ LakeError::InjectedCrash(_)) => return Err(e),
                 Err(e) => e,
             };
-            let attempts = backoff.attempts() + 1;
             self.health.failing(&error);
             metrics::commit_failed(S::TABLE);
-            let bounded = shutdown.is_cancelled();
-            if bounded && attempts >= self.settings.shutdown_attempts.max(1) {
-                return Err(LakeError::GaveUp {
-                    table: S::TABLE.to_string(),
-                    attempts,
-                    last: error.to_string(),
-                });
-            }
-            let wait = backoff.next_delay();
-            tracing::warn!(
-                table = S::TABLE,
-                attempt = attempts,
-                retry_in = ?wait,
-                error = %error,
-                "lake flush failed; will read the table back and retry"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled(), if !bounded => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
+            let log = |attempts, wait| {
+                tracing::warn!(
+                    table = S::TABLE,
+                    attempt = attempts,
+                    retry_in = ?wait,
+                    error = %error,
+                    "lake flush failed; will read the table back and retry"
+                );
+            };
+            let limit = self.settings.shutdown_attempts;
+            pause_before_retry(&mut backoff, shutdown, limit, log)
+                .await
+                .map_err(|attempts| gave_up::<S>(attempts, &error))?;
         }
     }
 
