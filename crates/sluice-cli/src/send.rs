@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sluice_journal::Backoff;
 
 /// Arguments of `sluice send`.
 #[derive(clap::Args, Debug)]
@@ -38,6 +39,9 @@ pub struct SendArgs {
 
 /// Largest batch body before compression.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Retries of a batch the server could not take: first wait and cap.
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Totals {
@@ -186,7 +190,7 @@ async fn deliver(
         gz.finish()?
     };
     let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
     loop {
         let mut req = client
             .post(endpoint)
@@ -219,7 +223,7 @@ async fn deliver(
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
                 tracing::warn!(status = %resp.status(), "server asks to retry");
-                after.unwrap_or(delay)
+                after.unwrap_or_else(|| backoff.next_delay())
             }
             Ok(resp) => {
                 let status = resp.status();
@@ -240,7 +244,7 @@ async fn deliver(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the server; retrying");
-                delay
+                backoff.next_delay()
             }
         };
         if started.elapsed() + wait > args.retry_for {
@@ -250,9 +254,8 @@ async fn deliver(
                 path.display()
             );
         }
-        // Full jitter keeps many senders from retrying in lockstep.
-        let jitter = 0.5 + (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 2000.0;
-        tokio::time::sleep(wait.mul_f64(jitter)).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+        // The backoff's jitter keeps many senders from retrying in lockstep; a Retry-After is
+        // taken as the server gave it.
+        tokio::time::sleep(wait).await;
     }
 }

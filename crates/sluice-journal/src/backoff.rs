@@ -13,7 +13,6 @@ use std::time::Duration;
 pub struct Backoff {
     initial: Duration,
     max: Duration,
-    base: Duration,
     attempts: u32,
 }
 
@@ -23,7 +22,6 @@ impl Backoff {
         Self {
             initial,
             max: max.max(initial),
-            base: initial,
             attempts: 0,
         }
     }
@@ -37,13 +35,20 @@ impl Backoff {
     /// The wait before the next attempt; doubles the base for the one after (up to the cap).
     pub fn next_delay(&mut self) -> Duration {
         self.attempts = self.attempts.saturating_add(1);
-        let base = self.base;
-        self.base = self.base.saturating_mul(2).min(self.max);
+        self.delay_before(self.attempts)
+    }
+
+    /// The wait before retry number `attempt` (1 for the first), for callers that count their
+    /// attempts themselves (one count per piece of work): what the `attempt`-th
+    /// [`Backoff::next_delay`] of this backoff waits, leaving its own count alone.
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        let base = self.initial.saturating_mul(1 << doublings).min(self.max);
         let half = base / 2;
         let spread = u64::try_from((base - half).as_nanos()).unwrap_or(u64::MAX);
         let jitter = match spread {
             0 => 0,
-            s => RandomState::new().hash_one(self.attempts) % (s + 1),
+            s => RandomState::new().hash_one(attempt) % (s + 1),
         };
         half + Duration::from_nanos(jitter)
     }
@@ -55,7 +60,6 @@ impl Backoff {
 
     /// After a success: the next failure waits about `initial` again.
     pub fn reset(&mut self) {
-        self.base = self.initial;
         self.attempts = 0;
     }
 }
@@ -82,5 +86,26 @@ mod tests {
         // A cap below the first wait is raised to it; a zero wait stays zero.
         assert!(Backoff::new(ms(10), ms(1)).next_delay() <= ms(10));
         assert_eq!(Backoff::new(ms(0), ms(0)).next_delay(), ms(0));
+    }
+
+    #[test]
+    fn a_counted_attempt_waits_what_the_same_next_delay_would() {
+        let ms = Duration::from_millis;
+        let backoff = Backoff::new(ms(100), ms(10_000));
+        for (attempt, base) in [
+            (0, 100),
+            (1, 100),
+            (2, 200),
+            (5, 1600),
+            (8, 10_000),
+            (900, 10_000),
+        ] {
+            let d = backoff.delay_before(attempt);
+            assert!(
+                d >= ms(base / 2) && d <= ms(base),
+                "{d:?} before attempt {attempt}, for a base of {base} ms"
+            );
+        }
+        assert_eq!(backoff.attempts(), 0, "its own count is left alone");
     }
 }

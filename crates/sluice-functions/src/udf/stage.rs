@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sluice_event::now_micros;
+use sluice_journal::Backoff;
 
 use super::LiveFn;
 use super::convert::{from_json, raw_offset, raw_position};
@@ -35,6 +36,9 @@ use crate::Draft;
 
 /// Most events one input may become.
 const MAX_SPLIT: usize = 1000;
+/// Retries of a failed invocation: first wait and cap.
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Why an event was given up on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,9 +217,9 @@ fn expire(
     young
 }
 
+/// The wait before retry `attempt` of an invocation.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(16)) / 2)
-        .min(Duration::from_secs(10))
+    Backoff::new(RETRY_INITIAL, RETRY_MAX).delay_before(attempt)
 }
 
 fn read_answer(
