@@ -43,7 +43,7 @@ pub use enrich::{
 };
 pub use error::FunctionsError;
 pub use registry::{Registry, RegistryError, SchemaKey};
-pub use runner::{Progress, Runner};
+pub use runner::{Runner, RunnerProgress, RunnerStatus};
 pub use sluice_event::suppress::{Suppressed, subject_hash};
 pub use udf::{FunctionSpec, Functions, OnFailure, UdfError};
 pub use validate::{OnInvalid, OnUnknown, SourcePolicy, ValidationConfig};

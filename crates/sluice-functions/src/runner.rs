@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
 use sluice_event::{Position, topic};
-use sluice_journal::{Backoff, Cursor, Journal, JournalError, Record, StageHealth};
+use sluice_journal::{
+    Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, JournalError, Record, StageHealth,
+};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::Outcome;
@@ -36,27 +38,42 @@ const APPEND_RETRY_MAX: Duration = Duration::from_secs(5);
 /// exits; the next start resumes from what is durable).
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
-/// Per-partition progress: the next raw offset to process.
-#[derive(Debug)]
-pub struct Progress {
-    next: Vec<AtomicU64>,
+/// The runner's position: per partition, the next raw offset to process (every raw record
+/// below it has its outputs durable in `good`/`bad`). It starts at 0 and each partition
+/// publishes its resume point when it starts, so it is a lower bound from the first moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerStatus {
+    /// Per partition: the next raw offset to process.
+    pub next_offsets: Vec<u64>,
 }
 
-impl Progress {
-    /// The next raw offset partition `p` will process.
-    pub fn next(&self, p: u32) -> u64 {
-        self.next
-            .get(p as usize)
-            .map_or(0, |n| n.load(Ordering::Acquire))
+impl ConsumerStatus for RunnerStatus {
+    fn started(&self) -> bool {
+        true
     }
+    /// The runner's end shows as its channel closing (the runner and its partitions dropped).
+    fn stopped(&self) -> bool {
+        false
+    }
+    fn next_offsets(&self) -> &[u64] {
+        &self.next_offsets
+    }
+}
 
-    /// Takes `committed` as partition `p`'s position where another node runs it (its committed
-    /// offset, which the journal shares): the position never goes back.
-    pub fn observe(&self, p: u32, committed: u64) {
-        if let Some(n) = self.next.get(p as usize) {
-            n.fetch_max(committed, Ordering::AcqRel);
-        }
-    }
+/// A handle on the runner's progress through `raw`.
+pub type RunnerProgress = ConsumerProgress<RunnerStatus>;
+
+/// Where the runner's partitions publish their positions.
+type Positions = Arc<watch::Sender<RunnerStatus>>;
+
+/// The published position of partition `p`.
+fn published_next(positions: &Positions, p: u32) -> u64 {
+    positions
+        .borrow()
+        .next_offsets
+        .get(p as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Drives every raw partition through the function chain.
@@ -66,7 +83,7 @@ pub struct Runner {
     chain: Arc<Chain>,
     state_dir: Option<PathBuf>,
     partitions: u32,
-    progress: Arc<Progress>,
+    positions: Positions,
     health: StageHealth,
 }
 
@@ -88,16 +105,16 @@ impl Runner {
         if counts[0] != counts[1] || counts[0] != counts[2] {
             return Err(FunctionsError::PartitionMismatch(counts));
         }
-        let progress = Arc::new(Progress {
-            next: (0..counts[0]).map(|_| AtomicU64::new(0)).collect(),
-        });
+        let positions = Arc::new(watch::Sender::new(RunnerStatus {
+            next_offsets: vec![0; counts[0] as usize],
+        }));
         Ok(Self {
             journal,
             settings,
             chain,
             state_dir,
             partitions: counts[0],
-            progress,
+            positions,
             health: StageHealth::detached(),
         })
     }
@@ -109,8 +126,21 @@ impl Runner {
     }
 
     /// Progress, for metrics and drain checks.
-    pub fn progress(&self) -> Arc<Progress> {
-        self.progress.clone()
+    pub fn progress(&self) -> RunnerProgress {
+        ConsumerProgress::new(GROUP, topic::RAW, self.positions.subscribe())
+    }
+
+    /// Takes `committed` as partition `p`'s position where another node runs it (its committed
+    /// offset, which the journal shares): the position never goes back.
+    pub fn observe(&self, p: u32, committed: u64) {
+        self.positions
+            .send_if_modified(|s| match s.next_offsets.get_mut(p as usize) {
+                Some(next) if *next < committed => {
+                    *next = committed;
+                    true
+                }
+                _ => false,
+            });
     }
 
     /// How many raw partitions there are.
@@ -131,7 +161,7 @@ impl Runner {
             journal: self.journal.clone(),
             partition: p,
             batch_size: self.settings.batch_size,
-            progress: self.progress.clone(),
+            positions: self.positions.clone(),
             chain: self.chain.clone(),
             health: self.health.part(p),
             snapshot: self
@@ -178,7 +208,7 @@ struct PartitionWorker {
     journal: Arc<dyn Journal>,
     partition: u32,
     batch_size: usize,
-    progress: Arc<Progress>,
+    positions: Positions,
     chain: Arc<Chain>,
     health: StageHealth,
     snapshot: Option<PathBuf>,
@@ -341,7 +371,7 @@ impl PartitionWorker {
         // A retry in this process resumes no earlier than the position it published: every raw
         // record below it has its outputs durable (it is published only after they are), also
         // one that gave none (dropped, or a bad row already written) since the last commit.
-        let published = Some(self.progress.next(p));
+        let published = Some(published_next(&self.positions, p));
         let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed.max(published));
         if next < raw_start {
             next = raw_start;
@@ -425,8 +455,16 @@ impl PartitionWorker {
     }
 
     fn publish(&self, next: u64) {
-        let previous = self.progress.next[self.partition as usize].swap(next, Ordering::AcqRel);
-        debug_assert!(next >= previous, "the runner's position only moves forward");
+        let p = self.partition as usize;
+        self.positions.send_if_modified(|s| {
+            let Some(slot) = s.next_offsets.get_mut(p) else {
+                return false;
+            };
+            debug_assert!(next >= *slot, "the runner's position only moves forward");
+            let changed = *slot != next;
+            *slot = next;
+            changed
+        });
     }
 
     fn commit(&self, at: &mut Resumed) -> Result<(), FunctionsError> {

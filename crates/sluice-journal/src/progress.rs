@@ -63,6 +63,16 @@ impl<S: ConsumerStatus> ConsumerProgress<S> {
         self.rx.borrow().clone()
     }
 
+    /// Partition `p`'s next offset not yet delivered (0 before the consumer knows).
+    pub fn next_offset(&self, p: u32) -> u64 {
+        self.rx
+            .borrow()
+            .next_offsets()
+            .get(p as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Whether everything below the journal's current durable end of every partition is
     /// delivered.
     pub fn is_caught_up(&self, journal: &dyn Journal) -> bool {

@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_collector::{AddressQuota, Collector};
 use sluice_event::topic;
 use sluice_functions::udf::SecretsAtRest;
-use sluice_functions::{Chain, Functions, Progress, Registry, Runner};
+use sluice_functions::{Chain, Functions, Registry, Runner, RunnerProgress};
 use sluice_journal::durable_fs::create_dir_all_durable;
 use sluice_journal::{JetStreamJournal, Journal, JournalBackend, LocalJournal};
 use sluice_lake::{BadRowsSink, DeliveryProgress, LakeRoot, LakeSink, TypedSink, Upkeep};
@@ -322,7 +322,7 @@ struct StartPipeline {
     warehouse: Option<Arc<Warehouse>>,
     functions: Option<Arc<Functions>>,
     /// The runner's progress, when it already runs (on its own partition leases).
-    runner: Option<Arc<Progress>>,
+    runner: Option<RunnerProgress>,
     pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
     intake: CancellationToken,
     housekeeping: CancellationToken,
@@ -592,7 +592,7 @@ fn start_runner(
     base: &Base,
     functions: Arc<Functions>,
     stages: &mut Vec<(CancellationToken, Task)>,
-) -> Result<Arc<Progress>, ServerError> {
+) -> Result<RunnerProgress, ServerError> {
     let dir = settings.data_dir.join("functions");
     let chain = Chain::new(
         base.registry.clone(),
@@ -616,11 +616,11 @@ fn start_runner(
     )
     .map_err(|e| ServerError::stage("runner", e))?;
     let progress = runner.progress();
-    let partitions = settings.partitions;
-    let watched = progress.clone();
-    let runner = runner.with_health(base.stages.consumer("runner", topic::RAW, move || {
-        Some((0..partitions).map(|p| watched.next(p)).collect())
-    }));
+    let runner = runner.with_health(base.stages.consumer(
+        "runner",
+        topic::RAW,
+        next_offsets(progress.clone()),
+    ));
     let token = CancellationToken::new();
     let (t, shared, abandon) = (token.clone(), base.jetstream.clone(), base.abandon.clone());
     let task = Task::stage(base, "runner", async move {
@@ -779,7 +779,7 @@ async fn start_hot(
 
 /// What the stages after the journal hand to the routes once they run.
 struct RoleParts {
-    runner: Option<Arc<Progress>>,
+    runner: Option<RunnerProgress>,
     events: Option<DeliveryProgress>,
     hot: Option<sluice_hot::HotReader>,
 }

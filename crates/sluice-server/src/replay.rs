@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_event::{BadKind, BadRow, ErrorKind, Position, RawEvent, parse_timestamp, topic};
-use sluice_functions::Progress;
+use sluice_functions::RunnerProgress;
 use sluice_journal::Journal;
 use sluice_lake::DeliveryProgress;
 use sluice_warehouse::Warehouse;
@@ -35,7 +35,7 @@ const APPEND_CHUNK: usize = 1000;
 /// What a replay needs from the running pipeline.
 pub(crate) struct Replayer {
     pub(crate) journal: Arc<dyn Journal>,
-    pub(crate) runner: Arc<Progress>,
+    pub(crate) runner: RunnerProgress,
     pub(crate) events: DeliveryProgress,
     pub(crate) warehouse: Arc<Warehouse>,
     pub(crate) lock: tokio::sync::Mutex<()>,
@@ -179,29 +179,25 @@ impl Replayer {
     /// Waits until the runner has processed `raw` and the lake holds `good`, as of now.
     async fn catch_up(&self) -> Result<(), (ErrorKind, String)> {
         let deadline = Instant::now() + CATCH_UP;
-        let unavailable = |m: &str| (ErrorKind::Unavailable, m.to_string());
-        let partitions = self
-            .journal
-            .partitions(topic::RAW)
-            .map_err(|e| (e.kind(), e.to_string()))?;
-        let ends = (0..partitions)
-            .map(|p| self.journal.end(topic::RAW, p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| (e.kind(), e.to_string()))?;
-        while (0..partitions).any(|p| self.runner.next(p) < ends[p as usize]) {
-            if Instant::now() >= deadline {
-                return Err(unavailable(
-                    "the runner has not caught up with raw; try again later",
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let runner = self.runner.wait_caught_up(&*self.journal);
+        match tokio::time::timeout(left(), runner).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err((ErrorKind::Unavailable, format!("the runner: {e}"))),
+            Err(_) => {
+                return Err((
+                    ErrorKind::Unavailable,
+                    "the runner has not caught up with raw; try again later".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let wait = self.events.wait_caught_up(&*self.journal);
-        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), wait).await {
+        let events = self.events.wait_caught_up(&*self.journal);
+        match tokio::time::timeout(left(), events).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err((ErrorKind::Unavailable, format!("the lake sink: {e}"))),
-            Err(_) => Err(unavailable(
-                "the lake has not caught up with good; try again later",
+            Err(_) => Err((
+                ErrorKind::Unavailable,
+                "the lake has not caught up with good; try again later".into(),
             )),
         }
     }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_functions::{FunctionsError, Progress, Runner};
+use sluice_functions::{FunctionsError, Runner};
 use sluice_journal::{JetStreamJournal, Journal, Lease};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,6 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
     abandon: CancellationToken,
 ) -> Result<(), FunctionsError> {
-    let progress = runner.progress();
     let this = journal.node_name();
     let claim_every = journal.lease_ttl() / 4;
     // A released partition is taken at once, not at the next claim.
@@ -78,7 +77,7 @@ pub(crate) async fn run(
         if let Err(e) = reap(&mut owned).await {
             break Err(e);
         }
-        follow(journal.as_ref(), &progress, runner.partitions(), &owned);
+        follow(journal.as_ref(), &runner, &owned);
         if last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
             last_claim = Some(tokio::time::Instant::now());
             if let Err(e) = rebalance(&journal, &runner, &this, &mut owned, &abandon).await {
@@ -145,17 +144,12 @@ async fn reap(owned: &mut BTreeMap<u32, Owned>) -> Result<(), FunctionsError> {
 }
 
 /// Takes the positions of the partitions other nodes run from their committed offsets.
-fn follow(
-    journal: &dyn Journal,
-    progress: &Progress,
-    partitions: u32,
-    owned: &BTreeMap<u32, Owned>,
-) {
-    for p in (0..partitions).filter(|p| !owned.contains_key(p)) {
+fn follow(journal: &dyn Journal, runner: &Runner, owned: &BTreeMap<u32, Owned>) {
+    for p in (0..runner.partitions()).filter(|p| !owned.contains_key(p)) {
         if let Ok(Some(committed)) =
             journal.committed(crate::holds::RUNNER, sluice_event::topic::RAW, p)
         {
-            progress.observe(p, committed);
+            runner.observe(p, committed);
         }
     }
 }

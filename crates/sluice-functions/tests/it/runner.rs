@@ -178,14 +178,10 @@ async fn run_with(
     let progress = runner.progress();
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone()));
-    let end = j.end(topic::RAW, 0).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while progress.next(0) < end {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("runner caught up");
+    tokio::time::timeout(Duration::from_secs(30), progress.wait_caught_up(&*j))
+        .await
+        .expect("runner caught up")
+        .unwrap();
     stop.cancel();
     task.await.unwrap().unwrap();
 }
@@ -389,13 +385,10 @@ async fn a_deploy_during_ingest_loses_and_duplicates_nothing() {
     let caught_up = |j: Arc<MemJournal>| {
         let progress = progress.clone();
         async move {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while (0..2).any(|p| progress.next(p) < j.end(topic::RAW, p).unwrap()) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await
-            .expect("runner caught up");
+            tokio::time::timeout(Duration::from_secs(30), progress.wait_caught_up(&*j))
+                .await
+                .expect("runner caught up")
+                .unwrap();
         }
     };
     append(300);
@@ -603,23 +596,19 @@ async fn the_batching_window_waits_for_a_full_batch() {
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone()));
     // Four records are fewer than the batch: the runner holds them for the window.
-    let early = tokio::time::timeout(Duration::from_millis(300), async {
-        while progress.next(0) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        progress.wait_until(|s| s.next_offsets[0] > 0),
+    )
     .await;
     assert!(early.is_err(), "the runner did not wait for its batch");
     // Three more fill it: one invocation takes all six good events, long before the window ends.
     j.append_now(topic::RAW, 0, (4..7).map(raw_record).collect())
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while progress.next(0) < 7 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("a full batch goes at once");
+    tokio::time::timeout(Duration::from_secs(30), progress.wait_for_offsets(&[7]))
+        .await
+        .expect("a full batch goes at once")
+        .unwrap();
     let s = &fns.stats()[0];
     assert_eq!((s.invocations, s.events_in), (1, 6));
     // A shutdown does not wait for the window: what is there is processed and the runner stops.
@@ -707,7 +696,7 @@ async fn a_function_this_node_cannot_start_holds_the_partition_until_it_can() {
         }
     };
     append(0);
-    wait_until("first events processed", || progress.next(0) == 5).await;
+    wait_until("first events processed", || progress.next_offset(0) == 5).await;
 
     // The function is taken but cannot start here: nothing passes without it, and the runner
     // says why.
@@ -727,7 +716,7 @@ async fn a_function_this_node_cannot_start_holds_the_partition_until_it_can() {
     };
     wait_until("the runner reports the blocked functions", failing).await;
     let outputs = || j.records(topic::GOOD, 0).len() + j.records(topic::BAD, 0).len();
-    assert_eq!((progress.next(0), outputs()), (5, 5));
+    assert_eq!((progress.next_offset(0), outputs()), (5, 5));
 
     // Once what the store holds runs again (here: the function is deleted), the partition
     // goes on from where it stopped.
@@ -737,7 +726,7 @@ async fn a_function_this_node_cannot_start_holds_the_partition_until_it_can() {
         .unwrap();
     assert!(deleted.unwrap());
     assert!(fns.live().blocked().is_none());
-    wait_until("the rest processed", || progress.next(0) == 10).await;
+    wait_until("the rest processed", || progress.next_offset(0) == 10).await;
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(outputs(), 10);
