@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// What a failure means to the caller. Every library error maps to one of these; the server maps
-/// these to HTTP status codes in one place, and retry loops key on [`ErrorKind::is_retryable`].
+/// these to HTTP status codes in one place. Stages' retry loops key on
+/// [`ErrorKind::is_retryable`]; HTTP clients are asked to retry only what
+/// [`ErrorKind::is_transient`] says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -28,9 +30,18 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Whether the same request may succeed later.
+    /// Whether the same operation may succeed later, by itself or once the state it met has
+    /// changed: a stage retries these. A conflict is one (another writer's change, a lake log
+    /// an operator repairs), but only a stage that looks again after each wait should retry it.
     pub fn is_retryable(self) -> bool {
         matches!(self, Self::Unavailable | Self::Overloaded | Self::Conflict)
+    }
+
+    /// Whether the condition passes by itself, so that a client sending the same request
+    /// again later may succeed: the 429 and 503 answers, sent with `Retry-After`. A conflict
+    /// is not: the same request succeeds only once someone changed the state.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Unavailable | Self::Overloaded)
     }
 
     /// The lowercase name used in JSON answers and metrics labels.
@@ -62,4 +73,21 @@ pub struct Rejection {
     pub kind: ErrorKind,
     /// Lowercase human-readable reason.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_is_retried_by_stages_but_not_transient_for_clients() {
+        assert!(ErrorKind::Conflict.is_retryable());
+        assert!(!ErrorKind::Conflict.is_transient());
+        for kind in [ErrorKind::Unavailable, ErrorKind::Overloaded] {
+            assert!(kind.is_retryable() && kind.is_transient(), "{kind:?}");
+        }
+        for kind in [ErrorKind::Invalid, ErrorKind::NotFound, ErrorKind::Internal] {
+            assert!(!kind.is_retryable() && !kind.is_transient(), "{kind:?}");
+        }
+    }
 }

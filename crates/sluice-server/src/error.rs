@@ -50,8 +50,9 @@ impl ServerError {
     }
 }
 
-/// The HTTP status for an error kind. 4xx = permanent (the client must not retry);
-/// 429/503 = retry later (sent with `Retry-After`).
+/// The HTTP status for an error kind. 4xx = permanent (the client must not retry), 409
+/// included: the same request succeeds only once the state changed; 429/503 = retry later
+/// (sent with `Retry-After`).
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Invalid => StatusCode::BAD_REQUEST,

@@ -1,6 +1,6 @@
 //! Answers and request helpers shared by the routes. Errors are
 //! `{"error": "<reason>", "kind": "<kind>"}` with the status from [`crate::status_of`];
-//! retryable ones carry `Retry-After`.
+//! transient ones (429, 503) carry `Retry-After`.
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ pub(crate) fn error_response(kind: ErrorKind, reason: impl Into<String>) -> Resp
     let status = status_of(kind);
     let body = serde_json::json!({ "error": reason.into(), "kind": kind.as_str() });
     let mut resp = (status, axum::Json(body)).into_response();
-    if kind.is_retryable() {
+    if kind.is_transient() {
         resp.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
@@ -75,4 +75,29 @@ pub(crate) fn content_encoding(headers: &HeaderMap) -> Result<Encoding, CollectE
 /// A header's value when it is text.
 pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_errors_ask_the_client_to_retry() {
+        let retry_after = |kind| {
+            error_response(kind, "reason")
+                .headers()
+                .get(header::RETRY_AFTER)
+                .cloned()
+        };
+        assert_eq!(
+            retry_after(ErrorKind::Unavailable),
+            Some(HeaderValue::from_static("1"))
+        );
+        assert_eq!(
+            retry_after(ErrorKind::Overloaded),
+            Some(HeaderValue::from_static("1"))
+        );
+        assert_eq!(retry_after(ErrorKind::Conflict), None);
+        assert_eq!(retry_after(ErrorKind::Invalid), None);
+    }
 }

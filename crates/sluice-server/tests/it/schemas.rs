@@ -46,6 +46,10 @@ internal_domains = ["example.com"]
     let changed = schema("1-0-0", json!({"plan": {"type": "string"}}));
     let r = put(changed, Some(ADMIN)).await.unwrap();
     assert_eq!(r.status(), 409);
+    assert!(
+        r.headers().get("retry-after").is_none(),
+        "a conflict is not retried"
+    );
     assert!(r.text().await.unwrap().contains("immutable"));
     // The address and the schema's self must agree; junk is refused with a reason.
     let r = put(schema("2-0-0", json!({})), Some(ADMIN)).await.unwrap();
