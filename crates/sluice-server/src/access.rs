@@ -93,6 +93,20 @@ impl Need {
     }
 }
 
+/// What a request's origin says about who could have made it send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Same site, or not from a browser: open access covers it where it covers the client.
+    Trusted,
+    /// A request a page on another site could make a browser send without asking first (a
+    /// simple-content-type POST to an admin route without a credential): open access does not
+    /// cover it; a credential does.
+    Forgeable,
+    /// A state-changing request a browser sent from another site: refused whatever its
+    /// credential.
+    CrossSite,
+}
+
 /// Why a request is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -278,22 +292,23 @@ impl Access {
         from == Locality::Local && (need == Need::Metrics || !self.closed())
     }
 
-    /// What `credential` (or none) may do where `need` is needed, from `from`; `csrf_safe` is
-    /// false for a request a browser could have sent from another site.
+    /// What `credential` (or none) may do where `need` is needed, from `from`, for a request
+    /// of `origin`.
     pub fn decide(
         &self,
         need: Need,
         credential: Option<&str>,
         from: Locality,
-        cross_site: bool,
-        csrf_safe: bool,
+        origin: Origin,
     ) -> Result<(), Refusal> {
-        if !cross_site && csrf_safe && self.open_to(from, need) {
+        if origin == Origin::Trusted && self.open_to(from, need) {
             return Ok(());
         }
         match credential.and_then(|c| self.identify(c)) {
             None => Err(Refusal::Unauthorized),
-            Some(Identity::Token(role)) if role >= need.role() && !cross_site => Ok(()),
+            Some(Identity::Token(role)) if role >= need.role() && origin != Origin::CrossSite => {
+                Ok(())
+            }
             Some(_) => Err(Refusal::Forbidden),
         }
     }
@@ -329,13 +344,18 @@ impl Access {
         // A browser sends a cross-site POST with a simple content type without asking first;
         // anything else (another content type, an Authorization header) it asks about first,
         // and sluice never says yes.
-        let csrf_safe = need != Need::Admin
-            || *method != Method::POST
-            || bearer.is_some()
-            || !simple_content_type(headers);
-        let answer = self.decide(need, bearer, from, cross, csrf_safe);
+        let forgeable = need == Need::Admin
+            && *method == Method::POST
+            && bearer.is_none()
+            && simple_content_type(headers);
+        let origin = match (cross, forgeable) {
+            (true, _) => Origin::CrossSite,
+            (false, true) => Origin::Forgeable,
+            (false, false) => Origin::Trusted,
+        };
+        let answer = self.decide(need, bearer, from, origin);
         if let Err(r) = answer {
-            tracing::debug!(?need, ?from, cross, csrf_safe, refusal = ?r, "request refused");
+            tracing::debug!(?need, ?from, ?origin, refusal = ?r, "request refused");
         }
         answer
     }
@@ -436,7 +456,7 @@ mod tests {
     fn roles_grant_what_they_name_and_nothing_more() {
         let (_dir, a, reader, admin) = with_tokens();
         let r = Locality::Remote;
-        let d = |need, cred: Option<&str>| a.decide(need, cred, r, false, true);
+        let d = |need, cred: Option<&str>| a.decide(need, cred, r, Origin::Trusted);
         assert!(reader.starts_with("st_reader_") && admin.starts_with("st_admin_"));
         for need in [Need::Metrics, Need::Read] {
             assert_eq!(d(need, Some(&reader)), Ok(()));
@@ -449,14 +469,18 @@ mod tests {
         assert_eq!(d(Need::Admin, Some(&reader)), Err(Refusal::Forbidden));
         assert_eq!(d(Need::Admin, Some(&admin)), Ok(()));
         // Tokens configured: local clients need one too, except for metrics.
-        let local = |need| a.decide(need, None, Locality::Local, false, true);
+        let local = |need| a.decide(need, None, Locality::Local, Origin::Trusted);
         assert_eq!(local(Need::Read), Err(Refusal::Unauthorized));
         assert_eq!(local(Need::Metrics), Ok(()));
         // A cross-site request is refused whatever its credential.
         assert_eq!(
-            a.decide(Need::Admin, Some(&admin), r, true, true),
+            a.decide(Need::Admin, Some(&admin), r, Origin::CrossSite),
             Err(Refusal::Forbidden)
         );
+        // One a form on another site could send is fine with a credential, not without.
+        let forgeable = |cred| a.decide(Need::Admin, cred, Locality::Local, Origin::Forgeable);
+        assert_eq!(forgeable(Some(admin.as_str())), Ok(()));
+        assert_eq!(forgeable(None), Err(Refusal::Unauthorized));
         assert_eq!(a.identify("wk"), Some(Identity::Writer(Arc::from("web"))));
     }
 
@@ -476,7 +500,7 @@ mod tests {
         assert_eq!(a.identify(&reader), None);
         assert!(a.closed());
         assert_eq!(
-            a.decide(Need::Read, None, Locality::Local, false, true),
+            a.decide(Need::Read, None, Locality::Local, Origin::Trusted),
             Err(Refusal::Unauthorized)
         );
     }

@@ -11,11 +11,11 @@
 //! never exits the process: a failed journal is reported as [`ServerError::JournalFailed`].
 //!
 //! Modules depend one way: `pipeline` (wiring) → the route modules (`native`, `sql`, `ops`,
-//! `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`, `deletions`) → `http`
-//! (state, answers, the guards, metering) → `access` (roles and tokens) → `auth` (write keys),
-//! `replay`, `privacy` (deletion requests),
-//! `error`, `metrics`; `config` and `listen`
-//! sit beside them. `cargo xtask tidy` checks there is no cycle.
+//! `cluster`, `deletions`, `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`),
+//! none of which uses another → `http` (state, answers, the guards, metering) → `access`
+//! (roles and tokens), `replay` (used by `ops`), `privacy` (deletion requests, used by
+//! `deletions`) → `auth` (write keys), `error`, `metrics`; `config` and `listen` sit beside
+//! them. `cargo xtask tidy` checks there is no cycle.
 
 pub mod access;
 pub mod auth;

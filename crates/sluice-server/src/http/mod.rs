@@ -3,9 +3,10 @@
 //! ([`Admin`], [`Reader`], [`MetricsReader`]) and the one refusal answer ([`refuse`]), request
 //! metrics ([`metered`]) and the finished router ([`router`]).
 //!
-//! Route modules (`native`, `sql`, `ops`, `schemas`, `functions`, `hot`, `segment`,
-//! `snowplow`, `kinesis`) each return a `Router<AppState>` and depend on this module only;
-//! `pipeline.rs` lists them.
+//! Route modules (`native`, `sql`, `ops`, `cluster`, `deletions`, `schemas`, `functions`, `hot`,
+//! `segment`, `snowplow`, `kinesis`) each return a `Router<AppState>`; they depend on this
+//! module and on the modules below it (`access`, `auth`, `replay`, `privacy`, `error`,
+//! `metrics`), never on each other. `pipeline.rs` lists them.
 
 mod admin;
 mod answer;

@@ -28,7 +28,7 @@ use super::streams::StreamKind;
 use super::token::TokenKind;
 use super::wire::AwsError;
 use super::{Kinesis, Service, now_ms};
-use crate::access::{FORBIDDEN, Identity, Need, Refusal};
+use crate::access::{FORBIDDEN, Identity, Need, Origin, Refusal};
 use crate::auth::{Locality, UNAUTHORIZED};
 
 /// What an operation does, for the access check.
@@ -107,7 +107,7 @@ impl Kinesis {
             (Act::Put | Act::Manage, _) => Need::Admin,
         };
         self.access
-            .decide(need, key, from, false, true)
+            .decide(need, key, from, Origin::Trusted)
             .map_err(refusal)?;
         Ok(Arc::from(DEFAULT_SOURCE))
     }
