@@ -19,12 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
-use sluice_event::{Event, topic};
-use sluice_hot::{EmbeddedStore, HotSettings, HotStore, Projector, WriteBatch};
-use sluice_journal::{Journal, JournalConfig, LocalJournal, partition_for};
+use sluice_hot::{EmbeddedStore, HotStore, WriteBatch};
 use sluice_predict::ftrl::{Ftrl, log_loss};
-use sluice_predict::{ModelConfig, Models, OnlineModel, PredictSettings, run_offline, synthetic};
+use sluice_predict::{ModelConfig, OnlineModel, run_offline, synthetic};
 use sluice_server::{Config, Server};
 
 const BITS: u32 = 18;
@@ -248,120 +245,15 @@ async fn store_figures(name: &str, store: Arc<dyn HotStore>) -> anyhow::Result<(
     Ok(())
 }
 
-/// The hot projection alone, as the server runs it but with nothing else on the cores: `good`
-/// (4 partitions, by user) filled beforehand with the synthetic stream as canonical events
-/// carrying a tracker's enriched context, then a [`Projector`] with README's counters and
-/// model into an embedded store, timed from its start until its positions reach the end;
-/// first with its value cache off (the baseline), then with the default cache, each into a
-/// fresh store and fresh models.
+/// The hot projection alone (`sluice_predict::bench`), its runs printed.
 pub(crate) async fn projection_alone(root: &Path, users: usize) -> anyhow::Result<()> {
-    let dir = root.join("projection");
-    let journal = LocalJournal::open(JournalConfig {
-        dir: dir.join("journal"),
-        ..JournalConfig::default()
-    })?;
-    let (ends, events, bytes) = fill_good(journal.as_ref(), users).await?;
-    let mut baseline = None;
-    for (run, cache) in [("cache off", Some(0)), ("default cache", None)] {
-        let (mut hot, predict) = readme_hot_and_model(&dir.join(run.replace(' ', "-")))?;
-        if let Some(bytes) = cache {
-            hot.cache_bytes = bytes;
-        }
-        let secs = project_to(journal.clone(), &ends, hot, &predict).await?;
-        let rate = events as f64 / secs;
-        let ratio = baseline.map_or(String::new(), |b: f64| {
-            format!(", {:.2}x the cache off", rate / b)
-        });
-        baseline.get_or_insert(rate);
-        println!(
-            "hot projection alone, {run:<13}: {events} events ({} B each on average) in {secs:.2} s = {rate:.0} events/s{ratio} (profile, README's three counters and model, embedded store, one atomic write per batch)",
-            bytes / events.max(1),
-        );
+    let runs = sluice_predict::bench::projection_alone(root, users)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for run in runs {
+        println!("{run}");
     }
     Ok(())
-}
-
-/// Fills `good` with the synthetic stream of `users` users, by user; each partition's end,
-/// the events and their bytes.
-async fn fill_good(
-    journal: &dyn Journal,
-    users: usize,
-) -> anyhow::Result<(Vec<u64>, usize, usize)> {
-    const PARTITIONS: u32 = 4;
-    journal.create_topic(topic::GOOD, PARTITIONS)?;
-    let stream = synthetic::generate(44, users, 10);
-    let mut by_partition: Vec<Vec<Bytes>> = vec![Vec::new(); PARTITIONS as usize];
-    let mut bytes = 0usize;
-    for event in &stream.events {
-        let encoded = Bytes::from(serde_json::to_vec(&with_context(event.clone())?)?);
-        bytes += encoded.len();
-        let user = event.user_id.as_deref().unwrap_or_default();
-        by_partition[partition_for(user, PARTITIONS) as usize].push(encoded);
-    }
-    let mut ends = Vec::new();
-    for (p, records) in by_partition.into_iter().enumerate() {
-        ends.push(records.len() as u64);
-        for chunk in records.chunks(2000) {
-            journal
-                .append(topic::GOOD, p as u32, chunk.to_vec())
-                .await?;
-        }
-    }
-    Ok((ends, stream.events.len(), bytes))
-}
-
-/// Runs a projector (with the models as its hook) from the start of `good` until it reaches
-/// `ends`; the seconds that took.
-async fn project_to(
-    journal: Arc<LocalJournal>,
-    ends: &[u64],
-    hot: HotSettings,
-    predict: &PredictSettings,
-) -> anyhow::Result<f64> {
-    let store = sluice_hot::open_store(&hot).await?;
-    let models = Models::open(predict)?;
-    let projector = Projector::new(journal, store, Arc::new(hot)).with_hook(Box::new(models));
-    let progress = projector.progress();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let t = Instant::now();
-    let task = tokio::spawn(projector.run(async move {
-        let _ = stopped.await;
-    }));
-    progress.wait_for_offsets(ends).await?;
-    let secs = t.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    task.await??;
-    Ok(secs)
-}
-
-/// README's example `[hot]` and `[predict]` sections, with their directories under `dir`.
-fn readme_hot_and_model(dir: &Path) -> anyhow::Result<(HotSettings, PredictSettings)> {
-    let mut config = Config::from_toml(crate::bench_sustained::HOT_AND_MODEL)?;
-    config.hot.dir = dir.join("hot");
-    config.predict.dir = dir.join("models");
-    Ok((config.hot.validate()?, config.predict.validate()?))
-}
-
-/// `event` with the context an analytics.js page view carries after enrichment.
-fn with_context(mut event: Event) -> anyhow::Result<Event> {
-    let context = serde_json::json!({
-        "ip": "203.0.113.0",
-        "locale": "en-US",
-        "library": {"name": "analytics.js", "version": "4.1.0"},
-        "page": {
-            "url": "https://shop.example.com/products/widget?utm_source=news",
-            "path": "/products/widget",
-            "referrer": "https://www.google.com/",
-            "title": "Widget | Example Shop"
-        },
-        "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-        "campaign": {"source": "news"},
-        "ua": {"browser": "Chrome", "browser_version": "120.0.0.0", "os": "Windows", "device": "desktop"},
-        "geo": {"country": "DE", "city": "Berlin"},
-        "session": {"id": "s-1", "index": 3}
-    });
-    event.context = serde_json::value::to_raw_value(&context)?;
-    Ok(event)
 }
 
 async fn through_server(root: &Path, users: usize) -> anyhow::Result<()> {

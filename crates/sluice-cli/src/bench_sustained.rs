@@ -42,43 +42,6 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Requests in flight at most; beyond it the schedule slips, which the ack rate shows.
 const MAX_IN_FLIGHT: usize = 512;
 
-/// README's example hot tier and model: the work the projection does per event.
-pub(crate) const HOT_AND_MODEL: &str = r#"
-[hot]
-recent_events = 10
-session_timeout = "30m"
-
-[[hot.counters]]
-name = "views_1h"
-events = ["Product Viewed"]
-key = "user"
-aggregate = "count"
-window = "1h"
-
-[[hot.counters]]
-name = "spend_24h"
-events = ["Order Completed"]
-aggregate = "sum"
-property = "revenue"
-window = "24h"
-kind = "sliding"
-step = "1h"
-
-[[hot.counters]]
-name = "top_categories_24h"
-aggregate = "top_k"
-property = "category"
-k = 5
-window = "24h"
-kind = "sliding"
-
-[[predict.models]]
-name = "purchase_30m"
-outcome = "Order Completed"
-horizon = "30m"
-examples = ["Product Viewed"]
-"#;
-
 /// What the ramp offers.
 pub(crate) struct Ramp {
     pub(crate) rates: Vec<u64>,
@@ -147,7 +110,7 @@ struct Step {
 /// Runs the ramp against a fresh server under `root` and prints one line per step.
 pub(crate) async fn run(ramp: &Ramp, root: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(!ramp.rates.is_empty(), "--rates needs at least one rate");
-    let mut config = Config::from_toml(HOT_AND_MODEL)?;
+    let mut config = Config::from_toml(sluice_predict::bench::HOT_AND_MODEL)?;
     config.data_dir = root.join("data");
     config.http = "127.0.0.1:0".parse()?;
     config.pg = "127.0.0.1:0".parse()?;

@@ -9,6 +9,7 @@
 //! positions it reflects, so after a restart each model learns again from exactly where its
 //! checkpoint stopped.
 
+pub mod bench;
 pub mod checkpoint;
 mod config;
 mod engine;
