@@ -13,9 +13,12 @@
 //! Modules depend one way: `pipeline` (wiring) → the route modules (`native`, `sql`, `ops`,
 //! `cluster`, `deletions`, `schemas`, `functions`, `hot`, `segment`, `snowplow`, `kinesis`),
 //! none of which uses another → `http` (state, answers, the guards, metering) → `access`
-//! (roles and tokens), `replay` (used by `ops`), `privacy` (deletion requests, used by
+//! (roles and tokens), `stages` (health), `shared_functions` and `shared_schemas` (what a
+//! shared journal shares), `replay` (used by `ops`), `privacy` (deletion requests, used by
 //! `deletions`) → `auth` (write keys), `error`, `metrics`; `config` and `listen` sit beside
-//! them. `cargo xtask tidy` checks there is no cycle.
+//! them, and `quota` (the per-address limit `pipeline` puts in front of the ingest routes,
+//! answering in the Kinesis shape on its route) with `pipeline`. `cargo xtask tidy` checks
+//! there is no cycle.
 
 pub mod access;
 pub mod auth;
