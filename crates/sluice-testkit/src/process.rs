@@ -1,7 +1,7 @@
 //! [`SluiceProcess`]: the real `sluice serve` binary in a data directory, on an ephemeral
 //! loopback port, with SIGKILL, SIGTERM and restart for crash tests.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -38,6 +38,90 @@ impl SluiceProcess {
             data_dir: data_dir.to_path_buf(),
             extra,
         })
+    }
+
+    /// Runs `bin serve` as [`SluiceProcess::spawn`] does, expecting it to fail at start: its
+    /// standard error. An error if it reports an address, exits 0, panics, or is still running
+    /// after the start deadline.
+    pub fn expect_start_failure(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        Self::expect_start_failure_without(bin, data_dir, extra, &[])
+    }
+
+    /// [`SluiceProcess::expect_start_failure`] with the environment variables `unset` removed
+    /// (credentials the machine may have, that the config file must not be able to lean on).
+    pub fn expect_start_failure_without(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        unset: &[&str],
+    ) -> anyhow::Result<String> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut cmd = serve_command(bin, data_dir, &extra);
+        for var in unset {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("sluice listening on ") {
+                    let _ = tx.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let err = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
+        });
+        let end = Instant::now() + START_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            let started = rx.try_recv().is_ok();
+            if started || Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                match started {
+                    true => anyhow::bail!("the server started"),
+                    false => anyhow::bail!(
+                        "the server neither started nor failed within {START_DEADLINE:?}"
+                    ),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = out
+            .join()
+            .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
+        let stderr = err
+            .join()
+            .map_err(|_| anyhow::anyhow!("stderr reader panicked"))?;
+        anyhow::ensure!(
+            !stdout.contains("sluice listening on "),
+            "the server started: {stdout}"
+        );
+        anyhow::ensure!(!status.success(), "the server exited 0: {stderr}");
+        anyhow::ensure!(
+            !stderr.contains("panicked"),
+            "the server panicked: {stderr}"
+        );
+        Ok(stderr)
     }
 
     /// `http://ADDR` (`https://ADDR` with `[tls]`).
@@ -119,13 +203,11 @@ impl Drop for SluiceProcess {
     }
 }
 
-fn start(
-    bin: &Path,
-    data_dir: &Path,
-    extra: &[String],
-) -> anyhow::Result<(Child, SocketAddr, &'static str)> {
-    let mut child = Command::new(bin)
-        .arg("serve")
+/// `bin serve --data-dir DIR --http 127.0.0.1:0 --pg 127.0.0.1:0 EXTRA...` (without the `--pg`
+/// when EXTRA has one), with no standard input and its standard output piped.
+fn serve_command(bin: &Path, data_dir: &Path, extra: &[String]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--http", "127.0.0.1:0"])
@@ -136,7 +218,16 @@ fn start(
         })
         .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    cmd
+}
+
+fn start(
+    bin: &Path,
+    data_dir: &Path,
+    extra: &[String],
+) -> anyhow::Result<(Child, SocketAddr, &'static str)> {
+    let mut child = serve_command(bin, data_dir, extra)
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_server::{Config, Running, Server};
+use sluice_server::{Config, Running, Server, Settings};
 
 /// How long a start may be retried: after an in-process shutdown, connection tasks may hold the
 /// journal and the hot store for a moment longer.
@@ -48,6 +48,19 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             toml: toml.to_string(),
             _dir: None,
+        }
+    }
+
+    /// Starts a server on `toml` (as [`TestServer::start`] takes it) in a new temporary
+    /// directory, expecting the start to fail: the error. Panics if the server starts.
+    pub async fn start_error(toml: &str) -> sluice_server::ServerError {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        match Server::start(settings(dir.path(), toml)).await {
+            Ok(running) => {
+                let _ = running.shutdown().await;
+                panic!("the server started on:\n{toml}")
+            }
+            Err(e) => e,
         }
     }
 
@@ -145,14 +158,20 @@ impl TestServer {
     }
 }
 
-async fn start(data_dir: &Path, toml: &str) -> Running {
+/// The settings of `toml` on `data_dir` and ephemeral loopback ports; panics if they are not
+/// valid.
+fn settings(data_dir: &Path, toml: &str) -> Settings {
     let text = format!(
         "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n{toml}",
         data_dir.display().to_string()
     );
-    let settings = Config::from_toml(&text)
+    Config::from_toml(&text)
         .and_then(|c| c.validate())
-        .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        .unwrap_or_else(|e| panic!("config: {e}\n{text}"))
+}
+
+async fn start(data_dir: &Path, toml: &str) -> Running {
+    let settings = settings(data_dir, toml);
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         match Server::start(settings.clone()).await {

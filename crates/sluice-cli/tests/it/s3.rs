@@ -5,8 +5,8 @@
 //! Ignored by default (moto comes from PyPI); run with `--run-ignored all`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use sluice_testkit::moto::{ACCESS_KEY, REGION, SECRET_KEY};
 use sluice_testkit::{Moto, SluiceProcess, wait_until};
@@ -169,37 +169,16 @@ async fn serve_with_an_s3_lake_delivers_queries_and_keeps_up() -> anyhow::Result
     Ok(())
 }
 
-/// Runs `sluice serve` expecting it to fail at start; its stderr.
+/// Runs `sluice serve --config CONFIG` expecting it to fail at start, without the machine's AWS
+/// keys: its stderr.
 fn serve_fails(config: &Path, data: &Path) -> anyhow::Result<String> {
-    let err = tempfile::NamedTempFile::new()?;
-    let mut child = Command::new(BIN)
-        .args(["serve", "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
-        .arg("--config")
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err.reopen()?)
-        .spawn()?;
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("serve did not fail within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = std::fs::read_to_string(err.path())?;
-    anyhow::ensure!(!status.success(), "serve exited 0: {stderr}");
-    anyhow::ensure!(!stderr.contains("panicked"), "serve panicked: {stderr}");
-    Ok(stderr)
+    let config = config.to_str().expect("a UTF-8 path");
+    SluiceProcess::expect_start_failure_without(
+        Path::new(BIN),
+        data,
+        &["--config", config],
+        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

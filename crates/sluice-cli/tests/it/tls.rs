@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -263,42 +263,7 @@ async fn https_only_with_curl_reqwest_and_the_listener_limits() -> anyhow::Resul
 
 /// `sluice serve --config CFG` that must fail: its stderr.
 fn failed_start(data: &Path, cfg: &Path) -> anyhow::Result<String> {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--config")
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::ensure!(!status.success(), "the server exited cleanly");
-            let mut stdout = String::new();
-            child
-                .stdout
-                .take()
-                .context("stdout")?
-                .read_to_string(&mut stdout)?;
-            anyhow::ensure!(!stdout.contains("listening"), "it started: {stdout}");
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .context("stderr")?
-                .read_to_string(&mut stderr)?;
-            return Ok(stderr);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the server started with a bad [tls]");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    SluiceProcess::expect_start_failure(Path::new(BIN), data, &["--config", utf8(cfg)?])
 }
 
 #[test]

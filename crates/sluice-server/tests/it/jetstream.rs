@@ -13,7 +13,6 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde_json::json;
 use sluice_journal::{JetStreamJournal, Journal, JournalBackend, JournalConfig, LocalJournal};
-use sluice_server::{Config, Server};
 use sluice_testkit::NatsServer;
 use sluice_testkit::journal_contract::{self, read_all};
 use sluice_testkit::server::TestServer;
@@ -36,20 +35,6 @@ fn server_toml(nats: &NatsServer) -> String {
         nats.url(),
         nats.monitor_url()
     )
-}
-
-/// Starts a server on `toml` and returns its start-up error.
-async fn start_error(toml: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n{toml}",
-        dir.path().display().to_string()
-    );
-    let settings = Config::from_toml(&text).and_then(|c| c.validate()).unwrap();
-    match Server::start(settings).await {
-        Ok(_) => panic!("the server started"),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,10 +157,11 @@ async fn jetstream_pipeline_delivers_posted_events_to_sql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_start_fails_clearly_without_a_server() {
     let port = sluice_testkit::tools::free_port().unwrap();
-    let err = start_error(&format!(
+    let err = TestServer::start_error(&format!(
         "[journal]\nbackend = \"jetstream\"\n[journal.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\ntimeout = \"1s\"\n"
     ))
-    .await;
+    .await
+    .to_string();
     assert!(
         err.contains("cannot connect to NATS at nats://127.0.0.1:"),
         "{err}"
@@ -196,7 +182,9 @@ async fn jetstream_start_refuses_an_unsafe_stream_and_a_server_without_fsync() {
     })
     .await
     .unwrap();
-    let err = start_error(&server_toml(&nats)).await;
+    let err = TestServer::start_error(&server_toml(&nats))
+        .await
+        .to_string();
     assert!(
         err.contains("sluice_raw_0") && err.contains("max_msgs_per_subject"),
         "{err}"
@@ -825,7 +813,9 @@ async fn a_function_deployed_on_one_node_runs_on_every_runner_node() {
         "{stored}"
     );
     // A runner node without the key cannot run it, and does not start.
-    let e = start_error(&format!("{}node = \"c\"\n", server_toml(&nats))).await;
+    let e = TestServer::start_error(&format!("{}node = \"c\"\n", server_toml(&nats)))
+        .await
+        .to_string();
     assert!(e.contains("secrets_key_file") && e.contains("tier"), "{e}");
     // Events to both nodes, on every partition: each one ran the function, secret opened.
     let users = per_partition("user");
