@@ -145,6 +145,17 @@ fn https_client(pki: &Pki) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// `e` and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// Reads what the server answers to `sent` until it closes the connection (or [`WAIT`] passes).
 fn answer_to(port: u16, sent: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -233,11 +244,22 @@ async fn https_only_with_curl_reqwest_and_the_listener_limits() -> anyhow::Resul
         .json()
         .await?;
     assert_eq!(body["accepted"], 1);
+    // Plain HTTP from reqwest: the connection opens, and what comes back is no HTTP answer.
     let plain = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/health"))
         .send()
-        .await;
-    assert!(plain.is_err(), "{plain:?}");
+        .await
+        .expect_err("plain HTTP is not served");
+    let chain = error_chain(&plain);
+    assert!(
+        plain.is_request() && !plain.is_connect() && !plain.is_timeout(),
+        "{chain}"
+    );
+    assert!(
+        chain.contains("invalid HTTP version parsed")
+            || chain.contains("connection closed before message completed"),
+        "{chain}"
+    );
 
     // A plaintext request gets a TLS alert or a closed connection, never an HTTP answer.
     let got = tokio::task::spawn_blocking(move || {

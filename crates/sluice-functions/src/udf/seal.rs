@@ -288,12 +288,25 @@ mod tests {
         let e = open_all(Some(&keys), "g", &stored).unwrap_err().to_string();
         assert!(e.contains("another function"), "{e}");
         let moved = secrets(&[("OTHER", &stored["API_SALT"])]);
-        assert!(open_all(Some(&keys), "f", &moved).is_err());
+        let e = open_all(Some(&keys), "f", &moved).unwrap_err().to_string();
+        assert!(
+            e.contains("secret \"OTHER\" of function \"f\" cannot be opened")
+                && e.contains("sealed for another function or name"),
+            "{e}"
+        );
+        // A character inside the base64url (its last one may carry only padding bits).
         let mut tampered = stored.clone();
         let v = tampered.get_mut("API_SALT").unwrap();
-        let last = v.pop().unwrap();
-        v.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(open_all(Some(&keys), "f", &tampered).is_err());
+        let at = v.len() - 8;
+        let changed = if &v[at..=at] == "A" { "B" } else { "A" };
+        v.replace_range(at..=at, changed);
+        let e = open_all(Some(&keys), "f", &tampered)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secret \"API_SALT\" of function \"f\" cannot be opened: it was altered"),
+            "{e}"
+        );
         let other_key = keyring(NEW_KEY, &[]);
         let e = open_all(Some(&other_key), "f", &stored)
             .unwrap_err()
@@ -317,8 +330,16 @@ mod tests {
         assert_ne!(new, old);
         assert!(new["K"].contains(rotated.current().id()));
         assert_eq!(open_all(Some(&rotated), "f", &new).unwrap(), given);
-        // The old key alone cannot open what the new one sealed.
-        assert!(open_all(Some(&keyring(KEY, &[])), "f", &new).is_err());
+        // The old key alone cannot open what the new one sealed, and says which key it lacks.
+        let old_only = keyring(KEY, &[]);
+        let e = open_all(Some(&old_only), "f", &new)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("sealed with key {}", rotated.current().id()))
+                && e.contains(&format!("this node has {}", old_only.current().id())),
+            "{e}"
+        );
     }
 
     #[test]

@@ -158,7 +158,10 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert!(toml::from_str::<JetStreamConfig>("url = \"x\"").is_err());
+        let unknown = toml::from_str::<JetStreamConfig>("url = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown field `url`"), "{unknown}");
         for (bad, field) in [
             (r#"urls = []"#, "urls"),
             (r#"urls = ["::"]"#, "urls"),

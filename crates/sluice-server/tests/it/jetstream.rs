@@ -914,10 +914,14 @@ async fn a_shared_map_refuses_a_change_made_from_an_old_view() {
     assert_eq!(log2.lock().unwrap().last().unwrap(), "two f=None");
     assert!(m1.keys().await.is_empty() && m2.keys().await.is_empty());
     // Only the sets and maps there are can be opened.
+    let refused = one.shared_map("anything", Arc::new(|_, _| {})).await;
     assert!(
-        one.shared_map("anything", Arc::new(|_, _| {}))
-            .await
-            .is_err()
+        matches!(
+            &refused,
+            Err(sluice_journal::JournalError::Invalid(m)) if m.contains("\"anything\"")
+        ),
+        "{:?}",
+        refused.err()
     );
 }
 
