@@ -1,5 +1,5 @@
 //! The hot tier and the online models through a running server: profiles, batch get, counters
-//! and predictions over HTTP, ack → visible freshness, bad requests, and a restart that keeps
+//! and predictions over HTTP, every acked event visible, bad requests, and a restart that keeps
 //! profiles and the model (restored from its checkpoint, no double counting).
 
 use std::time::{Duration, Instant};
@@ -167,30 +167,21 @@ async fn profiles_counters_and_predictions_over_http() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 
-    // Freshness: ack → visible in the hot tier, measured (reported, not asserted).
-    let mut delays = Vec::new();
+    // Every acked event becomes visible in the hot tier (how soon is `sluice bench --hot`'s
+    // figure, not a test's).
     for i in 0..20 {
         let user = format!("fresh-{i}");
-        let sent = Instant::now();
         send(
             client,
             base,
             json!({"event": "Product Viewed", "user_id": user}),
         )
         .await;
-        let acked = Instant::now();
         wait_json(client, &format!("{base}/v1/profiles/{user}"), |v| {
             v["events_total"] == 1
         })
         .await;
-        delays.push((acked.elapsed(), acked - sent));
     }
-    delays.sort();
-    println!(
-        "ack -> visible in the hot tier: p50 {:?}, max {:?} (20 events, debug build, polling every 5 ms)",
-        delays[delays.len() / 2].0,
-        delays[delays.len() - 1].0
-    );
 
     let metrics = client
         .get(format!("{base}/metrics"))
