@@ -3,7 +3,7 @@
 //! canonical events from `good` and from SQL, partial failures are reported per record, and
 //! errors have the AWS shape.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -214,10 +214,79 @@ fn shard_of_key(key: &str) -> &'static str {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
-    let (server, api) = start("").await;
+const SHARD0: &str = "shardId-000000000000";
+const SHARD1: &str = "shardId-000000000001";
 
+/// The stream `clicks` (2 shards), holding 30 records with binary data and keys `user-0` to
+/// `user-8`, then one with an explicit hash key in shard 1's range.
+struct Clicks {
+    /// Each record's key and data, in put order.
+    put: Vec<(String, Vec<u8>)>,
+    /// What each put answered (`ShardId`, `SequenceNumber`), in the same order.
+    answers: Vec<Value>,
+}
+
+impl Clicks {
+    async fn create(api: &Api) -> Result<Self, Box<dyn std::error::Error>> {
+        api.ok(
+            "CreateStream",
+            json!({"StreamName": "clicks", "ShardCount": 2}),
+        )
+        .await?;
+        let mut put: Vec<(String, Vec<u8>)> = Vec::new();
+        for i in 0..30u8 {
+            let key = format!("user-{}", i % 9);
+            let data = [&[0u8, 0xff, i][..], format!("payload {i}\n").as_bytes()].concat();
+            put.push((key, data));
+        }
+        let records: Vec<Value> = put
+            .iter()
+            .map(|(k, d)| json!({"Data": b64(d), "PartitionKey": k}))
+            .collect();
+        let out = api
+            .ok(
+                "PutRecords",
+                json!({"StreamName": "clicks", "Records": records}),
+            )
+            .await?;
+        assert_eq!(out["FailedRecordCount"], 0);
+        let mut answers = out["Records"].as_array().ok_or("no Records")?.clone();
+        assert_eq!(answers.len(), 30);
+        let single = api
+            .ok(
+                "PutRecord",
+                json!({"StreamName": "clicks", "Data": b64(b"explicit"), "PartitionKey": "x",
+                       "ExplicitHashKey": "170141183460469231731687303715884105728"}),
+            )
+            .await?;
+        assert_eq!(single["ShardId"], SHARD1);
+        put.push(("x".into(), b"explicit".to_vec()));
+        answers.push(single);
+        Ok(Self { put, answers })
+    }
+}
+
+/// Every record of `clicks`' shard, from TRIM_HORIZON.
+async fn shard_of_clicks(api: &Api, shard: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+    let it = api
+        .iterator("clicks", shard, "TRIM_HORIZON", json!({}))
+        .await?;
+    Ok(api.drain(it).await?.0)
+}
+
+/// The records of shard 0 of `clicks` from an iterator of `kind` with `extra` arguments.
+async fn shard0_from(
+    api: &Api,
+    kind: &str,
+    extra: Value,
+) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+    let it = api.iterator("clicks", SHARD0, kind, extra).await?;
+    Ok(api.drain(it).await?.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_stream_is_created_described_listed_and_deleted() -> TestResult {
+    let (server, api) = start("").await;
     assert_eq!(
         api.ok(
             "CreateStream",
@@ -244,7 +313,7 @@ async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
     assert_eq!(d["HasMoreShards"], false);
     let shards = d["Shards"].as_array().ok_or("no shards")?;
     assert_eq!(shards.len(), 2);
-    assert_eq!(shards[0]["ShardId"], "shardId-000000000000");
+    assert_eq!(shards[0]["ShardId"], SHARD0);
     assert_eq!(shards[0]["HashKeyRange"]["StartingHashKey"], "0");
     assert_eq!(
         shards[0]["HashKeyRange"]["EndingHashKey"],
@@ -274,7 +343,7 @@ async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
     assert_eq!(listed["Shards"].as_array().map(Vec::len), Some(1));
     let next = listed["NextToken"].as_str().ok_or("no NextToken")?;
     let listed = api.ok("ListShards", json!({"NextToken": next})).await?;
-    assert_eq!(listed["Shards"][0]["ShardId"], "shardId-000000000001");
+    assert_eq!(listed["Shards"][0]["ShardId"], SHARD1);
     assert!(listed.get("NextToken").is_none());
     let streams = api.ok("ListStreams", json!({})).await?;
     let names: Vec<&str> = streams["StreamNames"]
@@ -284,192 +353,6 @@ async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(names, ["bad", "clicks", "events", "good", "raw"]);
-
-    // Put 30 records with binary data and varied keys.
-    let mut put: Vec<(String, Vec<u8>)> = Vec::new();
-    for i in 0..30u8 {
-        let key = format!("user-{}", i % 9);
-        let data = [&[0u8, 0xff, i][..], format!("payload {i}\n").as_bytes()].concat();
-        put.push((key, data));
-    }
-    let records: Vec<Value> = put
-        .iter()
-        .map(|(k, d)| json!({"Data": b64(d), "PartitionKey": k}))
-        .collect();
-    let out = api
-        .ok(
-            "PutRecords",
-            json!({"StreamName": "clicks", "Records": records}),
-        )
-        .await?;
-    assert_eq!(out["FailedRecordCount"], 0);
-    let answers = out["Records"].as_array().ok_or("no Records")?;
-    assert_eq!(answers.len(), 30);
-    let mut last_seq: HashMap<String, String> = HashMap::new();
-    for ((key, _), a) in put.iter().zip(answers) {
-        let shard = a["ShardId"].as_str().ok_or("no ShardId")?;
-        assert_eq!(shard, shard_of_key(key), "key {key}");
-        let seq = a["SequenceNumber"]
-            .as_str()
-            .ok_or("no SequenceNumber")?
-            .to_string();
-        if let Some(prev) = last_seq.get(shard) {
-            assert_eq!(prev.len(), seq.len(), "fixed width");
-            assert!(*prev < seq, "sequence numbers increase within a shard");
-        }
-        last_seq.insert(shard.to_string(), seq);
-    }
-
-    // One more with an explicit hash key in shard 1's range.
-    let single = api
-        .ok(
-            "PutRecord",
-            json!({"StreamName": "clicks", "Data": b64(b"explicit"), "PartitionKey": "x",
-                   "ExplicitHashKey": "170141183460469231731687303715884105728"}),
-        )
-        .await?;
-    assert_eq!(single["ShardId"], "shardId-000000000001");
-    put.push(("x".into(), b"explicit".to_vec()));
-    let mut put_answers: Vec<Value> = answers.clone();
-    put_answers.push(single.clone());
-
-    // TRIM_HORIZON reads everything back, per shard in put order, with the same bytes and keys.
-    let mut read_back: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for shard in ["shardId-000000000000", "shardId-000000000001"] {
-        let it = api
-            .iterator("clicks", shard, "TRIM_HORIZON", json!({}))
-            .await?;
-        let (records, _) = api.drain(it).await?;
-        read_back.insert(shard.to_string(), records);
-    }
-    for shard in ["shardId-000000000000", "shardId-000000000001"] {
-        let expected: Vec<(&str, &[u8], &str)> = put
-            .iter()
-            .zip(&put_answers)
-            .filter(|(_, a)| a["ShardId"] == shard)
-            .map(|((k, d), a)| {
-                (
-                    k.as_str(),
-                    d.as_slice(),
-                    a["SequenceNumber"].as_str().unwrap_or(""),
-                )
-            })
-            .collect();
-        let got = &read_back[shard];
-        assert_eq!(got.len(), expected.len(), "{shard}");
-        for (r, (key, data, seq)) in got.iter().zip(&expected) {
-            assert_eq!(r["PartitionKey"], *key);
-            assert_eq!(unb64(&r["Data"]), *data);
-            assert_eq!(r["SequenceNumber"], *seq);
-            assert!(
-                r["ApproximateArrivalTimestamp"]
-                    .as_f64()
-                    .is_some_and(|t| t > 1.7e9)
-            );
-        }
-    }
-
-    // AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER.
-    let shard0 = &read_back["shardId-000000000000"];
-    assert!(shard0.len() >= 3, "enough records in shard 0");
-    let second = shard0[1]["SequenceNumber"].as_str().ok_or("seq")?;
-    let it = api
-        .iterator(
-            "clicks",
-            "shardId-000000000000",
-            "AT_SEQUENCE_NUMBER",
-            json!({"StartingSequenceNumber": second}),
-        )
-        .await?;
-    let (at, _) = api.drain(it).await?;
-    assert_eq!(at, shard0[1..]);
-    let it = api
-        .iterator(
-            "clicks",
-            "shardId-000000000000",
-            "AFTER_SEQUENCE_NUMBER",
-            json!({"StartingSequenceNumber": second}),
-        )
-        .await?;
-    let (after, _) = api.drain(it).await?;
-    assert_eq!(after, shard0[2..]);
-
-    // AT_TIMESTAMP: exactly the records that arrived at or after the time.
-    let ts = shard0[2]["ApproximateArrivalTimestamp"]
-        .as_f64()
-        .ok_or("ts")?;
-    let it = api
-        .iterator(
-            "clicks",
-            "shardId-000000000000",
-            "AT_TIMESTAMP",
-            json!({"Timestamp": ts}),
-        )
-        .await?;
-    let (since, _) = api.drain(it).await?;
-    let expected: Vec<&Value> = shard0
-        .iter()
-        .filter(|r| {
-            r["ApproximateArrivalTimestamp"]
-                .as_f64()
-                .is_some_and(|t| t >= ts)
-        })
-        .collect();
-    assert_eq!(since.iter().collect::<Vec<_>>(), expected);
-    let it = api
-        .iterator(
-            "clicks",
-            "shardId-000000000000",
-            "AT_TIMESTAMP",
-            json!({"Timestamp": 0}),
-        )
-        .await?;
-    assert_eq!(&api.drain(it).await?.0, shard0);
-    let it = api
-        .iterator(
-            "clicks",
-            "shardId-000000000000",
-            "AT_TIMESTAMP",
-            json!({"Timestamp": 4.0e9}),
-        )
-        .await?;
-    assert!(api.drain(it).await?.0.is_empty());
-
-    // LATEST sees only what is put afterwards; the last NextShardIterator keeps working.
-    let latest = api
-        .iterator("clicks", "shardId-000000000001", "LATEST", json!({}))
-        .await?;
-    let (none, it) = api.drain(latest).await?;
-    assert!(none.is_empty());
-    let later = api
-        .ok(
-            "PutRecord",
-            json!({"StreamName": "clicks", "Data": b64(b"later"), "PartitionKey": "y",
-                   "ExplicitHashKey": "340282366920938463463374607431768211455"}),
-        )
-        .await?;
-    let (got, _) = api.drain(it).await?;
-    assert_eq!(got.len(), 1);
-    assert_eq!(unb64(&got[0]["Data"]), b"later");
-    assert_eq!(got[0]["SequenceNumber"], later["SequenceNumber"]);
-
-    // Limit is honoured.
-    let it = api
-        .iterator("clicks", "shardId-000000000000", "TRIM_HORIZON", json!({}))
-        .await?;
-    let page = api
-        .ok("GetRecords", json!({"ShardIterator": it, "Limit": 2}))
-        .await?;
-    assert_eq!(page["Records"].as_array().map(Vec::len), Some(2));
-    assert!(page["MillisBehindLatest"].is_u64());
-
-    // Bad sequence numbers and shards.
-    api.fails(
-        "GetShardIterator",
-        json!({"StreamName": "clicks", "ShardId": "shardId-000000000000", "ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": "12"}),
-        "InvalidArgumentException",
-    )
-    .await?;
     api.fails(
         "GetShardIterator",
         json!({"StreamName": "clicks", "ShardId": "shardId-000000000002", "ShardIteratorType": "LATEST"}),
@@ -488,6 +371,161 @@ async fn user_stream_round_trips_bytes_and_keys() -> TestResult {
         "ResourceNotFoundException",
     )
     .await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_goes_to_its_keys_shard_and_sequence_numbers_rise_within_one() -> TestResult {
+    let (server, api) = start("").await;
+    let clicks = Clicks::create(&api).await?;
+    let mut last_seq: HashMap<String, String> = HashMap::new();
+    for ((key, _), a) in clicks.put.iter().zip(&clicks.answers).take(30) {
+        let shard = a["ShardId"].as_str().ok_or("no ShardId")?;
+        assert_eq!(shard, shard_of_key(key), "key {key}");
+        let seq = a["SequenceNumber"]
+            .as_str()
+            .ok_or("no SequenceNumber")?
+            .to_string();
+        if let Some(prev) = last_seq.get(shard) {
+            assert_eq!(prev.len(), seq.len(), "fixed width");
+            assert!(*prev < seq, "sequence numbers increase within a shard");
+        }
+        last_seq.insert(shard.to_string(), seq);
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_horizon_reads_back_each_shard_in_put_order_with_the_same_bytes_and_keys() -> TestResult
+{
+    let (server, api) = start("").await;
+    let clicks = Clicks::create(&api).await?;
+    for shard in [SHARD0, SHARD1] {
+        let expected: Vec<(&str, &[u8], &str)> = clicks
+            .put
+            .iter()
+            .zip(&clicks.answers)
+            .filter(|(_, a)| a["ShardId"] == shard)
+            .map(|((k, d), a)| {
+                (
+                    k.as_str(),
+                    d.as_slice(),
+                    a["SequenceNumber"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        let got = shard_of_clicks(&api, shard).await?;
+        assert_eq!(got.len(), expected.len(), "{shard}");
+        for (r, (key, data, seq)) in got.iter().zip(&expected) {
+            assert_eq!(r["PartitionKey"], *key);
+            assert_eq!(unb64(&r["Data"]), *data);
+            assert_eq!(r["SequenceNumber"], *seq);
+            assert!(
+                r["ApproximateArrivalTimestamp"]
+                    .as_f64()
+                    .is_some_and(|t| t > 1.7e9)
+            );
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_number_iterators_start_at_or_after_a_record() -> TestResult {
+    let (server, api) = start("").await;
+    Clicks::create(&api).await?;
+    let shard0 = shard_of_clicks(&api, SHARD0).await?;
+    assert!(shard0.len() >= 3, "enough records in shard 0");
+    let second = shard0[1]["SequenceNumber"].as_str().ok_or("seq")?;
+    let at = shard0_from(
+        &api,
+        "AT_SEQUENCE_NUMBER",
+        json!({"StartingSequenceNumber": second}),
+    )
+    .await?;
+    assert_eq!(at, shard0[1..]);
+    let after = shard0_from(
+        &api,
+        "AFTER_SEQUENCE_NUMBER",
+        json!({"StartingSequenceNumber": second}),
+    )
+    .await?;
+    assert_eq!(after, shard0[2..]);
+    // A sequence number the shard never gave.
+    api.fails(
+        "GetShardIterator",
+        json!({"StreamName": "clicks", "ShardId": SHARD0, "ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": "12"}),
+        "InvalidArgumentException",
+    )
+    .await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_timestamp_reads_exactly_the_records_that_arrived_at_or_after_it() -> TestResult {
+    let (server, api) = start("").await;
+    Clicks::create(&api).await?;
+    let shard0 = shard_of_clicks(&api, SHARD0).await?;
+    assert!(shard0.len() >= 3, "enough records in shard 0");
+    let ts = shard0[2]["ApproximateArrivalTimestamp"]
+        .as_f64()
+        .ok_or("ts")?;
+    let since = shard0_from(&api, "AT_TIMESTAMP", json!({"Timestamp": ts})).await?;
+    let expected: Vec<&Value> = shard0
+        .iter()
+        .filter(|r| {
+            r["ApproximateArrivalTimestamp"]
+                .as_f64()
+                .is_some_and(|t| t >= ts)
+        })
+        .collect();
+    assert_eq!(since.iter().collect::<Vec<_>>(), expected);
+    let all = shard0_from(&api, "AT_TIMESTAMP", json!({"Timestamp": 0})).await?;
+    assert_eq!(all, shard0);
+    let future = shard0_from(&api, "AT_TIMESTAMP", json!({"Timestamp": 4.0e9})).await?;
+    assert!(future.is_empty());
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_sees_only_later_records_and_its_last_iterator_keeps_working() -> TestResult {
+    let (server, api) = start("").await;
+    Clicks::create(&api).await?;
+    let latest = api.iterator("clicks", SHARD1, "LATEST", json!({})).await?;
+    let (none, it) = api.drain(latest).await?;
+    assert!(none.is_empty());
+    let later = api
+        .ok(
+            "PutRecord",
+            json!({"StreamName": "clicks", "Data": b64(b"later"), "PartitionKey": "y",
+                   "ExplicitHashKey": "340282366920938463463374607431768211455"}),
+        )
+        .await?;
+    let (got, _) = api.drain(it).await?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(unb64(&got[0]["Data"]), b"later");
+    assert_eq!(got[0]["SequenceNumber"], later["SequenceNumber"]);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_records_honours_its_limit() -> TestResult {
+    let (server, api) = start("").await;
+    Clicks::create(&api).await?;
+    let it = api
+        .iterator("clicks", SHARD0, "TRIM_HORIZON", json!({}))
+        .await?;
+    let page = api
+        .ok("GetRecords", json!({"ShardIterator": it, "Limit": 2}))
+        .await?;
+    assert_eq!(page["Records"].as_array().map(Vec::len), Some(2));
+    assert!(page["MillisBehindLatest"].is_u64());
     server.shutdown().await;
     Ok(())
 }
@@ -541,12 +579,11 @@ async fn sql(client: &reqwest::Client, base: &str, query: &str) -> Result<Vec<Va
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResult {
-    let (server, api) = start("").await;
-
-    // Ten JSON events through the alias (one with a trailing newline, one with a duplicate
-    // id), and one record that is not JSON.
+/// Ten JSON events through the alias `events` (one with a trailing newline, one with a
+/// duplicate id put again through `raw`) and one record that is not JSON; then three events
+/// through Firehose's `PutRecordBatch` and one through its `PutRecord`. Checks every answer;
+/// the Kinesis answers, in put order.
+async fn put_into_the_pipeline(api: &Api) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
     let mut records: Vec<Value> = (0..10)
         .map(|i| {
             let event = json!({"event": "Page Viewed", "event_id": format!("k-{i}"),
@@ -590,7 +627,6 @@ async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResu
     assert_eq!(again["ShardId"], answers[3]["ShardId"]);
     assert_eq!(again["SequenceNumber"], answers[3]["SequenceNumber"]);
 
-    // Firehose into the same pipeline.
     let batch: Vec<Value> = (0..3)
         .map(|i| json!({"Data": b64(format!("{}\n", json!({"event": "Signed Up", "event_id": format!("f-{i}")})).as_bytes())}))
         .collect();
@@ -619,17 +655,39 @@ async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResu
         .await?;
     assert_eq!(one.status, 200, "{}", one.body);
     assert!(one.body["RecordId"].as_str().is_some_and(|s| !s.is_empty()));
+    Ok(answers)
+}
 
-    // A Kinesis consumer reads the canonical events from good.
+/// Waits until `stream` holds at least `n` records: all of them.
+async fn records_of(
+    api: &Api,
+    stream: &'static str,
+    n: usize,
+) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
     let reader = api.clone();
-    let good = eventually("14 canonical events in good", move || {
+    eventually(&format!("{n} records in {stream}"), move || {
         let api = reader.clone();
         Box::pin(async move {
-            let all = read_all(&api, "good").await.map_err(|e| e.to_string())?;
-            Ok((all.len() >= 14).then_some(all))
+            let all = read_all(&api, stream).await.map_err(|e| e.to_string())?;
+            Ok((all.len() >= n).then_some(all))
         })
     })
-    .await?;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_and_firehose_puts_into_the_pipeline_answer_per_record() -> TestResult {
+    let (server, api) = start("").await;
+    put_into_the_pipeline(&api).await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_consumer_reads_the_canonical_events_from_good() -> TestResult {
+    let (server, api) = start("").await;
+    put_into_the_pipeline(&api).await?;
+    let good = records_of(&api, "good", 14).await?;
     assert_eq!(good.len(), 14);
     let mut seen: Vec<String> = Vec::new();
     for r in &good {
@@ -654,24 +712,28 @@ async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResu
         .collect();
     expected.sort();
     assert_eq!(seen, expected);
+    server.shutdown().await;
+    Ok(())
+}
 
-    // The record that is not JSON is a parse bad row that keeps its bytes.
-    let reader = api.clone();
-    let bad = eventually("a bad row", move || {
-        let api = reader.clone();
-        Box::pin(async move {
-            let all = read_all(&api, "bad").await.map_err(|e| e.to_string())?;
-            Ok((!all.is_empty()).then_some(all))
-        })
-    })
-    .await?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_is_not_json_is_a_parse_bad_row_that_keeps_its_bytes() -> TestResult {
+    let (server, api) = start("").await;
+    put_into_the_pipeline(&api).await?;
+    let bad = records_of(&api, "bad", 1).await?;
     assert_eq!(bad.len(), 1);
     let row: Value = serde_json::from_slice(&unb64(&bad[0]["Data"]))?;
     assert_eq!(row["kind"], "parse");
     assert_eq!(row["payload"]["payload"], b64(b"\x00not json"));
     assert_eq!(row["payload"]["partition_key"], "bin");
+    server.shutdown().await;
+    Ok(())
+}
 
-    // And the lake has them for SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_put_into_the_pipeline_are_in_the_lake_for_sql() -> TestResult {
+    let (server, api) = start("").await;
+    put_into_the_pipeline(&api).await?;
     let client = server.client.clone();
     let base = server.url("/");
     let rows = eventually("14 events in the lake", move || {
@@ -697,8 +759,13 @@ async fn records_put_into_the_pipeline_come_back_from_good_and_sql() -> TestResu
         .ok_or("k-1 missing")?;
     assert_eq!(k1["event"], "Page Viewed");
     assert_eq!(k1["user_id"], "u1");
+    server.shutdown().await;
+    Ok(())
+}
 
-    // The pipeline's outputs are read-only and its streams cannot be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipelines_streams_are_read_only_and_cannot_be_deleted() -> TestResult {
+    let (server, api) = start("").await;
     api.fails(
         "PutRecord",
         json!({"StreamName": "good", "Data": b64(b"{}"), "PartitionKey": "k"}),
@@ -995,14 +1062,7 @@ async fn the_sigv4_access_key_id_is_the_write_key() -> TestResult {
         .await?;
     assert!(out["SequenceNumber"].is_string());
     // The event is stored under the key's source.
-    let good = eventually("the event in good", move || {
-        let api = reader.clone();
-        Box::pin(async move {
-            let all = read_all(&api, "good").await.map_err(|e| e.to_string())?;
-            Ok((!all.is_empty()).then_some(all))
-        })
-    })
-    .await?;
+    let good = records_of(&reader, "good", 1).await?;
     let event: Value = serde_json::from_slice(&unb64(&good[0]["Data"]))?;
     assert_eq!(event["source"], "shop");
     assert_eq!(event["event_id"], "sig-1");

@@ -1,6 +1,6 @@
 //! The Segment HTTP Tracking API through a running server: every route, the three ways to
-//! present a write key, gzip, limits, per-source dedupe and clock-skew correction, checked
-//! against what lands in the `events` table.
+//! present a write key (none of them kept), gzip, limits, per-source dedupe and clock-skew
+//! correction, checked against what lands in the `events` table.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -35,14 +35,9 @@ fn basic(key: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segment_routes_keys_and_rules_land_exactly_in_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_in(dir.path(), &config()).await;
-    let (c, base) = (&server.client, &server.base);
-    let post = |path: &str| c.post(format!("{base}{path}"));
-
-    // Basic auth on /v1/batch, with shared context and sentAt (analytics-node's shape).
+/// Basic auth on /v1/batch, with shared context and sentAt (analytics-node's shape): `seg-1`
+/// and `seg-2` accepted under `web`, `seg-bad` (a track without an event) refused.
+async fn post_batch_with_basic_auth(server: &TestServer) {
     let batch = json!({
         "batch": [
             {"type":"identify","messageId":"seg-1","userId":"u1","traits":{"plan":"pro"},
@@ -54,7 +49,9 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
         "context": {"library": {"name": "analytics-node", "version": "3.1.0"}},
         "sentAt": "2026-11-01T10:00:02.000Z"
     });
-    let r = post("/v1/batch")
+    let r = server
+        .client
+        .post(server.url("/v1/batch"))
         .header("authorization", basic(WEB_KEY))
         .json(&batch)
         .send()
@@ -65,8 +62,11 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
     assert_eq!(a["success"], true);
     assert_eq!(a["accepted"], 2);
     assert_eq!(a["rejected"][0]["index"], 2);
+}
 
-    // writeKey in a text/plain body (analytics.js, analytics-python), on the short routes.
+/// writeKey in a text/plain body (analytics.js, analytics-python), on each short route, from
+/// a page on another origin: `seg-3` to `seg-7` under `app`.
+async fn post_short_routes_with_the_key_in_the_body(server: &TestServer) {
     for (path, body) in [
         (
             "/v1/t",
@@ -89,7 +89,9 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
             json!({"writeKey":APP_KEY,"messageId":"seg-7","userId":"u2","previousId":"a2"}),
         ),
     ] {
-        let r = post(path)
+        let r = server
+            .client
+            .post(server.url(path))
             .header("content-type", "text/plain")
             .header("origin", "https://shop.example.com")
             .body(body.to_string())
@@ -103,9 +105,11 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
         );
         assert_eq!(r.headers()["access-control-allow-credentials"], "true");
     }
+}
 
-    // Bearer token and gzip on /v1/import; the same messageId again under another source is
-    // not a duplicate (dedupe is per source), under the same source it is.
+/// A bearer token and a gzip body on /v1/import: `seg-3` under `web`; its answer's
+/// `(accepted, duplicates)`.
+async fn import_gzip_with_a_bearer_token(server: &TestServer) -> (Option<u64>, Option<u64>) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(
         json!({"batch":[{"type":"track","messageId":"seg-3","userId":"u3","event":"Signed Up"}]})
@@ -113,7 +117,9 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
             .as_bytes(),
     )
     .unwrap();
-    let r = post("/v1/import")
+    let r = server
+        .client
+        .post(server.url("/v1/import"))
         .header("authorization", format!("Bearer {WEB_KEY}"))
         .header("content-encoding", "gzip")
         .body(gz.finish().unwrap())
@@ -122,11 +128,87 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let a: Value = r.json().await.unwrap();
+    (a["accepted"].as_u64(), a["duplicates"].as_u64())
+}
+
+/// Waits for `want.len()` rows in `events`, then asserts they are exactly `want` as
+/// `(source, event_id, event_type, event)`, ordered by source and id; the rows.
+async fn events_exactly(server: &TestServer, want: &[(&str, &str, &str, &str)]) -> Vec<Value> {
+    let rows = sql_rows(
+        &server.client,
+        &server.base,
+        "SELECT event_id, source, event_type, event, user_id, anonymous_id, properties, context, \
+         CAST(timestamp AS BIGINT) AS ts, CAST(received_at AS BIGINT) AS rx \
+         FROM events ORDER BY source, event_id",
+        want.len(),
+    )
+    .await;
+    let got: Vec<[&str; 4]> = rows
+        .iter()
+        .map(|r| ["source", "event_id", "event_type", "event"].map(|c| r[c].as_str().unwrap()))
+        .collect();
+    let want: Vec<[&str; 4]> = want.iter().map(|&(a, b, c, d)| [a, b, c, d]).collect();
+    assert_eq!(got, want);
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_basic_auth_lands_with_its_context_and_the_clock_skew_corrected() {
+    let server = TestServer::start(&config()).await;
+    post_batch_with_basic_auth(&server).await;
+    let rows = events_exactly(
+        &server,
+        &[
+            ("web", "seg-1", "identify", "identify"),
+            ("web", "seg-2", "track", "Added To Cart"),
+        ],
+    )
+    .await;
+    let cart = &rows[1];
+    let props: Value = serde_json::from_str(cart["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(props, json!({"sku":"P-42","qty":2}));
+    let ctx: Value = serde_json::from_str(cart["context"].as_str().unwrap()).unwrap();
+    assert_eq!(ctx["library"]["name"], "analytics-node");
+    assert_eq!(ctx["ip"], "127.0.0.1");
+    // Sent 1 s after it happened by the client's clock: 1 s before it was received.
+    let skew = cart["rx"].as_i64().unwrap() - cart["ts"].as_i64().unwrap();
+    assert_eq!(skew, 1_000_000);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_short_route_takes_the_key_in_a_text_plain_body() {
+    let server = TestServer::start(&config()).await;
+    post_short_routes_with_the_key_in_the_body(&server).await;
+    let rows = events_exactly(
+        &server,
+        &[
+            ("app", "seg-3", "track", "Signed Up"),
+            ("app", "seg-4", "page", "Pricing"),
+            ("app", "seg-5", "screen", "Home"),
+            ("app", "seg-6", "group", "group"),
+            ("app", "seg-7", "alias", "alias"),
+        ],
+    )
+    .await;
+    let group = &rows[3];
+    assert!(group["properties"].as_str().unwrap().contains("g1"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_id_is_a_duplicate_under_the_same_source_only() {
+    let server = TestServer::start(&config()).await;
+    post_short_routes_with_the_key_in_the_body(&server).await;
+    // `seg-3` again, under `web`: not a duplicate.
     assert_eq!(
-        (a["accepted"].as_u64(), a["duplicates"].as_u64()),
+        import_gzip_with_a_bearer_token(&server).await,
         (Some(1), Some(0))
     );
-    let r = post("/v1/track")
+    // Under `app` again: a duplicate.
+    let r = server
+        .client
+        .post(server.url("/v1/track"))
         .json(&json!({"writeKey":APP_KEY,"messageId":"seg-3","userId":"u2","event":"Signed Up"}))
         .send()
         .await
@@ -136,60 +218,38 @@ async fn segment_routes_keys_and_rules_land_exactly_in_events() {
         (a["accepted"].as_u64(), a["duplicates"].as_u64()),
         (Some(0), Some(1))
     );
+    let seg3 = server
+        .sql_rows(
+            "SELECT source FROM events WHERE event_id = 'seg-3' ORDER BY source",
+            2,
+        )
+        .await;
+    assert_eq!(seg3, [json!({"source": "app"}), json!({"source": "web"})]);
+    server.shutdown().await;
+}
 
-    // Exactly these rows, with the right sources, types, names and ids.
-    let rows = sql_rows(
-        c,
-        base,
-        "SELECT event_id, source, event_type, event, user_id, anonymous_id, properties, context, \
-         CAST(timestamp AS BIGINT) AS ts, CAST(received_at AS BIGINT) AS rx \
-         FROM events ORDER BY source, event_id",
-        8,
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_key_is_kept_in_the_lake_or_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), &config()).await;
+    // Each way to present a key: basic auth, the body, a bearer token.
+    post_batch_with_basic_auth(&server).await;
+    post_short_routes_with_the_key_in_the_body(&server).await;
+    import_gzip_with_a_bearer_token(&server).await;
+    events_exactly(
+        &server,
+        &[
+            ("app", "seg-3", "track", "Signed Up"),
+            ("app", "seg-4", "page", "Pricing"),
+            ("app", "seg-5", "screen", "Home"),
+            ("app", "seg-6", "group", "group"),
+            ("app", "seg-7", "alias", "alias"),
+            ("web", "seg-1", "identify", "identify"),
+            ("web", "seg-2", "track", "Added To Cart"),
+            ("web", "seg-3", "track", "Signed Up"),
+        ],
     )
     .await;
-    let got: Vec<(String, String, String, String)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["source"].as_str().unwrap().to_string(),
-                r["event_id"].as_str().unwrap().to_string(),
-                r["event_type"].as_str().unwrap().to_string(),
-                r["event"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, String, String, String)> = [
-        ("app", "seg-3", "track", "Signed Up"),
-        ("app", "seg-4", "page", "Pricing"),
-        ("app", "seg-5", "screen", "Home"),
-        ("app", "seg-6", "group", "group"),
-        ("app", "seg-7", "alias", "alias"),
-        ("web", "seg-1", "identify", "identify"),
-        ("web", "seg-2", "track", "Added To Cart"),
-        ("web", "seg-3", "track", "Signed Up"),
-    ]
-    .iter()
-    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
-    .collect();
-    assert_eq!(got, want);
-    let by_id = |src: &str, id: &str| {
-        rows.iter()
-            .find(|r| r["source"] == src && r["event_id"] == id)
-            .unwrap()
-            .clone()
-    };
-    let cart = by_id("web", "seg-2");
-    let props: Value = serde_json::from_str(cart["properties"].as_str().unwrap()).unwrap();
-    assert_eq!(props, json!({"sku":"P-42","qty":2}));
-    let ctx: Value = serde_json::from_str(cart["context"].as_str().unwrap()).unwrap();
-    assert_eq!(ctx["library"]["name"], "analytics-node");
-    assert_eq!(ctx["ip"], "127.0.0.1");
-    // Sent 1 s after it happened by the client's clock: 1 s before it was received.
-    let skew = cart["rx"].as_i64().unwrap() - cart["ts"].as_i64().unwrap();
-    assert_eq!(skew, 1_000_000);
-    let group = by_id("app", "seg-6");
-    assert!(group["properties"].as_str().unwrap().contains("g1"));
-    // No write key anywhere in the lake or the journal.
     let all = server.sql("SELECT * FROM events").await;
     let text = serde_json::to_string(&all).unwrap();
     assert!(!text.contains(WEB_KEY) && !text.contains(APP_KEY));

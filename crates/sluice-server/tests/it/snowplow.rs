@@ -1,7 +1,9 @@
-//! The Snowplow tracker protocol end to end in one process: a POST batch, GET pixels (through a
-//! path alias too), `SP-Anonymous`, the CORS preflight and the `sp` cookie, checked by the
-//! answers and by exactly the expected rows in `events` and `bad_rows` through `POST /v1/sql`.
+//! The Snowplow tracker protocol end to end in one process, one route or rule per test: a POST
+//! batch, GET pixels (through a path alias too), `SP-Anonymous`, app ids, the CORS preflight and
+//! the `sp` cookie, each checked by its answers and by exactly the expected rows in `events` and
+//! `bad_rows` through `POST /v1/sql`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -80,9 +82,9 @@ async fn wait_rows(
     .expect("rows in time")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snowplow_post_batch_and_pixels_land_in_events() {
-    let server = TestServer::start(&format!(
+/// A server with an alias for each route and the source `web` for the app id `shop`.
+async fn start() -> TestServer {
+    TestServer::start(&format!(
         r#"
 [lake]
 flush_interval = "100ms"
@@ -95,13 +97,77 @@ name = "web"
 snowplow_app_ids = ["shop"]
 "#
     ))
-    .await;
-    let (client, base) = (&server.client, &server.base);
+    .await
+}
 
-    // CORS preflight, on the canonical path and an alias.
+/// An `events` row with its `properties` and `context` parsed.
+struct Row {
+    row: Value,
+    props: Value,
+    ctx: Value,
+}
+
+/// Waits until `events` holds `ids.len()` rows, then asserts they are exactly `ids` (sorted),
+/// all from the source `web`; the rows by event id.
+async fn events_exactly(server: &TestServer, ids: &[&str]) -> BTreeMap<String, Row> {
+    let n = ids.len() as u64;
+    wait_rows(
+        &server.client,
+        &server.base,
+        "SELECT count(*) AS n FROM events",
+        move |rows| rows.first().and_then(|r| r["n"].as_u64()) >= Some(n),
+    )
+    .await;
+    let rows = sql(
+        &server.client,
+        &server.base,
+        "SELECT event_id, event_type, event, source, user_id, anonymous_id, timestamp, sent_at, \
+         properties, context FROM events ORDER BY event_id",
+    )
+    .await
+    .unwrap();
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids);
+    rows.into_iter()
+        .map(|row| {
+            assert_eq!(row["source"], "web", "{row}");
+            let props = serde_json::from_str(row["properties"].as_str().unwrap()).unwrap();
+            let ctx = serde_json::from_str(row["context"].as_str().unwrap()).unwrap();
+            let id = row["event_id"].as_str().unwrap().to_string();
+            (id, Row { row, props, ctx })
+        })
+        .collect()
+}
+
+/// Waits until `bad_rows` holds `expected.len()` rows, then asserts they are exactly these
+/// `(event id, words of the reason)`, each a `parse` bad row.
+async fn bad_rows_exactly(server: &TestServer, expected: &[(&str, &str)]) {
+    let n = expected.len();
+    let bad = wait_rows(
+        &server.client,
+        &server.base,
+        "SELECT event_id, kind, reason, source FROM bad_rows ORDER BY event_id",
+        move |rows| rows.len() >= n,
+    )
+    .await;
+    assert_eq!(bad.len(), n, "{bad:?}");
+    for (row, (id, needle)) in bad.iter().zip(expected) {
+        assert_eq!(row["event_id"], *id);
+        assert_eq!(row["kind"], "parse");
+        assert!(row["reason"].as_str().unwrap().contains(needle), "{row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_allows_the_tracker_on_the_canonical_path_and_an_alias() {
+    let server = start().await;
     for path in [TP2, "/com.acme/track"] {
-        let resp = client
-            .request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+        let resp = server
+            .client
+            .request(reqwest::Method::OPTIONS, server.url(path))
             .header("origin", ORIGIN)
             .header("access-control-request-method", "POST")
             .header(
@@ -122,10 +188,13 @@ snowplow_app_ids = ["shop"]
         assert!(!header(&resp, "access-control-max-age").is_empty());
         assert!(resp.headers().get("set-cookie").is_none());
     }
+    server.shutdown().await;
+}
 
-    // A POST batch: every event type, one event the collector refuses (no `e`), and one it
-    // accepts that the runner cannot read (a structured event without an action).
-    let batch = payload(json!([
+/// A POST batch of every event type, one event the collector refuses (no `e`), and one it
+/// accepts that the runner cannot read (a structured event without an action).
+fn every_event_type() -> String {
+    payload(json!([
         {"e":"pv","eid":"sp-pv","url":"https://shop.example.com/p/42?color=red","page":"Product 42",
          "refr":"https://www.google.com/search?q=shoes","aid":"shop","p":"web","tv":"js-4.1.0",
          "tna":"sp1","dtm":"1731000000000","stm":"1731000000123","duid":"d-1","sid":"s-1","vid":"3",
@@ -138,245 +207,51 @@ snowplow_app_ids = ["shop"]
         {"e":"ti","eid":"sp-ti","aid":"shop","ti_id":"o-1","ti_sk":"P-42","ti_pr":"49.75","ti_qu":"2"},
         {"url":"https://no-event-type"},
         {"e":"se","eid":"sp-bad","aid":"shop","se_ca":"shop"}
-    ]));
-    for attempt in 0..2 {
-        let resp = client
-            .post(format!("{base}{TP2}"))
-            .header("origin", ORIGIN)
-            .header("content-type", "application/json; charset=utf-8")
-            .header("cookie", format!("other=1; sp={COOKIE_ID}"))
-            .header("user-agent", "Mozilla/5.0 test")
-            .body(batch.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "attempt {attempt}");
-        assert_eq!(header(&resp, "content-type"), "text/plain; charset=utf-8");
-        assert_eq!(header(&resp, "access-control-allow-origin"), ORIGIN);
-        assert_eq!(header(&resp, "access-control-allow-credentials"), "true");
-        let cookie = header(&resp, "set-cookie").to_string();
-        assert!(
-            cookie.starts_with(&format!("sp={COOKIE_ID}; Expires="))
-                && cookie.contains("; Path=/; SameSite=None; Secure; HttpOnly"),
-            "{cookie}"
-        );
-        assert_eq!(resp.text().await.unwrap(), "ok");
-    }
+    ]))
+}
 
-    // A pixel without a cookie: a new UUIDv4 cookie, recorded as the network user id.
-    let resp = client
-        .get(format!(
-            "{base}/i?e=pv&eid=sp-get&aid=shop&page=Pixel+Page&url=https%3A%2F%2Fshop.example.com%2Fpixel"
-        ))
-        .header("user-agent", "pixel-test/1")
+/// Posts [`every_event_type`] with the `sp` cookie, as a browser on [`ORIGIN`] does, and checks
+/// the answer: `ok`, CORS for the origin, and the cookie renewed.
+async fn post_every_event_type(server: &TestServer) {
+    let resp = server
+        .client
+        .post(server.url(TP2))
+        .header("origin", ORIGIN)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("cookie", format!("other=1; sp={COOKIE_ID}"))
+        .header("user-agent", "Mozilla/5.0 test")
+        .body(every_event_type())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "content-type"), "image/gif");
-    assert_eq!(
-        header(&resp, "cache-control"),
-        "no-cache, no-store, must-revalidate"
-    );
-    assert_eq!(header(&resp, "access-control-allow-origin"), "*");
-    let new_id = sp_cookie(&resp).expect("a new sp cookie");
-    assert_eq!(uuid::Uuid::parse_str(&new_id).unwrap().get_version_num(), 4);
-    assert_eq!(hex::encode(resp.bytes().await.unwrap()), GIF_HEX);
-
-    // HEAD on the other pixel path, with no event: the GIF headers, nothing stored.
-    let resp = client.head(format!("{base}/ice.png")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "content-type"), "image/gif");
-
-    // The pixel alias, with the network user id in `nuid` and base64 contexts.
-    let cx = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(CO);
-    let resp = client
-        .get(format!(
-            "{base}/acme/p.gif?e=se&se_ac=alias-click&eid=sp-alias-get&aid=shop&nuid=n-from-query&cx={cx}"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "content-type"), "image/gif");
-    assert_eq!(sp_cookie(&resp).as_deref(), Some("n-from-query"));
-
-    // The POST alias, as text/plain (sendBeacon), with a base64 self-describing event.
-    let resp = client
-        .post(format!("{base}/com.acme/track"))
-        .header("content-type", "text/plain;charset=UTF-8")
-        .body(payload(
-            json!([{"e":"ue","eid":"sp-alias-post","aid":"shop","ue_px":UE_PX,"duid":"d-2"}]),
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "ok");
-
-    // SP-Anonymous: no IP, an all-zero network user id, and the existing cookie expired.
-    let resp = client
-        .get(format!("{base}/i?e=pv&eid=sp-anon&aid=shop"))
-        .header("sp-anonymous", "*")
-        .header("cookie", format!("sp={COOKIE_ID}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let cookie = header(&resp, "set-cookie");
+    assert_eq!(header(&resp, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(header(&resp, "access-control-allow-origin"), ORIGIN);
+    assert_eq!(header(&resp, "access-control-allow-credentials"), "true");
+    let cookie = header(&resp, "set-cookie").to_string();
     assert!(
-        cookie.starts_with("sp=; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+        cookie.starts_with(&format!("sp={COOKIE_ID}; Expires="))
+            && cookie.contains("; Path=/; SameSite=None; Secure; HttpOnly"),
         "{cookie}"
     );
-    // Without a cookie, SP-Anonymous sets none.
-    let resp = client
-        .get(format!("{base}/ice.png"))
-        .header("sp-anonymous", "*")
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.headers().get("set-cookie").is_none());
+    assert_eq!(resp.text().await.unwrap(), "ok");
+}
 
-    // App ids decide the source: an unknown one is refused per event, and a request where
-    // every event is refused answers 401.
-    let resp = client
-        .post(format!("{base}{TP2}"))
-        .body(payload(
-            json!([{"e":"pv","eid":"sp-intruder","aid":"intruder"}]),
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    assert!(!header(&resp, "access-control-allow-origin").is_empty());
-    let resp = client
-        .post(format!("{base}{TP2}"))
-        .body(payload(json!([
-            {"e":"pv","eid":"sp-intruder-2","aid":"intruder"},
-            {"e":"pv","eid":"sp-mixed-ok","aid":"shop"}
-        ])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_batch_sent_twice_lands_each_event_type_once() {
+    let server = start().await;
+    post_every_event_type(&server).await;
+    post_every_event_type(&server).await;
 
-    // Wrong content is not refused: the tracker protocol cannot say which event of a request
-    // was bad, so each is kept and becomes a typed bad row (checked below).
-    let resp = client
-        .post(format!("{base}{TP2}"))
-        .body(payload(json!([{"e":"zz","aid":"shop","eid":"sp-zz"}])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = client
-        .get(format!("{base}/i?url=x&aid=shop&eid=sp-noe"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-
-    // Permanently bad input: 4xx with a reason, CORS headers included.
-    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (
-            client.post(format!("{base}{TP2}")).body(
-                json!({"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":[{"e":"pv"}]})
-                    .to_string(),
-            ),
-            400,
-            "unsupported schema",
-        ),
-        (
-            client.post(format!("{base}{TP2}")).body("{\"schema\":"),
-            400,
-            "malformed json",
-        ),
-        (
-            client
-                .post(format!("{base}{TP2}"))
-                .header("content-encoding", "br")
-                .body("x"),
-            415,
-            "unsupported content encoding",
-        ),
-    ];
-    for (req, status, needle) in cases {
-        let resp = req.header("origin", ORIGIN).send().await.unwrap();
-        assert_eq!(resp.status().as_u16(), status, "{needle}");
-        assert_eq!(header(&resp, "access-control-allow-origin"), ORIGIN);
-        let text = resp.text().await.unwrap();
-        assert!(text.contains(needle), "{needle}: {text}");
-    }
-
-    let resp = client
-        .get(format!("{base}/robots.txt"))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.text().await.unwrap().contains("Disallow: /"));
-
-    // Exactly the expected rows.
-    let expected = [
-        "sp-alias-get",
-        "sp-alias-post",
-        "sp-anon",
-        "sp-get",
-        "sp-mixed-ok",
-        "sp-pp",
-        "sp-pv",
-        "sp-se",
-        "sp-ti",
-        "sp-tr",
-        "sp-ue",
-    ];
-    let bad = wait_rows(
-        client,
-        base,
-        "SELECT event_id, kind, reason, source FROM bad_rows ORDER BY event_id",
-        |rows| rows.len() >= 3,
+    // The event the runner cannot read is a bad row; the one without `e` is not kept.
+    bad_rows_exactly(&server, &[("sp-bad", "se_ac")]).await;
+    let rows = events_exactly(
+        &server,
+        &["sp-pp", "sp-pv", "sp-se", "sp-ti", "sp-tr", "sp-ue"],
     )
     .await;
-    assert_eq!(bad.len(), 3, "{bad:?}");
-    for (row, (id, needle)) in
-        bad.iter()
-            .zip([("sp-bad", "se_ac"), ("sp-noe", "no \"e\""), ("sp-zz", "zz")])
-    {
-        assert_eq!(row["event_id"], id);
-        assert_eq!(row["kind"], "parse");
-        assert!(row["reason"].as_str().unwrap().contains(needle), "{row}");
-    }
-    let n = expected.len();
-    wait_rows(
-        client,
-        base,
-        "SELECT count(*) AS n FROM events",
-        move |rows| rows.first().and_then(|r| r["n"].as_u64()) == Some(n as u64),
-    )
-    .await;
-    let rows = sql(
-        client,
-        base,
-        "SELECT event_id, event_type, event, source, user_id, anonymous_id, timestamp, sent_at, \
-         properties, context FROM events ORDER BY event_id",
-    )
-    .await
-    .unwrap();
-    let ids: Vec<&str> = rows
-        .iter()
-        .map(|r| r["event_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, expected);
-    let row = |id: &str| {
-        let r = rows.iter().find(|r| r["event_id"] == id).unwrap().clone();
-        let props: Value = serde_json::from_str(r["properties"].as_str().unwrap()).unwrap();
-        let ctx: Value = serde_json::from_str(r["context"].as_str().unwrap()).unwrap();
-        (r, props, ctx)
-    };
-    for r in &rows {
-        assert_eq!(r["source"], "web", "{r}");
-    }
 
-    let (r, props, ctx) = row("sp-pv");
+    let Row { row: r, props, ctx } = &rows["sp-pv"];
     assert_eq!(
         (&r["event_type"], &r["event"]),
         (&json!("page"), &json!("Product 42"))
@@ -390,7 +265,7 @@ snowplow_app_ids = ["shop"]
             .starts_with("2024-11-07T17:20:00.123"),
         "{r}"
     );
-    assert_eq!(props, json!({}));
+    assert_eq!(*props, json!({}));
     assert_eq!(ctx["ip"], "127.0.0.1");
     assert_eq!(ctx["userAgent"], "Mozilla/5.0 test");
     assert_eq!(ctx["locale"], "en-US");
@@ -412,7 +287,7 @@ snowplow_app_ids = ["shop"]
     assert_eq!(ctx["snowplow"]["domain_sessionidx"], 3);
     assert_eq!(ctx["snowplow"]["br_viewwidth"], 1280);
 
-    let (r, props, ctx) = row("sp-ue");
+    let Row { row: r, props, ctx } = &rows["sp-ue"];
     assert_eq!(r["event"], "add_to_cart");
     assert!(
         r["timestamp"]
@@ -421,66 +296,279 @@ snowplow_app_ids = ["shop"]
             .starts_with("2024-11-07T17:20:00"),
         "{r}"
     );
-    assert_eq!(props, json!({"sku":"P-42","qty":2}));
+    assert_eq!(*props, json!({"sku":"P-42","qty":2}));
     assert_eq!(ctx["schema"], "iglu:com.acme/add_to_cart/jsonschema/1-0-0");
     // No duid: the cookie's network user id is the anonymous id.
     assert_eq!(r["anonymous_id"], COOKIE_ID);
 
-    let (r, props, _) = row("sp-se");
+    let Row { row: r, props, .. } = &rows["sp-se"];
     assert_eq!(
         (&r["event_type"], &r["event"]),
         (&json!("track"), &json!("add-to-basket"))
     );
     assert_eq!(
-        props,
+        *props,
         json!({"category":"shop","action":"add-to-basket","value":2.5})
     );
-    let (r, props, _) = row("sp-pp");
+    let Row { row: r, props, .. } = &rows["sp-pp"];
     assert_eq!(r["event"], "page_ping");
     assert_eq!(
-        props,
+        *props,
         json!({"min_x":0,"max_x":1280,"min_y":10,"max_y":2400})
     );
-    let (r, props, _) = row("sp-tr");
+    let Row { row: r, props, .. } = &rows["sp-tr"];
     assert_eq!(r["event"], "transaction");
     assert_eq!(
-        props,
+        *props,
         json!({"order_id":"o-1","total":99.5,"currency":"INR"})
     );
-    let (r, props, _) = row("sp-ti");
+    let Row { row: r, props, .. } = &rows["sp-ti"];
     assert_eq!(r["event"], "transaction_item");
     assert_eq!(
-        props,
+        *props,
         json!({"order_id":"o-1","sku":"P-42","price":49.75,"quantity":2})
     );
+    server.shutdown().await;
+}
 
-    let (r, _, ctx) = row("sp-get");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pixel_without_a_cookie_sets_a_new_one_that_is_the_network_user_id() {
+    let server = start().await;
+    let resp = server
+        .client
+        .get(server.url(
+            "/i?e=pv&eid=sp-get&aid=shop&page=Pixel+Page&url=https%3A%2F%2Fshop.example.com%2Fpixel",
+        ))
+        .header("user-agent", "pixel-test/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "image/gif");
+    assert_eq!(
+        header(&resp, "cache-control"),
+        "no-cache, no-store, must-revalidate"
+    );
+    assert_eq!(header(&resp, "access-control-allow-origin"), "*");
+    let new_id = sp_cookie(&resp).expect("a new sp cookie");
+    assert_eq!(uuid::Uuid::parse_str(&new_id).unwrap().get_version_num(), 4);
+    assert_eq!(hex::encode(resp.bytes().await.unwrap()), GIF_HEX);
+
+    let rows = events_exactly(&server, &["sp-get"]).await;
+    let Row { row: r, ctx, .. } = &rows["sp-get"];
     assert_eq!(r["event"], "Pixel Page");
     assert_eq!(r["anonymous_id"], new_id.as_str());
     assert_eq!(ctx["userAgent"], "pixel-test/1");
     assert_eq!(ctx["page"]["path"], "/pixel");
+    server.shutdown().await;
+}
 
-    let (r, props, ctx) = row("sp-alias-get");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_on_the_other_pixel_path_answers_the_gif_headers_and_stores_nothing() {
+    let server = start().await;
+    let resp = server
+        .client
+        .head(server.url("/ice.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "image/gif");
+    // A pixel with an event after it: that event is all `events` holds.
+    let resp = server
+        .client
+        .get(server.url("/i?e=pv&eid=sp-after-head&aid=shop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    events_exactly(&server, &["sp-after-head"]).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pixel_alias_takes_the_network_user_id_and_base64_contexts() {
+    let server = start().await;
+    let cx = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(CO);
+    let resp = server
+        .client
+        .get(server.url(&format!(
+            "/acme/p.gif?e=se&se_ac=alias-click&eid=sp-alias-get&aid=shop&nuid=n-from-query&cx={cx}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "image/gif");
+    assert_eq!(sp_cookie(&resp).as_deref(), Some("n-from-query"));
+
+    let rows = events_exactly(&server, &["sp-alias-get"]).await;
+    let Row { row: r, props, ctx } = &rows["sp-alias-get"];
     assert_eq!(r["event"], "alias-click");
-    assert_eq!(props, json!({"action":"alias-click"}));
+    assert_eq!(*props, json!({"action":"alias-click"}));
     assert_eq!(r["anonymous_id"], "n-from-query");
     assert_eq!(ctx["entities"][0]["data"]["tier"], "gold");
     // The collector parameter `nuid` is kept as sent.
     assert_eq!(ctx["snowplow"]["unknown"]["nuid"], "n-from-query");
+    server.shutdown().await;
+}
 
-    let (r, props, _) = row("sp-alias-post");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_post_alias_takes_a_beacon_with_a_base64_self_describing_event() {
+    let server = start().await;
+    let resp = server
+        .client
+        .post(server.url("/com.acme/track"))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(payload(
+            json!([{"e":"ue","eid":"sp-alias-post","aid":"shop","ue_px":UE_PX,"duid":"d-2"}]),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+
+    let rows = events_exactly(&server, &["sp-alias-post"]).await;
+    let Row { row: r, props, .. } = &rows["sp-alias-post"];
     assert_eq!(r["event"], "add_to_cart");
     assert_eq!(r["anonymous_id"], "d-2");
-    assert_eq!(props, json!({"sku":"P-42","qty":2}));
+    assert_eq!(*props, json!({"sku":"P-42","qty":2}));
+    server.shutdown().await;
+}
 
-    let (r, _, ctx) = row("sp-anon");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sp_anonymous_keeps_no_ip_zeroes_the_network_user_id_and_expires_the_cookie() {
+    let server = start().await;
+    let resp = server
+        .client
+        .get(server.url("/i?e=pv&eid=sp-anon&aid=shop"))
+        .header("sp-anonymous", "*")
+        .header("cookie", format!("sp={COOKIE_ID}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = header(&resp, "set-cookie");
+    assert!(
+        cookie.starts_with("sp=; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+        "{cookie}"
+    );
+    // Without a cookie, SP-Anonymous sets none.
+    let resp = server
+        .client
+        .get(server.url("/ice.png"))
+        .header("sp-anonymous", "*")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("set-cookie").is_none());
+
+    let rows = events_exactly(&server, &["sp-anon"]).await;
+    let Row { row: r, ctx, .. } = &rows["sp-anon"];
     assert_eq!(r["anonymous_id"], "00000000-0000-0000-0000-000000000000");
     assert!(ctx.get("ip").is_none(), "{ctx}");
     assert_eq!(
         ctx["snowplow"]["network_userid"],
         "00000000-0000-0000-0000-000000000000"
     );
+    server.shutdown().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_app_id_is_refused_per_event_and_a_request_of_only_those_is_401() {
+    let server = start().await;
+    let post = |events: Value| {
+        server
+            .client
+            .post(server.url(TP2))
+            .body(payload(events))
+            .send()
+    };
+    let resp = post(json!([{"e":"pv","eid":"sp-intruder","aid":"intruder"}]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(!header(&resp, "access-control-allow-origin").is_empty());
+    let resp = post(json!([
+        {"e":"pv","eid":"sp-intruder-2","aid":"intruder"},
+        {"e":"pv","eid":"sp-mixed-ok","aid":"shop"}
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    events_exactly(&server, &["sp-mixed-ok"]).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_content_is_accepted_and_becomes_a_typed_bad_row() {
+    // The tracker protocol cannot say which event of a request was bad, so each is kept.
+    let server = start().await;
+    let resp = server
+        .client
+        .post(server.url(TP2))
+        .body(payload(json!([{"e":"zz","aid":"shop","eid":"sp-zz"}])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = server
+        .client
+        .get(server.url("/i?url=x&aid=shop&eid=sp-noe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    bad_rows_exactly(&server, &[("sp-noe", "no \"e\""), ("sp-zz", "zz")]).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanently_bad_input_is_a_4xx_with_a_reason_and_cors_headers() {
+    let server = start().await;
+    let tp2 = server.url(TP2);
+    let client = &server.client;
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            client.post(&tp2).body(
+                json!({"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":[{"e":"pv"}]})
+                    .to_string(),
+            ),
+            400,
+            "unsupported schema",
+        ),
+        (
+            client.post(&tp2).body("{\"schema\":"),
+            400,
+            "malformed json",
+        ),
+        (
+            client.post(&tp2).header("content-encoding", "br").body("x"),
+            415,
+            "unsupported content encoding",
+        ),
+    ];
+    for (req, status, needle) in cases {
+        let resp = req.header("origin", ORIGIN).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{needle}");
+        assert_eq!(header(&resp, "access-control-allow-origin"), ORIGIN);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robots_txt_disallows_everything() {
+    let server = start().await;
+    let resp = server
+        .client
+        .get(server.url("/robots.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.unwrap().contains("Disallow: /"));
     server.shutdown().await;
 }
 
