@@ -3,12 +3,42 @@
 //! the version that ran its batch); list, show, logs and stats answer; a restart keeps the
 //! running version.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{BIN, sluice, sql};
 use sluice_testkit::{SluiceProcess, wait_until};
+
+/// Events the client streams: 60 batches of 20.
+const STREAMED: usize = 1200;
+
+/// Writes `stamp<v>.js` in `dir`: a batch function that logs and stamps each event with `v`.
+fn stamp_code(dir: &Path, v: u32) -> PathBuf {
+    let path = dir.join(format!("stamp{v}.js"));
+    std::fs::write(
+        &path,
+        format!(
+            "// v{v}\nexport function process(events, ctx) {{\n  console.log('batch of', events.length, 'on', ctx.partition);\n  return events.map(e => ({{...e, stamped: {v}}}));\n}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `sluice functions deploy stamp FILE --server URL EXTRA...`: its output.
+fn deploy(url: &str, file: &Path, extra: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec![
+        "functions",
+        "deploy",
+        "stamp",
+        file.to_str().unwrap(),
+        "--server",
+        url,
+    ];
+    args.extend_from_slice(extra);
+    sluice(&args)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> anyhow::Result<()> {
@@ -16,40 +46,37 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
     let data = dir.path().join("data");
     let mut server = SluiceProcess::spawn(Path::new(BIN), &data, &[])?;
     let url = server.url();
-    let code = |v: u32| {
-        let path = dir.path().join(format!("stamp{v}.js"));
-        std::fs::write(
-            &path,
-            format!(
-                "// v{v}\nexport function process(events, ctx) {{\n  console.log('batch of', events.length, 'on', ctx.partition);\n  return events.map(e => ({{...e, stamped: {v}}}));\n}}\n"
-            ),
-        )
-        .unwrap();
-        path
-    };
-    let (v1, v2) = (code(1), code(2));
-    let deploy = |file: &Path, extra: &[&str]| -> anyhow::Result<String> {
-        let mut args = vec![
-            "functions",
-            "deploy",
-            "stamp",
-            file.to_str().unwrap(),
-            "--server",
-            &url,
-        ];
-        args.extend_from_slice(extra);
-        sluice(&args)
-    };
-    let out = deploy(&v1, &["--batch-size", "25", "--timeout", "2000"])?;
+    let out = deploy(
+        &url,
+        &stamp_code(dir.path(), 1),
+        &["--batch-size", "25", "--timeout", "2000"],
+    )?;
     assert!(out.starts_with("stamp v1 created (batch mode)"), "{out}");
 
-    // A client streams batches of 20 events while v2 is deployed and then rolled back.
+    stream_while_v2_is_deployed_and_rolled_back(&url, &stamp_code(dir.path(), 2)).await?;
+    every_streamed_event_is_in_events_once_stamped(&data)?;
+    list_show_logs_and_stats_answer(&url)?;
+    a_restart_runs_the_same_version(&mut server, &data).await?;
+    let url = server.url();
+    let out = sluice(&["functions", "delete", "stamp", "--server", &url])?;
+    assert_eq!(out.trim(), "stamp deleted");
+    assert_eq!(
+        sluice(&["functions", "list", "--server", &url])?.trim(),
+        "no functions deployed"
+    );
+    server.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// A client streams batches of 20 events while `v2` is deployed and then rolled back; every
+/// batch is acked.
+async fn stream_while_v2_is_deployed_and_rolled_back(url: &str, v2: &Path) -> anyhow::Result<()> {
     let sender = {
-        let url = url.clone();
+        let url = url.to_string();
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut acked = 0usize;
-            for b in 0..60 {
+            for b in 0..STREAMED / 20 {
                 let body: String = (0..20)
                     .map(|i| {
                         format!(
@@ -72,81 +99,73 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
         })
     };
     let out = tokio::task::spawn_blocking({
-        let v2 = v2.clone();
-        let url = url.clone();
-        move || {
-            sluice(&[
-                "functions",
-                "deploy",
-                "stamp",
-                v2.to_str().unwrap(),
-                "--server",
-                &url,
-                "--batch-size",
-                "25",
-            ])
-        }
+        let (url, v2) = (url.to_string(), v2.to_path_buf());
+        move || deploy(&url, &v2, &["--batch-size", "25"])
     })
     .await??;
     assert!(out.starts_with("stamp v2 created"), "{out}");
     let out = tokio::task::spawn_blocking({
-        let url = url.clone();
+        let url = url.to_string();
         move || sluice(&["functions", "rollback", "stamp", "--server", &url])
     })
     .await??;
     assert_eq!(out.trim(), "stamp now runs v1");
-    let acked = sender.await?;
-    assert_eq!(acked, 1200);
+    assert_eq!(sender.await?, STREAMED);
+    Ok(())
+}
 
+fn every_streamed_event_is_in_events_once_stamped(data: &Path) -> anyhow::Result<()> {
     let rows = wait_until(Duration::from_secs(60), "every streamed event", || {
         let rows = sql(
-            &data,
+            data,
             "SELECT count(*) AS n, count(DISTINCT event_id) AS d, min(properties) AS p FROM events WHERE event = 'Streamed'",
         )?;
-        Ok((rows[0]["n"] == 1200).then_some(rows))
+        Ok((rows[0]["n"] == STREAMED).then_some(rows))
     })?;
-    assert_eq!(rows[0]["d"], 1200, "no event twice");
+    assert_eq!(rows[0]["d"], STREAMED, "no event twice");
     let stamped = sql(
-        &data,
+        data,
         "SELECT properties FROM events WHERE event = 'Streamed'",
     )?;
     assert!(stamped.iter().all(|r| {
         let p = r["properties"].as_str().unwrap_or_default();
         p.contains("\"stamped\":1") || p.contains("\"stamped\":2")
     }));
+    Ok(())
+}
 
-    // The other commands.
+fn list_show_logs_and_stats_answer(url: &str) -> anyhow::Result<()> {
     // `--url` is the older name of `--server`.
-    let list = sluice(&["functions", "list", "--url", &url])?;
+    let list = sluice(&["functions", "list", "--url", url])?;
     assert!(
         list.lines()
             .nth(1)
             .is_some_and(|l| l.starts_with("stamp") && l.contains("batch") && l.contains("enrich")),
         "{list}"
     );
-    let show = sluice(&["functions", "show", "stamp", "--server", &url])?;
+    let show = sluice(&["functions", "show", "stamp", "--server", url])?;
     assert!(
         show.contains("\"history\"")
             && show.contains("--- code (v1) ---")
             && show.contains("// v1"),
         "{show}"
     );
-    let logs = sluice(&["functions", "logs", "stamp", "-n", "3", "--server", &url])?;
+    let logs = sluice(&["functions", "logs", "stamp", "-n", "3", "--server", url])?;
     assert_eq!(logs.lines().count(), 3, "{logs}");
     assert!(logs.contains("INFO batch of"), "{logs}");
-    let stats = sluice(&["functions", "stats", "--json", "--server", &url])?;
+    let stats = sluice(&["functions", "stats", "--json", "--server", url])?;
     let stats: Vec<serde_json::Value> = serde_json::from_str(&stats)?;
     let events_out: u64 = stats
         .iter()
         .map(|s| s["events_out"].as_u64().unwrap_or(0))
         .sum();
-    assert_eq!(events_out, 1200, "{stats:?}");
+    assert_eq!(events_out, STREAMED as u64, "{stats:?}");
     assert!(
         stats
             .iter()
             .all(|s| s["lambda_cost_usd"].as_f64().unwrap_or(0.0) > 0.0 || s["invocations"] == 0)
     );
-    let table = sluice(&["functions", "stats", "--server", &url])?;
+    let table = sluice(&["functions", "stats", "--server", url])?;
     assert!(
         table.contains("Lambda USD") && table.contains("stamp"),
         "{table}"
@@ -159,19 +178,22 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
             "--to",
             "9",
             "--server",
-            &url,
+            url,
         ])
         .output()?;
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no version 9"));
+    Ok(())
+}
 
-    // A restart runs the same version.
+async fn a_restart_runs_the_same_version(
+    server: &mut SluiceProcess,
+    data: &Path,
+) -> anyhow::Result<()> {
     assert!(server.terminate(Duration::from_secs(30))?.success());
     server.restart()?;
-    let url = server.url();
-    let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{url}/v1/events"))
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/events", server.url()))
         .body("{\"event_id\":\"after-restart\",\"event\":\"Streamed\"}")
         .send()
         .await?;
@@ -181,7 +203,7 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
         "the event after the restart",
         || {
             let rows = sql(
-                &data,
+                data,
                 "SELECT properties FROM events WHERE event_id = 'after-restart'",
             )?;
             Ok((!rows.is_empty()).then_some(rows))
@@ -193,12 +215,5 @@ async fn deploys_and_rollbacks_during_ingest_lose_and_duplicate_nothing() -> any
             .unwrap()
             .contains("\"stamped\":1")
     );
-    let out = sluice(&["functions", "delete", "stamp", "--server", &url])?;
-    assert_eq!(out.trim(), "stamp deleted");
-    assert_eq!(
-        sluice(&["functions", "list", "--server", &url])?.trim(),
-        "no functions deployed"
-    );
-    server.terminate(Duration::from_secs(30))?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! `sluice replay --bad`; replaying again (bad rows or the whole raw range), also after a
 //! restart, adds nothing: `events` holds every event exactly once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::{BIN, count, sluice};
@@ -24,6 +24,12 @@ fn replay(url: &str, what: &[&str]) -> anyhow::Result<serde_json::Value> {
     )
 }
 
+/// How long a test waits for the pipeline.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `SELECT count(*) … FROM bad_rows WHERE event_id = 'o4'`: the invalid order's bad rows.
+const O4_BAD_ROWS: &str = "SELECT count(*) AS n FROM bad_rows WHERE event_id = 'o4'";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_replay_after_a_fix_and_replaying_again_changes_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -37,7 +43,35 @@ on_unknown_schema = "bad"
 bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
 "#,
     )?;
-    let schema = dir.path().join("order.json");
+    let mut server = SluiceProcess::spawn(
+        Path::new(BIN),
+        &data,
+        &["--config", config.to_str().unwrap()],
+    )?;
+    let url = server.url();
+
+    views_and_orders_of_a_missing_schema_are_bad_rows(&url, &data).await?;
+    a_dry_run_counts_what_it_would_replay(&url)?;
+    push_the_schema_then_replay_the_bad_rows(&url, &data, &order_schema(dir.path())?)?;
+    replaying_again_re_drives_only_the_invalid_order(&url)?;
+    replaying_after_a_restart_adds_nothing(&mut server, &data)?;
+    // A bad request is refused with a reason. (An admin POST without a token needs a content
+    // type a browser form cannot send.)
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/replay", server.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"bad":true,"raw":true}"#)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 400);
+    server.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Writes the schema `iglu:com.acme/order/jsonschema/1-0-0` (a required number `total`) in
+/// `dir`: its path.
+fn order_schema(dir: &Path) -> anyhow::Result<PathBuf> {
+    let schema = dir.join("order.json");
     std::fs::write(
         &schema,
         serde_json::to_vec(&serde_json::json!({
@@ -48,14 +82,14 @@ bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
             "required": ["total"]
         }))?,
     )?;
-    let mut server = SluiceProcess::spawn(
-        Path::new(BIN),
-        &data,
-        &["--config", config.to_str().unwrap()],
-    )?;
-    let url = server.url();
+    Ok(schema)
+}
 
-    // 30 page views and 20 orders; one order is invalid even once the schema exists.
+/// 30 page views and 20 orders; one order (`o4`) is invalid even once the schema exists.
+async fn views_and_orders_of_a_missing_schema_are_bad_rows(
+    url: &str,
+    data: &Path,
+) -> anyhow::Result<()> {
     let mut body = String::new();
     for i in 0..50 {
         let line = if i % 5 < 3 {
@@ -84,55 +118,50 @@ bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
         .await?;
     assert_eq!(resp.status(), 200, "{}", resp.text().await?);
 
-    wait_until(Duration::from_secs(60), "30 events and 20 bad rows", || {
-        let good = count(&data, "SELECT count(*) AS n FROM events")?;
+    wait_until(WAIT, "30 events and 20 bad rows", || {
+        let good = count(data, "SELECT count(*) AS n FROM events")?;
         let bad = count(
-            &data,
+            data,
             "SELECT count(*) AS n FROM bad_rows WHERE kind = 'schema_violation' AND function = 'validate'",
         )?;
         Ok((good == 30 && bad == 20).then_some(()))
     })?;
+    Ok(())
+}
 
-    // Nothing to replay yet that would succeed: a dry run counts, appends nothing.
-    let dry = replay(&url, &["--bad", "--dry-run"])?;
+/// Nothing to replay yet that would succeed: a dry run counts, appends nothing.
+fn a_dry_run_counts_what_it_would_replay(url: &str) -> anyhow::Result<()> {
+    let dry = replay(url, &["--bad", "--dry-run"])?;
     assert_eq!(dry["candidates"], 20, "{dry}");
     assert_eq!(
         dry["replayed"], 20,
         "a dry run reports what it would replay: {dry}"
     );
+    Ok(())
+}
 
-    // The fix: push the schema, then replay.
-    let pushed = sluice(&[
-        "schemas",
-        "push",
-        schema.to_str().unwrap(),
-        "--server",
-        &url,
-    ])?;
+/// The fix: push the schema, then replay; the valid orders land, the invalid one fails again
+/// and says why.
+fn push_the_schema_then_replay_the_bad_rows(
+    url: &str,
+    data: &Path,
+    schema: &Path,
+) -> anyhow::Result<()> {
+    let pushed = sluice(&["schemas", "push", schema.to_str().unwrap(), "--server", url])?;
     assert!(
         pushed.contains("iglu:com.acme/order/jsonschema/1-0-0 created"),
         "{pushed}"
     );
-    let listed = sluice(&["schemas", "list", "--server", &url])?;
+    let listed = sluice(&["schemas", "list", "--server", url])?;
     assert_eq!(listed.trim(), "iglu:com.acme/order/jsonschema/1-0-0");
-    let first = replay(&url, &["--bad", "--kind", "schema_violation"])?;
+    let first = replay(url, &["--bad", "--kind", "schema_violation"])?;
     assert_eq!(first["replayed"], 20, "{first}");
-    wait_until(
-        Duration::from_secs(60),
-        "the 19 valid orders in events",
-        || Ok((count(&data, "SELECT count(*) AS n FROM events")? == 49).then_some(())),
-    )?;
-    wait_until(
-        Duration::from_secs(60),
-        "the invalid order failing again",
-        || {
-            Ok((count(
-                &data,
-                "SELECT count(*) AS n FROM bad_rows WHERE event_id = 'o4'",
-            )? == 2)
-                .then_some(()))
-        },
-    )?;
+    wait_until(WAIT, "the 19 valid orders in events", || {
+        Ok((count(data, "SELECT count(*) AS n FROM events")? == 49).then_some(()))
+    })?;
+    wait_until(WAIT, "the invalid order failing again", || {
+        Ok((count(data, O4_BAD_ROWS)? == 2).then_some(()))
+    })?;
     let reason = sluice(&[
         "sql",
         "--format",
@@ -145,14 +174,17 @@ bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
         reason.contains("total"),
         "the new bad row says why: {reason}"
     );
+    Ok(())
+}
 
-    // Again: only the still-invalid order is re-driven; nothing good is duplicated.
-    let second = replay(&url, &["--bad"])?;
+/// Again: only the still-invalid order is re-driven; nothing good is duplicated, also when
+/// the whole raw range is replayed.
+fn replaying_again_re_drives_only_the_invalid_order(url: &str) -> anyhow::Result<()> {
+    let second = replay(url, &["--bad"])?;
     assert_eq!(second["already_good"], 19, "{second}");
     assert_eq!(second["replayed"], 1, "{second}");
-    // The whole raw range: everything good is skipped.
     let raw = replay(
-        &url,
+        url,
         &[
             "--raw",
             "--from",
@@ -163,42 +195,32 @@ bindings = { "Order Completed" = "iglu:com.acme/order/jsonschema/1-0-0" }
     )?;
     assert_eq!(raw["candidates"], 50, "{raw}");
     assert_eq!(raw["already_good"], 49, "{raw}");
+    Ok(())
+}
 
-    // After a restart, too.
+fn replaying_after_a_restart_adds_nothing(
+    server: &mut SluiceProcess,
+    data: &Path,
+) -> anyhow::Result<()> {
     assert!(server.terminate(Duration::from_secs(60))?.success());
     server.restart()?;
-    let url = server.url();
-    let third = replay(&url, &["--bad"])?;
+    let third = replay(&server.url(), &["--bad"])?;
     assert_eq!(third["already_good"], 19, "{third}");
-    wait_until(Duration::from_secs(60), "replays processed", || {
-        Ok((count(
-            &data,
-            "SELECT count(*) AS n FROM bad_rows WHERE event_id = 'o4'",
-        )? >= 4)
-            .then_some(()))
+    wait_until(WAIT, "replays processed", || {
+        Ok((count(data, O4_BAD_ROWS)? >= 4).then_some(()))
     })?;
-    assert_eq!(count(&data, "SELECT count(*) AS n FROM events")?, 49);
+    assert_eq!(count(data, "SELECT count(*) AS n FROM events")?, 49);
     assert_eq!(
-        count(&data, "SELECT count(DISTINCT event_id) AS n FROM events")?,
+        count(data, "SELECT count(DISTINCT event_id) AS n FROM events")?,
         49
     );
     // Enriched columns arrive with the events.
     assert_eq!(
         count(
-            &data,
+            data,
             "SELECT count(*) AS n FROM events WHERE session_id IS NOT NULL AND event_fingerprint IS NOT NULL"
         )?,
         49
     );
-    // A bad request is refused with a reason. (An admin POST without a token needs a content
-    // type a browser form cannot send.)
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/replay"))
-        .header("content-type", "application/json")
-        .body(r#"{"bad":true,"raw":true}"#)
-        .send()
-        .await?;
-    assert_eq!(resp.status(), 400);
-    server.terminate(Duration::from_secs(30))?;
     Ok(())
 }
