@@ -24,7 +24,7 @@ use crate::format::{
 };
 use crate::partition::{CONSUMERS_DIR, FLOOR_FILE, Partition};
 use crate::salvage::{LostRange, Salvaged};
-use crate::scan::{Scan, scan_segment};
+use crate::scan::{Scan, Verified, scan_segment};
 use crate::segment::{IndexBuilder, Segment};
 use crate::writer::WriterStart;
 use crate::{JournalError, metrics};
@@ -258,119 +258,223 @@ fn list_segments(
     Ok(Ok(bases))
 }
 
+/// The kept segments, the writer's start, and the data end, as [`verify_segments`] finds them.
+type VerifiedSegments = (Vec<Arc<Segment>>, WriterStart, u64);
+
 /// Scans every segment in order: sealed ones must verify whole and continue each other; a
 /// half-created last one is removed; a torn tail of the active one is cut. Returns the kept
 /// segments, the writer's start, and the data end (one past the last record, or past a
 /// removed segment's base: offsets below it may have been used).
-#[allow(clippy::type_complexity)]
 fn verify_segments(
     disk: &Disk,
     dir: &Path,
     bases: &[u64],
     report: &mut PartitionRecovery,
-) -> Result<Result<(Vec<Arc<Segment>>, WriterStart, u64), String>, StorageError> {
-    let mut segments: Vec<Arc<Segment>> = Vec::new();
-    let mut writer = WriterStart {
-        active: None,
-        active_records: 0,
-        index_state: IndexBuilder::default(),
-        next: 0,
+) -> Result<Result<VerifiedSegments, String>, StorageError> {
+    let mut verify = Verify {
+        disk,
+        dir,
+        bases,
+        report,
+        segments: Vec::new(),
+        writer: WriterStart {
+            active: None,
+            active_records: 0,
+            index_state: IndexBuilder::default(),
+            next: 0,
+        },
+        records_end: None,
+        min_next: 0,
+        work: bases
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, i + 1 < bases.len()))
+            .collect(),
+        salvaged: 0,
     };
-    let mut records_end: Option<u64> = None;
-    let mut min_next = 0u64;
-    // (base, sealed) still to verify; a salvaged segment puts its replacements in front.
-    let mut work: std::collections::VecDeque<(u64, bool)> = bases
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| (b, i + 1 < bases.len()))
-        .collect();
-    let mut salvaged = 0usize;
-    while let Some((base, sealed)) = work.pop_front() {
+    while let Some((base, sealed)) = verify.work.pop_front() {
+        if let Err(reason) = verify.segment(base, sealed)? {
+            return Ok(Err(reason));
+        }
+    }
+    verify.finish().map(Ok)
+}
+
+/// The walk of [`verify_segments`] over a partition's segments.
+struct Verify<'a> {
+    disk: &'a Disk,
+    dir: &'a Path,
+    bases: &'a [u64],
+    report: &'a mut PartitionRecovery,
+    segments: Vec<Arc<Segment>>,
+    writer: WriterStart,
+    /// One past the last record of the segments kept so far.
+    records_end: Option<u64>,
+    /// The base of a removed segment: offsets below it may have been used.
+    min_next: u64,
+    /// (base, sealed) still to verify; a salvaged segment puts its replacements in front.
+    work: std::collections::VecDeque<(u64, bool)>,
+    /// Salvages so far.
+    salvaged: usize,
+}
+
+/// The segment file being verified.
+struct SegmentFile {
+    base: u64,
+    sealed: bool,
+    name: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl Verify<'_> {
+    /// Verifies the segment named for `base`: salvaged when damaged, removed when its creation
+    /// never completed, else checked against the chain and kept.
+    fn segment(&mut self, base: u64, sealed: bool) -> Result<Result<(), String>, StorageError> {
         let name = segment_file_name(base);
-        let path = dir.join(&name);
+        let path = self.dir.join(&name);
         let file = open_segment(&path, sealed).map_err(StorageError::Other)?;
-        let verified = match scan_segment(&file, base, sealed).map_err(StorageError::Other)? {
-            Scan::Corrupt(reason) => {
-                // Each salvage writes only segments that verify; the bound is a safety net.
-                if salvaged > bases.len()
-                    || base >= crate::format::MAX_OFFSET
-                    || crate::salvage::is_other_version(&file)
-                {
-                    return Ok(Err(format!("segment {name}: {reason}")));
-                }
-                salvaged += 1;
-                let prev_end = records_end.unwrap_or(base);
-                let damaged = crate::salvage::Damaged {
-                    dir,
-                    base,
-                    file: &file,
-                    prev_end,
-                    sealed,
-                };
-                let done = match crate::salvage::salvage(disk, &damaged) {
-                    Ok(done) => done,
-                    Err(StorageError::Sync(e)) => return Err(StorageError::Sync(e)),
-                    Err(StorageError::Space(e) | StorageError::Other(e)) => {
-                        return Ok(Err(format!(
-                            "segment {name}: {reason}; salvage failed: {e}"
-                        )));
-                    }
-                };
-                drop(file);
-                note_salvage(report, &path, &reason, &done);
-                let last = done.bases.len().saturating_sub(1);
-                for (i, b) in done.bases.iter().enumerate().rev() {
-                    work.push_front((*b, sealed || i < last));
-                }
-                // What the segment lost at its end shows in the next one's `prev_end`: the
-                // chain check below reports it, from here on.
-                records_end.get_or_insert(prev_end);
-                continue;
-            }
-            Scan::TornCreation { reason } => {
-                let len = file.metadata().map_err(StorageError::Other)?.len();
-                drop(file);
-                std::fs::remove_file(&path).map_err(StorageError::Other)?;
-                disk.sync_dir(dir)?;
-                tracing::warn!(
-                    segment = %path.display(),
-                    reason = %reason,
-                    "removed a segment whose creation never completed"
-                );
-                report.truncated_bytes += len;
-                report.removed_segments += 1;
-                min_next = min_next.max(base);
-                continue;
-            }
-            Scan::Verified(verified) => verified,
+        let segment = SegmentFile {
+            base,
+            sealed,
+            name,
+            path,
+            file,
         };
-        let header = verified.header;
-        match records_end {
-            Some(prev) if header.prev_end > prev && base >= header.prev_end => {
+        let verified =
+            match scan_segment(&segment.file, base, sealed).map_err(StorageError::Other)? {
+                Scan::Corrupt(reason) => return self.salvage(segment, reason),
+                Scan::TornCreation { reason } => {
+                    self.remove_torn(segment, &reason)?;
+                    return Ok(Ok(()));
+                }
+                Scan::Verified(verified) => verified,
+            };
+        if let Err(reason) = self.check_chain(&segment, verified.header.prev_end)? {
+            return Ok(Err(reason));
+        }
+        self.keep(segment, verified)?;
+        Ok(Ok(()))
+    }
+
+    /// Salvages a damaged segment (`reason` says what was found): its replacements go to the
+    /// front of the work, to be verified next.
+    fn salvage(
+        &mut self,
+        segment: SegmentFile,
+        reason: String,
+    ) -> Result<Result<(), String>, StorageError> {
+        let SegmentFile {
+            base,
+            sealed,
+            name,
+            path,
+            file,
+        } = segment;
+        // Each salvage writes only segments that verify; the bound is a safety net.
+        if self.salvaged > self.bases.len()
+            || base >= crate::format::MAX_OFFSET
+            || crate::salvage::is_other_version(&file)
+        {
+            return Ok(Err(format!("segment {name}: {reason}")));
+        }
+        self.salvaged += 1;
+        let prev_end = self.records_end.unwrap_or(base);
+        let damaged = crate::salvage::Damaged {
+            dir: self.dir,
+            base,
+            file: &file,
+            prev_end,
+            sealed,
+        };
+        let done = match crate::salvage::salvage(self.disk, &damaged) {
+            Ok(done) => done,
+            Err(StorageError::Sync(e)) => return Err(StorageError::Sync(e)),
+            Err(StorageError::Space(e) | StorageError::Other(e)) => {
+                return Ok(Err(format!(
+                    "segment {name}: {reason}; salvage failed: {e}"
+                )));
+            }
+        };
+        drop(file);
+        note_salvage(self.report, &path, &reason, &done);
+        let last = done.bases.len().saturating_sub(1);
+        for (i, b) in done.bases.iter().enumerate().rev() {
+            self.work.push_front((*b, sealed || i < last));
+        }
+        // What the segment lost at its end shows in the next one's `prev_end`: the
+        // chain check reports it, from here on.
+        self.records_end.get_or_insert(prev_end);
+        Ok(Ok(()))
+    }
+
+    /// Removes a last segment whose creation never completed (`reason` says why it is taken
+    /// for one).
+    fn remove_torn(&mut self, segment: SegmentFile, reason: &str) -> Result<(), StorageError> {
+        let SegmentFile {
+            base, path, file, ..
+        } = segment;
+        let len = file.metadata().map_err(StorageError::Other)?.len();
+        drop(file);
+        std::fs::remove_file(&path).map_err(StorageError::Other)?;
+        self.disk.sync_dir(self.dir)?;
+        tracing::warn!(
+            segment = %path.display(),
+            reason = %reason,
+            "removed a segment whose creation never completed"
+        );
+        self.report.truncated_bytes += len;
+        self.report.removed_segments += 1;
+        self.min_next = self.min_next.max(base);
+        Ok(())
+    }
+
+    /// Checks that the segment, created after `prev_end`, continues the previous one; records
+    /// missing between them are reported as lost once, and the chain continues across them.
+    fn check_chain(
+        &mut self,
+        segment: &SegmentFile,
+        prev_end: u64,
+    ) -> Result<Result<(), String>, StorageError> {
+        let (base, name) = (segment.base, &segment.name);
+        match self.records_end {
+            Some(prev) if prev_end > prev && base >= prev_end => {
                 // The records between were durable and are gone: damaged at the end of the
                 // previous segment (salvaged), or a whole segment is missing.
                 note_lost(
-                    report,
-                    &name,
+                    self.report,
+                    name,
                     LostRange {
                         from: prev,
-                        to: header.prev_end,
+                        to: prev_end,
                     },
                 );
                 // Reported once: the chain now continues across the lost range, as after a
                 // crash gap. (A torn header write is salvaged like any other damage.)
-                rewrite_prev_end(disk, &path, base, prev)?;
+                rewrite_prev_end(self.disk, &segment.path, base, prev)?;
             }
-            Some(prev) if header.prev_end != prev || base < prev => {
+            Some(prev) if prev_end != prev || base < prev => {
                 return Ok(Err(format!(
                     "segment {name} does not continue the previous segment: it was created \
-                     after offset {} but the previous segment ends at {prev} (a segment is \
-                     missing or was cut)",
-                    header.prev_end
+                     after offset {prev_end} but the previous segment ends at {prev} (a segment \
+                     is missing or was cut)"
                 )));
             }
             _ => {}
         }
+        Ok(Ok(()))
+    }
+
+    /// Cuts a torn tail of the verified segment, counts it, and keeps it as the writer's
+    /// latest.
+    fn keep(&mut self, segment: SegmentFile, verified: Verified) -> Result<(), StorageError> {
+        let SegmentFile {
+            base,
+            sealed,
+            path,
+            file,
+            ..
+        } = segment;
         if let Some(tail) = &verified.tail {
             let cut = verified.file_len - verified.keep_len;
             file.set_len(verified.keep_len)
@@ -381,11 +485,11 @@ fn verify_segments(
                 reason = %tail,
                 "truncated a torn tail past the last complete append"
             );
-            report.truncated_bytes += cut;
+            self.report.truncated_bytes += cut;
         }
-        report.segments += 1;
-        report.records += verified.records;
-        records_end = Some(verified.records_end);
+        self.report.segments += 1;
+        self.report.records += verified.records;
+        self.records_end = Some(verified.records_end);
         let segment = Arc::new(Segment::new(
             base,
             path,
@@ -396,20 +500,25 @@ fn verify_segments(
             verified.max_timestamp_ms,
             verified.index,
         ));
-        writer.active_records = verified.records;
-        writer.index_state = verified.index_state;
-        segments.push(segment);
+        self.writer.active_records = verified.records;
+        self.writer.index_state = verified.index_state;
+        self.segments.push(segment);
+        Ok(())
     }
-    // The last segment kept is the active one. If it was scanned as sealed (a half-created
-    // segment after it was removed), it needs a writable handle.
-    if let Some(last) = segments.last_mut() {
-        if last.base != bases.last().copied().unwrap_or(last.base) {
-            *last = Arc::new(last.reopen_writable().map_err(StorageError::Other)?);
+
+    /// The segments kept, the writer's start on the last of them, and the data end.
+    fn finish(mut self) -> Result<VerifiedSegments, StorageError> {
+        // The last segment kept is the active one. If it was scanned as sealed (a half-created
+        // segment after it was removed), it needs a writable handle.
+        if let Some(last) = self.segments.last_mut() {
+            if last.base != self.bases.last().copied().unwrap_or(last.base) {
+                *last = Arc::new(last.reopen_writable().map_err(StorageError::Other)?);
+            }
+            self.writer.active = Some(last.clone());
         }
-        writer.active = Some(last.clone());
+        let data_end = self.records_end.unwrap_or(0).max(self.min_next);
+        Ok((self.segments, self.writer, data_end))
     }
-    let data_end = records_end.unwrap_or(0).max(min_next);
-    Ok(Ok((segments, writer, data_end)))
 }
 
 /// Rewrites the header of the segment at `path` so that it says the records before it end at

@@ -67,38 +67,90 @@ pub(crate) fn scan_segment(file: &File, expected_base: u64, sealed: bool) -> io:
     }
     let file_len = file.metadata()?.len();
     let mut window = Window::new(file, file_len);
+    let header = match read_header(&mut window, file_len, expected_base, sealed)? {
+        Ok(header) => header,
+        Err(scan) => return Ok(scan),
+    };
+    let mut walk = walk_frames(&mut window, header.base_offset, file_len)?;
+    let tail = match (&walk.defect, walk.kept.len == walk.pos) {
+        (None, true) => None,
+        (None, false) => Some("the file ends inside an append batch".to_string()),
+        (Some(why), _) => Some(why.clone()),
+    };
+    if let Some(tail) = &tail
+        && let Some(corrupt) = judge_tail(&mut window, &walk, tail, sealed)?
+    {
+        return Ok(corrupt);
+    }
+    let kept = walk.kept;
+    walk.index.retain(|e| e.pos < kept.len);
+    Ok(Scan::Verified(Verified {
+        header,
+        file_len,
+        keep_len: kept.len,
+        records_end: kept.records_end,
+        records: kept.records,
+        max_timestamp_ms: kept.max_timestamp_ms,
+        index: walk.index,
+        index_state: kept.index_state,
+        tail,
+    }))
+}
+
+/// Reads the segment header and checks it names `expected_base`; a header that does not
+/// verify is a torn creation (a last segment no longer than its header) or corruption.
+fn read_header(
+    window: &mut Window<'_>,
+    file_len: u64,
+    expected_base: u64,
+    sealed: bool,
+) -> io::Result<Result<SegmentHeader, Scan>> {
     let header_bytes = window.get(0, SEGMENT_HEADER_LEN as u64)?;
     let header = match header_bytes.map(SegmentHeader::decode) {
         Some(Ok(header)) => header,
         Some(Err(reason)) if sealed || file_len > SEGMENT_HEADER_LEN as u64 => {
-            return Ok(Scan::Corrupt(reason.to_string()));
+            return Ok(Err(Scan::Corrupt(reason.to_string())));
         }
         Some(Err(reason)) => {
-            return Ok(Scan::TornCreation {
+            return Ok(Err(Scan::TornCreation {
                 reason: reason.to_string(),
-            });
+            }));
         }
         None if sealed => {
-            return Ok(Scan::Corrupt(format!(
+            return Ok(Err(Scan::Corrupt(format!(
                 "sealed segment is only {file_len} bytes long"
-            )));
+            ))));
         }
         None => {
-            return Ok(Scan::TornCreation {
+            return Ok(Err(Scan::TornCreation {
                 reason: format!("segment header truncated to {file_len} bytes"),
-            });
+            }));
         }
     };
     if header.base_offset != expected_base {
-        return Ok(Scan::Corrupt(format!(
+        return Ok(Err(Scan::Corrupt(format!(
             "header says base offset {} but the file is named for {expected_base}",
             header.base_offset
-        )));
+        ))));
     }
+    Ok(Ok(header))
+}
 
-    // Walk valid frames; remember the end of the last complete batch.
+/// Where the walk over the frames stopped.
+struct Walk {
+    /// The position of the first defect, or the file's end.
+    pos: u64,
+    /// The state at the end of the last complete batch.
+    kept: Kept,
+    index: Vec<IndexEntry>,
+    /// Why the walk stopped before the file's end.
+    defect: Option<String>,
+}
+
+/// Walks the valid frames from the header on, remembering the end of the last complete batch.
+fn walk_frames(window: &mut Window<'_>, base: u64, file_len: u64) -> io::Result<Walk> {
     let mut pos = SEGMENT_HEADER_LEN as u64;
-    let mut expected = header.base_offset;
+    let mut expected = base;
     let mut index = Vec::new();
     let mut builder = IndexBuilder::default();
     let mut kept = Kept {
@@ -114,7 +166,7 @@ pub(crate) fn scan_segment(file: &File, expected_base: u64, sealed: bool) -> io:
         if pos == file_len {
             break None;
         }
-        let h = match read_frame(&mut window, pos, file_len)? {
+        let h = match read_frame(window, pos, file_len)? {
             Ok(h) => h,
             Err(why) => break Some(format!("{why} at position {pos}")),
         };
@@ -143,37 +195,37 @@ pub(crate) fn scan_segment(file: &File, expected_base: u64, sealed: bool) -> io:
             batch_max_ts = i64::MIN;
         }
     };
-
-    let tail = match (&defect, kept.len == pos) {
-        (None, true) => None,
-        (None, false) => Some("the file ends inside an append batch".to_string()),
-        (Some(why), _) => Some(why.clone()),
-    };
-    if let Some(tail) = &tail {
-        if sealed {
-            return Ok(Scan::Corrupt(format!("sealed segment damaged: {tail}")));
-        }
-        if let Some(defect_pos) = defect.as_ref().map(|_| pos)
-            && let Some(evidence) =
-                durable_frame_after(&mut window, defect_pos + 1, kept.len, kept.records_end)?
-        {
-            return Ok(Scan::Corrupt(format!(
-                "{tail}, but {evidence}: damage before durable data"
-            )));
-        }
-    }
-    index.retain(|e| e.pos < kept.len);
-    Ok(Scan::Verified(Verified {
-        header,
-        file_len,
-        keep_len: kept.len,
-        records_end: kept.records_end,
-        records: kept.records,
-        max_timestamp_ms: kept.max_timestamp_ms,
+    Ok(Walk {
+        pos,
+        kept,
         index,
-        index_state: kept.index_state,
-        tail,
-    }))
+        defect,
+    })
+}
+
+/// Whether the bytes past the last complete batch (`tail` says why they are dropped) are
+/// corruption rather than a torn tail: always in a sealed segment, and in the last one when a
+/// later frame says they were durable.
+fn judge_tail(
+    window: &mut Window<'_>,
+    walk: &Walk,
+    tail: &str,
+    sealed: bool,
+) -> io::Result<Option<Scan>> {
+    if sealed {
+        return Ok(Some(Scan::Corrupt(format!(
+            "sealed segment damaged: {tail}"
+        ))));
+    }
+    if let Some(defect_pos) = walk.defect.as_ref().map(|_| walk.pos)
+        && let Some(evidence) =
+            durable_frame_after(window, defect_pos + 1, walk.kept.len, walk.kept.records_end)?
+    {
+        return Ok(Some(Scan::Corrupt(format!(
+            "{tail}, but {evidence}: damage before durable data"
+        ))));
+    }
+    Ok(None)
 }
 
 /// A stretch of consecutive valid frames in a damaged segment, found by [`find_runs`].
