@@ -41,7 +41,7 @@ use sluice_event::Event;
 use sluice_journal::{Journal, JournalError, Record, StageHealth};
 use sluice_lake::batcher::BatchLimits;
 use sluice_lake::consume::{Destination, LoopSettings, run_batches};
-use sluice_lake::limits::Refusals;
+use sluice_lake::limits::{Refusals, Staged};
 use sluice_lake::schema::{Column, ColumnType};
 use sluice_lake::typed::{FIXED_COLUMNS, PropType, column_name, table_name};
 use sluice_lake::{DeliveryProgress, DeliveryStatus, EventsTable, TableSpec};
@@ -442,6 +442,37 @@ fn prepare(record: &Record, typed: bool) -> Result<Loaded, String> {
     Ok(Loaded { fields, typed })
 }
 
+/// The columns a row's property `values` add to a typed table whose columns are `existing`
+/// plus `new`, or `None` when a value does not fit the column it has there.
+fn proposed_columns(
+    existing: &HashMap<String, Option<SqlType>>,
+    new: &[(String, SqlType)],
+    values: &[(String, Value)],
+) -> Option<Vec<(String, SqlType)>> {
+    let mut proposed: Vec<(String, SqlType)> = Vec::new();
+    for (column, value) in values {
+        let known = existing
+            .get(column)
+            .map(|t| t.and_then(SqlType::as_prop))
+            .or_else(|| {
+                new.iter()
+                    .chain(&proposed)
+                    .find(|(c, _)| c == column)
+                    .map(|(_, t)| t.as_prop())
+            });
+        match known {
+            Some(Some(ty)) if ty.accepts(value) => {}
+            Some(_) => return None,
+            None => {
+                if let Some(ty) = PropType::of_value(value) {
+                    proposed.push((column.clone(), SqlType::of_prop(ty)));
+                }
+            }
+        }
+    }
+    Some(proposed)
+}
+
 /// The property columns of a typed table's catalog entry (its columns but the fixed ones).
 fn existing_properties(columns: Option<&TableColumns>) -> usize {
     columns.map_or(0, |cols| {
@@ -675,6 +706,22 @@ impl PgLoader {
         session: &mut Session,
         records: &[(u32, Record)],
     ) -> Result<usize, LoaderError> {
+        let (rows, last) = self.pending(session, records);
+        if last.is_empty() {
+            return Ok(0);
+        }
+        let fixed = self.migrate_events(session).await?;
+        let (typed_rows, staged) = self.migrate_typed(session, &rows, &fixed).await?;
+        self.commit(session, &rows, &typed_rows, last, staged).await
+    }
+
+    /// The records not yet in the database, prepared as rows (one that does not decode is
+    /// skipped), and per partition the last offset among them.
+    fn pending(
+        &self,
+        session: &Session,
+        records: &[(u32, Record)],
+    ) -> (Vec<Loaded>, BTreeMap<u32, u64>) {
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut rows = Vec::new();
         for (p, record) in records {
@@ -694,22 +741,36 @@ impl PgLoader {
                 }
             }
         }
-        if last.is_empty() {
-            return Ok(0);
-        }
+        (rows, last)
+    }
+
+    /// Creates the `events` table or adds the columns it lacks; returns its fixed columns,
+    /// which every typed table has too.
+    async fn migrate_events(
+        &self,
+        session: &mut Session,
+    ) -> Result<Vec<(String, SqlType)>, LoaderError> {
         let columns: Vec<(String, SqlType)> = events_columns()
             .iter()
             .map(|c| (c.name.to_string(), SqlType::of_column(c.ty)))
             .collect();
         self.migrate(session, "events", &[], &columns).await?;
-        let fixed: Vec<(String, SqlType)> = columns
+        Ok(columns
             .iter()
             .filter(|(c, _)| FIXED_COLUMNS.contains(&c.as_str()))
             .cloned()
-            .collect();
+            .collect())
+    }
 
-        // Typed tables: decide each property column's type (the database's, else inferred
-        // from the first value), add what is missing, leave out events that do not fit.
+    /// Typed tables: decides each property column's type (the database's, else inferred from
+    /// the first value), adds what is missing, leaves out events that do not fit. Returns the
+    /// rows of each typed table, and the refusals of tables and columns past the limits.
+    async fn migrate_typed(
+        &self,
+        session: &mut Session,
+        rows: &[Loaded],
+        fixed: &[(String, SqlType)],
+    ) -> Result<(BTreeMap<String, Vec<usize>>, Staged), LoaderError> {
         let mut typed: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         if self.settings.typed_tables {
             for (i, row) in rows.iter().enumerate() {
@@ -720,7 +781,7 @@ impl PgLoader {
         }
         let mut typed_rows: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         // Refusals count once the batch commits: a retried batch would count them again.
-        let mut staged = sluice_lake::limits::Staged::default();
+        let mut staged = Staged::default();
         // Typed tables in the schema: all but `events` and the positions table.
         let mut tables = session
             .catalog
@@ -735,61 +796,63 @@ impl PgLoader {
                 }
                 tables += 1;
             }
-            let properties = existing_properties(session.catalog.get(table));
-            let existing: HashMap<String, Option<SqlType>> = session
-                .catalog
-                .get(table)
-                .map(|cols| cols.iter().cloned().collect())
-                .unwrap_or_default();
-            let mut new: Vec<(String, SqlType)> = Vec::new();
-            let mut fits = Vec::new();
-            for &i in indexes {
-                let Some((_, values)) = &rows[i].typed else {
-                    continue;
-                };
-                let mut proposed: Vec<(String, SqlType)> = Vec::new();
-                let mut ok = true;
-                for (column, value) in values {
-                    let known = existing
-                        .get(column)
-                        .map(|t| t.and_then(SqlType::as_prop))
-                        .or_else(|| {
-                            new.iter()
-                                .chain(&proposed)
-                                .find(|(c, _)| c == column)
-                                .map(|(_, t)| t.as_prop())
-                        });
-                    match known {
-                        Some(Some(ty)) if ty.accepts(value) => {}
-                        Some(_) => {
-                            ok = false;
-                            break;
-                        }
-                        None => {
-                            if let Some(ty) = PropType::of_value(value) {
-                                proposed.push((column.clone(), SqlType::of_prop(ty)));
-                            }
-                        }
-                    }
-                }
-                if ok {
-                    let room = self
-                        .settings
-                        .max_typed_columns
-                        .saturating_sub(properties + new.len());
-                    for (column, _) in proposed.iter().skip(room) {
-                        staged.column(table, column);
-                    }
-                    new.extend(proposed.into_iter().take(room));
-                    fits.push(i);
-                }
-            }
-            self.migrate(session, table, &new, &fixed).await?;
+            let columns = session.catalog.get(table);
+            let (new, fits) = self.fitting_rows(columns, table, rows, indexes, &mut staged);
+            self.migrate(session, table, &new, fixed).await?;
             typed_rows.insert(table.clone(), fits);
         }
+        Ok((typed_rows, staged))
+    }
 
+    /// Of the `rows` at `indexes`, those whose properties fit the typed `table` (with its
+    /// `columns`), and the columns to add for them: at most `max_typed_columns` properties,
+    /// the rest refused in `staged`.
+    fn fitting_rows(
+        &self,
+        columns: Option<&TableColumns>,
+        table: &str,
+        rows: &[Loaded],
+        indexes: &[usize],
+        staged: &mut Staged,
+    ) -> (Vec<(String, SqlType)>, Vec<usize>) {
+        let properties = existing_properties(columns);
+        let existing: HashMap<String, Option<SqlType>> = columns
+            .map(|cols| cols.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut new: Vec<(String, SqlType)> = Vec::new();
+        let mut fits = Vec::new();
+        for &i in indexes {
+            let Some((_, values)) = &rows[i].typed else {
+                continue;
+            };
+            let Some(proposed) = proposed_columns(&existing, &new, values) else {
+                continue;
+            };
+            let room = self
+                .settings
+                .max_typed_columns
+                .saturating_sub(properties + new.len());
+            for (column, _) in proposed.iter().skip(room) {
+                staged.column(table, column);
+            }
+            new.extend(proposed.into_iter().take(room));
+            fits.push(i);
+        }
+        (new, fits)
+    }
+
+    /// Inserts the rows and moves the positions in one transaction; once it commits, counts
+    /// the refusals and takes the positions as loaded. Returns the rows loaded into `events`.
+    async fn commit(
+        &self,
+        session: &mut Session,
+        rows: &[Loaded],
+        typed_rows: &BTreeMap<String, Vec<usize>>,
+        last: BTreeMap<u32, u64>,
+        staged: Staged,
+    ) -> Result<usize, LoaderError> {
         session.conn.execute("BEGIN").await?;
-        let result = self.insert_all(session, &rows, &typed_rows, &last).await;
+        let result = self.insert_all(session, rows, typed_rows, &last).await;
         match result {
             Ok(()) => {
                 session.conn.execute("COMMIT").await?;
