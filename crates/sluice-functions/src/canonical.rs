@@ -154,8 +154,9 @@ pub fn draft(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
     }
 }
 
+/// A native (or Segment, or Kinesis JSON) event's draft.
 fn native(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
-    let mut obj: Map<String, Value> = serde_json::from_str(raw.payload.get())
+    let obj: Map<String, Value> = serde_json::from_str(raw.payload.get())
         .map_err(|e| parse_err(format!("payload is not a json object: {e}")))?;
     let event_type = match obj.get("type") {
         None | Some(Value::Null) => EventType::Track,
@@ -166,6 +167,36 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
     };
     let user_id = id_field(&obj, &["user_id", "userId"])?;
     let anonymous_id = id_field(&obj, &["anonymous_id", "anonymousId"])?;
+    let event = event_name(&obj, event_type)?;
+    let original = time_field(&obj, &["timestamp", "originalTimestamp"])?;
+    let sent_at = time_field(&obj, &["sentAt", "sent_at"])?;
+    let timestamp = match (original, sent_at) {
+        (Some(t), Some(s)) => sluice_event::skew_corrected(raw.received_at, s, t),
+        (Some(t), None) => t,
+        (None, _) => raw.received_at,
+    };
+    let (properties, context) = native_members(obj, event_type, raw)?;
+    Ok(Draft {
+        event_id: raw.event_id.clone(),
+        event_type,
+        event,
+        source: raw.source.clone(),
+        user_id,
+        anonymous_id,
+        timestamp,
+        sent_at,
+        received_at: raw.received_at,
+        device_timestamp: original,
+        properties,
+        context,
+        enriched: Enrichment::default(),
+        raw: raw_pos,
+    })
+}
+
+/// The event's name: a track event's `event` (it needs one); a page's or screen's `name`,
+/// else `event`; any other's `event`; else the type's name.
+fn event_name(obj: &Map<String, Value>, event_type: EventType) -> Result<String, Failure> {
     let name = |key: &str| -> Result<Option<String>, Failure> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -174,35 +205,40 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
             Some(_) => Err(parse_err(format!("{key} must be a string"))),
         }
     };
-    let event = match event_type {
+    Ok(match event_type {
         EventType::Track => name("event")?.ok_or_else(|| parse_err("track event has no name"))?,
         EventType::Page | EventType::Screen => name("name")?
             .or(name("event")?)
             .unwrap_or_else(|| event_type.as_str().to_string()),
         _ => name("event")?.unwrap_or_else(|| event_type.as_str().to_string()),
-    };
+    })
+}
 
-    let time = |keys: &[&str]| -> Result<Option<i64>, Failure> {
-        for k in keys {
-            match obj.get(*k) {
-                None | Some(Value::Null) => continue,
-                Some(v) => {
-                    return parse_timestamp(v)
-                        .map(Some)
-                        .ok_or_else(|| parse_err(format!("{k} is not a valid time: {v}")));
-                }
+/// The first of `keys` that is present, as a time in microseconds.
+fn time_field(obj: &Map<String, Value>, keys: &[&str]) -> Result<Option<i64>, Failure> {
+    for k in keys {
+        match obj.get(*k) {
+            None | Some(Value::Null) => continue,
+            Some(v) => {
+                return parse_timestamp(v)
+                    .map(Some)
+                    .ok_or_else(|| parse_err(format!("{k} is not a valid time: {v}")));
             }
         }
-        Ok(None)
-    };
-    let original = time(&["timestamp", "originalTimestamp"])?;
-    let sent_at = time(&["sentAt", "sent_at"])?;
-    let timestamp = match (original, sent_at) {
-        (Some(t), Some(s)) => sluice_event::skew_corrected(raw.received_at, s, t),
-        (Some(t), None) => t,
-        (None, _) => raw.received_at,
-    };
+    }
+    Ok(None)
+}
 
+/// A JSON object's members.
+type JsonObject = Map<String, Value>;
+
+/// The properties (an identify's or group's `traits`) with every member that is not reserved,
+/// and the context with the request's IP address and user agent where it names none.
+fn native_members(
+    mut obj: Map<String, Value>,
+    event_type: EventType,
+    raw: &RawEvent,
+) -> Result<(JsonObject, JsonObject), Failure> {
     let props_key = match event_type {
         EventType::Identify | EventType::Group => "traits",
         _ => "properties",
@@ -235,22 +271,7 @@ fn native(raw: &RawEvent, raw_pos: Position) -> Result<Draft, Failure> {
             properties.entry(k).or_insert(v);
         }
     }
-    Ok(Draft {
-        event_id: raw.event_id.clone(),
-        event_type,
-        event,
-        source: raw.source.clone(),
-        user_id,
-        anonymous_id,
-        timestamp,
-        sent_at,
-        received_at: raw.received_at,
-        device_timestamp: original,
-        properties,
-        context,
-        enriched: Enrichment::default(),
-        raw: raw_pos,
-    })
+    Ok((properties, context))
 }
 
 fn id_field(obj: &Map<String, Value>, keys: &[&str]) -> Result<Option<String>, Failure> {

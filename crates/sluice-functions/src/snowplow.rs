@@ -267,111 +267,129 @@ fn snowplow_fields(
     Ok(())
 }
 
+/// An event's type, name and properties.
+type Described = (EventType, String, Map<String, Value>);
+
 /// The event itself, by its type `e`: type, name and properties.
 fn event(
     e: &str,
     p: &mut Params,
     title: Option<String>,
     context: &mut Map<String, Value>,
-) -> Result<(EventType, String, Map<String, Value>), Failure> {
-    let mut properties = Map::new();
-    let (event_type, name) = match e {
-        "pv" => (
+) -> Result<Described, Failure> {
+    match e {
+        "pv" => Ok((
             EventType::Page,
             title
                 .filter(|t| !t.trim().is_empty())
                 .unwrap_or_else(|| "page".into()),
-        ),
-        "pp" => {
-            p.numbers_into(
-                &mut properties,
-                &[
-                    ("pp_mix", "min_x"),
-                    ("pp_max", "max_x"),
-                    ("pp_miy", "min_y"),
-                    ("pp_may", "max_y"),
-                ],
-            )?;
-            (EventType::Track, "page_ping".to_string())
-        }
-        "se" => {
-            let action = p
-                .peek_text("se_ac")?
-                .filter(|a| !a.trim().is_empty())
-                .ok_or_else(|| parse_err("structured event (e=se) needs se_ac (action)"))?;
-            p.strings_into(
-                &mut properties,
-                &[
-                    ("se_ca", "category"),
-                    ("se_ac", "action"),
-                    ("se_la", "label"),
-                    ("se_pr", "property"),
-                ],
-            )?;
-            p.numbers_into(&mut properties, &[("se_va", "value")])?;
-            (EventType::Track, action)
-        }
-        "ue" => {
-            let (schema, data) = unstruct(p)?;
-            let name = iglu_name(&schema)
-                .ok_or_else(|| {
-                    parse_err(format!("ue: inner schema {schema:?} is not an iglu uri"))
-                })?
-                .to_string();
-            properties = match data {
-                Value::Object(m) => m,
-                _ => return Err(parse_err("ue: the event's data must be a json object")),
-            };
-            context.insert("schema".into(), Value::String(schema));
-            (EventType::Track, name)
-        }
-        "tr" => {
-            p.strings_into(
-                &mut properties,
-                &[
-                    ("tr_id", "order_id"),
-                    ("tr_af", "affiliation"),
-                    ("tr_ci", "city"),
-                    ("tr_st", "state"),
-                    ("tr_co", "country"),
-                    ("tr_cu", "currency"),
-                ],
-            )?;
-            p.numbers_into(
-                &mut properties,
-                &[("tr_tt", "total"), ("tr_tx", "tax"), ("tr_sh", "shipping")],
-            )?;
-            (EventType::Track, "transaction".to_string())
-        }
-        "ti" => {
-            p.strings_into(
-                &mut properties,
-                &[
-                    ("ti_id", "order_id"),
-                    ("ti_sk", "sku"),
-                    ("ti_nm", "name"),
-                    ("ti_ca", "category"),
-                    ("ti_cu", "currency"),
-                ],
-            )?;
-            if !properties.contains_key("name")
-                && let Some(name) = p.text("ti_na")?
-            {
-                properties.insert("name".into(), Value::String(name));
-            }
-            p.numbers_into(
-                &mut properties,
-                &[("ti_pr", "price"), ("ti_qu", "quantity")],
-            )?;
-            (EventType::Track, "transaction_item".to_string())
-        }
-        other => {
-            return Err(parse_err(format!(
-                "unknown event type e={other:?} (expected pv, pp, ue, se, tr or ti)"
-            )));
-        }
+            Map::new(),
+        )),
+        "pp" => page_ping(p),
+        "se" => structured(p),
+        "ue" => unstructured(p, context),
+        "tr" => transaction(p),
+        "ti" => transaction_item(p),
+        other => Err(parse_err(format!(
+            "unknown event type e={other:?} (expected pv, pp, ue, se, tr or ti)"
+        ))),
+    }
+}
+
+/// A page ping (`e=pp`): the scroll offsets.
+fn page_ping(p: &mut Params) -> Result<Described, Failure> {
+    let mut properties = Map::new();
+    p.numbers_into(
+        &mut properties,
+        &[
+            ("pp_mix", "min_x"),
+            ("pp_max", "max_x"),
+            ("pp_miy", "min_y"),
+            ("pp_may", "max_y"),
+        ],
+    )?;
+    Ok((EventType::Track, "page_ping".to_string(), properties))
+}
+
+/// A structured event (`e=se`), named for its action.
+fn structured(p: &mut Params) -> Result<Described, Failure> {
+    let mut properties = Map::new();
+    let action = p
+        .peek_text("se_ac")?
+        .filter(|a| !a.trim().is_empty())
+        .ok_or_else(|| parse_err("structured event (e=se) needs se_ac (action)"))?;
+    p.strings_into(
+        &mut properties,
+        &[
+            ("se_ca", "category"),
+            ("se_ac", "action"),
+            ("se_la", "label"),
+            ("se_pr", "property"),
+        ],
+    )?;
+    p.numbers_into(&mut properties, &[("se_va", "value")])?;
+    Ok((EventType::Track, action, properties))
+}
+
+/// An unstructured event (`e=ue`): named for its inner schema, which goes to `context`, with
+/// its data as the properties.
+fn unstructured(p: &mut Params, context: &mut Map<String, Value>) -> Result<Described, Failure> {
+    let (schema, data) = unstruct(p)?;
+    let name = iglu_name(&schema)
+        .ok_or_else(|| parse_err(format!("ue: inner schema {schema:?} is not an iglu uri")))?
+        .to_string();
+    let properties = match data {
+        Value::Object(m) => m,
+        _ => return Err(parse_err("ue: the event's data must be a json object")),
     };
-    Ok((event_type, name, properties))
+    context.insert("schema".into(), Value::String(schema));
+    Ok((EventType::Track, name, properties))
+}
+
+/// An ecommerce transaction (`e=tr`).
+fn transaction(p: &mut Params) -> Result<Described, Failure> {
+    let mut properties = Map::new();
+    p.strings_into(
+        &mut properties,
+        &[
+            ("tr_id", "order_id"),
+            ("tr_af", "affiliation"),
+            ("tr_ci", "city"),
+            ("tr_st", "state"),
+            ("tr_co", "country"),
+            ("tr_cu", "currency"),
+        ],
+    )?;
+    p.numbers_into(
+        &mut properties,
+        &[("tr_tt", "total"), ("tr_tx", "tax"), ("tr_sh", "shipping")],
+    )?;
+    Ok((EventType::Track, "transaction".to_string(), properties))
+}
+
+/// An item of an ecommerce transaction (`e=ti`).
+fn transaction_item(p: &mut Params) -> Result<Described, Failure> {
+    let mut properties = Map::new();
+    p.strings_into(
+        &mut properties,
+        &[
+            ("ti_id", "order_id"),
+            ("ti_sk", "sku"),
+            ("ti_nm", "name"),
+            ("ti_ca", "category"),
+            ("ti_cu", "currency"),
+        ],
+    )?;
+    if !properties.contains_key("name")
+        && let Some(name) = p.text("ti_na")?
+    {
+        properties.insert("name".into(), Value::String(name));
+    }
+    p.numbers_into(
+        &mut properties,
+        &[("ti_pr", "price"), ("ti_qu", "quantity")],
+    )?;
+    Ok((EventType::Track, "transaction_item".to_string(), properties))
 }
 
 /// An event's parameters; reading one removes it, so what is left at the end was not read.

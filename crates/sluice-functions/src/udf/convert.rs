@@ -243,78 +243,17 @@ pub(crate) fn from_json(
     let Value::Object(mut obj) = v else {
         return Err(format!("an event must be an object, not {}", type_name(&v)));
     };
-    let string = |obj: &mut Map<String, Value>, key: &str| -> Result<Option<String>, String> {
-        match obj.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(Value::Number(n)) if key.ends_with("_id") => Ok(Some(n.to_string())),
-            Some(other) => Err(format!("{key} must be a string, not {}", type_name(&other))),
-        }
-    };
-    let time = |obj: &mut Map<String, Value>, key: &str| -> Result<Option<i64>, String> {
-        match obj.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => parse_timestamp(&v)
-                .map(Some)
-                .ok_or_else(|| format!("{key} is not a valid time: {v}")),
-        }
-    };
-    let object = |obj: &mut Map<String, Value>, key: &str| -> Result<Map<String, Value>, String> {
-        match obj.remove(key) {
-            None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(m)) => Ok(m),
-            Some(other) => Err(format!(
-                "{key} must be an object, not {}",
-                type_name(&other)
-            )),
-        }
-    };
-    let event_id = string(&mut obj, "event_id")?
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| origin.event_id.clone());
-    if event_id.len() > 256 {
-        return Err("event_id is longer than 256 bytes".into());
-    }
-    let event_type = match string(&mut obj, "event_type")? {
-        None => EventType::Track,
-        Some(t) => EventType::parse(&t).ok_or_else(|| format!("unknown event_type {t:?}"))?,
-    };
-    let event = match string(&mut obj, "event")?.filter(|s| !s.trim().is_empty()) {
-        Some(e) => e,
-        None if event_type == EventType::Track => {
-            return Err("a track event needs a name (event)".into());
-        }
-        None => event_type.as_str().to_string(),
-    };
-    let source = string(&mut obj, "source")?
+    let (event_id, event_type, event) = naming(&mut obj, origin)?;
+    let source = take_string(&mut obj, "source")?
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| origin.source.clone());
-    let user_id = string(&mut obj, "user_id")?;
-    let anonymous_id = string(&mut obj, "anonymous_id")?;
-    let timestamp = time(&mut obj, "timestamp")?.unwrap_or(origin.timestamp);
-    let sent_at = time(&mut obj, "sent_at")?;
-    let received_at = time(&mut obj, "received_at")?.unwrap_or(origin.received_at);
-    let device_timestamp = time(&mut obj, "device_timestamp")?;
-    let kept_member = |i: usize| kept.filter(|(_, members)| members & (1 << i) != 0);
-    let mut properties = match kept_member(0) {
-        Some((d, _)) => d.properties.clone(),
-        None => object(&mut obj, "properties")?,
-    };
-    let context = match kept_member(1) {
-        Some((d, _)) => d.context.clone(),
-        None => object(&mut obj, "context")?,
-    };
-    let enriched = match (kept_member(2), obj.remove("enriched")) {
-        (Some((d, _)), _) => d.enriched.clone(),
-        (None, None | Some(Value::Null)) => Enrichment::default(),
-        (None, Some(Value::Object(m))) => enrichment(m)?,
-        (None, Some(other)) => {
-            return Err(format!(
-                "enriched must be an object, not {}",
-                type_name(&other)
-            ));
-        }
-    };
+    let user_id = take_string(&mut obj, "user_id")?;
+    let anonymous_id = take_string(&mut obj, "anonymous_id")?;
+    let timestamp = take_time(&mut obj, "timestamp")?.unwrap_or(origin.timestamp);
+    let sent_at = take_time(&mut obj, "sent_at")?;
+    let received_at = take_time(&mut obj, "received_at")?.unwrap_or(origin.received_at);
+    let device_timestamp = take_time(&mut obj, "device_timestamp")?;
+    let (mut properties, context, enriched) = lazy_members(&mut obj, kept)?;
     obj.remove("raw");
     properties.extend(obj);
     Ok(Draft {
@@ -333,6 +272,96 @@ pub(crate) fn from_json(
         enriched,
         raw: origin.raw,
     })
+}
+
+/// Takes the string member `key` (a number too, for an id); null is none.
+fn take_string(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) if key.ends_with("_id") => Ok(Some(n.to_string())),
+        Some(other) => Err(format!("{key} must be a string, not {}", type_name(&other))),
+    }
+}
+
+/// Takes the time member `key`, in microseconds; null is none.
+fn take_time(obj: &mut Map<String, Value>, key: &str) -> Result<Option<i64>, String> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_timestamp(&v)
+            .map(Some)
+            .ok_or_else(|| format!("{key} is not a valid time: {v}")),
+    }
+}
+
+/// Takes the object member `key`; null is an empty one.
+fn take_object(obj: &mut Map<String, Value>, key: &str) -> Result<Map<String, Value>, String> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m),
+        Some(other) => Err(format!(
+            "{key} must be an object, not {}",
+            type_name(&other)
+        )),
+    }
+}
+
+/// The output's event id (else `origin`'s), type (default `track`) and name (a track event
+/// needs one; any other is named for its type).
+fn naming(
+    obj: &mut Map<String, Value>,
+    origin: &Draft,
+) -> Result<(String, EventType, String), String> {
+    let event_id = take_string(obj, "event_id")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| origin.event_id.clone());
+    if event_id.len() > 256 {
+        return Err("event_id is longer than 256 bytes".into());
+    }
+    let event_type = match take_string(obj, "event_type")? {
+        None => EventType::Track,
+        Some(t) => EventType::parse(&t).ok_or_else(|| format!("unknown event_type {t:?}"))?,
+    };
+    let event = match take_string(obj, "event")?.filter(|s| !s.trim().is_empty()) {
+        Some(e) => e,
+        None if event_type == EventType::Track => {
+            return Err("a track event needs a name (event)".into());
+        }
+        None => event_type.as_str().to_string(),
+    };
+    Ok((event_id, event_type, event))
+}
+
+/// A JSON object's members.
+type JsonObject = Map<String, Value>;
+
+/// The output's properties, context and enrichment: each copied from the `kept` event when
+/// the output still holds it untouched, else read from the output.
+fn lazy_members(
+    obj: &mut Map<String, Value>,
+    kept: Option<(&Draft, u8)>,
+) -> Result<(JsonObject, JsonObject, Enrichment), String> {
+    let kept_member = |i: usize| kept.filter(|(_, members)| members & (1 << i) != 0);
+    let properties = match kept_member(0) {
+        Some((d, _)) => d.properties.clone(),
+        None => take_object(obj, "properties")?,
+    };
+    let context = match kept_member(1) {
+        Some((d, _)) => d.context.clone(),
+        None => take_object(obj, "context")?,
+    };
+    let enriched = match (kept_member(2), obj.remove("enriched")) {
+        (Some((d, _)), _) => d.enriched.clone(),
+        (None, None | Some(Value::Null)) => Enrichment::default(),
+        (None, Some(Value::Object(m))) => enrichment(m)?,
+        (None, Some(other)) => {
+            return Err(format!(
+                "enriched must be an object, not {}",
+                type_name(&other)
+            ));
+        }
+    };
+    Ok((properties, context, enriched))
 }
 
 fn enrichment(m: Map<String, Value>) -> Result<Enrichment, String> {

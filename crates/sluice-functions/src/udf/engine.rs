@@ -428,22 +428,7 @@ pub struct Engine {
 impl Engine {
     /// Loads `source` into a fresh runtime; the module's top-level code runs under `timeout`.
     pub fn load(source: &Source, log: LogFn, timeout: Duration) -> Result<Self, InvokeError> {
-        let runtime = Runtime::new().map_err(|e| InvokeError::Init(e.to_string()))?;
-        runtime.set_memory_limit(source.memory_mb as usize * (1 << 20));
-        runtime.set_max_stack_size(MAX_STACK);
-        let deadline: Arc<parking_lot::Mutex<Option<Instant>>> = Arc::default();
-        let interrupted = Arc::new(AtomicBool::new(false));
-        {
-            let deadline = deadline.clone();
-            let interrupted = interrupted.clone();
-            runtime.set_interrupt_handler(Some(Box::new(move || {
-                let late = deadline.lock().is_some_and(|d| Instant::now() >= d);
-                if late {
-                    interrupted.store(true, Ordering::Relaxed);
-                }
-                late
-            })));
-        }
+        let (runtime, deadline, interrupted) = limited_runtime(source)?;
         let context = Context::full(&runtime).map_err(|e| InvokeError::Init(e.to_string()))?;
         let engine = Self {
             context,
@@ -455,73 +440,8 @@ impl Engine {
         };
         engine.arm(timeout);
         let mode = engine.context.with(|ctx| -> Result<Mode, InvokeError> {
-            let globals = ctx.globals();
-            let init = |e: rquickjs::Error| InvokeError::Init(e.to_string());
-            // CommonJS style (`module.exports = {...}`, `exports.transform = ...`) works too.
-            let cjs: Object = ctx
-                .eval("globalThis.module = { exports: {} }; globalThis.exports = globalThis.module.exports; globalThis.module")
-                .map_err(init)?;
-            // Top-level `function transform(...)` without `export` is module-scoped: the
-            // epilogue hands such declarations out too.
-            let code = format!("{}{EPILOGUE}", source.code);
-            let module = Module::declare(ctx.clone(), "function.js", code)
-                .catch(&ctx)
-                .map_err(|e| InvokeError::Init(caught_text(e)))?;
-            let (module, done) = module
-                .eval()
-                .catch(&ctx)
-                .map_err(|e| InvokeError::Init(caught_text(e)))?;
-            done.finish::<()>()
-                .catch(&ctx)
-                .map_err(|e| InvokeError::Init(caught_text(e)))?;
-            let ns = module.namespace().map_err(init)?;
-            let exports: Object = cjs.get("exports").map_err(init)?;
-            let local: Object = globals.get("__sluice_local").map_err(init)?;
-            globals.remove("__sluice_local").map_err(init)?;
-            let pick = |name: &str| -> Option<Function> {
-                ns.get::<_, Option<Function>>(name)
-                    .ok()
-                    .flatten()
-                    .or_else(|| exports.get::<_, Option<Function>>(name).ok().flatten())
-                    .or_else(|| local.get::<_, Option<Function>>(name).ok().flatten())
-            };
-            let (mode, f) = match (pick("process"), pick("transform")) {
-                (Some(_), Some(_)) => {
-                    return Err(InvokeError::Init(
-                        "the module exports both process and transform; export one".into(),
-                    ));
-                }
-                (Some(f), None) => (Mode::Batch, f),
-                (None, Some(f)) => (Mode::Event, f),
-                (None, None) => {
-                    return Err(InvokeError::Init(
-                        "the module exports neither process(events, ctx) nor transform(event, ctx)"
-                            .into(),
-                    ));
-                }
-            };
-            let base = Object::new(ctx.clone()).map_err(init)?;
-            base.set("function", source.name.as_str()).map_err(init)?;
-            base.set("version", source.version).map_err(init)?;
-            let config = ctx
-                .json_parse(source.config.to_string())
-                .map_err(init)?;
-            let secrets = ctx
-                .json_parse(source.secrets.to_string())
-                .map_err(init)?;
-            base.set("config", config).map_err(init)?;
-            base.set("secrets", secrets).map_err(init)?;
-            let sink = Function::new(ctx.clone(), move |level: String, message: String| {
-                log(&level, &message);
-            })
-            .map_err(init)?;
-            globals.set("__sluice_fn", f).map_err(init)?;
-            globals.set("__sluice_mode", mode.as_str()).map_err(init)?;
-            globals.set("__sluice_base", base).map_err(init)?;
-            globals.set("__sluice_log", sink).map_err(init)?;
-            ctx.eval::<(), _>(WRAPPER)
-                .catch(&ctx)
-                .map_err(|e| InvokeError::Init(caught_text(e)))?;
+            let (mode, f) = entry_point(&ctx, source)?;
+            install_wrapper(&ctx, source, log, mode, f)?;
             Ok(mode)
         });
         engine.disarm();
@@ -650,6 +570,108 @@ fn settle<'js>(
         )),
         Err(e) => Err(InvokeError::Exception(caught_text(e))),
     }
+}
+
+/// When the code running in a runtime must stop (none while nothing runs).
+type Deadline = Arc<parking_lot::Mutex<Option<Instant>>>;
+
+/// A fresh runtime with the function's memory limit and the stack limit, interrupted once its
+/// deadline has passed; the flag tells that it was.
+fn limited_runtime(source: &Source) -> Result<(Runtime, Deadline, Arc<AtomicBool>), InvokeError> {
+    let runtime = Runtime::new().map_err(|e| InvokeError::Init(e.to_string()))?;
+    runtime.set_memory_limit(source.memory_mb as usize * (1 << 20));
+    runtime.set_max_stack_size(MAX_STACK);
+    let deadline: Deadline = Arc::default();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let deadline = deadline.clone();
+        let interrupted = interrupted.clone();
+        runtime.set_interrupt_handler(Some(Box::new(move || {
+            let late = deadline.lock().is_some_and(|d| Instant::now() >= d);
+            if late {
+                interrupted.store(true, Ordering::Relaxed);
+            }
+            late
+        })));
+    }
+    Ok((runtime, deadline, interrupted))
+}
+
+/// Runs the user's module (an ES module, CommonJS, or top-level declarations) and finds its
+/// entry point: `process` (a batch) or `transform` (an event), never both.
+fn entry_point<'js>(ctx: &Ctx<'js>, source: &Source) -> Result<(Mode, Function<'js>), InvokeError> {
+    let globals = ctx.globals();
+    let init = |e: rquickjs::Error| InvokeError::Init(e.to_string());
+    // CommonJS style (`module.exports = {...}`, `exports.transform = ...`) works too.
+    let cjs: Object = ctx
+        .eval("globalThis.module = { exports: {} }; globalThis.exports = globalThis.module.exports; globalThis.module")
+        .map_err(init)?;
+    // Top-level `function transform(...)` without `export` is module-scoped: the
+    // epilogue hands such declarations out too.
+    let code = format!("{}{EPILOGUE}", source.code);
+    let module = Module::declare(ctx.clone(), "function.js", code)
+        .catch(ctx)
+        .map_err(|e| InvokeError::Init(caught_text(e)))?;
+    let (module, done) = module
+        .eval()
+        .catch(ctx)
+        .map_err(|e| InvokeError::Init(caught_text(e)))?;
+    done.finish::<()>()
+        .catch(ctx)
+        .map_err(|e| InvokeError::Init(caught_text(e)))?;
+    let ns = module.namespace().map_err(init)?;
+    let exports: Object = cjs.get("exports").map_err(init)?;
+    let local: Object = globals.get("__sluice_local").map_err(init)?;
+    globals.remove("__sluice_local").map_err(init)?;
+    let pick = |name: &str| -> Option<Function> {
+        ns.get::<_, Option<Function>>(name)
+            .ok()
+            .flatten()
+            .or_else(|| exports.get::<_, Option<Function>>(name).ok().flatten())
+            .or_else(|| local.get::<_, Option<Function>>(name).ok().flatten())
+    };
+    match (pick("process"), pick("transform")) {
+        (Some(_), Some(_)) => Err(InvokeError::Init(
+            "the module exports both process and transform; export one".into(),
+        )),
+        (Some(f), None) => Ok((Mode::Batch, f)),
+        (None, Some(f)) => Ok((Mode::Event, f)),
+        (None, None) => Err(InvokeError::Init(
+            "the module exports neither process(events, ctx) nor transform(event, ctx)".into(),
+        )),
+    }
+}
+
+/// Hands the wrapper the entry point `f`, its `mode`, what every call's `ctx` starts from
+/// (`function`, `version`, `config`, `secrets`) and the log sink, and runs it.
+fn install_wrapper<'js>(
+    ctx: &Ctx<'js>,
+    source: &Source,
+    log: LogFn,
+    mode: Mode,
+    f: Function<'js>,
+) -> Result<(), InvokeError> {
+    let globals = ctx.globals();
+    let init = |e: rquickjs::Error| InvokeError::Init(e.to_string());
+    let base = Object::new(ctx.clone()).map_err(init)?;
+    base.set("function", source.name.as_str()).map_err(init)?;
+    base.set("version", source.version).map_err(init)?;
+    let config = ctx.json_parse(source.config.to_string()).map_err(init)?;
+    let secrets = ctx.json_parse(source.secrets.to_string()).map_err(init)?;
+    base.set("config", config).map_err(init)?;
+    base.set("secrets", secrets).map_err(init)?;
+    let sink = Function::new(ctx.clone(), move |level: String, message: String| {
+        log(&level, &message);
+    })
+    .map_err(init)?;
+    globals.set("__sluice_fn", f).map_err(init)?;
+    globals.set("__sluice_mode", mode.as_str()).map_err(init)?;
+    globals.set("__sluice_base", base).map_err(init)?;
+    globals.set("__sluice_log", sink).map_err(init)?;
+    ctx.eval::<(), _>(WRAPPER)
+        .catch(ctx)
+        .map_err(|e| InvokeError::Init(caught_text(e)))?;
+    Ok(())
 }
 
 fn caught_text(e: CaughtError<'_>) -> String {
