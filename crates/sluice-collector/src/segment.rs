@@ -289,6 +289,8 @@ struct Shared<'a> {
     sent_at: Option<&'a RawValue>,
 }
 
+/// Checks one message and encodes it: a batch message with what the batch shares, a single
+/// one with its route's type.
 fn message<'a>(
     mut m: Members<'a>,
     route_kind: Option<EventType>,
@@ -298,53 +300,77 @@ fn message<'a>(
     // Values built here (the route's type, a merged context) are appended when encoding.
     let mut extra: Vec<(&str, String)> = Vec::new();
     if let Some(shared) = shared {
-        if let Some(ctx) = &shared.context {
-            match m.get("context") {
-                Some(own) if !is_null(own) => {
-                    let mut own = Members::parse(own)
-                        .map_err(|e| (ErrorKind::Invalid, format!("context {e}")))?;
-                    for (k, v) in &ctx.0 {
-                        if own.get(k).is_none() {
-                            own.0.push((k.clone(), v));
-                        }
+        inherit(&mut m, shared, &mut extra)?;
+    }
+    let kind = message_type(&mut m, route_kind, &mut extra)?;
+    check_ids(&m, kind)?;
+    encode_message(&m, &extra)
+}
+
+/// Gives a batch message what its batch shares: the batch's context under its own (its own
+/// keys win), and the batch's `integrations` and `sentAt` where it has none.
+fn inherit<'a>(
+    m: &mut Members<'a>,
+    shared: &Shared<'a>,
+    extra: &mut Vec<(&str, String)>,
+) -> Result<(), (ErrorKind, String)> {
+    if let Some(ctx) = &shared.context {
+        match m.get("context") {
+            Some(own) if !is_null(own) => {
+                let mut own = Members::parse(own)
+                    .map_err(|e| (ErrorKind::Invalid, format!("context {e}")))?;
+                for (k, v) in &ctx.0 {
+                    if own.get(k).is_none() {
+                        own.0.push((k.clone(), v));
                     }
-                    m.remove("context");
-                    extra.push(("context", own.encode(&[])));
                 }
-                _ => {
-                    m.remove("context");
-                    extra.push(("context", ctx.encode(&[])));
-                }
+                m.remove("context");
+                extra.push(("context", own.encode(&[])));
             }
-        }
-        for (key, v) in [
-            ("integrations", shared.integrations),
-            ("sentAt", shared.sent_at),
-        ] {
-            if let Some(v) = v
-                && m.get(key).is_none_or(is_null)
-            {
-                m.set(key, v);
+            _ => {
+                m.remove("context");
+                extra.push(("context", ctx.encode(&[])));
             }
         }
     }
-    let kind = match route_kind {
+    for (key, v) in [
+        ("integrations", shared.integrations),
+        ("sentAt", shared.sent_at),
+    ] {
+        if let Some(v) = v
+            && m.get(key).is_none_or(is_null)
+        {
+            m.set(key, v);
+        }
+    }
+    Ok(())
+}
+
+/// The message's type: its route's (replacing any `type` it has), else its own `type`.
+fn message_type(
+    m: &mut Members<'_>,
+    route_kind: Option<EventType>,
+    extra: &mut Vec<(&str, String)>,
+) -> Result<EventType, (ErrorKind, String)> {
+    match route_kind {
         Some(kind) => {
             m.remove("type");
             extra.push(("type", format!("\"{}\"", kind.as_str())));
-            kind
+            Ok(kind)
         }
         None => match m.get("type").and_then(as_str) {
             Some(t) => EventType::parse(&t)
-                .ok_or_else(|| (ErrorKind::Invalid, format!("unknown message type {t:?}")))?,
-            None => {
-                return Err((
-                    ErrorKind::Invalid,
-                    "every batch message needs a \"type\"".into(),
-                ));
-            }
+                .ok_or_else(|| (ErrorKind::Invalid, format!("unknown message type {t:?}"))),
+            None => Err((
+                ErrorKind::Invalid,
+                "every batch message needs a \"type\"".into(),
+            )),
         },
-    };
+    }
+}
+
+/// Checks the ids a message of type `kind` needs, and the length of its `messageId`.
+fn check_ids(m: &Members<'_>, kind: EventType) -> Result<(), (ErrorKind, String)> {
     let has = |k: &str| {
         m.get(k).is_some_and(|v| {
             let t = v.get();
@@ -376,6 +402,14 @@ fn message<'a>(
             format!("messageId must be shorter than {MAX_MESSAGE_ID} characters"),
         ));
     }
+    Ok(())
+}
+
+/// The message's members with the `extra` values appended, within Segment's size limit.
+fn encode_message(
+    m: &Members<'_>,
+    extra: &[(&str, String)],
+) -> Result<Box<RawValue>, (ErrorKind, String)> {
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let text = m.encode(&extra);
     if text.len() > SEGMENT_MAX_MESSAGE_BYTES {
