@@ -258,30 +258,7 @@ impl Config {
 
     /// Validates everything once.
     pub fn validate(&self) -> Result<Settings, ServerError> {
-        if !self.http.ip().is_loopback() && self.admin_token.as_deref().is_none_or(str::is_empty) {
-            return Err(ServerError::Config(format!(
-                "refusing to listen on non-loopback address {} without an admin_token",
-                self.http
-            )));
-        }
-        let pg_credentials = match self.pg_password.as_deref() {
-            Some("") => {
-                return Err(ServerError::Config("pg_password must not be empty".into()));
-            }
-            Some(password) if !self.pg_user.is_empty() => Some(PgCredentials {
-                user: self.pg_user.clone(),
-                password: password.to_string(),
-            }),
-            Some(_) => return Err(ServerError::Config("pg_user must not be empty".into())),
-            None => None,
-        };
-        let admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
-        if !self.pg.ip().is_loopback() && pg_credentials.is_none() && admin_token.is_none() {
-            return Err(ServerError::Config(format!(
-                "refusing to serve the postgres wire protocol on non-loopback address {} without a pg_password or an admin_token",
-                self.pg
-            )));
-        }
+        let (pg_credentials, admin_token) = self.listener_credentials()?;
         if self.drain_timeout < Duration::from_secs(1) {
             return Err(ServerError::Config(
                 "drain_timeout must be at least 1s".into(),
@@ -291,48 +268,13 @@ impl Config {
             .upkeep
             .validate()
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        let loader = self
-            .loader
-            .as_ref()
-            .map(LoaderConfig::validate)
-            .transpose()
-            .map_err(|e| ServerError::Config(e.to_string()))?
-            // The loader's typed tables follow the lake's rules, limits included.
-            .map(|l| LoaderSettings {
-                max_typed_tables: self.lake.max_typed_tables,
-                max_typed_columns: self.lake.max_typed_columns,
-                ..l
-            });
+        let loader = self.loader_settings()?;
         crate::auth::Auth::new(self.sources.clone(), None).map_err(ServerError::Config)?;
         self.validation.validate().map_err(ServerError::Config)?;
         self.kinesis.validate().map_err(ServerError::Config)?;
-        let mut journal = self.journal.clone();
-        if journal.dir.as_os_str().is_empty() {
-            journal.dir = self.data_dir.join("journal");
-        }
-        journal
-            .validate()
-            .map_err(|e| ServerError::Config(e.to_string()))?;
-        if journal.backend == sluice_journal::JournalBackend::Jetstream {
-            journal
-                .jetstream
-                .validate()
-                .map_err(|e| ServerError::Config(e.to_string()))?;
-        }
-        let mut hot = self
-            .hot
-            .validate()
-            .map_err(|e| ServerError::Config(e.to_string()))?;
-        if hot.dir.as_os_str().is_empty() {
-            hot.dir = self.data_dir.join("hot");
-        }
-        let mut predict = self
-            .predict
-            .validate()
-            .map_err(|e| ServerError::Config(e.to_string()))?;
-        if predict.dir.as_os_str().is_empty() {
-            predict.dir = self.data_dir.join("models");
-        }
+        let journal = self.journal_settings()?;
+        let hot = self.hot_settings()?;
+        let predict = self.predict_settings()?;
         Ok(Settings {
             data_dir: self.data_dir.clone(),
             http: self.http,
@@ -367,6 +309,94 @@ impl Config {
             hot,
             predict,
         })
+    }
+
+    /// The Postgres wire login and the admin token (an empty one is none), refusing a
+    /// non-loopback HTTP or Postgres wire address that nothing protects.
+    fn listener_credentials(&self) -> Result<(Option<PgCredentials>, Option<String>), ServerError> {
+        if !self.http.ip().is_loopback() && self.admin_token.as_deref().is_none_or(str::is_empty) {
+            return Err(ServerError::Config(format!(
+                "refusing to listen on non-loopback address {} without an admin_token",
+                self.http
+            )));
+        }
+        let pg_credentials = match self.pg_password.as_deref() {
+            Some("") => {
+                return Err(ServerError::Config("pg_password must not be empty".into()));
+            }
+            Some(password) if !self.pg_user.is_empty() => Some(PgCredentials {
+                user: self.pg_user.clone(),
+                password: password.to_string(),
+            }),
+            Some(_) => return Err(ServerError::Config("pg_user must not be empty".into())),
+            None => None,
+        };
+        let admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
+        if !self.pg.ip().is_loopback() && pg_credentials.is_none() && admin_token.is_none() {
+            return Err(ServerError::Config(format!(
+                "refusing to serve the postgres wire protocol on non-loopback address {} without a pg_password or an admin_token",
+                self.pg
+            )));
+        }
+        Ok((pg_credentials, admin_token))
+    }
+
+    /// The loader's settings, when `[loader]` is there.
+    fn loader_settings(&self) -> Result<Option<LoaderSettings>, ServerError> {
+        Ok(self
+            .loader
+            .as_ref()
+            .map(LoaderConfig::validate)
+            .transpose()
+            .map_err(|e| ServerError::Config(e.to_string()))?
+            // The loader's typed tables follow the lake's rules, limits included.
+            .map(|l| LoaderSettings {
+                max_typed_tables: self.lake.max_typed_tables,
+                max_typed_columns: self.lake.max_typed_columns,
+                ..l
+            }))
+    }
+
+    /// The journal's config, validated, its `dir` defaulting to `<data_dir>/journal`.
+    fn journal_settings(&self) -> Result<JournalConfig, ServerError> {
+        let mut journal = self.journal.clone();
+        if journal.dir.as_os_str().is_empty() {
+            journal.dir = self.data_dir.join("journal");
+        }
+        journal
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        if journal.backend == sluice_journal::JournalBackend::Jetstream {
+            journal
+                .jetstream
+                .validate()
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+        }
+        Ok(journal)
+    }
+
+    /// The hot tier's settings, its `dir` defaulting to `<data_dir>/hot`.
+    fn hot_settings(&self) -> Result<HotSettings, ServerError> {
+        let mut hot = self
+            .hot
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        if hot.dir.as_os_str().is_empty() {
+            hot.dir = self.data_dir.join("hot");
+        }
+        Ok(hot)
+    }
+
+    /// The online models' settings, their `dir` defaulting to `<data_dir>/models`.
+    fn predict_settings(&self) -> Result<PredictSettings, ServerError> {
+        let mut predict = self
+            .predict
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        if predict.dir.as_os_str().is_empty() {
+            predict.dir = self.data_dir.join("models");
+        }
+        Ok(predict)
     }
 }
 

@@ -163,6 +163,11 @@ impl Server {
     /// after `good` (lake, hot tier) wait for the pipeline lease: the node serves HTTP (intake,
     /// SQL, health) and its share of the runner's partitions while it stands by, and starts them
     /// once it holds the lease.
+    ///
+    /// In order: the base (journal, lake root, registry), this node's credentials and consumer
+    /// holds, its user functions, the roles that answer clients (collector, warehouse, the HTTP
+    /// listener), on a shared journal the runner's share of partitions, then the stages after the
+    /// journal ([`StartPipeline::run`]).
     pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         let prometheus = crate::metrics::install();
         let stage_runtime = Arc::new(StageRuntime::new()?);
@@ -177,127 +182,105 @@ impl Server {
             let s = settings.clone();
             blocking("journal", move || crate::holds::register(&j, &s)).await?;
         }
-        let roles = settings.roles;
-        // What this node tells the others about itself (standing by or not), announced once
-        // its functions run (below).
-        let card = NodeCard::new(settings.journal.jetstream.node_name(), roles.names());
-        let announced = tokio::sync::watch::Sender::new(card.to_json());
-        let card = Arc::new(std::sync::Mutex::new(card));
-        let intake = CancellationToken::new();
-        let housekeeping = CancellationToken::new();
-        let mut listeners = Vec::new();
-        let pipeline = Arc::new(std::sync::OnceLock::new());
-        // Deployable on every node with the runner role, standing by or not.
-        let functions = match roles.runner {
-            true => Some(
-                open_functions(
-                    &settings,
-                    stage_runtime.worker_start(),
-                    base.jetstream.is_some(),
-                )
-                .await?,
-            ),
-            false => None,
-        };
-        // On a shared journal every runner node runs the same functions.
-        let shared_functions = match (&functions, &base.jetstream) {
-            (Some(f), Some(j)) => Some(crate::shared_functions::open(j, f.clone()).await?),
-            _ => None,
-        };
+        let node = Node::new(&settings);
+        let functions = open_runner_functions(&settings, &base, &stage_runtime).await?;
         // Announced once it can run what the others run: a node that fails to start must not
         // stay listed (and counted in the runner's share) until its entry expires.
         if let Some(j) = &base.jetstream {
-            j.announce(announced.subscribe());
+            j.announce(node.announced.subscribe());
         }
-        let (http_addr, warehouse) = if roles.collector || roles.warehouse || roles.hot {
-            let cluster = ClusterView {
-                this: card.clone(),
-                jetstream: base.jetstream.clone(),
-                lease: PIPELINE_LEASE,
-                groups: crate::holds::GROUPS.to_vec(),
-            };
-            let (addr, w) = start_http(
-                &settings,
-                &base,
-                (prometheus, cluster),
-                (
-                    pipeline.clone(),
-                    functions.clone(),
-                    shared_functions.clone(),
-                ),
-                &intake,
-                &mut listeners,
-            )
-            .await?;
-            (Some(addr), w)
-        } else {
-            (None, None)
-        };
+        let mut listeners = Vec::new();
+        let serving = (prometheus, &functions);
+        let (http_addr, warehouse) =
+            start_serving(&settings, &base, &node, serving, &mut listeners).await?;
         let shared = (
-            shared_functions,
+            functions.shared,
             shared_credentials,
             base.shared_schemas.clone(),
         );
-        follow_other_nodes(shared, &intake, &mut listeners);
-        {
-            let mut card = card.lock().unwrap_or_else(|e| e.into_inner());
-            card.http = http_addr.map(|a| a.to_string());
-            announced.send_replace(card.to_json());
-        }
-        // On a shared journal the runner takes its share of partitions at once, on leases of
-        // their own, whether or not this node holds the pipeline lease.
+        follow_other_nodes(shared, &node.intake, &mut listeners);
+        node.update_card(|card| card.http = http_addr.map(|a| a.to_string()));
         let mut early = Vec::new();
-        let runner = match (&functions, &base.jetstream) {
-            (Some(f), Some(_)) => match start_runner(&settings, &base, f.clone(), &mut early) {
-                Ok(progress) => Some(progress),
-                Err(e) => return Err(stop_listeners(&intake, listeners, e).await),
-            },
-            _ => None,
+        let runner = match start_shared_runner(&settings, &base, &functions.deployed, &mut early) {
+            Ok(runner) => runner,
+            Err(e) => return Err(stop_listeners(&node.intake, listeners, e).await),
         };
         let starting = StartPipeline {
             settings: settings.clone(),
             base: base.clone(),
+            node: node.clone(),
             warehouse,
-            functions,
+            functions: functions.deployed,
             runner,
-            pipeline,
-            intake: intake.clone(),
-            housekeeping: housekeeping.clone(),
-            card,
-            announced: announced.clone(),
             cancel: CancellationToken::new(),
         };
-        let needs_lease = base.jetstream.is_some() && (roles.lake || roles.hot);
-        let mut running = Running {
+        let running = Running {
             http_addr,
             lease: None,
-            announced: Some(announced),
+            announced: Some(node.announced),
             journal: base.dyn_journal,
-            local: base.local.clone(),
-            intake,
+            local: base.local,
+            intake: node.intake,
             listeners,
             stages: early,
-            housekeeping,
+            housekeeping: node.housekeeping,
             background: Vec::new(),
             drain_timeout: settings.drain_timeout,
             pending: None,
-            abandon: base.abandon.clone(),
+            abandon: base.abandon,
             _stage_runtime: stage_runtime,
         };
-        if needs_lease {
-            // Standing by until the lease comes; `stopped` and `shutdown` take it from here.
-            let cancel = starting.cancel.clone();
-            running.pending = Some((cancel, tokio::spawn(starting.run())));
-        } else {
-            match starting.run().await {
-                Ok(started) => running.install(started),
-                Err(e) => {
-                    let listeners = std::mem::take(&mut running.listeners);
-                    return Err(stop_listeners(&running.intake, listeners, e).await);
-                }
-            }
+        running.start_pipeline(starting).await
+    }
+}
+
+/// This node as the others see it, what stops its listeners and its housekeeping, and where
+/// the routes find the parts of the stages after the journal.
+#[derive(Clone)]
+struct Node {
+    /// What this node tells the others about itself (standing by or not).
+    card: Arc<std::sync::Mutex<NodeCard>>,
+    /// The card as announced, once the node's functions run (dropped: it leaves the list).
+    announced: tokio::sync::watch::Sender<String>,
+    /// Stops the listeners: HTTP (graceful) and the Postgres wire server.
+    intake: CancellationToken,
+    /// Stops upkeep and retention, after the stages.
+    housekeeping: CancellationToken,
+    /// Filled once the stages after the journal run.
+    pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
+}
+
+impl Node {
+    /// A node of `settings`' roles, standing by, with nothing started.
+    fn new(settings: &Settings) -> Self {
+        let card = NodeCard::new(
+            settings.journal.jetstream.node_name(),
+            settings.roles.names(),
+        );
+        Self {
+            announced: tokio::sync::watch::Sender::new(card.to_json()),
+            card: Arc::new(std::sync::Mutex::new(card)),
+            intake: CancellationToken::new(),
+            housekeeping: CancellationToken::new(),
+            pipeline: Arc::new(std::sync::OnceLock::new()),
         }
-        Ok(running)
+    }
+
+    /// Changes the card and announces it.
+    fn update_card(&self, change: impl FnOnce(&mut NodeCard)) {
+        let mut card = self.card.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut card);
+        self.announced.send_replace(card.to_json());
+    }
+
+    /// What `/v1/cluster` shows: this node and, on a shared journal, the others.
+    fn cluster_view(&self, base: &Base) -> ClusterView {
+        ClusterView {
+            this: self.card.clone(),
+            jetstream: base.jetstream.clone(),
+            lease: PIPELINE_LEASE,
+            groups: crate::holds::GROUPS.to_vec(),
+        }
     }
 }
 
@@ -319,15 +302,11 @@ async fn stop_listeners(
 struct StartPipeline {
     settings: Settings,
     base: Base,
+    node: Node,
     warehouse: Option<Arc<Warehouse>>,
     functions: Option<Arc<Functions>>,
     /// The runner's progress, when it already runs (on its own partition leases).
     runner: Option<RunnerProgress>,
-    pipeline: Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
-    intake: CancellationToken,
-    housekeeping: CancellationToken,
-    card: Arc<std::sync::Mutex<NodeCard>>,
-    announced: tokio::sync::watch::Sender<String>,
     /// Given up while standing by (a shutdown).
     cancel: CancellationToken,
 }
@@ -345,8 +324,33 @@ impl StartPipeline {
     /// [`ServerError::Cancelled`]), starts the runner, lake and hot roles, and hands their
     /// parts to the routes.
     async fn run(self) -> Result<Started, ServerError> {
-        let (settings, base, roles) = (&self.settings, &self.base, self.settings.roles);
-        let lease = match (&base.jetstream, roles.lake || roles.hot) {
+        let mut started = Started {
+            lease: self.take_lease().await?,
+            stages: Vec::new(),
+            background: Vec::new(),
+            listeners: Vec::new(),
+        };
+        let mut watched = Vec::new();
+        let roles = self.start_roles(&mut started, &mut watched).await?;
+        let (parts, listeners) = pipeline_parts(
+            &self.settings,
+            &self.base,
+            roles,
+            self.warehouse.clone(),
+            &self.node.intake,
+        );
+        started.listeners = listeners;
+        // Set once: this is the only place that fills it.
+        let _ = self.node.pipeline.set(parts);
+        self.node.update_card(|card| card.state = "running");
+        self.start_housekeeping(watched, &mut started.background);
+        Ok(started)
+    }
+
+    /// On a shared journal, with the lake or hot role: the pipeline lease, once it comes.
+    async fn take_lease(&self) -> Result<Option<sluice_journal::Lease>, ServerError> {
+        let roles = self.settings.roles;
+        Ok(match (&self.base.jetstream, roles.lake || roles.hot) {
             (Some(j), true) => tokio::select! {
                 lease = j.acquire_lease(PIPELINE_LEASE) => {
                     Some(lease.map_err(|e| ServerError::stage("lease", e))?)
@@ -354,70 +358,81 @@ impl StartPipeline {
                 () = self.cancel.cancelled() => return Err(ServerError::Cancelled),
             },
             _ => None,
-        };
-        let (mut stages, mut background, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+        })
+    }
+
+    /// The runner (unless it already runs), lake and hot roles of this node, in this order;
+    /// returns what the routes need of them.
+    async fn start_roles(
+        &self,
+        started: &mut Started,
+        watched: &mut Vec<crate::holds::Watched>,
+    ) -> Result<RoleParts, ServerError> {
+        let (settings, base, roles) = (&self.settings, &self.base, self.settings.roles);
         let runner = match (&self.runner, &self.functions) {
             (Some(progress), _) => Some(progress.clone()),
-            (None, Some(f)) => Some(start_runner(settings, base, f.clone(), &mut stages)?),
+            (None, Some(f)) => Some(start_runner(
+                settings,
+                base,
+                f.clone(),
+                &mut started.stages,
+            )?),
             (None, None) => None,
         };
         let events = match roles.lake {
             true => Some(start_lake(
                 settings,
                 base,
-                &mut stages,
-                &mut background,
-                &self.housekeeping,
-                &mut watched,
+                &mut started.stages,
+                &mut started.background,
+                &self.node.housekeeping,
+                watched,
             )),
             false => None,
         };
         let hot = match roles.hot {
-            true => Some(start_hot(settings, base, &mut stages, &mut watched).await?),
+            true => Some(start_hot(settings, base, &mut started.stages, watched).await?),
             false => None,
         };
-        let roles_parts = RoleParts {
+        Ok(RoleParts {
             runner,
             events,
             hot,
-        };
-        let (parts, listeners) = pipeline_parts(
-            settings,
-            base,
-            roles_parts,
-            self.warehouse.clone(),
-            &self.intake,
-        );
-        // Set once: this is the only place that fills it.
-        let _ = self.pipeline.set(parts);
-        {
-            let mut card = self.card.lock().unwrap_or_else(|e| e.into_inner());
-            card.state = "running";
-            self.announced.send_replace(card.to_json());
-        }
+        })
+    }
+
+    /// Retention over the file journal, and the task that writes the `watched` consumers'
+    /// positions, until housekeeping stops.
+    fn start_housekeeping(&self, watched: Vec<crate::holds::Watched>, background: &mut Vec<Task>) {
+        let base = &self.base;
         if let Some(local) = base.local.clone() {
-            let every = crate::holds::retention_every(settings.journal.retention_age);
+            let every = crate::holds::retention_every(self.settings.journal.retention_age);
             background.push(Task::spawn(
                 "retention",
                 retention(
                     local,
                     base.stages.warnings().clone(),
                     every,
-                    self.housekeeping.clone(),
+                    self.node.housekeeping.clone(),
                 ),
             ));
         }
         background.push(Task::spawn(
             "positions",
-            crate::holds::keep(base.dyn_journal.clone(), watched, self.housekeeping.clone()),
+            crate::holds::keep(
+                base.dyn_journal.clone(),
+                watched,
+                self.node.housekeeping.clone(),
+            ),
         ));
-        Ok(Started {
-            lease,
-            stages,
-            background,
-            listeners,
-        })
     }
+}
+
+/// The file journal or the JetStream journal, whichever `[journal] backend` names.
+struct OpenedJournal {
+    local: Option<Arc<LocalJournal>>,
+    jetstream: Option<Arc<JetStreamJournal>>,
+    journal: Arc<dyn Journal>,
 }
 
 /// Creates the data directory, opens the journal (recovering it) with its topics, the lake's
@@ -426,59 +441,22 @@ async fn open_base(
     settings: &Settings,
     stage_threads: tokio::runtime::Handle,
 ) -> Result<Base, ServerError> {
-    let cannot_create = |stage, dir: &std::path::Path, e: std::io::Error| {
-        ServerError::stage(stage, format!("cannot create {}: {e}", dir.display()))
-    };
     // Every directory is created durably (fsynced into its parent): one made on first start
     // and never synced can vanish in a power cut with everything below it.
     // Only its owner may reach the data: events, keys and tokens.
     crate::auth::create_private_dir(&settings.data_dir)
         .map_err(|e| cannot_create("data dir", &settings.data_dir, e))?;
-    let journal_cfg = settings.journal.clone();
-    let mut jetstream = None;
-    let (local, journal): (_, Arc<dyn Journal>) = match journal_cfg.backend {
-        JournalBackend::File => {
-            let local = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
-            let report = local.recovery_report();
-            for q in report.quarantined() {
-                tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
-                    "journal partition quarantined: its durable data is corrupt; it will not be served");
-            }
-            for w in &report.warnings {
-                tracing::warn!(warning = %w, "journal recovery");
-            }
-            (Some(local.clone()), local)
-        }
-        // Checks the server and every stream before anything can be acked.
-        JournalBackend::Jetstream => {
-            let j = JetStreamJournal::open(journal_cfg)
-                .await
-                .map_err(|e| ServerError::stage("journal", e))?;
-            jetstream = Some(j.clone());
-            (None, j)
-        }
-    };
+    let OpenedJournal {
+        local,
+        jetstream,
+        journal,
+    } = open_journal(settings).await?;
     sluice_lake::metrics::describe();
     for t in [topic::RAW, topic::GOOD, topic::BAD] {
         let (j, partitions) = (journal.clone(), settings.partitions);
         blocking("journal", move || j.create_topic(t, partitions)).await?;
     }
-    let lake_root = settings.lake_root.clone();
-    match lake_root.local_path() {
-        Some(lake_dir) => {
-            create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
-        }
-        None => {
-            // An object store: fail now, with the store's own answer, rather than have every
-            // sink retry a bad endpoint, key or bucket for ever.
-            let writes = settings.roles.lake;
-            lake_root
-                .check(writes)
-                .await
-                .map_err(|e| ServerError::stage("lake", e))?;
-            tracing::info!(root = %lake_root, "lake on object storage");
-        }
-    }
+    let lake_root = open_lake_root(settings).await?;
     // The registry lives with the data; every role that validates or serves schemas uses it.
     let registry = Arc::new(
         Registry::open(settings.data_dir.join("schemas"))
@@ -497,26 +475,7 @@ async fn open_base(
     if let Some(lake_dir) = lake_root.local_path() {
         stages.warnings().watch_lake(&lake_dir);
     }
-    let pseudonym_key = match settings.enrich.pii.enabled {
-        true => Some(
-            settings
-                .enrich
-                .pii
-                .resolved_key()
-                .map_err(ServerError::Config)?,
-        ),
-        false => None,
-    };
-    let (dir, key) = (settings.data_dir.clone(), pseudonym_key);
-    let mut privacy = blocking("privacy", move || crate::privacy::Privacy::open(&dir, key)).await?;
-    if let Some(j) = &jetstream {
-        // Deletions requested on any node suppress the person on every runner node.
-        let set = j
-            .shared_set(crate::privacy::SHARED_SET, privacy.feed())
-            .await
-            .map_err(|e| ServerError::stage("privacy", e))?;
-        privacy.share(set);
-    }
+    let privacy = open_privacy(settings, jetstream.as_deref()).await?;
     Ok(Base {
         dyn_journal,
         local,
@@ -529,6 +488,96 @@ async fn open_base(
         abandon: CancellationToken::new(),
         stage_threads,
     })
+}
+
+/// The error of a directory that could not be created, as a stage error.
+fn cannot_create(stage: &'static str, dir: &std::path::Path, e: std::io::Error) -> ServerError {
+    ServerError::stage(stage, format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Opens the journal of `[journal] backend`: the file journal, recovered (what recovery
+/// quarantined or warned of is logged), or the JetStream journal, checked.
+async fn open_journal(settings: &Settings) -> Result<OpenedJournal, ServerError> {
+    let journal_cfg = settings.journal.clone();
+    match journal_cfg.backend {
+        JournalBackend::File => {
+            let local = blocking("journal", move || LocalJournal::open(journal_cfg)).await?;
+            let report = local.recovery_report();
+            for q in report.quarantined() {
+                tracing::error!(topic = %q.topic, partition = q.partition, reason = ?q.quarantined,
+                    "journal partition quarantined: its durable data is corrupt; it will not be served");
+            }
+            for w in &report.warnings {
+                tracing::warn!(warning = %w, "journal recovery");
+            }
+            Ok(OpenedJournal {
+                local: Some(local.clone()),
+                jetstream: None,
+                journal: local,
+            })
+        }
+        // Checks the server and every stream before anything can be acked.
+        JournalBackend::Jetstream => {
+            let j = JetStreamJournal::open(journal_cfg)
+                .await
+                .map_err(|e| ServerError::stage("journal", e))?;
+            Ok(OpenedJournal {
+                local: None,
+                jetstream: Some(j.clone()),
+                journal: j,
+            })
+        }
+    }
+}
+
+/// The lake's root: a local directory, created, or an object store, checked.
+async fn open_lake_root(settings: &Settings) -> Result<LakeRoot, ServerError> {
+    let lake_root = settings.lake_root.clone();
+    match lake_root.local_path() {
+        Some(lake_dir) => {
+            create_dir_all_durable(&lake_dir).map_err(|e| cannot_create("lake", &lake_dir, e))?;
+        }
+        None => {
+            // An object store: fail now, with the store's own answer, rather than have every
+            // sink retry a bad endpoint, key or bucket for ever.
+            let writes = settings.roles.lake;
+            lake_root
+                .check(writes)
+                .await
+                .map_err(|e| ServerError::stage("lake", e))?;
+            tracing::info!(root = %lake_root, "lake on object storage");
+        }
+    }
+    Ok(lake_root)
+}
+
+/// Deletion requests and the suppression list (pseudonymised with the PII key when PII
+/// pseudonymisation is on), shared through `jetstream` when there is one.
+async fn open_privacy(
+    settings: &Settings,
+    jetstream: Option<&JetStreamJournal>,
+) -> Result<crate::privacy::Privacy, ServerError> {
+    let pseudonym_key = match settings.enrich.pii.enabled {
+        true => Some(
+            settings
+                .enrich
+                .pii
+                .resolved_key()
+                .map_err(ServerError::Config)?,
+        ),
+        false => None,
+    };
+    let (dir, key) = (settings.data_dir.clone(), pseudonym_key);
+    let mut privacy = blocking("privacy", move || crate::privacy::Privacy::open(&dir, key)).await?;
+    if let Some(j) = jetstream {
+        // Deletions requested on any node suppress the person on every runner node.
+        let set = j
+            .shared_set(crate::privacy::SHARED_SET, privacy.feed())
+            .await
+            .map_err(|e| ServerError::stage("privacy", e))?;
+        privacy.share(set);
+    }
+    Ok(privacy)
 }
 
 /// On a shared journal: the tasks that take the other nodes' functions, keys and tokens, and
@@ -562,6 +611,36 @@ fn follow_other_nodes(
     }
 }
 
+/// The user functions of the runner role and, on a shared journal, what keeps them the same
+/// on every runner node.
+#[derive(Default)]
+struct RunnerFunctions {
+    deployed: Option<Arc<Functions>>,
+    shared: Option<crate::shared_functions::SharedFunctions>,
+}
+
+/// The user functions, deployable on every node with the runner role, standing by or not; on a
+/// shared journal every runner node runs the same functions.
+async fn open_runner_functions(
+    settings: &Settings,
+    base: &Base,
+    stage_runtime: &StageRuntime,
+) -> Result<RunnerFunctions, ServerError> {
+    if !settings.roles.runner {
+        return Ok(RunnerFunctions::default());
+    }
+    let worker_start = stage_runtime.worker_start();
+    let functions = open_functions(settings, worker_start, base.jetstream.is_some()).await?;
+    let shared = match &base.jetstream {
+        Some(j) => Some(crate::shared_functions::open(j, functions.clone()).await?),
+        None => None,
+    };
+    Ok(RunnerFunctions {
+        deployed: Some(functions),
+        shared,
+    })
+}
+
 /// The user functions of the runner role, deployed on this node (`<data_dir>/functions`).
 /// Their worker threads run `worker_start` first (the stages' priority). Secrets are sealed
 /// with the configured key; without one they are stored as given on a node of its own, and
@@ -583,6 +662,20 @@ async fn open_functions(
         })
         .await?,
     ))
+}
+
+/// On a shared journal the runner role starts at once: it takes its share of partitions on
+/// leases of their own, whether or not this node holds the pipeline lease.
+fn start_shared_runner(
+    settings: &Settings,
+    base: &Base,
+    functions: &Option<Arc<Functions>>,
+    stages: &mut Vec<(CancellationToken, Task)>,
+) -> Result<Option<RunnerProgress>, ServerError> {
+    match (functions, &base.jetstream) {
+        (Some(f), Some(_)) => start_runner(settings, base, f.clone(), stages).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// The runner role: raw → good/bad through the function chain and the user functions. On a
@@ -740,24 +833,7 @@ async fn start_hot(
         .stages
         .consumer("hot", topic::GOOD, next_offsets(projector.progress()));
     projector = projector.with_health(health);
-    if settings.roles.predict && !settings.predict.models.is_empty() {
-        let ps = settings.predict.clone();
-        // With the lake on an object store, the checkpoints live beside it (`<root>/_models/`),
-        // so a node that replaces this one finds them; otherwise under `[predict] dir`.
-        let store: Arc<dyn sluice_predict::checkpoint::CheckpointStore> =
-            match base.lake_root.local_path() {
-                Some(_) => Arc::new(sluice_predict::checkpoint::LocalCheckpoints::new(&ps.dir)),
-                None => Arc::new(LakeCheckpoints(
-                    base.lake_root
-                        .files(MODELS_DIR)
-                        .map_err(|e| ServerError::stage("predict", e))?,
-                )),
-            };
-        let models = blocking("predict", move || {
-            sluice_predict::Models::open_in(&ps, store)
-        })
-        .await?;
-        let models = models.with_suppression(base.privacy.suppressed());
+    if let Some(models) = start_predict(settings, base).await? {
         projector = projector.with_hook(Box::new(models));
     }
     watched.push(crate::holds::watch(
@@ -777,6 +853,34 @@ async fn start_hot(
     Ok(reader)
 }
 
+/// The predict role, beside the hot role: the online models, which learn from the events the
+/// hot projection applies (persons on the suppression list left out), when any is configured.
+async fn start_predict(
+    settings: &Settings,
+    base: &Base,
+) -> Result<Option<sluice_predict::Models>, ServerError> {
+    if !settings.roles.predict || settings.predict.models.is_empty() {
+        return Ok(None);
+    }
+    let ps = settings.predict.clone();
+    // With the lake on an object store, the checkpoints live beside it (`<root>/_models/`),
+    // so a node that replaces this one finds them; otherwise under `[predict] dir`.
+    let store: Arc<dyn sluice_predict::checkpoint::CheckpointStore> =
+        match base.lake_root.local_path() {
+            Some(_) => Arc::new(sluice_predict::checkpoint::LocalCheckpoints::new(&ps.dir)),
+            None => Arc::new(LakeCheckpoints(
+                base.lake_root
+                    .files(MODELS_DIR)
+                    .map_err(|e| ServerError::stage("predict", e))?,
+            )),
+        };
+    let models = blocking("predict", move || {
+        sluice_predict::Models::open_in(&ps, store)
+    })
+    .await?;
+    Ok(Some(models.with_suppression(base.privacy.suppressed())))
+}
+
 /// What the stages after the journal hand to the routes once they run.
 struct RoleParts {
     runner: Option<RunnerProgress>,
@@ -784,44 +888,82 @@ struct RoleParts {
     hot: Option<sluice_hot::HotReader>,
 }
 
-/// The collector and warehouse roles and the HTTP routes of every role: the HTTP listener and
-/// the Postgres wire server, both stopped by `intake`. The routes of the stages after the
-/// journal find their parts in `pipeline` once those run. Returns the bound HTTP address.
-async fn start_http(
+/// The roles that answer clients, when this node runs one of the collector, warehouse and hot
+/// roles: the collector, the warehouse with its Postgres wire server, and the HTTP listener
+/// with the routes of every role, all stopped by the node's `intake`. The routes of the stages
+/// after the journal find their parts in the node's `pipeline` once those run. Returns the
+/// bound HTTP address and the warehouse.
+async fn start_serving(
     settings: &Settings,
     base: &Base,
-    (prometheus, cluster): (PrometheusHandle, ClusterView),
-    (pipeline, functions, shared_functions): (
-        Arc<std::sync::OnceLock<crate::http::PipelineParts>>,
-        Option<Arc<Functions>>,
-        Option<crate::shared_functions::SharedFunctions>,
-    ),
+    node: &Node,
+    (prometheus, functions): (PrometheusHandle, &RunnerFunctions),
+    listeners: &mut Vec<Task>,
+) -> Result<(Option<SocketAddr>, Option<Arc<Warehouse>>), ServerError> {
+    let roles = settings.roles;
+    if !(roles.collector || roles.warehouse || roles.hot) {
+        return Ok((None, None));
+    }
+    let intake = &node.intake;
+    let collector = start_collector(settings, base, intake, listeners).await?;
+    let (auth, access) = access_control(settings)?;
+    let warehouse = start_warehouse(settings, base, &access, intake, listeners)?;
+    let state = AppState {
+        collector,
+        warehouse: warehouse.clone(),
+        journal: base.dyn_journal.clone(),
+        prometheus,
+        auth,
+        access,
+        registry: Some(base.registry.clone()),
+        shared_schemas: base.shared_schemas.clone(),
+        functions: functions.deployed.clone(),
+        shared_functions: functions.shared.clone(),
+        pipeline: node.pipeline.clone(),
+        stages: base.stages.clone(),
+        cluster: node.cluster_view(base),
+    };
+    let addr = start_http(settings, state, intake, listeners)?;
+    Ok((Some(addr), warehouse))
+}
+
+/// The collector role: intake into `raw`, gated by the stages' backlog; where other nodes
+/// append to `raw` too, a task (stopped by `intake`) that follows their records.
+async fn start_collector(
+    settings: &Settings,
+    base: &Base,
     intake: &CancellationToken,
     listeners: &mut Vec<Task>,
-) -> Result<(SocketAddr, Option<Arc<Warehouse>>), ServerError> {
-    let collector = if settings.roles.collector {
-        let (j, cs) = (base.dyn_journal.clone(), settings.collector.clone());
-        let collector = blocking("collector", move || Collector::open(j, cs)).await?;
-        if let Some(follow) = collector.follower() {
-            // Other nodes append to `raw` too: read their records into the dedupe index.
-            let stop = intake.clone();
-            listeners.push(Task::spawn("collector", async move {
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = follow => {}
-                }
-                Ok(())
-            }));
-        }
-        let stages = base.stages.clone();
-        Some(Arc::new(
-            collector
-                .with_health(base.stages.stage("journal"))
-                .with_gate(Arc::new(move || stages.pressure())),
-        ))
-    } else {
-        None
-    };
+) -> Result<Option<Arc<Collector>>, ServerError> {
+    if !settings.roles.collector {
+        return Ok(None);
+    }
+    let (j, cs) = (base.dyn_journal.clone(), settings.collector.clone());
+    let collector = blocking("collector", move || Collector::open(j, cs)).await?;
+    if let Some(follow) = collector.follower() {
+        // Other nodes append to `raw` too: read their records into the dedupe index.
+        let stop = intake.clone();
+        listeners.push(Task::spawn("collector", async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = follow => {}
+            }
+            Ok(())
+        }));
+    }
+    let stages = base.stages.clone();
+    Ok(Some(Arc::new(
+        collector
+            .with_health(base.stages.stage("journal"))
+            .with_gate(Arc::new(move || stages.pressure())),
+    )))
+}
+
+/// The write keys (`[[sources]]` and `keys.json`) and the roles' tokens (`admin_token` and
+/// `tokens.json`) every route and the Postgres wire server check.
+fn access_control(
+    settings: &Settings,
+) -> Result<(Arc<crate::auth::Auth>, Arc<Access>), ServerError> {
     let auth = Arc::new(
         crate::auth::Auth::new(
             settings.sources.clone(),
@@ -837,30 +979,36 @@ async fn start_http(
         )
         .map_err(ServerError::Config)?,
     );
-    let warehouse = if settings.roles.warehouse {
-        let w = Warehouse::open(base.lake_root.clone())
-            .map_err(|e| ServerError::stage("warehouse", e))?;
-        let w = Arc::new(w);
-        listeners.push(start_pg(settings, w.clone(), access.clone(), intake)?);
-        Some(w)
-    } else {
-        None
-    };
-    let state = AppState {
-        collector,
-        warehouse: warehouse.clone(),
-        journal: base.dyn_journal.clone(),
-        prometheus,
-        auth,
-        access,
-        registry: Some(base.registry.clone()),
-        shared_schemas: base.shared_schemas.clone(),
-        functions,
-        shared_functions,
-        pipeline,
-        stages: base.stages.clone(),
-        cluster,
-    };
+    Ok((auth, access))
+}
+
+/// The warehouse role: SQL over the lake, served by the routes and by its Postgres wire server
+/// (stopped by `intake`).
+fn start_warehouse(
+    settings: &Settings,
+    base: &Base,
+    access: &Arc<Access>,
+    intake: &CancellationToken,
+    listeners: &mut Vec<Task>,
+) -> Result<Option<Arc<Warehouse>>, ServerError> {
+    if !settings.roles.warehouse {
+        return Ok(None);
+    }
+    let w =
+        Warehouse::open(base.lake_root.clone()).map_err(|e| ServerError::stage("warehouse", e))?;
+    let w = Arc::new(w);
+    listeners.push(start_pg(settings, w.clone(), access.clone(), intake)?);
+    Ok(Some(w))
+}
+
+/// The HTTP listener with every route module's routes over `state`, stopped (gracefully) by
+/// `intake`. Returns the bound address.
+fn start_http(
+    settings: &Settings,
+    state: AppState,
+    intake: &CancellationToken,
+    listeners: &mut Vec<Task>,
+) -> Result<SocketAddr, ServerError> {
     let listener = crate::listen::bind(settings.http, settings.listener.max_connections).map_err(
         |source| ServerError::Bind {
             addr: settings.http,
@@ -883,7 +1031,7 @@ async fn start_http(
         serve.await.map_err(|e| ServerError::stage("http", e))
     }));
     tracing::info!(%addr, tls = settings.tls.is_some(), "http listening");
-    Ok((addr, warehouse))
+    Ok(addr)
 }
 
 /// The routes' parts of the stages after the journal, and the tasks that serve them (the
@@ -1193,6 +1341,29 @@ async fn stage_ended(stages: &mut Vec<(CancellationToken, Task)>) -> ServerError
 }
 
 impl Running {
+    /// Starts the stages after the journal: at once, or, on a shared journal with the lake or
+    /// hot role, in a task that stands by for the pipeline lease. A start that fails stops
+    /// the listeners.
+    async fn start_pipeline(mut self, starting: StartPipeline) -> Result<Self, ServerError> {
+        let roles = starting.settings.roles;
+        if starting.base.jetstream.is_some() && (roles.lake || roles.hot) {
+            // Standing by until the lease comes; `stopped` and `shutdown` take it from here.
+            let cancel = starting.cancel.clone();
+            self.pending = Some((cancel, tokio::spawn(starting.run())));
+            return Ok(self);
+        }
+        match starting.run().await {
+            Ok(started) => {
+                self.install(started);
+                Ok(self)
+            }
+            Err(e) => {
+                let listeners = std::mem::take(&mut self.listeners);
+                Err(stop_listeners(&self.intake, listeners, e).await)
+            }
+        }
+    }
+
     /// Takes over the stages after the journal, once started.
     fn install(&mut self, started: Started) {
         self.lease = started.lease;

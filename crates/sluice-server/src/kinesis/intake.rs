@@ -15,7 +15,9 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::value::RawValue;
-use sluice_collector::{Item, NativeHead, Origin, Placement, check_native};
+use sluice_collector::{
+    CollectError, Collector, Item, NativeHead, Origin, Placement, Submitted, check_native,
+};
 use sluice_event::{ErrorKind, Position, Protocol, routing_key, topic};
 use sluice_journal::partition_for;
 
@@ -95,6 +97,12 @@ fn item_of(source: Arc<str>, record: IntakeRecord) -> Item<'static> {
     }
 }
 
+/// The items of one `raw` partition: their indexes in the request, and the items.
+type Group = (Vec<usize>, Vec<Item<'static>>);
+
+/// A group's indexes and what submitting it answered.
+type GroupResult = (Vec<usize>, Result<Submitted, CollectError>);
+
 impl Kinesis {
     /// Takes records into `raw` through the collector. `Err` refuses the whole request (no
     /// collector on this node, backlog, journal trouble): nothing of it was stored.
@@ -126,80 +134,98 @@ impl Kinesis {
         if let Err(e) = collector.take_quota(items.iter()) {
             return Ok(vec![Placed::Failed(e.kind(), e.to_string()); count]);
         }
-        // Routed as the collector routes: user id, else anonymous id, else the partition key,
-        // else the event id.
-        let mut groups: BTreeMap<u32, (Vec<usize>, Vec<Item<'static>>)> = BTreeMap::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let fallback = item
-                .partition_key
-                .as_deref()
-                .or(item.event_id.as_deref())
-                .unwrap_or_default();
-            let route = routing_key(
-                item.user_id.as_deref(),
-                item.anonymous_id.as_deref(),
-                fallback,
-            );
-            let group = groups.entry(partition_for(route, partitions)).or_default();
-            group.0.push(index);
-            group.1.push(item);
-        }
-        let task = tokio::spawn(async move {
-            let calls = groups.into_values().map(|(indexes, items)| {
-                let collector = collector.clone();
-                let origin = origin.clone();
-                async move {
-                    let submitted = collector
-                        .submit_admitted(&origin, items.into_iter().map(Ok).collect())
-                        .await;
-                    (indexes, submitted)
-                }
-            });
-            futures::future::join_all(calls).await
+        let groups = by_partition(items, partitions);
+        let results = submit(collector, origin, groups).await?;
+        Ok(placed(results, count))
+    }
+}
+
+/// The items grouped by the `raw` partition they route to, routed as the collector routes:
+/// user id, else anonymous id, else the partition key, else the event id.
+fn by_partition(items: Vec<Item<'static>>, partitions: u32) -> BTreeMap<u32, Group> {
+    let mut groups: BTreeMap<u32, Group> = BTreeMap::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let fallback = item
+            .partition_key
+            .as_deref()
+            .or(item.event_id.as_deref())
+            .unwrap_or_default();
+        let route = routing_key(
+            item.user_id.as_deref(),
+            item.anonymous_id.as_deref(),
+            fallback,
+        );
+        let group = groups.entry(partition_for(route, partitions)).or_default();
+        group.0.push(index);
+        group.1.push(item);
+    }
+    groups
+}
+
+/// Submits each group in a collector call of its own, all in one task that a client hanging
+/// up cannot cancel.
+async fn submit(
+    collector: Arc<Collector>,
+    origin: Origin,
+    groups: BTreeMap<u32, Group>,
+) -> Result<Vec<GroupResult>, (ErrorKind, String)> {
+    let task = tokio::spawn(async move {
+        let calls = groups.into_values().map(|(indexes, items)| {
+            let collector = collector.clone();
+            let origin = origin.clone();
+            async move {
+                let submitted = collector
+                    .submit_admitted(&origin, items.into_iter().map(Ok).collect())
+                    .await;
+                (indexes, submitted)
+            }
         });
-        let results = task
-            .await
-            .map_err(|e| (ErrorKind::Internal, format!("intake task failed: {e}")))?;
-        let mut placed =
-            vec![Placed::Failed(ErrorKind::Internal, "record was not placed".into()); count];
-        for (indexes, submitted) in results {
-            match submitted {
-                Ok(sub) => {
-                    for (slot, &index) in indexes.iter().enumerate() {
-                        let p = match sub.placements.get(slot) {
-                            Some(Placement::Appended(pos) | Placement::Duplicate(pos)) => {
-                                Placed::At(*pos)
-                            }
-                            Some(Placement::Rejected) | None => {
-                                match sub.outcome.rejected.iter().find(|r| r.index == slot) {
-                                    Some(r) => Placed::Failed(r.kind, r.reason.clone()),
-                                    None => Placed::Failed(
-                                        ErrorKind::Internal,
-                                        "record was refused".into(),
-                                    ),
-                                }
-                            }
-                        };
-                        if let Some(out) = placed.get_mut(index) {
-                            *out = p;
-                        }
+        futures::future::join_all(calls).await
+    });
+    task.await
+        .map_err(|e| (ErrorKind::Internal, format!("intake task failed: {e}")))
+}
+
+/// What became of each of the `count` records, from what their groups' calls answered.
+fn placed(results: Vec<GroupResult>, count: usize) -> Vec<Placed> {
+    let mut placed =
+        vec![Placed::Failed(ErrorKind::Internal, "record was not placed".into()); count];
+    for (indexes, submitted) in results {
+        match submitted {
+            Ok(sub) => {
+                for (slot, &index) in indexes.iter().enumerate() {
+                    if let Some(out) = placed.get_mut(index) {
+                        *out = placed_at(&sub, slot);
                     }
                 }
-                // This partition's append failed (the others' stand): its records are
-                // answered InternalFailure, which producers retry.
-                Err(e) => {
-                    for &index in &indexes {
-                        if let Some(out) = placed.get_mut(index) {
-                            *out = Placed::Failed(
-                                ErrorKind::Internal,
-                                format!("append to raw failed: {e}"),
-                            );
-                        }
+            }
+            // This partition's append failed (the others' stand): its records are
+            // answered InternalFailure, which producers retry.
+            Err(e) => {
+                for &index in &indexes {
+                    if let Some(out) = placed.get_mut(index) {
+                        *out = Placed::Failed(
+                            ErrorKind::Internal,
+                            format!("append to raw failed: {e}"),
+                        );
                     }
                 }
             }
         }
-        Ok(placed)
+    }
+    placed
+}
+
+/// What became of the item at `slot` of a call that went through.
+fn placed_at(sub: &Submitted, slot: usize) -> Placed {
+    match sub.placements.get(slot) {
+        Some(Placement::Appended(pos) | Placement::Duplicate(pos)) => Placed::At(*pos),
+        Some(Placement::Rejected) | None => {
+            match sub.outcome.rejected.iter().find(|r| r.index == slot) {
+                Some(r) => Placed::Failed(r.kind, r.reason.clone()),
+                None => Placed::Failed(ErrorKind::Internal, "record was refused".into()),
+            }
+        }
     }
 }
 
