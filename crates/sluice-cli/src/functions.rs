@@ -113,118 +113,134 @@ pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.server);
     match args.command {
         FunctionsCommand::Deploy(d) => deploy(&api, *d).await,
-        FunctionsCommand::List => {
-            let v = api
-                .call(reqwest::Method::GET, "/v1/functions", None)
-                .await?;
-            let list = v["functions"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no functions deployed");
-                return Ok(());
-            }
-            println!(
-                "{:<24} {:>7} {:<6} {:<16} {:>8}  deployed",
-                "name", "version", "mode", "after", "versions"
-            );
-            for f in list {
-                println!(
-                    "{:<24} {:>7} {:<6} {:<16} {:>8}  {}",
-                    f["name"].as_str().unwrap_or_default(),
-                    f["version"],
-                    f["mode"].as_str().unwrap_or_default(),
-                    f["after"].as_str().unwrap_or_default(),
-                    f["versions"],
-                    f["deployed_at"].as_str().unwrap_or_default()
-                );
-            }
-            Ok(())
-        }
-        FunctionsCommand::Show { name } => {
-            let v = api
-                .call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None)
-                .await?;
-            let mut meta = v.clone();
-            if let Some(o) = meta.as_object_mut() {
-                o.remove("code");
-            }
-            println!("{}", serde_json::to_string_pretty(&meta)?);
-            println!("--- code (v{}) ---", v["active"]);
-            println!("{}", v["code"].as_str().unwrap_or_default());
-            Ok(())
-        }
-        FunctionsCommand::Rollback { name, to } => {
-            let body = json!({ "to": to });
-            let v = api
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/functions/{name}/rollback"),
-                    Some(body),
-                )
-                .await?;
-            println!("{name} now runs v{}", v["version"]);
-            Ok(())
-        }
-        FunctionsCommand::Delete { name } => {
-            api.call(
-                reqwest::Method::DELETE,
-                &format!("/v1/functions/{name}"),
-                None,
-            )
-            .await?;
-            println!("{name} deleted");
-            Ok(())
-        }
+        FunctionsCommand::List => list(&api).await,
+        FunctionsCommand::Show { name } => show(&api, &name).await,
+        FunctionsCommand::Rollback { name, to } => rollback(&api, &name, to).await,
+        FunctionsCommand::Delete { name } => delete(&api, &name).await,
         FunctionsCommand::Logs {
             name,
             lines,
             follow,
         } => logs(&api, &name, lines, follow).await,
-        FunctionsCommand::Stats { json } => {
-            let v = api
-                .call(reqwest::Method::GET, "/v1/functions/stats", None)
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v["stats"])?);
-                return Ok(());
-            }
-            let stats = v["stats"].as_array().cloned().unwrap_or_default();
-            println!(
-                "{:<20} {:>4} {:>11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11} {:>12}",
-                "function",
-                "ver",
-                "invocations",
-                "errors",
-                "events in",
-                "out",
-                "failed",
-                "p50 ms",
-                "p99 ms",
-                "GB-s",
-                "Lambda USD"
-            );
-            for s in stats {
-                let errors: u64 = s["errors"]
-                    .as_object()
-                    .map(|o| o.values().filter_map(Value::as_u64).sum())
-                    .unwrap_or(0);
-                println!(
-                    "{:<20} {:>4} {:>11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11.4} {:>12.6}",
-                    s["function"].as_str().unwrap_or_default(),
-                    s["version"],
-                    s["invocations"],
-                    errors,
-                    s["events_in"],
-                    s["events_out"],
-                    s["events_failed"],
-                    s["duration_p50_ms"],
-                    s["duration_p99_ms"],
-                    s["gb_seconds"].as_f64().unwrap_or(0.0),
-                    s["lambda_cost_usd"].as_f64().unwrap_or(0.0)
-                );
-            }
-            Ok(())
-        }
+        FunctionsCommand::Stats { json } => stats(&api, json).await,
     }
+}
+
+/// `sluice functions list`: a table of the deployed functions.
+async fn list(api: &Api) -> anyhow::Result<()> {
+    let v = api
+        .call(reqwest::Method::GET, "/v1/functions", None)
+        .await?;
+    let list = v["functions"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no functions deployed");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>7} {:<6} {:<16} {:>8}  deployed",
+        "name", "version", "mode", "after", "versions"
+    );
+    for f in list {
+        println!(
+            "{:<24} {:>7} {:<6} {:<16} {:>8}  {}",
+            f["name"].as_str().unwrap_or_default(),
+            f["version"],
+            f["mode"].as_str().unwrap_or_default(),
+            f["after"].as_str().unwrap_or_default(),
+            f["versions"],
+            f["deployed_at"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `sluice functions show`: a function's settings, then the code of its active version.
+async fn show(api: &Api, name: &str) -> anyhow::Result<()> {
+    let v = api
+        .call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None)
+        .await?;
+    let mut meta = v.clone();
+    if let Some(o) = meta.as_object_mut() {
+        o.remove("code");
+    }
+    println!("{}", serde_json::to_string_pretty(&meta)?);
+    println!("--- code (v{}) ---", v["active"]);
+    println!("{}", v["code"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// `sluice functions rollback`: makes an earlier version the active one.
+async fn rollback(api: &Api, name: &str, to: Option<u32>) -> anyhow::Result<()> {
+    let body = json!({ "to": to });
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/functions/{name}/rollback"),
+            Some(body),
+        )
+        .await?;
+    println!("{name} now runs v{}", v["version"]);
+    Ok(())
+}
+
+/// `sluice functions delete`: removes a function and its versions.
+async fn delete(api: &Api, name: &str) -> anyhow::Result<()> {
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/functions/{name}"),
+        None,
+    )
+    .await?;
+    println!("{name} deleted");
+    Ok(())
+}
+
+/// `sluice functions stats`: each function's invocations, errors, events, latency and cost,
+/// as a table or as JSON.
+async fn stats(api: &Api, json: bool) -> anyhow::Result<()> {
+    let v = api
+        .call(reqwest::Method::GET, "/v1/functions/stats", None)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v["stats"])?);
+        return Ok(());
+    }
+    let stats = v["stats"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<20} {:>4} {:>11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11} {:>12}",
+        "function",
+        "ver",
+        "invocations",
+        "errors",
+        "events in",
+        "out",
+        "failed",
+        "p50 ms",
+        "p99 ms",
+        "GB-s",
+        "Lambda USD"
+    );
+    for s in stats {
+        let errors: u64 = s["errors"]
+            .as_object()
+            .map(|o| o.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        println!(
+            "{:<20} {:>4} {:>11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11.4} {:>12.6}",
+            s["function"].as_str().unwrap_or_default(),
+            s["version"],
+            s["invocations"],
+            errors,
+            s["events_in"],
+            s["events_out"],
+            s["events_failed"],
+            s["duration_p50_ms"],
+            s["duration_p99_ms"],
+            s["gb_seconds"].as_f64().unwrap_or(0.0),
+            s["lambda_cost_usd"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
 }
 
 async fn deploy(api: &Api, d: DeployArgs) -> anyhow::Result<()> {

@@ -114,30 +114,12 @@ pub async fn root(
 
 /// Runs the subcommand; prints one line per table; fails if any table failed.
 pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
-    let mut failed = 0;
-    match args.command {
+    let failed = match args.command {
         LakeCommand::Optimize {
             lake,
             table,
             zstd_level,
-        } => {
-            let root = lake.root(true).await?;
-            for result in sluice_lake::upkeep::optimize_all(&root, &table, zstd_level).await? {
-                match result {
-                    Ok(r) => println!(
-                        "{}: {} small files compacted into {} (version {})",
-                        r.table,
-                        r.files_removed,
-                        r.files_added,
-                        r.version.map_or_else(|| "-".to_string(), |v| v.to_string())
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {e}");
-                    }
-                }
-            }
-        }
+        } => optimize(lake, &table, zstd_level).await?,
         LakeCommand::Vacuum {
             lake,
             table,
@@ -150,81 +132,115 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                     "a retention below 1h can delete files that running queries read; add --force"
                 );
             }
-            let root = lake.root(!dry_run).await?;
-            for result in sluice_lake::upkeep::vacuum_all(&root, &table, retention, dry_run).await?
-            {
-                match result {
-                    Ok(r) => println!(
-                        "{}: {} files {}",
-                        r.table,
-                        r.files_deleted,
-                        if r.dry_run {
-                            "would be deleted"
-                        } else {
-                            "deleted"
-                        }
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {e}");
-                    }
-                }
-            }
+            vacuum(lake, &table, retention, dry_run).await?
         }
-        LakeCommand::Verify { lake, table } => {
-            let root = lake.root(false).await?;
-            let mut damaged = 0;
-            for result in sluice_lake::verify::verify_all(&root, &table).await? {
-                match result {
-                    Ok(r) => {
-                        println!(
-                            "{}: {} files checked, {} without a checksum, {} damaged",
-                            r.table,
-                            r.files_checked,
-                            r.files_without_checksum,
-                            r.damaged.len()
-                        );
-                        for d in &r.damaged {
-                            println!(
-                                "  damaged: {}/{}: expected {}, found {}",
-                                r.table, d.path, d.expected, d.found
-                            );
-                        }
-                        damaged += r.damaged.len();
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {e}");
-                    }
-                }
-            }
-            if damaged > 0 {
-                anyhow::bail!("{damaged} damaged data file(s)");
-            }
-        }
-        LakeCommand::Expire { lake, retention } => {
-            anyhow::ensure!(
-                retention >= sluice_lake::retention::MIN_RETENTION,
-                "the retention must be at least 1d (partitions are days)"
-            );
-            let cutoff = sluice_lake::retention::cutoff(chrono::Utc::now().date_naive(), retention);
-            let root = lake.root(true).await?;
-            for result in sluice_lake::retention::expire_all(&root, cutoff).await? {
-                match result {
-                    Ok(r) => println!(
-                        "{}: {} files with {} before {} deleted",
-                        r.table, r.files_removed, r.column, r.cutoff
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {e}");
-                    }
-                }
-            }
-        }
-    }
+        LakeCommand::Verify { lake, table } => verify(lake, &table).await?,
+        LakeCommand::Expire { lake, retention } => expire(lake, retention).await?,
+    };
     if failed > 0 {
         anyhow::bail!("{failed} table(s) failed");
     }
     Ok(())
+}
+
+/// Prints each table's result with `print` and each table's error as such; returns how many
+/// tables failed.
+fn each_table<T, E: std::fmt::Display>(
+    results: impl IntoIterator<Item = Result<T, E>>,
+    mut print: impl FnMut(&T),
+) -> usize {
+    let mut failed = 0;
+    for result in results {
+        match result {
+            Ok(r) => print(&r),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    failed
+}
+
+/// `sluice lake optimize`; returns how many tables failed.
+async fn optimize(lake: Lake, table: &[String], zstd_level: i32) -> anyhow::Result<usize> {
+    let root = lake.root(true).await?;
+    let results = sluice_lake::upkeep::optimize_all(&root, table, zstd_level).await?;
+    Ok(each_table(results, |r| {
+        println!(
+            "{}: {} small files compacted into {} (version {})",
+            r.table,
+            r.files_removed,
+            r.files_added,
+            r.version.map_or_else(|| "-".to_string(), |v| v.to_string())
+        );
+    }))
+}
+
+/// `sluice lake vacuum` (its retention already allowed); returns how many tables failed.
+async fn vacuum(
+    lake: Lake,
+    table: &[String],
+    retention: Duration,
+    dry_run: bool,
+) -> anyhow::Result<usize> {
+    let root = lake.root(!dry_run).await?;
+    let results = sluice_lake::upkeep::vacuum_all(&root, table, retention, dry_run).await?;
+    Ok(each_table(results, |r| {
+        println!(
+            "{}: {} files {}",
+            r.table,
+            r.files_deleted,
+            if r.dry_run {
+                "would be deleted"
+            } else {
+                "deleted"
+            }
+        );
+    }))
+}
+
+/// `sluice lake verify`: fails when a data file is damaged; else returns how many tables
+/// failed.
+async fn verify(lake: Lake, table: &[String]) -> anyhow::Result<usize> {
+    let root = lake.root(false).await?;
+    let mut damaged = 0;
+    let results = sluice_lake::verify::verify_all(&root, table).await?;
+    let failed = each_table(results, |r| {
+        println!(
+            "{}: {} files checked, {} without a checksum, {} damaged",
+            r.table,
+            r.files_checked,
+            r.files_without_checksum,
+            r.damaged.len()
+        );
+        for d in &r.damaged {
+            println!(
+                "  damaged: {}/{}: expected {}, found {}",
+                r.table, d.path, d.expected, d.found
+            );
+        }
+        damaged += r.damaged.len();
+    });
+    if damaged > 0 {
+        anyhow::bail!("{damaged} damaged data file(s)");
+    }
+    Ok(failed)
+}
+
+/// `sluice lake expire`; returns how many tables failed.
+async fn expire(lake: Lake, retention: Duration) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        retention >= sluice_lake::retention::MIN_RETENTION,
+        "the retention must be at least 1d (partitions are days)"
+    );
+    let cutoff = sluice_lake::retention::cutoff(chrono::Utc::now().date_naive(), retention);
+    let root = lake.root(true).await?;
+    let results = sluice_lake::retention::expire_all(&root, cutoff).await?;
+    Ok(each_table(results, |r| {
+        println!(
+            "{}: {} files with {} before {} deleted",
+            r.table, r.files_removed, r.column, r.cutoff
+        );
+    }))
 }
