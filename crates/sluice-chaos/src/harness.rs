@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_testkit::SluiceProcess;
 
-use crate::checker::{History, Outcome, check_counts, check_ids};
+use crate::checker::{History, Outcome, Sent, check_counts, check_ids};
 use crate::observe;
 use crate::scorecard::Scorecard;
 use crate::workload::{Progress, Target, Workload};
@@ -130,6 +130,31 @@ pub async fn drain_and_check(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
+    let sent = tally(card, w, history);
+    let drain = Drain {
+        http,
+        base,
+        w,
+        acked: card.acked as u64,
+        sent,
+        deadline,
+    };
+    let ids = drain.events(card).await?;
+    if sinks.typed {
+        drain.typed(card).await;
+    }
+    if sinks.hot {
+        drain.hot(card, &ids).await;
+    }
+    if let Some((conn, schema)) = &sinks.postgres {
+        drain.postgres(card, conn, schema).await?;
+    }
+    Ok(())
+}
+
+/// Records on `card` what was sent and how it was answered; returns the outcome of every
+/// event.
+fn tally(card: &mut Scorecard, w: &Workload, history: &History) -> Sent {
     let sent = history.fold();
     card.events_sent = w.total();
     card.acked = sent.count(Outcome::Ok);
@@ -139,82 +164,103 @@ pub async fn drain_and_check(
     card.note("requests_ok", ok);
     card.note("requests_failed", failed);
     card.note("requests_unknown", unknown);
-    let acked = card.acked as u64;
-    let run = w.run.clone();
+    sent
+}
 
-    let count = |table: String| {
-        let (http, base, run) = (http.clone(), base.to_string(), run.clone());
-        async move {
-            observe::sql_count(
-                &http,
-                &base,
-                &format!(
-                    "SELECT count(DISTINCT event_id) FROM {table} WHERE event_id LIKE '{run}-%'"
-                ),
-            )
-            .await
+/// What the final checks read the sinks with.
+struct Drain<'a> {
+    http: reqwest::Client,
+    base: &'a str,
+    w: &'a Workload,
+    /// Events acked.
+    acked: u64,
+    sent: Sent,
+    /// How long each sink may take to hold what it should.
+    deadline: Duration,
+}
+
+impl Drain<'_> {
+    /// Counts the distinct events of this run in the lake table `table`.
+    fn count(&self, table: &str) -> impl Future<Output = anyhow::Result<u64>> + use<> {
+        let (http, base) = (self.http.clone(), self.base.to_string());
+        let query = format!(
+            "SELECT count(DISTINCT event_id) FROM {table} WHERE event_id LIKE '{}-%'",
+            self.w.run
+        );
+        async move { observe::sql_count(&http, &base, &query).await }
+    }
+
+    /// Waits for the lake's `events` to hold every acked event and checks them, and that no
+    /// valid event became a bad row; returns the ids in `events`.
+    async fn events(&self, card: &mut Scorecard) -> anyhow::Result<Vec<String>> {
+        let (http, base, run, acked) = (&self.http, self.base, &self.w.run, self.acked);
+        let t = Instant::now();
+        let drained = observe::wait_for(self.deadline, || {
+            let c = self.count("events");
+            async move { Ok(c.await? >= acked) }
+        })
+        .await;
+        card.note("lake_drain_ms", t.elapsed().as_millis() as u64);
+        if !drained {
+            card.violations.push(format!(
+                "events: acked events still missing after {:?}",
+                self.deadline
+            ));
         }
-    };
-    let t = Instant::now();
-    let drained = observe::wait_for(deadline, || {
-        let c = count("events".into());
-        async move { Ok(c.await? >= acked) }
-    })
-    .await;
-    card.note("lake_drain_ms", t.elapsed().as_millis() as u64);
-    if !drained {
-        card.violations.push(format!(
-            "events: acked events still missing after {deadline:?}"
-        ));
-    }
-    let ids = observe::ids_in(&http, base, "events", &run).await?;
-    card.sink(check_ids("events", &sent, &ids, None));
-    let bad = observe::ids_in(&http, base, "bad_rows", &run)
-        .await
-        .unwrap_or_default();
-    if !bad.is_empty() {
-        card.violations.push(format!(
-            "bad_rows: {} valid events became bad rows (e.g. {:?})",
-            bad.len(),
-            &bad[..bad.len().min(3)]
-        ));
+        let ids = observe::ids_in(http, base, "events", run).await?;
+        card.sink(check_ids("events", &self.sent, &ids, None));
+        let bad = observe::ids_in(http, base, "bad_rows", run)
+            .await
+            .unwrap_or_default();
+        if !bad.is_empty() {
+            card.violations.push(format!(
+                "bad_rows: {} valid events became bad rows (e.g. {:?})",
+                bad.len(),
+                &bad[..bad.len().min(3)]
+            ));
+        }
+        Ok(ids)
     }
 
-    if sinks.typed {
+    /// Waits for each typed table to hold its acked events and checks it.
+    async fn typed(&self, card: &mut Scorecard) {
+        let (w, sent) = (self.w, &self.sent);
         for name in &w.names {
             let want = sent
                 .with(Outcome::Ok)
                 .filter(|id| w.name_of(id) == Some(name.as_str()))
                 .count() as u64;
-            observe::wait_for(deadline, || {
-                let c = count(name.clone());
+            observe::wait_for(self.deadline, || {
+                let c = self.count(name);
                 async move { Ok(c.await? >= want) }
             })
             .await;
-            let ids = observe::ids_in(&http, base, name, &run)
+            let ids = observe::ids_in(&self.http, self.base, name, &w.run)
                 .await
                 .unwrap_or_default();
             let only = |id: &str| w.name_of(id) == Some(name.as_str());
-            card.sink(check_ids(name, &sent, &ids, Some(&only)));
+            card.sink(check_ids(name, sent, &ids, Some(&only)));
         }
     }
 
-    if sinks.hot {
-        // The hot tier must equal a fold over the lake (I9): count the lake's distinct events
-        // per user, including unknown-outcome ones that landed.
+    /// Checks that the hot tier equals a fold over the lake's events `ids` (I9), once it does
+    /// or the deadline passes.
+    async fn hot(&self, card: &mut Scorecard, ids: &[String]) {
+        // Count the lake's distinct events per user, including unknown-outcome ones that
+        // landed.
         let mut want = std::collections::BTreeMap::new();
-        let mut distinct = ids.clone();
+        let mut distinct = ids.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
         for id in &distinct {
-            if let Some(u) = w.user_of(id) {
+            if let Some(u) = self.w.user_of(id) {
                 *want.entry(u).or_insert(0u64) += 1;
             }
         }
-        let users = w.all_users();
-        let end = Instant::now() + deadline;
+        let users = self.w.all_users();
+        let end = Instant::now() + self.deadline;
         let got = loop {
-            let got = observe::profile_totals(&http, base, &users)
+            let got = observe::profile_totals(&self.http, self.base, &users)
                 .await
                 .unwrap_or_default();
             if got == want || Instant::now() > end {
@@ -225,18 +271,21 @@ pub async fn drain_and_check(
         card.sink(check_counts("hot", &want, &got));
     }
 
-    if let Some((conn, schema)) = &sinks.postgres {
-        observe::wait_for(deadline, || async {
-            let mut ids = observe::pg_ids(conn, schema, "events", &run).await?;
+    /// Waits for the loader's `events` table in `conn`'s `schema` to hold every acked event
+    /// and checks it.
+    async fn postgres(&self, card: &mut Scorecard, conn: &str, schema: &str) -> anyhow::Result<()> {
+        let (run, acked) = (&self.w.run, self.acked);
+        observe::wait_for(self.deadline, || async {
+            let mut ids = observe::pg_ids(conn, schema, "events", run).await?;
             ids.sort_unstable();
             ids.dedup();
             Ok(ids.len() as u64 >= acked)
         })
         .await;
-        let ids = observe::pg_ids(conn, schema, "events", &run).await?;
-        card.sink(check_ids("postgres.events", &sent, &ids, None));
+        let ids = observe::pg_ids(conn, schema, "events", run).await?;
+        card.sink(check_ids("postgres.events", &self.sent, &ids, None));
+        Ok(())
     }
-    Ok(())
 }
 
 /// A scratch directory under the system temp dir.
