@@ -10,7 +10,10 @@
 //!   reached through `deltalake`'s re-exports, so the family cannot drift;
 //! - `process::exit` appears only in `sluice-cli`: libraries report, the binary exits;
 //! - `sluice-server`'s modules have no cycles (edges are the `crate::…` paths in non-test code);
-//! - the defaults of the HTTP limits in code equal the table in docs/http-limits.md.
+//! - the defaults of the HTTP limits in code equal the table in docs/http-limits.md;
+//! - no production function (`crates/*/src/`, outside `#[cfg(test)]` items, `src/tests/` and the
+//!   CLI's benchmark drivers) is longer than 100 lines, counted from its `fn` line to its
+//!   closing brace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -80,6 +83,7 @@ fn file_problems(rel: &str, text: &str) -> Vec<String> {
             "{rel}: only the CLI exits the process; return an error instead"
         ));
     }
+    out.extend(long_functions(rel, text));
     out
 }
 
@@ -89,6 +93,199 @@ fn code_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .take_while(|l| l.trim() != "#[cfg(test)]")
         .map(|l| l.split("//").next().unwrap_or(""))
+}
+
+/// Longest a production function may be, in lines from its `fn` line to its closing brace: a
+/// longer one reads as its phases, each a function of its own.
+const MAX_FN_LINES: usize = 100;
+
+/// Benchmark drivers (`crates/sluice-cli/src/bench*.rs`), left out of the function length
+/// check: each of their functions scripts one measurement from setup to report, and none runs
+/// in production.
+const BENCH_DRIVERS: (&str, &str) = ("crates/sluice-cli/src/", "bench");
+
+/// The functions of a production file (`crates/*/src/`, not `src/tests/` nor a benchmark
+/// driver) longer than [`MAX_FN_LINES`], outside `#[cfg(test)]` items.
+fn long_functions(rel: &str, text: &str) -> Vec<String> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let production = parts.len() > 3 && parts[0] == "crates" && parts[2] == "src";
+    let bench = rel
+        .strip_prefix(BENCH_DRIVERS.0)
+        .is_some_and(|f| !f.contains('/') && f.starts_with(BENCH_DRIVERS.1));
+    if !production || parts[3] == "tests" || bench {
+        return Vec::new();
+    }
+    function_lengths(text)
+        .into_iter()
+        .filter(|(_, _, lines)| *lines > MAX_FN_LINES)
+        .map(|(line, name, lines)| {
+            format!(
+                "{rel}:{line}: fn {name} is {lines} lines long (at most {MAX_FN_LINES}): split it \
+                 into functions named after its phases"
+            )
+        })
+        .collect()
+}
+
+/// Every function with a body in `text`, outside `#[cfg(test)]` items: the line its `fn` is on
+/// (from 1), its name, and its length in lines up to its closing brace (by brace matching over
+/// the code with comments and literals blanked).
+fn function_lengths(text: &str) -> Vec<(usize, String, usize)> {
+    let code = blank_comments_and_literals(text);
+    let bytes = code.as_bytes();
+    let line_of = |pos: usize| bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut test_items = Vec::new();
+    let mut from = 0;
+    while let Some(found) = code[from..].find("#[cfg(test)]") {
+        let start = from + found;
+        from = start + "#[cfg(test)]".len();
+        if let Some(open) = item_body(bytes, from) {
+            test_items.push(start..=matching_brace(bytes, open));
+        }
+    }
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = code[from..].find("fn ") {
+        let pos = from + found;
+        from = pos + "fn ".len();
+        if (pos > 0 && is_ident(bytes[pos - 1])) || test_items.iter().any(|r| r.contains(&pos)) {
+            continue;
+        }
+        let name: String = code[from..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if let (false, Some(open)) = (name.is_empty(), item_body(bytes, from)) {
+            let close = matching_brace(bytes, open);
+            out.push((line_of(pos), name, line_of(close) - line_of(pos) + 1));
+        }
+    }
+    out
+}
+
+/// Where the body of the item whose head starts at `from` opens: the first `{` outside
+/// parentheses and brackets, unless a `;` ends the item first (a declaration).
+fn item_body(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, &b) in bytes.iter().enumerate().skip(from) {
+        match b {
+            b'(' | b'[' => depth += 1,
+            b')' | b']' => depth -= 1,
+            b'{' if depth <= 0 => return Some(i),
+            b';' if depth <= 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The brace that closes the one at `open` (the last byte when none does).
+fn matching_brace(bytes: &[u8], open: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, &b) in bytes.iter().enumerate().skip(open) {
+        match b {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => {}
+        }
+    }
+    bytes.len().saturating_sub(1)
+}
+
+/// `text` with its comments and the insides of its string and char literals turned into spaces
+/// (newlines kept, so lines still count), leaving only the code's own braces.
+fn blank_comments_and_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        match literal_len(&chars, i) {
+            0 => {
+                out.push(chars[i]);
+                i += 1;
+            }
+            len => {
+                let end = (i + len).min(chars.len());
+                out.extend(
+                    chars[i..end]
+                        .iter()
+                        .map(|&c| if c == '\n' { c } else { ' ' }),
+                );
+                i = end;
+            }
+        }
+    }
+    out
+}
+
+/// The length of the comment or the string, raw string or char literal that starts at `i`; 0
+/// when none does (a lifetime is not a literal).
+fn literal_len(c: &[char], i: usize) -> usize {
+    let at = |k: usize| c.get(i + k).copied().unwrap_or('\0');
+    let after_ident = i > 0 && (c[i - 1].is_alphanumeric() || c[i - 1] == '_');
+    match (at(0), at(1)) {
+        ('/', '/') => c[i..]
+            .iter()
+            .position(|&ch| ch == '\n')
+            .unwrap_or(c.len() - i),
+        ('/', '*') => {
+            let (mut depth, mut k) = (0, 0);
+            while i + k < c.len() {
+                match (at(k), at(k + 1)) {
+                    ('/', '*') => (depth, k) = (depth + 1, k + 2),
+                    ('*', '/') if depth == 1 => return k + 2,
+                    ('*', '/') => (depth, k) = (depth - 1, k + 2),
+                    _ => k += 1,
+                }
+            }
+            k
+        }
+        ('"', _) => {
+            let mut k = 1;
+            while i + k < c.len() && at(k) != '"' {
+                k += if at(k) == '\\' { 2 } else { 1 };
+            }
+            k + 1
+        }
+        // `'\n'`, `'\''`, `'\u{..}'`: the escaped character is at 2, the closing quote after.
+        ('\'', '\\') => c[(i + 3).min(c.len())..]
+            .iter()
+            .position(|&ch| ch == '\'')
+            .map_or(0, |p| p + 4),
+        ('\'', _) if at(2) == '\'' => 3,
+        ('r', '"' | '#') | ('b', 'r') if !after_ident => raw_string_len(c, i),
+        _ => 0,
+    }
+}
+
+/// The length of the raw string (`r"…"`, `r#"…"#`, `br"…"`) at `i`; 0 when it is none (`r#` of
+/// a raw identifier).
+fn raw_string_len(c: &[char], i: usize) -> usize {
+    let open = i + if c[i] == 'b' { 2 } else { 1 };
+    let hashes = c[open.min(c.len())..]
+        .iter()
+        .take_while(|&&ch| ch == '#')
+        .count();
+    if c.get(open + hashes) != Some(&'"') {
+        return 0;
+    }
+    let mut j = open + hashes + 1;
+    while j < c.len() {
+        let closes =
+            c[j] == '"' && c[j + 1..].iter().take_while(|&&ch| ch == '#').count() >= hashes;
+        if closes {
+            return j + 1 + hashes - i;
+        }
+        j += 1;
+    }
+    c.len() - i
 }
 
 /// The documented crate graph as "may depend on" pairs (transitively closed), from the line
@@ -501,6 +698,55 @@ mod tests {
     fn tidy() {
         let problems = check(&workspace_root()).unwrap();
         assert!(problems.is_empty(), "tidy:\n{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn long_functions_are_measured_by_their_braces() {
+        // Braces in strings, raw strings, chars and comments do not count; lifetimes and array
+        // types do not confuse it.
+        let line = "    let s = (\"}{\", r#\"}\"#, '}', '\\'', b'{'); // }\n";
+        let body = line.repeat(99);
+        let sample = [
+            "//! A sample.\n",
+            "fn short() {\n",
+            "}\n",
+            "pub(crate) async fn long<'a>(x: [u8; 2]) -> &'a str {\n",
+            &body,
+            "}\n",
+            "fn declared(x: [u8; 2]);\n",
+            "/* fn in_a_comment() { */\n",
+            "#[cfg(test)]\n",
+            "mod tests {\n",
+            "    fn long_test() {\n",
+            &body,
+            &body,
+            "    }\n",
+            "}\n",
+        ]
+        .concat();
+        assert_eq!(
+            function_lengths(&sample),
+            [(2, "short".to_string(), 2), (4, "long".to_string(), 101)]
+        );
+        assert_eq!(
+            long_functions("crates/sluice-x/src/lib.rs", &sample),
+            [
+                "crates/sluice-x/src/lib.rs:4: fn long is 101 lines long (at most 100): split it \
+              into functions named after its phases"
+            ]
+        );
+        let shorter = sample.replacen(line, "", 1);
+        assert!(long_functions("crates/sluice-x/src/lib.rs", &shorter).is_empty());
+        for elsewhere in [
+            "crates/sluice-x/tests/it/main.rs",
+            "crates/sluice-x/src/tests/mod.rs",
+            "crates/sluice-x/benches/b.rs",
+            "crates/sluice-cli/src/bench_chain.rs",
+            "xtask/src/tidy.rs",
+        ] {
+            assert!(long_functions(elsewhere, &sample).is_empty(), "{elsewhere}");
+        }
+        assert!(!long_functions("crates/sluice-cli/src/send.rs", &sample).is_empty());
     }
 
     #[test]
