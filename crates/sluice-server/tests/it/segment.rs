@@ -176,21 +176,20 @@ async fn a_batch_with_basic_auth_lands_with_its_context_and_the_clock_skew_corre
     server.shutdown().await;
 }
 
+/// (source, event id, type, name) of what `post_short_routes_with_the_key_in_the_body` sends.
+const SHORT_ROUTE_EVENTS: [(&str, &str, &str, &str); 5] = [
+    ("app", "seg-3", "track", "Signed Up"),
+    ("app", "seg-4", "page", "Pricing"),
+    ("app", "seg-5", "screen", "Home"),
+    ("app", "seg-6", "group", "group"),
+    ("app", "seg-7", "alias", "alias"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_short_route_takes_the_key_in_a_text_plain_body() {
     let server = TestServer::start(&config()).await;
     post_short_routes_with_the_key_in_the_body(&server).await;
-    let rows = events_exactly(
-        &server,
-        &[
-            ("app", "seg-3", "track", "Signed Up"),
-            ("app", "seg-4", "page", "Pricing"),
-            ("app", "seg-5", "screen", "Home"),
-            ("app", "seg-6", "group", "group"),
-            ("app", "seg-7", "alias", "alias"),
-        ],
-    )
-    .await;
+    let rows = events_exactly(&server, &SHORT_ROUTE_EVENTS).await;
     let group = &rows[3];
     assert!(group["properties"].as_str().unwrap().contains("g1"));
     server.shutdown().await;
@@ -236,20 +235,12 @@ async fn no_write_key_is_kept_in_the_lake_or_the_journal() {
     post_batch_with_basic_auth(&server).await;
     post_short_routes_with_the_key_in_the_body(&server).await;
     import_gzip_with_a_bearer_token(&server).await;
-    events_exactly(
-        &server,
-        &[
-            ("app", "seg-3", "track", "Signed Up"),
-            ("app", "seg-4", "page", "Pricing"),
-            ("app", "seg-5", "screen", "Home"),
-            ("app", "seg-6", "group", "group"),
-            ("app", "seg-7", "alias", "alias"),
-            ("web", "seg-1", "identify", "identify"),
-            ("web", "seg-2", "track", "Added To Cart"),
-            ("web", "seg-3", "track", "Signed Up"),
-        ],
-    )
-    .await;
+    let web = [
+        ("web", "seg-1", "identify", "identify"),
+        ("web", "seg-2", "track", "Added To Cart"),
+        ("web", "seg-3", "track", "Signed Up"),
+    ];
+    events_exactly(&server, &[&SHORT_ROUTE_EVENTS[..], &web[..]].concat()).await;
     let all = server.sql("SELECT * FROM events").await;
     let text = serde_json::to_string(&all).unwrap();
     assert!(!text.contains(WEB_KEY) && !text.contains(APP_KEY));
