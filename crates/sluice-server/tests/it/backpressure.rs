@@ -78,6 +78,12 @@ async fn a_stalled_sink_slows_intake_until_it_catches_up() {
         let (status, retry_after, body) = post(&server, acked, 5).await;
         match status {
             200 => acked += 5,
+            // On a loaded machine the runner can fall 10 events behind for a moment too; it
+            // catches up, so only the stalled sink's refusal ends the loop.
+            503 if !body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("lake/events is") => {}
             503 => {
                 break (
                     retry_after,
