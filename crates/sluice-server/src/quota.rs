@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sluice_collector::{AddressQuota, CollectError, Throttle};
 
-use crate::http::collect_error;
+use crate::http::{RouteLabel, collect_error};
 
 /// How a refusal is answered.
 #[derive(Clone, Copy, Debug)]
@@ -54,11 +54,12 @@ async fn admit(
     let Err(throttle) = quota.admit(peer.ip(), Instant::now()) else {
         return next.run(req).await;
     };
-    let resp = match shape {
+    let mut resp = match shape {
         Shape::Json => collect_error(&CollectError::from(throttle)),
         Shape::Aws => aws_refusal(&req, throttle),
     };
-    crate::metrics::request(route, resp.status().as_u16());
+    // Counted by the router's one counting layer, under the route it stands in front of.
+    resp.extensions_mut().insert(RouteLabel(route));
     resp
 }
 

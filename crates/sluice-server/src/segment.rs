@@ -29,7 +29,7 @@ use sluice_event::{ErrorKind, Rejection};
 use crate::access::Refusal;
 use crate::auth::Locality;
 use crate::http::{
-    AppState, collect_error, collector_of, count, error_response, header_str, refuse,
+    AppState, collect_error, collector_of, error_response, header_str, label, refuse,
 };
 
 /// The Segment routes.
@@ -38,7 +38,7 @@ pub(crate) fn routes() -> Router<AppState> {
         "/v1/{name}",
         post(ingest)
             .route_layer(middleware::from_fn(with_cors))
-            .route_layer(middleware::from_fn_with_state("segment", count))
+            .route_layer(middleware::from_fn_with_state("segment", label))
             .options(preflight),
     )
 }

@@ -40,7 +40,7 @@ use sluice_collector::{
 use sluice_event::ErrorKind;
 
 use crate::auth::{Auth, Locality};
-use crate::http::{AppState, collect_error, collector_of, count, error_response, header_str};
+use crate::http::{AppState, collect_error, collector_of, error_response, header_str, label};
 
 /// The tracker POST path.
 pub const TP2_PATH: &str = "/com.snowplowanalytics.snowplow/tp2";
@@ -191,12 +191,12 @@ pub(crate) fn routes(settings: &SnowplowSettings) -> Router<AppState> {
     let mut router = Router::new();
     for p in &settings.post_paths {
         let post_route =
-            post(tp2).route_layer(middleware::from_fn_with_state("snowplow_post", count));
+            post(tp2).route_layer(middleware::from_fn_with_state("snowplow_post", label));
         router = router.route(p, post_route.options(preflight_post));
     }
     for p in &settings.pixel_paths {
         let pixel_route =
-            get(pixel).route_layer(middleware::from_fn_with_state("snowplow_pixel", count));
+            get(pixel).route_layer(middleware::from_fn_with_state("snowplow_pixel", label));
         router = router.route(p, pixel_route.options(preflight_pixel));
     }
     router

@@ -17,5 +17,5 @@ pub(crate) use admin::{Admin, MetricsReader, Reader, refuse};
 pub(crate) use answer::{
     collect_error, collector_of, content_encoding, error_response, header_str,
 };
-pub(crate) use router::{RouteLabel, count, metered, router};
+pub(crate) use router::{RouteLabel, label, metered, router};
 pub(crate) use state::{AppState, ClusterView, NodeCard, PipelineParts};

@@ -8,6 +8,7 @@ mod hot;
 mod hot_lake;
 mod jetstream;
 mod kinesis;
+mod metrics;
 mod schemas;
 mod segment;
 mod shutdown;
