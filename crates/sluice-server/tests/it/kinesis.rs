@@ -848,7 +848,7 @@ async fn refused_records_are_reported_per_record() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_have_the_aws_shape() -> TestResult {
+async fn refused_operations_have_the_aws_error_shape() -> TestResult {
     let (server, api) = start("").await;
 
     api.fails(
@@ -905,7 +905,13 @@ async fn errors_have_the_aws_shape() -> TestResult {
         "SerializationException",
     )
     .await?;
+    server.shutdown().await;
+    Ok(())
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_not_a_request_get_the_aws_shape() -> TestResult {
+    let (server, api) = start("").await;
     // Malformed JSON.
     let resp = api
         .raw(
@@ -951,7 +957,13 @@ async fn errors_have_the_aws_shape() -> TestResult {
         text.contains("AWS_CBOR_DISABLE=1") && text.contains("CBOR_ENABLED=false"),
         "{text}"
     );
+    server.shutdown().await;
+    Ok(())
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_shard_iterator_is_refused() -> TestResult {
+    let (server, api) = start("").await;
     // Iterators from another stream cannot be altered into reading something else.
     api.ok("CreateStream", json!({"StreamName": "s1", "ShardCount": 1}))
         .await?;
