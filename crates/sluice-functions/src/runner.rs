@@ -66,16 +66,6 @@ pub type RunnerProgress = ConsumerProgress<RunnerStatus>;
 /// Where the runner's partitions publish their positions.
 type Positions = Arc<watch::Sender<RunnerStatus>>;
 
-/// The published position of partition `p`.
-fn published_next(positions: &Positions, p: u32) -> u64 {
-    positions
-        .borrow()
-        .next_offsets
-        .get(p as usize)
-        .copied()
-        .unwrap_or(0)
-}
-
 /// Drives every raw partition through the function chain.
 pub struct Runner {
     journal: Arc<dyn Journal>,
@@ -371,7 +361,7 @@ impl PartitionWorker {
         // A retry in this process resumes no earlier than the position it published: every raw
         // record below it has its outputs durable (it is published only after they are), also
         // one that gave none (dropped, or a bad row already written) since the last commit.
-        let published = Some(published_next(&self.positions, p));
+        let published = Some(self.positions.borrow().next_offset(p));
         let (mut next, mut skip_parts) = resume_point(last_good.as_ref(), committed.max(published));
         if next < raw_start {
             next = raw_start;

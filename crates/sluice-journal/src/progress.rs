@@ -17,6 +17,11 @@ pub trait ConsumerStatus: Clone + Send + Sync + 'static {
     /// Per partition: the next offset not yet delivered.
     fn next_offsets(&self) -> &[u64];
 
+    /// Partition `p`'s next offset not yet delivered (0 before the consumer knows).
+    fn next_offset(&self, p: u32) -> u64 {
+        self.next_offsets().get(p as usize).copied().unwrap_or(0)
+    }
+
     /// Whether every partition `p` has delivered everything below `targets[p]`.
     fn reached(&self, targets: &[u64]) -> bool {
         self.started()
@@ -65,12 +70,7 @@ impl<S: ConsumerStatus> ConsumerProgress<S> {
 
     /// Partition `p`'s next offset not yet delivered (0 before the consumer knows).
     pub fn next_offset(&self, p: u32) -> u64 {
-        self.rx
-            .borrow()
-            .next_offsets()
-            .get(p as usize)
-            .copied()
-            .unwrap_or(0)
+        self.rx.borrow().next_offset(p)
     }
 
     /// Whether everything below the journal's current durable end of every partition is

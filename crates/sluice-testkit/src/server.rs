@@ -76,6 +76,16 @@ impl TestServer {
 
     /// `GET path` as JSON, asserting a 2xx.
     pub async fn get_json(&self, path: &str) -> Value {
+        self.get_ok(path).await.json().await.expect("a JSON body")
+    }
+
+    /// `GET path` as text (`/metrics`), asserting a 2xx.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.get_ok(path).await.text().await.expect("a text body")
+    }
+
+    /// `GET path` with the admin token, asserting a 2xx.
+    async fn get_ok(&self, path: &str) -> reqwest::Response {
         let url = self.url(path);
         let resp = self
             .authorized(self.client.get(&url))
@@ -83,7 +93,7 @@ impl TestServer {
             .await
             .expect("GET");
         assert!(resp.status().is_success(), "{url}: {}", resp.status());
-        resp.json().await.expect("a JSON body")
+        resp
     }
 
     /// `query` over `/v1/sql` once, asserting a 2xx: its rows.

@@ -224,15 +224,7 @@ async fn logs_and_metering_name_each_function(server: &TestServer) {
     // 20 events less the one `spin` (after validate) gave up on.
     assert_eq!(tier_stats["events_in"], 19);
     assert!(tier_stats["lambda_cost_usd"].as_f64().unwrap() > 0.0);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(metrics.contains("sluice_function_invocations_total{function=\"tier\",version=\"1\"}"));
     // The batch with the looping event timed out, and so did each half holding it.
     assert!(metrics.contains(

@@ -44,15 +44,7 @@ async fn each_answer_is_counted_once_under_its_route_throttled_ones_too() {
         .await
         .unwrap();
     assert_eq!(sql.status(), 200);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert_eq!(requests(&metrics, "events", 200), 1, "{metrics}");
     assert_eq!(requests(&metrics, "events", 429), 1, "{metrics}");
     assert_eq!(requests(&metrics, "sql", 200), 1, "{metrics}");
