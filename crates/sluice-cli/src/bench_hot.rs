@@ -218,7 +218,7 @@ async fn store_figures(name: &str, store: Arc<dyn HotStore>) -> anyhow::Result<(
                 .collect(),
             ..WriteBatch::default()
         };
-        store.write(batch).await?;
+        store.write(Arc::new(batch)).await?;
         position = Some(next);
     }
     let write = t.elapsed().as_secs_f64();

@@ -60,6 +60,11 @@ impl ValueCache {
         }
     }
 
+    /// The store's deletion count the cache is valid for.
+    pub(crate) fn deletions(&self) -> u64 {
+        self.deletions
+    }
+
     /// Drops everything if the store's deletion count moved since the cache was filled.
     pub(crate) fn check_deletions(&mut self, deletions: u64) {
         if deletions != self.deletions {

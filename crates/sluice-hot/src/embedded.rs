@@ -154,10 +154,10 @@ impl EmbeddedStore {
         Ok((guard, self.current()?))
     }
 
-    fn write_now(&self, batch: WriteBatch) -> Result<(), HotError> {
+    fn write_now(&self, batch: &WriteBatch) -> Result<(), HotError> {
         let (_guard, open) = self.for_writing()?;
         let stored = open.read_positions(&batch.consumer)?;
-        let next = check_positions(&batch, &stored)?;
+        let next = check_positions(batch, &stored)?;
         // Without a mode fjall keeps the batch in its journal's user-space buffer; a failure
         // to flush it later (ENOSPC) would lose batches already acknowledged. `Buffer` hands
         // every batch to the OS before `commit` returns, so only the failing batch can fail.
@@ -166,11 +166,11 @@ impl EmbeddedStore {
             false => PersistMode::Buffer,
         };
         let mut fb = open.db.batch().durability(Some(mode));
-        for (key, value) in batch.puts {
-            fb.insert(&open.values, key, value);
+        for (key, value) in &batch.puts {
+            fb.insert(&open.values, key.as_str(), value.as_slice());
         }
-        for key in batch.deletes {
-            fb.remove(&open.values, key);
+        for key in &batch.deletes {
+            fb.remove(&open.values, key.as_str());
         }
         if !batch.positions.is_empty() {
             let encoded = serde_json::to_vec(&next).map_err(embedded)?;
@@ -254,11 +254,11 @@ impl HotStore for EmbeddedStore {
         Box::pin(async move { self.current()?.read_positions(consumer) })
     }
 
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), HotError>> {
+    fn write(&self, batch: Arc<WriteBatch>) -> BoxFuture<'_, Result<(), HotError>> {
         // A commit writes the fjall journal (and may fsync): off the async threads.
         let this = self.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.write_now(batch))
+            tokio::task::spawn_blocking(move || this.write_now(&batch))
                 .await
                 .map_err(|e| HotError::Embedded(format!("write task failed: {e}")))?
         })
@@ -304,13 +304,13 @@ mod tests {
 
     use super::*;
 
-    fn batch(expected: Option<u64>, new: u64, value: &str) -> WriteBatch {
-        WriteBatch {
+    fn batch(expected: Option<u64>, new: u64, value: &str) -> Arc<WriteBatch> {
+        Arc::new(WriteBatch {
             consumer: "hot/good".into(),
             positions: BTreeMap::from([(0, (expected, new))]),
             puts: vec![("p:u1".into(), value.as_bytes().to_vec())],
             ..WriteBatch::default()
-        }
+        })
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ mod projector;
 mod reader;
 #[cfg(feature = "redis")]
 mod redis_store;
+mod retrying;
 mod store;
 
 use std::sync::Arc;

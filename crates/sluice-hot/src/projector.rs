@@ -13,7 +13,7 @@
 //! 3. A failed write is retried as the same batch. If a retry meets a position conflict, the
 //!    positions are read back: equal to the batch's new positions means the earlier attempt did
 //!    land (an ambiguous failure), anything else means another writer owns the partition, and
-//!    the projection stops.
+//!    the projection stops (`retrying.rs`).
 //! 4. A record that does not decode is logged with its position, counted, and skipped (its
 //!    position still advances), so it cannot stall a partition.
 //! 5. An [`EventHook`] (the online models) sees every event once per *its* positions: the
@@ -28,23 +28,32 @@
 //! 8. A profile's recent events are stored apart, one key each (`profile.rs`): a batch reads
 //!    none of them, writes the new ones and deletes those that fell out of the last N, in the
 //!    same atomic batch as the profile.
+//! 9. One batch is written while the next is read and applied (the store's commit runs on
+//!    another core). Nothing about the order of writes changes: batch N+1 is handed to the
+//!    store only after batch N landed, and it expects N's positions. While N is in flight its
+//!    values wait, decoded, in `pending`, and N+1 takes the ones it touches from there (the
+//!    store may not hold them yet); once N landed the rest move into the cache. Progress,
+//!    positions and metrics move only when a batch landed. If N fails for good, the projection
+//!    stops and N+1 is dropped: it was built on N. The hook is told a batch is done when it was
+//!    applied, not when it landed: its positions are its own (point 5), so a crash between the
+//!    two replays the batch to it as events the store lacks, which it scores but does not
+//!    learn from again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_event::{Event, Position, topic};
-use sluice_journal::{
-    Backoff, ConsumerProgress, ConsumerStatus, Cursor, Journal, Record, StageHealth,
-};
+use sluice_journal::{ConsumerProgress, ConsumerStatus, Cursor, Journal, Record, StageHealth};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cache::{self, ValueCache};
-use crate::counter::CounterState;
+use crate::counter::{CounterState, Increment};
 use crate::profile::{EventView, Profile};
+use crate::retrying::RetryingStore;
 use crate::store::{HotStore, Positions, WriteBatch};
 use crate::{HotError, HotSettings, metrics};
 
@@ -55,10 +64,6 @@ pub const CONSUMER: &str = "hot/good";
 const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Bytes read per partition per batch, about.
 const READ_BYTES: usize = 16 << 20;
-/// Write retries: first wait, cap, and how many attempts during shutdown.
-const RETRY_INITIAL: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-const SHUTDOWN_ATTEMPTS: u32 = 10;
 /// How long a partition whose read failed is left alone.
 const READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -120,18 +125,35 @@ impl ConsumerStatus for ProjectionStatus {
 /// A handle on a projector's progress.
 pub type ProjectionProgress = ConsumerProgress<ProjectionStatus>;
 
+/// A map keyed by store keys, with a fast hash (the keys are not chosen by an attacker who
+/// could see the projection's timing, and the maps live for one batch or in the cache).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// Projects `good` into a [`HotStore`]. See the module docs.
 pub struct Projector {
     journal: Arc<dyn Journal>,
-    store: Arc<dyn HotStore>,
+    /// The store, its reads and writes retried.
+    io: RetryingStore,
     settings: Arc<HotSettings>,
     hook: Option<Box<dyn EventHook>>,
     status: watch::Sender<ProjectionStatus>,
-    health: StageHealth,
-    /// Set while `run` runs: becomes true at shutdown, so a retry loop can stop waiting.
-    stop: Option<watch::Receiver<bool>>,
     /// The values the last batches wrote, decoded.
     cache: ValueCache,
+    /// The batch being written, if any.
+    in_flight: Option<InFlight>,
+    /// The values the batch in flight writes, decoded, as it writes them: the next batch takes
+    /// them from here, as the store may not hold them yet.
+    pending: FastMap<String, (cache::Value, usize)>,
+}
+
+/// A batch handed to the store, and what to report once it landed.
+struct InFlight {
+    write: tokio::task::JoinHandle<Result<(), HotError>>,
+    batch: Arc<WriteBatch>,
+    started: Instant,
+    live_events: usize,
+    skipped: u64,
 }
 
 struct PartitionState {
@@ -150,6 +172,18 @@ impl PartitionState {
     }
 }
 
+/// One event of a batch and what it touches, worked out once.
+struct Touch<'a> {
+    position: Position,
+    /// The store does not hold it yet.
+    live: bool,
+    view: EventView<'a>,
+    /// Its profile's store key.
+    profile_key: Option<String>,
+    /// Each counter it adds to (live events only): the counter's index, store key, increment.
+    counts: Vec<(usize, String, Increment)>,
+}
+
 impl Projector {
     /// A projector of `journal`'s `good` topic into `store`.
     pub fn new(
@@ -160,19 +194,19 @@ impl Projector {
         let cache = ValueCache::new(settings.cache_bytes, store.deletions());
         Self {
             journal,
-            store,
+            io: RetryingStore::new(store),
             settings,
             hook: None,
             status: watch::Sender::new(ProjectionStatus::default()),
-            health: StageHealth::detached(),
-            stop: None,
             cache,
+            in_flight: None,
+            pending: FastMap::default(),
         }
     }
 
     /// Reports each attempt's outcome to `health` (`/health`).
     pub fn with_health(mut self, health: StageHealth) -> Self {
-        self.health = health;
+        self.io.health = health;
         self
     }
 
@@ -199,9 +233,13 @@ impl Projector {
             let _ = stop_tx.send(true);
         });
         let status = self.status.clone();
-        self.stop = Some(stop_rx.clone());
+        self.io.stop = Some(stop_rx.clone());
         let result = self.run_inner(stop_rx).await;
         watcher.abort();
+        if let Some(flight) = self.in_flight.take() {
+            // Only after an error: the store's positions decide whether it landed.
+            flight.write.abort();
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "hot projection stopped");
         }
@@ -212,23 +250,33 @@ impl Projector {
         result
     }
 
-    async fn run_inner(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), HotError> {
-        let partitions = self.journal.partitions(topic::GOOD)?;
-        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        let stored = loop {
-            match self.store.positions(CONSUMER).await {
-                Ok(p) => break p,
+    /// The stored positions, read until the store answers (or shutdown begins).
+    async fn stored_positions(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Positions>, HotError> {
+        let mut backoff = RetryingStore::backoff();
+        loop {
+            match self.io.store.positions(CONSUMER).await {
+                Ok(p) => return Ok(Some(p)),
                 Err(e) if e.kind().is_retryable() => {
-                    self.health.failing(&e);
+                    self.io.health.failing(&e);
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot read hot positions yet");
                     tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                        _ = stop.wait_for(|s| *s) => return Ok(None),
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    async fn run_inner(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), HotError> {
+        let partitions = self.journal.partitions(topic::GOOD)?;
+        let Some(stored) = self.stored_positions(&mut stop).await? else {
+            return Ok(());
         };
         let hook_from = self.hook.as_ref().map(|h| h.resume_from());
         let mut parts: Vec<PartitionState> = (0..partitions)
@@ -248,7 +296,7 @@ impl Projector {
             })
             .collect();
         tracing::info!(
-            backend = self.store.backend(),
+            backend = self.io.store.backend(),
             resume_at = ?parts.iter().map(PartitionState::store_next).collect::<Vec<_>>(),
             read_from = ?parts.iter().map(|p| p.cursor.next()).collect::<Vec<_>>(),
             "hot projection started"
@@ -266,6 +314,7 @@ impl Projector {
                     .await?
                     > 0
                 {}
+                debug_assert!(self.in_flight.is_none(), "a batch that returns 0 landed");
                 tracing::info!(
                     positions = ?parts.iter().map(PartitionState::store_next).collect::<Vec<_>>(),
                     "hot projection drained"
@@ -279,26 +328,32 @@ impl Projector {
             {
                 continue;
             }
-            let mut waits = tokio::task::JoinSet::new();
-            let now = Instant::now();
-            for p in &parts {
-                let timeout = match p.retry_at {
-                    Some(at) if at > now => {
-                        let wait = at - now;
-                        waits.spawn(tokio::time::sleep(wait));
-                        continue;
-                    }
-                    _ => IDLE_WAIT,
-                };
-                let (journal, id, next) = (self.journal.clone(), p.id, p.cursor.next());
-                waits.spawn(async move { journal.wait_for(topic::GOOD, id, next, timeout).await });
-            }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
-                _ = waits.join_next() => {}
-            }
-            waits.abort_all();
+            self.idle(&parts, &mut stop).await;
         }
+    }
+
+    /// Waits until a partition has records past its cursor, one whose read failed may be
+    /// read again, [`IDLE_WAIT`] passed, or shutdown began.
+    async fn idle(&self, parts: &[PartitionState], stop: &mut watch::Receiver<bool>) {
+        let mut waits = tokio::task::JoinSet::new();
+        let now = Instant::now();
+        for p in parts {
+            let timeout = match p.retry_at {
+                Some(at) if at > now => {
+                    let wait = at - now;
+                    waits.spawn(tokio::time::sleep(wait));
+                    continue;
+                }
+                _ => IDLE_WAIT,
+            };
+            let (journal, id, next) = (self.journal.clone(), p.id, p.cursor.next());
+            waits.spawn(async move { journal.wait_for(topic::GOOD, id, next, timeout).await });
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            _ = waits.join_next() => {}
+        }
+        waits.abort_all();
     }
 
     fn publish(&self, parts: &[PartitionState], f: impl FnOnce(&mut ProjectionStatus)) {
@@ -308,7 +363,9 @@ impl Projector {
         });
     }
 
-    /// Reads, applies and writes one batch; returns the number of records consumed.
+    /// Reads and applies one batch and hands it to the store, where it is written while the
+    /// next batch is read and applied; returns the number of records consumed. Returns 0 only
+    /// once the batch before has landed too.
     async fn batch(
         &mut self,
         parts: &mut [PartitionState],
@@ -318,110 +375,168 @@ impl Projector {
     ) -> Result<usize, HotError> {
         let started = Instant::now();
         let records = self.read(parts, round_robin, targets);
-        // A cursor that stepped over a crash gap moves its partition on with no record.
-        let stepped = parts.iter().any(|p| p.cursor.next() > p.store_next());
-        if records.is_empty() && !stepped {
-            return Ok(0);
+        if records.is_empty() {
+            self.land(parts).await?;
+            // A cursor that stepped over a crash gap moves its partition on with no record.
+            if !parts.iter().any(|p| p.cursor.next() > p.store_next()) {
+                return Ok(0);
+            }
         }
         let consumed = records.len();
         let (events, skipped) = decode(records);
-        let needs_context = self.settings.counters.iter().any(|c| {
-            c.key.needs_context() || c.property.as_ref().is_some_and(|p| p.needs_context())
-        });
-        let index: HashMap<u32, usize> = parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
-        let is_live = |pos: &Position| {
-            index
-                .get(&pos.partition)
-                .is_some_and(|&i| pos.offset >= parts[i].store_next())
-        };
-        let views: Vec<(Position, bool, EventView<'_>)> = events
-            .iter()
-            .map(|(pos, e)| (*pos, is_live(pos), EventView::new(e, needs_context)))
-            .collect();
-        let keys = self.keys_touched(&views);
-        let mut state = self.load(keys, shutting_down).await?;
-        let (dirty, live_events) = self.apply(&views, &mut state);
-        let batch = write_batch(parts, dirty, &mut state)?;
-        if !batch.positions.is_empty() {
-            self.write_with_retry(&batch, shutting_down).await?;
-            self.keep(&batch, state);
+        let touches = self.touches(&events, parts);
+        let mut state = self.load(&touches, parts, shutting_down).await?;
+        let (dirty, live_events) = self.apply(&touches, &mut state);
+        if let Some(hook) = self.hook.as_mut() {
+            // The hook's positions are its own: it has seen everything read so far.
+            let seen: Positions = parts.iter().map(|p| (p.id, p.cursor.next())).collect();
+            hook.after_batch(&seen);
         }
-        self.advance(parts, &batch);
-        metrics::batch(live_events, started.elapsed().as_secs_f64());
-        self.publish(parts, |s| {
-            s.batches += 1;
-            s.events += live_events as u64;
-            s.skipped += skipped;
-        });
+        let (puts, deletes) = encode(dirty, &mut state)?;
+        // The batch before must be in the store before this one, which expects its positions.
+        self.land(parts).await?;
+        let batch = WriteBatch {
+            consumer: CONSUMER.to_string(),
+            positions: new_positions(parts),
+            puts,
+            deletes,
+        };
+        if batch.positions.is_empty() {
+            metrics::batch(live_events, started.elapsed().as_secs_f64());
+            self.publish(parts, |s| {
+                s.batches += 1;
+                s.skipped += skipped;
+            });
+            return Ok(consumed);
+        }
+        self.send(batch, state, started, live_events, skipped, shutting_down)
+            .await;
         Ok(consumed)
     }
 
-    /// The store keys a batch reads: the profiles its events touch (all of them when a hook
-    /// scores replayed events too) and the counters its live events add to, each once.
-    fn keys_touched(&self, views: &[(Position, bool, EventView<'_>)]) -> Vec<String> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut want = |k: String| {
-            if seen.insert(k.clone()) {
-                keys.push(k);
-            }
-        };
-        for (_, live, view) in views {
-            if let Some(id) = view.profile_id
-                && (*live || self.hook.is_some())
-            {
-                want(Profile::store_key(id));
-            }
-            if *live {
-                for c in &self.settings.counters {
-                    if let Some((key, _)) = c.contribution(view) {
-                        want(c.store_key(&key));
-                    }
+    /// The batch's events with their keys and contributions. Profiles are loaded for live
+    /// events, and for all of them when a hook scores replayed events too.
+    fn touches<'a>(
+        &self,
+        events: &'a [(Position, Event)],
+        parts: &[PartitionState],
+    ) -> Vec<Touch<'a>> {
+        let needs_context = self.settings.counters.iter().any(|c| {
+            c.key.needs_context() || c.property.as_ref().is_some_and(|p| p.needs_context())
+        });
+        let index: FastMap<u32, usize> = parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+        events
+            .iter()
+            .map(|(position, e)| {
+                let live = index
+                    .get(&position.partition)
+                    .is_some_and(|&i| position.offset >= parts[i].store_next());
+                let view = EventView::new(e, needs_context);
+                let profile_key = view
+                    .profile_id
+                    .filter(|_| live || self.hook.is_some())
+                    .map(Profile::store_key);
+                let counts = match live {
+                    false => Vec::new(),
+                    true => self
+                        .settings
+                        .counters
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| {
+                            let (key, inc) = c.contribution(&view)?;
+                            Some((i, c.store_key(&key), inc))
+                        })
+                        .collect(),
+                };
+                Touch {
+                    position: *position,
+                    live,
+                    view,
+                    profile_key,
+                    counts,
                 }
-            }
-        }
-        keys
+            })
+            .collect()
     }
 
-    /// The values of `keys`: from the cache, else from the store. A stored value that does not
-    /// decode starts afresh: stalling every later event of its key would be worse.
-    async fn load(&mut self, keys: Vec<String>, shutting_down: bool) -> Result<HotState, HotError> {
-        self.cache.check_deletions(self.store.deletions());
+    /// The values the batch touches: from the batch in flight, else the cache, else the store.
+    /// A stored value that does not decode starts afresh: stalling every later event of its
+    /// key would be worse.
+    async fn load(
+        &mut self,
+        touches: &[Touch<'_>],
+        parts: &mut [PartitionState],
+        shutting_down: bool,
+    ) -> Result<HotState, HotError> {
+        if self.io.store.deletions() != self.cache.deletions() {
+            // A deletion request went through: nothing decoded earlier may be used, and the
+            // batch in flight must land before the store is read again.
+            self.land(parts).await?;
+            self.cache.check_deletions(self.io.store.deletions());
+        }
         let mut state = HotState::default();
         let mut missing = Vec::new();
+        let mut asked: FastSet<&str> = FastSet::default();
+        let keys = touches.iter().flat_map(|t| {
+            let counters = t.counts.iter().map(|(_, k, _)| k);
+            t.profile_key.iter().chain(counters)
+        });
         for key in keys {
-            match self.cache.take(&key) {
-                Some(cache::Value::Profile(p)) => state.add_profile(key, p),
-                Some(cache::Value::Counter(c)) => {
-                    state.counters.insert(key, c);
+            if state.has(key) || asked.contains(key.as_str()) {
+                continue;
+            }
+            let found = match self.pending.remove(key) {
+                Some((value, _)) => Some(value),
+                None => self.cache.take(key),
+            };
+            match found {
+                Some(value) => state.add(key.clone(), value),
+                None => {
+                    asked.insert(key);
+                    missing.push(key.clone());
                 }
-                None => missing.push(key),
             }
         }
-        let values = self.get_with_retry(&missing, shutting_down).await?;
+        let values = self.io.get_many(&missing, shutting_down).await?;
         for (key, value) in missing.into_iter().zip(values) {
             let Some(bytes) = value else { continue };
             let decoded = if key.starts_with("p:") {
-                serde_json::from_slice(&bytes).map(|p| state.add_profile(key.clone(), p))
+                serde_json::from_slice(&bytes).map(cache::Value::Profile)
             } else {
-                serde_json::from_slice(&bytes).map(|c| {
-                    state.counters.insert(key.clone(), c);
-                })
+                serde_json::from_slice(&bytes).map(cache::Value::Counter)
             };
-            if let Err(error) = decoded {
-                tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
-                metrics::error("corrupt");
+            match decoded {
+                Ok(value) => state.add(key, value),
+                Err(error) => {
+                    tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
+                    metrics::error("corrupt");
+                }
             }
         }
         Ok(state)
     }
 
-    /// After `batch` is stored: its values, as written, into the cache.
-    fn keep(&mut self, batch: &WriteBatch, mut state: HotState) {
+    /// Hands `batch` to the store, to be written while the next batch is prepared; its values
+    /// wait in `pending` for that batch. Returns once the write began.
+    async fn send(
+        &mut self,
+        batch: WriteBatch,
+        mut state: HotState,
+        started: Instant,
+        live_events: usize,
+        skipped: u64,
+        shutting_down: bool,
+    ) {
+        debug_assert!(self.in_flight.is_none(), "one batch in flight at a time");
+        debug_assert!(
+            self.pending.is_empty(),
+            "pending holds the batch in flight only"
+        );
         for (key, bytes) in &batch.puts {
             let value = match state.profiles.remove(key) {
                 Some(mut p) => {
-                    // Stored apart: what the cache holds is the profile's stored part.
+                    // Stored apart: what the store holds is the profile's stored part.
                     p.last_events.clear();
                     cache::Value::Profile(p)
                 }
@@ -430,72 +545,109 @@ impl Projector {
                     None => continue,
                 },
             };
-            self.cache.put(key.clone(), value, bytes.len());
+            self.pending.insert(key.clone(), (value, bytes.len()));
         }
-        let (hits, misses) = self.cache.hits_and_misses();
-        metrics::cache(self.cache.bytes(), self.settings.cache_bytes, hits, misses);
+        let batch = Arc::new(batch);
+        let io = self.io.clone();
+        // Spawned tasks wait until the spawning one yields; this one yields until the write
+        // began, so the store works on it meanwhile (the embedded store on a thread of its own).
+        let (began, beginning) = tokio::sync::oneshot::channel();
+        let write = tokio::spawn({
+            let batch = batch.clone();
+            async move {
+                let _ = began.send(());
+                io.write(batch, shutting_down).await
+            }
+        });
+        let _ = beginning.await;
+        self.in_flight = Some(InFlight {
+            write,
+            batch,
+            started,
+            live_events,
+            skipped,
+        });
     }
 
-    /// Applies the live events to `state` in journal order and shows every event to the hook;
-    /// the keys changed, in first-change order, and the number of live events.
-    fn apply(
-        &mut self,
-        views: &[(Position, bool, EventView<'_>)],
-        state: &mut HotState,
-    ) -> (Vec<String>, usize) {
-        let mut dirty: Vec<String> = Vec::new();
-        let mut dirty_seen: HashSet<String> = HashSet::new();
-        let mut live_events = 0usize;
-        let now_us = sluice_event::now_micros();
-        for (pos, live, view) in views {
-            if *live {
-                live_events += 1;
-                metrics::visible_delay(((now_us - view.event.received_at).max(0)) as f64 / 1e6);
-                for c in &self.settings.counters {
-                    if let Some((key, inc)) = c.contribution(view) {
-                        let k = c.store_key(&key);
-                        let counter = state.counters.entry(k.clone()).or_default();
-                        c.apply(counter, view.event.timestamp, inc);
-                        if dirty_seen.insert(k.clone()) {
-                            dirty.push(k);
-                        }
-                    }
-                }
-            }
-            let profile = view.profile_id.map(|id| {
-                let k = Profile::store_key(id);
-                let p = state.profiles.entry(k.clone()).or_insert_with(|| Profile {
-                    id: id.to_string(),
-                    ..Profile::default()
-                });
-                if *live {
-                    p.apply(view, &self.settings);
-                    if dirty_seen.insert(k.clone()) {
-                        dirty.push(k);
-                    }
-                }
-                p
-            });
-            if let Some(hook) = self.hook.as_mut() {
-                hook.on_event(*pos, view, profile, *live);
-            }
+    /// Waits for the batch in flight to land, then moves the partitions' stored positions,
+    /// caches its values and reports it.
+    async fn land(&mut self, parts: &mut [PartitionState]) -> Result<(), HotError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let written = flight
+            .write
+            .await
+            .map_err(|e| HotError::Embedded(format!("hot write task failed: {e}")));
+        if let Err(e) = written.and_then(|r| r) {
+            self.pending.clear();
+            return Err(e);
         }
-        (dirty, live_events)
-    }
-
-    /// After `batch` is stored: the partitions' stored positions, the hook and the metrics.
-    fn advance(&mut self, parts: &mut [PartitionState], batch: &WriteBatch) {
         for p in parts.iter_mut() {
-            if let Some((_, new)) = batch.positions.get(&p.id) {
+            if let Some((_, new)) = flight.batch.positions.get(&p.id) {
                 debug_assert!(*new > p.store_next(), "hot positions only grow");
                 p.stored = Some(*new);
                 metrics::position(p.id, *new);
             }
         }
-        if let Some(hook) = self.hook.as_mut() {
-            let seen: Positions = parts.iter().map(|p| (p.id, p.cursor.next())).collect();
-            hook.after_batch(&seen);
+        for (key, (value, bytes)) in self.pending.drain() {
+            self.cache.put(key, value, bytes);
         }
+        let (hits, misses) = self.cache.hits_and_misses();
+        metrics::cache(self.cache.bytes(), self.settings.cache_bytes, hits, misses);
+        metrics::batch(flight.live_events, flight.started.elapsed().as_secs_f64());
+        self.publish(parts, |s| {
+            s.batches += 1;
+            s.events += flight.live_events as u64;
+            s.skipped += flight.skipped;
+        });
+        Ok(())
+    }
+
+    /// Applies the live events to `state` in journal order and shows every event to the hook;
+    /// the keys changed, in first-change order, and the number of live events.
+    fn apply(&mut self, touches: &[Touch<'_>], state: &mut HotState) -> (Vec<String>, usize) {
+        let mut dirty: Vec<String> = Vec::new();
+        let mut dirty_seen: FastSet<&str> = FastSet::default();
+        let mut live_events = 0usize;
+        let now_us = sluice_event::now_micros();
+        for t in touches {
+            let view = &t.view;
+            if t.live {
+                live_events += 1;
+                metrics::visible_delay(((now_us - view.event.received_at).max(0)) as f64 / 1e6);
+                for (i, k, inc) in &t.counts {
+                    let counter = match state.counters.get_mut(k) {
+                        Some(c) => c,
+                        None => state.counters.entry(k.clone()).or_default(),
+                    };
+                    self.settings.counters[*i].apply(counter, view.event.timestamp, inc.clone());
+                    if dirty_seen.insert(k) {
+                        dirty.push(k.clone());
+                    }
+                }
+            }
+            let profile = match (&t.profile_key, view.profile_id) {
+                (Some(k), Some(id)) => {
+                    let p = state.profiles.entry(k.clone()).or_insert_with(|| Profile {
+                        id: id.to_string(),
+                        ..Profile::default()
+                    });
+                    if t.live {
+                        p.apply(view, &self.settings);
+                        if dirty_seen.insert(k) {
+                            dirty.push(k.clone());
+                        }
+                    }
+                    Some(p)
+                }
+                _ => None,
+            };
+            if let Some(hook) = self.hook.as_mut() {
+                hook.on_event(t.position, view, profile, t.live);
+            }
+        }
+        (dirty, live_events)
     }
 
     /// Reads up to `batch_events` records across partitions, round robin.
@@ -531,7 +683,7 @@ impl Projector {
                 }
                 Err(error) => {
                     failed = true;
-                    self.health.failing(&error);
+                    self.io.health.failing(&error);
                     tracing::warn!(partition = p.id, %error, "hot projection cannot read good; retrying");
                     metrics::error("journal");
                     p.retry_at = Some(now + READ_RETRY);
@@ -539,135 +691,37 @@ impl Projector {
             }
         }
         if !failed && parts.iter().all(|p| p.retry_at.is_none()) {
-            self.health.ok();
+            self.io.health.ok();
         }
         out
-    }
-
-    /// Whether shutdown began: retries are then bounded.
-    fn stopping(&self, shutting_down: bool) -> bool {
-        shutting_down || self.stop.as_ref().is_some_and(|s| *s.borrow())
-    }
-
-    /// Sleeps `wait`, or less when shutdown begins meanwhile.
-    async fn pause(&self, wait: Duration) {
-        match self.stop.clone() {
-            Some(mut stop) => {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            None => tokio::time::sleep(wait).await,
-        }
-    }
-
-    /// The stored values of `keys`, retrying store errors (bounded once shutdown began).
-    async fn get_with_retry(
-        &self,
-        keys: &[String],
-        shutting_down: bool,
-    ) -> Result<Vec<Option<Vec<u8>>>, HotError> {
-        self.read_with_retry("values", shutting_down, || self.store.get_many(keys))
-            .await
-    }
-
-    /// The stored positions, retrying store errors: a store that goes away right after
-    /// answering a write (a Redis restart) must not end the projection while it finds out
-    /// whether the write landed.
-    async fn positions_with_retry(&self, shutting_down: bool) -> Result<Positions, HotError> {
-        self.read_with_retry("positions", shutting_down, || {
-            self.store.positions(CONSUMER)
-        })
-        .await
-    }
-
-    /// Runs `read` until it succeeds, waiting out retryable store errors with backoff (at most
-    /// [`SHUTDOWN_ATTEMPTS`] once shutdown began).
-    async fn read_with_retry<T, F: Future<Output = Result<T, HotError>>>(
-        &self,
-        what: &str,
-        shutting_down: bool,
-        mut read: impl FnMut() -> F,
-    ) -> Result<T, HotError> {
-        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        loop {
-            let error = match read().await {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
-            };
-            self.health.failing(&error);
-            metrics::error("store");
-            let stopping = self.stopping(shutting_down);
-            if !error.kind().is_retryable()
-                || (stopping && backoff.attempts() + 1 >= SHUTDOWN_ATTEMPTS)
-            {
-                return Err(error);
-            }
-            let wait = backoff.next_delay();
-            tracing::warn!(%error, what, retry_in = ?wait, "hot store read failed; retrying");
-            self.pause(wait).await;
-        }
-    }
-
-    async fn write_with_retry(
-        &self,
-        batch: &WriteBatch,
-        shutting_down: bool,
-    ) -> Result<(), HotError> {
-        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        loop {
-            let attempts = backoff.attempts() + 1;
-            let error = match self.store.write(batch.clone()).await {
-                Ok(()) => {
-                    self.health.ok();
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            if matches!(error, HotError::Conflict { .. }) && attempts > 1 {
-                // The earlier attempt may have landed after all: it did if the store holds
-                // exactly this batch's positions.
-                let stored = self.positions_with_retry(shutting_down).await?;
-                if batch
-                    .positions
-                    .iter()
-                    .all(|(p, (_, new))| stored.get(p) == Some(new))
-                {
-                    self.health.ok();
-                    return Ok(());
-                }
-                return Err(error);
-            }
-            if !error.kind().is_retryable() || matches!(error, HotError::Conflict { .. }) {
-                return Err(error);
-            }
-            self.health.failing(&error);
-            metrics::error("store");
-            if self.stopping(shutting_down) && attempts >= SHUTDOWN_ATTEMPTS {
-                return Err(error);
-            }
-            let wait = backoff.next_delay();
-            tracing::warn!(%error, retry_in = ?wait, "hot store write failed; retrying the same batch");
-            self.pause(wait).await;
-        }
     }
 }
 
 /// The profiles and counters one batch reads and changes, by store key.
 #[derive(Default)]
 struct HotState {
-    profiles: HashMap<String, Profile>,
+    profiles: FastMap<String, Profile>,
     /// Per loaded profile: the indices of the recent events the store holds apart.
-    stored_recent: HashMap<String, Range<u64>>,
-    counters: HashMap<String, CounterState>,
+    stored_recent: FastMap<String, Range<u64>>,
+    counters: FastMap<String, CounterState>,
 }
 
 impl HotState {
-    /// A profile as the store (or the cache) holds it.
-    fn add_profile(&mut self, key: String, mut profile: Profile) {
-        self.stored_recent.insert(key.clone(), profile.loaded());
-        self.profiles.insert(key, profile);
+    /// A value as the store (or the cache, or the batch in flight) holds it.
+    fn add(&mut self, key: String, value: cache::Value) {
+        match value {
+            cache::Value::Profile(mut profile) => {
+                self.stored_recent.insert(key.clone(), profile.loaded());
+                self.profiles.insert(key, profile);
+            }
+            cache::Value::Counter(counter) => {
+                self.counters.insert(key, counter);
+            }
+        }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.profiles.contains_key(key) || self.counters.contains_key(key)
     }
 }
 
@@ -693,24 +747,25 @@ fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
     (events, skipped)
 }
 
-/// One atomic write: the changed values and every partition's new position. Every offset below
-/// a cursor is in this batch, already stored, or never existed.
-fn write_batch(
-    parts: &[PartitionState],
+/// Every partition's new position, where it moved. Every offset below a cursor is in this
+/// batch, already stored, or never existed.
+fn new_positions(parts: &[PartitionState]) -> BTreeMap<u32, (Option<u64>, u64)> {
+    parts
+        .iter()
+        .filter(|p| p.cursor.next() > p.store_next())
+        .map(|p| (p.id, (p.stored, p.cursor.next())))
+        .collect()
+}
+
+/// The changed values, encoded, and the recent events that fell out of their profiles' last N.
+#[allow(clippy::type_complexity)]
+fn encode(
     dirty: Vec<String>,
     state: &mut HotState,
-) -> Result<WriteBatch, HotError> {
-    let mut batch = WriteBatch {
-        consumer: CONSUMER.to_string(),
-        ..WriteBatch::default()
-    };
-    for p in parts {
-        let new = p.cursor.next();
-        if new > p.store_next() {
-            batch.positions.insert(p.id, (p.stored, new));
-        }
-    }
+) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>), HotError> {
     let failed = |e: serde_json::Error| HotError::Embedded(e.to_string());
+    let mut puts = Vec::with_capacity(dirty.len() * 2);
+    let mut deletes = Vec::new();
     for k in dirty {
         let encoded = if let Some(p) = state.profiles.get_mut(&k) {
             let stored = state.stored_recent.get(&k).cloned().unwrap_or(0..0);
@@ -718,18 +773,16 @@ fn write_batch(
             let (new, gone) = p.recent_changes(stored);
             for (index, event) in new {
                 let encoded = serde_json::to_vec(event).map_err(failed)?;
-                batch.puts.push((Profile::recent_key(id, index), encoded));
+                puts.push((Profile::recent_key(id, index), encoded));
             }
-            batch
-                .deletes
-                .extend(gone.map(|index| Profile::recent_key(id, index)));
+            deletes.extend(gone.map(|index| Profile::recent_key(id, index)));
             p.encode_stored()
         } else if let Some(c) = state.counters.get(&k) {
             serde_json::to_vec(c)
         } else {
             continue;
         };
-        batch.puts.push((k, encoded.map_err(failed)?));
+        puts.push((k, encoded.map_err(failed)?));
     }
-    Ok(batch)
+    Ok((puts, deletes))
 }

@@ -7,6 +7,8 @@
 //! its check writes nothing. All
 //! keys of a batch must live on one server (no Redis Cluster slot spreading).
 
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 
 use crate::HotError;
@@ -74,7 +76,7 @@ pub struct RedisStore {
     prefix: String,
     script: redis::Script,
     /// `delete` calls finished (through this handle and its clones).
-    deletions: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    deletions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -233,7 +235,7 @@ impl HotStore for RedisStore {
         })
     }
 
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), HotError>> {
+    fn write(&self, batch: Arc<WriteBatch>) -> BoxFuture<'_, Result<(), HotError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let mut inv = self.script.prepare_invoke();
@@ -405,7 +407,7 @@ mod tests {
             puts,
             deletes: Vec::new(),
         };
-        store.write(batch).await.unwrap();
+        store.write(Arc::new(batch)).await.unwrap();
         assert_eq!(store.delete_everything().await.unwrap(), 2501);
         assert!(store.positions("hot/good").await.unwrap().is_empty());
         let keys = ["p:0".to_string(), "p:2499".to_string()];

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::HotError;
 
@@ -48,8 +49,9 @@ pub trait HotStore: Send + Sync + 'static {
     fn positions<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<Positions, HotError>>;
 
     /// Applies a batch atomically; [`HotError::Conflict`] (and nothing written) when a stored
-    /// position differs from the one the batch expects.
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), HotError>>;
+    /// position differs from the one the batch expects. Shared, so that a retry sends the same
+    /// batch again without copying its values.
+    fn write(&self, batch: Arc<WriteBatch>) -> BoxFuture<'_, Result<(), HotError>>;
 
     /// Deletes `keys` (a person's profile and counters, on a deletion request) and, where the
     /// backend can, the old values from its files; how many of them existed.

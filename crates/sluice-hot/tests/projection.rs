@@ -135,7 +135,17 @@ async fn project(
     store: &Arc<dyn HotStore>,
     hook: Option<Box<dyn EventHook>>,
 ) {
-    let mut projector = Projector::new(journal.clone(), store.clone(), settings());
+    project_with(journal, store, hook, settings()).await;
+}
+
+/// [`project`] with other settings.
+async fn project_with(
+    journal: &Arc<dyn Journal>,
+    store: &Arc<dyn HotStore>,
+    hook: Option<Box<dyn EventHook>>,
+    settings: Arc<HotSettings>,
+) {
+    let mut projector = Projector::new(journal.clone(), store.clone(), settings);
     if let Some(h) = hook {
         projector = projector.with_hook(h);
     }
@@ -407,7 +417,7 @@ async fn a_profile_stored_with_its_recent_events_inline_moves_them_apart() {
         )],
         ..WriteBatch::default()
     };
-    store.write(batch).await.unwrap();
+    store.write(Arc::new(batch)).await.unwrap();
     let reader = HotReader::new(store.clone(), settings());
     let before = reader.profile("u1").await.unwrap().unwrap();
     let ids =
@@ -494,13 +504,13 @@ async fn conflict_contract(store: &dyn HotStore, consumer: &str) {
         ],
         ..WriteBatch::default()
     };
-    store.write(first.clone()).await.unwrap();
+    store.write(Arc::new(first.clone())).await.unwrap();
     let stale = WriteBatch {
         puts: vec![("p:a".into(), b"2".to_vec()), ("p:b".into(), b"2".to_vec())],
         deletes: vec!["e:a:0".into()],
         ..first
     };
-    let err = store.write(stale).await.unwrap_err();
+    let err = store.write(Arc::new(stale)).await.unwrap_err();
     assert!(matches!(err, HotError::Conflict { .. }), "{err}");
     let keys = ["p:a".into(), "p:b".into(), "e:a:0".into()];
     let values = store.get_many(&keys).await.unwrap();
@@ -515,7 +525,7 @@ async fn conflict_contract(store: &dyn HotStore, consumer: &str) {
         puts: vec![("p:a".into(), b"3".to_vec())],
         deletes: vec!["e:a:0".into()],
     };
-    store.write(next).await.unwrap();
+    store.write(Arc::new(next)).await.unwrap();
     let values = store.get_many(&keys).await.unwrap();
     assert_eq!(values, vec![Some(b"3".to_vec()), None, None]);
     assert_eq!(
@@ -542,13 +552,22 @@ async fn the_embedded_store_survives_a_reopen() {
 /// - `failing`: per operation, which of its calls (counting from 1) fail as a reset
 ///   connection would; a failing write lands first and loses only its answer;
 /// - `armed`: a batch that lands just before the next read of recent events, as another
-///   projection batch would between the read of a profile and the read of its recent events.
+///   projection batch would between the read of a profile and the read of its recent events;
+/// - `slow_writes`: write number k lands only after read number k + 1 began (or after
+///   [`HOLD`]), as a slow store's would, so the projection's next batch reads while it is in
+///   flight; `overlapped` counts the writes that saw that read.
 struct Scripted {
     inner: EmbeddedStore,
     calls: Mutex<BTreeMap<&'static str, u32>>,
     failing: BTreeMap<&'static str, Vec<u32>>,
     armed: Mutex<Option<WriteBatch>>,
+    slow_writes: bool,
+    reads: tokio::sync::watch::Sender<u32>,
+    overlapped: std::sync::atomic::AtomicU32,
 }
+
+/// How long a slow write waits at most for the next batch's read.
+const HOLD: Duration = Duration::from_secs(1);
 
 impl Scripted {
     fn on(inner: EmbeddedStore) -> Self {
@@ -557,6 +576,9 @@ impl Scripted {
             calls: Mutex::default(),
             failing: BTreeMap::new(),
             armed: Mutex::default(),
+            slow_writes: false,
+            reads: tokio::sync::watch::Sender::new(0),
+            overlapped: Default::default(),
         }
     }
 
@@ -620,12 +642,13 @@ impl HotStore for Scripted {
             if self.fails("get_many") {
                 return Err(reset());
             }
+            self.reads.send_modify(|n| *n += 1);
             let reads_recent = keys.first().is_some_and(|k| k.starts_with("e:"));
             let batch = reads_recent
                 .then(|| self.armed.lock().unwrap().take())
                 .flatten();
             if let Some(batch) = batch {
-                self.inner.write(batch).await?;
+                self.inner.write(Arc::new(batch)).await?;
             }
             self.inner.get_many(keys).await
         })
@@ -643,9 +666,18 @@ impl HotStore for Scripted {
         })
     }
 
-    fn write(&self, batch: WriteBatch) -> sluice_hot::BoxFuture<'_, Result<(), HotError>> {
+    fn write(&self, batch: Arc<WriteBatch>) -> sluice_hot::BoxFuture<'_, Result<(), HotError>> {
         Box::pin(async move {
             let lost_answer = self.fails("write");
+            if self.slow_writes {
+                let write = self.calls.lock().unwrap()["write"];
+                let mut reads = self.reads.subscribe();
+                let next_read = reads.wait_for(|n| *n > write);
+                if tokio::time::timeout(HOLD, next_read).await.is_ok() {
+                    self.overlapped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             self.inner.write(batch).await?;
             if lost_answer {
                 return Err(reset());
@@ -653,6 +685,37 @@ impl HotStore for Scripted {
             Ok(())
         })
     }
+}
+
+/// The next batch is read and applied while the one before is still being written: with the
+/// value cache off, it takes the values that batch writes from the batch itself, and the
+/// profiles and counters still equal a recount exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_while_the_one_before_is_written_counts_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripted = Arc::new(Scripted {
+        slow_writes: true,
+        ..Scripted::on(EmbeddedStore::open(dir.path(), false).unwrap())
+    });
+    let store: Arc<dyn HotStore> = scripted.clone();
+    let journal = journal();
+    let evs = events(7, 3000);
+    append(journal.as_ref(), &evs).await;
+    let mut no_cache = (*settings()).clone();
+    no_cache.cache_bytes = 0;
+    project_with(&journal, &store, None, Arc::new(no_cache)).await;
+    let writes = scripted.calls.lock().unwrap()["write"];
+    let overlapped = scripted
+        .overlapped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // 3000 events in batches of at most 700: every write but the last overlaps a read.
+    assert!(writes >= 5, "{writes} writes");
+    assert_eq!(
+        overlapped + 1,
+        writes,
+        "{overlapped} of {writes} writes overlapped"
+    );
+    check_against_brute_force(store, &evs).await;
 }
 
 /// The projector against a store killed mid-batch: every failure is retried (a read, a write
@@ -744,7 +807,7 @@ async fn erase_contract(store: Arc<dyn HotStore>) {
         ],
         deletes: Vec::new(),
     };
-    store.write(batch).await.unwrap();
+    store.write(Arc::new(batch)).await.unwrap();
     let reader = HotReader::new(store.clone(), settings());
     assert_eq!(reader.erase(&["u1".to_string()]).await.unwrap(), 3);
     let keys: Vec<String> = [("u1", 7), ("u1", 8), ("u1:x", 9), ("u10", 3)]
