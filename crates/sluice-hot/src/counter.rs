@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::profile::EventView;
 
@@ -195,9 +196,15 @@ pub enum Increment {
 }
 
 impl CounterSpec {
-    /// The store key of this counter's state for `key`.
+    /// The store key of this counter's state for `key`, when it is not kept in the profile.
     pub fn store_key(&self, key: &str) -> String {
         format!("c:{}:{key}", self.name)
+    }
+
+    /// Whether its states live in the profiles (keyed by `user`, the profile id) rather than
+    /// under keys of their own.
+    pub fn in_profile(&self) -> bool {
+        self.key == FieldPath::User
     }
 
     /// The key and increment `view` contributes, if it counts.
@@ -326,6 +333,89 @@ pub struct CounterState {
     /// Events that arrived after their bucket was pruned.
     #[serde(default)]
     pub late: u64,
+}
+
+/// A counter's state kept in a profile: as stored (its JSON text) until an event changes it,
+/// so that the profile's other counters are neither decoded nor encoded again when it is
+/// written. Decoded once changed, and encoded again by [`KeptState::settle`].
+#[derive(Clone, Debug, Default)]
+pub struct KeptState {
+    /// The state as stored; `None` once changed and not yet settled.
+    text: Option<Box<RawValue>>,
+    /// The state, once decoded.
+    state: Option<CounterState>,
+}
+
+impl KeptState {
+    /// A state not yet encoded.
+    pub fn new(state: CounterState) -> Self {
+        Self {
+            text: None,
+            state: Some(state),
+        }
+    }
+
+    /// The state, to be changed: decoded now if it was not yet (a text that does not decode
+    /// starts afresh, logged and counted, as any stored value that does not decode).
+    pub fn state_mut(&mut self) -> &mut CounterState {
+        let text = self.text.take();
+        self.state.get_or_insert_with(|| {
+            let Some(text) = text else {
+                return CounterState::default();
+            };
+            serde_json::from_str(text.get()).unwrap_or_else(|error| {
+                tracing::error!(%error, "a stored counter state does not decode; starting it afresh");
+                crate::metrics::error("corrupt");
+                CounterState::default()
+            })
+        })
+    }
+
+    /// Encodes a changed state, so that the profile's encoding copies it as it does the
+    /// others.
+    pub fn settle(&mut self) -> serde_json::Result<()> {
+        if let (None, Some(state)) = (&self.text, &self.state) {
+            self.text = Some(serde_json::value::to_raw_value(state)?);
+        }
+        Ok(())
+    }
+
+    /// The state, decoded.
+    pub fn read(&self) -> serde_json::Result<CounterState> {
+        match (&self.state, &self.text) {
+            (Some(state), _) => Ok(state.clone()),
+            (None, Some(text)) => serde_json::from_str(text.get()),
+            (None, None) => Ok(CounterState::default()),
+        }
+    }
+}
+
+impl PartialEq for KeptState {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.read(), other.read()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for KeptState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (&self.text, &self.state) {
+            (Some(text), _) => text.serialize(s),
+            (None, Some(state)) => state.serialize(s),
+            (None, None) => CounterState::default().serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeptState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            text: Some(Box::<RawValue>::deserialize(d)?),
+            state: None,
+        })
+    }
 }
 
 /// One of the top values.

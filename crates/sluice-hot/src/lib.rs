@@ -9,8 +9,9 @@
 //! - [`HotReader`]: what the HTTP API reads.
 //! - [`EventHook`]: how the online models ride along the projection.
 //!
-//! Store keys: `p:<profile id>` for profiles, `c:<counter>:<key>` for counter states, both JSON;
-//! positions per consumer as documented by each backend.
+//! Store keys: `p:<profile id>` for profiles (with the states of the counters keyed by `user`),
+//! `e:<profile id>:<n>` for their recent events, `c:<counter>:<key>` for the states of the other
+//! counters, all JSON; positions per consumer as documented by each backend.
 
 mod cache;
 mod config;
@@ -30,8 +31,8 @@ use std::sync::Arc;
 
 pub use config::{Backend, CounterConfig, HotConfig, HotSettings};
 pub use counter::{
-    Aggregate, CounterReading, CounterSpec, CounterState, FieldPath, Increment, TopValue,
-    WindowKind,
+    Aggregate, CounterReading, CounterSpec, CounterState, FieldPath, Increment, KeptState,
+    TopValue, WindowKind,
 };
 pub use embedded::EmbeddedStore;
 pub use error::HotError;

@@ -6,6 +6,12 @@
 //! the last N events, the current session (a gap longer than `session_timeout` starts a new
 //! one) and the latest score of each online model. Aliases are not merged: an anonymous id and
 //! a user id are two profiles.
+//!
+//! The states of the counters keyed by `user` (the profile id) are stored in the profile's own
+//! value (`counters`), so that an event's counters cost the projection no key of their own: one
+//! value read, decoded, encoded and written per event instead of one per counter. A profile
+//! stored before has none there (`counters` absent); its counters are under their own keys
+//! (`c:<counter>:<id>`), which the projection moves in when it next writes the profile.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -16,6 +22,7 @@ use serde_json::{Map, Value};
 use sluice_event::{Event, EventType};
 
 use crate::HotSettings;
+use crate::counter::KeptState;
 
 /// An event with its JSON parts parsed once, as projections and models read it.
 pub struct EventView<'a> {
@@ -169,6 +176,11 @@ pub struct Profile {
     /// are the recent events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent: Option<RecentRange>,
+    /// The states of the counters keyed by `user`, by counter name (see the module docs). A
+    /// stored profile has it (`None`: stored before, its counters under keys of their own). In
+    /// answers it is left out: counters are read through their own endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<BTreeMap<String, KeptState>>,
 }
 
 impl Profile {

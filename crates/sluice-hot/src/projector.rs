@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cache::{self, ValueCache};
-use crate::counter::{CounterState, Increment};
+use crate::counter::{CounterState, Increment, KeptState};
 use crate::profile::{EventView, Profile};
 use crate::retrying::RetryingStore;
 use crate::store::{HotStore, Positions, WriteBatch};
@@ -145,6 +145,8 @@ pub struct Projector {
     /// The values the batch in flight writes, decoded, as it writes them: the next batch takes
     /// them from here, as the store may not hold them yet.
     pending: FastMap<String, (cache::Value, usize)>,
+    /// How many counters live in the profiles.
+    in_profile: usize,
 }
 
 /// A batch handed to the store, and what to report once it landed.
@@ -180,8 +182,9 @@ struct Touch<'a> {
     view: EventView<'a>,
     /// Its profile's store key.
     profile_key: Option<String>,
-    /// Each counter it adds to (live events only): the counter's index, store key, increment.
-    counts: Vec<(usize, String, Increment)>,
+    /// Each counter it adds to (live events only): the counter's index, its store key (`None`:
+    /// kept in the profile) and the increment.
+    counts: Vec<(usize, Option<String>, Increment)>,
 }
 
 impl Projector {
@@ -192,6 +195,7 @@ impl Projector {
         settings: Arc<HotSettings>,
     ) -> Self {
         let cache = ValueCache::new(settings.cache_bytes, store.deletions());
+        let in_profile = settings.counters.iter().filter(|c| c.in_profile()).count();
         Self {
             journal,
             io: RetryingStore::new(store),
@@ -201,6 +205,7 @@ impl Projector {
             cache,
             in_flight: None,
             pending: FastMap::default(),
+            in_profile,
         }
     }
 
@@ -445,7 +450,8 @@ impl Projector {
                         .enumerate()
                         .filter_map(|(i, c)| {
                             let (key, inc) = c.contribution(&view)?;
-                            Some((i, c.store_key(&key), inc))
+                            let apart = (!c.in_profile()).then(|| c.store_key(&key));
+                            Some((i, apart, inc))
                         })
                         .collect(),
                 };
@@ -479,7 +485,7 @@ impl Projector {
         let mut missing = Vec::new();
         let mut asked: FastSet<&str> = FastSet::default();
         let keys = touches.iter().flat_map(|t| {
-            let counters = t.counts.iter().map(|(_, k, _)| k);
+            let counters = t.counts.iter().filter_map(|(_, k, _)| k.as_ref());
             t.profile_key.iter().chain(counters)
         });
         for key in keys {
@@ -514,7 +520,53 @@ impl Projector {
                 }
             }
         }
+        self.move_counters_in(&mut state, shutting_down).await?;
         Ok(state)
+    }
+
+    /// Profiles stored before their counters moved in (`counters` absent): reads those
+    /// counters' states from their own keys into the profile, and notes the keys, which the
+    /// batch deletes if it writes the profile.
+    async fn move_counters_in(
+        &self,
+        state: &mut HotState,
+        shutting_down: bool,
+    ) -> Result<(), HotError> {
+        // (profile key, counter name, the counter's own key)
+        let mut apart: Vec<(String, String, String)> = Vec::new();
+        for (key, profile) in &mut state.profiles {
+            if profile.counters.is_some() {
+                continue;
+            }
+            profile.counters = Some(BTreeMap::new());
+            let id = key.strip_prefix("p:").unwrap_or(&profile.id);
+            let inside = self.settings.counters.iter().filter(|c| c.in_profile());
+            apart.extend(inside.map(|c| (key.clone(), c.name.clone(), c.store_key(id))));
+        }
+        if apart.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = apart.iter().map(|(_, _, k)| k.clone()).collect();
+        let values = self.io.get_many(&keys, shutting_down).await?;
+        for ((profile, name, key), value) in apart.into_iter().zip(values) {
+            let Some(p) = state.profiles.get_mut(&profile) else {
+                continue;
+            };
+            if let Some(bytes) = value {
+                match serde_json::from_slice::<CounterState>(&bytes) {
+                    Ok(counter) => {
+                        let kept = KeptState::new(counter);
+                        p.counters.get_or_insert_default().insert(name, kept);
+                    }
+                    Err(error) => {
+                        tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
+                        metrics::error("corrupt");
+                    }
+                }
+            }
+            state.apart.entry(profile).or_default().push(key);
+        }
+        Ok(())
     }
 
     /// Hands `batch` to the store, to be written while the next batch is prepared; its values
@@ -613,15 +665,17 @@ impl Projector {
         let now_us = sluice_event::now_micros();
         for t in touches {
             let view = &t.view;
+            let ts = view.event.timestamp;
             if t.live {
                 live_events += 1;
                 metrics::visible_delay(((now_us - view.event.received_at).max(0)) as f64 / 1e6);
                 for (i, k, inc) in &t.counts {
+                    let Some(k) = k else { continue };
                     let counter = match state.counters.get_mut(k) {
                         Some(c) => c,
                         None => state.counters.entry(k.clone()).or_default(),
                     };
-                    self.settings.counters[*i].apply(counter, view.event.timestamp, inc.clone());
+                    self.settings.counters[*i].apply(counter, ts, inc.clone());
                     if dirty_seen.insert(k) {
                         dirty.push(k.clone());
                     }
@@ -631,9 +685,26 @@ impl Projector {
                 (Some(k), Some(id)) => {
                     let p = state.profiles.entry(k.clone()).or_insert_with(|| Profile {
                         id: id.to_string(),
+                        counters: Some(BTreeMap::new()),
                         ..Profile::default()
                     });
                     if t.live {
+                        let counters = p.counters.get_or_insert_default();
+                        if counters.len() > self.in_profile {
+                            // A counter taken out of the settings, or no longer keyed by user.
+                            let settings = &self.settings;
+                            counters.retain(|name, _| {
+                                settings.counter(name).is_some_and(|c| c.in_profile())
+                            });
+                        }
+                        for (i, _, inc) in t.counts.iter().filter(|(_, k, _)| k.is_none()) {
+                            let spec = &self.settings.counters[*i];
+                            let kept = match counters.get_mut(&spec.name) {
+                                Some(c) => c,
+                                None => counters.entry(spec.name.clone()).or_default(),
+                            };
+                            spec.apply(kept.state_mut(), ts, inc.clone());
+                        }
                         p.apply(view, &self.settings);
                         if dirty_seen.insert(k) {
                             dirty.push(k.clone());
@@ -703,6 +774,8 @@ struct HotState {
     profiles: FastMap<String, Profile>,
     /// Per loaded profile: the indices of the recent events the store holds apart.
     stored_recent: FastMap<String, Range<u64>>,
+    /// Per profile whose counters moved in: their own keys, deleted when it is written.
+    apart: FastMap<String, Vec<String>>,
     counters: FastMap<String, CounterState>,
 }
 
@@ -776,6 +849,10 @@ fn encode(
                 puts.push((Profile::recent_key(id, index), encoded));
             }
             deletes.extend(gone.map(|index| Profile::recent_key(id, index)));
+            deletes.extend(state.apart.remove(&k).unwrap_or_default());
+            for kept in p.counters.iter_mut().flat_map(|c| c.values_mut()) {
+                kept.settle().map_err(failed)?;
+            }
             p.encode_stored()
         } else if let Some(c) = state.counters.get(&k) {
             serde_json::to_vec(c)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::counter::{Aggregate, CounterReading, CounterState, WindowKind};
+use crate::counter::{Aggregate, CounterReading, CounterSpec, CounterState, WindowKind};
 use crate::profile::{Prediction, Profile};
 use crate::store::HotStore;
 use crate::{HotError, HotSettings, MAX_KEY_BYTES};
@@ -119,6 +119,7 @@ impl HotReader {
         }
         for p in profiles.iter_mut().flatten() {
             p.recent = None;
+            p.counters = None;
         }
         Ok((profiles, complete))
     }
@@ -140,18 +141,7 @@ impl HotReader {
             .counter(name)
             .ok_or_else(|| HotError::NotFound(format!("no counter named {name:?}")))?;
         check_key("a counter key", key)?;
-        let store_key = spec.store_key(key);
-        let state: CounterState = match self
-            .store
-            .get_many(std::slice::from_ref(&store_key))
-            .await?
-            .into_iter()
-            .next()
-            .flatten()
-        {
-            None => CounterState::default(),
-            Some(bytes) => decode(&store_key, &bytes)?,
-        };
+        let state = self.counter_state(spec, key).await?;
         Ok(CounterAnswer {
             counter: spec.name.clone(),
             key: key.to_string(),
@@ -164,9 +154,45 @@ impl HotReader {
         })
     }
 
+    /// `spec`'s state for `key`: in the profile `key` when the counter lives in profiles and
+    /// the profile holds its counters, else under the counter's own key (where a profile
+    /// stored before its counters moved in still has them).
+    async fn counter_state(&self, spec: &CounterSpec, key: &str) -> Result<CounterState, HotError> {
+        if spec.in_profile() {
+            let profile_key = Profile::store_key(key);
+            if let Some(bytes) = self.get_one(&profile_key).await? {
+                let profile: Profile = decode(&profile_key, &bytes)?;
+                if let Some(mut counters) = profile.counters {
+                    let kept = counters.remove(&spec.name).unwrap_or_default();
+                    return kept.read().map_err(|e| HotError::Corrupt {
+                        key: profile_key,
+                        reason: format!("counter {}: {e}", spec.name),
+                    });
+                }
+            }
+        }
+        let store_key = spec.store_key(key);
+        match self.get_one(&store_key).await? {
+            None => Ok(CounterState::default()),
+            Some(bytes) => decode(&store_key, &bytes),
+        }
+    }
+
+    async fn get_one(&self, key: &str) -> Result<Option<Vec<u8>>, HotError> {
+        let keys = [key.to_string()];
+        Ok(self
+            .store
+            .get_many(&keys)
+            .await?
+            .into_iter()
+            .next()
+            .flatten())
+    }
+
     /// Deletes what the hot tier keeps about the people `ids` (deletion requests): their
-    /// profiles, with the model scores kept in them, and their values of every counter keyed
-    /// by person (`user`, `user_id`, `anonymous_id`). Counters keyed by another field are
+    /// profiles, with the model scores and the `user` counters kept in them, and their values
+    /// of every counter keyed by person under its own key (`user_id`, `anonymous_id`, and
+    /// `user` in a profile stored before those moved in). Counters keyed by another field are
     /// aggregates over many people and stay. How many keys existed.
     pub async fn erase(&self, ids: &[String]) -> Result<usize, HotError> {
         let ids: Vec<String> = ids.iter().filter(|id| !id.is_empty()).cloned().collect();

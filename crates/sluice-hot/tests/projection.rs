@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_event::{Event, EventType, Position, topic};
 use sluice_hot::{
-    CONSUMER, EmbeddedStore, EventHook, EventView, HotConfig, HotError, HotReader, HotSettings,
-    HotStore, Positions, Profile, Projector, RecentRange, WriteBatch,
+    CONSUMER, CounterState, EmbeddedStore, EventHook, EventView, HotConfig, HotError, HotReader,
+    HotSettings, HotStore, Positions, Profile, Projector, RecentRange, WriteBatch,
 };
 use sluice_journal::{Journal, partition_for};
 use sluice_testkit::mem_journal::MemJournal;
@@ -359,8 +359,8 @@ async fn a_running_projection_counts_exactly_from_its_cache_and_forgets_what_was
     let recent = stored_recent(store.as_ref(), "u1").await;
     assert_eq!(
         reader.erase(&["u1".to_string()]).await.unwrap(),
-        1 + recent.clone().count() + 4,
-        "the profile, its {} recent events and its four per-person counters",
+        1 + recent.clone().count(),
+        "the profile (its four per-person counters inside) and its {} recent events",
         recent.clone().count()
     );
     let keys: Vec<String> = recent.map(|i| Profile::recent_key("u1", i)).collect();
@@ -442,6 +442,85 @@ async fn a_profile_stored_with_its_recent_events_inline_moves_them_apart() {
         "the newest five, the inline ones first"
     );
     assert_eq!(stored_recent(store.as_ref(), "u1").await, 1..6);
+}
+
+/// A profile stored before its counters moved in (its counters under keys of their own) is
+/// answered as it is; its next batch moves those counters into the profile and deletes their
+/// keys, and every counter still equals a recount of the person's events, old and new.
+#[tokio::test]
+async fn a_profile_stored_with_its_counters_apart_moves_them_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
+    let settings = settings();
+    let mine: Vec<Event> = events(6, 600)
+        .into_iter()
+        .filter(|e| e.user_id.as_deref() == Some("u1"))
+        .collect();
+    assert!(mine.len() > 8, "{} events", mine.len());
+    let (old, new) = mine.split_at(mine.len() / 2);
+    // The layout before: the profile without `counters`, each counter under its own key.
+    let mut profile = Profile {
+        id: "u1".into(),
+        ..Profile::default()
+    };
+    let mut apart: BTreeMap<String, CounterState> = BTreeMap::new();
+    for e in old {
+        let view = EventView::new(e, true);
+        profile.apply(&view, &settings);
+        for spec in &settings.counters {
+            if let Some((key, inc)) = spec.contribution(&view) {
+                let state = apart.entry(spec.store_key(&key)).or_default();
+                spec.apply(state, e.timestamp, inc);
+            }
+        }
+    }
+    // Recent events apart, as they were stored by then.
+    let range = profile.recent.unwrap();
+    let recent = std::mem::take(&mut profile.last_events);
+    let mut puts: Vec<(String, Vec<u8>)> = range
+        .indices()
+        .zip(&recent)
+        .map(|(i, e)| (Profile::recent_key("u1", i), serde_json::to_vec(e).unwrap()))
+        .collect();
+    puts.push((
+        Profile::store_key("u1"),
+        serde_json::to_vec(&profile).unwrap(),
+    ));
+    puts.extend(
+        apart
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_vec(v).unwrap())),
+    );
+    let batch = WriteBatch {
+        consumer: "setup".into(),
+        puts,
+        ..WriteBatch::default()
+    };
+    store.write(Arc::new(batch)).await.unwrap();
+    check_against_brute_force(store.clone(), old).await;
+
+    let journal = journal();
+    append(journal.as_ref(), new).await;
+    project(&journal, &store, None).await;
+    check_against_brute_force(store.clone(), &mine).await;
+    let inside: Vec<String> = settings
+        .counters
+        .iter()
+        .filter(|c| c.in_profile())
+        .map(|c| c.store_key("u1"))
+        .collect();
+    assert_eq!(inside.len(), 4, "{inside:?}");
+    assert!(
+        holding(store.as_ref(), &inside)
+            .await
+            .iter()
+            .all(|held| !held),
+        "the counters' own keys are gone"
+    );
+    let stored = store.get_many(&[Profile::store_key("u1")]).await.unwrap();
+    let stored: Profile = serde_json::from_slice(stored[0].as_ref().unwrap()).unwrap();
+    let names: Vec<&String> = stored.counters.as_ref().unwrap().keys().collect();
+    assert_eq!(names.len(), 4, "{names:?}");
 }
 
 /// A hook that forces re-reading from offset 0 and records what it sees.
