@@ -416,6 +416,10 @@ impl Projector {
         }
         self.send(batch, state, started, live_events, skipped, shutting_down)
             .await;
+        if consumed == 0 {
+            // Only positions moved (a crash gap stepped over): 0 means nothing is in flight.
+            self.land(parts).await?;
+        }
         Ok(consumed)
     }
 
