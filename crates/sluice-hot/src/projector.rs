@@ -86,7 +86,8 @@ pub trait EventHook: Send + Sync + 'static {
         live: bool,
     );
 
-    /// After a batch: every offset below `next` has been seen by the hook.
+    /// After a batch was applied (it may still be on its way to the store): every offset below
+    /// `next` has been seen by the hook.
     fn after_batch(&mut self, next: &Positions);
 
     /// Shutdown: persist what must survive a restart.
@@ -693,23 +694,7 @@ impl Projector {
                         ..Profile::default()
                     });
                     if t.live {
-                        let counters = p.counters.get_or_insert_default();
-                        if counters.len() > self.in_profile {
-                            // A counter taken out of the settings, or no longer keyed by user.
-                            let settings = &self.settings;
-                            counters.retain(|name, _| {
-                                settings.counter(name).is_some_and(|c| c.in_profile())
-                            });
-                        }
-                        for (i, _, inc) in t.counts.iter().filter(|(_, k, _)| k.is_none()) {
-                            let spec = &self.settings.counters[*i];
-                            let kept = match counters.get_mut(&spec.name) {
-                                Some(c) => c,
-                                None => counters.entry(spec.name.clone()).or_default(),
-                            };
-                            spec.apply(kept.state_mut(), ts, inc.clone());
-                        }
-                        p.apply(view, &self.settings);
+                        self.apply_to_profile(p, t);
                         if dirty_seen.insert(k) {
                             dirty.push(k.clone());
                         }
@@ -723,6 +708,25 @@ impl Projector {
             }
         }
         (dirty, live_events)
+    }
+
+    /// A live event's changes to its profile: the counters kept there, then the profile.
+    fn apply_to_profile(&self, p: &mut Profile, t: &Touch<'_>) {
+        let counters = p.counters.get_or_insert_default();
+        if counters.len() > self.in_profile {
+            // A counter taken out of the settings, or no longer keyed by user.
+            let settings = &self.settings;
+            counters.retain(|name, _| settings.counter(name).is_some_and(|c| c.in_profile()));
+        }
+        for (i, _, inc) in t.counts.iter().filter(|(_, k, _)| k.is_none()) {
+            let spec = &self.settings.counters[*i];
+            let kept = match counters.get_mut(&spec.name) {
+                Some(c) => c,
+                None => counters.entry(spec.name.clone()).or_default(),
+            };
+            spec.apply(kept.state_mut(), t.view.event.timestamp, inc.clone());
+        }
+        p.apply(&t.view, &self.settings);
     }
 
     /// Reads up to `batch_events` records across partitions, round robin.
