@@ -217,12 +217,13 @@ impl OnlineModel {
         self.pending_bytes
     }
 
-    /// What the pending examples would hold at `max_pending`, at today's average size.
+    /// What the pending examples would hold at `max_pending`, at today's average size (rounded
+    /// up, so that a full set never shows above its own ceiling).
     pub fn pending_ceiling_bytes(&self) -> usize {
-        let average = self
-            .pending_bytes
-            .checked_div(self.pending.len())
-            .unwrap_or(0);
+        let average = match self.pending.len() {
+            0 => 0,
+            n => self.pending_bytes.div_ceil(n),
+        };
         average * self.spec.max_pending
     }
 
@@ -490,6 +491,44 @@ mod tests {
         assert_eq!(m.pending_ceiling_bytes(), one * m.spec.max_pending);
         feed(&mut m, 1, 2, &event("f", "Buy", "u1", 532));
         assert_eq!((m.pending_len(), m.pending_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_full_set_of_pending_examples_is_never_above_its_ceiling() {
+        let config: crate::ModelConfig = serde_json::from_value(serde_json::json!({
+            "name": "m", "outcome": "Buy", "horizon": "30m", "bits": 10, "max_pending": 3
+        }))
+        .unwrap();
+        let mut m = OnlineModel::new(config.validate().unwrap());
+        // Users of different lengths: examples of different sizes, so the average has a
+        // remainder that rounding down would drop.
+        for (offset, user) in ["u", "user-22", "a-much-longer-user-id-3333"]
+            .iter()
+            .enumerate()
+        {
+            let e = event(&format!("e{offset}"), "View", user, offset as i64);
+            m.observe(
+                Position {
+                    partition: 0,
+                    offset: offset as u64,
+                },
+                &EventView::new(&e, false),
+                None,
+                true,
+            );
+        }
+        assert_eq!(m.pending_len(), 3);
+        assert_ne!(
+            m.pending_bytes() % 3,
+            0,
+            "sizes chosen to leave a remainder"
+        );
+        assert!(
+            m.pending_bytes() <= m.pending_ceiling_bytes(),
+            "{} above {}",
+            m.pending_bytes(),
+            m.pending_ceiling_bytes()
+        );
     }
 
     #[test]
