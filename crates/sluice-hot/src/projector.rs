@@ -519,10 +519,7 @@ impl Projector {
             };
             match decoded {
                 Ok(value) => state.add(key, value),
-                Err(error) => {
-                    tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
-                    metrics::error("corrupt");
-                }
+                Err(error) => corrupt(&key, &error),
             }
         }
         self.move_counters_in(&mut state, shutting_down).await?;
@@ -563,10 +560,7 @@ impl Projector {
                         let kept = KeptState::new(counter);
                         p.counters.get_or_insert_default().insert(name, kept);
                     }
-                    Err(error) => {
-                        tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
-                        metrics::error("corrupt");
-                    }
+                    Err(error) => corrupt(&key, &error),
                 }
             }
             state.apart.entry(profile).or_default().push(key);
@@ -804,6 +798,13 @@ impl HotState {
     fn has(&self, key: &str) -> bool {
         self.profiles.contains_key(key) || self.counters.contains_key(key)
     }
+}
+
+/// A stored value that does not decode: logged and counted; its key starts afresh, as stalling
+/// every later event of the key would be worse.
+fn corrupt(key: &str, error: &serde_json::Error) {
+    tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
+    metrics::error("corrupt");
 }
 
 /// The batch's events with their positions; an undecodable record is skipped (and counted) but
