@@ -11,7 +11,7 @@
 //!   whose count ([`HotStore::deletions`]) the projection compares before every batch: when it
 //!   moved, the whole cache is dropped.
 //!
-//! The cache is bounded by the stored size of its values (the JSON the batch wrote): two
+//! The cache is bounded by the stored size of its values (the bytes the batch wrote): two
 //! generations, each at most half of `capacity`; when the current one fills, the previous one
 //! is dropped and the current one becomes it. A value found in the previous generation moves
 //! back into the current one when it is written again, so the values in use stay.

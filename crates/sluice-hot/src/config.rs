@@ -46,7 +46,7 @@ pub struct HotConfig {
     pub batch_events: usize,
     /// The projection keeps the profiles and counter states it wrote last, decoded, so that
     /// the next events of the same users neither read nor decode them again: at most this
-    /// many bytes of them, counted as stored (JSON). 0 turns the cache off. Default 32 MiB.
+    /// many bytes of them, counted as stored. 0 turns the cache off. Default 32 MiB.
     pub cache_bytes: u64,
     /// Counters, each a `[[hot.counters]]` table.
     pub counters: Vec<CounterConfig>,

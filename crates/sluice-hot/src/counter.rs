@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::codec::{self, CodecError};
 use crate::profile::EventView;
 
 /// Distinct values kept per bucket for top-K: this many times k (and at least 100).
@@ -335,35 +336,52 @@ pub struct CounterState {
     pub late: u64,
 }
 
-/// A counter's state kept in a profile: as stored (its JSON text) until an event changes it,
-/// so that the profile's other counters are neither decoded nor encoded again when it is
-/// written. Decoded once changed, and encoded again by [`KeptState::settle`].
+/// A counter's state kept in a profile: as stored until an event changes it, so that the
+/// profile's other counters are neither decoded nor encoded again when it is written. Decoded
+/// once changed, and encoded again by [`KeptState::settle`].
 #[derive(Clone, Debug, Default)]
 pub struct KeptState {
     /// The state as stored; `None` once changed and not yet settled.
-    text: Option<Box<RawValue>>,
+    stored: Option<Stored>,
     /// The state, once decoded.
     state: Option<CounterState>,
+}
+
+/// A kept state's stored form.
+#[derive(Clone, Debug)]
+enum Stored {
+    /// In a profile stored as JSON (before the binary form, `codec.rs`).
+    Json(Box<RawValue>),
+    /// The binary form's fields (a `Vec`: made into a box, it would be copied once more).
+    Binary(Vec<u8>),
 }
 
 impl KeptState {
     /// A state not yet encoded.
     pub fn new(state: CounterState) -> Self {
         Self {
-            text: None,
+            stored: None,
             state: Some(state),
         }
     }
 
-    /// The state, to be changed: decoded now if it was not yet (a text that does not decode
-    /// starts afresh, logged and counted, as any stored value that does not decode).
+    /// A state as a binary profile holds it.
+    pub(crate) fn stored_binary(body: &[u8]) -> Self {
+        Self {
+            stored: Some(Stored::Binary(body.to_vec())),
+            state: None,
+        }
+    }
+
+    /// The state, to be changed: decoded now if it was not yet (a stored state that does not
+    /// decode starts afresh, logged and counted, as any stored value that does not decode).
     pub fn state_mut(&mut self) -> &mut CounterState {
-        let text = self.text.take();
+        let stored = self.stored.take();
         self.state.get_or_insert_with(|| {
-            let Some(text) = text else {
+            let Some(stored) = stored else {
                 return CounterState::default();
             };
-            serde_json::from_str(text.get()).unwrap_or_else(|error| {
+            stored.decode().unwrap_or_else(|error| {
                 tracing::error!(%error, "a stored counter state does not decode; starting it afresh");
                 crate::metrics::error("corrupt");
                 CounterState::default()
@@ -371,21 +389,40 @@ impl KeptState {
         })
     }
 
-    /// Encodes a changed state, so that the profile's encoding copies it as it does the
-    /// others.
-    pub fn settle(&mut self) -> serde_json::Result<()> {
-        if let (None, Some(state)) = (&self.text, &self.state) {
-            self.text = Some(serde_json::value::to_raw_value(state)?);
+    /// Encodes a changed state (or one kept as JSON) in the binary form, so that the
+    /// profile's encoding copies it as it does the others.
+    pub fn settle(&mut self) {
+        if !matches!(self.stored, Some(Stored::Binary(_))) {
+            let body = codec::encode_counter_body(self.state_mut());
+            self.stored = Some(Stored::Binary(body));
         }
-        Ok(())
+    }
+
+    /// The binary form's fields: as stored once settled, else encoded now (a state kept as
+    /// JSON that does not decode as an empty one).
+    pub(crate) fn body(&self) -> Cow<'_, [u8]> {
+        match (&self.stored, &self.state) {
+            (Some(Stored::Binary(body)), _) => Cow::Borrowed(body),
+            (_, Some(state)) => Cow::Owned(codec::encode_counter_body(state)),
+            _ => Cow::Owned(codec::encode_counter_body(&self.read().unwrap_or_default())),
+        }
     }
 
     /// The state, decoded.
-    pub fn read(&self) -> serde_json::Result<CounterState> {
-        match (&self.state, &self.text) {
+    pub fn read(&self) -> Result<CounterState, CodecError> {
+        match (&self.state, &self.stored) {
             (Some(state), _) => Ok(state.clone()),
-            (None, Some(text)) => serde_json::from_str(text.get()),
+            (None, Some(stored)) => stored.decode(),
             (None, None) => Ok(CounterState::default()),
+        }
+    }
+}
+
+impl Stored {
+    fn decode(&self) -> Result<CounterState, CodecError> {
+        match self {
+            Self::Json(text) => Ok(serde_json::from_str(text.get())?),
+            Self::Binary(body) => codec::decode_counter_body(body),
         }
     }
 }
@@ -401,10 +438,10 @@ impl PartialEq for KeptState {
 
 impl Serialize for KeptState {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match (&self.text, &self.state) {
-            (Some(text), _) => text.serialize(s),
-            (None, Some(state)) => state.serialize(s),
-            (None, None) => CounterState::default().serialize(s),
+        match (&self.stored, &self.state) {
+            (_, Some(state)) => state.serialize(s),
+            (Some(Stored::Json(text)), None) => text.serialize(s),
+            _ => self.read().map_err(serde::ser::Error::custom)?.serialize(s),
         }
     }
 }
@@ -412,7 +449,7 @@ impl Serialize for KeptState {
 impl<'de> Deserialize<'de> for KeptState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Self {
-            text: Some(Box::<RawValue>::deserialize(d)?),
+            stored: Some(Stored::Json(Box::<RawValue>::deserialize(d)?)),
             state: None,
         })
     }

@@ -11,9 +11,12 @@
 //!
 //! Store keys: `p:<profile id>` for profiles (with the states of the counters keyed by `user`),
 //! `e:<profile id>:<n>` for their recent events, `c:<counter>:<key>` for the states of the other
-//! counters, all JSON; positions per consumer as documented by each backend.
+//! counters; positions per consumer as documented by each backend. Profiles and counter states
+//! are stored in a compact binary form (`codec.rs`; JSON stored before still reads), recent
+//! events as JSON.
 
 mod cache;
+mod codec;
 mod config;
 mod counter;
 mod embedded;
@@ -29,6 +32,7 @@ mod store;
 
 use std::sync::Arc;
 
+pub use codec::{BINARY_V1, CodecError, decode_counter, decode_profile, encode_counter};
 pub use config::{Backend, CounterConfig, HotConfig, HotSettings};
 pub use counter::{
     Aggregate, CounterReading, CounterSpec, CounterState, FieldPath, Increment, KeptState,

@@ -273,12 +273,17 @@ impl Profile {
         (new, stored.start..stored.end.min(range.from))
     }
 
-    /// The profile as stored: without its recent events, which are stored apart.
-    pub(crate) fn encode_stored(&mut self) -> serde_json::Result<Vec<u8>> {
-        let recent = std::mem::take(&mut self.last_events);
-        let encoded = serde_json::to_vec(self);
-        self.last_events = recent;
-        encoded
+    /// The profile as stored: binary (`codec.rs`), without its recent events, which are
+    /// stored apart.
+    pub(crate) fn encode_stored(&mut self) -> Vec<u8> {
+        debug_assert!(
+            self.recent.is_some(),
+            "a profile ready for events names its recent events"
+        );
+        for kept in self.counters.iter_mut().flat_map(|c| c.values_mut()) {
+            kept.settle();
+        }
+        crate::codec::encode_profile(self)
     }
 
     /// Appends the event to the recent ones, keeping the newest `n`; the range moves with them.

@@ -51,6 +51,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cache::{self, ValueCache};
+use crate::codec::{self, CodecError};
 use crate::counter::{CounterState, Increment, KeptState};
 use crate::profile::{EventView, Profile};
 use crate::retrying::RetryingStore;
@@ -513,9 +514,9 @@ impl Projector {
         for (key, value) in missing.into_iter().zip(values) {
             let Some(bytes) = value else { continue };
             let decoded = if key.starts_with("p:") {
-                serde_json::from_slice(&bytes).map(cache::Value::Profile)
+                codec::decode_profile(&bytes).map(cache::Value::Profile)
             } else {
-                serde_json::from_slice(&bytes).map(cache::Value::Counter)
+                codec::decode_counter(&bytes).map(cache::Value::Counter)
             };
             match decoded {
                 Ok(value) => state.add(key, value),
@@ -555,7 +556,7 @@ impl Projector {
                 continue;
             };
             if let Some(bytes) = value {
-                match serde_json::from_slice::<CounterState>(&bytes) {
+                match codec::decode_counter(&bytes) {
                     Ok(counter) => {
                         let kept = KeptState::new(counter);
                         p.counters.get_or_insert_default().insert(name, kept);
@@ -802,7 +803,7 @@ impl HotState {
 
 /// A stored value that does not decode: logged and counted; its key starts afresh, as stalling
 /// every later event of the key would be worse.
-fn corrupt(key: &str, error: &serde_json::Error) {
+fn corrupt(key: &str, error: &CodecError) {
     tracing::error!(key = %key, %error, "stored hot value does not decode; starting it afresh");
     metrics::error("corrupt");
 }
@@ -859,16 +860,13 @@ fn encode(
             }
             deletes.extend(gone.map(|index| Profile::recent_key(id, index)));
             deletes.extend(state.apart.remove(&k).unwrap_or_default());
-            for kept in p.counters.iter_mut().flat_map(|c| c.values_mut()) {
-                kept.settle().map_err(failed)?;
-            }
             p.encode_stored()
         } else if let Some(c) = state.counters.get(&k) {
-            serde_json::to_vec(c)
+            codec::encode_counter(c)
         } else {
             continue;
         };
-        puts.push((k, encoded.map_err(failed)?));
+        puts.push((k, encoded));
     }
     Ok((puts, deletes))
 }

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::codec::{CodecError, decode_counter, decode_profile};
 use crate::counter::{Aggregate, CounterReading, CounterSpec, CounterState, WindowKind};
-use crate::profile::{Prediction, Profile};
+use crate::profile::{Prediction, Profile, RecentEvent};
 use crate::store::HotStore;
 use crate::{HotError, HotSettings, MAX_KEY_BYTES};
 
@@ -39,11 +40,20 @@ pub struct CounterAnswer {
 /// Reads of a profile whose recent events changed meanwhile, at most.
 const READ_ATTEMPTS: u32 = 3;
 
-fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, HotError> {
-    serde_json::from_slice(bytes).map_err(|e| HotError::Corrupt {
+fn decode<T>(
+    key: &str,
+    bytes: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<T, CodecError>,
+) -> Result<T, HotError> {
+    decode(bytes).map_err(|e| HotError::Corrupt {
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// A recent event (`e:` keys, JSON).
+fn recent_event(bytes: &[u8]) -> Result<RecentEvent, CodecError> {
+    Ok(serde_json::from_slice(bytes)?)
 }
 
 fn check_key(what: &str, key: &str) -> Result<(), HotError> {
@@ -95,7 +105,10 @@ impl HotReader {
         let mut profiles: Vec<Option<Profile>> = keys
             .iter()
             .zip(values)
-            .map(|(key, v)| v.map(|bytes| decode(key, &bytes)).transpose())
+            .map(|(key, v)| {
+                v.map(|bytes| decode(key, &bytes, decode_profile))
+                    .transpose()
+            })
             .collect::<Result<_, _>>()?;
         let mut wanted: Vec<(usize, String)> = Vec::new();
         for (at, (id, profile)) in ids.iter().zip(&profiles).enumerate() {
@@ -111,7 +124,7 @@ impl HotReader {
             match value {
                 Some(bytes) => {
                     if let Some(p) = profiles[at].as_mut() {
-                        p.last_events.push_back(decode(&key, &bytes)?);
+                        p.last_events.push_back(decode(&key, &bytes, recent_event)?);
                     }
                 }
                 None => complete = false,
@@ -161,7 +174,7 @@ impl HotReader {
         if spec.in_profile() {
             let profile_key = Profile::store_key(key);
             if let Some(bytes) = self.get_one(&profile_key).await? {
-                let profile: Profile = decode(&profile_key, &bytes)?;
+                let profile = decode(&profile_key, &bytes, decode_profile)?;
                 if let Some(mut counters) = profile.counters {
                     let kept = counters.remove(&spec.name).unwrap_or_default();
                     return kept.read().map_err(|e| HotError::Corrupt {
@@ -174,7 +187,7 @@ impl HotReader {
         let store_key = spec.store_key(key);
         match self.get_one(&store_key).await? {
             None => Ok(CounterState::default()),
-            Some(bytes) => decode(&store_key, &bytes),
+            Some(bytes) => decode(&store_key, &bytes, decode_counter),
         }
     }
 
@@ -200,7 +213,7 @@ impl HotReader {
         let stored = self.store.get_many(&profile_keys).await?;
         let mut keys = Vec::new();
         for ((id, key), value) in ids.iter().zip(profile_keys).zip(stored) {
-            match value.map(|bytes| decode::<Profile>(&key, &bytes)) {
+            match value.map(|bytes| decode(&key, &bytes, decode_profile)) {
                 Some(Ok(profile)) => {
                     if let Some(range) = profile.recent {
                         keys.extend(range.indices().map(|i| Profile::recent_key(id, i)));

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_event::{Event, EventType, Position, topic};
 use sluice_hot::{
-    CONSUMER, CounterState, EmbeddedStore, EventHook, EventView, HotConfig, HotError, HotReader,
-    HotSettings, HotStore, Positions, Profile, Projector, RecentRange, WriteBatch,
+    BINARY_V1, CONSUMER, CounterState, EmbeddedStore, EventHook, EventView, HotConfig, HotError,
+    HotReader, HotSettings, HotStore, KeptState, Positions, Profile, Projector, RecentRange,
+    WriteBatch, decode_profile,
 };
 use sluice_journal::{Journal, partition_for};
 use sluice_testkit::mem_journal::MemJournal;
@@ -200,7 +201,7 @@ fn brute_value(
 /// exactly those recent events (none inline, none left from before the range).
 async fn stored_recent(store: &dyn HotStore, user: &str) -> std::ops::Range<u64> {
     let stored = store.get_many(&[Profile::store_key(user)]).await.unwrap();
-    let core: Profile = serde_json::from_slice(stored[0].as_ref().expect("stored")).unwrap();
+    let core = decode_profile(stored[0].as_ref().expect("stored")).unwrap();
     assert!(
         core.last_events.is_empty(),
         "recent events are stored apart"
@@ -444,6 +445,76 @@ async fn a_profile_stored_with_its_recent_events_inline_moves_them_apart() {
     assert_eq!(stored_recent(store.as_ref(), "u1").await, 1..6);
 }
 
+/// What a store written as JSON holds for `old`, u1's events: the profile without its recent
+/// events, which are under their own keys, and the counters' states, those keyed by `user`
+/// inside the profile when `inside` (as stored once they moved in) or each under its own key
+/// (as before). The puts, and the profile's JSON.
+fn stored_as_json(
+    settings: &HotSettings,
+    old: &[Event],
+    inside: bool,
+) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+    let mut profile = Profile {
+        id: "u1".into(),
+        ..Profile::default()
+    };
+    let mut in_profile: BTreeMap<String, CounterState> = BTreeMap::new();
+    let mut apart: BTreeMap<String, CounterState> = BTreeMap::new();
+    for e in old {
+        let view = EventView::new(e, true);
+        profile.apply(&view, settings);
+        for spec in &settings.counters {
+            if let Some((key, inc)) = spec.contribution(&view) {
+                let state = match inside && spec.in_profile() {
+                    true => in_profile.entry(spec.name.clone()).or_default(),
+                    false => apart.entry(spec.store_key(&key)).or_default(),
+                };
+                spec.apply(state, e.timestamp, inc);
+            }
+        }
+    }
+    if inside {
+        let kept = in_profile.into_iter().map(|(n, s)| (n, KeptState::new(s)));
+        profile.counters = Some(kept.collect());
+    }
+    let range = profile.recent.unwrap();
+    let recent = std::mem::take(&mut profile.last_events);
+    let mut puts: Vec<(String, Vec<u8>)> = range
+        .indices()
+        .zip(&recent)
+        .map(|(i, e)| (Profile::recent_key("u1", i), serde_json::to_vec(e).unwrap()))
+        .collect();
+    let json = serde_json::to_vec(&profile).unwrap();
+    puts.push((Profile::store_key("u1"), json.clone()));
+    puts.extend(
+        apart
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_vec(v).unwrap())),
+    );
+    (puts, json)
+}
+
+/// u1's events of the stream with `seed`, split in two halves.
+fn halves_of_u1(seed: u64) -> (Vec<Event>, Vec<Event>) {
+    let mine: Vec<Event> = events(seed, 600)
+        .into_iter()
+        .filter(|e| e.user_id.as_deref() == Some("u1"))
+        .collect();
+    assert!(mine.len() > 8, "{} events", mine.len());
+    let (old, new) = mine.split_at(mine.len() / 2);
+    (old.to_vec(), new.to_vec())
+}
+
+/// Writes `puts` to `store` with no positions, as an earlier build left them.
+async fn put_as_before(store: &dyn HotStore, puts: Vec<(String, Vec<u8>)>) {
+    let batch = WriteBatch {
+        consumer: "setup".into(),
+        puts,
+        ..WriteBatch::default()
+    };
+    store.write(Arc::new(batch)).await.unwrap();
+}
+
 /// A profile stored before its counters moved in (its counters under keys of their own) is
 /// answered as it is; its next batch moves those counters into the profile and deletes their
 /// keys, and every counter still equals a recount of the person's events, old and new.
@@ -452,56 +523,14 @@ async fn a_profile_stored_with_its_counters_apart_moves_them_in() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
     let settings = settings();
-    let mine: Vec<Event> = events(6, 600)
-        .into_iter()
-        .filter(|e| e.user_id.as_deref() == Some("u1"))
-        .collect();
-    assert!(mine.len() > 8, "{} events", mine.len());
-    let (old, new) = mine.split_at(mine.len() / 2);
-    // The layout before: the profile without `counters`, each counter under its own key.
-    let mut profile = Profile {
-        id: "u1".into(),
-        ..Profile::default()
-    };
-    let mut apart: BTreeMap<String, CounterState> = BTreeMap::new();
-    for e in old {
-        let view = EventView::new(e, true);
-        profile.apply(&view, &settings);
-        for spec in &settings.counters {
-            if let Some((key, inc)) = spec.contribution(&view) {
-                let state = apart.entry(spec.store_key(&key)).or_default();
-                spec.apply(state, e.timestamp, inc);
-            }
-        }
-    }
-    // Recent events apart, as they were stored by then.
-    let range = profile.recent.unwrap();
-    let recent = std::mem::take(&mut profile.last_events);
-    let mut puts: Vec<(String, Vec<u8>)> = range
-        .indices()
-        .zip(&recent)
-        .map(|(i, e)| (Profile::recent_key("u1", i), serde_json::to_vec(e).unwrap()))
-        .collect();
-    puts.push((
-        Profile::store_key("u1"),
-        serde_json::to_vec(&profile).unwrap(),
-    ));
-    puts.extend(
-        apart
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::to_vec(v).unwrap())),
-    );
-    let batch = WriteBatch {
-        consumer: "setup".into(),
-        puts,
-        ..WriteBatch::default()
-    };
-    store.write(Arc::new(batch)).await.unwrap();
-    check_against_brute_force(store.clone(), old).await;
+    let (old, new) = halves_of_u1(6);
+    put_as_before(store.as_ref(), stored_as_json(&settings, &old, false).0).await;
+    check_against_brute_force(store.clone(), &old).await;
 
     let journal = journal();
-    append(journal.as_ref(), new).await;
+    append(journal.as_ref(), &new).await;
     project(&journal, &store, None).await;
+    let mine = [old, new].concat();
     check_against_brute_force(store.clone(), &mine).await;
     let inside: Vec<String> = settings
         .counters
@@ -518,9 +547,51 @@ async fn a_profile_stored_with_its_counters_apart_moves_them_in() {
         "the counters' own keys are gone"
     );
     let stored = store.get_many(&[Profile::store_key("u1")]).await.unwrap();
-    let stored: Profile = serde_json::from_slice(stored[0].as_ref().unwrap()).unwrap();
+    let stored = decode_profile(stored[0].as_ref().unwrap()).unwrap();
     let names: Vec<&String> = stored.counters.as_ref().unwrap().keys().collect();
     assert_eq!(names.len(), 4, "{names:?}");
+}
+
+/// A store written as JSON (profiles with their counters inside, counters keyed by anything
+/// else under their own keys) is read as it is; the values the next batch writes take the
+/// binary form, and every counter still equals a recount of the events, old and new.
+#[tokio::test]
+async fn values_stored_as_json_are_read_and_written_again_in_the_binary_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
+    let settings = settings();
+    let (old, new) = halves_of_u1(7);
+    let (puts, json) = stored_as_json(&settings, &old, true);
+    put_as_before(store.as_ref(), puts).await;
+    check_against_brute_force(store.clone(), &old).await;
+
+    let journal = journal();
+    append(journal.as_ref(), &new).await;
+    project(&journal, &store, None).await;
+    check_against_brute_force(store.clone(), &[old, new.clone()].concat()).await;
+    let by_category = settings.counter("by_category").unwrap();
+    let mut written = vec![Profile::store_key("u1")];
+    for e in &new {
+        if let Some((key, _)) = by_category.contribution(&EventView::new(e, true)) {
+            written.push(by_category.store_key(&key));
+        }
+    }
+    assert!(written.len() > 1, "{written:?}");
+    for (key, value) in written.iter().zip(store.get_many(&written).await.unwrap()) {
+        let value = value.expect("stored");
+        assert_eq!(
+            value[0], BINARY_V1,
+            "{key} was written again in the binary form"
+        );
+    }
+    let stored = store.get_many(&[Profile::store_key("u1")]).await.unwrap();
+    let stored = stored[0].as_ref().unwrap();
+    assert!(
+        stored.len() < json.len(),
+        "{} ≥ {}",
+        stored.len(),
+        json.len()
+    );
 }
 
 /// A hook that forces re-reading from offset 0 and records what it sees.
@@ -960,7 +1031,7 @@ async fn a_profile_whose_recent_events_change_while_it_is_read_is_read_again() {
     // one, the new event is set and the oldest deleted.
     let key = Profile::store_key("u1");
     let stored = inner.get_many(std::slice::from_ref(&key)).await.unwrap();
-    let mut core: Profile = serde_json::from_slice(stored[0].as_ref().unwrap()).unwrap();
+    let mut core = decode_profile(stored[0].as_ref().unwrap()).unwrap();
     core.recent = Some(RecentRange { from: 1, next: 6 });
     let newest = sluice_hot::RecentEvent {
         event_id: mine[5].event_id.clone(),
