@@ -477,6 +477,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn state() -> CounterState {
@@ -556,6 +557,132 @@ mod tests {
         assert_eq!(decode_profile(&json).unwrap(), p);
         let c = state();
         assert_eq!(decode_counter(&serde_json::to_vec(&c).unwrap()).unwrap(), c);
+    }
+
+    /// A JSON value as an identify call's traits may hold, a few levels deep.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn any_counter() -> impl Strategy<Value = CounterState> {
+        (
+            proptest::option::of(any::<i64>()),
+            proptest::collection::btree_map(any::<i64>(), any::<f64>(), 0..5),
+            proptest::collection::btree_map(
+                any::<i64>(),
+                proptest::collection::btree_map(".{0,8}", any::<f64>(), 0..4),
+                0..3,
+            ),
+            any::<u64>(),
+        )
+            .prop_map(|(newest_bucket, sums, tops, late)| CounterState {
+                newest_bucket,
+                sums,
+                tops,
+                late,
+            })
+    }
+
+    fn any_profile() -> impl Strategy<Value = Profile> {
+        let counts = proptest::collection::btree_map(".{0,10}", any::<u64>(), 0..4);
+        let traits = proptest::collection::btree_map(".{0,8}", any_json(), 0..4);
+        let session = proptest::option::of(
+            (".{0,8}", any::<i64>(), any::<i64>(), any::<u64>()).prop_map(
+                |(id, started, last, events)| Session {
+                    id,
+                    started,
+                    last,
+                    events,
+                },
+            ),
+        );
+        let prediction =
+            (0.0f64..=1.0, any::<i64>(), ".{0,8}").prop_map(|(score, at, id)| Prediction {
+                score,
+                at,
+                event_id: id,
+            });
+        let predictions = proptest::collection::btree_map(".{0,8}", prediction, 0..3);
+        let recent = proptest::option::of(
+            (any::<u64>(), any::<u64>()).prop_map(|(from, next)| RecentRange { from, next }),
+        );
+        let counters = proptest::option::of(proptest::collection::btree_map(
+            ".{0,8}",
+            any_counter().prop_map(KeptState::new),
+            0..3,
+        ));
+        let numbers = (any::<i64>(), any::<i64>(), any::<u64>(), any::<u64>());
+        (
+            ".{0,16}",
+            numbers,
+            counts,
+            traits,
+            session,
+            predictions,
+            recent,
+            counters,
+        )
+            .prop_map(
+                |(
+                    id,
+                    (first_seen, last_seen, events_total, sessions),
+                    event_counts,
+                    traits,
+                    session,
+                    predictions,
+                    recent,
+                    counters,
+                )| Profile {
+                    id,
+                    first_seen,
+                    last_seen,
+                    events_total,
+                    event_counts,
+                    traits: traits.into_iter().collect(),
+                    last_events: Default::default(),
+                    session,
+                    sessions,
+                    predictions,
+                    recent,
+                    counters,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn any_profile_and_counter_come_back_as_they_were_written(
+            profile in any_profile(),
+            counter in any_counter(),
+        ) {
+            prop_assert_eq!(decode_profile(&encode_profile(&profile)).unwrap(), profile);
+            prop_assert_eq!(decode_counter(&encode_counter(&counter)).unwrap(), counter);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_without_a_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_profile(&bytes);
+            let _ = decode_counter(&bytes);
+            bytes.insert(0, BINARY_V1);
+            let _ = decode_profile(&bytes);
+            let _ = decode_counter(&bytes);
+        }
     }
 
     #[test]
