@@ -13,7 +13,8 @@
 //!   threads; `stage.rs` the Kinesis-trigger semantics (batching, retries, bisecting, partial
 //!   responses, record age); `convert.rs` events to and from what a function sees; `value.rs`
 //!   values into and out of the runtime without JSON text; `meter.rs` metering;
-//!   `logs.rs` what functions print; `seal.rs` secrets sealed at rest.
+//!   `logs.rs` what functions print; `seal.rs` secrets sealed at rest; `reseal.rs` every
+//!   stored secret sealed again with the current key.
 //!
 //! Swapping: every change builds a new [`Live`] set and swaps it in atomically. The runner takes
 //! the set once per batch, so each batch runs wholly on one version and a swap falls between
@@ -25,6 +26,7 @@ mod engine;
 mod logs;
 mod meter;
 mod pool;
+mod reseal;
 mod seal;
 pub(crate) mod stage;
 mod store;
@@ -42,6 +44,7 @@ use sluice_event::ErrorKind;
 pub use engine::{InvokeError, Mode, Source};
 pub use meter::{LAMBDA_USD_PER_GB_SECOND, LAMBDA_USD_PER_REQUEST, MeterSnapshot};
 pub use pool::WorkerStart;
+pub use reseal::{FunctionReseal, ResealReport, SecretCounts};
 pub use seal::{Keyring, SEALED_PREFIX, SecretsKey};
 pub use store::{Bundle, BundledVersion, DeployOutcome, Version};
 
@@ -525,6 +528,44 @@ impl Functions {
         self.store.delete(name)?;
         self.logs.remove(name);
         self.refresh()
+    }
+
+    /// Seals every secret of every stored version of every function with the node's current
+    /// key, in place (`reseal.rs`): no version is created and nothing else changes. With
+    /// `dry_run`, only says what it would do, and which keys the stored values use. Refused,
+    /// with nothing written, when the node has no key or a value cannot be resealed.
+    pub fn reseal(&self, dry_run: bool) -> Result<ResealReport, UdfError> {
+        let keys = reseal::current(self.secrets.key())?;
+        let _guard = self.changes.lock();
+        let plans: Vec<reseal::Plan> = self
+            .store
+            .load_all()?
+            .values()
+            .map(|d| reseal::plan(keys, d, dry_run))
+            .collect();
+        let report = ResealReport::new(keys.current().id(), dry_run, &plans);
+        if !dry_run {
+            reseal::refuse_any(&report.refused)?;
+            for p in &plans {
+                self.store.rewrite_records(&p.report.name, &p.rewrite)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// [`Functions::reseal`] of function `name` alone (`None`: it is not deployed), as a node
+    /// sharing its functions does again once it took another node's change of it.
+    pub fn reseal_function(&self, name: &str) -> Result<Option<FunctionReseal>, UdfError> {
+        store::check_name(name)?;
+        let keys = reseal::current(self.secrets.key())?;
+        let _guard = self.changes.lock();
+        let Some(d) = self.store.load(name)? else {
+            return Ok(None);
+        };
+        let plan = reseal::plan(keys, &d, false);
+        reseal::refuse_any(&plan.refused)?;
+        self.store.rewrite_records(name, &plan.rewrite)?;
+        Ok(Some(plan.report))
     }
 
     /// Function `name` whole, to share with other nodes (`None`: not deployed).

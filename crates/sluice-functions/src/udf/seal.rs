@@ -15,6 +15,8 @@
 //! Rotation: the node seals with its current key and opens with whichever of its keys (current
 //! or previous, [`Keyring`]) has the id a value names, so a new key can be put in place while the
 //! versions deployed before still open; a value whose key the node lacks is refused naming both.
+//! Resealing ([`Keyring::reseal`], `reseal.rs`) then seals every stored value with the current
+//! key, in place, so that the previous keys can be dropped.
 //!
 //! Without a key, secrets are stored as given (the version files have mode 0600); a node that
 //! finds a sealed value and has no key, or another key, refuses to start the function and
@@ -160,29 +162,87 @@ impl Keyring {
         &self.current
     }
 
+    /// Every key, the current one first.
+    fn keys(&self) -> impl Iterator<Item = &SecretsKey> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+
+    /// The ids of the node's keys, the current one first, as messages list them.
+    fn ids(&self) -> String {
+        self.keys()
+            .map(SecretsKey::id)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn open(&self, function: &str, name: &str, sealed: &str) -> Result<String, UdfError> {
         let (id, body) = sealed.split_once(':').ok_or_else(|| {
             UdfError::Invalid(format!(
                 "secret {name:?} of function {function:?} cannot be opened: it names no key"
             ))
         })?;
-        let key = std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find(|k| k.id == id)
-            .ok_or_else(|| {
-                let ours: Vec<&str> = std::iter::once(&self.current)
-                    .chain(&self.previous)
-                    .map(|k| k.id.as_str())
-                    .collect();
-                UdfError::Invalid(format!(
-                    "secret {name:?} of function {function:?} was sealed with key {id}, and \
-                     this node has {}: every runner node needs the same secrets_key_file, and \
-                     a key replaced goes to previous_secrets_key_files",
-                    ours.join(", ")
-                ))
-            })?;
+        let key = self.keys().find(|k| k.id == id).ok_or_else(|| {
+            UdfError::Invalid(format!(
+                "secret {name:?} of function {function:?} was sealed with key {id}, and \
+                 this node has {}: every runner node needs the same secrets_key_file, and \
+                 a key replaced goes to previous_secrets_key_files",
+                self.ids()
+            ))
+        })?;
         key.open(function, name, body)
     }
+
+    /// `stored`, the value of secret `name` of `function` v`version` as it is stored, sealed
+    /// with the current key (see [`Resealed`]). `Err` says why it cannot be: its key is not one
+    /// of this node's, or it does not open.
+    pub(crate) fn reseal(
+        &self,
+        function: &str,
+        version: u32,
+        name: &str,
+        stored: &str,
+    ) -> Result<Resealed, String> {
+        let Some(sealed) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok(Resealed::Plain(self.current.seal(function, name, stored)));
+        };
+        let id = sealed.split_once(':').map_or("", |(id, _)| id);
+        if id == self.current.id {
+            return Ok(Resealed::Current);
+        }
+        if !self.keys().any(|k| k.id == id) {
+            return Err(format!(
+                "secret {name:?} of function {function:?} v{version} is sealed with key {id:?}, \
+                 which this node does not have (it has {}): put that key in \
+                 previous_secrets_key_files",
+                self.ids()
+            ));
+        }
+        let plain = self
+            .open(function, name, sealed)
+            .map_err(|e| format!("v{version}: {e}"))?;
+        Ok(Resealed::Previous {
+            key: id.to_string(),
+            sealed: self.current.seal(function, name, &plain),
+        })
+    }
+}
+
+/// A stored secret value, resealed ([`Keyring::reseal`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resealed {
+    /// It is sealed with the current key already, and stays as it is, byte for byte.
+    Current,
+    /// It was sealed with the previous key `key`; `sealed` is the same secret sealed with the
+    /// current key.
+    Previous {
+        /// The id of the key that sealed it.
+        key: String,
+        /// The value sealed with the current key.
+        sealed: String,
+    },
+    /// It was stored as given (before the node had a key); this is it sealed with the current
+    /// key.
+    Plain(String),
 }
 
 /// The associated data of `function`'s secret `name`.
@@ -340,6 +400,49 @@ mod tests {
                 && e.contains(&format!("this node has {}", old_only.current().id())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn resealing_moves_previous_and_plain_values_to_the_current_key_and_keeps_the_rest() {
+        let given = secrets(&[("K", "v")]);
+        let old = seal_all(Some(&keyring(KEY, &[])), "f", &given).unwrap();
+        let rotated = keyring(NEW_KEY, &[KEY]);
+        let new = seal_all(Some(&rotated), "f", &given).unwrap();
+        // Sealed with the previous key: sealed again with the current one, as a deploy would.
+        let Resealed::Previous { key, sealed } = rotated.reseal("f", 1, "K", &old["K"]).unwrap()
+        else {
+            panic!("not resealed from the previous key");
+        };
+        assert_eq!(key, keyring(KEY, &[]).current().id());
+        assert_eq!(sealed, new["K"]);
+        // Already sealed with the current key: kept; stored as given: sealed.
+        assert_eq!(
+            rotated.reseal("f", 1, "K", &new["K"]).unwrap(),
+            Resealed::Current
+        );
+        assert_eq!(
+            rotated.reseal("f", 1, "K", "v").unwrap(),
+            Resealed::Plain(new["K"].clone())
+        );
+        // A key this node lacks, and a value that does not open, are refused with the
+        // function, version, secret and key.
+        let e = keyring(NEW_KEY, &[])
+            .reseal("f", 3, "K", &old["K"])
+            .unwrap_err();
+        let old_id = keyring(KEY, &[]).current().id().to_string();
+        assert!(
+            e.contains("secret \"K\" of function \"f\" v3")
+                && e.contains(&old_id)
+                && e.contains("does not have"),
+            "{e}"
+        );
+        let e = rotated.reseal("g", 2, "K", &old["K"]).unwrap_err();
+        assert!(
+            e.starts_with("v2: ") && e.contains("another function"),
+            "{e}"
+        );
+        let e = rotated.reseal("f", 2, "K", SEALED_PREFIX).unwrap_err();
+        assert!(e.contains("v2") && e.contains("\"\""), "{e}");
     }
 
     #[test]

@@ -328,6 +328,27 @@ impl Store {
         Ok(true)
     }
 
+    /// Writes `records` over the records of function `name`'s versions of the same numbers
+    /// (their secrets resealed), each as a deploy writes it; the code and the activation
+    /// history stay as they are.
+    pub fn rewrite_records(&self, name: &str, records: &[Version]) -> Result<(), UdfError> {
+        check_name(name)?;
+        let dir = self.dir.join(name);
+        for record in records {
+            let path = dir.join(format!("v{}.json", record.version));
+            if read_json::<Version>(&path)?.is_none() {
+                return Err(UdfError::NotFound(format!(
+                    "{name} has no version {}",
+                    record.version
+                )));
+            }
+            let body =
+                serde_json::to_vec_pretty(record).map_err(|e| UdfError::Io(e.to_string()))?;
+            write_atomic(&path, &body, true)?;
+        }
+        Ok(())
+    }
+
     /// Puts back the activation history `load` gave (a change that could not run, undone).
     pub fn restore_history(&self, name: &str, history: Vec<u32>) -> Result<(), UdfError> {
         self.write_active(name, history)

@@ -2,5 +2,6 @@
 //! dependency tree; one link instead of several keeps the build short).
 
 mod chain;
+mod reseal;
 mod runner;
 mod udf;
