@@ -9,7 +9,13 @@
 //! - `DELETE /v1/functions/{name}`;
 //! - `POST /v1/functions/{name}/rollback`: `{"to": N}`, or empty for the previous version;
 //! - `GET /v1/functions/{name}/logs?lines=N`: what it printed, oldest first;
-//! - `GET /v1/functions/stats`: metering per function and version.
+//! - `GET /v1/functions/stats`: metering per function and version;
+//! - `POST /v1/functions:reseal`: every stored secret of every version sealed with the node's
+//!   current key ([`Functions::reseal`]); `?dry_run=true` says what it would do and which keys
+//!   the stored values use, and writes nothing. On a shared journal, every function it changes is
+//!   shared with the other nodes (see `shared_functions`). Its path has a `:`, which a function
+//!   name cannot hold, so it never collides with `/v1/functions/{name}` (`reseal` is a valid
+//!   function name).
 
 // The helpers return the error answer itself, sent at once: its size does not matter.
 #![allow(clippy::result_large_err)]
@@ -25,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use sluice_event::ErrorKind;
-use sluice_functions::udf::{DeployOutcome, DeployReport};
+use sluice_functions::udf::{DeployOutcome, DeployReport, ResealReport};
 use sluice_functions::{FunctionSpec, Functions, UdfError};
 
 use crate::http::{Admin, AppState, error_response};
@@ -37,6 +43,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/functions", get(list))
         .route("/v1/functions/stats", get(stats))
+        .route("/v1/functions:reseal", post(reseal))
         .route(
             "/v1/functions/{name}",
             get(show)
@@ -57,22 +64,30 @@ fn functions_of(state: &AppState) -> Result<Arc<Functions>, Response> {
     })
 }
 
-/// Runs `op` on the functions, off the async workers (it reads and writes the store); answers
-/// its result as JSON with `status`, or its error. Handlers take [`Admin`], so the admin check
-/// has passed.
+/// Runs `op` on the functions, off the async workers (it reads and writes the store): its
+/// result, or the answer to its error.
+async fn on_functions<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(&Functions) -> Result<T, UdfError> + Send + 'static,
+) -> Result<T, Response> {
+    let f = functions_of(state)?;
+    match tokio::task::spawn_blocking(move || op(&f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error_response(e.kind(), e.to_string())),
+        Err(e) => Err(error_response(ErrorKind::Internal, e.to_string())),
+    }
+}
+
+/// Runs `op` on the functions ([`on_functions`]); answers its result as JSON with `status`, or
+/// its error. Handlers take [`Admin`], so the admin check has passed.
 async fn admin_op<T: serde::Serialize + Send + 'static>(
     state: &AppState,
     status: impl FnOnce(&T) -> StatusCode,
     op: impl FnOnce(&Functions) -> Result<T, UdfError> + Send + 'static,
 ) -> Response {
-    let f = match functions_of(state) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    match tokio::task::spawn_blocking(move || op(&f)).await {
-        Ok(Ok(v)) => (status(&v), axum::Json(v)).into_response(),
-        Ok(Err(e)) => error_response(e.kind(), e.to_string()),
-        Err(e) => error_response(ErrorKind::Internal, e.to_string()),
+    match on_functions(state, op).await {
+        Ok(v) => (status(&v), axum::Json(v)).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -259,4 +274,53 @@ async fn logs(
         Ok(json!({ "lines": f.logs(&name, lines)? }))
     })
     .await
+}
+
+/// `POST /v1/functions:reseal[?dry_run=true]`.
+async fn reseal(
+    admin: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let dry_run = match query.get("dry_run").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("" | "true" | "1") => true,
+        Some(_) => return error_response(ErrorKind::Invalid, "dry_run must be true or false"),
+    };
+    let report = match resealed(&state, dry_run).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !dry_run {
+        tracing::info!(
+            who = %admin.who,
+            key = %report.key,
+            resealed = report.resealed.total(),
+            functions = report.functions.len(),
+            "function secrets resealed with the current key"
+        );
+    }
+    (StatusCode::OK, axum::Json(report)).into_response()
+}
+
+/// Reseals (or, with `dry_run`, says what resealing would do), on a shared journal after
+/// catching up with the other nodes, and sharing each function changed.
+async fn resealed(state: &AppState, dry_run: bool) -> Result<ResealReport, Response> {
+    functions_of(state)?;
+    let Some(shared) = &state.shared_functions else {
+        return on_functions(state, move |f| f.reseal(dry_run)).await;
+    };
+    if !dry_run {
+        return shared
+            .reseal()
+            .await
+            .map_err(|e| error_response(e.kind, e.reason));
+    }
+    if let Err(e) = shared.catch_up().await {
+        return Err(error_response(
+            ErrorKind::Unavailable,
+            format!("cannot catch up with the functions of the other nodes: {e}"),
+        ));
+    }
+    on_functions(state, |f| f.reseal(true)).await
 }

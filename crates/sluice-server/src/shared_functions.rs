@@ -13,13 +13,21 @@
 //! on every runner node from its next batch after that. At start, the map's functions replace
 //! this node's, and functions only this node has (deployed before it joined) are added to the
 //! map.
+//!
+//! A reseal ([`SharedFunctions::reseal`]) catches up, reseals every function here, then stores
+//! each function it changed the same way, by compare-and-set; a function another node changed
+//! first is taken from that node, resealed again and stored again ([`share_resealed`]). The
+//! other nodes take the resealed functions as they take a deploy: their running versions and
+//! runtimes stay, since the secrets they opened are the same.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_functions::Functions;
-use sluice_functions::udf::Bundle;
+use sluice_event::ErrorKind;
+use sluice_functions::udf::{Bundle, FunctionReseal, ResealReport};
+use sluice_functions::{Functions, UdfError};
 use sluice_journal::{JetStreamJournal, OnChange, SharedMap};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +38,26 @@ const MAP: &str = "functions";
 
 /// How often a node catches up with the other nodes' deploys.
 pub(crate) const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// How many times a reseal stores a function it resealed, when other nodes keep changing it
+/// first.
+const RESEAL_ATTEMPTS: usize = 5;
+
+/// Why a reseal on a shared journal did not finish: the answer's kind and reason.
+#[derive(Debug)]
+pub(crate) struct ResealFailed {
+    pub(crate) kind: ErrorKind,
+    pub(crate) reason: String,
+}
+
+impl From<UdfError> for ResealFailed {
+    fn from(e: UdfError) -> Self {
+        Self {
+            kind: e.kind(),
+            reason: e.to_string(),
+        }
+    }
+}
 
 /// The functions every runner node runs, as this node shares them.
 #[derive(Clone)]
@@ -137,8 +165,109 @@ impl SharedFunctions {
         self.map.set(name, value).await.map_err(|e| e.to_string())
     }
 
+    /// Reseals every function on this node after catching up, with the right to change
+    /// functions held, and stores each one it changed in the map ([`share_resealed`]). Each
+    /// is marked to be stored first, so that one NATS cannot take now is stored by [`follow`]
+    /// later (the answer is then 503).
+    pub(crate) async fn reseal(&self) -> Result<ResealReport, ResealFailed> {
+        let _changing = self.changing().await;
+        self.catch_up().await.map_err(|e| ResealFailed {
+            kind: ErrorKind::Unavailable,
+            reason: format!("cannot catch up with the functions of the other nodes: {e}"),
+        })?;
+        let f = self.functions.clone();
+        let mut report = blocking(move || f.reseal(false)).await?;
+        self.lock_pending()
+            .extend(changed_by(&report).map(str::to_string));
+        let publish = |name: String| async move { self.publish(&name).await };
+        let reseal_again = |name: String| {
+            let f = self.functions.clone();
+            blocking(move || f.reseal_function(&name))
+        };
+        share_resealed(&mut report, publish, reseal_again).await?;
+        Ok(report)
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `op` on a blocking thread (it reads and writes the store).
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, UdfError> + Send + 'static,
+) -> Result<T, ResealFailed> {
+    match tokio::task::spawn_blocking(op).await {
+        Ok(done) => done.map_err(ResealFailed::from),
+        Err(e) => Err(ResealFailed {
+            kind: ErrorKind::Internal,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The functions `report` says were resealed.
+fn changed_by(report: &ResealReport) -> impl Iterator<Item = &str> {
+    report
+        .functions
+        .iter()
+        .filter(|f| !f.versions.is_empty())
+        .map(|f| f.name.as_str())
+}
+
+/// Shares the functions `report` says were resealed here, one by one: `publish` stores one in
+/// the map by compare-and-set. When another node changed it first (`Ok(false)`: this node
+/// then holds that node's change), `reseal_again` reseals it again (`None`: that change
+/// deleted it) and, if that changed anything, it is stored again, up to [`RESEAL_ATTEMPTS`]
+/// times; `report` is updated with what the last reseal of it did.
+pub(crate) async fn share_resealed<P, PF, R, RF>(
+    report: &mut ResealReport,
+    mut publish: P,
+    mut reseal_again: R,
+) -> Result<(), ResealFailed>
+where
+    P: FnMut(String) -> PF,
+    PF: Future<Output = Result<bool, String>>,
+    R: FnMut(String) -> RF,
+    RF: Future<Output = Result<Option<FunctionReseal>, ResealFailed>>,
+{
+    let changed: Vec<String> = changed_by(report).map(str::to_string).collect();
+    for name in changed {
+        for attempt in 1.. {
+            match publish(name.clone()).await {
+                Ok(true) => break,
+                Ok(false) if attempt < RESEAL_ATTEMPTS => {}
+                Ok(false) => return Err(kept_changing(&name)),
+                Err(e) => return Err(not_shared_yet(&name, &e)),
+            }
+            let again = reseal_again(name.clone()).await?;
+            let nothing_to_store = again.as_ref().is_none_or(|f| f.versions.is_empty());
+            report.replace(&name, again);
+            if nothing_to_store {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kept_changing(name: &str) -> ResealFailed {
+    ResealFailed {
+        kind: ErrorKind::Conflict,
+        reason: format!(
+            "function {name} was changed on other nodes {RESEAL_ATTEMPTS} times while it was \
+             resealed; this node now runs their change: reseal again"
+        ),
+    }
+}
+
+fn not_shared_yet(name: &str, e: &str) -> ResealFailed {
+    ResealFailed {
+        kind: ErrorKind::Unavailable,
+        reason: format!(
+            "the functions are resealed on this node, but {name} and the ones after it cannot \
+             be shared with the other nodes yet ({e}); they will be as soon as NATS answers"
+        ),
     }
 }
 
@@ -169,5 +298,166 @@ pub(crate) async fn follow(
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(FOLLOW_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::future::ready;
+
+    use sluice_functions::udf::SecretCounts;
+
+    use super::*;
+
+    /// `name` with `n` values resealed from key `aaaaaaaa` in its versions `versions`.
+    fn resealed(name: &str, versions: &[u32], n: usize) -> FunctionReseal {
+        FunctionReseal {
+            name: name.into(),
+            versions: versions.to_vec(),
+            resealed: SecretCounts {
+                by_key: BTreeMap::from([("aaaaaaaa".to_string(), n)]),
+                plain: 0,
+            },
+            in_use: SecretCounts {
+                by_key: BTreeMap::from([("bbbbbbbb".to_string(), n)]),
+                plain: 0,
+            },
+        }
+    }
+
+    fn report(functions: Vec<FunctionReseal>) -> ResealReport {
+        let mut r = ResealReport {
+            key: "bbbbbbbb".into(),
+            dry_run: false,
+            functions,
+            resealed: SecretCounts::default(),
+            in_use: SecretCounts::default(),
+            refused: Vec::new(),
+        };
+        // Sums the functions' counts.
+        r.replace("", None);
+        r
+    }
+
+    /// Shares `report` against a map that answers each store of a function with the next of
+    /// `answers` (then `Ok(true)`), and a reseal again that gives the next of `again`: the
+    /// stores, the reseals again, and the outcome.
+    async fn share(
+        report: &mut ResealReport,
+        answers: Vec<Result<bool, String>>,
+        again: Vec<Option<FunctionReseal>>,
+    ) -> (Vec<String>, Vec<String>, Result<(), ResealFailed>) {
+        let (mut answers, mut again) = (answers.into_iter(), again.into_iter());
+        let (mut stored, mut resealed) = (Vec::new(), Vec::new());
+        let outcome = share_resealed(
+            report,
+            |name| {
+                stored.push(name);
+                ready(answers.next().unwrap_or(Ok(true)))
+            },
+            |name| {
+                resealed.push(name);
+                ready(Ok(again.next().expect("a reseal again was expected")))
+            },
+        )
+        .await;
+        (stored, resealed, outcome)
+    }
+
+    #[tokio::test]
+    async fn each_function_resealed_is_stored_and_the_others_are_not() {
+        let mut r = report(vec![
+            resealed("a", &[1, 2], 3),
+            resealed("b", &[], 0),
+            resealed("c", &[4], 1),
+        ]);
+        let before = r.clone();
+        let (stored, again, outcome) = share(&mut r, vec![], vec![]).await;
+        assert!(outcome.is_ok());
+        assert_eq!((stored, again), (vec!["a".into(), "c".into()], vec![]));
+        assert_eq!(r, before);
+    }
+
+    #[tokio::test]
+    async fn a_function_changed_elsewhere_first_is_resealed_again_and_stored_again() {
+        // `a` loses to another node's deploy, whose old versions need resealing again: stored
+        // again. `c` loses to a change with nothing left to reseal (another node's reseal),
+        // and `d` to a delete: neither is stored again.
+        let mut r = report(vec![
+            resealed("a", &[1], 1),
+            resealed("c", &[1], 1),
+            resealed("d", &[1], 1),
+        ]);
+        let (stored, again, outcome) = share(
+            &mut r,
+            vec![Ok(false), Ok(true), Ok(false), Ok(false)],
+            vec![
+                Some(resealed("a", &[1, 2], 4)),
+                Some(resealed("c", &[], 0)),
+                None,
+            ],
+        )
+        .await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(stored, ["a", "a", "c", "d"]);
+        assert_eq!(again, ["a", "c", "d"]);
+        let names: Vec<&str> = r.functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(r.functions[0], resealed("a", &[1, 2], 4));
+        assert_eq!(r.resealed.by_key["aaaaaaaa"], 4);
+        assert_eq!(r.in_use.by_key["bbbbbbbb"], 4);
+    }
+
+    #[tokio::test]
+    async fn a_function_that_keeps_changing_elsewhere_is_a_conflict() {
+        let mut r = report(vec![resealed("a", &[1], 1), resealed("b", &[1], 1)]);
+        let (stored, again, outcome) = share(
+            &mut r,
+            vec![Ok(false); RESEAL_ATTEMPTS],
+            vec![Some(resealed("a", &[1], 1)); RESEAL_ATTEMPTS - 1],
+        )
+        .await;
+        let e = outcome.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(
+            e.reason.contains("function a") && e.reason.contains("reseal again"),
+            "{e:?}"
+        );
+        assert_eq!(stored, vec!["a".to_string(); RESEAL_ATTEMPTS]);
+        assert_eq!(again.len(), RESEAL_ATTEMPTS - 1);
+    }
+
+    #[tokio::test]
+    async fn nats_not_answering_stops_the_sharing_with_a_503() {
+        let mut r = report(vec![resealed("a", &[1], 1), resealed("b", &[1], 1)]);
+        let (stored, _, outcome) = share(&mut r, vec![Err("timed out".into())], vec![]).await;
+        let e = outcome.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(
+            e.reason.contains("timed out") && e.reason.contains(" a "),
+            "{e:?}"
+        );
+        assert_eq!(stored, ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_reseal_again_that_is_refused_is_the_answer() {
+        let mut r = report(vec![resealed("a", &[1], 1)]);
+        let outcome = share_resealed(
+            &mut r,
+            |_| ready(Ok(false)),
+            |_| {
+                ready(Err(
+                    UdfError::Invalid("key 0c0c0c0c is missing".into()).into()
+                ))
+            },
+        )
+        .await;
+        let e = outcome.unwrap_err();
+        assert_eq!(
+            (e.kind, e.reason.as_str()),
+            (ErrorKind::Invalid, "key 0c0c0c0c is missing")
+        );
     }
 }

@@ -1038,3 +1038,102 @@ async fn a_key_made_or_revoked_on_one_node_holds_on_every_node() {
     }
     assert_eq!(send(&a, Some(&secret)).await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server from PyPI (run with --run-ignored all)"]
+async fn a_reseal_on_one_node_reaches_every_runner_node_and_the_old_key_can_go() {
+    use sluice_functions::udf::SecretsKey;
+    let keys = tempfile::tempdir().unwrap();
+    let key = |name: &str, hex: String| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, &hex).unwrap();
+        (path, SecretsKey::from_hex(&hex).unwrap().id().to_string())
+    };
+    let ((old, old_id), (new, new_id)) = (key("old", "6b".repeat(32)), key("new", "7c".repeat(32)));
+    let nats = NatsServer::start().unwrap();
+    let node = |name: &str, functions: String| {
+        let toml = format!(
+            "{}node = {name:?}\n[functions]\n{functions}",
+            server_toml(&nats)
+        );
+        async move { TestServer::start(&toml).await }
+    };
+    // Two versions deployed on a node with the old key alone.
+    let before = node("before", format!("secrets_key_file = {old:?}\n")).await;
+    for (n, salt) in [(1, "salt-one"), (2, "salt-two")] {
+        let code = format!("// v{n}\nexport function transform(e, ctx) {{ return e; }}");
+        let r = before
+            .client
+            .put(before.url("/v1/functions/salted"))
+            .json(&json!({"code": code, "secrets": {"SALT": salt}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    before.shutdown().await;
+    // Two runner nodes with the new key, the old one kept to open.
+    let rotated = format!("secrets_key_file = {new:?}\nprevious_secrets_key_files = [{old:?}]\n");
+    let a = node("a", rotated.clone()).await;
+    let b = node("b", rotated).await;
+    let reseal = |query: &'static str| {
+        let req = a
+            .client
+            .post(a.url(&format!("/v1/functions:reseal{query}")))
+            // An admin POST from a local client without a token: a JSON one, which a browser
+            // cannot send across sites.
+            .header("content-type", "application/json");
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let dry = reseal("?dry_run=true").await;
+    assert_eq!(
+        dry["in_use"]["by_key"],
+        json!({ old_id.clone(): 2 }),
+        "{dry}"
+    );
+    let done = reseal("").await;
+    assert_eq!(
+        done["in_use"]["by_key"],
+        json!({ new_id.clone(): 2 }),
+        "{done}"
+    );
+
+    // In NATS, and then on `b`, every version is sealed with the new key.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value("sluice_functions")
+        .await
+        .unwrap();
+    let shared = String::from_utf8(bucket.get("salted").await.unwrap().unwrap().to_vec()).unwrap();
+    let (sealed_old, sealed_new) = (
+        format!("sluice-sealed:v1:{old_id}:"),
+        format!("sluice-sealed:v1:{new_id}:"),
+    );
+    assert!(
+        shared.matches(&sealed_new).count() == 2 && !shared.contains(&sealed_old),
+        "{shared}"
+    );
+    let v1_on_b = b.data_dir().join("functions/deployed/salted/v1.json");
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&v1_on_b)
+        .unwrap_or_default()
+        .contains(&sealed_new)
+    {
+        assert!(Instant::now() < deadline, "b never took the reseal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A runner node with the new key alone starts (it runs what the others run), and v1 opens.
+    let c = node("c", format!("secrets_key_file = {new:?}\n")).await;
+    let r = c
+        .client
+        .post(c.url("/v1/functions/salted/rollback"))
+        .json(&json!({"to": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}

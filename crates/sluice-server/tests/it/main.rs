@@ -9,6 +9,7 @@ mod hot_lake;
 mod jetstream;
 mod kinesis;
 mod metrics;
+mod reseal;
 mod schemas;
 mod segment;
 mod shutdown;
