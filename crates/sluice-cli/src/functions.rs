@@ -1,6 +1,7 @@
-//! `sluice functions deploy|list|show|rollback|delete|logs|stats`: user JavaScript functions in
-//! a running server (`--server`, with `--admin-token` when the server has one). A deploy or a
-//! rollback takes effect from the runner's next batch, without a restart.
+//! `sluice functions deploy|list|show|rollback|delete|logs|stats|reseal`: user JavaScript
+//! functions in a running server (`--server`, with `--admin-token` when the server has one). A
+//! deploy or a rollback takes effect from the runner's next batch, without a restart; a reseal
+//! seals every stored secret with the server's current key, so that the key it replaced can go.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +60,17 @@ enum FunctionsCommand {
     /// cost of the same work on AWS Lambda.
     Stats {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seals every stored secret of every version (those sealed with a previous key, and those
+    /// stored before there was a key) with the server's current `secrets_key_file`, in place:
+    /// no version is created. Afterwards the previous keys can be removed.
+    Reseal {
+        /// Only say what would be resealed and which keys the stored secrets use.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the server's JSON answer instead of a summary.
         #[arg(long)]
         json: bool,
     },
@@ -123,6 +135,7 @@ pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
             follow,
         } => logs(&api, &name, lines, follow).await,
         FunctionsCommand::Stats { json } => stats(&api, json).await,
+        FunctionsCommand::Reseal { dry_run, json } => reseal(&api, dry_run, json).await,
     }
 }
 
@@ -243,6 +256,103 @@ async fn stats(api: &Api, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sluice functions reseal`: every stored secret sealed with the current key; prints what was
+/// resealed per function and the keys in use afterwards (with `--dry-run`: what would be, and
+/// the keys in use now).
+async fn reseal(api: &Api, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let path = match dry_run {
+        true => "/v1/functions:reseal?dry_run=true",
+        false => "/v1/functions:reseal",
+    };
+    let v = api.call(reqwest::Method::POST, path, None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", reseal_summary(&v));
+    Ok(())
+}
+
+/// The summary `sluice functions reseal` prints of the server's answer `v`.
+fn reseal_summary(v: &Value) -> String {
+    let key = v["key"].as_str().unwrap_or_default();
+    let dry_run = v["dry_run"].as_bool().unwrap_or(false);
+    let (verb, state) = match dry_run {
+        true => ("would reseal", "in use now"),
+        false => ("resealed", "in use"),
+    };
+    let mut out = format!(
+        "{verb} {} with key {key}{}\n",
+        counted(&v["resealed"]),
+        origin(&v["resealed"])
+    );
+    for f in v["functions"].as_array().into_iter().flatten() {
+        let versions: Vec<String> = f["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| format!("v{n}"))
+            .collect();
+        let which = match versions.is_empty() {
+            true => "nothing to reseal".to_string(),
+            false => format!("{}{}", versions.join(" "), origin(&f["resealed"])),
+        };
+        out += &format!("  {:<24} {which}\n", f["name"].as_str().unwrap_or_default());
+    }
+    out += &format!("keys {state}: {}\n", keys_in_use(&v["in_use"]));
+    for why in v["refused"].as_array().into_iter().flatten() {
+        out += &format!("refused: {}\n", why.as_str().unwrap_or_default());
+    }
+    out
+}
+
+/// `N secret value(s)` of counts `c` (`{"by_key": {id: n}, "plain": n}`).
+fn counted(c: &Value) -> String {
+    let by_key: u64 = c["by_key"]
+        .as_object()
+        .map(|o| o.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    let n = by_key + c["plain"].as_u64().unwrap_or(0);
+    format!("{n} secret value{}", if n == 1 { "" } else { "s" })
+}
+
+/// ` (N from key K, …, N stored as given)`, or nothing when `c` counts none.
+fn origin(c: &Value) -> String {
+    let mut parts: Vec<String> = c["by_key"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{n} from key {k}"))
+        .collect();
+    match c["plain"].as_u64().unwrap_or(0) {
+        0 => {}
+        n => parts.push(format!("{n} stored as given")),
+    }
+    match parts.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", parts.join(", ")),
+    }
+}
+
+/// `K (N), …, as given (N)`, or `none` when `c` counts nothing.
+fn keys_in_use(c: &Value) -> String {
+    let mut parts: Vec<String> = c["by_key"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| format!("{k} ({n})"))
+        .collect();
+    match c["plain"].as_u64().unwrap_or(0) {
+        0 => {}
+        n => parts.push(format!("as given ({n})")),
+    }
+    match parts.is_empty() {
+        true => "none".to_string(),
+        false => parts.join(", "),
+    }
+}
+
 async fn deploy(api: &Api, d: DeployArgs) -> anyhow::Result<()> {
     let code = std::fs::read_to_string(&d.file)
         .with_context(|| format!("reading {}", d.file.display()))?;
@@ -341,5 +451,54 @@ async fn logs(api: &Api, name: &str, lines: usize, follow: bool) -> anyhow::Resu
         if !now.is_empty() {
             seen = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reseal_summary_says_what_was_resealed_and_which_keys_are_in_use() {
+        let answer = json!({
+            "key": "bbbbbbbb",
+            "dry_run": false,
+            "functions": [
+                {"name": "salted", "versions": [1, 2],
+                 "resealed": {"by_key": {"aaaaaaaa": 3}, "plain": 0},
+                 "in_use": {"by_key": {"bbbbbbbb": 3}, "plain": 0}},
+                {"name": "tier", "versions": [],
+                 "resealed": {"by_key": {}, "plain": 0},
+                 "in_use": {"by_key": {}, "plain": 0}},
+                {"name": "early", "versions": [1],
+                 "resealed": {"by_key": {}, "plain": 1},
+                 "in_use": {"by_key": {"bbbbbbbb": 1}, "plain": 0}}
+            ],
+            "resealed": {"by_key": {"aaaaaaaa": 3}, "plain": 1},
+            "in_use": {"by_key": {"bbbbbbbb": 4}, "plain": 0},
+            "refused": []
+        });
+        assert_eq!(
+            reseal_summary(&answer),
+            "resealed 4 secret values with key bbbbbbbb (3 from key aaaaaaaa, 1 stored as given)\n\
+             \x20 salted                   v1 v2 (3 from key aaaaaaaa)\n\
+             \x20 tier                     nothing to reseal\n\
+             \x20 early                    v1 (1 stored as given)\n\
+             keys in use: bbbbbbbb (4)\n"
+        );
+        let dry = json!({
+            "key": "bbbbbbbb",
+            "dry_run": true,
+            "functions": [],
+            "resealed": {"by_key": {}, "plain": 0},
+            "in_use": {"by_key": {"aaaaaaaa": 1, "cccccccc": 1}, "plain": 2},
+            "refused": ["secret \"K\" of function \"f\" v3 is sealed with key \"cccccccc\""]
+        });
+        assert_eq!(
+            reseal_summary(&dry),
+            "would reseal 0 secret values with key bbbbbbbb\n\
+             keys in use now: aaaaaaaa (1), cccccccc (1), as given (2)\n\
+             refused: secret \"K\" of function \"f\" v3 is sealed with key \"cccccccc\"\n"
+        );
     }
 }

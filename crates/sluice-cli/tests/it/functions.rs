@@ -1,7 +1,8 @@
 //! `sluice functions` through the real binary, while events stream in: deploys and a rollback
 //! during ingest lose and duplicate nothing (every acked event is in `events` once, stamped by
 //! the version that ran its batch); list, show, logs and stats answer; a restart keeps the
-//! running version.
+//! running version. After a key rotation, `sluice functions reseal` moves every version's
+//! secrets to the new key, so that the server starts with the new key alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -215,5 +216,83 @@ async fn a_restart_runs_the_same_version(
             .unwrap()
             .contains("\"stamped\":1")
     );
+    Ok(())
+}
+
+#[test]
+fn reseal_moves_every_version_to_the_new_key_so_the_old_one_can_go() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    // A config with `current` as the key and `previous` kept to open, each key in a file.
+    let config = |name: &str, current: &str, previous: &[&str]| -> anyhow::Result<PathBuf> {
+        let file = |hex: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.path().join(format!("{}.key", &hex[..8]));
+            std::fs::write(&path, hex)?;
+            Ok(path)
+        };
+        let previous: Vec<PathBuf> = previous.iter().map(|h| file(h)).collect::<Result<_, _>>()?;
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[functions]\nsecrets_key_file = {:?}\nprevious_secrets_key_files = {previous:?}\n",
+                file(current)?
+            ),
+        )?;
+        Ok(path)
+    };
+    let (old, new) = ("6d".repeat(32), "7e".repeat(32));
+    let id =
+        |hex: &str| sluice_functions::udf::SecretsKey::from_hex(hex).map(|k| k.id().to_string());
+    let (old_id, new_id) = (id(&old)?, id(&new)?);
+    let serve = |config: &Path| {
+        SluiceProcess::spawn(
+            Path::new(BIN),
+            &data,
+            &["--config", config.to_str().unwrap()],
+        )
+    };
+
+    let mut server = serve(&config("old.toml", &old, &[])?)?;
+    for v in [1, 2] {
+        let salt = format!("SALT=salt-{v}");
+        deploy(
+            &server.url(),
+            &stamp_code(dir.path(), v),
+            &["--secret", &salt],
+        )?;
+    }
+    server.terminate(Duration::from_secs(30))?;
+    let mut server = serve(&config("rotated.toml", &new, &[&old])?)?;
+    let url = server.url();
+    let dry = sluice(&["functions", "reseal", "--dry-run", "--server", &url])?;
+    assert!(
+        dry.starts_with(&format!(
+            "would reseal 2 secret values with key {new_id} (2 from key {old_id})\n"
+        )) && dry.contains("stamp")
+            && dry.ends_with(&format!("keys in use now: {old_id} (2)\n")),
+        "{dry}"
+    );
+    let done = sluice(&["functions", "reseal", "--server", &url])?;
+    assert!(
+        done.starts_with("resealed 2 secret values")
+            && done.contains("v1 v2")
+            && done.ends_with(&format!("keys in use: {new_id} (2)\n")),
+        "{done}"
+    );
+    let again = sluice(&["functions", "reseal", "--json", "--server", &url])?;
+    let again: serde_json::Value = serde_json::from_str(&again)?;
+    assert_eq!(
+        again["resealed"],
+        serde_json::json!({"by_key": {}, "plain": 0}),
+        "{again}"
+    );
+    server.terminate(Duration::from_secs(30))?;
+
+    // The new key alone opens every version: the server starts, and a rollback runs v1.
+    let mut server = serve(&config("new.toml", &new, &[])?)?;
+    let out = sluice(&["functions", "rollback", "stamp", "--server", &server.url()])?;
+    assert_eq!(out.trim(), "stamp now runs v1");
+    server.terminate(Duration::from_secs(30))?;
     Ok(())
 }
