@@ -12,9 +12,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sluice_event::Position;
 use sluice_functions::udf::{DeployOutcome, Keyring, SecretsAtRest, SecretsKey, UdfError};
-use sluice_functions::{
-    Chain, ChainState, EnrichConfig, FunctionSpec, Functions, Outcome, Registry, ValidationConfig,
-};
+use sluice_functions::{Chain, ChainState, FunctionSpec, Functions, Outcome};
 
 const KEY_A: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
 const KEY_B: &str = "b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0";
@@ -67,15 +65,7 @@ fn node(data: &Path, secrets: SecretsAtRest) -> Result<Node, UdfError> {
         None,
         secrets,
     )?);
-    let registry = Arc::new(Registry::open(data.join("schemas")).unwrap());
-    let chain = Chain::new(
-        registry,
-        ValidationConfig::default(),
-        EnrichConfig::default(),
-        64 * 1024,
-    )
-    .unwrap()
-    .with_functions(functions.clone());
+    let chain = crate::udf::chain_running(data, functions.clone());
     Ok(Node { functions, chain })
 }
 

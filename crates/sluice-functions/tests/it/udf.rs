@@ -26,22 +26,28 @@ fn fixture() -> Fixture {
 
 fn fixture_with(secrets: SecretsAtRest) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(Registry::open(dir.path().join("schemas")).unwrap());
     let functions =
         Arc::new(Functions::open_with(&dir.path().join("functions"), 1, None, secrets).unwrap());
-    let chain = Chain::new(
+    let chain = chain_running(dir.path(), functions.clone());
+    Fixture {
+        _dir: dir,
+        functions,
+        chain,
+    }
+}
+
+/// A chain with default validation and enrichment (schemas under `data`) that runs
+/// `functions`.
+pub(crate) fn chain_running(data: &std::path::Path, functions: Arc<Functions>) -> Chain {
+    let registry = Arc::new(Registry::open(data.join("schemas")).unwrap());
+    Chain::new(
         registry,
         ValidationConfig::default(),
         EnrichConfig::default(),
         64 * 1024,
     )
     .unwrap()
-    .with_functions(functions.clone());
-    Fixture {
-        _dir: dir,
-        functions,
-        chain,
-    }
+    .with_functions(functions)
 }
 
 fn raw(i: usize, received_at: i64) -> Vec<u8> {

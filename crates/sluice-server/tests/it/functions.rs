@@ -237,7 +237,7 @@ async fn logs_and_metering_name_each_function(server: &TestServer) {
 }
 
 /// Sends one event `id` and returns its `properties` as stored.
-async fn stored_properties_of(server: &TestServer, id: &str) -> String {
+pub(crate) async fn stored_properties_of(server: &TestServer, id: &str) -> String {
     let r = server
         .client
         .post(server.url("/v1/events"))

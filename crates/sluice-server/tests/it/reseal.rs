@@ -75,17 +75,8 @@ async fn put(server: &TestServer, name: &str, body: Value) -> u16 {
 
 /// Sends event `id`; its stored `properties`.
 async fn properties_of(server: &TestServer, id: &str) -> Value {
-    let r = server
-        .client
-        .post(server.url("/v1/events"))
-        .json(&json!({"event": "Clicked", "event_id": id, "userId": "u1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let query = format!("SELECT properties FROM events WHERE event_id = '{id}'");
-    let rows = server.sql_rows(&query, 1).await;
-    serde_json::from_str(rows[0]["properties"].as_str().unwrap()).unwrap()
+    let text = crate::functions::stored_properties_of(server, id).await;
+    serde_json::from_str(&text).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
