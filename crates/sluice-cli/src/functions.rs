@@ -318,17 +318,8 @@ fn counted(c: &Value) -> String {
 
 /// ` (N from key K, …, N stored as given)`, or nothing when `c` counts none.
 fn origin(c: &Value) -> String {
-    let mut parts: Vec<String> = c["by_key"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
-        .map(|(k, n)| format!("{n} from key {k}"))
-        .collect();
-    match c["plain"].as_u64().unwrap_or(0) {
-        0 => {}
-        n => parts.push(format!("{n} stored as given")),
-    }
+    let from = |k: &str, n| format!("{n} from key {k}");
+    let parts = count_parts(c, from, |n| format!("{n} stored as given"));
     match parts.is_empty() {
         true => String::new(),
         false => format!(" ({})", parts.join(", ")),
@@ -337,20 +328,33 @@ fn origin(c: &Value) -> String {
 
 /// `K (N), …, as given (N)`, or `none` when `c` counts nothing.
 fn keys_in_use(c: &Value) -> String {
-    let mut parts: Vec<String> = c["by_key"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, n)| format!("{k} ({n})"))
-        .collect();
-    match c["plain"].as_u64().unwrap_or(0) {
-        0 => {}
-        n => parts.push(format!("as given ({n})")),
-    }
+    let parts = count_parts(
+        c,
+        |k, n| format!("{k} ({n})"),
+        |n| format!("as given ({n})"),
+    );
     match parts.is_empty() {
         true => "none".to_string(),
         false => parts.join(", "),
     }
+}
+
+/// Counts `c` (`{"by_key": {id: n}, "plain": n}`), each key's written by `key` and the plain
+/// ones by `plain`; a count of 0 is left out.
+fn count_parts(
+    c: &Value,
+    key: impl Fn(&str, u64) -> String,
+    plain: impl Fn(u64) -> String,
+) -> Vec<String> {
+    let by_key = c["by_key"].as_object().into_iter().flatten();
+    let mut parts: Vec<String> = by_key
+        .filter_map(|(k, n)| n.as_u64().filter(|n| *n > 0).map(|n| key(k, n)))
+        .collect();
+    match c["plain"].as_u64().unwrap_or(0) {
+        0 => {}
+        n => parts.push(plain(n)),
+    }
+    parts
 }
 
 async fn deploy(api: &Api, d: DeployArgs) -> anyhow::Result<()> {

@@ -35,6 +35,7 @@ use sluice_functions::udf::{DeployOutcome, DeployReport, ResealReport};
 use sluice_functions::{FunctionSpec, Functions, UdfError};
 
 use crate::http::{Admin, AppState, error_response};
+use crate::shared_functions::ResealFailed;
 
 /// Largest deploy request.
 const MAX_DEPLOY_BYTES: usize = 6 << 20;
@@ -71,11 +72,9 @@ async fn on_functions<T: Send + 'static>(
     op: impl FnOnce(&Functions) -> Result<T, UdfError> + Send + 'static,
 ) -> Result<T, Response> {
     let f = functions_of(state)?;
-    match tokio::task::spawn_blocking(move || op(&f)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error_response(e.kind(), e.to_string())),
-        Err(e) => Err(error_response(ErrorKind::Internal, e.to_string())),
-    }
+    crate::shared_functions::blocking(move || op(&f))
+        .await
+        .map_err(|e| error_response(e.kind, e.reason))
 }
 
 /// Runs `op` on the functions ([`on_functions`]); answers its result as JSON with `status`, or
@@ -310,17 +309,10 @@ async fn resealed(state: &AppState, dry_run: bool) -> Result<ResealReport, Respo
     let Some(shared) = &state.shared_functions else {
         return on_functions(state, move |f| f.reseal(dry_run)).await;
     };
+    let refused = |e: ResealFailed| error_response(e.kind, e.reason);
     if !dry_run {
-        return shared
-            .reseal()
-            .await
-            .map_err(|e| error_response(e.kind, e.reason));
+        return shared.reseal().await.map_err(refused);
     }
-    if let Err(e) = shared.catch_up().await {
-        return Err(error_response(
-            ErrorKind::Unavailable,
-            format!("cannot catch up with the functions of the other nodes: {e}"),
-        ));
-    }
+    shared.caught_up_to_reseal().await.map_err(refused)?;
     on_functions(state, |f| f.reseal(true)).await
 }

@@ -171,10 +171,7 @@ impl SharedFunctions {
     /// later (the answer is then 503).
     pub(crate) async fn reseal(&self) -> Result<ResealReport, ResealFailed> {
         let _changing = self.changing().await;
-        self.catch_up().await.map_err(|e| ResealFailed {
-            kind: ErrorKind::Unavailable,
-            reason: format!("cannot catch up with the functions of the other nodes: {e}"),
-        })?;
+        self.caught_up_to_reseal().await?;
         let f = self.functions.clone();
         let mut report = blocking(move || f.reseal(false)).await?;
         self.lock_pending()
@@ -188,13 +185,21 @@ impl SharedFunctions {
         Ok(report)
     }
 
+    /// [`SharedFunctions::catch_up`], before a reseal (or its dry run) reads the functions.
+    pub(crate) async fn caught_up_to_reseal(&self) -> Result<(), ResealFailed> {
+        self.catch_up().await.map_err(|e| ResealFailed {
+            kind: ErrorKind::Unavailable,
+            reason: format!("cannot catch up with the functions of the other nodes: {e}"),
+        })
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// `op` on a blocking thread (it reads and writes the store).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     op: impl FnOnce() -> Result<T, UdfError> + Send + 'static,
 ) -> Result<T, ResealFailed> {
     match tokio::task::spawn_blocking(op).await {
