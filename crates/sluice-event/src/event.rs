@@ -184,6 +184,58 @@ pub struct Event {
     pub raw: Position,
 }
 
+impl Event {
+    /// Decodes a `good` record but for its `enriched` fields, left empty: for readers that never
+    /// use them (the hot tier, typed tables). They are most of the strings an enriched event is
+    /// decoded into, so skipping them saves about a third of the decoding.
+    pub fn from_slice_unenriched(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice::<Unenriched>(bytes).map(Self::from)
+    }
+}
+
+/// [`Event`]'s fields without `enriched`, which is skipped when read (an unknown field).
+#[derive(Deserialize)]
+struct Unenriched {
+    event_id: String,
+    event_type: EventType,
+    event: String,
+    source: String,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    timestamp: i64,
+    #[serde(default)]
+    sent_at: Option<i64>,
+    received_at: i64,
+    #[serde(default)]
+    device_timestamp: Option<i64>,
+    properties: Box<RawValue>,
+    context: Box<RawValue>,
+    raw: Position,
+}
+
+impl From<Unenriched> for Event {
+    fn from(e: Unenriched) -> Self {
+        Self {
+            event_id: e.event_id,
+            event_type: e.event_type,
+            event: e.event,
+            source: e.source,
+            user_id: e.user_id,
+            anonymous_id: e.anonymous_id,
+            timestamp: e.timestamp,
+            sent_at: e.sent_at,
+            received_at: e.received_at,
+            device_timestamp: e.device_timestamp,
+            properties: e.properties,
+            context: e.context,
+            enriched: Enrichment::default(),
+            raw: e.raw,
+        }
+    }
+}
+
 /// What the function chain derived for an event: validation results and the built-in
 /// enrichers' fields. Every field is optional (an enricher that is off, or found nothing, leaves
 /// it out) and becomes a nullable column of `events` under the same name (`docs/enrichment.md`).
@@ -441,6 +493,27 @@ mod tests {
             let written = serde_json::to_value(set.expect(c)).unwrap();
             assert_eq!(written.as_object().unwrap().keys().collect::<Vec<_>>(), [c]);
         }
+    }
+
+    #[test]
+    fn an_event_read_unenriched_is_the_event_but_for_its_enriched_fields() {
+        let mut event: Event = serde_json::from_value(serde_json::json!({
+            "event_id": "e1", "event_type": "identify", "event": "identify", "source": "web",
+            "user_id": "u1", "anonymous_id": "a1", "timestamp": 5, "sent_at": 6,
+            "received_at": 7, "device_timestamp": 8,
+            "properties": {"plan": "pro"}, "context": {"page": {"path": "/"}},
+            "enriched": {"ua_browser": "Chrome", "geo_latitude": 52.5, "session_index": 3},
+            "raw": {"partition": 1, "offset": 9}
+        }))
+        .unwrap();
+        assert!(!event.enriched.is_empty());
+        let read = Event::from_slice_unenriched(&serde_json::to_vec(&event).unwrap()).unwrap();
+        event.enriched = Enrichment::default();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&event).unwrap()
+        );
+        assert!(Event::from_slice_unenriched(br#"{"event_id": "e1"}"#).is_err());
     }
 
     #[test]

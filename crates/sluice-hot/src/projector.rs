@@ -808,8 +808,9 @@ fn corrupt(key: &str, error: &CodecError) {
     metrics::error("corrupt");
 }
 
-/// The batch's events with their positions; an undecodable record is skipped (and counted) but
-/// still moves its partition on.
+/// The batch's events with their positions, `enriched` left out (nothing here reads it: no
+/// counter path names it, and neither profiles nor models use it); an undecodable record is
+/// skipped (and counted) but still moves its partition on.
 fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
     let mut skipped = 0u64;
     let mut events = Vec::with_capacity(records.len());
@@ -818,7 +819,7 @@ fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
             partition,
             offset: record.offset,
         };
-        match serde_json::from_slice::<Event>(&record.value) {
+        match Event::from_slice_unenriched(&record.value) {
             Ok(e) => events.push((position, e)),
             Err(error) => {
                 tracing::error!(partition, offset = record.offset, %error, "undecodable good record skipped by the hot projection");
@@ -869,4 +870,41 @@ fn encode(
         puts.push((k, encoded));
     }
     Ok((puts, deletes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64, value: &[u8]) -> (u32, Record) {
+        let record = Record {
+            offset,
+            timestamp_ms: 0,
+            value: value.to_vec().into(),
+        };
+        (2, record)
+    }
+
+    #[test]
+    fn good_is_read_without_its_enriched_fields_and_a_bad_record_is_skipped() {
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "event_id": "e1", "event_type": "track", "event": "Product Viewed", "source": "web",
+            "timestamp": 5, "received_at": 7, "properties": {}, "context": {},
+            "enriched": {"ua_browser": "Chrome"}, "raw": {"partition": 1, "offset": 9}
+        }))
+        .unwrap();
+        let written = serde_json::to_vec(&event).unwrap();
+        let (events, skipped) = decode(vec![record(4, b"{not json"), record(5, &written)]);
+        assert_eq!(skipped, 1);
+        let [(position, read)] = &events[..] else {
+            panic!("one event: {}", events.len())
+        };
+        let expected = Position {
+            partition: 2,
+            offset: 5,
+        };
+        assert_eq!(*position, expected);
+        assert_eq!(read.event_id, "e1");
+        assert!(read.enriched.is_empty());
+    }
 }

@@ -356,7 +356,10 @@ pub fn column_name(key: &str) -> String {
 struct Row {
     partition: u32,
     offset: u64,
+    /// The event without its `enriched` fields, which no typed column holds.
     event: Event,
+    /// The record as it is in `good`: a rejected row's payload, enriched fields included.
+    good: bytes::Bytes,
     /// (column, property name as sent, value), nulls dropped.
     values: Vec<(String, String, Value)>,
 }
@@ -366,6 +369,8 @@ struct Rejected {
     partition: u32,
     offset: u64,
     event: Event,
+    /// The record as it is in `good`, the bad row's payload.
+    good: bytes::Bytes,
     reason: String,
 }
 
@@ -670,6 +675,7 @@ impl TypedTable {
                     partition: row.partition,
                     offset: row.offset,
                     event: row.event,
+                    good: row.good,
                     reason,
                 }),
                 None => {
@@ -845,25 +851,25 @@ fn null_array(ty: &DataType, n: usize) -> Option<(ArrowType, ArrayRef)> {
     ))
 }
 
-/// Reads one good record into a [`Row`] of its table, or says why it cannot be one.
+/// Reads one good record into a [`Row`] of its table, or says why it cannot be one. Its
+/// `enriched` fields are left out: no typed column holds them.
 fn decode(partition: u32, record: &Record) -> Result<(String, Result<Row, Rejected>), String> {
-    let event: Event =
-        serde_json::from_slice(&record.value).map_err(|e| format!("not a good event: {e}"))?;
+    let event = Event::from_slice_unenriched(&record.value)
+        .map_err(|e| format!("not a good event: {e}"))?;
     let table = table_name(&event.event);
+    let rejected = |event: Event, reason: String| Rejected {
+        partition,
+        offset: record.offset,
+        event,
+        good: record.value.clone(),
+        reason,
+    };
     let properties: serde_json::Map<String, Value> =
         match serde_json::from_str(event.properties.get()) {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("properties are not a json object: {e}");
-                return Ok((
-                    table,
-                    Err(Rejected {
-                        partition,
-                        offset: record.offset,
-                        event,
-                        reason,
-                    }),
-                ));
+                return Ok((table, Err(rejected(event, reason))));
             }
         };
     let mut values: Vec<(String, String, Value)> = Vec::with_capacity(properties.len());
@@ -874,15 +880,7 @@ fn decode(partition: u32, record: &Record) -> Result<(String, Result<Row, Reject
         let column = column_name(&key);
         if let Some((_, other, _)) = values.iter().find(|(c, _, _)| *c == column) {
             let reason = format!("properties {other:?} and {key:?} both map to column {column}");
-            return Ok((
-                table,
-                Err(Rejected {
-                    partition,
-                    offset: record.offset,
-                    event,
-                    reason,
-                }),
-            ));
+            return Ok((table, Err(rejected(event, reason))));
         }
         values.push((column, key, value));
     }
@@ -892,13 +890,14 @@ fn decode(partition: u32, record: &Record) -> Result<(String, Result<Row, Reject
             partition,
             offset: record.offset,
             event,
+            good: record.value.clone(),
             values,
         }),
     ))
 }
 
 fn bad_row(rejected: &Rejected) -> Result<Vec<u8>, String> {
-    let payload = serde_json::to_string(&rejected.event).map_err(|e| e.to_string())?;
+    let payload = String::from_utf8(rejected.good.to_vec()).map_err(|e| e.to_string())?;
     let payload = serde_json::value::RawValue::from_string(payload).map_err(|e| e.to_string())?;
     let row = BadRow {
         kind: BadKind::SchemaViolation,

@@ -1,6 +1,6 @@
 //! The hot projection measured alone, as the server runs it but with nothing else on the cores:
 //! `good` (4 partitions, by user) filled beforehand with the synthetic stream as canonical
-//! events carrying a tracker's enriched context, then a [`Projector`] with README's counters and
+//! events carrying a tracker's context and the enrichers' fields, then a [`Projector`] with README's counters and
 //! model into an embedded store, timed from its start until its positions reach the end.
 //!
 //! Shared by `sluice bench --projection` (the release binary) and
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
-use sluice_event::{Event, topic};
+use sluice_event::{Enrichment, Event, topic};
 use sluice_hot::{HotConfig, HotSettings, Projector};
 use sluice_journal::{Journal, JournalConfig, LocalJournal, partition_for};
 
@@ -204,7 +204,8 @@ pub async fn project_to(
     Ok(secs)
 }
 
-/// `event` with the context an analytics.js page view carries after enrichment.
+/// `event` with the context an analytics.js page view carries and what the default enrichers
+/// derive from it, as the runner writes it to `good`.
 fn with_context(mut event: Event) -> Result<Event, BenchError> {
     let context = serde_json::json!({
         "ip": "203.0.113.0",
@@ -223,5 +224,33 @@ fn with_context(mut event: Event) -> Result<Event, BenchError> {
         "session": {"id": "s-1", "index": 3}
     });
     event.context = serde_json::value::to_raw_value(&context)?;
+    let text = |s: &str| Some(s.to_string());
+    event.enriched = Enrichment {
+        ip: text("203.0.113.0"),
+        ua_browser: text("Chrome"),
+        ua_browser_version: text("120.0.0.0"),
+        ua_os: text("Windows"),
+        ua_os_version: text("10"),
+        ua_device_class: text("desktop"),
+        ua_vendor: text("Google"),
+        is_bot: Some(false),
+        geo_country: text("DE"),
+        geo_region: text("BE"),
+        geo_city: text("Berlin"),
+        geo_latitude: Some(52.52),
+        geo_longitude: Some(13.405),
+        geo_timezone: text("Europe/Berlin"),
+        page_url: text("https://shop.example.com/products/widget?utm_source=news"),
+        page_host: text("shop.example.com"),
+        page_path: text("/products/widget"),
+        mkt_source: text("news"),
+        refr_medium: text("search"),
+        refr_source: text("Google"),
+        refr_host: text("www.google.com"),
+        session_id: text("s-1"),
+        session_index: Some(3),
+        event_fingerprint: text("9f2c4e7a1b3d5f60"),
+        ..Enrichment::default()
+    };
     Ok(event)
 }

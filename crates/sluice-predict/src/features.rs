@@ -20,6 +20,8 @@ pub struct FeatureWriter {
     out: Features,
     /// The names, when asked for (the benchmark's Vowpal Wabbit export).
     names: Option<Vec<(String, f32)>>,
+    /// Where a name made of parts is put together (one buffer for every feature).
+    joined: String,
 }
 
 fn scaled(x: f64) -> f32 {
@@ -30,8 +32,8 @@ impl FeatureWriter {
     /// A writer that also keeps the feature names.
     pub fn with_names() -> Self {
         Self {
-            out: Vec::new(),
             names: Some(Vec::new()),
+            ..Self::default()
         }
     }
 
@@ -44,6 +46,18 @@ impl FeatureWriter {
         if let Some(names) = &mut self.names {
             names.push((name.to_string(), value));
         }
+    }
+
+    /// Adds the feature named by `parts` put together (`["e=", name]`), with `value`: the same
+    /// feature as [`FeatureWriter::add`] of the whole name, without a string made for it.
+    pub fn add_joined(&mut self, parts: &[&str], value: f32) {
+        let mut joined = std::mem::take(&mut self.joined);
+        joined.clear();
+        for part in parts {
+            joined.push_str(part);
+        }
+        self.add(&joined, value);
+        self.joined = joined;
     }
 
     /// The hashed features.
@@ -60,12 +74,14 @@ impl FeatureWriter {
         for (k, v) in map.iter().take(MAX_FIELDS) {
             match v {
                 Value::String(s) if s.len() <= MAX_VALUE_LEN => {
-                    self.add(&format!("{prefix}{k}={s}"), 1.0)
+                    self.add_joined(&[prefix, k, "=", s], 1.0)
                 }
-                Value::Bool(b) => self.add(&format!("{prefix}{k}={b}"), 1.0),
+                Value::Bool(b) => {
+                    self.add_joined(&[prefix, k, if *b { "=true" } else { "=false" }], 1.0)
+                }
                 Value::Number(n) => {
                     if let Some(x) = n.as_f64() {
-                        self.add(&format!("{prefix}{k}"), scaled(x));
+                        self.add_joined(&[prefix, k], scaled(x));
                     }
                 }
                 _ => {}
@@ -84,8 +100,8 @@ pub fn featurize(
 ) {
     let e = view.event;
     w.add("bias", 1.0);
-    w.add(&format!("e={}", e.event), 1.0);
-    w.add(&format!("t={}", e.event_type.as_str()), 1.0);
+    w.add_joined(&["e=", &e.event], 1.0);
+    w.add_joined(&["t=", e.event_type.as_str()], 1.0);
     if let Value::Object(props) = &view.properties {
         w.scalars("p:", props);
     }
@@ -107,5 +123,63 @@ pub fn featurize(
         w.scalars("tr:", &p.traits);
     } else {
         w.add("u:none", 1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_event::{Event, EventType, Position};
+
+    #[test]
+    fn a_feature_named_in_parts_hashes_as_its_whole_name() {
+        let event = Event {
+            event_id: "e1".into(),
+            event_type: EventType::Track,
+            event: "Product Viewed".into(),
+            source: "t".into(),
+            user_id: Some("u1".into()),
+            anonymous_id: None,
+            timestamp: 0,
+            sent_at: None,
+            received_at: 0,
+            device_timestamp: None,
+            enriched: Default::default(),
+            properties: serde_json::value::to_raw_value(&serde_json::json!({
+                "category": "shoes", "in_stock": false, "price": 42.5, "sku": "x".repeat(65)
+            }))
+            .unwrap(),
+            context: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+            raw: Position {
+                partition: 0,
+                offset: 0,
+            },
+        };
+        let view = EventView::new(&event, false);
+        let mut w = FeatureWriter::with_names();
+        featurize(&mut w, &view, None, "Order Completed");
+        let (features, names) = w.finish_named();
+        let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bias",
+                "e=Product Viewed",
+                "t=track",
+                "p:category=shoes",
+                "p:in_stock=false",
+                "p:price",
+                "u:none"
+            ]
+        );
+        for ((hash, value), name) in features.iter().zip(&names) {
+            assert_eq!(*hash, xxh3_64(name.as_bytes()) as u32, "{name}");
+            let expected = if *name == "p:price" {
+                scaled(42.5)
+            } else {
+                1.0
+            };
+            assert_eq!(*value, expected, "{name}");
+        }
     }
 }

@@ -29,7 +29,7 @@ fn event(p: u32, i: u64, name: &str, properties: serde_json::Value) -> Bytes {
             "source": "web", "user_id": format!("u{}", i % 3),
             "timestamp": T0 + i as i64, "received_at": T0 + 10,
             "properties": properties, "context": {"ip": "10.0.0.1"},
-            "raw": {"partition": p, "offset": i},
+            "enriched": {"geo_country": "DE"}, "raw": {"partition": p, "offset": i},
         }))
         .unwrap(),
     )
@@ -187,9 +187,14 @@ async fn one_typed_table_per_event_with_inferred_columns_and_bad_rows() {
     };
     assert_eq!(text, "[1,2]");
 
-    // The two conflicts are bad rows naming the column; the table kept going.
+    // The two conflicts are bad rows naming the column; the table kept going. Their payload
+    // is the good event whole, its enriched fields too (the typed columns have none of them).
     assert_eq!(
         scalar(d, &["bad_rows"], "SELECT count(*) FROM bad_rows WHERE function = 'typed_tables' AND kind = 'schema_violation' AND reason LIKE '%column total%'").await,
+        2
+    );
+    assert_eq!(
+        scalar(d, &["bad_rows"], r#"SELECT count(*) FROM bad_rows WHERE function = 'typed_tables' AND payload LIKE '%"enriched":{"geo_country":"DE"}%'"#).await,
         2
     );
 }
