@@ -637,6 +637,64 @@ async fn a_replay_of_the_same_positions_does_not_count_twice() {
     check_against_brute_force(store, &evs).await;
 }
 
+/// A hook that checks what it is told after each batch: the position after the last event of
+/// each partition it was shown, never further (the next batch is read ahead of this one).
+struct Told {
+    shown: Positions,
+    told: Arc<Mutex<Vec<(Positions, Positions)>>>,
+}
+
+impl EventHook for Told {
+    fn resume_from(&self) -> Positions {
+        Positions::new()
+    }
+    fn on_event(
+        &mut self,
+        position: Position,
+        _: &EventView<'_>,
+        _: Option<&mut Profile>,
+        _: bool,
+    ) {
+        self.shown.insert(position.partition, position.offset + 1);
+    }
+    fn after_batch(&mut self, next: &Positions) {
+        let told: Positions = next
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(p, n)| (*p, *n))
+            .collect();
+        self.told.lock().unwrap().push((told, self.shown.clone()));
+    }
+    fn close(&mut self) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_is_told_the_positions_of_the_events_it_was_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn HotStore> = Arc::new(EmbeddedStore::open(dir.path(), false).unwrap());
+    let journal = journal();
+    let evs = events(5, 3000);
+    append(journal.as_ref(), &evs).await;
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let hook = Told {
+        shown: Positions::new(),
+        told: told.clone(),
+    };
+    project(&journal, &store, Some(Box::new(hook))).await;
+    let told = told.lock().unwrap().clone();
+    // 3000 events in batches of at most 700: each batch but the first was read ahead.
+    assert!(told.len() >= 5, "{} batches", told.len());
+    for (i, (told, shown)) in told.iter().enumerate() {
+        assert_eq!(told, shown, "batch {i}");
+    }
+    let ends: Positions = (0..PARTITIONS)
+        .map(|p| (p, journal.end(topic::GOOD, p).unwrap()))
+        .filter(|(_, end)| *end > 0)
+        .collect();
+    assert_eq!(told.last().map(|(t, _)| t), Some(&ends));
+    check_against_brute_force(store, &evs).await;
+}
+
 #[tokio::test]
 async fn a_batch_with_stale_positions_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
