@@ -1,7 +1,8 @@
 //! Journal records → Arrow record batches → zstd Parquet files (Delta `add` actions).
 //!
-//! Rows are appended straight into Arrow builders from the typed records
-//! ([`sluice_event::Event`], [`sluice_event::BadRow`]); there is no `serde_json::Value` step.
+//! Rows are appended straight into Arrow builders from the typed records (an event's fields
+//! borrowed from its record, [`EventRow`]; [`sluice_event::BadRow`]); there is no
+//! `serde_json::Value` step.
 //! A record that does not decode is not a row: [`encode_records`] reports it as a
 //! [`SkippedRecord`] with its position and the reason, and the caller logs and counts it. A
 //! record is decoded completely before any builder is touched, so a failure never leaves a
@@ -9,6 +10,7 @@
 //!
 //! Everything here is synchronous CPU work; the delivery loop runs it on the blocking pool.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
@@ -22,7 +24,9 @@ use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
-use sluice_event::{BadRow, Enrichment, Event};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use sluice_event::{BadRow, EventType, Position};
 use sluice_journal::Record;
 
 use crate::checksum::{Sums, summing_table};
@@ -191,11 +195,86 @@ pub struct EventEncoder {
     rows: usize,
 }
 
-/// Declares the builders of the [`Enrichment`] columns: one per field, named as the field (and
+/// A `good` record's [`sluice_event::Event`] with its strings borrowed from the record: each
+/// is copied once, into its column, instead of into a `String` first (an enriched event has
+/// about forty).
+#[derive(Deserialize)]
+struct EventRow<'a> {
+    #[serde(borrow)]
+    event_id: Text<'a>,
+    event_type: EventType,
+    #[serde(borrow)]
+    event: Text<'a>,
+    #[serde(borrow)]
+    source: Text<'a>,
+    #[serde(default, borrow)]
+    user_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    anonymous_id: Option<Text<'a>>,
+    timestamp: i64,
+    #[serde(default)]
+    sent_at: Option<i64>,
+    received_at: i64,
+    #[serde(default)]
+    device_timestamp: Option<i64>,
+    #[serde(borrow)]
+    properties: &'a RawValue,
+    #[serde(borrow)]
+    context: &'a RawValue,
+    #[serde(default, borrow)]
+    enriched: EnrichedRow<'a>,
+    raw: Position,
+}
+
+/// A JSON string borrowed from the record, or owned when it had escapes to undo.
+struct Text<'a>(Cow<'a, str>);
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(Visitor).map(Text)
+    }
+}
+
+/// Declares the builders of the [`sluice_event::Enrichment`] columns: one per field, named as the field (and
 /// as the column). `finish` hands the arrays out by name, so the batch's column order comes from
 /// the table spec alone.
 macro_rules! enriched_builders {
     (strings: [$($s:ident),*], doubles: [$($d:ident),*], ints: [$($i:ident),*], bools: [$($b:ident),*]) => {
+        /// [`sluice_event::Enrichment`] as [`EventRow`] reads it: its strings borrowed.
+        #[derive(Default, Deserialize)]
+        #[serde(default)]
+        struct EnrichedRow<'a> {
+            $(#[serde(borrow)] $s: Option<Text<'a>>,)*
+            $($d: Option<f64>,)*
+            $($i: Option<i32>,)*
+            $($b: Option<bool>,)*
+        }
+
         struct EnrichedBuilders {
             $($s: StringBuilder,)*
             $($d: Float64Builder,)*
@@ -213,8 +292,8 @@ macro_rules! enriched_builders {
                 }
             }
 
-            fn push(&mut self, e: &Enrichment) {
-                $(self.$s.append_option(e.$s.as_deref());)*
+            fn push(&mut self, e: &EnrichedRow<'_>) {
+                $(self.$s.append_option(e.$s.as_ref().map(Text::as_str));)*
                 $(self.$d.append_option(e.$d);)*
                 $(self.$i.append_option(e.$i);)*
                 $(self.$b.append_option(e.$b);)*
@@ -268,19 +347,21 @@ impl RowEncoder for EventEncoder {
     }
 
     fn push(&mut self, value: &[u8]) -> Result<(), String> {
-        let e: Event =
+        let e: EventRow<'_> =
             serde_json::from_slice(value).map_err(|e| format!("not a good event: {e}"))?;
         let day = days_since_epoch(e.timestamp)?;
         let raw_partition = i32::try_from(e.raw.partition)
             .map_err(|_| format!("raw partition {} is out of range", e.raw.partition))?;
         let raw_offset = i64::try_from(e.raw.offset)
             .map_err(|_| format!("raw offset {} is out of range", e.raw.offset))?;
-        self.event_id.append_value(&e.event_id);
+        self.event_id.append_value(e.event_id.as_str());
         self.event_type.append_value(e.event_type.as_str());
-        self.event.append_value(&e.event);
-        self.source.append_value(&e.source);
-        self.user_id.append_option(e.user_id.as_deref());
-        self.anonymous_id.append_option(e.anonymous_id.as_deref());
+        self.event.append_value(e.event.as_str());
+        self.source.append_value(e.source.as_str());
+        self.user_id
+            .append_option(e.user_id.as_ref().map(Text::as_str));
+        self.anonymous_id
+            .append_option(e.anonymous_id.as_ref().map(Text::as_str));
         self.timestamp.append_value(e.timestamp);
         self.sent_at.append_option(e.sent_at);
         self.received_at.append_value(e.received_at);
@@ -417,7 +498,9 @@ impl RowEncoder for BadRowEncoder {
 mod tests {
     use bytes::Bytes;
     use deltalake::arrow::array::{Array, AsArray};
-    use deltalake::arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
+    use deltalake::arrow::datatypes::{
+        Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    };
 
     use super::*;
 
@@ -469,6 +552,33 @@ mod tests {
             col("event_date").as_primitive::<Date32Type>().value(0),
             20419
         );
+    }
+
+    #[test]
+    fn strings_with_escapes_and_the_enriched_fields_reach_their_columns() {
+        let event = r#"{"event_id":"e\"1","event_type":"page","event":"Caf\u00e9 \/ Bar",
+            "source":"web","anonymous_id":"a\n1","timestamp":1764237600123000,
+            "received_at":1764237601000000,"properties":{},"context":{},
+            "enriched":{"ua_browser":"Chrome","geo_city":"M\u00fcnchen","geo_latitude":48.1,
+                "session_index":3,"is_bot":false},
+            "raw":{"partition":2,"offset":41}}"#;
+        let encoded = encode_records::<EventsTable>(&[record(0, event)]).unwrap();
+        let batch = encoded.batch.unwrap();
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let text = |name: &str| col(name).as_string::<i32>().value(0).to_string();
+        assert_eq!(text("event_id"), "e\"1");
+        assert_eq!(text("event"), "Café / Bar");
+        assert_eq!(text("anonymous_id"), "a\n1");
+        assert!(col("user_id").is_null(0));
+        assert_eq!(text("ua_browser"), "Chrome");
+        assert_eq!(text("geo_city"), "München");
+        assert!(col("geo_country").is_null(0));
+        assert_eq!(
+            col("geo_latitude").as_primitive::<Float64Type>().value(0),
+            48.1
+        );
+        assert_eq!(col("session_index").as_primitive::<Int32Type>().value(0), 3);
+        assert!(!col("is_bot").as_boolean().value(0));
     }
 
     #[test]
