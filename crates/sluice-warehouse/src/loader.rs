@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_event::Event;
 use sluice_journal::{Journal, JournalError, Record, StageHealth};
 use sluice_lake::batcher::BatchLimits;
 use sluice_lake::consume::{Destination, LoopSettings, run_batches};
@@ -404,12 +403,29 @@ struct Loaded {
     typed: Option<(String, Vec<(String, Value)>)>,
 }
 
+/// What a good record holds whatever else it has: [`sluice_event::Event`]'s required fields, with their
+/// types. Read from the record's parsed JSON, so that a record is parsed once; a record
+/// without them is not a good event and is skipped (see `pending`).
+#[derive(Deserialize)]
+#[expect(dead_code, reason = "the fields not read are there to be checked")]
+struct Required<'a> {
+    event_id: &'a str,
+    event_type: sluice_event::EventType,
+    event: &'a str,
+    source: &'a str,
+    timestamp: i64,
+    received_at: i64,
+    properties: serde::de::IgnoredAny,
+    context: serde::de::IgnoredAny,
+    raw: sluice_event::Position,
+}
+
 fn prepare(record: &Record, typed: bool) -> Result<Loaded, String> {
-    let event: Event =
-        serde_json::from_slice(&record.value).map_err(|e| format!("not a good event: {e}"))?;
-    let Value::Object(mut fields) =
-        serde_json::from_slice::<Value>(&record.value).map_err(|e| e.to_string())?
-    else {
+    let value: Value = serde_json::from_slice(&record.value).map_err(|e| e.to_string())?;
+    let required = Required::deserialize(&value).map_err(|e| format!("not a good event: {e}"))?;
+    let (raw, timestamp) = (required.raw, required.timestamp);
+    let table = typed.then(|| table_name(required.event));
+    let Value::Object(mut fields) = value else {
         return Err("not a json object".into());
     };
     // What validation and the enrichers derived is nested in the good record and flat in the
@@ -419,23 +435,21 @@ fn prepare(record: &Record, typed: bool) -> Result<Loaded, String> {
             fields.entry(k).or_insert(v);
         }
     }
-    fields.insert("raw_partition".into(), Value::from(event.raw.partition));
-    fields.insert("raw_offset".into(), Value::from(event.raw.offset));
-    fields.insert("event_date".into(), Value::from(event.timestamp));
-    let typed = if typed {
-        let properties = match fields.get("properties") {
-            Some(Value::Object(p)) => p.clone(),
-            _ => serde_json::Map::new(),
-        };
+    fields.insert("raw_partition".into(), Value::from(raw.partition));
+    fields.insert("raw_offset".into(), Value::from(raw.offset));
+    fields.insert("event_date".into(), Value::from(timestamp));
+    let typed = if let Some(table) = table {
         let mut values: Vec<(String, Value)> = Vec::new();
-        for (key, value) in properties {
-            let column = column_name(&key);
-            if value.is_null() || values.iter().any(|(c, _)| *c == column) {
-                continue;
+        if let Some(Value::Object(properties)) = fields.get("properties") {
+            for (key, value) in properties {
+                let column = column_name(key);
+                if value.is_null() || values.iter().any(|(c, _)| *c == column) {
+                    continue;
+                }
+                values.push((column, value.clone()));
             }
-            values.push((column, value));
         }
-        Some((table_name(&event.event), values))
+        Some((table, values))
     } else {
         None
     };
@@ -981,6 +995,91 @@ impl Destination for PgLoader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(value: &Value) -> Record {
+        Record {
+            offset: 7,
+            timestamp_ms: 0,
+            value: bytes::Bytes::from(value.to_string()),
+        }
+    }
+
+    fn good_event() -> Value {
+        serde_json::json!({
+            "event_id": "e-1", "event_type": "track", "event": "Order Completed",
+            "source": "web", "user_id": "u-1", "timestamp": 1_764_547_200_000_000_i64,
+            "received_at": 1_764_547_200_500_000_i64,
+            "properties": {"orderId": "o-9", "revenue": 12.5, "coupon": null},
+            "context": {"ip": "203.0.113.9"},
+            "enriched": {"geo_country": "DE", "event_id": "not this one"},
+            "raw": {"partition": 2, "offset": 41}
+        })
+    }
+
+    #[test]
+    fn a_good_record_is_read_once_into_its_columns_and_typed_values() {
+        let loaded = prepare(&record(&good_event()), true).expect("a good event");
+        let field = |name: &str| loaded.fields.get(name).cloned();
+        assert_eq!(field("raw_partition"), Some(Value::from(2)));
+        assert_eq!(field("raw_offset"), Some(Value::from(41)));
+        assert_eq!(
+            field("event_date"),
+            Some(Value::from(1_764_547_200_000_000_i64))
+        );
+        assert_eq!(field("geo_country"), Some(Value::from("DE")));
+        assert_eq!(
+            field("event_id"),
+            Some(Value::from("e-1")),
+            "enriched never overwrites"
+        );
+        assert_eq!(field("enriched"), None);
+        let (table, values) = loaded.typed.expect("typed tables are on");
+        assert_eq!(table, "order_completed");
+        let expected = [
+            ("order_id", Value::from("o-9")),
+            ("revenue", Value::from(12.5)),
+        ];
+        let expected: Vec<(String, Value)> = expected
+            .into_iter()
+            .map(|(c, v)| (c.to_string(), v))
+            .collect();
+        assert_eq!(values, expected, "null properties are left out");
+        let untyped = prepare(&record(&good_event()), false).expect("a good event");
+        assert!(untyped.typed.is_none());
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_good_event_is_refused_with_the_reason() {
+        for (field, broken) in [
+            ("event_id", None),
+            ("raw", Some(Value::from("2:41"))),
+            ("timestamp", Some(Value::from("yesterday"))),
+            ("event_type", Some(Value::from("shout"))),
+            ("context", None),
+        ] {
+            let mut event = good_event();
+            match &broken {
+                Some(v) => event[field] = v.clone(),
+                None => {
+                    event.as_object_mut().map(|o| o.remove(field));
+                }
+            }
+            let reason = prepare(&record(&event), true).err().expect("refused");
+            assert!(reason.starts_with("not a good event"), "{field}: {reason}");
+            assert!(
+                reason.contains(field) || broken.is_some(),
+                "{field}: {reason}"
+            );
+        }
+        let reason = prepare(&record(&Value::from("text")), true).err();
+        assert!(reason.is_some_and(|r| r.starts_with("not a good event")));
+        let not_json = Record {
+            offset: 0,
+            timestamp_ms: 0,
+            value: bytes::Bytes::from_static(b"{\"event_id\""),
+        };
+        assert!(prepare(&not_json, true).is_err());
+    }
 
     #[test]
     fn literals_follow_the_column_type() {
