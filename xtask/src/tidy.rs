@@ -99,19 +99,23 @@ fn code_lines(text: &str) -> impl Iterator<Item = &str> {
 /// longer one reads as its phases, each a function of its own.
 const MAX_FN_LINES: usize = 100;
 
-/// Benchmark drivers (`crates/sluice-cli/src/bench*.rs`), left out of the function length
-/// check: each of their functions scripts one measurement from setup to report, and none runs
-/// in production.
-const BENCH_DRIVERS: (&str, &str) = ("crates/sluice-cli/src/", "bench");
+/// Benchmark drivers (`crates/sluice-cli/src/bench*.rs` and everything in `sluice-bench`),
+/// left out of the function length check: each of their functions scripts one measurement from
+/// setup to report, and none runs in production.
+const BENCH_DRIVERS: [(&str, &str); 2] = [
+    ("crates/sluice-cli/src/", "bench"),
+    ("crates/sluice-bench/src/", ""),
+];
 
 /// The functions of a production file (`crates/*/src/`, not `src/tests/` nor a benchmark
 /// driver) longer than [`MAX_FN_LINES`], outside `#[cfg(test)]` items.
 fn long_functions(rel: &str, text: &str) -> Vec<String> {
     let parts: Vec<&str> = rel.split('/').collect();
     let production = parts.len() > 3 && parts[0] == "crates" && parts[2] == "src";
-    let bench = rel
-        .strip_prefix(BENCH_DRIVERS.0)
-        .is_some_and(|f| !f.contains('/') && f.starts_with(BENCH_DRIVERS.1));
+    let bench = BENCH_DRIVERS.iter().any(|(dir, prefix)| {
+        rel.strip_prefix(dir)
+            .is_some_and(|f| !f.contains('/') && f.starts_with(prefix))
+    });
     if !production || parts[3] == "tests" || bench {
         return Vec::new();
     }
@@ -741,7 +745,8 @@ mod tests {
             "crates/sluice-x/tests/it/main.rs",
             "crates/sluice-x/src/tests/mod.rs",
             "crates/sluice-x/benches/b.rs",
-            "crates/sluice-cli/src/bench_chain.rs",
+            "crates/sluice-cli/src/bench_sustained.rs",
+            "crates/sluice-bench/src/chain.rs",
             "xtask/src/tidy.rs",
         ] {
             assert!(long_functions(elsewhere, &sample).is_empty(), "{elsewhere}");

@@ -118,7 +118,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn run_in(args: &BenchArgs, root: &std::path::Path) -> anyhow::Result<()> {
     if args.chain {
         let (events, bytes, root) = (args.events, args.event_bytes, root.to_path_buf());
-        return tokio::task::spawn_blocking(move || crate::bench_chain::run(events, bytes, &root))
+        return tokio::task::spawn_blocking(move || sluice_bench::chain::run(events, bytes, &root))
             .await?;
     }
     if args.projection {

@@ -11,9 +11,7 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
-mod bench_chain;
 mod bench_hot;
-mod bench_node;
 mod bench_protocols;
 mod bench_sustained;
 mod functions;

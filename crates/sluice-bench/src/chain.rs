@@ -1,4 +1,4 @@
-//! `sluice bench --chain`: events/s per core through the function chain, in process, on one
+//! `sluice bench --chain` (and `cargo bench -p sluice-bench --bench chain`): events/s per core through the function chain, in process, on one
 //! thread: canonicalisation alone (the baseline, measured in the same run) next to the full
 //! chain — validation against a registry schema and every built-in enricher on, geolocation
 //! included (against a database built for the run).
@@ -245,7 +245,7 @@ fn measure_functions(
                 .collect::<Vec<_>>()
         );
     }
-    match crate::bench_node::measure(
+    match crate::node::measure(
         root,
         &seen,
         &[("trivial", TRIVIAL), ("realistic", REALISTIC)],
