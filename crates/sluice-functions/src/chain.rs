@@ -147,10 +147,7 @@ impl Chain {
         sessions: &mut Sessions,
     ) -> Result<Bytes, Bytes> {
         sessions.forget_suppressed(&self.suppressed);
-        let mut item = self.start(value, pos, true);
-        self.validate(&mut item, true);
-        self.enrich(&mut item, sessions, true);
-        match self.settle(item, true) {
+        match self.through_all(value, pos, sessions) {
             Outcome::Good(mut g) if g.len() == 1 => Ok(g.remove(0)),
             Outcome::Good(_) => Err(Bytes::new()),
             Outcome::Bad(b) => Err(b),
@@ -165,6 +162,15 @@ impl Chain {
         sessions: &mut Sessions,
         live: &Live,
     ) -> Vec<Outcome> {
+        if live.is_empty() {
+            // Each event through every stage at once, while it is in the cache (see
+            // `through_enrich`).
+            sessions.forget_suppressed(&self.suppressed);
+            return records
+                .iter()
+                .map(|(pos, value)| self.through_all(value, *pos, sessions))
+                .collect();
+        }
         let Some((partition, mut items)) = self.through_enrich(records, sessions, live, true).await
         else {
             return Vec::new();
@@ -199,21 +205,58 @@ impl Chain {
     ) -> Option<(u32, Vec<Item>)> {
         let partition = records.first()?.0.partition;
         sessions.forget_suppressed(&self.suppressed);
-        let mut items: Vec<Item> = records
-            .iter()
-            .map(|(pos, value)| self.start(value, *pos, count))
-            .collect();
-        self.run_functions(live, Stage::Canonicalize, &mut items, partition, count)
-            .await;
-        for item in &mut items {
-            self.validate(item, count);
+        // The batch waits for the whole of it only where a function runs: up to the first such
+        // stage, each event goes through the built-in stages on its own, while its draft is in
+        // the cache (a stage at a time over a runner batch of 2,000 cost 40–70 % more).
+        let mut done = boundary(live, None);
+        let mut items = Vec::with_capacity(records.len());
+        for (pos, value) in records {
+            let mut item = self.start(value, *pos, count);
+            self.advance(&mut item, Stage::Canonicalize, done, sessions, count);
+            items.push(item);
         }
-        self.run_functions(live, Stage::Validate, &mut items, partition, count)
-            .await;
-        for item in &mut items {
-            self.enrich(item, sessions, count);
+        while done != Stage::Enrich {
+            self.run_functions(live, done, &mut items, partition, count)
+                .await;
+            let next = boundary(live, Some(done));
+            for item in &mut items {
+                self.advance(item, done, next, sessions, count);
+            }
+            done = next;
         }
         Some((partition, items))
+    }
+
+    /// One record through every built-in stage, with no user function.
+    fn through_all(&self, value: &[u8], pos: Position, sessions: &mut Sessions) -> Outcome {
+        let mut item = self.start(value, pos, true);
+        self.advance(
+            &mut item,
+            Stage::Canonicalize,
+            Stage::Enrich,
+            sessions,
+            true,
+        );
+        self.settle(item, true)
+    }
+
+    /// Takes `item`, which has passed stage `done`, through the built-in stages after it up to
+    /// `until`.
+    fn advance(
+        &self,
+        item: &mut Item,
+        done: Stage,
+        until: Stage,
+        sessions: &mut Sessions,
+        count: bool,
+    ) {
+        let passes = |stage: Stage| done < stage && stage <= until;
+        if passes(Stage::Validate) {
+            self.validate(item, count);
+        }
+        if passes(Stage::Enrich) {
+            self.enrich(item, sessions, count);
+        }
     }
 
     /// Reads the raw record and makes its draft.
@@ -428,6 +471,16 @@ impl Chain {
 
 /// Gives the second and later events of one record that share a `(source, event_id)` the ids
 /// `<id>#1`, `<id>#2`... (the first keeps the original id, which replay dedupes on).
+/// Where a batch next waits for the whole of it: the first stage after `after` (from the first
+/// when `None`) that a user function runs after, else the last, `Enrich`.
+fn boundary(live: &Live, after: Option<Stage>) -> Stage {
+    Stage::ALL
+        .into_iter()
+        .filter(|s| after.is_none_or(|a| *s > a))
+        .find(|s| !live.after(*s).is_empty())
+        .unwrap_or(Stage::Enrich)
+}
+
 fn distinct_ids(drafts: &mut [Draft]) {
     if drafts.len() < 2 {
         return;

@@ -53,8 +53,8 @@ use logs::Logs;
 use meter::Meter;
 use pool::Pool;
 
-/// A built-in stage a function can run after.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A built-in stage a function can run after; ordered as in the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     /// Raw record → event.
     Canonicalize,

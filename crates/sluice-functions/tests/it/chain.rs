@@ -416,3 +416,94 @@ fn event_times_outside_the_window_are_event_time_bad_rows() {
         &mut st,
     ));
 }
+
+/// Without user functions a batch goes through the chain one event at a time. What comes out
+/// must be what the chain makes of the same records one by one, and what the stages make of
+/// them in order: a user's session carried from event to event (a new one after a gap of more
+/// than 30 minutes), validation's bad rows for invalid events, a parse bad row for an unreadable
+/// record.
+#[tokio::test]
+async fn a_batch_without_functions_comes_out_as_its_records_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = ValidationConfig::default();
+    v.bindings.insert(
+        "Order Completed".into(),
+        "iglu:com.acme/order/jsonschema/1-0-0".into(),
+    );
+    let (registry, c) = chain(dir.path(), v, EnrichConfig::all_on("pii-key-0123456789"));
+    registry
+        .push(None, &order_schema("1-0-0", json!({})))
+        .unwrap();
+    // Four users in turn, one event every 7 minutes (28 between a user's events), 45 more
+    // minutes every tenth record: each user's next event then opens a session. All of it the
+    // day before the records were received (a time ahead of the receipt would be clamped to it).
+    let minute = |i: usize| i * 7 + 45 * (i / 10);
+    let records: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            if i == 13 {
+                return b"{not json".to_vec();
+            }
+            let m = minute(i);
+            let ts = format!("2027-01-14T{:02}:{:02}:00Z", m / 60, m % 60);
+            let currency = if i % 11 == 4 { "eur" } else { "EUR" };
+            let payload = json!({"event": "Order Completed", "userId": format!("u{}", i % 4),
+                "timestamp": ts, "properties": {"total": i, "currency": currency},
+                "context": {"page": {"url": "https://shop.example.com/?utm_source=news"},
+                            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}});
+            serde_json::to_vec(&json!({
+                "event_id": format!("e{i}"), "source": "web", "protocol": "native",
+                "received_at": 1_800_000_000_000_000_i64, "ip": "81.2.69.1", "payload": payload
+            }))
+            .unwrap()
+        })
+        .collect();
+    let at = |i: usize| Position {
+        partition: 0,
+        offset: i as u64,
+    };
+    let mut st = ChainState::default();
+    let one_by_one: Vec<_> = (0..records.len())
+        .map(|i| c.process(&records[i], at(i), &mut st))
+        .collect();
+    let inputs: Vec<(Position, &[u8])> = (0..records.len())
+        .map(|i| (at(i), &records[i][..]))
+        .collect();
+    let mut st = ChainState::default();
+    let batch = c.process_batch(&inputs, &mut st, &c.live()).await;
+    assert_eq!(batch.len(), records.len());
+    // Per user: the minute of their last good event and their session index.
+    let mut sessions: std::collections::HashMap<String, (usize, i32)> = Default::default();
+    for (i, (single, batched)) in one_by_one.into_iter().zip(batch).enumerate() {
+        let invalid = i % 11 == 4 || i == 13;
+        match (single, batched) {
+            (Ok(g), sluice_functions::Outcome::Good(gs)) if !invalid => {
+                assert_eq!(gs, std::slice::from_ref(&g), "record {i}");
+                let e = good(Ok(g));
+                let user = e.user_id.clone().unwrap();
+                let index = match sessions.get(&user) {
+                    Some((last, index)) if minute(i) - last > 30 => index + 1,
+                    Some((_, index)) => *index,
+                    None => 1,
+                };
+                assert_eq!(e.enriched.session_index, Some(index), "record {i}");
+                sessions.insert(user, (minute(i), index));
+            }
+            (Err(b), sluice_functions::Outcome::Bad(bb)) if invalid => {
+                let (b, bb) = (bad(Err(b)), bad(Err(bb)));
+                let kind = if i == 13 {
+                    BadKind::Parse
+                } else {
+                    BadKind::SchemaViolation
+                };
+                assert_eq!((b.kind, bb.kind), (kind, kind), "record {i}");
+                assert_eq!((&b.reason, &b.function), (&bb.reason, &bb.function));
+                assert_eq!((&b.event_id, b.raw), (&bb.event_id, bb.raw), "record {i}");
+            }
+            (single, batched) => {
+                panic!("record {i}: {single:?} one by one, {batched:?} in a batch")
+            }
+        }
+    }
+    let opened: i32 = sessions.values().map(|(_, index)| index).sum();
+    assert!(opened > 2 * 4, "the gaps opened sessions: {opened}");
+}
