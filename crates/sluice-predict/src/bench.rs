@@ -125,6 +125,33 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// The body of a stage benchmark's `main`: the number of users from the first argument that is
+/// not a flag (`cargo bench` passes `--bench`), else `default_users`; a temporary directory;
+/// the runs `measure` makes there, printed one per line.
+pub fn bench_main<R, F>(
+    default_users: usize,
+    measure: impl FnOnce(std::path::PathBuf, usize) -> F,
+) -> Result<(), BenchError>
+where
+    R: std::fmt::Display,
+    F: std::future::Future<Output = Result<Vec<R>, BenchError>>,
+{
+    let users = match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        Some(arg) => arg
+            .parse()
+            .map_err(|e| format!("USERS must be a number, not {arg:?}: {e}"))?,
+        None => default_users,
+    };
+    let root = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let runs = runtime.block_on(measure(root.path().to_path_buf(), users))?;
+    #[allow(clippy::print_stdout)] // A benchmark's report is its output.
+    for run in runs {
+        println!("{run}");
+    }
+    Ok(())
+}
+
 /// Fills `good` under `root` once, then projects it twice, each into a fresh store with fresh
 /// models: first with the value cache off (the baseline), then with the default cache.
 pub async fn projection_alone(root: &Path, users: usize) -> Result<Vec<Run>, BenchError> {
