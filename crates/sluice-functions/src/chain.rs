@@ -469,8 +469,6 @@ impl Chain {
     }
 }
 
-/// Gives the second and later events of one record that share a `(source, event_id)` the ids
-/// `<id>#1`, `<id>#2`... (the first keeps the original id, which replay dedupes on).
 /// Where a batch next waits for the whole of it: the first stage after `after` (from the first
 /// when `None`) that a user function runs after, else the last, `Enrich`.
 fn boundary(live: &Live, after: Option<Stage>) -> Stage {
@@ -481,6 +479,8 @@ fn boundary(live: &Live, after: Option<Stage>) -> Stage {
         .unwrap_or(Stage::Enrich)
 }
 
+/// Gives the second and later events of one record that share a `(source, event_id)` the ids
+/// `<id>#1`, `<id>#2`... (the first keeps the original id, which replay dedupes on).
 fn distinct_ids(drafts: &mut [Draft]) {
     if drafts.len() < 2 {
         return;
