@@ -1,7 +1,7 @@
-//! `sluice bench --chain` (and `cargo bench -p sluice-bench --bench chain`): events/s per core through the function chain, in process, on one
-//! thread: canonicalisation alone (the baseline, measured in the same run) next to the full
-//! chain — validation against a registry schema and every built-in enricher on, geolocation
-//! included (against a database built for the run).
+//! `sluice bench --chain` (and `cargo bench -p sluice-bench --bench chain`): events/s per core
+//! through the function chain, in process, on one thread: canonicalisation alone (the baseline,
+//! measured in the same run) next to the full chain — validation against a registry schema and
+//! every built-in enricher on, geolocation included (against a database built for the run).
 
 use std::net::IpAddr;
 use std::sync::Arc;

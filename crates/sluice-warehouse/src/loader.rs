@@ -403,9 +403,9 @@ struct Loaded {
     typed: Option<(String, Vec<(String, Value)>)>,
 }
 
-/// What a good record holds whatever else it has: [`sluice_event::Event`]'s required fields, with their
-/// types. Read from the record's parsed JSON, so that a record is parsed once; a record
-/// without them is not a good event and is skipped (see `pending`).
+/// What a good record holds whatever else it has: [`sluice_event::Event`]'s required fields,
+/// with their types. Read from the record's parsed JSON, so that a record is parsed once; a
+/// record without them is not a good event and is skipped (see `pending`).
 #[derive(Deserialize)]
 #[expect(dead_code, reason = "the fields not read are there to be checked")]
 struct Required<'a> {
