@@ -7,12 +7,8 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
-    let events = match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        Some(arg) => arg
-            .parse()
-            .map_err(|e| anyhow::anyhow!("EVENTS must be a number, not {arg:?}: {e}"))?,
-        None => 100_000,
-    };
+    let events =
+        sluice_predict::bench::number_argument("EVENTS", 100_000).map_err(anyhow::Error::msg)?;
     let root = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
     // The chain's batch path waits on the runtime from this thread, as the runner's does.

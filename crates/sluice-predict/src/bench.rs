@@ -125,9 +125,19 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// The body of a stage benchmark's `main`: the number of users from the first argument that is
-/// not a flag (`cargo bench` passes `--bench`), else `default_users`; a temporary directory;
-/// the runs `measure` makes there, printed one per line.
+/// A stage benchmark's one argument: the first that is not a flag (`cargo bench` passes
+/// `--bench`) as a number of `what` (`USERS`, `EVENTS`), else `default`.
+pub fn number_argument(what: &str, default: usize) -> Result<usize, BenchError> {
+    match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        Some(arg) => Ok(arg
+            .parse()
+            .map_err(|e| format!("{what} must be a number, not {arg:?}: {e}"))?),
+        None => Ok(default),
+    }
+}
+
+/// The body of a stage benchmark's `main`: the number of users from [`number_argument`], a
+/// temporary directory, the runs `measure` makes there, printed one per line.
 pub fn bench_main<R, F>(
     default_users: usize,
     measure: impl FnOnce(std::path::PathBuf, usize) -> F,
@@ -136,12 +146,7 @@ where
     R: std::fmt::Display,
     F: std::future::Future<Output = Result<Vec<R>, BenchError>>,
 {
-    let users = match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        Some(arg) => arg
-            .parse()
-            .map_err(|e| format!("USERS must be a number, not {arg:?}: {e}"))?,
-        None => default_users,
-    };
+    let users = number_argument("USERS", default_users)?;
     let root = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let runs = runtime.block_on(measure(root.path().to_path_buf(), users))?;
