@@ -106,7 +106,8 @@ impl ValueCache {
             return;
         }
         if self.current_bytes + bytes > self.capacity / 2 {
-            self.previous = std::mem::take(&mut self.current);
+            let dropped = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
+            drop_elsewhere(dropped);
             self.previous_bytes = self.current_bytes;
             self.current_bytes = 0;
         }
@@ -131,6 +132,21 @@ impl ValueCache {
     /// Lookups that found their value, and that did not, so far.
     pub(crate) fn hits_and_misses(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+}
+
+/// Drops a generation on a thread of its own: freeing tens of thousands of decoded profiles
+/// would take the projection's loop milliseconds per rotation. When no thread can be started,
+/// the failed spawn drops it here.
+fn drop_elsewhere(generation: HashMap<String, (Value, usize)>) {
+    if generation.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("hot-cache-drop".into())
+        .spawn(move || drop(generation));
+    if let Err(error) = spawned {
+        tracing::debug!(%error, "no thread to drop a cache generation on; dropped in place");
     }
 }
 

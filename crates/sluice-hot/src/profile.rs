@@ -47,12 +47,7 @@ impl<'a> EventView<'a> {
                 .filter(Value::is_object)
                 .unwrap_or_else(|| Value::Object(Map::new()))
         };
-        let profile_id = event
-            .user_id
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .or(event.anonymous_id.as_deref().filter(|s| !s.is_empty()))
-            .filter(|s| s.len() <= crate::MAX_KEY_BYTES);
+        let profile_id = Profile::id_of(event);
         // Valid JSON (a `RawValue`) that starts with `{` is an object.
         let is_object = event.properties.get().trim_start().starts_with('{');
         Self {
@@ -184,6 +179,17 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The id of `event`'s profile: its user id, else its anonymous id (`None`: neither, or
+    /// one too long to be a key).
+    pub fn id_of(event: &Event) -> Option<&str> {
+        event
+            .user_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(event.anonymous_id.as_deref().filter(|s| !s.is_empty()))
+            .filter(|s| s.len() <= crate::MAX_KEY_BYTES)
+    }
+
     /// The store key of `id`'s profile.
     pub fn store_key(id: &str) -> String {
         format!("p:{id}")

@@ -44,6 +44,13 @@
 //!     not from the cursors, which are already past the batch read ahead; the hook is told the
 //!     same. A batch read ahead is projected next, shutdown included (its records are durable);
 //!     none is read ahead once shutdown began.
+//! 11. Of the values a batch changed, only those the batch read ahead touches are encoded in
+//!     the loop, to wait in `pending` for it; the write encodes the rest on a blocking thread
+//!     before it commits them, and hands them back decoded for the cache. The batch after the
+//!     one read ahead is read only once this one landed, so it finds them in the cache (or the
+//!     store). This needs the batch read ahead's keys, known from its events' profile ids when
+//!     every counter lives in the profiles; otherwise, and when no batch was read ahead, every
+//!     value is encoded in the loop as before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -157,19 +164,67 @@ pub struct Projector {
     pending: FastMap<String, (cache::Value, usize)>,
     /// How many counters live in the profiles.
     in_profile: usize,
+    /// Every counter lives in the profiles: the keys a batch touches are its profiles' (point
+    /// 11).
+    keys_are_profiles: bool,
 }
 
 /// The next batch, read while this one is applied and decoded on a blocking thread.
 struct Ahead {
     /// Records read.
     consumed: usize,
-    decoding: tokio::task::JoinHandle<(Vec<(Position, Event)>, u64)>,
+    decoding: Decoding,
 }
+
+/// A batch's records, decoded.
+struct Decoded {
+    events: Vec<(Position, Event)>,
+    /// Records that did not decode.
+    skipped: u64,
+    /// The store keys of its events' profiles, when asked for (point 11).
+    profile_keys: FastSet<String>,
+}
+
+/// The decoding of a batch read ahead: running, then done once awaited.
+enum Decoding {
+    Running(tokio::task::JoinHandle<Decoded>),
+    Done(Decoded),
+}
+
+impl Decoding {
+    /// What was decoded, waited for here if it still runs.
+    async fn wait(&mut self) -> Result<&Decoded, HotError> {
+        if let Self::Running(running) = self {
+            let decoded = running.await.map_err(decoding_failed)?;
+            *self = Self::Done(decoded);
+        }
+        match self {
+            Self::Done(decoded) => Ok(decoded),
+            Self::Running(_) => Err(HotError::Embedded("decoding good did not finish".into())),
+        }
+    }
+
+    async fn finish(self) -> Result<Decoded, HotError> {
+        match self {
+            Self::Running(running) => running.await.map_err(decoding_failed),
+            Self::Done(decoded) => Ok(decoded),
+        }
+    }
+}
+
+fn decoding_failed(e: tokio::task::JoinError) -> HotError {
+    HotError::Embedded(format!("decoding good failed: {e}"))
+}
+
+/// A value as the store holds it once its batch landed, with its stored size, for the cache.
+type Written = (String, cache::Value, usize);
 
 /// A batch handed to the store, and what to report once it landed.
 struct InFlight {
-    write: tokio::task::JoinHandle<Result<(), HotError>>,
-    batch: Arc<WriteBatch>,
+    /// Answers the values the write encoded (point 11), once they are in the store.
+    write: tokio::task::JoinHandle<Result<Vec<Written>, HotError>>,
+    /// Per partition: the position expected and the new one.
+    positions: BTreeMap<u32, (Option<u64>, u64)>,
     started: Instant,
     live_events: usize,
     skipped: u64,
@@ -213,6 +268,7 @@ impl Projector {
     ) -> Self {
         let cache = ValueCache::new(settings.cache_bytes, store.deletions());
         let in_profile = settings.counters.iter().filter(|c| c.in_profile()).count();
+        let keys_are_profiles = in_profile == settings.counters.len();
         Self {
             journal,
             io: RetryingStore::new(store),
@@ -224,6 +280,7 @@ impl Projector {
             ahead: None,
             pending: FastMap::default(),
             in_profile,
+            keys_are_profiles,
         }
     }
 
@@ -397,14 +454,8 @@ impl Projector {
         shutting_down: bool,
     ) -> Result<usize, HotError> {
         let started = Instant::now();
-        let (events, skipped, consumed) = match self.ahead.take() {
-            Some(ahead) => {
-                let (events, skipped) = ahead
-                    .decoding
-                    .await
-                    .map_err(|e| HotError::Embedded(format!("decoding good failed: {e}")))?;
-                (events, skipped, ahead.consumed)
-            }
+        let (decoded, consumed) = match self.ahead.take() {
+            Some(ahead) => (ahead.decoding.finish().await?, ahead.consumed),
             None => {
                 let records = self.read(parts, round_robin, targets);
                 if records.is_empty() {
@@ -415,10 +466,12 @@ impl Projector {
                     }
                 }
                 let consumed = records.len();
-                let (events, skipped) = decode(records);
-                (events, skipped, consumed)
+                (decode(records, false), consumed)
             }
         };
+        let Decoded {
+            events, skipped, ..
+        } = decoded;
         // Where this batch ends in each partition, before the next one is read.
         let read_to: Vec<u64> = parts.iter().map(|p| p.cursor.next()).collect();
         if consumed > 0 && !shutting_down {
@@ -436,7 +489,12 @@ impl Projector {
                 .collect();
             hook.after_batch(&seen);
         }
-        let (puts, deletes) = encode(dirty, &mut state)?;
+        let changed = take_changed(dirty, &mut state);
+        drop(state);
+        let (now, later) = self.split_by_ahead(changed).await?;
+        let mut puts = Vec::with_capacity(now.len() * 2);
+        let mut deletes = Vec::new();
+        let now = encode(now, &mut puts, &mut deletes)?;
         // The batch before must be in the store before this one, which expects its positions.
         self.land(parts).await?;
         let batch = WriteBatch {
@@ -446,6 +504,10 @@ impl Projector {
             deletes,
         };
         if batch.positions.is_empty() {
+            debug_assert!(
+                now.is_empty() && later.is_empty(),
+                "a batch with no live event changes nothing"
+            );
             metrics::batch(live_events, started.elapsed().as_secs_f64());
             self.publish(parts, |s| {
                 s.batches += 1;
@@ -453,7 +515,8 @@ impl Projector {
             });
             return Ok(consumed);
         }
-        self.send(batch, state, started, live_events, skipped, shutting_down)
+        let counts = (live_events, skipped);
+        self.send(batch, now, later, started, counts, shutting_down)
             .await;
         if consumed == 0 {
             // Only positions moved (a crash gap stepped over): 0 means nothing is in flight.
@@ -470,10 +533,30 @@ impl Projector {
         if records.is_empty() {
             return;
         }
+        let with_keys = self.keys_are_profiles;
         self.ahead = Some(Ahead {
             consumed: records.len(),
-            decoding: tokio::task::spawn_blocking(move || decode(records)),
+            decoding: Decoding::Running(tokio::task::spawn_blocking(move || {
+                decode(records, with_keys)
+            })),
         });
+    }
+
+    /// Splits the values a batch changed into those the batch read ahead touches, encoded now
+    /// to wait in `pending` for it, and the rest, left to the write (point 11). All are encoded
+    /// now when no batch was read ahead or its keys are not known.
+    async fn split_by_ahead(
+        &mut self,
+        changed: Vec<Changed>,
+    ) -> Result<(Vec<Changed>, Vec<Changed>), HotError> {
+        let keys_known = self.keys_are_profiles;
+        let Some(ahead) = self.ahead.as_mut().filter(|_| keys_known) else {
+            return Ok((changed, Vec::new()));
+        };
+        let next = ahead.decoding.wait().await?;
+        Ok(changed
+            .into_iter()
+            .partition(|c| next.profile_keys.contains(&c.key)))
     }
 
     /// The batch's events with their keys and contributions. Profiles are loaded for live
@@ -620,15 +703,16 @@ impl Projector {
         Ok(())
     }
 
-    /// Hands `batch` to the store, to be written while the next batch is prepared; its values
-    /// wait in `pending` for that batch. Returns once the write began.
+    /// Hands `batch` to the store, to be written while the next batch is prepared: the values
+    /// encoded into it (`now`) wait in `pending` for that batch, the write encodes `later` into
+    /// it first. `counts`: live events and skipped records. Returns once the write began.
     async fn send(
         &mut self,
         batch: WriteBatch,
-        mut state: HotState,
+        now: Vec<Written>,
+        later: Vec<Changed>,
         started: Instant,
-        live_events: usize,
-        skipped: u64,
+        counts: (usize, u64),
         shutting_down: bool,
     ) {
         debug_assert!(self.in_flight.is_none(), "one batch in flight at a time");
@@ -636,36 +720,25 @@ impl Projector {
             self.pending.is_empty(),
             "pending holds the batch in flight only"
         );
-        for (key, bytes) in &batch.puts {
-            let value = match state.profiles.remove(key) {
-                Some(mut p) => {
-                    // Stored apart: what the store holds is the profile's stored part.
-                    p.last_events.clear();
-                    cache::Value::Profile(p)
-                }
-                None => match state.counters.remove(key) {
-                    Some(c) => cache::Value::Counter(c),
-                    None => continue,
-                },
-            };
-            self.pending.insert(key.clone(), (value, bytes.len()));
+        for (key, value, bytes) in now {
+            self.pending.insert(key, (value, bytes));
         }
-        let batch = Arc::new(batch);
+        let positions = batch.positions.clone();
         let io = self.io.clone();
         // Spawned tasks wait until the spawning one yields; this one yields until the write
         // began, so the store works on it meanwhile (the embedded store on a thread of its own).
         let (began, beginning) = tokio::sync::oneshot::channel();
-        let write = tokio::spawn({
-            let batch = batch.clone();
-            async move {
-                let _ = began.send(());
-                io.write(batch, shutting_down).await
-            }
+        let write = tokio::spawn(async move {
+            let _ = began.send(());
+            let (batch, written) = encode_later(batch, later).await?;
+            io.write(Arc::new(batch), shutting_down).await?;
+            Ok(written)
         });
         let _ = beginning.await;
+        let (live_events, skipped) = counts;
         self.in_flight = Some(InFlight {
             write,
-            batch,
+            positions,
             started,
             live_events,
             skipped,
@@ -678,22 +751,28 @@ impl Projector {
         let Some(flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let written = flight
+        let landed = flight
             .write
             .await
             .map_err(|e| HotError::Embedded(format!("hot write task failed: {e}")));
-        if let Err(e) = written.and_then(|r| r) {
-            self.pending.clear();
-            return Err(e);
-        }
+        let written = match landed.and_then(|r| r) {
+            Ok(written) => written,
+            Err(e) => {
+                self.pending.clear();
+                return Err(e);
+            }
+        };
         for p in parts.iter_mut() {
-            if let Some((_, new)) = flight.batch.positions.get(&p.id) {
+            if let Some((_, new)) = flight.positions.get(&p.id) {
                 debug_assert!(*new > p.store_next(), "hot positions only grow");
                 p.stored = Some(*new);
                 metrics::position(p.id, *new);
             }
         }
         for (key, (value, bytes)) in self.pending.drain() {
+            self.cache.put(key, value, bytes);
+        }
+        for (key, value, bytes) in written {
             self.cache.put(key, value, bytes);
         }
         let (hits, misses) = self.cache.hits_and_misses();
@@ -860,9 +939,10 @@ fn corrupt(key: &str, error: &CodecError) {
 }
 
 /// The batch's events with their positions, `enriched` left out (nothing here reads it: no
-/// counter path names it, and neither profiles nor models use it); an undecodable record is
-/// skipped (and counted) but still moves its partition on.
-fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
+/// counter path names it, and neither profiles nor models use it), and their profiles' store
+/// keys when `with_keys`; an undecodable record is skipped (and counted) but still moves its
+/// partition on.
+fn decode(records: Vec<(u32, Record)>, with_keys: bool) -> Decoded {
     let mut skipped = 0u64;
     let mut events = Vec::with_capacity(records.len());
     for (partition, record) in records {
@@ -879,7 +959,18 @@ fn decode(records: Vec<(u32, Record)>) -> (Vec<(Position, Event)>, u64) {
             }
         }
     }
-    (events, skipped)
+    let profile_keys = match with_keys {
+        true => events
+            .iter()
+            .filter_map(|(_, e)| Profile::id_of(e).map(Profile::store_key))
+            .collect(),
+        false => FastSet::default(),
+    };
+    Decoded {
+        events,
+        skipped,
+        profile_keys,
+    }
 }
 
 /// Every partition's new position, where it moved: `read_to`, where the batch ended in each
@@ -893,35 +984,90 @@ fn new_positions(parts: &[PartitionState], read_to: &[u64]) -> BTreeMap<u32, (Op
         .collect()
 }
 
-/// The changed values, encoded, and the recent events that fell out of their profiles' last N.
-#[allow(clippy::type_complexity)]
+/// A value a batch changed, taken out of the batch's state to be encoded, written and cached.
+struct Changed {
+    key: String,
+    value: cache::Value,
+    /// A profile's recent events the store held when it was read (their indices).
+    stored_recent: Range<u64>,
+    /// A profile's counters' own keys, deleted as it is written (the counters moved in).
+    apart: Vec<String>,
+}
+
+/// The values under `dirty`, taken out of `state`.
+fn take_changed(dirty: Vec<String>, state: &mut HotState) -> Vec<Changed> {
+    let take = |key: String| match state.profiles.remove(&key) {
+        Some(profile) => Some(Changed {
+            stored_recent: state.stored_recent.remove(&key).unwrap_or(0..0),
+            apart: state.apart.remove(&key).unwrap_or_default(),
+            key,
+            value: cache::Value::Profile(profile),
+        }),
+        None => state.counters.remove(&key).map(|counter| Changed {
+            key,
+            value: cache::Value::Counter(counter),
+            stored_recent: 0..0,
+            apart: Vec::new(),
+        }),
+    };
+    dirty.into_iter().filter_map(take).collect()
+}
+
+/// Encodes `changed` into `puts`, with the recent events new to each profile, and lists in
+/// `deletes` the recent events that fell out of a profile's last N and the counters' keys
+/// that moved in. Answers the values as the store then holds them, with their stored sizes.
 fn encode(
-    dirty: Vec<String>,
-    state: &mut HotState,
-) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>), HotError> {
+    changed: Vec<Changed>,
+    puts: &mut Vec<(String, Vec<u8>)>,
+    deletes: &mut Vec<String>,
+) -> Result<Vec<Written>, HotError> {
     let failed = |e: serde_json::Error| HotError::Embedded(e.to_string());
-    let mut puts = Vec::with_capacity(dirty.len() * 2);
-    let mut deletes = Vec::new();
-    for k in dirty {
-        let encoded = if let Some(p) = state.profiles.get_mut(&k) {
-            let stored = state.stored_recent.get(&k).cloned().unwrap_or(0..0);
-            let id = k.strip_prefix("p:").unwrap_or(&p.id);
-            let (new, gone) = p.recent_changes(stored);
-            for (index, event) in new {
-                let encoded = serde_json::to_vec(event).map_err(failed)?;
-                puts.push((Profile::recent_key(id, index), encoded));
+    let mut written = Vec::with_capacity(changed.len());
+    for change in changed {
+        let Changed {
+            key,
+            mut value,
+            stored_recent,
+            apart,
+        } = change;
+        let encoded = match &mut value {
+            cache::Value::Profile(p) => {
+                let id = key.strip_prefix("p:").unwrap_or(&p.id);
+                let (new, gone) = p.recent_changes(stored_recent);
+                for (index, event) in new {
+                    let encoded = serde_json::to_vec(event).map_err(failed)?;
+                    puts.push((Profile::recent_key(id, index), encoded));
+                }
+                deletes.extend(gone.map(|index| Profile::recent_key(id, index)));
+                deletes.extend(apart);
+                let encoded = p.encode_stored();
+                // Stored apart: what the store holds is the profile's stored part.
+                p.last_events.clear();
+                encoded
             }
-            deletes.extend(gone.map(|index| Profile::recent_key(id, index)));
-            deletes.extend(state.apart.remove(&k).unwrap_or_default());
-            p.encode_stored()
-        } else if let Some(c) = state.counters.get(&k) {
-            codec::encode_counter(c)
-        } else {
-            continue;
+            cache::Value::Counter(c) => codec::encode_counter(c),
         };
-        puts.push((k, encoded));
+        written.push((key.clone(), value, encoded.len()));
+        puts.push((key, encoded));
     }
-    Ok((puts, deletes))
+    Ok(written)
+}
+
+/// The values left to the write (point 11), encoded into `batch` on a blocking thread.
+async fn encode_later(
+    mut batch: WriteBatch,
+    later: Vec<Changed>,
+) -> Result<(WriteBatch, Vec<Written>), HotError> {
+    if later.is_empty() {
+        return Ok((batch, Vec::new()));
+    }
+    let encoding = tokio::task::spawn_blocking(move || {
+        let written = encode(later, &mut batch.puts, &mut batch.deletes)?;
+        Ok((batch, written))
+    });
+    encoding
+        .await
+        .map_err(|e| HotError::Embedded(format!("encoding a hot batch failed: {e}")))?
 }
 
 #[cfg(test)]
@@ -941,13 +1087,20 @@ mod tests {
     fn good_is_read_without_its_enriched_fields_and_a_bad_record_is_skipped() {
         let event: Event = serde_json::from_value(serde_json::json!({
             "event_id": "e1", "event_type": "track", "event": "Product Viewed", "source": "web",
+            "user_id": "u1",
             "timestamp": 5, "received_at": 7, "properties": {}, "context": {},
             "enriched": {"ua_browser": "Chrome"}, "raw": {"partition": 1, "offset": 9}
         }))
         .unwrap();
         let written = serde_json::to_vec(&event).unwrap();
-        let (events, skipped) = decode(vec![record(4, b"{not json"), record(5, &written)]);
+        let decoded = decode(vec![record(4, b"{not json"), record(5, &written)], true);
+        let Decoded {
+            events,
+            skipped,
+            profile_keys,
+        } = decoded;
         assert_eq!(skipped, 1);
+        assert_eq!(profile_keys, FastSet::from_iter(["p:u1".to_string()]));
         let [(position, read)] = &events[..] else {
             panic!("one event: {}", events.len())
         };

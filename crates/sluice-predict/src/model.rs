@@ -308,14 +308,21 @@ impl OnlineModel {
         let score = self.ftrl.predict(&features);
         self.scored += 1;
         if live && let Some(p) = profile {
-            p.predictions.insert(
-                self.spec.name.clone(),
-                Prediction {
-                    score,
-                    at: e.timestamp,
-                    event_id: e.event_id.clone(),
-                },
-            );
+            match p.predictions.get_mut(&self.spec.name) {
+                Some(latest) => {
+                    latest.score = score;
+                    latest.at = e.timestamp;
+                    latest.event_id.clone_from(&e.event_id);
+                }
+                None => {
+                    let latest = Prediction {
+                        score,
+                        at: e.timestamp,
+                        event_id: e.event_id.clone(),
+                    };
+                    p.predictions.insert(self.spec.name.clone(), latest);
+                }
+            }
         }
         if !learn {
             return;
