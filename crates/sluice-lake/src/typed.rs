@@ -853,10 +853,14 @@ fn null_array(ty: &DataType, n: usize) -> Option<(ArrowType, ArrayRef)> {
 
 /// Reads one good record into a [`Row`] of its table, or says why it cannot be one. Its
 /// `enriched` fields are left out: no typed column holds them.
-fn decode(partition: u32, record: &Record) -> Result<(String, Result<Row, Rejected>), String> {
+fn decode(
+    partition: u32,
+    record: &Record,
+    names: &mut Names,
+) -> Result<(String, Result<Row, Rejected>), String> {
     let event = Event::from_slice_unenriched(&record.value)
         .map_err(|e| format!("not a good event: {e}"))?;
-    let table = table_name(&event.event);
+    let table = names.table(&event.event);
     let rejected = |event: Event, reason: String| Rejected {
         partition,
         offset: record.offset,
@@ -877,7 +881,7 @@ fn decode(partition: u32, record: &Record) -> Result<(String, Result<Row, Reject
         if value.is_null() {
             continue;
         }
-        let column = column_name(&key);
+        let column = names.column(&key);
         if let Some((_, other, _)) = values.iter().find(|(c, _, _)| *c == column) {
             let reason = format!("properties {other:?} and {key:?} both map to column {column}");
             return Ok((table, Err(rejected(event, reason))));
@@ -1314,11 +1318,41 @@ struct Sorted {
     rejected: Vec<Rejected>,
 }
 
+/// The table and column names of one flush's events, each worked out once: a flush holds many
+/// events of few names, and a name is a few allocations to work out.
+#[derive(Default)]
+struct Names {
+    tables: HashMap<String, String>,
+    columns: HashMap<String, String>,
+}
+
+impl Names {
+    /// [`table_name`] of `event`.
+    fn table(&mut self, event: &str) -> String {
+        Self::named(&mut self.tables, event, table_name)
+    }
+
+    /// [`column_name`] of `key`.
+    fn column(&mut self, key: &str) -> String {
+        Self::named(&mut self.columns, key, column_name)
+    }
+
+    fn named(known: &mut HashMap<String, String>, name: &str, of: fn(&str) -> String) -> String {
+        if let Some(found) = known.get(name) {
+            return found.clone();
+        }
+        let made = of(name);
+        known.insert(name.to_string(), made.clone());
+        made
+    }
+}
+
 fn sort(records: &[(u32, Record)]) -> Sorted {
     let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     let mut rejected: Vec<Rejected> = Vec::new();
+    let mut names = Names::default();
     for (p, record) in records {
-        match decode(*p, record) {
+        match decode(*p, record, &mut names) {
             Ok((table, Ok(row))) => by_table.entry(table).or_default().push(row),
             Ok((_, Err(r))) => rejected.push(r),
             Err(reason) => tracing::error!(

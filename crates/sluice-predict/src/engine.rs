@@ -1,5 +1,11 @@
 //! [`Models`]: every configured model as one [`EventHook`] on the hot projection, with periodic
 //! checkpoints; and [`run_offline`], the same path without a store (tests, benchmarks).
+//!
+//! A periodic checkpoint is encoded in the projection's loop (the models change with the next
+//! event) and then checksummed and written on a thread of its own, one at a time: writing and
+//! fsyncing up to hundreds of megabytes of pending examples held the loop, and the stage's lag,
+//! for that long once a minute. The next one first waits for it; so does shutdown, which then
+//! writes the last checkpoint in line.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +26,8 @@ pub struct Models {
     last_checkpoint: Instant,
     /// Deleted people, whose pending examples are dropped; the generation last applied.
     suppressed: Option<(Arc<Suppressed>, u64)>,
+    /// The periodic checkpoint being written, if any.
+    writing: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Models {
@@ -48,6 +56,7 @@ impl Models {
             interval: settings.checkpoint_interval,
             last_checkpoint: Instant::now(),
             suppressed: None,
+            writing: None,
         })
     }
 
@@ -79,9 +88,10 @@ impl Models {
         &self.models
     }
 
-    /// Writes every model's checkpoint.
+    /// Writes every model's checkpoint, once the one being written (if any) is.
     pub fn checkpoint(&mut self) -> Result<(), PredictError> {
         self.last_checkpoint = Instant::now();
+        self.finish_writing();
         let mut first = None;
         for m in &self.models {
             let result = checkpoint::write_to(m, self.store.as_ref());
@@ -93,6 +103,58 @@ impl Models {
         }
         first.map_or(Ok(()), Err)
     }
+
+    /// Encodes every model's checkpoint now and writes them on a thread of their own, once
+    /// the ones written before are (see the module docs). Failures are logged and counted.
+    fn checkpoint_in_background(&mut self) {
+        self.last_checkpoint = Instant::now();
+        self.finish_writing();
+        let mut encoded = Vec::with_capacity(self.models.len());
+        for m in &self.models {
+            let name = checkpoint::file_name(&m.spec.name);
+            match checkpoint::encode(m) {
+                Ok(bytes) => encoded.push((m.spec.name.clone(), name, bytes)),
+                Err(e) => {
+                    crate::metrics::checkpoint(&m.spec.name, false);
+                    failed(&m.spec.name, &self.store.location(&name), &e);
+                }
+            }
+        }
+        let store = self.store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("model-checkpoint".into())
+            .spawn(move || {
+                for (model, name, bytes) in encoded {
+                    let result = checkpoint::put_encoded(&name, bytes, store.as_ref());
+                    crate::metrics::checkpoint(&model, result.is_ok());
+                    if let Err(e) = result {
+                        failed(&model, &store.location(&name), &e);
+                    }
+                }
+            });
+        match spawned {
+            Ok(writing) => self.writing = Some(writing),
+            Err(e) => {
+                for m in &self.models {
+                    crate::metrics::checkpoint(&m.spec.name, false);
+                }
+                tracing::error!(error = %e, "no thread to write the model checkpoints on; the next interval tries again");
+            }
+        }
+    }
+
+    /// Waits for the checkpoint being written, if any.
+    fn finish_writing(&mut self) {
+        if let Some(writing) = self.writing.take()
+            && writing.join().is_err()
+        {
+            tracing::error!("writing the model checkpoints failed");
+        }
+    }
+}
+
+fn failed(model: &str, path: &str, error: &dyn std::fmt::Display) {
+    tracing::error!(%model, %path, %error, "model checkpoint failed");
 }
 
 impl EventHook for Models {
@@ -131,7 +193,7 @@ impl EventHook for Models {
         }
         if self.last_checkpoint.elapsed() >= self.interval {
             // Failures are logged and counted; the next interval tries again.
-            let _ = self.checkpoint();
+            self.checkpoint_in_background();
         }
     }
 
@@ -164,5 +226,74 @@ pub fn run_offline(model: &mut OnlineModel, events: &[Event], hot: &HotSettings)
             profile,
             true,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::checkpoint::CheckpointStore;
+    use crate::{PredictConfig, synthetic};
+
+    /// Keeps every checkpoint put, in order.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<(String, Vec<u8>)>>);
+
+    impl CheckpointStore for Kept {
+        fn location(&self, name: &str) -> String {
+            format!("memory:{name}")
+        }
+        fn get(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+            let puts = self.0.lock().map_err(|e| e.to_string())?;
+            Ok(puts
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b.clone()))
+        }
+        fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+            let mut puts = self.0.lock().map_err(|e| e.to_string())?;
+            puts.push((name.to_string(), bytes.to_vec()));
+            Ok(())
+        }
+        fn rename(&self, _: &str, _: &str) -> Result<(), String> {
+            Err("not here".into())
+        }
+    }
+
+    #[test]
+    fn a_periodic_checkpoint_written_on_its_own_thread_is_complete_and_restores_the_models() {
+        let config: PredictConfig = serde_json::from_value(serde_json::json!({
+            "models": [{"name": "purchase_30m", "outcome": "Order Completed", "horizon": "30m",
+                        "bits": 12, "examples": ["Product Viewed"]}]
+        }))
+        .unwrap();
+        let mut settings = config.validate().unwrap();
+        settings.checkpoint_interval = Duration::ZERO;
+        let kept = Arc::new(Kept::default());
+        let mut models = Models::open_in(&settings, kept.clone()).unwrap();
+        let stream = synthetic::generate(3, 200, 6);
+        let hot = sluice_hot::HotConfig::default().validate().unwrap();
+        run_offline(&mut models.models[0], &stream.events, &hot);
+        let end = Positions::from([(0, stream.events.len() as u64)]);
+        models.after_batch(&end);
+        assert!(models.writing.is_some(), "written on a thread of its own");
+        // The next one waits for it: two whole checkpoints, in order.
+        models.close();
+        let puts = kept.0.lock().unwrap().clone();
+        assert_eq!(puts.len(), 2, "the periodic checkpoint and the last one");
+        for (name, bytes) in &puts {
+            assert_eq!(name, "purchase_30m.ftrl");
+            let restored = checkpoint::decode(&settings.models[0], bytes)
+                .unwrap()
+                .expect("the same definition");
+            assert_eq!(restored.positions, end);
+            assert_eq!(restored.pending_len(), models.models[0].pending_len());
+            assert!(restored.pending_len() > 0);
+        }
+        let reopened = Models::open_in(&settings, kept).unwrap();
+        assert_eq!(reopened.models[0].stats(), models.models[0].stats());
     }
 }
