@@ -900,11 +900,13 @@ impl HotStore for Scripted {
     }
 }
 
-/// The next batch is read and applied while the one before is still being written: with the
-/// value cache off, it takes the values that batch writes from the batch itself, and the
-/// profiles and counters still equal a recount exactly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_read_while_the_one_before_is_written_counts_exactly() {
+/// Projects `evs` with `settings` and the value cache off into a store whose every write waits
+/// until the next batch is read: the store, with its record of calls, and the directory it
+/// lives in. Every write but the last overlapped a read.
+async fn project_with_slow_writes(
+    evs: &[Event],
+    mut settings: HotSettings,
+) -> (Arc<dyn HotStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let scripted = Arc::new(Scripted {
         slow_writes: true,
@@ -912,22 +914,30 @@ async fn a_batch_read_while_the_one_before_is_written_counts_exactly() {
     });
     let store: Arc<dyn HotStore> = scripted.clone();
     let journal = journal();
-    let evs = events(7, 3000);
-    append(journal.as_ref(), &evs).await;
-    let mut no_cache = (*settings()).clone();
-    no_cache.cache_bytes = 0;
-    project_with(&journal, &store, None, Arc::new(no_cache)).await;
+    append(journal.as_ref(), evs).await;
+    settings.cache_bytes = 0;
+    project_with(&journal, &store, None, Arc::new(settings)).await;
     let writes = scripted.calls.lock().unwrap()["write"];
     let overlapped = scripted
         .overlapped
         .load(std::sync::atomic::Ordering::Relaxed);
-    // 3000 events in batches of at most 700: every write but the last overlaps a read.
+    // Thousands of events in batches of at most 700.
     assert!(writes >= 5, "{writes} writes");
     assert_eq!(
         overlapped + 1,
         writes,
         "{overlapped} of {writes} writes overlapped"
     );
+    (store, dir)
+}
+
+/// The next batch is read and applied while the one before is still being written: with the
+/// value cache off, it takes the values that batch writes from the batch itself, and the
+/// profiles and counters still equal a recount exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_while_the_one_before_is_written_counts_exactly() {
+    let evs = events(7, 3000);
+    let (store, _dir) = project_with_slow_writes(&evs, (*settings()).clone()).await;
     check_against_brute_force(store, &evs).await;
 }
 
@@ -937,25 +947,13 @@ async fn a_batch_read_while_the_one_before_is_written_counts_exactly() {
 /// stale from the store: the profiles and counters still equal a recount exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_encoded_by_the_write_are_never_read_before_they_landed() {
-    let dir = tempfile::tempdir().unwrap();
-    let scripted = Arc::new(Scripted {
-        slow_writes: true,
-        ..Scripted::on(EmbeddedStore::open(dir.path(), false).unwrap())
-    });
-    let store: Arc<dyn HotStore> = scripted.clone();
-    let journal = journal();
     // 400 users: a batch of 700 events shares some of them with the next one, not all.
     let evs = events_of(11, 4000, 400);
-    append(journal.as_ref(), &evs).await;
     let mut in_profiles = (*settings()).clone();
     in_profiles.counters.retain(|c| c.in_profile());
     assert_eq!(in_profiles.counters.len(), 4, "only by_category is apart");
-    in_profiles.cache_bytes = 0;
-    let in_profiles = Arc::new(in_profiles);
-    project_with(&journal, &store, None, in_profiles.clone()).await;
-    let writes = scripted.calls.lock().unwrap()["write"];
-    assert!(writes >= 6, "{writes} writes");
-    check_against_brute_force_with(store, &evs, in_profiles).await;
+    let (store, _dir) = project_with_slow_writes(&evs, in_profiles.clone()).await;
+    check_against_brute_force_with(store, &evs, Arc::new(in_profiles)).await;
 }
 
 /// The projector against a store killed mid-batch: every failure is retried (a read, a write

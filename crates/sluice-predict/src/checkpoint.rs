@@ -70,9 +70,9 @@ pub fn path_of(dir: &Path, model: &str) -> PathBuf {
     dir.join(format!("{model}.ftrl"))
 }
 
-/// Encodes a model, without the checksum that [`seal`] appends.
-pub(crate) fn encode(model: &OnlineModel) -> Result<Vec<u8>, serde_json::Error> {
-    let header = Header {
+/// `model`'s header, with `pending` in it (version 1) or none (version 2).
+fn header(model: &OnlineModel, pending: Examples) -> Header {
+    Header {
         name: model.spec.name.clone(),
         outcome: model.spec.outcome.clone(),
         horizon_us: model.spec.horizon_us,
@@ -82,9 +82,13 @@ pub(crate) fn encode(model: &OnlineModel) -> Result<Vec<u8>, serde_json::Error> 
         watermarks: model.watermarks.clone(),
         next_seq: model.next_seq,
         stats: model.stats.clone(),
-        pending: Vec::new(),
-    };
-    let header = serde_json::to_vec(&header)?;
+        pending,
+    }
+}
+
+/// Encodes a model, without the checksum that [`seal`] appends.
+pub(crate) fn encode(model: &OnlineModel) -> Result<Vec<u8>, serde_json::Error> {
+    let header = serde_json::to_vec(&header(model, Vec::new()))?;
     let pending: usize = model
         .pending
         .values()
@@ -454,19 +458,8 @@ mod tests {
 
     /// Version 1, as it was written: the pending examples in the JSON header.
     fn version_1(model: &OnlineModel) -> Vec<u8> {
-        let header = Header {
-            name: model.spec.name.clone(),
-            outcome: model.spec.outcome.clone(),
-            horizon_us: model.spec.horizon_us,
-            examples: model.spec.examples.clone(),
-            params: model.spec.params,
-            positions: model.positions.clone(),
-            watermarks: model.watermarks.clone(),
-            next_seq: model.next_seq,
-            stats: model.stats.clone(),
-            pending: model.pending.iter().map(|(s, p)| (*s, p.clone())).collect(),
-        };
-        let header = serde_json::to_vec(&header).unwrap();
+        let pending = model.pending.iter().map(|(s, p)| (*s, p.clone())).collect();
+        let header = serde_json::to_vec(&header(model, pending)).unwrap();
         let mut out = MAGIC_V1.to_vec();
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
