@@ -120,6 +120,7 @@ impl Models {
                 }
             }
         }
+        let names: Vec<String> = encoded.iter().map(|(model, ..)| model.clone()).collect();
         let store = self.store.clone();
         let spawned = std::thread::Builder::new()
             .name("model-checkpoint".into())
@@ -135,8 +136,8 @@ impl Models {
         match spawned {
             Ok(writing) => self.writing = Some(writing),
             Err(e) => {
-                for m in &self.models {
-                    crate::metrics::checkpoint(&m.spec.name, false);
+                for model in &names {
+                    crate::metrics::checkpoint(model, false);
                 }
                 tracing::error!(error = %e, "no thread to write the model checkpoints on; the next interval tries again");
             }
