@@ -143,11 +143,17 @@ impl EmbeddedStore {
 
     /// The write lock and the open database, reopened first after a failed write.
     fn for_writing(&self) -> Result<(std::sync::MutexGuard<'_, ()>, Arc<Db>), HotError> {
-        let guard = self
-            .inner
-            .write_lock
-            .lock()
-            .map_err(|_| HotError::Embedded("a writer panicked".into()))?;
+        let guard = match self.inner.write_lock.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                // A commit panicked (fjall asserts on a short journal write when the disk is
+                // full): treated as a failed commit, so the database is reopened, not the lock
+                // left poisoned for every later write.
+                self.inner.write_lock.clear_poison();
+                self.inner.poisoned.store(true, Ordering::Release);
+                poisoned.into_inner()
+            }
+        };
         if self.inner.poisoned.load(Ordering::Acquire) {
             self.reopen()?;
         }
