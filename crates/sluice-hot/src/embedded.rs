@@ -88,6 +88,9 @@ struct Inner {
     write_lock: Mutex<()>,
     /// `delete` calls finished.
     deletions: AtomicU64,
+    /// Test hook: the next commit panics, as fjall's does on a short journal write.
+    #[cfg(test)]
+    panic_next_commit: AtomicBool,
 }
 
 /// The embedded backend. Cheap to clone.
@@ -117,6 +120,8 @@ impl EmbeddedStore {
                 poisoned: AtomicBool::new(false),
                 write_lock: Mutex::new(()),
                 deletions: AtomicU64::new(0),
+                #[cfg(test)]
+                panic_next_commit: AtomicBool::new(false),
             }),
         })
     }
@@ -182,6 +187,11 @@ impl EmbeddedStore {
             let encoded = serde_json::to_vec(&next).map_err(embedded)?;
             fb.insert(&open.positions, batch.consumer.as_str(), encoded);
         }
+        #[cfg(test)]
+        assert!(
+            !self.inner.panic_next_commit.swap(false, Ordering::AcqRel),
+            "a commit panicked"
+        );
         fb.commit().map_err(|e| {
             // fjall refuses every write after this one; reopen before the next.
             self.inner.poisoned.store(true, Ordering::Release);
@@ -338,5 +348,33 @@ mod tests {
         drop(store);
         let again = EmbeddedStore::open(dir.path(), false).unwrap();
         assert_eq!(again.positions("hot/good").await.unwrap().get(&0), Some(&9));
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_panicked_leaves_the_store_writable_and_its_batch_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), false).unwrap();
+        store.write(batch(None, 5, "a")).await.unwrap();
+        store.inner.panic_next_commit.store(true, Ordering::Release);
+        let panicked = store.write(batch(Some(5), 9, "b")).await;
+        assert!(
+            matches!(&panicked, Err(HotError::Embedded(m)) if m.contains("write task failed")),
+            "{panicked:?}"
+        );
+        assert!(store.inner.write_lock.is_poisoned());
+        // The retry of the same batch lands: the lock is taken back and the database reopened.
+        store.write(batch(Some(5), 9, "b")).await.unwrap();
+        assert!(!store.inner.write_lock.is_poisoned());
+        assert!(!store.inner.poisoned.load(Ordering::Acquire));
+        assert_eq!(store.positions("hot/good").await.unwrap().get(&0), Some(&9));
+        let values = store.get_many(&["p:u1".to_string()]).await.unwrap();
+        assert_eq!(values, vec![Some(b"b".to_vec())]);
+        store.write(batch(Some(9), 12, "c")).await.unwrap();
+        drop(store);
+        let again = EmbeddedStore::open(dir.path(), false).unwrap();
+        assert_eq!(
+            again.positions("hot/good").await.unwrap().get(&0),
+            Some(&12)
+        );
     }
 }
