@@ -14,5 +14,6 @@
 #![allow(clippy::print_stdout)]
 
 pub mod chain;
+#[cfg(feature = "lake")]
 pub mod lake;
 mod node;
