@@ -6,6 +6,7 @@
 //! or none (a function dropped it), but if any of its events fails a later step, the record is
 //! one bad row with the original payload, so that a replay after a fix re-runs all of it.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -418,7 +419,7 @@ impl Chain {
         let mut good = Vec::with_capacity(n);
         for (k, d) in drafts.into_iter().enumerate() {
             let event = d.into_event();
-            let mut bytes = match serde_json::to_vec(&event) {
+            let mut bytes = match good_json(&event) {
                 Ok(b) => b,
                 Err(e) => {
                     let failure = Failure {
@@ -454,6 +455,25 @@ impl Chain {
         }
         Outcome::Good(good)
     }
+}
+
+/// The event's JSON in a buffer of its size. It is written first into a buffer this thread
+/// keeps: a fresh one grown by doubling from `serde_json`'s 128 bytes cost about a tenth of the
+/// runner's time in copies.
+fn good_json(event: &sluice_event::Event) -> serde_json::Result<Vec<u8>> {
+    /// A buffer larger than this (an event near `max_event_bytes`) is not kept.
+    const KEEP: usize = 64 << 10;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        let written = serde_json::to_writer(&mut *buf, event).map(|()| buf.to_vec());
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        written
+    })
 }
 
 impl Chain {

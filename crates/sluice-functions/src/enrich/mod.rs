@@ -32,6 +32,7 @@ mod url;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -350,18 +351,26 @@ pub(crate) struct Facts<'a> {
     pub(crate) user_agent: Option<String>,
     /// `context.ip`, when it is an address.
     pub(crate) ip: Option<IpAddr>,
-    parsed_ua: Option<Enrichment>,
+    agents: &'a ua::Agents,
+    parsed_ua: Option<Arc<Enrichment>>,
+    parsed_page: Option<Option<::url::Url>>,
 }
 
 impl Facts<'_> {
-    /// The user agent's `ua_*` fields, parsed once for every enricher that reads them.
+    /// The user agent's `ua_*` fields, parsed once for every enricher that reads them (and
+    /// once for every event with the same agent while it is among those seen lately).
     pub(crate) fn parsed_ua(&mut self) -> Option<&Enrichment> {
         let text = self.user_agent.as_deref()?;
-        Some(self.parsed_ua.get_or_insert_with(|| {
-            let mut parsed = Enrichment::default();
-            ua::parse(&woothee::parser::Parser::new(), text, &mut parsed);
-            parsed
-        }))
+        let agents = self.agents;
+        Some(self.parsed_ua.get_or_insert_with(|| agents.parsed(text)))
+    }
+
+    /// The page URL and its parse, when it is an http or https URL: parsed once for every
+    /// enricher that reads it.
+    pub(crate) fn page(&mut self) -> Option<(&str, &::url::Url)> {
+        let text = self.page_url.as_deref()?;
+        let parsed = self.parsed_page.get_or_insert_with(|| url::parse(text));
+        Some((text, parsed.as_ref()?))
     }
 }
 
@@ -378,6 +387,7 @@ pub(crate) struct Failed {
 pub(crate) struct Enrichers {
     steps: Vec<(&'static str, Box<dyn Step>)>,
     sessions: bool,
+    agents: ua::Agents,
 }
 
 impl Enrichers {
@@ -390,6 +400,7 @@ impl Enrichers {
         Ok(Self {
             steps,
             sessions: config.session.enabled,
+            agents: ua::Agents::new(),
         })
     }
 
@@ -415,7 +426,9 @@ impl Enrichers {
                 .map(str::to_string)
                 .or_else(|| raw.user_agent.clone()),
             ip: ip_text.as_deref().and_then(geo::parse_ip),
+            agents: &self.agents,
             parsed_ua: None,
+            parsed_page: None,
         };
         // The address as sent is a column whatever runs; ip_anonymization and pii rewrite it.
         draft.enriched.ip = ip_text;

@@ -1,7 +1,10 @@
 //! User-agent parsing (woothee) and bot and spider detection.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use regex::RegexSet;
 use sluice_event::Enrichment;
 
@@ -61,6 +64,70 @@ pub(crate) fn parse(parser: &woothee::parser::Parser, ua: &str, out: &mut Enrich
     out.ua_os_version = known(&r.os_version);
     out.ua_vendor = known(r.vendor);
     out.ua_device_class = Some(device_class(r.category, ua).to_string());
+}
+
+/// User agents parsed lately and their `ua_*` fields, shared by every partition's runner.
+///
+/// Parsing one is a few dozen regular expressions, the largest cost of enrichment, and a
+/// site's traffic comes from few agents. Two generations of at most [`Agents::GENERATION`]
+/// entries each: a hit in the older one moves to the newer, and when the newer is full the
+/// older is dropped, so an agent seen lately stays and the memory is bounded.
+pub(crate) struct Agents {
+    generations: Mutex<[HashMap<Box<str>, Arc<Enrichment>>; 2]>,
+}
+
+impl Agents {
+    /// Entries per generation.
+    pub(crate) const GENERATION: usize = 2048;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            generations: Mutex::new([HashMap::new(), HashMap::new()]),
+        }
+    }
+
+    /// The `ua_*` fields of `ua`, parsed once while it stays among the agents seen lately.
+    pub(crate) fn parsed(&self, ua: &str) -> Arc<Enrichment> {
+        if let Some(hit) = self.lookup(ua) {
+            return hit;
+        }
+        // Parsed outside the lock; two runners meeting a new agent at once both parse it.
+        let mut fields = Enrichment::default();
+        parse(&woothee::parser::Parser::new(), ua, &mut fields);
+        let fields = Arc::new(fields);
+        if ua.len() <= MAX_UA_BYTES {
+            self.remember(ua, fields.clone());
+        }
+        fields
+    }
+
+    fn lookup(&self, ua: &str) -> Option<Arc<Enrichment>> {
+        let mut g = self.generations.lock();
+        if let Some(hit) = g[0].get(ua) {
+            return Some(hit.clone());
+        }
+        let (key, hit) = g[1].remove_entry(ua)?;
+        Self::insert(&mut g, key, hit.clone());
+        Some(hit)
+    }
+
+    fn remember(&self, ua: &str, fields: Arc<Enrichment>) {
+        Self::insert(&mut self.generations.lock(), ua.into(), fields);
+    }
+
+    fn insert(g: &mut [HashMap<Box<str>, Arc<Enrichment>>; 2], key: Box<str>, v: Arc<Enrichment>) {
+        if g[0].len() >= Self::GENERATION {
+            g[1] = std::mem::take(&mut g[0]);
+        }
+        g[0].insert(key, v);
+        debug_assert!(g[0].len() <= Self::GENERATION && g[1].len() <= Self::GENERATION);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let g = self.generations.lock();
+        g[0].len() + g[1].len()
+    }
 }
 
 fn device_class(category: &str, ua: &str) -> &'static str {
@@ -332,6 +399,39 @@ mod tests {
         parse(&parser, &"x".repeat(10_000), &mut e);
         parse(&parser, "\u{0}\u{feff}💥", &mut e);
         assert_eq!(e.ua_browser, None);
+    }
+
+    #[test]
+    fn agents_seen_lately_give_what_parsing_gives_and_stay_bounded() {
+        let agents = Agents::new();
+        let parser = woothee::parser::Parser::new();
+        for round in 0..3 {
+            for (ua, ..) in TABLE {
+                let mut want = Enrichment::default();
+                parse(&parser, ua, &mut want);
+                assert_eq!(*agents.parsed(ua), want, "round {round}: {ua}");
+            }
+        }
+        assert_eq!(agents.len(), TABLE.len());
+        let first = agents.parsed(TABLE[0].0);
+        assert!(Arc::ptr_eq(&first, &agents.parsed(TABLE[0].0)));
+        // Many distinct agents: at most two generations are kept, and one seen in between
+        // each generation stays.
+        for i in 0..5 * Agents::GENERATION {
+            agents.parsed(&format!(
+                "Mozilla/5.0 (X11; Linux x86_64; rv:{i}.0) Firefox/{i}.0"
+            ));
+            if i % 1000 == 0 {
+                agents.parsed(TABLE[0].0);
+            }
+        }
+        assert!(agents.len() <= 2 * Agents::GENERATION, "{}", agents.len());
+        assert!(Arc::ptr_eq(&first, &agents.parsed(TABLE[0].0)));
+        // An agent too long to parse is not kept.
+        let before = agents.len();
+        let long = "x".repeat(MAX_UA_BYTES + 1);
+        assert_eq!(*agents.parsed(&long), Enrichment::default());
+        assert_eq!(agents.len(), before);
     }
 
     #[test]

@@ -86,7 +86,8 @@ const HOSTS: &[(&str, &str, &str)] = &[
     ("mail.aol.com", "email", "AOL Mail"),
 ];
 
-fn parse(s: &str) -> Option<Url> {
+/// `s` as an http or https URL.
+pub(crate) fn parse(s: &str) -> Option<Url> {
     if s.is_empty() || s.len() > MAX_URL_BYTES {
         return None;
     }
@@ -112,8 +113,8 @@ pub(super) fn build_page(c: &EnrichConfig) -> Built {
 
 impl Step for Page {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
-        if let Some(u) = &facts.page_url {
-            page(u, &mut draft.enriched);
+        if let Some((text, u)) = facts.page() {
+            page(text, u, &mut draft.enriched);
         }
         Ok(())
     }
@@ -127,9 +128,8 @@ pub(super) fn build_campaign(c: &EnrichConfig) -> Built {
 impl Step for CampaignConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         let found = facts
-            .page_url
-            .as_deref()
-            .is_some_and(|u| campaign(u, &self.click_ids, &mut draft.enriched));
+            .page()
+            .is_some_and(|(_, u)| campaign(u, &self.click_ids, &mut draft.enriched));
         if !found && let Some(Value::Object(camp)) = draft.context.get("campaign") {
             let e = &mut draft.enriched;
             let get = |k: &str| {
@@ -158,7 +158,7 @@ impl Step for RefererConfig {
         let refr = str_at(&draft.context, &["page", "referrer"])
             .or_else(|| str_at(&draft.properties, &["referrer"]));
         if let Some(r) = refr {
-            // The page enricher has parsed the URL already when it ran.
+            // The page enricher has set the host already when it ran.
             let host = draft.enriched.page_host.clone().or_else(|| {
                 facts
                     .page_url
@@ -177,11 +177,8 @@ impl Step for RefererConfig {
     }
 }
 
-/// The page URL's parts.
-pub(crate) fn page(url: &str, out: &mut Enrichment) {
-    let Some(u) = parse(url) else {
-        return;
-    };
+/// The page URL's parts (`u`: `url` parsed).
+pub(crate) fn page(url: &str, u: &Url, out: &mut Enrichment) {
     out.page_url = Some(url.to_string());
     out.page_host = u.host_str().map(str::to_ascii_lowercase);
     out.page_path = Some(u.path().to_string());
@@ -189,10 +186,7 @@ pub(crate) fn page(url: &str, out: &mut Enrichment) {
 
 /// Campaign fields from the page URL's query; `extra` adds or overrides click-id parameters.
 /// Returns whether the URL named a campaign.
-pub(crate) fn campaign(url: &str, extra: &BTreeMap<String, String>, out: &mut Enrichment) -> bool {
-    let Some(u) = parse(url) else {
-        return false;
-    };
+pub(crate) fn campaign(u: &Url, extra: &BTreeMap<String, String>, out: &mut Enrichment) -> bool {
     let mut found = false;
     for (k, v) in u.query_pairs() {
         if v.is_empty() {
@@ -288,6 +282,11 @@ mod tests {
 
     #[test]
     fn page_urls_split_into_host_and_path() {
+        let page = |url: &str, e: &mut Enrichment| {
+            if let Some(u) = parse(url) {
+                page(url, &u, e);
+            }
+        };
         let mut e = Enrichment::default();
         page("https://Shop.Example.com/p/42?color=red#top", &mut e);
         assert_eq!(e.page_host.as_deref(), Some("shop.example.com"));
@@ -353,6 +352,9 @@ mod tests {
             ("https://shop.example.com/?utm_source=", [None; 7]),
             ("https://shop.example.com/plain", [None; 7]),
         ];
+        let campaign = |url: &str, extra: &BTreeMap<String, String>, e: &mut Enrichment| {
+            parse(url).is_some_and(|u| campaign(&u, extra, e))
+        };
         for (url, want) in table {
             let mut e = Enrichment::default();
             let found = campaign(url, &BTreeMap::new(), &mut e);
