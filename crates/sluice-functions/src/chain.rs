@@ -348,11 +348,8 @@ impl Chain {
             if drafts.is_empty() {
                 continue;
             }
-            let drafts = std::sync::Arc::new(drafts);
-            let results = crate::udf::stage::apply(f, &drafts, partition).await;
-            // The workers have let go of the events: this is the only reference left.
-            let drafts = std::sync::Arc::try_unwrap(drafts).unwrap_or_else(|d| (*d).clone());
             let skip = f.spec.on_failure == OnFailure::Skip;
+            let (results, drafts) = crate::udf::stage::apply(f, drafts, partition, skip).await;
             let mut per_item: Vec<Option<Round>> = (0..items.len()).map(|_| None).collect();
             for ((k, result), input) in owners.into_iter().zip(results).zip(drafts) {
                 let slot = per_item[k].get_or_insert_with(Default::default);

@@ -84,6 +84,10 @@ pub(crate) const LAZY_MEMBERS: [&str; 3] = ["properties", "context", "enriched"]
 /// still behind its accessor when the reading of the answer reaches it was never touched: it
 /// is taken back from the event the runtime was given, without reading anything.
 pub(crate) struct Lazy<'js> {
+    /// [`LAZY_MEMBERS`] as atoms.
+    pub(crate) names: [Atom<'js>; 3],
+    /// The other members' names as atoms: made once per call, not once per member.
+    pub(crate) keys: Keys<'js>,
     texts: [Atom<'js>; 3],
     gets: [Function<'js>; 3],
     sets: [Function<'js>; 3],
@@ -107,7 +111,10 @@ impl<'js> Lazy<'js> {
         three(gets.len())?;
         three(sets.len())?;
         let atom = |v: &Js<'js>| Atom::from_value(ctx.clone(), v);
+        let name = |n: &str| Atom::from_str(ctx.clone(), n);
         Ok(Self {
+            names: [name("properties")?, name("context")?, name("enriched")?],
+            keys: Keys::new(ctx)?,
             texts: [atom(&texts[0])?, atom(&texts[1])?, atom(&texts[2])?],
             gets: [gets[0].clone(), gets[1].clone(), gets[2].clone()],
             sets: [sets[0].clone(), sets[1].clone(), sets[2].clone()],
@@ -124,12 +131,71 @@ impl<'js> Lazy<'js> {
         text: &str,
     ) -> rquickjs::Result<()> {
         o.prop(
-            LAZY_MEMBERS[i],
+            self.names[i].clone(),
             Deferred(self.gets[i].clone(), self.sets[i].clone()),
         )?;
         let text = rquickjs::String::from_str(ctx.clone(), text)?;
         // Read-only, hidden from keys, spread and JSON.
         o.prop(self.texts[i].clone(), Property::from(text))
+    }
+}
+
+/// The members an event is given as strings, in this order (bit `3 + i` of a [`Kept`] mask is
+/// member `i`): one the answer still holds as the very string it was given is taken back from
+/// the event without reading it.
+///
+/// [`Kept`]: super::value::Kept
+pub(crate) const STRING_MEMBERS: [&str; 10] = [
+    "event_id",
+    "event_type",
+    "event",
+    "source",
+    "user_id",
+    "anonymous_id",
+    "timestamp",
+    "sent_at",
+    "received_at",
+    "device_timestamp",
+];
+const EVENT_ID: usize = 0;
+const EVENT_TYPE: usize = 1;
+const EVENT: usize = 2;
+const SOURCE: usize = 3;
+const USER_ID: usize = 4;
+const ANONYMOUS_ID: usize = 5;
+const TIMESTAMP: usize = 6;
+const SENT_AT: usize = 7;
+const RECEIVED_AT: usize = 8;
+const DEVICE_TIMESTAMP: usize = 9;
+
+/// The strings an event was given, by [`STRING_MEMBERS`] (`None` where it has none).
+pub(crate) type Given<'js> = [Option<Js<'js>>; STRING_MEMBERS.len()];
+
+/// The names of an event's members other than [`LAZY_MEMBERS`], as atoms.
+pub(crate) struct Keys<'js> {
+    /// [`STRING_MEMBERS`].
+    pub(crate) strings: [Atom<'js>; STRING_MEMBERS.len()],
+    raw: Atom<'js>,
+    partition: Atom<'js>,
+    offset: Atom<'js>,
+}
+
+impl<'js> Keys<'js> {
+    pub(crate) fn new(ctx: &Ctx<'js>) -> rquickjs::Result<Self> {
+        let a = |n: &str| Atom::from_str(ctx.clone(), n);
+        let mut strings = Vec::with_capacity(STRING_MEMBERS.len());
+        for name in STRING_MEMBERS {
+            strings.push(a(name)?);
+        }
+        let strings = strings
+            .try_into()
+            .map_err(|_| rquickjs::Error::new_from_js("array", "member names"))?;
+        Ok(Self {
+            strings,
+            raw: a("raw")?,
+            partition: a("partition")?,
+            offset: a("offset")?,
+        })
     }
 }
 
@@ -157,13 +223,13 @@ impl<'js> AsProperty<'js, ()> for Deferred<'js> {
 }
 
 /// The object a function gets for `d` (its fields in this order), its properties, context and
-/// enriched built on first use.
+/// enriched built on first use, and the strings it was given.
 pub(crate) fn to_js<'js>(
     ctx: &Ctx<'js>,
     d: &Draft,
     lazy: &Lazy<'js>,
-) -> rquickjs::Result<Object<'js>> {
-    event_object(ctx, d, |o| {
+) -> rquickjs::Result<(Object<'js>, Given<'js>)> {
+    event_object(ctx, d, &lazy.keys, |o| {
         // Maps of JSON values and the enrichment's strings, numbers and booleans always
         // serialise.
         let text = |r: serde_json::Result<String>| r.unwrap_or_else(|_| "{}".into());
@@ -177,47 +243,55 @@ pub(crate) fn to_js<'js>(
 /// against.
 #[cfg(test)]
 pub(crate) fn to_js_whole<'js>(ctx: &Ctx<'js>, d: &Draft) -> rquickjs::Result<Object<'js>> {
-    event_object(ctx, d, |o| {
+    event_object(ctx, d, &Keys::new(ctx)?, |o| {
         o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
         o.set("context", value::map_to_js(ctx, &d.context)?)?;
         let enriched =
             serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
         o.set("enriched", value::to_js(ctx, &enriched)?)
     })
+    .map(|(o, _)| o)
 }
 
 /// The event's object: its columns in order, `members` adding properties, context and enriched
-/// before `raw`.
+/// before `raw`; and the strings it was given.
 fn event_object<'js>(
     ctx: &Ctx<'js>,
     d: &Draft,
+    k: &Keys<'js>,
     members: impl FnOnce(&Object<'js>) -> rquickjs::Result<()>,
-) -> rquickjs::Result<Object<'js>> {
+) -> rquickjs::Result<(Object<'js>, Given<'js>)> {
     let o = Object::new(ctx.clone())?;
-    o.set("event_id", d.event_id.as_str())?;
-    o.set("event_type", d.event_type.as_str())?;
-    o.set("event", d.event.as_str())?;
-    o.set("source", d.source.as_str())?;
-    if let Some(id) = &d.user_id {
-        o.set("user_id", id.as_str())?;
-    }
-    if let Some(id) = &d.anonymous_id {
-        o.set("anonymous_id", id.as_str())?;
-    }
-    o.set("timestamp", format_micros(d.timestamp))?;
-    if let Some(t) = d.sent_at {
-        o.set("sent_at", format_micros(t))?;
-    }
-    o.set("received_at", format_micros(d.received_at))?;
-    if let Some(t) = d.device_timestamp {
-        o.set("device_timestamp", format_micros(t))?;
-    }
+    let mut given: Given<'js> = Default::default();
+    let mut put = |i: usize, s: Option<&str>| -> rquickjs::Result<()> {
+        let Some(s) = s else {
+            return Ok(());
+        };
+        let s = rquickjs::String::from_str(ctx.clone(), s)?.into_value();
+        o.set(k.strings[i].clone(), s.clone())?;
+        given[i] = Some(s);
+        Ok(())
+    };
+    let time = |t: i64| format_micros(t);
+    put(EVENT_ID, Some(&d.event_id))?;
+    put(EVENT_TYPE, Some(d.event_type.as_str()))?;
+    put(EVENT, Some(&d.event))?;
+    put(SOURCE, Some(&d.source))?;
+    put(USER_ID, d.user_id.as_deref())?;
+    put(ANONYMOUS_ID, d.anonymous_id.as_deref())?;
+    put(TIMESTAMP, Some(&time(d.timestamp)))?;
+    put(SENT_AT, d.sent_at.map(time).as_deref())?;
+    put(RECEIVED_AT, Some(&time(d.received_at)))?;
+    put(DEVICE_TIMESTAMP, d.device_timestamp.map(time).as_deref())?;
     members(&o)?;
     let raw = Object::new(ctx.clone())?;
-    raw.set("partition", d.raw.partition)?;
-    raw.set("offset", value::number_to_js(ctx, &d.raw.offset.into()))?;
-    o.set("raw", raw)?;
-    Ok(o)
+    raw.set(k.partition.clone(), d.raw.partition)?;
+    raw.set(
+        k.offset.clone(),
+        value::number_to_js(ctx, &d.raw.offset.into()),
+    )?;
+    o.set(k.raw.clone(), raw)?;
+    Ok((o, given))
 }
 
 /// The `raw` offset an output names, if it names one of partition `partition`.
@@ -234,29 +308,78 @@ pub(crate) fn raw_position(raw: &Value, partition: u32) -> Option<u64> {
 }
 
 /// Reads an output event that came from `origin`. `kept` names the event the runtime was given
-/// whose untouched members (a mask over [`LAZY_MEMBERS`]) this output still holds unread.
+/// whose members this output still holds as given, left out of `v` unread (a mask: bit `i` for
+/// [`LAZY_MEMBERS`]`[i]`, bit `3 + i` for [`STRING_MEMBERS`]`[i]`).
+#[cfg(test)]
 pub(crate) fn from_json(
     v: Value,
     origin: &Draft,
-    kept: Option<(&Draft, u8)>,
+    kept: Option<(&Draft, u16)>,
 ) -> Result<Draft, String> {
+    let (mut out, deferred) = from_json_deferred(v, origin, kept)?;
+    if let Some((d, _)) = kept
+        && deferred != 0
+    {
+        fill(&mut out, deferred, &mut d.clone());
+    }
+    Ok(out)
+}
+
+/// The members [`from_json_deferred`] leaves for [`fill`]: those that own memory.
+const DEFERRED: u16 = 0b111
+    | 1 << (LAZY_MEMBERS.len() + EVENT_ID)
+    | 1 << (LAZY_MEMBERS.len() + EVENT)
+    | 1 << (LAZY_MEMBERS.len() + SOURCE)
+    | 1 << (LAZY_MEMBERS.len() + USER_ID)
+    | 1 << (LAZY_MEMBERS.len() + ANONYMOUS_ID);
+
+/// [`from_json`], with the members `kept` names that own memory left empty: the mask of those,
+/// for [`fill`] to move in from the kept event once nothing else reads it (the events a call
+/// was given are dropped once its answer is read, so most are moved, not copied).
+pub(crate) fn from_json_deferred(
+    v: Value,
+    origin: &Draft,
+    kept: Option<(&Draft, u16)>,
+) -> Result<(Draft, u16), String> {
     let Value::Object(mut obj) = v else {
         return Err(format!("an event must be an object, not {}", type_name(&v)));
     };
-    let (event_id, event_type, event) = naming(&mut obj, origin)?;
-    let source = take_string(&mut obj, "source")?
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| origin.source.clone());
-    let user_id = take_string(&mut obj, "user_id")?;
-    let anonymous_id = take_string(&mut obj, "anonymous_id")?;
-    let timestamp = take_time(&mut obj, "timestamp")?.unwrap_or(origin.timestamp);
-    let sent_at = take_time(&mut obj, "sent_at")?;
-    let received_at = take_time(&mut obj, "received_at")?.unwrap_or(origin.received_at);
-    let device_timestamp = take_time(&mut obj, "device_timestamp")?;
+    let given = |i: usize| {
+        kept.filter(|(_, members)| members & (1 << (LAZY_MEMBERS.len() + i)) != 0)
+            .map(|(d, _)| d)
+    };
+    let (event_id, event_type, event) = naming(&mut obj, origin, &given)?;
+    let source = match given(SOURCE) {
+        Some(_) => String::new(),
+        None => take_string(&mut obj, "source")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| origin.source.clone()),
+    };
+    let id = |obj: &mut Map<String, Value>, i: usize| match given(i) {
+        Some(_) => Ok(None),
+        None => take_string(obj, STRING_MEMBERS[i]),
+    };
+    let user_id = id(&mut obj, USER_ID)?;
+    let anonymous_id = id(&mut obj, ANONYMOUS_ID)?;
+    let time =
+        |obj: &mut Map<String, Value>, i: usize, of: fn(&Draft) -> Option<i64>| match given(i) {
+            Some(d) => Ok(of(d)),
+            None => take_time(obj, STRING_MEMBERS[i]),
+        };
+    let timestamp = time(&mut obj, TIMESTAMP, |d| Some(d.timestamp))?.unwrap_or(origin.timestamp);
+    let sent_at = time(&mut obj, SENT_AT, |d| d.sent_at)?;
+    let received_at =
+        time(&mut obj, RECEIVED_AT, |d| Some(d.received_at))?.unwrap_or(origin.received_at);
+    let device_timestamp = time(&mut obj, DEVICE_TIMESTAMP, |d| d.device_timestamp)?;
     let (mut properties, context, enriched) = lazy_members(&mut obj, kept)?;
     obj.remove("raw");
     properties.extend(obj);
-    Ok(Draft {
+    let mut deferred = kept.map_or(0, |(_, members)| members & DEFERRED);
+    if !event.is_empty() {
+        // Named here: the name kept was blank.
+        deferred &= !(1 << (LAZY_MEMBERS.len() + EVENT));
+    }
+    let draft = Draft {
         event_id,
         event_type,
         event,
@@ -271,7 +394,43 @@ pub(crate) fn from_json(
         context,
         enriched,
         raw: origin.raw,
-    })
+    };
+    Ok((draft, deferred))
+}
+
+/// Moves into `out` the members `deferred` names (see [`from_json_deferred`]) out of `from`,
+/// the event it kept them from. Properties the output added at its top level stay on top of
+/// the kept ones.
+pub(crate) fn fill(out: &mut Draft, deferred: u16, from: &mut Draft) {
+    use std::mem::take;
+    let has = |bit: usize| deferred & (1 << bit) != 0;
+    let string = |i: usize| has(LAZY_MEMBERS.len() + i);
+    if string(EVENT_ID) {
+        out.event_id = take(&mut from.event_id);
+    }
+    if string(EVENT) {
+        out.event = take(&mut from.event);
+    }
+    if string(SOURCE) {
+        out.source = take(&mut from.source);
+    }
+    if string(USER_ID) {
+        out.user_id = from.user_id.take();
+    }
+    if string(ANONYMOUS_ID) {
+        out.anonymous_id = from.anonymous_id.take();
+    }
+    if has(0) {
+        let added = take(&mut out.properties);
+        out.properties = take(&mut from.properties);
+        out.properties.extend(added);
+    }
+    if has(1) {
+        out.context = take(&mut from.context);
+    }
+    if has(2) {
+        out.enriched = take(&mut from.enriched);
+    }
 }
 
 /// Takes the string member `key` (a number too, for an id); null is none.
@@ -308,21 +467,35 @@ fn take_object(obj: &mut Map<String, Value>, key: &str) -> Result<Map<String, Va
 
 /// The output's event id (else `origin`'s), type (default `track`) and name (a track event
 /// needs one; any other is named for its type).
-fn naming(
+/// `given(i)`: the event the output still holds string member `i` of as given, if it does.
+fn naming<'a>(
     obj: &mut Map<String, Value>,
     origin: &Draft,
+    given: &dyn Fn(usize) -> Option<&'a Draft>,
 ) -> Result<(String, EventType, String), String> {
-    let event_id = take_string(obj, "event_id")?
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| origin.event_id.clone());
+    // A member kept as given is left empty here (see `from_json_deferred`): it was valid.
+    let event_id = match given(EVENT_ID) {
+        Some(_) => String::new(),
+        None => take_string(obj, "event_id")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| origin.event_id.clone()),
+    };
     if event_id.len() > 256 {
         return Err("event_id is longer than 256 bytes".into());
     }
-    let event_type = match take_string(obj, "event_type")? {
-        None => EventType::Track,
-        Some(t) => EventType::parse(&t).ok_or_else(|| format!("unknown event_type {t:?}"))?,
+    let event_type = match given(EVENT_TYPE) {
+        Some(d) => d.event_type,
+        None => match take_string(obj, "event_type")? {
+            None => EventType::Track,
+            Some(t) => EventType::parse(&t).ok_or_else(|| format!("unknown event_type {t:?}"))?,
+        },
     };
-    let event = match take_string(obj, "event")?.filter(|s| !s.trim().is_empty()) {
+    let name = match given(EVENT) {
+        Some(d) if !d.event.trim().is_empty() => return Ok((event_id, event_type, String::new())),
+        Some(_) => None,
+        None => take_string(obj, "event")?,
+    };
+    let event = match name.filter(|s| !s.trim().is_empty()) {
         Some(e) => e,
         None if event_type == EventType::Track => {
             return Err("a track event needs a name (event)".into());
@@ -339,19 +512,20 @@ type JsonObject = Map<String, Value>;
 /// the output still holds it untouched, else read from the output.
 fn lazy_members(
     obj: &mut Map<String, Value>,
-    kept: Option<(&Draft, u8)>,
+    kept: Option<(&Draft, u16)>,
 ) -> Result<(JsonObject, JsonObject, Enrichment), String> {
+    // A member kept as given is left empty here (see `from_json_deferred`).
     let kept_member = |i: usize| kept.filter(|(_, members)| members & (1 << i) != 0);
     let properties = match kept_member(0) {
-        Some((d, _)) => d.properties.clone(),
+        Some(_) => Map::new(),
         None => take_object(obj, "properties")?,
     };
     let context = match kept_member(1) {
-        Some((d, _)) => d.context.clone(),
+        Some(_) => Map::new(),
         None => take_object(obj, "context")?,
     };
     let enriched = match (kept_member(2), obj.remove("enriched")) {
-        (Some((d, _)), _) => d.enriched.clone(),
+        (Some(_), _) => Enrichment::default(),
         (None, None | Some(Value::Null)) => Enrichment::default(),
         (None, Some(Value::Object(m))) => enrichment(m)?,
         (None, Some(other)) => {

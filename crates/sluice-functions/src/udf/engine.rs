@@ -20,7 +20,7 @@ use rquickjs::{
     Array, CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Promise, Runtime,
 };
 
-use super::convert::{LAZY_MEMBERS, Lazy};
+use super::convert::{Given, Lazy};
 use super::value::{Fault, Inputs, Read, Reader};
 
 /// The JavaScript stack limit.
@@ -109,12 +109,13 @@ pub type LogFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// What can go into a function: it becomes one runtime value.
 pub(crate) trait Input {
-    /// The runtime value; an event's members are deferred through `lazy`.
+    /// The runtime value, and the strings it was given as an event (see `convert::Given`);
+    /// an event's members are deferred through `lazy`.
     fn to_js<'js>(
         &self,
         ctx: &Ctx<'js>,
         lazy: &Lazy<'js>,
-    ) -> rquickjs::Result<rquickjs::Value<'js>>;
+    ) -> rquickjs::Result<(rquickjs::Value<'js>, Option<Given<'js>>)>;
 }
 
 impl Input for crate::Draft {
@@ -122,15 +123,20 @@ impl Input for crate::Draft {
         &self,
         ctx: &Ctx<'js>,
         lazy: &Lazy<'js>,
-    ) -> rquickjs::Result<rquickjs::Value<'js>> {
-        super::convert::to_js(ctx, self, lazy).map(Object::into_value)
+    ) -> rquickjs::Result<(rquickjs::Value<'js>, Option<Given<'js>>)> {
+        let (object, given) = super::convert::to_js(ctx, self, lazy)?;
+        Ok((object.into_value(), Some(given)))
     }
 }
 
 /// A JSON value goes in as `JSON.parse` would make it, nothing deferred.
 impl Input for serde_json::Value {
-    fn to_js<'js>(&self, ctx: &Ctx<'js>, _: &Lazy<'js>) -> rquickjs::Result<rquickjs::Value<'js>> {
-        super::value::to_js(ctx, self)
+    fn to_js<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        _: &Lazy<'js>,
+    ) -> rquickjs::Result<(rquickjs::Value<'js>, Option<Given<'js>>)> {
+        Ok((super::value::to_js(ctx, self)?, None))
     }
 }
 
@@ -218,17 +224,21 @@ fn inputs<'js, T: Input>(
     let lazy = Lazy::load(ctx)?;
     let array = Array::new(ctx.clone())?;
     let mut objects = Vec::with_capacity(events.len());
+    let mut strings = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        let v = e.to_js(ctx, &lazy)?;
+        let (v, given) = e.to_js(ctx, &lazy)?;
         if let Some(o) = v.as_object() {
             objects.push(o.clone());
+            strings.push(given);
         }
         array.set(i, v)?;
     }
     let inputs = Inputs {
         objects,
         untouched: lazy.untouched,
-        names: &LAZY_MEMBERS,
+        names: lazy.names,
+        strings: lazy.keys.strings,
+        given: strings,
     };
     Ok((array, inputs))
 }
@@ -358,6 +368,8 @@ const WRAPPER: &str = r#"
   // that stays untouched is taken back from the event the runtime was given, unread.
   const lookupGetter = Object.prototype.__lookupGetter__, define = Object.defineProperty;
   const parse = JSON.parse;
+  // Whether a getter ever had to hold its member aside (an event that cannot take a property).
+  let heldAny = false;
   const lazy = ["properties", "context", "enriched"].map((name) => {
     const text = Symbol(name);
     // What a getter made for an event that cannot take it as a plain property (sealed).
@@ -367,17 +379,22 @@ const WRAPPER: &str = r#"
       if (held.has(this)) return held.get(this);
       const t = this[text];
       const v = typeof t === "string" ? parse(t) : undefined;
-      try { settle(this, v); } catch (_) { held.set(this, v); }
+      try { settle(this, v); } catch (_) { held.set(this, v); heldAny = true; }
       return v;
     };
     const set = function (v) { settle(this, v); };
     return { name, text, get, set, held };
   });
+  // Asked once or twice per event read back: written out, with the held ones looked up only
+  // once a getter has held one.
+  const [getProperties, getContext, getEnriched] = lazy.map((l) => l.get);
   const untouched = (o) => {
     let members = 0;
-    for (let i = 0; i < lazy.length; i++) {
-      const l = lazy[i];
-      if (lookupGetter.call(o, l.name) === l.get && !l.held.has(o)) members |= 1 << i;
+    if (lookupGetter.call(o, "properties") === getProperties) members = 1;
+    if (lookupGetter.call(o, "context") === getContext) members |= 2;
+    if (lookupGetter.call(o, "enriched") === getEnriched) members |= 4;
+    if (heldAny) {
+      for (let i = 0; i < lazy.length; i++) if (lazy[i].held.has(o)) members &= ~(1 << i);
     }
     return members;
   };
@@ -780,8 +797,9 @@ mod tests {
             &self,
             ctx: &Ctx<'js>,
             _: &Lazy<'js>,
-        ) -> rquickjs::Result<rquickjs::Value<'js>> {
-            super::super::convert::to_js_whole(ctx, self.0).map(Object::into_value)
+        ) -> rquickjs::Result<(rquickjs::Value<'js>, Option<Given<'js>>)> {
+            let object = super::super::convert::to_js_whole(ctx, self.0)?;
+            Ok((object.into_value(), None))
         }
     }
 
@@ -810,6 +828,11 @@ mod tests {
             ),
             "export function process(events) { return events.reverse(); }",
             "export function process(events) { events[1].context.moved = true; return [events[1], events[0], events[2]]; }",
+            // String members changed, moved between events, removed, set to what they were.
+            "export function transform(e) { e.event = 'Renamed'; e.timestamp = 1764237600000; delete e.user_id; e.source = e.source; e.anonymous_id = 'a-' + e.event_id; return e; }",
+            "export function transform(e) { e.event_type = 'page'; e.sent_at = e.received_at; e.device_timestamp = null; e.received_at = String(e.received_at); return e; }",
+            "export function process(events) { const last = events[events.length - 1]; events[0].event_id = events[1].event_id; events[1].user_id = last.user_id; last.timestamp = events[0].timestamp; return events; }",
+            "export function process(events) { const [a, b] = events; return [{...a, event: b.event}, b]; }",
         ] {
             let given = drafts(3);
             let lazy = load(code).unwrap();
@@ -843,9 +866,26 @@ mod tests {
                 panic!("{r:?}");
             };
             assert_eq!(read.kept.input, i);
-            // Context and enriched were never touched: left out, taken from the input.
-            assert_eq!(read.kept.members, 0b110);
-            assert!(read.value.get("context").is_none() && read.value.get("enriched").is_none());
+            // Context and enriched were never touched, nor any string member the event has:
+            // left out, taken from the input.
+            let d = &given[i];
+            let has = [
+                true,
+                true,
+                true,
+                true,
+                d.user_id.is_some(),
+                d.anonymous_id.is_some(),
+                true,
+                d.sent_at.is_some(),
+                true,
+                d.device_timestamp.is_some(),
+            ];
+            let strings = (0..has.len()).filter(|&k| has[k]);
+            let want = strings.fold(0b110, |mask, k| mask | 1 << (3 + k));
+            assert_eq!(read.kept.members, want);
+            let members: Vec<&String> = read.value.as_object().unwrap().keys().collect();
+            assert_eq!(members, ["properties", "raw"]);
             assert_eq!(read.value["properties"]["seen"], true);
         }
     }

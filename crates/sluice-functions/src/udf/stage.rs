@@ -29,7 +29,7 @@ use sluice_event::now_micros;
 use sluice_journal::Backoff;
 
 use super::LiveFn;
-use super::convert::{from_json, raw_offset, raw_position};
+use super::convert::{fill, from_json_deferred, raw_offset, raw_position};
 use super::engine::{InvokeError, Mode, Output, Reply, Returned};
 use super::value::Kept;
 use crate::Draft;
@@ -46,13 +46,24 @@ pub(crate) struct Failed(pub String);
 
 type Outcome = Result<Vec<Draft>, Failed>;
 
+/// An input's outputs as read, each with the members it still holds as some input (by index)
+/// was given them, left to move in from that input (`convert::fill`).
+type Read = Result<Vec<(Draft, Option<(usize, u16)>)>, Failed>;
+
 /// Applies `f` to `drafts` (events of raw partition `partition`). The result has one entry
-/// per input, in order. The workers share `drafts` only while they run: once this returns,
-/// the caller holds the only reference again.
-pub(crate) async fn apply(f: &LiveFn, drafts: &Arc<Vec<Draft>>, partition: u32) -> Vec<Outcome> {
+/// per input, in order, and the inputs back. An output moves the members it kept as given out
+/// of its input unless `keep_inputs` (the caller may pass the inputs on after a failure) or
+/// another output still reads that input.
+pub(crate) async fn apply(
+    f: &LiveFn,
+    drafts: Vec<Draft>,
+    partition: u32,
+    keep_inputs: bool,
+) -> (Vec<Outcome>, Vec<Draft>) {
     if drafts.is_empty() {
-        return Vec::new();
+        return (Vec::new(), drafts);
     }
+    let drafts = Arc::new(drafts);
     let size = f.spec.batch_size.max(1);
     let chunks: Vec<Vec<usize>> = (0..drafts.len())
         .collect::<Vec<_>>()
@@ -60,18 +71,42 @@ pub(crate) async fn apply(f: &LiveFn, drafts: &Arc<Vec<Draft>>, partition: u32) 
         .map(<[usize]>::to_vec)
         .collect();
     let parallel = f.spec.parallelism.max(1) as usize;
-    let done: Vec<Vec<(usize, Outcome)>> = futures::stream::iter(chunks)
-        .map(|chunk| run_chunk(f, drafts, chunk, partition))
+    let done: Vec<Vec<(usize, Read)>> = futures::stream::iter(chunks)
+        .map(|chunk| run_chunk(f, &drafts, chunk, partition))
         .buffered(parallel)
         .collect()
         .await;
-    let mut out: Vec<Option<Outcome>> = (0..drafts.len()).map(|_| None).collect();
+    let mut read: Vec<Option<Read>> = (0..drafts.len()).map(|_| None).collect();
     for (i, o) in done.into_iter().flatten() {
-        out[i] = Some(o);
+        read[i] = Some(o);
     }
-    out.into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(Failed("the function gave no answer".into()))))
-        .collect()
+    // The workers have let go of the events: this is the only reference left.
+    let mut drafts = Arc::try_unwrap(drafts).unwrap_or_else(|d| (*d).clone());
+    let mut readers = vec![0usize; drafts.len()];
+    for (_, kept) in read.iter().flatten().flatten().flatten() {
+        if let Some((j, _)) = kept {
+            readers[*j] += 1;
+        }
+    }
+    let outcomes = read
+        .into_iter()
+        .map(|o| {
+            let events = o.unwrap_or_else(|| Err(Failed("the function gave no answer".into())))?;
+            let filled = events.into_iter().map(|(mut event, kept)| {
+                if let Some((j, deferred)) = kept {
+                    readers[j] -= 1;
+                    if readers[j] == 0 && !keep_inputs {
+                        fill(&mut event, deferred, &mut drafts[j]);
+                    } else {
+                        fill(&mut event, deferred, &mut drafts[j].clone());
+                    }
+                }
+                event
+            });
+            Ok(filled.collect())
+        })
+        .collect();
+    (outcomes, drafts)
 }
 
 /// What one invocation said about its inputs.
@@ -80,7 +115,7 @@ enum Answer {
     Whole(InvokeError),
     /// Final outcomes, and the inputs to try again with their last error.
     Partial {
-        done: Vec<(usize, Outcome)>,
+        done: Vec<(usize, Read)>,
         again: Vec<(usize, String)>,
     },
 }
@@ -90,7 +125,7 @@ async fn run_chunk(
     drafts: &Arc<Vec<Draft>>,
     chunk: Vec<usize>,
     partition: u32,
-) -> Vec<(usize, Outcome)> {
+) -> Vec<(usize, Read)> {
     let mut out = Vec::with_capacity(chunk.len());
     // Depth first, left half first: batches run in the events' order.
     let mut stack: Vec<(Vec<usize>, u32)> = vec![(chunk, 0)];
@@ -169,7 +204,7 @@ async fn run_chunk(
 
 fn give_up(
     f: &LiveFn,
-    out: &mut Vec<(usize, Outcome)>,
+    out: &mut Vec<(usize, Read)>,
     failed: impl Iterator<Item = (usize, String)>,
     attempt: u32,
 ) {
@@ -193,7 +228,7 @@ fn expire(
     f: &LiveFn,
     drafts: &[Draft],
     idx: Vec<usize>,
-    out: &mut Vec<(usize, Outcome)>,
+    out: &mut Vec<(usize, Read)>,
 ) -> Vec<usize> {
     if f.spec.max_record_age_s == 0 {
         return idx;
@@ -338,17 +373,18 @@ struct Given<'a> {
 }
 
 impl Given<'_> {
-    /// The event an output's untouched members come from, and which members they are.
-    fn kept(&self, kept: Kept) -> Option<(&Draft, u8)> {
+    /// The event an output's untouched members come from (its index in the batch), and which
+    /// members they are.
+    fn kept(&self, kept: Kept) -> Option<(usize, &Draft, u16)> {
         if kept.members == 0 {
             return None;
         }
-        let i = self.idx.get(kept.input)?;
-        Some((self.drafts.get(*i)?, kept.members))
+        let i = *self.idx.get(kept.input)?;
+        Some((i, self.drafts.get(i)?, kept.members))
     }
 }
 
-fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft, given: &Given<'_>) -> Outcome {
+fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft, given: &Given<'_>) -> Read {
     if values.len() > MAX_SPLIT {
         f.meter.error("invalid_event");
         return Err(Failed(format!(
@@ -358,9 +394,15 @@ fn convert(f: &LiveFn, values: Vec<Output>, origin: &Draft, given: &Given<'_>) -
     }
     values
         .into_iter()
-        .map(|v| {
-            v.map_err(|u| u.why)
-                .and_then(|r| from_json(r.value, origin, given.kept(r.kept)))
+        .map(|v| -> Result<_, String> {
+            let r = v.map_err(|u| u.why)?;
+            let kept = given.kept(r.kept);
+            let (event, deferred) =
+                from_json_deferred(r.value, origin, kept.map(|(_, d, m)| (d, m)))?;
+            Ok((
+                event,
+                kept.map(|(i, ..)| (i, deferred)).filter(|k| k.1 != 0),
+            ))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {

@@ -16,6 +16,8 @@ use rquickjs::object::Property;
 use rquickjs::{Array, Atom, Ctx, Function, Object, Type, Value as Js, function::This};
 use serde_json::{Map, Number, Value};
 
+use super::convert::{Given, STRING_MEMBERS};
+
 /// Deepest nesting read back (`serde_json`'s own limit when parsing text).
 pub(crate) const MAX_DEPTH: usize = 128;
 
@@ -199,8 +201,9 @@ pub(crate) struct Read {
 pub(crate) struct Kept {
     /// Which of the inputs the event is.
     pub input: usize,
-    /// Bit `i`: member `i` of the reader's deferred members.
-    pub members: u8,
+    /// Bit `i`: deferred member `i` (`Inputs::names`), still untouched; bit `3 + i`: string
+    /// member `i` (`Inputs::strings`), still the very string the input was given.
+    pub members: u16,
 }
 
 /// The inputs of a call whose members may still be deferred (see `convert::Lazy`).
@@ -208,7 +211,11 @@ pub(crate) struct Inputs<'js> {
     pub objects: Vec<Object<'js>>,
     /// `untouched(event)`: the mask of `names` still deferred on `event`.
     pub untouched: Function<'js>,
-    pub names: &'static [&'static str],
+    pub names: [Atom<'js>; 3],
+    /// The names of the members given as strings, and per object (`None` for a value that is
+    /// not an event) the strings it was given under them.
+    pub strings: [Atom<'js>; STRING_MEMBERS.len()],
+    pub given: Vec<Option<Given<'js>>>,
 }
 
 /// Reads values out of the runtime under one budget (one answer).
@@ -280,7 +287,7 @@ impl<'js> Reader<'js> {
                 kept: Kept::default(),
             }));
         };
-        let (value, members) = self.object(v, true)?;
+        let (value, members) = self.object(v, Some(input))?;
         self.charge(4)?;
         Ok(Some(Read {
             value,
@@ -355,9 +362,7 @@ impl<'js> Reader<'js> {
                 ));
             }
             Type::Array => self.array(v)?,
-            Type::Object | Type::Exception | Type::Promise | Type::Proxy => {
-                self.object(v, false)?.0
-            }
+            Type::Object | Type::Exception | Type::Promise | Type::Proxy => self.object(v, None)?.0,
             Type::Module | Type::Unknown => return Err(bad("a value of an unknown kind")),
         };
         self.charge(match &out {
@@ -431,51 +436,81 @@ impl<'js> Reader<'js> {
         Ok(Value::Array(out))
     }
 
-    /// An object's members as JSON writes them. With `deferred` (an input event), its deferred
-    /// members still untouched when the reading reaches them are left out unread: the mask of
-    /// those is returned.
-    fn object(&mut self, v: Js<'js>, deferred: bool) -> Result<(Value, u8), Fault> {
+    /// An object's members as JSON writes them. For `input` (the object is that input event),
+    /// the members it still holds as it was given them are left out unread (see [`Kept`]): the
+    /// mask of those is returned.
+    fn object(&mut self, v: Js<'js>, input: Option<usize>) -> Result<(Value, u16), Fault> {
         let object = v
             .into_object()
             .ok_or_else(|| bad("an object could not be read"))?;
         self.enter(&object)?;
-        let mut map = Map::new();
-        let mut kept = 0u8;
-        match self.inputs.as_ref().filter(|_| deferred) {
-            Some(inputs) => {
-                let (names, untouched) = (inputs.names, inputs.untouched.clone());
-                // Which members are untouched, as last asked; reading anything may run code
-                // (a getter) that touches one, so the answer holds only until then.
-                let mut asked: Option<u8> = None;
-                for k in object.keys::<String>() {
-                    let k = k.map_err(js_fault)?;
-                    if let Some(i) = names.iter().position(|n| *n == k) {
-                        let mask = match asked {
-                            Some(m) => m,
-                            None => {
-                                let m: i32 = untouched.call((object.clone(),)).map_err(js_fault)?;
-                                *asked.insert(u8::try_from(m).unwrap_or(0))
-                            }
-                        };
-                        if mask & (1 << i) != 0 {
-                            kept |= 1 << i;
-                            continue;
-                        }
-                    }
-                    asked = None;
-                    let item: Js = object.get(k.as_str()).map_err(js_fault)?;
-                    self.member(&mut map, k, item)?;
-                }
+        let (map, kept) = match input {
+            Some(input) => {
+                // Taken out while its members are read (nothing nested is an input), then back.
+                let inputs = self.inputs.take();
+                let read = match &inputs {
+                    Some(inputs) => self.input_members(&object, inputs, input),
+                    None => self.members(&object).map(|map| (map, 0)),
+                };
+                self.inputs = inputs;
+                read?
             }
-            None => {
-                for prop in object.props::<String, Js>() {
-                    let (k, item) = prop.map_err(js_fault)?;
-                    self.member(&mut map, k, item)?;
-                }
-            }
-        }
+            None => (self.members(&object)?, 0),
+        };
         self.leave();
         Ok((Value::Object(map), kept))
+    }
+
+    fn members(&mut self, object: &Object<'js>) -> Result<Map<String, Value>, Fault> {
+        let mut map = Map::new();
+        for prop in object.props::<String, Js>() {
+            let (k, item) = prop.map_err(js_fault)?;
+            self.member(&mut map, k, item)?;
+        }
+        Ok(map)
+    }
+
+    /// The members of input event `input` that it does not hold as it was given them.
+    fn input_members(
+        &mut self,
+        object: &Object<'js>,
+        inputs: &Inputs<'js>,
+        input: usize,
+    ) -> Result<(Map<String, Value>, u16), Fault> {
+        let given = inputs.given.get(input).and_then(Option::as_ref);
+        let mut map = Map::new();
+        let mut kept = 0u16;
+        // Which deferred members are untouched, as last asked; reading anything may run code
+        // (a getter) that touches one, so the answer holds only until then.
+        let mut asked: Option<u8> = None;
+        for k in object.keys::<Atom>() {
+            let k = k.map_err(js_fault)?;
+            if let Some(i) = inputs.names.iter().position(|n| *n == k) {
+                let mask = match asked {
+                    Some(m) => m,
+                    None => {
+                        let m: i32 = inputs.untouched.call((object.clone(),)).map_err(js_fault)?;
+                        *asked.insert(u8::try_from(m).unwrap_or(0))
+                    }
+                };
+                if mask & (1 << i) != 0 {
+                    kept |= 1 << i;
+                    continue;
+                }
+            }
+            asked = None;
+            let item: Js = object.get(k.clone()).map_err(js_fault)?;
+            // The same string value is the same string: nothing to read.
+            if let Some(given) = given
+                && let Some(i) = inputs.strings.iter().position(|n| *n == k)
+                && given[i].as_ref() == Some(&item)
+            {
+                kept |= 1 << (inputs.names.len() + i);
+                continue;
+            }
+            self.member(&mut map, k.to_string().map_err(js_fault)?, item)?;
+        }
+        Ok((map, kept))
     }
 
     /// Reads member `k` of an object into `map`.

@@ -172,6 +172,57 @@ async fn a_function_adds_drops_and_splits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_returned_twice_holds_every_member_both_times() {
+    // What an output still holds as given is moved out of its input, copied while another
+    // output still reads that input; on failure with `skip` the inputs pass on whole.
+    for (code, on_failure, events) in [
+        (
+            "export function transform(e) { return e.properties.n % 2 ? [e, e] : e; }",
+            OnFailure::Bad,
+            6,
+        ),
+        (
+            "export function process(events) { return [events[1], ...events, events[0]]; }",
+            OnFailure::Bad,
+            6,
+        ),
+        (
+            "export function transform(e) { if (e.properties.n === 2) throw new Error('x'); return [e, e]; }",
+            OnFailure::Skip,
+            7,
+        ),
+    ] {
+        let f = fixture();
+        let spec = FunctionSpec {
+            on_failure,
+            max_retries: 0,
+            ..Default::default()
+        };
+        deploy(&f, "twice", code, spec);
+        let (good, bad) = run(&f, 4, now()).await;
+        assert!(bad.is_empty(), "{code}: {bad:?}");
+        assert_eq!(good.len(), events, "{code}: {good:?}");
+        for (offset, v) in &good {
+            let i = *offset as usize;
+            assert!(
+                v["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("e{i}")),
+                "{code}: {v}"
+            );
+            assert_eq!(v["event"], "Clicked", "{code}: {v}");
+            assert_eq!(v["source"], "web", "{code}: {v}");
+            assert_eq!(v["user_id"], format!("u{}", i % 3), "{code}: {v}");
+            assert_eq!(v["properties"]["n"], i, "{code}: {v}");
+            let url = "https://shop.example.com/p?utm_source=news";
+            assert_eq!(v["context"]["page"]["url"], url, "{code}: {v}");
+            assert_eq!(v["enriched"]["mkt_source"], "news", "{code}: {v}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_throwing_events_go_bad_in_both_modes() {
     for (mode, code) in [
         (
