@@ -828,6 +828,12 @@ mod tests {
             ),
             "export function process(events) { return events.reverse(); }",
             "export function process(events) { events[1].context.moved = true; return [events[1], events[0], events[2]]; }",
+            // Members read and not changed, written back as they were, or given code to run.
+            "export function transform(e) { const u = e.context.page.url + e.enriched.geo_city; e.properties.u = u; return e; }",
+            "export function transform(e) { e.enriched.geo_city = e.enriched.geo_city; e.context = JSON.parse(JSON.stringify(e.context)); return e; }",
+            "export function transform(e) { e.properties.toJSON = function (k) { return {k, n: this.n}; }; e.context.when = new Date(0); return e; }",
+            "export function transform(e) { e.properties.big = 2 ** 64; e.properties.f = 0.1 + 0.2; e.properties.neg = -0; e.context.nan = NaN; return e; }",
+            "export function transform(e) { e.properties.tags[1] = undefined; e.properties.fn = () => 1; e.context = undefined; return e; }",
             // String members changed, moved between events, removed, set to what they were.
             "export function transform(e) { e.event = 'Renamed'; e.timestamp = 1764237600000; delete e.user_id; e.source = e.source; e.anonymous_id = 'a-' + e.event_id; return e; }",
             "export function transform(e) { e.event_type = 'page'; e.sent_at = e.received_at; e.device_timestamp = null; e.received_at = String(e.received_at); return e; }",
@@ -1079,6 +1085,39 @@ mod tests {
                 }
             }
             other => panic!("expected a per-event answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unreadable_member_of_an_event_is_named() {
+        let given = drafts(1);
+        let refs: Vec<&crate::Draft> = given.iter().collect();
+        for (code, want) in [
+            (
+                "e.properties.tags.push(e.properties.tags)",
+                "a cycle: the value contains itself (at properties.tags[2])",
+            ),
+            (
+                "e.context.page.n = 1n",
+                "a BigInt has no JSON form; convert it with Number() or String() (at context.page.n)",
+            ),
+            (
+                r"e.enriched.geo_city = '\ud800'",
+                "a string holds an unpaired surrogate (it is not valid Unicode) (at enriched.geo_city)",
+            ),
+        ] {
+            let e = load(&format!(
+                "export function transform(e) {{ {code}; return e; }}"
+            ))
+            .unwrap();
+            let Reply::Event { per, errors } = e.call(&refs, 1, None, T).unwrap() else {
+                panic!("not a per-event reply");
+            };
+            assert!(errors.is_empty(), "{code}: {errors:?}");
+            match &per[0] {
+                Returned::One(Err(u)) => assert!(u.why.starts_with(want), "{code}: {}", u.why),
+                other => panic!("{code}: {other:?}"),
+            }
         }
     }
 
