@@ -576,3 +576,34 @@ fn bad_row(
     // A BadRow of strings, numbers and valid JSON always serializes.
     Bytes::from(serde_json::to_vec(&row).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pad: usize) -> sluice_event::Event {
+        let raw: RawEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "e1", "source": "web", "protocol": "native",
+            "received_at": 1_764_237_600_000_000i64,
+            "payload": {"event": "Signed Up", "userId": "u1",
+                        "properties": {"plan": "pro", "pad": "é\"\\\n".repeat(pad)}}
+        }))
+        .unwrap();
+        let pos = Position {
+            partition: 0,
+            offset: 1,
+        };
+        draft(&raw, pos).unwrap().into_event()
+    }
+
+    #[test]
+    fn the_good_record_is_what_serde_json_writes_in_a_buffer_of_its_size() {
+        // Small, past what the thread keeps, then small again on the same thread.
+        for pad in [10, 40_000, 3] {
+            let e = event(pad);
+            let got = good_json(&e).unwrap();
+            assert_eq!(got, serde_json::to_vec(&e).unwrap(), "pad {pad}");
+            assert_eq!(got.capacity(), got.len(), "pad {pad}");
+        }
+    }
+}
