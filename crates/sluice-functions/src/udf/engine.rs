@@ -344,7 +344,16 @@ const WRAPPER: &str = r#"
     return s.length > 4096 ? s.slice(0, 4096) + "…" : s;
   };
   const ctxs = new Map();
+  // The last one asked for, as most events of a call share their source.
+  let lastPartition, lastSource, lastCtx;
   const ctxFor = (partition, source) => {
+    if (lastCtx !== undefined && partition === lastPartition && source === lastSource) return lastCtx;
+    lastCtx = ctxOf(partition, source);
+    lastPartition = partition;
+    lastSource = source;
+    return lastCtx;
+  };
+  const ctxOf = (partition, source) => {
     const key = `${partition}/${source}`;
     let c = ctxs.get(key);
     if (c === undefined) {
@@ -915,6 +924,20 @@ mod tests {
         );
         assert_eq!(out["errors"][0][0], 1);
         assert!(out["errors"][0][1].as_str().unwrap().contains("two"));
+        // Each event's ctx names its own source and the call's partition.
+        let e = load(
+            "export function transform(e, ctx) { return {src: ctx.source, p: ctx.partition}; }",
+        )
+        .unwrap();
+        for p in [0, 2] {
+            let events = r#"[{"source":"web"},{"source":"app"},{"source":"web"},{}]"#;
+            let out: serde_json::Value =
+                serde_json::from_str(&e.invoke(events, p, None, T).unwrap()).unwrap();
+            assert_eq!(
+                out["per"],
+                serde_json::json!([{"src": "web", "p": p}, {"src": "app", "p": p}, {"src": "web", "p": p}, {"p": p}])
+            );
+        }
     }
 
     #[test]
