@@ -385,7 +385,7 @@ const WRAPPER: &str = r#"
     const held = new WeakMap();
     const settle = (o, v) => define(o, name, { value: v, writable: true, enumerable: true, configurable: true });
     const get = function () {
-      if (held.has(this)) return held.get(this);
+      if (heldAny && held.has(this)) return held.get(this);
       const t = this[text];
       const v = typeof t === "string" ? parse(t) : undefined;
       try { settle(this, v); } catch (_) { held.set(this, v); heldAny = true; }
