@@ -340,6 +340,8 @@ const WRAPPER: &str = r#"
   Object.freeze(console);
   Object.defineProperty(globalThis, "console", { value: console, writable: false, configurable: false });
   const errText = (e) => {
+    // What the runtime throws when it reaches its memory limit and cannot even make the error.
+    if (e === null) return "null was thrown: out of memory, unless the function threw null itself";
     const s = text(e);
     return s.length > 4096 ? s.slice(0, 4096) + "…" : s;
   };
@@ -924,6 +926,12 @@ mod tests {
         );
         assert_eq!(out["errors"][0][0], 1);
         assert!(out["errors"][0][1].as_str().unwrap().contains("two"));
+        // `null` is what the runtime throws when it cannot even make an out-of-memory error.
+        let e = load("export function transform(e) { throw null; }").unwrap();
+        let out: serde_json::Value =
+            serde_json::from_str(&e.invoke(r#"[{"a":1}]"#, 0, None, T).unwrap()).unwrap();
+        let why = out["errors"][0][1].as_str().unwrap();
+        assert!(why.starts_with("null was thrown: out of memory"), "{why}");
         // Each event's ctx names its own source and the call's partition.
         let e = load(
             "export function transform(e, ctx) { return {src: ctx.source, p: ctx.partition}; }",
