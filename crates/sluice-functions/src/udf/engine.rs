@@ -224,12 +224,12 @@ fn inputs<'js, T: Input>(
     let lazy = Lazy::load(ctx)?;
     let array = Array::new(ctx.clone())?;
     let mut objects = Vec::with_capacity(events.len());
-    let mut strings = Vec::with_capacity(events.len());
+    let mut given = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        let (v, given) = e.to_js(ctx, &lazy)?;
+        let (v, strings) = e.to_js(ctx, &lazy)?;
         if let Some(o) = v.as_object() {
             objects.push(o.clone());
-            strings.push(given);
+            given.push(strings);
         }
         array.set(i, v)?;
     }
@@ -238,7 +238,7 @@ fn inputs<'js, T: Input>(
         untouched: lazy.untouched,
         names: lazy.names,
         strings: lazy.keys.strings,
-        given: strings,
+        given,
     };
     Ok((array, inputs))
 }
