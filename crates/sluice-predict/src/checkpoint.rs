@@ -334,12 +334,24 @@ pub fn write(model: &OnlineModel, dir: &Path) -> Result<(), PredictError> {
 
 /// Writes `model`'s checkpoint into `store` atomically.
 pub fn write_to(model: &OnlineModel, store: &dyn CheckpointStore) -> Result<(), PredictError> {
+    let (name, encoded) = encode_named(model, store)?;
+    put_encoded(&name, encoded, store)
+}
+
+/// What [`encode`] makes of `model`, and the name it is written under in `store`; an error
+/// names the file.
+pub(crate) fn encode_named(
+    model: &OnlineModel,
+    store: &dyn CheckpointStore,
+) -> Result<(String, Vec<u8>), PredictError> {
     let name = file_name(&model.spec.name);
-    let encoded = encode(model).map_err(|e| PredictError::Checkpoint {
-        path: store.location(&name),
-        reason: e.to_string(),
-    });
-    put_encoded(&name, encoded?, store)
+    match encode(model) {
+        Ok(encoded) => Ok((name, encoded)),
+        Err(e) => Err(PredictError::Checkpoint {
+            path: store.location(&name),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// Seals what [`encode`] made of a model and writes it as `name` into `store`, atomically.

@@ -97,7 +97,7 @@ impl Models {
             let result = checkpoint::write_to(m, self.store.as_ref());
             crate::metrics::checkpoint(&m.spec.name, result.is_ok());
             if let Err(e) = result {
-                tracing::error!(model = %m.spec.name, error = %e, "model checkpoint failed");
+                failed(&m.spec.name, &e);
                 first = first.or(Some(e));
             }
         }
@@ -111,12 +111,11 @@ impl Models {
         self.finish_writing();
         let mut encoded = Vec::with_capacity(self.models.len());
         for m in &self.models {
-            let name = checkpoint::file_name(&m.spec.name);
-            match checkpoint::encode(m) {
-                Ok(bytes) => encoded.push((m.spec.name.clone(), name, bytes)),
+            match checkpoint::encode_named(m, self.store.as_ref()) {
+                Ok((name, bytes)) => encoded.push((m.spec.name.clone(), name, bytes)),
                 Err(e) => {
                     crate::metrics::checkpoint(&m.spec.name, false);
-                    failed(&m.spec.name, &self.store.location(&name), &e);
+                    failed(&m.spec.name, &e);
                 }
             }
         }
@@ -129,7 +128,7 @@ impl Models {
                     let result = checkpoint::put_encoded(&name, bytes, store.as_ref());
                     crate::metrics::checkpoint(&model, result.is_ok());
                     if let Err(e) = result {
-                        failed(&model, &store.location(&name), &e);
+                        failed(&model, &e);
                     }
                 }
             });
@@ -154,8 +153,9 @@ impl Models {
     }
 }
 
-fn failed(model: &str, path: &str, error: &dyn std::fmt::Display) {
-    tracing::error!(%model, %path, %error, "model checkpoint failed");
+/// Logs a checkpoint that could not be written (the error names the file).
+fn failed(model: &str, error: &PredictError) {
+    tracing::error!(%model, %error, "model checkpoint failed");
 }
 
 impl EventHook for Models {
