@@ -173,6 +173,10 @@ pub struct Event {
     /// When it happened per the device's clock, as the tracker claimed it (uncorrected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_timestamp: Option<i64>,
+    /// The `raw` position this event came from: the runner's exactly-once bookkeeping and
+    /// lineage. Written before the JSON members, so that a reader that needs none of those
+    /// after `properties` stops reading there (`skim.rs`).
+    pub raw: Position,
     /// Event properties (traits for identify and group) as a JSON object.
     pub properties: Box<RawValue>,
     /// Tracker context (library, page, device, ip, user agent...) as a JSON object.
@@ -180,15 +184,36 @@ pub struct Event {
     /// What validation and the enrichers derived (each field is a column of `events`).
     #[serde(default, skip_serializing_if = "Enrichment::is_empty")]
     pub enriched: Enrichment,
-    /// The `raw` position this event came from: the runner's exactly-once bookkeeping and lineage.
-    pub raw: Position,
 }
 
 impl Event {
-    /// Decodes a `good` record but for its `enriched` fields, left empty: for readers that never
-    /// use them (the hot tier, typed tables). They are most of the strings an enriched event is
-    /// decoded into, so skipping them saves about a third of the decoding.
+    /// Decodes a `good` record but for its `enriched` fields, left empty and stepped over
+    /// unparsed (`skim.rs`): for readers that never use them.
     pub fn from_slice_unenriched(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        Self::skimmed(bytes, true)
+    }
+
+    /// Decodes a `good` record but for its `enriched` fields and its `context`, left empty
+    /// (`{}`) and stepped over unparsed (`skim.rs`): for readers that use neither (the hot
+    /// tier when no counter reads the context).
+    pub fn from_slice_bare(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        Self::skimmed(bytes, false)
+    }
+
+    fn skimmed(bytes: &[u8], with_context: bool) -> Result<Self, serde_json::Error> {
+        if let Some(event) = crate::skim::skim(bytes, with_context) {
+            return Ok(event);
+        }
+        let mut event = Self::from_slice_derived(bytes)?;
+        if !with_context {
+            event.context = crate::skim::empty_object();
+        }
+        Ok(event)
+    }
+
+    /// The derived decoding of a record without its `enriched` fields, which checks every
+    /// member it steps over.
+    pub(crate) fn from_slice_derived(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice::<Unenriched>(bytes).map(Self::from)
     }
 }

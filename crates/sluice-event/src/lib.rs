@@ -9,6 +9,7 @@
 
 mod error;
 mod event;
+mod skim;
 mod time;
 
 pub mod suppress;

@@ -40,9 +40,10 @@
 //!    learn from again.
 //! 10. The batch after is read as soon as a batch has its events, and decoded on a blocking
 //!     thread while this one is applied (decoding `good` is the largest part of the stage's
-//!     own work). Each batch takes its positions from where its own reads ended (`read_to`),
-//!     not from the cursors, which are already past the batch read ahead; the hook is told the
-//!     same. A batch read ahead is projected next, shutdown included (its records are durable);
+//!     own work; `enriched`, and `context` unless a counter reads it, are stepped over
+//!     unparsed, `sluice-event`'s `skim.rs`). Each batch takes its positions from where its
+//!     own reads ended (`read_to`), not from the cursors, which are already past the batch
+//!     read ahead; the hook is told the same. A batch read ahead is projected next, shutdown included (its records are durable);
 //!     none is read ahead once shutdown began.
 //! 11. Of the values a batch changed, only those the batch read ahead touches are encoded in
 //!     the loop, to wait in `pending` for it; the write encodes the rest on a blocking thread
@@ -89,7 +90,9 @@ pub trait EventHook: Send + Sync + 'static {
 
     /// One event. `profile` is the event's profile after the event was applied (`None` when
     /// the event has no user); its `last_events` holds only this batch's events, as a
-    /// profile's earlier recent events are stored apart and not read by the projection.
+    /// profile's earlier recent events are stored apart and not read by the projection. The
+    /// event has no `enriched` fields, and its `context` is `{}` unless a counter reads it
+    /// (`good` is decoded without them, point 10).
     /// `live` is false when the store already holds this event (the hook is catching up after
     /// a restart): then changes to `profile` are not written.
     fn on_event(
@@ -167,6 +170,8 @@ pub struct Projector {
     /// Every counter lives in the profiles: the keys a batch touches are its profiles' (point
     /// 11).
     keys_are_profiles: bool,
+    /// A counter reads events' context (else `good` is decoded without it, point 10).
+    needs_context: bool,
 }
 
 /// The next batch, read while this one is applied and decoded on a blocking thread.
@@ -269,6 +274,9 @@ impl Projector {
         let cache = ValueCache::new(settings.cache_bytes, store.deletions());
         let in_profile = settings.counters.iter().filter(|c| c.in_profile()).count();
         let keys_are_profiles = in_profile == settings.counters.len();
+        let needs_context = settings.counters.iter().any(|c| {
+            c.key.needs_context() || c.property.as_ref().is_some_and(|p| p.needs_context())
+        });
         Self {
             journal,
             io: RetryingStore::new(store),
@@ -281,6 +289,7 @@ impl Projector {
             pending: FastMap::default(),
             in_profile,
             keys_are_profiles,
+            needs_context,
         }
     }
 
@@ -466,7 +475,7 @@ impl Projector {
                     }
                 }
                 let consumed = records.len();
-                (decode(records, false), consumed)
+                (decode(records, false, self.needs_context), consumed)
             }
         };
         let Decoded {
@@ -533,11 +542,11 @@ impl Projector {
         if records.is_empty() {
             return;
         }
-        let with_keys = self.keys_are_profiles;
+        let (with_keys, with_context) = (self.keys_are_profiles, self.needs_context);
         self.ahead = Some(Ahead {
             consumed: records.len(),
             decoding: Decoding::Running(tokio::task::spawn_blocking(move || {
-                decode(records, with_keys)
+                decode(records, with_keys, with_context)
             })),
         });
     }
@@ -566,9 +575,6 @@ impl Projector {
         events: &'a [(Position, Event)],
         parts: &[PartitionState],
     ) -> Vec<Touch<'a>> {
-        let needs_context = self.settings.counters.iter().any(|c| {
-            c.key.needs_context() || c.property.as_ref().is_some_and(|p| p.needs_context())
-        });
         let index: FastMap<u32, usize> = parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         events
             .iter()
@@ -576,7 +582,7 @@ impl Projector {
                 let live = index
                     .get(&position.partition)
                     .is_some_and(|&i| position.offset >= parts[i].store_next());
-                let view = EventView::new(e, needs_context);
+                let view = EventView::new(e, self.needs_context);
                 let profile_key = view
                     .profile_id
                     .filter(|_| live || self.hook.is_some())
@@ -939,10 +945,10 @@ fn corrupt(key: &str, error: &CodecError) {
 }
 
 /// The batch's events with their positions, `enriched` left out (nothing here reads it: no
-/// counter path names it, and neither profiles nor models use it), and their profiles' store
-/// keys when `with_keys`; an undecodable record is skipped (and counted) but still moves its
-/// partition on.
-fn decode(records: Vec<(u32, Record)>, with_keys: bool) -> Decoded {
+/// counter path names it, and neither profiles nor models use it) and `context` too unless
+/// `with_context` (a counter reads it), and their profiles' store keys when `with_keys`; an
+/// undecodable record is skipped (and counted) but still moves its partition on.
+fn decode(records: Vec<(u32, Record)>, with_keys: bool, with_context: bool) -> Decoded {
     let mut skipped = 0u64;
     let mut events = Vec::with_capacity(records.len());
     for (partition, record) in records {
@@ -950,7 +956,11 @@ fn decode(records: Vec<(u32, Record)>, with_keys: bool) -> Decoded {
             partition,
             offset: record.offset,
         };
-        match Event::from_slice_unenriched(&record.value) {
+        let read = match with_context {
+            true => Event::from_slice_unenriched(&record.value),
+            false => Event::from_slice_bare(&record.value),
+        };
+        match read {
             Ok(e) => events.push((position, e)),
             Err(error) => {
                 tracing::error!(partition, offset = record.offset, %error, "undecodable good record skipped by the hot projection");
@@ -1088,28 +1098,32 @@ mod tests {
         let event: Event = serde_json::from_value(serde_json::json!({
             "event_id": "e1", "event_type": "track", "event": "Product Viewed", "source": "web",
             "user_id": "u1",
-            "timestamp": 5, "received_at": 7, "properties": {}, "context": {},
+            "timestamp": 5, "received_at": 7, "properties": {}, "context": {"page": {"path": "/a"}},
             "enriched": {"ua_browser": "Chrome"}, "raw": {"partition": 1, "offset": 9}
         }))
         .unwrap();
         let written = serde_json::to_vec(&event).unwrap();
-        let decoded = decode(vec![record(4, b"{not json"), record(5, &written)], true);
-        let Decoded {
-            events,
-            skipped,
-            profile_keys,
-        } = decoded;
-        assert_eq!(skipped, 1);
-        assert_eq!(profile_keys, FastSet::from_iter(["p:u1".to_string()]));
-        let [(position, read)] = &events[..] else {
-            panic!("one event: {}", events.len())
-        };
-        let expected = Position {
-            partition: 2,
-            offset: 5,
-        };
-        assert_eq!(*position, expected);
-        assert_eq!(read.event_id, "e1");
-        assert!(read.enriched.is_empty());
+        for (with_context, context) in [(true, r#"{"page":{"path":"/a"}}"#), (false, "{}")] {
+            let records = vec![record(4, b"{not json"), record(5, &written)];
+            let decoded = decode(records, true, with_context);
+            let Decoded {
+                events,
+                skipped,
+                profile_keys,
+            } = decoded;
+            assert_eq!(skipped, 1);
+            assert_eq!(profile_keys, FastSet::from_iter(["p:u1".to_string()]));
+            let [(position, read)] = &events[..] else {
+                panic!("one event: {}", events.len())
+            };
+            let expected = Position {
+                partition: 2,
+                offset: 5,
+            };
+            assert_eq!(*position, expected);
+            assert_eq!(read.event_id, "e1");
+            assert!(read.enriched.is_empty());
+            assert_eq!(read.context.get(), context);
+        }
     }
 }

@@ -1,0 +1,564 @@
+//! A fast read of a `good` record for a reader that needs only some of its members (the hot
+//! tier): the record's top level is walked by a scanner that finds where each member's value
+//! begins and ends, and only the members read are parsed, by `serde_json` as the derived
+//! decoding would. `enriched`, and `context` when it is not asked for, are not parsed.
+//! `serde_json`'s own skipping checks every string it steps over, which made those members
+//! most of the cost of decoding a record.
+//!
+//! The runner writes a record's members in [`Event`]'s field order, which puts `raw` before
+//! `properties`, `context` and `enriched`. Once a record's members came in that order and every
+//! member read was found, the rest of the record is not looked at: in the runner's order,
+//! whatever else it holds (`context` when not read, `enriched`, `part`) comes after. A record
+//! in another order (one written before `raw` moved up, or by another writer) is walked to its
+//! end.
+//!
+//! Whatever the scanner does not expect (a key written with escapes, a member twice, a
+//! missing member, a member that does not parse, bytes after the object, a value cut short)
+//! sends the record to the derived decoding, which gives the answer or the error it always
+//! gave. So a record reads as before but for what is not read, which is not checked to be
+//! valid JSON, or there at all: nothing reads it, and a `good` record is written whole by the
+//! runner's serializer and checked against its CRC when read.
+
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use std::str::FromStr;
+
+use crate::{Enrichment, Event, EventType, Position};
+
+/// `0x01` in every byte of a word.
+const LOW_BITS: u64 = u64::from_le_bytes([0x01; 8]);
+/// `0x80` in every byte of a word.
+const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// The bytes of `word` equal to `c`, as their high bits: the lowest bit set is the first such
+/// byte (a borrow can set bits above it, never below).
+fn equal(word: u64, c: u8) -> u64 {
+    let x = word ^ (LOW_BITS * u64::from(c));
+    x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS
+}
+
+/// The index of the first `a` or `b` in `hay`, eight bytes a step. The strings of an event are
+/// short, so a call costs little more than its bytes, unlike a vectorised search's setup.
+#[inline(always)]
+fn find(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut words {
+        let word = u64::from_le_bytes(chunk.try_into().ok()?);
+        let found = equal(word, a) | equal(word, b);
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = words.remainder().iter().position(|&c| c == a || c == b);
+    rest.map(|i| at + i)
+}
+
+/// Walks JSON text from a byte offset; every step answers `None` at the end of the text or at
+/// a byte it does not expect.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// Steps over whitespace and then `c`.
+    fn expect(&mut self, c: u8) -> Option<()> {
+        self.skip_whitespace();
+        let found = self.bytes.get(self.at) == Some(&c);
+        found.then(|| self.at += 1)
+    }
+
+    /// From just after a string's opening quote to just after its closing one; whether the
+    /// string holds an escape.
+    #[inline(always)]
+    fn string(&mut self) -> Option<bool> {
+        let mut escaped = false;
+        loop {
+            let rest = self.bytes.get(self.at..)?;
+            let i = find(rest, b'"', b'\\')?;
+            self.at += i + 1;
+            if rest[i] == b'"' {
+                return Some(escaped);
+            }
+            escaped = true;
+            // The escaped byte: a `\"` does not end the string, a `\\` escapes nothing after it.
+            self.at += 1;
+        }
+    }
+
+    /// From just after an opening bracket to just after the bracket that closes it.
+    fn nested(&mut self) -> Option<()> {
+        let mut depth = 1usize;
+        loop {
+            let rest = self.bytes.get(self.at..)?;
+            // Up to the next string, only brackets count (and strings are most of the bytes).
+            let quote = find(rest, b'"', b'"');
+            let between = rest.get(..quote.unwrap_or(rest.len()))?;
+            for (i, &c) in between.iter().enumerate() {
+                match c {
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            self.at += i + 1;
+                            return Some(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.at += quote? + 1;
+            self.string()?;
+        }
+    }
+
+    /// Steps over whitespace and one value: the value's bytes.
+    fn value(&mut self) -> Option<&'a [u8]> {
+        self.skip_whitespace();
+        let start = self.at;
+        self.at += 1;
+        match *self.bytes.get(start)? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' | b'[' => self.nested()?,
+            b',' | b':' | b'}' | b']' => return None,
+            _ => {
+                let rest = self.bytes.get(self.at..)?;
+                let end = |c: &u8| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t');
+                self.at += rest.iter().position(end).unwrap_or(rest.len());
+            }
+        }
+        self.bytes.get(start..self.at)
+    }
+}
+
+/// Calls `member` with the key (its bytes between the quotes) and the value of each top-level
+/// member of the JSON object `bytes`, in order, until it answers `Some(false)` (the rest is not
+/// looked at); `None` when `bytes` is not an object the scanner reads, or `member` answered
+/// `None`.
+fn members<'a>(
+    bytes: &'a [u8],
+    mut member: impl FnMut(&'a [u8], &'a [u8]) -> Option<bool>,
+) -> Option<()> {
+    let mut s = Scanner { bytes, at: 0 };
+    s.expect(b'{')?;
+    s.skip_whitespace();
+    if bytes.get(s.at) == Some(&b'}') {
+        s.at += 1;
+    } else {
+        loop {
+            s.expect(b'"')?;
+            let start = s.at;
+            if s.string()? {
+                return None;
+            }
+            let key = bytes.get(start..s.at - 1)?;
+            s.expect(b':')?;
+            if !member(key, s.value()?)? {
+                return Some(());
+            }
+            s.skip_whitespace();
+            match bytes.get(s.at)? {
+                b',' => s.at += 1,
+                b'}' => {
+                    s.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    s.skip_whitespace();
+    (s.at == bytes.len()).then_some(())
+}
+
+/// Where each member of a `good` record that is read was found.
+#[derive(Default)]
+struct Found<'a> {
+    event_id: Option<&'a [u8]>,
+    event_type: Option<&'a [u8]>,
+    event: Option<&'a [u8]>,
+    source: Option<&'a [u8]>,
+    user_id: Option<&'a [u8]>,
+    anonymous_id: Option<&'a [u8]>,
+    timestamp: Option<&'a [u8]>,
+    sent_at: Option<&'a [u8]>,
+    received_at: Option<&'a [u8]>,
+    device_timestamp: Option<&'a [u8]>,
+    properties: Option<&'a [u8]>,
+    context: Option<&'a [u8]>,
+    raw: Option<&'a [u8]>,
+    /// Every member so far came in the runner's order ([`rank`]): the rank after the last one's.
+    in_order: Option<u8>,
+}
+
+/// Where `key` comes among the members the runner writes: [`Event`]'s fields in their order,
+/// then the runner's `part`.
+fn rank(key: &[u8]) -> Option<u8> {
+    Some(match key {
+        b"event_id" => 0,
+        b"event_type" => 1,
+        b"event" => 2,
+        b"source" => 3,
+        b"user_id" => 4,
+        b"anonymous_id" => 5,
+        b"timestamp" => 6,
+        b"sent_at" => 7,
+        b"received_at" => 8,
+        b"device_timestamp" => 9,
+        b"raw" => 10,
+        b"properties" => 11,
+        b"context" => 12,
+        b"enriched" => 13,
+        b"part" => 14,
+        _ => return None,
+    })
+}
+
+impl<'a> Found<'a> {
+    /// Notes one member: `None` for a member seen twice (the derived decoding's error), else
+    /// whether to go on. Once the members came in the runner's order and every member read
+    /// was found, any other the record holds comes after them, unread (see the module docs).
+    fn note(&mut self, key: &[u8], value: &'a [u8], with_context: bool) -> Option<bool> {
+        self.in_order = match (self.in_order, rank(key)) {
+            (Some(next), Some(rank)) if rank >= next => Some(rank + 1),
+            _ => None,
+        };
+        let slot = match key {
+            b"event_id" => &mut self.event_id,
+            b"event_type" => &mut self.event_type,
+            b"event" => &mut self.event,
+            b"source" => &mut self.source,
+            b"user_id" => &mut self.user_id,
+            b"anonymous_id" => &mut self.anonymous_id,
+            b"timestamp" => &mut self.timestamp,
+            b"sent_at" => &mut self.sent_at,
+            b"received_at" => &mut self.received_at,
+            b"device_timestamp" => &mut self.device_timestamp,
+            b"properties" => &mut self.properties,
+            b"context" => &mut self.context,
+            b"raw" => &mut self.raw,
+            // `enriched`, and members the derived decoding ignores too.
+            _ => return Some(true),
+        };
+        if slot.replace(value).is_some() {
+            return None;
+        }
+        Some(!self.complete(with_context))
+    }
+
+    /// In the runner's order, with every member read.
+    fn complete(&self, with_context: bool) -> bool {
+        let required = [
+            self.event_id,
+            self.event_type,
+            self.event,
+            self.source,
+            self.timestamp,
+            self.received_at,
+            self.raw,
+            self.properties,
+        ];
+        self.in_order.is_some()
+            && required.iter().all(Option::is_some)
+            && (self.context.is_some() || !with_context)
+    }
+}
+
+/// A value parsed by `serde_json`.
+fn parse<T: DeserializeOwned>(value: &[u8]) -> Option<T> {
+    serde_json::from_slice(value).ok()
+}
+
+/// A string value: taken as it is when it holds no escape and no control character (then it
+/// needs only its UTF-8 checked), else parsed.
+fn text(value: &[u8]) -> Option<String> {
+    let plain = value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .filter(|inner| inner.iter().all(|&c| c >= 0x20 && c != b'\\'));
+    match plain {
+        Some(inner) => std::str::from_utf8(inner).ok().map(str::to_owned),
+        None => parse(value),
+    }
+}
+
+/// An integer: read directly when written plainly (`-?(0|[1-9][0-9]*)`), else parsed.
+fn integer<T: FromStr + DeserializeOwned>(value: &[u8]) -> Option<T> {
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    let plain = match digits {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    match plain {
+        true => std::str::from_utf8(value).ok()?.parse().ok(),
+        false => parse(value),
+    }
+}
+
+/// A [`Position`] (`raw`), its two members read as [`integer`]s.
+fn position(value: &[u8]) -> Option<Position> {
+    let (mut partition, mut offset) = (None, None);
+    members(value, |key, value| {
+        let slot = match key {
+            b"partition" => &mut partition,
+            b"offset" => &mut offset,
+            _ => return Some(true),
+        };
+        slot.replace(value).is_none().then_some(true)
+    })?;
+    Some(Position {
+        partition: integer(partition?)?,
+        offset: integer(offset?)?,
+    })
+}
+
+/// A member with `#[serde(default)]`: absent is `None`, else parsed (`null` is `None` too).
+fn optional<T>(value: Option<&[u8]>, read: impl Fn(&[u8]) -> Option<T>) -> Option<Option<T>> {
+    match value {
+        None => Some(None),
+        Some(b"null") => Some(None),
+        Some(v) => read(v).map(Some),
+    }
+}
+
+/// `bytes` as a `good` record without its `enriched` members, and with an empty `context`
+/// unless `with_context`; `None` when the derived decoding must read it (see the module docs).
+pub(crate) fn skim(bytes: &[u8], with_context: bool) -> Option<Event> {
+    let mut found = Found {
+        in_order: Some(0),
+        ..Found::default()
+    };
+    members(bytes, |key, value| found.note(key, value, with_context))?;
+    let context = match with_context {
+        true => parse(found.context?)?,
+        // Not read: present as the derived decoding requires, or after the members read.
+        false if found.context.is_some() || found.complete(false) => empty_object(),
+        false => return None,
+    };
+    Some(Event {
+        event_id: text(found.event_id?)?,
+        event_type: EventType::parse(&text(found.event_type?)?)?,
+        event: text(found.event?)?,
+        source: text(found.source?)?,
+        user_id: optional(found.user_id, text)?,
+        anonymous_id: optional(found.anonymous_id, text)?,
+        timestamp: integer(found.timestamp?)?,
+        sent_at: optional(found.sent_at, integer)?,
+        received_at: integer(found.received_at?)?,
+        device_timestamp: optional(found.device_timestamp, integer)?,
+        properties: parse(found.properties?)?,
+        context,
+        enriched: Enrichment::default(),
+        raw: position(found.raw?)?,
+    })
+}
+
+/// `{}`, the context of an event read without it.
+pub(crate) fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derived decoding, the answer `skim` must give whenever it gives one.
+    fn derived(bytes: &[u8], with_context: bool) -> Result<serde_json::Value, String> {
+        let mut event = Event::from_slice_derived(bytes).map_err(|e| e.to_string())?;
+        if !with_context {
+            event.context = empty_object();
+        }
+        Ok(serde_json::to_value(event).unwrap())
+    }
+
+    /// `skim` gives the derived answer, or leaves the record to the derived decoding; returns
+    /// whether it gave one.
+    fn agrees(text: &str) -> bool {
+        let mut answered = false;
+        for with_context in [true, false] {
+            let derived = derived(text.as_bytes(), with_context);
+            if let Some(event) = skim(text.as_bytes(), with_context) {
+                let skimmed = serde_json::to_value(event).unwrap();
+                assert_eq!(Ok(skimmed), derived, "{text}");
+                answered = true;
+            }
+        }
+        answered
+    }
+
+    const FULL: &str = r#"{"event_id":"e1","event_type":"identify","event":"Signed Up","source":"web",
+        "user_id":"u1","anonymous_id":"a1","timestamp":-5,"sent_at":6,"received_at":7,
+        "device_timestamp":8,"properties":{"plan":"pro","n":[1,2.5,{"x":null}]},
+        "context":{"page":{"url":"https://x.example/?a=\"}]"},"ip":"203.0.113.9"},
+        "enriched":{"ua_browser":"Chrome","geo_city":"S\u00e3o Paulo","odd":"\\\"}{]["},
+        "raw":{"partition":3,"offset":9}}"#;
+
+    #[test]
+    fn a_record_reads_as_the_derived_decoding_reads_it() {
+        assert!(agrees(FULL));
+        let minimal = r#"{"event_id":"e","event_type":"track","event":"x","source":"s","timestamp":1,
+            "received_at":2,"properties":{},"context":{},"raw":{"partition":0,"offset":0}}"#;
+        assert!(agrees(minimal));
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(FULL).unwrap())
+                .unwrap();
+        assert!(agrees(&pretty));
+        // Keys in another order, members the reader does not know, nulls, escapes in values,
+        // non-ASCII, a properties value that is not an object.
+        let varied = r#" { "raw" : {"offset":1,"partition":2} , "extra":[{"a":"]"},"\\"],
+            "context":{}, "properties":"a \"string\"", "event":"Caf\u00e9 \"x\"",
+            "source":"s\\t", "event_type":"page", "event_id":"ü→e", "user_id":null,
+            "anonymous_id":"a", "timestamp":1, "sent_at":null, "received_at":0,
+            "device_timestamp":null, "enriched":{} } "#;
+        assert!(agrees(varied));
+    }
+
+    #[test]
+    fn what_the_scanner_does_not_expect_goes_to_the_derived_decoding() {
+        let cases = [
+            // A key written with an escape (the derived decoding reads it as `event_id`).
+            FULL.replacen(r#""event_id""#, r#""event\u005fid""#, 1),
+            // A member twice.
+            FULL.replacen(r#""source":"web""#, r#""source":"web","source":"app""#, 1),
+            // A member missing.
+            FULL.replacen(r#""raw":{"partition":3,"offset":9}"#, r#""x":1"#, 1),
+            // A member that does not parse as its type.
+            FULL.replacen(r#""timestamp":-5"#, r#""timestamp":1e3"#, 1),
+            FULL.replacen(r#""timestamp":-5"#, r#""timestamp":"5""#, 1),
+            FULL.replacen(r#""event_type":"identify""#, r#""event_type":"flush""#, 1),
+            FULL.replacen(r#""user_id":"u1""#, r#""user_id":7"#, 1),
+            FULL.replacen("pro", "p\u{1}ro", 1),
+            FULL.replacen(r#""event":"Signed Up""#, "\"event\":\"Signed\tUp\"", 1),
+            // Bytes after the object, an object cut short, not an object.
+            format!("{FULL} x"),
+            FULL[..FULL.len() - 1].to_string(),
+            FULL[..FULL.len() / 2].to_string(),
+            "[1]".to_string(),
+            String::new(),
+            "{".to_string(),
+            r#"{"event_id""#.to_string(),
+            r#"{"event_id":"e1"}"#.to_string(),
+        ];
+        for case in &cases {
+            assert!(!agrees(case), "read without the derived decoding: {case}");
+            assert!(derived(case.as_bytes(), true).is_err() || case.contains("\\u005f"));
+        }
+    }
+
+    #[test]
+    fn values_stepped_over_are_not_checked() {
+        let broken = FULL.replacen(r#""ua_browser":"Chrome""#, r#""ua_browser":Chrome"#, 1);
+        assert!(derived(broken.as_bytes(), true).is_err());
+        let read = skim(broken.as_bytes(), true).expect("enriched is stepped over");
+        assert_eq!(read.event_id, "e1");
+        // The context is checked only when it is read.
+        let broken = FULL.replacen(r#""ip":"203.0.113.9""#, r#""ip":203.0.113.9"#, 1);
+        assert!(skim(broken.as_bytes(), true).is_none());
+        assert_eq!(skim(broken.as_bytes(), false).unwrap().context.get(), "{}");
+    }
+
+    #[test]
+    fn a_record_in_the_runners_order_is_read_up_to_the_last_member_needed() {
+        let mut event: Event = serde_json::from_str(FULL).unwrap();
+        event.user_id = None;
+        let written = String::from_utf8(serde_json::to_vec(&event).unwrap()).unwrap();
+        let at = |member: &str| written.find(&format!(",\"{member}\"")).unwrap();
+        assert!(at("raw") < at("properties") && at("properties") < at("context"));
+        assert!(at("context") < at("enriched"));
+        assert!(agrees(&written));
+        // What follows is not looked at: a context that does not parse when it is not read...
+        let broken = format!(
+            "{},\"context\":{{\"ip\":1.2.3}}{}",
+            &written[..at("context")],
+            &written[at("enriched")..]
+        );
+        assert!(Event::from_slice_derived(broken.as_bytes()).is_err());
+        assert_eq!(skim(broken.as_bytes(), false).unwrap().event_id, "e1");
+        assert!(skim(broken.as_bytes(), true).is_none());
+        // ...nor the end of a record cut short after the members read.
+        let cut = &written[..at("context")];
+        assert_eq!(skim(cut.as_bytes(), false).unwrap().event_id, "e1");
+        assert!(skim(cut.as_bytes(), true).is_none());
+        let cut = &written[..at("enriched")];
+        assert_eq!(
+            skim(cut.as_bytes(), true).unwrap().context.get(),
+            event.context.get()
+        );
+        // Nor a member the runner writes before `properties` that a record holds after it
+        // (the runner never does).
+        let late = ",\"user_id\":\"late\"";
+        let text = format!(
+            "{}{late}{}",
+            &written[..at("context")],
+            &written[at("context")..]
+        );
+        assert_eq!(skim(text.as_bytes(), false).unwrap().user_id, None);
+        assert_eq!(
+            skim(text.as_bytes(), true).unwrap().user_id.as_deref(),
+            Some("late")
+        );
+        // A record whose members are not in the runner's order is walked to its end.
+        let text = written.replacen(",\"event\"", ",\"extra\":1,\"event\"", 1);
+        let text = format!("{}{}", &text[..text.len() - 1], ",\"user_id\":\"late\"}");
+        assert!(agrees(&text));
+        assert_eq!(
+            skim(text.as_bytes(), false).unwrap().user_id.as_deref(),
+            Some("late")
+        );
+    }
+
+    #[test]
+    fn every_byte_cut_off_a_record_is_left_to_the_derived_decoding() {
+        for end in 0..FULL.len() - 1 {
+            assert!(skim(&FULL.as_bytes()[..end], true).is_none(), "{end}");
+        }
+    }
+
+    #[test]
+    fn records_the_runner_writes_read_alike() {
+        let base: Event = serde_json::from_str(FULL).unwrap();
+        let strings = [
+            "",
+            "plain",
+            "quote \" and \\ backslash",
+            "\u{0}\u{1f}",
+            "ünï → 🦀",
+            "}]\"{[",
+        ];
+        for (i, s) in strings.iter().enumerate() {
+            let mut event = base.clone();
+            event.event = s.to_string();
+            event.user_id = (i % 2 == 0).then(|| s.to_string());
+            event.anonymous_id = (i % 3 == 0).then(|| format!("{s}{i}"));
+            event.sent_at = (i % 2 == 1).then_some(i as i64);
+            event.device_timestamp = (i % 3 == 1).then_some(-(i as i64));
+            event.properties =
+                serde_json::value::to_raw_value(&serde_json::json!({ "k": [s, i], "s": s }))
+                    .unwrap();
+            event.context =
+                serde_json::value::to_raw_value(&serde_json::json!({ "page": { "title": s } }))
+                    .unwrap();
+            event.enriched.ua_browser = Some(s.to_string());
+            event.enriched.ip = (i % 2 == 0).then(|| s.to_string());
+            for bytes in [
+                serde_json::to_vec(&event).unwrap(),
+                serde_json::to_vec_pretty(&event).unwrap(),
+            ] {
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(agrees(&text), "left to the derived decoding: {text}");
+            }
+        }
+    }
+}
