@@ -199,7 +199,7 @@ pub enum Increment {
 impl CounterSpec {
     /// The store key of this counter's state for `key`, when it is not kept in the profile.
     pub fn store_key(&self, key: &str) -> String {
-        format!("c:{}:{key}", self.name)
+        ["c:", &self.name, ":", key].concat()
     }
 
     /// Whether its states live in the profiles (keyed by `user`, the profile id) rather than

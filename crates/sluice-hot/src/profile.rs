@@ -192,13 +192,21 @@ impl Profile {
 
     /// The store key of `id`'s profile.
     pub fn store_key(id: &str) -> String {
-        format!("p:{id}")
+        // Joined at its size: `format!` grows its string as it writes, a tenth of the
+        // projection's loop for this and the keys below.
+        ["p:", id].concat()
     }
 
     /// The store key of `id`'s recent event number `index` (unambiguous: the index, after the
     /// last `:`, has no `:`, and no other key starts with `e:`).
     pub fn recent_key(id: &str, index: u64) -> String {
-        format!("e:{id}:{index}")
+        use std::fmt::Write;
+        let mut key = String::with_capacity(id.len() + 23);
+        key.push_str("e:");
+        key.push_str(id);
+        // Writing to a `String` does not fail.
+        let _ = write!(key, ":{index}");
+        key
     }
 
     /// Applies one event.

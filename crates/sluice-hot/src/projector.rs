@@ -1045,7 +1045,10 @@ fn encode(
                 let id = key.strip_prefix("p:").unwrap_or(&p.id);
                 let (new, gone) = p.recent_changes(stored_recent);
                 for (index, event) in new {
-                    let encoded = serde_json::to_vec(event).map_err(failed)?;
+                    // Sized up front: `to_vec` grows from 128 bytes by doubling.
+                    let size = event.properties.0.get().len() + event.event.len() + 128;
+                    let mut encoded = Vec::with_capacity(size + event.event_id.len());
+                    serde_json::to_writer(&mut encoded, event).map_err(failed)?;
                     puts.push((Profile::recent_key(id, index), encoded));
                 }
                 deletes.extend(gone.map(|index| Profile::recent_key(id, index)));

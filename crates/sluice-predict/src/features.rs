@@ -37,6 +37,16 @@ impl FeatureWriter {
         }
     }
 
+    /// A writer for one event's features, with room for as many as an event usually has and
+    /// their longest names, so that neither grows feature by feature.
+    pub fn for_event() -> Self {
+        Self {
+            out: Features::with_capacity(32),
+            names: None,
+            joined: String::with_capacity(64),
+        }
+    }
+
     /// Adds feature `name` with `value`.
     pub fn add(&mut self, name: &str, value: f32) {
         if value == 0.0 || !value.is_finite() {

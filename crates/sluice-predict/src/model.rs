@@ -302,7 +302,7 @@ impl OnlineModel {
                 self.expire(position.partition);
             }
         }
-        let mut w = FeatureWriter::default();
+        let mut w = FeatureWriter::for_event();
         featurize(&mut w, view, profile.as_deref(), &self.spec.outcome);
         let features = w.finish();
         let score = self.ftrl.predict(&features);
