@@ -18,6 +18,7 @@ pub use error::{ErrorKind, Rejection};
 pub use event::{
     BadKind, BadRow, Enrichment, Event, EventType, Protocol, RawEvent, RawEventRef, routing_key,
 };
+pub use skim::object_members;
 pub use time::{date_of, format_micros, now_micros, parse_timestamp, skew_corrected};
 
 use serde::{Deserialize, Serialize};

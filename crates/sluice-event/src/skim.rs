@@ -22,8 +22,6 @@
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use std::str::FromStr;
-
 use crate::{Enrichment, Event, EventType, Position};
 
 /// `0x01` in every byte of a word.
@@ -182,6 +180,18 @@ fn members<'a>(
     (s.at == bytes.len()).then_some(())
 }
 
+/// The top-level members of `json`, valid JSON text (as a `RawValue` holds), in order: each key
+/// as the bytes between its quotes and each value as its text; `None` when `json` is not an
+/// object or a key is written with an escape. Values are stepped over, not checked.
+pub fn object_members(json: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut found = Vec::new();
+    members(json, |key, value| {
+        found.push((key, value));
+        Some(true)
+    })?;
+    Some(found)
+}
+
 /// Where each member of a `good` record that is read was found.
 #[derive(Default)]
 struct Found<'a> {
@@ -293,18 +303,25 @@ fn text(value: &[u8]) -> Option<String> {
     }
 }
 
-/// An integer: read directly when written plainly (`-?(0|[1-9][0-9]*)`), else parsed.
-fn integer<T: FromStr + DeserializeOwned>(value: &[u8]) -> Option<T> {
-    let digits = value.strip_prefix(b"-").unwrap_or(value);
+/// An integer: read directly when written plainly (`0` or `-?[1-9][0-9]*`, up to 18 digits,
+/// which an `i64` always holds), else parsed (`serde_json` reads `-0` as a float).
+fn integer<T: TryFrom<i64> + DeserializeOwned>(value: &[u8]) -> Option<T> {
+    let (negative, digits) = match value.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, value),
+    };
     let plain = match digits {
-        [b'0'] => true,
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        [b'0'] => !negative,
+        [b'1'..=b'9', rest @ ..] => rest.len() < 18 && rest.iter().all(u8::is_ascii_digit),
         _ => false,
     };
-    match plain {
-        true => std::str::from_utf8(value).ok()?.parse().ok(),
-        false => parse(value),
+    if !plain {
+        return parse(value);
     }
+    let magnitude = digits
+        .iter()
+        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    T::try_from(if negative { -magnitude } else { magnitude }).ok()
 }
 
 /// A [`Position`] (`raw`), its two members read as [`integer`]s.
@@ -398,8 +415,8 @@ mod tests {
         answered
     }
 
-    const FULL: &str = r#"{"event_id":"e1","event_type":"identify","event":"Signed Up","source":"web",
-        "user_id":"u1","anonymous_id":"a1","timestamp":-5,"sent_at":6,"received_at":7,
+    const FULL: &str = r#"{"event_id":"e1","event_type":"identify","event":"Signed Up",
+        "source":"web","user_id":"u1","anonymous_id":"a1","timestamp":-5,"sent_at":6,"received_at":7,
         "device_timestamp":8,"properties":{"plan":"pro","n":[1,2.5,{"x":null}]},
         "context":{"page":{"url":"https://x.example/?a=\"}]"},"ip":"203.0.113.9"},
         "enriched":{"ua_browser":"Chrome","geo_city":"S\u00e3o Paulo","odd":"\\\"}{]["},
@@ -408,8 +425,8 @@ mod tests {
     #[test]
     fn a_record_reads_as_the_derived_decoding_reads_it() {
         assert!(agrees(FULL));
-        let minimal = r#"{"event_id":"e","event_type":"track","event":"x","source":"s","timestamp":1,
-            "received_at":2,"properties":{},"context":{},"raw":{"partition":0,"offset":0}}"#;
+        let minimal = r#"{"event_id":"e","event_type":"track","event":"x","source":"s",
+            "timestamp":1,"received_at":2,"properties":{},"context":{},"raw":{"partition":0,"offset":0}}"#;
         assert!(agrees(minimal));
         let pretty =
             serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(FULL).unwrap())
@@ -423,6 +440,38 @@ mod tests {
             "anonymous_id":"a", "timestamp":1, "sent_at":null, "received_at":0,
             "device_timestamp":null, "enriched":{} } "#;
         assert!(agrees(varied));
+    }
+
+    #[test]
+    fn integers_read_as_the_derived_decoding_reads_them() {
+        let numbers = [
+            "0",
+            "-0",
+            "7",
+            "-5",
+            "123456789012345678",
+            "-123456789012345678",
+            "1234567890123456789",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "18446744073709551615",
+            "4294967295",
+            "4294967296",
+            "007",
+            "1.0",
+            "1e3",
+            "+1",
+        ];
+        for n in numbers {
+            let timestamp = FULL.replacen(r#""timestamp":-5"#, &format!(r#""timestamp":{n}"#), 1);
+            let partition = FULL.replacen(r#""partition":3"#, &format!(r#""partition":{n}"#), 1);
+            let offset = FULL.replacen(r#""offset":9"#, &format!(r#""offset":{n}"#), 1);
+            for text in [timestamp, partition, offset] {
+                let answered = agrees(&text);
+                assert_eq!(answered, derived(text.as_bytes(), true).is_ok(), "{text}");
+            }
+        }
     }
 
     #[test]
@@ -517,6 +566,39 @@ mod tests {
             skim(text.as_bytes(), false).unwrap().user_id.as_deref(),
             Some("late")
         );
+    }
+
+    #[test]
+    fn a_record_with_any_byte_changed_reads_as_the_derived_decoding_reads_it_or_not_at_all() {
+        let event: Event = serde_json::from_str(FULL).unwrap();
+        let runners = serde_json::to_vec(&event).unwrap();
+        let replacements = *b"\"\\{}[],: 0x\x00\xff";
+        for record in [FULL.as_bytes(), &runners[..]] {
+            for at in 0..record.len() {
+                for &c in &replacements {
+                    let mut changed = record.to_vec();
+                    changed[at] = c;
+                    for with_context in [true, false] {
+                        let (Some(read), Ok(derived)) = (
+                            skim(&changed, with_context),
+                            Event::from_slice_derived(&changed),
+                        ) else {
+                            continue;
+                        };
+                        let mut derived = derived;
+                        if !with_context {
+                            derived.context = empty_object();
+                        }
+                        assert_eq!(
+                            serde_json::to_value(read).unwrap(),
+                            serde_json::to_value(derived).unwrap(),
+                            "{}",
+                            String::from_utf8_lossy(&changed)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

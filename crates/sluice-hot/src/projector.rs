@@ -43,8 +43,8 @@
 //!     own work; `enriched`, and `context` unless a counter reads it, are stepped over
 //!     unparsed, `sluice-event`'s `skim.rs`). Each batch takes its positions from where its
 //!     own reads ended (`read_to`), not from the cursors, which are already past the batch
-//!     read ahead; the hook is told the same. A batch read ahead is projected next, shutdown included (its records are durable);
-//!     none is read ahead once shutdown began.
+//!     read ahead; the hook is told the same. A batch read ahead is projected next, shutdown
+//!     included (its records are durable); none is read ahead once shutdown began.
 //! 11. Of the values a batch changed, only those the batch read ahead touches are encoded in
 //!     the loop, to wait in `pending` for it; the write encodes the rest on a blocking thread
 //!     before it commits them, and hands them back decoded for the cache. The batch after the
