@@ -144,9 +144,16 @@ impl EventType {
     }
 }
 
-/// A record of the `good` topic: the canonical event every sink sees, whatever the tracker.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Event {
+/// A record of the `good` topic: the canonical event every sink sees, whatever the tracker,
+/// with its JSON members (`properties`, `context`) as their text.
+pub type Event = EventOf<Box<RawValue>>;
+
+/// The canonical event with its JSON members (`properties`, `context`) held as `M`: their text
+/// in an [`Event`], parsed maps while the runner makes it (`sluice_functions::Draft`). One
+/// struct for both, so that the runner writes a draft's `good` record directly, in exactly the
+/// members, order and attributes an [`Event`] has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventOf<M> {
     /// Unique per source.
     pub event_id: String,
     /// track, identify, page, ...
@@ -178,12 +185,44 @@ pub struct Event {
     /// after `properties` stops reading there (`skim.rs`).
     pub raw: Position,
     /// Event properties (traits for identify and group) as a JSON object.
-    pub properties: Box<RawValue>,
+    pub properties: M,
     /// Tracker context (library, page, device, ip, user agent...) as a JSON object.
-    pub context: Box<RawValue>,
+    pub context: M,
     /// What validation and the enrichers derived (each field is a column of `events`).
     #[serde(default, skip_serializing_if = "Enrichment::is_empty")]
     pub enriched: Enrichment,
+}
+
+impl<M> EventOf<M> {
+    /// The same event with its JSON members turned into `N` by `f`.
+    pub fn map_members<N>(self, mut f: impl FnMut(M) -> N) -> EventOf<N> {
+        EventOf {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            event: self.event,
+            source: self.source,
+            user_id: self.user_id,
+            anonymous_id: self.anonymous_id,
+            timestamp: self.timestamp,
+            sent_at: self.sent_at,
+            received_at: self.received_at,
+            device_timestamp: self.device_timestamp,
+            raw: self.raw,
+            properties: f(self.properties),
+            context: f(self.context),
+            enriched: self.enriched,
+        }
+    }
+
+    /// The key the collector routed the event by ([`routing_key`]): all of one key's events are
+    /// in one partition, in order.
+    pub fn routing_key(&self) -> &str {
+        routing_key(
+            self.user_id.as_deref(),
+            self.anonymous_id.as_deref(),
+            &self.event_id,
+        )
+    }
 }
 
 impl Event {

@@ -9,6 +9,7 @@
 
 mod error;
 mod event;
+pub mod json;
 mod skim;
 mod time;
 
@@ -16,7 +17,8 @@ pub mod suppress;
 
 pub use error::{ErrorKind, Rejection};
 pub use event::{
-    BadKind, BadRow, Enrichment, Event, EventType, Protocol, RawEvent, RawEventRef, routing_key,
+    BadKind, BadRow, Enrichment, Event, EventOf, EventType, Protocol, RawEvent, RawEventRef,
+    routing_key,
 };
 pub use skim::object_members;
 pub use time::{date_of, format_micros, now_micros, parse_timestamp, skew_corrected};

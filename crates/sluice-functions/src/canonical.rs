@@ -19,7 +19,7 @@
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_event::{
-    BadKind, Enrichment, Event, EventType, Position, Protocol, RawEvent, parse_timestamp,
+    BadKind, Enrichment, Event, EventOf, EventType, Position, Protocol, RawEvent, parse_timestamp,
 };
 
 /// Keys of a native event that are not properties.
@@ -65,74 +65,18 @@ pub(crate) fn parse_err(reason: impl Into<String>) -> Failure {
 }
 
 /// An [`Event`] being made: properties and context still as JSON maps, so that validation and
-/// the enrichers read and change them without parsing the JSON again.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Draft {
-    /// See [`Event::event_id`].
-    pub event_id: String,
-    /// See [`Event::event_type`].
-    pub event_type: EventType,
-    /// See [`Event::event`].
-    pub event: String,
-    /// See [`Event::source`].
-    pub source: String,
-    /// See [`Event::user_id`].
-    pub user_id: Option<String>,
-    /// See [`Event::anonymous_id`].
-    pub anonymous_id: Option<String>,
-    /// See [`Event::timestamp`].
-    pub timestamp: i64,
-    /// See [`Event::sent_at`].
-    pub sent_at: Option<i64>,
-    /// See [`Event::received_at`].
-    pub received_at: i64,
-    /// See [`Event::device_timestamp`].
-    pub device_timestamp: Option<i64>,
-    /// See [`Event::properties`].
-    pub properties: Map<String, Value>,
-    /// See [`Event::context`].
-    pub context: Map<String, Value>,
-    /// See [`Event::enriched`].
-    pub enriched: Enrichment,
-    /// See [`Event::raw`].
-    pub raw: Position,
-}
+/// the enrichers read and change them without parsing the JSON again, and the runner writes
+/// the `good` record from the maps without making their text first.
+pub type Draft = EventOf<Map<String, Value>>;
 
-impl Draft {
-    /// The finished event.
-    pub fn into_event(self) -> Event {
-        Event {
-            event_id: self.event_id,
-            event_type: self.event_type,
-            event: self.event,
-            source: self.source,
-            user_id: self.user_id,
-            anonymous_id: self.anonymous_id,
-            timestamp: self.timestamp,
-            sent_at: self.sent_at,
-            received_at: self.received_at,
-            device_timestamp: self.device_timestamp,
-            properties: to_raw(&Value::Object(self.properties)),
-            context: to_raw(&Value::Object(self.context)),
-            enriched: self.enriched,
-            raw: self.raw,
-        }
-    }
-
-    /// The key the collector routed the event by (user id, else anonymous id, else event id):
-    /// all of one key's events are in one partition, in order.
-    pub fn routing_key(&self) -> &str {
-        sluice_event::routing_key(
-            self.user_id.as_deref(),
-            self.anonymous_id.as_deref(),
-            &self.event_id,
-        )
-    }
+/// The finished event of a draft.
+pub fn into_event(draft: Draft) -> Event {
+    draft.map_members(|members| to_raw(&Value::Object(members)))
 }
 
 /// Makes the canonical event for a raw record at `raw_pos`.
 pub fn canonicalize(raw: &RawEvent, raw_pos: Position) -> Result<Event, Failure> {
-    draft(raw, raw_pos).map(Draft::into_event)
+    draft(raw, raw_pos).map(into_event)
 }
 
 /// Makes the canonical event for a raw record at `raw_pos`, before validation and enrichment.

@@ -352,7 +352,7 @@ pub(crate) struct Facts<'a> {
     /// `context.ip`, when it is an address.
     pub(crate) ip: Option<IpAddr>,
     agents: &'a ua::Agents,
-    parsed_ua: Option<Arc<Enrichment>>,
+    agent: Option<Arc<ua::Agent>>,
     parsed_page: Option<Option<::url::Url>>,
 }
 
@@ -360,9 +360,14 @@ impl Facts<'_> {
     /// The user agent's `ua_*` fields, parsed once for every enricher that reads them (and
     /// once for every event with the same agent while it is among those seen lately).
     pub(crate) fn parsed_ua(&mut self) -> Option<&Enrichment> {
+        self.agent().map(|a| &a.fields)
+    }
+
+    /// What is known of the user agent ([`ua::Agents`]), looked up once per event.
+    pub(crate) fn agent(&mut self) -> Option<&Arc<ua::Agent>> {
         let text = self.user_agent.as_deref()?;
         let agents = self.agents;
-        Some(self.parsed_ua.get_or_insert_with(|| agents.parsed(text)))
+        Some(self.agent.get_or_insert_with(|| agents.parsed(text)))
     }
 
     /// The page URL and its parse, when it is an http or https URL: parsed once for every
@@ -427,7 +432,7 @@ impl Enrichers {
                 .or_else(|| raw.user_agent.clone()),
             ip: ip_text.as_deref().and_then(geo::parse_ip),
             agents: &self.agents,
-            parsed_ua: None,
+            agent: None,
             parsed_page: None,
         };
         // The address as sent is a column whatever runs; ip_anonymization and pii rewrite it.
@@ -500,6 +505,58 @@ mod tests {
         let e = Enrichers::new(config).unwrap();
         e.apply(&mut d, &r, &mut Sessions::default()).unwrap();
         d
+    }
+
+    #[test]
+    fn an_agents_bot_pattern_match_is_kept_and_answers_as_matching_does() {
+        let mut config = EnrichConfig::all_on("0123456789abcdef0123");
+        config.bots.patterns = vec!["^MyMonitor/".into()];
+        config.bots.ip_ranges = vec!["10.0.0.0/8".into()];
+        let enrichers = Enrichers::new(config.clone()).unwrap();
+        let bots = ua::Bots::new(&config.bots.patterns, &config.bots.ip_ranges).unwrap();
+        let parser = woothee::parser::Parser::new();
+        let agents = [
+            "MyMonitor/2.0 (+https://example.com/monitor)",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "python-requests/2.32 (a crawler)",
+            "",
+        ];
+        for round in 0..3 {
+            for (k, ua) in agents.iter().enumerate() {
+                let ip = if k == 1 && round == 2 {
+                    "10.1.2.3"
+                } else {
+                    "203.0.113.9"
+                };
+                let r = raw(json!({"event": "x", "context": {"userAgent": ua, "ip": ip}}));
+                let pos = Position {
+                    partition: 0,
+                    offset: 1,
+                };
+                let mut d = crate::canonical::draft(&r, pos).unwrap();
+                enrichers
+                    .apply(&mut d, &r, &mut Sessions::default())
+                    .unwrap();
+                let mut parsed = Enrichment::default();
+                ua::parse(&parser, ua, &mut parsed);
+                let class = parsed.ua_device_class.as_deref();
+                let want = bots.is_bot(Some(ua), class, ip.parse().ok());
+                assert_eq!(d.enriched.is_bot, Some(want), "round {round}: {ua}");
+            }
+        }
+        // Each agent was matched against the patterns once, and kept the answer.
+        for ua in agents {
+            let kept = enrichers.agents.parsed(ua);
+            let class = kept.fields.ua_device_class.as_deref();
+            if class != Some("bot") && !ua.is_empty() {
+                assert_eq!(
+                    kept.matches_pattern.get(),
+                    Some(&bots.is_bot(Some(ua), None, None)),
+                    "{ua}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use regex::RegexSet;
@@ -66,14 +66,26 @@ pub(crate) fn parse(parser: &woothee::parser::Parser, ua: &str, out: &mut Enrich
     out.ua_device_class = Some(device_class(r.category, ua).to_string());
 }
 
-/// User agents parsed lately and their `ua_*` fields, shared by every partition's runner.
+/// What is known of a user agent: its `ua_*` fields, and once the `bots` enricher asked,
+/// whether it matches a bot pattern.
+#[derive(Debug, Default)]
+pub(crate) struct Agent {
+    /// The `ua_*` fields.
+    pub(crate) fields: Enrichment,
+    /// Whether it matches one of the `bots` enricher's patterns (the same for every event
+    /// with this agent: the patterns are those of the chain that keeps these agents).
+    pub(super) matches_pattern: OnceLock<bool>,
+}
+
+/// User agents parsed lately and what is known of them, shared by every partition's runner.
 ///
-/// Parsing one is a few dozen regular expressions, the largest cost of enrichment, and a
-/// site's traffic comes from few agents. Two generations of at most [`Agents::GENERATION`]
-/// entries each: a hit in the older one moves to the newer, and when the newer is full the
-/// older is dropped, so an agent seen lately stays and the memory is bounded.
+/// Parsing one is a few dozen regular expressions, the largest cost of enrichment, and
+/// matching the bot patterns the next; a site's traffic comes from few agents. Two
+/// generations of at most [`Agents::GENERATION`] entries each: a hit in the older one moves to
+/// the newer, and when the newer is full the older is dropped, so an agent seen lately stays
+/// and the memory is bounded.
 pub(crate) struct Agents {
-    generations: Mutex<[HashMap<Box<str>, Arc<Enrichment>>; 2]>,
+    generations: Mutex<[HashMap<Box<str>, Arc<Agent>>; 2]>,
 }
 
 impl Agents {
@@ -86,22 +98,22 @@ impl Agents {
         }
     }
 
-    /// The `ua_*` fields of `ua`, parsed once while it stays among the agents seen lately.
-    pub(crate) fn parsed(&self, ua: &str) -> Arc<Enrichment> {
+    /// What is known of `ua`, parsed once while it stays among the agents seen lately.
+    pub(crate) fn parsed(&self, ua: &str) -> Arc<Agent> {
         if let Some(hit) = self.lookup(ua) {
             return hit;
         }
         // Parsed outside the lock; two runners meeting a new agent at once both parse it.
-        let mut fields = Enrichment::default();
-        parse(&woothee::parser::Parser::new(), ua, &mut fields);
-        let fields = Arc::new(fields);
+        let mut agent = Agent::default();
+        parse(&woothee::parser::Parser::new(), ua, &mut agent.fields);
+        let agent = Arc::new(agent);
         if ua.len() <= MAX_UA_BYTES {
-            self.remember(ua, fields.clone());
+            self.remember(ua, agent.clone());
         }
-        fields
+        agent
     }
 
-    fn lookup(&self, ua: &str) -> Option<Arc<Enrichment>> {
+    fn lookup(&self, ua: &str) -> Option<Arc<Agent>> {
         let mut g = self.generations.lock();
         if let Some(hit) = g[0].get(ua) {
             return Some(hit.clone());
@@ -111,11 +123,11 @@ impl Agents {
         Some(hit)
     }
 
-    fn remember(&self, ua: &str, fields: Arc<Enrichment>) {
-        Self::insert(&mut self.generations.lock(), ua.into(), fields);
+    fn remember(&self, ua: &str, agent: Arc<Agent>) {
+        Self::insert(&mut self.generations.lock(), ua.into(), agent);
     }
 
-    fn insert(g: &mut [HashMap<Box<str>, Arc<Enrichment>>; 2], key: Box<str>, v: Arc<Enrichment>) {
+    fn insert(g: &mut [HashMap<Box<str>, Arc<Agent>>; 2], key: Box<str>, v: Arc<Agent>) {
         if g[0].len() >= Self::GENERATION {
             g[1] = std::mem::take(&mut g[0]);
         }
@@ -183,9 +195,15 @@ pub(super) fn build_bots(c: &EnrichConfig) -> Built {
 /// `bots`: `is_bot` from the user agent, its device class and the client address.
 impl Step for Bots {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
-        let ip = facts.ip;
-        let class = facts.parsed_ua().and_then(|p| p.ua_device_class.clone());
-        let is_bot = self.is_bot(facts.user_agent.as_deref(), class.as_deref(), ip);
+        let agent = facts.agent().cloned();
+        let class = agent
+            .as_ref()
+            .and_then(|a| a.fields.ua_device_class.as_deref());
+        let matches = |ua: &str| match &agent {
+            Some(a) => *a.matches_pattern.get_or_init(|| self.patterns.is_match(ua)),
+            None => self.patterns.is_match(ua),
+        };
+        let is_bot = self.is_bot_by(facts.user_agent.as_deref(), class, facts.ip, matches);
         draft.enriched.is_bot = Some(is_bot);
         Ok(())
     }
@@ -215,13 +233,27 @@ impl Bots {
         Ok(Self { patterns, ranges })
     }
 
+    /// Whether an event is a bot's, matching the patterns afresh.
+    #[cfg(test)]
     pub(crate) fn is_bot(&self, ua: Option<&str>, class: Option<&str>, ip: Option<IpAddr>) -> bool {
+        self.is_bot_by(ua, class, ip, |ua| self.patterns.is_match(ua))
+    }
+
+    /// Whether an event is a bot's: its agent's device class is `bot`, `matches` says its
+    /// agent matches a pattern, or its address is in a configured range.
+    fn is_bot_by(
+        &self,
+        ua: Option<&str>,
+        class: Option<&str>,
+        ip: Option<IpAddr>,
+        matches: impl FnOnce(&str) -> bool,
+    ) -> bool {
         if class == Some("bot") {
             return true;
         }
         if let Some(ua) = ua
             && ua.len() <= MAX_UA_BYTES
-            && self.patterns.is_match(ua)
+            && matches(ua)
         {
             return true;
         }
@@ -409,7 +441,7 @@ mod tests {
             for (ua, ..) in TABLE {
                 let mut want = Enrichment::default();
                 parse(&parser, ua, &mut want);
-                assert_eq!(*agents.parsed(ua), want, "round {round}: {ua}");
+                assert_eq!(agents.parsed(ua).fields, want, "round {round}: {ua}");
             }
         }
         assert_eq!(agents.len(), TABLE.len());
@@ -430,7 +462,7 @@ mod tests {
         // An agent too long to parse is not kept.
         let before = agents.len();
         let long = "x".repeat(MAX_UA_BYTES + 1);
-        assert_eq!(*agents.parsed(&long), Enrichment::default());
+        assert_eq!(agents.parsed(&long).fields, Enrichment::default());
         assert_eq!(agents.len(), before);
     }
 
