@@ -472,8 +472,9 @@ impl Collector {
                 replay_of: None,
                 payload: &s.item.payload,
             };
-            let bytes =
-                serde_json::to_vec(&record).map_err(|e| CollectError::Internal(e.to_string()))?;
+            let mut bytes = Vec::with_capacity(256 + record.payload.get().len());
+            sluice_event::json::to_writer(&mut bytes, &record)
+                .map_err(|e| CollectError::Internal(e.to_string()))?;
             per_partition[s.partition as usize].push(Bytes::from(bytes));
         }
         Ok(per_partition)

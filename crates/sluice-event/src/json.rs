@@ -28,6 +28,14 @@ pub fn to_writer<T: ?Sized + Serialize>(out: &mut Vec<u8>, value: &T) -> serde_j
     written
 }
 
+/// [`to_writer`] into a new string: what `serde_json::to_string` gives.
+pub fn to_string<T: ?Sized + Serialize>(value: &T) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(128);
+    to_writer(&mut out, value)?;
+    // Written from Rust strings, the JSON is UTF-8.
+    String::from_utf8(out).map_err(serde_json::Error::custom)
+}
+
 /// The writer: the output, and whether the next string is a raw value's text.
 struct Json<'a> {
     out: &'a mut Vec<u8>,
@@ -658,6 +666,15 @@ mod tests {
         same(&'\u{1f}');
         same(&i128::MIN);
         same(&u128::MAX);
+    }
+
+    #[test]
+    fn a_string_is_what_serde_json_gives() {
+        let value = json!({"a": ["é\u{1}", 1.5, null], "b": {"c": "\"d\""}});
+        assert_eq!(
+            to_string(&value).unwrap(),
+            serde_json::to_string(&value).unwrap()
+        );
     }
 
     #[test]

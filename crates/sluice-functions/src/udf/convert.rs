@@ -68,7 +68,7 @@ pub(crate) fn to_text(d: &Draft) -> String {
         raw: d.raw,
     };
     // Strings, numbers and JSON maps always serialise.
-    serde_json::to_string(&view).unwrap_or_else(|_| "null".into())
+    sluice_event::json::to_string(&view).unwrap_or_else(|_| "null".into())
 }
 
 /// The members of an event built on first use, in this order (bit `i` of a [`Kept`] mask is
@@ -230,13 +230,24 @@ pub(crate) fn to_js<'js>(
     lazy: &Lazy<'js>,
 ) -> rquickjs::Result<(Object<'js>, Given<'js>)> {
     event_object(ctx, d, &lazy.keys, |o| {
-        // Maps of JSON values and the enrichment's strings, numbers and booleans always
-        // serialise.
-        let text = |r: serde_json::Result<String>| r.unwrap_or_else(|_| "{}".into());
-        lazy.define(ctx, o, 0, &text(serde_json::to_string(&d.properties)))?;
-        lazy.define(ctx, o, 1, &text(serde_json::to_string(&d.context)))?;
-        lazy.define(ctx, o, 2, &text(serde_json::to_string(&d.enriched)))
+        let mut buf = Vec::with_capacity(1024);
+        lazy.define(ctx, o, 0, json_text(&mut buf, &d.properties))?;
+        lazy.define(ctx, o, 1, json_text(&mut buf, &d.context))?;
+        lazy.define(ctx, o, 2, json_text(&mut buf, &d.enriched))
     })
+}
+
+/// `value`'s JSON text, written into `buf` (`{}` if it could not be written: maps of JSON
+/// values and the enrichment's strings, numbers and booleans always can).
+fn json_text<'b, T: serde::Serialize>(buf: &'b mut Vec<u8>, value: &T) -> &'b str {
+    buf.clear();
+    if sluice_event::json::to_writer(buf, value).is_err() {
+        buf.clear();
+    }
+    std::str::from_utf8(buf)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or("{}")
 }
 
 /// [`to_js`] with every member built whole: the reference the deferred build is tested
