@@ -1048,7 +1048,7 @@ fn encode(
                     // Sized up front: `to_vec` grows from 128 bytes by doubling.
                     let size = event.properties.0.get().len() + event.event.len() + 128;
                     let mut encoded = Vec::with_capacity(size + event.event_id.len());
-                    serde_json::to_writer(&mut encoded, event).map_err(failed)?;
+                    sluice_event::json::to_writer(&mut encoded, event).map_err(failed)?;
                     puts.push((Profile::recent_key(id, index), encoded));
                 }
                 deletes.extend(gone.map(|index| Profile::recent_key(id, index)));
