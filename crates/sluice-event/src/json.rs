@@ -169,6 +169,14 @@ impl<'a, 'b> Compound<'a, 'b> {
         }
     }
 
+    /// A variant holding a sequence or struct: `{"variant":` then `open`, closed by `close`.
+    fn variant(json: &'a mut Json<'b>, variant: &str, open: &[u8], close: &'static [u8]) -> Self {
+        json.out.push(b'{');
+        write_str(json.out, variant);
+        json.out.push(b':');
+        Self::open(json, open, close)
+    }
+
     fn comma(&mut self) {
         if !self.first {
             self.json.out.push(b',');
@@ -330,9 +338,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Json<'b> {
         variant: &'static str,
         _: usize,
     ) -> serde_json::Result<Compound<'a, 'b>> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        Ok(Compound::open(self, b":[", b"]}"))
+        Ok(Compound::variant(self, variant, b"[", b"]}"))
     }
 
     fn serialize_map(self, _: Option<usize>) -> serde_json::Result<Compound<'a, 'b>> {
@@ -359,9 +365,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Json<'b> {
         variant: &'static str,
         _: usize,
     ) -> serde_json::Result<Compound<'a, 'b>> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        Ok(Compound::open(self, b":{", b"}}"))
+        Ok(Compound::variant(self, variant, b"{", b"}}"))
     }
 }
 
