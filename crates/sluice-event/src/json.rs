@@ -8,6 +8,8 @@
 use serde::Serialize;
 use serde::ser::{self, Error as _, Impossible};
 
+use crate::swar;
+
 /// The name `serde_json` serializes a `RawValue` as: a struct whose one field is its text,
 /// written as it is.
 const RAW_VALUE: &str = "$serde_json::private::RawValue";
@@ -72,46 +74,11 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `w` set where that byte is `"`, `\` or below 0x20 — exactly
-/// for the lowest such byte (a borrow can only mark bytes above a true one), which is all
-/// [`first_escape`] reads.
-fn escapes(w: u64) -> u64 {
-    let zero_at = |x: u64| x.wrapping_sub(ONES) & !x;
-    let control = w.wrapping_sub(ONES * 0x20) & !w;
-    (control | zero_at(w ^ (ONES * b'"' as u64)) | zero_at(w ^ (ONES * b'\\' as u64))) & HIGHS
-}
-
-/// The eight bytes of `s` from `at`, as a little-endian word.
-fn word(s: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&s[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-/// Where the first byte of `s` to escape is: eight bytes a step, the last step overlapping
-/// the one before (the bytes it looks at again hold no escape, so they mark nothing).
+/// Where the first byte of `s` to escape is (`"`, `\` or below 0x20), eight bytes a step
+/// (`swar.rs`).
 fn first_escape(s: &[u8]) -> Option<usize> {
-    let n = s.len();
-    if n < 8 {
-        return s.iter().position(|&b| ESCAPE[usize::from(b)] != 0);
-    }
-    let at = |start: usize, hits: u64| start + (hits.trailing_zeros() / 8) as usize;
-    let mut i = 0;
-    while i + 8 <= n {
-        let hits = escapes(word(s, i));
-        if hits != 0 {
-            return Some(at(i, hits));
-        }
-        i += 8;
-    }
-    if i == n {
-        return None;
-    }
-    let hits = escapes(word(s, n - 8));
-    (hits != 0).then(|| at(n - 8, hits))
+    let marks = |w| swar::below(w, 0x20) | swar::equal(w, b'"') | swar::equal(w, b'\\');
+    swar::first(s, marks, |b| ESCAPE[usize::from(b)] != 0)
 }
 
 /// Appends `s` as a JSON string.

@@ -11,6 +11,7 @@ mod error;
 mod event;
 pub mod json;
 mod skim;
+mod swar;
 mod time;
 
 pub mod suppress;

@@ -22,36 +22,16 @@
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::{Enrichment, Event, EventType, Position};
+use crate::{Enrichment, Event, EventType, Position, swar};
 
-/// `0x01` in every byte of a word.
-const LOW_BITS: u64 = u64::from_le_bytes([0x01; 8]);
-/// `0x80` in every byte of a word.
-const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
-
-/// The bytes of `word` equal to `c`, as their high bits: the lowest bit set is the first such
-/// byte (a borrow can set bits above it, never below).
-fn equal(word: u64, c: u8) -> u64 {
-    let x = word ^ (LOW_BITS * u64::from(c));
-    x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS
-}
-
-/// The index of the first `a` or `b` in `hay`, eight bytes a step. The strings of an event are
-/// short, so a call costs little more than its bytes, unlike a vectorised search's setup.
+/// The index of the first `a` or `b` in `hay` (`swar.rs`).
 #[inline(always)]
 fn find(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    let mut words = hay.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut words {
-        let word = u64::from_le_bytes(chunk.try_into().ok()?);
-        let found = equal(word, a) | equal(word, b);
-        if found != 0 {
-            return Some(at + found.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    let rest = words.remainder().iter().position(|&c| c == a || c == b);
-    rest.map(|i| at + i)
+    swar::first(
+        hay,
+        |w| swar::equal(w, a) | swar::equal(w, b),
+        |c| c == a || c == b,
+    )
 }
 
 /// Walks JSON text from a byte offset; every step answers `None` at the end of the text or at
