@@ -1,8 +1,6 @@
 //! `fingerprint`: a hash of the payload minus its per-send fields, the same for every send of
 //! one event.
 
-use std::collections::BTreeMap;
-
 use sluice_event::RawEvent;
 
 use super::{Built, Draft, EnrichConfig, Facts, FingerprintConfig, Step, when};
@@ -22,32 +20,38 @@ impl Step for FingerprintConfig {
 /// key given twice), as 32 hex digits. A payload that is not an object, or has a key written
 /// with an escape, is hashed whole. The members are found by `sluice_event::object_members`
 /// (the payload is valid JSON, checked when the raw record was read): parsing it again here was
-/// a tenth of the runner's work.
+/// a tenth of the runner's work. What is hashed is laid out in one buffer and hashed at once,
+/// which gives what hashing its pieces one after another gives.
 pub(crate) fn fingerprint(raw: &RawEvent, exclude: &[String]) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(raw.source.as_bytes());
-    h.update(&[0xff]);
     let payload = raw.payload.get().as_bytes();
+    let mut text = Vec::with_capacity(raw.source.len() + payload.len() + 64);
+    text.extend_from_slice(raw.source.as_bytes());
+    text.push(0xff);
     match sluice_event::object_members(payload) {
-        Some(members) => {
-            let members: BTreeMap<&[u8], &[u8]> = members.into_iter().collect();
-            for (k, v) in members {
-                if exclude.iter().any(|e| e.as_bytes() == k) {
+        Some(mut members) => {
+            // Stable: a key given twice keeps its order, and the last one is hashed.
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            let mut members = members.into_iter().peekable();
+            while let Some((k, v)) = members.next() {
+                let later = members.peek().is_some_and(|(next, _)| *next == k);
+                if later || exclude.iter().any(|e| e.as_bytes() == k) {
                     continue;
                 }
-                h.update(k);
-                h.update(&[0xfe]);
-                h.update(v);
-                h.update(&[0xff]);
+                text.extend_from_slice(k);
+                text.push(0xfe);
+                text.extend_from_slice(v);
+                text.push(0xff);
             }
         }
-        None => h.update(payload),
+        None => text.extend_from_slice(payload),
     }
-    format!("{:032x}", h.digest128())
+    super::hex(&xxhash_rust::xxh3::xxh3_128(&text).to_be_bytes())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     /// The fingerprint as it was computed before, with the members parsed by `serde_json`:
@@ -82,6 +86,7 @@ mod tests {
             r#"{}"#,
             r#" { "b" : [1, {"c": "}\"]"}] , "a":-1.5e3,"t":true,"n":null } "#,
             r#"{"event":"x","event":"y","p":{"q":[[],{}]}}"#,
+            r#"{"ab":1,"a":2,"b":3,"a":4,"sentAt":5,"a":6,"sentAt":7,"":8}"#,
             r#"{"k\u0065y":1,"p":2}"#,
             r#"{"é→":"ü","s":"a\"b\\","messageId":{"nested":1}}"#,
             "{\n\t\"p\"\r\n:\n\"x\"\n}",
@@ -89,7 +94,17 @@ mod tests {
             r#"[1,2]"#,
             r#"12"#,
         ];
-        for payload in payloads {
+        // Every length class of xxh3 (up to 16, 128 and 240 bytes, and longer than its
+        // 256-byte stream buffer, several times over).
+        let long = |n: usize| {
+            let members: Vec<String> = (0..n).map(|i| format!("\"k{}\":\"{i}\"", n - i)).collect();
+            format!("{{{}}}", members.join(","))
+        };
+        let longer: Vec<String> = [1, 4, 12, 40, 200].map(long).to_vec();
+        for payload in payloads
+            .into_iter()
+            .chain(longer.iter().map(String::as_str))
+        {
             let raw: RawEvent = serde_json::from_value(serde_json::json!({
                 "event_id": "e", "source": "web", "protocol": "native", "received_at": 1,
                 "payload": serde_json::from_str::<serde_json::Value>(payload).unwrap(),

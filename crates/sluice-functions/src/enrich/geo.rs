@@ -143,7 +143,7 @@ pub(super) fn build_anonymization(c: &EnrichConfig) -> Built {
 impl Step for IpAnonymizationConfig {
     fn apply(&self, draft: &mut Draft, facts: &mut Facts<'_>) -> Result<(), String> {
         if let Some(ip) = facts.ip {
-            let masked = anonymize(ip, self.ipv4_octets, self.ipv6_segments).to_string();
+            let masked = address_text(anonymize(ip, self.ipv4_octets, self.ipv6_segments));
             draft
                 .context
                 .insert("ip".into(), Value::String(masked.clone()));
@@ -177,6 +177,28 @@ pub(crate) fn anonymize(ip: IpAddr, v4_octets: u8, v6_segments: u8) -> IpAddr {
     }
 }
 
+/// `ip` as `Display` writes it; an IPv4 address written directly (`Display` formats it into a
+/// buffer first, about a tenth of this step's work).
+fn address_text(ip: IpAddr) -> String {
+    let IpAddr::V4(a) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// The first address of an `X-Forwarded-For`-style list, parsed; `None` when it is not an
 /// address.
 pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
@@ -197,6 +219,19 @@ pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_is_written_as_display_writes_it() {
+        for octet in 0..=255u8 {
+            let spread = [octet, 255 - octet, octet / 7, octet.wrapping_mul(31)];
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(spread));
+            assert_eq!(address_text(a), a.to_string());
+        }
+        for a in ["::1", "2001:db8::", "::ffff:1.2.3.4", "fe80::1:2"] {
+            let a: IpAddr = a.parse().unwrap();
+            assert_eq!(address_text(a), a.to_string());
+        }
+    }
 
     #[test]
     fn anonymisation_zeroes_the_configured_parts() {

@@ -450,6 +450,13 @@ impl Enrichers {
     }
 }
 
+/// `bytes` as lowercase hex digits (the pseudonyms' and fingerprints' text).
+fn hex(bytes: &[u8]) -> String {
+    let mut digits = vec![0; bytes.len() * 2];
+    hex::encode_to_slice(bytes, &mut digits).expect("two digits a byte");
+    String::from_utf8(digits).expect("hex digits are ASCII")
+}
+
 pub(crate) fn str_at<'a>(map: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
     let (last, parents) = path.split_last()?;
     let mut m = map;

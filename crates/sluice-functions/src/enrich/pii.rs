@@ -18,7 +18,7 @@ const SNOWPLOW_ANONYMOUS_IDS: &[&str] = &[
 ];
 
 struct Pii {
-    key: Vec<u8>,
+    keyed: Pseudonyms,
     fields: Vec<String>,
 }
 
@@ -39,7 +39,7 @@ pub(super) fn build(c: &EnrichConfig) -> Built {
         }
     }
     Ok(Some(Box::new(Pii {
-        key,
+        keyed: Pseudonyms::new(&key),
         fields: c.pii.fields.clone(),
     })))
 }
@@ -47,10 +47,30 @@ pub(super) fn build(c: &EnrichConfig) -> Built {
 /// The pseudonym of `value` under `key`: HMAC-SHA256, hex. The one definition, so that a value
 /// gets the same pseudonym wherever Sluice writes or looks for it.
 pub fn pseudonym(key: &[u8], value: &str) -> String {
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("hmac takes keys of any length");
-    mac.update(value.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    Pseudonyms::new(key).of(value)
+}
+
+/// [`pseudonym`] under one key, many times: the HMAC keyed once (its inner and outer key
+/// blocks are two of the four SHA-256 blocks a short value's pseudonym takes).
+#[derive(Clone)]
+pub(crate) struct Pseudonyms {
+    keyed: Hmac<Sha256>,
+}
+
+impl Pseudonyms {
+    pub(crate) fn new(key: &[u8]) -> Self {
+        Self {
+            keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+                .expect("hmac takes keys of any length"),
+        }
+    }
+
+    /// The pseudonym of `value`.
+    pub(crate) fn of(&self, value: &str) -> String {
+        let mut mac = self.keyed.clone();
+        mac.update(value.as_bytes());
+        super::hex(&mac.finalize().into_bytes())
+    }
 }
 
 impl PiiConfig {
@@ -75,7 +95,7 @@ impl PiiConfig {
 
 impl Step for Pii {
     fn apply(&self, draft: &mut Draft, _: &mut Facts<'_>) -> Result<(), String> {
-        let hash = |v: &str| pseudonym(&self.key, v);
+        let hash = |v: &str| self.keyed.of(v);
         for field in &self.fields {
             match field.as_str() {
                 "user_id" => draft.user_id = draft.user_id.as_deref().map(hash),
@@ -130,7 +150,7 @@ impl Step for Pii {
 /// A payload that is not a raw event as JSON, or a Kinesis record that is not a JSON object,
 /// cannot be searched: it is replaced by a note with its length.
 pub struct BadRowPseudonyms {
-    key: Vec<u8>,
+    keyed: Pseudonyms,
     fields: Vec<String>,
 }
 
@@ -141,7 +161,7 @@ impl BadRowPseudonyms {
             return Ok(None);
         }
         Ok(Some(Self {
-            key: c.resolved_key()?,
+            keyed: Pseudonyms::new(&c.resolved_key()?),
             fields: c.fields.clone(),
         }))
     }
@@ -152,7 +172,7 @@ impl BadRowPseudonyms {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        *v = Value::String(pseudonym(&self.key, &text));
+        *v = Value::String(self.keyed.of(&text));
     }
 
     fn at(&self, map: &mut serde_json::Map<String, Value>, path: &str) {
@@ -231,6 +251,32 @@ mod tests {
     use serde_json::json;
 
     const KEY: &str = "a-key-of-sixteen-bytes-or-more";
+
+    #[test]
+    fn a_key_made_once_gives_hmac_sha256_every_time() {
+        // RFC 4231, test cases 1 and 2, each asked twice of one keyed state.
+        let cases = [
+            (
+                vec![0x0b; 20],
+                "Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe".to_vec(),
+                "what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+        ];
+        for (key, value, want) in cases {
+            let keyed = Pseudonyms::new(&key);
+            assert_eq!(keyed.of(value), want);
+            assert_eq!(keyed.of(value), want, "a second use is the same");
+            assert_eq!(pseudonym(&key, value), want);
+        }
+        let keyed = Pseudonyms::new(KEY.as_bytes());
+        assert_ne!(keyed.of("a"), keyed.of("b"));
+        assert_eq!(keyed.of("a"), pseudonym(KEY.as_bytes(), "a"));
+    }
 
     fn pii() -> BadRowPseudonyms {
         let c = PiiConfig {
