@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use sluice_event::Position;
 use sluice_event::{Enrichment, EventType, format_micros, parse_timestamp};
 
-use super::value;
+use super::{columns, value};
 use crate::Draft;
 
 #[cfg(test)]
@@ -74,15 +74,19 @@ pub(crate) fn to_text(d: &Draft) -> String {
 /// The members of an event built on first use, in this order (bit `i` of a [`Kept`] mask is
 /// member `i`).
 pub(crate) const LAZY_MEMBERS: [&str; 3] = ["properties", "context", "enriched"];
+/// `enriched`'s place in [`LAZY_MEMBERS`].
+pub(crate) const ENRICHED: usize = 2;
 
 /// The wrapper's accessors for the members of [`LAZY_MEMBERS`] (`__sluice_lazy`).
 ///
 /// Building an event's objects and reading them back is most of what a call costs, and most
 /// functions touch one member of the three, if any. So each goes in as its JSON text under a
-/// symbol, behind an accessor that parses it on first read or write and puts the result in its
+/// symbol, behind an accessor that makes it on first read or write and puts the result in its
 /// place as a plain property (with `JSON.parse`'s values, as the whole build gives). A member
-/// still behind its accessor when the reading of the answer reaches it was never touched: it
-/// is taken back from the event the runtime was given, without reading anything.
+/// still behind its accessor when the reading of the answer reaches it was never touched: it is
+/// taken back from the event the runtime was given, without reading anything. Once a function
+/// has read an `enriched`, its events get `enriched` as column values instead (`columns.rs`),
+/// and one that still holds those very values is taken back too.
 pub(crate) struct Lazy<'js> {
     /// [`LAZY_MEMBERS`] as atoms.
     pub(crate) names: [Atom<'js>; 3],
@@ -93,6 +97,11 @@ pub(crate) struct Lazy<'js> {
     sets: [Function<'js>; 3],
     /// `untouched(event)`: the mask of members still behind their accessor on `event`.
     pub(crate) untouched: Function<'js>,
+    /// `enrichedValue(event)`: `enriched` as a data property (or held), else `undefined`.
+    pub(crate) enriched_value: Function<'js>,
+    /// [`sluice_event::Enrichment::columns`] as atoms, when events get `enriched` as column
+    /// values: once the function has read an `enriched` (`columns.rs`).
+    pub(crate) columns: Option<Vec<Atom<'js>>>,
 }
 
 impl<'js> Lazy<'js> {
@@ -119,24 +128,23 @@ impl<'js> Lazy<'js> {
             gets: [gets[0].clone(), gets[1].clone(), gets[2].clone()],
             sets: [sets[0].clone(), sets[1].clone(), sets[2].clone()],
             untouched: lazy.get("untouched")?,
+            enriched_value: lazy.get("enrichedValue")?,
+            columns: match lazy.get::<_, Function>("enrichedRead")?.call(())? {
+                true => Some(column_atoms(ctx)?),
+                false => None,
+            },
         })
     }
 
-    /// Defines member `i` of `o` as its accessor over `text`.
-    fn define(
-        &self,
-        ctx: &Ctx<'js>,
-        o: &Object<'js>,
-        i: usize,
-        text: &str,
-    ) -> rquickjs::Result<()> {
+    /// Defines member `i` of `o` as its accessor over `given`: its JSON text, or for
+    /// `enriched` its column values (`columns.rs`).
+    fn define(&self, o: &Object<'js>, i: usize, given: Js<'js>) -> rquickjs::Result<()> {
         o.prop(
             self.names[i].clone(),
             Deferred(self.gets[i].clone(), self.sets[i].clone()),
         )?;
-        let text = rquickjs::String::from_str(ctx.clone(), text)?;
         // Read-only, hidden from keys, spread and JSON.
-        o.prop(self.texts[i].clone(), Property::from(text))
+        o.prop(self.texts[i].clone(), Property::from(given))
     }
 }
 
@@ -168,8 +176,14 @@ const SENT_AT: usize = 7;
 const RECEIVED_AT: usize = 8;
 const DEVICE_TIMESTAMP: usize = 9;
 
-/// The strings an event was given, by [`STRING_MEMBERS`] (`None` where it has none).
-pub(crate) type Given<'js> = [Option<Js<'js>>; STRING_MEMBERS.len()];
+/// What an event was given that its answer may still hold as it was.
+#[derive(Default)]
+pub(crate) struct Given<'js> {
+    /// The strings, by [`STRING_MEMBERS`] (`None` where it has none).
+    pub(crate) strings: [Option<Js<'js>>; STRING_MEMBERS.len()],
+    /// `enriched`'s column values, when it was given them (`columns.rs`).
+    pub(crate) columns: Option<columns::Given<'js>>,
+}
 
 /// The names of an event's members other than [`LAZY_MEMBERS`], as atoms.
 pub(crate) struct Keys<'js> {
@@ -197,6 +211,14 @@ impl<'js> Keys<'js> {
             offset: a("offset")?,
         })
     }
+}
+
+/// [`sluice_event::Enrichment::columns`] as atoms.
+fn column_atoms<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Vec<Atom<'js>>> {
+    Enrichment::columns()
+        .iter()
+        .map(|c| Atom::from_str(ctx.clone(), c))
+        .collect()
 }
 
 /// An enumerable, configurable accessor made of two functions that exist already.
@@ -229,12 +251,35 @@ pub(crate) fn to_js<'js>(
     d: &Draft,
     lazy: &Lazy<'js>,
 ) -> rquickjs::Result<(Object<'js>, Given<'js>)> {
-    event_object(ctx, d, &lazy.keys, |o| {
+    let mut given_columns = None;
+    let (o, mut given) = event_object(ctx, d, &lazy.keys, |o| {
         let mut buf = Vec::with_capacity(1024);
-        lazy.define(ctx, o, 0, json_text(&mut buf, &d.properties))?;
-        lazy.define(ctx, o, 1, json_text(&mut buf, &d.context))?;
-        lazy.define(ctx, o, 2, json_text(&mut buf, &d.enriched))
-    })
+        lazy.define(o, 0, text_value(ctx, &mut buf, &d.properties)?)?;
+        lazy.define(o, 1, text_value(ctx, &mut buf, &d.context)?)?;
+        let as_columns = match lazy.columns {
+            Some(_) => columns::enriched_columns(ctx, &d.enriched)?,
+            None => None,
+        };
+        let enriched = match as_columns {
+            Some((values, given)) => {
+                given_columns = Some(given);
+                values.into_value()
+            }
+            None => text_value(ctx, &mut buf, &d.enriched)?,
+        };
+        lazy.define(o, ENRICHED, enriched)
+    })?;
+    given.columns = given_columns;
+    Ok((o, given))
+}
+
+/// `value`'s JSON text as a runtime string (written into `buf` first).
+fn text_value<'js, T: serde::Serialize>(
+    ctx: &Ctx<'js>,
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> rquickjs::Result<Js<'js>> {
+    Ok(rquickjs::String::from_str(ctx.clone(), json_text(buf, value))?.into_value())
 }
 
 /// `value`'s JSON text, written into `buf` (`{}` if it could not be written: maps of JSON
@@ -257,9 +302,9 @@ pub(crate) fn to_js_whole<'js>(ctx: &Ctx<'js>, d: &Draft) -> rquickjs::Result<Ob
     event_object(ctx, d, &Keys::new(ctx)?, |o| {
         o.set("properties", value::map_to_js(ctx, &d.properties)?)?;
         o.set("context", value::map_to_js(ctx, &d.context)?)?;
-        let enriched =
-            serde_json::to_value(&d.enriched).unwrap_or_else(|_| Value::Object(Map::new()));
-        o.set("enriched", value::to_js(ctx, &enriched)?)
+        // Its text parsed: a `Value`'s map would put the columns in alphabetical order.
+        let enriched = serde_json::to_string(&d.enriched).unwrap_or_else(|_| "{}".into());
+        o.set("enriched", ctx.json_parse(enriched)?)
     })
     .map(|(o, _)| o)
 }
@@ -280,7 +325,7 @@ fn event_object<'js>(
         };
         let s = rquickjs::String::from_str(ctx.clone(), s)?.into_value();
         o.set(k.strings[i].clone(), s.clone())?;
-        given[i] = Some(s);
+        given.strings[i] = Some(s);
         Ok(())
     };
     let time = |t: i64| format_micros(t);
@@ -675,6 +720,9 @@ mod tests {
         d.device_timestamp = Some(d.timestamp - 1);
         d.anonymous_id = Some("a-1".into());
         d.enriched.geo_city = Some("Zürich".into());
+        d.enriched.is_bot = Some(true);
+        d.enriched.geo_longitude = Some(-0.5);
+        d.enriched.session_index = Some(7);
         d.properties.insert("big".into(), json!(u64::MAX));
         d.properties.insert("neg".into(), json!(i64::MIN));
         d.properties

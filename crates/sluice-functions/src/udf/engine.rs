@@ -236,8 +236,10 @@ fn inputs<'js, T: Input>(
     let inputs = Inputs {
         objects,
         untouched: lazy.untouched,
+        enriched_value: lazy.enriched_value,
         names: lazy.names,
         strings: lazy.keys.strings,
+        columns: lazy.columns,
         given,
     };
     Ok((array, inputs))
@@ -324,8 +326,10 @@ const WRAPPER: &str = r#"
 (function () {
   const fn = globalThis.__sluice_fn, mode = globalThis.__sluice_mode;
   const base = globalThis.__sluice_base, sink = globalThis.__sluice_log;
+  const fromColumns = globalThis.__sluice_from_columns;
   delete globalThis.__sluice_fn; delete globalThis.__sluice_mode;
   delete globalThis.__sluice_base; delete globalThis.__sluice_log;
+  delete globalThis.__sluice_from_columns;
   const text = (v) => {
     if (typeof v === "string") return v;
     if (v instanceof Error) return v.stack ? `${v.name}: ${v.message}\n${v.stack}` : `${v.name}: ${v.message}`;
@@ -376,20 +380,28 @@ const WRAPPER: &str = r#"
   };
   // An event's properties, context and enriched members arrive as JSON text under a symbol
   // and become objects the first time they are read or written (see `convert.rs`). A member
-  // that stays untouched is taken back from the event the runtime was given, unread.
+  // that stays untouched is taken back from the event the runtime was given, unread. Once an
+  // enriched has been read, enriched arrives as its column values instead, made into its object
+  // by fromColumns, and one still holding those very values is taken back too (`columns.rs`).
   const lookupGetter = Object.prototype.__lookupGetter__, define = Object.defineProperty;
-  const parse = JSON.parse;
+  const parse = JSON.parse, isArray = Array.isArray;
+  const ownDescriptor = Object.getOwnPropertyDescriptor, hasOwn = Object.hasOwn;
+  let enrichedRead = false;
+  const makeEnriched = (t) => {
+    enrichedRead = true;
+    return typeof t === "string" ? parse(t) : isArray(t) ? fromColumns(t) : undefined;
+  };
   // Whether a getter ever had to hold its member aside (an event that cannot take a property).
   let heldAny = false;
   const lazy = ["properties", "context", "enriched"].map((name) => {
     const text = Symbol(name);
+    const make = name === "enriched" ? makeEnriched : (t) => typeof t === "string" ? parse(t) : undefined;
     // What a getter made for an event that cannot take it as a plain property (sealed).
     const held = new WeakMap();
     const settle = (o, v) => define(o, name, { value: v, writable: true, enumerable: true, configurable: true });
     const get = function () {
       if (heldAny && held.has(this)) return held.get(this);
-      const t = this[text];
-      const v = typeof t === "string" ? parse(t) : undefined;
+      const v = make(this[text]);
       try { settle(this, v); } catch (_) { held.set(this, v); heldAny = true; }
       return v;
     };
@@ -399,6 +411,14 @@ const WRAPPER: &str = r#"
   // Asked once or twice per event read back: written out, with the held ones looked up only
   // once a getter has held one.
   const [getProperties, getContext, getEnriched] = lazy.map((l) => l.get);
+  const enriched = lazy[2];
+  // An enriched that is a data property (or held): its value, for the reading of the answer
+  // to compare with the column values it was given; undefined when it is anything else.
+  const enrichedValue = (o) => {
+    if (heldAny && enriched.held.has(o)) return enriched.held.get(o);
+    const d = ownDescriptor(o, "enriched");
+    return d !== undefined && hasOwn(d, "value") ? d.value : undefined;
+  };
   const untouched = (o) => {
     let members = 0;
     if (lookupGetter.call(o, "properties") === getProperties) members = 1;
@@ -411,6 +431,7 @@ const WRAPPER: &str = r#"
   };
   define(globalThis, "__sluice_lazy", { value: Object.freeze({
     texts: lazy.map((l) => l.text), gets: lazy.map((l) => l.get), sets: lazy.map((l) => l.set), untouched,
+    enrichedValue, enrichedRead: () => enrichedRead,
   }) });
   globalThis.__sluice_invoke = function (events, partition, source) {
     if (mode === "batch") {
@@ -696,6 +717,14 @@ fn install_wrapper<'js>(
     globals.set("__sluice_mode", mode.as_str()).map_err(init)?;
     globals.set("__sluice_base", base).map_err(init)?;
     globals.set("__sluice_log", sink).map_err(init)?;
+    // It holds nothing of the runtime's (a value held would keep the runtime from freeing).
+    let from_columns = Function::new(ctx.clone(), |ctx: Ctx<'js>, values: Array<'js>| {
+        super::columns::from_columns(&ctx, &values)
+    })
+    .map_err(init)?;
+    globals
+        .set("__sluice_from_columns", from_columns)
+        .map_err(init)?;
     ctx.eval::<(), _>(WRAPPER)
         .catch(ctx)
         .map_err(|e| InvokeError::Init(caught_text(e)))?;
@@ -771,6 +800,9 @@ mod tests {
                 d.enriched.geo_city = Some("Zürich".into());
                 d.enriched.session_index = Some(3);
                 d.enriched.geo_latitude = Some(47.5);
+                d.enriched.geo_longitude = Some(8.0);
+                d.enriched.is_bot = Some(i % 2 == 0);
+                d.enriched.page_url = Some("https://x.test/\"q\"?a=1\u{7}".into());
                 d
             })
             .collect()
@@ -850,6 +882,20 @@ mod tests {
             "export function transform(e) { e.event_type = 'page'; e.sent_at = e.received_at; e.device_timestamp = null; e.received_at = String(e.received_at); return e; }",
             "export function process(events) { const last = events[events.length - 1]; events[0].event_id = events[1].event_id; events[1].user_id = last.user_id; last.timestamp = events[0].timestamp; return events; }",
             "export function process(events) { const [a, b] = events; return [{...a, event: b.event}, b]; }",
+            // Enriched read, copied, changed back and forth, given code or another prototype.
+            "export function transform(e) { e.properties.c = e.enriched.geo_city + e.enriched.is_bot; return e; }",
+            "export function transform(e) { e.enriched = {...e.enriched}; return e; }",
+            "export function transform(e) { const c = e.enriched.geo_city; delete e.enriched.geo_city; e.enriched.geo_city = c; return e; }",
+            "export function transform(e) { e.enriched.geo_city = 'Bern'; e.enriched.geo_city = 'Zürich'; e.enriched.is_bot = undefined; return e; }",
+            "export function transform(e) { e.enriched.geo_latitude = 47.5; e.enriched.session_index = 3.0; e.enriched.geo_longitude = 8; return e; }",
+            "export function transform(e) { Object.defineProperty(e.enriched, 'geo_city', {get() { return 'Basel'; }, enumerable: true}); return e; }",
+            "export function transform(e) { Object.setPrototypeOf(e.enriched, {toJSON() { return {geo_city: 'Chur'}; }}); return e; }",
+            "export function transform(e) { e.enriched.toJSON = function () { return {ua_os: 'Linux'}; }; return e; }",
+            "export function transform(e) { Object.defineProperty(e, 'enriched', {get() { return {geo_city: 'Sion'}; }, enumerable: true}); return e; }",
+            "export function transform(e) { Object.freeze(e); e.enriched.geo_city = 'Thun'; return e; }",
+            "export function transform(e) { Object.seal(e); e.properties.c = e.enriched.geo_city; return e; }",
+            "export function process(events) { const [a, b] = events; b.enriched = a.enriched; return events; }",
+            "export function transform(e) { e.enriched = JSON.parse(JSON.stringify(e.enriched)); e.properties.same = Object.keys(e.enriched).join(); return e; }",
         ] {
             let given = drafts(3);
             let lazy = load(code).unwrap();
@@ -904,6 +950,64 @@ mod tests {
             let members: Vec<&String> = read.value.as_object().unwrap().keys().collect();
             assert_eq!(members, ["properties", "raw"]);
             assert_eq!(read.value["properties"]["seen"], true);
+        }
+    }
+
+    #[test]
+    fn an_enriched_only_read_is_not_read_back() {
+        let given = drafts(2);
+        let refs: Vec<&crate::Draft> = given.iter().collect();
+        let kept_enriched = |e: &Engine, code: &str| -> Vec<bool> {
+            let Reply::Event { per, .. } = e.call(&refs, 1, None, T).unwrap() else {
+                panic!("not a per-event reply");
+            };
+            per.into_iter()
+                .map(|r| {
+                    let Returned::One(Ok(read)) = r else {
+                        panic!("{code}: {r:?}");
+                    };
+                    let kept = read.kept.members & 0b100 != 0;
+                    assert_eq!(read.value.get("enriched").is_none(), kept, "{code}");
+                    kept
+                })
+                .collect()
+        };
+        for (code, kept) in [
+            ("e.properties.c = e.enriched.geo_city", true),
+            ("e.enriched = {...e.enriched}", true),
+            (
+                "Object.freeze(e); e.properties.c = e.enriched.geo_city",
+                true,
+            ),
+            ("e.enriched.geo_city = 'Bern'", false),
+            ("e.enriched.geo_city = 'Zü' + 'rich'", false),
+            ("delete e.enriched.is_bot", false),
+            ("e.enriched.mine = 1", false),
+            (
+                "const c = e.enriched.geo_city; delete e.enriched.geo_city; e.enriched.geo_city = c",
+                false,
+            ),
+            ("e.enriched.geo_longitude = 8.5", false),
+            ("e.enriched.toJSON = () => ({geo_city: 'Chur'})", false),
+            (
+                "Object.setPrototypeOf(e.enriched, {toJSON() { return {}; }})",
+                false,
+            ),
+            ("e.enriched.session_index = '3'", false),
+        ] {
+            let e = load(&format!(
+                "export function transform(e) {{ {code}; return e; }}"
+            ))
+            .unwrap();
+            // Read as text the first time, as column values once the function has read one.
+            assert_eq!(kept_enriched(&e, code), [false, false], "{code}");
+            assert_eq!(kept_enriched(&e, code), [kept, kept], "{code}");
+        }
+        // A function that never reads it goes on getting (and leaving) the text.
+        let e =
+            load("export function transform(e) { e.properties.seen = true; return e; }").unwrap();
+        for _ in 0..2 {
+            assert_eq!(kept_enriched(&e, "seen"), [true, true]);
         }
     }
 

@@ -21,6 +21,7 @@
 //! batches — the runner's exactly-once protocol is untouched. Pools of versions no longer live
 //! shut down when their last batch is done.
 
+mod columns;
 mod convert;
 mod engine;
 mod logs;

@@ -16,7 +16,8 @@ use rquickjs::object::Property;
 use rquickjs::{Array, Atom, Ctx, Function, Object, Type, Value as Js, function::This};
 use serde_json::{Map, Number, Value};
 
-use super::convert::{Given, STRING_MEMBERS};
+use super::columns;
+use super::convert::{ENRICHED, Given, STRING_MEMBERS};
 
 /// Deepest nesting read back (`serde_json`'s own limit when parsing text).
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -211,6 +212,10 @@ pub(crate) struct Inputs<'js> {
     pub objects: Vec<Object<'js>>,
     /// `untouched(event)`: the mask of `names` still deferred on `event`.
     pub untouched: Function<'js>,
+    /// `enrichedValue(event)`: its `enriched` as a data property (or held), else `undefined`.
+    pub enriched_value: Function<'js>,
+    /// The enrichment columns as atoms, when events were given `enriched` as column values.
+    pub columns: Option<Vec<Atom<'js>>>,
     pub names: [Atom<'js>; 3],
     /// The names of the members given as strings, and per object (`None` for a value that is
     /// not an event) the strings it was given under them.
@@ -227,6 +232,8 @@ pub(crate) struct Reader<'js> {
     to_json: Atom<'js>,
     /// `Number.prototype`, `String.prototype`, `Boolean.prototype`: boxed primitives.
     boxes: [Object<'js>; 3],
+    /// `Object.prototype`: a plain object's.
+    object_proto: Object<'js>,
     inputs: Option<Inputs<'js>>,
 }
 
@@ -242,6 +249,7 @@ impl<'js> Reader<'js> {
             ancestors: Vec::new(),
             to_json: Atom::from_str(ctx.clone(), "toJSON")?,
             boxes: [proto("Number")?, proto("String")?, proto("Boolean")?],
+            object_proto: proto("Object")?,
             inputs: None,
         })
     }
@@ -497,13 +505,32 @@ impl<'js> Reader<'js> {
                     kept |= 1 << i;
                     continue;
                 }
+                if i == ENRICHED
+                    && let (Some(columns), Some(given)) = (
+                        inputs.columns.as_ref(),
+                        given.and_then(|g| g.columns.as_ref()),
+                    )
+                {
+                    // Getters the function put on its columns may run: ask again after.
+                    asked = None;
+                    let v: Js = inputs
+                        .enriched_value
+                        .call((object.clone(),))
+                        .map_err(js_fault)?;
+                    if columns::holds_given(&v, given, columns, &self.object_proto)
+                        .map_err(js_fault)?
+                    {
+                        kept |= 1 << i;
+                        continue;
+                    }
+                }
             }
             asked = None;
             let item: Js = object.get(k.clone()).map_err(js_fault)?;
             // The same string value is the same string: nothing to read.
             if let Some(given) = given
                 && let Some(i) = inputs.strings.iter().position(|n| *n == k)
-                && given[i].as_ref() == Some(&item)
+                && given.strings[i].as_ref() == Some(&item)
             {
                 kept |= 1 << (inputs.names.len() + i);
                 continue;
