@@ -178,7 +178,7 @@ pub(crate) fn anonymize(ip: IpAddr, v4_octets: u8, v6_segments: u8) -> IpAddr {
 }
 
 /// `ip` as `Display` writes it; an IPv4 address written directly (`Display` formats it into a
-/// buffer first, about a tenth of this step's work).
+/// buffer first, which was most of this step's work).
 fn address_text(ip: IpAddr) -> String {
     let IpAddr::V4(a) = ip else {
         return ip.to_string();
