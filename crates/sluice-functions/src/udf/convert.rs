@@ -273,26 +273,22 @@ pub(crate) fn to_js<'js>(
     Ok((o, given))
 }
 
-/// `value`'s JSON text as a runtime string (written into `buf` first).
+/// `value`'s JSON text as a runtime string, written into `buf` first (`{}` if it could not be
+/// written: maps of JSON values and the enrichment's strings, numbers and booleans always can).
 fn text_value<'js, T: serde::Serialize>(
     ctx: &Ctx<'js>,
     buf: &mut Vec<u8>,
     value: &T,
 ) -> rquickjs::Result<Js<'js>> {
-    Ok(rquickjs::String::from_str(ctx.clone(), json_text(buf, value))?.into_value())
-}
-
-/// `value`'s JSON text, written into `buf` (`{}` if it could not be written: maps of JSON
-/// values and the enrichment's strings, numbers and booleans always can).
-fn json_text<'b, T: serde::Serialize>(buf: &'b mut Vec<u8>, value: &T) -> &'b str {
     buf.clear();
     if sluice_event::json::to_writer(buf, value).is_err() {
         buf.clear();
     }
-    std::str::from_utf8(buf)
+    let text = std::str::from_utf8(buf)
         .ok()
         .filter(|t| !t.is_empty())
-        .unwrap_or("{}")
+        .unwrap_or("{}");
+    Ok(rquickjs::String::from_str(ctx.clone(), text)?.into_value())
 }
 
 /// [`to_js`] with every member built whole: the reference the deferred build is tested
