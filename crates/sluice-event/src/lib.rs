@@ -10,7 +10,7 @@
 mod error;
 mod event;
 pub mod json;
-mod skim;
+pub mod skim;
 mod swar;
 mod time;
 

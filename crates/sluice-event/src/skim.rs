@@ -1,23 +1,28 @@
 //! A fast read of a `good` record for a reader that needs only some of its members (the hot
-//! tier): the record's top level is walked by a scanner that finds where each member's value
-//! begins and ends, and only the members read are parsed, by `serde_json` as the derived
-//! decoding would. `enriched`, and `context` when it is not asked for, are not parsed.
-//! `serde_json`'s own skipping checks every string it steps over, which made those members
-//! most of the cost of decoding a record.
+//! tier), or that copies its members out as they are (the lake's `events` table): the record's
+//! top level is walked by a scanner that finds where each member's value begins and ends, and
+//! only the members read are parsed, by `serde_json` as the derived decoding would.
+//! `enriched`, and `context` when it is not asked for, are not parsed by [`skim`]; [`whole`]
+//! finds every member and leaves its reader to parse what it reads. `serde_json`'s own skipping
+//! checks every string it steps over, which made those members most of the cost of decoding a
+//! record.
 //!
 //! The runner writes a record's members in [`Event`]'s field order, which puts `raw` before
 //! `properties`, `context` and `enriched`. Once a record's members came in that order and every
-//! member read was found, the rest of the record is not looked at: in the runner's order,
-//! whatever else it holds (`context` when not read, `enriched`, `part`) comes after. A record
-//! in another order (one written before `raw` moved up, or by another writer) is walked to its
-//! end.
+//! member [`skim`] reads was found, the rest of the record is not looked at: in the runner's
+//! order, whatever else it holds (`context` when not read, `enriched`, `part`) comes after. A
+//! record in another order (one written before `raw` moved up, or by another writer) is walked
+//! to its end.
 //!
 //! Whatever the scanner does not expect (a key written with escapes, a member twice, a
 //! missing member, a member that does not parse, bytes after the object, a value cut short)
 //! sends the record to the derived decoding, which gives the answer or the error it always
-//! gave. So a record reads as before but for what is not read, which is not checked to be
-//! valid JSON, or there at all: nothing reads it, and a `good` record is written whole by the
-//! runner's serializer and checked against its CRC when read.
+//! gave. So a record reads as before but for what is not parsed, which is not checked to be
+//! valid JSON, or there at all: a value taken as text (the lake's `properties` and `context`)
+//! is only checked to be UTF-8 with its brackets and strings closed. Only the runner writes
+//! `good` records, each whole by its serializer, and each is checked against its CRC when read.
+
+use std::borrow::Cow;
 
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -122,9 +127,9 @@ impl<'a> Scanner<'a> {
 
 /// Calls `member` with the key (its bytes between the quotes) and the value of each top-level
 /// member of the JSON object `bytes`, in order, until it answers `Some(false)` (the rest is not
-/// looked at); `None` when `bytes` is not an object the scanner reads, or `member` answered
-/// `None`.
-fn members<'a>(
+/// looked at); `None` when `bytes` is not an object the scanner reads (a key written with an
+/// escape, bytes after it), or `member` answered `None`. Values are stepped over, not checked.
+pub fn members<'a>(
     bytes: &'a [u8],
     mut member: impl FnMut(&'a [u8], &'a [u8]) -> Option<bool>,
 ) -> Option<()> {
@@ -172,24 +177,37 @@ pub fn object_members(json: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     Some(found)
 }
 
-/// Where each member of a `good` record that is read was found.
+/// Where each member of a `good` record that is read was found: each value's text.
 #[derive(Default)]
-struct Found<'a> {
-    event_id: Option<&'a [u8]>,
-    event_type: Option<&'a [u8]>,
-    event: Option<&'a [u8]>,
-    source: Option<&'a [u8]>,
-    user_id: Option<&'a [u8]>,
-    anonymous_id: Option<&'a [u8]>,
-    timestamp: Option<&'a [u8]>,
-    sent_at: Option<&'a [u8]>,
-    received_at: Option<&'a [u8]>,
-    device_timestamp: Option<&'a [u8]>,
-    properties: Option<&'a [u8]>,
-    context: Option<&'a [u8]>,
-    raw: Option<&'a [u8]>,
+pub struct Found<'a> {
+    pub event_id: Option<&'a [u8]>,
+    pub event_type: Option<&'a [u8]>,
+    pub event: Option<&'a [u8]>,
+    pub source: Option<&'a [u8]>,
+    pub user_id: Option<&'a [u8]>,
+    pub anonymous_id: Option<&'a [u8]>,
+    pub timestamp: Option<&'a [u8]>,
+    pub sent_at: Option<&'a [u8]>,
+    pub received_at: Option<&'a [u8]>,
+    pub device_timestamp: Option<&'a [u8]>,
+    pub properties: Option<&'a [u8]>,
+    pub context: Option<&'a [u8]>,
+    pub raw: Option<&'a [u8]>,
+    /// Found by [`whole`] only.
+    pub enriched: Option<&'a [u8]>,
     /// Every member so far came in the runner's order ([`rank`]): the rank after the last one's.
     in_order: Option<u8>,
+}
+
+/// Which members a reader needs: the walk stops once they were all found in the runner's order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// All but `context` and `enriched`.
+    Bare,
+    /// All but `enriched`.
+    Context,
+    /// Every member: the record is walked to its end.
+    Whole,
 }
 
 /// Where `key` comes among the members the runner writes: [`Event`]'s fields in their order,
@@ -219,7 +237,7 @@ impl<'a> Found<'a> {
     /// Notes one member: `None` for a member seen twice (the derived decoding's error), else
     /// whether to go on. Once the members came in the runner's order and every member read
     /// was found, any other the record holds comes after them, unread (see the module docs).
-    fn note(&mut self, key: &[u8], value: &'a [u8], with_context: bool) -> Option<bool> {
+    fn note(&mut self, key: &[u8], value: &'a [u8], need: Need) -> Option<bool> {
         self.in_order = match (self.in_order, rank(key)) {
             (Some(next), Some(rank)) if rank >= next => Some(rank + 1),
             _ => None,
@@ -238,17 +256,18 @@ impl<'a> Found<'a> {
             b"properties" => &mut self.properties,
             b"context" => &mut self.context,
             b"raw" => &mut self.raw,
-            // `enriched`, and members the derived decoding ignores too.
+            b"enriched" if need == Need::Whole => &mut self.enriched,
+            // Members the derived decoding ignores too (`enriched` when not read).
             _ => return Some(true),
         };
         if slot.replace(value).is_some() {
             return None;
         }
-        Some(!self.complete(with_context))
+        Some(!self.complete(need))
     }
 
     /// In the runner's order, with every member read.
-    fn complete(&self, with_context: bool) -> bool {
+    fn complete(&self, need: Need) -> bool {
         let required = [
             self.event_id,
             self.event_type,
@@ -259,33 +278,39 @@ impl<'a> Found<'a> {
             self.raw,
             self.properties,
         ];
-        self.in_order.is_some()
+        need != Need::Whole
+            && self.in_order.is_some()
             && required.iter().all(Option::is_some)
-            && (self.context.is_some() || !with_context)
+            && (self.context.is_some() || need == Need::Bare)
     }
 }
 
 /// A value parsed by `serde_json`.
-fn parse<T: DeserializeOwned>(value: &[u8]) -> Option<T> {
+pub fn parse<T: DeserializeOwned>(value: &[u8]) -> Option<T> {
     serde_json::from_slice(value).ok()
 }
 
-/// A string value: taken as it is when it holds no escape and no control character (then it
-/// needs only its UTF-8 checked), else parsed.
-fn text(value: &[u8]) -> Option<String> {
+/// A string value: borrowed as it is when it holds no escape and no control character (then
+/// it needs only its UTF-8 checked), else parsed.
+pub fn text(value: &[u8]) -> Option<Cow<'_, str>> {
     let plain = value
         .strip_prefix(b"\"")
         .and_then(|v| v.strip_suffix(b"\""))
         .filter(|inner| inner.iter().all(|&c| c >= 0x20 && c != b'\\'));
     match plain {
-        Some(inner) => std::str::from_utf8(inner).ok().map(str::to_owned),
-        None => parse(value),
+        Some(inner) => std::str::from_utf8(inner).ok().map(Cow::Borrowed),
+        None => parse(value).map(Cow::Owned),
     }
+}
+
+/// A string value, owned ([`text`]).
+fn string(value: &[u8]) -> Option<String> {
+    text(value).map(Cow::into_owned)
 }
 
 /// An integer: read directly when written plainly (`0` or `-?[1-9][0-9]*`, up to 18 digits,
 /// which an `i64` always holds), else parsed (`serde_json` reads `-0` as a float).
-fn integer<T: TryFrom<i64> + DeserializeOwned>(value: &[u8]) -> Option<T> {
+pub fn integer<T: TryFrom<i64> + DeserializeOwned>(value: &[u8]) -> Option<T> {
     let (negative, digits) = match value.strip_prefix(b"-") {
         Some(digits) => (true, digits),
         None => (false, value),
@@ -305,7 +330,7 @@ fn integer<T: TryFrom<i64> + DeserializeOwned>(value: &[u8]) -> Option<T> {
 }
 
 /// A [`Position`] (`raw`), its two members read as [`integer`]s.
-fn position(value: &[u8]) -> Option<Position> {
+pub fn position(value: &[u8]) -> Option<Position> {
     let (mut partition, mut offset) = (None, None);
     members(value, |key, value| {
         let slot = match key {
@@ -322,7 +347,10 @@ fn position(value: &[u8]) -> Option<Position> {
 }
 
 /// A member with `#[serde(default)]`: absent is `None`, else parsed (`null` is `None` too).
-fn optional<T>(value: Option<&[u8]>, read: impl Fn(&[u8]) -> Option<T>) -> Option<Option<T>> {
+pub fn optional<'a, T>(
+    value: Option<&'a [u8]>,
+    read: impl Fn(&'a [u8]) -> Option<T>,
+) -> Option<Option<T>> {
     match value {
         None => Some(None),
         Some(b"null") => Some(None),
@@ -337,20 +365,24 @@ pub(crate) fn skim(bytes: &[u8], with_context: bool) -> Option<Event> {
         in_order: Some(0),
         ..Found::default()
     };
-    members(bytes, |key, value| found.note(key, value, with_context))?;
+    let need = match with_context {
+        true => Need::Context,
+        false => Need::Bare,
+    };
+    members(bytes, |key, value| found.note(key, value, need))?;
     let context = match with_context {
         true => parse(found.context?)?,
         // Not read: present as the derived decoding requires, or after the members read.
-        false if found.context.is_some() || found.complete(false) => empty_object(),
+        false if found.context.is_some() || found.complete(Need::Bare) => empty_object(),
         false => return None,
     };
     Some(Event {
-        event_id: text(found.event_id?)?,
+        event_id: string(found.event_id?)?,
         event_type: EventType::parse(&text(found.event_type?)?)?,
-        event: text(found.event?)?,
-        source: text(found.source?)?,
-        user_id: optional(found.user_id, text)?,
-        anonymous_id: optional(found.anonymous_id, text)?,
+        event: string(found.event?)?,
+        source: string(found.source?)?,
+        user_id: optional(found.user_id, string)?,
+        anonymous_id: optional(found.anonymous_id, string)?,
         timestamp: integer(found.timestamp?)?,
         sent_at: optional(found.sent_at, integer)?,
         received_at: integer(found.received_at?)?,
@@ -360,6 +392,15 @@ pub(crate) fn skim(bytes: &[u8], with_context: bool) -> Option<Event> {
         enriched: Enrichment::default(),
         raw: position(found.raw?)?,
     })
+}
+
+/// Where every member of the `good` record `bytes` is, the record walked to its end: `None`
+/// when it is not an object the scanner reads or holds a member twice (the derived decoding's
+/// error). Whether each member is there and parses is left to the reader.
+pub fn whole(bytes: &[u8]) -> Option<Found<'_>> {
+    let mut found = Found::default();
+    members(bytes, |key, value| found.note(key, value, Need::Whole))?;
+    Some(found)
 }
 
 /// `{}`, the context of an event read without it.
@@ -579,6 +620,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn whole_finds_every_member_to_the_end_of_the_record() {
+        let event: Event = serde_json::from_str(FULL).unwrap();
+        let mut written = serde_json::to_vec(&event).unwrap();
+        written.pop();
+        written.extend_from_slice(b",\"part\":[0,2]}");
+        let found = whole(&written).unwrap();
+        let enriched = found.enriched.unwrap();
+        assert!(enriched.starts_with(b"{\"ua_browser\"") && enriched.ends_with(b"}"));
+        assert_eq!(found.context.unwrap(), event.context.get().as_bytes());
+        assert_eq!(found.raw, Some(&b"{\"partition\":3,\"offset\":9}"[..]));
+        // `enriched` twice: the derived decoding of the whole record refuses it; a reader that
+        // steps over `enriched` still reads the record.
+        let text = String::from_utf8(written).unwrap();
+        let twice = text.replacen(",\"enriched\"", ",\"enriched\":{},\"enriched\"", 1);
+        assert!(whole(twice.as_bytes()).is_none());
+        assert!(agrees(&twice));
+        // Bytes after the object.
+        assert!(whole(format!("{text} x").as_bytes()).is_none());
     }
 
     #[test]

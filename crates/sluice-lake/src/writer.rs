@@ -2,7 +2,9 @@
 //!
 //! Rows are appended straight into Arrow builders from the typed records (an event's fields
 //! borrowed from its record, [`EventRow`]; [`sluice_event::BadRow`]); there is no
-//! `serde_json::Value` step.
+//! `serde_json::Value` step. An event's record is read by the scanner of
+//! [`sluice_event::skim`] (its `properties` and `context` copied as the text they are), and by
+//! the derived decoding whenever the scanner leaves it to that.
 //! A record that does not decode is not a row: [`encode_records`] reports it as a
 //! [`SkippedRecord`] with its position and the reason, and the caller logs and counts it. A
 //! record is decoded completely before any builder is touched, so a failure never leaves a
@@ -26,6 +28,7 @@ use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use sluice_event::skim::{self, optional};
 use sluice_event::{BadRow, EventType, Position};
 use sluice_journal::Record;
 
@@ -170,6 +173,15 @@ fn days_since_epoch(micros: i64) -> Result<i32, String> {
         .map_err(|_| format!("timestamp {micros} is out of range"))
 }
 
+/// The `raw_partition` and `raw_offset` columns' values of a record's `raw` position.
+fn raw_columns(raw: Position) -> Result<(i32, i64), String> {
+    let partition = i32::try_from(raw.partition)
+        .map_err(|_| format!("raw partition {} is out of range", raw.partition))?;
+    let offset = i64::try_from(raw.offset)
+        .map_err(|_| format!("raw offset {} is out of range", raw.offset))?;
+    Ok((partition, offset))
+}
+
 fn ts_builder(rows: usize) -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")
 }
@@ -217,13 +229,54 @@ struct EventRow<'a> {
     received_at: i64,
     #[serde(default)]
     device_timestamp: Option<i64>,
-    #[serde(borrow)]
-    properties: &'a RawValue,
-    #[serde(borrow)]
-    context: &'a RawValue,
+    #[serde(borrow, deserialize_with = "json_text")]
+    properties: &'a str,
+    #[serde(borrow, deserialize_with = "json_text")]
+    context: &'a str,
     #[serde(default, borrow)]
     enriched: EnrichedRow<'a>,
     raw: Position,
+}
+
+/// A member's JSON text as the record holds it.
+fn json_text<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<&'a str, D::Error> {
+    <&RawValue>::deserialize(d).map(RawValue::get)
+}
+
+impl<'a> EventRow<'a> {
+    /// The record read by the scanner ([`skim::whole`]); `None` when the derived decoding must
+    /// read it, for its answer or its error.
+    fn skim(bytes: &'a [u8]) -> Option<Self> {
+        let found = skim::whole(bytes)?;
+        let text = |value: &'a [u8]| skim::text(value).map(Text);
+        Some(Self {
+            event_id: text(found.event_id?)?,
+            event_type: EventType::parse(&skim::text(found.event_type?)?)?,
+            event: text(found.event?)?,
+            source: text(found.source?)?,
+            user_id: optional(found.user_id, text)?,
+            anonymous_id: optional(found.anonymous_id, text)?,
+            timestamp: skim::integer(found.timestamp?)?,
+            sent_at: optional(found.sent_at, skim::integer)?,
+            received_at: skim::integer(found.received_at?)?,
+            device_timestamp: optional(found.device_timestamp, skim::integer)?,
+            properties: std::str::from_utf8(found.properties?).ok()?,
+            context: std::str::from_utf8(found.context?).ok()?,
+            enriched: match found.enriched {
+                Some(enriched) => EnrichedRow::skim(enriched)?,
+                None => EnrichedRow::default(),
+            },
+            raw: skim::position(found.raw?)?,
+        })
+    }
+
+    /// The record read by the scanner, or else by the derived decoding.
+    fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+        match Self::skim(bytes) {
+            Some(row) => Ok(row),
+            None => serde_json::from_slice(bytes).map_err(|e| format!("not a good event: {e}")),
+        }
+    }
 }
 
 /// A JSON string borrowed from the record, or owned when it had escapes to undo.
@@ -260,6 +313,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// `Some` the first time, `None` after (a member given twice).
+fn once(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
 /// Declares the builders of the [`sluice_event::Enrichment`] columns: one per field, named as the field (and
 /// as the column). `finish` hands the arrays out by name, so the batch's column order comes from
 /// the table spec alone.
@@ -280,6 +338,48 @@ macro_rules! enriched_builders {
             $($d: Float64Builder,)*
             $($i: Int32Builder,)*
             $($b: BooleanBuilder,)*
+        }
+
+        impl<'a> EnrichedRow<'a> {
+            /// `enriched`'s members read by the scanner ([`EventRow::skim`]).
+            fn skim(bytes: &'a [u8]) -> Option<Self> {
+                let mut row = Self::default();
+                let mut seen = Seen::default();
+                skim::members(bytes, |key, value| {
+                    // A member twice is the derived decoding's error; one it does not know it
+                    // ignores.
+                    match std::str::from_utf8(key).ok()? {
+                        $(stringify!($s) => {
+                            once(&mut seen.$s)?;
+                            row.$s = optional(Some(value), |v| skim::text(v).map(Text))?;
+                        })*
+                        $(stringify!($d) => {
+                            once(&mut seen.$d)?;
+                            row.$d = optional(Some(value), skim::parse)?;
+                        })*
+                        $(stringify!($i) => {
+                            once(&mut seen.$i)?;
+                            row.$i = optional(Some(value), skim::integer)?;
+                        })*
+                        $(stringify!($b) => {
+                            once(&mut seen.$b)?;
+                            row.$b = optional(Some(value), skim::parse)?;
+                        })*
+                        _ => {}
+                    }
+                    Some(true)
+                })?;
+                Some(row)
+            }
+        }
+
+        /// Which of `enriched`'s members were read.
+        #[derive(Default)]
+        struct Seen {
+            $($s: bool,)*
+            $($d: bool,)*
+            $($i: bool,)*
+            $($b: bool,)*
         }
 
         impl EnrichedBuilders {
@@ -347,33 +447,7 @@ impl RowEncoder for EventEncoder {
     }
 
     fn push(&mut self, value: &[u8]) -> Result<(), String> {
-        let e: EventRow<'_> =
-            serde_json::from_slice(value).map_err(|e| format!("not a good event: {e}"))?;
-        let day = days_since_epoch(e.timestamp)?;
-        let raw_partition = i32::try_from(e.raw.partition)
-            .map_err(|_| format!("raw partition {} is out of range", e.raw.partition))?;
-        let raw_offset = i64::try_from(e.raw.offset)
-            .map_err(|_| format!("raw offset {} is out of range", e.raw.offset))?;
-        self.event_id.append_value(e.event_id.as_str());
-        self.event_type.append_value(e.event_type.as_str());
-        self.event.append_value(e.event.as_str());
-        self.source.append_value(e.source.as_str());
-        self.user_id
-            .append_option(e.user_id.as_ref().map(Text::as_str));
-        self.anonymous_id
-            .append_option(e.anonymous_id.as_ref().map(Text::as_str));
-        self.timestamp.append_value(e.timestamp);
-        self.sent_at.append_option(e.sent_at);
-        self.received_at.append_value(e.received_at);
-        self.properties.append_value(e.properties.get());
-        self.context.append_value(e.context.get());
-        self.raw_partition.append_value(raw_partition);
-        self.raw_offset.append_value(raw_offset);
-        self.device_timestamp.append_option(e.device_timestamp);
-        self.enriched.push(&e.enriched);
-        self.event_date.append_value(day);
-        self.rows += 1;
-        Ok(())
+        self.push_row(EventRow::decode(value)?)
     }
 
     fn len(&self) -> usize {
@@ -415,6 +489,34 @@ impl RowEncoder for EventEncoder {
     }
 }
 
+impl EventEncoder {
+    /// Appends one decoded record as a row; on error nothing is appended.
+    fn push_row(&mut self, e: EventRow<'_>) -> Result<(), String> {
+        let day = days_since_epoch(e.timestamp)?;
+        let (raw_partition, raw_offset) = raw_columns(e.raw)?;
+        self.event_id.append_value(e.event_id.as_str());
+        self.event_type.append_value(e.event_type.as_str());
+        self.event.append_value(e.event.as_str());
+        self.source.append_value(e.source.as_str());
+        self.user_id
+            .append_option(e.user_id.as_ref().map(Text::as_str));
+        self.anonymous_id
+            .append_option(e.anonymous_id.as_ref().map(Text::as_str));
+        self.timestamp.append_value(e.timestamp);
+        self.sent_at.append_option(e.sent_at);
+        self.received_at.append_value(e.received_at);
+        self.properties.append_value(e.properties);
+        self.context.append_value(e.context);
+        self.raw_partition.append_value(raw_partition);
+        self.raw_offset.append_value(raw_offset);
+        self.device_timestamp.append_option(e.device_timestamp);
+        self.enriched.push(&e.enriched);
+        self.event_date.append_value(day);
+        self.rows += 1;
+        Ok(())
+    }
+}
+
 /// Builds `bad_rows` rows from `bad` records ([`BadRow`] JSON).
 pub struct BadRowEncoder {
     kind: StringBuilder,
@@ -453,10 +555,7 @@ impl RowEncoder for BadRowEncoder {
     fn push(&mut self, value: &[u8]) -> Result<(), String> {
         let b: BadRow = serde_json::from_slice(value).map_err(|e| format!("not a bad row: {e}"))?;
         let day = days_since_epoch(b.failed_at)?;
-        let raw_partition = i32::try_from(b.raw.partition)
-            .map_err(|_| format!("raw partition {} is out of range", b.raw.partition))?;
-        let raw_offset = i64::try_from(b.raw.offset)
-            .map_err(|_| format!("raw offset {} is out of range", b.raw.offset))?;
+        let (raw_partition, raw_offset) = raw_columns(b.raw)?;
         self.kind.append_value(b.kind.as_str());
         self.reason.append_value(&b.reason);
         self.function.append_value(&b.function);
@@ -501,6 +600,8 @@ mod tests {
     use deltalake::arrow::datatypes::{
         Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
     };
+
+    use sluice_event::Enrichment;
 
     use super::*;
 
@@ -579,6 +680,168 @@ mod tests {
         );
         assert_eq!(col("session_index").as_primitive::<Int32Type>().value(0), 3);
         assert!(!col("is_bot").as_boolean().value(0));
+    }
+
+    /// Every `enriched` member, with values that need care: escapes, non-ASCII, an integral
+    /// double, a negative integer.
+    const ENRICHED: &str = r#"{"schema":"iglu:com.acme/order/jsonschema/1-0-0",
+        "validation_errors":"a \"b\"","ip":"203.0.113.0","ua_browser":"Chrome",
+        "ua_browser_version":"120.0","ua_os":"Mac OS X","ua_os_version":"14","ua_device_class":"desktop",
+        "ua_vendor":"Apple","is_bot":true,"geo_country":"BR","geo_region":"SP",
+        "geo_region_name":"S\u00e3o Paulo","geo_city":"São Paulo","geo_zipcode":"01000",
+        "geo_latitude":-23.5,"geo_longitude":46,"geo_timezone":"America/Sao_Paulo",
+        "page_url":"https://x.example/?q=\"}]","page_host":"x.example","page_path":"/",
+        "mkt_medium":"cpc","mkt_source":"google","mkt_term":"t","mkt_content":"c",
+        "mkt_campaign":"spring","mkt_clickid":"gclid1","mkt_network":"Google","refr_medium":"search",
+        "refr_source":"Google","refr_term":"q","refr_host":"www.google.com","session_id":"s1",
+        "session_index":-3,"event_fingerprint":"ab12"}"#;
+
+    /// A record holding every member, `enriched`'s included.
+    fn full() -> String {
+        EVENT.replacen(
+            r#""context":{"ip":"1.2.3.4"}"#,
+            &format!(
+                r#""context":{{"ip":"1.2.3.4","page":{{"title":"\"]}}"}}}},"anonymous_id":"a\u00e91",
+                "sent_at":5,"device_timestamp":-7,"enriched":{ENRICHED},"part":[0,2]"#
+            ),
+            1,
+        )
+    }
+
+    /// One record's row as a batch, from a decoding's answer.
+    fn batch_of(row: Result<EventRow<'_>, String>) -> Result<RecordBatch, String> {
+        let mut encoder = EventEncoder::with_capacity(1);
+        encoder.push_row(row?)?;
+        encoder.finish().map_err(|e| e.to_string())
+    }
+
+    /// The derived decoding's row, the answer the scanner must give whenever it gives one.
+    fn derived(bytes: &[u8]) -> Result<RecordBatch, String> {
+        batch_of(serde_json::from_slice(bytes).map_err(|e| e.to_string()))
+    }
+
+    /// The scanner gives the derived row, or leaves the record to the derived decoding; returns
+    /// whether it gave one.
+    fn agrees(bytes: &[u8]) -> bool {
+        let Some(row) = EventRow::skim(bytes) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(bytes);
+        assert_eq!(batch_of(Ok(row)), derived(bytes), "{text}");
+        true
+    }
+
+    #[test]
+    fn the_scanner_reads_a_record_as_the_derived_decoding_reads_it() {
+        let full = full();
+        let enriched: Enrichment = serde_json::from_str(ENRICHED).unwrap();
+        let members = serde_json::to_value(&enriched).unwrap();
+        let top_level = 15;
+        assert_eq!(
+            members.as_object().unwrap().len(),
+            EventsTable::COLUMNS.len() - top_level,
+            "every enriched column is set"
+        );
+        assert!(agrees(full.as_bytes()));
+        assert!(agrees(EVENT.as_bytes()));
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&full).unwrap(),
+        )
+        .unwrap();
+        assert!(agrees(pretty.as_bytes()));
+        // Members in another order, members neither decoding knows, nulls.
+        let varied = r#" { "raw" : {"offset":1,"partition":2} , "extra":[{"a":"]"},"\\"],
+            "context":[], "properties":"a \"string\"", "event":"x", "source":"s\t",
+            "enriched":{"odd":{"}":"{"},"geo_city":null,"is_bot":false,"session_index":0},
+            "event_type":"page", "event_id":"ü→e", "user_id":null, "timestamp":-1,
+            "sent_at":null, "received_at":0, "device_timestamp":null } "#;
+        assert!(agrees(varied.as_bytes()));
+        // As the runner writes it: every string that needs care, in every member.
+        let mut event: sluice_event::Event = serde_json::from_str(&full).unwrap();
+        for s in [
+            "",
+            "quote \" and \\ backslash",
+            "\u{0}\u{1f}",
+            "ünï → 🦀",
+            "}]\"{[",
+        ] {
+            event.event = s.to_string();
+            event.user_id = Some(s.to_string());
+            event.properties =
+                serde_json::value::to_raw_value(&serde_json::json!({ "k": [s, 1.5] })).unwrap();
+            event.enriched.geo_city = Some(s.to_string());
+            event.enriched.page_url = Some(s.to_string());
+            for bytes in [
+                serde_json::to_vec(&event).unwrap(),
+                serde_json::to_vec_pretty(&event).unwrap(),
+            ] {
+                assert!(agrees(&bytes), "{}", String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_scanner_does_not_expect_goes_to_the_derived_decoding() {
+        let full = full();
+        let changed = |from: &str, to: &str| {
+            assert!(full.contains(from), "{from}");
+            full.replacen(from, to, 1)
+        };
+        let refused = [
+            changed(r#""source":"web""#, r#""source":"web","source":"app""#),
+            changed(
+                r#""ua_os":"Mac OS X""#,
+                r#""ua_os":"Mac OS X","ua_os":"iOS""#,
+            ),
+            changed(r#""is_bot":true"#, r#""is_bot":true,"is_bot":null"#),
+            changed(r#""raw":{"partition":2,"offset":41}"#, r#""x":1"#),
+            changed(r#""timestamp":1764237600123000"#, r#""timestamp":1e3"#),
+            changed(r#""event_type":"track""#, r#""event_type":"flush""#),
+            changed(r#""user_id":"u1""#, r#""user_id":7"#),
+            changed(
+                r#""properties":{"total":9.5}"#,
+                r#""propertie":{"total":9.5}"#,
+            ),
+            changed(r#""geo_latitude":-23.5"#, r#""geo_latitude":"-23.5""#),
+            changed(r#""session_index":-3"#, r#""session_index":1.5"#),
+            changed(r#""session_index":-3"#, r#""session_index":3000000000"#),
+            changed(r#""session_index":-3"#, r#""session_index":-0"#),
+            changed(r#""is_bot":true"#, r#""is_bot":1"#),
+            changed(r#""geo_city":"São Paulo""#, "\"geo_city\":\"S\tP\""),
+            changed(r#""ua_browser":"Chrome""#, r#""ua_browser":["Chrome"]"#),
+            changed(r#""enriched":{"#, r#""enriched":null,"e":{"#),
+            format!("{full} x"),
+            full[..full.len() - 1].to_string(),
+            "[1]".to_string(),
+            String::new(),
+        ];
+        for case in &refused {
+            assert!(!agrees(case.as_bytes()), "read by the scanner: {case}");
+            assert!(derived(case.as_bytes()).is_err(), "{case}");
+        }
+        // A key written with an escape: the derived decoding reads it.
+        let escaped = changed(r#""geo_city""#, r#""geo\u005fcity""#);
+        assert!(!agrees(escaped.as_bytes()));
+        assert!(derived(escaped.as_bytes()).is_ok());
+        for end in 0..full.len() - 1 {
+            assert!(EventRow::skim(&full.as_bytes()[..end]).is_none(), "{end}");
+        }
+    }
+
+    #[test]
+    fn a_record_with_any_byte_changed_reads_as_the_derived_decoding_reads_it_or_not_at_all() {
+        let full = full();
+        let replacements = *b"\"\\{}[],: 0x\x00\xff";
+        for at in 0..full.len() {
+            for &c in &replacements {
+                let mut changed = full.as_bytes().to_vec();
+                changed[at] = c;
+                if let (Some(row), Ok(derived)) = (EventRow::skim(&changed), derived(&changed)) {
+                    let text = String::from_utf8_lossy(&changed);
+                    assert_eq!(batch_of(Ok(row)), Ok(derived), "{text}");
+                }
+            }
+        }
     }
 
     #[test]
