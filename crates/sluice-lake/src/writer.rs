@@ -348,20 +348,20 @@ macro_rules! enriched_builders {
                 skim::members(bytes, |key, value| {
                     // A member twice is the derived decoding's error; one it does not know it
                     // ignores.
-                    match std::str::from_utf8(key).ok()? {
-                        $(stringify!($s) => {
+                    match key {
+                        $(k if k == stringify!($s).as_bytes() => {
                             once(&mut seen.$s)?;
                             row.$s = optional(Some(value), |v| skim::text(v).map(Text))?;
                         })*
-                        $(stringify!($d) => {
+                        $(k if k == stringify!($d).as_bytes() => {
                             once(&mut seen.$d)?;
                             row.$d = optional(Some(value), skim::parse)?;
                         })*
-                        $(stringify!($i) => {
+                        $(k if k == stringify!($i).as_bytes() => {
                             once(&mut seen.$i)?;
                             row.$i = optional(Some(value), skim::integer)?;
                         })*
-                        $(stringify!($b) => {
+                        $(k if k == stringify!($b).as_bytes() => {
                             once(&mut seen.$b)?;
                             row.$b = optional(Some(value), skim::parse)?;
                         })*
