@@ -3,9 +3,9 @@
 //! top level is walked by a scanner that finds where each member's value begins and ends, and
 //! only the members read are parsed, by `serde_json` as the derived decoding would.
 //! `enriched`, and `context` when it is not asked for, are not parsed by [`skim`]; [`whole`]
-//! finds every member and leaves its reader to parse what it reads. `serde_json`'s own skipping
-//! checks every string it steps over, which made those members most of the cost of decoding a
-//! record.
+//! finds every member, and [`unenriched`] every member but `enriched` (the lake's typed tables),
+//! leaving their reader to parse what it reads. `serde_json`'s own skipping checks every string
+//! it steps over, which made those members most of the cost of decoding a record.
 //!
 //! The runner writes a record's members in [`Event`]'s field order, which puts `raw` before
 //! `properties`, `context` and `enriched`. Once a record's members came in that order and every
@@ -361,15 +361,11 @@ pub fn optional<'a, T>(
 /// `bytes` as a `good` record without its `enriched` members, and with an empty `context`
 /// unless `with_context`; `None` when the derived decoding must read it (see the module docs).
 pub(crate) fn skim(bytes: &[u8], with_context: bool) -> Option<Event> {
-    let mut found = Found {
-        in_order: Some(0),
-        ..Found::default()
-    };
     let need = match with_context {
         true => Need::Context,
         false => Need::Bare,
     };
-    members(bytes, |key, value| found.note(key, value, need))?;
+    let found = walk(bytes, need)?;
     let context = match with_context {
         true => parse(found.context?)?,
         // Not read: present as the derived decoding requires, or after the members read.
@@ -398,8 +394,24 @@ pub(crate) fn skim(bytes: &[u8], with_context: bool) -> Option<Event> {
 /// when it is not an object the scanner reads or holds a member twice (the derived decoding's
 /// error). Whether each member is there and parses is left to the reader.
 pub fn whole(bytes: &[u8]) -> Option<Found<'_>> {
-    let mut found = Found::default();
-    members(bytes, |key, value| found.note(key, value, Need::Whole))?;
+    walk(bytes, Need::Whole)
+}
+
+/// Where every member of the `good` record `bytes` but `enriched` is ([`Found::enriched`] stays
+/// `None`): once they were all found in the runner's order the rest is not looked at (see the
+/// module docs), else the record is walked to its end. `None` as for [`whole`]; whether each
+/// member is there and parses is left to the reader.
+pub fn unenriched(bytes: &[u8]) -> Option<Found<'_>> {
+    walk(bytes, Need::Context)
+}
+
+/// The members `need` asks for, found by walking `bytes` until they all were.
+fn walk(bytes: &[u8], need: Need) -> Option<Found<'_>> {
+    let mut found = Found {
+        in_order: Some(0),
+        ..Found::default()
+    };
+    members(bytes, |key, value| found.note(key, value, need))?;
     Some(found)
 }
 

@@ -81,8 +81,11 @@ use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, TableProperty};
 use serde_json::Value;
-use sluice_event::{BadKind, BadRow, Event};
+use sluice_event::{BadKind, BadRow};
 use sluice_journal::{ConsumerProgress, Journal, Record, StageHealth};
+
+mod rows;
+use rows::{Fixed, Names, Rejected, Row, decode};
 
 use crate::batcher::BatchLimits;
 use crate::consume::{Destination, LoopSettings, run_batches};
@@ -352,28 +355,6 @@ pub fn column_name(key: &str) -> String {
     }
 }
 
-/// One event on its way into a typed table.
-struct Row {
-    partition: u32,
-    offset: u64,
-    /// The event without its `enriched` fields, which no typed column holds.
-    event: Event,
-    /// The record as it is in `good`: a rejected row's payload, enriched fields included.
-    good: bytes::Bytes,
-    /// (column, property name as sent, value), nulls dropped.
-    values: Vec<(String, String, Value)>,
-}
-
-/// An event that cannot go into its typed table.
-struct Rejected {
-    partition: u32,
-    offset: u64,
-    event: Event,
-    /// The record as it is in `good`, the bad row's payload.
-    good: bytes::Bytes,
-    reason: String,
-}
-
 /// One typed table, opened.
 struct TypedTable {
     name: String,
@@ -598,12 +579,12 @@ impl TypedTable {
     /// Splits `rows` into those the table can hold (adding the new columns they need, up to
     /// `max_columns` property columns: a property past it is left out of its row) and the
     /// rejected ones.
-    async fn classify(
+    async fn classify<'a>(
         &mut self,
-        rows: Vec<Row>,
+        rows: Vec<Row<'a>>,
         declared: Option<&dyn DeclaredTypes>,
         (max_columns, refusals): (usize, &mut Staged),
-    ) -> Result<(Vec<Row>, Vec<Rejected>), LakeError> {
+    ) -> Result<(Vec<Row<'a>>, Vec<Rejected<'a>>), LakeError> {
         let mut new_columns: Vec<(String, PropType)> = Vec::new();
         let mut accepted = Vec::with_capacity(rows.len());
         let mut rejected = Vec::new();
@@ -615,15 +596,20 @@ impl TypedTable {
             for (column, key, value) in &row.values {
                 let known = self
                     .columns
-                    .get(column)
+                    .get(&**column)
                     .copied()
                     .or_else(|| {
                         new_columns
                             .iter()
-                            .find(|(c, _)| c == column)
+                            .find(|(c, _)| **c == **column)
                             .map(|(_, t)| *t)
                     })
-                    .or_else(|| proposed.iter().find(|(c, _)| c == column).map(|(_, t)| *t));
+                    .or_else(|| {
+                        proposed
+                            .iter()
+                            .find(|(c, _)| **c == **column)
+                            .map(|(_, t)| *t)
+                    });
                 match known {
                     Some(ty) if ty.accepts(value) => {}
                     Some(ty) => {
@@ -638,10 +624,10 @@ impl TypedTable {
                     None => {
                         let declared_ty = declared.and_then(|d| {
                             declared_cache
-                                .entry(row.event.event.clone())
-                                .or_insert_with(|| d.property_types(&row.event.event))
+                                .entry(row.fixed.event.to_string())
+                                .or_insert_with(|| d.property_types(&row.fixed.event))
                                 .as_ref()
-                                .and_then(|m| m.get(key).copied())
+                                .and_then(|m| m.get(&**key).copied())
                         });
                         let Some(ty) = declared_ty.or_else(|| PropType::of_value(value)) else {
                             continue;
@@ -654,7 +640,7 @@ impl TypedTable {
                             ));
                             break;
                         }
-                        proposed.push((column.clone(), ty));
+                        proposed.push((column.to_string(), ty));
                     }
                 }
             }
@@ -667,17 +653,11 @@ impl TypedTable {
                         refusals.column(&self.name, column);
                     }
                     row.values
-                        .retain(|(column, _, _)| !refused.contains(column));
+                        .retain(|(column, _, _)| !refused.iter().any(|r| **r == **column));
                 }
             }
             match problem {
-                Some(reason) => rejected.push(Rejected {
-                    partition: row.partition,
-                    offset: row.offset,
-                    event: row.event,
-                    good: row.good,
-                    reason,
-                }),
+                Some(reason) => rejected.push(row.reject(reason)),
                 None => {
                     new_columns.extend(proposed);
                     accepted.push(row);
@@ -691,7 +671,7 @@ impl TypedTable {
     }
 
     /// The Arrow batch of `rows` in the table's column order.
-    fn batch(&self, rows: &[Row]) -> Result<RecordBatch, LakeError> {
+    fn batch(&self, rows: &[Row<'_>]) -> Result<RecordBatch, LakeError> {
         let snapshot = self
             .table
             .snapshot()
@@ -731,19 +711,19 @@ fn utc() -> ArrowType {
     ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn fixed_array(name: &str, rows: &[Row]) -> Result<(ArrowType, ArrayRef), String> {
+fn fixed_array(name: &str, rows: &[Row<'_>]) -> Result<(ArrowType, ArrayRef), String> {
     let n = rows.len();
-    let strings = |f: &dyn Fn(&Event) -> Option<&str>| {
+    let strings = |f: &dyn for<'r> Fn(&'r Fixed<'_>) -> Option<&'r str>| {
         let mut b = StringBuilder::with_capacity(n, n * 16);
         for r in rows {
-            b.append_option(f(&r.event));
+            b.append_option(f(&r.fixed));
         }
         (ArrowType::Utf8, Arc::new(b.finish()) as ArrayRef)
     };
-    let times = |f: &dyn Fn(&Event) -> Option<i64>| {
+    let times = |f: &dyn Fn(&Fixed<'_>) -> Option<i64>| {
         let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         for r in rows {
-            b.append_option(f(&r.event));
+            b.append_option(f(&r.fixed));
         }
         (utc(), Arc::new(b.finish()) as ArrayRef)
     };
@@ -754,28 +734,28 @@ fn fixed_array(name: &str, rows: &[Row]) -> Result<(ArrowType, ArrayRef), String
         "source" => strings(&|e| Some(&e.source)),
         "user_id" => strings(&|e| e.user_id.as_deref()),
         "anonymous_id" => strings(&|e| e.anonymous_id.as_deref()),
-        "context" => strings(&|e| Some(e.context.get())),
+        "context" => strings(&|e| Some(&e.context)),
         "timestamp" => times(&|e| Some(e.timestamp)),
         "sent_at" => times(&|e| e.sent_at),
         "received_at" => times(&|e| Some(e.received_at)),
         "raw_partition" => {
             let mut b = Int32Builder::with_capacity(n);
             for r in rows {
-                b.append_value(i32::try_from(r.event.raw.partition).map_err(|e| e.to_string())?);
+                b.append_value(i32::try_from(r.fixed.raw.partition).map_err(|e| e.to_string())?);
             }
             (ArrowType::Int32, Arc::new(b.finish()))
         }
         "raw_offset" => {
             let mut b = Int64Builder::with_capacity(n);
             for r in rows {
-                b.append_value(i64::try_from(r.event.raw.offset).map_err(|e| e.to_string())?);
+                b.append_value(i64::try_from(r.fixed.raw.offset).map_err(|e| e.to_string())?);
             }
             (ArrowType::Int64, Arc::new(b.finish()))
         }
         "event_date" => {
             let mut b = Date32Builder::with_capacity(n);
             for r in rows {
-                b.append_value(days_since_epoch(r.event.timestamp)?);
+                b.append_value(days_since_epoch(r.fixed.timestamp)?);
             }
             (ArrowType::Date32, Arc::new(b.finish()))
         }
@@ -788,12 +768,12 @@ fn days_since_epoch(micros: i64) -> Result<i32, String> {
         .map_err(|_| format!("timestamp {micros} is out of range"))
 }
 
-fn property_array(column: &str, ty: PropType, rows: &[Row]) -> (ArrowType, ArrayRef) {
+fn property_array(column: &str, ty: PropType, rows: &[Row<'_>]) -> (ArrowType, ArrayRef) {
     let n = rows.len();
-    fn value<'a>(r: &'a Row, column: &str) -> Option<&'a Value> {
+    fn value<'a>(r: &'a Row<'_>, column: &str) -> Option<&'a Value> {
         r.values
             .iter()
-            .find(|(c, _, _)| c == column)
+            .find(|(c, _, _)| **c == *column)
             .map(|(_, _, v)| v)
     }
     match ty {
@@ -851,68 +831,19 @@ fn null_array(ty: &DataType, n: usize) -> Option<(ArrowType, ArrayRef)> {
     ))
 }
 
-/// Reads one good record into a [`Row`] of its table, or says why it cannot be one. Its
-/// `enriched` fields are left out: no typed column holds them.
-fn decode(
-    partition: u32,
-    record: &Record,
-    names: &mut Names,
-) -> Result<(String, Result<Row, Rejected>), String> {
-    let event = Event::from_slice_unenriched(&record.value)
-        .map_err(|e| format!("not a good event: {e}"))?;
-    let table = names.table(&event.event);
-    let rejected = |event: Event, reason: String| Rejected {
-        partition,
-        offset: record.offset,
-        event,
-        good: record.value.clone(),
-        reason,
-    };
-    let properties: serde_json::Map<String, Value> =
-        match serde_json::from_str(event.properties.get()) {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = format!("properties are not a json object: {e}");
-                return Ok((table, Err(rejected(event, reason))));
-            }
-        };
-    let mut values: Vec<(String, String, Value)> = Vec::with_capacity(properties.len());
-    for (key, value) in properties {
-        if value.is_null() {
-            continue;
-        }
-        let column = names.column(&key);
-        if let Some((_, other, _)) = values.iter().find(|(c, _, _)| *c == column) {
-            let reason = format!("properties {other:?} and {key:?} both map to column {column}");
-            return Ok((table, Err(rejected(event, reason))));
-        }
-        values.push((column, key, value));
-    }
-    Ok((
-        table,
-        Ok(Row {
-            partition,
-            offset: record.offset,
-            event,
-            good: record.value.clone(),
-            values,
-        }),
-    ))
-}
-
-fn bad_row(rejected: &Rejected) -> Result<Vec<u8>, String> {
+fn bad_row(rejected: &Rejected<'_>) -> Result<Vec<u8>, String> {
     let payload = String::from_utf8(rejected.good.to_vec()).map_err(|e| e.to_string())?;
     let payload = serde_json::value::RawValue::from_string(payload).map_err(|e| e.to_string())?;
     let row = BadRow {
         kind: BadKind::SchemaViolation,
         reason: rejected.reason.clone(),
         function: BAD_ROW_FUNCTION.to_string(),
-        event_id: rejected.event.event_id.clone(),
-        source: rejected.event.source.clone(),
-        received_at: rejected.event.received_at,
+        event_id: rejected.fixed.event_id.to_string(),
+        source: rejected.fixed.source.to_string(),
+        received_at: rejected.fixed.received_at,
         failed_at: chrono::Utc::now().timestamp_micros(),
         payload,
-        raw: rejected.event.raw,
+        raw: rejected.fixed.raw,
     };
     serde_json::to_vec(&row).map_err(|e| e.to_string())
 }
@@ -1142,16 +1073,17 @@ impl TypedSink {
 
     /// Per typed table: its rows not yet committed there that fit (committing schema changes
     /// first), and the last offset per partition they cover. What does not fit joins `rejected`.
-    async fn classify(
+    async fn classify<'a>(
         &self,
         open: &mut OpenTables,
-        by_table: BTreeMap<String, Vec<Row>>,
-        rejected: &mut Vec<Rejected>,
+        by_table: BTreeMap<Arc<str>, Vec<Row<'a>>>,
+        rejected: &mut Vec<Rejected<'a>>,
         staged: &mut Staged,
-    ) -> Result<Vec<(String, Vec<Row>, BTreeMap<u32, u64>)>, LakeError> {
+    ) -> Result<Vec<(String, Vec<Row<'a>>, BTreeMap<u32, u64>)>, LakeError> {
         let every = self.settings.checkpoint_interval.get();
         let mut prepared = Vec::new();
         for (name, rows) in by_table {
+            let name = name.to_string();
             if !open.existing.contains(&name) {
                 if open.existing.len() >= self.settings.max_typed_tables {
                     staged.table(&name, rows.len() as u64);
@@ -1168,7 +1100,7 @@ impl TypedSink {
             let Some(table) = open.tables.get_mut(&name) else {
                 continue;
             };
-            let rows: Vec<Row> = rows
+            let rows: Vec<Row<'_>> = rows
                 .into_iter()
                 .filter(|r| {
                     table
@@ -1195,7 +1127,7 @@ impl TypedSink {
     async fn commit_bad_rows(
         &self,
         open: &mut OpenTables,
-        mut rejected: Vec<Rejected>,
+        mut rejected: Vec<Rejected<'_>>,
     ) -> Result<(), LakeError> {
         rejected.retain(|r| {
             open.bad_versions
@@ -1211,7 +1143,7 @@ impl TypedSink {
         };
         let mut encoder = BadRowEncoder::with_capacity(rejected.len());
         for r in &rejected {
-            tracing::debug!(event_id = %r.event.event_id, reason = %r.reason, "typed table bad row");
+            tracing::debug!(event_id = %r.fixed.event_id, reason = %r.reason, "typed table bad row");
             encoder
                 .push(&bad_row(r).map_err(encode_err)?)
                 .map_err(encode_err)?;
@@ -1234,7 +1166,7 @@ impl TypedSink {
         &self,
         table: &mut TypedTable,
         name: &str,
-        rows: Vec<Row>,
+        rows: Vec<Row<'_>>,
         last: BTreeMap<u32, u64>,
     ) -> Result<(), LakeError> {
         let adds = if rows.is_empty() {
@@ -1312,44 +1244,15 @@ async fn existing_tables(root: &LakeRoot) -> Result<HashSet<String>, LakeError> 
 
 /// A flush's records sorted out: the last offset per partition of them all, the rows per typed
 /// table, and the events rejected on decoding.
-struct Sorted {
+struct Sorted<'a> {
     last_all: BTreeMap<u32, u64>,
-    by_table: BTreeMap<String, Vec<Row>>,
-    rejected: Vec<Rejected>,
+    by_table: BTreeMap<Arc<str>, Vec<Row<'a>>>,
+    rejected: Vec<Rejected<'a>>,
 }
 
-/// The table and column names of one flush's events, each worked out once: a flush holds many
-/// events of few names, and a name is a few allocations to work out.
-#[derive(Default)]
-struct Names {
-    tables: HashMap<String, String>,
-    columns: HashMap<String, String>,
-}
-
-impl Names {
-    /// [`table_name`] of `event`.
-    fn table(&mut self, event: &str) -> String {
-        Self::named(&mut self.tables, event, table_name)
-    }
-
-    /// [`column_name`] of `key`.
-    fn column(&mut self, key: &str) -> String {
-        Self::named(&mut self.columns, key, column_name)
-    }
-
-    fn named(known: &mut HashMap<String, String>, name: &str, of: fn(&str) -> String) -> String {
-        if let Some(found) = known.get(name) {
-            return found.clone();
-        }
-        let made = of(name);
-        known.insert(name.to_string(), made.clone());
-        made
-    }
-}
-
-fn sort(records: &[(u32, Record)]) -> Sorted {
-    let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    let mut rejected: Vec<Rejected> = Vec::new();
+fn sort(records: &[(u32, Record)]) -> Sorted<'_> {
+    let mut by_table: BTreeMap<Arc<str>, Vec<Row<'_>>> = BTreeMap::new();
+    let mut rejected: Vec<Rejected<'_>> = Vec::new();
     let mut names = Names::default();
     for (p, record) in records {
         match decode(*p, record, &mut names) {

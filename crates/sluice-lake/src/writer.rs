@@ -593,6 +593,33 @@ impl RowEncoder for BadRowEncoder {
     }
 }
 
+/// `event` as the runner writes it, compact and pretty, once with each string that needs care
+/// in its name, its user id, its properties and wherever `set` puts it.
+#[cfg(test)]
+pub(crate) fn as_the_runner_writes(
+    mut event: sluice_event::Event,
+    set: impl Fn(&mut sluice_event::Event, &str),
+) -> Vec<Vec<u8>> {
+    let strings = [
+        "",
+        "quote \" and \\ backslash",
+        "\u{0}\u{1f}",
+        "ünï → 🦀",
+        "}]\"{[",
+    ];
+    let mut written = Vec::new();
+    for s in strings {
+        event.event = s.to_string();
+        event.user_id = Some(s.to_string());
+        let properties = serde_json::json!({ "k": [s, 1.5], "s": s });
+        event.properties = serde_json::value::to_raw_value(&properties).unwrap();
+        set(&mut event, s);
+        written.push(serde_json::to_vec(&event).unwrap());
+        written.push(serde_json::to_vec_pretty(&event).unwrap());
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -757,26 +784,13 @@ mod tests {
             "sent_at":null, "received_at":0, "device_timestamp":null } "#;
         assert!(agrees(varied.as_bytes()));
         // As the runner writes it: every string that needs care, in every member.
-        let mut event: sluice_event::Event = serde_json::from_str(&full).unwrap();
-        for s in [
-            "",
-            "quote \" and \\ backslash",
-            "\u{0}\u{1f}",
-            "ünï → 🦀",
-            "}]\"{[",
-        ] {
-            event.event = s.to_string();
-            event.user_id = Some(s.to_string());
-            event.properties =
-                serde_json::value::to_raw_value(&serde_json::json!({ "k": [s, 1.5] })).unwrap();
-            event.enriched.geo_city = Some(s.to_string());
-            event.enriched.page_url = Some(s.to_string());
-            for bytes in [
-                serde_json::to_vec(&event).unwrap(),
-                serde_json::to_vec_pretty(&event).unwrap(),
-            ] {
-                assert!(agrees(&bytes), "{}", String::from_utf8_lossy(&bytes));
-            }
+        let event: sluice_event::Event = serde_json::from_str(&full).unwrap();
+        let written = as_the_runner_writes(event, |e, s| {
+            e.enriched.geo_city = Some(s.to_string());
+            e.enriched.page_url = Some(s.to_string());
+        });
+        for bytes in written {
+            assert!(agrees(&bytes), "{}", String::from_utf8_lossy(&bytes));
         }
     }
 
