@@ -78,29 +78,27 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// From just after an opening bracket to just after the bracket that closes it.
+    /// From just after an opening bracket to just after the bracket that closes it. Between
+    /// strings only brackets count; what lies there is a few bytes (`":"`, `","`, a number), so
+    /// it is read a byte at a time, and each string is searched for its end.
     fn nested(&mut self) -> Option<()> {
         let mut depth = 1usize;
         loop {
-            let rest = self.bytes.get(self.at..)?;
-            // Up to the next string, only brackets count (and strings are most of the bytes).
-            let quote = find(rest, b'"', b'"');
-            let between = rest.get(..quote.unwrap_or(rest.len()))?;
-            for (i, &c) in between.iter().enumerate() {
-                match c {
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            self.at += i + 1;
-                            return Some(());
-                        }
-                    }
-                    _ => {}
+            let c = *self.bytes.get(self.at)?;
+            self.at += 1;
+            match c {
+                b'"' => {
+                    self.string()?;
                 }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(());
+                    }
+                }
+                _ => {}
             }
-            self.at += quote? + 1;
-            self.string()?;
         }
     }
 
@@ -296,7 +294,10 @@ pub fn text(value: &[u8]) -> Option<Cow<'_, str>> {
     let plain = value
         .strip_prefix(b"\"")
         .and_then(|v| v.strip_suffix(b"\""))
-        .filter(|inner| inner.iter().all(|&c| c >= 0x20 && c != b'\\'));
+        .filter(|inner| {
+            let marks = |w| swar::below(w, 0x20) | swar::equal(w, b'\\');
+            swar::first(inner, marks, |c| c < 0x20 || c == b'\\').is_none()
+        });
     match plain {
         Some(inner) => std::str::from_utf8(inner).ok().map(Cow::Borrowed),
         None => parse(value).map(Cow::Owned),
