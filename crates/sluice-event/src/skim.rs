@@ -102,6 +102,42 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Steps over whitespace and one object, calling `member` with each key once the scanner
+    /// stands just after its colon: `member` steps over the value and answers whether to go on.
+    /// `Some(false)` when it answered `false` (the rest is not looked at).
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<bool>,
+    ) -> Option<bool> {
+        self.expect(b'{')?;
+        self.skip_whitespace();
+        if self.bytes.get(self.at) == Some(&b'}') {
+            self.at += 1;
+            return Some(true);
+        }
+        loop {
+            self.expect(b'"')?;
+            let start = self.at;
+            if self.string()? {
+                return None;
+            }
+            let key = self.bytes.get(start..self.at - 1)?;
+            self.expect(b':')?;
+            if !member(self, key)? {
+                return Some(false);
+            }
+            self.skip_whitespace();
+            match self.bytes.get(self.at)? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(true);
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Steps over whitespace and one value: the value's bytes.
     fn value(&mut self) -> Option<&'a [u8]> {
         self.skip_whitespace();
@@ -132,32 +168,8 @@ pub fn members<'a>(
     mut member: impl FnMut(&'a [u8], &'a [u8]) -> Option<bool>,
 ) -> Option<()> {
     let mut s = Scanner { bytes, at: 0 };
-    s.expect(b'{')?;
-    s.skip_whitespace();
-    if bytes.get(s.at) == Some(&b'}') {
-        s.at += 1;
-    } else {
-        loop {
-            s.expect(b'"')?;
-            let start = s.at;
-            if s.string()? {
-                return None;
-            }
-            let key = bytes.get(start..s.at - 1)?;
-            s.expect(b':')?;
-            if !member(key, s.value()?)? {
-                return Some(());
-            }
-            s.skip_whitespace();
-            match bytes.get(s.at)? {
-                b',' => s.at += 1,
-                b'}' => {
-                    s.at += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+    if !s.object(|s, key| member(key, s.value()?))? {
+        return Some(());
     }
     s.skip_whitespace();
     (s.at == bytes.len()).then_some(())
@@ -393,9 +405,29 @@ pub(crate) fn skim(bytes: &[u8], with_context: bool) -> Option<Event> {
 
 /// Where every member of the `good` record `bytes` is, the record walked to its end: `None`
 /// when it is not an object the scanner reads or holds a member twice (the derived decoding's
-/// error). Whether each member is there and parses is left to the reader.
-pub fn whole(bytes: &[u8]) -> Option<Found<'_>> {
-    walk(bytes, Need::Whole)
+/// error). When `enriched` is an object, `enriched_member` is called with each of its members
+/// (key, value) as the walk steps over them, so a reader needs no second walk; `None` when it
+/// answered `None`. Whether each member is there and parses is left to the reader.
+pub fn whole<'a>(
+    bytes: &'a [u8],
+    mut enriched_member: impl FnMut(&'a [u8], &'a [u8]) -> Option<()>,
+) -> Option<Found<'a>> {
+    let mut found = Found::default();
+    let mut s = Scanner { bytes, at: 0 };
+    s.object(|s, key| {
+        s.skip_whitespace();
+        let start = s.at;
+        let value = match bytes.get(start) {
+            Some(b'{') if key == b"enriched" => {
+                s.object(|s, key| enriched_member(key, s.value()?).map(|()| true))?;
+                bytes.get(start..s.at)?
+            }
+            _ => s.value()?,
+        };
+        found.note(key, value, Need::Whole)
+    })?;
+    s.skip_whitespace();
+    (s.at == bytes.len()).then_some(found)
 }
 
 /// Where every member of the `good` record `bytes` but `enriched` is ([`Found::enriched`] stays
@@ -641,19 +673,32 @@ mod tests {
         let mut written = serde_json::to_vec(&event).unwrap();
         written.pop();
         written.extend_from_slice(b",\"part\":[0,2]}");
-        let found = whole(&written).unwrap();
+        let mut members = Vec::new();
+        let found = whole(&written, |key, value| {
+            members.push((key, value));
+            Some(())
+        })
+        .unwrap();
         let enriched = found.enriched.unwrap();
         assert!(enriched.starts_with(b"{\"ua_browser\"") && enriched.ends_with(b"}"));
+        // `enriched`'s members, as `members` finds them.
+        assert_eq!(Some(members), object_members(enriched));
+        // A reader's `None` for a member of `enriched` is the walk's.
+        assert!(whole(&written, |key, _| (key != b"geo_city").then_some(())).is_none());
         assert_eq!(found.context.unwrap(), event.context.get().as_bytes());
         assert_eq!(found.raw, Some(&b"{\"partition\":3,\"offset\":9}"[..]));
         // `enriched` twice: the derived decoding of the whole record refuses it; a reader that
         // steps over `enriched` still reads the record.
         let text = String::from_utf8(written).unwrap();
         let twice = text.replacen(",\"enriched\"", ",\"enriched\":{},\"enriched\"", 1);
-        assert!(whole(twice.as_bytes()).is_none());
+        assert!(whole(twice.as_bytes(), |_, _| Some(())).is_none());
         assert!(agrees(&twice));
         // Bytes after the object.
-        assert!(whole(format!("{text} x").as_bytes()).is_none());
+        assert!(whole(format!("{text} x").as_bytes(), |_, _| Some(())).is_none());
+        // `enriched` not an object: its text, and no member read.
+        let null = text.replacen(",\"enriched\":{", ",\"enriched\":null,\"x\":{", 1);
+        let found = whole(null.as_bytes(), |_, _| None).unwrap();
+        assert_eq!(found.enriched, Some(&b"null"[..]));
     }
 
     #[test]

@@ -247,7 +247,13 @@ impl<'a> EventRow<'a> {
     /// The record read by the scanner ([`skim::whole`]); `None` when the derived decoding must
     /// read it, for its answer or its error.
     fn skim(bytes: &'a [u8]) -> Option<Self> {
-        let found = skim::whole(bytes)?;
+        let mut enriched = EnrichedRow::default();
+        let mut seen = Seen::default();
+        let found = skim::whole(bytes, |key, value| enriched.read(&mut seen, key, value))?;
+        if found.enriched.is_some_and(|e| !e.starts_with(b"{")) {
+            // Not an object (`null`): the derived decoding's error.
+            return None;
+        }
         let text = |value: &'a [u8]| skim::text(value).map(Text);
         Some(Self {
             event_id: text(found.event_id?)?,
@@ -262,10 +268,7 @@ impl<'a> EventRow<'a> {
             device_timestamp: optional(found.device_timestamp, skim::integer)?,
             properties: std::str::from_utf8(found.properties?).ok()?,
             context: std::str::from_utf8(found.context?).ok()?,
-            enriched: match found.enriched {
-                Some(enriched) => EnrichedRow::skim(enriched)?,
-                None => EnrichedRow::default(),
-            },
+            enriched,
             raw: skim::position(found.raw?)?,
         })
     }
@@ -341,35 +344,30 @@ macro_rules! enriched_builders {
         }
 
         impl<'a> EnrichedRow<'a> {
-            /// `enriched`'s members read by the scanner ([`EventRow::skim`]).
-            fn skim(bytes: &'a [u8]) -> Option<Self> {
-                let mut row = Self::default();
-                let mut seen = Seen::default();
-                skim::members(bytes, |key, value| {
-                    // A member twice is the derived decoding's error; one it does not know it
-                    // ignores.
-                    match key {
-                        $(k if k == stringify!($s).as_bytes() => {
-                            once(&mut seen.$s)?;
-                            row.$s = optional(Some(value), |v| skim::text(v).map(Text))?;
-                        })*
-                        $(k if k == stringify!($d).as_bytes() => {
-                            once(&mut seen.$d)?;
-                            row.$d = optional(Some(value), skim::parse)?;
-                        })*
-                        $(k if k == stringify!($i).as_bytes() => {
-                            once(&mut seen.$i)?;
-                            row.$i = optional(Some(value), skim::integer)?;
-                        })*
-                        $(k if k == stringify!($b).as_bytes() => {
-                            once(&mut seen.$b)?;
-                            row.$b = optional(Some(value), skim::parse)?;
-                        })*
-                        _ => {}
-                    }
-                    Some(true)
-                })?;
-                Some(row)
+            /// Reads one of `enriched`'s members, as the scanner finds it ([`EventRow::skim`]).
+            /// A member twice (`seen`) is the derived decoding's error; one it does not know it
+            /// ignores.
+            fn read(&mut self, seen: &mut Seen, key: &[u8], value: &'a [u8]) -> Option<()> {
+                match key {
+                    $(k if k == stringify!($s).as_bytes() => {
+                        once(&mut seen.$s)?;
+                        self.$s = optional(Some(value), |v| skim::text(v).map(Text))?;
+                    })*
+                    $(k if k == stringify!($d).as_bytes() => {
+                        once(&mut seen.$d)?;
+                        self.$d = optional(Some(value), skim::parse)?;
+                    })*
+                    $(k if k == stringify!($i).as_bytes() => {
+                        once(&mut seen.$i)?;
+                        self.$i = optional(Some(value), skim::integer)?;
+                    })*
+                    $(k if k == stringify!($b).as_bytes() => {
+                        once(&mut seen.$b)?;
+                        self.$b = optional(Some(value), skim::parse)?;
+                    })*
+                    _ => {}
+                }
+                Some(())
             }
         }
 
