@@ -141,23 +141,19 @@ impl Collector {
             let end = journal.end(topic::RAW, p).map_err(journal_error)?;
             ends.push(end);
             let start = journal.start(topic::RAW, p).map_err(journal_error)?;
-            let mut from = start.max(end.saturating_sub(per_partition));
-            while from < end {
-                let records = journal
-                    .read(topic::RAW, p, from, 4096, 8 << 20)
-                    .map_err(journal_error)?;
-                let Some(last) = records.last() else { break };
-                from = last.offset + 1;
-                for r in records.iter().filter(|r| r.timestamp_ms >= horizon_ms) {
-                    let pos = Position {
-                        partition: p,
-                        offset: r.offset,
-                    };
-                    if let Some((at, key)) = raw_ids(&r.value).filter(|(at, _)| *at >= horizon) {
-                        acked.push((at, key, pos));
-                    }
+            let read = |at| journal.read(topic::RAW, p, at, 4096, 8 << 20);
+            let found = newest(read, (start, end), per_partition, |r| {
+                if r.timestamp_ms < horizon_ms {
+                    return None;
                 }
-            }
+                let pos = Position {
+                    partition: p,
+                    offset: r.offset,
+                };
+                let (at, key) = raw_ids(&r.value).filter(|(at, _)| *at >= horizon)?;
+                Some((at, key, pos))
+            })?;
+            acked.extend(found);
         }
         // Filed oldest first across partitions, so what the bound evicts is the oldest.
         acked.sort_unstable_by_key(|(at, _, _)| *at);
@@ -720,6 +716,53 @@ pub(crate) fn journal_error(e: JournalError) -> CollectError {
     journal_error_ref(&e)
 }
 
+/// What `keep` makes of each of the newest records of a partition (offsets `start..end`,
+/// `read(at)` giving those from `at` on, as [`Journal::read`] does), up to `budget` records,
+/// counted in records: an unclean restart makes the journal continue at its durable floor, an
+/// offset gap, so how many records lie below `end` cannot be told from offsets (counting offsets
+/// left the records before the last two gaps out of the dedupe index, and a request retried
+/// across two restarts was stored twice). It walks back a window at a time, each as wide as the
+/// records still wanted; a window inside a gap holds none, and the next looks twice as far back.
+fn newest<T>(
+    mut read: impl FnMut(u64) -> Result<Vec<sluice_journal::Record>, JournalError>,
+    (start, end): (u64, u64),
+    budget: u64,
+    mut keep: impl FnMut(&sluice_journal::Record) -> Option<T>,
+) -> Result<Vec<T>, CollectError> {
+    let mut out = Vec::new();
+    let (mut below, mut left, mut step) = (end, budget, budget);
+    // The window's newest `left` records, as `keep` made them.
+    let mut window = std::collections::VecDeque::new();
+    while below > start && left > 0 {
+        let from = start.max(below.saturating_sub(step));
+        let mut at = from;
+        'window: while at < below {
+            let records = read(at).map_err(journal_error)?;
+            let Some(last) = records.last() else { break };
+            at = last.offset + 1;
+            for r in &records {
+                // Past the window: the read stepped over a gap into records already read.
+                if r.offset >= below {
+                    break 'window;
+                }
+                if window.len() as u64 == left {
+                    window.pop_front();
+                }
+                window.push_back(keep(r));
+            }
+        }
+        if window.is_empty() {
+            step = step.saturating_mul(2);
+        } else {
+            left -= window.len() as u64;
+            out.extend(window.drain(..).flatten());
+            step = left;
+        }
+        below = from;
+    }
+    Ok(out)
+}
+
 fn journal_error_ref(e: &JournalError) -> CollectError {
     match e.kind() {
         ErrorKind::Unavailable | ErrorKind::Overloaded => CollectError::Unavailable(e.to_string()),
@@ -750,4 +793,64 @@ fn demands<'a, 'b: 'a>(items: impl Iterator<Item = &'a Item<'b>>) -> Vec<Demand>
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_journal::Record;
+
+    /// A partition holding `offsets`, read as the journal reads it (from an offset on, skipping
+    /// gaps), four records a read, each read counted.
+    fn reader<'a>(
+        offsets: &'a [u64],
+        reads: &'a mut usize,
+    ) -> impl FnMut(u64) -> Result<Vec<Record>, JournalError> + 'a {
+        move |at| {
+            *reads += 1;
+            let from = offsets.iter().filter(|&&o| o >= at);
+            let records = from.take(4).map(|&offset| Record {
+                offset,
+                timestamp_ms: 0,
+                value: Bytes::new(),
+            });
+            Ok(records.collect())
+        }
+    }
+
+    /// The offsets `newest` keeps of a partition holding `offsets`, and the reads it took.
+    fn newest_of(offsets: &[u64], budget: u64) -> (Vec<u64>, usize) {
+        let mut reads = 0;
+        let end = offsets.last().map_or(0, |o| o + 1);
+        let start = offsets.first().copied().unwrap_or(0);
+        let read = reader(offsets, &mut reads);
+        let mut kept = newest(read, (start, end), budget, |r| Some(r.offset)).unwrap();
+        kept.sort_unstable();
+        (kept, reads)
+    }
+
+    #[test]
+    fn the_newest_records_are_counted_in_records_across_offset_gaps() {
+        // Three runs of ten records, each after an unclean restart at the next floor.
+        let runs: Vec<u64> = (0..10)
+            .chain((1 << 20)..(1 << 20) + 10)
+            .chain((2 << 20)..(2 << 20) + 10)
+            .collect();
+        for budget in [1, 5, 10, 15, 25, 30, 1000] {
+            let from = runs.len().saturating_sub(budget as usize);
+            let (kept, reads) = newest_of(&runs, budget);
+            assert_eq!(kept, runs[from..], "budget {budget}");
+            // A gap is crossed in a few windows, each twice as wide, not a budget at a time.
+            assert!(reads < 80, "budget {budget}: {reads} reads");
+        }
+        let dense: Vec<u64> = (5..105).collect();
+        assert_eq!(newest_of(&dense, 30).0, dense[70..]);
+        assert_eq!(newest_of(&dense, 100).0, dense);
+        assert!(newest_of(&[], 10).0.is_empty());
+        // A record that keeps nothing still counts.
+        let mut reads = 0;
+        let odd = |r: &Record| (r.offset % 2 == 1).then_some(r.offset);
+        let kept = newest(reader(&dense, &mut reads), (5, 105), 10, odd).unwrap();
+        assert_eq!(kept.len(), 5);
+    }
 }
