@@ -254,14 +254,13 @@ impl<'a> EventRow<'a> {
             // Not an object (`null`): the derived decoding's error.
             return None;
         }
-        let text = |value: &'a [u8]| skim::text(value).map(Text);
         Some(Self {
-            event_id: text(found.event_id?)?,
+            event_id: Text::skim(found.event_id?)?,
             event_type: EventType::parse(&skim::text(found.event_type?)?)?,
-            event: text(found.event?)?,
-            source: text(found.source?)?,
-            user_id: optional(found.user_id, text)?,
-            anonymous_id: optional(found.anonymous_id, text)?,
+            event: Text::skim(found.event?)?,
+            source: Text::skim(found.source?)?,
+            user_id: optional(found.user_id, Text::skim)?,
+            anonymous_id: optional(found.anonymous_id, Text::skim)?,
             timestamp: skim::integer(found.timestamp?)?,
             sent_at: optional(found.sent_at, skim::integer)?,
             received_at: skim::integer(found.received_at?)?,
@@ -285,7 +284,12 @@ impl<'a> EventRow<'a> {
 /// A JSON string borrowed from the record, or owned when it had escapes to undo.
 struct Text<'a>(Cow<'a, str>);
 
-impl Text<'_> {
+impl<'a> Text<'a> {
+    /// A string value read by the scanner ([`skim::text`]).
+    fn skim(value: &'a [u8]) -> Option<Self> {
+        skim::text(value).map(Text)
+    }
+
     fn as_str(&self) -> &str {
         &self.0
     }
@@ -351,7 +355,7 @@ macro_rules! enriched_builders {
                 match key {
                     $(k if k == stringify!($s).as_bytes() => {
                         once(&mut seen.$s)?;
-                        self.$s = optional(Some(value), |v| skim::text(v).map(Text))?;
+                        self.$s = optional(Some(value), Text::skim)?;
                     })*
                     $(k if k == stringify!($d).as_bytes() => {
                         once(&mut seen.$d)?;
